@@ -1,0 +1,31 @@
+//! # Tidings core
+//!
+//! One implementation of everything a Tidings client does, for every platform:
+//!
+//! - [`protocol`] — protocol v1 frames and the notification envelope (`docs/protocol.md`);
+//! - [`engine`] — the sans-IO engine: connection state, full-jitter reconnection, heartbeats, per-stream
+//!   cursors and replay, dedup across socket / replay / push, digest batching, acks. It takes time as input,
+//!   its randomness from a seed, and performs no I/O;
+//! - [`store`] — the small persistence interface the engine's snapshots go through;
+//! - [`native`] (not on wasm) — a tokio + tokio-tungstenite driver with an async Rust API and a file store.
+//!
+//! ```text
+//!            app ──subscribe/ingest_push/close──►  Engine  ◄──handle_text/handle_timeout── driver ◄── socket
+//!            app ◄────────────poll_event──────────  Engine  ───poll_transmit/poll_action──► driver ──► socket
+//! ```
+
+pub mod engine;
+pub mod protocol;
+pub mod store;
+pub mod time;
+
+#[cfg(all(feature = "native", not(target_family = "wasm")))]
+pub mod native;
+
+pub use engine::{
+    Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
+    Event, FailureReason, Lifecycle, NetworkEvent, PushOutcome, Snapshot, Stats, SuspendReason, TokenError,
+    TransportFailure,
+};
+pub use protocol::{GapReason, Notification, Persistence, Priority};
+pub use time::Instant;

@@ -1,0 +1,784 @@
+//! Protocol v1 wire types, shared by the client engine and the reference server.
+//!
+//! `docs/protocol.md` is the normative description; this module is its executable form. Every frame is one
+//! JSON object with an `op` member. Decoding is strict about types and lenient about unknown members.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The WebSocket subprotocol a v1 client offers and a v1 server selects.
+pub const SUBPROTOCOL: &str = "tidings.v1";
+/// Largest frame a client may send.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
+/// Largest frame the server sends.
+pub const MAX_SERVER_FRAME_BYTES: usize = 64 * 1024;
+/// Most streams in one `subscribe` frame.
+pub const MAX_STREAMS_PER_SUBSCRIBE: usize = 64;
+/// Most streams one connection may hold.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
+/// Most ids in one `ack` frame.
+pub const MAX_IDS_PER_ACK: usize = 256;
+/// Longest id, user id, device id, topic name, `type` or `group`.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest `title`.
+pub const MAX_TITLE_BYTES: usize = 256;
+/// Longest `body`.
+pub const MAX_BODY_BYTES: usize = 4096;
+/// Longest encoded `data`.
+pub const MAX_DATA_BYTES: usize = 32 * 1024;
+
+/// Delivery tier of a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Must reach the user now; never held back.
+    Critical,
+    /// Normal notifications; never held back.
+    Important,
+    /// Low priority; may be batched into digests when it has a `group`.
+    Informational,
+}
+
+impl Priority {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Important => "important",
+            Priority::Informational => "informational",
+        }
+    }
+}
+
+/// How long a notification is kept by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persistence {
+    /// Live connections only: no offset, never replayed, never pushed.
+    Ephemeral,
+    /// Kept in the stream's bounded replay buffer; replayed and pushed.
+    Bufferable,
+    /// As bufferable, and stored durably when the server has a durable store.
+    Persistent,
+}
+
+impl Persistence {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Persistence::Ephemeral => "ephemeral",
+            Persistence::Bufferable => "bufferable",
+            Persistence::Persistent => "persistent",
+        }
+    }
+
+    /// Whether notifications of this kind get an offset and a place in the replay buffer.
+    pub fn is_buffered(self) -> bool {
+        !matches!(self, Persistence::Ephemeral)
+    }
+}
+
+/// A JSON value carried verbatim (the `data` member): never parsed by the engine, handed to the app as text.
+#[derive(Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// Parses `text` as JSON and keeps it verbatim.
+    pub fn from_string(text: String) -> Result<Self, DecodeError> {
+        RawValue::from_string(text)
+            .map(RawJson)
+            .map_err(|e| DecodeError::new(format!("data is not valid JSON: {e}")))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+impl Eq for RawJson {}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(RawJson)
+    }
+}
+
+/// The notification envelope (protocol §3). The same object travels over the socket, in push payloads and in
+/// replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Globally unique id; one publish has one id across all its streams.
+    pub id: String,
+    /// `user:<id>` or `topic:<name>`.
+    pub stream: String,
+    /// Position in the stream; absent for ephemeral notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// History generation of the stream.
+    pub epoch: String,
+    /// Application-defined kind (`type` on the wire).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Delivery tier.
+    pub priority: Priority,
+    /// Retention class.
+    pub persistence: Persistence,
+    /// Short text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Application payload, verbatim JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+    /// Batching key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// When the server accepted the publish (ms since the Unix epoch).
+    pub created_at: u64,
+}
+
+impl Notification {
+    /// Checks the envelope against the protocol's limits (used on the push path, where the payload comes from
+    /// outside the socket, and by the server before it publishes).
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        validate_id(&self.id).map_err(|e| DecodeError::new(format!("id: {e}")))?;
+        StreamName::parse(&self.stream).map_err(|e| DecodeError::new(format!("stream: {e}")))?;
+        if self.epoch.is_empty() || self.epoch.len() > 32 {
+            return Err(DecodeError::new("epoch must be 1 to 32 characters"));
+        }
+        if self.persistence.is_buffered() != self.offset.is_some() {
+            return Err(DecodeError::new(
+                "offset must be present exactly when persistence is bufferable or persistent",
+            ));
+        }
+        if self.offset == Some(0) {
+            return Err(DecodeError::new("offset must be at least 1"));
+        }
+        check_len("type", &self.kind, 1, MAX_NAME_BYTES)?;
+        if let Some(t) = &self.title {
+            check_len("title", t, 0, MAX_TITLE_BYTES)?;
+        }
+        if let Some(b) = &self.body {
+            check_len("body", b, 0, MAX_BODY_BYTES)?;
+        }
+        if let Some(d) = &self.data
+            && d.get().len() > MAX_DATA_BYTES
+        {
+            return Err(DecodeError::new(format!("data is larger than {MAX_DATA_BYTES} bytes")));
+        }
+        if let Some(g) = &self.group {
+            check_len("group", g, 1, MAX_NAME_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_len(what: &str, s: &str, min: usize, max: usize) -> Result<(), DecodeError> {
+    if s.len() < min || s.len() > max {
+        return Err(DecodeError::new(format!("{what} must be {min} to {max} bytes, got {}", s.len())));
+    }
+    Ok(())
+}
+
+/// Checks a notification id or device id: `[A-Za-z0-9_.:-]{1,128}`.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    validate_chars(id, |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+}
+
+fn validate_chars(s: &str, ok: impl Fn(char) -> bool) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_NAME_BYTES {
+        return Err(format!("must be at most {MAX_NAME_BYTES} bytes"));
+    }
+    if let Some(c) = s.chars().find(|c| !ok(*c)) {
+        return Err(format!("contains the character {c:?}"));
+    }
+    Ok(())
+}
+
+/// Checks a user id: `[A-Za-z0-9_.@-]{1,128}`.
+pub fn validate_user_id(user: &str) -> Result<(), String> {
+    validate_chars(user, |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'))
+}
+
+/// Checks a topic name: `[A-Za-z0-9_.:-]{1,128}`.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    validate_chars(topic, |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+}
+
+/// A parsed stream name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamName<'a> {
+    /// `user:<id>`
+    User(&'a str),
+    /// `topic:<name>`
+    Topic(&'a str),
+}
+
+impl<'a> StreamName<'a> {
+    /// Parses and validates `user:<id>` or `topic:<name>`.
+    pub fn parse(s: &'a str) -> Result<Self, String> {
+        if let Some(user) = s.strip_prefix("user:") {
+            validate_user_id(user).map_err(|e| format!("user id in {s:?} {e}"))?;
+            Ok(StreamName::User(user))
+        } else if let Some(topic) = s.strip_prefix("topic:") {
+            validate_topic(topic).map_err(|e| format!("topic name in {s:?} {e}"))?;
+            Ok(StreamName::Topic(topic))
+        } else {
+            Err(format!("{s:?} is not a stream name: expected user:<id> or topic:<name>"))
+        }
+    }
+}
+
+/// The name of a user's own stream.
+pub fn user_stream(user: &str) -> String {
+    format!("user:{user}")
+}
+
+/// One entry of a `subscribe` frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeEntry {
+    /// The stream.
+    pub stream: String,
+    /// Epoch of the client's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// Offset of the client's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Frames a client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Authenticate (first frame) or replace the token (later).
+    Auth {
+        /// The signed token.
+        token: String,
+        /// Stable id of this installation.
+        device: String,
+        /// `name/version` of the client library.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+    },
+    /// Subscribe to streams, each with an optional resume position.
+    Subscribe {
+        /// Request reference echoed by the replies.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// Streams.
+        streams: Vec<SubscribeEntry>,
+    },
+    /// Unsubscribe from streams.
+    Unsubscribe {
+        /// Request reference echoed by the replies.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// Stream names.
+        streams: Vec<String>,
+    },
+    /// Notifications that reached the application.
+    Ack {
+        /// Notification ids.
+        ids: Vec<String>,
+    },
+    /// Keep-alive; `echo` asks the server to answer at once.
+    Heartbeat {
+        /// Ask for an immediate heartbeat back.
+        #[serde(default, skip_serializing_if = "is_false")]
+        echo: bool,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How a subscription continues from the client's position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "continuity", rename_all = "snake_case")]
+pub enum WireContinuity {
+    /// No position was given; delivery starts after the head.
+    Fresh,
+    /// The position was valid; `replayed` notifications follow.
+    Resumed {
+        /// How many notifications are replayed.
+        replayed: u64,
+    },
+    /// The position cannot be continued; nothing is replayed.
+    Gap {
+        /// Why.
+        reason: GapReason,
+        /// How many notifications were lost, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        missed: Option<u64>,
+    },
+}
+
+/// Why a stream could not be resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The server lost the stream's history (new epoch).
+    EpochChanged,
+    /// Notifications after the position were evicted from the replay buffer.
+    OutOfBuffer,
+    /// The position is beyond the stream's newest offset.
+    AheadOfStream,
+}
+
+/// Frames the server sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Authentication succeeded.
+    Welcome {
+        /// Connection id.
+        session: String,
+        /// Authenticated user id.
+        user: String,
+        /// Device id, echoed.
+        device: String,
+        /// Heartbeat interval.
+        heartbeat_ms: u64,
+        /// Largest frame the server sends.
+        max_frame_bytes: u64,
+        /// Time until the token expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_expires_in_ms: Option<u64>,
+    },
+    /// A stream subscription is active.
+    Subscribed {
+        /// Request reference.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// The stream.
+        stream: String,
+        /// Current epoch.
+        epoch: String,
+        /// Newest offset in the stream (0 if none).
+        offset: u64,
+        /// How delivery continues.
+        #[serde(flatten)]
+        continuity: WireContinuity,
+    },
+    /// A stream subscription ended.
+    Unsubscribed {
+        /// Request reference.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// The stream.
+        stream: String,
+    },
+    /// A notification.
+    Notification(Notification),
+    /// A token sent on a live connection was accepted.
+    TokenRefreshed {
+        /// Time until the new token expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_expires_in_ms: Option<u64>,
+    },
+    /// Keep-alive.
+    Heartbeat,
+    /// An error, request-scoped (with `ref`) or fatal (followed by a close).
+    Error(ErrorFrame),
+}
+
+/// The body of an `error` frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The request this answers.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<u64>,
+    /// The stream of the request entry this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// Minimum wait before reconnecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Error codes (protocol §6.1). Unknown codes decode as [`ErrorCode::Unknown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A request was invalid; the connection stays open.
+    BadRequest,
+    /// The token does not allow the stream; the connection stays open.
+    Forbidden,
+    /// Malformed frame; close 4000.
+    ProtocolError,
+    /// Token rejected; close 4001.
+    Unauthorized,
+    /// Token expired; close 4002.
+    TokenExpired,
+    /// No common protocol version; close 4004.
+    UnsupportedVersion,
+    /// No `auth` in time; close 4005.
+    AuthTimeout,
+    /// Too many frames; close 4008.
+    RateLimited,
+    /// Client frame too large; close 4009.
+    FrameTooLarge,
+    /// Nothing received for too long; close 4010.
+    HeartbeatTimeout,
+    /// The same device connected elsewhere; close 4011.
+    SessionReplaced,
+    /// Server shutting down; close 4012.
+    ServerShutdown,
+    /// Server overloaded; close 4013.
+    TryAgainLater,
+    /// Outbound queue overflowed; close 4014.
+    SlowConsumer,
+    /// Dropped by an operator; close 4015.
+    Dropped,
+    /// A code this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ProtocolError => "protocol_error",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::AuthTimeout => "auth_timeout",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::HeartbeatTimeout => "heartbeat_timeout",
+            ErrorCode::SessionReplaced => "session_replaced",
+            ErrorCode::ServerShutdown => "server_shutdown",
+            ErrorCode::TryAgainLater => "try_again_later",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Dropped => "dropped",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// The close code that follows this error when it ends the connection.
+    pub fn close_code(self) -> Option<u16> {
+        Some(match self {
+            ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::Unknown => return None,
+            ErrorCode::ProtocolError => close::PROTOCOL_ERROR,
+            ErrorCode::Unauthorized => close::UNAUTHORIZED,
+            ErrorCode::TokenExpired => close::TOKEN_EXPIRED,
+            ErrorCode::UnsupportedVersion => close::UNSUPPORTED_VERSION,
+            ErrorCode::AuthTimeout => close::AUTH_TIMEOUT,
+            ErrorCode::RateLimited => close::RATE_LIMITED,
+            ErrorCode::FrameTooLarge => close::FRAME_TOO_LARGE,
+            ErrorCode::HeartbeatTimeout => close::HEARTBEAT_TIMEOUT,
+            ErrorCode::SessionReplaced => close::SESSION_REPLACED,
+            ErrorCode::ServerShutdown => close::SERVER_SHUTDOWN,
+            ErrorCode::TryAgainLater => close::TRY_AGAIN_LATER,
+            ErrorCode::SlowConsumer => close::SLOW_CONSUMER,
+            ErrorCode::Dropped => close::DROPPED,
+        })
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes (protocol §6.2).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Going away.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Malformed frame.
+    pub const PROTOCOL_ERROR: u16 = 4000;
+    /// Token rejected.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// Token expired.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// No common protocol version.
+    pub const UNSUPPORTED_VERSION: u16 = 4004;
+    /// No `auth` in time.
+    pub const AUTH_TIMEOUT: u16 = 4005;
+    /// Too many frames.
+    pub const RATE_LIMITED: u16 = 4008;
+    /// Client frame too large.
+    pub const FRAME_TOO_LARGE: u16 = 4009;
+    /// Nothing received for too long.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4010;
+    /// Same device connected elsewhere.
+    pub const SESSION_REPLACED: u16 = 4011;
+    /// Server shutting down.
+    pub const SERVER_SHUTDOWN: u16 = 4012;
+    /// Server overloaded.
+    pub const TRY_AGAIN_LATER: u16 = 4013;
+    /// Outbound queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 4014;
+    /// Dropped by an operator.
+    pub const DROPPED: u16 = 4015;
+}
+
+/// What a client must do after a connection ends with a given close code (protocol §6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseAction {
+    /// Reconnect after the backoff delay.
+    RetryWithBackoff,
+    /// Get a fresh token and reconnect at once (once).
+    RefreshToken,
+    /// Do not reconnect.
+    Stop,
+}
+
+/// Classifies a close code.
+pub fn close_action(code: u16) -> CloseAction {
+    match code {
+        close::UNAUTHORIZED | close::TOKEN_EXPIRED => CloseAction::RefreshToken,
+        close::PROTOCOL_ERROR
+        | close::UNSUPPORTED_VERSION
+        | close::FRAME_TOO_LARGE
+        | close::SESSION_REPLACED => CloseAction::Stop,
+        _ => CloseAction::RetryWithBackoff,
+    }
+}
+
+/// A frame that could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    message: String,
+}
+
+impl DecodeError {
+    /// A decode error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        DecodeError { message: message.into() }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The prefix the reference server writes before every notification frame; frames that start with it are
+/// decoded straight into a [`Notification`] (the slower generic path handles every other member order).
+const NOTIFICATION_PREFIX: &str = "{\"op\":\"notification\",";
+
+/// Decodes a server frame.
+pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
+    if text.starts_with(NOTIFICATION_PREFIX) {
+        return serde_json::from_str::<Notification>(text)
+            .map(ServerFrame::Notification)
+            .map_err(|e| DecodeError::new(format!("invalid notification frame: {e}")));
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::new(format!("invalid server frame: {e}")))
+}
+
+/// Decodes a client frame.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
+    serde_json::from_str(text).map_err(|e| DecodeError::new(format!("invalid client frame: {e}")))
+}
+
+/// Encodes a client frame.
+pub fn encode_client_frame(frame: &ClientFrame) -> String {
+    serde_json::to_string(frame).expect("client frames always serialize")
+}
+
+/// Encodes a server frame. Notification frames start with [`NOTIFICATION_PREFIX`].
+pub fn encode_server_frame(frame: &ServerFrame) -> String {
+    serde_json::to_string(frame).expect("server frames always serialize")
+}
+
+/// Extracts the notification envelope from a push payload: the envelope itself, or an object carrying it
+/// under `tidings` (as an object, or as a JSON string — FCM data values are strings).
+pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
+    #[derive(Deserialize)]
+    struct Wrapped<'a> {
+        #[serde(borrow)]
+        tidings: Option<&'a RawValue>,
+    }
+    let wrapped: Wrapped<'_> = serde_json::from_str(payload)
+        .map_err(|e| DecodeError::new(format!("push payload is not a JSON object: {e}")))?;
+    let notification: Notification = match wrapped.tidings {
+        Some(inner) => {
+            let raw = inner.get();
+            if raw.starts_with('"') {
+                let text: String = serde_json::from_str(raw)
+                    .map_err(|e| DecodeError::new(format!("push payload: bad tidings string: {e}")))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {e}")))?
+            } else {
+                serde_json::from_str(raw)
+                    .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {e}")))?
+            }
+        }
+        None => serde_json::from_str(payload)
+            .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {e}")))?,
+    };
+    notification.validate()?;
+    Ok(notification)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Notification {
+        Notification {
+            id: "01JDZ3K5W8Q2M4N6P8R0T2V4X6".into(),
+            stream: "user:alice".into(),
+            offset: Some(42),
+            epoch: "k3v9q2".into(),
+            kind: "comment.created".into(),
+            priority: Priority::Important,
+            persistence: Persistence::Bufferable,
+            title: Some("Bob commented".into()),
+            body: Some("Looks great!".into()),
+            data: Some(RawJson::from_string(r#"{"post":"p-981"}"#.into()).unwrap()),
+            group: None,
+            created_at: 1_763_808_060_123,
+        }
+    }
+
+    #[test]
+    fn notification_frame_round_trips_and_uses_fast_path_prefix() {
+        let frame = ServerFrame::Notification(sample());
+        let text = encode_server_frame(&frame);
+        assert!(text.starts_with(NOTIFICATION_PREFIX), "{text}");
+        assert_eq!(decode_server_frame(&text).unwrap(), frame);
+    }
+
+    #[test]
+    fn notification_decodes_in_any_member_order_with_nulls_and_unknown_members() {
+        let text = r#"{"id":"n1","stream":"topic:news","epoch":"e","offset":3,"type":"t","priority":"informational",
+            "persistence":"persistent","title":null,"body":null,"data":null,"group":"g","created_at":5,
+            "op":"notification","future_member":[1,2]}"#;
+        let ServerFrame::Notification(n) = decode_server_frame(text).unwrap() else { panic!() };
+        assert_eq!(n.id, "n1");
+        assert_eq!(n.group.as_deref(), Some("g"));
+        assert_eq!(n.data, None);
+        assert_eq!(n.priority, Priority::Informational);
+    }
+
+    #[test]
+    fn subscribed_frames_match_the_documented_examples() {
+        let resumed = r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"k3v9q2","offset":45,"continuity":"resumed","replayed":4}"#;
+        let gap = r#"{"op":"subscribed","ref":1,"stream":"topic:sports","epoch":"w2n5dd","offset":310,"continuity":"gap","reason":"out_of_buffer","missed":57}"#;
+        let fresh = r#"{"op":"subscribed","ref":1,"stream":"topic:news","epoch":"p0x7aa","offset":1200,"continuity":"fresh"}"#;
+        for text in [resumed, gap, fresh] {
+            let frame = decode_server_frame(text).unwrap();
+            assert_eq!(encode_server_frame(&frame), text);
+        }
+        let ServerFrame::Subscribed { continuity, .. } = decode_server_frame(gap).unwrap() else { panic!() };
+        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(57) });
+    }
+
+    #[test]
+    fn client_frames_match_the_documented_examples() {
+        let examples = [
+            r#"{"op":"auth","token":"t","device":"d-1","client":"tidings-rust/0.1.0"}"#,
+            r#"{"op":"subscribe","ref":1,"streams":[{"stream":"user:alice","epoch":"k3v9q2","offset":41},{"stream":"topic:news"}]}"#,
+            r#"{"op":"unsubscribe","ref":2,"streams":["topic:news"]}"#,
+            r#"{"op":"ack","ids":["a","b"]}"#,
+            r#"{"op":"heartbeat"}"#,
+            r#"{"op":"heartbeat","echo":true}"#,
+        ];
+        for text in examples {
+            let frame = decode_client_frame(text).unwrap();
+            assert_eq!(encode_client_frame(&frame), text);
+        }
+    }
+
+    #[test]
+    fn error_frames_decode_unknown_codes_without_failing() {
+        let text = r#"{"op":"error","code":"something_new","message":"m"}"#;
+        let ServerFrame::Error(e) = decode_server_frame(text).unwrap() else { panic!() };
+        assert_eq!(e.code, ErrorCode::Unknown);
+        let text = r#"{"op":"error","code":"try_again_later","message":"busy","retry_after_ms":5000}"#;
+        let ServerFrame::Error(e) = decode_server_frame(text).unwrap() else { panic!() };
+        assert_eq!(e.retry_after_ms, Some(5000));
+        assert_eq!(e.code.close_code(), Some(close::TRY_AGAIN_LATER));
+    }
+
+    #[test]
+    fn malformed_frames_get_a_clear_error() {
+        let err = decode_server_frame(r#"{"op":"notification","id":5}"#).unwrap_err();
+        assert!(err.message().contains("invalid notification frame"), "{err}");
+        let err = decode_server_frame("not json").unwrap_err();
+        assert!(err.message().contains("invalid server frame"), "{err}");
+        let err = decode_client_frame(r#"{"op":"launch_rockets"}"#).unwrap_err();
+        assert!(err.message().contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn stream_names_are_validated() {
+        assert_eq!(StreamName::parse("user:alice@example.com"), Ok(StreamName::User("alice@example.com")));
+        assert_eq!(StreamName::parse("topic:sports.eu:live"), Ok(StreamName::Topic("sports.eu:live")));
+        assert!(StreamName::parse("user:").is_err());
+        assert!(StreamName::parse("user:a b").is_err());
+        assert!(StreamName::parse("room:x").is_err());
+        assert!(StreamName::parse(&format!("topic:{}", "x".repeat(129))).is_err());
+    }
+
+    #[test]
+    fn close_codes_classify_as_documented() {
+        assert_eq!(close_action(close::UNAUTHORIZED), CloseAction::RefreshToken);
+        assert_eq!(close_action(close::TOKEN_EXPIRED), CloseAction::RefreshToken);
+        for code in [close::PROTOCOL_ERROR, close::UNSUPPORTED_VERSION, close::FRAME_TOO_LARGE, close::SESSION_REPLACED]
+        {
+            assert_eq!(close_action(code), CloseAction::Stop, "{code}");
+        }
+        for code in [1000, 1001, 1006, close::HEARTBEAT_TIMEOUT, close::SERVER_SHUTDOWN, close::DROPPED, 4999] {
+            assert_eq!(close_action(code), CloseAction::RetryWithBackoff, "{code}");
+        }
+    }
+
+    #[test]
+    fn push_payloads_are_accepted_bare_wrapped_or_stringified() {
+        let n = sample();
+        let bare = serde_json::to_string(&n).unwrap();
+        let wrapped = format!(r#"{{"aps":{{"alert":"x"}},"tidings":{bare}}}"#);
+        let stringified =
+            format!(r#"{{"tidings":{}}}"#, serde_json::to_string(&bare).unwrap());
+        for payload in [&bare, &wrapped, &stringified] {
+            assert_eq!(decode_push_payload(payload).unwrap(), n);
+        }
+        assert!(decode_push_payload("[]").unwrap_err().message().contains("not a JSON object"));
+        let mut bad = n.clone();
+        bad.offset = None;
+        let err = decode_push_payload(&serde_json::to_string(&bad).unwrap()).unwrap_err();
+        assert!(err.message().contains("offset must be present"), "{err}");
+    }
+}

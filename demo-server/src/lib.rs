@@ -1,0 +1,1 @@
+//! Tidings reference server (under construction).
