@@ -87,9 +87,7 @@ pub struct RawJson(Box<RawValue>);
 impl RawJson {
     /// Parses `text` as JSON and keeps it verbatim.
     pub fn from_string(text: String) -> Result<Self, DecodeError> {
-        RawValue::from_string(text)
-            .map(RawJson)
-            .map_err(|e| DecodeError::new(format!("data is not valid JSON: {e}")))
+        RawValue::from_string(text).map(RawJson).map_err(|e| DecodeError::new(format!("data is not valid JSON: {e}")))
     }
 
     /// The JSON text.
@@ -565,10 +563,9 @@ pub enum CloseAction {
 pub fn close_action(code: u16) -> CloseAction {
     match code {
         close::UNAUTHORIZED | close::TOKEN_EXPIRED => CloseAction::RefreshToken,
-        close::PROTOCOL_ERROR
-        | close::UNSUPPORTED_VERSION
-        | close::FRAME_TOO_LARGE
-        | close::SESSION_REPLACED => CloseAction::Stop,
+        close::PROTOCOL_ERROR | close::UNSUPPORTED_VERSION | close::FRAME_TOO_LARGE | close::SESSION_REPLACED => {
+            CloseAction::Stop
+        }
         _ => CloseAction::RetryWithBackoff,
     }
 }
@@ -696,7 +693,8 @@ mod tests {
     fn subscribed_frames_match_the_documented_examples() {
         let resumed = r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"k3v9q2","offset":45,"continuity":"resumed","replayed":4}"#;
         let gap = r#"{"op":"subscribed","ref":1,"stream":"topic:sports","epoch":"w2n5dd","offset":310,"continuity":"gap","reason":"out_of_buffer","missed":57}"#;
-        let fresh = r#"{"op":"subscribed","ref":1,"stream":"topic:news","epoch":"p0x7aa","offset":1200,"continuity":"fresh"}"#;
+        let fresh =
+            r#"{"op":"subscribed","ref":1,"stream":"topic:news","epoch":"p0x7aa","offset":1200,"continuity":"fresh"}"#;
         for text in [resumed, gap, fresh] {
             let frame = decode_server_frame(text).unwrap();
             assert_eq!(encode_server_frame(&frame), text);
@@ -770,8 +768,7 @@ mod tests {
         let n = sample();
         let bare = serde_json::to_string(&n).unwrap();
         let wrapped = format!(r#"{{"aps":{{"alert":"x"}},"tidings":{bare}}}"#);
-        let stringified =
-            format!(r#"{{"tidings":{}}}"#, serde_json::to_string(&bare).unwrap());
+        let stringified = format!(r#"{{"tidings":{}}}"#, serde_json::to_string(&bare).unwrap());
         for payload in [&bare, &wrapped, &stringified] {
             assert_eq!(decode_push_payload(payload).unwrap(), n);
         }

@@ -64,8 +64,14 @@ mod tests {
     #[test]
     fn different_seeds_give_different_schedules() {
         let b = BackoffConfig::default();
-        let a: Vec<Duration> = { let mut r = fastrand::Rng::with_seed(1); (1..8).map(|n| b.delay(n, &mut r)).collect() };
-        let c: Vec<Duration> = { let mut r = fastrand::Rng::with_seed(2); (1..8).map(|n| b.delay(n, &mut r)).collect() };
+        let a: Vec<Duration> = {
+            let mut r = fastrand::Rng::with_seed(1);
+            (1..8).map(|n| b.delay(n, &mut r)).collect()
+        };
+        let c: Vec<Duration> = {
+            let mut r = fastrand::Rng::with_seed(2);
+            (1..8).map(|n| b.delay(n, &mut r)).collect()
+        };
         assert_ne!(a, c);
     }
 }

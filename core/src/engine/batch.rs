@@ -92,9 +92,7 @@ impl Batcher {
 
     /// Whether `n` should be held: informational, with a group, and batching enabled.
     pub(crate) fn wants(&self, n: &Notification) -> bool {
-        !self.config.window.is_zero()
-            && n.priority == crate::protocol::Priority::Informational
-            && n.group.is_some()
+        !self.config.window.is_zero() && n.priority == crate::protocol::Priority::Informational && n.group.is_some()
     }
 
     /// Adds a notification the caller decided to hold (see [`Batcher::wants`]). Returns the batch if it just

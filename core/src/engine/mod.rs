@@ -652,10 +652,15 @@ impl Engine {
     /// are persisted, not delivered.
     pub fn close(&mut self, now: Instant) {
         let now = self.tick(now);
+        // Frames already queued (and the acks flushed here) go out before the close: drivers drain transmits
+        // before actions.
         if self.is_connected() {
             self.flush_acks();
         }
-        self.drop_link(close::NORMAL, "client closed");
+        if let Some(conn) = self.current_conn() {
+            self.actions.push_back(Action::Close { conn, code: close::NORMAL, reason: "client closed" });
+        }
+        self.link = None;
         self.phase = Phase::Closed;
         self.background_deadline = None;
         self.set_state(ConnectionState::Closed);

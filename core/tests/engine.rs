@@ -1,0 +1,633 @@
+//! Engine behaviour on simulated time, against the model server in `sim/`.
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{Harness, OpenPolicy, TokenPolicy};
+use tidings_core::engine::{
+    Action, BatchConfig, ConnectionState, Continuity, Event, FailureReason, Lifecycle, NetworkEvent, PushOutcome,
+    SuspendReason, TokenError, TransportFailure,
+};
+use tidings_core::protocol::{self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Priority, ServerFrame, close};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn connected(user: &str) -> Harness {
+    let mut h = Harness::new(Harness::config(), user);
+    h.connect();
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    h
+}
+
+#[test]
+fn connect_fetches_a_token_opens_authenticates_and_subscribes_to_the_user_stream() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.connect();
+    assert_eq!(h.token_fetches, [false]);
+    assert_eq!(h.opens, 1);
+    let ClientFrame::Auth { token, device, client } = &h.server.received[0] else { panic!("{:?}", h.server.received) };
+    assert_eq!(token, "token-1");
+    assert!(device.starts_with("d-"), "{device}");
+    assert!(client.as_deref().unwrap().starts_with("tidings-rust/"));
+    let ClientFrame::Subscribe { streams, .. } = &h.server.received[1] else { panic!() };
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0].stream, "user:alice");
+    assert_eq!(streams[0].epoch, None, "no cursor yet");
+    assert_eq!(
+        h.states(),
+        [ConnectionState::Connecting { attempt: 1 }, ConnectionState::Connected],
+        "observable state sequence"
+    );
+    assert!(h.events.contains(&Event::Continuity { stream: "user:alice".into(), continuity: Continuity::Fresh }));
+}
+
+#[test]
+fn live_notifications_are_delivered_in_order_and_acked_in_one_frame() {
+    let mut h = connected("alice");
+    h.take_events();
+    let f1 = h.server.publish("user:alice", "n1", Priority::Important, None);
+    let f2 = h.server.publish("user:alice", "n2", Priority::Critical, None);
+    h.engine.handle_text(h.now, h.conn.unwrap(), &f1.unwrap());
+    h.engine.handle_text(h.now, h.conn.unwrap(), &f2.unwrap());
+    h.pump();
+    assert_eq!(h.notification_ids(), ["n1", "n2"]);
+    let acks: Vec<&ClientFrame> = h.server.received.iter().filter(|f| matches!(f, ClientFrame::Ack { .. })).collect();
+    assert_eq!(acks, [&ClientFrame::Ack { ids: vec!["n1".into(), "n2".into()] }], "acks coalesce");
+    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 2);
+}
+
+#[test]
+fn backoff_is_full_jitter_and_grows_with_consecutive_failures() {
+    let mut h = connected("alice");
+    h.open_policy = OpenPolicy::Refuse(TransportFailure { message: "refused".into(), ..Default::default() });
+    h.take_events();
+    h.server_close(None);
+    let mut ceilings = Vec::new();
+    for attempt in 2..=6u32 {
+        let Some(ConnectionState::Reconnecting { attempt: a, delay, .. }) = h.states().last().cloned() else {
+            panic!("{:?}", h.events)
+        };
+        assert_eq!(a, attempt);
+        let ceiling = h.engine.config().backoff.ceiling(attempt - 1);
+        assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
+        ceilings.push(ceiling.as_millis());
+        let opens = h.opens;
+        if delay > ms(1) {
+            h.advance(delay - ms(1));
+            assert_eq!(h.opens, opens, "no attempt before the delay");
+        }
+        h.take_events();
+        h.advance(ms(1));
+        assert_eq!(h.opens, opens + 1, "attempt right at the delay");
+    }
+    assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000]);
+}
+
+#[test]
+fn failure_count_resets_only_after_the_link_stayed_up() {
+    let mut h = connected("alice");
+    // Flapping: connects, drops after 1 s, repeatedly. The attempt number keeps growing.
+    for expected in 2..=4u32 {
+        h.advance(Duration::from_secs(1));
+        h.take_events();
+        h.server_close(Some(1006));
+        let Some(ConnectionState::Reconnecting { attempt, delay, .. }) = h.states().last().cloned() else {
+            panic!("{:?}", h.events)
+        };
+        assert_eq!(attempt, expected);
+        h.advance(delay);
+        assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    }
+    // Stays up past stable_after (10 s): the next drop starts over at attempt 1's delay range.
+    h.advance(Duration::from_secs(11));
+    h.take_events();
+    h.server_close(Some(1006));
+    let Some(ConnectionState::Reconnecting { attempt, delay, .. }) = h.states().last().cloned() else { panic!() };
+    assert_eq!(attempt, 2, "first retry after a stable connection");
+    assert!(delay <= ms(500));
+}
+
+#[test]
+fn rejected_token_is_refreshed_once_then_the_client_fails_without_retrying() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.server.accept_tokens = Some(Default::default()); // nothing is accepted
+    h.connect();
+    assert_eq!(h.token_fetches, [false, true], "second fetch bypasses caches");
+    assert_eq!(h.opens, 2, "one attempt with the original token, one with the fresh token");
+    let ConnectionState::Failed { reason, message } = h.engine.state().clone() else {
+        panic!("{:?}", h.engine.state())
+    };
+    assert_eq!(reason, FailureReason::Unauthorized);
+    assert!(message.contains("fresh token rejected"), "{message}");
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.opens, 2, "no retry storm");
+    assert_eq!(h.engine.poll_timeout(), None, "nothing scheduled");
+}
+
+#[test]
+fn rejection_with_a_refreshed_token_that_works_recovers() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.server.accept_tokens = Some(["token-2".to_string()].into());
+    h.connect();
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    assert_eq!(h.opens, 2);
+    // A later expiry during the session gets its own single refresh.
+    h.server.accept_tokens = Some(["token-3".to_string()].into());
+    h.server_close(Some(close::TOKEN_EXPIRED));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    assert_eq!(h.token_fetches, [false, true, true]);
+}
+
+#[test]
+fn http_401_at_the_handshake_counts_as_an_auth_rejection() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.open_policy = OpenPolicy::Refuse(TransportFailure { http_status: Some(401), ..Default::default() });
+    h.connect();
+    assert_eq!(h.opens, 2);
+    assert!(matches!(h.engine.state(), ConnectionState::Failed { reason: FailureReason::Unauthorized, .. }));
+}
+
+#[test]
+fn permanent_http_refusal_stops_and_server_errors_retry() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.open_policy = OpenPolicy::Refuse(TransportFailure { http_status: Some(404), ..Default::default() });
+    h.connect();
+    assert!(matches!(h.engine.state(), ConnectionState::Failed { reason: FailureReason::Rejected, .. }));
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.open_policy = OpenPolicy::Refuse(TransportFailure { http_status: Some(502), ..Default::default() });
+    h.connect();
+    assert!(matches!(h.engine.state(), ConnectionState::Reconnecting { attempt: 2, .. }));
+}
+
+#[test]
+fn token_provider_errors_fail_when_permanent_and_back_off_when_transient() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.token_policy = TokenPolicy::Fail(TokenError { transient: false, message: "signed out".into() });
+    h.connect();
+    assert_eq!(
+        h.engine.state(),
+        &ConnectionState::Failed { reason: FailureReason::TokenProvider, message: "signed out".into() }
+    );
+    assert_eq!(h.opens, 0);
+
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.token_policy = TokenPolicy::Fail(TokenError { transient: true, message: "offline".into() });
+    h.connect();
+    let ConnectionState::Reconnecting { reason, .. } = h.engine.state().clone() else { panic!() };
+    assert!(reason.contains("offline"));
+    h.token_policy = TokenPolicy::Counting;
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+}
+
+#[test]
+fn concurrent_token_needs_share_one_request() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.token_policy = TokenPolicy::Manual;
+    h.connect();
+    assert!(h.pending_token);
+    // The app pokes the engine repeatedly while the provider is slow.
+    h.engine.connect(h.now);
+    h.engine.handle_network(h.now, NetworkEvent::Available);
+    h.engine.handle_lifecycle(h.now, Lifecycle::Foreground);
+    h.pump();
+    assert_eq!(h.token_fetches.len(), 1);
+    h.engine.handle_token(h.now, Ok("t".into()));
+    h.pump();
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+}
+
+#[test]
+fn server_retry_after_is_a_floor_for_the_next_attempt() {
+    let mut h = connected("alice");
+    let frame = protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: None,
+        stream: None,
+        code: ErrorCode::TryAgainLater,
+        message: "busy".into(),
+        retry_after_ms: Some(5_000),
+    }));
+    h.deliver(Some(frame));
+    let ConnectionState::Reconnecting { delay, reason, .. } = h.engine.state().clone() else { panic!() };
+    assert!(delay >= Duration::from_secs(5), "{delay:?}");
+    assert!(reason.contains("try_again_later"));
+    let opens = h.opens;
+    h.advance(Duration::from_millis(4_999));
+    assert_eq!(h.opens, opens);
+    h.advance(delay);
+    assert_eq!(h.opens, opens + 1);
+}
+
+#[test]
+fn network_back_retries_at_once_and_offline_does_not_retry() {
+    let mut h = connected("alice");
+    h.open_policy = OpenPolicy::Refuse(TransportFailure::default());
+    h.server_close(None);
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(30));
+    }
+    let ConnectionState::Reconnecting { delay, .. } = h.engine.state().clone() else { panic!() };
+    let opens = h.opens;
+    h.engine.handle_network(h.now, NetworkEvent::Unavailable);
+    h.pump();
+    assert_eq!(h.engine.state(), &ConnectionState::Suspended { reason: SuspendReason::Offline });
+    h.advance(Duration::from_secs(600));
+    assert_eq!(h.opens, opens, "no attempts while offline");
+    h.open_policy = OpenPolicy::Accept;
+    h.engine.handle_network(h.now, NetworkEvent::Available);
+    h.pump();
+    assert_eq!(h.opens, opens + 1, "retried at once, not after {delay:?}");
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+}
+
+#[test]
+fn network_change_while_connected_probes_the_link_and_replaces_a_dead_one() {
+    let mut h = connected("alice");
+    h.engine.handle_network(h.now, NetworkEvent::Changed);
+    h.pump();
+    assert!(matches!(h.server.received.last(), Some(ClientFrame::Heartbeat { echo: true })));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "the echo came back");
+    // Now the link silently died: the probe goes unanswered.
+    let conn = h.conn.unwrap();
+    h.conn = None; // frames vanish
+    h.engine.handle_network(h.now, NetworkEvent::Changed);
+    h.conn = Some(conn);
+    h.server.authed = false;
+    let opens = h.opens;
+    // Drain the probe without answering.
+    while h.engine.poll_transmit().is_some() {}
+    h.advance(Duration::from_secs(6));
+    assert!(h.actions.iter().any(|a| matches!(a, Action::Close { conn: c, .. } if *c == conn)));
+    assert!(h.opens > opens, "replaced after probe timeout");
+}
+
+#[test]
+fn heartbeats_are_sent_when_idle_and_a_silent_link_is_replaced() {
+    let mut h = connected("alice");
+    h.server.answer_heartbeats = false;
+    let hb = |h: &Harness| h.server.received.iter().filter(|f| matches!(f, ClientFrame::Heartbeat { .. })).count();
+    h.advance(Duration::from_secs(24));
+    assert_eq!(hb(&h), 0);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(hb(&h), 1, "heartbeat after 25 s idle");
+    // The server keeps talking (its heartbeats), so the link stays.
+    for _ in 0..4 {
+        h.deliver(Some(protocol::encode_server_frame(&ServerFrame::Heartbeat)));
+        h.advance(Duration::from_secs(20));
+    }
+    assert_eq!(h.opens, 1);
+    // Silence: dead after heartbeat (25 s) + grace (10 s) from the last frame received.
+    h.deliver(Some(protocol::encode_server_frame(&ServerFrame::Heartbeat)));
+    let conn = h.conn.unwrap();
+    h.advance(Duration::from_secs(34));
+    assert_eq!(h.opens, 1);
+    h.advance(Duration::from_secs(2));
+    assert!(h.actions.iter().any(|a| matches!(a, Action::Close { conn: c, .. } if *c == conn)));
+    assert_eq!(h.opens, 2, "replaced");
+}
+
+#[test]
+fn inputs_about_an_abandoned_socket_are_ignored() {
+    let mut h = connected("alice");
+    let old = h.conn.unwrap();
+    h.server.authed = false;
+    h.conn = None;
+    h.advance(Duration::from_secs(36)); // heartbeat timeout abandons `old`, reconnects
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    let before = h.engine.stats().clone();
+    h.take_events();
+    h.engine.handle_transport_closed(h.now, old, Some(close::SESSION_REPLACED), "late");
+    h.engine.handle_text(h.now, old, &protocol::encode_server_frame(&ServerFrame::Heartbeat));
+    h.pump();
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    assert!(h.events.is_empty());
+    assert_eq!(h.engine.stats(), &before);
+}
+
+#[test]
+fn reconnect_resumes_every_stream_from_its_cursor_and_reports_the_replay_count() {
+    let mut h = connected("alice");
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    h.publish("user:alice", "a1", Priority::Important, None);
+    h.publish("topic:news", "t1", Priority::Important, None);
+    h.server_close(Some(close::DROPPED));
+    // Published while disconnected.
+    h.server.publish("user:alice", "a2", Priority::Important, None);
+    h.server.publish("user:alice", "a3", Priority::Important, None);
+    h.take_events();
+    let received_before = h.server.received.len();
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    let resub = h.server.received[received_before..]
+        .iter()
+        .find_map(|f| match f {
+            ClientFrame::Subscribe { streams, .. } => Some(streams.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let positions: Vec<(String, Option<u64>)> = resub.iter().map(|e| (e.stream.clone(), e.offset)).collect();
+    assert_eq!(positions, [("user:alice".to_string(), Some(1)), ("topic:news".to_string(), Some(1))]);
+    assert_eq!(h.notification_ids(), ["a2", "a3"]);
+    let continuity: Vec<_> = h
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Continuity { stream, continuity } => Some((stream.as_str(), continuity.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        continuity,
+        [("user:alice", Continuity::Resumed { replayed: 2 }), ("topic:news", Continuity::Resumed { replayed: 0 })]
+    );
+    // The resumed event comes after the replayed notifications.
+    let pos_a3 = h.events.iter().position(|e| matches!(e, Event::Notification(n) if n.id == "a3")).unwrap();
+    let pos_resumed = h.events.iter().position(|e| matches!(e, Event::Continuity { .. })).unwrap();
+    assert!(pos_resumed > pos_a3);
+}
+
+#[test]
+fn lost_history_and_overflowed_buffers_are_reported_as_gaps() {
+    let mut h = connected("alice");
+    h.publish("user:alice", "a1", Priority::Important, None);
+    h.server_close(None);
+    h.server.lose_history();
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    assert!(h.events.contains(&Event::Continuity {
+        stream: "user:alice".into(),
+        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None }
+    }));
+    let epoch = h.engine.cursor("user:alice").unwrap().epoch.clone();
+    assert_eq!(epoch, h.server.streams["user:alice"].epoch, "cursor rebased to the new epoch");
+
+    h.server.buffer_cap = 3;
+    h.publish("user:alice", "b1", Priority::Important, None);
+    h.server_close(None);
+    for i in 2..=9 {
+        h.server.publish("user:alice", &format!("b{i}"), Priority::Important, None);
+    }
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    assert!(h.events.contains(&Event::Continuity {
+        stream: "user:alice".into(),
+        continuity: Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(5) }
+    }));
+    assert!(h.notification_ids().is_empty(), "a gap replays nothing");
+    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 9);
+    assert_eq!(h.engine.stats().gaps, 2);
+}
+
+#[test]
+fn stale_offsets_and_repeated_ids_are_dropped() {
+    let mut h = connected("alice");
+    let f1 = h.server.publish("user:alice", "n1", Priority::Important, None).unwrap();
+    h.deliver(Some(f1.clone()));
+    h.deliver(Some(f1));
+    assert_eq!(h.notification_ids(), ["n1"]);
+    assert_eq!(h.engine.stats().stale_dropped, 1);
+    // Same publish id on another stream (one publish to user and topic): shown once.
+    h.engine.subscribe(h.now, "topic:t").unwrap();
+    h.pump();
+    h.publish("topic:t", "n1", Priority::Important, None);
+    assert_eq!(h.notification_ids(), ["n1"]);
+    assert_eq!(h.engine.stats().duplicates_dropped, 1);
+    assert_eq!(h.engine.cursor("topic:t").unwrap().offset, 1, "cursor advances even for a duplicate");
+}
+
+#[test]
+fn push_then_socket_and_socket_then_push_are_each_shown_once() {
+    let mut h = connected("alice");
+    h.take_events();
+    // Push first: the server publishes while the app handles the push.
+    let frame = h.server.publish("user:alice", "p1", Priority::Critical, None);
+    let payload = h.server.push_payload("user:alice", "p1");
+    let PushOutcome::Show(n) = h.engine.ingest_push(h.now, &payload).unwrap() else { panic!() };
+    assert_eq!(n.id, "p1");
+    h.deliver(frame);
+    assert!(h.notification_ids().is_empty(), "the socket copy is suppressed");
+    // Socket first.
+    h.publish("user:alice", "p2", Priority::Critical, None);
+    assert_eq!(h.notification_ids(), ["p2"]);
+    let payload = h.server.push_payload("user:alice", "p2");
+    assert_eq!(h.engine.ingest_push(h.now, &payload).unwrap(), PushOutcome::Duplicate { id: "p2".into() });
+    // Replay after a reconnect does not resurrect either.
+    h.server_close(None);
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    assert!(h.notification_ids().is_empty());
+}
+
+#[test]
+fn bad_push_payloads_get_a_clear_error_and_change_nothing() {
+    let mut h = connected("alice");
+    let before = h.engine.stats().clone();
+    let err = h.engine.ingest_push(h.now, "{not json").unwrap_err();
+    assert!(err.to_string().contains("push payload is not a JSON object"), "{err}");
+    let err = h.engine.ingest_push(h.now, r#"{"tidings":{"id":"x"}}"#).unwrap_err();
+    assert!(err.to_string().contains("invalid envelope"), "{err}");
+    assert_eq!(h.engine.stats(), &before);
+}
+
+#[test]
+fn informational_items_of_a_group_become_one_digest_and_critical_ones_are_not_delayed() {
+    let mut config = Harness::config();
+    config.batch = BatchConfig { window: Duration::from_secs(3), max_items: 100 };
+    let mut h = Harness::new(config, "alice");
+    h.connect();
+    h.take_events();
+    for i in 1..=5 {
+        h.publish("user:alice", &format!("like{i}"), Priority::Informational, Some("likes:post-1"));
+        if i == 3 {
+            h.publish("user:alice", "alarm", Priority::Critical, None);
+            assert_eq!(h.notification_ids(), ["alarm"], "critical delivered at once, mid-batch");
+        }
+        h.advance(ms(100));
+    }
+    assert!(!h.events.iter().any(|e| matches!(e, Event::Digest(_))));
+    h.advance(Duration::from_secs(3));
+    let digests: Vec<_> =
+        h.events.iter().filter_map(|e| if let Event::Digest(d) = e { Some(d) } else { None }).collect();
+    assert_eq!(digests.len(), 1);
+    let d = digests[0];
+    assert_eq!((d.count, d.first.id.as_str(), d.last.id.as_str()), (5, "like1", "like5"));
+    assert_eq!(d.group, "likes:post-1");
+    assert_eq!(h.notification_ids(), ["alarm"]);
+    let acked = h.server.acked();
+    for id in ["alarm", "like1", "like5"] {
+        assert!(acked.contains(&id.to_string()), "{id} acked");
+    }
+    // Informational without a group is not held.
+    h.publish("user:alice", "solo", Priority::Informational, None);
+    assert_eq!(h.notification_ids(), ["alarm", "solo"]);
+}
+
+#[test]
+fn subscription_refusals_are_reported_and_not_retried() {
+    let mut h = connected("alice");
+    h.engine.subscribe(h.now, "user:bob").unwrap();
+    h.pump();
+    let ClientFrame::Subscribe { reference, .. } = h.server.received.last().unwrap().clone() else { panic!() };
+    h.server.subscribed.remove("user:bob");
+    h.deliver(Some(protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: Some(reference),
+        stream: Some("user:bob".into()),
+        code: ErrorCode::Forbidden,
+        message: "not yours".into(),
+        retry_after_ms: None,
+    }))));
+    assert!(h.events.contains(&Event::SubscriptionFailed {
+        stream: "user:bob".into(),
+        code: ErrorCode::Forbidden,
+        message: "not yours".into()
+    }));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "request errors keep the connection");
+    assert_eq!(h.engine.subscriptions().count(), 0);
+    assert!(h.engine.subscribe(h.now, "room:1").unwrap_err().to_string().contains("not a stream name"));
+}
+
+#[test]
+fn fatal_server_errors_stop_without_retrying() {
+    for code in [ErrorCode::SessionReplaced, ErrorCode::ProtocolError, ErrorCode::FrameTooLarge] {
+        let mut h = connected("alice");
+        h.deliver(Some(sim::error(code, "bye")));
+        assert!(matches!(h.engine.state(), ConnectionState::Failed { .. }), "{code}: {:?}", h.engine.state());
+        h.advance(Duration::from_secs(600));
+        assert_eq!(h.opens, 1, "{code}");
+    }
+    for code in [close::SESSION_REPLACED, close::PROTOCOL_ERROR] {
+        let mut h = connected("alice");
+        h.server_close(Some(code));
+        assert!(matches!(h.engine.state(), ConnectionState::Failed { .. }), "{code}");
+    }
+}
+
+#[test]
+fn background_closes_after_the_grace_period_and_foreground_resumes_from_the_cursor() {
+    let mut h = connected("alice");
+    h.publish("user:alice", "n1", Priority::Important, None);
+    h.engine.handle_lifecycle(h.now, Lifecycle::Background);
+    h.advance(Duration::from_secs(29));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "grace period");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.engine.state(), &ConnectionState::Suspended { reason: SuspendReason::Background });
+    assert!(h.conn.is_none(), "socket closed");
+    h.server.publish("user:alice", "n2", Priority::Important, None);
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.opens, 1, "no reconnects in the background");
+    h.take_events();
+    h.engine.handle_lifecycle(h.now, Lifecycle::Foreground);
+    h.pump();
+    assert_eq!(h.opens, 2, "foreground reconnects at once");
+    assert_eq!(h.notification_ids(), ["n2"]);
+    assert!(
+        h.events.contains(&Event::Continuity {
+            stream: "user:alice".into(),
+            continuity: Continuity::Resumed { replayed: 1 }
+        })
+    );
+}
+
+#[test]
+fn token_is_refreshed_on_the_live_connection_before_it_expires() {
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.server.token_expires_in_ms = Some(120_000);
+    h.connect();
+    // Lifetime 120 s: the lead is min(30 s, 10 % of 120 s) = 12 s, so the refresh is due at 108 s.
+    h.advance(Duration::from_secs(107));
+    assert_eq!(h.token_fetches.len(), 1);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.token_fetches, [false, true]);
+    let auths: Vec<_> = h.server.received.iter().filter(|f| matches!(f, ClientFrame::Auth { .. })).collect();
+    assert_eq!(auths.len(), 2, "second auth on the same connection");
+    assert_eq!(h.opens, 1);
+}
+
+#[test]
+fn close_sends_pending_acks_then_closes_and_stays_closed() {
+    let mut h = connected("alice");
+    let frame = h.server.publish("user:alice", "n1", Priority::Important, None).unwrap();
+    h.engine.handle_text(h.now, h.conn.unwrap(), &frame);
+    h.engine.close(h.now);
+    let first = h.engine.poll_transmit().unwrap();
+    assert_eq!(protocol::decode_client_frame(&first).unwrap(), ClientFrame::Ack { ids: vec!["n1".into()] });
+    assert!(matches!(h.engine.poll_action(), Some(Action::Close { code: 1000, .. })));
+    h.pump();
+    assert_eq!(h.engine.state(), &ConnectionState::Closed);
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.opens, 1);
+}
+
+#[test]
+fn state_survives_a_restart_through_a_snapshot() {
+    let mut config = Harness::config();
+    config.persistence = true;
+    config.batch = BatchConfig { window: Duration::from_secs(3), max_items: 10 };
+    let mut h = Harness::new(config.clone(), "alice");
+    h.connect();
+    h.publish("user:alice", "n1", Priority::Important, None);
+    h.publish("user:alice", "like1", Priority::Informational, Some("likes"));
+    h.publish("user:alice", "like2", Priority::Informational, Some("likes"));
+    let device = h.engine.device_id();
+    let snapshot = h.engine.snapshot();
+    assert_eq!(snapshot.seen, ["n1", "like1", "like2"]);
+    assert_eq!(snapshot.pending.len(), 1);
+
+    // A new process: new engine, same server, restored state.
+    let mut h2 = Harness::new(config, "alice");
+    h2.server = std::mem::replace(&mut h.server, sim::SimServer::new("x"));
+    h2.engine.restore(h2.now, &snapshot);
+    assert_eq!(h2.engine.device_id(), device);
+    h2.server.publish("user:alice", "n2", Priority::Important, None);
+    h2.connect();
+    assert_eq!(h2.notification_ids(), ["n2"], "resumed after n1, not fresh");
+    let payload = h2.server.push_payload("user:alice", "n1");
+    assert_eq!(h2.engine.ingest_push(h2.now, &payload).unwrap(), PushOutcome::Duplicate { id: "n1".into() });
+    h2.advance(Duration::from_secs(3));
+    let digest = h2.events.iter().find_map(|e| if let Event::Digest(d) = e { Some(d.clone()) } else { None });
+    assert_eq!(digest.map(|d| d.ids), Some(vec!["like1".to_string(), "like2".to_string()]));
+}
+
+#[test]
+fn persistence_is_rate_limited_and_immediate_for_push_and_close() {
+    let mut config = Harness::config();
+    config.persistence = true;
+    config.persist_interval = Duration::from_millis(500);
+    let mut h = Harness::new(config, "alice");
+    h.connect();
+    let persists = |h: &Harness| h.actions.iter().filter(|a| matches!(a, Action::Persist(_))).count();
+    let base = persists(&h);
+    for i in 0..20 {
+        h.publish("user:alice", &format!("n{i}"), Priority::Important, None);
+        h.advance(ms(50));
+    }
+    let routine = persists(&h) - base;
+    assert!((1..=3).contains(&routine), "20 notifications over 1 s persisted {routine} times");
+    let before = persists(&h);
+    h.server.publish("user:alice", "p", Priority::Important, None);
+    let payload = h.server.push_payload("user:alice", "p");
+    h.engine.ingest_push(h.now, &payload).unwrap();
+    h.pump();
+    assert_eq!(persists(&h), before + 1, "push path persists at once");
+    let Some(Action::Persist(s)) = h.actions.iter().rev().find(|a| matches!(a, Action::Persist(_))) else { panic!() };
+    assert!(s.seen.contains(&"p".to_string()));
+}
+
+#[test]
+fn ephemeral_notifications_do_not_move_the_cursor() {
+    let mut h = connected("alice");
+    let frame = h.server.publish_with(
+        "user:alice",
+        "e1",
+        Priority::Important,
+        None,
+        tidings_core::protocol::Persistence::Ephemeral,
+    );
+    h.deliver(frame);
+    assert_eq!(h.notification_ids(), ["e1"]);
+    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 0);
+}

@@ -1,0 +1,461 @@
+//! A deterministic harness for engine tests: simulated time, a scripted token provider, and a small model of
+//! a protocol v1 server (streams, epochs, bounded buffers, the §5.4 replay decision).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use tidings_core::engine::{Action, Config, ConnId, Engine, Event, TokenError, TransportFailure};
+use tidings_core::protocol::{
+    self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Notification, Persistence, Priority, ServerFrame,
+    WireContinuity,
+};
+use tidings_core::time::Instant;
+
+/// One stream on the model server.
+#[derive(Debug)]
+pub struct SimStream {
+    pub epoch: String,
+    pub head: u64,
+    pub buffer: VecDeque<Notification>,
+}
+
+/// A model protocol server with one client connection at a time.
+#[derive(Debug)]
+pub struct SimServer {
+    pub user: String,
+    pub streams: HashMap<String, SimStream>,
+    pub buffer_cap: usize,
+    pub heartbeat_ms: u64,
+    epoch_counter: u32,
+    /// Streams the current connection subscribed to.
+    pub subscribed: HashSet<String>,
+    pub authed: bool,
+    /// Frames the client sent, decoded.
+    pub received: Vec<ClientFrame>,
+    /// Tokens the server accepts; `None` accepts any.
+    pub accept_tokens: Option<HashSet<String>>,
+    pub token_expires_in_ms: Option<u64>,
+    /// Answer every client heartbeat (a stand-in for the server's own idle heartbeats).
+    pub answer_heartbeats: bool,
+}
+
+impl SimServer {
+    pub fn new(user: &str) -> Self {
+        SimServer {
+            user: user.into(),
+            streams: HashMap::new(),
+            buffer_cap: 1000,
+            heartbeat_ms: 25_000,
+            epoch_counter: 0,
+            subscribed: HashSet::new(),
+            authed: false,
+            received: Vec::new(),
+            accept_tokens: None,
+            token_expires_in_ms: None,
+            answer_heartbeats: true,
+        }
+    }
+
+    fn stream(&mut self, name: &str) -> &mut SimStream {
+        if !self.streams.contains_key(name) {
+            self.epoch_counter += 1;
+            let epoch = format!("ep{}", self.epoch_counter);
+            self.streams.insert(name.into(), SimStream { epoch, head: 0, buffer: VecDeque::new() });
+        }
+        self.streams.get_mut(name).unwrap()
+    }
+
+    /// Forgets every stream's history (a restart with the in-memory store).
+    pub fn lose_history(&mut self) {
+        self.streams.clear();
+    }
+
+    /// Publishes one notification with `id` to `stream`; returns the frame the connected client should get,
+    /// if it is subscribed.
+    pub fn publish(&mut self, stream: &str, id: &str, priority: Priority, group: Option<&str>) -> Option<String> {
+        self.publish_with(stream, id, priority, group, Persistence::Bufferable)
+    }
+
+    pub fn publish_with(
+        &mut self,
+        stream: &str,
+        id: &str,
+        priority: Priority,
+        group: Option<&str>,
+        persistence: Persistence,
+    ) -> Option<String> {
+        let cap = self.buffer_cap;
+        let s = self.stream(stream);
+        let offset = if persistence.is_buffered() {
+            s.head += 1;
+            Some(s.head)
+        } else {
+            None
+        };
+        let n = notification(id, stream, &s.epoch, offset, priority, group, persistence);
+        if persistence.is_buffered() {
+            s.buffer.push_back(n.clone());
+            while s.buffer.len() > cap {
+                s.buffer.pop_front();
+            }
+        }
+        if self.authed && self.subscribed.contains(stream) {
+            Some(protocol::encode_server_frame(&ServerFrame::Notification(n)))
+        } else {
+            None
+        }
+    }
+
+    /// The push payload for the last notification with `id` on `stream`.
+    pub fn push_payload(&self, stream: &str, id: &str) -> String {
+        let n = self.streams[stream].buffer.iter().find(|n| n.id == id).expect("published");
+        format!(r#"{{"tidings":{}}}"#, serde_json::to_string(n).unwrap())
+    }
+
+    /// Handles a client frame; returns frames to send back (and whether to close with a code).
+    pub fn on_client_frame(&mut self, text: &str) -> (Vec<String>, Option<u16>) {
+        let frame = protocol::decode_client_frame(text).expect("engine sends valid frames");
+        self.received.push(frame.clone());
+        let mut out = Vec::new();
+        match frame {
+            ClientFrame::Auth { token, device, .. } => {
+                if let Some(ok) = &self.accept_tokens
+                    && !ok.contains(&token)
+                {
+                    out.push(error(ErrorCode::Unauthorized, "bad token"));
+                    return (out, Some(protocol::close::UNAUTHORIZED));
+                }
+                if self.authed {
+                    out.push(protocol::encode_server_frame(&ServerFrame::TokenRefreshed {
+                        token_expires_in_ms: self.token_expires_in_ms,
+                    }));
+                } else {
+                    self.authed = true;
+                    out.push(protocol::encode_server_frame(&ServerFrame::Welcome {
+                        session: "s-1".into(),
+                        user: self.user.clone(),
+                        device,
+                        heartbeat_ms: self.heartbeat_ms,
+                        max_frame_bytes: protocol::MAX_SERVER_FRAME_BYTES as u64,
+                        token_expires_in_ms: self.token_expires_in_ms,
+                    }));
+                }
+            }
+            ClientFrame::Subscribe { reference, streams } => {
+                for entry in streams {
+                    let s = self.stream(&entry.stream);
+                    let (epoch, head) = (s.epoch.clone(), s.head);
+                    let oldest = s.buffer.front().and_then(|n| n.offset).unwrap_or(head + 1);
+                    let (continuity, replay): (WireContinuity, Vec<Notification>) = match (entry.epoch, entry.offset) {
+                        (None, _) | (_, None) => (WireContinuity::Fresh, vec![]),
+                        (Some(e), _) if e != epoch => {
+                            (WireContinuity::Gap { reason: GapReason::EpochChanged, missed: None }, vec![])
+                        }
+                        (_, Some(o)) if o > head => {
+                            (WireContinuity::Gap { reason: GapReason::AheadOfStream, missed: None }, vec![])
+                        }
+                        (_, Some(o)) if o + 1 < oldest => (
+                            WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(oldest - o - 1) },
+                            vec![],
+                        ),
+                        (_, Some(o)) => {
+                            let items: Vec<Notification> =
+                                s.buffer.iter().filter(|n| n.offset.unwrap() > o).cloned().collect();
+                            (WireContinuity::Resumed { replayed: items.len() as u64 }, items)
+                        }
+                    };
+                    out.push(protocol::encode_server_frame(&ServerFrame::Subscribed {
+                        reference,
+                        stream: entry.stream.clone(),
+                        epoch,
+                        offset: head,
+                        continuity,
+                    }));
+                    out.extend(
+                        replay.into_iter().map(|n| protocol::encode_server_frame(&ServerFrame::Notification(n))),
+                    );
+                    self.subscribed.insert(entry.stream);
+                }
+            }
+            ClientFrame::Unsubscribe { reference, streams } => {
+                for stream in streams {
+                    self.subscribed.remove(&stream);
+                    out.push(protocol::encode_server_frame(&ServerFrame::Unsubscribed { reference, stream }));
+                }
+            }
+            ClientFrame::Heartbeat { echo } => {
+                if echo || self.answer_heartbeats {
+                    out.push(protocol::encode_server_frame(&ServerFrame::Heartbeat));
+                }
+            }
+            ClientFrame::Ack { .. } => {}
+        }
+        (out, None)
+    }
+
+    /// The connection ended.
+    pub fn disconnect(&mut self) {
+        self.authed = false;
+        self.subscribed.clear();
+    }
+
+    /// Acked ids, in order.
+    pub fn acked(&self) -> Vec<String> {
+        self.received
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Ack { ids } => Some(ids.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+pub fn error(code: ErrorCode, message: &str) -> String {
+    protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: None,
+        stream: None,
+        code,
+        message: message.into(),
+        retry_after_ms: None,
+    }))
+}
+
+pub fn notification(
+    id: &str,
+    stream: &str,
+    epoch: &str,
+    offset: Option<u64>,
+    priority: Priority,
+    group: Option<&str>,
+    persistence: Persistence,
+) -> Notification {
+    Notification {
+        id: id.into(),
+        stream: stream.into(),
+        offset,
+        epoch: epoch.into(),
+        kind: "test".into(),
+        priority,
+        persistence,
+        title: Some(format!("title {id}")),
+        body: None,
+        data: None,
+        group: group.map(Into::into),
+        created_at: 1,
+    }
+}
+
+/// How the harness answers token requests.
+#[derive(Clone, Debug)]
+pub enum TokenPolicy {
+    /// Always `token-<n>` where n counts fetches.
+    Counting,
+    /// Fail with this error.
+    Fail(TokenError),
+    /// Leave requests unanswered (the test answers them).
+    Manual,
+}
+
+/// How the harness answers socket opens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OpenPolicy {
+    Accept,
+    Refuse(TransportFailure),
+    /// Leave opens pending.
+    Manual,
+}
+
+/// Engine + model server + simulated clock.
+pub struct Harness {
+    pub engine: Engine,
+    pub server: SimServer,
+    pub now: Instant,
+    pub conn: Option<ConnId>,
+    pub events: Vec<Event>,
+    pub actions: Vec<Action>,
+    pub token_policy: TokenPolicy,
+    pub open_policy: OpenPolicy,
+    pub token_fetches: Vec<bool>,
+    pub opens: u32,
+    pub pending_token: bool,
+    pub pending_open: Option<ConnId>,
+    /// Frames from the server still to be delivered (in order).
+    inbound: VecDeque<String>,
+    close_after_inbound: Option<u16>,
+}
+
+impl Harness {
+    pub fn new(config: Config, user: &str) -> Self {
+        Harness {
+            engine: Engine::new(config, 42),
+            server: SimServer::new(user),
+            now: Instant::from_millis(1_000),
+            conn: None,
+            events: Vec::new(),
+            actions: Vec::new(),
+            token_policy: TokenPolicy::Counting,
+            open_policy: OpenPolicy::Accept,
+            token_fetches: Vec::new(),
+            opens: 0,
+            pending_token: false,
+            pending_open: None,
+            inbound: VecDeque::new(),
+            close_after_inbound: None,
+        }
+    }
+
+    pub fn config() -> Config {
+        let mut c = Config::new("ws://sim/v1/ws");
+        c.persistence = false;
+        c
+    }
+
+    /// Runs the engine's outputs to quiescence at the current time.
+    pub fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            while let Some(frame) = self.engine.poll_transmit() {
+                progressed = true;
+                if self.conn.is_some() {
+                    let (replies, close) = self.server.on_client_frame(&frame);
+                    self.inbound.extend(replies);
+                    if close.is_some() {
+                        self.close_after_inbound = close;
+                    }
+                }
+            }
+            while let Some(action) = self.engine.poll_action() {
+                progressed = true;
+                self.actions.push(action.clone());
+                match action {
+                    Action::FetchToken { force_refresh } => {
+                        self.token_fetches.push(force_refresh);
+                        match &self.token_policy {
+                            TokenPolicy::Counting => {
+                                let t = format!("token-{}", self.token_fetches.len());
+                                self.engine.handle_token(self.now, Ok(t));
+                            }
+                            TokenPolicy::Fail(e) => self.engine.handle_token(self.now, Err(e.clone())),
+                            TokenPolicy::Manual => self.pending_token = true,
+                        }
+                    }
+                    Action::Open { conn, .. } => {
+                        self.opens += 1;
+                        match &self.open_policy {
+                            OpenPolicy::Accept => {
+                                self.server.disconnect();
+                                self.conn = Some(conn);
+                                self.engine.handle_transport_open(self.now, conn);
+                            }
+                            OpenPolicy::Refuse(f) => self.engine.handle_transport_failed(self.now, conn, f.clone()),
+                            OpenPolicy::Manual => self.pending_open = Some(conn),
+                        }
+                    }
+                    Action::Close { conn, .. } => {
+                        if self.conn == Some(conn) {
+                            self.conn = None;
+                            self.server.disconnect();
+                            self.inbound.clear();
+                            self.close_after_inbound = None;
+                        }
+                    }
+                    Action::Persist(_) => {}
+                }
+            }
+            if let Some(frame) = self.inbound.pop_front() {
+                progressed = true;
+                if let Some(conn) = self.conn {
+                    self.engine.handle_text(self.now, conn, &frame);
+                }
+            } else if let Some(code) = self.close_after_inbound.take() {
+                progressed = true;
+                if let Some(conn) = self.conn.take() {
+                    self.server.disconnect();
+                    self.engine.handle_transport_closed(self.now, conn, Some(code), "");
+                }
+            }
+            while let Some(e) = self.engine.poll_event() {
+                self.events.push(e);
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("engine did not quiesce");
+    }
+
+    /// Advances simulated time by `d`, firing every timer on the way.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.pump();
+            match self.engine.poll_timeout() {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.engine.handle_timeout(self.now);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.engine.handle_timeout(self.now);
+        self.pump();
+    }
+
+    pub fn connect(&mut self) {
+        self.engine.connect(self.now);
+        self.pump();
+    }
+
+    /// Delivers a frame the server "sends" now.
+    pub fn deliver(&mut self, frame: Option<String>) {
+        if let Some(frame) = frame {
+            self.inbound.push_back(frame);
+        }
+        self.pump();
+    }
+
+    /// Publishes and delivers live.
+    pub fn publish(&mut self, stream: &str, id: &str, priority: Priority, group: Option<&str>) {
+        let frame = self.server.publish(stream, id, priority, group);
+        self.deliver(frame);
+    }
+
+    /// The server drops the connection (close code, no error frame).
+    pub fn server_close(&mut self, code: Option<u16>) {
+        if let Some(conn) = self.conn.take() {
+            self.server.disconnect();
+            self.inbound.clear();
+            self.engine.handle_transport_closed(self.now, conn, code, "");
+        }
+        self.pump();
+    }
+
+    /// Events of one kind, taken out of the log.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn notification_ids(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Notification(n) => Some(n.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn states(&self) -> Vec<tidings_core::ConnectionState> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::State(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
