@@ -1,1 +1,673 @@
-//! Native driver (under construction).
+//! The native driver: the engine on tokio + tokio-tungstenite (rustls for `wss`).
+//!
+//! One task per client owns the socket and runs the engine's timers; the engine itself sits behind a mutex so
+//! that synchronous calls (`ingest_push` from a push handler, `subscribe`) take effect at once. Events reach
+//! the application through a bounded channel ([`Events`]); when the application stops reading, the driver stops
+//! reading the socket (TCP backpressure) rather than buffering without limit.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tidings_core::native::ClientError> {
+//! use tidings_core::native::{Client, ClientConfig, StaticToken};
+//! let (client, mut events) = Client::builder(ClientConfig::new("ws://127.0.0.1:8080/v1/ws"))
+//!     .token_provider(StaticToken::new("eyJ..."))
+//!     .connect()?;
+//! client.subscribe("topic:news")?;
+//! while let Some(event) = events.next().await {
+//!     println!("{event:?}");
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+
+mod file_store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use file_store::FileStore;
+
+use crate::engine::{
+    Action, ConnId, ConnectionState, Engine, EngineError, Event, Lifecycle, NetworkEvent, PushOutcome, Stats,
+    TokenError, TransportFailure,
+};
+use crate::protocol::SUBPROTOCOL;
+use crate::store::{Store, StoreError};
+use crate::time::Instant;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Supplies tokens. Called when the engine needs one: at the first connect, after the server rejected a token
+/// (`force_refresh = true`: a cached token will not do), and shortly before a known expiry. The engine never
+/// has two requests outstanding.
+pub trait TokenProvider: Send + Sync + 'static {
+    /// A token for the current user.
+    fn token(&self, force_refresh: bool) -> BoxFuture<'static, Result<String, TokenError>>;
+}
+
+impl<F, Fut> TokenProvider for F
+where
+    F: Fn(bool) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, TokenError>> + Send + 'static,
+{
+    fn token(&self, force_refresh: bool) -> BoxFuture<'static, Result<String, TokenError>> {
+        Box::pin(self(force_refresh))
+    }
+}
+
+/// A fixed token (tests, demos, long-lived service tokens).
+#[derive(Debug, Clone)]
+pub struct StaticToken(String);
+
+impl StaticToken {
+    /// This token, always.
+    pub fn new(token: impl Into<String>) -> Self {
+        StaticToken(token.into())
+    }
+}
+
+impl TokenProvider for StaticToken {
+    fn token(&self, _force_refresh: bool) -> BoxFuture<'static, Result<String, TokenError>> {
+        let t = self.0.clone();
+        Box::pin(async move { Ok(t) })
+    }
+}
+
+/// Driver configuration: the engine's plus socket settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Engine behaviour (URL, backoff, batching, dedup, …).
+    pub engine: crate::engine::Config,
+    /// Events buffered for the application before the driver stops reading the socket.
+    pub event_capacity: usize,
+    /// tungstenite read buffer per connection.
+    pub read_buffer_size: usize,
+    /// Largest message accepted from the server.
+    pub max_message_size: usize,
+    /// Seed for the engine's randomness; `None` draws one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl ClientConfig {
+    /// Defaults for a server at `url` (`ws://…/v1/ws` or `wss://…/v1/ws`).
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            engine: crate::engine::Config::new(url),
+            event_capacity: 1024,
+            read_buffer_size: 32 * 1024,
+            max_message_size: 2 * crate::protocol::MAX_SERVER_FRAME_BYTES,
+            seed: None,
+        }
+    }
+}
+
+/// Errors of the client API.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// An argument was invalid (e.g. a stream name).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `connect` was called outside a tokio runtime.
+    #[error("Client::connect must be called within a tokio runtime")]
+    NoRuntime,
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// Waiting for a state timed out.
+    #[error("timed out waiting for the connection state")]
+    Timeout,
+}
+
+/// Builds a [`Client`].
+#[must_use]
+pub struct ClientBuilder {
+    config: ClientConfig,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder").field("config", &self.config).field("store", &self.store).finish()
+    }
+}
+
+impl ClientBuilder {
+    /// The token provider (required).
+    pub fn token_provider(mut self, tokens: impl TokenProvider) -> Self {
+        self.tokens = Some(Arc::new(tokens));
+        self
+    }
+
+    /// A shared token provider.
+    pub fn token_provider_arc(mut self, tokens: Arc<dyn TokenProvider>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Where cursors and seen ids are kept across restarts (default: nowhere).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Starts the client: restores the store, spawns the driver task and begins connecting.
+    pub fn connect(self) -> Result<(Client, Events), ClientError> {
+        let tokens = self.tokens.unwrap_or_else(|| Arc::new(StaticToken::new("")));
+        Client::start(self.config, tokens, self.store)
+    }
+}
+
+/// Application events: notifications, digests, state changes, continuity. A `Stream`.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the client is closed and every event was read.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// An event if one is ready.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl futures_util::Stream for Events {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Monotonic clock mapped onto engine [`Instant`]s.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+    fn deadline(&self, t: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_millis(t.as_millis())
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    engine: Mutex<Engine>,
+    wake: Notify,
+    clock: Clock,
+    store: Option<Arc<dyn Store>>,
+    shutdown: AtomicBool,
+    state: watch::Sender<ConnectionState>,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, snapshot: &crate::engine::Snapshot) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.save(snapshot)
+        {
+            tracing::warn!(error = %e, "saving client state failed");
+        }
+    }
+}
+
+/// A Tidings client. Cheap to share behind an `Arc`; [`Client::close`] ends it (dropping it aborts the
+/// driver task).
+#[derive(Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Client {
+    /// A builder for a client with this configuration.
+    pub fn builder(config: ClientConfig) -> ClientBuilder {
+        ClientBuilder { config, tokens: None, store: None }
+    }
+
+    fn start(
+        config: ClientConfig,
+        tokens: Arc<dyn TokenProvider>,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<(Client, Events), ClientError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
+        let seed = config.seed.unwrap_or_else(|| {
+            getrandom::u64().unwrap_or_else(|_| {
+                // No OS entropy (should not happen): the clock still separates clients.
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+            })
+        });
+        let mut engine_config = config.engine.clone();
+        engine_config.persistence = store.is_some();
+        let mut engine = Engine::new(engine_config, seed);
+        let clock = Clock { origin: tokio::time::Instant::now() };
+        if let Some(store) = &store {
+            match store.load() {
+                Ok(Some(snapshot)) => engine.restore(clock.now(), &snapshot),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "client state could not be loaded; starting fresh"),
+            }
+        }
+        engine.connect(clock.now());
+        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (state_tx, _) = watch::channel(engine.state().clone());
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(engine),
+            wake: Notify::new(),
+            clock,
+            store,
+            shutdown: AtomicBool::new(false),
+            state: state_tx,
+        });
+        let driver = Driver { shared: shared.clone(), tokens, events: events_tx, config, ws: None };
+        let task = handle.spawn(driver.run());
+        Ok((Client { shared, task: Mutex::new(Some(task)) }, Events { rx: events_rx }))
+    }
+
+    fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> T) -> T {
+        let now = self.shared.clock.now();
+        let out = f(&mut self.shared.engine(), now);
+        self.shared.wake.notify_one();
+        out
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver of state changes (latest value semantics).
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Waits until `pred` holds for the connection state, or `timeout` passes.
+    pub async fn wait_for_state(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ConnectionState) -> bool,
+    ) -> Result<ConnectionState, ClientError> {
+        let mut rx = self.state_changes();
+        let wait = async {
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    if pred(&s) {
+                        return Ok(s.clone());
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Subscribes to `topic:<name>` (or another stream); resumes from its cursor on every reconnect.
+    pub fn subscribe(&self, stream: &str) -> Result<(), ClientError> {
+        self.with_engine(|e, now| e.subscribe(now, stream)).map_err(Into::into)
+    }
+
+    /// Unsubscribes and forgets the stream's cursor.
+    pub fn unsubscribe(&self, stream: &str) -> Result<(), ClientError> {
+        self.with_engine(|e, now| e.unsubscribe(now, stream)).map_err(Into::into)
+    }
+
+    /// Acks notifications (only needed with `auto_ack` off).
+    pub fn ack(&self, ids: &[&str]) -> Result<(), ClientError> {
+        self.with_engine(|e, now| e.ack(now, ids)).map_err(Into::into)
+    }
+
+    /// Passes a push payload (APNs/FCM/Web Push) through the shared dedup window. The state is saved before
+    /// this returns, so a push handler may be killed right after.
+    pub fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {
+        let now = self.shared.clock.now();
+        let (outcome, snapshot) = {
+            let mut engine = self.shared.engine();
+            let outcome = engine.ingest_push(now, payload)?;
+            let snapshot = self.shared.store.as_ref().map(|_| engine.snapshot());
+            (outcome, snapshot)
+        };
+        if let (Some(store), Some(snapshot)) = (&self.shared.store, snapshot) {
+            store.save(&snapshot)?;
+        }
+        self.shared.wake.notify_one();
+        Ok(outcome)
+    }
+
+    /// The platform reports a network change (retries at once when the network is back).
+    pub fn network_changed(&self, event: NetworkEvent) {
+        self.with_engine(|e, now| e.handle_network(now, event));
+    }
+
+    /// The app moved to the foreground or background.
+    pub fn set_lifecycle(&self, lifecycle: Lifecycle) {
+        if lifecycle == Lifecycle::Foreground
+            && let Some(store) = &self.shared.store
+        {
+            // Another process (push extension) may have recorded ids meanwhile.
+            match store.load() {
+                Ok(Some(snapshot)) => self.with_engine(|e, now| e.restore(now, &snapshot)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "client state could not be reloaded"),
+            }
+        }
+        self.with_engine(|e, now| e.handle_lifecycle(now, lifecycle));
+    }
+
+    /// Starts connecting again after `Closed` or `Failed` (e.g. after the user signed in again).
+    pub fn reconnect(&self) {
+        self.with_engine(|e, now| e.connect(now));
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.engine().stats().clone()
+    }
+
+    /// The device id the client authenticates with.
+    pub fn device_id(&self) -> String {
+        self.shared.engine().device_id()
+    }
+
+    /// Closes the connection, saves the state and waits for the driver task to end. Idempotent.
+    pub async fn close(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.with_engine(|e, now| e.close(now));
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Driver {
+    shared: Arc<Shared>,
+    tokens: Arc<dyn TokenProvider>,
+    events: mpsc::Sender<Event>,
+    config: ClientConfig,
+    ws: Option<(ConnId, Ws)>,
+}
+
+/// What the engine asked for in one drain.
+#[derive(Default)]
+struct Outputs {
+    transmits: Vec<String>,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    timeout: Option<Instant>,
+    finished: bool,
+}
+
+impl Driver {
+    fn drain(&self) -> Outputs {
+        let mut engine = self.shared.engine();
+        let mut out = Outputs::default();
+        while let Some(t) = engine.poll_transmit() {
+            out.transmits.push(t);
+        }
+        while let Some(a) = engine.poll_action() {
+            out.actions.push(a);
+        }
+        while let Some(e) = engine.poll_event() {
+            out.events.push(e);
+        }
+        out.timeout = engine.poll_timeout();
+        out.finished = self.shared.shutdown.load(Ordering::SeqCst)
+            && matches!(engine.state(), ConnectionState::Closed | ConnectionState::Failed { .. });
+        out
+    }
+
+    async fn run(mut self) {
+        let clock = self.shared.clock;
+        let mut token_fut: Option<BoxFuture<'static, Result<String, TokenError>>> = None;
+        let mut connecting: Option<(ConnId, BoxFuture<'static, Result<Ws, TransportFailure>>)> = None;
+        loop {
+            let out = self.drain();
+            if !out.transmits.is_empty() {
+                self.write(out.transmits).await;
+            }
+            for action in out.actions {
+                match action {
+                    Action::FetchToken { force_refresh } => token_fut = Some(self.tokens.token(force_refresh)),
+                    Action::Open { conn, url } => connecting = Some((conn, Box::pin(open(url, self.ws_config())))),
+                    Action::Close { conn, code, reason } => {
+                        if connecting.as_ref().is_some_and(|(c, _)| *c == conn) {
+                            connecting = None;
+                        }
+                        if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
+                            let (_, mut ws) = self.ws.take().expect("checked");
+                            let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+                        }
+                    }
+                    Action::Persist(snapshot) => self.shared.save(&snapshot),
+                }
+            }
+            for event in out.events {
+                if let Event::State(s) = &event {
+                    self.shared.state.send_replace(s.clone());
+                }
+                // Backpressure: wait for the app. If it dropped `Events`, the event is discarded.
+                let _ = self.events.send(event).await;
+            }
+            if out.finished {
+                break;
+            }
+            let sleep = out.timeout.map(|t| tokio::time::sleep_until(clock.deadline(t)));
+            tokio::select! {
+                biased;
+                msg = next_message(&mut self.ws) => self.on_message(msg),
+                (conn, result) = poll_connecting(&mut connecting) => {
+                    connecting = None;
+                    match result {
+                        Ok(ws) => {
+                            self.ws = Some((conn, ws));
+                            self.shared.engine().handle_transport_open(clock.now(), conn);
+                        }
+                        Err(failure) => self.shared.engine().handle_transport_failed(clock.now(), conn, failure),
+                    }
+                }
+                result = poll_opt(&mut token_fut) => {
+                    token_fut = None;
+                    self.shared.engine().handle_token(clock.now(), result);
+                }
+                () = self.shared.wake.notified() => {}
+                () = async { match sleep { Some(s) => s.await, None => std::future::pending().await } } => {
+                    self.shared.engine().handle_timeout(clock.now());
+                }
+            }
+        }
+        if let Some((_, mut ws)) = self.ws.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+        }
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.config.read_buffer_size)
+            .write_buffer_size(0)
+            .max_message_size(Some(self.config.max_message_size))
+            .max_frame_size(Some(self.config.max_message_size))
+    }
+
+    /// Handles one message and every further message already buffered, under one engine lock.
+    fn on_message(&mut self, first: (ConnId, Option<Result<Message, tungstenite::Error>>)) {
+        let (conn, mut msg) = first;
+        let now = self.shared.clock.now();
+        let shared = self.shared.clone();
+        let mut engine = shared.engine();
+        for _ in 0..1024 {
+            match msg {
+                Some(Ok(Message::Text(text))) => engine.handle_text(now, conn, text.as_str()),
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) =
+                        frame.map(|f| (Some(u16::from(f.code)), f.reason.to_string())).unwrap_or((None, String::new()));
+                    engine.handle_transport_closed(now, conn, code, &reason);
+                    self.ws = None;
+                    return;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    engine.handle_transport_closed(now, conn, None, "server sent a binary message");
+                    self.ws = None;
+                    return;
+                }
+                Some(Ok(_)) => engine.handle_activity(now, conn),
+                Some(Err(e)) => {
+                    engine.handle_transport_closed(now, conn, None, &e.to_string());
+                    self.ws = None;
+                    return;
+                }
+                None => {
+                    engine.handle_transport_closed(now, conn, None, "connection ended");
+                    self.ws = None;
+                    return;
+                }
+            }
+            let Some((_, ws)) = self.ws.as_mut() else { return };
+            match ws.next().now_or_never() {
+                Some(next) => msg = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn write(&mut self, frames: Vec<String>) {
+        let Some((conn, ws)) = self.ws.as_mut() else { return };
+        let conn = *conn;
+        let mut result = Ok(());
+        for frame in frames {
+            result = ws.feed(Message::text(frame)).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = ws.flush().await;
+        }
+        if let Err(e) = result {
+            self.ws = None;
+            self.shared.engine().handle_transport_closed(self.shared.clock.now(), conn, None, &e.to_string());
+        }
+    }
+}
+
+async fn next_message(ws: &mut Option<(ConnId, Ws)>) -> (ConnId, Option<Result<Message, tungstenite::Error>>) {
+    match ws {
+        Some((conn, stream)) => (*conn, stream.next().await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_connecting(
+    connecting: &mut Option<(ConnId, BoxFuture<'static, Result<Ws, TransportFailure>>)>,
+) -> (ConnId, Result<Ws, TransportFailure>) {
+    match connecting {
+        Some((conn, f)) => (*conn, f.await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_opt<T>(fut: &mut Option<BoxFuture<'static, T>>) -> T {
+    match fut {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Installs ring as rustls' process-wide crypto provider unless the application installed one already.
+fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+async fn open(url: String, config: WebSocketConfig) -> Result<Ws, TransportFailure> {
+    if url.starts_with("wss:") {
+        ensure_crypto_provider();
+    }
+    let mut request = url.as_str().into_client_request().map_err(|e| TransportFailure {
+        http_status: Some(400),
+        retry_after: None,
+        message: format!("bad URL: {e}"),
+    })?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
+    match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+        Ok((ws, response)) => {
+            let selected = response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok());
+            if selected != Some(SUBPROTOCOL) {
+                return Err(TransportFailure {
+                    http_status: Some(400),
+                    retry_after: None,
+                    message: format!("server selected subprotocol {selected:?}, expected {SUBPROTOCOL}"),
+                });
+            }
+            Ok(ws)
+        }
+        Err(tungstenite::Error::Http(response)) => {
+            let retry_after = response
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            Err(TransportFailure {
+                http_status: Some(response.status().as_u16()),
+                retry_after,
+                message: format!("HTTP {}: {}", response.status(), body.trim()),
+            })
+        }
+        Err(tungstenite::Error::Protocol(e @ tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_))) => {
+            // The server does not speak tidings.v1 (protocol §1): permanent.
+            Err(TransportFailure {
+                http_status: Some(400),
+                retry_after: None,
+                message: format!("server did not select subprotocol {SUBPROTOCOL}: {e}"),
+            })
+        }
+        Err(e) => Err(TransportFailure { http_status: None, retry_after: None, message: e.to_string() }),
+    }
+}

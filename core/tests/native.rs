@@ -1,0 +1,195 @@
+//! The native driver against a scripted WebSocket peer on loopback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tidings_core::engine::{ConnectionState, Event, FailureReason, PushOutcome};
+use tidings_core::native::{Client, ClientConfig, FileStore, StaticToken};
+use tidings_core::protocol::{self, ClientFrame, Persistence, Priority, ServerFrame, WireContinuity};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn note(id: &str, offset: u64) -> String {
+    protocol::encode_server_frame(&ServerFrame::Notification(protocol::Notification {
+        id: id.into(),
+        stream: "user:alice".into(),
+        offset: Some(offset),
+        epoch: "e1".into(),
+        kind: "t".into(),
+        priority: Priority::Important,
+        persistence: Persistence::Bufferable,
+        title: Some("hi".into()),
+        body: None,
+        data: None,
+        group: None,
+        created_at: 1,
+    }))
+}
+
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
+/// Accepts connections; answers auth/subscribe; forwards every client frame to `seen`; sends whatever the
+/// test pushes into the returned sender.
+async fn scripted_server(
+    select_subprotocol: bool,
+) -> (String, mpsc::UnboundedReceiver<ClientFrame>, mpsc::UnboundedSender<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, mut resp: Response| {
+                let offered = req.headers().get("Sec-WebSocket-Protocol").cloned();
+                if select_subprotocol && offered.as_ref().and_then(|v| v.to_str().ok()) == Some("tidings.v1") {
+                    resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("tidings.v1"));
+                }
+                Ok(resp)
+            })
+            .await;
+            let Ok(mut ws) = ws else { continue };
+            loop {
+                tokio::select! {
+                    msg = ws.next() => {
+                        let Some(Ok(Message::Text(text))) = msg else { break };
+                        let frame = protocol::decode_client_frame(text.as_str()).unwrap();
+                        let reply = match &frame {
+                            ClientFrame::Auth { device, .. } => Some(ServerFrame::Welcome {
+                                session: "s".into(), user: "alice".into(), device: device.clone(),
+                                heartbeat_ms: 25_000, max_frame_bytes: 65_536, token_expires_in_ms: None,
+                            }),
+                            ClientFrame::Subscribe { reference, streams } => Some(ServerFrame::Subscribed {
+                                reference: *reference, stream: streams[0].stream.clone(), epoch: "e1".into(),
+                                offset: 0, continuity: WireContinuity::Fresh,
+                            }),
+                            _ => None,
+                        };
+                        let _ = seen_tx.send(frame);
+                        if let Some(reply) = reply {
+                            ws.send(Message::text(protocol::encode_server_frame(&reply))).await.unwrap();
+                        }
+                    }
+                    out = push_rx.recv() => {
+                        let Some(out) = out else { return };
+                        ws.send(Message::text(out)).await.unwrap();
+                    }
+                }
+            }
+        }
+    });
+    (url, seen_rx, push_tx)
+}
+
+async fn next_matching(events: &mut tidings_core::native::Events, pred: impl Fn(&Event) -> bool) -> Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let e = events.next().await.expect("events ended");
+            if pred(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for an event")
+}
+
+#[tokio::test]
+async fn delivers_acks_and_closes_cleanly() {
+    let (url, mut seen, push) = scripted_server(true).await;
+    let (client, mut events) =
+        Client::builder(ClientConfig::new(url)).token_provider(StaticToken::new("tok")).connect().unwrap();
+    client.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await.unwrap();
+    push.send(note("n1", 1)).unwrap();
+    let Event::Notification(n) = next_matching(&mut events, |e| matches!(e, Event::Notification(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(n.id, "n1");
+    let ack = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(ClientFrame::Ack { ids }) = seen.recv().await {
+                return ids;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ack, ["n1"]);
+    client.close().await;
+    assert_eq!(client.state(), ConnectionState::Closed);
+    // The driver task ended: the event stream drains and ends.
+    let rest: Vec<Event> = tokio::time::timeout(WAIT, async {
+        let mut v = Vec::new();
+        while let Some(e) = events.next().await {
+            v.push(e);
+        }
+        v
+    })
+    .await
+    .expect("event stream ends after close");
+    assert!(rest.contains(&Event::State(ConnectionState::Closed)));
+}
+
+#[tokio::test]
+async fn push_dedup_survives_a_restart_through_the_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidings.json");
+    let (url, _seen, push) = scripted_server(true).await;
+    let payload = r#"{"tidings":{"id":"p1","stream":"user:alice","offset":1,"epoch":"e1","type":"t","priority":"critical","persistence":"bufferable","created_at":1}}"#;
+    {
+        let (client, _events) = Client::builder(ClientConfig::new(url.clone()))
+            .token_provider(StaticToken::new("tok"))
+            .store(Arc::new(FileStore::new(&path)))
+            .connect()
+            .unwrap();
+        assert!(matches!(client.ingest_push(payload).unwrap(), PushOutcome::Show(_)));
+        // Killed right after the push handler returned: no close, the state is already on disk.
+        drop(client);
+    }
+    let (client, mut events) = Client::builder(ClientConfig::new(url))
+        .token_provider(StaticToken::new("tok"))
+        .store(Arc::new(FileStore::new(&path)))
+        .connect()
+        .unwrap();
+    assert_eq!(client.ingest_push(payload).unwrap(), PushOutcome::Duplicate { id: "p1".into() });
+    client.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await.unwrap();
+    // The socket copy is suppressed too; a new one gets through.
+    push.send(note("p1", 1)).unwrap();
+    push.send(note("n2", 2)).unwrap();
+    let Event::Notification(n) = next_matching(&mut events, |e| matches!(e, Event::Notification(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(n.id, "n2");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_select_the_subprotocol_is_refused_without_retrying() {
+    let (url, mut seen, _push) = scripted_server(false).await;
+    let (client, _events) =
+        Client::builder(ClientConfig::new(url)).token_provider(StaticToken::new("tok")).connect().unwrap();
+    let state = client.wait_for_state(WAIT, |s| matches!(s, ConnectionState::Failed { .. })).await.unwrap();
+    let ConnectionState::Failed { reason, message } = state else { unreachable!() };
+    assert_eq!(reason, FailureReason::Rejected);
+    assert!(message.contains("subprotocol"), "{message}");
+    assert!(seen.try_recv().is_err(), "no frame was sent");
+    assert_eq!(client.stats().connection_attempts, 1);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_retried_with_backoff() {
+    // Bind and drop to get a port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let mut config = ClientConfig::new(format!("ws://127.0.0.1:{port}/v1/ws"));
+    config.engine.backoff.base = Duration::from_millis(20);
+    let (client, _events) = Client::builder(config).token_provider(StaticToken::new("tok")).connect().unwrap();
+    client.wait_for_state(WAIT, |s| matches!(s, ConnectionState::Reconnecting { attempt: 3.., .. })).await.unwrap();
+    client.close().await;
+    assert_eq!(client.state(), ConnectionState::Closed);
+}
