@@ -1,1 +1,199 @@
-fn main() {}
+//! `tidings-server`: the Tidings reference server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+use tidings_server::{DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The Tidings reference server: real-time notifications over WebSocket (protocol v1).
+///
+/// Log verbosity follows RUST_LOG (default `info`; `tidings_server=debug` adds a line per publish).
+#[derive(Debug, Parser)]
+#[command(name = "tidings-server", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "TIDINGS_BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// HS256 secret client tokens are signed with (required unless --demo).
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// API key for publishing and operator endpoints (required unless --demo).
+    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Heartbeat interval in milliseconds (the server closes with 4010 after twice this without traffic).
+    #[arg(long, env = "TIDINGS_HEARTBEAT_MS", default_value_t = 25_000)]
+    heartbeat_ms: u64,
+    /// Most notifications kept per stream for replay.
+    #[arg(long, env = "TIDINGS_REPLAY_MAX_ITEMS", default_value_t = 1000)]
+    replay_max_items: usize,
+    /// Oldest notification kept per stream for replay, in seconds.
+    #[arg(long, env = "TIDINGS_REPLAY_MAX_AGE_SECS", default_value_t = 86_400)]
+    replay_max_age_secs: u64,
+    /// Most live frames queued per connection before it is closed as a slow consumer (4014).
+    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE_LIMIT", default_value_t = 8192)]
+    outbound_queue_limit: usize,
+    /// Refuse connections beyond this many (try_again_later, 4013).
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// WebSocket read buffer per connection, in bytes (allocated up front for every connection).
+    #[arg(long, env = "TIDINGS_WS_READ_BUFFER_BYTES", default_value_t = ServerConfig::DEFAULT_WS_READ_BUFFER_BYTES)]
+    ws_read_buffer_bytes: usize,
+    /// Outgoing bytes collected per connection before a socket write (the buffer grows only while sending).
+    #[arg(long, env = "TIDINGS_WS_WRITE_BUFFER_BYTES", default_value_t = ServerConfig::DEFAULT_WS_WRITE_BUFFER_BYTES)]
+    ws_write_buffer_bytes: usize,
+    /// Log format.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Development mode: default secret and API key, POST /v1/demo/token, and a demo publisher.
+    #[arg(long, env = "TIDINGS_DEMO")]
+    demo: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
+    let (secret, api_key) = match (&args.jwt_secret, &args.api_key, args.demo) {
+        (Some(secret), Some(key), _) => (secret.clone(), key.clone()),
+        (secret, key, true) => (
+            secret.clone().unwrap_or_else(|| DEMO_JWT_SECRET.to_owned()),
+            key.clone().unwrap_or_else(|| DEMO_API_KEY.to_owned()),
+        ),
+        (None, _, false) => bail!(
+            "no JWT secret configured: pass --jwt-secret or set TIDINGS_JWT_SECRET \
+             (or run with --demo for development defaults)"
+        ),
+        (_, None, false) => bail!(
+            "no API key configured: pass --api-key or set TIDINGS_API_KEY \
+             (or run with --demo for development defaults)"
+        ),
+    };
+    let mut config = ServerConfig::new(args.bind, secret, api_key);
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    config.replay_max_items = args.replay_max_items;
+    config.replay_max_age = Duration::from_secs(args.replay_max_age_secs);
+    config.outbound_queue_limit = args.outbound_queue_limit;
+    config.max_connections = args.max_connections;
+    config.ws_read_buffer_size = args.ws_read_buffer_bytes;
+    config.ws_write_buffer_size = args.ws_write_buffer_bytes;
+    config.demo = args.demo;
+    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(config)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("Ctrl-C received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tidings-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tidings-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = config_from(&args)?;
+    if config.demo {
+        warn!("=================================================================================");
+        warn!("DEMO MODE: development secret and API key, POST /v1/demo/token is open to anyone,");
+        warn!("and a demo publisher is running. Never run --demo in production.");
+        if config.jwt_secret == DEMO_JWT_SECRET {
+            warn!(secret = DEMO_JWT_SECRET, "using the development JWT secret");
+        }
+        if config.api_key == DEMO_API_KEY {
+            warn!(api_key = DEMO_API_KEY, "using the development API key");
+        }
+        warn!("=================================================================================");
+    } else if config.jwt_secret.len() < 32 {
+        warn!("the JWT secret is shorter than 32 bytes; use a long random secret");
+    }
+    let server = tidings_server::start(config).await?;
+    info!(ws = %server.ws_url(), http = %server.http_url(), "ready");
+    // HOOK (demo subscriber): in demo mode the lead adds a native client signed in as `alice` here or in
+    // `tidings_server::demo::run_demo`.
+    shutdown_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_required_outside_demo_mode() {
+        let args = Args::try_parse_from(["tidings-server"]).unwrap();
+        let error = config_from(&args).unwrap_err().to_string();
+        assert!(error.contains("--jwt-secret"), "{error}");
+        let args = Args::try_parse_from(["tidings-server", "--jwt-secret", "s"]).unwrap();
+        assert!(config_from(&args).unwrap_err().to_string().contains("--api-key"));
+    }
+
+    #[test]
+    fn demo_mode_uses_the_development_defaults() {
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--heartbeat-ms", "1000"]).unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.jwt_secret, DEMO_JWT_SECRET);
+        assert_eq!(config.api_key, DEMO_API_KEY);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        assert!(config.demo);
+    }
+}

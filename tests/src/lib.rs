@@ -1,1 +1,231 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a reference server on loopback, an HTTP publisher, and native
+//! clients whose events are collected for assertions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tidings_core::engine::{ConnectionState, Continuity, Event};
+use tidings_core::native::{Client, ClientConfig, Events, StaticToken, TokenProvider};
+use tidings_core::protocol::Notification;
+use tidings_core::store::Store;
+use tidings_server::{RunningServer, ServerConfig};
+
+/// How long any single wait may take before a test fails (generous: only guards against hangs).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A reference server on loopback plus an HTTP client for its API.
+#[derive(Debug)]
+pub struct TestServer {
+    pub server: RunningServer,
+    pub config: ServerConfig,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts a server with the test configuration, adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig::for_tests();
+        tweak(&mut config);
+        Self::start_config(config).await
+    }
+
+    /// Starts a server with the test configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_config(config: ServerConfig) -> Self {
+        let server = tidings_server::start(config.clone()).await.expect("server starts");
+        TestServer { server, config, http: reqwest::Client::new() }
+    }
+
+    /// Stops this server and starts a new one on the same address (in-memory state is lost: new epochs).
+    pub async fn restart(self) -> Self {
+        let addr = self.server.local_addr();
+        let mut config = self.config.clone();
+        self.server.shutdown().await;
+        config.bind = addr;
+        Self::start_config(config).await
+    }
+
+    pub fn ws_url(&self) -> String {
+        self.server.ws_url()
+    }
+
+    /// A valid token for `user`, allowed to read `topics`.
+    pub fn token(&self, user: &str, topics: &[&str]) -> String {
+        tidings_server::issue_token(&self.config.jwt_secret, user, topics, Some(Duration::from_secs(3600)))
+    }
+
+    /// `POST /v1/publish`; returns the reply body (panics on a non-2xx status).
+    pub async fn publish(&self, body: Value) -> Value {
+        let (status, reply) = self.publish_raw(body).await;
+        assert!(status.is_success(), "publish failed: {status} {reply}");
+        reply
+    }
+
+    /// `POST /v1/publish`; returns status and body.
+    pub async fn publish_raw(&self, body: Value) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/publish", self.server.http_url()))
+            .bearer_auth(&self.config.api_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes one notification to a user with a caller-chosen id.
+    pub async fn notify_user(&self, user: &str, id: &str, priority: &str) -> Value {
+        self.publish(json!({"users":[user],"id":id,"type":"test","priority":priority,"title":format!("t {id}")})).await
+    }
+
+    /// `POST /v1/admin/drop` for everyone; returns how many were dropped.
+    pub async fn drop_all(&self) -> u64 {
+        let resp = self
+            .http
+            .post(format!("{}/v1/admin/drop", self.server.http_url()))
+            .bearer_auth(&self.config.api_key)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("HTTP request");
+        assert!(resp.status().is_success(), "drop failed: {}", resp.status());
+        resp.json::<Value>().await.unwrap()["dropped"].as_u64().unwrap()
+    }
+
+    /// `GET <path>` with the API key.
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.server.http_url(), path))
+            .bearer_auth(&self.config.api_key)
+            .send()
+            .await
+            .expect("HTTP request");
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+}
+
+/// A native client plus everything it emitted.
+#[derive(Debug)]
+pub struct TestClient {
+    pub client: Client,
+    events: Events,
+    pub log: Vec<Event>,
+}
+
+impl TestClient {
+    /// A client for `user` with a valid token and default configuration (batching off unless `tweak` turns it
+    /// on, fast backoff so tests do not wait).
+    pub fn connect(server: &TestServer, user: &str, topics: &[&str]) -> Self {
+        Self::connect_with(server, StaticToken::new(server.token(user, topics)), None, |_| {})
+    }
+
+    /// A client with full control over token provider, store and configuration.
+    pub fn connect_with(
+        server: &TestServer,
+        tokens: impl TokenProvider,
+        store: Option<Arc<dyn Store>>,
+        tweak: impl FnOnce(&mut ClientConfig),
+    ) -> Self {
+        let mut config = ClientConfig::new(server.ws_url());
+        config.engine.backoff.base = Duration::from_millis(50);
+        config.engine.backoff.cap = Duration::from_millis(500);
+        config.engine.batch.window = Duration::ZERO;
+        tweak(&mut config);
+        let mut builder = Client::builder(config).token_provider(tokens);
+        if let Some(store) = store {
+            builder = builder.store(store);
+        }
+        let (client, events) = builder.connect().expect("client starts");
+        TestClient { client, events, log: Vec::new() }
+    }
+
+    /// Waits until the connection state matches.
+    pub async fn wait_state(&self, pred: impl Fn(&ConnectionState) -> bool) -> ConnectionState {
+        self.client.wait_for_state(WAIT, pred).await.expect("state reached")
+    }
+
+    /// Waits until connected.
+    pub async fn connected(&self) {
+        self.wait_state(|s| *s == ConnectionState::Connected).await;
+    }
+
+    /// Reads events until `pred` is true of the log (returns the log position after which it became true).
+    pub async fn until(&mut self, what: &str, pred: impl Fn(&[Event]) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !pred(&self.log) {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
+                Ok(Some(e)) => self.log.push(e),
+                Ok(None) => panic!("event stream ended while waiting for {what}; log: {:#?}", self.log),
+                Err(_) => panic!("timed out waiting for {what}; log: {:#?}", self.log),
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `d` (for asserting that nothing more arrives).
+    pub async fn settle(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.events.next()).await {
+            self.log.push(e);
+        }
+    }
+
+    /// Notifications delivered on their own, in order.
+    pub fn notifications(&self) -> Vec<&Notification> {
+        self.log.iter().filter_map(|e| if let Event::Notification(n) = e { Some(n) } else { None }).collect()
+    }
+
+    /// Ids of delivered notifications (alone and in digests), in delivery order.
+    pub fn delivered_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for e in &self.log {
+            match e {
+                Event::Notification(n) => ids.push(n.id.clone()),
+                Event::Digest(d) => ids.extend(d.ids.iter().cloned()),
+                _ => {}
+            }
+        }
+        ids
+    }
+
+    /// Continuity events per stream, in order.
+    pub fn continuity(&self) -> HashMap<String, Vec<Continuity>> {
+        let mut map: HashMap<String, Vec<Continuity>> = HashMap::new();
+        for e in &self.log {
+            if let Event::Continuity { stream, continuity } = e {
+                map.entry(stream.clone()).or_default().push(continuity.clone());
+            }
+        }
+        map
+    }
+
+    /// Waits until `n` notifications with these ids were delivered.
+    pub async fn until_ids(&mut self, ids: &[&str]) {
+        let want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        self.until(&format!("ids {ids:?}"), |log| {
+            let got: Vec<String> = log
+                .iter()
+                .flat_map(|e| match e {
+                    Event::Notification(n) => vec![n.id.clone()],
+                    Event::Digest(d) => d.ids.clone(),
+                    _ => vec![],
+                })
+                .collect();
+            want.iter().all(|w| got.contains(w))
+        })
+        .await;
+    }
+
+    /// Closes the client.
+    pub async fn close(self) {
+        self.client.close().await;
+    }
+}

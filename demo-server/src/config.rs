@@ -1,0 +1,203 @@
+//! Server configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// JWT secret used by `--demo` and [`ServerConfig::demo`]. Never use it in production.
+pub const DEMO_JWT_SECRET: &str = "tidings-dev-secret";
+/// API key used by `--demo` and [`ServerConfig::demo`]. Never use it in production.
+pub const DEMO_API_KEY: &str = "tidings-dev-key";
+/// JWT secret of [`ServerConfig::for_tests`].
+pub const TEST_JWT_SECRET: &str = "tidings-test-secret-0123456789abcdef";
+/// API key of [`ServerConfig::for_tests`].
+pub const TEST_API_KEY: &str = "tidings-test-key";
+
+/// Everything the server can be configured with. Build one with [`ServerConfig::new`],
+/// [`ServerConfig::for_tests`] or [`ServerConfig::demo`] and adjust the public fields.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub bind: SocketAddr,
+    /// HS256 secret that client tokens are signed with (protocol §8).
+    pub jwt_secret: String,
+    /// Key that publishers and operators send as `Authorization: Bearer <key>` (protocol §9).
+    pub api_key: String,
+    /// Heartbeat interval advertised in `welcome`. The server sends a heartbeat after this long without sending
+    /// anything and closes with `4010` after twice this long without receiving anything.
+    pub heartbeat_interval: Duration,
+    /// Time a new connection has to send its `auth` frame (`4005` otherwise). The protocol fixes 10 s; tests
+    /// shorten it.
+    pub auth_timeout: Duration,
+    /// Leeway for a token's `nbf` claim, to absorb clock skew between the token issuer and this server. `exp`
+    /// is enforced without leeway. Keep it within 0–5 s.
+    pub nbf_leeway: Duration,
+    /// Most notifications kept per stream for replay.
+    pub replay_max_items: usize,
+    /// Oldest notification kept per stream for replay.
+    pub replay_max_age: Duration,
+    /// Most live notification frames queued for one connection before it is closed with `4014`
+    /// (`slow_consumer`). Replies and replayed notifications come on top, so a replay is never cut short.
+    pub outbound_queue_limit: usize,
+    /// How long a caller-supplied publish `id` is remembered for idempotency.
+    pub idempotency_window: Duration,
+    /// Hard cap on remembered idempotency keys; beyond it the oldest are forgotten early.
+    pub idempotency_max_keys: usize,
+    /// Acks are kept for at most this many notification ids (the oldest ids are forgotten first).
+    pub acks_max_ids: usize,
+    /// Most acks (devices) kept per notification id.
+    pub acks_max_per_id: usize,
+    /// Close a connection with `4008` when it sends more than this many frames per second for
+    /// `rate_limit_seconds` consecutive seconds. `0` disables the limit.
+    pub rate_limit_frames_per_sec: u32,
+    /// See `rate_limit_frames_per_sec`.
+    pub rate_limit_seconds: u32,
+    /// Refuse connections beyond this many (`try_again_later`, close `4013`). `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// WebSocket read buffer per connection. tungstenite allocates it up front for every connection and its
+    /// default is 128 KiB, which would dominate the memory of idle connections. Client frames are small
+    /// (an `auth` frame with its token is well under 2 KiB) and a larger frame grows the buffer on demand up
+    /// to the 16 KiB client frame limit, so a few KiB is plenty.
+    pub ws_read_buffer_size: usize,
+    /// Bytes of outgoing frames tungstenite collects before it writes to the socket. The connection flushes
+    /// once per drained batch anyway; this only bounds how much is copied before a write system call. The
+    /// buffer grows only while a connection actually sends, it is not allocated up front.
+    pub ws_write_buffer_size: usize,
+    /// Upper bound of tungstenite's write buffer (it only grows past `ws_write_buffer_size` while the socket
+    /// does not accept data). Raised to `ws_write_buffer_size` plus one maximal server frame if lower.
+    pub ws_max_write_buffer_size: usize,
+    /// A write to a connection that makes no progress for this long ends the connection (a peer that stopped
+    /// reading and whose socket buffer is full).
+    pub write_timeout: Duration,
+    /// After sending a closing `error` and close frame, wait this long for the client's close reply.
+    pub close_linger: Duration,
+    /// On shutdown, connections get this long to receive their `server_shutdown` close before they are cut.
+    pub shutdown_grace: Duration,
+    /// Largest accepted body of `POST /v1/publish` and other JSON endpoints, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest accepted body of `POST /v1/publish/batch`, in bytes.
+    pub max_batch_body_bytes: usize,
+    /// Demo mode: serve `POST /v1/demo/token` and run the demo publisher.
+    pub demo: bool,
+    /// Interval of the demo publisher.
+    pub demo_publish_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Default of [`ServerConfig::ws_read_buffer_size`].
+    pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 1024;
+    /// Default of [`ServerConfig::ws_write_buffer_size`].
+    pub const DEFAULT_WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
+    /// A configuration with the protocol's defaults, listening on `bind`.
+    pub fn new(bind: SocketAddr, jwt_secret: impl Into<String>, api_key: impl Into<String>) -> Self {
+        ServerConfig {
+            bind,
+            jwt_secret: jwt_secret.into(),
+            api_key: api_key.into(),
+            heartbeat_interval: Duration::from_secs(25),
+            auth_timeout: Duration::from_secs(10),
+            nbf_leeway: Duration::from_secs(5),
+            replay_max_items: 1000,
+            replay_max_age: Duration::from_secs(24 * 60 * 60),
+            outbound_queue_limit: 8192,
+            idempotency_window: Duration::from_secs(10 * 60),
+            idempotency_max_keys: 1_000_000,
+            acks_max_ids: 100_000,
+            acks_max_per_id: 10_000,
+            rate_limit_frames_per_sec: 100,
+            rate_limit_seconds: 5,
+            max_connections: None,
+            ws_read_buffer_size: Self::DEFAULT_WS_READ_BUFFER_BYTES,
+            ws_write_buffer_size: Self::DEFAULT_WS_WRITE_BUFFER_BYTES,
+            ws_max_write_buffer_size: 256 * 1024,
+            write_timeout: Duration::from_secs(30),
+            close_linger: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+            max_body_bytes: 1024 * 1024,
+            max_batch_body_bytes: 32 * 1024 * 1024,
+            demo: false,
+            demo_publish_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// Demo mode on `bind`, with the documented development secret ([`DEMO_JWT_SECRET`]) and API key
+    /// ([`DEMO_API_KEY`]).
+    pub fn demo(bind: SocketAddr) -> Self {
+        let mut config = ServerConfig::new(bind, DEMO_JWT_SECRET, DEMO_API_KEY);
+        config.demo = true;
+        config
+    }
+
+    /// For tests and benchmarks: `127.0.0.1:0` (a free port), [`TEST_JWT_SECRET`] and [`TEST_API_KEY`], and a
+    /// short `close_linger` (250 ms) so that shutting down a server whose test clients no longer read is quick;
+    /// otherwise the defaults.
+    pub fn for_tests() -> Self {
+        let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), TEST_JWT_SECRET, TEST_API_KEY);
+        config.close_linger = Duration::from_millis(250);
+        config
+    }
+
+    /// Checks the values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jwt_secret.is_empty() {
+            return Err("the JWT secret must not be empty".into());
+        }
+        if self.api_key.is_empty() {
+            return Err("the API key must not be empty".into());
+        }
+        if self.heartbeat_interval < Duration::from_millis(10) {
+            return Err("the heartbeat interval must be at least 10 ms".into());
+        }
+        if self.auth_timeout.is_zero() {
+            return Err("the auth timeout must not be zero".into());
+        }
+        if self.nbf_leeway > Duration::from_secs(5) {
+            return Err("the nbf leeway must be at most 5 s".into());
+        }
+        if self.replay_max_items == 0 {
+            return Err("replay_max_items must be at least 1".into());
+        }
+        if self.outbound_queue_limit == 0 {
+            return Err("the outbound queue limit must be at least 1".into());
+        }
+        if self.ws_read_buffer_size < 256 {
+            return Err("the WebSocket read buffer must be at least 256 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    /// Like a derived `Debug`, with the secret and the API key redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("bind", &self.bind)
+            .field("jwt_secret", &"<redacted>")
+            .field("api_key", &"<redacted>")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("nbf_leeway", &self.nbf_leeway)
+            .field("replay_max_items", &self.replay_max_items)
+            .field("replay_max_age", &self.replay_max_age)
+            .field("outbound_queue_limit", &self.outbound_queue_limit)
+            .field("idempotency_window", &self.idempotency_window)
+            .field("idempotency_max_keys", &self.idempotency_max_keys)
+            .field("acks_max_ids", &self.acks_max_ids)
+            .field("acks_max_per_id", &self.acks_max_per_id)
+            .field("rate_limit_frames_per_sec", &self.rate_limit_frames_per_sec)
+            .field("rate_limit_seconds", &self.rate_limit_seconds)
+            .field("max_connections", &self.max_connections)
+            .field("ws_read_buffer_size", &self.ws_read_buffer_size)
+            .field("ws_write_buffer_size", &self.ws_write_buffer_size)
+            .field("ws_max_write_buffer_size", &self.ws_max_write_buffer_size)
+            .field("write_timeout", &self.write_timeout)
+            .field("close_linger", &self.close_linger)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_batch_body_bytes", &self.max_batch_body_bytes)
+            .field("demo", &self.demo)
+            .field("demo_publish_interval", &self.demo_publish_interval)
+            .finish()
+    }
+}

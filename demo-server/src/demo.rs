@@ -1,0 +1,127 @@
+//! Demo mode: a publisher that sends a varied notification every few seconds, so that a fresh checkout shows
+//! something without any setup.
+
+use std::time::Duration;
+
+use tidings_core::protocol::{Persistence, Priority, RawJson};
+use tracing::{info, warn};
+
+use crate::publish::{PublishRequest, Publisher};
+
+/// What the demo needs to know about the running server.
+#[derive(Clone, Debug)]
+pub struct DemoContext {
+    /// In-process publishing handle.
+    pub publisher: Publisher,
+    /// `ws://…/v1/ws` of the server.
+    pub ws_url: String,
+    /// `http://…` of the server.
+    pub http_url: String,
+    /// The secret tokens are signed with (for a demo client's token source).
+    pub jwt_secret: String,
+    /// Interval between demo notifications.
+    pub interval: Duration,
+}
+
+/// Runs the demo until the task is cancelled (the server aborts it on shutdown).
+///
+/// HOOK (demo subscriber): this is where the demo subscriber belongs — a native `tidings_core` client signed
+/// in as `alice` (token from [`crate::issue_token`] with `ctx.jwt_secret`, URL `ctx.ws_url`) that logs its
+/// notifications, digests, state changes and continuity events. Run it next to the publisher, e.g.
+/// `tokio::join!(run_demo_publisher(..), run_demo_subscriber(..))`.
+pub async fn run_demo(ctx: DemoContext) {
+    info!(ws_url = %ctx.ws_url, http_url = %ctx.http_url, every = ?ctx.interval, "demo publisher started");
+    run_demo_publisher(ctx.publisher, ctx.interval).await;
+}
+
+/// Publishes one notification of the demo script every `interval`, forever.
+pub async fn run_demo_publisher(publisher: Publisher, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    for step in 0u64.. {
+        ticker.tick().await;
+        let request = demo_notification(step);
+        match publisher.publish(request).await {
+            Ok(receipt) => info!(id = %receipt.id, streams = receipt.deliveries.len(), "demo notification published"),
+            Err(e) => warn!(error = %e, "demo publish failed"),
+        }
+    }
+}
+
+fn data(json: String) -> RawJson {
+    RawJson::from_string(json).expect("demo data is valid JSON")
+}
+
+/// The `step`-th notification of the demo script: comments, messages, news, bursts of likes that clients
+/// batch into digests, a security alert and an ephemeral typing indicator.
+pub fn demo_notification(step: u64) -> PublishRequest {
+    let likers = ["bob", "carol", "dave", "erin", "frank"];
+    match step % 10 {
+        0 => PublishRequest::new("comment.created")
+            .user("alice")
+            .title("Bob commented on your post")
+            .body(format!("Looks great! (#{step})"))
+            .data(data(format!(r#"{{"post":"post-1","comment":"c-{step}"}}"#))),
+        1..=3 => {
+            let who = likers[(step as usize / 10 + step as usize) % likers.len()];
+            PublishRequest::new("post.liked")
+                .user("alice")
+                .priority(Priority::Informational)
+                .group("likes:post-1")
+                .title(format!("{who} liked your post"))
+                .data(data(format!(r#"{{"post":"post-1","by":"{who}"}}"#)))
+        }
+        4 => PublishRequest::new("news.published")
+            .topic("news")
+            .priority(Priority::Informational)
+            .title("Tidings 0.1 released")
+            .body(format!("Release notes, part {step}"))
+            .data(data(format!(r#"{{"article":"a-{step}"}}"#))),
+        5 => PublishRequest::new("message.received")
+            .user("bob")
+            .title("Alice sent you a message")
+            .body("Lunch at noon?")
+            .data(data(format!(r#"{{"thread":"t-1","message":"m-{step}"}}"#))),
+        6 => PublishRequest::new("typing")
+            .user("alice")
+            .persistence(Persistence::Ephemeral)
+            .priority(Priority::Informational)
+            .data(data(r#"{"thread":"t-1","who":"bob"}"#.to_owned())),
+        7 => PublishRequest::new("security.login")
+            .user("alice")
+            .priority(Priority::Critical)
+            .title("New sign-in to your account")
+            .body("A new device signed in. Was it you?"),
+        8 => PublishRequest::new("news.breaking")
+            .topic("news")
+            .user("bob")
+            .priority(Priority::Critical)
+            .title("Breaking: the demo works")
+            .body("Both a topic and a user stream receive this one, with one id."),
+        _ => PublishRequest::new("post.liked")
+            .user("bob")
+            .priority(Priority::Informational)
+            .group("likes:post-2")
+            .title("alice liked your post")
+            .data(data(r#"{"post":"post-2","by":"alice"}"#.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_script_is_valid_and_varied() {
+        let script: Vec<PublishRequest> = (0..10).map(demo_notification).collect();
+        for request in &script {
+            request.validate().unwrap();
+        }
+        assert!(script.iter().any(|r| r.priority == Priority::Critical));
+        assert!(script.iter().any(|r| r.priority == Priority::Informational && r.group.is_some()));
+        assert!(script.iter().any(|r| r.persistence == Persistence::Ephemeral));
+        assert!(script.iter().any(|r| r.topics.contains(&"news".to_owned())));
+        assert!(script.iter().any(|r| r.users.contains(&"bob".to_owned())));
+    }
+}

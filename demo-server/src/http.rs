@@ -1,0 +1,333 @@
+//! HTTP routes (protocol §9): the WebSocket endpoint, publishing, presence, acks, operator actions, health and
+//! (demo mode only) token issuing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tidings_core::protocol::{ErrorCode, MAX_CLIENT_FRAME_BYTES, MAX_SERVER_FRAME_BYTES, SUBPROTOCOL, validate_id};
+use tidings_core::protocol::{validate_topic, validate_user_id};
+use tracing::info;
+
+use crate::auth::issue_token;
+use crate::connection;
+use crate::hub::Hub;
+use crate::publish::{PublishError, PublishRequest, Publisher, parse_batch};
+
+/// Builds the router of a server.
+pub(crate) fn router(hub: Arc<Hub>) -> Router {
+    let mut router = Router::new()
+        .route("/v1/ws", any(websocket))
+        .route("/v1/publish", post(publish))
+        .route("/v1/publish/batch", post(publish_batch))
+        .route("/v1/presence", get(presence_all))
+        .route("/v1/presence/{user}", get(presence_user))
+        .route("/v1/notifications/{id}/acks", get(acks))
+        .route("/v1/admin/drop", post(admin_drop))
+        .route("/healthz", get(healthz));
+    if hub.config.demo {
+        router = router.route("/v1/demo/token", post(demo_token));
+    }
+    router.fallback(not_found).with_state(hub)
+}
+
+/// `{"error":{"code":…,"message":…}}` with `status`.
+fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+}
+
+fn publish_error_response(error: &PublishError) -> Response {
+    let status = StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error_response(status, error.kind.code(), error.message.clone())
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Checks `Authorization: Bearer <api key>`; the `401` response when it is missing or wrong.
+fn api_key_rejection(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match presented {
+        Some(key) if constant_time_eq(key.as_bytes(), hub.config.api_key.as_bytes()) => None,
+        other => {
+            let message = if other.is_some() {
+                "the API key is not valid"
+            } else {
+                "missing API key: send Authorization: Bearer <api key>"
+            };
+            let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(response)
+        }
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a body of at most `limit` bytes as UTF-8 text.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
+    let too_large =
+        || error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is larger than {limit} bytes"));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            too_large()
+        } else {
+            error_response(StatusCode::BAD_REQUEST, "bad_request", format!("the body could not be read: {e}"))
+        }
+    })?;
+    String::from_utf8(bytes.into())
+        .map_err(|_| error_response(StatusCode::BAD_REQUEST, "bad_request", "the body is not UTF-8"))
+}
+
+/// `GET /v1/ws`: subprotocol negotiation and the upgrade.
+async fn websocket(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let offers_v1 = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offers_v1 {
+        let body = json!({
+            "code": ErrorCode::UnsupportedVersion.as_str(),
+            "message": format!("offer the WebSocket subprotocol {SUBPROTOCOL} in Sec-WebSocket-Protocol"),
+            "supported": [SUBPROTOCOL],
+        });
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let status = rejection.status();
+            return error_response(
+                status,
+                "bad_request",
+                format!("expected a WebSocket upgrade: {}", rejection.body_text()),
+            );
+        }
+    };
+    if hub.is_shutting_down() {
+        let mut response =
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "try_again_later", "the server is shutting down");
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    }
+    let config = &hub.config;
+    // A maximal server frame plus its header must always fit into the write buffer.
+    let max_write = config.ws_max_write_buffer_size.max(config.ws_write_buffer_size + MAX_SERVER_FRAME_BYTES + 16);
+    upgrade
+        .protocols([SUBPROTOCOL])
+        .read_buffer_size(config.ws_read_buffer_size)
+        .write_buffer_size(config.ws_write_buffer_size)
+        .max_write_buffer_size(max_write)
+        // Oversized client frames are refused from their header, before their payload is buffered.
+        .max_message_size(MAX_CLIENT_FRAME_BYTES)
+        .max_frame_size(MAX_CLIENT_FRAME_BYTES)
+        .on_upgrade(move |ws| connection::serve(hub, ws, Some(peer)))
+}
+
+/// `POST /v1/publish`.
+async fn publish(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    let text = match read_body(&headers, body, hub.config.max_body_bytes).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let request = match PublishRequest::from_json(&text) {
+        Ok(request) => request,
+        Err(e) => return publish_error_response(&e),
+    };
+    match Publisher::new(hub).publish(request).await {
+        Ok(receipt) => (StatusCode::ACCEPTED, axum::Json(receipt)).into_response(),
+        Err(e) => publish_error_response(&e),
+    }
+}
+
+/// `POST /v1/publish/batch`.
+async fn publish_batch(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    let text = match read_body(&headers, body, hub.config.max_batch_body_bytes).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let items = match parse_batch(&text) {
+        Ok(items) => items,
+        Err(e) => return publish_error_response(&e),
+    };
+    let publisher = Publisher::new(hub);
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let outcome = match item {
+            Ok(request) => publisher.publish(request).await,
+            Err(e) => Err(e),
+        };
+        results.push(match outcome {
+            Ok(receipt) => serde_json::to_value(receipt).unwrap_or_default(),
+            Err(e) => json!({"error": {"code": e.kind.code(), "message": e.message}}),
+        });
+    }
+    (StatusCode::OK, axum::Json(json!({ "results": results }))).into_response()
+}
+
+/// `GET /v1/presence`.
+async fn presence_all(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    axum::Json(json!({ "users": hub.presence.all() })).into_response()
+}
+
+/// `GET /v1/presence/{user}`.
+async fn presence_user(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    if let Err(e) = validate_user_id(&user) {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
+    }
+    axum::Json(hub.presence.user(&user)).into_response()
+}
+
+/// `GET /v1/notifications/{id}/acks`.
+async fn acks(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    if let Err(e) = validate_id(&id) {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("id: {e}"));
+    }
+    match hub.storage.acks(&id).await {
+        Ok(acks) => {
+            let acks: Vec<_> =
+                acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "at": a.at})).collect();
+            axum::Json(json!({"id": id, "acks": acks})).into_response()
+        }
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
+/// `POST /v1/admin/drop` with an optional `{"user":"…"}`.
+async fn admin_drop(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+    #[derive(Deserialize)]
+    struct DropRequest {
+        user: Option<String>,
+    }
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    let text = match read_body(&headers, body, hub.config.max_body_bytes).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let user = if text.trim().is_empty() {
+        None
+    } else {
+        match serde_json::from_str::<DropRequest>(&text) {
+            Ok(request) => request.user,
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("expected {{\"user\":\"…\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let message = "dropped by an operator";
+    let dropped = match &user {
+        Some(user) => {
+            hub.presence.connections_of(user).iter().filter(|conn| conn.close(ErrorCode::Dropped, message)).count()
+        }
+        None => hub.connections.close_all(ErrorCode::Dropped, message),
+    };
+    info!(user = user.as_deref().unwrap_or("*"), dropped, "operator dropped connections");
+    axum::Json(json!({ "dropped": dropped })).into_response()
+}
+
+/// `POST /v1/demo/token` (demo mode only): `{"user":"alice","topics":["news"],"ttl_secs":3600}` →
+/// `{"token":"…"}`.
+async fn demo_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+    #[derive(Deserialize)]
+    struct TokenRequest {
+        user: String,
+        #[serde(default)]
+        topics: Vec<String>,
+        ttl_secs: Option<u64>,
+    }
+    let text = match read_body(&headers, body, hub.config.max_body_bytes).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let request: TokenRequest = match serde_json::from_str(&text) {
+        Ok(request) => request,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"user\":\"…\",\"topics\":[…]}}: {e}"),
+            );
+        }
+    };
+    if let Err(e) = validate_user_id(&request.user) {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
+    }
+    for (i, pattern) in request.topics.iter().enumerate() {
+        let name = pattern.strip_suffix('*').unwrap_or(pattern);
+        if !name.is_empty()
+            && let Err(e) = validate_topic(name)
+        {
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("topics[{i}]: {e}"));
+        }
+    }
+    let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
+    let topics: Vec<&str> = request.topics.iter().map(String::as_str).collect();
+    let token = issue_token(&hub.config.jwt_secret, &request.user, &topics, Some(ttl));
+    axum::Json(json!({ "token": token })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_keys() {
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kez"));
+        assert!(!constant_time_eq(b"key", b"key2"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The outbound queue of one connection, shared between the connection's task and publishers.
+//!
+//! Publishers push shared frame handles ([`Utf8Bytes`] clones: a reference-count increment, never a copy of
+//! the text) under a short mutex and wake the connection task only when the queue goes from empty to
+//! non-empty. The task swaps the whole queue out at once and writes it as one batch. An idle connection's
+//! queue holds no allocation.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use tidings_core::protocol::ErrorCode;
+use tokio::sync::Notify;
+
+/// Why a connection is being closed by someone other than its own task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CloseReason {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+/// Result of [`ConnHandle::push_live`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued for sending.
+    Queued,
+    /// The live queue overflowed with this push: the connection is now closing as a slow consumer.
+    Overflowed,
+    /// The connection is closing; the frame was dropped.
+    Closing,
+}
+
+/// The shared half of a connection.
+pub(crate) struct ConnHandle {
+    id: u64,
+    /// Most live frames queued at once (beyond the reserve taken by replies and replay).
+    limit: usize,
+    state: Mutex<OutboxState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    frames: VecDeque<Utf8Bytes>,
+    /// How many of `frames` were queued as replies or replay, which do not count against the live limit.
+    reserved: usize,
+    close: Option<CloseReason>,
+}
+
+impl fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnHandle").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl ConnHandle {
+    pub(crate) fn new(id: u64, limit: usize) -> Self {
+        ConnHandle { id, limit, state: Mutex::new(OutboxState::default()), notify: Notify::new() }
+    }
+
+    /// The connection id (unique within the process).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a live notification frame, subject to the live queue limit.
+    pub(crate) fn push_live(&self, frame: &Utf8Bytes) -> Pushed {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Pushed::Closing;
+        }
+        if state.frames.len() - state.reserved >= self.limit {
+            state.frames = VecDeque::new();
+            state.reserved = 0;
+            state.close = Some(CloseReason {
+                code: ErrorCode::SlowConsumer,
+                message: format!("more than {} notifications were waiting to be sent", self.limit),
+            });
+            drop(state);
+            self.notify.notify_one();
+            return Pushed::Overflowed;
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(frame.clone());
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Queues frames that must not be dropped for queue limits: replies and replayed notifications.
+    pub(crate) fn push_reserved(&self, frames: impl IntoIterator<Item = Utf8Bytes>) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        let was_empty = state.frames.is_empty();
+        let before = state.frames.len();
+        state.frames.extend(frames);
+        state.reserved += state.frames.len() - before;
+        let queued_any = state.frames.len() > before;
+        drop(state);
+        if was_empty && queued_any {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Asks the connection to close with an `error` of `code` (first reason wins). Returns whether this call
+    /// set the reason.
+    pub(crate) fn close(&self, code: ErrorCode, message: impl Into<String>) -> bool {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        state.close = Some(CloseReason { code, message: message.into() });
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Moves every queued frame into `into` (which must be empty) and returns the close reason, if any.
+    pub(crate) fn take(&self, into: &mut VecDeque<Utf8Bytes>) -> Option<CloseReason> {
+        debug_assert!(into.is_empty());
+        let mut state = self.lock();
+        std::mem::swap(&mut state.frames, into);
+        state.reserved = 0;
+        state.close.clone()
+    }
+
+    /// Completes when frames were queued or a close was requested since the last wake-up (a wake-up that
+    /// happened while nobody waited is remembered).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(text)
+    }
+
+    #[test]
+    fn live_frames_beyond_the_limit_close_the_connection_as_slow_consumer() {
+        let conn = ConnHandle::new(1, 2);
+        assert_eq!(conn.push_live(&frame("a")), Pushed::Queued);
+        assert_eq!(conn.push_live(&frame("b")), Pushed::Queued);
+        assert_eq!(conn.push_live(&frame("c")), Pushed::Overflowed);
+        assert_eq!(conn.push_live(&frame("d")), Pushed::Closing);
+        let mut out = VecDeque::new();
+        let reason = conn.take(&mut out).unwrap();
+        assert_eq!(reason.code, ErrorCode::SlowConsumer);
+        assert!(out.is_empty(), "the backlog of a slow consumer is dropped");
+    }
+
+    #[test]
+    fn reserved_frames_do_not_count_against_the_live_limit() {
+        let conn = ConnHandle::new(1, 2);
+        conn.push_reserved((0..100).map(|_| frame("replay")));
+        assert_eq!(conn.push_live(&frame("a")), Pushed::Queued);
+        assert_eq!(conn.push_live(&frame("b")), Pushed::Queued);
+        assert_eq!(conn.push_live(&frame("c")), Pushed::Overflowed);
+    }
+
+    #[test]
+    fn take_drains_in_order_and_resets_the_reserve() {
+        let conn = ConnHandle::new(1, 2);
+        conn.push_reserved([frame("r")]);
+        conn.push_live(&frame("a"));
+        let mut out = VecDeque::new();
+        assert_eq!(conn.take(&mut out), None);
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["r", "a"]);
+        out.clear();
+        conn.push_live(&frame("b"));
+        conn.push_live(&frame("c"));
+        assert_eq!(conn.push_live(&frame("d")), Pushed::Overflowed);
+    }
+
+    #[test]
+    fn the_first_close_reason_wins_and_later_frames_are_dropped() {
+        let conn = ConnHandle::new(1, 10);
+        conn.push_live(&frame("a"));
+        assert!(conn.close(ErrorCode::Dropped, "operator"));
+        assert!(!conn.close(ErrorCode::ServerShutdown, "later"));
+        assert_eq!(conn.push_live(&frame("b")), Pushed::Closing);
+        let mut out = VecDeque::new();
+        assert_eq!(conn.take(&mut out).unwrap().code, ErrorCode::Dropped);
+        assert_eq!(out.len(), 1, "frames queued before the close are still handed out");
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_without_a_waiter_is_remembered() {
+        let conn = ConnHandle::new(1, 10);
+        conn.push_live(&frame("a"));
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn.notified()).await.unwrap();
+    }
+}

@@ -1,0 +1,659 @@
+//! Publishing (protocol §9.1): request validation, the publish path and the in-process [`Publisher`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tidings_core::protocol::{
+    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_NAME_BYTES, MAX_SERVER_FRAME_BYTES, MAX_TITLE_BYTES, Notification, Persistence,
+    Priority, RawJson, ServerFrame, encode_server_frame, validate_id, validate_topic, validate_user_id,
+};
+use tracing::{debug, warn};
+
+use crate::hub::{Hub, bump};
+use crate::outbox::Pushed;
+use crate::storage::{EncodedFrame, IdClaim, StorageError};
+use crate::util::now_ms;
+
+/// Most recipients (users plus topics) of one publish.
+pub const MAX_RECIPIENTS: usize = 10_000;
+/// Most notifications in one `POST /v1/publish/batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// A notification to publish: the body of `POST /v1/publish`, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Users whose `user:<id>` streams receive it.
+    pub users: Vec<String>,
+    /// Topics whose `topic:<name>` streams receive it.
+    pub topics: Vec<String>,
+    /// Application-defined kind (`type` on the wire).
+    pub kind: String,
+    /// Delivery tier (default `important`).
+    pub priority: Priority,
+    /// Retention class (default `bufferable`).
+    pub persistence: Persistence,
+    /// Short text.
+    pub title: Option<String>,
+    /// Text.
+    pub body: Option<String>,
+    /// Application payload.
+    pub data: Option<RawJson>,
+    /// Batching key.
+    pub group: Option<String>,
+    /// Idempotency key and notification id; a ULID is generated when absent.
+    pub id: Option<String>,
+}
+
+impl PublishRequest {
+    /// A notification of `kind` with no recipients yet, `important` and `bufferable`.
+    pub fn new(kind: impl Into<String>) -> Self {
+        PublishRequest {
+            users: Vec::new(),
+            topics: Vec::new(),
+            kind: kind.into(),
+            priority: Priority::Important,
+            persistence: Persistence::Bufferable,
+            title: None,
+            body: None,
+            data: None,
+            group: None,
+            id: None,
+        }
+    }
+
+    /// Adds a user recipient.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.users.push(user.into());
+        self
+    }
+
+    /// Adds a topic recipient (the name without `topic:`).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the persistence.
+    pub fn persistence(mut self, persistence: Persistence) -> Self {
+        self.persistence = persistence;
+        self
+    }
+
+    /// Sets the title.
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// Sets the data payload.
+    pub fn data(mut self, data: RawJson) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// Sets the batching group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Sets the id (idempotency key).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Parses a publish body (a JSON object, see protocol §9.1). Unknown members are ignored; the error
+    /// message names the offending field.
+    pub fn from_json(text: &str) -> Result<Self, PublishError> {
+        let fields: HashMap<String, &RawValue> = serde_json::from_str(text)
+            .map_err(|e| PublishError::bad_request(format!("the body must be a JSON object: {e}")))?;
+        Self::from_fields(fields)
+    }
+
+    fn from_fields(mut fields: HashMap<String, &RawValue>) -> Result<Self, PublishError> {
+        let mut value = |name: &str| -> Result<Option<serde_json::Value>, PublishError> {
+            match fields.remove(name) {
+                None => Ok(None),
+                Some(raw) => match serde_json::from_str(raw.get()) {
+                    Ok(serde_json::Value::Null) => Ok(None),
+                    Ok(v) => Ok(Some(v)),
+                    Err(e) => Err(PublishError::bad_request(format!("{name}: {e}"))),
+                },
+            }
+        };
+        let users = string_list("users", value("users")?)?;
+        let topics = string_list("topics", value("topics")?)?;
+        let kind = string("type", value("type")?)?
+            .ok_or_else(|| PublishError::bad_request("type: required (a string of 1 to 128 bytes)"))?;
+        let priority = match string("priority", value("priority")?)?.as_deref() {
+            None | Some("important") => Priority::Important,
+            Some("critical") => Priority::Critical,
+            Some("informational") => Priority::Informational,
+            Some(other) => {
+                return Err(PublishError::bad_request(format!(
+                    "priority: expected critical, important or informational, got {other:?}"
+                )));
+            }
+        };
+        let persistence = match string("persistence", value("persistence")?)?.as_deref() {
+            None | Some("bufferable") => Persistence::Bufferable,
+            Some("ephemeral") => Persistence::Ephemeral,
+            Some("persistent") => Persistence::Persistent,
+            Some(other) => {
+                return Err(PublishError::bad_request(format!(
+                    "persistence: expected ephemeral, bufferable or persistent, got {other:?}"
+                )));
+            }
+        };
+        let title = string("title", value("title")?)?;
+        let body = string("body", value("body")?)?;
+        let group = string("group", value("group")?)?;
+        let id = string("id", value("id")?)?;
+        let data = match fields.remove("data") {
+            Some(raw) if raw.get() != "null" => Some(
+                RawJson::from_string(raw.get().to_owned())
+                    .map_err(|e| PublishError::bad_request(format!("data: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(PublishRequest { users, topics, kind, priority, persistence, title, body, data, group, id })
+    }
+
+    /// Checks the request against the protocol's limits. Content that is too large (`title`, `body`, `data`,
+    /// the encoded frame) is [`PublishErrorKind::TooLarge`]; everything else [`PublishErrorKind::BadRequest`].
+    pub fn validate(&self) -> Result<(), PublishError> {
+        if self.users.is_empty() && self.topics.is_empty() {
+            return Err(PublishError::bad_request("users, topics: at least one recipient is required"));
+        }
+        if self.users.len() + self.topics.len() > MAX_RECIPIENTS {
+            return Err(PublishError::bad_request(format!(
+                "users, topics: at most {MAX_RECIPIENTS} recipients per publish, got {}",
+                self.users.len() + self.topics.len()
+            )));
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            validate_user_id(user).map_err(|e| PublishError::bad_request(format!("users[{i}]: {e}")))?;
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            validate_topic(topic).map_err(|e| PublishError::bad_request(format!("topics[{i}]: {e}")))?;
+        }
+        check_len("type", &self.kind, 1, MAX_NAME_BYTES).map_err(PublishError::bad_request)?;
+        if let Some(group) = &self.group {
+            check_len("group", group, 1, MAX_NAME_BYTES).map_err(PublishError::bad_request)?;
+        }
+        if let Some(id) = &self.id {
+            validate_id(id).map_err(|e| PublishError::bad_request(format!("id: {e}")))?;
+        }
+        if let Some(title) = &self.title {
+            check_len("title", title, 0, MAX_TITLE_BYTES).map_err(PublishError::too_large)?;
+        }
+        if let Some(body) = &self.body {
+            check_len("body", body, 0, MAX_BODY_BYTES).map_err(PublishError::too_large)?;
+        }
+        if let Some(data) = &self.data
+            && data.get().len() > MAX_DATA_BYTES
+        {
+            return Err(PublishError::too_large(format!(
+                "data: must be at most {MAX_DATA_BYTES} bytes encoded, got {}",
+                data.get().len()
+            )));
+        }
+        self.check_frame_size()
+    }
+
+    /// Makes sure the encoded `notification` frame stays within the server frame limit on every target
+    /// stream. JSON escaping grows a string at most sixfold (`\u00XX`), so a cheap bound settles it unless the
+    /// content is close to the limit; then a worst-case frame is encoded and measured.
+    fn check_frame_size(&self) -> Result<(), PublishError> {
+        let longest_stream =
+            self.users.iter().map(|u| u.len() + 5).chain(self.topics.iter().map(|t| t.len() + 6)).max().unwrap_or(0);
+        let text_len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let bound = 6 * (self.kind.len() + text_len(&self.title) + text_len(&self.body) + text_len(&self.group))
+            + 6 * (longest_stream + self.id.as_ref().map_or(26, String::len))
+            + self.data.as_ref().map_or(0, |d| d.get().len())
+            + 512;
+        if bound <= MAX_SERVER_FRAME_BYTES {
+            return Ok(());
+        }
+        let stream = self
+            .users
+            .iter()
+            .map(|u| format!("user:{u}"))
+            .chain(self.topics.iter().map(|t| format!("topic:{t}")))
+            .max_by_key(String::len)
+            .unwrap_or_default();
+        let probe = self.notification(
+            self.id.clone().unwrap_or_else(|| "0".repeat(26)),
+            stream,
+            "x".repeat(32),
+            self.persistence.is_buffered().then_some(u64::MAX),
+            u64::MAX,
+        );
+        let size = encode_server_frame(&ServerFrame::Notification(probe)).len();
+        if size > MAX_SERVER_FRAME_BYTES {
+            return Err(PublishError::too_large(format!(
+                "the encoded notification frame would be {size} bytes, more than the limit of \
+                 {MAX_SERVER_FRAME_BYTES}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn notification(&self, id: String, stream: String, epoch: String, offset: Option<u64>, at: u64) -> Notification {
+        Notification {
+            id,
+            stream,
+            offset,
+            epoch,
+            kind: self.kind.clone(),
+            priority: self.priority,
+            persistence: self.persistence,
+            title: self.title.clone(),
+            body: self.body.clone(),
+            data: self.data.clone(),
+            group: self.group.clone(),
+            created_at: at,
+        }
+    }
+
+    /// The target streams, without duplicates, users first.
+    fn streams(&self) -> Vec<String> {
+        let all =
+            self.users.iter().map(|u| format!("user:{u}")).chain(self.topics.iter().map(|t| format!("topic:{t}")));
+        let mut seen = std::collections::HashSet::with_capacity(self.users.len() + self.topics.len());
+        all.filter(|stream| seen.insert(stream.clone())).collect()
+    }
+}
+
+fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), String> {
+    if s.len() < min || s.len() > max {
+        return Err(format!("{field}: must be {min} to {max} bytes, got {}", s.len()));
+    }
+    Ok(())
+}
+
+fn string(field: &str, value: Option<serde_json::Value>) -> Result<Option<String>, PublishError> {
+    match value {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(PublishError::bad_request(format!("{field}: expected a string, got {}", kind_of(&other)))),
+    }
+}
+
+fn string_list(field: &str, value: Option<serde_json::Value>) -> Result<Vec<String>, PublishError> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                serde_json::Value::String(s) => Ok(s),
+                other => {
+                    Err(PublishError::bad_request(format!("{field}[{i}]: expected a string, got {}", kind_of(&other))))
+                }
+            })
+            .collect(),
+        Some(other) => {
+            Err(PublishError::bad_request(format!("{field}: expected an array of strings, got {}", kind_of(&other))))
+        }
+    }
+}
+
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Parses the body of `POST /v1/publish/batch`: `{"notifications":[…]}`. Each item is parsed on its own, so
+/// one bad item yields an error for that item only.
+pub fn parse_batch(text: &str) -> Result<Vec<Result<PublishRequest, PublishError>>, PublishError> {
+    #[derive(serde::Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        notifications: Option<Vec<&'a RawValue>>,
+    }
+    let batch: Batch<'_> = serde_json::from_str(text)
+        .map_err(|e| PublishError::bad_request(format!("the body must be an object {{\"notifications\":[…]}}: {e}")))?;
+    let items = batch.notifications.ok_or_else(|| PublishError::bad_request("notifications: required"))?;
+    if items.len() > MAX_BATCH {
+        return Err(PublishError::too_large(format!(
+            "notifications: at most {MAX_BATCH} per batch, got {}",
+            items.len()
+        )));
+    }
+    Ok(items.into_iter().map(|raw| PublishRequest::from_json(raw.get())).collect())
+}
+
+/// Where one publish went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// The stream.
+    pub stream: String,
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The notification's offset in the stream; absent for ephemeral notifications.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// The reply to a publish (protocol §9.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PublishReceipt {
+    /// The notification id (the caller's, or a generated ULID).
+    pub id: String,
+    /// Whether the id had been accepted before within the idempotency window (nothing was delivered now).
+    pub duplicate: bool,
+    /// One entry per target stream. For a duplicate: the original publish's deliveries, when known.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Kinds of [`PublishError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishErrorKind {
+    /// Invalid request: HTTP 400, code `bad_request`.
+    BadRequest,
+    /// Content over a size limit: HTTP 413, code `too_large`.
+    TooLarge,
+    /// Storage failed or the server is shutting down: HTTP 503, code `unavailable`.
+    Unavailable,
+}
+
+impl PublishErrorKind {
+    /// The `code` in the JSON error body.
+    pub fn code(self) -> &'static str {
+        match self {
+            PublishErrorKind::BadRequest => "bad_request",
+            PublishErrorKind::TooLarge => "too_large",
+            PublishErrorKind::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            PublishErrorKind::BadRequest => 400,
+            PublishErrorKind::TooLarge => 413,
+            PublishErrorKind::Unavailable => 503,
+        }
+    }
+}
+
+/// A refused or failed publish.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// What kind of failure.
+    pub kind: PublishErrorKind,
+    /// Human-readable detail naming the field at fault.
+    pub message: String,
+}
+
+impl PublishError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        PublishError { kind: PublishErrorKind::BadRequest, message: message.into() }
+    }
+
+    pub(crate) fn too_large(message: impl Into<String>) -> Self {
+        PublishError { kind: PublishErrorKind::TooLarge, message: message.into() }
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        PublishError { kind: PublishErrorKind::Unavailable, message: message.into() }
+    }
+}
+
+/// In-process publishing handle: the same path `POST /v1/publish` takes after parsing the body. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Publisher {
+    hub: Arc<Hub>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        Publisher { hub }
+    }
+
+    /// Validates and publishes `request` to every target stream.
+    ///
+    /// Each stream is handled under its fan-out lock: the notification is appended to the stream's log
+    /// (bufferable and persistent ones) and its frame — encoded once per stream — is queued to every live
+    /// subscriber. A storage failure part-way leaves the earlier streams delivered and returns
+    /// [`PublishErrorKind::Unavailable`].
+    pub async fn publish(&self, request: PublishRequest) -> Result<PublishReceipt, PublishError> {
+        request.validate()?;
+        let hub = &*self.hub;
+        if hub.is_shutting_down() {
+            return Err(PublishError::unavailable("the server is shutting down"));
+        }
+        let unavailable = |e: StorageError| {
+            warn!(error = %e, "publish failed");
+            PublishError::unavailable(format!("the notification could not be stored: {e}"))
+        };
+        let id = match &request.id {
+            Some(id) => {
+                match hub.storage.claim_id(id, now_ms()).await.map_err(unavailable)? {
+                    IdClaim::Claimed => {}
+                    IdClaim::Duplicate(deliveries) => {
+                        bump(&hub.counters.duplicates, 1);
+                        debug!(id = %id, "duplicate publish ignored");
+                        return Ok(PublishReceipt {
+                            id: id.clone(),
+                            duplicate: true,
+                            deliveries: deliveries.unwrap_or_default(),
+                        });
+                    }
+                }
+                id.clone()
+            }
+            None => hub.new_notification_id(),
+        };
+        let created_at = now_ms();
+        let streams = request.streams();
+        let mut deliveries = Vec::with_capacity(streams.len());
+        let mut queued_total = 0;
+        for stream in streams {
+            let template = request.notification(id.clone(), stream, String::new(), None, created_at);
+            match self.publish_to_stream(template, request.persistence.is_buffered()).await {
+                Ok((delivery, queued)) => {
+                    queued_total += queued;
+                    deliveries.push(delivery);
+                }
+                Err(e) => {
+                    if request.id.is_some() {
+                        let _ = hub.storage.release_id(&id).await;
+                    }
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        if request.id.is_some()
+            && let Err(e) = hub.storage.complete_id(&id, &deliveries).await
+        {
+            warn!(error = %e, id = %id, "could not record the deliveries of an idempotent publish");
+        }
+        bump(&hub.counters.notifications_published, 1);
+        debug!(
+            id = %id,
+            kind = %request.kind,
+            priority = request.priority.as_str(),
+            persistence = request.persistence.as_str(),
+            streams = deliveries.len(),
+            queued = queued_total,
+            "published"
+        );
+        Ok(PublishReceipt { id, duplicate: false, deliveries })
+    }
+
+    /// Appends (when buffered) and fans out one notification on its stream; returns the delivery and how many
+    /// connections it was queued to.
+    async fn publish_to_stream(&self, template: Notification, buffered: bool) -> Result<(Delivery, u64), StorageError> {
+        let hub = &*self.hub;
+        let slot = hub.registry.acquire(&template.stream);
+        let result = async {
+            let subscribers = slot.lock().await;
+            let (epoch, offset, frame) = if buffered {
+                let encode = |epoch: &str, offset: u64| {
+                    let mut n = template.clone();
+                    n.epoch = epoch.to_owned();
+                    n.offset = Some(offset);
+                    EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n)))
+                };
+                let appended = hub.storage.append(&template.stream, template.created_at, &encode).await?;
+                (appended.epoch, Some(appended.offset), appended.frame)
+            } else {
+                let state = hub.storage.stream_state(&template.stream).await?;
+                let mut n = template.clone();
+                n.epoch = state.epoch.to_string();
+                (state.epoch, None, EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n))))
+            };
+            let bytes = frame.utf8_bytes();
+            let mut queued = 0u64;
+            for conn in subscribers.iter() {
+                match conn.push_live(bytes) {
+                    Pushed::Queued => queued += 1,
+                    Pushed::Overflowed => bump(&hub.counters.slow_consumers, 1),
+                    Pushed::Closing => {}
+                }
+            }
+            drop(subscribers);
+            bump(&hub.counters.deliveries, queued);
+            Ok((Delivery { stream: template.stream.clone(), epoch: epoch.to_string(), offset }, queued))
+        }
+        .await;
+        hub.registry.release(slot);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example_with_defaults() {
+        let req = PublishRequest::from_json(
+            r#"{"users":["alice","bob"],"topics":["news"],"type":"comment.created","priority":"important",
+                "persistence":"bufferable","title":"Bob commented","body":"Looks great!","data":{"post":"p-981"},
+                "group":null,"id":null,"future":1}"#,
+        )
+        .unwrap();
+        assert_eq!(req.users, ["alice", "bob"]);
+        assert_eq!(req.topics, ["news"]);
+        assert_eq!(req.kind, "comment.created");
+        assert_eq!(req.data.as_ref().unwrap().get(), r#"{"post":"p-981"}"#);
+        assert_eq!(req.group, None);
+        assert_eq!(req.id, None);
+        req.validate().unwrap();
+        let minimal = PublishRequest::from_json(r#"{"users":["a"],"type":"t"}"#).unwrap();
+        assert_eq!((minimal.priority, minimal.persistence), (Priority::Important, Persistence::Bufferable));
+    }
+
+    fn error(body: &str) -> PublishError {
+        PublishRequest::from_json(body).and_then(|r| r.validate()).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = error(r#"{"users":["alice","bob","no spaces"],"type":"t"}"#);
+        assert_eq!(e.kind, PublishErrorKind::BadRequest);
+        assert!(e.message.starts_with("users[2]: "), "{}", e.message);
+        assert!(
+            error(r#"{"users":["a"],"topics":"news","type":"t"}"#).message.starts_with("topics: expected an array")
+        );
+        assert!(error(r#"{"users":["a", 5],"type":"t"}"#).message.starts_with("users[1]: expected a string"));
+        assert!(error(r#"{"users":["a"]}"#).message.starts_with("type: required"));
+        assert!(error(r#"{"type":"t"}"#).message.contains("at least one recipient"));
+        assert!(error(r#"{"users":["a"],"type":"t","priority":"urgent"}"#).message.starts_with("priority:"));
+        assert!(error(r#"{"users":["a"],"type":"t","persistence":"forever"}"#).message.starts_with("persistence:"));
+        assert!(error(r#"{"users":["a"],"type":"t","id":"has space"}"#).message.starts_with("id:"));
+        assert!(error(r#"{"users":["a"],"type":""}"#).message.starts_with("type:"));
+        assert!(error(r#"[1,2]"#).message.contains("JSON object"));
+        assert!(error(r#"{"users":["a"],"type":"t","title":5}"#).message.starts_with("title: expected a string"));
+    }
+
+    #[test]
+    fn oversized_content_is_too_large() {
+        let big = |field: &str, len: usize| format!(r#"{{"users":["a"],"type":"t","{field}":"{}"}}"#, "x".repeat(len));
+        for (field, limit) in [("title", MAX_TITLE_BYTES), ("body", MAX_BODY_BYTES)] {
+            assert!(PublishRequest::from_json(&big(field, limit)).unwrap().validate().is_ok());
+            let e = error(&big(field, limit + 1));
+            assert_eq!(e.kind, PublishErrorKind::TooLarge, "{field}");
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+        let data = format!(r#"{{"users":["a"],"type":"t","data":"{}"}}"#, "x".repeat(MAX_DATA_BYTES));
+        let e = error(&data);
+        assert_eq!(e.kind, PublishErrorKind::TooLarge);
+        assert!(e.message.starts_with("data"), "{}", e.message);
+    }
+
+    #[test]
+    fn maximal_content_with_heavy_escaping_still_fits_a_frame() {
+        let mut req = PublishRequest::new("k".repeat(MAX_NAME_BYTES)).user("u".repeat(MAX_NAME_BYTES));
+        req.title = Some("\u{1}".repeat(MAX_TITLE_BYTES));
+        req.body = Some("\u{1}".repeat(MAX_BODY_BYTES));
+        req.group = Some("\u{1}".repeat(MAX_NAME_BYTES));
+        req.data = Some(RawJson::from_string(format!("\"{}\"", "d".repeat(MAX_DATA_BYTES - 2))).unwrap());
+        req.validate().unwrap();
+        let probe = req.notification(
+            "i".repeat(128),
+            format!("user:{}", req.users[0]),
+            "e".repeat(32),
+            Some(u64::MAX),
+            u64::MAX,
+        );
+        assert!(encode_server_frame(&ServerFrame::Notification(probe)).len() <= MAX_SERVER_FRAME_BYTES);
+    }
+
+    #[test]
+    fn streams_are_deduplicated() {
+        let req = PublishRequest::new("t").user("a").user("a").topic("n").topic("n").user("b");
+        assert_eq!(req.streams(), ["user:a", "user:b", "topic:n"]);
+        let mut many = PublishRequest::new("t");
+        for i in 0..40 {
+            many = many.user(format!("u{}", i % 20));
+        }
+        assert_eq!(many.streams().len(), 20);
+    }
+
+    #[test]
+    fn batches_are_parsed_item_by_item() {
+        let items =
+            parse_batch(r#"{"notifications":[{"users":["a"],"type":"t"},{"type":5},{"users":["b"],"type":"u"}]}"#)
+                .unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[2].is_ok());
+        assert!(items[1].as_ref().unwrap_err().message.starts_with("type:"));
+        assert!(parse_batch("{}").unwrap_err().message.contains("notifications"));
+        let too_many = format!(r#"{{"notifications":[{}]}}"#, vec!["{}"; MAX_BATCH + 1].join(","));
+        assert_eq!(parse_batch(&too_many).unwrap_err().kind, PublishErrorKind::TooLarge);
+    }
+}

@@ -1,0 +1,438 @@
+//! In-memory [`Storage`]: nothing survives the process, so every stream gets a new epoch after a restart.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{
+    AckRecord, Appended, BoxFuture, EncodedFrame, FrameEncoder, IdClaim, ReadAfter, Storage, StorageError, StreamState,
+};
+use crate::publish::Delivery;
+use crate::util::{new_epoch, now_ms};
+
+/// Number of independently locked shards of the stream table.
+const SHARDS: usize = 32;
+
+/// Bounds of a [`MemoryStorage`].
+#[derive(Clone, Debug)]
+pub struct StorageLimits {
+    /// Most notifications kept per stream.
+    pub replay_max_items: usize,
+    /// Oldest notification kept per stream.
+    pub replay_max_age: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Most idempotency keys remembered (the oldest are forgotten first).
+    pub idempotency_max_keys: usize,
+    /// Most notification ids with recorded acks (the oldest are forgotten first).
+    pub acks_max_ids: usize,
+    /// Most acks kept per notification id.
+    pub acks_max_per_id: usize,
+}
+
+impl StorageLimits {
+    /// The limits configured in `config`.
+    pub fn from_config(config: &crate::ServerConfig) -> Self {
+        StorageLimits {
+            replay_max_items: config.replay_max_items,
+            replay_max_age: config.replay_max_age,
+            idempotency_window: config.idempotency_window,
+            idempotency_max_keys: config.idempotency_max_keys,
+            acks_max_ids: config.acks_max_ids,
+            acks_max_per_id: config.acks_max_per_id,
+        }
+    }
+}
+
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+type StreamShard = Mutex<HashMap<Box<str>, StreamLog>>;
+
+/// Stream logs, acks and idempotency keys in process memory.
+pub struct MemoryStorage {
+    limits: StorageLimits,
+    clock: Clock,
+    hasher: RandomState,
+    streams: Box<[StreamShard]>,
+    acks: Mutex<AckTable>,
+    ids: Mutex<IdTable>,
+}
+
+impl fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStorage").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+struct StreamLog {
+    epoch: Arc<str>,
+    head: u64,
+    /// Frames with offsets `head + 1 - entries.len() ..= head`, and when each was created.
+    entries: VecDeque<(u64, EncodedFrame)>,
+}
+
+impl StreamLog {
+    fn new() -> Self {
+        StreamLog { epoch: Arc::from(new_epoch()), head: 0, entries: VecDeque::new() }
+    }
+
+    fn oldest(&self) -> u64 {
+        self.head + 1 - self.entries.len() as u64
+    }
+
+    fn state(&self) -> StreamState {
+        StreamState { epoch: self.epoch.clone(), head: self.head, oldest: self.oldest() }
+    }
+
+    fn evict(&mut self, limits: &StorageLimits, now_ms: u64) {
+        while self.entries.len() > limits.replay_max_items {
+            self.entries.pop_front();
+        }
+        let max_age_ms = limits.replay_max_age.as_millis() as u64;
+        while let Some((created, _)) = self.entries.front() {
+            if now_ms.saturating_sub(*created) < max_age_ms {
+                break;
+            }
+            self.entries.pop_front();
+        }
+        if self.entries.is_empty() && self.entries.capacity() > 64 {
+            self.entries = VecDeque::new();
+        }
+    }
+}
+
+#[derive(Default)]
+struct AckTable {
+    by_id: HashMap<String, Vec<AckRecord>>,
+    /// Ids in the order they were first acked, for eviction.
+    order: VecDeque<String>,
+}
+
+#[derive(Default)]
+struct IdTable {
+    by_id: HashMap<String, IdEntry>,
+    /// `(id, claimed_at)` in claim order, for expiry. Entries whose time no longer matches the table are stale.
+    order: VecDeque<(String, u64)>,
+}
+
+struct IdEntry {
+    claimed_at: u64,
+    deliveries: Option<Vec<Delivery>>,
+}
+
+impl MemoryStorage {
+    /// An empty store with these limits.
+    pub fn new(limits: StorageLimits) -> Self {
+        Self::with_clock(limits, Arc::new(now_ms))
+    }
+
+    /// An empty store that reads the time (ms since the Unix epoch) from `clock`; for tests of age limits.
+    pub fn with_clock(limits: StorageLimits, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        MemoryStorage {
+            limits,
+            clock,
+            hasher: RandomState::new(),
+            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            acks: Mutex::new(AckTable::default()),
+            ids: Mutex::new(IdTable::default()),
+        }
+    }
+
+    fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Box<str>, StreamLog>> {
+        let index = self.hasher.hash_one(stream) as usize % SHARDS;
+        lock(&self.streams[index])
+    }
+
+    /// Runs `f` on the (possibly new) log of `stream`, after evicting what has aged out.
+    fn with_log<T>(&self, stream: &str, f: impl FnOnce(&mut StreamLog) -> T) -> T {
+        let now = (self.clock)();
+        let mut shard = self.shard(stream);
+        let log = match shard.get_mut(stream) {
+            Some(log) => log,
+            None => shard.entry(Box::from(stream)).or_insert_with(StreamLog::new),
+        };
+        log.evict(&self.limits, now);
+        f(log)
+    }
+
+    fn stream_state_now(&self, stream: &str) -> StreamState {
+        self.with_log(stream, |log| log.state())
+    }
+
+    fn append_now(&self, stream: &str, created_at_ms: u64, encode: FrameEncoder<'_>) -> Appended {
+        self.with_log(stream, |log| {
+            let offset = log.head + 1;
+            let frame = encode(&log.epoch, offset);
+            log.head = offset;
+            log.entries.push_back((created_at_ms, frame.clone()));
+            log.evict(&self.limits, created_at_ms.max((self.clock)()));
+            Appended { epoch: log.epoch.clone(), offset, frame }
+        })
+    }
+
+    fn read_after_now(&self, stream: &str, epoch: &str, after: u64) -> ReadAfter {
+        self.with_log(stream, |log| {
+            let state = log.state();
+            let complete = *log.epoch == *epoch && after <= log.head && after + 1 >= state.oldest;
+            let entries = if complete {
+                let skip = (after + 1 - state.oldest) as usize;
+                log.entries.iter().skip(skip).map(|(_, frame)| frame.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            ReadAfter { state, entries }
+        })
+    }
+
+    fn record_acks_now(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at_ms: u64) {
+        let mut table = lock(&self.acks);
+        let AckTable { by_id, order } = &mut *table;
+        for id in ids {
+            let records = match by_id.entry(id.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    order.push_back(id.clone());
+                    e.insert(Vec::new())
+                }
+            };
+            let known = records.iter().any(|r| *r.user == **user && *r.device == **device);
+            if !known && records.len() < self.limits.acks_max_per_id {
+                records.push(AckRecord { user: user.clone(), device: device.clone(), at: at_ms });
+            }
+            while by_id.len() > self.limits.acks_max_ids {
+                let Some(oldest) = order.pop_front() else { break };
+                by_id.remove(&oldest);
+            }
+        }
+    }
+
+    fn acks_now(&self, id: &str) -> Vec<AckRecord> {
+        lock(&self.acks).by_id.get(id).cloned().unwrap_or_default()
+    }
+
+    fn claim_id_now(&self, id: &str, now: u64) -> IdClaim {
+        let window_ms = self.limits.idempotency_window.as_millis() as u64;
+        let mut table = lock(&self.ids);
+        let IdTable { by_id, order } = &mut *table;
+        // Forget expired keys (and keys beyond the cap), oldest first.
+        while let Some((oldest, claimed_at)) = order.front() {
+            let expired = now.saturating_sub(*claimed_at) >= window_ms;
+            if !expired && by_id.len() < self.limits.idempotency_max_keys.max(1) {
+                break;
+            }
+            if by_id.get(oldest.as_str()).is_some_and(|e| e.claimed_at == *claimed_at) {
+                by_id.remove(oldest.as_str());
+            }
+            order.pop_front();
+        }
+        match by_id.get(id) {
+            Some(entry) if now.saturating_sub(entry.claimed_at) < window_ms => {
+                IdClaim::Duplicate(entry.deliveries.clone())
+            }
+            _ => {
+                by_id.insert(id.to_owned(), IdEntry { claimed_at: now, deliveries: None });
+                order.push_back((id.to_owned(), now));
+                IdClaim::Claimed
+            }
+        }
+    }
+
+    fn complete_id_now(&self, id: &str, deliveries: &[Delivery]) {
+        if let Some(entry) = lock(&self.ids).by_id.get_mut(id) {
+            entry.deliveries = Some(deliveries.to_vec());
+        }
+    }
+
+    fn release_id_now(&self, id: &str) {
+        lock(&self.ids).by_id.remove(id);
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent at each step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, StorageError>> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Storage for MemoryStorage {
+    fn stream_state<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<StreamState, StorageError>> {
+        ready(self.stream_state_now(stream))
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        created_at_ms: u64,
+        encode: FrameEncoder<'a>,
+    ) -> BoxFuture<'a, Result<Appended, StorageError>> {
+        ready(self.append_now(stream, created_at_ms, encode))
+    }
+
+    fn read_after<'a>(
+        &'a self,
+        stream: &'a str,
+        epoch: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, Result<ReadAfter, StorageError>> {
+        ready(self.read_after_now(stream, epoch, after))
+    }
+
+    fn record_acks<'a>(
+        &'a self,
+        user: &'a Arc<str>,
+        device: &'a Arc<str>,
+        ids: &'a [String],
+        at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.record_acks_now(user, device, ids, at_ms);
+        ready(())
+    }
+
+    fn acks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<AckRecord>, StorageError>> {
+        ready(self.acks_now(id))
+    }
+
+    fn claim_id<'a>(&'a self, id: &'a str, now_ms: u64) -> BoxFuture<'a, Result<IdClaim, StorageError>> {
+        ready(self.claim_id_now(id, now_ms))
+    }
+
+    fn complete_id<'a>(&'a self, id: &'a str, deliveries: &'a [Delivery]) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.complete_id_now(id, deliveries);
+        ready(())
+    }
+
+    fn release_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.release_id_now(id);
+        ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    fn limits(items: usize) -> StorageLimits {
+        StorageLimits {
+            replay_max_items: items,
+            replay_max_age: Duration::from_secs(60),
+            idempotency_window: Duration::from_secs(600),
+            idempotency_max_keys: 1000,
+            acks_max_ids: 3,
+            acks_max_per_id: 2,
+        }
+    }
+
+    /// A store whose clock stands at 100 ms, so that items created at small instants are fresh.
+    fn store(items: usize) -> MemoryStorage {
+        MemoryStorage::with_clock(limits(items), Arc::new(|| 100))
+    }
+
+    fn frame(epoch: &str, offset: u64) -> EncodedFrame {
+        EncodedFrame::new(format!("{epoch}/{offset}"))
+    }
+
+    fn texts(entries: &[EncodedFrame]) -> Vec<&str> {
+        entries.iter().map(|e| e.as_str()).collect()
+    }
+
+    #[test]
+    fn offsets_count_up_from_one_per_stream_under_a_stable_epoch() {
+        let s = store(10);
+        let a1 = s.append_now("user:a", 1, &frame);
+        let a2 = s.append_now("user:a", 2, &frame);
+        let b1 = s.append_now("topic:b", 3, &frame);
+        assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
+        assert_eq!(a1.epoch, a2.epoch);
+        assert_eq!(a2.frame.as_str(), format!("{}/2", a2.epoch));
+        let state = s.stream_state_now("user:a");
+        assert_eq!((state.head, state.oldest), (2, 1));
+    }
+
+    #[test]
+    fn a_new_stream_is_empty_with_oldest_past_head() {
+        let s = store(10);
+        let state = s.stream_state_now("user:new");
+        assert_eq!((state.head, state.oldest), (0, 1));
+        assert_eq!(state.epoch.len(), 8);
+        assert_eq!(s.stream_state_now("user:new").epoch, state.epoch, "the epoch is stable");
+    }
+
+    #[test]
+    fn a_new_store_gives_new_epochs() {
+        let first = store(10).stream_state_now("user:a").epoch;
+        let second = store(10).stream_state_now("user:a").epoch;
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn the_buffer_keeps_the_newest_items() {
+        let s = store(3);
+        for t in 0..5 {
+            s.append_now("user:a", t, &frame);
+        }
+        let state = s.stream_state_now("user:a");
+        assert_eq!((state.head, state.oldest), (5, 3));
+        let epoch = state.epoch.to_string();
+        let read = s.read_after_now("user:a", &epoch, 2);
+        assert_eq!(texts(&read.entries), [format!("{epoch}/3"), format!("{epoch}/4"), format!("{epoch}/5")]);
+        assert!(s.read_after_now("user:a", &epoch, 1).entries.is_empty(), "offset 2 was evicted");
+        assert!(s.read_after_now("user:a", &epoch, 5).entries.is_empty(), "nothing after the head");
+        assert!(s.read_after_now("user:a", &epoch, 6).entries.is_empty(), "ahead of the stream");
+        assert!(s.read_after_now("user:a", "other", 3).entries.is_empty(), "another epoch");
+    }
+
+    #[test]
+    fn items_age_out() {
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let clock = now.clone();
+        let s = MemoryStorage::with_clock(limits(100), Arc::new(move || clock.load(Ordering::SeqCst)));
+        s.append_now("user:a", 1_000_000, &frame);
+        now.store(1_030_000, Ordering::SeqCst);
+        s.append_now("user:a", 1_030_000, &frame);
+        now.store(1_061_000, Ordering::SeqCst);
+        let state = s.stream_state_now("user:a");
+        assert_eq!((state.head, state.oldest), (2, 2), "the first item is older than 60 s");
+        now.store(1_091_000, Ordering::SeqCst);
+        let state = s.stream_state_now("user:a");
+        assert_eq!((state.head, state.oldest), (2, 3), "empty buffer: oldest is head + 1");
+    }
+
+    #[test]
+    fn acks_are_deduplicated_per_device_and_bounded() {
+        let s = store(10);
+        let (alice, bob, carol) = (Arc::from("alice"), Arc::from("bob"), Arc::from("carol"));
+        let d1: Arc<str> = Arc::from("d1");
+        s.record_acks_now(&alice, &d1, &["n1".into(), "n2".into()], 10);
+        s.record_acks_now(&alice, &d1, &["n1".into()], 20);
+        s.record_acks_now(&bob, &d1, &["n1".into()], 30);
+        s.record_acks_now(&carol, &d1, &["n1".into()], 40);
+        let acks = s.acks_now("n1");
+        assert_eq!(acks.len(), 2, "per-id cap of 2; the repeated ack of alice keeps its first time");
+        assert_eq!((&*acks[0].user, acks[0].at), ("alice", 10));
+        assert_eq!(&*acks[1].user, "bob");
+        s.record_acks_now(&alice, &d1, &["n3".into(), "n4".into()], 50);
+        assert!(s.acks_now("n1").is_empty(), "at most 3 ids: the oldest is forgotten");
+        assert_eq!(s.acks_now("n4").len(), 1);
+        assert!(s.acks_now("unknown").is_empty());
+    }
+
+    #[test]
+    fn idempotency_keys_expire_after_the_window_and_can_be_released() {
+        let s = store(10);
+        let delivery = Delivery { stream: "user:a".into(), epoch: "e".into(), offset: Some(1) };
+        assert_eq!(s.claim_id_now("k", 1_000), IdClaim::Claimed);
+        assert_eq!(s.claim_id_now("k", 2_000), IdClaim::Duplicate(None));
+        s.complete_id_now("k", std::slice::from_ref(&delivery));
+        assert_eq!(s.claim_id_now("k", 3_000), IdClaim::Duplicate(Some(vec![delivery])));
+        assert_eq!(s.claim_id_now("k", 601_000), IdClaim::Claimed, "the window is 600 s");
+        s.release_id_now("k");
+        assert_eq!(s.claim_id_now("k", 601_001), IdClaim::Claimed);
+    }
+}

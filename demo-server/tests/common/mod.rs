@@ -1,0 +1,230 @@
+//! Helpers for the end-to-end tests of the server: a raw WebSocket client and HTTP helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tidings_server::{RunningServer, ServerConfig, TEST_API_KEY, TEST_JWT_SECRET, issue_token};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous bound for anything that should happen "soon"; only there to turn a hang into a failure.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub async fn start(config: ServerConfig) -> RunningServer {
+    tidings_server::start(config).await.expect("the server starts")
+}
+
+pub async fn start_default() -> RunningServer {
+    start(ServerConfig::for_tests()).await
+}
+
+pub fn token(user: &str, topics: &[&str]) -> String {
+    issue_token(TEST_JWT_SECRET, user, topics, Some(Duration::from_secs(3600)))
+}
+
+/// A raw protocol client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub protocol: Option<String>,
+}
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug)]
+pub struct Closed {
+    /// Text frames received before the close.
+    pub frames: Vec<Value>,
+    /// The close code (None: no close frame).
+    pub code: Option<u16>,
+}
+
+impl Closed {
+    /// The last `error` frame before the close.
+    pub fn error(&self) -> &Value {
+        self.frames.iter().rev().find(|f| f["op"] == "error").unwrap_or_else(|| panic!("no error frame: {self:?}"))
+    }
+
+    pub fn error_code(&self) -> &str {
+        self.error()["code"].as_str().expect("error frames have a code")
+    }
+}
+
+impl Client {
+    /// Connects offering `tidings.v1`.
+    pub async fn connect(server: &RunningServer) -> Client {
+        Self::connect_offering(server, "tidings.v1").await.expect("the upgrade succeeds")
+    }
+
+    pub async fn connect_offering(server: &RunningServer, protocols: &str) -> Result<Client, tungstenite::Error> {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocols).unwrap());
+        let (ws, response) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect timed out")?;
+        let protocol = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_owned());
+        Ok(Client { ws, protocol })
+    }
+
+    /// Connects and authenticates as `user` (device `device`), returning the client and the `welcome` frame.
+    pub async fn login(server: &RunningServer, user: &str, device: &str, topics: &[&str]) -> (Client, Value) {
+        let mut client = Self::connect(server).await;
+        client.auth(&token(user, topics), device).await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["op"], "welcome", "{welcome}");
+        (client, welcome)
+    }
+
+    pub async fn auth(&mut self, token: &str, device: &str) {
+        self.send(json!({"op":"auth","token":token,"device":device,"client":"e2e/1"})).await;
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next text frame (pings and pongs are skipped). Panics on close or after [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("the connection ended")
+                .expect("read error");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("server frames are JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame that is not a heartbeat.
+    pub async fn recv_skipping_heartbeats(&mut self) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["op"] != "heartbeat" {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns the frames before the close and the close code.
+    pub async fn closed(&mut self) -> Closed {
+        let mut frames = Vec::new();
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("timed out waiting for the close");
+            match next {
+                Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Close(frame))) => {
+                    // Keep reading so that tungstenite sends the close reply and sees the end of the stream.
+                    let _ =
+                        tokio::time::timeout(PATIENCE, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+                    return Closed { frames, code: frame.map(|f| u16::from(f.code)) };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Closed { frames, code: None },
+            }
+        }
+    }
+
+    /// Subscribes to `streams` (entries as in the protocol) and returns one reply per entry.
+    pub async fn subscribe(&mut self, reference: u64, streams: Value) -> Vec<Value> {
+        let count = streams.as_array().unwrap().len();
+        self.send(json!({"op":"subscribe","ref":reference,"streams":streams})).await;
+        let mut replies = Vec::new();
+        while replies.len() < count {
+            let frame = self.recv_skipping_heartbeats().await;
+            assert_eq!(frame["ref"], reference, "{frame}");
+            replies.push(frame);
+        }
+        replies
+    }
+
+    /// Subscribes to one stream and returns the `subscribed` frame.
+    pub async fn subscribe_one(&mut self, reference: u64, entry: Value) -> Value {
+        let reply = self.subscribe(reference, json!([entry])).await.pop().unwrap();
+        assert_eq!(reply["op"], "subscribed", "{reply}");
+        reply
+    }
+
+    /// Asks for a heartbeat echo and returns every other frame that arrived before it. Because the server
+    /// answers in order, this shows everything queued for the client before the echo request was handled.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send(json!({"op":"heartbeat","echo":true})).await;
+        let mut before = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame["op"] == "heartbeat" {
+                assert!(frame.get("echo").is_none(), "the server never sets echo: {frame}");
+                return before;
+            }
+            before.push(frame);
+        }
+    }
+}
+
+/// HTTP helpers.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(PATIENCE).build().unwrap()
+}
+
+pub async fn post(server: &RunningServer, path: &str, body: Value) -> (u16, Value) {
+    post_raw(server, path, Some(TEST_API_KEY), body.to_string()).await
+}
+
+pub async fn post_raw(server: &RunningServer, path: &str, key: Option<&str>, body: String) -> (u16, Value) {
+    let mut request = http().post(format!("{}{path}", server.http_url())).body(body);
+    request = request.header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub async fn get(server: &RunningServer, path: &str) -> (u16, Value) {
+    let response = http()
+        .get(format!("{}{path}", server.http_url()))
+        .bearer_auth(TEST_API_KEY)
+        .send()
+        .await
+        .expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Publishes through the HTTP API and returns the receipt.
+pub async fn publish(server: &RunningServer, body: Value) -> Value {
+    let (status, reply) = post(server, "/v1/publish", body).await;
+    assert_eq!(status, 202, "{reply}");
+    reply
+}
+
+/// Polls `check` until it returns true (or panics after [`PATIENCE`]).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Offsets of the notification frames in `frames`.
+pub fn offsets(frames: &[Value]) -> Vec<u64> {
+    frames.iter().filter(|f| f["op"] == "notification").map(|f| f["offset"].as_u64().unwrap()).collect()
+}

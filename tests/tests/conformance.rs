@@ -1,0 +1,343 @@
+//! The conformance scenarios (`tests/conformance/scenarios.json`) run against the native Rust client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tidings_core::engine::{ConnectionState, Continuity, Event, FailureReason, Lifecycle, NetworkEvent, PushOutcome};
+use tidings_core::protocol::GapReason;
+use tidings_core::store::MemoryStore;
+use tidings_tests::{TestClient, TestServer};
+
+const SCENARIOS: &str = include_str!("../conformance/scenarios.json");
+
+fn file() -> Value {
+    serde_json::from_str(SCENARIOS).expect("scenarios.json is valid JSON")
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+struct Runner<'s> {
+    server: &'s TestServer,
+    prefix: String,
+    clients: HashMap<String, TestClient>,
+    token_fetches: HashMap<String, Arc<AtomicU32>>,
+    deliveries: HashMap<String, Value>,
+}
+
+impl<'s> Runner<'s> {
+    fn name(&self, s: &str) -> String {
+        format!("{}-{s}", self.prefix)
+    }
+
+    fn stream(&self, s: &str) -> String {
+        let (kind, name) = s.split_once(':').expect("stream has a kind");
+        format!("{kind}:{}", self.name(name))
+    }
+
+    fn names(&self, v: &Value) -> Vec<String> {
+        v.as_array().map(|a| a.iter().map(|x| self.name(x.as_str().unwrap())).collect()).unwrap_or_default()
+    }
+
+    fn client(&mut self, step: &Value) -> &mut TestClient {
+        let key = step["client"].as_str().expect("step names a client");
+        self.clients.get_mut(key).unwrap_or_else(|| panic!("no client {key}"))
+    }
+
+    async fn step(&mut self, step: &Value) {
+        let op = step["op"].as_str().expect("step has op");
+        match op {
+            "connect" => {
+                let user = self.name(step["user"].as_str().unwrap());
+                let topics = self.names(&step["topics"]);
+                let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let token = match step["token"].as_str().unwrap_or("valid") {
+                    "valid" => self.server.token(&user, &topic_refs),
+                    "invalid" => "not-a-jwt".to_string(),
+                    other => panic!("unknown token kind {other}"),
+                };
+                let fetches = Arc::new(AtomicU32::new(0));
+                let f = fetches.clone();
+                let provider = move |_force: bool| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let t = token.clone();
+                    async move { Ok::<_, tidings_core::TokenError>(t) }
+                };
+                let batch = step["batch_window_ms"].as_u64().unwrap_or(0);
+                let grace = step["background_grace_ms"].as_u64();
+                let client = TestClient::connect_with(self.server, provider, Some(Arc::new(MemoryStore::new())), |c| {
+                    c.engine.batch.window = Duration::from_millis(batch);
+                    if let Some(g) = grace {
+                        c.engine.background_grace = Duration::from_millis(g);
+                    }
+                });
+                let key = step["client"].as_str().unwrap().to_string();
+                self.token_fetches.insert(key.clone(), fetches);
+                self.clients.insert(key, client);
+            }
+            "wait_state" | "assert_state" => {
+                let want = step["state"].as_str().unwrap().to_string();
+                let reason = step["reason"].as_str().map(String::from);
+                let matches = move |s: &ConnectionState| {
+                    state_name(s) == want
+                        && reason.as_deref().is_none_or(|r| match s {
+                            ConnectionState::Failed { reason, .. } => failure_name(*reason) == r,
+                            _ => false,
+                        })
+                };
+                let c = self.client(step);
+                if op == "wait_state" {
+                    c.wait_state(matches).await;
+                } else {
+                    let s = c.client.state();
+                    assert!(matches(&s), "state is {s:?}, expected {step}");
+                }
+            }
+            "subscribe" => {
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                self.client(step).client.subscribe(&stream).unwrap();
+            }
+            "wait_continuity" => {
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                let kind = step["kind"].as_str().unwrap().to_string();
+                let replayed = step["replayed"].as_u64();
+                let reason = step["reason"].as_str().map(String::from);
+                let missed = step["missed"].as_u64();
+                let what = format!("continuity {step}");
+                self.client(step)
+                    .until(&what, |log| {
+                        log.iter().any(|e| match e {
+                            Event::Continuity { stream: s, continuity } if *s == stream => match continuity {
+                                Continuity::Fresh => kind == "fresh",
+                                Continuity::Resumed { replayed: r } => {
+                                    kind == "resumed" && replayed.is_none_or(|want| want == *r)
+                                }
+                                Continuity::Gap { reason: why, missed: m } => {
+                                    kind == "gap"
+                                        && reason.as_deref().is_none_or(|want| want == gap_name(*why))
+                                        && missed.is_none_or(|want| Some(want) == *m)
+                                }
+                            },
+                            _ => false,
+                        })
+                    })
+                    .await;
+            }
+            "publish" => {
+                let ids: Vec<String> = if let Some(n) = step["count"].as_u64() {
+                    let p = step["id_prefix"].as_str().unwrap();
+                    (0..n).map(|i| self.name(&format!("{p}{i}"))).collect()
+                } else {
+                    self.names(&step["ids"])
+                };
+                let users = self.names(&step["users"]);
+                let topics = self.names(&step["topics"]);
+                for id in ids {
+                    let mut body = json!({
+                        "users": users, "topics": topics, "id": id, "type": "conformance",
+                        "priority": step["priority"].as_str().unwrap_or("important"),
+                        "title": format!("title {id}"),
+                    });
+                    if let Some(g) = step["group"].as_str() {
+                        body["group"] = json!(g);
+                    }
+                    if let Some(p) = step["persistence"].as_str() {
+                        body["persistence"] = json!(p);
+                    }
+                    let reply = self.server.publish(body).await;
+                    self.deliveries.insert(id, reply["deliveries"][0].clone());
+                }
+            }
+            "wait_notifications" => {
+                let ids = self.names(&step["ids"]);
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.client(step).until_ids(&refs).await;
+            }
+            "assert_order" => {
+                let ids = self.names(&step["ids"]);
+                let delivered = self.client(step).delivered_ids();
+                let positions: Vec<usize> =
+                    ids.iter().map(|id| delivered.iter().position(|d| d == id).expect("delivered")).collect();
+                assert!(positions.windows(2).all(|w| w[0] < w[1]), "order {ids:?} in {delivered:?}");
+            }
+            "assert_notification" => {
+                let id = self.name(step["id"].as_str().unwrap());
+                let stream = step["stream"].as_str().map(|s| self.stream(s));
+                let c = self.client(step);
+                let n = c.notifications().into_iter().find(|n| n.id == id).expect("delivered").clone();
+                if let Some(s) = stream {
+                    assert_eq!(n.stream, s);
+                }
+                if let Some(p) = step["priority"].as_str() {
+                    assert_eq!(n.priority.as_str(), p);
+                }
+                if let Some(o) = step["offset"].as_u64() {
+                    assert_eq!(n.offset, Some(o));
+                }
+            }
+            "assert_delivered_exactly" => {
+                let mut want = self.names(&step["ids"]);
+                let mut got = self.client(step).delivered_ids();
+                want.sort();
+                got.sort();
+                assert_eq!(got, want, "delivered set");
+            }
+            "wait_digest" => {
+                let group = step["group"].as_str().unwrap().to_string();
+                let count = step["count"].as_u64().unwrap() as u32;
+                let first = self.name(step["first"].as_str().unwrap());
+                let last = self.name(step["last"].as_str().unwrap());
+                self.client(step)
+                    .until("digest", |log| {
+                        log.iter().any(|e| {
+                            matches!(e, Event::Digest(d) if d.group == group && d.count == count && d.first.id == first && d.last.id == last)
+                        })
+                    })
+                    .await;
+            }
+            "assert_no_digest" => {
+                let c = self.client(step);
+                assert!(!c.log.iter().any(|e| matches!(e, Event::Digest(_))), "no digest yet");
+            }
+            "ingest_push" => {
+                let id = self.name(step["id"].as_str().unwrap());
+                let d = self.deliveries.get(&id).expect("published").clone();
+                let payload = json!({"tidings": {
+                    "id": id, "stream": d["stream"], "offset": d["offset"], "epoch": d["epoch"],
+                    "type": "conformance", "priority": "critical", "persistence": "bufferable",
+                    "title": format!("title {id}"), "created_at": 1
+                }})
+                .to_string();
+                let outcome = self.client(step).client.ingest_push(&payload).expect("valid payload");
+                let got = match outcome {
+                    PushOutcome::Show(_) => "show",
+                    PushOutcome::Duplicate { .. } => "duplicate",
+                };
+                assert_eq!(got, step["expect"].as_str().unwrap(), "push outcome for {id}");
+            }
+            "set_network" => {
+                let online = step["online"].as_bool().unwrap();
+                let event = if online { NetworkEvent::Available } else { NetworkEvent::Unavailable };
+                self.client(step).client.network_changed(event);
+            }
+            "background" => self.client(step).client.set_lifecycle(Lifecycle::Background),
+            "foreground" => self.client(step).client.set_lifecycle(Lifecycle::Foreground),
+            "drop_connections" => {
+                self.server.drop_all().await;
+            }
+            "settle" => {
+                let ms = step["ms"].as_u64().unwrap();
+                for c in self.clients.values_mut() {
+                    c.settle(Duration::from_millis(ms)).await;
+                }
+            }
+            "assert_connection_attempts" => {
+                let want = step["count"].as_u64().unwrap();
+                assert_eq!(self.client(step).client.stats().connection_attempts, want);
+            }
+            "assert_token_fetches" => {
+                let key = step["client"].as_str().unwrap();
+                assert_eq!(u64::from(self.token_fetches[key].load(Ordering::SeqCst)), step["count"].as_u64().unwrap());
+            }
+            "close" => {
+                let key = step["client"].as_str().unwrap();
+                let c = self.clients.remove(key).expect("client");
+                c.close().await;
+            }
+            other => panic!("unknown step op {other:?}"),
+        }
+    }
+}
+
+fn state_name(s: &ConnectionState) -> &'static str {
+    match s {
+        ConnectionState::Idle => "idle",
+        ConnectionState::Connecting { .. } => "connecting",
+        ConnectionState::Connected => "connected",
+        ConnectionState::Reconnecting { .. } => "reconnecting",
+        ConnectionState::Suspended { .. } => "suspended",
+        ConnectionState::Closed => "closed",
+        ConnectionState::Failed { .. } => "failed",
+    }
+}
+
+fn failure_name(r: FailureReason) -> &'static str {
+    match r {
+        FailureReason::Unauthorized => "unauthorized",
+        FailureReason::TokenProvider => "token_provider",
+        FailureReason::Protocol => "protocol",
+        FailureReason::FrameTooLarge => "frame_too_large",
+        FailureReason::SessionReplaced => "session_replaced",
+        FailureReason::Rejected => "rejected",
+    }
+}
+
+fn gap_name(r: GapReason) -> &'static str {
+    match r {
+        GapReason::EpochChanged => "epoch_changed",
+        GapReason::OutOfBuffer => "out_of_buffer",
+        GapReason::AheadOfStream => "ahead_of_stream",
+    }
+}
+
+async fn run_scenario(name: &str) {
+    let file = file();
+    let scenario = file["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("scenario {name} is not in scenarios.json"))
+        .clone();
+    let max_items = file["server"]["replay_max_items"].as_u64().unwrap() as usize;
+    let server = TestServer::start_with(|c| c.replay_max_items = max_items).await;
+    let mut runner = Runner {
+        server: &server,
+        prefix: format!("r{}x{}", std::process::id(), RUN.fetch_add(1, Ordering::SeqCst)),
+        clients: HashMap::new(),
+        token_fetches: HashMap::new(),
+        deliveries: HashMap::new(),
+    };
+    for (i, step) in scenario["steps"].as_array().unwrap().iter().enumerate() {
+        eprintln!("[{name}] step {i}: {step}");
+        runner.step(step).await;
+    }
+    for (_, c) in runner.clients.drain() {
+        c.close().await;
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                run_scenario(stringify!($name)).await;
+            }
+        )*
+
+        #[test]
+        fn every_scenario_in_the_file_has_a_test() {
+            let file = file();
+            let mut in_file: Vec<String> =
+                file["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+            let mut here: Vec<String> = vec![$(stringify!($name).to_string()),*];
+            in_file.sort();
+            here.sort();
+            assert_eq!(in_file, here);
+        }
+    };
+}
+
+scenarios!(
+    live_delivery,
+    reconnect_with_replay,
+    gap,
+    dedup_push_then_socket,
+    dedup_socket_then_push,
+    batching_digest,
+    auth_failure_without_storm,
+    background_foreground_resume,
+);
