@@ -1,1 +1,148 @@
-fn main() {}
+//! `tidings-bench`: measurements of the reference server with native SDK clients on loopback.
+//! Each subcommand prints one JSON line with its results (and a human summary on stderr).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tidings_core::engine::Event;
+use tidings_core::native::{Client, ClientConfig, StaticToken};
+use tidings_server::{PublishRequest, ServerConfig};
+
+#[derive(Parser)]
+#[command(about = "Tidings load and latency tool")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish-to-app-callback latency of notifications sent one at a time to one client.
+    Latency {
+        /// How many notifications.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Pause between publishes, in microseconds (measures latency, not throughput).
+        #[arg(long, default_value_t = 1000)]
+        interval_us: u64,
+        /// How to publish.
+        #[arg(long, value_enum, default_value_t = Via::InProcess)]
+        via: Via,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Via {
+    /// The server's in-process publisher (what `POST /v1/publish` runs after parsing).
+    InProcess,
+    /// `POST /v1/publish` over loopback HTTP.
+    Http,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Latency { count, interval_us, via } => latency(count, Duration::from_micros(interval_us), via),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Server and client in one process but on separate runtimes (one thread each), like two processes sharing a
+/// clock: the publish instant and the callback instant come from the same monotonic clock.
+fn latency(count: usize, interval: Duration, via: Via) -> anyhow::Result<()> {
+    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let server = server_rt.block_on(tidings_server::start(ServerConfig::for_tests()))?;
+    let token = tidings_server::issue_token(&server.config().jwt_secret, "bench", &[], None);
+    let (client, mut events) = client_rt.block_on(async {
+        Client::builder(ClientConfig::new(server.ws_url())).token_provider(StaticToken::new(token)).connect()
+    })?;
+    client_rt.block_on(async {
+        loop {
+            match events.next().await {
+                Some(Event::Continuity { .. }) => break Ok(()),
+                Some(_) => {}
+                None => break Err(anyhow::anyhow!("client ended before subscribing")),
+            }
+        }
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let receiver = client_rt.spawn(async move {
+        let mut seen = 0;
+        while let Some(e) = events.next().await {
+            if let Event::Notification(n) = e {
+                let _ = tx.send((n.id, Instant::now()));
+                seen += 1;
+                if seen == count {
+                    break;
+                }
+            }
+        }
+    });
+    let publisher = server.publisher();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/publish", server.http_url());
+    let key = server.config().api_key.clone();
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(count);
+    let started = Instant::now();
+    for i in 0..count {
+        let id = format!("lat-{i}");
+        let t0 = Instant::now();
+        match via {
+            Via::InProcess => {
+                let req = PublishRequest::new("bench").user("bench").id(id.clone()).title("latency probe");
+                server_rt.block_on(publisher.publish(req))?;
+            }
+            Via::Http => {
+                let body = json!({"users":["bench"],"id":id,"type":"bench","title":"latency probe"});
+                let resp = client_rt.block_on(http.post(&url).bearer_auth(&key).json(&body).send())?;
+                anyhow::ensure!(resp.status().is_success(), "publish failed: {}", resp.status());
+            }
+        }
+        sent.insert(id, t0);
+        std::thread::sleep(interval);
+    }
+    let mut latencies = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (id, at) =
+            rx.recv_timeout(left).map_err(|_| anyhow::anyhow!("only {} of {count} arrived", latencies.len()))?;
+        let t0 = sent.get(&id).ok_or_else(|| anyhow::anyhow!("unexpected id {id}"))?;
+        latencies.push(at.duration_since(*t0).as_micros() as u64);
+    }
+    let wall = started.elapsed();
+    client_rt.block_on(async {
+        let _ = receiver.await;
+        client.close().await;
+    });
+    server_rt.block_on(server.shutdown());
+    latencies.sort_unstable();
+    let out = json!({
+        "scenario": "latency",
+        "publish": format!("{via:?}"),
+        "count": count,
+        "interval_us": interval.as_micros() as u64,
+        "lost": 0,
+        "p50_us": percentile(&latencies, 50.0),
+        "p99_us": percentile(&latencies, 99.0),
+        "max_us": latencies.last().copied().unwrap_or(0),
+        "wall_s": wall.as_secs_f64(),
+        "placement": "server and client in one process, one runtime thread each, not pinned",
+    });
+    println!("{out}");
+    eprintln!(
+        "latency over {count} notifications ({via:?}): p50 {} µs, p99 {} µs, max {} µs",
+        out["p50_us"], out["p99_us"], out["max_us"]
+    );
+    Ok(())
+}

@@ -23,15 +23,53 @@ pub struct DemoContext {
     pub interval: Duration,
 }
 
-/// Runs the demo until the task is cancelled (the server aborts it on shutdown).
-///
-/// HOOK (demo subscriber): this is where the demo subscriber belongs — a native `tidings_core` client signed
-/// in as `alice` (token from [`crate::issue_token`] with `ctx.jwt_secret`, URL `ctx.ws_url`) that logs its
-/// notifications, digests, state changes and continuity events. Run it next to the publisher, e.g.
-/// `tokio::join!(run_demo_publisher(..), run_demo_subscriber(..))`.
+/// Runs the demo until the task is cancelled (the server aborts it on shutdown): the publisher, and a
+/// subscriber — the native Rust client signed in as `alice`, reading topic `news` — that logs everything it
+/// receives.
 pub async fn run_demo(ctx: DemoContext) {
     info!(ws_url = %ctx.ws_url, http_url = %ctx.http_url, every = ?ctx.interval, "demo publisher started");
-    run_demo_publisher(ctx.publisher, ctx.interval).await;
+    let token = crate::issue_token(&ctx.jwt_secret, "alice", &["news"], Some(Duration::from_secs(24 * 3600)));
+    tokio::join!(run_demo_publisher(ctx.publisher, ctx.interval), run_demo_subscriber(ctx.ws_url, token));
+}
+
+/// A native client as `alice`, subscribed to `topic:news`, logging its events with the target
+/// `demo_subscriber`. Batching uses the default window, so bursts of likes show up as digests.
+pub async fn run_demo_subscriber(ws_url: String, token: String) {
+    use tidings_core::engine::Event;
+    use tidings_core::native::{Client, ClientConfig, StaticToken};
+
+    let started = Client::builder(ClientConfig::new(ws_url)).token_provider(StaticToken::new(token)).connect();
+    let (client, mut events) = match started {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "demo subscriber could not start");
+            return;
+        }
+    };
+    if let Err(e) = client.subscribe("topic:news") {
+        warn!(error = %e, "demo subscriber could not subscribe");
+    }
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Notification(n) => info!(
+                target: "demo_subscriber",
+                stream = %n.stream, offset = ?n.offset, priority = n.priority.as_str(), kind = %n.kind,
+                "alice got: {}", n.title.as_deref().unwrap_or("(no title)")
+            ),
+            Event::Digest(d) => info!(
+                target: "demo_subscriber",
+                group = %d.group, "alice got a digest: {} notifications, first {:?}, last {:?}",
+                d.count, d.first.title.as_deref().unwrap_or(""), d.last.title.as_deref().unwrap_or("")
+            ),
+            Event::State(s) => info!(target: "demo_subscriber", "alice's connection: {s:?}"),
+            Event::Continuity { stream, continuity } => {
+                info!(target: "demo_subscriber", %stream, "alice's stream continuity: {continuity:?}")
+            }
+            Event::SubscriptionFailed { stream, code, message } => {
+                warn!(target: "demo_subscriber", %stream, %code, "alice's subscription refused: {message}")
+            }
+        }
+    }
 }
 
 /// Publishes one notification of the demo script every `interval`, forever.
