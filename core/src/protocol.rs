@@ -22,6 +22,8 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 pub const MAX_IDS_PER_ACK: usize = 256;
 /// Longest id, user id, device id, topic name, `type` or `group`.
 pub const MAX_NAME_BYTES: usize = 128;
+/// Longest push token.
+pub const MAX_PUSH_TOKEN_BYTES: usize = 4096;
 /// Longest `title`.
 pub const MAX_TITLE_BYTES: usize = 256;
 /// Longest `body`.
@@ -257,6 +259,43 @@ pub fn user_stream(user: &str) -> String {
     format!("user:{user}")
 }
 
+/// Where a device receives pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushPlatform {
+    /// Apple Push Notification service, production.
+    Apns,
+    /// Apple Push Notification service, development builds.
+    ApnsSandbox,
+    /// Firebase Cloud Messaging.
+    Fcm,
+    /// Web Push (RFC 8030); the token is the subscription JSON.
+    WebPush,
+}
+
+impl PushPlatform {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushPlatform::Apns => "apns",
+            PushPlatform::ApnsSandbox => "apns_sandbox",
+            PushPlatform::Fcm => "fcm",
+            PushPlatform::WebPush => "web_push",
+        }
+    }
+}
+
+/// Checks a push token: 1 to 4 096 bytes, no control characters.
+pub fn validate_push_token(token: &str) -> Result<(), String> {
+    if token.is_empty() || token.len() > MAX_PUSH_TOKEN_BYTES {
+        return Err(format!("must be 1 to {MAX_PUSH_TOKEN_BYTES} bytes, got {}", token.len()));
+    }
+    if token.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
 /// One entry of a `subscribe` frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribeEntry {
@@ -310,6 +349,16 @@ pub enum ClientFrame {
         /// Ask for an immediate heartbeat back.
         #[serde(default, skip_serializing_if = "is_false")]
         echo: bool,
+    },
+    /// Registers this device's push address.
+    RegisterPush {
+        /// Request reference echoed by the reply.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// Push service.
+        platform: PushPlatform,
+        /// Device token or subscription.
+        token: String,
     },
 }
 
@@ -403,6 +452,14 @@ pub enum ServerFrame {
     },
     /// Keep-alive.
     Heartbeat,
+    /// A `register_push` was stored.
+    PushRegistered {
+        /// Request reference.
+        #[serde(rename = "ref")]
+        reference: u64,
+        /// The platform registered.
+        platform: PushPlatform,
+    },
     /// An error, request-scoped (with `ref`) or fatal (followed by a close).
     Error(ErrorFrame),
 }
@@ -712,6 +769,7 @@ mod tests {
             r#"{"op":"ack","ids":["a","b"]}"#,
             r#"{"op":"heartbeat"}"#,
             r#"{"op":"heartbeat","echo":true}"#,
+            r#"{"op":"register_push","ref":3,"platform":"apns","token":"5f3a"}"#,
         ];
         for text in examples {
             let frame = decode_client_frame(text).unwrap();

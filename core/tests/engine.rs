@@ -631,3 +631,31 @@ fn ephemeral_notifications_do_not_move_the_cursor() {
     assert_eq!(h.notification_ids(), ["e1"]);
     assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 0);
 }
+
+#[test]
+fn push_registration_is_validated_sent_after_every_welcome_and_persisted() {
+    use tidings_core::PushPlatform;
+    let mut h = Harness::new(Harness::config(), "alice");
+    let err = h.engine.register_push(h.now, PushPlatform::Apns, "").unwrap_err();
+    assert!(err.to_string().contains("push token"), "{err}");
+    h.engine.register_push(h.now, PushPlatform::Apns, "5f3a").unwrap();
+    h.connect();
+    let registrations = |h: &Harness| {
+        h.server
+            .received
+            .iter()
+            .filter(|f| matches!(f, ClientFrame::RegisterPush { token, .. } if token == "5f3a"))
+            .count()
+    };
+    assert_eq!(registrations(&h), 1, "sent once connected");
+    assert!(h.events.contains(&Event::PushRegistered { platform: PushPlatform::Apns }));
+    h.server_close(None);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(registrations(&h), 2, "sent again after the reconnect");
+    let snapshot = h.engine.snapshot();
+    assert_eq!(snapshot.push.as_ref().map(|p| p.token.as_str()), Some("5f3a"));
+    // A new token while connected goes out at once.
+    h.engine.register_push(h.now, PushPlatform::Fcm, "fcm-token").unwrap();
+    h.pump();
+    assert!(matches!(h.server.received.last(), Some(ClientFrame::RegisterPush { platform: PushPlatform::Fcm, .. })));
+}

@@ -16,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tidings_core::protocol::{
     ClientFrame, ErrorCode, ErrorFrame, MAX_IDS_PER_ACK, MAX_SERVER_FRAME_BYTES, MAX_STREAMS_PER_CONNECTION,
-    MAX_STREAMS_PER_SUBSCRIBE, ServerFrame, StreamName, SubscribeEntry, decode_client_frame, encode_server_frame,
-    validate_id,
+    MAX_STREAMS_PER_SUBSCRIBE, PushPlatform, ServerFrame, StreamName, SubscribeEntry, decode_client_frame,
+    encode_server_frame, validate_id, validate_push_token,
 };
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::tungstenite;
@@ -28,6 +28,7 @@ use crate::hub::{Hub, bump};
 use crate::outbox::{CloseReason, ConnHandle};
 use crate::registry::StreamSlot;
 use crate::replay::{Decision, decide};
+use crate::storage::PushRecord;
 use crate::storage::StorageError;
 use crate::util::{new_session_id, now_ms};
 
@@ -156,6 +157,7 @@ enum Request {
     Subscribe { reference: u64, streams: Vec<SubscribeEntry> },
     Unsubscribe { reference: u64, streams: Vec<String> },
     Ack { ids: Vec<String> },
+    RegisterPush { reference: u64, platform: PushPlatform, token: String },
 }
 
 enum Event {
@@ -336,6 +338,9 @@ impl Connection {
             ClientFrame::Subscribe { reference, streams } => Ok(Some(Request::Subscribe { reference, streams })),
             ClientFrame::Unsubscribe { reference, streams } => Ok(Some(Request::Unsubscribe { reference, streams })),
             ClientFrame::Ack { ids } => Ok(Some(Request::Ack { ids })),
+            ClientFrame::RegisterPush { reference, platform, token } => {
+                Ok(Some(Request::RegisterPush { reference, platform, token }))
+            }
             ClientFrame::Heartbeat { echo } => {
                 if echo {
                     self.handle.push_reserved([Utf8Bytes::from_static(HEARTBEAT)]);
@@ -351,6 +356,10 @@ impl Connection {
             Request::Unsubscribe { reference, streams } => self.unsubscribe(reference, streams).await,
             Request::Ack { ids } => {
                 self.ack(ids).await;
+                Ok(())
+            }
+            Request::RegisterPush { reference, platform, token } => {
+                self.register_push(reference, platform, token).await;
                 Ok(())
             }
         }
@@ -544,6 +553,25 @@ impl Connection {
         match self.hub.storage.record_acks(&session.user, &session.device, &ids, now_ms()).await {
             Ok(()) => bump(&self.hub.counters.acks, ids.len() as u64),
             Err(e) => warn!(user = %session.user, device = %session.device, error = %e, "acks could not be recorded"),
+        }
+    }
+
+    async fn register_push(&mut self, reference: u64, platform: PushPlatform, token: String) {
+        if let Err(e) = validate_push_token(&token) {
+            self.push_request_error(Some(reference), None, ErrorCode::BadRequest, format!("register_push: token {e}"));
+            return;
+        }
+        let session = self.session.as_ref().expect("registrations only arrive on authenticated connections");
+        let record = PushRecord { device: session.device.clone(), platform, token, registered_at: now_ms() };
+        match self.hub.storage.register_push(&session.user, record).await {
+            Ok(()) => {
+                info!(user = %session.user, device = %session.device, platform = platform.as_str(), "push address registered");
+                self.push(&ServerFrame::PushRegistered { reference, platform });
+            }
+            Err(e) => {
+                warn!(user = %session.user, error = %e, "push address could not be stored");
+                self.push_request_error(Some(reference), None, ErrorCode::TryAgainLater, e.to_string());
+            }
         }
     }
 
@@ -773,6 +801,7 @@ fn op_name(frame: &ClientFrame) -> &'static str {
         ClientFrame::Unsubscribe { .. } => "unsubscribe",
         ClientFrame::Ack { .. } => "ack",
         ClientFrame::Heartbeat { .. } => "heartbeat",
+        ClientFrame::RegisterPush { .. } => "register_push",
     }
 }
 

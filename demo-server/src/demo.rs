@@ -65,6 +65,9 @@ pub async fn run_demo_subscriber(ws_url: String, token: String) {
             Event::Continuity { stream, continuity } => {
                 info!(target: "demo_subscriber", %stream, "alice's stream continuity: {continuity:?}")
             }
+            Event::PushRegistered { platform } => {
+                info!(target: "demo_subscriber", "alice's push address registered ({})", platform.as_str())
+            }
             Event::SubscriptionFailed { stream, code, message } => {
                 warn!(target: "demo_subscriber", %stream, %code, "alice's subscription refused: {message}")
             }

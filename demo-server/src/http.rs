@@ -32,6 +32,7 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/presence", get(presence_all))
         .route("/v1/presence/{user}", get(presence_user))
         .route("/v1/notifications/{id}/acks", get(acks))
+        .route("/v1/users/{user}/devices", get(devices))
         .route("/v1/admin/drop", post(admin_drop))
         .route("/healthz", get(healthz));
     if hub.config.demo {
@@ -236,6 +237,28 @@ async fn acks(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(id): Path<St
             let acks: Vec<_> =
                 acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "at": a.at})).collect();
             axum::Json(json!({"id": id, "acks": acks})).into_response()
+        }
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
+/// `GET /v1/users/<user>/devices`: the user's devices with a registered push address.
+async fn devices(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if let Some(response) = api_key_rejection(&hub, &headers) {
+        return response;
+    }
+    if let Err(e) = tidings_core::protocol::validate_user_id(&user) {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
+    }
+    match hub.storage.push_addresses(&user).await {
+        Ok(records) => {
+            let devices: Vec<_> = records
+                .iter()
+                .map(|r| {
+                    json!({"device": &*r.device, "push": {"platform": r.platform.as_str(), "token": r.token, "registered_at": r.registered_at}})
+                })
+                .collect();
+            axum::Json(json!({"user": user, "devices": devices})).into_response()
         }
         Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }

@@ -272,3 +272,26 @@ async fn shutdown_cuts_clients_that_never_answer_after_the_grace_period() {
     let (_silent, _) = Client::login(&server, "alice", "d-1", &[]).await;
     tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await.expect("shutdown is bounded by the grace");
 }
+
+#[tokio::test]
+async fn register_push_stores_the_address_and_rejects_bad_tokens_without_closing() {
+    let server = common::start_default().await;
+    let (mut client, _welcome) = common::Client::login(&server, "alice", "dev-1", &[]).await;
+    client.send(json!({"op":"register_push","ref":7,"platform":"fcm","token":""})).await;
+    let error = client.recv_skipping_heartbeats().await;
+    assert_eq!(
+        (error["op"].as_str(), error["code"].as_str(), error["ref"].as_u64()),
+        (Some("error"), Some("bad_request"), Some(7))
+    );
+    assert!(error["message"].as_str().unwrap().contains("token"), "{error}");
+    client.send(json!({"op":"register_push","ref":8,"platform":"web_push","token":"{\"endpoint\":\"https://push.example/x\"}"})).await;
+    let reply = client.recv_skipping_heartbeats().await;
+    assert_eq!(reply, json!({"op":"push_registered","ref":8,"platform":"web_push"}));
+    let (status, devices) = common::get(&server, "/v1/users/alice/devices").await;
+    assert_eq!(status, 200);
+    assert_eq!(devices["devices"][0]["device"], "dev-1");
+    assert_eq!(devices["devices"][0]["push"]["platform"], "web_push");
+    // An unknown platform is a malformed frame.
+    client.send(json!({"op":"register_push","ref":9,"platform":"carrier_pigeon","token":"x"})).await;
+    assert_eq!(client.closed().await.code, Some(4000));
+}

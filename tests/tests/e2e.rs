@@ -371,3 +371,29 @@ async fn five_informational_items_become_one_digest_and_a_critical_one_is_not_de
     assert_eq!(alice.notifications().len(), 1);
     alice.close().await;
 }
+
+#[tokio::test]
+async fn push_addresses_are_registered_per_device_and_listed() {
+    let server = TestServer::start().await;
+    let mut alice = TestClient::connect(&server, "alice", &[]);
+    alice.client.register_push(tidings_core::PushPlatform::Apns, "a1b2c3").unwrap();
+    alice.until("push registered", |log| log.iter().any(|e| matches!(e, Event::PushRegistered { .. }))).await;
+    let devices = server.get("/v1/users/alice/devices").await;
+    let list = devices["devices"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{devices}");
+    assert_eq!(list[0]["device"], alice.client.device_id());
+    assert_eq!(list[0]["push"]["platform"], "apns");
+    assert_eq!(list[0]["push"]["token"], "a1b2c3");
+    // Re-registering the same device replaces its token.
+    alice.client.register_push(tidings_core::PushPlatform::Apns, "d4e5f6").unwrap();
+    alice
+        .until("second registration", |log| {
+            log.iter().filter(|e| matches!(e, Event::PushRegistered { .. })).count() == 2
+        })
+        .await;
+    let devices = server.get("/v1/users/alice/devices").await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(devices["devices"][0]["push"]["token"], "d4e5f6");
+    assert!(alice.client.register_push(tidings_core::PushPlatform::Fcm, "bad\ntoken\u{0}").is_err());
+    alice.close().await;
+}

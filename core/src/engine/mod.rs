@@ -27,6 +27,7 @@ pub use backoff::BackoffConfig;
 pub use batch::{BatchConfig, BatchOutput, Digest, PendingBatch};
 pub use dedup::DedupWindow;
 
+pub use crate::protocol::PushPlatform;
 use crate::protocol::{
     self, ClientFrame, CloseAction, DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, ServerFrame,
     StreamName, SubscribeEntry, WireContinuity, close,
@@ -228,6 +229,11 @@ pub enum Event {
         /// How.
         continuity: Continuity,
     },
+    /// The server stored this device's push address.
+    PushRegistered {
+        /// The platform.
+        platform: PushPlatform,
+    },
     /// The server refused a subscription; the engine will not retry it.
     SubscriptionFailed {
         /// The stream.
@@ -329,6 +335,18 @@ pub struct Snapshot {
     /// Batches not yet delivered.
     #[serde(default)]
     pub pending: Vec<PendingBatch>,
+    /// The push address this device registered last (re-sent on every connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushRegistration>,
+}
+
+/// A device's push address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    /// The push service.
+    pub platform: PushPlatform,
+    /// The token (or Web Push subscription JSON).
+    pub token: String,
 }
 
 fn snapshot_version() -> u32 {
@@ -360,6 +378,9 @@ impl Snapshot {
             if !self.pending.iter().any(|b| b.group == batch.group) {
                 self.pending.push(batch.clone());
             }
+        }
+        if self.push.is_none() {
+            self.push.clone_from(&other.push);
         }
     }
 }
@@ -451,6 +472,7 @@ pub struct Engine {
     dedup: DedupWindow,
     batcher: Batcher,
     device_id: Option<String>,
+    push: Option<PushRegistration>,
     // outputs
     pending_acks: Vec<String>,
     transmits: VecDeque<String>,
@@ -490,6 +512,7 @@ impl Engine {
             dedup,
             batcher,
             device_id,
+            push: None,
             pending_acks: Vec::new(),
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
@@ -552,6 +575,7 @@ impl Engine {
             cursors: self.cursors.clone(),
             seen: self.dedup.ids_oldest_first(),
             pending: self.batcher.snapshot(),
+            push: self.push.clone(),
         }
     }
 
@@ -623,9 +647,11 @@ impl Engine {
             cursors: self.cursors.clone(),
             seen: Vec::new(),
             pending: Vec::new(),
+            push: self.push.clone(),
         };
         merged.merge(snapshot);
         self.device_id = merged.device_id;
+        self.push = merged.push;
         self.cursors = merged.cursors;
         // Saved ids count as older than anything this process saw.
         let ours = self.dedup.ids_oldest_first();
@@ -714,6 +740,19 @@ impl Engine {
             protocol::validate_id(id).map_err(|e| EngineError::InvalidArgument(format!("id {id:?} {e}")))?;
         }
         self.pending_acks.extend(ids.iter().map(|s| s.to_string()));
+        Ok(())
+    }
+
+    /// Registers this device's push address with the server: sent now when connected, and again after every
+    /// reconnect (the server keeps the newest per device). Persisted with the rest of the state.
+    pub fn register_push(&mut self, now: Instant, platform: PushPlatform, token: &str) -> Result<(), EngineError> {
+        self.tick(now);
+        protocol::validate_push_token(token).map_err(|e| EngineError::InvalidArgument(format!("push token {e}")))?;
+        self.push = Some(PushRegistration { platform, token: token.to_string() });
+        self.dirty = true;
+        if self.is_connected() {
+            self.send_push_registration();
+        }
         Ok(())
     }
 
@@ -1179,11 +1218,13 @@ impl Engine {
                 self.user = Some(user);
                 self.set_state(ConnectionState::Connected);
                 self.resubscribe_all();
+                self.send_push_registration();
             }
             ServerFrame::Subscribed { stream, epoch, offset, continuity, .. } => {
                 self.on_subscribed(now, stream, epoch, offset, continuity)
             }
             ServerFrame::Unsubscribed { .. } => {}
+            ServerFrame::PushRegistered { platform, .. } => self.events.push_back(Event::PushRegistered { platform }),
             ServerFrame::TokenRefreshed { token_expires_in_ms } => self.set_token_expiry(now, token_expires_in_ms),
             ServerFrame::Error(e) => self.on_error(now, e),
         }
@@ -1395,6 +1436,13 @@ impl Engine {
         let entries: Vec<SubscribeEntry> = streams.iter().map(|s| self.subscribe_entry(s)).collect();
         if !entries.is_empty() {
             self.send_subscribe(entries);
+        }
+    }
+
+    fn send_push_registration(&mut self) {
+        if let Some(push) = self.push.clone() {
+            let reference = self.next_ref();
+            self.queue(&ClientFrame::RegisterPush { reference, platform: push.platform, token: push.token });
         }
     }
 

@@ -349,6 +349,12 @@ impl Client {
         self.with_engine(|e, now| e.ack(now, ids)).map_err(Into::into)
     }
 
+    /// Registers this device's push address (APNs device token, FCM registration token, or Web Push
+    /// subscription JSON) with the server; re-sent on every connection, kept in the store.
+    pub fn register_push(&self, platform: crate::engine::PushPlatform, token: &str) -> Result<(), ClientError> {
+        self.with_engine(|e, now| e.register_push(now, platform, token)).map_err(Into::into)
+    }
+
     /// Passes a push payload (APNs/FCM/Web Push) through the shared dedup window. The state is saved before
     /// this returns, so a push handler may be killed right after.
     pub fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {

@@ -190,6 +190,9 @@ impl SimServer {
                 }
             }
             ClientFrame::Ack { .. } => {}
+            ClientFrame::RegisterPush { reference, platform, .. } => {
+                out.push(protocol::encode_server_frame(&ServerFrame::PushRegistered { reference, platform }));
+            }
         }
         (out, None)
     }

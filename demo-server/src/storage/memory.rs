@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    AckRecord, Appended, BoxFuture, EncodedFrame, FrameEncoder, IdClaim, ReadAfter, Storage, StorageError, StreamState,
+    AckRecord, Appended, BoxFuture, EncodedFrame, FrameEncoder, IdClaim, PushRecord, ReadAfter, Storage, StorageError,
+    StreamState,
 };
 use crate::publish::Delivery;
 use crate::util::{new_epoch, now_ms};
@@ -57,6 +58,7 @@ pub struct MemoryStorage {
     hasher: RandomState,
     streams: Box<[StreamShard]>,
     acks: Mutex<AckTable>,
+    push: Mutex<HashMap<String, Vec<PushRecord>>>,
     ids: Mutex<IdTable>,
 }
 
@@ -136,6 +138,7 @@ impl MemoryStorage {
             hasher: RandomState::new(),
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             acks: Mutex::new(AckTable::default()),
+            push: Mutex::new(HashMap::new()),
             ids: Mutex::new(IdTable::default()),
         }
     }
@@ -309,6 +312,18 @@ impl Storage for MemoryStorage {
     fn release_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         self.release_id_now(id);
         ready(())
+    }
+
+    fn register_push<'a>(&'a self, user: &'a str, record: PushRecord) -> BoxFuture<'a, Result<(), StorageError>> {
+        let mut table = lock(&self.push);
+        let devices = table.entry(user.to_string()).or_default();
+        devices.retain(|r| r.device != record.device && r.token != record.token);
+        devices.push(record);
+        ready(())
+    }
+
+    fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StorageError>> {
+        ready(lock(&self.push).get(user).cloned().unwrap_or_default())
     }
 }
 

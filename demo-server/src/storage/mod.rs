@@ -114,6 +114,19 @@ pub struct AckRecord {
     pub at: u64,
 }
 
+/// A device's registered push address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushRecord {
+    /// The device.
+    pub device: Arc<str>,
+    /// The push service.
+    pub platform: tidings_core::protocol::PushPlatform,
+    /// Device token or Web Push subscription JSON.
+    pub token: String,
+    /// When it was registered (ms since the Unix epoch).
+    pub registered_at: u64,
+}
+
 /// Result of [`Storage::claim_id`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdClaim {
@@ -173,4 +186,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Releases a claimed id whose publish failed, so that a retry is not mistaken for a duplicate.
     fn release_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// Stores the push address of `record.device` of `user`, replacing the device's previous one. A token
+    /// registered by another device of the same user moves to this device (a reinstalled app).
+    fn register_push<'a>(&'a self, user: &'a str, record: PushRecord) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// The push addresses of `user`'s devices, oldest registration first.
+    fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StorageError>>;
 }
