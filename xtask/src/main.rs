@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod bindgen;
+mod kotlin;
+mod server;
+mod swift;
 mod util;
 
 use util::{Step, run, workspace_root};
@@ -21,7 +25,10 @@ commands:
   lint        cargo fmt --check and clippy with warnings denied
   rust-tests  cargo test --workspace
   bench-core  criterion benchmarks of the core engine
-  latency     end-to-end latency of 1,000 notifications on loopback (release build)"
+  latency     end-to-end latency of 1,000 notifications on loopback (release build)
+  swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite
+  kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
+  bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]"
     );
     ExitCode::from(2)
 }
@@ -39,6 +46,9 @@ fn main() -> ExitCode {
         Some("latency") => run(Step::new("end-to-end latency", "cargo")
             .args(["run", "--release", "-p", "tidings-bench", "--", "latency", "--count", "1000"])
             .dir(&root)),
+        Some("swift-test") => swift::test(&root),
+        Some("kotlin-test") => kotlin::test(&root),
+        Some("bindgen") => bindgen::cli(&root, &args[1..]),
         _ => return usage(),
     };
     match result {
@@ -61,6 +71,8 @@ fn test_all(root: &Path) -> Result<(), String> {
     };
     timed("lint", &|| lint(root))?;
     timed("rust tests", &|| rust_tests(root))?;
+    timed("kotlin (JVM) tests", &|| kotlin::test(root))?;
+    timed("swift tests", &|| swift::test(root))?;
     eprintln!("\n== xtask test: all suites passed in {:.0} s", started.elapsed().as_secs_f64());
     for (name, secs) in &timings {
         eprintln!("   {name:<24} {secs:>7.1} s");
@@ -79,7 +91,6 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     run(Step::new("rust tests", "cargo").args(["test", "--workspace", "--locked"]).dir(root))
 }
 
-#[allow(dead_code)]
 fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }

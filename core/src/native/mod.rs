@@ -171,6 +171,13 @@ impl ClientBuilder {
 
     /// Starts the client: restores the store, spawns the driver task and begins connecting.
     pub fn connect(self) -> Result<(Client, Events), ClientError> {
+        let (client, events) = self.build()?;
+        client.connect();
+        Ok((client, events))
+    }
+
+    /// Like [`ClientBuilder::connect`], but the client stays idle until [`Client::connect`].
+    pub fn build(self) -> Result<(Client, Events), ClientError> {
         let tokens = self.tokens.unwrap_or_else(|| Arc::new(StaticToken::new("")));
         Client::start(self.config, tokens, self.store)
     }
@@ -278,7 +285,6 @@ impl Client {
                 Err(e) => tracing::warn!(error = %e, "client state could not be loaded; starting fresh"),
             }
         }
-        engine.connect(clock.now());
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
         let (state_tx, _) = watch::channel(engine.state().clone());
         let shared = Arc::new(Shared {
@@ -392,8 +398,9 @@ impl Client {
         self.with_engine(|e, now| e.handle_lifecycle(now, lifecycle));
     }
 
-    /// Starts connecting again after `Closed` or `Failed` (e.g. after the user signed in again).
-    pub fn reconnect(&self) {
+    /// Starts connecting: after [`ClientBuilder::build`], or again after `Failed` (e.g. once the user signed
+    /// in again). No effect while connecting or connected, nor after [`Client::close`], which is final.
+    pub fn connect(&self) {
         self.with_engine(|e, now| e.connect(now));
     }
 

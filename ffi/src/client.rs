@@ -1,0 +1,277 @@
+//! The client object and the traits the app implements.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tidings_core::engine::{self as core, Event, Lifecycle};
+use tidings_core::native::{self, BoxFuture, Client, Events, FileStore};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+use crate::types::*;
+use crate::{TidingsError, guard, panic_error};
+
+/// Receives everything the client emits. Called on a Tidings thread, one call at a time, in order; keep the
+/// methods quick (hand the value to your UI executor).
+#[uniffi::export(foreign)]
+pub trait EventListener: Send + Sync {
+    /// A notification, seen for the first time on any path.
+    fn on_notification(&self, notification: Notification);
+    /// Several informational notifications of one group.
+    fn on_digest(&self, digest: Digest);
+    /// The connection state changed.
+    fn on_state_changed(&self, state: ConnectionState);
+    /// How a stream continued after (re)subscribing; on `Gap`, refetch that stream's state.
+    fn on_continuity(&self, stream: String, continuity: Continuity);
+    /// The server refused a subscription (`code`: `forbidden`, `bad_request`).
+    fn on_subscription_failed(&self, stream: String, code: String, message: String);
+    /// The server stored this device's push address.
+    fn on_push_registered(&self, platform: PushPlatform);
+}
+
+/// Why the token provider could not supply a token.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum TokenProviderError {
+    /// Retrying later may help (network trouble reaching your backend).
+    #[error("transient: {message}")]
+    Transient {
+        /// Detail.
+        message: String,
+    },
+    /// The user is signed out or not allowed: the client stops (`Failed(TokenProvider)`).
+    #[error("fatal: {message}")]
+    Fatal {
+        /// Detail.
+        message: String,
+    },
+    /// The implementation threw something else.
+    #[error("unexpected: {message}")]
+    Unexpected {
+        /// Detail.
+        message: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for TokenProviderError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        TokenProviderError::Unexpected { message: e.reason }
+    }
+}
+
+/// Supplies Tidings tokens (from your backend). Called when a token is needed: the first connection, after
+/// the server rejected one (`force_refresh`: do not return a cached token), and shortly before a known expiry.
+/// Never called twice at once, however many reconnects need a token at the same moment.
+#[uniffi::export(foreign)]
+#[async_trait::async_trait]
+pub trait TokenProvider: Send + Sync {
+    /// A token for the signed-in user.
+    async fn fetch_token(&self, force_refresh: bool) -> Result<String, TokenProviderError>;
+}
+
+/// The runtime every client's driver task runs on: two worker threads, created on first use.
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tidings")
+            .enable_all()
+            .build()
+            .expect("the Tidings runtime starts")
+    })
+}
+
+struct ForeignTokens(Arc<dyn TokenProvider>);
+
+impl native::TokenProvider for ForeignTokens {
+    fn token(&self, force_refresh: bool) -> BoxFuture<'static, Result<String, core::TokenError>> {
+        let provider = self.0.clone();
+        Box::pin(async move {
+            let result = std::panic::AssertUnwindSafe(provider.fetch_token(force_refresh)).catch_unwind().await;
+            match result {
+                Ok(Ok(token)) => Ok(token),
+                Ok(Err(TokenProviderError::Fatal { message })) => Err(core::TokenError { transient: false, message }),
+                Ok(Err(e)) => Err(core::TokenError { transient: true, message: e.to_string() }),
+                Err(_) => Err(core::TokenError { transient: true, message: "token provider panicked".into() }),
+            }
+        })
+    }
+}
+
+/// A Tidings client: one WebSocket with reconnection, replay, dedup, digests and acks.
+#[derive(uniffi::Object)]
+pub struct TidingsClient {
+    client: Client,
+    forwarder: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TidingsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TidingsClient").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl TidingsClient {
+    /// A client; it does not connect until [`TidingsClient::connect`]. Events go to `listener`.
+    #[uniffi::constructor]
+    pub fn new(
+        config: ClientConfig,
+        token_provider: Arc<dyn TokenProvider>,
+        listener: Arc<dyn EventListener>,
+    ) -> Result<Arc<Self>, TidingsError> {
+        guard(|| {
+            if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+                return Err(TidingsError::InvalidArgument {
+                    message: format!("url must start with ws:// or wss://, got {:?}", config.url),
+                });
+            }
+            let _enter = runtime().enter();
+            let mut builder = Client::builder(config.to_native()).token_provider(ForeignTokens(token_provider));
+            if let Some(path) = &config.store_path {
+                let parent = std::path::Path::new(path).parent();
+                if parent.is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+                    return Err(TidingsError::InvalidArgument {
+                        message: format!("store_path {path:?}: the directory does not exist"),
+                    });
+                }
+                let store = FileStore::new(path).with_max_seen(config.dedup_capacity as usize);
+                builder = builder.store(Arc::new(store));
+            }
+            let (client, events) = builder.build()?;
+            let forwarder = runtime().spawn(forward(events, listener));
+            Ok(Arc::new(TidingsClient { client, forwarder: Mutex::new(Some(forwarder)) }))
+        })
+    }
+
+    /// Connects, and returns once connected. Throws `ConnectionFailed` if the client stops for good (rejected
+    /// credentials, …) and `Closed` if it is closed meanwhile. While the network is down it keeps waiting; the
+    /// client keeps (re)connecting in the background whatever happens to this call.
+    pub async fn connect(&self) -> Result<(), TidingsError> {
+        self.client.connect();
+        let mut states = self.client.state_changes();
+        loop {
+            let state: ConnectionState = states.borrow_and_update().clone().into();
+            match state {
+                ConnectionState::Connected => return Ok(()),
+                ConnectionState::Failed { reason, message } => {
+                    return Err(TidingsError::ConnectionFailed { reason, message });
+                }
+                ConnectionState::Closed => return Err(TidingsError::Closed),
+                _ => {}
+            }
+            if states.changed().await.is_err() {
+                return Err(TidingsError::Closed);
+            }
+        }
+    }
+
+    /// Subscribes to a stream (`topic:<name>`); resumed from its cursor on every reconnect.
+    pub fn subscribe(&self, stream: String) -> Result<(), TidingsError> {
+        guard(|| Ok(self.client.subscribe(&stream)?))
+    }
+
+    /// Unsubscribes and forgets the stream's cursor.
+    pub fn unsubscribe(&self, stream: String) -> Result<(), TidingsError> {
+        guard(|| Ok(self.client.unsubscribe(&stream)?))
+    }
+
+    /// Acks notifications explicitly. Not needed: delivered notifications are acked automatically.
+    pub fn ack(&self, ids: Vec<String>) -> Result<(), TidingsError> {
+        guard(|| {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            Ok(self.client.ack(&ids)?)
+        })
+    }
+
+    /// Passes a push payload (APNs `userInfo` / FCM `data` as JSON text) through the dedup window shared with
+    /// the socket: `Show` the first time, `Duplicate` after. The state is saved before this returns.
+    pub fn ingest_push(&self, payload: String) -> Result<PushOutcome, TidingsError> {
+        guard(|| Ok(self.client.ingest_push(&payload)?.into()))
+    }
+
+    /// Registers the device's push address with the server (sent now and on every reconnect).
+    pub fn register_push_token(&self, platform: PushPlatform, token: String) -> Result<(), TidingsError> {
+        guard(|| Ok(self.client.register_push(platform.into(), &token)?))
+    }
+
+    /// The app entered the background: the socket closes after the grace period.
+    pub fn app_did_enter_background(&self) {
+        let _ = guard(|| {
+            self.client.set_lifecycle(Lifecycle::Background);
+            Ok(())
+        });
+    }
+
+    /// The app returns to the foreground: reconnects at once and resumes from the cursors (also picks up what a
+    /// push extension recorded in the shared store).
+    pub fn app_will_enter_foreground(&self) {
+        let _ = guard(|| {
+            self.client.set_lifecycle(Lifecycle::Foreground);
+            Ok(())
+        });
+    }
+
+    /// The platform reports a network change; `Available` and `Changed` act at once.
+    pub fn network_changed(&self, status: NetworkStatus) {
+        let _ = guard(|| {
+            self.client.network_changed(status.into());
+            Ok(())
+        });
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.client.state().into()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.client.stats().into()
+    }
+
+    /// The device id this installation authenticates with.
+    pub fn device_id(&self) -> String {
+        self.client.device_id()
+    }
+
+    /// Closes the connection, saves the state, delivers the remaining events and stops every task of this
+    /// client. Final: create a new client to connect again.
+    pub async fn close(&self) {
+        self.client.close().await;
+        let forwarder = self.forwarder.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(forwarder) = forwarder {
+            let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
+        }
+    }
+}
+
+impl Drop for TidingsClient {
+    fn drop(&mut self) {
+        if let Some(f) = self.forwarder.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            f.abort();
+        }
+    }
+}
+
+/// Hands events to the listener, in order, one at a time. A panicking or throwing listener is logged and does
+/// not stop delivery.
+async fn forward(mut events: Events, listener: Arc<dyn EventListener>) {
+    while let Some(event) = events.next().await {
+        let listener = listener.clone();
+        let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match event {
+            Event::Notification(n) => listener.on_notification(n.into()),
+            Event::Digest(d) => listener.on_digest(d.into()),
+            Event::State(s) => listener.on_state_changed(s.into()),
+            Event::Continuity { stream, continuity } => listener.on_continuity(stream, continuity.into()),
+            Event::SubscriptionFailed { stream, code, message } => {
+                listener.on_subscription_failed(stream, code.as_str().to_string(), message)
+            }
+            Event::PushRegistered { platform } => listener.on_push_registered(platform.into()),
+        }));
+        if let Err(panic) = delivered {
+            tracing::error!(error = %panic_error(panic), "the event listener failed");
+        }
+    }
+}

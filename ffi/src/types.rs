@@ -1,0 +1,419 @@
+//! Records and enums that cross the FFI, and their conversions from the core's types. Value types only: the
+//! generated Swift structs/enums and Kotlin data classes are plain values the UI can keep.
+
+use tidings_core::engine as core;
+use tidings_core::protocol as proto;
+
+/// Client configuration. Every field but `url` has a default.
+#[derive(Clone, Debug, uniffi::Record)]
+pub struct ClientConfig {
+    /// WebSocket URL of the server, e.g. `wss://notify.example.com/v1/ws`.
+    pub url: String,
+    /// File where cursors, recently seen ids and the device id are kept across launches. On iOS, put it in the
+    /// App Group container so the Notification Service Extension shares the dedup state. `None`: memory only.
+    #[uniffi(default = None)]
+    pub store_path: Option<String>,
+    /// Stable installation id; `None` generates one and keeps it in the store.
+    #[uniffi(default = None)]
+    pub device_id: Option<String>,
+    /// Upper bound of the first reconnect delay (full jitter), ms.
+    #[uniffi(default = 500)]
+    pub backoff_base_ms: u64,
+    /// Upper bound of any reconnect delay, ms.
+    #[uniffi(default = 20000)]
+    pub backoff_cap_ms: u64,
+    /// Batching window for informational notifications with a group, ms; 0 disables digests.
+    #[uniffi(default = 3000)]
+    pub batch_window_ms: u64,
+    /// A digest is delivered as soon as it holds this many notifications.
+    #[uniffi(default = 100)]
+    pub batch_max_items: u32,
+    /// Notification ids remembered for dedup.
+    #[uniffi(default = 10000)]
+    pub dedup_capacity: u32,
+    /// How long the socket stays open after the app enters the background, ms.
+    #[uniffi(default = 30000)]
+    pub background_grace_ms: u64,
+    /// Subscribe to the signed-in user's own stream automatically.
+    #[uniffi(default = true)]
+    pub subscribe_user_stream: bool,
+}
+
+impl ClientConfig {
+    pub(crate) fn to_native(&self) -> tidings_core::native::ClientConfig {
+        let mut c = tidings_core::native::ClientConfig::new(self.url.clone());
+        c.engine.device_id.clone_from(&self.device_id);
+        c.engine.backoff.base = ms(self.backoff_base_ms);
+        c.engine.backoff.cap = ms(self.backoff_cap_ms);
+        c.engine.batch.window = ms(self.batch_window_ms);
+        c.engine.batch.max_items = self.batch_max_items;
+        c.engine.dedup_capacity = self.dedup_capacity as usize;
+        c.engine.background_grace = ms(self.background_grace_ms);
+        c.engine.subscribe_user_stream = self.subscribe_user_stream;
+        c.engine.client_name = concat!("tidings-ffi/", env!("CARGO_PKG_VERSION")).to_string();
+        c
+    }
+}
+
+fn ms(v: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(v)
+}
+
+/// Delivery tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Priority {
+    /// Never held back.
+    Critical,
+    /// Never held back.
+    Important,
+    /// May be folded into digests.
+    Informational,
+}
+
+/// Retention class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Persistence {
+    /// Live only.
+    Ephemeral,
+    /// Replayed after reconnects.
+    Bufferable,
+    /// Replayed and stored durably by the server.
+    Persistent,
+}
+
+/// A notification.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Notification {
+    /// Globally unique id.
+    pub id: String,
+    /// `user:<id>` or `topic:<name>`.
+    pub stream: String,
+    /// Position in the stream (absent for ephemeral notifications).
+    pub offset: Option<u64>,
+    /// The stream's history generation.
+    pub epoch: String,
+    /// Application-defined kind (`type` on the wire).
+    pub kind: String,
+    /// Delivery tier.
+    pub priority: Priority,
+    /// Retention class.
+    pub persistence: Persistence,
+    /// Short text.
+    pub title: Option<String>,
+    /// Text.
+    pub body: Option<String>,
+    /// Application payload as JSON text.
+    pub data_json: Option<String>,
+    /// Batching key.
+    pub group: Option<String>,
+    /// When the server accepted it, ms since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+impl From<proto::Notification> for Notification {
+    fn from(n: proto::Notification) -> Self {
+        Notification {
+            id: n.id,
+            stream: n.stream,
+            offset: n.offset,
+            epoch: n.epoch,
+            kind: n.kind,
+            priority: match n.priority {
+                proto::Priority::Critical => Priority::Critical,
+                proto::Priority::Important => Priority::Important,
+                proto::Priority::Informational => Priority::Informational,
+            },
+            persistence: match n.persistence {
+                proto::Persistence::Ephemeral => Persistence::Ephemeral,
+                proto::Persistence::Bufferable => Persistence::Bufferable,
+                proto::Persistence::Persistent => Persistence::Persistent,
+            },
+            title: n.title,
+            body: n.body,
+            data_json: n.data.map(|d| d.get().to_string()),
+            group: n.group,
+            created_at_ms: n.created_at,
+        }
+    }
+}
+
+/// Several informational notifications of one group ("5 new likes").
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Digest {
+    /// The shared group.
+    pub group: String,
+    /// How many notifications.
+    pub count: u32,
+    /// The first.
+    pub first: Notification,
+    /// The last.
+    pub last: Notification,
+    /// All ids, in arrival order.
+    pub ids: Vec<String>,
+}
+
+impl From<core::Digest> for Digest {
+    fn from(d: core::Digest) -> Self {
+        Digest { group: d.group, count: d.count, first: d.first.into(), last: d.last.into(), ids: d.ids }
+    }
+}
+
+/// Why the client is suspended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum SuspendReason {
+    /// The app is in the background.
+    Background,
+    /// No network.
+    Offline,
+}
+
+/// Why the client stopped for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum FailureReason {
+    /// The server rejected a freshly obtained token: sign the user in again.
+    Unauthorized,
+    /// The token provider reported a permanent failure.
+    TokenProvider,
+    /// Client and server disagree about the protocol.
+    Protocol,
+    /// The client sent a frame larger than the server accepts.
+    FrameTooLarge,
+    /// Another connection of this device took over.
+    SessionReplaced,
+    /// The server refused the connection permanently.
+    Rejected,
+}
+
+/// The connection state.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum ConnectionState {
+    /// Not started.
+    Idle,
+    /// Getting a token, opening the socket or authenticating.
+    Connecting {
+        /// Attempt number in the current series.
+        attempt: u32,
+    },
+    /// Notifications flow.
+    Connected,
+    /// Waiting before the next attempt.
+    Reconnecting {
+        /// The attempt that will follow.
+        attempt: u32,
+        /// How long the wait is, ms.
+        delay_ms: u64,
+        /// Why the last connection or attempt ended.
+        reason: String,
+    },
+    /// Deliberately disconnected (background, offline); resumes by itself.
+    Suspended {
+        /// Why.
+        reason: SuspendReason,
+    },
+    /// Closed by the app.
+    Closed,
+    /// Stopped; the app must intervene.
+    Failed {
+        /// Category.
+        reason: FailureReason,
+        /// Detail.
+        message: String,
+    },
+}
+
+impl From<core::ConnectionState> for ConnectionState {
+    fn from(s: core::ConnectionState) -> Self {
+        match s {
+            core::ConnectionState::Idle => ConnectionState::Idle,
+            core::ConnectionState::Connecting { attempt } => ConnectionState::Connecting { attempt },
+            core::ConnectionState::Connected => ConnectionState::Connected,
+            core::ConnectionState::Reconnecting { attempt, delay, reason } => {
+                ConnectionState::Reconnecting { attempt, delay_ms: delay.as_millis() as u64, reason }
+            }
+            core::ConnectionState::Suspended { reason } => ConnectionState::Suspended {
+                reason: match reason {
+                    core::SuspendReason::Background => SuspendReason::Background,
+                    core::SuspendReason::Offline => SuspendReason::Offline,
+                },
+            },
+            core::ConnectionState::Closed => ConnectionState::Closed,
+            core::ConnectionState::Failed { reason, message } => ConnectionState::Failed {
+                reason: match reason {
+                    core::FailureReason::Unauthorized => FailureReason::Unauthorized,
+                    core::FailureReason::TokenProvider => FailureReason::TokenProvider,
+                    core::FailureReason::Protocol => FailureReason::Protocol,
+                    core::FailureReason::FrameTooLarge => FailureReason::FrameTooLarge,
+                    core::FailureReason::SessionReplaced => FailureReason::SessionReplaced,
+                    core::FailureReason::Rejected => FailureReason::Rejected,
+                },
+                message,
+            },
+        }
+    }
+}
+
+/// Why a stream could not be resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum GapReason {
+    /// The server lost the stream's history.
+    EpochChanged,
+    /// Notifications were evicted from the server's replay buffer.
+    OutOfBuffer,
+    /// The client's position is beyond the stream.
+    AheadOfStream,
+}
+
+/// How a stream continued after (re)subscribing.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Continuity {
+    /// First subscription: delivery starts now.
+    Fresh,
+    /// Resumed from the cursor; `replayed` notifications were delivered.
+    Resumed {
+        /// How many.
+        replayed: u64,
+    },
+    /// Notifications were lost: refetch the stream's state from your API.
+    Gap {
+        /// Why.
+        reason: GapReason,
+        /// How many, when known.
+        missed: Option<u64>,
+    },
+}
+
+impl From<core::Continuity> for Continuity {
+    fn from(c: core::Continuity) -> Self {
+        match c {
+            core::Continuity::Fresh => Continuity::Fresh,
+            core::Continuity::Resumed { replayed } => Continuity::Resumed { replayed },
+            core::Continuity::Gap { reason, missed } => Continuity::Gap {
+                reason: match reason {
+                    proto::GapReason::EpochChanged => GapReason::EpochChanged,
+                    proto::GapReason::OutOfBuffer => GapReason::OutOfBuffer,
+                    proto::GapReason::AheadOfStream => GapReason::AheadOfStream,
+                },
+                missed,
+            },
+        }
+    }
+}
+
+/// A push service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum PushPlatform {
+    /// APNs, production.
+    Apns,
+    /// APNs, development builds.
+    ApnsSandbox,
+    /// Firebase Cloud Messaging.
+    Fcm,
+    /// Web Push.
+    WebPush,
+}
+
+impl From<PushPlatform> for proto::PushPlatform {
+    fn from(p: PushPlatform) -> Self {
+        match p {
+            PushPlatform::Apns => proto::PushPlatform::Apns,
+            PushPlatform::ApnsSandbox => proto::PushPlatform::ApnsSandbox,
+            PushPlatform::Fcm => proto::PushPlatform::Fcm,
+            PushPlatform::WebPush => proto::PushPlatform::WebPush,
+        }
+    }
+}
+
+impl From<proto::PushPlatform> for PushPlatform {
+    fn from(p: proto::PushPlatform) -> Self {
+        match p {
+            proto::PushPlatform::Apns => PushPlatform::Apns,
+            proto::PushPlatform::ApnsSandbox => PushPlatform::ApnsSandbox,
+            proto::PushPlatform::Fcm => PushPlatform::Fcm,
+            proto::PushPlatform::WebPush => PushPlatform::WebPush,
+        }
+    }
+}
+
+/// What to do with a push payload.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum PushOutcome {
+    /// First sighting: show it.
+    Show {
+        /// The notification.
+        notification: Notification,
+    },
+    /// Already delivered on another path: do not show it.
+    Duplicate {
+        /// Its id.
+        id: String,
+    },
+}
+
+impl From<core::PushOutcome> for PushOutcome {
+    fn from(o: core::PushOutcome) -> Self {
+        match o {
+            core::PushOutcome::Show(n) => PushOutcome::Show { notification: n.into() },
+            core::PushOutcome::Duplicate { id } => PushOutcome::Duplicate { id },
+        }
+    }
+}
+
+/// Network reachability, as the platform reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum NetworkStatus {
+    /// The network came back: reconnect at once.
+    Available,
+    /// No network: stop trying until it comes back.
+    Unavailable,
+    /// The network changed (Wi-Fi ↔ cellular): check the link at once.
+    Changed,
+}
+
+impl From<NetworkStatus> for core::NetworkEvent {
+    fn from(n: NetworkStatus) -> Self {
+        match n {
+            NetworkStatus::Available => core::NetworkEvent::Available,
+            NetworkStatus::Unavailable => core::NetworkEvent::Unavailable,
+            NetworkStatus::Changed => core::NetworkEvent::Changed,
+        }
+    }
+}
+
+/// Counters, for diagnostics and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ClientStats {
+    /// Sockets opened (attempts).
+    pub connection_attempts: u64,
+    /// Connections that authenticated.
+    pub connections: u64,
+    /// Token requests made to the token provider.
+    pub token_fetches: u64,
+    /// Notifications received on sockets.
+    pub notifications_received: u64,
+    /// Notifications delivered to the app.
+    pub delivered: u64,
+    /// Duplicates dropped (any path).
+    pub duplicates_dropped: u64,
+    /// Digests delivered.
+    pub digests: u64,
+    /// Push payloads ingested.
+    pub push_ingested: u64,
+    /// Gaps reported.
+    pub gaps: u64,
+}
+
+impl From<core::Stats> for ClientStats {
+    fn from(s: core::Stats) -> Self {
+        ClientStats {
+            connection_attempts: s.connection_attempts,
+            connections: s.connections,
+            token_fetches: s.token_fetches,
+            notifications_received: s.notifications_received,
+            delivered: s.delivered,
+            duplicates_dropped: s.duplicates_dropped + s.stale_dropped,
+            digests: s.digests,
+            push_ingested: s.push_ingested,
+            gaps: s.gaps,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! A reference server process for the foreign-language conformance runners (Swift, Kotlin): started in demo
+//! mode (so runners can get tokens from `POST /v1/demo/token`) with the replay buffer the scenarios expect,
+//! on a free loopback port. Killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Step, run};
+
+/// A running server process.
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) ws_url: String,
+    pub(crate) http_url: String,
+    pub(crate) api_key: String,
+}
+
+impl ServerProcess {
+    /// Environment for a runner: `TIDINGS_WS_URL`, `TIDINGS_HTTP_URL`, `TIDINGS_API_KEY`.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TIDINGS_WS_URL", self.ws_url.clone()),
+            ("TIDINGS_HTTP_URL", self.http_url.clone()),
+            ("TIDINGS_API_KEY", self.api_key.clone()),
+        ]
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds and starts `tidings-server` for conformance runs. `replay_max_items` comes from
+/// `tests/conformance/scenarios.json` (`server.replay_max_items`).
+pub(crate) fn start_conformance_server(root: &Path) -> Result<ServerProcess, String> {
+    run(Step::new("build tidings-server", "cargo").args(["build", "-p", "tidings-server", "--locked"]).dir(root))?;
+    let scenarios = std::fs::read_to_string(root.join("tests/conformance/scenarios.json"))
+        .map_err(|e| format!("read scenarios.json: {e}"))?;
+    let max_items = scenarios
+        .split("\"replay_max_items\":")
+        .nth(1)
+        .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .ok_or("scenarios.json has no server.replay_max_items")?;
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let bin = crate::target_dir(root).join("debug").join("tidings-server");
+    let log =
+        std::fs::File::create(crate::target_dir(root).join("conformance-server.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(&bin)
+        .args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", bin.display()))?;
+    let server = ServerProcess {
+        child,
+        ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
+        http_url: format!("http://127.0.0.1:{port}"),
+        api_key: "tidings-dev-key".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if healthy(port) {
+            eprintln!("== conformance server on 127.0.0.1:{port} (replay buffer {max_items})");
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("the conformance server did not become healthy within 20 s (see target/conformance-server.log)".into())
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+}
