@@ -56,16 +56,234 @@ impl Store for MemoryStore {
     }
 }
 
-/// Encodes a snapshot for storage.
+/// Encodes a snapshot for storage (JSON: `{"version":1,"device_id":…,"cursors":{stream:{"epoch":…,"offset":…}},
+/// "seen":[…],"pending":[{"group":…,"first":{…},"last":{…},"ids":[…]}],"push":{"platform":…,"token":…}}`).
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
-    serde_json::to_vec(snapshot).expect("snapshots always serialize")
+    use crate::protocol::{push_json_str, write_notification};
+    let mut out = String::with_capacity(64 + snapshot.seen.len() * 32);
+    out.push_str("{\"version\":");
+    out.push_str(&snapshot.version.to_string());
+    if let Some(d) = &snapshot.device_id {
+        out.push_str(",\"device_id\":");
+        push_json_str(&mut out, d);
+    }
+    out.push_str(",\"cursors\":{");
+    for (i, (stream, c)) in snapshot.cursors.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, stream);
+        out.push_str(":{\"epoch\":");
+        push_json_str(&mut out, &c.epoch);
+        out.push_str(&format!(",\"offset\":{}}}", c.offset));
+    }
+    out.push_str("},\"seen\":[");
+    for (i, id) in snapshot.seen.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, id);
+    }
+    out.push_str("],\"pending\":[");
+    for (i, b) in snapshot.pending.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"group\":");
+        push_json_str(&mut out, &b.group);
+        out.push_str(",\"first\":");
+        write_notification(&mut out, &b.first);
+        if let Some(last) = &b.last {
+            out.push_str(",\"last\":");
+            write_notification(&mut out, last);
+        }
+        out.push_str(",\"ids\":[");
+        for (j, id) in b.ids.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, id);
+        }
+        out.push_str("]}");
+    }
+    out.push(']');
+    if let Some(p) = &snapshot.push {
+        out.push_str(",\"push\":{\"platform\":");
+        push_json_str(&mut out, p.platform.as_str());
+        out.push_str(",\"token\":");
+        push_json_str(&mut out, &p.token);
+        out.push('}');
+    }
+    out.push('}');
+    out.into_bytes()
 }
 
-/// Decodes a stored snapshot.
+/// Decodes a stored snapshot; anything malformed is [`StoreError::Corrupt`] with the reason.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StoreError> {
-    let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("not UTF-8: {e}")))?;
+    let snapshot = snapshot_codec::decode(text).map_err(|e| StoreError::Corrupt(e.message().to_string()))?;
     if snapshot.version != 1 {
         return Err(StoreError::Corrupt(format!("unsupported snapshot version {}", snapshot.version)));
     }
     Ok(snapshot)
+}
+
+mod snapshot_codec {
+    use crate::engine::{Cursor, PendingBatch, PushRegistration, Snapshot};
+    use crate::protocol::json::Reader;
+    use crate::protocol::{DecodeError, PushPlatform, decode_notification};
+    use crate::time::Instant;
+
+    type R<T> = Result<T, DecodeError>;
+
+    fn strings(r: &mut Reader<'_>) -> R<Vec<String>> {
+        r.begin_array()?;
+        let mut out = Vec::new();
+        let mut first = true;
+        while r.next_element(&mut first)? {
+            out.push(r.string()?.into_owned());
+        }
+        Ok(out)
+    }
+
+    pub(super) fn decode(text: &str) -> R<Snapshot> {
+        let mut r = Reader::new(text);
+        let mut s = Snapshot { version: 0, ..Default::default() };
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(key) = r.next_key(&mut first)? {
+            match &*key {
+                "version" => s.version = u32::try_from(r.u64()?).map_err(|_| DecodeError::new("bad version"))?,
+                "device_id" => s.device_id = if r.null() { None } else { Some(r.string()?.into_owned()) },
+                "cursors" => {
+                    r.begin_object()?;
+                    let mut first = true;
+                    while let Some(stream) = r.next_key(&mut first)? {
+                        let (mut epoch, mut offset) = (None, None);
+                        r.begin_object()?;
+                        let mut f = true;
+                        while let Some(k) = r.next_key(&mut f)? {
+                            match &*k {
+                                "epoch" => epoch = Some(r.string()?.into_owned()),
+                                "offset" => offset = Some(r.u64()?),
+                                _ => {
+                                    r.raw_value()?;
+                                }
+                            }
+                        }
+                        let (Some(epoch), Some(offset)) = (epoch, offset) else {
+                            return Err(DecodeError::new(format!("cursor of {stream} lacks epoch or offset")));
+                        };
+                        s.cursors.insert(stream.into_owned(), Cursor { epoch, offset });
+                    }
+                }
+                "seen" => s.seen = strings(&mut r)?,
+                "pending" => {
+                    r.begin_array()?;
+                    let mut first = true;
+                    while r.next_element(&mut first)? {
+                        let (mut group, mut batch_first, mut last, mut ids) = (None, None, None, None);
+                        r.begin_object()?;
+                        let mut f = true;
+                        while let Some(k) = r.next_key(&mut f)? {
+                            match &*k {
+                                "group" => group = Some(r.string()?.into_owned()),
+                                "first" => batch_first = Some(decode_notification(r.raw_value()?)?),
+                                "last" => {
+                                    last = if r.null() { None } else { Some(decode_notification(r.raw_value()?)?) }
+                                }
+                                "ids" => ids = Some(strings(&mut r)?),
+                                _ => {
+                                    r.raw_value()?;
+                                }
+                            }
+                        }
+                        let (Some(group), Some(first), Some(ids)) = (group, batch_first, ids) else {
+                            return Err(DecodeError::new("pending batch lacks group, first or ids"));
+                        };
+                        s.pending.push(PendingBatch { group, first, last, ids, opened_at: Instant::ZERO });
+                    }
+                }
+                "push" => {
+                    if !r.null() {
+                        let (mut platform, mut token) = (None, None);
+                        r.begin_object()?;
+                        let mut f = true;
+                        while let Some(k) = r.next_key(&mut f)? {
+                            match &*k {
+                                "platform" => platform = PushPlatform::parse(&r.string()?),
+                                "token" => token = Some(r.string()?.into_owned()),
+                                _ => {
+                                    r.raw_value()?;
+                                }
+                            }
+                        }
+                        if let (Some(platform), Some(token)) = (platform, token) {
+                            s.push = Some(PushRegistration { platform, token });
+                        }
+                    }
+                }
+                _ => {
+                    r.raw_value()?;
+                }
+            }
+        }
+        r.end()?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Cursor, PendingBatch, PushRegistration};
+    use crate::protocol::{Notification, Persistence, Priority, PushPlatform, RawJson};
+
+    #[test]
+    fn snapshots_round_trip_and_are_valid_json() {
+        let n = |id: &str| Notification {
+            id: id.into(),
+            stream: "user:a".into(),
+            offset: Some(3),
+            epoch: "e".into(),
+            kind: "like".into(),
+            priority: Priority::Informational,
+            persistence: Persistence::Bufferable,
+            title: Some("a \"quoted\" title\n".into()),
+            body: None,
+            data: Some(RawJson::from_string(r#"{"k":[1,2]}"#.into()).unwrap()),
+            group: Some("g".into()),
+            created_at: 7,
+        };
+        let mut s = Snapshot { version: 1, device_id: Some("d-1".into()), ..Default::default() };
+        s.cursors.insert("user:a".into(), Cursor { epoch: "e".into(), offset: 9 });
+        s.cursors.insert("topic:x".into(), Cursor { epoch: "f\"".into(), offset: 0 });
+        s.seen = vec!["a".into(), "b".into()];
+        s.pending.push(PendingBatch {
+            group: "g".into(),
+            first: n("l1"),
+            last: Some(n("l2")),
+            ids: vec!["l1".into(), "l2".into()],
+            opened_at: crate::Instant::ZERO,
+        });
+        s.push = Some(PushRegistration { platform: PushPlatform::Fcm, token: "tok".into() });
+        let bytes = encode_snapshot(&s);
+        serde_json::from_slice::<serde_json::Value>(&bytes).expect("valid JSON");
+        assert_eq!(decode_snapshot(&bytes).unwrap(), s);
+        let empty = Snapshot { version: 1, ..Default::default() };
+        assert_eq!(decode_snapshot(&encode_snapshot(&empty)).unwrap(), empty);
+    }
+
+    #[test]
+    fn corrupt_snapshots_say_why() {
+        for (bytes, why) in [
+            (&b"{\"version\":2}"[..], "version 2"),
+            (b"{\"version\":1,\"cursors\":{\"user:a\":{}}}", "lacks epoch"),
+            (b"[1]", "expected a JSON object"),
+            (b"\xff", "not UTF-8"),
+        ] {
+            let err = decode_snapshot(bytes).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
 }

@@ -2,13 +2,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::protocol::Notification;
 use crate::time::Instant;
 
 /// Several informational notifications of one group, delivered as one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digest {
     /// The batching key they share.
     pub group: String,
@@ -48,7 +46,7 @@ impl Default for BatchConfig {
 }
 
 /// An open batch. Serializable so that pending batches survive an app restart.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingBatch {
     /// The group.
     pub group: String,
@@ -59,7 +57,6 @@ pub struct PendingBatch {
     /// All ids.
     pub ids: Vec<String>,
     /// When it was opened (engine time; not persisted meaningfully across restarts).
-    #[serde(skip)]
     pub opened_at: Instant,
 }
 

@@ -21,8 +21,6 @@ mod dedup;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use backoff::BackoffConfig;
 pub use batch::{BatchConfig, BatchOutput, Digest, PendingBatch};
 pub use dedup::DedupWindow;
@@ -309,7 +307,7 @@ pub enum EngineError {
 }
 
 /// A stream's position: the last offset seen in an epoch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     /// The stream's history generation.
     pub epoch: String,
@@ -318,30 +316,24 @@ pub struct Cursor {
 }
 
 /// Everything the engine persists: cursors, recently seen ids, open batches and the device id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Format version.
-    #[serde(default = "snapshot_version")]
     pub version: u32,
     /// The installation's device id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     /// Cursor per stream.
-    #[serde(default)]
     pub cursors: BTreeMap<String, Cursor>,
     /// Recently seen notification ids, oldest first.
-    #[serde(default)]
     pub seen: Vec<String>,
     /// Batches not yet delivered.
-    #[serde(default)]
     pub pending: Vec<PendingBatch>,
     /// The push address this device registered last (re-sent on every connection).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushRegistration>,
 }
 
 /// A device's push address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushRegistration {
     /// The push service.
     pub platform: PushPlatform,

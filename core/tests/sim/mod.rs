@@ -110,7 +110,7 @@ impl SimServer {
     /// The push payload for the last notification with `id` on `stream`.
     pub fn push_payload(&self, stream: &str, id: &str) -> String {
         let n = self.streams[stream].buffer.iter().find(|n| n.id == id).expect("published");
-        format!(r#"{{"tidings":{}}}"#, serde_json::to_string(n).unwrap())
+        format!(r#"{{"tidings":{}}}"#, protocol::encode_notification(n))
     }
 
     /// Handles a client frame; returns frames to send back (and whether to close with a code).

@@ -3,10 +3,10 @@
 //! `docs/protocol.md` is the normative description; this module is its executable form. Every frame is one
 //! JSON object with an `op` member. Decoding is strict about types and lenient about unknown members.
 
-use std::fmt;
+mod codec;
+pub(crate) mod json;
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use std::fmt;
 
 /// The WebSocket subprotocol a v1 client offers and a v1 server selects.
 pub const SUBPROTOCOL: &str = "tidings.v1";
@@ -32,8 +32,7 @@ pub const MAX_BODY_BYTES: usize = 4096;
 pub const MAX_DATA_BYTES: usize = 32 * 1024;
 
 /// Delivery tier of a notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Priority {
     /// Must reach the user now; never held back.
     Critical,
@@ -44,6 +43,16 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// From the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "critical" => Priority::Critical,
+            "important" => Priority::Important,
+            "informational" => Priority::Informational,
+            _ => return None,
+        })
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,8 +64,7 @@ impl Priority {
 }
 
 /// How long a notification is kept by the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Persistence {
     /// Live connections only: no offset, never replayed, never pushed.
     Ephemeral,
@@ -67,6 +75,16 @@ pub enum Persistence {
 }
 
 impl Persistence {
+    /// From the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ephemeral" => Persistence::Ephemeral,
+            "bufferable" => Persistence::Bufferable,
+            "persistent" => Persistence::Persistent,
+            _ => return None,
+        })
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,28 +100,28 @@ impl Persistence {
     }
 }
 
-/// A JSON value carried verbatim (the `data` member): never parsed by the engine, handed to the app as text.
-#[derive(Clone)]
-pub struct RawJson(Box<RawValue>);
+/// A JSON value carried verbatim (the `data` member): validated, never parsed into a tree, handed to the app
+/// as text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawJson(Box<str>);
 
 impl RawJson {
-    /// Parses `text` as JSON and keeps it verbatim.
+    /// Checks that `text` is one JSON value and keeps it verbatim (surrounding whitespace trimmed).
     pub fn from_string(text: String) -> Result<Self, DecodeError> {
-        RawValue::from_string(text).map(RawJson).map_err(|e| DecodeError::new(format!("data is not valid JSON: {e}")))
+        let mut r = json::Reader::new(&text);
+        let raw = r.raw_value().and_then(|raw| r.end().map(|()| raw.len()));
+        match raw {
+            Ok(len) if len == text.len() => Ok(RawJson(text.into_boxed_str())),
+            Ok(_) => Ok(RawJson(text.trim().into())),
+            Err(e) => Err(DecodeError::new(format!("data is not valid JSON: {}", e.message()))),
+        }
     }
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 }
-
-impl PartialEq for RawJson {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-impl Eq for RawJson {}
 
 impl fmt::Debug for RawJson {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,49 +129,31 @@ impl fmt::Debug for RawJson {
     }
 }
 
-impl Serialize for RawJson {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(d).map(RawJson)
-    }
-}
-
 /// The notification envelope (protocol §3). The same object travels over the socket, in push payloads and in
 /// replay.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notification {
     /// Globally unique id; one publish has one id across all its streams.
     pub id: String,
     /// `user:<id>` or `topic:<name>`.
     pub stream: String,
     /// Position in the stream; absent for ephemeral notifications.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     /// History generation of the stream.
     pub epoch: String,
     /// Application-defined kind (`type` on the wire).
-    #[serde(rename = "type")]
     pub kind: String,
     /// Delivery tier.
     pub priority: Priority,
     /// Retention class.
     pub persistence: Persistence,
     /// Short text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     /// Text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// Application payload, verbatim JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<RawJson>,
     /// Batching key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// When the server accepted the publish (ms since the Unix epoch).
     pub created_at: u64,
@@ -260,8 +260,7 @@ pub fn user_stream(user: &str) -> String {
 }
 
 /// Where a device receives pushes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PushPlatform {
     /// Apple Push Notification service, production.
     Apns,
@@ -274,6 +273,17 @@ pub enum PushPlatform {
 }
 
 impl PushPlatform {
+    /// From the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "apns" => PushPlatform::Apns,
+            "apns_sandbox" => PushPlatform::ApnsSandbox,
+            "fcm" => PushPlatform::Fcm,
+            "web_push" => PushPlatform::WebPush,
+            _ => return None,
+        })
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -297,21 +307,18 @@ pub fn validate_push_token(token: &str) -> Result<(), String> {
 }
 
 /// One entry of a `subscribe` frame.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscribeEntry {
     /// The stream.
     pub stream: String,
     /// Epoch of the client's cursor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
     /// Offset of the client's cursor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
 }
 
 /// Frames a client sends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientFrame {
     /// Authenticate (first frame) or replace the token (later).
     Auth {
@@ -320,13 +327,11 @@ pub enum ClientFrame {
         /// Stable id of this installation.
         device: String,
         /// `name/version` of the client library.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
     },
     /// Subscribe to streams, each with an optional resume position.
     Subscribe {
         /// Request reference echoed by the replies.
-        #[serde(rename = "ref")]
         reference: u64,
         /// Streams.
         streams: Vec<SubscribeEntry>,
@@ -334,7 +339,6 @@ pub enum ClientFrame {
     /// Unsubscribe from streams.
     Unsubscribe {
         /// Request reference echoed by the replies.
-        #[serde(rename = "ref")]
         reference: u64,
         /// Stream names.
         streams: Vec<String>,
@@ -347,13 +351,11 @@ pub enum ClientFrame {
     /// Keep-alive; `echo` asks the server to answer at once.
     Heartbeat {
         /// Ask for an immediate heartbeat back.
-        #[serde(default, skip_serializing_if = "is_false")]
         echo: bool,
     },
     /// Registers this device's push address.
     RegisterPush {
         /// Request reference echoed by the reply.
-        #[serde(rename = "ref")]
         reference: u64,
         /// Push service.
         platform: PushPlatform,
@@ -362,13 +364,8 @@ pub enum ClientFrame {
     },
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
 /// How a subscription continues from the client's position.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "continuity", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireContinuity {
     /// No position was given; delivery starts after the head.
     Fresh,
@@ -382,14 +379,12 @@ pub enum WireContinuity {
         /// Why.
         reason: GapReason,
         /// How many notifications were lost, when known.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         missed: Option<u64>,
     },
 }
 
 /// Why a stream could not be resumed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GapReason {
     /// The server lost the stream's history (new epoch).
     EpochChanged,
@@ -399,9 +394,29 @@ pub enum GapReason {
     AheadOfStream,
 }
 
+impl GapReason {
+    /// From the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "epoch_changed" => GapReason::EpochChanged,
+            "out_of_buffer" => GapReason::OutOfBuffer,
+            "ahead_of_stream" => GapReason::AheadOfStream,
+            _ => return None,
+        })
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::EpochChanged => "epoch_changed",
+            GapReason::OutOfBuffer => "out_of_buffer",
+            GapReason::AheadOfStream => "ahead_of_stream",
+        }
+    }
+}
+
 /// Frames the server sends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerFrame {
     /// Authentication succeeded.
     Welcome {
@@ -416,13 +431,11 @@ pub enum ServerFrame {
         /// Largest frame the server sends.
         max_frame_bytes: u64,
         /// Time until the token expires.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         token_expires_in_ms: Option<u64>,
     },
     /// A stream subscription is active.
     Subscribed {
         /// Request reference.
-        #[serde(rename = "ref")]
         reference: u64,
         /// The stream.
         stream: String,
@@ -431,13 +444,11 @@ pub enum ServerFrame {
         /// Newest offset in the stream (0 if none).
         offset: u64,
         /// How delivery continues.
-        #[serde(flatten)]
         continuity: WireContinuity,
     },
     /// A stream subscription ended.
     Unsubscribed {
         /// Request reference.
-        #[serde(rename = "ref")]
         reference: u64,
         /// The stream.
         stream: String,
@@ -447,7 +458,6 @@ pub enum ServerFrame {
     /// A token sent on a live connection was accepted.
     TokenRefreshed {
         /// Time until the new token expires.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         token_expires_in_ms: Option<u64>,
     },
     /// Keep-alive.
@@ -455,7 +465,6 @@ pub enum ServerFrame {
     /// A `register_push` was stored.
     PushRegistered {
         /// Request reference.
-        #[serde(rename = "ref")]
         reference: u64,
         /// The platform registered.
         platform: PushPlatform,
@@ -465,26 +474,22 @@ pub enum ServerFrame {
 }
 
 /// The body of an `error` frame.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorFrame {
     /// The request this answers.
-    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<u64>,
     /// The stream of the request entry this answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
     /// Machine-readable code.
     pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
     /// Minimum wait before reconnecting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
 }
 
 /// Error codes (protocol §6.1). Unknown codes decode as [`ErrorCode::Unknown`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// A request was invalid; the connection stays open.
     BadRequest,
@@ -517,11 +522,34 @@ pub enum ErrorCode {
     /// Dropped by an operator; close 4015.
     Dropped,
     /// A code this client does not know.
-    #[serde(other)]
     Unknown,
 }
 
 impl ErrorCode {
+    /// From the wire name; codes this version does not know become [`ErrorCode::Unknown`].
+    pub fn parse(s: &str) -> Self {
+        [
+            ErrorCode::BadRequest,
+            ErrorCode::Forbidden,
+            ErrorCode::ProtocolError,
+            ErrorCode::Unauthorized,
+            ErrorCode::TokenExpired,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::AuthTimeout,
+            ErrorCode::RateLimited,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::HeartbeatTimeout,
+            ErrorCode::SessionReplaced,
+            ErrorCode::ServerShutdown,
+            ErrorCode::TryAgainLater,
+            ErrorCode::SlowConsumer,
+            ErrorCode::Dropped,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .unwrap_or(ErrorCode::Unknown)
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -646,64 +674,13 @@ impl DecodeError {
     }
 }
 
-/// The prefix the reference server writes before every notification frame; frames that start with it are
-/// decoded straight into a [`Notification`] (the slower generic path handles every other member order).
-const NOTIFICATION_PREFIX: &str = "{\"op\":\"notification\",";
-
-/// Decodes a server frame.
-pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
-    if text.starts_with(NOTIFICATION_PREFIX) {
-        return serde_json::from_str::<Notification>(text)
-            .map(ServerFrame::Notification)
-            .map_err(|e| DecodeError::new(format!("invalid notification frame: {e}")));
-    }
-    serde_json::from_str(text).map_err(|e| DecodeError::new(format!("invalid server frame: {e}")))
-}
-
-/// Decodes a client frame.
-pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
-    serde_json::from_str(text).map_err(|e| DecodeError::new(format!("invalid client frame: {e}")))
-}
-
-/// Encodes a client frame.
-pub fn encode_client_frame(frame: &ClientFrame) -> String {
-    serde_json::to_string(frame).expect("client frames always serialize")
-}
-
-/// Encodes a server frame. Notification frames start with [`NOTIFICATION_PREFIX`].
-pub fn encode_server_frame(frame: &ServerFrame) -> String {
-    serde_json::to_string(frame).expect("server frames always serialize")
-}
-
-/// Extracts the notification envelope from a push payload: the envelope itself, or an object carrying it
-/// under `tidings` (as an object, or as a JSON string — FCM data values are strings).
-pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
-    #[derive(Deserialize)]
-    struct Wrapped<'a> {
-        #[serde(borrow)]
-        tidings: Option<&'a RawValue>,
-    }
-    let wrapped: Wrapped<'_> = serde_json::from_str(payload)
-        .map_err(|e| DecodeError::new(format!("push payload is not a JSON object: {e}")))?;
-    let notification: Notification = match wrapped.tidings {
-        Some(inner) => {
-            let raw = inner.get();
-            if raw.starts_with('"') {
-                let text: String = serde_json::from_str(raw)
-                    .map_err(|e| DecodeError::new(format!("push payload: bad tidings string: {e}")))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {e}")))?
-            } else {
-                serde_json::from_str(raw)
-                    .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {e}")))?
-            }
-        }
-        None => serde_json::from_str(payload)
-            .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {e}")))?,
-    };
-    notification.validate()?;
-    Ok(notification)
-}
+#[cfg(test)]
+use codec::NOTIFICATION_PREFIX;
+pub use codec::{
+    decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
+    encode_notification, encode_server_frame,
+};
+pub(crate) use codec::{push_json_str, write_notification};
 
 #[cfg(test)]
 mod tests {
@@ -795,7 +772,7 @@ mod tests {
         let err = decode_server_frame("not json").unwrap_err();
         assert!(err.message().contains("invalid server frame"), "{err}");
         let err = decode_client_frame(r#"{"op":"launch_rockets"}"#).unwrap_err();
-        assert!(err.message().contains("unknown variant"), "{err}");
+        assert!(err.message().contains("unknown op"), "{err}");
     }
 
     #[test]
@@ -824,7 +801,7 @@ mod tests {
     #[test]
     fn push_payloads_are_accepted_bare_wrapped_or_stringified() {
         let n = sample();
-        let bare = serde_json::to_string(&n).unwrap();
+        let bare = encode_notification(&n);
         let wrapped = format!(r#"{{"aps":{{"alert":"x"}},"tidings":{bare}}}"#);
         let stringified = format!(r#"{{"tidings":{}}}"#, serde_json::to_string(&bare).unwrap());
         for payload in [&bare, &wrapped, &stringified] {
@@ -833,7 +810,7 @@ mod tests {
         assert!(decode_push_payload("[]").unwrap_err().message().contains("not a JSON object"));
         let mut bad = n.clone();
         bad.offset = None;
-        let err = decode_push_payload(&serde_json::to_string(&bad).unwrap()).unwrap_err();
+        let err = decode_push_payload(&encode_notification(&bad)).unwrap_err();
         assert!(err.message().contains("offset must be present"), "{err}");
     }
 }

@@ -1,0 +1,537 @@
+//! Encoding and decoding of protocol v1 frames (docs/protocol.md §2, §3) on the crate's JSON codec.
+//!
+//! Decoding collects the members of a frame in any order (unknown members are skipped, duplicates refused),
+//! then builds the frame its `op` names; `null` counts as absent for optional members. Encoding writes `op`
+//! first and the members in the order the protocol document lists them, omitting absent optional members.
+
+use std::borrow::Cow;
+
+use super::json::{ObjectWriter, Reader, write_str};
+use super::*;
+
+/// The prefix of every encoded notification frame; frames that start with it take the notification fast path.
+pub(crate) const NOTIFICATION_PREFIX: &str = "{\"op\":\"notification\",";
+
+/// Every member any frame has, collected before the frame is built.
+#[derive(Default)]
+struct Members<'a> {
+    op: Option<Cow<'a, str>>,
+    // auth / welcome
+    token: Option<Cow<'a, str>>,
+    device: Option<Cow<'a, str>>,
+    client: Option<Cow<'a, str>>,
+    session: Option<Cow<'a, str>>,
+    user: Option<Cow<'a, str>>,
+    heartbeat_ms: Option<u64>,
+    max_frame_bytes: Option<u64>,
+    token_expires_in_ms: Option<u64>,
+    // requests
+    reference: Option<u64>,
+    streams: Option<Vec<SubscribeEntry>>,
+    ids: Option<Vec<String>>,
+    echo: Option<bool>,
+    platform: Option<Cow<'a, str>>,
+    // subscribed
+    continuity: Option<Cow<'a, str>>,
+    replayed: Option<u64>,
+    reason: Option<Cow<'a, str>>,
+    missed: Option<u64>,
+    // notification
+    id: Option<Cow<'a, str>>,
+    stream: Option<Cow<'a, str>>,
+    offset: Option<u64>,
+    epoch: Option<Cow<'a, str>>,
+    kind: Option<Cow<'a, str>>,
+    priority: Option<Cow<'a, str>>,
+    persistence: Option<Cow<'a, str>>,
+    title: Option<Cow<'a, str>>,
+    body: Option<Cow<'a, str>>,
+    data: Option<&'a str>,
+    group: Option<Cow<'a, str>>,
+    created_at: Option<u64>,
+    // error
+    code: Option<Cow<'a, str>>,
+    message: Option<Cow<'a, str>>,
+    retry_after_ms: Option<u64>,
+}
+
+fn set<T>(slot: &mut Option<T>, value: Option<T>, key: &str) -> Result<(), DecodeError> {
+    if slot.is_some() {
+        return Err(DecodeError::new(format!("duplicate member `{key}`")));
+    }
+    *slot = value;
+    Ok(())
+}
+
+fn opt_string<'a>(r: &mut Reader<'a>) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    if r.null() { Ok(None) } else { r.string().map(Some) }
+}
+
+fn opt_u64(r: &mut Reader<'_>) -> Result<Option<u64>, DecodeError> {
+    if r.null() { Ok(None) } else { r.u64().map(Some) }
+}
+
+fn string_list(r: &mut Reader<'_>) -> Result<Vec<String>, DecodeError> {
+    r.begin_array()?;
+    let mut out = Vec::new();
+    let mut first = true;
+    while r.next_element(&mut first)? {
+        out.push(r.string()?.into_owned());
+    }
+    Ok(out)
+}
+
+/// One `streams` element: an entry object (`subscribe`) or a bare stream name (`unsubscribe`).
+fn stream_element(r: &mut Reader<'_>) -> Result<SubscribeEntry, DecodeError> {
+    if r.peek() != Some(b'{') {
+        return Ok(SubscribeEntry { stream: r.string()?.into_owned(), epoch: None, offset: None });
+    }
+    r.begin_object()?;
+    let (mut stream, mut epoch, mut offset) = (None, None, None);
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first)? {
+        match &*key {
+            "stream" => set(&mut stream, Some(r.string()?.into_owned()), "stream")?,
+            "epoch" => set(&mut epoch, opt_string(r)?.map(Cow::into_owned), "epoch")?,
+            "offset" => set(&mut offset, opt_u64(r)?, "offset")?,
+            _ => {
+                r.raw_value()?;
+            }
+        }
+    }
+    let stream = stream.ok_or_else(|| DecodeError::new("missing member `stream` in a streams entry"))?;
+    Ok(SubscribeEntry { stream, epoch, offset })
+}
+
+fn stream_list(r: &mut Reader<'_>) -> Result<Option<Vec<SubscribeEntry>>, DecodeError> {
+    if r.null() {
+        return Ok(None);
+    }
+    r.begin_array()?;
+    let mut out = Vec::new();
+    let mut first = true;
+    while r.next_element(&mut first)? {
+        out.push(stream_element(r)?);
+    }
+    Ok(Some(out))
+}
+
+/// Collects the members of one object. On error, returns the `op` read so far (to name the frame kind).
+fn read_members<'a>(r: &mut Reader<'a>) -> Result<Members<'a>, (DecodeError, Option<Cow<'a, str>>)> {
+    let mut m = Members::default();
+    match read_members_into(r, &mut m) {
+        Ok(()) => Ok(m),
+        Err(e) => Err((e, m.op)),
+    }
+}
+
+fn read_members_into<'a>(r: &mut Reader<'a>, m: &mut Members<'a>) -> Result<(), DecodeError> {
+    r.begin_object()?;
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first)? {
+        member(r, m, &key).map_err(|e| DecodeError::new(format!("member `{key}`: {}", e.message())))?;
+    }
+    r.end()
+}
+
+fn member<'a>(r: &mut Reader<'a>, m: &mut Members<'a>, key: &str) -> Result<(), DecodeError> {
+    match key {
+        "op" => set(&mut m.op, Some(r.string()?), "op")?,
+        "token" => set(&mut m.token, opt_string(r)?, "token")?,
+        "device" => set(&mut m.device, opt_string(r)?, "device")?,
+        "client" => set(&mut m.client, opt_string(r)?, "client")?,
+        "session" => set(&mut m.session, opt_string(r)?, "session")?,
+        "user" => set(&mut m.user, opt_string(r)?, "user")?,
+        "heartbeat_ms" => set(&mut m.heartbeat_ms, opt_u64(r)?, "heartbeat_ms")?,
+        "max_frame_bytes" => set(&mut m.max_frame_bytes, opt_u64(r)?, "max_frame_bytes")?,
+        "token_expires_in_ms" => set(&mut m.token_expires_in_ms, opt_u64(r)?, "token_expires_in_ms")?,
+        "ref" => set(&mut m.reference, opt_u64(r)?, "ref")?,
+        "streams" => set(&mut m.streams, stream_list(r)?, "streams")?,
+        "ids" => set(&mut m.ids, if r.null() { None } else { Some(string_list(r)?) }, "ids")?,
+        "echo" => set(&mut m.echo, if r.null() { None } else { Some(r.bool()?) }, "echo")?,
+        "platform" => set(&mut m.platform, opt_string(r)?, "platform")?,
+        "continuity" => set(&mut m.continuity, opt_string(r)?, "continuity")?,
+        "replayed" => set(&mut m.replayed, opt_u64(r)?, "replayed")?,
+        "reason" => set(&mut m.reason, opt_string(r)?, "reason")?,
+        "missed" => set(&mut m.missed, opt_u64(r)?, "missed")?,
+        "id" => set(&mut m.id, opt_string(r)?, "id")?,
+        "stream" => set(&mut m.stream, opt_string(r)?, "stream")?,
+        "offset" => set(&mut m.offset, opt_u64(r)?, "offset")?,
+        "epoch" => set(&mut m.epoch, opt_string(r)?, "epoch")?,
+        "type" => set(&mut m.kind, opt_string(r)?, "type")?,
+        "priority" => set(&mut m.priority, opt_string(r)?, "priority")?,
+        "persistence" => set(&mut m.persistence, opt_string(r)?, "persistence")?,
+        "title" => set(&mut m.title, opt_string(r)?, "title")?,
+        "body" => set(&mut m.body, opt_string(r)?, "body")?,
+        "data" => set(&mut m.data, if r.null() { None } else { Some(r.raw_value()?) }, "data")?,
+        "group" => set(&mut m.group, opt_string(r)?, "group")?,
+        "created_at" => set(&mut m.created_at, opt_u64(r)?, "created_at")?,
+        "code" => set(&mut m.code, opt_string(r)?, "code")?,
+        "message" => set(&mut m.message, opt_string(r)?, "message")?,
+        "retry_after_ms" => set(&mut m.retry_after_ms, opt_u64(r)?, "retry_after_ms")?,
+        _ => {
+            r.raw_value()?;
+        }
+    }
+    Ok(())
+}
+
+fn need<T>(v: Option<T>, name: &str) -> Result<T, DecodeError> {
+    v.ok_or_else(|| DecodeError::new(format!("missing member `{name}`")))
+}
+
+fn owned(v: Option<Cow<'_, str>>) -> Option<String> {
+    v.map(Cow::into_owned)
+}
+
+fn parse_enum<T>(v: Cow<'_, str>, name: &str, parse: fn(&str) -> Option<T>) -> Result<T, DecodeError> {
+    parse(&v).ok_or_else(|| DecodeError::new(format!("unknown {name} {:?}", &*v)))
+}
+
+impl Members<'_> {
+    fn notification(self) -> Result<Notification, DecodeError> {
+        Ok(Notification {
+            id: need(self.id, "id")?.into_owned(),
+            stream: need(self.stream, "stream")?.into_owned(),
+            offset: self.offset,
+            epoch: need(self.epoch, "epoch")?.into_owned(),
+            kind: need(self.kind, "type")?.into_owned(),
+            priority: parse_enum(need(self.priority, "priority")?, "priority", Priority::parse)?,
+            persistence: parse_enum(need(self.persistence, "persistence")?, "persistence", Persistence::parse)?,
+            title: owned(self.title),
+            body: owned(self.body),
+            data: self.data.map(|d| RawJson(d.into())),
+            group: owned(self.group),
+            created_at: need(self.created_at, "created_at")?,
+        })
+    }
+}
+
+/// Decodes a notification frame or bare envelope with a loop over its 13 members only (notifications are
+/// nearly all of the traffic). `None` when the input is anything else or is invalid: the general path then
+/// decodes it, or explains what is wrong with it.
+fn notification_fast(text: &str) -> Option<Notification> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let (mut id, mut stream, mut offset, mut epoch, mut kind) = (None, None, None, None, None);
+    let (mut priority, mut persistence, mut title, mut body) = (None, None, None, None);
+    let (mut data, mut group, mut created_at) = (None, None, None);
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        let k = key.as_bytes();
+        match k.len() {
+            2 if k == b"op" => {
+                if r.string().ok()? != "notification" {
+                    return None;
+                }
+            }
+            2 if k == b"id" && id.is_none() => id = Some(r.string().ok()?),
+            6 if k == b"stream" && stream.is_none() => stream = Some(r.string().ok()?),
+            6 if k == b"offset" && offset.is_none() => offset = Some(opt_u64(&mut r).ok()?),
+            5 if k == b"epoch" && epoch.is_none() => epoch = Some(r.string().ok()?),
+            4 if k == b"type" && kind.is_none() => kind = Some(r.string().ok()?),
+            8 if k == b"priority" && priority.is_none() => priority = Some(Priority::parse(&r.string().ok()?)?),
+            11 if k == b"persistence" && persistence.is_none() => {
+                persistence = Some(Persistence::parse(&r.string().ok()?)?)
+            }
+            5 if k == b"title" && title.is_none() => title = Some(opt_string(&mut r).ok()?),
+            4 if k == b"body" && body.is_none() => body = Some(opt_string(&mut r).ok()?),
+            4 if k == b"data" && data.is_none() => data = Some(if r.null() { None } else { Some(r.raw_value().ok()?) }),
+            5 if k == b"group" && group.is_none() => group = Some(opt_string(&mut r).ok()?),
+            10 if k == b"created_at" && created_at.is_none() => created_at = Some(r.u64().ok()?),
+            _ if matches!(
+                k,
+                b"id"
+                    | b"stream"
+                    | b"offset"
+                    | b"epoch"
+                    | b"type"
+                    | b"priority"
+                    | b"persistence"
+                    | b"title"
+                    | b"body"
+                    | b"data"
+                    | b"group"
+                    | b"created_at"
+            ) =>
+            {
+                return None;
+            } // duplicate
+            _ => {
+                r.raw_value().ok()?;
+            }
+        }
+    }
+    r.end().ok()?;
+    Some(Notification {
+        id: id?.into_owned(),
+        stream: stream?.into_owned(),
+        offset: offset.flatten(),
+        epoch: epoch?.into_owned(),
+        kind: kind?.into_owned(),
+        priority: priority?,
+        persistence: persistence?,
+        title: title.flatten().map(Cow::into_owned),
+        body: body.flatten().map(Cow::into_owned),
+        data: data.flatten().map(|d| RawJson(d.into())),
+        group: group.flatten().map(Cow::into_owned),
+        created_at: created_at?,
+    })
+}
+
+/// Decodes a server frame.
+pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
+    if text.starts_with(NOTIFICATION_PREFIX)
+        && let Some(n) = notification_fast(text)
+    {
+        return Ok(ServerFrame::Notification(n));
+    }
+    let m = read_members(&mut Reader::new(text)).map_err(|(e, op)| {
+        let what = if op.as_deref() == Some("notification") { "notification" } else { "server" };
+        DecodeError::new(format!("invalid {what} frame: {}", e.message()))
+    })?;
+    let op = m.op.clone().ok_or_else(|| DecodeError::new("invalid server frame: missing member `op`"))?;
+    let frame = (|| -> Result<ServerFrame, DecodeError> {
+        Ok(match &*op {
+            "notification" => ServerFrame::Notification(m.notification()?),
+            "heartbeat" => ServerFrame::Heartbeat,
+            "welcome" => ServerFrame::Welcome {
+                session: need(m.session, "session")?.into_owned(),
+                user: need(m.user, "user")?.into_owned(),
+                device: need(m.device, "device")?.into_owned(),
+                heartbeat_ms: need(m.heartbeat_ms, "heartbeat_ms")?,
+                max_frame_bytes: need(m.max_frame_bytes, "max_frame_bytes")?,
+                token_expires_in_ms: m.token_expires_in_ms,
+            },
+            "subscribed" => {
+                let continuity = match &*need(m.continuity, "continuity")? {
+                    "fresh" => WireContinuity::Fresh,
+                    "resumed" => WireContinuity::Resumed { replayed: need(m.replayed, "replayed")? },
+                    "gap" => WireContinuity::Gap {
+                        reason: parse_enum(need(m.reason, "reason")?, "gap reason", GapReason::parse)?,
+                        missed: m.missed,
+                    },
+                    other => return Err(DecodeError::new(format!("unknown continuity {other:?}"))),
+                };
+                ServerFrame::Subscribed {
+                    reference: need(m.reference, "ref")?,
+                    stream: need(m.stream, "stream")?.into_owned(),
+                    epoch: need(m.epoch, "epoch")?.into_owned(),
+                    offset: need(m.offset, "offset")?,
+                    continuity,
+                }
+            }
+            "unsubscribed" => ServerFrame::Unsubscribed {
+                reference: need(m.reference, "ref")?,
+                stream: need(m.stream, "stream")?.into_owned(),
+            },
+            "token_refreshed" => ServerFrame::TokenRefreshed { token_expires_in_ms: m.token_expires_in_ms },
+            "push_registered" => ServerFrame::PushRegistered {
+                reference: need(m.reference, "ref")?,
+                platform: parse_enum(need(m.platform, "platform")?, "platform", PushPlatform::parse)?,
+            },
+            "error" => ServerFrame::Error(ErrorFrame {
+                reference: m.reference,
+                stream: owned(m.stream),
+                code: ErrorCode::parse(&need(m.code, "code")?),
+                message: need(m.message, "message")?.into_owned(),
+                retry_after_ms: m.retry_after_ms,
+            }),
+            other => return Err(DecodeError::new(format!("unknown op {other:?}"))),
+        })
+    })();
+    frame.map_err(|e| {
+        let what = if &*op == "notification" { "notification" } else { "server" };
+        DecodeError::new(format!("invalid {what} frame: {}", e.message()))
+    })
+}
+
+/// Decodes a client frame.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
+    let m = read_members(&mut Reader::new(text))
+        .map_err(|(e, _)| DecodeError::new(format!("invalid client frame: {}", e.message())))?;
+    let frame = (|| -> Result<ClientFrame, DecodeError> {
+        let op = need(m.op, "op")?;
+        Ok(match &*op {
+            "auth" => ClientFrame::Auth {
+                token: need(m.token, "token")?.into_owned(),
+                device: need(m.device, "device")?.into_owned(),
+                client: owned(m.client),
+            },
+            "subscribe" => {
+                ClientFrame::Subscribe { reference: need(m.reference, "ref")?, streams: need(m.streams, "streams")? }
+            }
+            "unsubscribe" => ClientFrame::Unsubscribe {
+                reference: need(m.reference, "ref")?,
+                streams: need(m.streams, "streams")?.into_iter().map(|e| e.stream).collect(),
+            },
+            "ack" => ClientFrame::Ack { ids: need(m.ids, "ids")? },
+            "heartbeat" => ClientFrame::Heartbeat { echo: m.echo.unwrap_or(false) },
+            "register_push" => ClientFrame::RegisterPush {
+                reference: need(m.reference, "ref")?,
+                platform: parse_enum(need(m.platform, "platform")?, "platform", PushPlatform::parse)?,
+                token: need(m.token, "token")?.into_owned(),
+            },
+            other => return Err(DecodeError::new(format!("unknown op {other:?}"))),
+        })
+    })();
+    frame.map_err(|e| DecodeError::new(format!("invalid client frame: {}", e.message())))
+}
+
+/// Decodes a bare notification envelope (no `op` needed; one is ignored).
+pub fn decode_notification(text: &str) -> Result<Notification, DecodeError> {
+    if let Some(n) = notification_fast(text) {
+        return Ok(n);
+    }
+    read_members(&mut Reader::new(text)).map_err(|(e, _)| e).and_then(Members::notification)
+}
+
+fn write_notification_members(w: &mut ObjectWriter<'_>, n: &Notification) {
+    w.str("id", &n.id).str("stream", &n.stream).opt_u64("offset", n.offset).str("epoch", &n.epoch);
+    w.str("type", &n.kind).str("priority", n.priority.as_str()).str("persistence", n.persistence.as_str());
+    w.opt_str("title", n.title.as_deref()).opt_str("body", n.body.as_deref());
+    if let Some(d) = &n.data {
+        w.raw("data").push_str(d.get());
+    }
+    w.opt_str("group", n.group.as_deref()).u64("created_at", n.created_at);
+}
+
+/// Encodes a bare notification envelope (the push payload form, without `op`).
+pub fn encode_notification(n: &Notification) -> String {
+    let mut out = String::with_capacity(256);
+    write_notification(&mut out, n);
+    out
+}
+
+pub(crate) fn write_notification(out: &mut String, n: &Notification) {
+    let mut w = ObjectWriter::new(out);
+    write_notification_members(&mut w, n);
+    w.finish();
+}
+
+/// Encodes a client frame.
+pub fn encode_client_frame(frame: &ClientFrame) -> String {
+    let mut out = String::with_capacity(64);
+    let mut w = ObjectWriter::new(&mut out);
+    match frame {
+        ClientFrame::Auth { token, device, client } => {
+            w.str("op", "auth").str("token", token).str("device", device).opt_str("client", client.as_deref());
+        }
+        ClientFrame::Subscribe { reference, streams } => {
+            w.str("op", "subscribe").u64("ref", *reference);
+            let out = w.raw("streams");
+            out.push('[');
+            for (i, e) in streams.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let mut entry = ObjectWriter::new(out);
+                entry.str("stream", &e.stream).opt_str("epoch", e.epoch.as_deref()).opt_u64("offset", e.offset);
+                entry.finish();
+            }
+            out.push(']');
+        }
+        ClientFrame::Unsubscribe { reference, streams } => {
+            w.str("op", "unsubscribe").u64("ref", *reference).str_array("streams", streams.iter().map(String::as_str));
+        }
+        ClientFrame::Ack { ids } => {
+            w.str("op", "ack").str_array("ids", ids.iter().map(String::as_str));
+        }
+        ClientFrame::Heartbeat { echo } => {
+            w.str("op", "heartbeat");
+            if *echo {
+                w.bool("echo", true);
+            }
+        }
+        ClientFrame::RegisterPush { reference, platform, token } => {
+            w.str("op", "register_push").u64("ref", *reference).str("platform", platform.as_str()).str("token", token);
+        }
+    }
+    w.finish();
+    out
+}
+
+/// Encodes a server frame. Notification frames start with `{"op":"notification",`.
+pub fn encode_server_frame(frame: &ServerFrame) -> String {
+    let mut out = String::with_capacity(match frame {
+        ServerFrame::Notification(_) => 384,
+        _ => 96,
+    });
+    let mut w = ObjectWriter::new(&mut out);
+    match frame {
+        ServerFrame::Notification(n) => {
+            w.str("op", "notification");
+            write_notification_members(&mut w, n);
+        }
+        ServerFrame::Heartbeat => {
+            w.str("op", "heartbeat");
+        }
+        ServerFrame::Welcome { session, user, device, heartbeat_ms, max_frame_bytes, token_expires_in_ms } => {
+            w.str("op", "welcome").str("session", session).str("user", user).str("device", device);
+            w.u64("heartbeat_ms", *heartbeat_ms).u64("max_frame_bytes", *max_frame_bytes);
+            w.opt_u64("token_expires_in_ms", *token_expires_in_ms);
+        }
+        ServerFrame::Subscribed { reference, stream, epoch, offset, continuity } => {
+            w.str("op", "subscribed").u64("ref", *reference).str("stream", stream).str("epoch", epoch);
+            w.u64("offset", *offset);
+            match continuity {
+                WireContinuity::Fresh => {
+                    w.str("continuity", "fresh");
+                }
+                WireContinuity::Resumed { replayed } => {
+                    w.str("continuity", "resumed").u64("replayed", *replayed);
+                }
+                WireContinuity::Gap { reason, missed } => {
+                    w.str("continuity", "gap").str("reason", reason.as_str()).opt_u64("missed", *missed);
+                }
+            }
+        }
+        ServerFrame::Unsubscribed { reference, stream } => {
+            w.str("op", "unsubscribed").u64("ref", *reference).str("stream", stream);
+        }
+        ServerFrame::TokenRefreshed { token_expires_in_ms } => {
+            w.str("op", "token_refreshed").opt_u64("token_expires_in_ms", *token_expires_in_ms);
+        }
+        ServerFrame::PushRegistered { reference, platform } => {
+            w.str("op", "push_registered").u64("ref", *reference).str("platform", platform.as_str());
+        }
+        ServerFrame::Error(e) => {
+            w.str("op", "error").opt_u64("ref", e.reference).opt_str("stream", e.stream.as_deref());
+            w.str("code", e.code.as_str()).str("message", &e.message).opt_u64("retry_after_ms", e.retry_after_ms);
+        }
+    }
+    w.finish();
+    out
+}
+
+/// Extracts the notification envelope from a push payload: the envelope itself, or an object carrying it
+/// under `tidings` (as an object, or as a JSON string — FCM data values are strings). The envelope is
+/// validated (protocol §3).
+pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
+    let mut r = Reader::new(payload);
+    let mut wrapped: Option<Cow<'_, str>> = None;
+    let scan = (|| -> Result<(), DecodeError> {
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(key) = r.next_key(&mut first)? {
+            if key == "tidings" {
+                let inner = if r.peek() == Some(b'"') { r.string()? } else { Cow::Borrowed(r.raw_value()?) };
+                wrapped = Some(inner);
+            } else {
+                r.raw_value()?;
+            }
+        }
+        r.end()
+    })();
+    scan.map_err(|e| DecodeError::new(format!("push payload is not a JSON object: {}", e.message())))?;
+    let envelope = wrapped.as_deref().unwrap_or(payload);
+    let n = decode_notification(envelope)
+        .map_err(|e| DecodeError::new(format!("push payload: invalid envelope: {}", e.message())))?;
+    n.validate()?;
+    Ok(n)
+}
+
+/// Writes `s` as a JSON string (for other modules of the crate).
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    write_str(out, s);
+}
