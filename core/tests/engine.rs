@@ -659,3 +659,51 @@ fn push_registration_is_validated_sent_after_every_welcome_and_persisted() {
     h.pump();
     assert!(matches!(h.server.received.last(), Some(ClientFrame::RegisterPush { platform: PushPlatform::Fcm, .. })));
 }
+
+#[test]
+fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice() {
+    use tidings_core::engine::Engine;
+    let mut leader = connected("alice");
+    let mut follower = Engine::new(Harness::config(), 7);
+    let mut relayed = 0;
+    let relay = |leader: &Harness, follower: &mut Engine, relayed: &mut usize| {
+        for frame in &leader.delivered_frames[*relayed..] {
+            follower.handle_relayed(leader.now, frame).unwrap();
+        }
+        *relayed = leader.delivered_frames.len();
+    };
+    for i in 0..5 {
+        leader.publish("user:alice", &format!("n{i}"), Priority::Important, None);
+    }
+    relay(&leader, &mut follower, &mut relayed);
+    let follower_events: Vec<String> = std::iter::from_fn(|| follower.poll_event())
+        .filter_map(|e| if let Event::Notification(n) = e { Some(n.id) } else { None })
+        .collect();
+    assert_eq!(follower_events, ["n0", "n1", "n2", "n3", "n4"], "followers see what the leader sees");
+    assert!(follower.poll_transmit().is_none(), "followers never ack");
+    // The leader tab dies; more is published meanwhile.
+    let mut server = std::mem::replace(&mut leader.server, sim::SimServer::new("x"));
+    server.disconnect();
+    for i in 5..8 {
+        server.publish("user:alice", &format!("n{i}"), Priority::Important, None);
+    }
+    // The follower takes over the socket.
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.engine = follower;
+    h.server = server;
+    h.connect();
+    assert_eq!(
+        h.notification_ids(),
+        ["n5", "n6", "n7"],
+        "resumed from the relayed cursor: nothing lost, nothing twice"
+    );
+    assert!(
+        h.events.contains(&Event::Continuity {
+            stream: "user:alice".into(),
+            continuity: Continuity::Resumed { replayed: 3 }
+        })
+    );
+    let acked = h.server.acked();
+    assert!(acked.contains(&"n7".to_string()), "the new leader acks what it receives");
+    assert!(!acked.contains(&"n0".to_string()), "relayed notifications were acked by the old leader, not again");
+}

@@ -33,6 +33,9 @@ use crate::protocol::{
 use crate::time::Instant;
 use batch::Batcher;
 
+/// Most automatic acks kept while disconnected.
+const MAX_PENDING_ACKS: usize = 4096;
+
 /// Engine configuration. [`Config::new`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -422,8 +425,6 @@ struct Link {
     last_tx: Instant,
     heartbeat: Duration,
     next_ref: u64,
-    /// Streams with replay in progress: (notifications still expected, total announced).
-    replaying: HashMap<String, (u64, u64)>,
     probe_deadline: Option<Instant>,
     stable: bool,
 }
@@ -459,6 +460,11 @@ pub struct Engine {
     background_deadline: Option<Instant>,
     // streams
     user: Option<String>,
+    /// Streams with replay in progress: (notifications still expected, total announced). Cleared when the link
+    /// that announced them goes away.
+    replaying: HashMap<String, (u64, u64)>,
+    /// Inputs relayed from another engine are being handled (no acks: the other engine acks).
+    relaying: bool,
     desired: BTreeSet<String>,
     cursors: BTreeMap<String, Cursor>,
     dedup: DedupWindow,
@@ -499,6 +505,8 @@ impl Engine {
             foreground: true,
             background_deadline: None,
             user: None,
+            replaying: HashMap::new(),
+            relaying: false,
             desired: BTreeSet::new(),
             cursors: BTreeMap::new(),
             dedup,
@@ -755,9 +763,7 @@ impl Engine {
         let now = self.tick(now);
         let n = protocol::decode_push_payload(payload)?;
         self.stats.push_ingested += 1;
-        if self.config.auto_ack {
-            self.pending_acks.push(n.id.clone());
-        }
+        self.queue_ack(n.id.clone());
         let outcome = if self.dedup.insert(&n.id) {
             self.dirty = true;
             self.stats.delivered += 1;
@@ -974,6 +980,35 @@ impl Engine {
         }
     }
 
+    /// A server frame that another engine received — the leader of several browser tabs relays its socket's
+    /// frames to the engines of the other tabs, which keeps their cursors, dedup windows and batches identical
+    /// to the leader's, so any of them can take over the socket and resume with nothing lost and nothing
+    /// delivered twice. Notifications and `subscribed` frames are processed as if they came from this engine's
+    /// own socket (events, continuity, cursors, dedup, digests) but never acked; other frames are ignored.
+    pub fn handle_relayed(&mut self, now: Instant, text: &str) -> Result<(), DecodeError> {
+        let now = self.tick(now);
+        let frame = protocol::decode_server_frame(text)?;
+        self.relaying = true;
+        match frame {
+            ServerFrame::Notification(n) => self.on_notification(now, n),
+            ServerFrame::Subscribed { stream, epoch, offset, continuity, .. } => {
+                self.on_subscribed(now, stream, epoch, offset, continuity)
+            }
+            _ => {}
+        }
+        self.relaying = false;
+        Ok(())
+    }
+
+    /// Turns persistence on or off (a browser tab persists only while it leads).
+    pub fn set_persistence(&mut self, now: Instant, enabled: bool) {
+        let now = self.tick(now);
+        self.config.persistence = enabled;
+        if enabled && self.dirty {
+            self.persist(now);
+        }
+    }
+
     /// Something other than a text frame arrived on `conn` (a ping, a pong): it proves the link is alive.
     pub fn handle_activity(&mut self, now: Instant, conn: ConnId) {
         let now = self.tick(now);
@@ -1086,6 +1121,7 @@ impl Engine {
             self.actions.push_back(Action::Close { conn, code, reason });
         }
         self.link = None;
+        self.replaying.clear();
         self.transmits.clear();
         if self.current_conn().is_some() {
             self.phase = Phase::Idle;
@@ -1095,6 +1131,7 @@ impl Engine {
     fn on_loss(&mut self, now: Instant, loss: Loss) {
         let was_stable = self.link.as_ref().is_some_and(|l| l.stable);
         self.link = None;
+        self.replaying.clear();
         self.transmits.clear();
         if was_stable {
             self.failures = 0;
@@ -1200,7 +1237,6 @@ impl Engine {
                     last_tx: now,
                     heartbeat: Duration::from_millis(heartbeat_ms.max(1000)),
                     next_ref: 0,
-                    replaying: HashMap::new(),
                     probe_deadline: None,
                     stable: false,
                 });
@@ -1236,9 +1272,7 @@ impl Engine {
             if let Some(stream) = e.stream {
                 tracing::warn!(%stream, code = %e.code, message = %e.message, "subscription refused");
                 self.desired.remove(&stream);
-                if let Some(link) = &mut self.link {
-                    link.replaying.remove(&stream);
-                }
+                self.replaying.remove(&stream);
                 self.events.push_back(Event::SubscriptionFailed { stream, code: e.code, message: e.message });
             } else {
                 tracing::warn!(code = %e.code, message = %e.message, "request refused");
@@ -1280,9 +1314,7 @@ impl Engine {
                     *cursor = Cursor { epoch, offset: offset.saturating_sub(replayed) };
                 }
                 if replayed > 0 {
-                    if let Some(link) = &mut self.link {
-                        link.replaying.insert(stream, (replayed, replayed));
-                    }
+                    self.replaying.insert(stream, (replayed, replayed));
                     self.dirty = true;
                     return;
                 }
@@ -1301,13 +1333,11 @@ impl Engine {
     fn on_notification(&mut self, now: Instant, n: Notification) {
         self.stats.notifications_received += 1;
         let mut replay_done = None;
-        if let Some(link) = &mut self.link
-            && let Some((remaining, total)) = link.replaying.get_mut(&n.stream)
-        {
+        if let Some((remaining, total)) = self.replaying.get_mut(&n.stream) {
             *remaining -= 1;
             if *remaining == 0 {
                 replay_done = Some((n.stream.clone(), *total));
-                link.replaying.remove(&n.stream);
+                self.replaying.remove(&n.stream);
             }
         }
         let mut stale = false;
@@ -1340,9 +1370,7 @@ impl Engine {
     fn deliver(&mut self, now: Instant, n: Notification) {
         if !self.dedup.insert(&n.id) {
             self.stats.duplicates_dropped += 1;
-            if self.config.auto_ack {
-                self.pending_acks.push(n.id);
-            }
+            self.queue_ack(n.id);
             return;
         }
         self.dirty = true;
@@ -1357,9 +1385,7 @@ impl Engine {
 
     fn emit_notification(&mut self, n: Notification) {
         self.stats.delivered += 1;
-        if self.config.auto_ack {
-            self.pending_acks.push(n.id.clone());
-        }
+        self.queue_ack(n.id.clone());
         self.events.push_back(Event::Notification(n));
     }
 
@@ -1370,8 +1396,8 @@ impl Engine {
             BatchOutput::Digest(d) => {
                 self.stats.delivered += u64::from(d.count);
                 self.stats.digests += 1;
-                if self.config.auto_ack {
-                    self.pending_acks.extend(d.ids.iter().cloned());
+                for id in &d.ids {
+                    self.queue_ack(id.clone());
                 }
                 self.events.push_back(Event::Digest(d));
             }
@@ -1436,6 +1462,19 @@ impl Engine {
             let reference = self.next_ref();
             self.queue(&ClientFrame::RegisterPush { reference, platform: push.platform, token: push.token });
         }
+    }
+
+    /// Queues an automatic ack. Not while handling relayed input (the engine that owns the socket acks), and
+    /// never more than [`MAX_PENDING_ACKS`] waiting: the oldest are dropped (an ack is an optimisation the
+    /// server can live without; unbounded memory is not).
+    fn queue_ack(&mut self, id: String) {
+        if !self.config.auto_ack || self.relaying {
+            return;
+        }
+        if self.pending_acks.len() >= MAX_PENDING_ACKS {
+            self.pending_acks.remove(0);
+        }
+        self.pending_acks.push(id);
     }
 
     fn flush_acks(&mut self) {

@@ -288,6 +288,8 @@ pub struct Harness {
     /// Frames from the server still to be delivered (in order).
     inbound: VecDeque<String>,
     close_after_inbound: Option<u16>,
+    /// Every frame handed to the engine's socket input, in order (what a leader tab relays).
+    pub delivered_frames: Vec<String>,
 }
 
 impl Harness {
@@ -307,6 +309,7 @@ impl Harness {
             pending_open: None,
             inbound: VecDeque::new(),
             close_after_inbound: None,
+            delivered_frames: Vec::new(),
         }
     }
 
@@ -371,6 +374,7 @@ impl Harness {
             if let Some(frame) = self.inbound.pop_front() {
                 progressed = true;
                 if let Some(conn) = self.conn {
+                    self.delivered_frames.push(frame.clone());
                     self.engine.handle_text(self.now, conn, &frame);
                 }
             } else if let Some(code) = self.close_after_inbound.take() {
