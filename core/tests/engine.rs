@@ -691,6 +691,7 @@ fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice(
     let mut h = Harness::new(Harness::config(), "alice");
     h.engine = follower;
     h.server = server;
+    let before_takeover = h.server.received.len();
     h.connect();
     assert_eq!(
         h.notification_ids(),
