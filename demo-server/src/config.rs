@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub demo: bool,
     /// Interval of the demo publisher.
     pub demo_publish_interval: Duration,
+    /// A directory served at `/` as static files (the browser demo page and the npm package); `None`: no
+    /// static files.
+    pub web_root: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -118,6 +121,7 @@ impl ServerConfig {
             max_batch_body_bytes: 32 * 1024 * 1024,
             demo: false,
             demo_publish_interval: Duration::from_secs(2),
+            web_root: None,
         }
     }
 
@@ -198,6 +202,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_batch_body_bytes", &self.max_batch_body_bytes)
             .field("demo", &self.demo)
             .field("demo_publish_interval", &self.demo_publish_interval)
+            .field("web_root", &self.web_root)
             .finish()
     }
 }

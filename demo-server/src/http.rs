@@ -38,7 +38,14 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
     if hub.config.demo {
         router = router.route("/v1/demo/token", post(demo_token));
     }
-    router.fallback(not_found).with_state(hub)
+    match hub.config.web_root.clone() {
+        // Static files (demo page, npm package, service worker) at `/`; API routes take precedence.
+        Some(root) => {
+            let files = tower_http::services::ServeDir::new(root).append_index_html_on_directories(true);
+            router.fallback_service(files).with_state(hub)
+        }
+        None => router.fallback(not_found).with_state(hub),
+    }
 }
 
 /// `{"error":{"code":…,"message":…}}` with `status`.

@@ -61,6 +61,9 @@ struct Args {
     /// Development mode: default secret and API key, POST /v1/demo/token, and a demo publisher.
     #[arg(long, env = "TIDINGS_DEMO")]
     demo: bool,
+    /// Serve this directory's files at `/` (the browser demo page and the npm package).
+    #[arg(long, env = "TIDINGS_WEB_ROOT")]
+    web_root: Option<std::path::PathBuf>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -97,6 +100,12 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     config.ws_read_buffer_size = args.ws_read_buffer_bytes;
     config.ws_write_buffer_size = args.ws_write_buffer_bytes;
     config.demo = args.demo;
+    if let Some(root) = &args.web_root
+        && !root.is_dir()
+    {
+        anyhow::bail!("--web-root {}: not a directory", root.display());
+    }
+    config.web_root = args.web_root.clone();
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(config)
 }

@@ -206,3 +206,23 @@ async fn demo_mode_issues_tokens_and_publishes_on_its_own() {
     assert_eq!(status, 400);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_web_root_serves_static_files_and_api_routes_still_win() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<h1>demo</h1>").unwrap();
+    std::fs::write(dir.path().join("tidings_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let mut config = ServerConfig::for_tests();
+    config.web_root = Some(dir.path().to_path_buf());
+    let server = common::start(config).await;
+    let http = common::http();
+    let page = http.get(format!("{}/", server.http_url())).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.text().await.unwrap(), "<h1>demo</h1>");
+    let wasm = http.get(format!("{}/tidings_bg.wasm", server.http_url())).send().await.unwrap();
+    assert_eq!(wasm.headers()["content-type"], "application/wasm", "streaming compilation needs the wasm MIME type");
+    let health = http.get(format!("{}/healthz", server.http_url())).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let missing = http.get(format!("{}/nope.js", server.http_url())).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

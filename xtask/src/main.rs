@@ -13,6 +13,7 @@ mod kotlin;
 mod server;
 mod swift;
 mod util;
+mod wasm;
 
 use util::{Step, run, workspace_root};
 
@@ -28,6 +29,8 @@ commands:
   latency     end-to-end latency of 1,000 notifications on loopback (release build)
   swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite
   kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
+  wasm-test   provision the wasm toolchain + Chromium and run the browser suites
+  demo        build the browser package and run the reference server with the demo page
   bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]"
     );
     ExitCode::from(2)
@@ -48,6 +51,8 @@ fn main() -> ExitCode {
             .dir(&root)),
         Some("swift-test") => swift::test(&root),
         Some("kotlin-test") => kotlin::test(&root),
+        Some("wasm-test") => wasm::test(&root),
+        Some("demo") => wasm::demo(&root),
         Some("bindgen") => bindgen::cli(&root, &args[1..]),
         _ => return usage(),
     };
@@ -73,6 +78,7 @@ fn test_all(root: &Path) -> Result<(), String> {
     timed("rust tests", &|| rust_tests(root))?;
     timed("kotlin (JVM) tests", &|| kotlin::test(root))?;
     timed("swift tests", &|| swift::test(root))?;
+    timed("browser tests", &|| wasm::test(root))?;
     eprintln!("\n== xtask test: all suites passed in {:.0} s", started.elapsed().as_secs_f64());
     for (name, secs) in &timings {
         eprintln!("   {name:<24} {secs:>7.1} s");
