@@ -1,19 +1,21 @@
 //! The one dedup window every delivery path goes through: a bounded LRU set of notification ids.
 
-use std::num::NonZeroUsize;
-
 use lru::LruCache;
 
 /// Bounded set of recently seen notification ids. When full, the id seen least recently is forgotten.
+///
+/// The map grows with use rather than being allocated at full capacity up front: a client that sees a few
+/// notifications a day should not hold room for ten thousand ids.
 #[derive(Debug)]
 pub struct DedupWindow {
     seen: LruCache<Box<str>, ()>,
+    capacity: usize,
 }
 
 impl DedupWindow {
     /// A window holding at most `capacity` ids (at least one).
     pub fn new(capacity: usize) -> Self {
-        DedupWindow { seen: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("max(1)")) }
+        DedupWindow { seen: LruCache::unbounded(), capacity: capacity.max(1) }
     }
 
     /// Records `id`; returns `true` if it was new, `false` if it was already in the window (it is then
@@ -21,6 +23,9 @@ impl DedupWindow {
     pub fn insert(&mut self, id: &str) -> bool {
         if self.seen.get(id).is_some() {
             return false;
+        }
+        if self.seen.len() >= self.capacity {
+            self.seen.pop_lru();
         }
         self.seen.put(id.into(), ());
         true
@@ -49,10 +54,7 @@ impl DedupWindow {
     /// Re-inserts saved ids, oldest first, so the newest stay when the window is smaller than the list.
     pub fn restore<I: IntoIterator<Item = S>, S: AsRef<str>>(&mut self, ids: I) {
         for id in ids {
-            let id = id.as_ref();
-            if self.seen.get(id).is_none() {
-                self.seen.put(id.into(), ());
-            }
+            self.insert(id.as_ref());
         }
     }
 }
