@@ -4,6 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+mod child;
+mod scenarios;
+mod sys;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tidings_core::engine::Event;
@@ -19,6 +23,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the scenarios of bench/README.md (server on CPU 0, clients on CPU 1); one JSON line each.
+    Run {
+        /// Which scenarios (s1, s2, s3, s4), comma-separated.
+        #[arg(long, default_value = "s1,s2,s3,s4", value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// S1 connections.
+        #[arg(long, default_value_t = 10_000)]
+        s1_connections: usize,
+        /// Clients in S2–S4.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Duration of S2–S4, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// (internal) The server child of `run`.
+    #[command(hide = true)]
+    ServerProc {
+        /// Arguments for the child.
+        args: Vec<String>,
+    },
     /// Publish-to-app-callback latency of notifications sent one at a time to one client.
     Latency {
         /// How many notifications.
@@ -44,8 +69,37 @@ enum Via {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { scenarios, s1_connections, clients, seconds } => {
+            run(&scenarios, s1_connections, clients, seconds)
+        }
+        Command::ServerProc { args } => child::run(&args),
         Command::Latency { count, interval_us, via } => latency(count, Duration::from_micros(interval_us), via),
     }
+}
+
+fn run(which: &[String], s1_connections: usize, clients: usize, seconds: f64) -> anyhow::Result<()> {
+    let fds = sys::raise_fd_limit()?;
+    let nproc = sys::nproc();
+    sys::pin_self(1)?;
+    eprintln!("tidings-bench: {nproc} CPUs ({}), server on CPU 0, clients on CPU 1, fd limit {fds}", sys::cpu_model());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for s in which {
+        let result = rt.block_on(async {
+            match s.as_str() {
+                "s1" => scenarios::s1(s1_connections).await,
+                "s2" => scenarios::s2(clients, seconds).await,
+                "s3" => scenarios::s3(clients, 2000.0, seconds).await,
+                "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
+                other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
+            }
+        })?;
+        let mut result = result;
+        result["placement"] = json!("server pinned to CPU 0, clients pinned to CPU 1 (taskset)");
+        result["cpu"] = json!(sys::cpu_model());
+        result["nproc"] = json!(nproc);
+        println!("{result}");
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {

@@ -54,9 +54,25 @@ fn live_notifications_are_delivered_in_order_and_acked_in_one_frame() {
     h.engine.handle_text(h.now, h.conn.unwrap(), &f2.unwrap());
     h.pump();
     assert_eq!(h.notification_ids(), ["n1", "n2"]);
-    let acks: Vec<&ClientFrame> = h.server.received.iter().filter(|f| matches!(f, ClientFrame::Ack { .. })).collect();
-    assert_eq!(acks, [&ClientFrame::Ack { ids: vec!["n1".into(), "n2".into()] }], "acks coalesce");
-    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 2);
+    let acks = |h: &Harness| -> Vec<ClientFrame> {
+        h.server.received.iter().filter(|f| matches!(f, ClientFrame::Ack { .. })).cloned().collect()
+    };
+    assert!(acks(&h).is_empty(), "acks wait for the ack delay");
+    h.advance(ms(100));
+    let f3 = h.server.publish("user:alice", "n3", Priority::Important, None);
+    h.deliver(f3);
+    h.advance(ms(149));
+    assert!(acks(&h).is_empty());
+    h.advance(ms(1));
+    assert_eq!(acks(&h), [ClientFrame::Ack { ids: vec!["n1".into(), "n2".into(), "n3".into()] }], "one frame for all");
+    // A full frame's worth goes out at once.
+    for i in 0..protocol::MAX_IDS_PER_ACK {
+        h.publish("user:alice", &format!("bulk{i}"), Priority::Important, None);
+    }
+    let sizes: Vec<usize> =
+        acks(&h).iter().map(|f| if let ClientFrame::Ack { ids } = f { ids.len() } else { 0 }).collect();
+    assert_eq!(sizes, [3, protocol::MAX_IDS_PER_ACK]);
+    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 3 + protocol::MAX_IDS_PER_ACK as u64);
 }
 
 #[test]
@@ -704,6 +720,7 @@ fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice(
             continuity: Continuity::Resumed { replayed: 3 }
         })
     );
+    h.advance(Duration::from_secs(1));
     let acked: Vec<String> = h.server.received[before_takeover..]
         .iter()
         .filter_map(|f| if let ClientFrame::Ack { ids } = f { Some(ids.clone()) } else { None })

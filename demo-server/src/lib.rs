@@ -152,6 +152,18 @@ impl RunningServer {
         self.hub.stats()
     }
 
+    /// Drops every connection (or `user`'s) with `error dropped` + close `4015`, as `POST /v1/admin/drop` does;
+    /// returns how many were asked to close.
+    pub fn drop_connections(&self, user: Option<&str>) -> usize {
+        let message = "dropped by an operator";
+        match user {
+            Some(user) => {
+                self.hub.presence.connections_of(user).iter().filter(|c| c.close(ErrorCode::Dropped, message)).count()
+            }
+            None => self.hub.connections.close_all(ErrorCode::Dropped, message),
+        }
+    }
+
     /// Who is online now (as `GET /v1/presence`).
     pub fn presence(&self) -> Vec<UserPresence> {
         self.hub.presence.all()

@@ -145,7 +145,8 @@ impl TidingsClient {
         })
     }
 
-    /// Connects, and returns once connected. Throws `ConnectionFailed` if the client stops for good (rejected
+    /// Connects, and returns once connected (authenticated; each stream's subscription is confirmed by its
+    /// `on_continuity` event, which follows at once). Throws `ConnectionFailed` if the client stops for good (rejected
     /// credentials, …) and `Closed` if it is closed meanwhile. While the network is down it keeps waiting; the
     /// client keeps (re)connecting in the background whatever happens to this call.
     pub async fn connect(&self) -> Result<(), TidingsError> {

@@ -186,6 +186,8 @@ async fn a_push_extension_and_the_app_share_dedup_through_the_store_file() {
     let client = TidingsClient::new(c, tokens(token), listener.clone()).unwrap();
     assert_eq!(client.ingest_push(payload).unwrap(), PushOutcome::Duplicate { id: "p1".into() });
     client.connect().await.unwrap();
+    // connect() resolves at `welcome`; the user stream is subscribed once its continuity event arrives.
+    listener.wait_for("continuity user:alice").await;
     server.publisher().publish(PublishRequest::new("t").user("alice").id("p2").title("hi")).await.unwrap();
     listener.wait_for("notification p2").await;
     assert!(!listener.events.lock().unwrap().iter().any(|e| e == "notification p1"));

@@ -71,6 +71,9 @@ pub struct Config {
     pub token_refresh_margin: Duration,
     /// Ack notifications automatically when they are delivered to the app.
     pub auto_ack: bool,
+    /// Acks are coalesced for up to this long (or until 256 are pending) before an `ack` frame goes out: acks are
+    /// not urgent, and one frame per socket read would cost the server a receive per few notifications.
+    pub ack_delay: Duration,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             persist_interval: Duration::from_millis(500),
             token_refresh_margin: Duration::from_secs(30),
             auto_ack: true,
+            ack_delay: Duration::from_millis(250),
         }
     }
 }
@@ -473,6 +477,8 @@ pub struct Engine {
     push: Option<PushRegistration>,
     // outputs
     pending_acks: Vec<String>,
+    /// When the oldest pending ack was queued.
+    acks_since: Option<Instant>,
     transmits: VecDeque<String>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -514,6 +520,7 @@ impl Engine {
             device_id,
             push: None,
             pending_acks: Vec::new(),
+            acks_since: None,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -584,7 +591,7 @@ impl Engine {
 
     /// The next frame to write to the current socket.
     pub fn poll_transmit(&mut self) -> Option<String> {
-        if self.transmits.is_empty() && !self.pending_acks.is_empty() && self.is_connected() {
+        if self.transmits.is_empty() && self.is_connected() && self.acks_due() {
             self.flush_acks();
         }
         self.transmits.pop_front()
@@ -622,6 +629,9 @@ impl Engine {
                 }
                 if !self.token_in_flight {
                     consider(self.token_refresh_at);
+                }
+                if !self.pending_acks.is_empty() {
+                    consider(self.acks_since.map(|t| t + self.config.ack_delay));
                 }
             }
             _ => {}
@@ -1474,10 +1484,21 @@ impl Engine {
         if self.pending_acks.len() >= MAX_PENDING_ACKS {
             self.pending_acks.remove(0);
         }
+        if self.pending_acks.is_empty() {
+            self.acks_since = Some(self.now);
+        }
         self.pending_acks.push(id);
     }
 
+    /// Whether pending acks should go out now: a full frame's worth, or the oldest waited `ack_delay`.
+    fn acks_due(&self) -> bool {
+        !self.pending_acks.is_empty()
+            && (self.pending_acks.len() >= protocol::MAX_IDS_PER_ACK
+                || self.acks_since.is_none_or(|t| t + self.config.ack_delay <= self.now))
+    }
+
     fn flush_acks(&mut self) {
+        self.acks_since = None;
         let ids = std::mem::take(&mut self.pending_acks);
         for chunk in ids.chunks(protocol::MAX_IDS_PER_ACK) {
             self.queue(&ClientFrame::Ack { ids: chunk.to_vec() });

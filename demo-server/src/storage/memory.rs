@@ -1,7 +1,7 @@
 //! In-memory [`Storage`]: nothing survives the process, so every stream gets a new epoch after a restart.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -107,9 +107,51 @@ impl StreamLog {
 
 #[derive(Default)]
 struct AckTable {
-    by_id: HashMap<String, Vec<AckRecord>>,
+    by_id: HashMap<String, AckEntry>,
     /// Ids in the order they were first acked, for eviction.
     order: VecDeque<String>,
+    /// Records held across all ids.
+    records: usize,
+}
+
+/// The acks of one notification. A broadcast is acked by every subscriber, so membership is checked with a set
+/// once there are more than a few records (a linear scan made acks quadratic per broadcast).
+#[derive(Default)]
+struct AckEntry {
+    records: Vec<AckRecord>,
+    members: Option<HashSet<(Arc<str>, Arc<str>)>>,
+}
+
+/// Above this many records an entry keeps a membership set.
+const ACK_SET_FROM: usize = 8;
+/// Most ack records kept in all (the oldest notifications' acks are forgotten first).
+const MAX_ACK_RECORDS: usize = 1_000_000;
+
+impl AckEntry {
+    /// Records the first ack of `device`; returns whether a record was added.
+    fn record(&mut self, user: &Arc<str>, device: &Arc<str>, at: u64, max: usize) -> bool {
+        if self.records.len() >= max {
+            return false;
+        }
+        let known = match &self.members {
+            Some(set) => set.contains(&(user.clone(), device.clone())),
+            None => self.records.iter().any(|r| {
+                (Arc::ptr_eq(&r.device, device) || *r.device == **device)
+                    && (Arc::ptr_eq(&r.user, user) || *r.user == **user)
+            }),
+        };
+        if known {
+            return false;
+        }
+        if self.members.is_none() && self.records.len() >= ACK_SET_FROM {
+            self.members = Some(self.records.iter().map(|r| (r.user.clone(), r.device.clone())).collect());
+        }
+        if let Some(set) = &mut self.members {
+            set.insert((user.clone(), device.clone()));
+        }
+        self.records.push(AckRecord { user: user.clone(), device: device.clone(), at });
+        true
+    }
 }
 
 #[derive(Default)]
@@ -191,28 +233,33 @@ impl MemoryStorage {
 
     fn record_acks_now(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at_ms: u64) {
         let mut table = lock(&self.acks);
-        let AckTable { by_id, order } = &mut *table;
+        let AckTable { by_id, order, records } = &mut *table;
+        let max = self.limits.acks_max_per_id;
         for id in ids {
-            let records = match by_id.entry(id.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
+            let added = match by_id.get_mut(id.as_str()) {
+                Some(entry) => entry.record(user, device, at_ms, max),
+                None => {
+                    let mut entry = AckEntry::default();
+                    let added = entry.record(user, device, at_ms, max);
                     order.push_back(id.clone());
-                    e.insert(Vec::new())
+                    by_id.insert(id.clone(), entry);
+                    added
                 }
             };
-            let known = records.iter().any(|r| *r.user == **user && *r.device == **device);
-            if !known && records.len() < self.limits.acks_max_per_id {
-                records.push(AckRecord { user: user.clone(), device: device.clone(), at: at_ms });
+            if added {
+                *records += 1;
             }
-            while by_id.len() > self.limits.acks_max_ids {
+            while by_id.len() > self.limits.acks_max_ids || *records > MAX_ACK_RECORDS {
                 let Some(oldest) = order.pop_front() else { break };
-                by_id.remove(&oldest);
+                if let Some(gone) = by_id.remove(&oldest) {
+                    *records -= gone.records.len();
+                }
             }
         }
     }
 
     fn acks_now(&self, id: &str) -> Vec<AckRecord> {
-        lock(&self.acks).by_id.get(id).cloned().unwrap_or_default()
+        lock(&self.acks).by_id.get(id).map(|e| e.records.clone()).unwrap_or_default()
     }
 
     fn claim_id_now(&self, id: &str, now: u64) -> IdClaim {
@@ -449,5 +496,22 @@ mod tests {
         assert_eq!(s.claim_id_now("k", 601_000), IdClaim::Claimed, "the window is 600 s");
         s.release_id_now("k");
         assert_eq!(s.claim_id_now("k", 601_001), IdClaim::Claimed);
+    }
+
+    #[test]
+    fn many_devices_acking_one_broadcast_are_each_recorded_once() {
+        let store = MemoryStorage::new(StorageLimits::from_config(&crate::ServerConfig::for_tests()));
+        let user: Arc<str> = Arc::from("u");
+        let devices: Vec<Arc<str>> = (0..50).map(|i| Arc::from(format!("d{i}"))).collect();
+        for round in 0..2 {
+            for d in &devices {
+                // Fresh Arcs on the second round: equality must not depend on pointer identity.
+                let d: Arc<str> = if round == 0 { d.clone() } else { Arc::from(&**d) };
+                store.record_acks_now(&user, &d, &["n1".to_string()], 1);
+            }
+        }
+        let acks = store.acks_now("n1");
+        assert_eq!(acks.len(), 50);
+        assert_eq!(acks.iter().map(|a| &*a.device).collect::<HashSet<_>>().len(), 50);
     }
 }

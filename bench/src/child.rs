@@ -1,0 +1,130 @@
+//! The server side of a run: `tidings-bench server-proc`, started by the parent under `taskset -c 0`. It runs
+//! the reference server on a single-threaded runtime and an in-process publisher on the same thread (the
+//! analogue of Socket.IO's server-side `emit`), and takes commands as JSON lines on stdin, answering each with
+//! one JSON line on stdout.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tidings_core::protocol::{Priority, RawJson};
+use tidings_server::{PublishRequest, ServerConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::sys;
+
+/// A 64-byte data payload (the JSON text `{"p":"…"}` is exactly 64 bytes).
+pub(crate) fn payload64() -> RawJson {
+    RawJson::from_string(format!(r#"{{"p":"{}"}}"#, "x".repeat(64 - 8))).expect("valid JSON")
+}
+
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
+    let queue_limit: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut config = ServerConfig::for_tests();
+        config.outbound_queue_limit = queue_limit;
+        config.replay_max_items = 100_000;
+        config.rate_limit_frames_per_sec = u32::MAX;
+        let server = tidings_server::start(config).await?;
+        println!("{}", json!({"ready": true, "port": server.local_addr().port(), "pid": std::process::id()}));
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        let pid = std::process::id();
+        while let Some(line) = lines.next_line().await? {
+            let cmd: Value = serde_json::from_str(&line)?;
+            let reply = match cmd["cmd"].as_str().unwrap_or("") {
+                "rss" => json!({"rss_kib": sys::rss_kib(pid)?}),
+                "stats" => json!({"connections_open": server.stats().connections_open, "deliveries": server.stats().deliveries, "slow_consumers": server.stats().slow_consumers}),
+                "fanout" => fanout(&server, secs(&cmd), pid).await?,
+                "targeted" => targeted(&server, &cmd, pid).await?,
+                "sequence" => sequence(&server, &cmd).await?,
+                "quit" => break,
+                other => json!({"error": format!("unknown command {other:?}")}),
+            };
+            println!("{reply}");
+        }
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+fn secs(cmd: &Value) -> Duration {
+    Duration::from_secs_f64(cmd["seconds"].as_f64().unwrap_or(10.0))
+}
+
+/// S2: one notification after another to `topic:bench` for `seconds`, as fast as the server takes them; the
+/// publisher yields after each publish so the connection tasks drain their queues in between (one publish per
+/// scheduler turn, as Socket.IO's default emit loop).
+async fn fanout(server: &tidings_server::RunningServer, duration: Duration, pid: u32) -> anyhow::Result<Value> {
+    let publisher = server.publisher();
+    let data = payload64();
+    let cpu0 = sys::cpu_seconds(pid)?;
+    let start_ns = sys::wall_ns();
+    let started = Instant::now();
+    let mut published = 0u64;
+    while started.elapsed() < duration {
+        let req = PublishRequest::new("bench").topic("bench").priority(Priority::Important).data(data.clone());
+        publisher.publish(req).await?;
+        published += 1;
+        tokio::task::yield_now().await;
+    }
+    Ok(json!({
+        "published": published,
+        "start_ns": start_ns,
+        "end_ns": sys::wall_ns(),
+        "cpu_s": sys::cpu_seconds(pid)? - cpu0,
+        "publisher": "in-process (server thread), one publish per scheduler turn",
+    }))
+}
+
+/// S3: `rate` notifications per second, round robin over `users` user streams, each carrying its publish time.
+async fn targeted(server: &tidings_server::RunningServer, cmd: &Value, pid: u32) -> anyhow::Result<Value> {
+    let publisher = server.publisher();
+    let users = cmd["users"].as_u64().unwrap_or(1000);
+    let rate = cmd["rate"].as_f64().unwrap_or(2000.0);
+    let duration = secs(cmd);
+    let pad = "x".repeat(32);
+    let cpu0 = sys::cpu_seconds(pid)?;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut published = 0u64;
+    while started.elapsed() < duration {
+        let due = started + interval.mul_f64(published as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let user = format!("u{}", published % users);
+        let data = RawJson::from_string(format!(r#"{{"t":{},"p":"{pad}"}}"#, sys::wall_ns()))?;
+        publisher.publish(PublishRequest::new("bench").user(user).data(data)).await?;
+        published += 1;
+    }
+    Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0}))
+}
+
+/// S4: `rate` notifications per second, round robin over `users`, each with the user's next sequence number;
+/// after `drop_after` seconds every connection is dropped while publishing goes on.
+async fn sequence(server: &tidings_server::RunningServer, cmd: &Value) -> anyhow::Result<Value> {
+    let publisher = server.publisher();
+    let users = cmd["users"].as_u64().unwrap_or(1000);
+    let rate = cmd["rate"].as_f64().unwrap_or(1000.0);
+    let duration = secs(cmd);
+    let drop_after = Duration::from_secs_f64(cmd["drop_after"].as_f64().unwrap_or(3.0));
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut published = 0u64;
+    let mut dropped_at_ns = None;
+    let mut dropped = 0;
+    while started.elapsed() < duration {
+        let due = started + interval.mul_f64(published as f64);
+        tokio::time::sleep_until(due.into()).await;
+        if dropped_at_ns.is_none() && started.elapsed() >= drop_after {
+            dropped_at_ns = Some(sys::wall_ns());
+            dropped = server.drop_connections(None);
+        }
+        let user = published % users;
+        let seq = published / users;
+        let data = RawJson::from_string(format!(r#"{{"seq":{seq}}}"#))?;
+        publisher.publish(PublishRequest::new("bench").user(format!("u{user}")).data(data)).await?;
+        published += 1;
+    }
+    Ok(
+        json!({"published": published, "per_user": published.div_ceil(users), "dropped": dropped, "dropped_at_ns": dropped_at_ns}),
+    )
+}
