@@ -295,3 +295,20 @@ async fn register_push_stores_the_address_and_rejects_bad_tokens_without_closing
     client.send(json!({"op":"register_push","ref":9,"platform":"carrier_pigeon","token":"x"})).await;
     assert_eq!(client.closed().await.code, Some(4000));
 }
+
+#[tokio::test]
+async fn frames_queued_before_a_drop_are_delivered_before_the_error() {
+    let server = start_default().await;
+    let (mut alice, _) = Client::login(&server, "alice", "d-1", &[]).await;
+    alice.subscribe_one(1, json!({"stream":"user:alice"})).await;
+    for _ in 0..3 {
+        server.publisher().publish(PublishRequest::new("t").user("alice")).await.unwrap();
+    }
+    let (status, _) = post(&server, "/v1/admin/drop", json!({"user":"alice"})).await;
+    assert_eq!(status, 200);
+    let closed = alice.closed().await;
+    assert_eq!(offsets(&closed.frames), [1, 2, 3]);
+    assert_eq!(closed.frames.last().unwrap()["code"], "dropped", "the error comes last: {closed:?}");
+    assert_eq!(closed.code, Some(4015));
+    server.shutdown().await;
+}

@@ -1,6 +1,5 @@
 //! In-memory [`Storage`]: nothing survives the process, so every stream gets a new epoch after a restart.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
