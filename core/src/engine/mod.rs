@@ -14,6 +14,7 @@
 //! engine asks for carries a [`ConnId`]; inputs about a socket the engine has already given up on are ignored,
 //! so a late close or frame from a torn-down connection can never disturb the current one.
 
+mod acks;
 mod backoff;
 mod batch;
 mod dedup;
@@ -331,7 +332,8 @@ pub struct Snapshot {
     pub device_id: Option<String>,
     /// Cursor per stream.
     pub cursors: BTreeMap<String, Cursor>,
-    /// Recently seen notification ids, oldest first.
+    /// Recently seen notifications, oldest first: dedup-window entries (see [`DedupWindow`]); plain ids are
+    /// accepted too.
     pub seen: Vec<String>,
     /// Batches not yet delivered.
     pub pending: Vec<PendingBatch>,
@@ -476,7 +478,7 @@ pub struct Engine {
     device_id: Option<String>,
     push: Option<PushRegistration>,
     // outputs
-    pending_acks: Vec<String>,
+    pending_acks: acks::PendingAcks,
     /// When the oldest pending ack was queued.
     acks_since: Option<Instant>,
     transmits: VecDeque<String>,
@@ -519,7 +521,7 @@ impl Engine {
             batcher,
             device_id,
             push: None,
-            pending_acks: Vec::new(),
+            pending_acks: acks::PendingAcks::default(),
             acks_since: None,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
@@ -580,7 +582,7 @@ impl Engine {
             version: snapshot_version(),
             device_id: Some(self.device_id()),
             cursors: self.cursors.clone(),
-            seen: self.dedup.ids_oldest_first(),
+            seen: self.dedup.entries_oldest_first(),
             pending: self.batcher.snapshot(),
             push: self.push.clone(),
         }
@@ -664,7 +666,7 @@ impl Engine {
         self.push = merged.push;
         self.cursors = merged.cursors;
         // Saved ids count as older than anything this process saw.
-        let ours = self.dedup.ids_oldest_first();
+        let ours = self.dedup.entries_oldest_first();
         let mut fresh = DedupWindow::new(self.config.dedup_capacity);
         fresh.restore(snapshot.seen.iter().chain(ours.iter()));
         self.dedup = fresh;
@@ -749,7 +751,9 @@ impl Engine {
         for id in ids {
             protocol::validate_id(id).map_err(|e| EngineError::InvalidArgument(format!("id {id:?} {e}")))?;
         }
-        self.pending_acks.extend(ids.iter().map(|s| s.to_string()));
+        for id in ids {
+            self.push_ack(id);
+        }
         Ok(())
     }
 
@@ -773,7 +777,7 @@ impl Engine {
         let now = self.tick(now);
         let n = protocol::decode_push_payload(payload)?;
         self.stats.push_ingested += 1;
-        self.queue_ack(n.id.clone());
+        self.queue_ack(&n.id);
         let outcome = if self.dedup.insert(&n.id) {
             self.dirty = true;
             self.stats.delivered += 1;
@@ -1380,7 +1384,7 @@ impl Engine {
     fn deliver(&mut self, now: Instant, n: Notification) {
         if !self.dedup.insert(&n.id) {
             self.stats.duplicates_dropped += 1;
-            self.queue_ack(n.id);
+            self.queue_ack(&n.id);
             return;
         }
         self.dirty = true;
@@ -1395,7 +1399,7 @@ impl Engine {
 
     fn emit_notification(&mut self, n: Notification) {
         self.stats.delivered += 1;
-        self.queue_ack(n.id.clone());
+        self.queue_ack(&n.id);
         self.events.push_back(Event::Notification(n));
     }
 
@@ -1407,7 +1411,7 @@ impl Engine {
                 self.stats.delivered += u64::from(d.count);
                 self.stats.digests += 1;
                 for id in &d.ids {
-                    self.queue_ack(id.clone());
+                    self.queue_ack(id);
                 }
                 self.events.push_back(Event::Digest(d));
             }
@@ -1424,10 +1428,14 @@ impl Engine {
     }
 
     fn queue(&mut self, frame: &ClientFrame) {
+        self.queue_text(protocol::encode_client_frame(frame));
+    }
+
+    fn queue_text(&mut self, frame: String) {
         if let Some(link) = &mut self.link {
             link.last_tx = self.now;
         }
-        self.transmits.push_back(protocol::encode_client_frame(frame));
+        self.transmits.push_back(frame);
     }
 
     /// Records the time of the input being handled (inputs may arrive with equal or, from sloppy drivers,
@@ -1477,31 +1485,30 @@ impl Engine {
     /// Queues an automatic ack. Not while handling relayed input (the engine that owns the socket acks), and
     /// never more than [`MAX_PENDING_ACKS`] waiting: the oldest are dropped (an ack is an optimisation the
     /// server can live without; unbounded memory is not).
-    fn queue_ack(&mut self, id: String) {
-        if !self.config.auto_ack || self.relaying {
-            return;
+    fn queue_ack(&mut self, id: &str) {
+        if self.config.auto_ack && !self.relaying {
+            self.push_ack(id);
         }
-        if self.pending_acks.len() >= MAX_PENDING_ACKS {
-            self.pending_acks.remove(0);
-        }
+    }
+
+    fn push_ack(&mut self, id: &str) {
         if self.pending_acks.is_empty() {
             self.acks_since = Some(self.now);
         }
-        self.pending_acks.push(id);
+        self.pending_acks.push(id, MAX_PENDING_ACKS);
     }
 
     /// Whether pending acks should go out now: a full frame's worth, or the oldest waited `ack_delay`.
     fn acks_due(&self) -> bool {
         !self.pending_acks.is_empty()
-            && (self.pending_acks.len() >= protocol::MAX_IDS_PER_ACK
+            && (self.pending_acks.has_full_frame()
                 || self.acks_since.is_none_or(|t| t + self.config.ack_delay <= self.now))
     }
 
     fn flush_acks(&mut self) {
         self.acks_since = None;
-        let ids = std::mem::take(&mut self.pending_acks);
-        for chunk in ids.chunks(protocol::MAX_IDS_PER_ACK) {
-            self.queue(&ClientFrame::Ack { ids: chunk.to_vec() });
+        for frame in self.pending_acks.take_frames() {
+            self.queue_text(frame);
         }
     }
 
