@@ -34,7 +34,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             let reply = match cmd["cmd"].as_str().unwrap_or("") {
                 "rss" => json!({"rss_kib": sys::rss_kib(pid)?}),
                 "stats" => json!({"connections_open": server.stats().connections_open, "deliveries": server.stats().deliveries, "slow_consumers": server.stats().slow_consumers}),
-                "fanout" => fanout(&server, secs(&cmd), pid).await?,
+                "fanout" => fanout(&server, secs(&cmd), cmd["batch"].as_u64().unwrap_or(1).max(1), pid).await?,
                 "targeted" => targeted(&server, &cmd, pid).await?,
                 "sequence" => sequence(&server, &cmd).await?,
                 "quit" => break,
@@ -51,10 +51,15 @@ fn secs(cmd: &Value) -> Duration {
     Duration::from_secs_f64(cmd["seconds"].as_f64().unwrap_or(10.0))
 }
 
-/// S2: one notification after another to `topic:bench` for `seconds`, as fast as the server takes them; the
-/// publisher yields after each publish so the connection tasks drain their queues in between (one publish per
-/// scheduler turn, as Socket.IO's default emit loop).
-async fn fanout(server: &tidings_server::RunningServer, duration: Duration, pid: u32) -> anyhow::Result<Value> {
+/// S2: notifications to `topic:bench` for `seconds`, as fast as the server takes them: `batch` publishes, then a
+/// yield so the connection tasks drain their queues (batch 1 = one publish per scheduler turn, like Socket.IO's
+/// plain emit loop; larger batches are the in-process equivalent of `POST /v1/publish/batch`).
+async fn fanout(
+    server: &tidings_server::RunningServer,
+    duration: Duration,
+    batch: u64,
+    pid: u32,
+) -> anyhow::Result<Value> {
     let publisher = server.publisher();
     let data = payload64();
     let cpu0 = sys::cpu_seconds(pid)?;
@@ -65,14 +70,16 @@ async fn fanout(server: &tidings_server::RunningServer, duration: Duration, pid:
         let req = PublishRequest::new("bench").topic("bench").priority(Priority::Important).data(data.clone());
         publisher.publish(req).await?;
         published += 1;
-        tokio::task::yield_now().await;
+        if published.is_multiple_of(batch) {
+            tokio::task::yield_now().await;
+        }
     }
     Ok(json!({
         "published": published,
         "start_ns": start_ns,
         "end_ns": sys::wall_ns(),
         "cpu_s": sys::cpu_seconds(pid)? - cpu0,
-        "publisher": "in-process (server thread), one publish per scheduler turn",
+        "publisher": format!("in-process on the server thread, {batch} publish(es) per scheduler turn"),
     }))
 }
 

@@ -4,6 +4,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The benchmark processes (clients and the server child) use mimalloc, as a production server or app may; glibc's
+/// allocator spent most of the client core in malloc/free/consolidate (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod child;
 mod scenarios;
 mod sys;
@@ -37,6 +42,9 @@ enum Command {
         /// Duration of S2–S4, seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// S2: publishes per scheduler turn on the server (1 = one per turn).
+        #[arg(long, default_value_t = 16)]
+        publish_batch: u64,
     },
     /// (internal) The server child of `run`.
     #[command(hide = true)]
@@ -69,15 +77,21 @@ enum Via {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { scenarios, s1_connections, clients, seconds } => {
-            run(&scenarios, s1_connections, clients, seconds)
+        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch } => {
+            run(&scenarios, s1_connections, clients, seconds, publish_batch)
         }
         Command::ServerProc { args } => child::run(&args),
         Command::Latency { count, interval_us, via } => latency(count, Duration::from_micros(interval_us), via),
     }
 }
 
-fn run(which: &[String], s1_connections: usize, clients: usize, seconds: f64) -> anyhow::Result<()> {
+fn run(
+    which: &[String],
+    s1_connections: usize,
+    clients: usize,
+    seconds: f64,
+    publish_batch: u64,
+) -> anyhow::Result<()> {
     let fds = sys::raise_fd_limit()?;
     let nproc = sys::nproc();
     sys::pin_self(1)?;
@@ -87,7 +101,7 @@ fn run(which: &[String], s1_connections: usize, clients: usize, seconds: f64) ->
         let result = rt.block_on(async {
             match s.as_str() {
                 "s1" => scenarios::s1(s1_connections).await,
-                "s2" => scenarios::s2(clients, seconds).await,
+                "s2" => scenarios::s2(clients, seconds, publish_batch).await,
                 "s3" => scenarios::s3(clients, 2000.0, seconds).await,
                 "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
                 other => Err(anyhow::anyhow!("unknown scenario {other:?}")),

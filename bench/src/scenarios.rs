@@ -20,7 +20,6 @@ pub(crate) struct ServerChild {
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
     pub(crate) port: u16,
-    pub(crate) pid: u32,
 }
 
 impl ServerChild {
@@ -46,8 +45,7 @@ impl ServerChild {
         let line = stdout.next_line().await?.ok_or_else(|| anyhow::anyhow!("server child exited"))?;
         let ready: Value = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("server child: {e}: {line:?}"))?;
         let port = ready["port"].as_u64().ok_or_else(|| anyhow::anyhow!("server child did not report a port"))? as u16;
-        let pid = ready["pid"].as_u64().unwrap_or(0) as u32;
-        Ok(ServerChild { child, stdin, stdout, port, pid })
+        Ok(ServerChild { child, stdin, stdout, port })
     }
 
     /// Sends a command and waits for its one-line answer.
@@ -90,7 +88,6 @@ type Handler = Arc<dyn Fn(usize, Event) + Send + Sync>;
 /// A fleet of SDK clients whose events go to one handler.
 pub(crate) struct Fleet {
     pub(crate) clients: Vec<Client>,
-    pub(crate) ready: Arc<AtomicUsize>,
 }
 
 impl Fleet {
@@ -145,7 +142,7 @@ impl Fleet {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        Ok(Fleet { clients, ready })
+        Ok(Fleet { clients })
     }
 
     pub(crate) async fn close(self) {
@@ -183,7 +180,7 @@ pub(crate) async fn s1(connections: usize) -> anyhow::Result<Value> {
 }
 
 /// S2: broadcast fan-out to `clients` clients on one topic for `seconds`.
-pub(crate) async fn s2(clients: usize, seconds: f64) -> anyhow::Result<Value> {
+pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Result<Value> {
     let mut server = ServerChild::start().await?;
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
     let c = counts.clone();
@@ -194,9 +191,9 @@ pub(crate) async fn s2(clients: usize, seconds: f64) -> anyhow::Result<Value> {
     });
     let fleet = Fleet::start(&server.ws_url(), clients, &["bench"], 2, handler).await?;
     let total = |counts: &Arc<Vec<AtomicU64>>| counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
-    server.send(json!({"cmd": "fanout", "seconds": seconds})).await?;
-    let t0 = Instant::now();
     let base = total(&counts);
+    let t0 = Instant::now();
+    server.send(json!({"cmd": "fanout", "seconds": seconds, "batch": batch})).await?;
     // Count deliveries at the clients during the publishing window.
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let in_window = total(&counts) - base;
