@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod child;
+mod peer;
 mod scenarios;
 mod sys;
 
@@ -42,9 +43,12 @@ enum Command {
         /// Duration of S2–S4, seconds.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// S2: publishes per scheduler turn on the server (1 = one per turn).
+        /// S2: publishes per scheduler turn on the server (1 = one per turn), for both systems.
         #[arg(long, default_value_t = 16)]
         publish_batch: u64,
+        /// Also run the peer (Socket.IO 4.8.4) and print the comparison.
+        #[arg(long, default_value = "socketio")]
+        peer: String,
     },
     /// (internal) The server child of `run`.
     #[command(hide = true)]
@@ -77,8 +81,8 @@ enum Via {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch } => {
-            run(&scenarios, s1_connections, clients, seconds, publish_batch)
+        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer } => {
+            run(&scenarios, s1_connections, clients, seconds, publish_batch, peer == "socketio")
         }
         Command::ServerProc { args } => child::run(&args),
         Command::Latency { count, interval_us, via } => latency(count, Duration::from_micros(interval_us), via),
@@ -91,14 +95,21 @@ fn run(
     clients: usize,
     seconds: f64,
     publish_batch: u64,
+    with_peer: bool,
 ) -> anyhow::Result<()> {
     let fds = sys::raise_fd_limit()?;
     let nproc = sys::nproc();
     sys::pin_self(1)?;
     eprintln!("tidings-bench: {nproc} CPUs ({}), server on CPU 0, clients on CPU 1, fd limit {fds}", sys::cpu_model());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stamp = |mut v: serde_json::Value| {
+        v["placement"] = json!("server pinned to CPU 0, clients pinned to CPU 1 (taskset)");
+        v["cpu"] = json!(sys::cpu_model());
+        v["nproc"] = json!(nproc);
+        v
+    };
     for s in which {
-        let result = rt.block_on(async {
+        let ours = stamp(rt.block_on(async {
             match s.as_str() {
                 "s1" => scenarios::s1(s1_connections).await,
                 "s2" => scenarios::s2(clients, seconds, publish_batch).await,
@@ -106,14 +117,54 @@ fn run(
                 "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
                 other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
             }
-        })?;
-        let mut result = result;
-        result["placement"] = json!("server pinned to CPU 0, clients pinned to CPU 1 (taskset)");
-        result["cpu"] = json!(sys::cpu_model());
-        result["nproc"] = json!(nproc);
-        println!("{result}");
+        })?);
+        println!("{ours}");
+        if !with_peer {
+            continue;
+        }
+        let theirs = stamp(rt.block_on(async {
+            match s.as_str() {
+                "s1" => peer::s1(s1_connections).await,
+                "s2" => peer::s2(clients, seconds, publish_batch).await,
+                "s3" => peer::s3(clients, 2000.0, seconds).await,
+                _ => peer::s4(clients, 1000.0, seconds, 3.0).await,
+            }
+        })?);
+        println!("{theirs}");
+        println!("{}", compare(&ours, &theirs));
     }
     Ok(())
+}
+
+/// The headline metrics of a scenario, side by side, with the ratio (how many times better Tidings is).
+fn compare(ours: &serde_json::Value, theirs: &serde_json::Value) -> serde_json::Value {
+    let scenario = ours["scenario"].as_str().unwrap_or("");
+    let metrics: &[(&str, bool)] = match scenario {
+        "S1" => &[("rss_per_connection_kib", false)],
+        "S2" => &[("deliveries_per_s", true), ("server_cpu_s", false)],
+        "S3" => &[("p50_us", false), ("p99_us", false), ("p999_us", false), ("max_us", false), ("lost", false)],
+        _ => &[
+            ("resumed_fraction", true),
+            ("missed", false),
+            ("duplicates", false),
+            ("reconnect_handshake_p50_ms", false),
+            ("last_client_back_s", false),
+        ],
+    };
+    let mut rows = serde_json::Map::new();
+    for (m, higher_is_better) in metrics {
+        let (a, b) = (ours[m].as_f64(), theirs[m].as_f64());
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if *higher_is_better && b > 0.0 => Some(a / b),
+            (Some(a), Some(b)) if !*higher_is_better && a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        rows.insert(
+            m.to_string(),
+            json!({"tidings": ours[m], "socketio": theirs[m], "ratio": ratio.map(|r| (r * 100.0).round() / 100.0)}),
+        );
+    }
+    json!({"scenario": scenario, "comparison": rows})
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
