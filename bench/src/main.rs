@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod child;
 mod peer;
+mod report;
 mod scenarios;
 mod sys;
 
@@ -50,6 +51,18 @@ enum Command {
         #[arg(long, default_value = "socketio")]
         peer: String,
     },
+    /// Write BENCHMARKS.md and bench/plots/*.svg from the JSON lines of a `run`.
+    Report {
+        /// The results file (JSON lines from `run`).
+        #[arg(long, default_value = "bench/results/latest.jsonl")]
+        input: std::path::PathBuf,
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: std::path::PathBuf,
+        /// The command that produced the results, quoted in BENCHMARKS.md.
+        #[arg(long, default_value = "cargo xtask bench")]
+        command: String,
+    },
     /// (internal) The server child of `run`.
     #[command(hide = true)]
     ServerProc {
@@ -85,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             run(&scenarios, s1_connections, clients, seconds, publish_batch, peer == "socketio")
         }
         Command::ServerProc { args } => child::run(&args),
+        Command::Report { input, root, command } => report::write(&input, &root, &command),
         Command::Latency { count, interval_us, via } => latency(count, Duration::from_micros(interval_us), via),
     }
 }

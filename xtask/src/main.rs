@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod bench;
 mod bindgen;
 mod kotlin;
 mod server;
@@ -25,6 +26,7 @@ commands:
   test        everything CI runs: format, lints, Rust tests (provisions toolchains it needs)
   lint        cargo fmt --check and clippy with warnings denied
   rust-tests  cargo test --workspace
+  bench       S1-S4 against Socket.IO 4.8.4; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
   bench-core  criterion benchmarks of the core engine
   latency     end-to-end latency of 1,000 notifications on loopback (release build)
   swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Some("test") => test_all(&root),
         Some("lint") => lint(&root),
         Some("rust-tests") => rust_tests(&root),
+        Some("bench") => bench::bench(&root, &args[1..]),
         Some("bench-core") => run(Step::new("criterion benchmarks", "cargo")
             .args(["bench", "-p", "tidings-core", "--bench", "engine"])
             .dir(&root)),

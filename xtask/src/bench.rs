@@ -1,0 +1,38 @@
+//! `cargo xtask bench`: the one command behind BENCHMARKS.md. Installs the pinned Socket.IO peer, builds the
+//! load tool in release, runs S1–S4 for Tidings and Socket.IO (server on CPU 0, clients on CPU 1), keeps the
+//! raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md and `bench/plots/*.svg`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::util::{Step, run};
+
+pub(crate) fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
+    let peer = root.join("bench/peers/socketio");
+    if !peer.join("node_modules/socket.io").is_dir() {
+        run(Step::new("install Socket.IO 4.8.4 (npm ci)", "npm").args(["ci", "--no-audit", "--no-fund"]).dir(&peer))?;
+    }
+    run(Step::new("build tidings-bench (release)", "cargo")
+        .args(["build", "--release", "--locked", "-p", "tidings-bench"])
+        .dir(root))?;
+    let tool = crate::target_dir(root).join("release/tidings-bench");
+    let results_dir = root.join("bench/results");
+    std::fs::create_dir_all(&results_dir).map_err(|e| e.to_string())?;
+    let results = results_dir.join("latest.jsonl");
+    eprintln!("\n== tidings-bench run {} (about 3 minutes)", extra.join(" "));
+    let out = std::fs::File::create(&results).map_err(|e| e.to_string())?;
+    let status = Command::new(&tool)
+        .arg("run")
+        .args(extra)
+        .current_dir(root)
+        .stdout(Stdio::from(out))
+        .status()
+        .map_err(|e| format!("start {}: {e}", tool.display()))?;
+    if !status.success() {
+        return Err(format!("tidings-bench run failed ({status}); partial results in {}", results.display()));
+    }
+    print!("{}", std::fs::read_to_string(&results).unwrap_or_default());
+    run(Step::new("write BENCHMARKS.md", &tool)
+        .args(["report", "--input", "bench/results/latest.jsonl", "--root", "."])
+        .dir(root))
+}
