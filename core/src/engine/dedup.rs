@@ -5,15 +5,43 @@
 //! chance of two different ids colliding in a 10 000-entry window of about 10⁻³⁴ per notification. The hash is
 //! fixed (not seeded per process), so two processes sharing a store — an app and its push extension — agree.
 
+use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroUsize;
+
 use lru::LruCache;
 use xxhash_rust::xxh3::xxh3_128;
 
-/// Bounded set of recently seen notification ids. When full, the id seen least recently is forgotten. The map
-/// grows with use rather than being allocated at full capacity up front.
+/// The keys are already xxh3 hashes: the map hashes them by folding their halves instead of running SipHash
+/// over them again.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u128` keys; kept correct for any other input.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Bounded set of recently seen notification ids. When full, the id seen least recently is forgotten (its
+/// entry is reused for the new id: no allocation once the window is full). The map grows with use rather than
+/// being allocated at full capacity up front.
 #[derive(Debug)]
 pub struct DedupWindow {
-    seen: LruCache<u128, ()>,
-    capacity: usize,
+    seen: LruCache<u128, (), BuildHasherDefault<FoldHasher>>,
+    capacity: NonZeroUsize,
 }
 
 fn key(id: &str) -> u128 {
@@ -23,7 +51,10 @@ fn key(id: &str) -> u128 {
 impl DedupWindow {
     /// A window holding at most `capacity` ids (at least one).
     pub fn new(capacity: usize) -> Self {
-        DedupWindow { seen: LruCache::unbounded(), capacity: capacity.max(1) }
+        DedupWindow {
+            seen: LruCache::unbounded_with_hasher(BuildHasherDefault::default()),
+            capacity: NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+        }
     }
 
     /// Records `id`; returns `true` if it was new, `false` if it was already in the window (it is then
@@ -33,14 +64,13 @@ impl DedupWindow {
     }
 
     fn insert_key(&mut self, k: u128) -> bool {
-        if self.seen.get(&k).is_some() {
-            return false;
+        if self.seen.len() == self.capacity.get() && self.seen.cap() != self.capacity {
+            // Full for the first time: from now on the cache itself evicts, reusing the evicted entry.
+            self.seen.resize(self.capacity);
         }
-        if self.seen.len() >= self.capacity {
-            self.seen.pop_lru();
-        }
-        self.seen.put(k, ());
-        true
+        let mut new = false;
+        self.seen.get_or_insert(k, || new = true);
+        new
     }
 
     /// Whether `id` is in the window (does not refresh it).

@@ -1347,7 +1347,9 @@ impl Engine {
     fn on_notification(&mut self, now: Instant, n: Notification) {
         self.stats.notifications_received += 1;
         let mut replay_done = None;
-        if let Some((remaining, total)) = self.replaying.get_mut(&n.stream) {
+        if !self.replaying.is_empty()
+            && let Some((remaining, total)) = self.replaying.get_mut(&n.stream)
+        {
             *remaining -= 1;
             if *remaining == 0 {
                 replay_done = Some((n.stream.clone(), *total));

@@ -207,6 +207,74 @@ impl Members<'_> {
     }
 }
 
+/// Decodes a notification frame exactly as `encode_server_frame` writes it — members in the protocol
+/// document's order, optional ones absent or present, no whitespace — by matching each key literally (the
+/// common case: every frame of the reference server). `None` at the first deviation: the member loop below (and
+/// then the general path) decodes it instead, so this only ever accepts what they accept, with the same result.
+fn notification_canonical(text: &str) -> Option<Notification> {
+    fn s<'a>(r: &mut Reader<'a>) -> Option<Cow<'a, str>> {
+        r.string().ok()
+    }
+    fn opt<'a>(r: &mut Reader<'a>, key: &[u8]) -> Option<Option<Cow<'a, str>>> {
+        if !r.lit(key) {
+            return Some(None);
+        }
+        if r.null() { Some(None) } else { r.string().ok().map(Some) }
+    }
+    let mut r = Reader::new(text);
+    if !r.lit(b"{\"op\":\"notification\",\"id\":") {
+        return None;
+    }
+    let id = s(&mut r)?;
+    r.lit(b",\"stream\":").then_some(())?;
+    let stream = s(&mut r)?;
+    let offset = if r.lit(b",\"offset\":") { opt_u64(&mut r).ok()? } else { None };
+    r.lit(b",\"epoch\":").then_some(())?;
+    let epoch = s(&mut r)?;
+    r.lit(b",\"type\":").then_some(())?;
+    let kind = s(&mut r)?;
+    let priority = if r.lit(b",\"priority\":\"important\"") {
+        Priority::Important
+    } else if r.lit(b",\"priority\":\"informational\"") {
+        Priority::Informational
+    } else if r.lit(b",\"priority\":\"critical\"") {
+        Priority::Critical
+    } else {
+        return None;
+    };
+    let persistence = if r.lit(b",\"persistence\":\"bufferable\"") {
+        Persistence::Bufferable
+    } else if r.lit(b",\"persistence\":\"persistent\"") {
+        Persistence::Persistent
+    } else if r.lit(b",\"persistence\":\"ephemeral\"") {
+        Persistence::Ephemeral
+    } else {
+        return None;
+    };
+    let title = opt(&mut r, b",\"title\":")?;
+    let body = opt(&mut r, b",\"body\":")?;
+    let data = if r.lit(b",\"data\":") && !r.null() { Some(r.raw_value().ok()?) } else { None };
+    let group = opt(&mut r, b",\"group\":")?;
+    r.lit(b",\"created_at\":").then_some(())?;
+    let created_at = r.u64().ok()?;
+    r.lit(b"}").then_some(())?;
+    r.end().ok()?;
+    Some(Notification {
+        id: id.into_owned(),
+        stream: stream.into_owned(),
+        offset,
+        epoch: epoch.into_owned(),
+        kind: kind.into_owned(),
+        priority,
+        persistence,
+        title: title.map(Cow::into_owned),
+        body: body.map(Cow::into_owned),
+        data: data.map(|d| RawJson(d.into())),
+        group: group.map(Cow::into_owned),
+        created_at,
+    })
+}
+
 /// Decodes a notification frame or bare envelope with a loop over its 13 members only (notifications are
 /// nearly all of the traffic). `None` when the input is anything else or is invalid: the general path then
 /// decodes it, or explains what is wrong with it.
@@ -282,7 +350,7 @@ fn notification_fast(text: &str) -> Option<Notification> {
 /// Decodes a server frame.
 pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
     if text.starts_with(NOTIFICATION_PREFIX)
-        && let Some(n) = notification_fast(text)
+        && let Some(n) = notification_canonical(text).or_else(|| notification_fast(text))
     {
         return Ok(ServerFrame::Notification(n));
     }
@@ -534,4 +602,56 @@ pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
 /// Writes `s` as a JSON string (for other modules of the crate).
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     write_str(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(title: Option<&str>, data: Option<&str>, group: Option<&str>, offset: Option<u64>) -> Notification {
+        Notification {
+            id: "01JDZ3K5W8Q2M4N6P8R0T2V4X6".into(),
+            stream: "user:alice".into(),
+            offset,
+            epoch: "ep1".into(),
+            kind: "comment.created".into(),
+            priority: Priority::Informational,
+            persistence: Persistence::Persistent,
+            title: title.map(Into::into),
+            body: Some("line one\nline \"two\" \u{e9}".into()),
+            data: data.map(|d| RawJson::from_string(d.into()).unwrap()),
+            group: group.map(Into::into),
+            created_at: 1_763_808_060_123,
+        }
+    }
+
+    #[test]
+    fn the_canonical_path_decodes_every_encoded_notification_and_agrees_with_the_member_loop() {
+        for n in [
+            sample(Some("t"), Some(r#"{"a":[1,2.5e3,"x\"y"],"b":{"c":null}}"#), Some("likes"), Some(7)),
+            sample(None, None, None, None),
+            sample(Some(""), Some("\"s\""), None, Some(0)),
+        ] {
+            let text = encode_server_frame(&ServerFrame::Notification(n.clone()));
+            assert_eq!(notification_canonical(&text).as_ref(), Some(&n), "{text}");
+            assert_eq!(notification_fast(&text).as_ref(), Some(&n), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_canonical_path_steps_aside_for_other_layouts_and_invalid_frames() {
+        let text = encode_server_frame(&ServerFrame::Notification(sample(Some("t"), None, None, Some(1))));
+        // Whitespace, reordered members, an unknown member: not canonical, still decoded by the member loop.
+        let spaced = text.replacen(",\"stream\":", ", \"stream\":", 1);
+        let extra = text.replacen(",\"created_at\":", ",\"x\":1,\"created_at\":", 1);
+        for other in [&spaced, &extra] {
+            assert_eq!(notification_canonical(other), None, "{other}");
+            assert!(matches!(decode_server_frame(other), Ok(ServerFrame::Notification(_))), "{other}");
+        }
+        // Invalid data or an unknown priority: refused by every path.
+        for bad in [text.replace("\"informational\"", "\"urgent\""), text.replacen("\"t\"", "\"t\u{1}\"", 1)] {
+            assert_eq!(notification_canonical(&bad), None, "{bad}");
+            assert!(decode_server_frame(&bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -7,11 +7,10 @@
 //! property tests (`core/tests/codec_props.rs`).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use super::DecodeError;
 
-/// Deepest nesting accepted in skipped values (`data`), so hostile input cannot exhaust the stack.
+/// Nesting limit of skipped values (`data`): at most `MAX_DEPTH - 1` open containers, as serde_json accepts.
 const MAX_DEPTH: usize = 128;
 
 /// A pull parser over one JSON text.
@@ -28,10 +27,12 @@ impl<'a> Reader<'a> {
         Reader { text, bytes: text.as_bytes(), pos: 0 }
     }
 
+    #[cold]
     fn error(&self, what: impl std::fmt::Display) -> DecodeError {
         DecodeError::new(format!("{what} at byte {}", self.pos))
     }
 
+    #[inline]
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
             self.pos += 1;
@@ -112,20 +113,27 @@ impl<'a> Reader<'a> {
     }
 
     /// A string; borrowed from the input when it has no escapes.
+    #[inline]
     pub(crate) fn string(&mut self) -> Result<Cow<'a, str>> {
         if self.peek() != Some(b'"') {
             return Err(self.error("expected a string"));
         }
-        self.pos += 1;
-        let start = self.pos;
+        let start = self.pos + 1;
         // Fast path: jump to the first quote, backslash or control character.
-        self.pos = scan_plain(self.bytes, self.pos);
+        self.pos = scan_plain(self.bytes, start);
+        if self.bytes.get(self.pos) == Some(&b'"') {
+            let s = &self.text[start..self.pos];
+            self.pos += 1;
+            return Ok(Cow::Borrowed(s));
+        }
+        self.string_slow(start)
+    }
+
+    /// The rest of a string from `start` (just after its opening quote), `pos` being at its first quote,
+    /// backslash or control character.
+    #[inline(never)]
+    fn string_slow(&mut self, start: usize) -> Result<Cow<'a, str>> {
         match self.bytes.get(self.pos) {
-            Some(b'"') => {
-                let s = &self.text[start..self.pos];
-                self.pos += 1;
-                return Ok(Cow::Borrowed(s));
-            }
             Some(b'\\') => {}
             Some(_) => return Err(self.error("control character in string")),
             None => return Err(self.error("unterminated string")),
@@ -185,6 +193,39 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Skips a string, validating it; allocates only when it has escapes (they are checked by `string`).
+    fn skip_string(&mut self) -> Result<()> {
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a string"));
+        }
+        let open = self.pos;
+        self.pos = scan_plain(self.bytes, self.pos + 1);
+        match self.bytes.get(self.pos) {
+            Some(b'"') => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(b'\\') => {
+                self.pos = open;
+                self.string().map(|_| ())
+            }
+            Some(_) => Err(self.error("control character in string")),
+            None => Err(self.error("unterminated string")),
+        }
+    }
+
+    /// Consumes `lit` if the input continues with exactly these bytes. Inlined so that the comparison is
+    /// specialised to the literal's length.
+    #[inline(always)]
+    pub(crate) fn lit(&mut self, lit: &[u8]) -> bool {
+        if self.bytes[self.pos..].starts_with(lit) {
+            self.pos += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
     fn hex4(&mut self) -> Result<u32> {
         let digits = self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
         let mut v = 0u32;
@@ -200,24 +241,34 @@ impl<'a> Reader<'a> {
     pub(crate) fn u64(&mut self) -> Result<u64> {
         self.ws();
         let start = self.pos;
-        let mut v: u64 = 0;
-        while let Some(&d @ b'0'..=b'9') = self.bytes.get(self.pos) {
-            v = v
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(d - b'0')))
-                .ok_or_else(|| self.error("integer out of range"))?;
-            self.pos += 1;
+        let mut end = start;
+        while end < self.bytes.len() && self.bytes[end].is_ascii_digit() {
+            end += 1;
         }
-        let digits = self.pos - start;
+        let digits = end - start;
         if digits == 0 {
             return Err(self.error("expected an unsigned integer"));
         }
         if digits > 1 && self.bytes[start] == b'0' {
             return Err(self.error("leading zero in number"));
         }
-        if let Some(b'.' | b'e' | b'E') = self.bytes.get(self.pos) {
+        if let Some(b'.' | b'e' | b'E') = self.bytes.get(end) {
+            self.pos = end;
             return Err(self.error("expected an unsigned integer"));
         }
+        // Up to 19 digits cannot overflow; a 20th is checked.
+        let mut v: u64 = 0;
+        for &d in &self.bytes[start..start + digits.min(19)] {
+            v = v * 10 + u64::from(d - b'0');
+        }
+        if digits > 19 {
+            let last = u64::from(self.bytes[start + 19] - b'0');
+            match v.checked_mul(10).and_then(|v| v.checked_add(last)) {
+                Some(n) if digits == 20 => v = n,
+                _ => return Err(self.error("integer out of range")),
+            }
+        }
+        self.pos = end;
         Ok(v)
     }
 
@@ -240,43 +291,75 @@ impl<'a> Reader<'a> {
     pub(crate) fn raw_value(&mut self) -> Result<&'a str> {
         self.ws();
         let start = self.pos;
-        self.skip(0)?;
+        self.skip()?;
         Ok(&self.text[start..self.pos])
     }
 
-    fn skip(&mut self, depth: usize) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(self.error("JSON nested too deeply"));
-        }
-        match self.peek() {
-            Some(b'{') => {
+    /// Skips one value without recursion: `objects` is a stack of bits, one per open container (1 = object).
+    fn skip(&mut self) -> Result<()> {
+        let mut objects: u128 = 0;
+        let mut depth: u32 = 0;
+        loop {
+            // A value.
+            match self.peek() {
+                Some(open @ (b'{' | b'[')) => {
+                    if depth as usize + 1 >= MAX_DEPTH {
+                        return Err(self.error("JSON nested too deeply"));
+                    }
+                    self.pos += 1;
+                    let object = open == b'{';
+                    objects = (objects << 1) | u128::from(object);
+                    depth += 1;
+                    let close = if object { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.pos += 1;
+                        objects >>= 1;
+                        depth -= 1;
+                    } else {
+                        if object {
+                            self.skip_string()?;
+                            self.eat(b':')?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b'"') => self.skip_string()?,
+                Some(b't' | b'f') => {
+                    self.bool()?;
+                }
+                Some(b'n') => {
+                    if !self.null() {
+                        return Err(self.error("invalid literal"));
+                    }
+                }
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(_) => return Err(self.error("expected a value")),
+                None => return Err(self.error("unexpected end of input")),
+            }
+            // After a value: close containers until one continues with another member or element.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                let object = objects & 1 == 1;
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        if object {
+                            self.skip_string()?;
+                            self.eat(b':')?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if object => {}
+                    Some(b']') if !object => {}
+                    _ if object => return Err(self.error("expected ',' or '}'")),
+                    _ => return Err(self.error("expected ',' or ']'")),
+                }
                 self.pos += 1;
-                let mut first = true;
-                while self.next_key(&mut first)?.is_some() {
-                    self.skip(depth + 1)?;
-                }
-                Ok(())
+                objects >>= 1;
+                depth -= 1;
             }
-            Some(b'[') => {
-                self.pos += 1;
-                let mut first = true;
-                while self.next_element(&mut first)? {
-                    self.skip(depth + 1)?;
-                }
-                Ok(())
-            }
-            Some(b'"') => self.string().map(|_| ()),
-            Some(b't' | b'f') => self.bool().map(|_| ()),
-            Some(b'n') => {
-                if self.null() {
-                    Ok(())
-                } else {
-                    Err(self.error("invalid literal"))
-                }
-            }
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(_) => Err(self.error("expected a value")),
-            None => Err(self.error("unexpected end of input")),
         }
     }
 
@@ -358,33 +441,50 @@ fn scan_plain(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Writes `s` as a JSON string, escaped exactly as serde_json does (`"`, `\`, control characters).
+/// Writes `s` as a JSON string, escaped exactly as serde_json does (`"`, `\`, control characters). The bytes
+/// that need escaping are exactly those `scan_plain` stops at, so plain runs are copied eight bytes a scan.
 pub(crate) fn write_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
+    loop {
+        let i = scan_plain(bytes, start);
         out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escape);
+        let Some(&b) = bytes.get(i) else { break };
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Writes `v` in decimal (no `core::fmt`: smaller in the browser build, and faster).
+pub(crate) fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// Builds one JSON object, member by member, in the order written.
@@ -424,8 +524,7 @@ impl<'o> ObjectWriter<'o> {
     }
 
     pub(crate) fn u64(&mut self, key: &str, value: u64) -> &mut Self {
-        let out = self.key(key);
-        let _ = write!(out, "{value}");
+        push_u64(self.key(key), value);
         self
     }
 
@@ -518,6 +617,9 @@ mod tests {
         }
         assert_eq!(Reader::new("18446744073709551615").u64().unwrap(), u64::MAX);
         assert!(Reader::new("18446744073709551616").u64().is_err());
+        assert!(Reader::new("99999999999999999999").u64().is_err());
+        assert!(Reader::new("100000000000000000000").u64().is_err());
+        assert_eq!(Reader::new("10000000000000000000").u64().unwrap(), 10_000_000_000_000_000_000);
         assert!(Reader::new("1.0").u64().is_err());
         assert!(Reader::new("-1").u64().is_err());
     }
@@ -531,6 +633,14 @@ mod tests {
         assert!(Reader::new(r#"[1,]"#).raw_value().is_err());
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(Reader::new(&deep).raw_value().unwrap_err().message().contains("nested too deeply"));
+        // The limit is serde_json's: what it accepts, this accepts.
+        for n in [126, 127, 128, 129] {
+            let nested = format!("{}1{}", "[{\"k\":".repeat(n / 2), "}]".repeat(n / 2));
+            let nested = if n % 2 == 1 { format!("[{nested}]") } else { nested };
+            let ours = Reader::new(&nested).raw_value().is_ok();
+            assert_eq!(ours, n < MAX_DEPTH, "depth {n}");
+            assert_eq!(ours, serde_json::from_str::<serde_json::Value>(&nested).is_ok(), "depth {n}");
+        }
     }
 
     #[test]
