@@ -734,3 +734,48 @@ fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice(
     assert!(acked.contains(&"n7".to_string()), "the new leader acks what it receives");
     assert!(!acked.contains(&"n0".to_string()), "relayed notifications were acked by the old leader, not again");
 }
+
+/// The decoded-frame inputs (`handle_frame`, `ingest_push_notification`, used by drivers whose platform parses
+/// JSON) behave exactly as the text inputs: the same scenario gives the same events and the same frames.
+#[test]
+fn decoded_frame_inputs_behave_exactly_like_text_inputs() {
+    let run = |decoded: bool| {
+        let mut h = Harness::new(Harness::config(), "alice");
+        h.decoded_input = decoded;
+        h.connect();
+        h.publish("user:alice", "n1", Priority::Important, None);
+        for i in 0..3 {
+            h.publish("user:alice", &format!("like{i}"), Priority::Informational, Some("likes"));
+        }
+        let payload = h.server.push_payload("user:alice", "n1");
+        let again = if decoded {
+            let n = protocol::decode_push_payload(&payload).unwrap();
+            h.engine.ingest_push_notification(h.now, n).unwrap()
+        } else {
+            h.engine.ingest_push(h.now, &payload).unwrap()
+        };
+        assert_eq!(again, PushOutcome::Duplicate { id: "n1".into() });
+        h.server_close(None);
+        h.server.publish("user:alice", "n2", Priority::Critical, None);
+        h.advance(Duration::from_secs(5));
+        h.deliver(Some("{\"op\":\"notification\",\"id\":".into()));
+        h.advance(Duration::from_secs(5));
+        (h.events.clone(), h.server.received.clone(), h.engine.stats().clone())
+    };
+    let (text_events, text_frames, text_stats) = run(false);
+    let (events, frames, stats) = run(true);
+    assert_eq!(events, text_events);
+    assert_eq!(frames, text_frames);
+    assert_eq!(stats, text_stats);
+    assert!(text_events.iter().any(|e| matches!(e, Event::Digest(_))), "{text_events:?}");
+    assert!(
+        text_events
+            .iter()
+            .any(|e| matches!(e, Event::Continuity { continuity: Continuity::Resumed { replayed: 1 }, .. })),
+        "{text_events:?}"
+    );
+    assert!(
+        text_events.iter().filter(|e| matches!(e, Event::State(ConnectionState::Reconnecting { .. }))).count() >= 2,
+        "the truncated frame replaced the link too: {text_events:?}"
+    );
+}

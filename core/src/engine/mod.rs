@@ -19,7 +19,7 @@ mod backoff;
 mod batch;
 mod dedup;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 pub use backoff::BackoffConfig;
@@ -468,7 +468,7 @@ pub struct Engine {
     user: Option<String>,
     /// Streams with replay in progress: (notifications still expected, total announced). Cleared when the link
     /// that announced them goes away.
-    replaying: HashMap<String, (u64, u64)>,
+    replaying: BTreeMap<String, (u64, u64)>,
     /// Inputs relayed from another engine are being handled (no acks: the other engine acks).
     relaying: bool,
     desired: BTreeSet<String>,
@@ -513,7 +513,7 @@ impl Engine {
             foreground: true,
             background_deadline: None,
             user: None,
-            replaying: HashMap::new(),
+            replaying: BTreeMap::new(),
             relaying: false,
             desired: BTreeSet::new(),
             cursors: BTreeMap::new(),
@@ -749,7 +749,8 @@ impl Engine {
     pub fn ack(&mut self, now: Instant, ids: &[&str]) -> Result<(), EngineError> {
         self.tick(now);
         for id in ids {
-            protocol::validate_id(id).map_err(|e| EngineError::InvalidArgument(format!("id {id:?} {e}")))?;
+            protocol::validate_id(id)
+                .map_err(|e| EngineError::InvalidArgument(format!("id {} {e}", protocol::quoted(id))))?;
         }
         for id in ids {
             self.push_ack(id);
@@ -774,8 +775,15 @@ impl Engine {
     /// socket: the result says whether to show it. State is persisted at once (the push handler may be a
     /// short-lived process).
     pub fn ingest_push(&mut self, now: Instant, payload: &str) -> Result<PushOutcome, EngineError> {
-        let now = self.tick(now);
         let n = protocol::decode_push_payload(payload)?;
+        self.ingest_push_notification(now, n)
+    }
+
+    /// [`Engine::ingest_push`] with the envelope already decoded (for drivers that parse JSON natively); it is
+    /// checked against the protocol's limits here.
+    pub fn ingest_push_notification(&mut self, now: Instant, n: Notification) -> Result<PushOutcome, EngineError> {
+        n.validate()?;
+        let now = self.tick(now);
         self.stats.push_ingested += 1;
         self.queue_ack(&n.id);
         let outcome = if self.dedup.insert(&n.id) {
@@ -968,6 +976,23 @@ impl Engine {
 
     /// A text frame arrived on socket `conn`.
     pub fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
+        if self.current_conn() != Some(conn) {
+            self.tick(now);
+            return;
+        }
+        match protocol::decode_server_frame(text) {
+            Ok(frame) => self.handle_frame(now, conn, frame),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable frame from server; reconnecting");
+                self.handle_undecodable(now, conn, &e);
+            }
+        }
+    }
+
+    /// A frame that arrived on socket `conn`, already decoded — for drivers whose platform parses JSON natively
+    /// (the browser binding builds frames from `JSON.parse` output, which keeps a JSON decoder out of the wasm
+    /// module). The same as [`Engine::handle_text`] from there on.
+    pub fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: ServerFrame) {
         let now = self.tick(now);
         if self.current_conn() != Some(conn) {
             return;
@@ -976,22 +1001,26 @@ impl Engine {
             link.last_rx = now;
             link.probe_deadline = None;
         }
-        match protocol::decode_server_frame(text) {
-            Ok(frame) => self.on_frame(now, conn, frame),
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable frame from server; reconnecting");
-                self.drop_link(close::PROTOCOL_ERROR, "undecodable frame");
-                self.on_loss(
-                    now,
-                    Loss {
-                        action: CloseAction::RetryWithBackoff,
-                        failure: FailureReason::Protocol,
-                        retry_after: None,
-                        message: format!("undecodable frame from server: {e}"),
-                    },
-                );
-            }
+        self.on_frame(now, conn, frame);
+    }
+
+    /// A frame the driver could not decode (see [`Engine::handle_frame`]): the link is replaced, as when
+    /// [`Engine::handle_text`] meets an undecodable frame.
+    pub fn handle_undecodable(&mut self, now: Instant, conn: ConnId, error: &DecodeError) {
+        let now = self.tick(now);
+        if self.current_conn() != Some(conn) {
+            return;
         }
+        self.drop_link(close::PROTOCOL_ERROR, "undecodable frame");
+        self.on_loss(
+            now,
+            Loss {
+                action: CloseAction::RetryWithBackoff,
+                failure: FailureReason::Protocol,
+                retry_after: None,
+                message: format!("undecodable frame from server: {error}"),
+            },
+        );
     }
 
     /// A server frame that another engine received — the leader of several browser tabs relays its socket's
@@ -1000,8 +1029,14 @@ impl Engine {
     /// delivered twice. Notifications and `subscribed` frames are processed as if they came from this engine's
     /// own socket (events, continuity, cursors, dedup, digests) but never acked; other frames are ignored.
     pub fn handle_relayed(&mut self, now: Instant, text: &str) -> Result<(), DecodeError> {
-        let now = self.tick(now);
         let frame = protocol::decode_server_frame(text)?;
+        self.handle_relayed_frame(now, frame);
+        Ok(())
+    }
+
+    /// [`Engine::handle_relayed`] with the frame already decoded.
+    pub fn handle_relayed_frame(&mut self, now: Instant, frame: ServerFrame) {
+        let now = self.tick(now);
         self.relaying = true;
         match frame {
             ServerFrame::Notification(n) => self.on_notification(now, n),
@@ -1011,7 +1046,6 @@ impl Engine {
             _ => {}
         }
         self.relaying = false;
-        Ok(())
     }
 
     /// Turns persistence on or off (a browser tab persists only while it leads).

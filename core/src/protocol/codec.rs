@@ -185,7 +185,7 @@ fn owned(v: Option<Cow<'_, str>>) -> Option<String> {
 }
 
 fn parse_enum<T>(v: Cow<'_, str>, name: &str, parse: fn(&str) -> Option<T>) -> Result<T, DecodeError> {
-    parse(&v).ok_or_else(|| DecodeError::new(format!("unknown {name} {:?}", &*v)))
+    parse(&v).ok_or_else(|| DecodeError::new(format!("unknown {name} {}", quoted(&v))))
 }
 
 impl Members<'_> {
@@ -275,84 +275,65 @@ fn notification_canonical(text: &str) -> Option<Notification> {
     })
 }
 
-/// Decodes a notification frame or bare envelope with a loop over its 13 members only (notifications are
-/// nearly all of the traffic). `None` when the input is anything else or is invalid: the general path then
-/// decodes it, or explains what is wrong with it.
-fn notification_fast(text: &str) -> Option<Notification> {
+/// Decodes a notification frame (`frame`: its `op` must be `notification`) or a bare envelope (an `op` is
+/// ignored) from its members in any order: unknown members are skipped, duplicates refused, `null` is absent.
+/// Frames whose members are in the canonical order never get here (see `notification_canonical`).
+fn notification_members(text: &str, frame: bool) -> Result<Notification, DecodeError> {
     let mut r = Reader::new(text);
-    r.begin_object().ok()?;
+    r.begin_object()?;
     let (mut id, mut stream, mut offset, mut epoch, mut kind) = (None, None, None, None, None);
     let (mut priority, mut persistence, mut title, mut body) = (None, None, None, None);
-    let (mut data, mut group, mut created_at) = (None, None, None);
+    let (mut data, mut group, mut created_at, mut op) = (None, None, None, None);
     let mut first = true;
-    while let Some(key) = r.next_key(&mut first).ok()? {
-        let k = key.as_bytes();
-        match k.len() {
-            2 if k == b"op" => {
-                if r.string().ok()? != "notification" {
-                    return None;
-                }
-            }
-            2 if k == b"id" && id.is_none() => id = Some(r.string().ok()?),
-            6 if k == b"stream" && stream.is_none() => stream = Some(r.string().ok()?),
-            6 if k == b"offset" && offset.is_none() => offset = Some(opt_u64(&mut r).ok()?),
-            5 if k == b"epoch" && epoch.is_none() => epoch = Some(r.string().ok()?),
-            4 if k == b"type" && kind.is_none() => kind = Some(r.string().ok()?),
-            8 if k == b"priority" && priority.is_none() => priority = Some(Priority::parse(&r.string().ok()?)?),
-            11 if k == b"persistence" && persistence.is_none() => {
-                persistence = Some(Persistence::parse(&r.string().ok()?)?)
-            }
-            5 if k == b"title" && title.is_none() => title = Some(opt_string(&mut r).ok()?),
-            4 if k == b"body" && body.is_none() => body = Some(opt_string(&mut r).ok()?),
-            4 if k == b"data" && data.is_none() => data = Some(if r.null() { None } else { Some(r.raw_value().ok()?) }),
-            5 if k == b"group" && group.is_none() => group = Some(opt_string(&mut r).ok()?),
-            10 if k == b"created_at" && created_at.is_none() => created_at = Some(r.u64().ok()?),
-            _ if matches!(
-                k,
-                b"id"
-                    | b"stream"
-                    | b"offset"
-                    | b"epoch"
-                    | b"type"
-                    | b"priority"
-                    | b"persistence"
-                    | b"title"
-                    | b"body"
-                    | b"data"
-                    | b"group"
-                    | b"created_at"
-            ) =>
-            {
-                return None;
-            } // duplicate
+    while let Some(key) = r.next_key(&mut first)? {
+        match &*key {
+            "op" => set(&mut op, Some(r.string()?), "op")?,
+            "id" => set(&mut id, Some(r.string()?), "id")?,
+            "stream" => set(&mut stream, Some(r.string()?), "stream")?,
+            "offset" => set(&mut offset, Some(opt_u64(&mut r)?), "offset")?,
+            "epoch" => set(&mut epoch, Some(r.string()?), "epoch")?,
+            "type" => set(&mut kind, Some(r.string()?), "type")?,
+            "priority" => set(&mut priority, Some(r.string()?), "priority")?,
+            "persistence" => set(&mut persistence, Some(r.string()?), "persistence")?,
+            "title" => set(&mut title, Some(opt_string(&mut r)?), "title")?,
+            "body" => set(&mut body, Some(opt_string(&mut r)?), "body")?,
+            "data" => set(&mut data, Some(if r.null() { None } else { Some(r.raw_value()?) }), "data")?,
+            "group" => set(&mut group, Some(opt_string(&mut r)?), "group")?,
+            "created_at" => set(&mut created_at, Some(r.u64()?), "created_at")?,
             _ => {
-                r.raw_value().ok()?;
+                r.raw_value()?;
             }
         }
     }
-    r.end().ok()?;
-    Some(Notification {
-        id: id?.into_owned(),
-        stream: stream?.into_owned(),
+    r.end()?;
+    if frame && op.as_deref() != Some("notification") {
+        return Err(DecodeError::new("not a notification frame"));
+    }
+    Ok(Notification {
+        id: need(id, "id")?.into_owned(),
+        stream: need(stream, "stream")?.into_owned(),
         offset: offset.flatten(),
-        epoch: epoch?.into_owned(),
-        kind: kind?.into_owned(),
-        priority: priority?,
-        persistence: persistence?,
-        title: title.flatten().map(Cow::into_owned),
-        body: body.flatten().map(Cow::into_owned),
+        epoch: need(epoch, "epoch")?.into_owned(),
+        kind: need(kind, "type")?.into_owned(),
+        priority: parse_enum(need(priority, "priority")?, "priority", Priority::parse)?,
+        persistence: parse_enum(need(persistence, "persistence")?, "persistence", Persistence::parse)?,
+        title: owned(title.flatten()),
+        body: owned(body.flatten()),
         data: data.flatten().map(|d| RawJson(d.into())),
-        group: group.flatten().map(Cow::into_owned),
-        created_at: created_at?,
+        group: owned(group.flatten()),
+        created_at: need(created_at, "created_at")?,
     })
 }
 
 /// Decodes a server frame.
 pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
-    if text.starts_with(NOTIFICATION_PREFIX)
-        && let Some(n) = notification_canonical(text).or_else(|| notification_fast(text))
-    {
-        return Ok(ServerFrame::Notification(n));
+    if text.starts_with(NOTIFICATION_PREFIX) {
+        return match notification_canonical(text) {
+            Some(n) => Ok(n),
+            None => notification_members(text, true),
+        }
+        .map(ServerFrame::Notification)
+        .map_err(|e| DecodeError::new(format!("invalid notification frame: {}", e.message())));
     }
     let m = read_members(&mut Reader::new(text)).map_err(|(e, op)| {
         let what = if op.as_deref() == Some("notification") { "notification" } else { "server" };
@@ -379,7 +360,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
                         reason: parse_enum(need(m.reason, "reason")?, "gap reason", GapReason::parse)?,
                         missed: m.missed,
                     },
-                    other => return Err(DecodeError::new(format!("unknown continuity {other:?}"))),
+                    other => return Err(DecodeError::new(format!("unknown continuity {}", quoted(other)))),
                 };
                 ServerFrame::Subscribed {
                     reference: need(m.reference, "ref")?,
@@ -405,7 +386,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
                 message: need(m.message, "message")?.into_owned(),
                 retry_after_ms: m.retry_after_ms,
             }),
-            other => return Err(DecodeError::new(format!("unknown op {other:?}"))),
+            other => return Err(DecodeError::new(format!("unknown op {}", quoted(other)))),
         })
     })();
     frame.map_err(|e| {
@@ -440,7 +421,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
                 platform: parse_enum(need(m.platform, "platform")?, "platform", PushPlatform::parse)?,
                 token: need(m.token, "token")?.into_owned(),
             },
-            other => return Err(DecodeError::new(format!("unknown op {other:?}"))),
+            other => return Err(DecodeError::new(format!("unknown op {}", quoted(other)))),
         })
     })();
     frame.map_err(|e| DecodeError::new(format!("invalid client frame: {}", e.message())))
@@ -448,10 +429,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
 
 /// Decodes a bare notification envelope (no `op` needed; one is ignored).
 pub fn decode_notification(text: &str) -> Result<Notification, DecodeError> {
-    if let Some(n) = notification_fast(text) {
-        return Ok(n);
-    }
-    read_members(&mut Reader::new(text)).map_err(|(e, _)| e).and_then(Members::notification)
+    notification_members(text, false)
 }
 
 fn write_notification_members(w: &mut ObjectWriter<'_>, n: &Notification) {
@@ -599,6 +577,14 @@ pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
     Ok(n)
 }
 
+/// `s` as a JSON string, to quote it in a message (cheaper than `{:?}`, which pulls Unicode tables into the
+/// browser build).
+pub(crate) fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(&mut out, s);
+    out
+}
+
 /// Writes `s` as a JSON string (for other modules of the crate).
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     write_str(out, s);
@@ -634,7 +620,7 @@ mod tests {
         ] {
             let text = encode_server_frame(&ServerFrame::Notification(n.clone()));
             assert_eq!(notification_canonical(&text).as_ref(), Some(&n), "{text}");
-            assert_eq!(notification_fast(&text).as_ref(), Some(&n), "{text}");
+            assert_eq!(notification_members(&text, true).as_ref(), Ok(&n), "{text}");
         }
     }
 

@@ -215,7 +215,7 @@ fn validate_chars(s: &str, ok: impl Fn(char) -> bool) -> Result<(), String> {
         return Err(format!("must be at most {MAX_NAME_BYTES} bytes"));
     }
     if let Some(c) = s.chars().find(|c| !ok(*c)) {
-        return Err(format!("contains the character {c:?}"));
+        return Err(format!("contains the character {}", codec::quoted(c.encode_utf8(&mut [0; 4]))));
     }
     Ok(())
 }
@@ -243,13 +243,13 @@ impl<'a> StreamName<'a> {
     /// Parses and validates `user:<id>` or `topic:<name>`.
     pub fn parse(s: &'a str) -> Result<Self, String> {
         if let Some(user) = s.strip_prefix("user:") {
-            validate_user_id(user).map_err(|e| format!("user id in {s:?} {e}"))?;
+            validate_user_id(user).map_err(|e| format!("user id in {} {e}", codec::quoted(s)))?;
             Ok(StreamName::User(user))
         } else if let Some(topic) = s.strip_prefix("topic:") {
-            validate_topic(topic).map_err(|e| format!("topic name in {s:?} {e}"))?;
+            validate_topic(topic).map_err(|e| format!("topic name in {} {e}", codec::quoted(s)))?;
             Ok(StreamName::Topic(topic))
         } else {
-            Err(format!("{s:?} is not a stream name: expected user:<id> or topic:<name>"))
+            Err(format!("{} is not a stream name: expected user:<id> or topic:<name>", codec::quoted(s)))
         }
     }
 }
@@ -676,6 +676,7 @@ impl DecodeError {
 
 #[cfg(test)]
 use codec::NOTIFICATION_PREFIX;
+pub(crate) use codec::quoted;
 pub use codec::{
     decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
     encode_notification, encode_server_frame,

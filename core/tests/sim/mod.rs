@@ -290,6 +290,8 @@ pub struct Harness {
     close_after_inbound: Option<u16>,
     /// Every frame handed to the engine's socket input, in order (what a leader tab relays).
     pub delivered_frames: Vec<String>,
+    /// Hand frames to the engine decoded (`handle_frame`, as the browser driver does) instead of as text.
+    pub decoded_input: bool,
 }
 
 impl Harness {
@@ -310,6 +312,7 @@ impl Harness {
             inbound: VecDeque::new(),
             close_after_inbound: None,
             delivered_frames: Vec::new(),
+            decoded_input: false,
         }
     }
 
@@ -375,7 +378,14 @@ impl Harness {
                 progressed = true;
                 if let Some(conn) = self.conn {
                     self.delivered_frames.push(frame.clone());
-                    self.engine.handle_text(self.now, conn, &frame);
+                    if self.decoded_input {
+                        match tidings_core::protocol::decode_server_frame(&frame) {
+                            Ok(decoded) => self.engine.handle_frame(self.now, conn, decoded),
+                            Err(e) => self.engine.handle_undecodable(self.now, conn, &e),
+                        }
+                    } else {
+                        self.engine.handle_text(self.now, conn, &frame);
+                    }
                 }
             } else if let Some(code) = self.close_after_inbound.take() {
                 progressed = true;
