@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -114,11 +114,44 @@ struct AckTable {
 }
 
 /// The acks of one notification. A broadcast is acked by every subscriber, so membership is checked with a set
-/// once there are more than a few records (a linear scan made acks quadratic per broadcast).
+/// once there are more than a few records (a linear scan made acks quadratic per broadcast). The set holds the
+/// 128-bit xxh3 hash of `(user, device)`, computed once per ack frame: no string hashing or reference counting
+/// per id (two different devices collide with a chance of about 2⁻¹²⁸ per pair).
 #[derive(Default)]
 struct AckEntry {
     records: Vec<AckRecord>,
-    members: Option<HashSet<(Arc<str>, Arc<str>)>>,
+    members: Option<HashSet<u128, BuildHasherDefault<FoldHasher>>>,
+}
+
+/// The key of `(user, device)` in [`AckEntry::members`].
+fn ack_member(user: &str, device: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(user.as_bytes());
+    h.update(&[0xff]); // not valid UTF-8: separates the two strings unambiguously
+    h.update(device.as_bytes());
+    h.digest128()
+}
+
+/// Hashes keys that are already hashes by folding their halves.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Above this many records an entry keeps a membership set.
@@ -127,13 +160,14 @@ const ACK_SET_FROM: usize = 8;
 const MAX_ACK_RECORDS: usize = 1_000_000;
 
 impl AckEntry {
-    /// Records the first ack of `device`; returns whether a record was added.
-    fn record(&mut self, user: &Arc<str>, device: &Arc<str>, at: u64, max: usize) -> bool {
+    /// Records the first ack of `device` (`member` is [`ack_member`] of the pair); returns whether a record was
+    /// added.
+    fn record(&mut self, user: &Arc<str>, device: &Arc<str>, member: u128, at: u64, max: usize) -> bool {
         if self.records.len() >= max {
             return false;
         }
         let known = match &self.members {
-            Some(set) => set.contains(&(user.clone(), device.clone())),
+            Some(set) => set.contains(&member),
             None => self.records.iter().any(|r| {
                 (Arc::ptr_eq(&r.device, device) || *r.device == **device)
                     && (Arc::ptr_eq(&r.user, user) || *r.user == **user)
@@ -143,10 +177,10 @@ impl AckEntry {
             return false;
         }
         if self.members.is_none() && self.records.len() >= ACK_SET_FROM {
-            self.members = Some(self.records.iter().map(|r| (r.user.clone(), r.device.clone())).collect());
+            self.members = Some(self.records.iter().map(|r| ack_member(&r.user, &r.device)).collect());
         }
         if let Some(set) = &mut self.members {
-            set.insert((user.clone(), device.clone()));
+            set.insert(member);
         }
         self.records.push(AckRecord { user: user.clone(), device: device.clone(), at });
         true
@@ -234,12 +268,13 @@ impl MemoryStorage {
         let mut table = lock(&self.acks);
         let AckTable { by_id, order, records } = &mut *table;
         let max = self.limits.acks_max_per_id;
+        let member = ack_member(user, device);
         for id in ids {
             let added = match by_id.get_mut(id.as_str()) {
-                Some(entry) => entry.record(user, device, at_ms, max),
+                Some(entry) => entry.record(user, device, member, at_ms, max),
                 None => {
                     let mut entry = AckEntry::default();
-                    let added = entry.record(user, device, at_ms, max);
+                    let added = entry.record(user, device, member, at_ms, max);
                     order.push_back(id.clone());
                     by_id.insert(id.clone(), entry);
                     added
