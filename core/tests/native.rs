@@ -193,3 +193,53 @@ async fn an_unreachable_server_is_retried_with_backoff() {
     client.close().await;
     assert_eq!(client.state(), ConnectionState::Closed);
 }
+
+/// An application that stops reading events stops the driver from reading the socket (the events waiting are
+/// bounded by `event_capacity`, not the server's sending rate); once it reads again, everything arrives, in
+/// order, and is acked.
+#[tokio::test]
+async fn a_lagging_application_holds_back_the_socket_and_loses_nothing() {
+    const N: u64 = 3000;
+    let (url, mut seen, push) = scripted_server(true).await;
+    let mut config = ClientConfig::new(url);
+    config.event_capacity = 8;
+    let (client, mut events) = Client::builder(config).token_provider(StaticToken::new("tok")).connect().unwrap();
+    client.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await.unwrap();
+    for i in 1..=N {
+        push.send(note(&format!("n{i}"), i)).unwrap();
+    }
+    let acked = |seen: &mut mpsc::UnboundedReceiver<ClientFrame>| {
+        let mut n = 0;
+        while let Ok(f) = seen.try_recv() {
+            if let ClientFrame::Ack { ids } = f {
+                n += ids.len();
+            }
+        }
+        n
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let early = acked(&mut seen);
+    assert!(early < N as usize / 2, "the driver kept reading while nobody read events: {early} acked");
+    let mut next = 1;
+    tokio::time::timeout(WAIT, async {
+        while next <= N {
+            if let Some(Event::Notification(n)) = events.next().await {
+                assert_eq!(n.id, format!("n{next}"), "in order, nothing lost or repeated: {:?}", client.stats());
+                next += 1;
+            }
+        }
+    })
+    .await
+    .expect("every notification arrives once the application reads");
+    let mut total = early;
+    tokio::time::timeout(WAIT, async {
+        while total < N as usize {
+            if let Some(ClientFrame::Ack { ids }) = seen.recv().await {
+                total += ids.len();
+            }
+        }
+    })
+    .await
+    .expect("everything is acked");
+    client.close().await;
+}

@@ -23,7 +23,7 @@ mod file_store;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -186,25 +186,75 @@ impl ClientBuilder {
 /// Application events: notifications, digests, state changes, continuity. A `Stream`.
 #[derive(Debug)]
 pub struct Events {
-    rx: mpsc::Receiver<Event>,
+    /// Events come from the driver in batches (one channel operation per batch, not per event).
+    rx: mpsc::UnboundedReceiver<Vec<Event>>,
+    batch: std::vec::IntoIter<Event>,
+    flow: Arc<EventFlow>,
 }
+
+/// Backpressure between the driver and [`Events`]: the number of events sent and not yet received, bounded by
+/// `ClientConfig::event_capacity` (the driver stops reading the socket while the application lags that far).
+#[derive(Debug, Default)]
+struct EventFlow {
+    queued: AtomicUsize,
+    received: Notify,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // A driver waiting for room must notice that nobody reads any more.
+        self.rx.close();
+        self.flow.received.notify_one();
+    }
+}
+
+/// Most events in one batch handed from the driver to [`Events`].
+const EVENT_BATCH: usize = 64;
 
 impl Events {
     /// The next event; `None` once the client is closed and every event was read.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// An event if one is ready.
     pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        loop {
+            if let Some(e) = self.batch.next() {
+                return Some(e);
+            }
+            let batch = self.rx.try_recv().ok()?;
+            self.received(batch.len());
+            self.batch = batch.into_iter();
+        }
+    }
+
+    fn received(&self, n: usize) {
+        self.flow.queued.fetch_sub(n, Ordering::AcqRel);
+        self.flow.received.notify_one();
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        loop {
+            if let Some(e) = self.batch.next() {
+                return Poll::Ready(Some(e));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => {
+                    self.received(batch.len());
+                    self.batch = batch.into_iter();
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
 impl futures_util::Stream for Events {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        self.poll_event(cx)
     }
 }
 
@@ -285,7 +335,8 @@ impl Client {
                 Err(e) => tracing::warn!(error = %e, "client state could not be loaded; starting fresh"),
             }
         }
-        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let flow = Arc::new(EventFlow::default());
         let (state_tx, _) = watch::channel(engine.state().clone());
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
@@ -295,9 +346,18 @@ impl Client {
             shutdown: AtomicBool::new(false),
             state: state_tx,
         });
-        let driver = Driver { shared: shared.clone(), tokens, events: events_tx, config, ws: None };
+        let driver = Driver {
+            shared: shared.clone(),
+            tokens,
+            events: events_tx,
+            flow: flow.clone(),
+            config,
+            ws: None,
+            out: Outputs::default(),
+        };
         let task = handle.spawn(driver.run());
-        Ok((Client { shared, task: Mutex::new(Some(task)) }, Events { rx: events_rx }))
+        let events = Events { rx: events_rx, batch: Vec::new().into_iter(), flow };
+        Ok((Client { shared, task: Mutex::new(Some(task)) }, events))
     }
 
     fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> T) -> T {
@@ -438,9 +498,12 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Driver {
     shared: Arc<Shared>,
     tokens: Arc<dyn TokenProvider>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Vec<Event>>,
+    flow: Arc<EventFlow>,
     config: ClientConfig,
     ws: Option<(ConnId, Ws)>,
+    /// Drain buffers, kept between turns so they are not regrown every time.
+    out: Outputs,
 }
 
 /// What the engine asked for in one drain.
@@ -454,9 +517,9 @@ struct Outputs {
 }
 
 impl Driver {
-    fn drain(&self) -> Outputs {
+    /// Takes everything the engine has for the driver into `out` (whose vectors are empty).
+    fn drain(&self, out: &mut Outputs) {
         let mut engine = self.shared.engine();
-        let mut out = Outputs::default();
         while let Some(t) = engine.poll_transmit() {
             out.transmits.push(t);
         }
@@ -469,7 +532,6 @@ impl Driver {
         out.timeout = engine.poll_timeout();
         out.finished = self.shared.shutdown.load(Ordering::SeqCst)
             && matches!(engine.state(), ConnectionState::Closed | ConnectionState::Failed { .. });
-        out
     }
 
     async fn run(mut self) {
@@ -477,11 +539,12 @@ impl Driver {
         let mut token_fut: Option<BoxFuture<'static, Result<String, TokenError>>> = None;
         let mut connecting: Option<(ConnId, BoxFuture<'static, Result<Ws, TransportFailure>>)> = None;
         loop {
-            let out = self.drain();
+            let mut out = std::mem::take(&mut self.out);
+            self.drain(&mut out);
             if !out.transmits.is_empty() {
-                self.write(out.transmits).await;
+                self.write(&mut out.transmits).await;
             }
-            for action in out.actions {
+            for action in out.actions.drain(..) {
                 match action {
                     Action::FetchToken { force_refresh } => token_fut = Some(self.tokens.token(force_refresh)),
                     Action::Open { conn, url } => connecting = Some((conn, Box::pin(open(url, self.ws_config())))),
@@ -498,17 +561,31 @@ impl Driver {
                     Action::Persist(snapshot) => self.shared.save(&snapshot),
                 }
             }
-            for event in out.events {
-                if let Event::State(s) = &event {
+            for event in &out.events {
+                if let Event::State(s) = event {
                     self.shared.state.send_replace(s.clone());
                 }
-                // Backpressure: wait for the app. If it dropped `Events`, the event is discarded.
-                let _ = self.events.send(event).await;
             }
-            if out.finished {
+            let mut events = out.events.drain(..);
+            loop {
+                let batch: Vec<Event> = events.by_ref().take(EVENT_BATCH).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                // Backpressure: wait for the app. If it dropped `Events`, the events are discarded.
+                self.room_for_events().await;
+                self.flow.queued.fetch_add(batch.len(), Ordering::AcqRel);
+                let _ = self.events.send(batch);
+            }
+            drop(events);
+            let finished = out.finished;
+            let timeout = out.timeout;
+            out.transmits.clear();
+            self.out = out;
+            if finished {
                 break;
             }
-            let sleep = out.timeout.map(|t| tokio::time::sleep_until(clock.deadline(t)));
+            let sleep = timeout.map(|t| tokio::time::sleep_until(clock.deadline(t)));
             tokio::select! {
                 biased;
                 msg = next_message(&mut self.ws) => self.on_message(msg),
@@ -537,6 +614,18 @@ impl Driver {
         }
     }
 
+    /// Waits until fewer than `event_capacity` events are waiting for the application (or nobody reads them).
+    async fn room_for_events(&self) {
+        let capacity = self.config.event_capacity.max(1);
+        loop {
+            let received = self.flow.received.notified();
+            if self.flow.queued.load(Ordering::Acquire) < capacity || self.events.is_closed() {
+                return;
+            }
+            received.await;
+        }
+    }
+
     fn ws_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.config.read_buffer_size)
@@ -551,7 +640,7 @@ impl Driver {
         let now = self.shared.clock.now();
         let shared = self.shared.clone();
         let mut engine = shared.engine();
-        for _ in 0..1024 {
+        for handled in 1.. {
             match msg {
                 Some(Ok(Message::Text(text))) => engine.handle_text(now, conn, text.as_str()),
                 Some(Ok(Message::Close(frame))) => {
@@ -578,6 +667,10 @@ impl Driver {
                     return;
                 }
             }
+            // At most 1024 under one lock (then the loop drains and comes back for the rest).
+            if handled == 1024 {
+                return;
+            }
             let Some((_, ws)) = self.ws.as_mut() else { return };
             match ws.next().now_or_never() {
                 Some(next) => msg = next,
@@ -586,11 +679,14 @@ impl Driver {
         }
     }
 
-    async fn write(&mut self, frames: Vec<String>) {
-        let Some((conn, ws)) = self.ws.as_mut() else { return };
+    async fn write(&mut self, frames: &mut Vec<String>) {
+        let Some((conn, ws)) = self.ws.as_mut() else {
+            frames.clear();
+            return;
+        };
         let conn = *conn;
         let mut result = Ok(());
-        for frame in frames {
+        for frame in frames.drain(..) {
             result = ws.feed(Message::text(frame)).await;
             if result.is_err() {
                 break;
