@@ -30,6 +30,7 @@ commands:
   bench-core  criterion benchmarks of the core engine
   latency     end-to-end latency of 1,000 notifications on loopback (release build)
   swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite
+  swift-xcframework build bindings-swift/TidingsFFIC.xcframework (macOS with Xcode + rustup)
   kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
   wasm-test   provision the wasm toolchain + Chromium and run the browser suites
   demo        build the browser package and run the reference server with the demo page
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
             .args(["run", "--release", "-p", "tidings-bench", "--", "latency", "--count", "1000"])
             .dir(&root)),
         Some("swift-test") => swift::test(&root),
+        Some("swift-xcframework") => swift::xcframework(&root),
         Some("kotlin-test") => kotlin::test(&root),
         Some("wasm-test") => wasm::test(&root),
         Some("demo") => wasm::demo(&root),

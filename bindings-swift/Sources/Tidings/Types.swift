@@ -1,0 +1,406 @@
+import Foundation
+import TidingsFFI
+
+// Value types of the public API. They mirror the generated `TidingsFFI` records and enums with Swift names
+// (`TidingsNotification`, because `Notification` is Foundation's), `Date`/`TimeInterval`/`Data` where Swift code
+// expects them, and no dependency on the generated module in the app's code.
+
+/// Delivery tier of a notification.
+public enum Priority: String, Sendable, Hashable, CaseIterable {
+    /// Never held back.
+    case critical
+    /// Never held back.
+    case important
+    /// May be folded into a digest ("5 new likes").
+    case informational
+}
+
+/// How long the server keeps a notification.
+public enum Persistence: String, Sendable, Hashable, CaseIterable {
+    /// Live only: never replayed, never pushed.
+    case ephemeral
+    /// Kept in the stream's replay buffer and replayed after reconnects.
+    case bufferable
+    /// As `bufferable`, and stored durably by the server.
+    case persistent
+}
+
+/// A notification. A plain value: keep it, compare it, hand it to any thread.
+public struct TidingsNotification: Sendable, Hashable, Identifiable {
+    /// Globally unique id; the same on every path (socket, replay, push).
+    public var id: String
+    /// `user:<id>` or `topic:<name>`.
+    public var stream: String
+    /// Position in the stream; `nil` for ephemeral notifications.
+    public var offset: UInt64?
+    /// The stream's history generation.
+    public var epoch: String
+    /// Application-defined kind, e.g. `comment.created`.
+    public var type: String
+    /// Delivery tier.
+    public var priority: Priority
+    /// Retention class.
+    public var persistence: Persistence
+    /// Short text.
+    public var title: String?
+    /// Text.
+    public var body: String?
+    /// The application payload as JSON (UTF-8), if any. See `decodeData(_:decoder:)`.
+    public var data: Data?
+    /// Batching key, e.g. `likes:post-981`.
+    public var group: String?
+    /// When the server accepted the publish.
+    public var createdAt: Date
+
+    /// Decodes the application payload, or returns `nil` when the notification has none.
+    public func decodeData<T: Decodable>(_ type: T.Type, decoder: JSONDecoder = JSONDecoder()) throws -> T? {
+        guard let data else { return nil }
+        return try decoder.decode(type, from: data)
+    }
+}
+
+/// Several informational notifications of one group, delivered as one ("5 new likes").
+public struct Digest: Sendable, Hashable {
+    /// The shared group.
+    public var group: String
+    /// How many notifications.
+    public var count: Int
+    /// The first one.
+    public var first: TidingsNotification
+    /// The last one.
+    public var last: TidingsNotification
+    /// Every id, in arrival order.
+    public var ids: [String]
+}
+
+/// Why the client is suspended.
+public enum SuspendReason: String, Sendable, Hashable {
+    /// The app is in the background (after the grace period).
+    case background
+    /// The network is unavailable.
+    case offline
+}
+
+/// Why the client stopped for good.
+public enum FailureReason: String, Sendable, Hashable {
+    /// The server rejected a freshly obtained token: sign the user in again.
+    case unauthorized
+    /// The token provider threw `TokenError.fatal`.
+    case tokenProvider = "token_provider"
+    /// Client and server disagree about the protocol.
+    case `protocol`
+    /// The client sent a frame larger than the server accepts.
+    case frameTooLarge = "frame_too_large"
+    /// Another connection of this device took over.
+    case sessionReplaced = "session_replaced"
+    /// The server refused the connection permanently.
+    case rejected
+}
+
+/// The connection state.
+public enum ConnectionState: Sendable, Hashable {
+    /// Not started.
+    case idle
+    /// Getting a token, opening the socket or authenticating.
+    case connecting(attempt: Int)
+    /// Notifications flow.
+    case connected
+    /// Waiting `delay` seconds before attempt `attempt`.
+    case reconnecting(attempt: Int, delay: TimeInterval, reason: String)
+    /// Deliberately disconnected; resumes by itself (foreground, network back).
+    case suspended(SuspendReason)
+    /// Closed by the app.
+    case closed
+    /// Stopped; the app must intervene (e.g. sign in again).
+    case failed(FailureReason, message: String)
+
+    /// `true` while notifications flow.
+    public var isConnected: Bool { self == .connected }
+}
+
+/// Why a stream could not be resumed.
+public enum GapReason: String, Sendable, Hashable {
+    /// The server lost the stream's history.
+    case epochChanged = "epoch_changed"
+    /// Notifications were evicted from the server's replay buffer.
+    case outOfBuffer = "out_of_buffer"
+    /// The client's position is beyond the stream.
+    case aheadOfStream = "ahead_of_stream"
+}
+
+/// How a stream continued after (re)subscribing.
+public enum Continuity: Sendable, Hashable {
+    /// First subscription: delivery starts now.
+    case fresh
+    /// Resumed from the last position; `replayed` missed notifications were delivered.
+    case resumed(replayed: UInt64)
+    /// Notifications were lost: refetch the stream's state from your API.
+    case gap(reason: GapReason, missed: UInt64?)
+}
+
+/// A push service.
+public enum PushPlatform: String, Sendable, Hashable, CaseIterable {
+    /// APNs, production.
+    case apns
+    /// APNs, development builds.
+    case apnsSandbox = "apns_sandbox"
+    /// Firebase Cloud Messaging.
+    case fcm
+    /// Web Push.
+    case webPush = "web_push"
+}
+
+/// What to do with a push payload.
+public enum PushOutcome: Sendable, Hashable {
+    /// Seen for the first time: show it.
+    case show(TidingsNotification)
+    /// Already delivered on another path (socket, replay, an earlier push): do not show it.
+    case duplicate(id: String)
+}
+
+/// Network reachability, as the platform reports it.
+public enum NetworkStatus: Sendable, Hashable {
+    /// The network came back: reconnect at once.
+    case available
+    /// No network: stop trying until it comes back.
+    case unavailable
+    /// The network changed (Wi-Fi ↔ cellular): check the link at once.
+    case changed
+}
+
+/// Everything a client emits, in order.
+public enum TidingsEvent: Sendable, Hashable {
+    /// A notification, seen for the first time on any path.
+    case notification(TidingsNotification)
+    /// Several informational notifications of one group.
+    case digest(Digest)
+    /// The connection state changed.
+    case stateChanged(ConnectionState)
+    /// How a stream continued after (re)subscribing; on `.gap`, refetch that stream's state.
+    case continuity(stream: String, Continuity)
+    /// The server refused a subscription (`code`: `forbidden`, `bad_request`).
+    case subscriptionFailed(stream: String, code: String, message: String)
+    /// The server stored this device's push address.
+    case pushRegistered(PushPlatform)
+}
+
+/// Counters, for diagnostics and metrics.
+public struct TidingsStats: Sendable, Hashable {
+    /// Sockets opened (attempts).
+    public var connectionAttempts: UInt64
+    /// Connections that authenticated.
+    public var connections: UInt64
+    /// Calls to the token provider.
+    public var tokenFetches: UInt64
+    /// Notifications received on sockets.
+    public var notificationsReceived: UInt64
+    /// Notifications delivered to the app.
+    public var delivered: UInt64
+    /// Duplicates dropped (any path).
+    public var duplicatesDropped: UInt64
+    /// Digests delivered.
+    public var digests: UInt64
+    /// Push payloads ingested.
+    public var pushIngested: UInt64
+    /// Gaps reported.
+    public var gaps: UInt64
+}
+
+/// The error the client's methods throw.
+public enum TidingsError: Error, Sendable, Hashable, LocalizedError {
+    /// An argument was invalid (stream name, push token, configuration).
+    case invalidArgument(String)
+    /// A push payload was not a Tidings notification.
+    case invalidPayload(String)
+    /// The store file could not be read or written.
+    case store(String)
+    /// The connection failed for good (rejected credentials, protocol mismatch).
+    case connectionFailed(FailureReason, message: String)
+    /// The client was closed.
+    case closed
+    /// A bug in Tidings; please report it.
+    case internalError(String)
+
+    public var errorDescription: String? {
+        switch self {
+        case .invalidArgument(let m): return "Tidings: invalid argument: \(m)"
+        case .invalidPayload(let m): return "Tidings: invalid push payload: \(m)"
+        case .store(let m): return "Tidings: store failure: \(m)"
+        case .connectionFailed(let reason, let m): return "Tidings: connection failed (\(reason.rawValue)): \(m)"
+        case .closed: return "Tidings: the client is closed"
+        case .internalError(let m): return "Tidings: internal error: \(m)"
+        }
+    }
+}
+
+/// Throw this from the token provider to say whether retrying can help. Any other error counts as transient.
+public struct TokenError: Error, Sendable, Hashable {
+    /// `true`: retry later (your backend was unreachable). `false`: stop (`.failed(.tokenProvider)`), e.g. the
+    /// user signed out.
+    public var isTransient: Bool
+    /// Detail, for logs.
+    public var message: String
+
+    /// Retrying later may help.
+    public static func transient(_ message: String) -> TokenError { TokenError(isTransient: true, message: message) }
+    /// The user cannot get a token: the client stops until the app creates a new one.
+    public static func fatal(_ message: String) -> TokenError { TokenError(isTransient: false, message: message) }
+}
+
+// MARK: - Conversions from the generated types
+
+extension Priority {
+    init(_ p: TidingsFFI.Priority) {
+        switch p {
+        case .critical: self = .critical
+        case .important: self = .important
+        case .informational: self = .informational
+        }
+    }
+}
+
+extension Persistence {
+    init(_ p: TidingsFFI.Persistence) {
+        switch p {
+        case .ephemeral: self = .ephemeral
+        case .bufferable: self = .bufferable
+        case .persistent: self = .persistent
+        }
+    }
+}
+
+extension TidingsNotification {
+    init(_ n: TidingsFFI.Notification) {
+        self.init(
+            id: n.id, stream: n.stream, offset: n.offset, epoch: n.epoch, type: n.kind,
+            priority: Priority(n.priority), persistence: Persistence(n.persistence), title: n.title, body: n.body,
+            data: n.dataJson.map { Data($0.utf8) }, group: n.group,
+            createdAt: Date(timeIntervalSince1970: TimeInterval(n.createdAtMs) / 1000)
+        )
+    }
+}
+
+extension Digest {
+    init(_ d: TidingsFFI.Digest) {
+        self.init(
+            group: d.group, count: Int(d.count), first: TidingsNotification(d.first),
+            last: TidingsNotification(d.last), ids: d.ids
+        )
+    }
+}
+
+extension FailureReason {
+    init(_ r: TidingsFFI.FailureReason) {
+        switch r {
+        case .unauthorized: self = .unauthorized
+        case .tokenProvider: self = .tokenProvider
+        case .protocol: self = .protocol
+        case .frameTooLarge: self = .frameTooLarge
+        case .sessionReplaced: self = .sessionReplaced
+        case .rejected: self = .rejected
+        }
+    }
+}
+
+extension ConnectionState {
+    init(_ s: TidingsFFI.ConnectionState) {
+        switch s {
+        case .idle: self = .idle
+        case .connecting(let attempt): self = .connecting(attempt: Int(attempt))
+        case .connected: self = .connected
+        case .reconnecting(let attempt, let delayMs, let reason):
+            self = .reconnecting(attempt: Int(attempt), delay: TimeInterval(delayMs) / 1000, reason: reason)
+        case .suspended(let reason): self = .suspended(reason == .background ? .background : .offline)
+        case .closed: self = .closed
+        case .failed(let reason, let message): self = .failed(FailureReason(reason), message: message)
+        }
+    }
+}
+
+extension Continuity {
+    init(_ c: TidingsFFI.Continuity) {
+        switch c {
+        case .fresh: self = .fresh
+        case .resumed(let replayed): self = .resumed(replayed: replayed)
+        case .gap(let reason, let missed):
+            let why: GapReason
+            switch reason {
+            case .epochChanged: why = .epochChanged
+            case .outOfBuffer: why = .outOfBuffer
+            case .aheadOfStream: why = .aheadOfStream
+            }
+            self = .gap(reason: why, missed: missed)
+        }
+    }
+}
+
+extension PushPlatform {
+    init(_ p: TidingsFFI.PushPlatform) {
+        switch p {
+        case .apns: self = .apns
+        case .apnsSandbox: self = .apnsSandbox
+        case .fcm: self = .fcm
+        case .webPush: self = .webPush
+        }
+    }
+
+    var ffi: TidingsFFI.PushPlatform {
+        switch self {
+        case .apns: return .apns
+        case .apnsSandbox: return .apnsSandbox
+        case .fcm: return .fcm
+        case .webPush: return .webPush
+        }
+    }
+}
+
+extension PushOutcome {
+    init(_ o: TidingsFFI.PushOutcome) {
+        switch o {
+        case .show(let n): self = .show(TidingsNotification(n))
+        case .duplicate(let id): self = .duplicate(id: id)
+        }
+    }
+}
+
+extension NetworkStatus {
+    var ffi: TidingsFFI.NetworkStatus {
+        switch self {
+        case .available: return .available
+        case .unavailable: return .unavailable
+        case .changed: return .changed
+        }
+    }
+}
+
+extension TidingsStats {
+    init(_ s: TidingsFFI.ClientStats) {
+        self.init(
+            connectionAttempts: s.connectionAttempts, connections: s.connections, tokenFetches: s.tokenFetches,
+            notificationsReceived: s.notificationsReceived, delivered: s.delivered,
+            duplicatesDropped: s.duplicatesDropped, digests: s.digests, pushIngested: s.pushIngested, gaps: s.gaps
+        )
+    }
+}
+
+extension TidingsError {
+    init(_ e: TidingsFFI.TidingsError) {
+        switch e {
+        case .InvalidArgument(let m): self = .invalidArgument(m)
+        case .InvalidPayload(let m): self = .invalidPayload(m)
+        case .Store(let m): self = .store(m)
+        case .ConnectionFailed(let reason, let m): self = .connectionFailed(FailureReason(reason), message: m)
+        case .Closed: self = .closed
+        case .Internal(let m): self = .internalError(m)
+        }
+    }
+}
+
+/// Runs a generated call, translating its errors into `TidingsError`.
+func translatingErrors<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as TidingsFFI.TidingsError {
+        throw TidingsError(e)
+    }
+}

@@ -1,0 +1,418 @@
+import Foundation
+import Tidings
+import XCTest
+
+/// The conformance scenarios (`tests/conformance/scenarios.json`, step vocabulary in
+/// `tests/conformance/README.md`) run through the public Swift API against the reference server — the same
+/// assertions as the Rust runner (`tests/tests/conformance.rs`).
+final class ConformanceTests: XCTestCase {
+    /// One test per scenario below; `testEveryScenarioInTheFileHasATest` keeps this list and the file in step.
+    static let scenarioNames = [
+        "live_delivery",
+        "reconnect_with_replay",
+        "gap",
+        "dedup_push_then_socket",
+        "dedup_socket_then_push",
+        "batching_digest",
+        "auth_failure_without_storm",
+        "background_foreground_resume",
+    ]
+
+    func testLiveDelivery() async throws { try await runScenario("live_delivery") }
+    func testReconnectWithReplay() async throws { try await runScenario("reconnect_with_replay") }
+    func testGap() async throws { try await runScenario("gap") }
+    func testDedupPushThenSocket() async throws { try await runScenario("dedup_push_then_socket") }
+    func testDedupSocketThenPush() async throws { try await runScenario("dedup_socket_then_push") }
+    func testBatchingDigest() async throws { try await runScenario("batching_digest") }
+    func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
+    func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
+
+    func testEveryScenarioInTheFileHasATest() throws {
+        let inFile = try ScenarioFile.load().scenarios.map(\.name).sorted()
+        XCTAssertEqual(inFile, Self.scenarioNames.sorted())
+    }
+
+    private func runScenario(_ name: String) async throws {
+        let file = try ScenarioFile.load()
+        guard let scenario = file.scenarios.first(where: { $0.name == name }) else {
+            throw TestFailure("scenario \(name) is not in scenarios.json")
+        }
+        let runner = ScenarioRunner(server: try TestServer.fromEnvironment())
+        do {
+            for (i, step) in scenario.steps.enumerated() {
+                print("[\(name)] step \(i): \(step.raw)")
+                do {
+                    try await runner.run(step)
+                } catch let failure as TestFailure {
+                    throw TestFailure("[\(name)] step \(i) \(step.raw): \(failure.description)")
+                }
+            }
+        } catch {
+            await runner.closeAll()
+            throw error
+        }
+        await runner.closeAll()
+    }
+}
+
+// MARK: - The scenario file
+
+struct ScenarioFile: Decodable {
+    struct Scenario: Decodable {
+        let name: String
+        var steps: [Step]
+    }
+
+    var scenarios: [Scenario]
+
+    /// `TIDINGS_SCENARIOS`, else `tests/conformance/scenarios.json` of the workspace this package lives in.
+    static func load() throws -> ScenarioFile {
+        let path = ProcessInfo.processInfo.environment["TIDINGS_SCENARIOS"]
+            ?? URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent()  // TidingsTests
+            .deletingLastPathComponent()  // Tests
+            .deletingLastPathComponent()  // bindings-swift
+            .deletingLastPathComponent()  // workspace
+            .appendingPathComponent("tests/conformance/scenarios.json").path
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        var file = try JSONDecoder().decode(ScenarioFile.self, from: data)
+        // Each step's JSON text, for messages.
+        let raw = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        let rawScenarios = raw?["scenarios"] as? [[String: Any]] ?? []
+        for (i, scenario) in rawScenarios.enumerated() where i < file.scenarios.count {
+            for (j, step) in (scenario["steps"] as? [Any] ?? []).enumerated() where j < file.scenarios[i].steps.count {
+                let text = try JSONSerialization.data(withJSONObject: step, options: [.sortedKeys])
+                file.scenarios[i].steps[j].raw = String(decoding: text, as: UTF8.self)
+            }
+        }
+        return file
+    }
+}
+
+/// One step: its members (every one optional; which apply depends on `op`) and its JSON text for messages.
+struct Step: Decodable {
+    let op: String
+    let client: String?
+    let user: String?
+    let users: [String]?
+    let topics: [String]?
+    let token: String?
+    let batchWindowMs: UInt64?
+    let backgroundGraceMs: UInt64?
+    let state: String?
+    let reason: String?
+    let stream: String?
+    let kind: String?
+    let replayed: UInt64?
+    let missed: UInt64?
+    let ids: [String]?
+    let count: UInt64?
+    let idPrefix: String?
+    let priority: String?
+    let group: String?
+    let persistence: String?
+    let id: String?
+    let offset: UInt64?
+    let expect: String?
+    let online: Bool?
+    let ms: UInt64?
+    let first: String?
+    let last: String?
+    /// The step as JSON text (filled in by `ScenarioFile.load`).
+    var raw = ""
+
+    private enum CodingKeys: String, CodingKey {
+        case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
+        case priority, group, persistence, id, offset, expect, online, ms, first, last
+        case batchWindowMs = "batch_window_ms"
+        case backgroundGraceMs = "background_grace_ms"
+        case idPrefix = "id_prefix"
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        op = try c.decode(String.self, forKey: .op)
+        client = try c.decodeIfPresent(String.self, forKey: .client)
+        user = try c.decodeIfPresent(String.self, forKey: .user)
+        users = try c.decodeIfPresent([String].self, forKey: .users)
+        topics = try c.decodeIfPresent([String].self, forKey: .topics)
+        token = try c.decodeIfPresent(String.self, forKey: .token)
+        batchWindowMs = try c.decodeIfPresent(UInt64.self, forKey: .batchWindowMs)
+        backgroundGraceMs = try c.decodeIfPresent(UInt64.self, forKey: .backgroundGraceMs)
+        state = try c.decodeIfPresent(String.self, forKey: .state)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        stream = try c.decodeIfPresent(String.self, forKey: .stream)
+        kind = try c.decodeIfPresent(String.self, forKey: .kind)
+        replayed = try c.decodeIfPresent(UInt64.self, forKey: .replayed)
+        missed = try c.decodeIfPresent(UInt64.self, forKey: .missed)
+        ids = try c.decodeIfPresent([String].self, forKey: .ids)
+        count = try c.decodeIfPresent(UInt64.self, forKey: .count)
+        idPrefix = try c.decodeIfPresent(String.self, forKey: .idPrefix)
+        priority = try c.decodeIfPresent(String.self, forKey: .priority)
+        group = try c.decodeIfPresent(String.self, forKey: .group)
+        persistence = try c.decodeIfPresent(String.self, forKey: .persistence)
+        id = try c.decodeIfPresent(String.self, forKey: .id)
+        offset = try c.decodeIfPresent(UInt64.self, forKey: .offset)
+        expect = try c.decodeIfPresent(String.self, forKey: .expect)
+        online = try c.decodeIfPresent(Bool.self, forKey: .online)
+        ms = try c.decodeIfPresent(UInt64.self, forKey: .ms)
+        first = try c.decodeIfPresent(String.self, forKey: .first)
+        last = try c.decodeIfPresent(String.self, forKey: .last)
+    }
+}
+
+// MARK: - The runner
+
+private let runCounter = Locked(0)
+
+/// Interprets steps with the public `Tidings` API.
+final class ScenarioRunner {
+    let server: TestServer
+    let prefix: String
+    private var clients: [String: Recorder] = [:]
+    private var connects: [String: Task<Void, Never>] = [:]
+    private var tokenFetches: [String: Locked<Int>] = [:]
+    /// The publish reply's first delivery per id: stream, epoch, offset.
+    private var deliveries: [String: [String: Any]] = [:]
+
+    init(server: TestServer) {
+        self.server = server
+        let n = runCounter.withLock { n -> Int in
+            n += 1
+            return n
+        }
+        let random = UUID().uuidString.prefix(6).lowercased()
+        prefix = "sw\(ProcessInfo.processInfo.processIdentifier)x\(n)\(random)"
+    }
+
+    func name(_ s: String) -> String { "\(prefix)-\(s)" }
+
+    func streamName(_ s: String) throws -> String {
+        guard let colon = s.firstIndex(of: ":") else { throw TestFailure("stream \(s) has no kind") }
+        return "\(s[..<colon]):\(name(String(s[s.index(after: colon)...])))"
+    }
+
+    func names(_ v: [String]?) -> [String] { (v ?? []).map(name) }
+
+    func recorder(_ step: Step) throws -> Recorder {
+        guard let key = step.client, let r = clients[key] else { throw TestFailure("no client \(step.client ?? "-")") }
+        return r
+    }
+
+    func required<T>(_ value: T?, _ member: String) throws -> T {
+        guard let value else { throw TestFailure("the step lacks \(member)") }
+        return value
+    }
+
+    func run(_ step: Step) async throws {
+        switch step.op {
+        case "connect":
+            let key = try required(step.client, "client")
+            let user = name(try required(step.user, "user"))
+            let token: String
+            switch step.token ?? "valid" {
+            case "valid": token = try await server.token(user: user, topics: names(step.topics))
+            case "invalid": token = "not-a-jwt"
+            case let other: throw TestFailure("unknown token kind \(other)")
+            }
+            let fetches = Locked(0)
+            var config = TidingsConfiguration(url: server.wsURL)
+            config.backoffBase = 0.05
+            config.backoffCap = 0.5
+            config.batchWindow = TimeInterval(step.batchWindowMs ?? 0) / 1000
+            if let grace = step.backgroundGraceMs {
+                config.backgroundGrace = TimeInterval(grace) / 1000
+            }
+            let client = try TidingsClient(configuration: config) { _ in
+                fetches.withLock { $0 += 1 }
+                return token
+            }
+            clients[key] = Recorder(client)
+            tokenFetches[key] = fetches
+            // Start connecting; the scenario's waits observe the outcome (connect() may also throw, e.g. with an
+            // invalid token — that is what auth_failure_without_storm checks through the state).
+            connects[key] = Task { try? await client.connect() }
+
+        case "wait_state", "assert_state":
+            let r = try recorder(step)
+            let want = try required(step.state, "state")
+            let matches = { (s: ConnectionState) -> Bool in
+                guard stateName(s) == want else { return false }
+                guard let reason = step.reason else { return true }
+                if case .failed(let why, _) = s { return why.rawValue == reason }
+                return false
+            }
+            if step.op == "wait_state" {
+                try await r.wait("state \(want)") { _ in matches(r.client.state) }
+            } else {
+                let s = r.client.state
+                try check(matches(s), "state is \(s), expected \(want)")
+            }
+
+        case "subscribe":
+            try recorder(step).client.subscribe(try streamName(try required(step.stream, "stream")))
+
+        case "wait_continuity":
+            let r = try recorder(step)
+            let stream = try streamName(try required(step.stream, "stream"))
+            let kind = try required(step.kind, "kind")
+            try await r.wait("continuity \(kind) on \(stream)") { r in
+                r.events.contains { event in
+                    guard case .continuity(let s, let c) = event, s == stream else { return false }
+                    switch c {
+                    case .fresh:
+                        return kind == "fresh"
+                    case .resumed(let replayed):
+                        return kind == "resumed" && (step.replayed.map { $0 == replayed } ?? true)
+                    case .gap(let reason, let missed):
+                        return kind == "gap" && (step.reason.map { $0 == reason.rawValue } ?? true)
+                            && (step.missed.map { $0 == missed } ?? true)
+                    }
+                }
+            }
+
+        case "publish":
+            let ids: [String]
+            if let count = step.count {
+                let p = try required(step.idPrefix, "id_prefix")
+                ids = (0..<count).map { name("\(p)\($0)") }
+            } else {
+                ids = names(step.ids)
+            }
+            for id in ids {
+                var body: [String: Any] = [
+                    "users": names(step.users), "topics": names(step.topics), "id": id, "type": "conformance",
+                    "priority": step.priority ?? "important", "title": "title \(id)",
+                ]
+                if let g = step.group { body["group"] = g }
+                if let p = step.persistence { body["persistence"] = p }
+                let reply = try await server.publish(body)
+                guard let first = (reply["deliveries"] as? [[String: Any]])?.first else {
+                    throw TestFailure("publish \(id): no deliveries in \(reply)")
+                }
+                deliveries[id] = first
+            }
+
+        case "wait_notifications":
+            try await recorder(step).waitForIds(names(step.ids))
+
+        case "assert_order":
+            let ids = names(step.ids)
+            let delivered = try recorder(step).deliveredIds
+            var positions: [Int] = []
+            for id in ids {
+                guard let p = delivered.firstIndex(of: id) else { throw TestFailure("\(id) not delivered") }
+                positions.append(p)
+            }
+            try check(zip(positions, positions.dropFirst()).allSatisfy { $0 < $1 }, "order \(ids) in \(delivered)")
+
+        case "assert_notification":
+            let id = name(try required(step.id, "id"))
+            guard let n = try recorder(step).notifications.first(where: { $0.id == id }) else {
+                throw TestFailure("\(id) was not delivered")
+            }
+            if let s = step.stream {
+                let want = try streamName(s)
+                try check(n.stream == want, "stream \(n.stream), expected \(want)")
+            }
+            if let p = step.priority {
+                try check(n.priority.rawValue == p, "priority \(n.priority), expected \(p)")
+            }
+            if let o = step.offset {
+                try check(n.offset == o, "offset \(String(describing: n.offset)), expected \(o)")
+            }
+
+        case "assert_delivered_exactly":
+            let want = names(step.ids).sorted()
+            let got = try recorder(step).deliveredIds.sorted()
+            try check(got == want, "delivered set \(got), expected \(want)")
+
+        case "wait_digest":
+            let group = try required(step.group, "group")
+            let count = Int(try required(step.count, "count"))
+            let first = name(try required(step.first, "first"))
+            let last = name(try required(step.last, "last"))
+            try await recorder(step).wait("digest \(group) × \(count)") { r in
+                r.digests.contains { $0.group == group && $0.count == count && $0.first.id == first && $0.last.id == last }
+            }
+
+        case "assert_no_digest":
+            let digests = try recorder(step).digests
+            try check(digests.isEmpty, "no digest yet, got \(digests)")
+
+        case "ingest_push":
+            let id = name(try required(step.id, "id"))
+            guard let d = deliveries[id] else { throw TestFailure("\(id) was not published") }
+            let envelope: [String: Any] = [
+                "id": id, "stream": d["stream"] ?? NSNull(), "offset": d["offset"] ?? NSNull(),
+                "epoch": d["epoch"] ?? NSNull(), "type": "conformance", "priority": "critical",
+                "persistence": "bufferable", "title": "title \(id)", "created_at": 1,
+            ]
+            // As an app's push handler gets it: the APNs userInfo dictionary.
+            let outcome = try recorder(step).client.ingestPush(["tidings": envelope])
+            let got: String
+            switch outcome {
+            case .show: got = "show"
+            case .duplicate: got = "duplicate"
+            }
+            let want = try required(step.expect, "expect")
+            try check(got == want, "push outcome for \(id): \(got), expected \(want)")
+
+        case "set_network":
+            try recorder(step).client.networkChanged(try required(step.online, "online") ? .available : .unavailable)
+
+        case "background":
+            try recorder(step).client.didEnterBackground()
+
+        case "foreground":
+            try recorder(step).client.willEnterForeground()
+
+        case "drop_connections":
+            try await server.dropAll()
+
+        case "settle":
+            try await Task.sleep(nanoseconds: try required(step.ms, "ms") * 1_000_000)
+
+        case "assert_connection_attempts":
+            let attempts = try recorder(step).client.stats.connectionAttempts
+            let want = try required(step.count, "count")
+            try check(attempts == want, "connection attempts \(attempts), expected \(want)")
+
+        case "assert_token_fetches":
+            let key = try required(step.client, "client")
+            let fetches = try required(tokenFetches[key], "a connected client").current
+            let want = try required(step.count, "count")
+            try check(UInt64(fetches) == want, "token fetches \(fetches), expected \(want)")
+
+        case "close":
+            let key = try required(step.client, "client")
+            let r = try recorder(step)
+            clients[key] = nil
+            await r.close()
+            await connects.removeValue(forKey: key)?.value
+
+        default:
+            throw TestFailure("unknown step op \(step.op)")
+        }
+    }
+
+    func closeAll() async {
+        for (key, r) in clients {
+            await r.close()
+            await connects.removeValue(forKey: key)?.value
+        }
+        clients.removeAll()
+    }
+}
+
+func stateName(_ s: ConnectionState) -> String {
+    switch s {
+    case .idle: return "idle"
+    case .connecting: return "connecting"
+    case .connected: return "connected"
+    case .reconnecting: return "reconnecting"
+    case .suspended: return "suspended"
+    case .closed: return "closed"
+    case .failed: return "failed"
+    }
+}
