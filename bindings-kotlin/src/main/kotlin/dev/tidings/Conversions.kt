@@ -1,0 +1,120 @@
+package dev.tidings
+
+import dev.tidings.ffi.ClientStats as FfiClientStats
+import dev.tidings.ffi.ConnectionState as FfiConnectionState
+import dev.tidings.ffi.Continuity as FfiContinuity
+import dev.tidings.ffi.Digest as FfiDigest
+import dev.tidings.ffi.FailureReason as FfiFailureReason
+import dev.tidings.ffi.GapReason as FfiGapReason
+import dev.tidings.ffi.NetworkStatus as FfiNetworkStatus
+import dev.tidings.ffi.Notification as FfiNotification
+import dev.tidings.ffi.Persistence as FfiPersistence
+import dev.tidings.ffi.Priority as FfiPriority
+import dev.tidings.ffi.PushOutcome as FfiPushOutcome
+import dev.tidings.ffi.PushPlatform as FfiPushPlatform
+import dev.tidings.ffi.SuspendReason as FfiSuspendReason
+import kotlin.time.Duration.Companion.milliseconds
+
+// Between the generated FFI types (unsigned integers, no Duration) and the public ones. Every `when` is
+// exhaustive without `else`, so a variant added in Rust breaks this file's compilation instead of slipping through.
+
+internal fun FfiNotification.toPublic() = Notification(
+    id = id,
+    stream = stream,
+    offset = offset?.toLong(),
+    epoch = epoch,
+    type = kind,
+    priority = when (priority) {
+        FfiPriority.CRITICAL -> Priority.CRITICAL
+        FfiPriority.IMPORTANT -> Priority.IMPORTANT
+        FfiPriority.INFORMATIONAL -> Priority.INFORMATIONAL
+    },
+    persistence = when (persistence) {
+        FfiPersistence.EPHEMERAL -> Persistence.EPHEMERAL
+        FfiPersistence.BUFFERABLE -> Persistence.BUFFERABLE
+        FfiPersistence.PERSISTENT -> Persistence.PERSISTENT
+    },
+    title = title,
+    body = body,
+    dataJson = dataJson,
+    group = group,
+    createdAtMs = createdAtMs.toLong(),
+)
+
+internal fun FfiDigest.toPublic() =
+    Digest(group = group, count = count.toInt(), first = first.toPublic(), last = last.toPublic(), ids = ids)
+
+internal fun FfiConnectionState.toPublic(): ConnectionState = when (this) {
+    is FfiConnectionState.Idle -> ConnectionState.Idle
+    is FfiConnectionState.Connecting -> ConnectionState.Connecting(attempt.toInt())
+    is FfiConnectionState.Connected -> ConnectionState.Connected
+    is FfiConnectionState.Reconnecting ->
+        ConnectionState.Reconnecting(attempt.toInt(), delayMs.toLong().milliseconds, reason)
+    is FfiConnectionState.Suspended -> ConnectionState.Suspended(
+        when (reason) {
+            FfiSuspendReason.BACKGROUND -> SuspendReason.BACKGROUND
+            FfiSuspendReason.OFFLINE -> SuspendReason.OFFLINE
+        },
+    )
+    is FfiConnectionState.Closed -> ConnectionState.Closed
+    is FfiConnectionState.Failed -> ConnectionState.Failed(reason.toPublic(), message)
+}
+
+internal fun FfiFailureReason.toPublic(): FailureReason = when (this) {
+    FfiFailureReason.UNAUTHORIZED -> FailureReason.UNAUTHORIZED
+    FfiFailureReason.TOKEN_PROVIDER -> FailureReason.TOKEN_PROVIDER
+    FfiFailureReason.PROTOCOL -> FailureReason.PROTOCOL
+    FfiFailureReason.FRAME_TOO_LARGE -> FailureReason.FRAME_TOO_LARGE
+    FfiFailureReason.SESSION_REPLACED -> FailureReason.SESSION_REPLACED
+    FfiFailureReason.REJECTED -> FailureReason.REJECTED
+}
+
+internal fun FfiContinuity.toPublic(): Continuity = when (this) {
+    is FfiContinuity.Fresh -> Continuity.Fresh
+    is FfiContinuity.Resumed -> Continuity.Resumed(replayed.toLong())
+    is FfiContinuity.Gap -> Continuity.Gap(
+        when (reason) {
+            FfiGapReason.EPOCH_CHANGED -> GapReason.EPOCH_CHANGED
+            FfiGapReason.OUT_OF_BUFFER -> GapReason.OUT_OF_BUFFER
+            FfiGapReason.AHEAD_OF_STREAM -> GapReason.AHEAD_OF_STREAM
+        },
+        missed?.toLong(),
+    )
+}
+
+internal fun FfiPushPlatform.toPublic(): PushPlatform = when (this) {
+    FfiPushPlatform.APNS -> PushPlatform.APNS
+    FfiPushPlatform.APNS_SANDBOX -> PushPlatform.APNS_SANDBOX
+    FfiPushPlatform.FCM -> PushPlatform.FCM
+    FfiPushPlatform.WEB_PUSH -> PushPlatform.WEB_PUSH
+}
+
+internal fun PushPlatform.toFfi(): FfiPushPlatform = when (this) {
+    PushPlatform.APNS -> FfiPushPlatform.APNS
+    PushPlatform.APNS_SANDBOX -> FfiPushPlatform.APNS_SANDBOX
+    PushPlatform.FCM -> FfiPushPlatform.FCM
+    PushPlatform.WEB_PUSH -> FfiPushPlatform.WEB_PUSH
+}
+
+internal fun NetworkStatus.toFfi(): FfiNetworkStatus = when (this) {
+    NetworkStatus.AVAILABLE -> FfiNetworkStatus.AVAILABLE
+    NetworkStatus.UNAVAILABLE -> FfiNetworkStatus.UNAVAILABLE
+    NetworkStatus.CHANGED -> FfiNetworkStatus.CHANGED
+}
+
+internal fun FfiPushOutcome.toPublic(): PushOutcome = when (this) {
+    is FfiPushOutcome.Show -> PushOutcome.Show(notification.toPublic())
+    is FfiPushOutcome.Duplicate -> PushOutcome.Duplicate(id)
+}
+
+internal fun FfiClientStats.toPublic() = ClientStats(
+    connectionAttempts = connectionAttempts.toLong(),
+    connections = connections.toLong(),
+    tokenFetches = tokenFetches.toLong(),
+    notificationsReceived = notificationsReceived.toLong(),
+    delivered = delivered.toLong(),
+    duplicatesDropped = duplicatesDropped.toLong(),
+    digests = digests.toLong(),
+    pushIngested = pushIngested.toLong(),
+    gaps = gaps.toLong(),
+)

@@ -1,0 +1,314 @@
+package dev.tidings
+
+import dev.tidings.ffi.ConnectionState as FfiConnectionState
+import dev.tidings.ffi.Continuity as FfiContinuity
+import dev.tidings.ffi.Digest as FfiDigest
+import dev.tidings.ffi.EventListener
+import dev.tidings.ffi.Notification as FfiNotification
+import dev.tidings.ffi.PushPlatform as FfiPushPlatform
+import dev.tidings.ffi.TidingsClient as FfiClient
+import dev.tidings.ffi.TidingsException as FfiException
+import dev.tidings.ffi.TokenProvider
+import dev.tidings.ffi.TokenProviderException
+import dev.tidings.ffi.ingestPushWithStore as ffiIngestPushWithStore
+import dev.tidings.ffi.tidingsVersion
+import java.util.concurrent.atomic.AtomicReference
+import kotlin.coroutines.cancellation.CancellationException
+import kotlinx.coroutines.CompletableDeferred
+import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
+import kotlinx.coroutines.flow.combine
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.flow.receiveAsFlow
+import kotlinx.coroutines.flow.update
+import kotlinx.coroutines.withContext
+import kotlinx.coroutines.withTimeoutOrNull
+
+/**
+ * A Tidings client: one WebSocket to the server with reconnection, replay, dedup, digests and acks, all done by
+ * the Rust core. This class only adapts it to coroutines and flows.
+ *
+ * ```
+ * val client = TidingsClient(TidingsConfig(url).apply { storePath = … }) { forceRefresh ->
+ *     myBackend.tidingsToken(forceRefresh)
+ * }
+ * scope.launch { client.events.collect { event -> … } }
+ * client.connect()
+ * ```
+ *
+ * Creating a client starts nothing; [connect] does. A client runs, and keeps its connection, until [close]: an
+ * unclosed client is not reclaimed by garbage collection. It is final once closed; create a new one to connect
+ * again.
+ *
+ * Threading: every method may be called from any thread. The non-suspending ones return at once (they hand the
+ * request to the client's own threads) except [ingestPush], which writes the store file before it returns, and
+ * the constructor, which reads it. [connect] and [close] suspend without blocking a thread.
+ *
+ * @param tokenProvider returns a Tidings token for the signed-in user, from your backend. Called for the first
+ *   connection, after the server rejected a token (`forceRefresh = true`: do not return a cached one), and
+ *   shortly before a known expiry; never twice at once. Throw [TokenUnavailableException] with
+ *   `permanent = true` when the user is signed out; any other exception is treated as transient (the client
+ *   backs off and asks again). It runs on a background thread; switch dispatchers inside if you need to.
+ * @throws TidingsException.InvalidArgument if the configuration is invalid (the URL is not `ws://` or `wss://`,
+ *   the store directory does not exist, a negative duration).
+ */
+class TidingsClient(
+    config: TidingsConfig,
+    tokenProvider: suspend (forceRefresh: Boolean) -> String,
+) {
+    private val stateFlow = MutableStateFlow<ConnectionState>(ConnectionState.Idle)
+    /** How many `Connected`, `Failed` and `Closed` states the listener has published (see [connect]). */
+    private val settledStates = MutableStateFlow(0L)
+    private val eventChannel = Channel<TidingsEvent>(Channel.UNLIMITED)
+    private val closing = AtomicReference<CompletableDeferred<Unit>?>(null)
+    private val native: FfiClient = translate {
+        FfiClient(config.toFfi(), TokenAdapter(tokenProvider), Listener(stateFlow, settledStates, eventChannel))
+    }
+
+    /**
+     * The current connection state: `Idle → Connecting → Connected → Reconnecting → …`, `Suspended`
+     * (background, offline), `Closed`, `Failed`. For a status line in the UI. Once [connect] returns it shows
+     * `Connected` (or whatever followed it).
+     */
+    val state: StateFlow<ConnectionState> = stateFlow.asStateFlow()
+
+    /**
+     * Everything the client emits, in order: notifications, digests, state changes, continuity, refused
+     * subscriptions, push registrations. Nothing is lost while nobody collects: events are buffered from the
+     * moment the client is created until they are collected, so collecting with `repeatOnLifecycle` is safe.
+     *
+     * Each event goes to one collector: collect it in one place (or `shareIn` it). The flow completes once
+     * [close] has delivered the last event.
+     */
+    val events: Flow<TidingsEvent> = eventChannel.receiveAsFlow()
+
+    /** The device id this installation authenticates with (generated on first use and kept in the store). */
+    val deviceId: String
+        get() = call { it.deviceId() }
+
+    /**
+     * Connects, and returns once connected.
+     *
+     * While the network is down or the server unreachable it keeps waiting; the client keeps (re)connecting in the
+     * background whatever happens to this call, so cancelling it (a timeout, a closed screen) stops only the
+     * waiting.
+     *
+     * @throws TidingsException.ConnectionFailed if the client stopped for good (the server rejected a freshly
+     *   fetched token, the token provider failed permanently, …).
+     * @throws TidingsException.Closed if the client is closed meanwhile.
+     */
+    suspend fun connect() {
+        val before = settledStates.value
+        val failure: TidingsException? = try {
+            native.connect()
+            null
+        } catch (e: FfiException) {
+            e.toPublic()
+        } catch (e: IllegalStateException) {
+            val mapped = closedOr(e)
+            if (mapped !is TidingsException) throw mapped
+            mapped
+        }
+        // The core has settled (connected, failed or closed); its state event reaches [state] on the callback
+        // thread a moment later. Wait for it, so that `state.value` agrees with what this call reports. Bounded: a
+        // listener that saw the state before this call started publishes nothing new.
+        val expected: (ConnectionState) -> Boolean = when (failure) {
+            null -> { s -> s is ConnectionState.Connected }
+            is TidingsException.ConnectionFailed -> { s -> s is ConnectionState.Failed }
+            else -> { s -> s is ConnectionState.Failed || s is ConnectionState.Closed }
+        }
+        withTimeoutOrNull(STATE_CATCH_UP_MS) {
+            combine(settledStates, stateFlow) { n, s -> n > before || expected(s) }.first { it }
+        }
+        if (failure != null) throw failure
+    }
+
+    /** Subscribes to a stream (`topic:<name>`), resumed from its cursor on every reconnect. */
+    fun subscribe(stream: String) = call { it.subscribe(stream) }
+
+    /** Unsubscribes from a stream and forgets its cursor. */
+    fun unsubscribe(stream: String) = call { it.unsubscribe(stream) }
+
+    /** Acks notifications explicitly. Not needed: delivered notifications are acked automatically. */
+    fun ack(ids: List<String>) = call { it.ack(ids) }
+
+    /**
+     * Registers this device's push address with the server: sent now if connected, and again after every
+     * reconnect (the server keeps the newest per device). Kept in the store. On Android: call it from
+     * `FirebaseMessagingService.onNewToken` with [PushPlatform.FCM].
+     */
+    fun registerPushToken(platform: PushPlatform, token: String) =
+        call { it.registerPushToken(platform.toFfi(), token) }
+
+    /**
+     * Passes a push payload through the dedup window shared with the socket: [PushOutcome.Show] the first time a
+     * notification id is seen on any path, [PushOutcome.Duplicate] after. Writes the store before returning:
+     * call it off the main thread (`FirebaseMessagingService.onMessageReceived` already is).
+     *
+     * @param payload the payload as JSON text: the envelope, or an object carrying it under `tidings` (as an
+     *   object or as a JSON string).
+     * @throws TidingsException.InvalidPayload if it carries no valid Tidings notification.
+     */
+    fun ingestPush(payload: String): PushOutcome = call { it.ingestPush(payload).toPublic() }
+
+    /** [ingestPush] for an FCM data message: pass `RemoteMessage.data` as it is. */
+    fun ingestPush(data: Map<String, String>): PushOutcome = ingestPush(pushPayloadJson(data))
+
+    /**
+     * The app went to the background: the socket closes after [TidingsConfig.backgroundGrace]. The Android
+     * helper `dev.tidings.android.TidingsLifecycle` calls this for you. Ignored once closed.
+     */
+    fun onBackground() = lifecycleCall { it.appDidEnterBackground() }
+
+    /**
+     * The app came to the foreground: reconnects at once and resumes every stream from its cursor (and picks up
+     * what a push handler recorded in the store). Ignored once closed.
+     */
+    fun onForeground() = lifecycleCall { it.appWillEnterForeground() }
+
+    /**
+     * The platform reports a network change: [NetworkStatus.AVAILABLE] and [NetworkStatus.CHANGED] act at once
+     * (reconnect / probe the link), [NetworkStatus.UNAVAILABLE] suspends until the network is back. Ignored once
+     * closed.
+     */
+    fun onNetworkChanged(status: NetworkStatus) = lifecycleCall { it.networkChanged(status.toFfi()) }
+
+    /** Counters, for diagnostics and metrics. */
+    fun stats(): ClientStats = call { it.stats().toPublic() }
+
+    /**
+     * Closes the connection, saves the state, delivers the remaining events (the last is the `Closed` state),
+     * completes [events] and releases the native client. Calling it again, or concurrently, waits for the same
+     * close. Completes even if the calling coroutine is cancelled meanwhile.
+     */
+    suspend fun close() {
+        val mine = CompletableDeferred<Unit>()
+        if (!closing.compareAndSet(null, mine)) {
+            closing.get()!!.await()
+            return
+        }
+        withContext(NonCancellable) {
+            try {
+                native.shutdown()
+            } finally {
+                eventChannel.close()
+                native.destroy()
+                mine.complete(Unit)
+            }
+        }
+    }
+
+    private inline fun <T> call(block: (FfiClient) -> T): T = try {
+        block(native)
+    } catch (e: FfiException) {
+        throw e.toPublic()
+    } catch (e: IllegalStateException) {
+        throw closedOr(e)
+    }
+
+    private inline fun lifecycleCall(block: (FfiClient) -> Unit) {
+        try {
+            block(native)
+        } catch (e: IllegalStateException) {
+            // Only "already destroyed" after close() is expected here; lifecycle reports after close are moot.
+            if (!native.uniffiIsDestroyed) throw e
+        }
+    }
+
+    /** After [close] the native object is gone and the generated code throws IllegalStateException. */
+    private fun closedOr(e: IllegalStateException): Exception =
+        if (native.uniffiIsDestroyed) TidingsException.Closed(e) else e
+
+    companion object {
+        /** The version of the Tidings core this library wraps. */
+        @JvmStatic
+        val version: String
+            get() = tidingsVersion()
+
+        /**
+         * Dedup for a push handler running where no [TidingsClient] exists (a process started only to handle the
+         * push): passes [payload] through the dedup window kept in the store file at [storePath], the same file
+         * as [TidingsConfig.storePath], and saves it before returning. Opens no connection and starts no thread.
+         *
+         * Use [TidingsClient.ingestPush] instead when a client is running in this process: two writers of one
+         * store file lose each other's updates.
+         */
+        @JvmStatic
+        fun ingestPushWithStore(storePath: String, payload: String): PushOutcome = translate {
+            ffiIngestPushWithStore(storePath, payload).toPublic()
+        }
+
+        /** [ingestPushWithStore] for an FCM data message: pass `RemoteMessage.data` as it is. */
+        @JvmStatic
+        fun ingestPushWithStore(storePath: String, data: Map<String, String>): PushOutcome =
+            ingestPushWithStore(storePath, pushPayloadJson(data))
+    }
+}
+
+/** How long [TidingsClient.connect] waits for [TidingsClient.state] to show what the core reported. */
+private const val STATE_CATCH_UP_MS = 5_000L
+
+private inline fun <T> translate(block: () -> T): T = try {
+    block()
+} catch (e: FfiException) {
+    throw e.toPublic()
+}
+
+/**
+ * Hands the core's callbacks (one at a time, in order, on a Tidings thread) to the state flow and the event
+ * channel. Never blocks: the channel is unbounded.
+ */
+private class Listener(
+    private val state: MutableStateFlow<ConnectionState>,
+    private val settled: MutableStateFlow<Long>,
+    private val events: Channel<TidingsEvent>,
+) : EventListener {
+    override fun onNotification(notification: FfiNotification) {
+        events.trySend(TidingsEvent.Notification(notification.toPublic()))
+    }
+
+    override fun onDigest(digest: FfiDigest) {
+        events.trySend(TidingsEvent.Digest(digest.toPublic()))
+    }
+
+    override fun onStateChanged(state: FfiConnectionState) {
+        val public = state.toPublic()
+        this.state.value = public
+        if (public is ConnectionState.Connected || public is ConnectionState.Failed || public is ConnectionState.Closed) {
+            settled.update { it + 1 }
+        }
+        events.trySend(TidingsEvent.State(public))
+    }
+
+    override fun onContinuity(stream: String, continuity: FfiContinuity) {
+        events.trySend(TidingsEvent.Continuity(stream, continuity.toPublic()))
+    }
+
+    override fun onSubscriptionFailed(stream: String, code: String, message: String) {
+        events.trySend(TidingsEvent.SubscriptionFailed(stream, code, message))
+    }
+
+    override fun onPushRegistered(platform: FfiPushPlatform) {
+        events.trySend(TidingsEvent.PushRegistered(platform.toPublic()))
+    }
+}
+
+/** Adapts the app's token lambda to the core's token provider, mapping failures to its error kinds. */
+private class TokenAdapter(private val provider: suspend (forceRefresh: Boolean) -> String) : TokenProvider {
+    override suspend fun fetchToken(forceRefresh: Boolean): String = try {
+        provider(forceRefresh)
+    } catch (e: CancellationException) {
+        throw e
+    } catch (e: TokenProviderException) {
+        throw e
+    } catch (e: TokenUnavailableException) {
+        val detail = e.message ?: e.toString()
+        throw if (e.permanent) TokenProviderException.Fatal(detail) else TokenProviderException.Transient(detail)
+    } catch (e: Exception) {
+        throw TokenProviderException.Transient(e.toString())
+    }
+}

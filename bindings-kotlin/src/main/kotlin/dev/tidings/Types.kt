@@ -1,0 +1,207 @@
+package dev.tidings
+
+import kotlin.time.Duration
+
+/** Delivery tier of a notification. */
+enum class Priority {
+    /** Never held back. */
+    CRITICAL,
+
+    /** Never held back. */
+    IMPORTANT,
+
+    /** May be folded into a [Digest] when it has a group. */
+    INFORMATIONAL,
+}
+
+/** Retention class of a notification. */
+enum class Persistence {
+    /** Delivered only to connections open at that moment: no offset, never replayed, never pushed. */
+    EPHEMERAL,
+
+    /** Kept in the stream's replay buffer: replayed after reconnects, pushed to offline devices. */
+    BUFFERABLE,
+
+    /** As [BUFFERABLE], and written to the server's durable store when it has one. */
+    PERSISTENT,
+}
+
+/**
+ * A notification, as published (protocol §3).
+ *
+ * @property id globally unique; one publish has one id even when it reaches several streams.
+ * @property stream `user:<id>` or `topic:<name>`.
+ * @property offset position in the stream; `null` for [Persistence.EPHEMERAL] notifications.
+ * @property epoch the stream's history generation.
+ * @property type application-defined kind, e.g. `comment.created`.
+ * @property dataJson the application payload as JSON text, or `null`.
+ * @property group batching key, e.g. `likes:post-981`.
+ * @property createdAtMs when the server accepted it, milliseconds since the Unix epoch.
+ */
+data class Notification(
+    val id: String,
+    val stream: String,
+    val offset: Long?,
+    val epoch: String,
+    val type: String,
+    val priority: Priority,
+    val persistence: Persistence,
+    val title: String?,
+    val body: String?,
+    val dataJson: String?,
+    val group: String?,
+    val createdAtMs: Long,
+)
+
+/**
+ * Several informational notifications of one [group] ("5 new likes"), delivered together once the batching
+ * window closed or [TidingsConfig.batchMaxItems] was reached. A lone notification arrives on its own instead.
+ *
+ * @property ids every notification id in it, in arrival order.
+ */
+data class Digest(
+    val group: String,
+    val count: Int,
+    val first: Notification,
+    val last: Notification,
+    val ids: List<String>,
+)
+
+/** Why the client is suspended. */
+enum class SuspendReason {
+    /** The app is in the background (after [TidingsConfig.backgroundGrace]). */
+    BACKGROUND,
+
+    /** The platform reported no network. */
+    OFFLINE,
+}
+
+/** Why the client stopped for good. */
+enum class FailureReason {
+    /** The server rejected a freshly fetched token: sign the user in again. */
+    UNAUTHORIZED,
+
+    /** The token provider threw [TokenUnavailableException] with `permanent = true`. */
+    TOKEN_PROVIDER,
+
+    /** Client and server disagree about the protocol. */
+    PROTOCOL,
+
+    /** The client sent a frame larger than the server accepts (a bug: please report it). */
+    FRAME_TOO_LARGE,
+
+    /** Another connection of this device took over. */
+    SESSION_REPLACED,
+
+    /** The server refused the connection permanently. */
+    REJECTED,
+}
+
+/** The connection state. */
+sealed class ConnectionState {
+    /** Not started: [TidingsClient.connect] was not called yet. */
+    data object Idle : ConnectionState()
+
+    /** Getting a token, opening the socket or authenticating; [attempt] counts within the current series. */
+    data class Connecting(val attempt: Int) : ConnectionState()
+
+    /** Notifications flow. */
+    data object Connected : ConnectionState()
+
+    /** Waiting [delay] before attempt number [attempt]; [reason] says why the last connection or attempt ended. */
+    data class Reconnecting(val attempt: Int, val delay: Duration, val reason: String) : ConnectionState()
+
+    /** Deliberately disconnected (background, offline); resumes by itself. */
+    data class Suspended(val reason: SuspendReason) : ConnectionState()
+
+    /** Closed by the app ([TidingsClient.close]). */
+    data object Closed : ConnectionState()
+
+    /** Stopped for good; the app must intervene (see [FailureReason]). */
+    data class Failed(val reason: FailureReason, val message: String) : ConnectionState()
+}
+
+/** Why a stream could not be resumed. */
+enum class GapReason {
+    /** The server lost the stream's history (e.g. restarted without durable storage). */
+    EPOCH_CHANGED,
+
+    /** Notifications after the client's position were evicted from the server's replay buffer. */
+    OUT_OF_BUFFER,
+
+    /** The client's position is beyond the stream's newest notification. */
+    AHEAD_OF_STREAM,
+}
+
+/** How a stream continued after (re)subscribing. */
+sealed class Continuity {
+    /** First subscription: delivery starts now. */
+    data object Fresh : Continuity()
+
+    /** Resumed from the cursor; the [replayed] notifications missed meanwhile were delivered first. */
+    data class Resumed(val replayed: Long) : Continuity()
+
+    /**
+     * Notifications were lost ([missed] of them, when known): treat your view of the stream as stale and refetch
+     * it from your API.
+     */
+    data class Gap(val reason: GapReason, val missed: Long?) : Continuity()
+}
+
+/** A push service. */
+enum class PushPlatform {
+    /** APNs, production. */
+    APNS,
+
+    /** APNs, development builds. */
+    APNS_SANDBOX,
+
+    /** Firebase Cloud Messaging. */
+    FCM,
+
+    /** Web Push. */
+    WEB_PUSH,
+}
+
+/** What to do with a push payload. */
+sealed class PushOutcome {
+    /** First sighting on any path: show it. */
+    data class Show(val notification: Notification) : PushOutcome()
+
+    /** Already delivered on another path (the socket, an earlier push): do not show it. */
+    data class Duplicate(val id: String) : PushOutcome()
+}
+
+/** Network reachability, as the platform reports it. */
+enum class NetworkStatus {
+    /** The network came back: reconnect at once. */
+    AVAILABLE,
+
+    /** No network: stop trying until it comes back. */
+    UNAVAILABLE,
+
+    /** The network changed (Wi-Fi ↔ cellular): check the link at once. */
+    CHANGED,
+}
+
+/** Counters, for diagnostics and metrics. */
+data class ClientStats(
+    /** Sockets opened (connection attempts). */
+    val connectionAttempts: Long,
+    /** Connections that authenticated. */
+    val connections: Long,
+    /** Calls of the token provider. */
+    val tokenFetches: Long,
+    /** Notifications received on sockets. */
+    val notificationsReceived: Long,
+    /** Notifications delivered to the app (alone or in digests). */
+    val delivered: Long,
+    /** Duplicates dropped, on any path. */
+    val duplicatesDropped: Long,
+    /** Digests delivered. */
+    val digests: Long,
+    /** Push payloads ingested. */
+    val pushIngested: Long,
+    /** Gaps reported. */
+    val gaps: Long,
+)

@@ -1,0 +1,314 @@
+package dev.tidings
+
+import dev.tidings.testing.Json
+import dev.tidings.testing.Recorder
+import dev.tidings.testing.Test
+import dev.tidings.testing.TestServer
+import dev.tidings.testing.WAIT_MS
+import dev.tidings.testing.array
+import dev.tidings.testing.long
+import dev.tidings.testing.longOrNull
+import dev.tidings.testing.obj
+import dev.tidings.testing.str
+import dev.tidings.testing.strOrNull
+import dev.tidings.testing.strings
+import java.io.File
+import java.util.concurrent.atomic.AtomicInteger
+import kotlin.test.assertEquals
+import kotlin.test.assertIs
+import kotlin.test.assertTrue
+import kotlin.test.fail
+import kotlin.time.Duration.Companion.milliseconds
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Deferred
+import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.async
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withContext
+import kotlinx.coroutines.withTimeout
+import kotlinx.coroutines.withTimeoutOrNull
+
+/**
+ * The conformance scenarios (`tests/conformance/scenarios.json`, step vocabulary in its README) run through the
+ * public Kotlin API against the reference server from the environment. Same interpretation as the Rust runner
+ * (`tests/tests/conformance.rs`). One test per scenario; [every_scenario_in_the_file_has_a_test] keeps the list
+ * in step with the file.
+ */
+class ConformanceTest {
+    @Test fun live_delivery() = runScenario("live_delivery")
+
+    @Test fun reconnect_with_replay() = runScenario("reconnect_with_replay")
+
+    @Test fun gap() = runScenario("gap")
+
+    @Test fun dedup_push_then_socket() = runScenario("dedup_push_then_socket")
+
+    @Test fun dedup_socket_then_push() = runScenario("dedup_socket_then_push")
+
+    @Test fun batching_digest() = runScenario("batching_digest")
+
+    @Test fun auth_failure_without_storm() = runScenario("auth_failure_without_storm")
+
+    @Test fun background_foreground_resume() = runScenario("background_foreground_resume")
+
+    @Test
+    fun every_scenario_in_the_file_has_a_test() {
+        val inFile = scenarios().map { it.str("name") }.sorted()
+        val here = ConformanceTest::class.java.declaredMethods
+            .filter { it.isAnnotationPresent(Test::class.java) && it.name != "every_scenario_in_the_file_has_a_test" }
+            .map { it.name }
+            .sorted()
+        assertEquals(inFile, here, "scenarios in scenarios.json vs test methods of ConformanceTest")
+    }
+
+    private fun runScenario(name: String) = runBlocking<Unit> {
+        val scenario = scenarios().firstOrNull { it["name"] == name } ?: fail("scenario $name is not in scenarios.json")
+        val runner = ScenarioRunner(TestServer.get(), name, this)
+        try {
+            withTimeout(300_000) {
+                scenario["steps"].array().map { it.obj() }.forEachIndexed { i, step ->
+                    println("[$name] step $i: ${Json.write(step)}")
+                    try {
+                        runner.step(step)
+                    } catch (e: AssertionError) {
+                        throw AssertionError("[$name] step $i ${Json.write(step)}: ${e.message}", e)
+                    }
+                }
+            }
+        } finally {
+            withContext(NonCancellable) { runner.closeAll() }
+        }
+    }
+
+    companion object {
+        private val file: Map<String, Any?> by lazy {
+            val path = System.getProperty("tidings.scenarios") ?: "../tests/conformance/scenarios.json"
+            Json.parse(File(path).readText()).obj()
+        }
+
+        fun scenarios(): List<Map<String, Any?>> = file["scenarios"].array().map { it.obj() }
+    }
+}
+
+/** Runs one scenario's steps; names are prefixed so that scenarios sharing the server cannot see each other. */
+private class ScenarioRunner(
+    private val server: TestServer,
+    scenario: String,
+    private val scope: CoroutineScope,
+) {
+    private val prefix = "k${ProcessHandle.current().pid()}x${RUN.incrementAndGet()}"
+    private val clients = mutableMapOf<String, RunnerClient>()
+    private val deliveries = mutableMapOf<String, Map<String, Any?>>()
+
+    init {
+        println("[$scenario] prefix $prefix")
+    }
+
+    private class RunnerClient(
+        val recorder: Recorder,
+        val tokenFetches: AtomicInteger,
+        /** The outcome of the `connect()` call made by the `connect` step: null once it returned normally. */
+        val connectCall: Deferred<Throwable?>,
+    )
+
+    private fun name(s: String) = "$prefix-$s"
+
+    private fun stream(s: String): String {
+        val (kind, rest) = s.split(':', limit = 2).also { check(it.size == 2) { "stream $s has no kind" } }
+        return "$kind:${name(rest)}"
+    }
+
+    private fun names(step: Map<String, Any?>, key: String) = step.strings(key).map(::name)
+
+    private fun client(step: Map<String, Any?>): RunnerClient {
+        val key = step.str("client")
+        return clients[key] ?: fail("no client $key")
+    }
+
+    suspend fun step(step: Map<String, Any?>) {
+        when (val op = step.str("op")) {
+            "connect" -> connect(step)
+            "wait_state", "assert_state" -> {
+                val want = step.str("state")
+                val reason = step.strOrNull("reason")
+                val matches = { s: ConnectionState ->
+                    stateName(s) == want && (reason == null || (s is ConnectionState.Failed && s.reason.name.lowercase() == reason))
+                }
+                val c = client(step)
+                if (op == "wait_state") {
+                    c.recorder.waitState(want + (reason?.let { "($it)" } ?: ""), matches)
+                    if (want == "failed") {
+                        // The pending connect() call surfaces the same failure as an exception.
+                        val thrown = withTimeoutOrNull(WAIT_MS) { c.connectCall.await() }
+                        val failed = assertIs<TidingsException.ConnectionFailed>(thrown, "what connect() threw")
+                        if (reason != null) assertEquals(reason, failed.reason.name.lowercase(), "connect() failure reason")
+                    }
+                } else {
+                    val s = c.recorder.client.state.value
+                    assertTrue(matches(s), "state is $s, expected $want${reason?.let { "($it)" } ?: ""}")
+                }
+            }
+            "subscribe" -> client(step).recorder.client.subscribe(stream(step.str("stream")))
+            "wait_continuity" -> {
+                val stream = stream(step.str("stream"))
+                val kind = step.str("kind")
+                val replayed = step.longOrNull("replayed")
+                val reason = step.strOrNull("reason")
+                val missed = step.longOrNull("missed")
+                client(step).recorder.until("continuity ${Json.write(step)}") { log ->
+                    log.any { e ->
+                        e is TidingsEvent.Continuity && e.stream == stream && when (val c = e.continuity) {
+                            is Continuity.Fresh -> kind == "fresh"
+                            is Continuity.Resumed -> kind == "resumed" && (replayed == null || c.replayed == replayed)
+                            is Continuity.Gap -> kind == "gap" &&
+                                (reason == null || c.reason.name.lowercase() == reason) &&
+                                (missed == null || c.missed == missed)
+                        }
+                    }
+                }
+            }
+            "publish" -> publish(step)
+            "wait_notifications" -> {
+                val ids = names(step, "ids")
+                val r = client(step).recorder
+                r.until("ids $ids") { ids.all { id -> id in r.deliveredIds() } }
+            }
+            "assert_order" -> {
+                val ids = names(step, "ids")
+                val delivered = client(step).recorder.deliveredIds()
+                val positions = ids.map { id -> delivered.indexOf(id).also { if (it < 0) fail("$id was not delivered; delivered: $delivered") } }
+                assertEquals(positions.sorted(), positions, "order of $ids in $delivered")
+                assertEquals(positions.toSet().size, positions.size, "ids at distinct positions")
+            }
+            "assert_notification" -> {
+                val id = name(step.str("id"))
+                val r = client(step).recorder
+                val n = r.notifications().firstOrNull { it.id == id } ?: fail("$id was not delivered as a notification; events:\n${r.describeLog()}")
+                step.strOrNull("stream")?.let { assertEquals(stream(it), n.stream, "stream of $id") }
+                step.strOrNull("priority")?.let { assertEquals(it, n.priority.name.lowercase(), "priority of $id") }
+                step.longOrNull("offset")?.let { assertEquals(it, n.offset, "offset of $id") }
+            }
+            "assert_delivered_exactly" -> {
+                val want = names(step, "ids").sorted()
+                val got = client(step).recorder.deliveredIds().sorted()
+                assertEquals(want, got, "the delivered ids (each exactly once)")
+            }
+            "wait_digest" -> {
+                val group = step.str("group")
+                val count = step.long("count")
+                val first = name(step.str("first"))
+                val last = name(step.str("last"))
+                client(step).recorder.until("digest ${Json.write(step)}") { log ->
+                    log.any { e ->
+                        e is TidingsEvent.Digest && e.digest.group == group && e.digest.count.toLong() == count &&
+                            e.digest.first.id == first && e.digest.last.id == last
+                    }
+                }
+            }
+            "assert_no_digest" -> {
+                val r = client(step).recorder
+                assertTrue(r.log.none { it is TidingsEvent.Digest }, "no digest yet; events:\n${r.describeLog()}")
+            }
+            "ingest_push" -> {
+                val id = name(step.str("id"))
+                val d = deliveries[id] ?: fail("$id was not published")
+                val envelope = mapOf(
+                    "id" to id, "stream" to d["stream"], "offset" to d["offset"], "epoch" to d["epoch"],
+                    "type" to "conformance", "priority" to "critical", "persistence" to "bufferable",
+                    "title" to "title $id", "created_at" to 1L,
+                )
+                // As an FCM data message delivers it: the envelope as JSON text under "tidings".
+                val outcome = client(step).recorder.client.ingestPush(mapOf("tidings" to Json.write(envelope)))
+                val got = when (outcome) {
+                    is PushOutcome.Show -> "show".also { assertEquals(id, outcome.notification.id, "shown notification id") }
+                    is PushOutcome.Duplicate -> "duplicate".also { assertEquals(id, outcome.id, "duplicate id") }
+                }
+                assertEquals(step.str("expect"), got, "push outcome for $id")
+            }
+            "set_network" -> {
+                val online = step["online"] as Boolean
+                client(step).recorder.client.onNetworkChanged(if (online) NetworkStatus.AVAILABLE else NetworkStatus.UNAVAILABLE)
+            }
+            "background" -> client(step).recorder.client.onBackground()
+            "foreground" -> client(step).recorder.client.onForeground()
+            "drop_connections" -> server.dropAll()
+            "settle" -> delay(step.long("ms"))
+            "assert_connection_attempts" ->
+                assertEquals(step.long("count"), client(step).recorder.client.stats().connectionAttempts, "connection attempts")
+            "assert_token_fetches" ->
+                assertEquals(step.long("count"), client(step).tokenFetches.get().toLong(), "token provider calls")
+            "close" -> {
+                val key = step.str("client")
+                val c = clients.remove(key) ?: fail("no client $key")
+                c.recorder.close()
+            }
+            else -> fail("unknown step op \"$op\" (add it to every runner, see tests/conformance/README.md)")
+        }
+    }
+
+    private suspend fun connect(step: Map<String, Any?>) {
+        val user = name(step.str("user"))
+        val topics = names(step, "topics")
+        val token = when (val kind = step.strOrNull("token") ?: "valid") {
+            "valid" -> server.token(user, topics)
+            "invalid" -> "not-a-jwt"
+            else -> fail("unknown token kind $kind")
+        }
+        val fetches = AtomicInteger()
+        val config = TidingsConfig(server.wsUrl).apply {
+            backoffBase = 50.milliseconds
+            backoffCap = 500.milliseconds
+            batchWindow = (step.longOrNull("batch_window_ms") ?: 0L).milliseconds
+            step.longOrNull("background_grace_ms")?.let { backgroundGrace = it.milliseconds }
+        }
+        val client = TidingsClient(config) { _ ->
+            fetches.incrementAndGet()
+            token
+        }
+        val recorder = Recorder(client, scope)
+        val connectCall = scope.async { runCatching { client.connect() }.exceptionOrNull() }
+        clients[step.str("client")] = RunnerClient(recorder, fetches, connectCall)
+    }
+
+    private suspend fun publish(step: Map<String, Any?>) {
+        val ids = step.longOrNull("count")?.let { n -> (0 until n).map { name("${step.str("id_prefix")}$it") } } ?: names(step, "ids")
+        for (id in ids) {
+            val body = linkedMapOf<String, Any?>(
+                "users" to names(step, "users"),
+                "topics" to names(step, "topics"),
+                "id" to id,
+                "type" to "conformance",
+                "priority" to (step.strOrNull("priority") ?: "important"),
+                "title" to "title $id",
+            )
+            step.strOrNull("group")?.let { body["group"] = it }
+            step.strOrNull("persistence")?.let { body["persistence"] = it }
+            val reply = server.publish(body)
+            deliveries[id] = reply["deliveries"].array().first().obj()
+        }
+    }
+
+    /** Closes the clients a scenario left open (after a failure, too). */
+    suspend fun closeAll() {
+        for (c in clients.values) {
+            runCatching { c.recorder.client.close() }
+            c.connectCall.cancel()
+        }
+        clients.clear()
+    }
+
+    companion object {
+        private val RUN = AtomicInteger()
+
+        fun stateName(s: ConnectionState): String = when (s) {
+            is ConnectionState.Idle -> "idle"
+            is ConnectionState.Connecting -> "connecting"
+            is ConnectionState.Connected -> "connected"
+            is ConnectionState.Reconnecting -> "reconnecting"
+            is ConnectionState.Suspended -> "suspended"
+            is ConnectionState.Closed -> "closed"
+            is ConnectionState.Failed -> "failed"
+        }
+    }
+}
