@@ -241,34 +241,40 @@ impl<'a> Reader<'a> {
     pub(crate) fn u64(&mut self) -> Result<u64> {
         self.ws();
         let start = self.pos;
-        let mut end = start;
-        while end < self.bytes.len() && self.bytes[end].is_ascii_digit() {
-            end += 1;
-        }
-        let digits = end - start;
-        if digits == 0 {
-            return Err(self.error("expected an unsigned integer"));
-        }
-        if digits > 1 && self.bytes[start] == b'0' {
-            return Err(self.error("leading zero in number"));
-        }
-        if let Some(b'.' | b'e' | b'E') = self.bytes.get(end) {
-            self.pos = end;
-            return Err(self.error("expected an unsigned integer"));
-        }
-        // Up to 19 digits cannot overflow; a 20th is checked.
+        let rest = &self.bytes[start..];
+        // Up to 19 digits cannot overflow; a 20th is checked, a 21st is out of range.
         let mut v: u64 = 0;
-        for &d in &self.bytes[start..start + digits.min(19)] {
-            v = v * 10 + u64::from(d - b'0');
+        let mut digits = 0;
+        for &b in rest.iter().take(19) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v * 10 + u64::from(d);
+            digits += 1;
         }
-        if digits > 19 {
-            let last = u64::from(self.bytes[start + 19] - b'0');
-            match v.checked_mul(10).and_then(|v| v.checked_add(last)) {
-                Some(n) if digits == 20 => v = n,
+        if digits == 19
+            && let Some(&b) = rest.get(19)
+            && b.is_ascii_digit()
+        {
+            match v.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {
+                Some(n) if !rest.get(20).is_some_and(u8::is_ascii_digit) => {
+                    v = n;
+                    digits = 20;
+                }
                 _ => return Err(self.error("integer out of range")),
             }
         }
-        self.pos = end;
+        if digits == 0 {
+            return Err(self.error("expected an unsigned integer"));
+        }
+        if digits > 1 && rest[0] == b'0' {
+            return Err(self.error("leading zero in number"));
+        }
+        self.pos = start + digits;
+        if let Some(b'.' | b'e' | b'E') = self.bytes.get(self.pos) {
+            return Err(self.error("expected an unsigned integer"));
+        }
         Ok(v)
     }
 
