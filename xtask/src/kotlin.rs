@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-
 use crate::bindgen::{Language, build_host_library};
 use crate::util::{Step, run};
 
