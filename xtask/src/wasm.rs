@@ -1,15 +1,380 @@
 //! Browser SDK: wasm build (pinned wasm-bindgen-cli), npm package, wasm-bindgen-test and Playwright suites.
 //! Owned by the browser bindings work; see bindings-wasm/README.md.
+//!
+//! Layout of what is built:
+//! - `bindings-wasm/js/dist/` — the wasm-bindgen output (`--target web`, then `wasm-opt -Oz`): the npm package
+//!   is `bindings-wasm/js/` with it;
+//! - `target/wasm-web/` — the web root the reference server serves: the demo page with the package at `pkg/`;
+//! - `target/wasm-size.txt`, `target/wasm-twiggy.txt` — the size report and what dominates the module.
 
-use std::path::Path;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::target_dir;
+use crate::util::{Step, run};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The pinned playwright-core (see `bindings-wasm/e2e/package.json`).
+const PLAYWRIGHT: &str = "1.65.1";
+/// Budget for the module plus its JavaScript, gzipped.
+const BUDGET_GZ: usize = 30 * 1024;
 
 /// `cargo xtask wasm-test`: provisions the wasm toolchain and Chromium if needed, builds the package and runs
 /// the browser suites.
-pub(crate) fn test(_root: &Path) -> Result<(), String> {
-    Err("wasm-test is not implemented yet".into())
+pub(crate) fn test(root: &Path) -> Result<(), String> {
+    let tools = provision(root, true)?;
+    let web = build(root, &tools)?;
+    run(type_check(root))?;
+    run(Step::new("wasm-bindgen-test in headless Chromium", "cargo")
+        .args(["test", "-p", "tidings-wasm", "--target", WASM_TARGET, "--locked"])
+        .dir(&root.join("bindings-wasm")) // webdriver.json: headless, no sandbox (we may be root)
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", tools.bin.join("wasm-bindgen-test-runner"))
+        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "180"))?;
+    run(Step::new("reference server for the end-to-end tests", "cargo")
+        .args(["build", "-p", "tidings-server", "--locked"])
+        .dir(root))?;
+    run(Step::new("browser end-to-end tests (Playwright, headless Chromium)", "node")
+        .args(["run.mjs"])
+        .dir(&root.join("bindings-wasm/e2e"))
+        .env("TIDINGS_SERVER", target_dir(root).join("debug/tidings-server"))
+        .env("TIDINGS_WEB_ROOT", &web))
 }
 
 /// `cargo xtask demo`: builds the npm package and runs the reference server in demo mode serving the demo page.
-pub(crate) fn demo(_root: &Path) -> Result<(), String> {
-    Err("demo is not implemented yet".into())
+pub(crate) fn demo(root: &Path) -> Result<(), String> {
+    let tools = provision(root, false)?;
+    let web = build(root, &tools)?;
+    eprintln!("\n== demo: open http://127.0.0.1:8080/ in several tabs (Ctrl-C to stop)");
+    run(Step::new("reference server with the demo page", "cargo")
+        .args(["run", "--release", "--locked", "-p", "tidings-server", "--", "--demo", "--web-root"])
+        .args([&web])
+        .dir(root))
+}
+
+struct Tools {
+    /// `.tools/wasm-bindgen/bin`.
+    bin: PathBuf,
+    wasm_opt: Option<PathBuf>,
+    /// Node with the e2e dependencies installed (for minified sizes and the bundler check).
+    node: bool,
+}
+
+/// `tsc --noEmit` over a file using the hand-written declarations.
+fn type_check(root: &Path) -> Step {
+    let e2e = root.join("bindings-wasm/e2e");
+    Step::new("TypeScript declarations", e2e.join("node_modules/.bin/tsc")).args(["-p", "tsconfig.json"]).dir(&e2e)
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn has(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The wasm-bindgen version pinned in the root `Cargo.toml` (the CLI must match it exactly).
+fn pinned_wasm_bindgen(root: &Path) -> Result<String, String> {
+    let manifest = fs::read_to_string(root.join("Cargo.toml")).map_err(|e| format!("Cargo.toml: {e}"))?;
+    manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("wasm-bindgen ="))
+        .and_then(|l| l.split("\"=").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .ok_or_else(|| "no exact `wasm-bindgen = { version = \"=…\" }` pin in Cargo.toml".into())
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    if !has("apt-get") {
+        return Err(format!("missing {packages:?} and no apt-get to install them"));
+    }
+    run(Step::new("apt-get update", "apt-get").args(["update"]))?;
+    run(Step::new("install browser test dependencies", "apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Installs what is missing: the wasm target, the pinned wasm-bindgen-cli, Chromium + chromedriver, Node and
+/// the e2e packages (playwright-core, esbuild, typescript, binaryen from `bindings-wasm/e2e/package-lock.json`).
+fn provision(root: &Path, browser: bool) -> Result<Tools, String> {
+    let installed = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        run(Step::new("wasm target", "rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+
+    let version = pinned_wasm_bindgen(root)?;
+    let tools_root = root.join(".tools/wasm-bindgen");
+    let bin = tools_root.join("bin");
+    let cli = bin.join("wasm-bindgen");
+    let current = output(&cli.to_string_lossy(), &["--version"]).unwrap_or_default();
+    if !current.split_whitespace().any(|w| w == version) || !bin.join("wasm-bindgen-test-runner").exists() {
+        let install = |locked: bool| {
+            run(Step::new(&format!("wasm-bindgen-cli {version}"), "cargo")
+                .args(["install", "wasm-bindgen-cli", "--version", &version, "--force", "--root"])
+                .args([&tools_root])
+                .args(if locked { &["--locked"][..] } else { &[][..] }))
+        };
+        // `--locked` reproduces the CLI's own lockfile; if the registry index no longer carries one of its
+        // pinned versions (it happens: yanked or mirrored indexes), resolve afresh rather than fail.
+        if let Err(e) = install(true) {
+            eprintln!("xtask: {e}; retrying without --locked");
+            install(false)?;
+        }
+    }
+
+    let mut missing: Vec<&str> = Vec::new();
+    if browser && !Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium");
+    }
+    if browser && !Path::new("/usr/bin/chromedriver").exists() {
+        missing.push("chromium-driver");
+    }
+    if browser && !has("node") {
+        missing.extend(["nodejs", "npm"]);
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+
+    let node = has("node") && has("npm");
+    if node {
+        let major = output("node", &["--version"])
+            .and_then(|v| v.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse::<u32>().ok()))
+            .unwrap_or(0);
+        if major < 20 {
+            // playwright-core declares Node >= 20; Debian 12's own nodejs is 18. Try anyway, but say why if it fails.
+            eprintln!("xtask: warning: Node {major} found; playwright-core {PLAYWRIGHT} supports Node 20 or newer");
+        }
+        let e2e = root.join("bindings-wasm/e2e");
+        let ready = ["playwright-core", "esbuild", "typescript", "binaryen"]
+            .iter()
+            .all(|p| e2e.join("node_modules").join(p).join("package.json").exists());
+        if !ready {
+            run(Step::new("npm packages for the browser tests", "npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .dir(&e2e))?;
+        }
+    } else if browser {
+        return Err("node and npm are required for the browser end-to-end tests".into());
+    }
+    Ok(Tools { bin, wasm_opt: wasm_opt(root), node })
+}
+
+/// A wasm-opt that handles wasm-bindgen's externref table: binaryen from the e2e npm packages (pinned), or a
+/// system one of version 116 or newer. Debian 12's binaryen 108 mis-numbers the exported externref table after
+/// `-Oz` (the module then fails to instantiate), so it is not used.
+fn wasm_opt(root: &Path) -> Option<PathBuf> {
+    let npm = root.join("bindings-wasm/e2e/node_modules/.bin/wasm-opt");
+    if npm.exists() {
+        return Some(npm);
+    }
+    let version = output("wasm-opt", &["--version"])?;
+    let major: u32 = version.split_whitespace().nth(2)?.parse().ok()?;
+    if major >= 116 {
+        Some(PathBuf::from("wasm-opt"))
+    } else {
+        eprintln!("xtask: wasm-opt {major} is too old (externref tables); the module is not optimised");
+        None
+    }
+}
+
+/// Builds the module and the package, assembles the web root and writes the size report. Returns the web root.
+fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
+    let target = target_dir(root);
+    run(Step::new("tidings-wasm (profile wasm-release)", "cargo")
+        .args(["build", "-p", "tidings-wasm", "--target", WASM_TARGET, "--profile", "wasm-release", "--locked"])
+        .dir(root)
+        // The profile strips symbols, which also drops the `target_features` section wasm-bindgen reads; strip
+        // debug info only (names stay for twiggy; wasm-opt removes them from the shipped module).
+        .env("CARGO_PROFILE_WASM_RELEASE_STRIP", "debuginfo"))?;
+    let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm.wasm");
+    let dist = root.join("bindings-wasm/js/dist");
+    let _ = fs::remove_dir_all(&dist);
+    run(Step::new("wasm-bindgen --target web", tools.bin.join("wasm-bindgen"))
+        .args(["--target", "web", "--no-typescript", "--out-name", "tidings_wasm", "--out-dir"])
+        .args([&dist, &module]))?;
+    let wasm = dist.join("tidings_wasm_bg.wasm");
+    let unopt = target.join("tidings_wasm_bg.unopt.wasm");
+    fs::copy(&wasm, &unopt).map_err(|e| format!("copy {}: {e}", wasm.display()))?;
+    if let Some(opt) = &tools.wasm_opt {
+        run(Step::new("wasm-opt -Oz", opt)
+            // Features come from the module's `target_features` section.
+            .args(["-Oz", "--strip-debug", "--strip-producers", "-o"])
+            .args([&wasm, &unopt]))?;
+    }
+
+    // The web root: the demo page, the package at pkg/.
+    let web = target.join("wasm-web");
+    let _ = fs::remove_dir_all(&web);
+    let pkg = web.join("pkg");
+    copy_dir(&root.join("bindings-wasm/demo"), &web)?;
+    copy_dir(&root.join("bindings-wasm/js"), &pkg)?;
+
+    size_report(root, tools, &dist, &unopt)?;
+    Ok(web)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for entry in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(name))?;
+        } else {
+            fs::copy(&path, to.join(name)).map_err(|e| format!("copy {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn gzip_len(bytes: &[u8]) -> Result<usize, String> {
+    let mut child = Command::new("gzip")
+        .args(["-9", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("gzip: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().map_err(|e| format!("gzip: {e}"))?;
+    writer.join().map_err(|_| "gzip writer panicked".to_string())?.map_err(|e| format!("gzip: {e}"))?;
+    Ok(out.stdout.len())
+}
+
+/// `esbuild --minify` output of a JS file (whitespace, names and syntax), when Node packages are available.
+fn minify(root: &Path, file: &Path) -> Option<Vec<u8>> {
+    let esbuild = root.join("bindings-wasm/e2e/node_modules/.bin/esbuild");
+    let out = Command::new(esbuild).arg(file).args(["--minify", "--format=esm"]).stderr(Stdio::null()).output();
+    out.ok().filter(|o| o.status.success()).map(|o| o.stdout)
+}
+
+/// Raw, minified and gzipped sizes of what a page downloads; a twiggy breakdown of the module for shrinking it.
+fn size_report(root: &Path, tools: &Tools, dist: &Path, module: &Path) -> Result<(), String> {
+    let js = root.join("bindings-wasm/js");
+    let files: [(&str, PathBuf); 4] = [
+        ("tidings_wasm_bg.wasm", dist.join("tidings_wasm_bg.wasm")),
+        ("tidings_wasm.js (wasm-bindgen glue)", dist.join("tidings_wasm.js")),
+        ("tidings.js (client, tabs)", js.join("tidings.js")),
+        ("storage.js", js.join("storage.js")),
+    ];
+    let mut report = String::from(
+        "Browser SDK size (what a page downloads; gzip -9; JS minified with esbuild --minify)\n\n\
+         file                                        raw      min       gz\n",
+    );
+    let (mut raw_t, mut min_t, mut gz_t) = (0, 0, 0);
+    for (name, path) in &files {
+        let raw = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let min = if path.extension().is_some_and(|e| e == "js") && tools.node { minify(root, path) } else { None };
+        let min = min.unwrap_or_else(|| raw.clone());
+        let gz = gzip_len(&min)?;
+        report.push_str(&format!("{name:<40} {:>7} {:>8} {:>8}\n", raw.len(), min.len(), gz));
+        raw_t += raw.len();
+        min_t += min.len();
+        gz_t += gz;
+    }
+    report.push_str(&format!("{:<40} {raw_t:>7} {min_t:>8} {gz_t:>8}\n", "total"));
+    let verdict = if gz_t <= BUDGET_GZ { "within" } else { "OVER" };
+    report.push_str(&format!(
+        "\nbudget {} KB gzipped: {verdict} ({:.1} KB){}\n",
+        BUDGET_GZ / 1024,
+        gz_t as f64 / 1024.0,
+        if tools.wasm_opt.is_some() { "" } else { " — wasm-opt was not available" }
+    ));
+
+    // What dominates the module (names from the pre-wasm-opt build), grouped by crate.
+    let twiggy = dirs_home().map(|h| h.join(".cargo/bin/twiggy")).filter(|p| p.exists());
+    if let Some(twiggy) = twiggy
+        && let Some(csv) =
+            output(&twiggy.to_string_lossy(), &["top", "-n", "100000", "-f", "csv", &module.to_string_lossy()])
+    {
+        let mut by_crate: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        let mut items: Vec<(u64, String)> = Vec::new();
+        for line in csv.lines().skip(1) {
+            // Name,ShallowSize,ShallowSizePercent,RetainedSize,RetainedSizePercent — names may contain commas.
+            let mut parts = line.rsplitn(5, ',').skip(3);
+            let (size, name) = (parts.next(), parts.next());
+            let (Some(size), Some(name)) = (size.and_then(|s| s.parse::<u64>().ok()), name) else { continue };
+            let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                Some(quoted) => quoted.replace("\"\"", "\""),
+                None => name.to_string(),
+            };
+            *by_crate.entry(crate_of(&name)).or_default() += size;
+            items.push((size, name));
+        }
+        let mut groups: Vec<(u64, String)> = by_crate.into_iter().map(|(k, v)| (v, k)).collect();
+        groups.sort_by(|a, b| b.cmp(a));
+        items.sort_by(|a, b| b.cmp(a));
+        let mut t = format!(
+            "twiggy breakdown of {} (the wasm-bindgen output before wasm-opt; the name section is not shipped)\n\n\
+             by crate:\n",
+            module.display()
+        );
+        for (size, name) in &groups {
+            t.push_str(&format!("{size:>9}  {name}\n"));
+        }
+        t.push_str("\nlargest items:\n");
+        for (size, name) in items.iter().take(40) {
+            t.push_str(&format!("{size:>9}  {name}\n"));
+        }
+        let path = target_dir(root).join("wasm-twiggy.txt");
+        fs::write(&path, &t).map_err(|e| format!("{}: {e}", path.display()))?;
+        report.push_str("\nwhat dominates the module (twiggy, bytes before wasm-opt, by crate):\n");
+        for (size, name) in groups.iter().take(16) {
+            report.push_str(&format!("{size:>9}  {name}\n"));
+        }
+        report.push_str(&format!("(full breakdown: {})\n", path.display()));
+    }
+    let path = target_dir(root).join("wasm-size.txt");
+    fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("\n{report}");
+    Ok(())
+}
+
+fn dirs_home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// The crate (or section) a twiggy item belongs to; std's own code is split by module (`core::fmt`,
+/// `alloc::collections::btree`, …) since generic std code is instantiated for the engine's types.
+fn crate_of(item: &str) -> String {
+    if item.starts_with("custom section") || item.contains("subsection") || item.starts_with("data segment") {
+        return item.to_string();
+    }
+    let s = item.trim_start_matches('<').trim_start_matches("impl ");
+    // Path segments, without the `[hash]` disambiguators.
+    let path: Vec<String> = s
+        .split("::")
+        .take(3)
+        .map(|seg| {
+            let seg = seg.split('[').next().unwrap_or(seg);
+            seg.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+        })
+        .collect();
+    let head = path.first().map(String::as_str).unwrap_or("");
+    match head {
+        "" => "(other)".into(),
+        "wasm_bindgen" | "js_sys" | "web_sys" => "wasm-bindgen/js-sys/web-sys".into(),
+        "dlmalloc" | "__rustc" | "__rdl_realloc" => "allocator (dlmalloc)".into(),
+        "core" | "alloc" | "std" => {
+            let depth = if path.get(1).is_some_and(|p| p == "collections") { 3 } else { 2 };
+            path.iter().take(depth).cloned().collect::<Vec<_>>().join("::")
+        }
+        h if h.starts_with("__wbg") || h.starts_with("__wbindgen") || h.starts_with("__externref") => {
+            "wasm-bindgen/js-sys/web-sys".into()
+        }
+        h if h.starts_with("func") || h.starts_with("code") => "(unnamed)".into(),
+        h => h.to_string(),
+    }
 }

@@ -1,0 +1,507 @@
+// End-to-end tests of the browser SDK in real headless Chromium (playwright-core driving /usr/bin/chromium)
+// against a `tidings-server --demo --web-root …` started here on a free port.
+//
+//   TIDINGS_SERVER=target/debug/tidings-server TIDINGS_WEB_ROOT=target/wasm-web node run.mjs [filter]
+//
+// The pages are the demo page (`?user=…` signs in at once); it reports every notification and every toast it
+// shows to this script through a Playwright binding, so what a tab showed is known even after it was closed.
+
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const SERVER = process.env.TIDINGS_SERVER ?? resolve(here, '../../target/debug/tidings-server');
+const WEB_ROOT = resolve(process.env.TIDINGS_WEB_ROOT ?? resolve(here, '../../target/wasm-web'));
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const filter = process.argv[2] ?? '';
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+    s.on('error', rej);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function assert(cond, message) {
+  if (!cond) throw new Error(`assertion failed: ${message}`);
+}
+
+async function until(what, fn, timeoutMs = 15000, everyMs = 50) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+const port = await freePort();
+const base = `http://127.0.0.1:${port}`;
+const server = spawn(SERVER, ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT], {
+  stdio: ['ignore', 'ignore', 'pipe'],
+  env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+});
+let serverLog = '';
+server.stderr.on('data', (d) => (serverLog = (serverLog + d).slice(-20000)));
+await until('the server', async () => (await fetch(`${base}/healthz`).catch(() => null))?.ok, 20000, 100);
+
+async function publish(users, n, extra = {}) {
+  const notifications = Array.from({ length: n }, (_, i) => ({
+    users,
+    type: 'e2e',
+    priority: 'important',
+    title: `n${i}`,
+    ...extra,
+  }));
+  const r = await fetch(`${base}/v1/publish/batch`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer tidings-dev-key' },
+    body: JSON.stringify({ notifications }),
+  });
+  assert(r.ok, `publish: HTTP ${r.status}`);
+  const { results } = await r.json();
+  return results.map((x) => x.id);
+}
+
+async function publishOne(user, title, extra = {}) {
+  const r = await fetch(`${base}/v1/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer tidings-dev-key' },
+    body: JSON.stringify({ users: [user], type: 'e2e', priority: 'important', title, ...extra }),
+  });
+  assert(r.ok, `publish: HTTP ${r.status}`);
+  return (await r.json()).id;
+}
+
+async function presence(user) {
+  const r = await fetch(`${base}/v1/presence/${user}`, { headers: { Authorization: 'Bearer tidings-dev-key' } });
+  return (await r.json()).devices.length;
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-background-timer-throttling',
+    '--disable-renderer-backgrounding',
+    '--disable-backgrounding-occluded-windows',
+  ],
+});
+
+/** A browser context (one "browser profile": shared storage, locks, channels) with reporting and a socket count. */
+async function newContext() {
+  const ctx = await browser.newContext();
+  const log = { notification: new Map(), shown: new Map() }; // id -> [tab labels]
+  let nextLabel = 0;
+  const labels = new WeakMap();
+  await ctx.exposeBinding('__report', ({ page }, kind, id) => {
+    if (!labels.has(page)) labels.set(page, `tab${nextLabel++}`);
+    const m = log[kind];
+    if (!m.has(id)) m.set(id, []);
+    m.get(id).push(labels.get(page));
+  });
+  await ctx.addInitScript(() => {
+    const Native = window.WebSocket;
+    window.__ws = { opened: 0, open: 0 };
+    window.WebSocket = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.__ws.opened++;
+        window.__ws.open++;
+        this.addEventListener('close', () => window.__ws.open--);
+      }
+    };
+  });
+  const pages = [];
+  const open = async (query) => {
+    const page = await ctx.newPage();
+    page.on('pageerror', (e) => console.log(`   [page error] ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error' || m.type() === 'warning') {
+        if (!/Failed to load resource/.test(m.text())) console.log(`   [console ${m.type()}] ${m.text()}`);
+      }
+    });
+    await page.goto(`${base}/?${query}`);
+    await page.waitForFunction(() => window.tidings !== undefined, null, { timeout: 15000 });
+    pages.push(page);
+    return page;
+  };
+  const live = () => pages.filter((p) => !p.isClosed());
+  const openSockets = async () => {
+    let n = 0;
+    for (const p of live()) n += await p.evaluate(() => window.__ws.open);
+    return n;
+  };
+  const leader = async () => {
+    for (const p of live()) if ((await p.evaluate(() => window.tidings.role)) === 'leader') return p;
+    return null;
+  };
+  const everyone = (fn, arg) => Promise.all(live().map((p) => p.evaluate(fn, arg)));
+  return { ctx, log, open, pages, live, openSockets, leader, everyone };
+}
+
+function checkShownOnce(log, ids, what) {
+  const missing = ids.filter((id) => !log.shown.has(id));
+  const twice = ids.filter((id) => (log.shown.get(id)?.length ?? 0) > 1);
+  assert(missing.length === 0, `${what}: ${missing.length} notifications never shown (e.g. ${missing[0]})`);
+  assert(twice.length === 0, `${what}: ${twice.length} shown more than once (e.g. ${twice[0]}: ${log.shown.get(twice[0])})`);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+const uniq = (p) => `${p}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
+
+test('three tabs, 100 notifications: one WebSocket, each shown exactly once, badges not multiplied', async () => {
+  const user = uniq('e2e3');
+  const t = await newContext();
+  for (let i = 0; i < 3; i++) await t.open(`user=${user}&topics=&sw=0`);
+  await until('a connected leader', async () => {
+    const states = await t.everyone(() => window.tidings.state.kind);
+    return states.every((s) => s === 'connected');
+  });
+  const roles = await t.everyone(() => window.tidings.role);
+  assert(roles.filter((r) => r === 'leader').length === 1, `one leader, got ${roles}`);
+  const ids = await publish([user], 100);
+  await until('100 notifications in every tab', async () =>
+    (await t.everyone(() => window.__tidings.notifications.length)).every((n) => n >= 100),
+  );
+  await sleep(300);
+  const counts = await t.everyone(() => window.__tidings.notifications.length);
+  assert(counts.every((n) => n === 100), `each tab got each notification once: ${counts}`);
+  checkShownOnce(t.log, ids, '3 tabs');
+  const badges = await t.everyone(() => window.tidings.badge);
+  assert(badges.every((b) => b === 100), `badge is 100 in every tab (not multiplied): ${badges}`);
+  const sockets = await t.openSockets();
+  assert(sockets === 1, `exactly one WebSocket open in the browser, got ${sockets}`);
+  const opened = (await t.everyone(() => window.__ws.opened)).reduce((a, b) => a + b, 0);
+  assert(opened === 1, `one WebSocket ever opened, got ${opened}`);
+  assert((await presence(user)) === 1, 'server presence: one connection');
+  const perTab = [...t.log.shown.values()].flat().reduce((m, l) => ((m[l] = (m[l] ?? 0) + 1), m), {});
+  console.log(`   shown per tab: ${JSON.stringify(perTab)}; sockets open: ${sockets}; badges: ${badges}`);
+  await t.ctx.close();
+});
+
+test('failover: the leader closes mid-stream; another tab takes over, nothing lost, nothing shown twice', async () => {
+  const user = uniq('e2efo');
+  const t = await newContext();
+  for (let i = 0; i < 3; i++) await t.open(`user=${user}&topics=&sw=0`);
+  await until('connected', async () => (await t.everyone(() => window.tidings.state.kind)).every((s) => s === 'connected'));
+  const oldLeader = await t.leader();
+  const oldTab = await oldLeader.evaluate(() => window.tidings.tabId);
+  const ids = [];
+  let closedAt = -1;
+  for (let i = 0; i < 100; i++) {
+    ids.push(await publishOne(user, `fo${i}`));
+    if (i === 40) {
+      closedAt = i;
+      await oldLeader.close();
+    }
+    await sleep(15);
+  }
+  await until('a new leader', async () => (await t.leader()) !== null);
+  const newLeader = await t.leader();
+  const newTab = await newLeader.evaluate(() => window.tidings.tabId);
+  assert(newTab !== oldTab, 'a different tab leads');
+  await until('all 100 in the surviving tabs', async () =>
+    (await t.everyone(() => window.__tidings.notifications.length)).every((n) => n >= 100),
+  20000);
+  await sleep(500);
+  for (const p of t.live()) {
+    const got = await p.evaluate(() => window.__tidings.notifications);
+    assert(got.length === 100 && new Set(got).size === 100, `surviving tab got each of the 100 once (${got.length})`);
+    assert(ids.every((id) => got.includes(id)), 'nothing lost');
+  }
+  // A toast raised by the old leader in its last instant cannot be reported to this script (the page is gone):
+  // such ids must have been granted to the old leader, as every surviving tab agrees.
+  let diedShowing = 0;
+  for (const id of ids.filter((i) => !t.log.shown.has(i))) {
+    const by = await t.everyone((i) => window.tidings.shownBy(i), id);
+    assert(by.every((b) => b === oldTab), `${id} was never shown (granted to ${by})`);
+    t.log.shown.set(id, ['tab0(closing)']);
+    diedShowing++;
+  }
+  checkShownOnce(t.log, ids, 'failover');
+  const sockets = await t.openSockets();
+  assert(sockets === 1, `one WebSocket after the takeover, got ${sockets}`);
+  const continuity = await newLeader.evaluate(() => window.__tidings.continuity.filter((c) => c.stream.startsWith('user:')));
+  const last = continuity[continuity.length - 1];
+  const stats = await newLeader.evaluate(() => window.tidings.stats());
+  console.log(
+    `   leader closed after #${closedAt}; new leader resumed: ${JSON.stringify(last)}; ` +
+      `shown by the old leader: ${[...t.log.shown.values()].flat().filter((l) => l.startsWith('tab0')).length} ` +
+      `(${diedShowing} as it closed); ` +
+      `duplicates dropped by the new leader: ${stats.duplicatesDropped}`,
+  );
+  assert(last?.kind === 'resumed', `the new leader resumed from the shared cursor (${JSON.stringify(last)})`);
+  await t.ctx.close();
+});
+
+test('a frozen leader (JS paused, no freeze event) is replaced: another tab steals the lock and resumes; nothing lost or twice', async () => {
+  const user = uniq('e2efz');
+  const t = await newContext();
+  for (let i = 0; i < 2; i++) await t.open(`user=${user}&topics=&sw=0`);
+  await until('connected', async () => (await t.everyone(() => window.tidings.state.kind)).every((s) => s === 'connected'));
+  const first = await publish([user], 10);
+  await until('10 each', async () => (await t.everyone(() => window.__tidings.notifications.length)).every((n) => n >= 10));
+  const frozen = await t.leader();
+  const other = t.live().find((p) => p !== frozen);
+  // Page.setWebLifecycleState does not freeze a visible headless page; pausing its JavaScript in the debugger
+  // stops it just as hard (no timers, no channel, no `freeze` event).
+  const cdp = await t.ctx.newCDPSession(frozen);
+  await cdp.send('Debugger.enable');
+  await cdp.send('Debugger.pause');
+  const whilePaused = await publish([user], 5); // sent to the paused leader's socket: queued in its renderer
+  await until('the other tab leads and is connected', () =>
+    other.evaluate(() => window.tidings.role === 'leader' && window.tidings.state.kind === 'connected'),
+  );
+  const during = await publish([user], 10);
+  await until('delivered while the old leader is frozen', () =>
+    other.evaluate((n) => window.__tidings.notifications.length >= n, 25),
+  );
+  await cdp.send('Debugger.resume');
+  await until('the resumed tab follows', () => frozen.evaluate(() => window.tidings.role === 'follower'));
+  const after = await publish([user], 10);
+  await until('the resumed tab gets new notifications', async () => {
+    const got = await frozen.evaluate(() => window.__tidings.notifications);
+    return after.every((id) => got.includes(id));
+  });
+  await sleep(300);
+  checkShownOnce(t.log, [...first, ...whilePaused, ...during, ...after], 'freeze');
+  const got = await other.evaluate(() => window.__tidings.notifications);
+  assert([...first, ...whilePaused, ...during, ...after].every((id) => got.includes(id)), 'nothing lost');
+  assert(new Set(got).size === got.length, 'nothing delivered twice');
+  assert((await t.openSockets()) === 1, 'one WebSocket after the freeze and resume');
+  const roles = await t.everyone(() => window.tidings.role);
+  assert(roles.filter((r) => r === 'leader').length === 1, `one leader: ${roles}`);
+  await t.ctx.close();
+});
+
+test('reload resumes from the stored cursor and dedups', async () => {
+  const user = uniq('e2erl');
+  const t = await newContext();
+  const page = await t.open(`user=${user}&topics=&sw=0`);
+  await until('connected', () => page.evaluate(() => window.tidings.state.kind === 'connected'));
+  const first = await publish([user], 10);
+  await until('10', () => page.evaluate(() => window.__tidings.notifications.length >= 10));
+  await sleep(700); // a routine persist (500 ms) — the reload below also writes on pagehide
+  await page.reload();
+  const second = await publish([user], 10);
+  await page.waitForFunction(() => window.tidings !== undefined);
+  await until('reconnected', () => page.evaluate(() => window.tidings.state.kind === 'connected'));
+  await until('the 10 published during the reload', () =>
+    page.evaluate((n) => window.__tidings.notifications.length >= n, 10),
+  );
+  await sleep(500);
+  const after = await page.evaluate(() => window.__tidings);
+  assert(after.notifications.length === 10, `after reload: exactly the 10 new ones, got ${after.notifications.length}`);
+  assert(second.every((id) => after.notifications.includes(id)), 'nothing published during the reload was lost');
+  assert(!first.some((id) => after.notifications.includes(id)), 'nothing from before the reload came back');
+  const c = after.continuity.find((x) => x.stream === `user:${user}`);
+  assert(c?.kind === 'resumed', `resumed from the cursor: ${JSON.stringify(c)}`);
+  console.log(`   after reload: ${JSON.stringify(c)}`);
+  checkShownOnce(t.log, [...first, ...second], 'reload');
+  await t.ctx.close();
+});
+
+test('digests: a burst of grouped informational notifications is one digest per tab, shown in one tab', async () => {
+  const user = uniq('e2edg');
+  const t = await newContext();
+  for (let i = 0; i < 2; i++) await t.open(`user=${user}&topics=&sw=0`);
+  await until('connected', async () => (await t.everyone(() => window.tidings.state.kind)).every((s) => s === 'connected'));
+  const ids = await publish([user], 5, { priority: 'informational', group: 'likes:post-1' });
+  await until('a digest in every tab', async () =>
+    (await t.everyone(() => window.__tidings.digests.length)).every((n) => n === 1),
+  10000);
+  const digests = await t.everyone(() => window.__tidings.digests[0]);
+  for (const d of digests) assert(JSON.stringify(d.ids) === JSON.stringify(ids), `digest holds the 5 ids: ${d.ids}`);
+  assert(digests.filter((d) => d.shown).length === 1, `the digest is shown in one tab: ${JSON.stringify(digests)}`);
+  const badges = await t.everyone(() => window.tidings.badge);
+  assert(badges.every((b) => b === 5), `badge counts the digest's 5 once per browser: ${badges}`);
+  await t.ctx.close();
+});
+
+test('reconnects release their sockets and callbacks (operator drops the connection 5 times)', async () => {
+  const user = uniq('e2edrop');
+  const t = await newContext();
+  const page = await t.open(`user=${user}&topics=&sw=0`);
+  await until('connected', () => page.evaluate(() => window.tidings.state.kind === 'connected'));
+  for (let i = 0; i < 5; i++) {
+    const r = await fetch(`${base}/v1/admin/drop`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: 'Bearer tidings-dev-key' },
+      body: JSON.stringify({ user }),
+    });
+    assert(r.ok, 'drop');
+    await until('dropped', () => page.evaluate(() => window.tidings.state.kind !== 'connected'), 5000, 10);
+    await until('reconnected', () => page.evaluate(() => window.tidings.state.kind === 'connected'), 15000);
+  }
+  await sleep(100);
+  const s = await page.evaluate(() => window.tidings.stats());
+  const ws = await page.evaluate(() => window.__ws);
+  assert(s.socketsOpened === 6, `6 sockets over the test, got ${s.socketsOpened}`);
+  assert(s.liveSockets === 1, `only the current socket is held by the driver, got ${s.liveSockets}`);
+  assert(ws.open === 1, `one WebSocket open, got ${ws.open}`);
+  const id = await publishOne(user, 'after drops');
+  await until('delivery after the drops', () => page.evaluate((i) => window.__tidings.notifications.includes(i), id));
+  console.log(`   ${JSON.stringify({ socketsOpened: s.socketsOpened, liveSockets: s.liveSockets, open: ws.open })}`);
+  await t.ctx.close();
+});
+
+test('fallback election without Web Locks (localStorage lease): one socket, takeover', async () => {
+  const user = uniq('e2elease');
+  const t = await newContext();
+  await t.ctx.addInitScript(() => {
+    Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined });
+  });
+  for (let i = 0; i < 2; i++) await t.open(`user=${user}&topics=&sw=0`);
+  await until('connected', async () => (await t.everyone(() => window.tidings.state.kind)).every((s) => s === 'connected'));
+  assert((await t.openSockets()) === 1, 'one socket with the lease');
+  const ids = await publish([user], 20);
+  await until('20 each', async () => (await t.everyone(() => window.__tidings.notifications.length)).every((n) => n >= 20));
+  const leader = await t.leader();
+  await leader.close();
+  const more = await publish([user], 20);
+  await until('the other tab leads and gets the rest', async () => {
+    const [n] = await t.everyone(() => window.__tidings.notifications.length);
+    return n >= 40;
+  }, 15000);
+  checkShownOnce(t.log, [...ids, ...more], 'lease');
+  assert((await t.openSockets()) === 1, 'one socket after the lease takeover');
+  await t.ctx.close();
+});
+
+test('service worker push: deduped against the socket, shown once, tabs told', async () => {
+  const user = uniq('e2esw');
+  const t = await newContext();
+  await t.ctx.grantPermissions(['notifications'], { origin: base });
+  const page = await t.open(`user=${user}&topics=`);
+  await until('connected', () => page.evaluate(() => window.tidings.state.kind === 'connected'));
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  const id = await publishOne(user, 'via socket');
+  await until('socket delivery', () => page.evaluate((i) => window.__tidings.notifications.includes(i), id));
+  const envelope = await page.evaluate(
+    async ([id, user]) => ({
+      id,
+      stream: `user:${user}`,
+      epoch: 'e',
+      type: 'e2e',
+      priority: 'important',
+      persistence: 'bufferable',
+      title: 'via push',
+      offset: 1000000,
+      created_at: Date.now(),
+    }),
+    [id, user],
+  );
+  await sleep(700); // the leader persists its snapshot (500 ms) to IndexedDB, which the worker reads
+  const viaWorker = (payload) =>
+    page.evaluate(async (payload) => {
+      const reg = await navigator.serviceWorker.ready;
+      return new Promise((resolve) => {
+        const ref = Math.random();
+        navigator.serviceWorker.addEventListener('message', function on(e) {
+          if (e.data?.ref === ref) {
+            navigator.serviceWorker.removeEventListener('message', on);
+            resolve(e.data);
+          }
+        });
+        reg.active.postMessage({ type: 'tidings-push', ref, payload });
+      });
+    }, payload);
+  const dup = await viaWorker(JSON.stringify({ tidings: envelope }));
+  assert(dup.show === false, `a push for a notification the socket delivered is not shown: ${JSON.stringify(dup)}`);
+  const fresh = { ...envelope, id: `push-${Date.now()}`, title: 'push only' };
+  const shown = await viaWorker(JSON.stringify({ tidings: fresh }));
+  assert(shown.show === true, `a new push is shown: ${JSON.stringify(shown)}`);
+  const again = await viaWorker(JSON.stringify({ tidings: fresh }));
+  assert(again.show === false, 'the same push twice is shown once');
+  await until('the tab learned it', () => page.evaluate((i) => window.__tidings.notifications.includes(i), fresh.id));
+  const inTab = await page.evaluate((p) => window.tidings.ingestPush(p), JSON.stringify({ tidings: fresh }));
+  assert(inTab.show === false, 'the page dedups a push the worker showed');
+  console.log(`   worker: duplicate → show=${dup.show}; new → show=${shown.show}${shown.error ? ` (${shown.error})` : ''}`);
+  await t.ctx.close();
+});
+
+test('the package works from a bundler (esbuild bundle of `@tidings/web`)', async () => {
+  const esbuild = await import('esbuild');
+  const out = join(WEB_ROOT, 'bundled');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(
+    join(here, '.bundle-entry.mjs'),
+    `import { TidingsClient } from '@tidings/web';
+     const user = new URLSearchParams(location.search).get('user');
+     window.client = await TidingsClient.connect({
+       name: 'bundled', streams: [],
+       wasmUrl: new URL('./tidings_wasm_bg.wasm', import.meta.url),
+       token: async () => (await (await fetch('/v1/demo/token', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+         body: JSON.stringify({ user }) })).json()).token,
+     });`,
+  );
+  await esbuild.build({
+    entryPoints: [join(here, '.bundle-entry.mjs')],
+    bundle: true,
+    format: 'esm',
+    minify: true,
+    outfile: join(out, 'app.js'),
+    alias: { '@tidings/web': join(WEB_ROOT, 'pkg/tidings.js') },
+    logLevel: 'warning',
+  });
+  cpSync(join(WEB_ROOT, 'pkg/dist/tidings_wasm_bg.wasm'), join(out, 'tidings_wasm_bg.wasm'));
+  writeFileSync(join(out, 'index.html'), '<!doctype html><script type="module" src="./app.js"></script>');
+  const user = uniq('e2ebundle');
+  const t = await newContext();
+  const page = await t.ctx.newPage();
+  page.on('pageerror', (e) => console.log(`   [page error] ${e.message}`));
+  await page.goto(`${base}/bundled/?user=${user}`);
+  await page.waitForFunction(() => window.client?.state.kind === 'connected', null, { timeout: 15000 });
+  await page.evaluate(() => {
+    window.got = [];
+    window.client.addEventListener('notification', (e) => window.got.push(e.detail.notification.id));
+  });
+  const id = await publishOne(user, 'bundled');
+  await until('delivery in the bundled page', () => page.evaluate((i) => window.got.includes(i), id));
+  await t.ctx.close();
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+
+let failed = 0;
+for (const { name, fn } of tests) {
+  if (filter && !name.includes(filter)) continue;
+  const started = Date.now();
+  try {
+    await fn();
+    console.log(`ok   ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)\n     ${e.stack ?? e}`);
+  }
+}
+await browser.close();
+server.kill();
+if (failed) {
+  console.log(`\n${failed} browser end-to-end test(s) failed; server log tail:\n${serverLog.slice(-3000)}`);
+  process.exit(1);
+}
+console.log('\nall browser end-to-end tests passed');

@@ -1,0 +1,18 @@
+// Compiled by `tsc --noEmit` in `cargo xtask wasm-test` when TypeScript is available: the declarations are usable.
+import { TidingsClient, type Notification } from '@tidings/web';
+import type { PushResult } from '@tidings/web/sw';
+
+export const noPush: PushResult = { show: false };
+
+async function main(): Promise<void> {
+  const client = await TidingsClient.connect({ token: async () => 'token', streams: ['topic:news'] });
+  client.addEventListener('notification', (e) => {
+    const n: Notification = e.detail.notification;
+    if (e.detail.shown) console.log(n.title ?? n.type, client.badge);
+  });
+  client.addEventListener('state', (e) => console.log(e.detail.kind));
+  const outcome = await client.ingestPush({ tidings: {} });
+  if (outcome.show) console.log(outcome.notification.id);
+  await client.close();
+}
+void main();

@@ -1,0 +1,110 @@
+// Web Push for Tidings, inside the app's service worker (a module worker):
+//
+//   // sw.js, registered with navigator.serviceWorker.register('/sw.js', { type: 'module' })
+//   import { installTidingsPush } from '@tidings/web/sw';
+//   installTidingsPush({ vapidPublicKey: 'BK…' });
+//
+// On `push` the payload goes through the same dedup window as the pages' sockets (the engine snapshot in
+// IndexedDB, via the core engine's ingest_push): a notification the socket, replay or another push delivered
+// already is not shown again. Open tabs are told over the BroadcastChannel so their engines mark it seen.
+
+import init, { pushThrough } from './dist/tidings_wasm.js';
+import { idbGet, idbPut } from './storage.js';
+
+let ready;
+let queue = Promise.resolve();
+
+function urlBase64ToUint8Array(s) {
+  const pad = '='.repeat((4 - (s.length % 4)) % 4);
+  const raw = atob((s + pad).replace(/-/g, '+').replace(/_/g, '/'));
+  return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+}
+
+/**
+ * Passes one push payload through the shared dedup state and shows it if it is new. Resolves to
+ * `{show, id, notification?, error?}`. Pushes are handled one at a time (read-modify-write of the snapshot).
+ */
+export function handlePush(payload, options = {}) {
+  const run = queue.then(() => handleOne(payload, options));
+  queue = run.catch(() => {});
+  return run;
+}
+
+async function handleOne(payload, { name = 'tidings', wasmUrl, show = true, notificationOptions } = {}) {
+  ready ??= init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  await ready;
+  const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
+  const key = `${name}:snapshot`;
+  const r = JSON.parse(pushThrough(await idbGet(key), text));
+  if (!r.show) return { show: false, id: r.id };
+  const n = r.notification;
+  await idbPut(key, JSON.stringify(r.snapshot));
+  const channel = new BroadcastChannel(`tidings:${name}`);
+  channel.postMessage({ t: 'push', payload: text, tab: 'sw' });
+  channel.close();
+  const result = { show: true, id: n.id, notification: n };
+  if (show && self.registration?.showNotification) {
+    try {
+      await self.registration.showNotification(n.title ?? n.type, {
+        body: n.body ?? '',
+        tag: n.id,
+        data: n,
+        ...(typeof notificationOptions === 'function' ? notificationOptions(n) : notificationOptions),
+      });
+    } catch (e) {
+      result.error = String(e?.message ?? e); // e.g. no notification permission
+    }
+  }
+  return result;
+}
+
+/**
+ * Subscribes this service worker's registration to Web Push with the server's VAPID public key and hands the
+ * subscription to the open tabs, whose leader registers it with the server over the shared connection
+ * (`register_push`, platform `web_push`). Resolves to the PushSubscription.
+ */
+export async function subscribePush({ vapidPublicKey, name = 'tidings' }) {
+  const pm = self.registration.pushManager;
+  const sub =
+    (await pm.getSubscription()) ??
+    (await pm.subscribe({ userVisibleOnly: true, applicationServerKey: urlBase64ToUint8Array(vapidPublicKey) }));
+  const channel = new BroadcastChannel(`tidings:${name}`);
+  channel.postMessage({ t: 'register_push', platform: 'web_push', token: JSON.stringify(sub) });
+  channel.close();
+  return sub;
+}
+
+/**
+ * Installs the handlers: `push` (dedup, then showNotification), `message` `{type:'tidings-push', payload}`
+ * (the same path, answered with `{type:'tidings-push-result', …}`; tests and pages use it), `message`
+ * `{type:'tidings-subscribe'}` (subscribe with `vapidPublicKey`), and `notificationclick` (focus a tab).
+ */
+export function installTidingsPush(options = {}) {
+  self.addEventListener('push', (event) => {
+    let payload = '';
+    try {
+      payload = event.data?.text() ?? '';
+    } catch {
+      payload = '';
+    }
+    event.waitUntil(handlePush(payload, options).catch((e) => console.warn('tidings: push payload refused', e)));
+  });
+  self.addEventListener('message', (event) => {
+    const m = event.data;
+    if (m?.type === 'tidings-push') {
+      event.waitUntil(
+        handlePush(m.payload, options)
+          .catch((e) => ({ show: false, error: String(e?.message ?? e) }))
+          .then((r) => event.source?.postMessage({ type: 'tidings-push-result', ref: m.ref, ...r })),
+      );
+    } else if (m?.type === 'tidings-subscribe' && options.vapidPublicKey) {
+      event.waitUntil(subscribePush(options).catch((e) => console.warn('tidings: push subscription failed', e)));
+    }
+  });
+  self.addEventListener('notificationclick', (event) => {
+    event.notification.close();
+    event.waitUntil(
+      self.clients.matchAll({ type: 'window', includeUncontrolled: true }).then((tabs) => tabs[0]?.focus()),
+    );
+  });
+}

@@ -1,0 +1,173 @@
+// Hand-written declarations for @tidings/web.
+
+/** Delivery tier. */
+export type Priority = 'critical' | 'important' | 'informational';
+/** Retention class. */
+export type Persistence = 'ephemeral' | 'bufferable' | 'persistent';
+
+/** The notification envelope (protocol §3). */
+export interface Notification {
+  id: string;
+  stream: string;
+  /** Absent for ephemeral notifications. */
+  offset?: number;
+  epoch: string;
+  type: string;
+  priority: Priority;
+  persistence: Persistence;
+  title?: string | null;
+  body?: string | null;
+  data?: unknown;
+  group?: string | null;
+  /** ms since the Unix epoch. */
+  created_at: number;
+}
+
+/** Several informational notifications of one group. */
+export interface Digest {
+  group: string;
+  count: number;
+  first: Notification;
+  last: Notification;
+  ids: string[];
+}
+
+/** The shared connection's state (the leader tab's socket). */
+export type ConnectionState =
+  | { kind: 'idle' }
+  | { kind: 'connecting'; attempt: number }
+  | { kind: 'connected' }
+  | { kind: 'reconnecting'; attempt: number; delayMs: number; reason: string }
+  | { kind: 'suspended'; reason: 'background' | 'offline' }
+  | { kind: 'closed' }
+  | {
+      kind: 'failed';
+      reason: 'unauthorized' | 'token_provider' | 'protocol' | 'frame_too_large' | 'session_replaced' | 'rejected';
+      message: string;
+    };
+
+/** How a stream continued after (re)subscribing. */
+export type Continuity =
+  | { kind: 'fresh' }
+  | { kind: 'resumed'; replayed: number }
+  | { kind: 'gap'; reason: 'epoch_changed' | 'out_of_buffer' | 'ahead_of_stream'; missed?: number };
+
+export type PushOutcome = { show: true; notification: Notification } | { show: false; id: string };
+
+/** A token source error; `transient: false` stops the client (`failed`). */
+export interface TokenFailure extends Error {
+  transient?: boolean;
+}
+
+export interface ClientOptions {
+  /** `ws(s)://host/v1/ws`; default: the page's host. */
+  url?: string;
+  /** Returns a Tidings token; `forceRefresh`: the previous one was rejected or is about to expire. */
+  token: (forceRefresh: boolean) => Promise<string> | string;
+  /** Streams (`topic:<name>`, `user:<id>`) to subscribe besides the user's own. */
+  streams?: string[];
+  /** Separates clients of one origin: storage keys and the tabs' channel (default `tidings`). */
+  name?: string;
+  /** Where the .wasm file is (default: `dist/tidings_wasm_bg.wasm` next to the module). */
+  wasmUrl?: string | URL;
+  /**
+   * How long the shared socket stays open once no tab of this browser is visible (default 30 000 ms); then the
+   * connection is suspended until a tab is visible again (and resumes from the cursor; Web Push covers the gap).
+   */
+  backgroundGraceMs?: number;
+  /** Leader election: Web Locks (default where available) or a localStorage lease. */
+  election?: 'locks' | 'lease';
+}
+
+export interface NotificationDetail {
+  notification: Notification;
+  /** True in exactly one tab of the browser: the one that should display it. */
+  shown: boolean;
+  source: 'socket' | 'push';
+}
+
+export interface DigestDetail {
+  digest: Digest;
+  shown: boolean;
+}
+
+export interface TidingsEventMap {
+  notification: CustomEvent<NotificationDetail>;
+  digest: CustomEvent<DigestDetail>;
+  state: CustomEvent<ConnectionState>;
+  continuity: CustomEvent<{ stream: string; continuity: Continuity }>;
+  role: CustomEvent<{ role: 'leader' | 'follower' | 'closed' }>;
+  badge: CustomEvent<{ count: number }>;
+  pushregistered: CustomEvent<{ platform: string }>;
+  subscriptionfailed: CustomEvent<{ stream: string; code: string; message: string }>;
+}
+
+export interface ClientStats {
+  connectionAttempts: number;
+  connections: number;
+  notificationsReceived: number;
+  delivered: number;
+  duplicatesDropped: number;
+  staleDropped: number;
+  digests: number;
+  pushIngested: number;
+  gaps: number;
+  socketsOpened: number;
+  liveSockets: number;
+  listeners: number;
+}
+
+export declare class TidingsClient extends EventTarget {
+  /** Loads the module, restores stored state, joins the other tabs; the leader tab connects. */
+  static connect(options: ClientOptions): Promise<TidingsClient>;
+  private constructor(options: ClientOptions);
+  readonly url: string;
+  readonly name: string;
+  /** This tab's id (claims are granted to tabs). */
+  readonly tabId: string;
+  readonly role: 'starting' | 'leader' | 'follower' | 'closed';
+  /** The shared connection's state. */
+  readonly state: ConnectionState;
+  /** Notifications received since the last `clearBadge()` — the same in every tab. */
+  readonly badge: number;
+  readonly deviceId: string;
+  subscribe(stream: string): Promise<void>;
+  unsubscribe(stream: string): Promise<void>;
+  /** A Web Push payload (`{tidings: envelope}`, the envelope, or JSON text) through the shared dedup window. */
+  ingestPush(payload: string | object): Promise<PushOutcome>;
+  registerPush(platform: 'web_push' | 'fcm' | 'apns' | 'apns_sandbox', token: string): Promise<void>;
+  clearBadge(): void;
+  /** The tab granted to show this id (`d:<first id>` for digests), if known. */
+  shownBy(key: string): string | null;
+  cursor(stream: string): { epoch: string; offset: number } | null;
+  stats(): ClientStats;
+  waitForState(kind: ConnectionState['kind'], timeoutMs?: number): Promise<ConnectionState>;
+  close(): Promise<void>;
+
+  addEventListener<K extends keyof TidingsEventMap>(
+    type: K,
+    listener: (this: TidingsClient, ev: TidingsEventMap[K]) => unknown,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+  removeEventListener<K extends keyof TidingsEventMap>(
+    type: K,
+    listener: (this: TidingsClient, ev: TidingsEventMap[K]) => unknown,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+}
+
+/** Loads the WebAssembly module (done by `TidingsClient.connect`). */
+export declare function initTidings(wasmUrl?: string | URL): Promise<unknown>;
+
+/** From a page: subscribe to Web Push with the server's VAPID public key and register it through `client`. */
+export declare function subscribeWebPush(
+  client: TidingsClient,
+  options: { vapidPublicKey: string; registration?: ServiceWorkerRegistration },
+): Promise<PushSubscription>;
+
+/** The push path without a client: `{show, notification | id, snapshot}` after dedup against `snapshot` JSON. */
+export declare function pushThrough(snapshot: string, payload: string): string;
+/** Merges two stored snapshots (JSON). */
+export declare function mergeSnapshots(ours: string, theirs: string): string;

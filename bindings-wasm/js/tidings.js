@@ -1,0 +1,675 @@
+// Tidings for browsers. The behaviour (connection states, backoff, heartbeats, cursors, replay, dedup, digests,
+// acks) is the Rust core engine's, compiled to WebAssembly together with its browser driver (WebSocket,
+// setTimeout, crypto, online/offline, visibility). This module adds what is about the browser as a whole:
+//
+// - storage: engine snapshots in IndexedDB (shared with the service worker) and localStorage;
+// - one WebSocket per browser: tabs elect a leader with the Web Locks API (a localStorage lease where it is
+//   missing); the leader's engine holds the socket and relays every server frame over a BroadcastChannel; the
+//   followers' engines process the relayed frames (same cursors, dedup, digests; never acked), so any of them
+//   can take over and resume from the shared cursor;
+// - claiming: each notification is *shown* in exactly one tab. Every tab gets the `notification` event (badges
+//   stay equal, never multiplied); `detail.shown` is true in the one tab that won the claim. The leader grants
+//   claims (first come; visible tabs claim at once, hidden ones after a short delay) and broadcasts every grant,
+//   so a new leader knows what was granted before it.
+
+import init, { Core, mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
+import { idbGet, idbPut, lsGet, lsSet } from './storage.js';
+
+export { pushThrough, mergeSnapshots };
+
+let ready;
+
+/** Loads the WebAssembly module once (`wasmUrl` defaults to `dist/tidings_wasm_bg.wasm` next to this file). */
+export function initTidings(wasmUrl) {
+  ready ??= init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  return ready;
+}
+
+const HIDDEN_CLAIM_DELAY_MS = 250;
+const MAX_GRANTS = 20000;
+const LEASE_MS = 3000;
+const BEAT_MS = 1000;
+const LEADER_SILENCE_MS = 5000;
+const HIDDEN_LEADER_SILENCE_MS = 65000;
+
+function randomId(prefix) {
+  const b = new Uint8Array(8);
+  crypto.getRandomValues(b);
+  return prefix + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+function defaultUrl() {
+  const l = globalThis.location;
+  return `${l.protocol === 'https:' ? 'wss' : 'ws'}://${l.host}/v1/ws`;
+}
+
+function isVisible() {
+  return typeof document === 'undefined' || document.visibilityState !== 'hidden';
+}
+
+export class TidingsClient extends EventTarget {
+  /** Creates a client, restores its stored state, joins the other tabs and starts (the leader connects). */
+  static async connect(options) {
+    await initTidings(options.wasmUrl);
+    const client = new TidingsClient(options);
+    await client.#start();
+    return client;
+  }
+
+  #core;
+  #channel;
+  #getToken;
+  #streams;
+  #grants = new Map();
+  #pending = new Map();
+  #tabs = new Map();
+  #release = null;
+  #queued = false;
+  #lockGen = 0;
+  #heldGen = 0;
+  #beat = null;
+  #watchdog = null;
+  #leaderSeen = Date.now();
+  #beatAt = Date.now();
+  #jitter = Math.random() * 2000; // one follower steals first; the others see it lead
+  #leaseTimer = null;
+  #election;
+  #backgroundGraceMs;
+  #closed = false;
+  #writing = Promise.resolve();
+
+  constructor(options) {
+    super();
+    if (typeof options?.token !== 'function') throw new TypeError('options.token must be a function');
+    this.url = options.url ?? defaultUrl();
+    this.name = options.name ?? 'tidings';
+    this.tabId = randomId('t-');
+    this.role = 'starting';
+    this.state = { kind: 'idle' };
+    this.badge = 0;
+    this.#getToken = options.token;
+    this.#streams = new Set(options.streams ?? []);
+    this.#election = options.election ?? (globalThis.navigator?.locks?.request ? 'locks' : 'lease');
+    this.#backgroundGraceMs = options.backgroundGraceMs;
+    this.storageKey = `${this.name}:snapshot`;
+  }
+
+  /** This browser's device id (shared by all tabs). */
+  get deviceId() {
+    return this.#core.deviceId();
+  }
+
+  async #start() {
+    let device = lsGet(`${this.name}:device`);
+    if (!device) {
+      device = randomId('w-');
+      lsSet(`${this.name}:device`, device);
+    }
+    this.#core = new Core(
+      this.url,
+      device,
+      undefined,
+      (kind, payload) => this.#output(kind, payload),
+      this.#backgroundGraceMs,
+    );
+    this.#core.setPersistence(false);
+    for (const stored of [await idbGet(this.storageKey), lsGet(this.storageKey)]) {
+      if (stored) {
+        try {
+          this.#core.restore(stored);
+        } catch (e) {
+          console.warn('tidings: ignoring a corrupt stored snapshot', e);
+        }
+      }
+    }
+    for (const s of this.#streams) this.#core.subscribe(s);
+    this.#core.watchEnvironment();
+    this.#channel = new BroadcastChannel(`tidings:${this.name}`);
+    this.#channel.onmessage = (e) => this.#onMessage(e.data);
+    this.role = 'follower';
+    this.#onVisibility = () => {
+      this.#post({ t: 'vis', tab: this.tabId, visible: isVisible() });
+      if (this.role === 'leader') this.#updateVisibleElsewhere();
+    };
+    this.#onPageHide = () => {
+      if (this.role === 'leader') {
+        lsSet(this.storageKey, this.#core.snapshot());
+        if (this.#election === 'lease') lsSet(`${this.name}:lease`, '');
+      }
+      this.#post({ t: 'bye', tab: this.tabId });
+    };
+    this.#onFreeze = () => this.#resign();
+    this.#onResume = () => {
+      this.#hello();
+      this.#elect();
+    };
+    if (typeof document !== 'undefined') {
+      document.addEventListener('visibilitychange', this.#onVisibility);
+      document.addEventListener('freeze', this.#onFreeze);
+      document.addEventListener('resume', this.#onResume);
+    }
+    globalThis.addEventListener?.('pagehide', this.#onPageHide);
+    this.#hello();
+    this.#elect();
+    this.#watchLeader();
+  }
+
+  #onVisibility;
+  #onPageHide;
+  #onFreeze;
+  #onResume;
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Public API
+
+  /** Subscribes to `topic:<name>` or `user:<id>` (the user's own stream is automatic). */
+  async subscribe(stream) {
+    this.#core.subscribe(stream);
+    this.#streams.add(stream);
+    if (this.role !== 'leader') this.#post({ t: 'sub', stream });
+  }
+
+  /** Unsubscribes this tab (the shared socket keeps streams other tabs asked for). */
+  async unsubscribe(stream) {
+    this.#streams.delete(stream);
+    if (this.role === 'leader') this.#core.unsubscribe(stream);
+  }
+
+  /**
+   * A push payload (Web Push `tidings` data, the envelope itself, or its JSON text) reached this page. Goes
+   * through the shared dedup window: `{show:true, notification}` the first time (show it), `{show:false, id}`
+   * when the socket, replay or another path delivered it already.
+   */
+  async ingestPush(payload) {
+    const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
+    const outcome = JSON.parse(this.#core.ingestPush(text));
+    if (outcome.show) {
+      const id = outcome.notification.id;
+      this.#grant(id, this.tabId);
+      this.#post({ t: 'push', payload: text, tab: this.tabId });
+      this.#count(1);
+      this.#emit('notification', { notification: outcome.notification, shown: true, source: 'push' });
+    }
+    return outcome;
+  }
+
+  /** Registers this device's push address (`web_push`: the PushSubscription JSON). */
+  async registerPush(platform, token) {
+    this.#core.registerPush(platform, token);
+    if (this.role !== 'leader') this.#post({ t: 'register_push', platform, token });
+  }
+
+  /** Resets the badge count in every tab. */
+  clearBadge() {
+    this.#setBadge(0);
+    this.#post({ t: 'badge', n: 0 });
+  }
+
+  /** The tab a notification id (or `d:<first id>` for a digest) was granted to for showing, if known. */
+  shownBy(key) {
+    return this.#grants.get(key) ?? null;
+  }
+
+  /** The cursor of a stream (`{epoch, offset}`) or null. */
+  cursor(stream) {
+    const c = this.#core.cursor(stream);
+    return c ? JSON.parse(c) : null;
+  }
+
+  /** Engine counters and driver facts. */
+  stats() {
+    return JSON.parse(this.#core.stats());
+  }
+
+  /** Resolves when the (shared) connection reaches `kind` (e.g. 'connected'). */
+  waitForState(kind, timeoutMs = 10000) {
+    if (this.state.kind === kind) return Promise.resolve(this.state);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.removeEventListener('state', on);
+        reject(new Error(`timed out waiting for state ${kind}`));
+      }, timeoutMs);
+      const on = (e) => {
+        if (e.detail.kind === kind) {
+          clearTimeout(timer);
+          this.removeEventListener('state', on);
+          resolve(e.detail);
+        }
+      };
+      this.addEventListener('state', on);
+    });
+  }
+
+  /** Leaves: closes the socket if this tab leads (another tab takes over), releases everything. */
+  async close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    const leading = this.role === 'leader';
+    this.#resign();
+    if (leading) await this.#writing;
+    this.#post({ t: 'bye', tab: this.tabId });
+    this.#channel.close();
+    clearInterval(this.#leaseTimer);
+    clearInterval(this.#watchdog);
+    if (typeof document !== 'undefined') {
+      document.removeEventListener('visibilitychange', this.#onVisibility);
+      document.removeEventListener('freeze', this.#onFreeze);
+      document.removeEventListener('resume', this.#onResume);
+    }
+    globalThis.removeEventListener?.('pagehide', this.#onPageHide);
+    this.#core.dispose();
+    this.role = 'closed';
+    this.#emit('role', { role: 'closed' });
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Engine outputs
+
+  #output(kind, payload) {
+    switch (kind) {
+      case 'frame':
+        if (this.role !== 'leader') break;
+        // The engine ignores this frame if we step down here (it closed that socket).
+        if (!this.#stepDownIfStalled()) this.#post({ t: 'frame', text: payload });
+        break;
+      case 'token':
+        Promise.resolve()
+          .then(() => this.#getToken(payload === 'true'))
+          .then(
+            (token) => this.#core.token(String(token)),
+            (e) => this.#core.tokenError(e?.transient ?? true, String(e?.message ?? e)),
+          );
+        break;
+      case 'persist':
+        this.#persist(payload);
+        break;
+      case 'event':
+        this.#onEvent(JSON.parse(payload));
+        break;
+    }
+  }
+
+  #onEvent(e) {
+    switch (e.type) {
+      case 'state':
+        if (this.role === 'leader') {
+          this.#setState(e.state);
+          this.#post({ t: 'state', state: e.state });
+        }
+        break;
+      case 'notification':
+        this.#count(1);
+        this.#claim(e.notification.id, 'notification', { notification: e.notification, source: 'socket' });
+        break;
+      case 'digest':
+        this.#count(e.digest.count);
+        this.#claim(`d:${e.digest.ids[0]}`, 'digest', { digest: e.digest });
+        break;
+      case 'continuity':
+        this.#emit('continuity', { stream: e.stream, continuity: e.continuity });
+        break;
+      case 'push_registered':
+        this.#emit('pushregistered', { platform: e.platform });
+        break;
+      case 'subscription_failed':
+        this.#emit('subscriptionfailed', { stream: e.stream, code: e.code, message: e.message });
+        break;
+    }
+  }
+
+  #persist(json) {
+    lsSet(this.storageKey, json);
+    this.#writing = this.#writing.then(() => idbPut(this.storageKey, json));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Claims: exactly one tab shows each notification
+
+  #claim(key, type, detail) {
+    const finish = (tab) => {
+      detail.shown = tab === this.tabId;
+      this.#emit(type, detail);
+    };
+    const granted = this.#grants.get(key);
+    if (granted) return finish(granted);
+    const entry = { finish, timer: null, sent: false };
+    this.#pending.set(key, entry);
+    if (isVisible()) this.#sendClaim(key);
+    else entry.timer = setTimeout(() => this.#sendClaim(key), HIDDEN_CLAIM_DELAY_MS);
+  }
+
+  #sendClaim(key) {
+    const entry = this.#pending.get(key);
+    if (!entry) return;
+    entry.sent = true;
+    if (this.role === 'leader') this.#arbitrate(key, this.tabId);
+    else this.#post({ t: 'claim', key, tab: this.tabId });
+  }
+
+  /** Leader: the first claim wins; later claims hear the same answer. */
+  #arbitrate(key, tab) {
+    const winner = this.#grants.get(key) ?? tab;
+    this.#grant(key, winner);
+  }
+
+  #grant(key, tab) {
+    this.#record(key, tab);
+    this.#post({ t: 'grant', key, tab });
+  }
+
+  #record(key, tab) {
+    if (!this.#grants.has(key)) {
+      this.#grants.set(key, tab);
+      if (this.#grants.size > MAX_GRANTS) this.#grants.delete(this.#grants.keys().next().value);
+    }
+    const entry = this.#pending.get(key);
+    if (entry) {
+      clearTimeout(entry.timer);
+      this.#pending.delete(key);
+      entry.finish(this.#grants.get(key));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Leadership
+
+  #elect() {
+    if (this.#closed || this.role === 'leader') return;
+    if (this.#election === 'locks') {
+      if (!this.#queued) this.#requestLock(false);
+    } else {
+      const key = `${this.name}:lease`;
+      const tick = () => {
+        const now = Date.now();
+        let lease = null;
+        try {
+          lease = JSON.parse(lsGet(key) || 'null');
+        } catch {
+          lease = null;
+        }
+        if (this.role === 'leader') {
+          if (lease && lease.tab !== this.tabId && lease.until > now) this.#resign();
+          else lsSet(key, JSON.stringify({ tab: this.tabId, until: now + LEASE_MS }));
+        } else if (!lease || lease.until < now) {
+          lsSet(key, JSON.stringify({ tab: this.tabId, until: now + LEASE_MS }));
+          setTimeout(() => {
+            let mine = null;
+            try {
+              mine = JSON.parse(lsGet(key) || 'null');
+            } catch {
+              mine = null;
+            }
+            if (mine?.tab === this.tabId && this.role !== 'leader' && !this.#closed) this.#lead();
+          }, 150);
+        }
+      };
+      clearInterval(this.#leaseTimer);
+      this.#leaseTimer = setInterval(tick, LEASE_MS / 3);
+      tick();
+    }
+  }
+
+  /**
+   * Asks for the leader lock, held (a never-settled promise) until `#resign`. `steal`: take it from a leader that
+   * stopped answering (frozen or hung without a `freeze` event); its `request` then rejects and it steps down.
+   * A request granted while this tab leads already (its queued request after a steal) releases at once.
+   */
+  #requestLock(steal) {
+    const gen = ++this.#lockGen;
+    if (!steal) this.#queued = true;
+    navigator.locks
+      .request(`tidings:${this.name}:leader`, steal ? { steal: true } : {}, () => {
+        if (!steal) this.#queued = false;
+        if (this.#closed || this.role === 'leader') return undefined; // not needed (any more): release at once
+        return new Promise((release) => {
+          this.#release = release;
+          this.#heldGen = gen;
+          this.#lead();
+        });
+      })
+      .catch(() => {
+        // Our lock was stolen: another tab found this one unresponsive and leads now.
+        if (gen === this.#heldGen && this.role === 'leader') {
+          this.#resign();
+          this.#hello();
+          this.#elect();
+        }
+      });
+  }
+
+  /**
+   * How long a leader may be silent before a follower steals the lock: short when the follower is visible; when
+   * it is hidden, longer than Chrome's intensive timer throttling (one wake-up a minute), so hidden tabs do not
+   * take turns.
+   */
+  #silenceLimit(visible) {
+    return (visible ? LEADER_SILENCE_MS : HIDDEN_LEADER_SILENCE_MS) + this.#jitter;
+  }
+
+  /**
+   * Leader: if this tab was frozen or hung long enough for another tab to take the lock, step down before doing
+   * anything else (whichever runs first after the stall: the beat timer or a queued socket frame). What its
+   * socket delivered meanwhile is the new leader's to deliver, by replay.
+   */
+  #stepDownIfStalled() {
+    if (this.role !== 'leader' || Date.now() - this.#beatAt <= this.#silenceLimit(this.#anyOtherVisible())) {
+      return false;
+    }
+    this.#resign();
+    this.#hello();
+    this.#elect();
+    return true;
+  }
+
+  #anyOtherVisible() {
+    for (const [tab, v] of this.#tabs) if (tab !== this.tabId && v) return true;
+    return false;
+  }
+
+  /** Followers: steal the lock when the leader has been silent too long (no beat, no frame). */
+  #watchLeader() {
+    this.#watchdog = setInterval(() => {
+      if (this.#closed || this.role !== 'follower' || this.#election !== 'locks') return;
+      if (Date.now() - this.#leaderSeen > this.#silenceLimit(isVisible())) {
+        this.#leaderSeen = Date.now();
+        this.#requestLock(true);
+      }
+    }, 500);
+  }
+
+  #lead() {
+    this.role = 'leader';
+    clearInterval(this.#beat);
+    this.#beatAt = Date.now();
+    this.#beat = setInterval(() => {
+      if (this.#stepDownIfStalled()) return;
+      this.#beatAt = Date.now();
+      this.#post({ t: 'beat', tab: this.tabId });
+    }, BEAT_MS);
+    this.#emit('role', { role: 'leader' });
+    this.#post({ t: 'leader', tab: this.tabId });
+    for (const [key, entry] of this.#pending) if (entry.sent) this.#arbitrate(key, this.tabId);
+    this.#core.setPersistence(true);
+    this.#updateVisibleElsewhere();
+    this.#core.connect();
+  }
+
+  #resign() {
+    clearInterval(this.#beat);
+    if (this.role === 'leader') {
+      this.#core.close();
+      this.#core.setPersistence(false);
+      this.role = 'follower';
+      this.#emit('role', { role: 'follower' });
+    }
+    const release = this.#release;
+    this.#release = null;
+    release?.();
+  }
+
+  #hello() {
+    this.#post({ t: 'hello', tab: this.tabId, streams: [...this.#streams], visible: isVisible() });
+  }
+
+  #updateVisibleElsewhere() {
+    this.#core.setVisibleElsewhere(this.#anyOtherVisible());
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // The channel between tabs
+
+  #post(msg) {
+    if (!this.#closed || msg.t === 'bye') {
+      try {
+        this.#channel?.postMessage(msg);
+      } catch {
+        // channel closed
+      }
+    }
+  }
+
+  #onMessage(m) {
+    if (this.#closed || !m || typeof m.t !== 'string') return;
+    const leader = this.role === 'leader';
+    if (m.t === 'beat' || m.t === 'frame' || m.t === 'state' || m.t === 'leader') this.#leaderSeen = Date.now();
+    switch (m.t) {
+      case 'frame':
+        if (!leader) {
+          try {
+            this.#core.relayed(m.text);
+          } catch (e) {
+            console.warn('tidings: undecodable relayed frame', e);
+          }
+        }
+        break;
+      case 'state':
+        if (!leader) this.#setState(m.state);
+        break;
+      case 'leader':
+        // Split brain is only possible with the lease (the lock is exclusive; a stolen lock rejects): newer wins.
+        if (leader && this.#election === 'lease') this.#resign();
+        this.#hello();
+        for (const [key, entry] of this.#pending) if (entry.sent) this.#post({ t: 'claim', key, tab: this.tabId });
+        this.#elect();
+        break;
+      case 'hello':
+        this.#tabs.set(m.tab, !!m.visible);
+        if (leader) {
+          for (const s of m.streams ?? []) {
+            try {
+              this.#core.subscribe(s);
+            } catch {
+              // invalid stream names were refused in the tab that asked
+            }
+          }
+          this.#updateVisibleElsewhere();
+          this.#post({
+            t: 'welcome',
+            to: m.tab,
+            snapshot: this.#core.snapshot(),
+            state: this.state,
+            badge: this.badge,
+            grants: [...this.#grants].slice(-2000),
+          });
+        }
+        break;
+      case 'welcome':
+        if (m.to === this.tabId && !leader) {
+          try {
+            this.#core.restore(m.snapshot);
+          } catch (e) {
+            console.warn('tidings: bad snapshot from the leader', e);
+          }
+          for (const [key, tab] of m.grants) this.#record(key, tab);
+          this.#setState(m.state);
+          if (m.badge > this.badge) this.#setBadge(m.badge);
+        }
+        break;
+      case 'vis':
+        this.#tabs.set(m.tab, !!m.visible);
+        if (leader) this.#updateVisibleElsewhere();
+        break;
+      case 'bye':
+        this.#tabs.delete(m.tab);
+        if (leader) this.#updateVisibleElsewhere();
+        break;
+      case 'sub':
+        if (leader) {
+          try {
+            this.#core.subscribe(m.stream);
+          } catch {
+            // refused in the asking tab already
+          }
+        }
+        break;
+      case 'register_push':
+        if (leader) this.#core.registerPush(m.platform, m.token);
+        break;
+      case 'claim':
+        if (leader) this.#arbitrate(m.key, m.tab);
+        break;
+      case 'grant':
+        this.#record(m.key, m.tab);
+        break;
+      case 'push': {
+        // Another tab (or the service worker) took a push: mark it seen here too; that tab showed it.
+        try {
+          const outcome = JSON.parse(this.#core.ingestPush(m.payload));
+          if (outcome.show) {
+            this.#record(outcome.notification.id, m.tab);
+            this.#count(1);
+            this.#emit('notification', { notification: outcome.notification, shown: false, source: 'push' });
+          }
+        } catch (e) {
+          console.warn('tidings: bad relayed push payload', e);
+        }
+        break;
+      }
+      case 'badge':
+        this.#setBadge(m.n);
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+
+  #setState(state) {
+    this.state = state;
+    this.#emit('state', state);
+  }
+
+  #count(n) {
+    this.#setBadge(this.badge + n);
+  }
+
+  #setBadge(n) {
+    this.badge = n;
+    if (this.role === 'leader' && globalThis.navigator?.setAppBadge) {
+      (n ? navigator.setAppBadge(n) : navigator.clearAppBadge()).catch(() => {});
+    }
+    this.#emit('badge', { count: n });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+function urlBase64ToUint8Array(s) {
+  const pad = '='.repeat((4 - (s.length % 4)) % 4);
+  const raw = atob((s + pad).replace(/-/g, '+').replace(/_/g, '/'));
+  return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+}
+
+/**
+ * From a page: subscribes the service worker `registration` (default: the ready one) to Web Push with the
+ * server's VAPID public key and registers the subscription with the server through `client`.
+ */
+export async function subscribeWebPush(client, { vapidPublicKey, registration } = {}) {
+  const reg = registration ?? (await navigator.serviceWorker.ready);
+  const sub =
+    (await reg.pushManager.getSubscription()) ??
+    (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: urlBase64ToUint8Array(vapidPublicKey) }));
+  await client.registerPush('web_push', JSON.stringify(sub));
+  return sub;
+}

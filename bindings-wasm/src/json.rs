@@ -1,0 +1,244 @@
+//! The JSON the binding hands to its JavaScript wrapper: application events, connection states, push outcomes.
+//! Written by hand (the core's codec writes the notification envelopes) so that no serializer is linked in.
+
+use tidings_core::protocol::encode_notification;
+use tidings_core::{ConnectionState, Continuity, Digest, Event, FailureReason, PushOutcome, SuspendReason};
+
+/// A JSON object being written.
+pub(crate) struct Obj(String);
+
+impl Obj {
+    pub(crate) fn new() -> Self {
+        Obj(String::from("{"))
+    }
+
+    fn key(&mut self, key: &str) -> &mut String {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push('"');
+        self.0.push_str(key);
+        self.0.push_str("\":");
+        &mut self.0
+    }
+
+    pub(crate) fn str(mut self, key: &str, value: &str) -> Self {
+        let out = self.key(key);
+        push_str(out, value);
+        self
+    }
+
+    pub(crate) fn num(mut self, key: &str, value: u64) -> Self {
+        let out = self.key(key);
+        push_u64(out, value);
+        self
+    }
+
+    pub(crate) fn bool(mut self, key: &str, value: bool) -> Self {
+        self.key(key).push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    /// A member whose value is JSON text already.
+    pub(crate) fn raw(mut self, key: &str, json: &str) -> Self {
+        self.key(key).push_str(json);
+        self
+    }
+
+    pub(crate) fn strs<'a>(mut self, key: &str, values: impl IntoIterator<Item = &'a String>) -> Self {
+        let out = self.key(key);
+        out.push('[');
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_str(out, v);
+        }
+        out.push(']');
+        self
+    }
+
+    pub(crate) fn end(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(HEX[(c as usize) >> 4] as char);
+                out.push(HEX[(c as usize) & 15] as char);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends a decimal number (without `core::fmt`).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(b as char);
+    }
+}
+
+/// `{"kind":"connected"}`, `{"kind":"reconnecting","attempt":2,"delayMs":740,"reason":"…"}`, …
+pub(crate) fn state(s: &ConnectionState) -> String {
+    match s {
+        ConnectionState::Idle => Obj::new().str("kind", "idle"),
+        ConnectionState::Connecting { attempt } => {
+            Obj::new().str("kind", "connecting").num("attempt", u64::from(*attempt))
+        }
+        ConnectionState::Connected => Obj::new().str("kind", "connected"),
+        ConnectionState::Reconnecting { attempt, delay, reason } => Obj::new()
+            .str("kind", "reconnecting")
+            .num("attempt", u64::from(*attempt))
+            .num("delayMs", u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .str("reason", reason),
+        ConnectionState::Suspended { reason } => Obj::new().str("kind", "suspended").str(
+            "reason",
+            match reason {
+                SuspendReason::Background => "background",
+                SuspendReason::Offline => "offline",
+            },
+        ),
+        ConnectionState::Closed => Obj::new().str("kind", "closed"),
+        ConnectionState::Failed { reason, message } => Obj::new()
+            .str("kind", "failed")
+            .str(
+                "reason",
+                match reason {
+                    FailureReason::Unauthorized => "unauthorized",
+                    FailureReason::TokenProvider => "token_provider",
+                    FailureReason::Protocol => "protocol",
+                    FailureReason::FrameTooLarge => "frame_too_large",
+                    FailureReason::SessionReplaced => "session_replaced",
+                    FailureReason::Rejected => "rejected",
+                },
+            )
+            .str("message", message),
+    }
+    .end()
+}
+
+/// `{"kind":"fresh"}`, `{"kind":"resumed","replayed":4}`, `{"kind":"gap","reason":"out_of_buffer","missed":57}`.
+pub(crate) fn continuity(c: &Continuity) -> String {
+    match c {
+        Continuity::Fresh => Obj::new().str("kind", "fresh"),
+        Continuity::Resumed { replayed } => Obj::new().str("kind", "resumed").num("replayed", *replayed),
+        Continuity::Gap { reason, missed } => {
+            let o = Obj::new().str("kind", "gap").str("reason", reason.as_str());
+            match missed {
+                Some(m) => o.num("missed", *m),
+                None => o,
+            }
+        }
+    }
+    .end()
+}
+
+/// An application event as JSON: `{"type":"notification","notification":{…}}`, `{"type":"state","state":{…}}`, …
+pub(crate) fn event(e: &Event) -> String {
+    match e {
+        Event::State(s) => Obj::new().str("type", "state").raw("state", &state(s)),
+        Event::Notification(n) => Obj::new().str("type", "notification").raw("notification", &encode_notification(n)),
+        Event::Digest(d) => Obj::new().str("type", "digest").raw("digest", &digest(d)),
+        Event::Continuity { stream, continuity: c } => {
+            Obj::new().str("type", "continuity").str("stream", stream).raw("continuity", &continuity(c))
+        }
+        Event::PushRegistered { platform } => {
+            Obj::new().str("type", "push_registered").str("platform", platform.as_str())
+        }
+        Event::SubscriptionFailed { stream, code, message } => Obj::new()
+            .str("type", "subscription_failed")
+            .str("stream", stream)
+            .str("code", code.as_str())
+            .str("message", message),
+    }
+    .end()
+}
+
+/// `{"group":…,"count":3,"first":{…},"last":{…},"ids":[…]}`.
+pub(crate) fn digest(d: &Digest) -> String {
+    Obj::new()
+        .str("group", &d.group)
+        .num("count", u64::from(d.count))
+        .raw("first", &encode_notification(&d.first))
+        .raw("last", &encode_notification(&d.last))
+        .strs("ids", &d.ids)
+        .end()
+}
+
+/// `{"show":true,"notification":{…}}` or `{"show":false,"id":"…"}`.
+pub(crate) fn push_outcome(o: &PushOutcome) -> Obj {
+    match o {
+        PushOutcome::Show(n) => Obj::new().bool("show", true).raw("notification", &encode_notification(n)),
+        PushOutcome::Duplicate { id } => Obj::new().bool("show", false).str("id", id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_numbers_are_escaped_and_written() {
+        let mut s = String::new();
+        push_str(&mut s, "a\"b\\c\n\u{1}é");
+        assert_eq!(s, r#""a\"b\\c\n\u0001é""#);
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
+
+    #[test]
+    fn states_are_tagged_objects() {
+        let s = state(&ConnectionState::Reconnecting {
+            attempt: 2,
+            delay: std::time::Duration::from_millis(740),
+            reason: "connection closed (1006)".into(),
+        });
+        assert_eq!(s, r#"{"kind":"reconnecting","attempt":2,"delayMs":740,"reason":"connection closed (1006)"}"#);
+    }
+
+    #[test]
+    fn events_are_typed_objects() {
+        let e = Event::Continuity {
+            stream: "user:alice".into(),
+            continuity: Continuity::Gap { reason: tidings_core::GapReason::OutOfBuffer, missed: Some(57) },
+        };
+        assert_eq!(
+            event(&e),
+            r#"{"type":"continuity","stream":"user:alice","continuity":{"kind":"gap","reason":"out_of_buffer","missed":57}}"#
+        );
+        assert_eq!(
+            event(&Event::State(ConnectionState::Connected)),
+            r#"{"type":"state","state":{"kind":"connected"}}"#
+        );
+        let dup = push_outcome(&PushOutcome::Duplicate { id: "n1".into() }).end();
+        assert_eq!(dup, r#"{"show":false,"id":"n1"}"#);
+    }
+}

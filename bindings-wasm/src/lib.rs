@@ -1,0 +1,562 @@
+//! Tidings for browsers: the core engine (`tidings-core`) driven by the browser.
+//!
+//! This crate is the *driver* half of the browser SDK. It owns no behaviour of its own — connection states,
+//! backoff, heartbeats, cursors, replay, dedup, digests and acks all live in the core [`Engine`] — it only moves
+//! bytes and time between the engine and the platform:
+//!
+//! - the browser `WebSocket` is the transport: one socket per [`Action::Open`]; its four callbacks are
+//!   detached and released when the socket ends, so reconnecting never accumulates closures;
+//! - timers come from `setTimeout` (one reusable callback, re-armed at [`Engine::poll_timeout`]), time from
+//!   `performance.now()`, the engine's seed from `crypto.getRandomValues`;
+//! - `online` / `offline` and `visibilitychange` are fed to the engine ([`NetworkEvent`], [`Lifecycle`]).
+//!
+//! Everything the page must do — fetch a token, persist a snapshot, show an event, relay a server frame to the
+//! other tabs — is handed to one JavaScript callback `output(kind, payload)`. The JavaScript wrapper
+//! (`js/tidings.js`) adds storage (IndexedDB + localStorage), leader election across tabs (Web Locks) and the
+//! BroadcastChannel relay; follower tabs feed relayed frames to [`Core::relayed`] (the engine's
+//! `handle_relayed`: same cursors, dedup and digests, never acked).
+//!
+//! JSON towards JavaScript is written by hand (`json.rs`, the core's codec for envelopes): no serializer is
+//! linked into the module.
+
+mod json;
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use js_sys::Function;
+use tidings_core::engine::Config;
+use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
+use tidings_core::store::{decode_snapshot, encode_snapshot};
+use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
+use wasm_bindgen::prelude::*;
+use web_sys::{BinaryType, CloseEvent, Event, EventTarget, MessageEvent, WebSocket};
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &Function, ms: i32) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(buf: &mut [u8]);
+}
+
+/// The engine's clock: `performance.now()` in whole milliseconds.
+fn now() -> Instant {
+    Instant::from_millis(performance_now() as u64)
+}
+
+/// 64 bits from the platform's entropy source.
+fn seed() -> u64 {
+    let mut buf = [0u8; 8];
+    get_random_values(&mut buf);
+    u64::from_le_bytes(buf)
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// One WebSocket and the callbacks attached to it.
+struct Sock {
+    conn: ConnId,
+    ws: WebSocket,
+    opened: bool,
+    _onopen: Closure<dyn FnMut(Event)>,
+    _onmessage: Closure<dyn FnMut(MessageEvent)>,
+    _onclose: Closure<dyn FnMut(CloseEvent)>,
+}
+
+impl Sock {
+    fn shut(&self, code: u16, reason: &str) {
+        self.detach();
+        if self.ws.ready_state() <= WebSocket::OPEN {
+            let _ = self.ws.close_with_code_and_reason(code, reason);
+        }
+    }
+
+    fn detach(&self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+    }
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        self.shut(1000, "");
+    }
+}
+
+/// A listener on `window` or `document`, removed when the driver goes away.
+struct Listener {
+    target: EventTarget,
+    kind: &'static str,
+    callback: Closure<dyn FnMut(Event)>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.target.remove_event_listener_with_callback(self.kind, self.callback.as_ref().unchecked_ref());
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    output: Function,
+    me: Weak<RefCell<Inner>>,
+    sock: Option<Sock>,
+    /// Sockets that ended inside one of their own callbacks: released at the next timer tick, never while a
+    /// callback of theirs runs.
+    dead: Vec<Sock>,
+    timer: Option<JsValue>,
+    timer_fn: Option<Closure<dyn FnMut()>>,
+    listeners: Vec<Listener>,
+    visible_here: bool,
+    visible_elsewhere: bool,
+    foreground: bool,
+    sockets_opened: u32,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(id) = self.timer.take() {
+            clear_timeout(&id);
+        }
+    }
+}
+
+type Output = (&'static str, String);
+
+impl Inner {
+    /// Drains the engine: writes frames, performs actions, collects what JavaScript must see, re-arms the timer.
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        loop {
+            while let Some(frame) = self.engine.poll_transmit() {
+                if let Some(s) = self.sock.as_ref().filter(|s| s.opened) {
+                    let _ = s.ws.send_with_str(&frame);
+                }
+            }
+            let Some(action) = self.engine.poll_action() else { break };
+            match action {
+                Action::Open { conn, url } => self.open(conn, &url),
+                Action::Close { conn, code, reason } => {
+                    if self.sock.as_ref().is_some_and(|s| s.conn == conn)
+                        && let Some(s) = self.sock.take()
+                    {
+                        s.shut(code, reason);
+                        self.dead.push(s);
+                    }
+                }
+                Action::FetchToken { force_refresh } => {
+                    out.push(("token", String::from(if force_refresh { "true" } else { "false" })))
+                }
+                Action::Persist(snapshot) => {
+                    out.push(("persist", String::from_utf8(encode_snapshot(&snapshot)).unwrap_or_default()))
+                }
+            }
+        }
+        while let Some(event) = self.engine.poll_event() {
+            out.push(("event", json::event(&event)));
+        }
+        self.schedule();
+        out
+    }
+
+    fn schedule(&mut self) {
+        if let Some(id) = self.timer.take() {
+            clear_timeout(&id);
+        }
+        let now = now();
+        let mut delay = self.engine.poll_timeout().map(|t| t.as_millis().saturating_sub(now.as_millis()));
+        if !self.dead.is_empty() {
+            delay = Some(0);
+        }
+        if let (Some(ms), Some(f)) = (delay, &self.timer_fn) {
+            // +1: `performance.now()` is fractional; never wake up a hair before the deadline.
+            let ms = i32::try_from(ms + 1).unwrap_or(i32::MAX);
+            self.timer = Some(set_timeout(f.as_ref().unchecked_ref(), ms));
+        }
+    }
+
+    fn open(&mut self, conn: ConnId, url: &str) {
+        let ws = match WebSocket::new_with_str(url, SUBPROTOCOL) {
+            Ok(ws) => ws,
+            Err(e) => {
+                let message = e.as_string().unwrap_or_else(|| String::from("invalid WebSocket URL"));
+                let failure = TransportFailure { message, ..TransportFailure::default() };
+                self.engine.handle_transport_failed(now(), conn, failure);
+                return;
+            }
+        };
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        self.sockets_opened += 1;
+        let w = self.me.clone();
+        let onopen = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+            with(&w, |i| {
+                if let Some(s) = i.sock.as_mut().filter(|s| s.conn == conn) {
+                    s.opened = true;
+                }
+                i.engine.handle_transport_open(now(), conn);
+            })
+        });
+        let w = self.me.clone();
+        let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            let Some(rc) = w.upgrade() else { return };
+            match e.data().as_string() {
+                Some(text) => {
+                    // Relayed to the other tabs before this engine handles it: if this tab dies right after,
+                    // the frame has left already and the next leader's cursor includes it.
+                    let output = rc.borrow().output.clone();
+                    let _ = output.call2(&JsValue::NULL, &JsValue::from_str("frame"), &JsValue::from_str(&text));
+                    rc.borrow_mut().engine.handle_text(now(), conn, &text);
+                }
+                None => {
+                    let error = DecodeError::new("binary message");
+                    rc.borrow_mut().engine.handle_undecodable(now(), conn, &error);
+                }
+            }
+            pump(&rc);
+        });
+        let w = self.me.clone();
+        let onclose = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+            with(&w, |i| {
+                let Some(s) = i.sock.take_if(|s| s.conn == conn) else { return };
+                s.detach();
+                if s.opened {
+                    i.engine.handle_transport_closed(now(), conn, Some(e.code()), &e.reason());
+                } else {
+                    // Browsers hide the handshake's HTTP status: a failed open is a plain transport failure.
+                    let message = format!("WebSocket could not connect (close {})", e.code());
+                    i.engine.handle_transport_failed(now(), conn, TransportFailure { message, ..Default::default() });
+                }
+                i.dead.push(s);
+            })
+        });
+        ws.set_onopen(Some(onopen.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(onclose.as_ref().unchecked_ref()));
+        if let Some(old) = self.sock.replace(Sock {
+            conn,
+            ws,
+            opened: false,
+            _onopen: onopen,
+            _onmessage: onmessage,
+            _onclose: onclose,
+        }) {
+            old.shut(1000, "replaced");
+            self.dead.push(old);
+        }
+    }
+
+    fn feed_lifecycle(&mut self) {
+        let foreground = self.visible_here || self.visible_elsewhere;
+        if foreground != self.foreground {
+            self.foreground = foreground;
+            let l = if foreground { Lifecycle::Foreground } else { Lifecycle::Background };
+            self.engine.handle_lifecycle(now(), l);
+        }
+    }
+}
+
+/// Hands outputs to JavaScript with no borrow held (its handlers may call back into the driver).
+fn deliver(rc: &RefCell<Inner>, outputs: Vec<Output>) {
+    if outputs.is_empty() {
+        return;
+    }
+    let output = rc.borrow().output.clone();
+    for (kind, payload) in outputs {
+        let _ = output.call2(&JsValue::NULL, &JsValue::from_str(kind), &JsValue::from_str(&payload));
+    }
+}
+
+fn pump(rc: &RefCell<Inner>) {
+    let outputs = rc.borrow_mut().drain();
+    deliver(rc, outputs);
+}
+
+/// Runs `f` on the driver (if it still exists), then pumps.
+fn with(w: &Weak<RefCell<Inner>>, f: impl FnOnce(&mut Inner)) {
+    if let Some(rc) = w.upgrade() {
+        f(&mut rc.borrow_mut());
+        pump(&rc);
+    }
+}
+
+/// The engine of one page (or worker), driven by the browser.
+#[wasm_bindgen]
+pub struct Core {
+    inner: Rc<RefCell<Inner>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+#[wasm_bindgen]
+impl Core {
+    /// A driver for a server at `url` (`ws(s)://…/v1/ws`). `output(kind, payload)` receives `"event"` (JSON),
+    /// `"token"` (`"true"` when a fresh token is required; answer with `token`/`tokenError`), `"persist"`
+    /// (snapshot JSON to store) and `"frame"` (a server frame, for the other tabs). `background_grace_ms`: how
+    /// long the socket stays open once no tab of the browser is visible (engine default 30 s).
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        url: String,
+        device_id: Option<String>,
+        client_name: Option<String>,
+        output: Function,
+        background_grace_ms: Option<u32>,
+    ) -> Core {
+        let mut config = Config::new(url);
+        config.device_id = device_id;
+        if let Some(ms) = background_grace_ms {
+            config.background_grace = std::time::Duration::from_millis(u64::from(ms));
+        }
+        config.client_name = client_name.unwrap_or_else(|| concat!("tidings-web/", env!("CARGO_PKG_VERSION")).into());
+        let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
+            let w = me.clone();
+            let timer_fn = Closure::<dyn FnMut()>::new(move || {
+                if let Some(rc) = w.upgrade() {
+                    {
+                        let mut i = rc.borrow_mut();
+                        i.timer = None;
+                        i.dead.clear();
+                        i.engine.handle_timeout(now());
+                    }
+                    pump(&rc);
+                }
+            });
+            RefCell::new(Inner {
+                engine: Engine::new(config, seed()),
+                output,
+                me: me.clone(),
+                sock: None,
+                dead: Vec::new(),
+                timer: None,
+                timer_fn: Some(timer_fn),
+                listeners: Vec::new(),
+                visible_here: true,
+                visible_elsewhere: false,
+                foreground: true,
+                sockets_opened: 0,
+            })
+        });
+        Core { inner }
+    }
+
+    fn run<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> T) -> T {
+        let r = f(&mut self.inner.borrow_mut().engine, now());
+        pump(&self.inner);
+        r
+    }
+
+    /// Listens to `online`/`offline` (window) and `visibilitychange` (document) and feeds them to the engine.
+    /// Call once in a page (not in workers).
+    #[wasm_bindgen(js_name = watchEnvironment)]
+    pub fn watch_environment(&self) {
+        let Some(window) = web_sys::window() else { return };
+        let document = window.document();
+        let mut listeners = Vec::new();
+        let mut add = |target: EventTarget, kind: &'static str, f: Box<dyn Fn(&mut Inner)>| {
+            let w = Rc::downgrade(&self.inner);
+            let callback = Closure::<dyn FnMut(Event)>::new(move |_: Event| with(&w, |i| f(i)));
+            if target.add_event_listener_with_callback(kind, callback.as_ref().unchecked_ref()).is_ok() {
+                listeners.push(Listener { target, kind, callback });
+            }
+        };
+        add(window.clone().into(), "online", Box::new(|i| i.engine.handle_network(now(), NetworkEvent::Available)));
+        add(window.clone().into(), "offline", Box::new(|i| i.engine.handle_network(now(), NetworkEvent::Unavailable)));
+        if let Some(doc) = document.clone() {
+            let d = doc.clone();
+            add(
+                doc.into(),
+                "visibilitychange",
+                Box::new(move |i| {
+                    i.visible_here = !d.hidden();
+                    i.feed_lifecycle();
+                }),
+            );
+        }
+        let mut i = self.inner.borrow_mut();
+        i.listeners.extend(listeners);
+        if !window.navigator().on_line() {
+            i.engine.handle_network(now(), NetworkEvent::Unavailable);
+        }
+        if let Some(doc) = document {
+            i.visible_here = !doc.hidden();
+            i.feed_lifecycle();
+        }
+        drop(i);
+        pump(&self.inner);
+    }
+
+    /// Whether another tab of this browser is visible (the leader's engine stays in the foreground while any
+    /// tab is).
+    #[wasm_bindgen(js_name = setVisibleElsewhere)]
+    pub fn set_visible_elsewhere(&self, visible: bool) {
+        self.inner.borrow_mut().visible_elsewhere = visible;
+        self.inner.borrow_mut().feed_lifecycle();
+        pump(&self.inner);
+    }
+
+    /// Merges a stored snapshot (JSON from a `"persist"` output) into the engine.
+    pub fn restore(&self, snapshot: &str) -> Result<(), JsError> {
+        let snapshot = decode_snapshot(snapshot.as_bytes()).map_err(js_err)?;
+        self.run(|e, now| e.restore(now, &snapshot));
+        Ok(())
+    }
+
+    /// Starts connecting (the leader tab).
+    pub fn connect(&self) {
+        self.run(|e, now| e.connect(now));
+    }
+
+    /// Closes the connection (acks go out first).
+    pub fn close(&self) {
+        self.run(|e, now| e.close(now));
+    }
+
+    /// Persist snapshots (only the leader tab does).
+    #[wasm_bindgen(js_name = setPersistence)]
+    pub fn set_persistence(&self, enabled: bool) {
+        self.run(|e, now| e.set_persistence(now, enabled));
+    }
+
+    /// Subscribes to `topic:<name>` or `user:<id>`.
+    pub fn subscribe(&self, stream: &str) -> Result<(), JsError> {
+        self.run(|e, now| e.subscribe(now, stream)).map_err(js_err)
+    }
+
+    /// Unsubscribes and forgets the stream's cursor.
+    pub fn unsubscribe(&self, stream: &str) -> Result<(), JsError> {
+        self.run(|e, now| e.unsubscribe(now, stream)).map_err(js_err)
+    }
+
+    /// A server frame another tab's socket received (`handle_relayed`: processed, never acked).
+    pub fn relayed(&self, text: &str) -> Result<(), JsError> {
+        self.run(|e, now| e.handle_relayed(now, text)).map_err(js_err)
+    }
+
+    /// A push payload (Web Push, or relayed by another tab): `{"show":true,"notification":{…}}` or
+    /// `{"show":false,"id":"…"}`.
+    #[wasm_bindgen(js_name = ingestPush)]
+    pub fn ingest_push(&self, payload: &str) -> Result<String, JsError> {
+        let outcome = self.run(|e, now| e.ingest_push(now, payload)).map_err(js_err)?;
+        Ok(json::push_outcome(&outcome).end())
+    }
+
+    /// Registers this device's push address (`web_push`: the subscription JSON).
+    #[wasm_bindgen(js_name = registerPush)]
+    pub fn register_push(&self, platform: &str, token: &str) -> Result<(), JsError> {
+        let platform = PushPlatform::parse(platform).ok_or_else(|| JsError::new("unknown push platform"))?;
+        self.run(|e, now| e.register_push(now, platform, token)).map_err(js_err)
+    }
+
+    /// Acks notifications explicitly.
+    pub fn ack(&self, id: &str) -> Result<(), JsError> {
+        self.run(|e, now| e.ack(now, &[id])).map_err(js_err)
+    }
+
+    /// The answer to a `"token"` output.
+    pub fn token(&self, token: String) {
+        self.run(|e, now| e.handle_token(now, Ok(token)));
+    }
+
+    /// The token provider failed; `transient`: retrying later may help.
+    #[wasm_bindgen(js_name = tokenError)]
+    pub fn token_error(&self, transient: bool, message: String) {
+        self.run(|e, now| e.handle_token(now, Err(TokenError { transient, message })));
+    }
+
+    /// The persistent state now (snapshot JSON).
+    pub fn snapshot(&self) -> String {
+        let s = self.inner.borrow_mut().engine.snapshot();
+        String::from_utf8(encode_snapshot(&s)).unwrap_or_default()
+    }
+
+    /// The connection state as JSON (`{"kind":"connected"}`, …).
+    pub fn state(&self) -> String {
+        json::state(self.inner.borrow().engine.state())
+    }
+
+    /// The device id.
+    #[wasm_bindgen(js_name = deviceId)]
+    pub fn device_id(&self) -> String {
+        self.inner.borrow_mut().engine.device_id()
+    }
+
+    /// The cursor of a stream as `{"epoch":…,"offset":…}`, or `null`.
+    pub fn cursor(&self, stream: &str) -> Option<String> {
+        let i = self.inner.borrow();
+        i.engine.cursor(stream).map(|c| json::Obj::new().str("epoch", &c.epoch).num("offset", c.offset).end())
+    }
+
+    /// Counters and driver facts as JSON (for tests and metrics).
+    pub fn stats(&self) -> String {
+        let i = self.inner.borrow();
+        let s = i.engine.stats();
+        json::Obj::new()
+            .num("connectionAttempts", s.connection_attempts)
+            .num("connections", s.connections)
+            .num("notificationsReceived", s.notifications_received)
+            .num("delivered", s.delivered)
+            .num("duplicatesDropped", s.duplicates_dropped)
+            .num("staleDropped", s.stale_dropped)
+            .num("digests", s.digests)
+            .num("pushIngested", s.push_ingested)
+            .num("gaps", s.gaps)
+            .num("socketsOpened", u64::from(i.sockets_opened))
+            .num("liveSockets", u64::from(i.sock.is_some()) + i.dead.len() as u64)
+            .num("listeners", i.listeners.len() as u64)
+            .end()
+    }
+
+    /// Releases the socket, the timer and the listeners (the engine is closed first).
+    pub fn dispose(&self) {
+        self.close();
+        let mut i = self.inner.borrow_mut();
+        i.sock = None;
+        i.dead.clear();
+        i.listeners.clear();
+        if let Some(id) = i.timer.take() {
+            clear_timeout(&id);
+        }
+    }
+}
+
+/// The push path without a page (a service worker): restores `snapshot` (may be empty), passes `payload`
+/// through the dedup window and returns `{"show":…,"notification"|"id":…,"snapshot":{…}}` — the snapshot to
+/// store back.
+#[wasm_bindgen(js_name = pushThrough)]
+pub fn push_through(snapshot: &str, payload: &str) -> Result<String, JsError> {
+    let mut engine = Engine::new(Config::new(""), 0);
+    let t = Instant::ZERO;
+    if !snapshot.is_empty() {
+        engine.restore(t, &decode_snapshot(snapshot.as_bytes()).map_err(js_err)?);
+    }
+    let outcome = engine.ingest_push(t, payload).map_err(js_err)?;
+    let snapshot = engine.snapshot();
+    let snapshot = String::from_utf8(encode_snapshot(&snapshot)).unwrap_or_default();
+    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot).end())
+}
+
+/// Merges two stored snapshots (JSON); either may be empty. Used where two writers share one store.
+#[wasm_bindgen(js_name = mergeSnapshots)]
+pub fn merge_snapshots(ours: &str, theirs: &str) -> Result<String, JsError> {
+    let decode = |s: &str| -> Result<tidings_core::Snapshot, JsError> {
+        if s.is_empty() {
+            Ok(tidings_core::Snapshot { version: 1, ..Default::default() })
+        } else {
+            decode_snapshot(s.as_bytes()).map_err(js_err)
+        }
+    };
+    let mut a = decode(ours)?;
+    a.merge(&decode(theirs)?);
+    Ok(String::from_utf8(encode_snapshot(&a)).unwrap_or_default())
+}
