@@ -28,8 +28,8 @@ val cargo: String = providers.gradleProperty("tidings.cargo").getOrElse("cargo")
 val abis: List<String> = providers.gradleProperty("tidings.abis")
     .getOrElse("arm64-v8a,armeabi-v7a,x86_64")
     .split(',').map { it.trim() }.filter { it.isNotEmpty() }
-/** Cargo profile of the Android libraries: `release` (default) or `dev`. */
-val rustProfile: String = providers.gradleProperty("tidings.rustProfile").getOrElse("release")
+/** Cargo profile of the Android libraries: `mobile-release` (default: LTO, stripped; see the root Cargo.toml), `release` or `dev`. */
+val rustProfile: String = providers.gradleProperty("tidings.rustProfile").getOrElse("mobile-release")
 val androidMinSdk = 24
 val generatedKotlin: File = layout.buildDirectory.dir("generated/source/uniffi/kotlin").get().asFile
 val jniLibsDir: File = file("src/main/jniLibs")

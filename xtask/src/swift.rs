@@ -204,7 +204,7 @@ fn list_files(dir: &Path) -> Result<Vec<String>, String> {
 // ---------------------------------------------------------------------------------------------------------------
 // XCFramework (macOS with Xcode)
 
-/// Builds `bindings-swift/TidingsFFIC.xcframework`: the release static library for iOS devices, the iOS simulator
+/// Builds `bindings-swift/TidingsFFIC.xcframework`: the `mobile-release` static library for iOS devices, the iOS simulator
 /// (arm64 + x86_64, merged with lipo) and macOS (arm64), each with the generated header and module map. Needs
 /// macOS with Xcode and rustup; run by `swift-test` on macOS (and meant for `cargo xtask swift-xcframework`).
 pub(crate) fn xcframework(root: &Path) -> Result<(), String> {
@@ -218,13 +218,13 @@ pub(crate) fn xcframework(root: &Path) -> Result<(), String> {
         .args(targets.iter().copied()))?;
     for target in &targets {
         run(Step::new(&format!("build tidings-ffi for {target}"), "cargo")
-            .args(["build", "-p", "tidings-ffi", "--release", "--locked", "--target", target])
+            .args(["build", "-p", "tidings-ffi", "--profile", "mobile-release", "--locked", "--target", target])
             .env("IPHONEOS_DEPLOYMENT_TARGET", IOS_DEPLOYMENT_TARGET)
             .env("MACOSX_DEPLOYMENT_TARGET", MACOS_DEPLOYMENT_TARGET)
             .dir(root))?;
     }
     let target_dir = crate::target_dir(root);
-    let lib = |target: &str| target_dir.join(target).join("release/libtidings_ffi.a");
+    let lib = |target: &str| target_dir.join(target).join("mobile-release/libtidings_ffi.a");
 
     let work = target_dir.join("swift/xcframework");
     if work.exists() {
