@@ -33,6 +33,7 @@ commands:
   swift-xcframework build bindings-swift/TidingsFFIC.xcframework (macOS with Xcode + rustup)
   kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
   wasm-test   provision the wasm toolchain + Chromium and run the browser suites
+  wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
   demo        build the browser package and run the reference server with the demo page
   bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]"
     );
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Some("swift-xcframework") => swift::xcframework(&root),
         Some("kotlin-test") => kotlin::test(&root),
         Some("wasm-test") => wasm::test(&root),
+        Some("wasm-size") => wasm::size(&root),
         Some("demo") => wasm::demo(&root),
         Some("bindgen") => bindgen::cli(&root, &args[1..]),
         _ => return usage(),

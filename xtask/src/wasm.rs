@@ -43,6 +43,12 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
         .env("TIDINGS_WEB_ROOT", &web))
 }
 
+/// `cargo xtask wasm-size`: builds the package and writes the size report only (no browser, no test suites).
+pub(crate) fn size(root: &Path) -> Result<(), String> {
+    let tools = provision(root, false)?;
+    build(root, &tools).map(|_| ())
+}
+
 /// `cargo xtask demo`: builds the npm package and runs the reference server in demo mode serving the demo page.
 pub(crate) fn demo(root: &Path) -> Result<(), String> {
     let tools = provision(root, false)?;
