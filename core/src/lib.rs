@@ -14,6 +14,14 @@
 //!            app ◄────────────poll_event──────────  Engine  ───poll_transmit/poll_action──► driver ──► socket
 //! ```
 
+/// `tracing::warn!` when the `tracing` feature is on; nothing otherwise (the arguments are not evaluated).
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        tracing::warn!($($arg)*);
+    }};
+}
+
 pub mod engine;
 pub mod protocol;
 pub mod store;

@@ -983,7 +983,7 @@ impl Engine {
         match protocol::decode_server_frame(text) {
             Ok(frame) => self.handle_frame(now, conn, frame),
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable frame from server; reconnecting");
+                warn!(error = %e, "undecodable frame from server; reconnecting");
                 self.handle_undecodable(now, conn, &e);
             }
         }
@@ -1318,17 +1318,17 @@ impl Engine {
     fn on_error(&mut self, now: Instant, e: ErrorFrame) {
         if e.reference.is_some() {
             if let Some(stream) = e.stream {
-                tracing::warn!(%stream, code = %e.code, message = %e.message, "subscription refused");
+                warn!(%stream, code = %e.code, message = %e.message, "subscription refused");
                 self.desired.remove(&stream);
                 self.replaying.remove(&stream);
                 self.events.push_back(Event::SubscriptionFailed { stream, code: e.code, message: e.message });
             } else {
-                tracing::warn!(code = %e.code, message = %e.message, "request refused");
+                warn!(code = %e.code, message = %e.message, "request refused");
             }
             return;
         }
         let Some(close_code) = e.code.close_code() else {
-            tracing::warn!(code = %e.code, message = %e.message, "server error");
+            warn!(code = %e.code, message = %e.message, "server error");
             return;
         };
         let action = protocol::close_action(close_code);
