@@ -18,13 +18,15 @@ mod acks;
 mod backoff;
 mod batch;
 mod dedup;
+mod map;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 pub use backoff::BackoffConfig;
 pub use batch::{BatchConfig, BatchOutput, Digest, PendingBatch};
 pub use dedup::DedupWindow;
+pub use map::StreamMap;
 
 pub use crate::protocol::PushPlatform;
 use crate::protocol::{
@@ -331,7 +333,7 @@ pub struct Snapshot {
     /// The installation's device id.
     pub device_id: Option<String>,
     /// Cursor per stream.
-    pub cursors: BTreeMap<String, Cursor>,
+    pub cursors: StreamMap<Cursor>,
     /// Recently seen notifications, oldest first: dedup-window entries (see [`DedupWindow`]); plain ids are
     /// accepted too.
     pub seen: Vec<String>,
@@ -468,11 +470,11 @@ pub struct Engine {
     user: Option<String>,
     /// Streams with replay in progress: (notifications still expected, total announced). Cleared when the link
     /// that announced them goes away.
-    replaying: BTreeMap<String, (u64, u64)>,
+    replaying: StreamMap<(u64, u64)>,
     /// Inputs relayed from another engine are being handled (no acks: the other engine acks).
     relaying: bool,
-    desired: BTreeSet<String>,
-    cursors: BTreeMap<String, Cursor>,
+    desired: StreamMap<()>,
+    cursors: StreamMap<Cursor>,
     dedup: DedupWindow,
     batcher: Batcher,
     device_id: Option<String>,
@@ -513,10 +515,10 @@ impl Engine {
             foreground: true,
             background_deadline: None,
             user: None,
-            replaying: BTreeMap::new(),
+            replaying: StreamMap::new(),
             relaying: false,
-            desired: BTreeSet::new(),
-            cursors: BTreeMap::new(),
+            desired: StreamMap::new(),
+            cursors: StreamMap::new(),
             dedup,
             batcher,
             device_id,
@@ -573,7 +575,7 @@ impl Engine {
 
     /// Streams the application subscribed to (the implicit user stream is not listed).
     pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
-        self.desired.iter().map(String::as_str)
+        self.desired.keys().map(String::as_str)
     }
 
     /// The persistent state, as it is now.
@@ -711,7 +713,7 @@ impl Engine {
     pub fn subscribe(&mut self, now: Instant, stream: &str) -> Result<(), EngineError> {
         self.tick(now);
         StreamName::parse(stream).map_err(EngineError::InvalidArgument)?;
-        if self.desired.contains(stream) {
+        if self.desired.contains_key(stream) {
             return Ok(());
         }
         if self.desired.len() >= protocol::MAX_STREAMS_PER_CONNECTION - 1 {
@@ -720,7 +722,7 @@ impl Engine {
                 protocol::MAX_STREAMS_PER_CONNECTION - 1
             )));
         }
-        self.desired.insert(stream.to_string());
+        self.desired.insert(stream.to_string(), ());
         if self.is_connected() {
             let entry = self.subscribe_entry(stream);
             self.send_subscribe(vec![entry]);
@@ -732,7 +734,7 @@ impl Engine {
     pub fn unsubscribe(&mut self, now: Instant, stream: &str) -> Result<(), EngineError> {
         self.tick(now);
         StreamName::parse(stream).map_err(EngineError::InvalidArgument)?;
-        if !self.desired.remove(stream) {
+        if self.desired.remove(stream).is_none() {
             return Ok(());
         }
         if self.cursors.remove(stream).is_some() {
@@ -1357,7 +1359,7 @@ impl Engine {
                 Continuity::Fresh
             }
             WireContinuity::Resumed { replayed } => {
-                let cursor = self.cursors.entry(stream.clone()).or_insert(Cursor { epoch: epoch.clone(), offset: 0 });
+                let cursor = self.cursors.get_or_insert(&stream, Cursor { epoch: epoch.clone(), offset: 0 });
                 if cursor.epoch != epoch {
                     *cursor = Cursor { epoch, offset: offset.saturating_sub(replayed) };
                 }
@@ -1504,7 +1506,7 @@ impl Engine {
         {
             streams.push(protocol::user_stream(user));
         }
-        streams.extend(self.desired.iter().filter(|s| !streams.contains(s)).cloned().collect::<Vec<_>>());
+        streams.extend(self.desired.keys().filter(|s| !streams.contains(s)).cloned().collect::<Vec<_>>());
         let entries: Vec<SubscribeEntry> = streams.iter().map(|s| self.subscribe_entry(s)).collect();
         if !entries.is_empty() {
             self.send_subscribe(entries);
