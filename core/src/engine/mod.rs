@@ -373,8 +373,10 @@ impl Snapshot {
                 }
             }
         }
-        let ours: std::collections::HashSet<&str> = self.seen.iter().map(String::as_str).collect();
-        let mut seen: Vec<String> = other.seen.iter().filter(|id| !ours.contains(id.as_str())).cloned().collect();
+        let mut ours: Vec<&str> = self.seen.iter().map(String::as_str).collect();
+        ours.sort_unstable();
+        let mut seen: Vec<String> =
+            other.seen.iter().filter(|id| ours.binary_search(&id.as_str()).is_err()).cloned().collect();
         seen.append(&mut self.seen);
         self.seen = seen;
         for batch in &other.pending {
