@@ -212,9 +212,9 @@ fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
     let unopt = target.join("tidings_wasm_bg.unopt.wasm");
     fs::copy(&wasm, &unopt).map_err(|e| format!("copy {}: {e}", wasm.display()))?;
     if let Some(opt) = &tools.wasm_opt {
-        run(Step::new("wasm-opt -Oz", opt)
+        run(Step::new("wasm-opt -Oz --converge", opt)
             // Features come from the module's `target_features` section.
-            .args(["-Oz", "--strip-debug", "--strip-producers", "-o"])
+            .args(["-Oz", "--converge", "--strip-debug", "--strip-producers", "-o"])
             .args([&wasm, &unopt]))?;
     }
 
