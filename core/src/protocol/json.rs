@@ -122,7 +122,7 @@ impl<'a> Reader<'a> {
         // Fast path: jump to the first quote, backslash or control character.
         self.pos = scan_plain(self.bytes, start);
         if self.bytes.get(self.pos) == Some(&b'"') {
-            let s = &self.text[start..self.pos];
+            let s = sub(self.text, start, self.pos);
             self.pos += 1;
             return Ok(Cow::Borrowed(s));
         }
@@ -138,7 +138,7 @@ impl<'a> Reader<'a> {
             Some(_) => return Err(self.error("control character in string")),
             None => return Err(self.error("unterminated string")),
         }
-        let mut out = String::from(&self.text[start..self.pos]);
+        let mut out = String::from(sub(self.text, start, self.pos));
         loop {
             let Some(&b) = self.bytes.get(self.pos) else { return Err(self.error("unterminated string")) };
             match b {
@@ -187,7 +187,7 @@ impl<'a> Reader<'a> {
                     // preserved because all three are ASCII).
                     let run = self.pos;
                     self.pos = scan_plain(self.bytes, self.pos);
-                    out.push_str(&self.text[run..self.pos]);
+                    out.push_str(sub(self.text, run, self.pos));
                 }
             }
         }
@@ -298,7 +298,7 @@ impl<'a> Reader<'a> {
         self.ws();
         let start = self.pos;
         self.skip()?;
-        Ok(&self.text[start..self.pos])
+        Ok(sub(self.text, start, self.pos))
     }
 
     /// Skips one value without recursion: `objects` is a stack of bits, one per open container (1 = object).
@@ -447,6 +447,15 @@ fn scan_plain(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// `&s[start..end]` where both ends are known to be character boundaries (they sit next to ASCII bytes the
+/// scanner stopped at). `str::get` performs the same boundary check as indexing but has no panic path, which
+/// keeps the panic message machinery (`char` Debug escaping, Unicode tables) out of the browser module.
+#[inline]
+fn sub(s: &str, start: usize, end: usize) -> &str {
+    debug_assert!(s.is_char_boundary(start) && s.is_char_boundary(end) && start <= end);
+    s.get(start..end).unwrap_or_default()
+}
+
 /// Writes `s` as a JSON string, escaped exactly as serde_json does (`"`, `\`, control characters). The bytes
 /// that need escaping are exactly those `scan_plain` stops at, so plain runs are copied eight bytes a scan.
 pub(crate) fn write_str(out: &mut String, s: &str) {
@@ -457,7 +466,7 @@ pub(crate) fn write_str(out: &mut String, s: &str) {
     let mut start = 0;
     loop {
         let i = scan_plain(bytes, start);
-        out.push_str(&s[start..i]);
+        out.push_str(sub(s, start, i));
         let Some(&b) = bytes.get(i) else { break };
         match b {
             b'"' => out.push_str("\\\""),
