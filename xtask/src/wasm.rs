@@ -372,7 +372,7 @@ fn crate_of(item: &str) -> String {
     match head {
         "" => "(other)".into(),
         "wasm_bindgen" | "js_sys" | "web_sys" => "wasm-bindgen/js-sys/web-sys".into(),
-        "dlmalloc" | "__rustc" | "__rdl_realloc" => "allocator (dlmalloc)".into(),
+        "dlmalloc" | "talc" | "__rustc" | "__rdl_realloc" => "allocator".into(),
         "core" | "alloc" | "std" => {
             let depth = if path.get(1).is_some_and(|p| p == "collections") { 3 } else { 2 };
             path.iter().take(depth).cloned().collect::<Vec<_>>().join("::")
