@@ -452,7 +452,9 @@ export class TidingsClient extends EventTarget {
    * socket delivered meanwhile is the new leader's to deliver, by replay.
    */
   #stepDownIfStalled() {
-    if (this.role !== 'leader' || Date.now() - this.#beatAt <= this.#silenceLimit(this.#anyOtherVisible())) {
+    // The earliest any follower may steal: each follower's watchdog adds its own jitter, not this tab's.
+    const limit = this.#anyOtherVisible() ? LEADER_SILENCE_MS : HIDDEN_LEADER_SILENCE_MS;
+    if (this.role !== 'leader' || Date.now() - this.#beatAt <= limit) {
       return false;
     }
     this.#resign();
@@ -500,6 +502,9 @@ export class TidingsClient extends EventTarget {
       this.#core.close();
       this.#core.setPersistence(false);
       this.role = 'follower';
+      // Nothing was heard from a leader while this tab led: the watchdog must give the next one its full silence
+      // window, not steal the lock straight back from the tab that just took it.
+      this.#leaderSeen = Date.now();
       this.#emit('role', { role: 'follower' });
     }
     const release = this.#release;
