@@ -5,7 +5,13 @@ import type { PushResult } from '@tidings/web/sw';
 export const noPush: PushResult = { show: false };
 
 async function main(): Promise<void> {
-  const client = await TidingsClient.connect({ token: async () => 'token', streams: ['topic:news'] });
+  const client = await TidingsClient.connect({
+    token: async () => 'token',
+    streams: ['topic:news'],
+    batchWindowMs: 0,
+    backoffBaseMs: 50,
+    backoffCapMs: 500,
+  });
   client.addEventListener('notification', (e) => {
     const n: Notification = e.detail.notification;
     if (e.detail.shown) console.log(n.title ?? n.type, client.badge);

@@ -75,6 +75,11 @@ export interface ClientOptions {
    * connection is suspended until a tab is visible again (and resumes from the cursor; Web Push covers the gap).
    */
   backgroundGraceMs?: number;
+  /** How long a batch of informational notifications of one group stays open (default 3 000 ms; 0: no batching). */
+  batchWindowMs?: number;
+  /** Reconnect backoff: the first delay's upper bound (default 500 ms) and any delay's (default 20 000 ms). */
+  backoffBaseMs?: number;
+  backoffCapMs?: number;
   /** Leader election: Web Locks (default where available) or a localStorage lease. */
   election?: 'locks' | 'lease';
 }

@@ -75,6 +75,7 @@ export class TidingsClient extends EventTarget {
   #leaseTimer = null;
   #election;
   #backgroundGraceMs;
+  #engineOptions;
   #closed = false;
   #writing = Promise.resolve();
 
@@ -91,6 +92,7 @@ export class TidingsClient extends EventTarget {
     this.#streams = new Set(options.streams ?? []);
     this.#election = options.election ?? (globalThis.navigator?.locks?.request ? 'locks' : 'lease');
     this.#backgroundGraceMs = options.backgroundGraceMs;
+    this.#engineOptions = [options.batchWindowMs, options.backoffBaseMs, options.backoffCapMs];
     this.storageKey = `${this.name}:snapshot`;
   }
 
@@ -111,6 +113,7 @@ export class TidingsClient extends EventTarget {
       undefined,
       (kind, payload) => this.#output(kind, payload),
       this.#backgroundGraceMs,
+      ...this.#engineOptions,
     );
     this.#core.setPersistence(false);
     for (const stored of [await idbGet(this.storageKey), lsGet(this.storageKey)]) {

@@ -305,18 +305,34 @@ impl Core {
     /// `"token"` (`"true"` when a fresh token is required; answer with `token`/`tokenError`), `"persist"`
     /// (snapshot JSON to store) and `"frame"` (a server frame, for the other tabs). `background_grace_ms`: how
     /// long the socket stays open once no tab of the browser is visible (engine default 30 s).
+    /// `batch_window_ms`: how long a batch of informational notifications stays open (0: no batching; engine
+    /// default 3 s). `backoff_base_ms` / `backoff_cap_ms`: the reconnect backoff (engine default 500 ms / 20 s).
     #[wasm_bindgen(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         url: String,
         device_id: Option<String>,
         client_name: Option<String>,
         output: Function,
         background_grace_ms: Option<u32>,
+        batch_window_ms: Option<u32>,
+        backoff_base_ms: Option<u32>,
+        backoff_cap_ms: Option<u32>,
     ) -> Core {
+        let ms = |v: u32| std::time::Duration::from_millis(u64::from(v));
         let mut config = Config::new(url);
         config.device_id = device_id;
-        if let Some(ms) = background_grace_ms {
-            config.background_grace = std::time::Duration::from_millis(u64::from(ms));
+        if let Some(v) = background_grace_ms {
+            config.background_grace = ms(v);
+        }
+        if let Some(v) = batch_window_ms {
+            config.batch.window = ms(v);
+        }
+        if let Some(v) = backoff_base_ms {
+            config.backoff.base = ms(v);
+        }
+        if let Some(v) = backoff_cap_ms {
+            config.backoff.cap = ms(v);
         }
         config.client_name = client_name.unwrap_or_else(|| concat!("tidings-web/", env!("CARGO_PKG_VERSION")).into());
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {

@@ -25,7 +25,7 @@ fn core(url: &str) -> (Core, Log, Output) {
         l.borrow_mut().push((kind, payload));
     });
     let function: Function = f.as_ref().unchecked_ref::<Function>().clone();
-    let core = Core::new(url.into(), Some("d-test".into()), None, function, None);
+    let core = Core::new(url.into(), Some("d-test".into()), None, function, None, None, None, None);
     (core, log, f)
 }
 
