@@ -39,6 +39,12 @@ impl Drop for ServerProcess {
 /// Builds and starts `tidings-server` for conformance runs. `replay_max_items` comes from
 /// `tests/conformance/scenarios.json` (`server.replay_max_items`).
 pub(crate) fn start_conformance_server(root: &Path) -> Result<ServerProcess, String> {
+    start_conformance_server_serving(root, None)
+}
+
+/// [`start_conformance_server`], also serving `web_root`'s files at `/` (`--web-root`: the browser runner's
+/// pages load the npm package from the server they test against).
+pub(crate) fn start_conformance_server_serving(root: &Path, web_root: Option<&Path>) -> Result<ServerProcess, String> {
     run(Step::new("build tidings-server", "cargo").args(["build", "-p", "tidings-server", "--locked"]).dir(root))?;
     let scenarios = std::fs::read_to_string(root.join("tests/conformance/scenarios.json"))
         .map_err(|e| format!("read scenarios.json: {e}"))?;
@@ -52,8 +58,12 @@ pub(crate) fn start_conformance_server(root: &Path) -> Result<ServerProcess, Str
     let bin = crate::target_dir(root).join("debug").join("tidings-server");
     let log =
         std::fs::File::create(crate::target_dir(root).join("conformance-server.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(&bin)
-        .args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items])
+    let mut command = Command::new(&bin);
+    command.args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items]);
+    if let Some(web_root) = web_root {
+        command.arg("--web-root").arg(web_root);
+    }
+    let child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
         .stderr(Stdio::from(log))

@@ -1,0 +1,490 @@
+// The conformance scenarios (tests/conformance/scenarios.json; step vocabulary in tests/conformance/README.md)
+// interpreted through the browser package's public API (`js/tidings.js`, `tidings.d.ts`) in real headless
+// Chromium (playwright-core driving /usr/bin/chromium), against the reference server `cargo xtask wasm-test`
+// starts in demo mode with the file's replay buffer:
+//
+//   TIDINGS_WS_URL=… TIDINGS_HTTP_URL=… TIDINGS_API_KEY=… TIDINGS_WEB_ROOT=<the server's --web-root> \
+//     node conformance.mjs [scenario-name-filter]
+//
+// Same interpretation as the Rust, Swift and Kotlin runners. Every scenario client is an independent SDK client:
+// its own browser context (its own storage, Web Locks and BroadcastChannel, so no other tab shares its socket),
+// one page that imports `/pkg/tidings.js` from the server. How the steps map to the browser:
+//
+// - `connect`: `TidingsClient.connect({url, token, name, streams: [], batchWindowMs, backoffBaseMs: 50,
+//   backoffCapMs: 500, backgroundGraceMs})`; the token provider counts its calls and returns the token the runner
+//   got from `POST /v1/demo/token` (or `not-a-jwt`). The context's storage is empty (the "fresh store").
+// - delivered = `notification` events with `source: 'socket'` (what the engine delivered) and the ids of `digest`
+//   events. `ingestPush` reports its own outcome (`{show, notification | id}`) and, for `show`, also raises a
+//   `notification` event with `source: 'push'` (badges, other tabs); like `ingest_push` on the other platforms,
+//   that is the push path's outcome, not a delivery, so it is not counted.
+// - `set_network`: Playwright's `context.setOffline` (Chromium network emulation: `navigator.onLine` flips and
+//   the `online`/`offline` events the binding listens to fire; new sockets fail while offline).
+// - `background` / `foreground`: the page's visibility, which the binding feeds to the engine. Headless Chromium
+//   never hides a page (a minimized window — CDP `Browser.setWindowBounds` — or an inactive tab stay `visible`,
+//   and CDP has no visibility override), so the runner does what the browser would: `document.hidden` and
+//   `document.visibilityState` report hidden / visible and `visibilitychange` is dispatched on `document` — the
+//   event and the properties the binding (its driver and `tidings.js`) reads.
+// - `assert_connection_attempts`: `client.stats().connectionAttempts`.
+// - `close`: `client.close()`; the state is then `closed`.
+
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const SCENARIOS = process.env.TIDINGS_SCENARIOS ?? resolve(here, '../../tests/conformance/scenarios.json');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const WAIT_MS = 20000;
+const filter = process.argv[2] ?? '';
+
+function env(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`conformance.mjs: ${name} is not set (run it with \`cargo xtask wasm-test\`)`);
+    process.exit(2);
+  }
+  return v;
+}
+const WS_URL = env('TIDINGS_WS_URL');
+const HTTP_URL = env('TIDINGS_HTTP_URL').replace(/\/$/, '');
+const API_KEY = env('TIDINGS_API_KEY');
+const WEB_ROOT = env('TIDINGS_WEB_ROOT');
+
+// The page every client runs in: same origin as the package (`/pkg/tidings.js`), nothing else on it.
+mkdirSync(join(WEB_ROOT, 'conformance'), { recursive: true });
+writeFileSync(join(WEB_ROOT, 'conformance/index.html'), '<!doctype html><meta charset="utf-8"><title>conformance</title>\n');
+
+const file = JSON.parse(readFileSync(SCENARIOS, 'utf8'));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+class StepFailure extends Error {}
+
+function fail(message) {
+  throw new StepFailure(message);
+}
+
+function assertEq(got, want, what) {
+  const g = JSON.stringify(got);
+  const w = JSON.stringify(want);
+  if (g !== w) fail(`${what}: got ${g}, expected ${w}`);
+}
+
+async function post(path, body, auth = true) {
+  const r = await fetch(HTTP_URL + path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', ...(auth ? { Authorization: `Bearer ${API_KEY}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  const text = await r.text();
+  if (!r.ok) fail(`POST ${path} ${JSON.stringify(body)}: HTTP ${r.status} ${text}`);
+  return JSON.parse(text);
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    // A hidden (backgrounded) page keeps running its timers at full rate: the background grace period is the
+    // engine's, not Chrome's throttling.
+    '--disable-background-timer-throttling',
+    '--disable-renderer-backgrounding',
+  ],
+});
+
+let RUN = 0;
+
+/** Runs one scenario's steps; names are prefixed so that scenarios sharing the server cannot see each other. */
+class Runner {
+  constructor(scenario) {
+    this.scenario = scenario;
+    this.prefix = `w${process.pid}x${RUN++}`;
+    this.clients = new Map();
+    this.deliveries = new Map();
+  }
+
+  name(s) {
+    return `${this.prefix}-${s}`;
+  }
+
+  stream(s) {
+    const i = s.indexOf(':');
+    if (i < 0) fail(`stream ${s} has no kind`);
+    return `${s.slice(0, i)}:${this.name(s.slice(i + 1))}`;
+  }
+
+  names(list) {
+    return (list ?? []).map((s) => this.name(s));
+  }
+
+  client(step) {
+    const c = this.clients.get(step.client);
+    if (!c) fail(`no client ${step.client}`);
+    return c;
+  }
+
+  /** The client's page-side record: `log` (events in order), `state` (now), `tokenFetches`. */
+  async record(c) {
+    return c.page.evaluate(() => ({
+      log: window.__conformance.log,
+      state: window.__conformance.client.state,
+      tokenFetches: window.__conformance.tokenFetches,
+    }));
+  }
+
+  /** Polls the client's record until `pred` holds; fails after 20 s. */
+  async until(c, what, pred) {
+    const end = Date.now() + WAIT_MS;
+    let r;
+    for (;;) {
+      r = await this.record(c);
+      if (pred(r)) return r;
+      if (Date.now() > end) {
+        fail(`timed out after ${WAIT_MS / 1000} s waiting for ${what}; state ${JSON.stringify(r.state)}; events:\n${describe(r.log)}`);
+      }
+      await sleep(25);
+    }
+  }
+
+  async step(step) {
+    const op = step.op;
+    switch (op) {
+      case 'connect':
+        return this.connect(step);
+      case 'wait_state':
+      case 'assert_state': {
+        const matches = (s) => s.kind === step.state && (step.reason === undefined || s.reason === step.reason);
+        const c = this.client(step);
+        if (op === 'wait_state') {
+          // The current state, or any state the client reported since this wait began (a state-flow's view).
+          const from = (await this.record(c)).log.length;
+          await this.until(c, `state ${step.state}${step.reason ? `(${step.reason})` : ''}`, (r) =>
+            matches(r.state) || r.log.slice(from).some((e) => e.type === 'state' && matches(e.detail)),
+          );
+        } else {
+          const { state } = await this.record(c);
+          if (!matches(state)) fail(`state is ${JSON.stringify(state)}, expected ${step.state}${step.reason ? `(${step.reason})` : ''}`);
+        }
+        return;
+      }
+      case 'subscribe': {
+        const stream = this.stream(step.stream);
+        return this.client(step).page.evaluate((s) => window.__conformance.client.subscribe(s), stream);
+      }
+      case 'wait_continuity': {
+        const stream = this.stream(step.stream);
+        const ok = (c) =>
+          c.kind === step.kind &&
+          (step.replayed === undefined || c.replayed === step.replayed) &&
+          (step.reason === undefined || c.reason === step.reason) &&
+          (step.missed === undefined || c.missed === step.missed);
+        await this.until(this.client(step), `continuity ${JSON.stringify(step)}`, (r) =>
+          r.log.some((e) => e.type === 'continuity' && e.detail.stream === stream && ok(e.detail.continuity)),
+        );
+        return;
+      }
+      case 'publish':
+        return this.publish(step);
+      case 'wait_notifications': {
+        const ids = this.names(step.ids);
+        await this.until(this.client(step), `ids ${ids}`, (r) => {
+          const got = deliveredIds(r.log);
+          return ids.every((id) => got.includes(id));
+        });
+        return;
+      }
+      case 'assert_order': {
+        const ids = this.names(step.ids);
+        const delivered = deliveredIds((await this.record(this.client(step))).log);
+        const positions = ids.map((id) => {
+          const p = delivered.indexOf(id);
+          if (p < 0) fail(`${id} was not delivered; delivered: ${delivered}`);
+          return p;
+        });
+        for (let i = 1; i < positions.length; i++) {
+          if (!(positions[i - 1] < positions[i])) fail(`order of ${ids} in ${delivered}`);
+        }
+        return;
+      }
+      case 'assert_notification': {
+        const id = this.name(step.id);
+        const { log } = await this.record(this.client(step));
+        const n = notifications(log).find((x) => x.id === id);
+        if (!n) fail(`${id} was not delivered as a notification; events:\n${describe(log)}`);
+        if (step.stream !== undefined) assertEq(n.stream, this.stream(step.stream), `stream of ${id}`);
+        if (step.priority !== undefined) assertEq(n.priority, step.priority, `priority of ${id}`);
+        if (step.offset !== undefined) assertEq(n.offset, step.offset, `offset of ${id}`);
+        return;
+      }
+      case 'assert_delivered_exactly': {
+        const want = this.names(step.ids).sort();
+        const got = deliveredIds((await this.record(this.client(step))).log).sort();
+        assertEq(got, want, 'the delivered ids (each exactly once)');
+        return;
+      }
+      case 'wait_digest': {
+        const first = this.name(step.first);
+        const last = this.name(step.last);
+        await this.until(this.client(step), `digest ${JSON.stringify(step)}`, (r) =>
+          r.log.some(
+            (e) =>
+              e.type === 'digest' &&
+              e.detail.digest.group === step.group &&
+              e.detail.digest.count === step.count &&
+              e.detail.digest.first.id === first &&
+              e.detail.digest.last.id === last,
+          ),
+        );
+        return;
+      }
+      case 'assert_no_digest': {
+        const { log } = await this.record(this.client(step));
+        if (log.some((e) => e.type === 'digest')) fail(`no digest yet; events:\n${describe(log)}`);
+        return;
+      }
+      case 'ingest_push': {
+        const id = this.name(step.id);
+        const d = this.deliveries.get(id);
+        if (!d) fail(`${id} was not published`);
+        const payload = {
+          tidings: {
+            id,
+            stream: d.stream,
+            offset: d.offset,
+            epoch: d.epoch,
+            type: 'conformance',
+            priority: 'critical',
+            persistence: 'bufferable',
+            title: `title ${id}`,
+            created_at: 1,
+          },
+        };
+        const outcome = await this.client(step).page.evaluate((p) => window.__conformance.client.ingestPush(p), payload);
+        let got;
+        if (outcome.show === true) {
+          got = 'show';
+          assertEq(outcome.notification?.id, id, 'shown notification id');
+        } else if (outcome.show === false) {
+          got = 'duplicate';
+          assertEq(outcome.id, id, 'duplicate id');
+        } else {
+          fail(`unexpected push outcome ${JSON.stringify(outcome)}`);
+        }
+        assertEq(got, step.expect, `push outcome for ${id}`);
+        return;
+      }
+      case 'set_network':
+        if (typeof step.online !== 'boolean') fail('set_network needs online: true|false');
+        await this.client(step).ctx.setOffline(!step.online);
+        return;
+      case 'background':
+      case 'foreground':
+        return this.setVisible(this.client(step), op === 'foreground');
+      case 'drop_connections':
+        await post('/v1/admin/drop', {});
+        return;
+      case 'settle':
+        await sleep(step.ms);
+        return;
+      case 'assert_connection_attempts': {
+        const stats = await this.client(step).page.evaluate(() => window.__conformance.client.stats());
+        assertEq(stats.connectionAttempts, step.count, 'connection attempts');
+        return;
+      }
+      case 'assert_token_fetches': {
+        const { tokenFetches } = await this.record(this.client(step));
+        assertEq(tokenFetches, step.count, 'token provider calls');
+        return;
+      }
+      case 'close': {
+        const c = this.client(step);
+        this.clients.delete(step.client);
+        const state = await c.page.evaluate(async () => {
+          await window.__conformance.client.close();
+          return window.__conformance.client.state;
+        });
+        await c.ctx.close();
+        assertEq(state.kind, 'closed', 'state after close()');
+        return;
+      }
+      default:
+        fail(`unknown step op "${op}" (add it to every runner, see tests/conformance/README.md)`);
+    }
+  }
+
+  async connect(step) {
+    if (this.clients.has(step.client)) fail(`client ${step.client} exists already`);
+    const user = this.name(step.user);
+    const topics = this.names(step.topics);
+    let token;
+    switch (step.token ?? 'valid') {
+      case 'valid':
+        token = (await post('/v1/demo/token', { user, topics }, false)).token;
+        break;
+      case 'invalid':
+        token = 'not-a-jwt';
+        break;
+      default:
+        fail(`unknown token kind ${step.token}`);
+    }
+    // An independent client: its own context (storage, locks, channels), so no other tab shares its socket.
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const c = { ctx, page, errors: [] };
+    page.on('pageerror', (e) => c.errors.push(String(e)));
+    page.on('console', (m) => {
+      if (m.type() === 'error' || m.type() === 'warning') c.errors.push(`[console ${m.type()}] ${m.text()}`);
+    });
+    this.clients.set(step.client, c);
+    await page.goto(`${HTTP_URL}/conformance/`);
+    await page.evaluate(
+      async (o) => {
+        const { TidingsClient } = await import('/pkg/tidings.js');
+        const rec = { log: [], tokenFetches: 0, client: null };
+        window.__conformance = rec;
+        const client = await TidingsClient.connect({
+          url: o.url,
+          name: o.name,
+          streams: [],
+          token: () => {
+            rec.tokenFetches++;
+            return o.token;
+          },
+          batchWindowMs: o.batchWindowMs,
+          backoffBaseMs: 50,
+          backoffCapMs: 500,
+          backgroundGraceMs: o.backgroundGraceMs ?? undefined,
+        });
+        rec.client = client;
+        // Attached before the engine runs again (the leader lock is granted in a later task).
+        for (const type of ['state', 'continuity', 'notification', 'digest']) {
+          client.addEventListener(type, (e) => rec.log.push({ type, detail: e.detail }));
+        }
+      },
+      {
+        url: WS_URL,
+        name: `conformance-${user}-${step.client}`,
+        token,
+        batchWindowMs: step.batch_window_ms ?? 0,
+        backgroundGraceMs: step.background_grace_ms ?? null,
+      },
+    );
+  }
+
+  async publish(step) {
+    const ids =
+      step.count !== undefined
+        ? Array.from({ length: step.count }, (_, i) => this.name(`${step.id_prefix}${i}`))
+        : this.names(step.ids);
+    for (const id of ids) {
+      const body = {
+        users: this.names(step.users),
+        topics: this.names(step.topics),
+        id,
+        type: 'conformance',
+        priority: step.priority ?? 'important',
+        title: `title ${id}`,
+      };
+      if (step.group !== undefined) body.group = step.group;
+      if (step.persistence !== undefined) body.persistence = step.persistence;
+      const reply = await post('/v1/publish', body);
+      if (!reply.deliveries?.length) fail(`publish ${id}: no deliveries in ${JSON.stringify(reply)}`);
+      this.deliveries.set(id, reply.deliveries[0]);
+    }
+  }
+
+  /** Makes the page hidden or visible, as the browser does when a tab goes to the background or comes back. */
+  async setVisible(c, visible) {
+    const state = await c.page.evaluate((visible) => {
+      for (const [prop, value] of [
+        ['hidden', !visible],
+        ['visibilityState', visible ? 'visible' : 'hidden'],
+      ]) {
+        Object.defineProperty(document, prop, { configurable: true, get: () => value });
+      }
+      document.dispatchEvent(new Event('visibilitychange'));
+      return document.visibilityState;
+    }, visible);
+    assertEq(state, visible ? 'visible' : 'hidden', 'document.visibilityState');
+  }
+
+  /** Closes the clients a scenario left open (after a failure, too). */
+  async closeAll() {
+    for (const c of this.clients.values()) {
+      await c.page.evaluate(() => window.__conformance?.client?.close()).catch(() => {});
+      await c.ctx.close().catch(() => {});
+    }
+    this.clients.clear();
+  }
+}
+
+/** Notifications the engine delivered on their own (socket or replay), in order. */
+function notifications(log) {
+  return log.filter((e) => e.type === 'notification' && e.detail.source === 'socket').map((e) => e.detail.notification);
+}
+
+/** Ids delivered alone and inside digests, in delivery order. */
+function deliveredIds(log) {
+  const ids = [];
+  for (const e of log) {
+    if (e.type === 'notification' && e.detail.source === 'socket') ids.push(e.detail.notification.id);
+    else if (e.type === 'digest') ids.push(...e.detail.digest.ids);
+  }
+  return ids;
+}
+
+function describe(log) {
+  return log
+    .map((e) => {
+      switch (e.type) {
+        case 'notification':
+          return `  notification ${e.detail.notification.id} (${e.detail.source})`;
+        case 'digest':
+          return `  digest ${e.detail.digest.group} ${e.detail.digest.ids}`;
+        case 'continuity':
+          return `  continuity ${e.detail.stream} ${JSON.stringify(e.detail.continuity)}`;
+        default:
+          return `  ${e.type} ${JSON.stringify(e.detail)}`;
+      }
+    })
+    .join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+const scenarios = file.scenarios.filter((s) => !filter || s.name.includes(filter));
+if (scenarios.length === 0) {
+  console.error(`no scenario matches "${filter}"`);
+  process.exit(2);
+}
+const started = Date.now();
+let failed = 0;
+for (const scenario of scenarios) {
+  const runner = new Runner(scenario);
+  const t0 = Date.now();
+  let i = 0;
+  try {
+    for (; i < scenario.steps.length; i++) await runner.step(scenario.steps[i]);
+    console.log(`ok   ${scenario.name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failed++;
+    const step = scenario.steps[i];
+    console.log(`FAIL ${scenario.name} (${((Date.now() - t0) / 1000).toFixed(1)} s) [prefix ${runner.prefix}]`);
+    console.log(`     step ${i} ${JSON.stringify(step)}:\n     ${e instanceof StepFailure ? e.message : (e.stack ?? e)}`);
+    for (const c of runner.clients.values()) for (const err of c.errors) console.log(`     ${err}`);
+  } finally {
+    await runner.closeAll();
+  }
+}
+await browser.close();
+const total = scenarios.length;
+console.log(
+  `\nbrowser conformance: ${total - failed} passed / ${total} total (${((Date.now() - started) / 1000).toFixed(1)} s)`,
+);
+process.exit(failed ? 1 : 0);
