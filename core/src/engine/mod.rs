@@ -221,15 +221,15 @@ pub enum Continuity {
 }
 
 /// What the application sees.
-#[allow(clippy::large_enum_variant)] // moved once through a queue; boxing would only add an allocation
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The connection state changed.
     State(ConnectionState),
     /// A notification (live or replayed), seen for the first time.
     Notification(Notification),
-    /// Several informational notifications of one group.
-    Digest(Digest),
+    /// Several informational notifications of one group (boxed: a digest holds two notifications, and every
+    /// event is moved through queues at the size of the largest variant).
+    Digest(Box<Digest>),
     /// How a stream continued after (re)subscribing; exactly one per `subscribed`.
     Continuity {
         /// The stream.
