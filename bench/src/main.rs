@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The benchmark processes (clients and the server child) use mimalloc, as a production server or app may; glibc's
-/// allocator spent most of the client core in malloc/free/consolidate (see BENCHMARKS.md).
+/// allocator spent most of the client core in malloc/free/consolidate (see BENCHMARKS.md). mimalloc runs with
+/// transparent huge pages off (see [`without_thp`]).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -91,7 +92,26 @@ enum Via {
     Http,
 }
 
+/// mimalloc asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) by default and returns freed
+/// memory after a delay; every 2 MiB page it then touches again is zeroed by the kernel. Profiled in S2 (`perf
+/// record` on the client process), `clear_page_erms` was 39 % of the client core, and turning THP off doubled
+/// the deliveries the clients took (205–235 k/s → 467–508 k/s, two runs each). mimalloc reads its options when
+/// the process starts, so the tool re-executes itself once with `MIMALLOC_ALLOW_THP=0` (the server child
+/// inherits it). An explicit `MIMALLOC_ALLOW_THP` in the environment is left as it is.
+fn without_thp() -> anyhow::Result<()> {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("MIMALLOC_ALLOW_THP", "0")
+        .exec();
+    Err(anyhow::anyhow!("re-executing tidings-bench with MIMALLOC_ALLOW_THP=0: {err}"))
+}
+
 fn main() -> anyhow::Result<()> {
+    without_thp()?;
     let cli = Cli::parse();
     match cli.command {
         Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer } => {
@@ -117,7 +137,10 @@ fn run(
     eprintln!("tidings-bench: {nproc} CPUs ({}), server on CPU 0, clients on CPU 1, fd limit {fds}", sys::cpu_model());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stamp = |mut v: serde_json::Value| {
-        v["placement"] = json!("server pinned to CPU 0, clients pinned to CPU 1 (taskset)");
+        v["placement"] = json!(
+            "server pinned to CPU 0, clients pinned to CPU 1 (taskset); the Tidings processes use mimalloc with \
+             transparent huge pages off"
+        );
         v["cpu"] = json!(sys::cpu_model());
         v["nproc"] = json!(nproc);
         v
