@@ -1,8 +1,8 @@
 //! The JSON the binding hands to its JavaScript wrapper: application events, connection states, push outcomes.
 //! Written by hand (the core's codec writes the notification envelopes) so that no serializer is linked in.
 
-use tidings_core::protocol::encode_notification;
-use tidings_core::{ConnectionState, Continuity, Digest, Event, FailureReason, PushOutcome, SuspendReason};
+use tidings_core::protocol::{encode_notification, push_json_str as push_str, push_json_u64 as push_u64};
+use tidings_core::{ConnectionState, Continuity, Digest, Event, PushOutcome};
 
 /// A JSON object being written.
 pub(crate) struct Obj(String);
@@ -64,45 +64,6 @@ impl Obj {
     }
 }
 
-/// Appends `s` as a JSON string literal.
-pub(crate) fn push_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u00");
-                out.push(HEX[(c as usize) >> 4] as char);
-                out.push(HEX[(c as usize) & 15] as char);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends a decimal number (without `core::fmt`).
-pub(crate) fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        out.push(b as char);
-    }
-}
-
 /// `{"kind":"connected"}`, `{"kind":"reconnecting","attempt":2,"delayMs":740,"reason":"…"}`, …
 pub(crate) fn state(s: &ConnectionState) -> String {
     match s {
@@ -116,28 +77,11 @@ pub(crate) fn state(s: &ConnectionState) -> String {
             .num("attempt", u64::from(*attempt))
             .num("delayMs", u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
             .str("reason", reason),
-        ConnectionState::Suspended { reason } => Obj::new().str("kind", "suspended").str(
-            "reason",
-            match reason {
-                SuspendReason::Background => "background",
-                SuspendReason::Offline => "offline",
-            },
-        ),
+        ConnectionState::Suspended { reason } => Obj::new().str("kind", "suspended").str("reason", reason.as_str()),
         ConnectionState::Closed => Obj::new().str("kind", "closed"),
-        ConnectionState::Failed { reason, message } => Obj::new()
-            .str("kind", "failed")
-            .str(
-                "reason",
-                match reason {
-                    FailureReason::Unauthorized => "unauthorized",
-                    FailureReason::TokenProvider => "token_provider",
-                    FailureReason::Protocol => "protocol",
-                    FailureReason::FrameTooLarge => "frame_too_large",
-                    FailureReason::SessionReplaced => "session_replaced",
-                    FailureReason::Rejected => "rejected",
-                },
-            )
-            .str("message", message),
+        ConnectionState::Failed { reason, message } => {
+            Obj::new().str("kind", "failed").str("reason", reason.as_str()).str("message", message)
+        }
     }
     .end()
 }

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tidings_core::engine::{ConnectionState, Continuity, Event, FailureReason, Lifecycle, NetworkEvent, PushOutcome};
-use tidings_core::protocol::GapReason;
+use tidings_core::engine::{ConnectionState, Continuity, Event, Lifecycle, NetworkEvent, PushOutcome};
 use tidings_core::store::MemoryStore;
 use tidings_tests::{TestClient, TestServer};
 
@@ -83,7 +82,7 @@ impl<'s> Runner<'s> {
                 let matches = move |s: &ConnectionState| {
                     state_name(s) == want
                         && reason.as_deref().is_none_or(|r| match s {
-                            ConnectionState::Failed { reason, .. } => failure_name(*reason) == r,
+                            ConnectionState::Failed { reason, .. } => reason.as_str() == r,
                             _ => false,
                         })
                 };
@@ -116,7 +115,7 @@ impl<'s> Runner<'s> {
                                 }
                                 Continuity::Gap { reason: why, missed: m } => {
                                     kind == "gap"
-                                        && reason.as_deref().is_none_or(|want| want == gap_name(*why))
+                                        && reason.as_deref().is_none_or(|want| want == why.as_str())
                                         && missed.is_none_or(|want| Some(want) == *m)
                                 }
                             },
@@ -260,25 +259,6 @@ fn state_name(s: &ConnectionState) -> &'static str {
         ConnectionState::Suspended { .. } => "suspended",
         ConnectionState::Closed => "closed",
         ConnectionState::Failed { .. } => "failed",
-    }
-}
-
-fn failure_name(r: FailureReason) -> &'static str {
-    match r {
-        FailureReason::Unauthorized => "unauthorized",
-        FailureReason::TokenProvider => "token_provider",
-        FailureReason::Protocol => "protocol",
-        FailureReason::FrameTooLarge => "frame_too_large",
-        FailureReason::SessionReplaced => "session_replaced",
-        FailureReason::Rejected => "rejected",
-    }
-}
-
-fn gap_name(r: GapReason) -> &'static str {
-    match r {
-        GapReason::EpochChanged => "epoch_changed",
-        GapReason::OutOfBuffer => "out_of_buffer",
-        GapReason::AheadOfStream => "ahead_of_stream",
     }
 }
 

@@ -184,6 +184,16 @@ pub enum SuspendReason {
     Offline,
 }
 
+impl SuspendReason {
+    /// `background` or `offline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspendReason::Background => "background",
+            SuspendReason::Offline => "offline",
+        }
+    }
+}
+
 /// Why the engine stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureReason {
@@ -199,6 +209,21 @@ pub enum FailureReason {
     SessionReplaced,
     /// The server refused the WebSocket handshake with a permanent HTTP status.
     Rejected,
+}
+
+impl FailureReason {
+    /// The reason's name: `unauthorized`, `token_provider`, `protocol`, `frame_too_large`, `session_replaced`,
+    /// `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Unauthorized => "unauthorized",
+            FailureReason::TokenProvider => "token_provider",
+            FailureReason::Protocol => "protocol",
+            FailureReason::FrameTooLarge => "frame_too_large",
+            FailureReason::SessionReplaced => "session_replaced",
+            FailureReason::Rejected => "rejected",
+        }
+    }
 }
 
 /// How a stream continued after a (re)subscription.

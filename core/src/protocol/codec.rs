@@ -585,9 +585,15 @@ pub(crate) fn quoted(s: &str) -> String {
     out
 }
 
-/// Writes `s` as a JSON string (for other modules of the crate).
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal, escaped as the protocol's own frames are (for bindings that hand JSON
+/// to their platform without a serializer).
+pub fn push_json_str(out: &mut String, s: &str) {
     write_str(out, s);
+}
+
+/// Appends `v` as a JSON number.
+pub fn push_json_u64(out: &mut String, v: u64) {
+    super::json::push_u64(out, v);
 }
 
 #[cfg(test)]

@@ -677,11 +677,12 @@ impl DecodeError {
 #[cfg(test)]
 use codec::NOTIFICATION_PREFIX;
 pub(crate) use codec::quoted;
+pub(crate) use codec::write_notification;
 pub use codec::{
     decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
     encode_notification, encode_server_frame,
 };
-pub(crate) use codec::{push_json_str, write_notification};
+pub use codec::{push_json_str, push_json_u64};
 
 #[cfg(test)]
 mod tests {
