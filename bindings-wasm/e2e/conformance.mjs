@@ -30,11 +30,10 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SCENARIOS = process.env.TIDINGS_SCENARIOS ?? resolve(here, '../../tests/conformance/scenarios.json');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const WAIT_MS = 20000;
 const filter = process.argv[2] ?? '';
 
@@ -82,21 +81,7 @@ async function post(path, body, auth = true) {
   return JSON.parse(text);
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    // A hidden (backgrounded) page keeps running its timers at full rate: the background grace period is the
-    // engine's, not Chrome's throttling.
-    '--disable-background-timer-throttling',
-    '--disable-renderer-backgrounding',
-  ],
-});
+const browser = await launchChromium();
 
 let RUN = 0;
 

@@ -11,12 +11,11 @@ import { createServer } from 'node:net';
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SERVER = process.env.TIDINGS_SERVER ?? resolve(here, '../../target/debug/tidings-server');
 const WEB_ROOT = resolve(process.env.TIDINGS_WEB_ROOT ?? resolve(here, '../../target/wasm-web'));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const filter = process.argv[2] ?? '';
 
 function freePort() {
@@ -92,20 +91,7 @@ async function presence(user) {
   return (await r.json()).devices.length;
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-background-timer-throttling',
-    '--disable-renderer-backgrounding',
-    '--disable-backgrounding-occluded-windows',
-  ],
-});
+const browser = await launchChromium();
 
 /** A browser context (one "browser profile": shared storage, locks, channels) with reporting and a socket count. */
 async function newContext() {
