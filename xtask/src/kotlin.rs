@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::apt_install;
 use crate::bindgen::{Language, build_host_library};
 use crate::util::{Step, run};
 
@@ -158,27 +159,6 @@ fn provision(root: &Path) -> Result<Toolchain, String> {
     }
     eprintln!("== kotlin toolchain: kotlinc {KOTLIN_VERSION} ({}), JNA from Debian", package.display());
     Ok(tools)
-}
-
-/// `apt-get install -y`, running `apt-get update` first only when the install fails (a fresh machine has no
-/// package lists). Uses `sudo -n` when not root.
-fn apt_install(packages: &[&str]) -> Result<(), String> {
-    let root_user = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    let apt = |args: &[&str]| -> Step {
-        let step = if root_user {
-            Step::new("apt-get", "apt-get").args(args.iter().copied())
-        } else {
-            Step::new("apt-get (sudo)", "sudo").args(["-n", "apt-get"]).args(args.iter().copied())
-        };
-        step.env("DEBIAN_FRONTEND", "noninteractive")
-    };
-    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend_from_slice(packages);
-    if run(apt(&install)).is_ok() {
-        return Ok(());
-    }
-    run(apt(&["update", "-q"]))?;
-    run(apt(&install)).map_err(|e| format!("{e}: install {} (Debian) by hand and rerun", packages.join(" ")))
 }
 
 fn succeeds(program: &str, args: &[&str]) -> bool {

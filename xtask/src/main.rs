@@ -108,7 +108,28 @@ fn target_dir(root: &Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
-#[allow(dead_code)]
 fn has(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+}
+
+/// `apt-get install -y`, running `apt-get update` first only when the install fails (a fresh machine has no
+/// package lists). Uses `sudo -n` when not root. Every toolchain xtask provisions from Debian goes through it.
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let root_user = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let apt = |args: &[&str]| -> Step {
+        let step = if root_user {
+            Step::new("apt-get", "apt-get")
+        } else {
+            Step::new("apt-get (sudo)", "sudo").args(["-n", "apt-get"])
+        };
+        // Waits for another apt (a parallel provisioning step) instead of failing on its lock.
+        step.args(["-o", "DPkg::Lock::Timeout=300"]).args(args.iter().copied()).env("DEBIAN_FRONTEND", "noninteractive")
+    };
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    if run(apt(&install)).is_ok() {
+        return Ok(());
+    }
+    run(apt(&["update", "-q"]))?;
+    run(apt(&install)).map_err(|e| format!("{e}: install {} (Debian) by hand and rerun", packages.join(" ")))
 }

@@ -285,7 +285,7 @@ fn provision(root: &Path) -> Result<PathBuf, String> {
         remove_tree(&partial)?;
         remove_tree(&chroot)?;
         if output_of("sh", &["-c", "command -v debootstrap"]).is_none() {
-            host_apt_install(&["debootstrap"])?;
+            crate::apt_install(&["debootstrap"])?;
         }
         let mirror = debian_mirror()?;
         std::fs::create_dir_all(partial.parent().unwrap_or(root)).map_err(|e| format!("create .tools: {e}"))?;
@@ -349,22 +349,6 @@ fn debian_mirror() -> Result<String, String> {
     from_deb822.or(from_legacy).map(str::to_string).ok_or_else(|| {
         "found no Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list".to_string()
     })
-}
-
-fn host_apt_install(packages: &[&str]) -> Result<(), String> {
-    let apt = |args: &[&str]| {
-        Step::new("apt-get", "apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=300"])
-            .args(args.iter().copied())
-            .env("DEBIAN_FRONTEND", "noninteractive")
-    };
-    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend_from_slice(packages);
-    if run(apt(&install)).is_ok() {
-        return Ok(());
-    }
-    run(apt(&["update", "-q"]))?;
-    run(apt(&install))
 }
 
 /// Removes a directory tree, refusing while anything is mounted below it (a bind-mounted workspace would be

@@ -12,8 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::target_dir;
 use crate::util::{Step, run};
+use crate::{apt_install, has, target_dir};
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// The pinned playwright-core (see `bindings-wasm/e2e/package.json`).
@@ -92,13 +92,6 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn has(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The wasm-bindgen version pinned in the root `Cargo.toml` (the CLI must match it exactly).
 fn pinned_wasm_bindgen(root: &Path) -> Result<String, String> {
     let manifest = fs::read_to_string(root.join("Cargo.toml")).map_err(|e| format!("Cargo.toml: {e}"))?;
@@ -109,17 +102,6 @@ fn pinned_wasm_bindgen(root: &Path) -> Result<String, String> {
         .and_then(|rest| rest.split('"').next())
         .map(str::to_string)
         .ok_or_else(|| "no exact `wasm-bindgen = { version = \"=…\" }` pin in Cargo.toml".into())
-}
-
-fn apt_install(packages: &[&str]) -> Result<(), String> {
-    if !has("apt-get") {
-        return Err(format!("missing {packages:?} and no apt-get to install them"));
-    }
-    run(Step::new("apt-get update", "apt-get").args(["update"]))?;
-    run(Step::new("install browser test dependencies", "apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Installs what is missing: the wasm target, the pinned wasm-bindgen-cli, Chromium + chromedriver, Node and
