@@ -17,8 +17,11 @@
 //! `handle_relayed`: same cursors, dedup and digests, never acked).
 //!
 //! JSON towards JavaScript is written by hand (`json.rs`, the core's codec for envelopes): no serializer is
-//! linked into the module.
+//! linked into the module. JSON from JavaScript and the server (frames, push payloads, stored snapshots) is
+//! parsed by the browser's `JSON.parse` and built into the core's types (`decode.rs`), which feed the engine's
+//! decoded-frame inputs: no JSON decoder is linked in either.
 
+mod decode;
 mod json;
 
 use std::cell::RefCell;
@@ -27,7 +30,7 @@ use std::rc::{Rc, Weak};
 use js_sys::Function;
 use tidings_core::engine::Config;
 use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
-use tidings_core::store::{decode_snapshot, encode_snapshot};
+use tidings_core::store::encode_snapshot;
 use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, Event, EventTarget, MessageEvent, WebSocket};
@@ -58,6 +61,10 @@ fn seed() -> u64 {
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
+}
+
+fn decode_err(e: DecodeError) -> JsError {
+    JsError::new(e.message())
 }
 
 /// One WebSocket and the callbacks attached to it.
@@ -213,7 +220,17 @@ impl Inner {
                     // the frame has left already and the next leader's cursor includes it.
                     let output = rc.borrow().output.clone();
                     let _ = output.call2(&JsValue::NULL, &JsValue::from_str("frame"), &JsValue::from_str(&text));
-                    rc.borrow_mut().engine.handle_text(now(), conn, &text);
+                    let mut i = rc.borrow_mut();
+                    for frame in decode::frames(&text) {
+                        match frame {
+                            Ok(frame) => i.engine.handle_frame(now(), conn, frame),
+                            Err(error) => {
+                                // The link is replaced; what followed in this message belongs to it.
+                                i.engine.handle_undecodable(now(), conn, &error);
+                                break;
+                            }
+                        }
+                    }
                 }
                 None => {
                     let error = DecodeError::new("binary message");
@@ -423,7 +440,7 @@ impl Core {
 
     /// Merges a stored snapshot (JSON from a `"persist"` output) into the engine.
     pub fn restore(&self, snapshot: &str) -> Result<(), JsError> {
-        let snapshot = decode_snapshot(snapshot.as_bytes()).map_err(js_err)?;
+        let snapshot = decode::snapshot(snapshot).map_err(decode_err)?;
         self.run(|e, now| e.restore(now, &snapshot));
         Ok(())
     }
@@ -454,16 +471,22 @@ impl Core {
         self.run(|e, now| e.unsubscribe(now, stream)).map_err(js_err)
     }
 
-    /// A server frame another tab's socket received (`handle_relayed`: processed, never acked).
+    /// A message another tab's socket received: its frames, one per line (`handle_relayed_frame`: processed,
+    /// never acked).
     pub fn relayed(&self, text: &str) -> Result<(), JsError> {
-        self.run(|e, now| e.handle_relayed(now, text)).map_err(js_err)
+        for frame in decode::frames(text) {
+            let frame = frame.map_err(decode_err)?;
+            self.run(|e, now| e.handle_relayed_frame(now, frame));
+        }
+        Ok(())
     }
 
     /// A push payload (Web Push, or relayed by another tab): `{"show":true,"notification":{…}}` or
     /// `{"show":false,"id":"…"}`.
     #[wasm_bindgen(js_name = ingestPush)]
     pub fn ingest_push(&self, payload: &str) -> Result<String, JsError> {
-        let outcome = self.run(|e, now| e.ingest_push(now, payload)).map_err(js_err)?;
+        let n = decode::push_payload(payload).map_err(decode_err)?;
+        let outcome = self.run(|e, now| e.ingest_push_notification(now, n)).map_err(js_err)?;
         Ok(json::push_outcome(&outcome).end())
     }
 
@@ -554,9 +577,10 @@ pub fn push_through(snapshot: &str, payload: &str) -> Result<String, JsError> {
     let mut engine = Engine::new(Config::new(""), 0);
     let t = Instant::ZERO;
     if !snapshot.is_empty() {
-        engine.restore(t, &decode_snapshot(snapshot.as_bytes()).map_err(js_err)?);
+        engine.restore(t, &decode::snapshot(snapshot).map_err(decode_err)?);
     }
-    let outcome = engine.ingest_push(t, payload).map_err(js_err)?;
+    let n = decode::push_payload(payload).map_err(decode_err)?;
+    let outcome = engine.ingest_push_notification(t, n).map_err(js_err)?;
     let snapshot = engine.snapshot();
     let snapshot = String::from_utf8(encode_snapshot(&snapshot)).unwrap_or_default();
     Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot).end())
@@ -569,7 +593,7 @@ pub fn merge_snapshots(ours: &str, theirs: &str) -> Result<String, JsError> {
         if s.is_empty() {
             Ok(tidings_core::Snapshot { version: 1, ..Default::default() })
         } else {
-            decode_snapshot(s.as_bytes()).map_err(js_err)
+            decode::snapshot(s).map_err(decode_err)
         }
     };
     let mut a = decode(ours)?;

@@ -131,3 +131,69 @@ async fn a_refused_socket_backs_off_on_timers_and_releases_the_socket() {
     core.dispose();
     assert!(core.stats().contains(r#""listeners":0"#));
 }
+
+#[wasm_bindgen_test]
+fn frames_are_decoded_with_the_codec_rules_one_per_line() {
+    let (core, log, _f) = core("ws://127.0.0.1:9/v1/ws");
+    // Several frames in one message, one per line (a trailing newline is no frame).
+    let two = format!("{}\n{}\n", notification("n1", 1), notification("n2", 2));
+    core.relayed(&two).unwrap();
+    let got = events(&log, r#""type":"notification""#);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[1].contains(r#""id":"n2""#) && got[1].contains(r#""title":"hi n2""#), "{got:?}");
+    assert_eq!(core.cursor("user:alice").unwrap(), r#"{"epoch":"e1","offset":2}"#);
+    // Members in any order, unknown ones ignored, null as absent, `data` carried as JSON.
+    let reordered = r#"{"created_at":5,"x":[1,{"y":null}],"title":null,"data":{"post":"p-1","n":[1,2]},"persistence":"bufferable","priority":"informational","type":"t","epoch":"e1","offset":3,"stream":"user:alice","id":"n3","op":"notification"}"#;
+    core.relayed(reordered).unwrap();
+    let got = events(&log, r#""id":"n3""#);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains(r#""data":{"post":"p-1","n":[1,2]}"#) && !got[0].contains("title"), "{got:?}");
+    // Refused: wrong types, missing members, unknown enum names and ops, non-objects, unsafe integers.
+    let bad = [
+        r#"{"op":"notification","id":5}"#.to_string(),
+        notification("n4", 4).replace(r#""created_at":1"#, r#""created_at":"1""#),
+        notification("n4", 4).replace(r#","epoch":"e1""#, ""),
+        notification("n4", 4).replace("important", "urgent"),
+        notification("n4", 4).replace(r#""offset":4"#, r#""offset":-4"#),
+        notification("n4", 4).replace(r#""offset":4"#, r#""offset":9007199254740993"#),
+        r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"e1","offset":0,"continuity":"later"}"#.into(),
+        r#"{"op":"shout"}"#.into(),
+        r#"["op","heartbeat"]"#.into(),
+        "not json".into(),
+    ];
+    for text in &bad {
+        assert!(core.relayed(text).is_err(), "accepted {text}");
+    }
+    assert!(events(&log, "n4").is_empty());
+    // A bad frame after a good one in one message: the good one was handled.
+    assert!(core.relayed(&format!("{}\n{{}}", notification("n5", 5))).is_err());
+    assert_eq!(events(&log, r#""id":"n5""#).len(), 1);
+}
+
+#[wasm_bindgen_test]
+fn push_payloads_and_snapshots_are_decoded() {
+    // The envelope bare, wrapped as an object, or wrapped as JSON text.
+    let bare = envelope("p1", 1);
+    let text = format!(r#"{{"tidings":"{}"}}"#, bare.replace('"', "\\\""));
+    let first = push_through("", &text).unwrap();
+    assert!(first.starts_with(r#"{"show":true,"notification":{"id":"p1""#), "{first}");
+    let start = first.find(r#""snapshot":"#).unwrap() + 11;
+    let snapshot = &first[start..first.len() - 1];
+    assert!(push_through(snapshot, &bare).unwrap().starts_with(r#"{"show":false,"id":"p1""#));
+    assert!(push_through("", r#"{"tidings":5}"#).is_err());
+    assert!(push_through("", "[]").is_err());
+    // Snapshots: version 1 only, cursors need epoch and offset, a pending batch survives the round trip.
+    let stored = format!(
+        r#"{{"version":1,"device_id":"d-9","cursors":{{"user:alice":{{"epoch":"e1","offset":4}}}},"seen":["a","b"],"pending":[{{"group":"g","first":{},"last":null,"ids":["p1"]}}],"push":{{"platform":"web_push","token":"tok"}}}}"#,
+        envelope("p1", 1)
+    );
+    let merged = merge_snapshots(&stored, "").unwrap();
+    for part in
+        [r#""device_id":"d-9""#, r#""user:alice":{"epoch":"e1","offset":4}"#, r#""group":"g""#, r#""token":"tok""#]
+    {
+        assert!(merged.contains(part), "{part} in {merged}");
+    }
+    assert!(merge_snapshots(&stored.replace(r#""version":1"#, r#""version":2"#), "").is_err());
+    assert!(merge_snapshots(r#"{"version":1,"cursors":{"user:alice":{"epoch":"e1"}}}"#, "").is_err());
+    assert!(merge_snapshots(r#"{"version":1,"seen":[1]}"#, "").is_err());
+}
