@@ -40,84 +40,160 @@ fn context(prefix: &str, e: DecodeError) -> DecodeError {
 }
 
 /// One JSON object parsed by the browser.
-fn object(text: &str) -> R<JsValue> {
+fn parse(text: &str) -> R<Fields> {
     let v = JSON::parse(text).map_err(|_| DecodeError::new("not valid JSON"))?;
-    as_object(v)
-}
-
-fn as_object(v: JsValue) -> R<JsValue> {
-    if v.is_object() && !Array::is_array(&v) { Ok(v) } else { Err(DecodeError::new("not a JSON object")) }
-}
-
-fn as_array(v: JsValue, key: &str) -> R<Array> {
-    if Array::is_array(&v) { Ok(v.unchecked_into()) } else { Err(error("expected an array in member", key)) }
-}
-
-/// A member; `null` counts as absent.
-fn get(o: &JsValue, key: &str) -> Option<JsValue> {
-    let v = Reflect::get(o, &JsValue::from_str(key)).ok()?;
-    if v.is_null() || v.is_undefined() { None } else { Some(v) }
-}
-
-fn opt_str(o: &JsValue, key: &str) -> R<Option<String>> {
-    match get(o, key) {
-        None => Ok(None),
-        Some(v) => v.as_string().map(Some).ok_or_else(|| error("expected a string in member", key)),
-    }
-}
-
-fn str(o: &JsValue, key: &str) -> R<String> {
-    opt_str(o, key)?.ok_or_else(|| error("missing member", key))
+    Fields::new(v)
 }
 
 /// 2^53 - 1: the largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
-fn opt_u64(o: &JsValue, key: &str) -> R<Option<u64>> {
-    let Some(v) = get(o, key) else { return Ok(None) };
-    match v.as_f64() {
-        Some(f) if (0.0..=MAX_SAFE_INTEGER).contains(&f) && f == (f as u64) as f64 => Ok(Some(f as u64)),
-        _ => Err(error("expected an unsigned integer in member", key)),
+/// The members of one object. Reading a member never fails: the first problem is recorded (and a placeholder
+/// returned) and reported by [`Fields::done`] once the value is built — one exit instead of one per member.
+struct Fields {
+    o: JsValue,
+    err: Option<DecodeError>,
+}
+
+impl Fields {
+    fn new(v: JsValue) -> R<Fields> {
+        if v.is_object() && !Array::is_array(&v) {
+            Ok(Fields { o: v, err: None })
+        } else {
+            Err(DecodeError::new("not a JSON object"))
+        }
     }
-}
 
-fn u64(o: &JsValue, key: &str) -> R<u64> {
-    opt_u64(o, key)?.ok_or_else(|| error("missing member", key))
-}
+    fn fail(&mut self, what: &str, key: &str) {
+        if self.err.is_none() {
+            self.err = Some(error(what, key));
+        }
+    }
 
-fn name<T>(o: &JsValue, key: &str, parse: fn(&str) -> Option<T>) -> R<T> {
-    parse(&str(o, key)?).ok_or_else(|| error("unknown value of member", key))
-}
+    fn done<T>(self, value: T) -> R<T> {
+        match self.err {
+            Some(e) => Err(e),
+            None => Ok(value),
+        }
+    }
 
-fn strings(o: &JsValue, key: &str) -> R<Option<Vec<String>>> {
-    let Some(v) = get(o, key) else { return Ok(None) };
-    as_array(v, key)?
-        .iter()
-        .map(|s| s.as_string().ok_or_else(|| error("expected strings in member", key)))
-        .collect::<R<Vec<String>>>()
-        .map(Some)
-}
+    /// A member; `null` counts as absent.
+    fn get(&self, key: &str) -> Option<JsValue> {
+        let v = Reflect::get(&self.o, &JsValue::from_str(key)).ok()?;
+        if v.is_null() || v.is_undefined() { None } else { Some(v) }
+    }
 
-/// A notification envelope (an `op` member is ignored).
-fn notification(o: &JsValue) -> R<Notification> {
-    let data = match get(o, "data") {
-        None => None,
-        Some(v) => Some(RawJson::from_string(JSON::stringify(&v).map(String::from).unwrap_or_default())?),
-    };
-    Ok(Notification {
-        id: str(o, "id")?,
-        stream: str(o, "stream")?,
-        offset: opt_u64(o, "offset")?,
-        epoch: str(o, "epoch")?,
-        kind: str(o, "type")?,
-        priority: name(o, "priority", Priority::parse)?,
-        persistence: name(o, "persistence", Persistence::parse)?,
-        title: opt_str(o, "title")?,
-        body: opt_str(o, "body")?,
-        data,
-        group: opt_str(o, "group")?,
-        created_at: u64(o, "created_at")?,
-    })
+    /// A required member.
+    fn need(&mut self, key: &str) -> Option<JsValue> {
+        let v = self.get(key);
+        if v.is_none() {
+            self.fail("missing member", key);
+        }
+        v
+    }
+
+    fn string(&mut self, v: Option<JsValue>, key: &str) -> Option<String> {
+        let s = v?.as_string();
+        if s.is_none() {
+            self.fail("expected a string in member", key);
+        }
+        s
+    }
+
+    fn opt_str(&mut self, key: &str) -> Option<String> {
+        let v = self.get(key);
+        self.string(v, key)
+    }
+
+    fn str(&mut self, key: &str) -> String {
+        let v = self.need(key);
+        self.string(v, key).unwrap_or_default()
+    }
+
+    fn number(&mut self, v: Option<JsValue>, key: &str) -> Option<u64> {
+        match v?.as_f64() {
+            Some(f) if (0.0..=MAX_SAFE_INTEGER).contains(&f) && f == (f as u64) as f64 => Some(f as u64),
+            _ => {
+                self.fail("expected an unsigned integer in member", key);
+                None
+            }
+        }
+    }
+
+    fn opt_u64(&mut self, key: &str) -> Option<u64> {
+        let v = self.get(key);
+        self.number(v, key)
+    }
+
+    fn u64(&mut self, key: &str) -> u64 {
+        let v = self.need(key);
+        self.number(v, key).unwrap_or_default()
+    }
+
+    /// A member naming one of an enum's values; `fallback` stands in when it does not.
+    fn name<T>(&mut self, key: &str, parse: fn(&str) -> Option<T>, fallback: T) -> T {
+        let s = self.str(key);
+        parse(&s).unwrap_or_else(|| {
+            self.fail("unknown value of member", key);
+            fallback
+        })
+    }
+
+    fn strings(&mut self, key: &str) -> Vec<String> {
+        let Some(v) = self.get(key) else { return Vec::new() };
+        let mut out = Vec::new();
+        if Array::is_array(&v) {
+            for s in v.unchecked_into::<Array>().iter() {
+                match s.as_string() {
+                    Some(s) => out.push(s),
+                    None => self.fail("expected strings in member", key),
+                }
+            }
+        } else {
+            self.fail("expected an array in member", key);
+        }
+        out
+    }
+
+    /// A member that is an object.
+    fn object(&mut self, v: Option<JsValue>, key: &str) -> Option<Fields> {
+        match Fields::new(v?) {
+            Ok(f) => Some(f),
+            Err(_) => {
+                self.fail("expected an object in member", key);
+                None
+            }
+        }
+    }
+
+    /// Records `inner`'s problem as this object's.
+    fn absorb(&mut self, inner: Fields) {
+        if self.err.is_none() {
+            self.err = inner.err;
+        }
+    }
+
+    /// A notification envelope (an `op` member is ignored).
+    fn notification(&mut self) -> Notification {
+        let data = self.get("data").and_then(|v| {
+            let text = JSON::stringify(&v).map(String::from).unwrap_or_default();
+            RawJson::from_string(text).map_err(|e| self.err.get_or_insert(e)).ok()
+        });
+        Notification {
+            id: self.str("id"),
+            stream: self.str("stream"),
+            offset: self.opt_u64("offset"),
+            epoch: self.str("epoch"),
+            kind: self.str("type"),
+            priority: self.name("priority", Priority::parse, Priority::Critical),
+            persistence: self.name("persistence", Persistence::parse, Persistence::Ephemeral),
+            title: self.opt_str("title"),
+            body: self.opt_str("body"),
+            data,
+            group: self.opt_str("group"),
+            created_at: self.u64("created_at"),
+        }
+    }
 }
 
 /// The frames of one WebSocket message: one frame per line (empty lines are skipped).
@@ -127,117 +203,145 @@ pub(crate) fn frames(text: &str) -> impl Iterator<Item = R<ServerFrame>> + '_ {
 
 /// One server frame (protocol §5).
 fn frame(text: &str) -> R<ServerFrame> {
-    let o = object(text).map_err(|e| context("invalid server frame: ", e))?;
-    let op = str(&o, "op").map_err(|e| context("invalid server frame: ", e))?;
-    let frame = || -> R<ServerFrame> {
-        Ok(match op.as_str() {
-            "notification" => ServerFrame::Notification(notification(&o)?),
-            "heartbeat" => ServerFrame::Heartbeat,
-            "welcome" => ServerFrame::Welcome {
-                session: str(&o, "session")?,
-                user: str(&o, "user")?,
-                device: str(&o, "device")?,
-                heartbeat_ms: u64(&o, "heartbeat_ms")?,
-                max_frame_bytes: u64(&o, "max_frame_bytes")?,
-                token_expires_in_ms: opt_u64(&o, "token_expires_in_ms")?,
-            },
-            "subscribed" => {
-                let continuity = match str(&o, "continuity")?.as_str() {
-                    "fresh" => WireContinuity::Fresh,
-                    "resumed" => WireContinuity::Resumed { replayed: u64(&o, "replayed")? },
-                    "gap" => WireContinuity::Gap {
-                        reason: name(&o, "reason", GapReason::parse)?,
-                        missed: opt_u64(&o, "missed")?,
-                    },
-                    _ => return Err(error("unknown value of member", "continuity")),
-                };
-                ServerFrame::Subscribed {
-                    reference: u64(&o, "ref")?,
-                    stream: str(&o, "stream")?,
-                    epoch: str(&o, "epoch")?,
-                    offset: u64(&o, "offset")?,
-                    continuity,
+    let mut f = parse(text).map_err(|e| context("invalid server frame: ", e))?;
+    let op = f.str("op");
+    let frame = match op.as_str() {
+        "notification" => ServerFrame::Notification(f.notification()),
+        "heartbeat" => ServerFrame::Heartbeat,
+        "welcome" => ServerFrame::Welcome {
+            session: f.str("session"),
+            user: f.str("user"),
+            device: f.str("device"),
+            heartbeat_ms: f.u64("heartbeat_ms"),
+            max_frame_bytes: f.u64("max_frame_bytes"),
+            token_expires_in_ms: f.opt_u64("token_expires_in_ms"),
+        },
+        "subscribed" => {
+            let continuity = match f.str("continuity").as_str() {
+                "fresh" => WireContinuity::Fresh,
+                "resumed" => WireContinuity::Resumed { replayed: f.u64("replayed") },
+                "gap" => WireContinuity::Gap {
+                    reason: f.name("reason", GapReason::parse, GapReason::EpochChanged),
+                    missed: f.opt_u64("missed"),
+                },
+                _ => {
+                    f.fail("unknown value of member", "continuity");
+                    WireContinuity::Fresh
                 }
+            };
+            ServerFrame::Subscribed {
+                reference: f.u64("ref"),
+                stream: f.str("stream"),
+                epoch: f.str("epoch"),
+                offset: f.u64("offset"),
+                continuity,
             }
-            "unsubscribed" => ServerFrame::Unsubscribed { reference: u64(&o, "ref")?, stream: str(&o, "stream")? },
-            "token_refreshed" => {
-                ServerFrame::TokenRefreshed { token_expires_in_ms: opt_u64(&o, "token_expires_in_ms")? }
-            }
-            "push_registered" => ServerFrame::PushRegistered {
-                reference: u64(&o, "ref")?,
-                platform: name(&o, "platform", PushPlatform::parse)?,
-            },
-            "error" => ServerFrame::Error(ErrorFrame {
-                reference: opt_u64(&o, "ref")?,
-                stream: opt_str(&o, "stream")?,
-                code: ErrorCode::parse(&str(&o, "code")?),
-                message: str(&o, "message")?,
-                retry_after_ms: opt_u64(&o, "retry_after_ms")?,
-            }),
-            _ => return Err(error("unknown value of member", "op")),
-        })
+        }
+        "unsubscribed" => ServerFrame::Unsubscribed { reference: f.u64("ref"), stream: f.str("stream") },
+        "token_refreshed" => ServerFrame::TokenRefreshed { token_expires_in_ms: f.opt_u64("token_expires_in_ms") },
+        "push_registered" => ServerFrame::PushRegistered {
+            reference: f.u64("ref"),
+            platform: f.name("platform", PushPlatform::parse, PushPlatform::WebPush),
+        },
+        "error" => ServerFrame::Error(ErrorFrame {
+            reference: f.opt_u64("ref"),
+            stream: f.opt_str("stream"),
+            code: ErrorCode::parse(&f.str("code")),
+            message: f.str("message"),
+            retry_after_ms: f.opt_u64("retry_after_ms"),
+        }),
+        _ => {
+            // Records nothing new when `op` was missing already.
+            f.fail("unknown value of member", "op");
+            ServerFrame::Heartbeat
+        }
     };
-    frame().map_err(|e| {
-        context(if op == "notification" { "invalid notification frame: " } else { "invalid server frame: " }, e)
-    })
+    let prefix = if op == "notification" { "invalid notification frame: " } else { "invalid server frame: " };
+    f.done(frame).map_err(|e| context(prefix, e))
 }
 
 /// A push payload: the envelope, or an object whose `tidings` member is the envelope (as an object or as JSON
 /// text). The engine checks it against the protocol's limits.
 pub(crate) fn push_payload(payload: &str) -> R<Notification> {
-    let o = object(payload).map_err(|e| context("push payload: ", e))?;
-    let envelope = match get(&o, "tidings") {
-        None => o,
+    let outer = parse(payload).map_err(|e| context("push payload: ", e))?;
+    let mut f = match outer.get("tidings") {
+        None => outer,
         Some(v) => match v.as_string() {
-            Some(text) => object(&text),
-            None => as_object(v),
+            Some(text) => parse(&text),
+            None => Fields::new(v),
         }
         .map_err(|e| context("push payload: invalid envelope: ", e))?,
     };
-    notification(&envelope).map_err(|e| context("push payload: invalid envelope: ", e))
+    let n = f.notification();
+    f.done(n).map_err(|e| context("push payload: invalid envelope: ", e))
 }
 
 /// A stored snapshot (the JSON `encode_snapshot` writes).
 pub(crate) fn snapshot(text: &str) -> R<Snapshot> {
-    snapshot_members(text).map_err(|e| context("stored state is corrupt: ", e))
+    let s = parse(text).and_then(|mut f| {
+        if f.u64("version") != 1 {
+            f.fail("unsupported value of member", "version");
+        }
+        let s = snapshot_members(&mut f);
+        f.done(s)
+    });
+    s.map_err(|e| context("stored state is corrupt: ", e))
 }
 
-fn snapshot_members(text: &str) -> R<Snapshot> {
-    let o = object(text)?;
-    if u64(&o, "version")? != 1 {
-        return Err(DecodeError::new("unsupported snapshot version"));
-    }
-    let mut s = Snapshot { version: 1, device_id: opt_str(&o, "device_id")?, ..Default::default() };
-    if let Some(cursors) = get(&o, "cursors") {
-        let cursors = as_object(cursors)?;
-        for stream in Object::keys::<JsValue>(cursors.unchecked_ref()).iter() {
-            let c = as_object(Reflect::get(&cursors, &stream).unwrap_or_default())?;
-            let cursor = Cursor { epoch: str(&c, "epoch")?, offset: u64(&c, "offset")? };
-            s.cursors.insert(stream.as_string().unwrap_or_default(), cursor);
+fn snapshot_members(f: &mut Fields) -> Snapshot {
+    let mut s = Snapshot { version: 1, device_id: f.opt_str("device_id"), ..Default::default() };
+    let cursors = f.get("cursors");
+    if let Some(cursors) = f.object(cursors, "cursors") {
+        for stream in Object::keys::<JsValue>(cursors.o.unchecked_ref()).iter() {
+            let v = Reflect::get(&cursors.o, &stream).ok();
+            if let Some(mut c) = f.object(v, "cursors") {
+                let cursor = Cursor { epoch: c.str("epoch"), offset: c.u64("offset") };
+                f.absorb(c);
+                s.cursors.insert(stream.as_string().unwrap_or_default(), cursor);
+            }
         }
     }
-    s.seen = strings(&o, "seen")?.unwrap_or_default();
-    if let Some(pending) = get(&o, "pending") {
-        for b in as_array(pending, "pending")?.iter() {
-            let b = as_object(b)?;
-            let last = match get(&b, "last") {
-                None => None,
-                Some(v) => Some(notification(&as_object(v)?)?),
+    s.seen = f.strings("seen");
+    if let Some(pending) = f.get("pending") {
+        if !Array::is_array(&pending) {
+            f.fail("expected an array in member", "pending");
+        }
+        for b in pending.unchecked_into::<Array>().iter() {
+            let Some(mut b) = f.object(Some(b), "pending") else { continue };
+            let first = b.need("first");
+            let last = b.get("last");
+            let (Some(mut first), last) = (b.object(first, "first"), b.object(last, "last")) else {
+                f.absorb(b);
+                continue;
             };
-            s.pending.push(PendingBatch {
-                group: str(&b, "group")?,
-                first: notification(&as_object(get(&b, "first").ok_or_else(|| error("missing member", "first"))?)?)?,
-                last,
-                ids: strings(&b, "ids")?.ok_or_else(|| error("missing member", "ids"))?,
+            let batch = PendingBatch {
+                group: b.str("group"),
+                first: first.notification(),
+                last: last.map(|mut l| {
+                    let n = l.notification();
+                    b.absorb(l);
+                    n
+                }),
+                ids: {
+                    if b.get("ids").is_none() {
+                        b.fail("missing member", "ids");
+                    }
+                    b.strings("ids")
+                },
                 opened_at: Instant::ZERO,
-            });
+            };
+            b.absorb(first);
+            f.absorb(b);
+            s.pending.push(batch);
         }
     }
-    if let Some(p) = get(&o, "push") {
-        let platform = opt_str(&p, "platform")?.and_then(|p| PushPlatform::parse(&p));
-        if let (Some(platform), Some(token)) = (platform, opt_str(&p, "token")?) {
+    if let Some(p) = f.get("push")
+        && let Ok(mut p) = Fields::new(p)
+    {
+        let platform = p.opt_str("platform").and_then(|name| PushPlatform::parse(&name));
+        if let (Some(platform), Some(token)) = (platform, p.opt_str("token")) {
             s.push = Some(PushRegistration { platform, token });
         }
     }
-    Ok(s)
+    s
 }

@@ -158,6 +158,8 @@ fn frames_are_decoded_with_the_codec_rules_one_per_line() {
         notification("n4", 4).replace(r#""offset":4"#, r#""offset":9007199254740993"#),
         r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"e1","offset":0,"continuity":"later"}"#.into(),
         r#"{"op":"shout"}"#.into(),
+        r#"{"op":""}"#.into(),
+        r#"{"heartbeat":true}"#.into(),
         r#"["op","heartbeat"]"#.into(),
         "not json".into(),
     ];
