@@ -201,16 +201,22 @@ fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
     let dist = root.join("bindings-wasm/js/dist");
     let _ = fs::remove_dir_all(&dist);
     run(Step::new("wasm-bindgen --target web", tools.bin.join("wasm-bindgen"))
-        .args(["--target", "web", "--no-typescript", "--out-name", "tidings_wasm", "--out-dir"])
+        // `TextEncoder.encodeInto` is in every browser the package supports: no fallback for its absence.
+        .args(["--target", "web", "--no-typescript", "--encode-into", "always", "--out-name", "tidings_wasm"])
+        .args(["--out-dir"])
         .args([&dist, &module]))?;
     let wasm = dist.join("tidings_wasm_bg.wasm");
     let unopt = target.join("tidings_wasm_bg.unopt.wasm");
     fs::copy(&wasm, &unopt).map_err(|e| format!("copy {}: {e}", wasm.display()))?;
     if let Some(opt) = &tools.wasm_opt {
         run(Step::new("wasm-opt -Oz --converge", opt)
-            // Features come from the module's `target_features` section.
-            .args(["-Oz", "--converge", "--strip-debug", "--strip-producers", "-o"])
+            // Features come from the module's `target_features` section. The module's memory is its own (not
+            // imported: it starts zeroed) and nothing lives below address 1024 (Rust places its stack and data
+            // from 1 MiB down and up).
+            .args(["-Oz", "--converge", "--zero-filled-memory", "--low-memory-unused", "--strip-debug"])
+            .args(["--strip-producers", "-o"])
             .args([&wasm, &unopt]))?;
+        minify_names(opt, &wasm, &dist.join("tidings_wasm.js"))?;
     }
 
     // The web root: the demo page, the package at pkg/.
@@ -222,6 +228,91 @@ fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
 
     size_report(root, tools, &dist, &unopt)?;
     Ok(web)
+}
+
+/// Shortens the module's import and export names (`__wbg_addEventListener_847fd86b8c33ec43` → `x`, the import
+/// module `./tidings_wasm_bg.js` → `a`) with wasm-opt and renames them to match in the wasm-bindgen glue: the
+/// hashed names are incompressible and appear in both files. The glue refers to imports only as the keys of its
+/// import object (`name: function(…)`) and to exports only as `wasm.name`; any other use of a renamed name is an
+/// error here rather than a module that fails to instantiate.
+fn minify_names(opt: &Path, wasm: &Path, glue: &Path) -> Result<(), String> {
+    let out = Command::new(opt)
+        .args(["--minify-imports-and-exports-and-modules", "-o"])
+        .args([wasm, wasm])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("wasm-opt: {e}"))?;
+    if !out.status.success() {
+        return Err("wasm-opt --minify-imports-and-exports-and-modules failed".into());
+    }
+    // The mapping: `["module", "name", "new"],` lines under "imports", `["name", "new"],` under "exports".
+    let mapping = String::from_utf8_lossy(&out.stdout);
+    let (mut imports, mut exports) = (std::collections::HashMap::new(), std::collections::HashMap::new());
+    let mut modules = std::collections::BTreeSet::new();
+    let mut section = "";
+    for line in mapping.lines() {
+        let line = line.trim();
+        if line.starts_with("\"imports\"") || line.starts_with("\"exports\"") {
+            section = if line.starts_with("\"imports\"") { "imports" } else { "exports" };
+            continue;
+        }
+        let Some(body) = line.strip_prefix('[').map(|l| l.trim_end_matches(',').trim_end_matches(']')) else {
+            continue;
+        };
+        let parts: Vec<&str> = body.split(',').map(|p| p.trim().trim_matches('"')).collect();
+        match (section, parts.as_slice()) {
+            ("imports", [module, name, new]) => {
+                modules.insert(module.to_string());
+                imports.insert(name.to_string(), new.to_string());
+            }
+            ("exports", [name, new]) => {
+                exports.insert(name.to_string(), new.to_string());
+            }
+            _ => return Err(format!("unexpected wasm-opt name mapping line: {line}")),
+        }
+    }
+    if modules.len() != 1 || !modules.contains("./tidings_wasm_bg.js") {
+        return Err(format!("unexpected import modules {modules:?}"));
+    }
+    let text = fs::read_to_string(glue).map_err(|e| format!("{}: {e}", glue.display()))?;
+    let text = text.replacen("\"./tidings_wasm_bg.js\": import0", "\"a\": import0", 1);
+    let mut out = String::with_capacity(text.len());
+    let (mut renamed_imports, mut renamed_exports) = (0, 0);
+    let bytes = text.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    let mut i = 0;
+    while i < bytes.len() {
+        if !ident(bytes[i]) || (i > 0 && ident(bytes[i - 1])) {
+            let c = text[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        }
+        let end = (i..bytes.len()).find(|&j| !ident(bytes[j])).unwrap_or(bytes.len());
+        let word = &text[i..end];
+        let export = text[..i].ends_with("wasm.") && i >= 5 && !(i > 5 && ident(bytes[i - 6]));
+        if export && let Some(new) = exports.get(word) {
+            out.push_str(new);
+            renamed_exports += 1;
+        } else if !export && bytes.get(end) == Some(&b':') && imports.contains_key(word) {
+            out.push_str(&imports[word]);
+            renamed_imports += 1;
+        } else if imports.contains_key(word) {
+            return Err(format!("{}: `{word}` is used other than as an import key or `wasm.{word}`", glue.display()));
+        } else {
+            out.push_str(word);
+        }
+        i = end;
+    }
+    if renamed_imports != imports.len() {
+        return Err(format!("{} of {} imports renamed in the glue", renamed_imports, imports.len()));
+    }
+    eprintln!(
+        "xtask: minified {} import and {} export names ({renamed_exports} uses in the glue)",
+        imports.len(),
+        exports.len()
+    );
+    fs::write(glue, out).map_err(|e| format!("{}: {e}", glue.display()))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
