@@ -33,7 +33,11 @@ use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
 use tidings_core::store::encode_snapshot;
 use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
 use wasm_bindgen::prelude::*;
-use web_sys::{BinaryType, CloseEvent, Event, EventTarget, MessageEvent, WebSocket};
+use web_sys::{BinaryType, CloseEvent, EventTarget, MessageEvent, WebSocket};
+
+/// Every callback the driver hands to the browser has this one type (one invoke shim in the module and the glue
+/// instead of one per event type); handlers cast the event they know they get.
+type Callback = Closure<dyn FnMut(JsValue)>;
 
 #[wasm_bindgen]
 extern "C" {
@@ -72,9 +76,9 @@ struct Sock {
     conn: ConnId,
     ws: WebSocket,
     opened: bool,
-    _onopen: Closure<dyn FnMut(Event)>,
-    _onmessage: Closure<dyn FnMut(MessageEvent)>,
-    _onclose: Closure<dyn FnMut(CloseEvent)>,
+    _onopen: Callback,
+    _onmessage: Callback,
+    _onclose: Callback,
 }
 
 impl Sock {
@@ -102,7 +106,7 @@ impl Drop for Sock {
 struct Listener {
     target: EventTarget,
     kind: &'static str,
-    callback: Closure<dyn FnMut(Event)>,
+    callback: Callback,
 }
 
 impl Drop for Listener {
@@ -120,7 +124,7 @@ struct Inner {
     /// callback of theirs runs.
     dead: Vec<Sock>,
     timer: Option<JsValue>,
-    timer_fn: Option<Closure<dyn FnMut()>>,
+    timer_fn: Option<Callback>,
     listeners: Vec<Listener>,
     visible_here: bool,
     visible_elsewhere: bool,
@@ -203,7 +207,7 @@ impl Inner {
         ws.set_binary_type(BinaryType::Arraybuffer);
         self.sockets_opened += 1;
         let w = self.me.clone();
-        let onopen = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+        let onopen = Callback::new(move |_: JsValue| {
             with(&w, |i| {
                 if let Some(s) = i.sock.as_mut().filter(|s| s.conn == conn) {
                     s.opened = true;
@@ -212,7 +216,8 @@ impl Inner {
             })
         });
         let w = self.me.clone();
-        let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+        let onmessage = Callback::new(move |e: JsValue| {
+            let e: MessageEvent = e.unchecked_into();
             let Some(rc) = w.upgrade() else { return };
             match e.data().as_string() {
                 Some(text) => {
@@ -240,7 +245,8 @@ impl Inner {
             pump(&rc);
         });
         let w = self.me.clone();
-        let onclose = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+        let onclose = Callback::new(move |e: JsValue| {
+            let e: CloseEvent = e.unchecked_into();
             with(&w, |i| {
                 let Some(s) = i.sock.take_if(|s| s.conn == conn) else { return };
                 s.detach();
@@ -354,7 +360,7 @@ impl Core {
         config.client_name = client_name.unwrap_or_else(|| concat!("tidings-web/", env!("CARGO_PKG_VERSION")).into());
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
             let w = me.clone();
-            let timer_fn = Closure::<dyn FnMut()>::new(move || {
+            let timer_fn = Callback::new(move |_: JsValue| {
                 if let Some(rc) = w.upgrade() {
                     {
                         let mut i = rc.borrow_mut();
@@ -398,7 +404,7 @@ impl Core {
         let mut listeners = Vec::new();
         let mut add = |target: EventTarget, kind: &'static str, f: Box<dyn Fn(&mut Inner)>| {
             let w = Rc::downgrade(&self.inner);
-            let callback = Closure::<dyn FnMut(Event)>::new(move |_: Event| with(&w, |i| f(i)));
+            let callback = Callback::new(move |_: JsValue| with(&w, |i| f(i)));
             if target.add_event_listener_with_callback(kind, callback.as_ref().unchecked_ref()).is_ok() {
                 listeners.push(Listener { target, kind, callback });
             }
@@ -497,11 +503,6 @@ impl Core {
         self.run(|e, now| e.register_push(now, platform, token)).map_err(js_err)
     }
 
-    /// Acks notifications explicitly.
-    pub fn ack(&self, id: &str) -> Result<(), JsError> {
-        self.run(|e, now| e.ack(now, &[id])).map_err(js_err)
-    }
-
     /// The answer to a `"token"` output.
     pub fn token(&self, token: String) {
         self.run(|e, now| e.handle_token(now, Ok(token)));
@@ -517,11 +518,6 @@ impl Core {
     pub fn snapshot(&self) -> String {
         let s = self.inner.borrow_mut().engine.snapshot();
         String::from_utf8(encode_snapshot(&s)).unwrap_or_default()
-    }
-
-    /// The connection state as JSON (`{"kind":"connected"}`, …).
-    pub fn state(&self) -> String {
-        json::state(self.inner.borrow().engine.state())
     }
 
     /// The device id.
