@@ -119,7 +119,6 @@ export interface ClientStats {
   gaps: number;
   socketsOpened: number;
   liveSockets: number;
-  listeners: number;
 }
 
 export declare class TidingsClient extends EventTarget {

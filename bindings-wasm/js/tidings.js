@@ -1,6 +1,7 @@
 // Tidings for browsers. The behaviour (connection states, backoff, heartbeats, cursors, replay, dedup, digests,
 // acks) is the Rust core engine's, compiled to WebAssembly together with its browser driver (WebSocket,
-// setTimeout, crypto, online/offline, visibility). This module adds what is about the browser as a whole:
+// setTimeout, crypto; online/offline and visibility are handed to it from here). This module adds what is about
+// the browser as a whole:
 //
 // - storage: engine snapshots in IndexedDB (shared with the service worker) and localStorage;
 // - one WebSocket per browser: tabs elect a leader with the Web Locks API (a localStorage lease where it is
@@ -126,11 +127,16 @@ export class TidingsClient extends EventTarget {
       }
     }
     for (const s of this.#streams) this.#core.subscribe(s);
-    this.#core.watchEnvironment();
+    // Online/offline and this tab's visibility, for the engine (network changes, foreground/background).
+    this.#onEnvironment = () => this.#core.setEnvironment(globalThis.navigator?.onLine !== false, isVisible());
+    this.#onEnvironment();
+    globalThis.addEventListener?.('online', this.#onEnvironment);
+    globalThis.addEventListener?.('offline', this.#onEnvironment);
     this.#channel = new BroadcastChannel(`tidings:${this.name}`);
     this.#channel.onmessage = (e) => this.#onMessage(e.data);
     this.role = 'follower';
     this.#onVisibility = () => {
+      this.#onEnvironment();
       this.#post({ t: 'vis', tab: this.tabId, visible: isVisible() });
       if (this.role === 'leader') this.#updateVisibleElsewhere();
     };
@@ -158,6 +164,7 @@ export class TidingsClient extends EventTarget {
   }
 
   #onVisibility;
+  #onEnvironment;
   #onPageHide;
   #onFreeze;
   #onResume;
@@ -260,6 +267,8 @@ export class TidingsClient extends EventTarget {
       document.removeEventListener('resume', this.#onResume);
     }
     globalThis.removeEventListener?.('pagehide', this.#onPageHide);
+    globalThis.removeEventListener?.('online', this.#onEnvironment);
+    globalThis.removeEventListener?.('offline', this.#onEnvironment);
     this.#core.dispose();
     this.role = 'closed';
     this.#emit('role', { role: 'closed' });

@@ -8,7 +8,8 @@
 //!   detached and released when the socket ends, so reconnecting never accumulates closures;
 //! - timers come from `setTimeout` (one reusable callback, re-armed at [`Engine::poll_timeout`]), time from
 //!   `performance.now()`, the engine's seed from `crypto.getRandomValues`;
-//! - `online` / `offline` and `visibilitychange` are fed to the engine ([`NetworkEvent`], [`Lifecycle`]).
+//! - `online` / `offline` and `visibilitychange` (listened to by the JavaScript wrapper, handed over with
+//!   [`Core::set_environment`]) are fed to the engine ([`NetworkEvent`], [`Lifecycle`]).
 //!
 //! Everything the page must do — fetch a token, persist a snapshot, show an event, relay a server frame to the
 //! other tabs — is handed to one JavaScript callback `output(kind, payload)`. The JavaScript wrapper
@@ -33,7 +34,7 @@ use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
 use tidings_core::store::encode_snapshot;
 use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
 use wasm_bindgen::prelude::*;
-use web_sys::{BinaryType, CloseEvent, EventTarget, MessageEvent, WebSocket};
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 /// Every callback the driver hands to the browser has this one type (one invoke shim in the module and the glue
 /// instead of one per event type); handlers cast the event they know they get.
@@ -102,19 +103,6 @@ impl Drop for Sock {
     }
 }
 
-/// A listener on `window` or `document`, removed when the driver goes away.
-struct Listener {
-    target: EventTarget,
-    kind: &'static str,
-    callback: Callback,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.target.remove_event_listener_with_callback(self.kind, self.callback.as_ref().unchecked_ref());
-    }
-}
-
 struct Inner {
     engine: Engine,
     output: Function,
@@ -125,7 +113,7 @@ struct Inner {
     dead: Vec<Sock>,
     timer: Option<JsValue>,
     timer_fn: Option<Callback>,
-    listeners: Vec<Listener>,
+    online: bool,
     visible_here: bool,
     visible_elsewhere: bool,
     foreground: bool,
@@ -379,7 +367,7 @@ impl Core {
                 dead: Vec::new(),
                 timer: None,
                 timer_fn: Some(timer_fn),
-                listeners: Vec::new(),
+                online: true,
                 visible_here: true,
                 visible_elsewhere: false,
                 foreground: true,
@@ -395,42 +383,19 @@ impl Core {
         r
     }
 
-    /// Listens to `online`/`offline` (window) and `visibilitychange` (document) and feeds them to the engine.
-    /// Call once in a page (not in workers).
-    #[wasm_bindgen(js_name = watchEnvironment)]
-    pub fn watch_environment(&self) {
-        let Some(window) = web_sys::window() else { return };
-        let document = window.document();
-        let mut listeners = Vec::new();
-        let mut add = |target: EventTarget, kind: &'static str, f: Box<dyn Fn(&mut Inner)>| {
-            let w = Rc::downgrade(&self.inner);
-            let callback = Callback::new(move |_: JsValue| with(&w, |i| f(i)));
-            if target.add_event_listener_with_callback(kind, callback.as_ref().unchecked_ref()).is_ok() {
-                listeners.push(Listener { target, kind, callback });
-            }
-        };
-        add(window.clone().into(), "online", Box::new(|i| i.engine.handle_network(now(), NetworkEvent::Available)));
-        add(window.clone().into(), "offline", Box::new(|i| i.engine.handle_network(now(), NetworkEvent::Unavailable)));
-        if let Some(doc) = document.clone() {
-            let d = doc.clone();
-            add(
-                doc.into(),
-                "visibilitychange",
-                Box::new(move |i| {
-                    i.visible_here = !d.hidden();
-                    i.feed_lifecycle();
-                }),
-            );
-        }
+    /// The page's environment, from its `online`/`offline` and `visibilitychange` events: whether the browser is
+    /// online (`navigator.onLine`) and whether this tab is visible. Changes are fed to the engine
+    /// ([`NetworkEvent`], and [`Lifecycle`]: foreground while any tab of the browser is visible).
+    #[wasm_bindgen(js_name = setEnvironment)]
+    pub fn set_environment(&self, online: bool, visible: bool) {
         let mut i = self.inner.borrow_mut();
-        i.listeners.extend(listeners);
-        if !window.navigator().on_line() {
-            i.engine.handle_network(now(), NetworkEvent::Unavailable);
+        if online != i.online {
+            i.online = online;
+            let event = if online { NetworkEvent::Available } else { NetworkEvent::Unavailable };
+            i.engine.handle_network(now(), event);
         }
-        if let Some(doc) = document {
-            i.visible_here = !doc.hidden();
-            i.feed_lifecycle();
-        }
+        i.visible_here = visible;
+        i.feed_lifecycle();
         drop(i);
         pump(&self.inner);
     }
@@ -548,17 +513,15 @@ impl Core {
             .num("gaps", s.gaps)
             .num("socketsOpened", u64::from(i.sockets_opened))
             .num("liveSockets", u64::from(i.sock.is_some()) + i.dead.len() as u64)
-            .num("listeners", i.listeners.len() as u64)
             .end()
     }
 
-    /// Releases the socket, the timer and the listeners (the engine is closed first).
+    /// Releases the socket and the timer (the engine is closed first).
     pub fn dispose(&self) {
         self.close();
         let mut i = self.inner.borrow_mut();
         i.sock = None;
         i.dead.clear();
-        i.listeners.clear();
         if let Some(id) = i.timer.take() {
             clear_timeout(&id);
         }
