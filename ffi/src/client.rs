@@ -262,7 +262,7 @@ async fn forward(mut events: Events, listener: Arc<dyn EventListener>) {
     while let Some(event) = events.next().await {
         let listener = listener.clone();
         let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match event {
-            Event::Notification(n) => listener.on_notification(n.into()),
+            Event::Notification(n) => listener.on_notification((*n).into()),
             Event::Digest(d) => listener.on_digest((*d).into()),
             Event::State(s) => listener.on_state_changed(s.into()),
             Event::Continuity { stream, continuity } => listener.on_continuity(stream, continuity.into()),

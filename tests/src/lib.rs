@@ -180,7 +180,7 @@ impl TestClient {
 
     /// Notifications delivered on their own, in order.
     pub fn notifications(&self) -> Vec<&Notification> {
-        self.log.iter().filter_map(|e| if let Event::Notification(n) = e { Some(n) } else { None }).collect()
+        self.log.iter().filter_map(|e| if let Event::Notification(n) = e { Some(&**n) } else { None }).collect()
     }
 
     /// Ids of delivered notifications (alone and in digests), in delivery order.

@@ -250,8 +250,9 @@ pub enum Continuity {
 pub enum Event {
     /// The connection state changed.
     State(ConnectionState),
-    /// A notification (live or replayed), seen for the first time.
-    Notification(Notification),
+    /// A notification (live or replayed), seen for the first time. Boxed: events move through the engine's
+    /// queue, the driver's batch and the application's channel, and a pointer moves cheaper than the envelope.
+    Notification(Box<Notification>),
     /// Several informational notifications of one group (boxed: a digest holds two notifications, and every
     /// event is moved through queues at the size of the largest variant).
     Digest(Box<Digest>),
@@ -1465,7 +1466,7 @@ impl Engine {
     fn emit_notification(&mut self, n: Notification) {
         self.stats.delivered += 1;
         self.queue_ack(&n.id);
-        self.events.push_back(Event::Notification(n));
+        self.events.push_back(Event::Notification(Box::new(n)));
     }
 
     fn emit_batch(&mut self, out: BatchOutput) {
