@@ -193,6 +193,7 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Resu
     let total = |counts: &Arc<Vec<AtomicU64>>| counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
     let base = total(&counts);
     let t0 = Instant::now();
+    let client_cpu0 = sys::cpu_seconds(std::process::id())?;
     server.send(json!({"cmd": "fanout", "seconds": seconds, "batch": batch})).await?;
     // Count deliveries at the clients during the publishing window.
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -207,6 +208,10 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered = total(&counts) - base;
+    // CPU cost per delivery on each side: steadier than throughput on a VM whose speed varies between runs.
+    let client_cpu = sys::cpu_seconds(std::process::id())? - client_cpu0;
+    let server_cpu = reply["cpu_s"].as_f64().unwrap_or(0.0);
+    let per_delivery_ns = |cpu: f64, n: u64| if n == 0 { 0.0 } else { (cpu * 1e9 / n as f64).round() };
     let stats = server.call(json!({"cmd": "stats"})).await?;
     fleet.close().await;
     server.stop().await?;
@@ -215,6 +220,8 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Resu
         "published": published, "deliveries_in_window": in_window,
         "deliveries_per_s": (in_window as f64 / window).round(),
         "delivered_total": delivered, "expected_total": want,
+        "client_cpu_ns_per_delivery": per_delivery_ns(client_cpu, delivered),
+        "server_cpu_ns_per_delivery": per_delivery_ns(server_cpu, want),
         "server_cpu_s": reply["cpu_s"], "slow_consumers": stats["slow_consumers"],
         "publisher": reply["publisher"],
     }))
