@@ -68,6 +68,17 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// A string argument from JavaScript (taken as a value, so the glue passes it through unconverted; anything
+/// else reads as empty, which every caller refuses or treats as absent).
+fn text(v: &JsValue) -> String {
+    v.as_string().unwrap_or_default()
+}
+
+/// A snapshot as the JSON text stored and merged.
+fn snapshot_text(s: &tidings_core::Snapshot) -> String {
+    String::from_utf8(encode_snapshot(s)).unwrap_or_default()
+}
+
 fn decode_err(e: DecodeError) -> JsError {
     JsError::new(e.message())
 }
@@ -154,9 +165,7 @@ impl Inner {
                 Action::FetchToken { force_refresh } => {
                     out.push(("token", String::from(if force_refresh { "true" } else { "false" })))
                 }
-                Action::Persist(snapshot) => {
-                    out.push(("persist", String::from_utf8(encode_snapshot(&snapshot)).unwrap_or_default()))
-                }
+                Action::Persist(snapshot) => out.push(("persist", snapshot_text(&snapshot))),
             }
         }
         while let Some(event) = self.engine.poll_event() {
@@ -321,31 +330,37 @@ impl Core {
     #[wasm_bindgen(constructor)]
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        url: String,
-        device_id: Option<String>,
-        client_name: Option<String>,
+        url: JsValue,
+        device_id: JsValue,
+        client_name: JsValue,
         output: Function,
-        background_grace_ms: Option<u32>,
-        batch_window_ms: Option<u32>,
-        backoff_base_ms: Option<u32>,
-        backoff_cap_ms: Option<u32>,
+        background_grace_ms: JsValue,
+        batch_window_ms: JsValue,
+        backoff_base_ms: JsValue,
+        backoff_cap_ms: JsValue,
     ) -> Core {
-        let ms = |v: u32| std::time::Duration::from_millis(u64::from(v));
-        let mut config = Config::new(url);
-        config.device_id = device_id;
-        if let Some(v) = background_grace_ms {
-            config.background_grace = ms(v);
+        // A duration in ms, when given (as a number of at most `u32::MAX`).
+        let ms = |v: &JsValue| {
+            v.as_f64()
+                .filter(|ms| (0.0..=f64::from(u32::MAX)).contains(ms))
+                .map(|ms| std::time::Duration::from_millis(ms as u64))
+        };
+        let mut config = Config::new(text(&url));
+        config.device_id = device_id.as_string();
+        if let Some(v) = ms(&background_grace_ms) {
+            config.background_grace = v;
         }
-        if let Some(v) = batch_window_ms {
-            config.batch.window = ms(v);
+        if let Some(v) = ms(&batch_window_ms) {
+            config.batch.window = v;
         }
-        if let Some(v) = backoff_base_ms {
-            config.backoff.base = ms(v);
+        if let Some(v) = ms(&backoff_base_ms) {
+            config.backoff.base = v;
         }
-        if let Some(v) = backoff_cap_ms {
-            config.backoff.cap = ms(v);
+        if let Some(v) = ms(&backoff_cap_ms) {
+            config.backoff.cap = v;
         }
-        config.client_name = client_name.unwrap_or_else(|| concat!("tidings-web/", env!("CARGO_PKG_VERSION")).into());
+        config.client_name =
+            client_name.as_string().unwrap_or_else(|| concat!("tidings-web/", env!("CARGO_PKG_VERSION")).into());
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
             let w = me.clone();
             let timer_fn = Callback::new(move |_: JsValue| {
@@ -410,8 +425,8 @@ impl Core {
     }
 
     /// Merges a stored snapshot (JSON from a `"persist"` output) into the engine.
-    pub fn restore(&self, snapshot: &str) -> Result<(), JsError> {
-        let snapshot = decode::snapshot(snapshot).map_err(decode_err)?;
+    pub fn restore(&self, snapshot: JsValue) -> Result<(), JsError> {
+        let snapshot = decode::snapshot(&text(&snapshot)).map_err(decode_err)?;
         self.run(|e, now| e.restore(now, &snapshot));
         Ok(())
     }
@@ -433,19 +448,19 @@ impl Core {
     }
 
     /// Subscribes to `topic:<name>` or `user:<id>`.
-    pub fn subscribe(&self, stream: &str) -> Result<(), JsError> {
-        self.run(|e, now| e.subscribe(now, stream)).map_err(js_err)
+    pub fn subscribe(&self, stream: JsValue) -> Result<(), JsError> {
+        self.run(|e, now| e.subscribe(now, &text(&stream))).map_err(js_err)
     }
 
     /// Unsubscribes and forgets the stream's cursor.
-    pub fn unsubscribe(&self, stream: &str) -> Result<(), JsError> {
-        self.run(|e, now| e.unsubscribe(now, stream)).map_err(js_err)
+    pub fn unsubscribe(&self, stream: JsValue) -> Result<(), JsError> {
+        self.run(|e, now| e.unsubscribe(now, &text(&stream))).map_err(js_err)
     }
 
     /// A message another tab's socket received: its frames, one per line (`handle_relayed_frame`: processed,
     /// never acked).
-    pub fn relayed(&self, text: &str) -> Result<(), JsError> {
-        for frame in decode::frames(text) {
+    pub fn relayed(&self, message: JsValue) -> Result<(), JsError> {
+        for frame in decode::frames(&text(&message)) {
             let frame = frame.map_err(decode_err)?;
             self.run(|e, now| e.handle_relayed_frame(now, frame));
         }
@@ -455,50 +470,53 @@ impl Core {
     /// A push payload (Web Push, or relayed by another tab): `{"show":true,"notification":{…}}` or
     /// `{"show":false,"id":"…"}`.
     #[wasm_bindgen(js_name = ingestPush)]
-    pub fn ingest_push(&self, payload: &str) -> Result<String, JsError> {
-        let n = decode::push_payload(payload).map_err(decode_err)?;
+    pub fn ingest_push(&self, payload: JsValue) -> Result<JsValue, JsError> {
+        let n = decode::push_payload(&text(&payload)).map_err(decode_err)?;
         let outcome = self.run(|e, now| e.ingest_push_notification(now, n)).map_err(js_err)?;
-        Ok(json::push_outcome(&outcome).end())
+        Ok(json::push_outcome(&outcome).end().into())
     }
 
     /// Registers this device's push address (`web_push`: the subscription JSON).
     #[wasm_bindgen(js_name = registerPush)]
-    pub fn register_push(&self, platform: &str, token: &str) -> Result<(), JsError> {
-        let platform = PushPlatform::parse(platform).ok_or_else(|| JsError::new("unknown push platform"))?;
-        self.run(|e, now| e.register_push(now, platform, token)).map_err(js_err)
+    pub fn register_push(&self, platform: JsValue, token: JsValue) -> Result<(), JsError> {
+        let platform = PushPlatform::parse(&text(&platform)).ok_or_else(|| JsError::new("unknown push platform"))?;
+        self.run(|e, now| e.register_push(now, platform, &text(&token))).map_err(js_err)
     }
 
     /// The answer to a `"token"` output.
-    pub fn token(&self, token: String) {
-        self.run(|e, now| e.handle_token(now, Ok(token)));
+    pub fn token(&self, token: JsValue) {
+        self.run(|e, now| e.handle_token(now, Ok(text(&token))));
     }
 
     /// The token provider failed; `transient`: retrying later may help.
     #[wasm_bindgen(js_name = tokenError)]
-    pub fn token_error(&self, transient: bool, message: String) {
-        self.run(|e, now| e.handle_token(now, Err(TokenError { transient, message })));
+    pub fn token_error(&self, transient: bool, message: JsValue) {
+        self.run(|e, now| e.handle_token(now, Err(TokenError { transient, message: text(&message) })));
     }
 
     /// The persistent state now (snapshot JSON).
-    pub fn snapshot(&self) -> String {
+    pub fn snapshot(&self) -> JsValue {
         let s = self.inner.borrow_mut().engine.snapshot();
-        String::from_utf8(encode_snapshot(&s)).unwrap_or_default()
+        snapshot_text(&s).into()
     }
 
     /// The device id.
     #[wasm_bindgen(js_name = deviceId)]
-    pub fn device_id(&self) -> String {
-        self.inner.borrow_mut().engine.device_id()
+    pub fn device_id(&self) -> JsValue {
+        self.inner.borrow_mut().engine.device_id().into()
     }
 
     /// The cursor of a stream as `{"epoch":…,"offset":…}`, or `null`.
-    pub fn cursor(&self, stream: &str) -> Option<String> {
+    pub fn cursor(&self, stream: JsValue) -> JsValue {
         let i = self.inner.borrow();
-        i.engine.cursor(stream).map(|c| json::Obj::new().str("epoch", &c.epoch).num("offset", c.offset).end())
+        match i.engine.cursor(&text(&stream)) {
+            Some(c) => json::Obj::new().str("epoch", &c.epoch).num("offset", c.offset).end().into(),
+            None => JsValue::NULL,
+        }
     }
 
     /// Counters and driver facts as JSON (for tests and metrics).
-    pub fn stats(&self) -> String {
+    pub fn stats(&self) -> JsValue {
         let i = self.inner.borrow();
         let s = i.engine.stats();
         json::Obj::new()
@@ -514,6 +532,7 @@ impl Core {
             .num("socketsOpened", u64::from(i.sockets_opened))
             .num("liveSockets", u64::from(i.sock.is_some()) + i.dead.len() as u64)
             .end()
+            .into()
     }
 
     /// Releases the socket and the timer (the engine is closed first).
@@ -532,32 +551,33 @@ impl Core {
 /// through the dedup window and returns `{"show":…,"notification"|"id":…,"snapshot":{…}}` — the snapshot to
 /// store back.
 #[wasm_bindgen(js_name = pushThrough)]
-pub fn push_through(snapshot: &str, payload: &str) -> Result<String, JsError> {
+pub fn push_through(snapshot: JsValue, payload: JsValue) -> Result<JsValue, JsError> {
     let mut engine = Engine::new(Config::new(""), 0);
     let t = Instant::ZERO;
+    let snapshot = text(&snapshot);
     if !snapshot.is_empty() {
-        engine.restore(t, &decode::snapshot(snapshot).map_err(decode_err)?);
+        engine.restore(t, &decode::snapshot(&snapshot).map_err(decode_err)?);
     }
-    let n = decode::push_payload(payload).map_err(decode_err)?;
+    let n = decode::push_payload(&text(&payload)).map_err(decode_err)?;
     let outcome = engine.ingest_push_notification(t, n).map_err(js_err)?;
-    let snapshot = engine.snapshot();
-    let snapshot = String::from_utf8(encode_snapshot(&snapshot)).unwrap_or_default();
-    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot).end())
+    let snapshot = snapshot_text(&engine.snapshot());
+    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot).end().into())
 }
 
 /// Merges two stored snapshots (JSON); either may be empty. Used where two writers share one store.
 #[wasm_bindgen(js_name = mergeSnapshots)]
-pub fn merge_snapshots(ours: &str, theirs: &str) -> Result<String, JsError> {
-    let decode = |s: &str| -> Result<tidings_core::Snapshot, JsError> {
+pub fn merge_snapshots(ours: JsValue, theirs: JsValue) -> Result<JsValue, JsError> {
+    let decode = |s: &JsValue| -> Result<tidings_core::Snapshot, JsError> {
+        let s = text(s);
         if s.is_empty() {
             Ok(tidings_core::Snapshot { version: 1, ..Default::default() })
         } else {
-            decode::snapshot(s).map_err(decode_err)
+            decode::snapshot(&s).map_err(decode_err)
         }
     };
-    let mut a = decode(ours)?;
-    a.merge(&decode(theirs)?);
-    Ok(String::from_utf8(encode_snapshot(&a)).unwrap_or_default())
+    let mut a = decode(&ours)?;
+    a.merge(&decode(&theirs)?);
+    Ok(snapshot_text(&a).into())
 }
 
 /// The allocator: Talc instead of std's dlmalloc (single-threaded wasm, memory grown on demand) — about 6.8 KB
