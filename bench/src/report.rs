@@ -41,6 +41,14 @@ const METRICS: &[Metric] = &[
         target: "",
     },
     Metric {
+        scenario: "S2",
+        key: "client_cpu_ns_per_delivery",
+        label: "client CPU per delivery (Tidings clients only)",
+        unit: "ns",
+        higher_is_better: false,
+        target: "",
+    },
+    Metric {
         scenario: "S3",
         key: "p50_us",
         label: "targeted latency p50",
