@@ -45,6 +45,35 @@ fn connect_fetches_a_token_opens_authenticates_and_subscribes_to_the_user_stream
 }
 
 #[test]
+fn one_message_may_carry_several_frames_one_per_line() {
+    let mut h = connected("alice");
+    h.take_events();
+    let f1 = h.server.publish("user:alice", "n1", Priority::Important, None).unwrap();
+    let f2 = h.server.publish("user:alice", "n2", Priority::Important, None).unwrap();
+    let heartbeat = protocol::encode_server_frame(&ServerFrame::Heartbeat);
+    h.engine.handle_text(h.now, h.conn.unwrap(), &format!("{f1}\n\n{heartbeat}\n{f2}\n"));
+    h.pump();
+    assert_eq!(h.notification_ids(), ["n1", "n2"], "in order; empty lines skipped");
+    assert_eq!(h.states(), [] as [ConnectionState; 0], "the link stayed up");
+}
+
+#[test]
+fn an_undecodable_frame_inside_a_message_stops_it_there_and_replaces_the_link() {
+    let mut h = connected("alice");
+    h.take_events();
+    let f1 = h.server.publish("user:alice", "n1", Priority::Important, None).unwrap();
+    let f3 = h.server.publish("user:alice", "n3", Priority::Important, None).unwrap();
+    h.engine.handle_text(h.now, h.conn.unwrap(), &format!("{f1}\n{{\"op\":\n{f3}"));
+    h.pump();
+    assert_eq!(h.notification_ids()[0], "n1", "frames before the bad one are handled");
+    let reconnecting = h.states().into_iter().find_map(|s| match s {
+        ConnectionState::Reconnecting { reason, .. } => Some(reason),
+        _ => None,
+    });
+    assert!(reconnecting.is_some_and(|r| r.contains("undecodable")), "{:?}", h.states());
+}
+
+#[test]
 fn live_notifications_are_delivered_in_order_and_acked_in_one_frame() {
     let mut h = connected("alice");
     h.take_events();

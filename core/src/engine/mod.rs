@@ -245,6 +245,11 @@ pub enum Continuity {
     },
 }
 
+/// The frames of one text message: one per line, empty lines skipped (protocol §1).
+fn frames_of(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').filter(|line| !line.is_empty())
+}
+
 /// What the application sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -1004,17 +1009,25 @@ impl Engine {
         self.on_loss(now, Loss { action: protocol::close_action(code_num), failure, retry_after: None, message });
     }
 
-    /// A text frame arrived on socket `conn`.
+    /// A text message arrived on socket `conn`: one frame, or several separated by `\n` (protocol §1; empty
+    /// lines are skipped). Frames are handled in order; the first undecodable one replaces the link and the rest
+    /// of the message is dropped.
     pub fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
         if self.current_conn() != Some(conn) {
             self.tick(now);
             return;
         }
-        match protocol::decode_server_frame(text) {
-            Ok(frame) => self.handle_frame(now, conn, frame),
-            Err(e) => {
-                warn!(error = %e, "undecodable frame from server; reconnecting");
-                self.handle_undecodable(now, conn, &e);
+        for line in frames_of(text) {
+            if self.current_conn() != Some(conn) {
+                return;
+            }
+            match protocol::decode_server_frame(line) {
+                Ok(frame) => self.handle_frame(now, conn, frame),
+                Err(e) => {
+                    warn!(error = %e, "undecodable frame from server; reconnecting");
+                    self.handle_undecodable(now, conn, &e);
+                    return;
+                }
             }
         }
     }
@@ -1058,9 +1071,13 @@ impl Engine {
     /// to the leader's, so any of them can take over the socket and resume with nothing lost and nothing
     /// delivered twice. Notifications and `subscribed` frames are processed as if they came from this engine's
     /// own socket (events, continuity, cursors, dedup, digests) but never acked; other frames are ignored.
+    /// A relayed message may hold several frames, as a socket's may (see [`Engine::handle_text`]); they are
+    /// handled in order up to the first undecodable one, whose error is returned.
     pub fn handle_relayed(&mut self, now: Instant, text: &str) -> Result<(), DecodeError> {
-        let frame = protocol::decode_server_frame(text)?;
-        self.handle_relayed_frame(now, frame);
+        for line in frames_of(text) {
+            let frame = protocol::decode_server_frame(line)?;
+            self.handle_relayed_frame(now, frame);
+        }
         Ok(())
     }
 
