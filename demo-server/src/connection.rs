@@ -575,7 +575,8 @@ impl Connection {
         }
     }
 
-    /// Writes everything queued: one `feed` per frame and one `flush`. Normally the batch is written at once;
+    /// Writes everything queued: one `feed` per message (frames queued together share a message, see
+    /// [`coalesce`]) and one `flush`. Normally the batch is written at once;
     /// when the socket is full, the connection's timer (`sleep`, re-armed afterwards by the caller) bounds the
     /// wait to `write_timeout`.
     async fn write_queued(&mut self, mut sleep: Pin<&mut Sleep>) -> Result<(), Exit> {
@@ -590,7 +591,7 @@ impl Connection {
             let (ws, batch) = (&mut self.ws, &mut self.batch);
             let write = async move {
                 while let Some(frame) = batch.pop_front() {
-                    ws.feed(Message::Text(frame)).await?;
+                    ws.feed(Message::Text(coalesce(frame, batch))).await?;
                 }
                 ws.flush().await
             };
@@ -805,6 +806,32 @@ fn op_name(frame: &ClientFrame) -> &'static str {
     }
 }
 
+/// `first` and as many of the frames queued after it as fit in one message of at most
+/// [`MAX_SERVER_FRAME_BYTES`], one frame per line (protocol §1). A broadcast's frame is shared by every
+/// connection; a connection that has fallen behind gets its backlog in few messages rather than one per
+/// notification, which saves each side the per-message work (header, masking state, a read and a wake-up).
+fn coalesce(first: Utf8Bytes, queued: &mut VecDeque<Utf8Bytes>) -> Utf8Bytes {
+    let mut len = first.len();
+    let mut count = 0;
+    for frame in queued.iter() {
+        if len + 1 + frame.len() > MAX_SERVER_FRAME_BYTES {
+            break;
+        }
+        len += 1 + frame.len();
+        count += 1;
+    }
+    if count == 0 {
+        return first;
+    }
+    let mut joined = String::with_capacity(len);
+    joined.push_str(first.as_str());
+    for frame in queued.drain(..count) {
+        joined.push('\n');
+        joined.push_str(frame.as_str());
+    }
+    Utf8Bytes::from(joined)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,5 +862,22 @@ mod tests {
             assert!(!rate.exceeded(second(3), 3, 2));
         }
         assert!(!RateWindow { started: start, count: 0, strikes: 0 }.exceeded(start, 0, 1), "0 disables");
+    }
+
+    #[test]
+    fn queued_frames_share_messages_up_to_the_frame_limit_in_order() {
+        let frame = |c: char, n: usize| Utf8Bytes::from(c.to_string().repeat(n));
+        // Alone: the frame itself.
+        assert_eq!(coalesce(frame('a', 3), &mut VecDeque::new()).as_str(), "aaa");
+        // Several: one per line, in order, until the next would pass MAX_SERVER_FRAME_BYTES.
+        let third = MAX_SERVER_FRAME_BYTES - 5; // 3 + 1 + 4 + 1 + third passes the limit by 4
+        let mut queued: VecDeque<Utf8Bytes> = [frame('b', 4), frame('c', third), frame('d', 1)].into();
+        let first = coalesce(frame('a', 3), &mut queued);
+        assert!(first.as_str() == "aaa\nbbbb", "got {} bytes", first.len());
+        assert_eq!(queued.len(), 2, "the frame that would not fit starts the next message");
+        let next = queued.pop_front().unwrap();
+        let message = coalesce(next, &mut queued);
+        assert_eq!(message.len(), third + 2);
+        assert!(message.as_str().ends_with("c\nd") && queued.is_empty());
     }
 }

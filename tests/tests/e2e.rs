@@ -264,9 +264,12 @@ async fn close_code(
     loop {
         match tokio::time::timeout(WAIT, ws.next()).await.expect("server answered") {
             Some(Ok(Message::Text(t))) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["op"] == "error" {
-                    error = v["code"].as_str().map(String::from);
+                // One frame per line (a message may hold several, protocol §1).
+                for line in t.as_str().split('\n').filter(|l| !l.is_empty()) {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if v["op"] == "error" {
+                        error = v["code"].as_str().map(String::from);
+                    }
                 }
             }
             Some(Ok(Message::Close(f))) => return (error, f.map(|f| u16::from(f.code))),

@@ -208,6 +208,9 @@ impl Drop for Events {
     }
 }
 
+/// Text handled under one engine lock before the events are handed to the app (see `Driver::on_message`).
+const MESSAGE_BATCH_BYTES: usize = 32 * 1024;
+
 /// Most events in one batch handed from the driver to [`Events`].
 const EVENT_BATCH: usize = 64;
 
@@ -634,15 +637,21 @@ impl Driver {
             .max_frame_size(Some(self.config.max_message_size))
     }
 
-    /// Handles one message and every further message already buffered, under one engine lock.
+    /// Handles one message and further messages already buffered, under one engine lock, up to about
+    /// [`MESSAGE_BATCH_BYTES`] of text or 1024 messages (then the loop drains the events and comes back for the
+    /// rest, so that a backlog of multi-frame messages reaches the app in steps rather than all at once).
     fn on_message(&mut self, first: (ConnId, Option<Result<Message, tungstenite::Error>>)) {
         let (conn, mut msg) = first;
         let now = self.shared.clock.now();
         let shared = self.shared.clone();
         let mut engine = shared.engine();
+        let mut bytes = 0;
         for handled in 1.. {
             match msg {
-                Some(Ok(Message::Text(text))) => engine.handle_text(now, conn, text.as_str()),
+                Some(Ok(Message::Text(text))) => {
+                    bytes += text.len();
+                    engine.handle_text(now, conn, text.as_str());
+                }
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) =
                         frame.map(|f| (Some(u16::from(f.code)), f.reason.to_string())).unwrap_or((None, String::new()));
@@ -667,8 +676,7 @@ impl Driver {
                     return;
                 }
             }
-            // At most 1024 under one lock (then the loop drains and comes back for the rest).
-            if handled == 1024 {
+            if handled == 1024 || bytes >= MESSAGE_BATCH_BYTES {
                 return;
             }
             let Some((_, ws)) = self.ws.as_mut() else { return };

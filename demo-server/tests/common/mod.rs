@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests of the server: a raw WebSocket client and HTTP helpers.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +32,16 @@ pub fn token(user: &str, topics: &[&str]) -> String {
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub protocol: Option<String>,
+    /// Frames of a message that held several (one per line, protocol §1) not yet returned by `recv`.
+    pending: VecDeque<Value>,
+}
+
+/// The frames of one server message: one per line.
+pub fn frames_of(text: &str) -> Vec<Value> {
+    text.split('\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("server frames are JSON"))
+        .collect()
 }
 
 /// How a connection ended, as seen by the client.
@@ -66,7 +77,7 @@ impl Client {
             .await
             .expect("connect timed out")?;
         let protocol = response.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_owned());
-        Ok(Client { ws, protocol })
+        Ok(Client { ws, protocol, pending: VecDeque::new() })
     }
 
     /// Connects and authenticates as `user` (device `device`), returning the client and the `welcome` frame.
@@ -92,6 +103,9 @@ impl Client {
 
     /// The next text frame (pings and pongs are skipped). Panics on close or after [`PATIENCE`].
     pub async fn recv(&mut self) -> Value {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
         loop {
             let message = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -99,7 +113,12 @@ impl Client {
                 .expect("the connection ended")
                 .expect("read error");
             match message {
-                Message::Text(text) => return serde_json::from_str(&text).expect("server frames are JSON"),
+                Message::Text(text) => {
+                    self.pending.extend(frames_of(&text));
+                    if let Some(frame) = self.pending.pop_front() {
+                        return frame;
+                    }
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
             }
@@ -118,11 +137,11 @@ impl Client {
 
     /// Reads until the connection closes; returns the frames before the close and the close code.
     pub async fn closed(&mut self) -> Closed {
-        let mut frames = Vec::new();
+        let mut frames: Vec<Value> = self.pending.drain(..).collect();
         loop {
             let next = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("timed out waiting for the close");
             match next {
-                Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Text(text))) => frames.extend(frames_of(&text)),
                 Some(Ok(Message::Close(frame))) => {
                     // Keep reading so that tungstenite sends the close reply and sees the end of the stream.
                     let _ =
