@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// The benchmark processes (clients and the server child) use mimalloc, as a production server or app may; glibc's
 /// allocator spent most of the client core in malloc/free/consolidate (see BENCHMARKS.md). mimalloc runs with
-/// transparent huge pages off (see [`without_thp`]).
+/// transparent huge pages off and without returning freed memory to the kernel (see [`allocator_options`]).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -92,26 +92,35 @@ enum Via {
     Http,
 }
 
-/// mimalloc asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) by default and returns freed
-/// memory after a delay; every 2 MiB page it then touches again is zeroed by the kernel. Profiled in S2 (`perf
-/// record` on the client process), `clear_page_erms` was 39 % of the client core, and turning THP off doubled
-/// the deliveries the clients took (205–235 k/s → 467–508 k/s, two runs each). mimalloc reads its options when
-/// the process starts, so the tool re-executes itself once with `MIMALLOC_ALLOW_THP=0` (the server child
-/// inherits it). An explicit `MIMALLOC_ALLOW_THP` in the environment is left as it is.
-fn without_thp() -> anyhow::Result<()> {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+/// mimalloc options for the benchmark processes, set by re-executing the tool once (mimalloc reads its options
+/// when the process starts; the server child inherits them). Explicit values in the environment are kept.
+///
+/// - `MIMALLOC_ALLOW_THP=0`: mimalloc asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) by
+///   default and returns freed memory after a delay; every 2 MiB page it then touches again is zeroed by the
+///   kernel. Profiled in S2 (`perf record` on the client process), `clear_page_erms` was 39 % of the client
+///   core, and turning THP off doubled the deliveries the clients took (205–235 k/s → 467–508 k/s).
+/// - `MIMALLOC_PURGE_DELAY=-1`: the client process runs the scenarios one after another; after S2 freed the
+///   memory of 1,000 busy clients, mimalloc returned it to the kernel in pieces during S3 and S3's p99 became
+///   36–37 ms (two runs). Not returning freed memory (as a long-running app or server would keep its peak
+///   heap), S3 after S2 gave p99 586 µs, in line with S3 run alone in a fresh process (1.4–3.7 ms that hour).
+fn allocator_options() -> anyhow::Result<()> {
+    let options = [("MIMALLOC_ALLOW_THP", "0"), ("MIMALLOC_PURGE_DELAY", "-1")];
+    let missing: Vec<_> = options.iter().filter(|(k, _)| std::env::var_os(k).is_none()).collect();
+    if missing.is_empty() {
         return Ok(());
     }
     use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(std::env::current_exe()?)
-        .args(std::env::args_os().skip(1))
-        .env("MIMALLOC_ALLOW_THP", "0")
-        .exec();
-    Err(anyhow::anyhow!("re-executing tidings-bench with MIMALLOC_ALLOW_THP=0: {err}"))
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1));
+    for (k, v) in &missing {
+        cmd.env(k, v);
+    }
+    let err = cmd.exec();
+    Err(anyhow::anyhow!("re-executing tidings-bench with its mimalloc options: {err}"))
 }
 
 fn main() -> anyhow::Result<()> {
-    without_thp()?;
+    allocator_options()?;
     let cli = Cli::parse();
     match cli.command {
         Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer } => {
@@ -139,7 +148,7 @@ fn run(
     let stamp = |mut v: serde_json::Value| {
         v["placement"] = json!(
             "server pinned to CPU 0, clients pinned to CPU 1 (taskset); the Tidings processes use mimalloc with \
-             transparent huge pages off"
+             transparent huge pages off and no purging of freed memory"
         );
         v["cpu"] = json!(sys::cpu_model());
         v["nproc"] = json!(nproc);

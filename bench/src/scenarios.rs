@@ -223,7 +223,7 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Resu
         "client_cpu_ns_per_delivery": per_delivery_ns(client_cpu, delivered),
         "server_cpu_ns_per_delivery": per_delivery_ns(server_cpu, want),
         "server_cpu_s": reply["cpu_s"], "slow_consumers": stats["slow_consumers"],
-        "publisher": reply["publisher"],
+        "publisher": reply["publisher"], "publisher_paused_ms": reply["paced_ms"],
     }))
 }
 
