@@ -8,14 +8,15 @@
 //! as absent, strings must be strings, numbers unsigned integers, enums known names, unknown members are
 //! ignored. Where `JSON.parse` differs from the codec it is more lenient: a duplicate member keeps its last
 //! value instead of being refused, and numbers are JavaScript numbers — integers above 2^53 are refused
-//! (offsets and timestamps never come near), `1.0` reads as `1`. The verbatim `data` member is re-serialised
-//! by `JSON.stringify` (whitespace dropped; the same value when the page parses it).
+//! (offsets and timestamps never come near), `1.0` reads as `1`. The `data` member is handed on verbatim: it is
+//! cut from the frame's text by the core's `raw_member` (never re-serialised from doubles, which would change
+//! integers above 2^53).
 
 use js_sys::{Array, JSON, Object, Reflect};
 use tidings_core::engine::PendingBatch;
 use tidings_core::protocol::{
     DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, Persistence, Priority, PushPlatform, RawJson,
-    ServerFrame, WireContinuity,
+    ServerFrame, WireContinuity, raw_elements, raw_member,
 };
 use tidings_core::{Cursor, Instant, PushRegistration, Snapshot};
 use wasm_bindgen::{JsCast, JsValue};
@@ -173,11 +174,13 @@ impl Fields {
         }
     }
 
-    /// A notification envelope (an `op` member is ignored).
-    fn notification(&mut self) -> Notification {
-        let data = self.get("data").and_then(|v| {
-            let text = JSON::stringify(&v).map(String::from).unwrap_or_default();
-            RawJson::from_string(text).map_err(|e| self.err.get_or_insert(e)).ok()
+    /// A notification envelope (an `op` member is ignored); `source` is the JSON text these fields were parsed
+    /// from. `data` is taken verbatim from it: `JSON.parse` reads numbers as doubles, so re-serialising would
+    /// change an integer above 2^53 (an app's 64-bit id) or `1.0`.
+    fn notification(&mut self, source: &str) -> Notification {
+        let data = self.get("data").and_then(|_| {
+            let raw = raw_member(source, "data").ok_or_else(|| error("unreadable member", "data"));
+            raw.and_then(|raw| RawJson::from_string(raw.to_owned())).map_err(|e| self.err.get_or_insert(e)).ok()
         });
         Notification {
             id: self.str("id"),
@@ -206,7 +209,7 @@ fn frame(text: &str) -> R<ServerFrame> {
     let mut f = parse(text).map_err(|e| context("invalid server frame: ", e))?;
     let op = f.str("op");
     let frame = match op.as_str() {
-        "notification" => ServerFrame::Notification(f.notification()),
+        "notification" => ServerFrame::Notification(f.notification(text)),
         "heartbeat" => ServerFrame::Heartbeat,
         "welcome" => ServerFrame::Welcome {
             session: f.str("session"),
@@ -264,15 +267,19 @@ fn frame(text: &str) -> R<ServerFrame> {
 /// text). The engine checks it against the protocol's limits.
 pub(crate) fn push_payload(payload: &str) -> R<Notification> {
     let outer = parse(payload).map_err(|e| context("push payload: ", e))?;
-    let mut f = match outer.get("tidings") {
-        None => outer,
+    let inner_text;
+    let (f, source) = match outer.get("tidings") {
+        None => (Ok(outer), payload),
         Some(v) => match v.as_string() {
-            Some(text) => parse(&text),
-            None => Fields::new(v),
-        }
-        .map_err(|e| context("push payload: invalid envelope: ", e))?,
+            Some(text) => {
+                inner_text = text;
+                (parse(&inner_text), inner_text.as_str())
+            }
+            None => (Fields::new(v), raw_member(payload, "tidings").unwrap_or_default()),
+        },
     };
-    let n = f.notification();
+    let mut f = f.map_err(|e| context("push payload: invalid envelope: ", e))?;
+    let n = f.notification(source);
     f.done(n).map_err(|e| context("push payload: invalid envelope: ", e))
 }
 
@@ -282,13 +289,13 @@ pub(crate) fn snapshot(text: &str) -> R<Snapshot> {
         if f.u64("version") != 1 {
             f.fail("unsupported value of member", "version");
         }
-        let s = snapshot_members(&mut f);
+        let s = snapshot_members(&mut f, text);
         f.done(s)
     });
     s.map_err(|e| context("stored state is corrupt: ", e))
 }
 
-fn snapshot_members(f: &mut Fields) -> Snapshot {
+fn snapshot_members(f: &mut Fields, source: &str) -> Snapshot {
     let mut s = Snapshot { version: 1, device_id: f.opt_str("device_id"), ..Default::default() };
     let cursors = f.get("cursors");
     if let Some(cursors) = f.object(cursors, "cursors") {
@@ -306,7 +313,10 @@ fn snapshot_members(f: &mut Fields) -> Snapshot {
         if !Array::is_array(&pending) {
             f.fail("expected an array in member", "pending");
         }
-        for b in pending.unchecked_into::<Array>().iter() {
+        // The batches' text, to take each notification's `data` verbatim (see `Fields::notification`).
+        let texts = raw_member(source, "pending").and_then(raw_elements).unwrap_or_default();
+        for (i, b) in pending.unchecked_into::<Array>().iter().enumerate() {
+            let text = texts.get(i).copied().unwrap_or_default();
             let Some(mut b) = f.object(Some(b), "pending") else { continue };
             let first = b.need("first");
             let last = b.get("last");
@@ -316,9 +326,9 @@ fn snapshot_members(f: &mut Fields) -> Snapshot {
             };
             let batch = PendingBatch {
                 group: b.str("group"),
-                first: first.notification(),
+                first: first.notification(raw_member(text, "first").unwrap_or_default()),
                 last: last.map(|mut l| {
-                    let n = l.notification();
+                    let n = l.notification(raw_member(text, "last").unwrap_or_default());
                     b.absorb(l);
                     n
                 }),

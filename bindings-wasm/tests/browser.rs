@@ -205,6 +205,12 @@ fn frames_are_decoded_with_the_codec_rules_one_per_line() {
     let got = events(&log, r#""id":"n3""#);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains(r#""data":{"post":"p-1","n":[1,2]}"#) && !got[0].contains("title"), "{got:?}");
+    // `data` is handed on verbatim: JSON.parse's doubles would turn this id into 12345678901234567000.
+    let big = notification("big1", 4)
+        .replace(r#""created_at""#, r#""data":{"id":12345678901234567891,"f":1.0},"created_at""#);
+    core.relayed(js(&big)).unwrap();
+    let got = events(&log, r#""id":"big1""#);
+    assert!(got[0].contains(r#""data":{"id":12345678901234567891,"f":1.0}"#), "{got:?}");
     // Refused: wrong types, missing members, unknown enum names and ops, non-objects, unsafe integers.
     let bad = [
         r#"{"op":"notification","id":5}"#.to_string(),
@@ -239,6 +245,10 @@ fn push_payloads_and_snapshots_are_decoded() {
     let start = first.find(r#""snapshot":"#).unwrap() + 11;
     let snapshot = &first[start..first.len() - 1];
     assert!(push_through(js(snapshot), js(&bare)).map(text).unwrap().starts_with(r#"{"show":false,"id":"p1""#));
+    // Wrapped as an object: `data` still verbatim.
+    let with_data = envelope("p2", 2).replace(r#""created_at""#, r#""data":[12345678901234567891],"created_at""#);
+    let shown = push_through(js(""), js(&format!(r#"{{"x":1,"tidings":{with_data}}}"#))).map(text).unwrap();
+    assert!(shown.contains(r#""data":[12345678901234567891]"#), "{shown}");
     assert!(push_through(js(""), js(r#"{"tidings":5}"#)).is_err());
     assert!(push_through(js(""), js("[]")).is_err());
     // Snapshots: version 1 only, cursors need epoch and offset, a pending batch survives the round trip.
@@ -247,6 +257,9 @@ fn push_payloads_and_snapshots_are_decoded() {
         envelope("p1", 1)
     );
     let merged = merge_snapshots(js(&stored), js("")).map(text).unwrap();
+    let stored_big = stored.replace(r#""created_at""#, r#""data":{"n":12345678901234567891},"created_at""#);
+    let merged_big = merge_snapshots(js(&stored_big), js("")).map(text).unwrap();
+    assert!(merged_big.contains(r#"12345678901234567891"#), "a pending notification's data survives: {merged_big}");
     for part in
         [r#""device_id":"d-9""#, r#""user:alice":{"epoch":"e1","offset":4}"#, r#""group":"g""#, r#""token":"tok""#]
     {

@@ -577,6 +577,39 @@ pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
     Ok(n)
 }
 
+/// The verbatim JSON text of member `key` of the JSON object `object` (the last one when the key repeats, as
+/// `JSON.parse` keeps it), or `None` when there is no such member or `object` is not a well-formed object. For
+/// drivers that parse frames with the platform's JSON parser: its numbers are doubles, so the `data` member is
+/// taken from the text rather than re-serialised (an integer above 2^53 would change).
+pub fn raw_member<'a>(object: &'a str, key: &str) -> Option<&'a str> {
+    let mut r = Reader::new(object);
+    r.begin_object().ok()?;
+    let mut first = true;
+    let mut found = None;
+    while let Some(k) = r.next_key(&mut first).ok()? {
+        let value = r.raw_value().ok()?;
+        if k == key {
+            found = Some(value);
+        }
+    }
+    r.end().ok()?;
+    found
+}
+
+/// The verbatim JSON text of each element of the JSON array `array`, or `None` when it is not a well-formed
+/// array (see [`raw_member`]).
+pub fn raw_elements(array: &str) -> Option<Vec<&str>> {
+    let mut r = Reader::new(array);
+    r.begin_array().ok()?;
+    let mut first = true;
+    let mut out = Vec::new();
+    while r.next_element(&mut first).ok()? {
+        out.push(r.raw_value().ok()?);
+    }
+    r.end().ok()?;
+    Some(out)
+}
+
 /// `s` as a JSON string, to quote it in a message (cheaper than `{:?}`, which pulls Unicode tables into the
 /// browser build).
 pub(crate) fn quoted(s: &str) -> String {

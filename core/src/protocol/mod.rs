@@ -682,7 +682,7 @@ pub use codec::{
     decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
     encode_notification, encode_server_frame,
 };
-pub use codec::{push_json_str, push_json_u64};
+pub use codec::{push_json_str, push_json_u64, raw_elements, raw_member};
 
 #[cfg(test)]
 mod tests {
@@ -814,5 +814,17 @@ mod tests {
         bad.offset = None;
         let err = decode_push_payload(&encode_notification(&bad)).unwrap_err();
         assert!(err.message().contains("offset must be present"), "{err}");
+    }
+
+    #[test]
+    fn raw_member_returns_the_verbatim_text_of_a_member() {
+        let text = r#"{"op":"notification", "data" : {"id":12345678901234567891,"f":1.0} ,"x":1}"#;
+        assert_eq!(raw_member(text, "data"), Some(r#"{"id":12345678901234567891,"f":1.0}"#));
+        assert_eq!(raw_member(text, "missing"), None);
+        assert_eq!(raw_member(r#"{"a":1,"a":[2]}"#, "a"), Some("[2]"), "the last, as JSON.parse keeps it");
+        assert_eq!(raw_member(r#"{"a":1"#, "a"), None, "not a well-formed object");
+        assert_eq!(raw_member("[1]", "a"), None);
+        assert_eq!(raw_elements(r#"[ {"a":1} ,2,"x"]"#), Some(vec![r#"{"a":1}"#, "2", r#""x""#]));
+        assert_eq!(raw_elements("[1,"), None);
     }
 }
