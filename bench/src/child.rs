@@ -70,7 +70,7 @@ async fn fanout(
     let start_ns = sys::wall_ns();
     let started = Instant::now();
     let mut published = 0u64;
-    let mut paced = 0u64;
+    let mut paused = Duration::ZERO;
     while started.elapsed() < duration {
         let req = PublishRequest::new("bench").topic("bench").priority(Priority::Important).data(data.clone());
         publisher.publish(req).await?;
@@ -86,8 +86,9 @@ async fn fanout(
                 {
                     break;
                 }
-                paced += 1;
+                let at = Instant::now();
                 tokio::time::sleep(Duration::from_millis(1)).await;
+                paused += at.elapsed();
             }
         }
     }
@@ -96,7 +97,7 @@ async fn fanout(
         "start_ns": start_ns,
         "end_ns": sys::wall_ns(),
         "cpu_s": sys::cpu_seconds(pid)? - cpu0,
-        "paced_ms": paced,
+        "paced_ms": paused.as_millis() as u64,
         "publisher": format!(
             "in-process on the server thread, {batch} publish(es) per scheduler turn, paused while more than \
              {MAX_UNACKED_DELIVERIES} deliveries are unacknowledged"

@@ -16,7 +16,7 @@ use js_sys::{Array, JSON, Object, Reflect};
 use tidings_core::engine::PendingBatch;
 use tidings_core::protocol::{
     DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, Persistence, Priority, PushPlatform, RawJson,
-    ServerFrame, WireContinuity, raw_elements, raw_member,
+    ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
 };
 use tidings_core::{Cursor, Instant, PushRegistration, Snapshot};
 use wasm_bindgen::{JsCast, JsValue};
@@ -201,7 +201,7 @@ impl Fields {
 
 /// The frames of one WebSocket message: one frame per line (empty lines are skipped).
 pub(crate) fn frames(text: &str) -> impl Iterator<Item = R<ServerFrame>> + '_ {
-    text.split('\n').filter(|line| !line.is_empty()).map(frame)
+    message_frames(text).map(frame)
 }
 
 /// One server frame (protocol §5).

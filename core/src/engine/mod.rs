@@ -245,11 +245,6 @@ pub enum Continuity {
     },
 }
 
-/// The frames of one text message: one per line, empty lines skipped (protocol §1).
-fn frames_of(text: &str) -> impl Iterator<Item = &str> {
-    text.split('\n').filter(|line| !line.is_empty())
-}
-
 /// What the application sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -1017,7 +1012,7 @@ impl Engine {
             self.tick(now);
             return;
         }
-        for line in frames_of(text) {
+        for line in protocol::message_frames(text) {
             if self.current_conn() != Some(conn) {
                 return;
             }
@@ -1074,7 +1069,7 @@ impl Engine {
     /// A relayed message may hold several frames, as a socket's may (see [`Engine::handle_text`]); they are
     /// handled in order up to the first undecodable one, whose error is returned.
     pub fn handle_relayed(&mut self, now: Instant, text: &str) -> Result<(), DecodeError> {
-        for line in frames_of(text) {
+        for line in protocol::message_frames(text) {
             let frame = protocol::decode_server_frame(line)?;
             self.handle_relayed_frame(now, frame);
         }

@@ -577,6 +577,12 @@ pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
     Ok(n)
 }
 
+/// The frames of one server message: one per line, empty lines skipped (protocol §1). Every driver splits
+/// messages with this, whatever decodes the frames.
+pub fn message_frames(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').filter(|line| !line.is_empty())
+}
+
 /// The verbatim JSON text of member `key` of the JSON object `object` (the last one when the key repeats, as
 /// `JSON.parse` keeps it), or `None` when there is no such member or `object` is not a well-formed object. For
 /// drivers that parse frames with the platform's JSON parser: its numbers are doubles, so the `data` member is

@@ -682,7 +682,7 @@ pub use codec::{
     decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
     encode_notification, encode_server_frame,
 };
-pub use codec::{push_json_str, push_json_u64, raw_elements, raw_member};
+pub use codec::{message_frames, push_json_str, push_json_u64, raw_elements, raw_member};
 
 #[cfg(test)]
 mod tests {
