@@ -51,6 +51,9 @@ enum Command {
         /// Also run the peer (Socket.IO 4.8.4) and print the comparison.
         #[arg(long, default_value = "socketio")]
         peer: String,
+        /// Runs of each scenario, alternating Tidings and the peer (the report takes the median of each metric).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+        runs: u32,
     },
     /// Write BENCHMARKS.md and bench/plots/*.svg from the JSON lines of a `run`.
     Report {
@@ -123,8 +126,8 @@ fn main() -> anyhow::Result<()> {
     allocator_options()?;
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer } => {
-            run(&scenarios, s1_connections, clients, seconds, publish_batch, peer == "socketio")
+        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer, runs } => {
+            run(&scenarios, s1_connections, clients, seconds, publish_batch, peer == "socketio", runs)
         }
         Command::ServerProc { args } => child::run(&args),
         Command::Report { input, root, command } => report::write(&input, &root, &command),
@@ -139,6 +142,7 @@ fn run(
     seconds: f64,
     publish_batch: u64,
     with_peer: bool,
+    runs: u32,
 ) -> anyhow::Result<()> {
     let fds = sys::raise_fd_limit()?;
     let nproc = sys::nproc();
@@ -155,31 +159,42 @@ fn run(
         v
     };
     for s in which {
-        let ours = stamp(rt.block_on(async {
-            match s.as_str() {
-                "s1" => scenarios::s1(s1_connections).await,
-                "s2" => scenarios::s2(clients, seconds, publish_batch).await,
-                "s3" => scenarios::s3(clients, 2000.0, seconds).await,
-                "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
-                other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
+        for n in 1..=runs {
+            let ours = stamp(rt.block_on(async {
+                match s.as_str() {
+                    "s1" => scenarios::s1(s1_connections).await,
+                    "s2" => scenarios::s2(clients, seconds, publish_batch).await,
+                    "s3" => scenarios::s3(clients, 2000.0, seconds).await,
+                    "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
+                    other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
+                }
+            })?);
+            let ours = numbered(ours, n, runs);
+            println!("{ours}");
+            if !with_peer {
+                continue;
             }
-        })?);
-        println!("{ours}");
-        if !with_peer {
-            continue;
+            let theirs = stamp(rt.block_on(async {
+                match s.as_str() {
+                    "s1" => peer::s1(s1_connections).await,
+                    "s2" => peer::s2(clients, seconds, publish_batch).await,
+                    "s3" => peer::s3(clients, 2000.0, seconds).await,
+                    _ => peer::s4(clients, 1000.0, seconds, 3.0).await,
+                }
+            })?);
+            let theirs = numbered(theirs, n, runs);
+            println!("{theirs}");
+            println!("{}", numbered(compare(&ours, &theirs), n, runs));
         }
-        let theirs = stamp(rt.block_on(async {
-            match s.as_str() {
-                "s1" => peer::s1(s1_connections).await,
-                "s2" => peer::s2(clients, seconds, publish_batch).await,
-                "s3" => peer::s3(clients, 2000.0, seconds).await,
-                _ => peer::s4(clients, 1000.0, seconds, 3.0).await,
-            }
-        })?);
-        println!("{theirs}");
-        println!("{}", compare(&ours, &theirs));
     }
     Ok(())
+}
+
+/// Marks a result line as run `n` of `runs` (the report groups the runs of a scenario and takes medians).
+fn numbered(mut v: serde_json::Value, n: u32, runs: u32) -> serde_json::Value {
+    v["run"] = json!(n);
+    v["runs"] = json!(runs);
+    v
 }
 
 /// The headline metrics of a scenario, side by side, with the ratio (how many times better Tidings is).

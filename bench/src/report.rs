@@ -137,10 +137,35 @@ fn fmt(v: Option<f64>) -> String {
     }
 }
 
-fn find<'a>(runs: &'a [Value], scenario: &str, system_prefix: &str) -> Option<&'a Value> {
+/// Every result line of `scenario` from the system whose name starts with `system_prefix`, in run order.
+fn find<'a>(runs: &'a [Value], scenario: &str, system_prefix: &str) -> Vec<&'a Value> {
     runs.iter()
-        .rev()
-        .find(|v| v["scenario"] == scenario && v["system"].as_str().is_some_and(|s| s.starts_with(system_prefix)))
+        .filter(|v| v["scenario"] == scenario && v["system"].as_str().is_some_and(|s| s.starts_with(system_prefix)))
+        .collect()
+}
+
+/// The median of `key` over `lines` (the mean of the middle two for an even count) with the smallest and
+/// largest value; `None` when no line has the metric.
+fn summary(lines: &[&Value], key: &str) -> Option<(f64, f64, f64)> {
+    let mut values: Vec<f64> = lines.iter().filter_map(|v| v[key].as_f64()).collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    let median = if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 };
+    Some((median, values[0], values[values.len() - 1]))
+}
+
+/// A table cell: the median, and the range when there was more than one run.
+fn cell(s: Option<(f64, f64, f64)>, runs: usize) -> String {
+    match s {
+        Some((median, lo, hi)) if runs > 1 && lo != hi => {
+            format!("{} ({} – {})", fmt(Some(median)), fmt(Some(lo)), fmt(Some(hi)))
+        }
+        Some((median, ..)) => fmt(Some(median)),
+        None => fmt(None),
+    }
 }
 
 /// Writes `BENCHMARKS.md` into `root` and `bench/plots/<scenario>.svg`, from `results` (JSON lines).
@@ -163,9 +188,17 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
         first["cpu"].as_str().unwrap_or("?"),
         first["placement"].as_str().unwrap_or("?")
     )?;
+    let counted = find(&runs, "S2", "tidings").len().max(find(&runs, "S1", "tidings").len()).max(1);
+    if counted > 1 {
+        writeln!(
+            md,
+            "Each number is the **median of {counted} runs** of the scenario, Tidings and Socket.IO alternating; the \
+             range over the runs follows in brackets, and ratios are taken between the medians.\n"
+        )?;
+    }
     for scenario in ["S1", "S2", "S3", "S4"] {
         let (ours, theirs) = (find(&runs, scenario, "tidings"), find(&runs, scenario, "socket.io"));
-        if ours.is_none() {
+        if ours.is_empty() {
             continue;
         }
         let title = match scenario {
@@ -178,8 +211,8 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
         writeln!(md, "| metric | Tidings | Socket.IO | ratio (× better) | target |\n|---|---:|---:|---:|---|")?;
         let mut bars = Vec::new();
         for m in METRICS.iter().filter(|m| m.scenario == scenario) {
-            let a = ours.and_then(|v| v[m.key].as_f64());
-            let b = theirs.and_then(|v| v[m.key].as_f64());
+            let (sa, sb) = (summary(&ours, m.key), summary(&theirs, m.key));
+            let (a, b) = (sa.map(|s| s.0), sb.map(|s| s.0));
             let ratio = match (a, b) {
                 (Some(a), Some(b)) if m.higher_is_better && b > 0.0 => Some(a / b),
                 (Some(a), Some(b)) if !m.higher_is_better && a > 0.0 => Some(b / a),
@@ -191,8 +224,8 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 "| {}{} | {} | {} | {} | {} |",
                 m.label,
                 unit,
-                fmt(a),
-                fmt(b),
+                cell(sa, ours.len()),
+                cell(sb, theirs.len()),
                 ratio.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "–".into()),
                 m.target
             )?;
@@ -202,10 +235,10 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 bars.push((format!("{}{}", m.label, unit), a, b, m.higher_is_better));
             }
         }
-        if let Some(extra) = ours.and_then(|v| v["publisher"].as_str()) {
+        if let Some(extra) = ours.last().and_then(|v| v["publisher"].as_str()) {
             writeln!(md, "\nPublisher (Tidings): {extra}.")?;
         }
-        if let Some(extra) = theirs.and_then(|v| v["publisher"].as_str()) {
+        if let Some(extra) = theirs.last().and_then(|v| v["publisher"].as_str()) {
             writeln!(md, "Publisher (Socket.IO): {extra}.")?;
         }
         let svg_rel = format!("bench/plots/{}.svg", scenario.to_lowercase());
@@ -255,4 +288,49 @@ fn svg(title: &str, bars: &[(String, f64, f64, bool)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summary_is_the_median_with_the_range() {
+        let lines = [json!({"x": 3.0}), json!({"x": 1.0}), json!({"x": 10.0}), json!({"y": 5.0})];
+        let refs: Vec<&Value> = lines.iter().collect();
+        assert_eq!(summary(&refs, "x"), Some((3.0, 1.0, 10.0)));
+        assert_eq!(summary(&refs[..2], "x"), Some((2.0, 1.0, 3.0)));
+        assert_eq!(summary(&refs, "z"), None);
+        assert_eq!(cell(summary(&refs, "x"), 3), "3 (1 – 10)");
+        assert_eq!(cell(Some((2.5, 2.25, 2.75)), 2), "2.50 (2.25 – 2.75)");
+        assert_eq!(cell(summary(&refs[..1], "x"), 1), "3");
+    }
+
+    #[test]
+    fn report_takes_medians_over_runs_and_ratios_between_them() {
+        let dir = std::env::temp_dir().join(format!("tidings-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = |system: &str, run: u32, v: f64| {
+            json!({"scenario": "S2", "system": system, "run": run, "deliveries_per_s": v, "nproc": 2, "cpu": "x",
+                   "placement": "p"})
+            .to_string()
+        };
+        let text = [
+            line("tidings", 1, 900_000.0),
+            line("socket.io 4.8.4", 1, 100_000.0),
+            line("tidings", 2, 1_100_000.0),
+            line("socket.io 4.8.4", 2, 80_000.0),
+            line("tidings", 3, 1_000_000.0),
+            line("socket.io 4.8.4", 3, 120_000.0),
+        ]
+        .join("\n");
+        let input = dir.join("r.jsonl");
+        std::fs::write(&input, text).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("median of 3 runs"), "{md}");
+        assert!(md.contains("| 1,000,000 (900,000 – 1,100,000) | 100,000 (80,000 – 120,000) | 10.00× |"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
