@@ -150,6 +150,15 @@ fn rewrite(v: &Value, seed: u64, nulls: &[&str]) -> String {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// The frames of a message are its non-empty lines, exactly as `str::split('\n')` cuts them (the splitter
+    /// searches with SIMD; newlines at the ends, runs of them, long lines and multi-byte characters).
+    #[test]
+    fn message_frames_are_the_non_empty_lines(text in "(\n{0,3}[a-zé{}\":,€]{0,80}){0,8}\n{0,2}") {
+        let ours: Vec<&str> = tidings_core::protocol::message_frames(&text).collect();
+        let split: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
+        prop_assert_eq!(ours, split);
+    }
+
     #[test]
     fn server_frames_encode_to_valid_json_and_decode_back_in_any_order(frame in server_frame(), seed in any::<u64>()) {
         let text = encode_server_frame(&frame);

@@ -19,6 +19,8 @@ impl PendingAcks {
     pub(crate) fn push(&mut self, id: &str, max: usize) {
         if self.open_count == 0 {
             self.open.clear();
+            // Room for a full frame of ids like this one, so the frame is not copied as it grows.
+            self.open.reserve(PREFIX.len() + MAX_IDS_PER_ACK * (id.len() + 3) + 2);
             self.open.push_str(PREFIX);
         } else {
             self.open.push(',');
