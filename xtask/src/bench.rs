@@ -19,7 +19,7 @@ pub(crate) fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
     let results_dir = root.join("bench/results");
     std::fs::create_dir_all(&results_dir).map_err(|e| e.to_string())?;
     let results = results_dir.join("latest.jsonl");
-    // Three alternating runs per scenario by default: this VM's speed moves by ±15 % between runs of one build,
+    // Three alternating runs per scenario by default: this VM's speed moves by up to ±30 % between runs of one build,
     // so BENCHMARKS.md reports medians (as the Socket.IO baseline does), with the range.
     let mut args: Vec<String> = extra.to_vec();
     if !args.iter().any(|a| a == "--runs" || a.starts_with("--runs=")) {
