@@ -260,7 +260,7 @@ fn latency(count: usize, interval: Duration, via: Via) -> anyhow::Result<()> {
         let mut seen = 0;
         while let Some(e) = events.next().await {
             if let Event::Notification(n) = e {
-                let _ = tx.send((n.id, Instant::now()));
+                let _ = tx.send((n.id().to_owned(), Instant::now()));
                 seen += 1;
                 if seen == count {
                     break;

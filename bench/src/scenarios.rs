@@ -236,9 +236,8 @@ pub(crate) async fn s3(clients: usize, rate: f64, seconds: f64) -> anyhow::Resul
         if let Event::Notification(n) = e {
             let now = sys::wall_ns();
             let t = n
-                .data
-                .as_ref()
-                .and_then(|d| d.get().strip_prefix("{\"t\":"))
+                .data()
+                .and_then(|d| d.strip_prefix("{\"t\":"))
                 .and_then(|r| r.split(',').next())
                 .and_then(|t| t.parse::<u64>().ok());
             if let Some(t) = t {
@@ -285,9 +284,8 @@ pub(crate) async fn s4(clients: usize, rate: f64, seconds: f64, drop_after: f64)
         match e {
             Event::Notification(n) => {
                 let seq = n
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get().strip_prefix("{\"seq\":"))
+                    .data()
+                    .and_then(|d| d.strip_prefix("{\"seq\":"))
                     .and_then(|r| r.trim_end_matches('}').parse::<usize>().ok());
                 if let Some(seq) = seq {
                     if c.received.len() <= seq {

@@ -15,8 +15,8 @@
 use js_sys::{Array, JSON, Object, Reflect};
 use tidings_core::engine::PendingBatch;
 use tidings_core::protocol::{
-    DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, Persistence, Priority, PushPlatform, RawJson,
-    ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
+    DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
+    PushPlatform, RawJson, ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
 };
 use tidings_core::{Cursor, Instant, PushRegistration, Snapshot};
 use wasm_bindgen::{JsCast, JsValue};
@@ -182,7 +182,7 @@ impl Fields {
             let raw = raw_member(source, "data").ok_or_else(|| error("unreadable member", "data"));
             raw.and_then(|raw| RawJson::from_string(raw.to_owned())).map_err(|e| self.err.get_or_insert(e)).ok()
         });
-        Notification {
+        Notification::from(NotificationFields {
             id: self.str("id"),
             stream: self.str("stream"),
             offset: self.opt_u64("offset"),
@@ -195,7 +195,7 @@ impl Fields {
             data,
             group: self.opt_str("group"),
             created_at: self.u64("created_at"),
-        }
+        })
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tidings_core::engine::{Action, BatchConfig, Config, ConnId, DedupWindow, Engine, Event};
-use tidings_core::protocol::{self, Notification, Persistence, Priority, ServerFrame, WireContinuity};
+use tidings_core::protocol::{
+    self, Notification, NotificationFields, Persistence, Priority, ServerFrame, WireContinuity,
+};
 use tidings_core::time::Instant;
 
 const BATCH: u64 = 10_000;
@@ -60,7 +62,7 @@ fn connected_engine(batch: BatchConfig) -> (Engine, ConnId) {
 fn frames(from: u64, n: u64, priority: Priority, group: Option<&str>) -> Vec<String> {
     (from..from + n)
         .map(|i| {
-            protocol::encode_server_frame(&ServerFrame::Notification(Notification {
+            protocol::encode_server_frame(&ServerFrame::Notification(Notification::from(NotificationFields {
                 id: format!("01JDZ3K5W8Q2M4N6P8{i:08}"),
                 stream: "user:alice".into(),
                 offset: Some(i + 1),
@@ -78,7 +80,7 @@ fn frames(from: u64, n: u64, priority: Priority, group: Option<&str>) -> Vec<Str
                 ),
                 group: group.map(Into::into),
                 created_at: 1_763_808_060_123,
-            }))
+            })))
         })
         .collect()
 }

@@ -237,23 +237,25 @@ mod snapshot_codec {
 mod tests {
     use super::*;
     use crate::engine::{Cursor, PendingBatch, PushRegistration};
-    use crate::protocol::{Notification, Persistence, Priority, PushPlatform, RawJson};
+    use crate::protocol::{Notification, NotificationFields, Persistence, Priority, PushPlatform, RawJson};
 
     #[test]
     fn snapshots_round_trip_and_are_valid_json() {
-        let n = |id: &str| Notification {
-            id: id.into(),
-            stream: "user:a".into(),
-            offset: Some(3),
-            epoch: "e".into(),
-            kind: "like".into(),
-            priority: Priority::Informational,
-            persistence: Persistence::Bufferable,
-            title: Some("a \"quoted\" title\n".into()),
-            body: None,
-            data: Some(RawJson::from_string(r#"{"k":[1,2]}"#.into()).unwrap()),
-            group: Some("g".into()),
-            created_at: 7,
+        let n = |id: &str| {
+            Notification::from(NotificationFields {
+                id: id.into(),
+                stream: "user:a".into(),
+                offset: Some(3),
+                epoch: "e".into(),
+                kind: "like".into(),
+                priority: Priority::Informational,
+                persistence: Persistence::Bufferable,
+                title: Some("a \"quoted\" title\n".into()),
+                body: None,
+                data: Some(RawJson::from_string(r#"{"k":[1,2]}"#.into()).unwrap()),
+                group: Some("g".into()),
+                created_at: 7,
+            })
         };
         let mut s = Snapshot { version: 1, device_id: Some("d-1".into()), ..Default::default() };
         s.cursors.insert("user:a".into(), Cursor { epoch: "e".into(), offset: 9 });

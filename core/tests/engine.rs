@@ -390,7 +390,7 @@ fn reconnect_resumes_every_stream_from_its_cursor_and_reports_the_replay_count()
         [("user:alice", Continuity::Resumed { replayed: 2 }), ("topic:news", Continuity::Resumed { replayed: 0 })]
     );
     // The resumed event comes after the replayed notifications.
-    let pos_a3 = h.events.iter().position(|e| matches!(e, Event::Notification(n) if n.id == "a3")).unwrap();
+    let pos_a3 = h.events.iter().position(|e| matches!(e, Event::Notification(n) if n.id() == "a3")).unwrap();
     let pos_resumed = h.events.iter().position(|e| matches!(e, Event::Continuity { .. })).unwrap();
     assert!(pos_resumed > pos_a3);
 }
@@ -452,7 +452,7 @@ fn push_then_socket_and_socket_then_push_are_each_shown_once() {
     let frame = h.server.publish("user:alice", "p1", Priority::Critical, None);
     let payload = h.server.push_payload("user:alice", "p1");
     let PushOutcome::Show(n) = h.engine.ingest_push(h.now, &payload).unwrap() else { panic!() };
-    assert_eq!(n.id, "p1");
+    assert_eq!(n.id(), "p1");
     h.deliver(frame);
     assert!(h.notification_ids().is_empty(), "the socket copy is suppressed");
     // Socket first.
@@ -499,7 +499,7 @@ fn informational_items_of_a_group_become_one_digest_and_critical_ones_are_not_de
         h.events.iter().filter_map(|e| if let Event::Digest(d) = e { Some(d) } else { None }).collect();
     assert_eq!(digests.len(), 1);
     let d = digests[0];
-    assert_eq!((d.count, d.first.id.as_str(), d.last.id.as_str()), (5, "like1", "like5"));
+    assert_eq!((d.count, d.first.id(), d.last.id()), (5, "like1", "like5"));
     assert_eq!(d.group, "likes:post-1");
     assert_eq!(h.notification_ids(), ["alarm"]);
     let acked = h.server.acked();
@@ -727,7 +727,7 @@ fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice(
     }
     relay(&leader, &mut follower, &mut relayed);
     let follower_events: Vec<String> = std::iter::from_fn(|| follower.poll_event())
-        .filter_map(|e| if let Event::Notification(n) = e { Some(n.id) } else { None })
+        .filter_map(|e| if let Event::Notification(n) = e { Some(n.id().to_owned()) } else { None })
         .collect();
     assert_eq!(follower_events, ["n0", "n1", "n2", "n3", "n4"], "followers see what the leader sees");
     assert!(follower.poll_transmit().is_none(), "followers never ack");

@@ -88,13 +88,13 @@ fn run(ops: &[Op], batching: bool, allow_loss: bool, buffer_cap: usize) -> Outco
                 }
                 let (id, streams) = &published[pick % published.len()];
                 let stream = STREAMS[streams[0]];
-                let in_buffer = h.server.streams.get(stream).is_some_and(|s| s.buffer.iter().any(|n| &n.id == id));
+                let in_buffer = h.server.streams.get(stream).is_some_and(|s| s.buffer.iter().any(|n| n.id() == id));
                 if !in_buffer {
                     continue;
                 }
                 let payload = h.server.push_payload(stream, id);
                 if let PushOutcome::Show(n) = h.engine.ingest_push(h.now, &payload).unwrap() {
-                    surfaced_push.push(n.id);
+                    surfaced_push.push(n.id().to_owned());
                 }
                 h.pump();
             }
@@ -121,15 +121,15 @@ fn run(ops: &[Op], batching: bool, allow_loss: bool, buffer_cap: usize) -> Outco
     for e in &h.events {
         match e {
             Event::Notification(n) => {
-                surfaced.push(n.id.clone());
+                surfaced.push(n.id().to_owned());
                 if n.priority != Priority::Informational
                     && let Some(o) = n.offset
                 {
-                    let key = (n.stream.clone(), n.epoch.clone());
+                    let key = (n.stream().to_owned(), n.epoch().to_owned());
                     if let Some(prev) = last_offset.insert(key, o)
                         && prev >= o
                     {
-                        violations.push(format!("{}: offset {o} after {prev}", n.stream));
+                        violations.push(format!("{}: offset {o} after {prev}", n.stream()));
                     }
                 }
             }

@@ -16,20 +16,22 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn note(id: &str, offset: u64) -> String {
-    protocol::encode_server_frame(&ServerFrame::Notification(protocol::Notification {
-        id: id.into(),
-        stream: "user:alice".into(),
-        offset: Some(offset),
-        epoch: "e1".into(),
-        kind: "t".into(),
-        priority: Priority::Important,
-        persistence: Persistence::Bufferable,
-        title: Some("hi".into()),
-        body: None,
-        data: None,
-        group: None,
-        created_at: 1,
-    }))
+    protocol::encode_server_frame(&ServerFrame::Notification(protocol::Notification::from(
+        protocol::NotificationFields {
+            id: id.into(),
+            stream: "user:alice".into(),
+            offset: Some(offset),
+            epoch: "e1".into(),
+            kind: "t".into(),
+            priority: Priority::Important,
+            persistence: Persistence::Bufferable,
+            title: Some("hi".into()),
+            body: None,
+            data: None,
+            group: None,
+            created_at: 1,
+        },
+    )))
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
@@ -109,7 +111,7 @@ async fn delivers_acks_and_closes_cleanly() {
     let Event::Notification(n) = next_matching(&mut events, |e| matches!(e, Event::Notification(_))).await else {
         unreachable!()
     };
-    assert_eq!(n.id, "n1");
+    assert_eq!(n.id(), "n1");
     let ack = tokio::time::timeout(WAIT, async {
         loop {
             if let Some(ClientFrame::Ack { ids }) = seen.recv().await {
@@ -164,7 +166,7 @@ async fn push_dedup_survives_a_restart_through_the_file_store() {
     let Event::Notification(n) = next_matching(&mut events, |e| matches!(e, Event::Notification(_))).await else {
         unreachable!()
     };
-    assert_eq!(n.id, "n2");
+    assert_eq!(n.id(), "n2");
     client.close().await;
 }
 
@@ -224,7 +226,7 @@ async fn a_lagging_application_holds_back_the_socket_and_loses_nothing() {
     tokio::time::timeout(WAIT, async {
         while next <= N {
             if let Some(Event::Notification(n)) = events.next().await {
-                assert_eq!(n.id, format!("n{next}"), "in order, nothing lost or repeated: {:?}", client.stats());
+                assert_eq!(n.id(), format!("n{next}"), "in order, nothing lost or repeated: {:?}", client.stats());
                 next += 1;
             }
         }

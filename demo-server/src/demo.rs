@@ -53,13 +53,13 @@ pub async fn run_demo_subscriber(ws_url: String, token: String) {
         match event {
             Event::Notification(n) => info!(
                 target: "demo_subscriber",
-                stream = %n.stream, offset = ?n.offset, priority = n.priority.as_str(), kind = %n.kind,
-                "alice got: {}", n.title.as_deref().unwrap_or("(no title)")
+                stream = %n.stream(), offset = ?n.offset, priority = n.priority.as_str(), kind = %n.kind(),
+                "alice got: {}", n.title().unwrap_or("(no title)")
             ),
             Event::Digest(d) => info!(
                 target: "demo_subscriber",
                 group = %d.group, "alice got a digest: {} notifications, first {:?}, last {:?}",
-                d.count, d.first.title.as_deref().unwrap_or(""), d.last.title.as_deref().unwrap_or("")
+                d.count, d.first.title().unwrap_or(""), d.last.title().unwrap_or("")
             ),
             Event::State(s) => info!(target: "demo_subscriber", "alice's connection: {s:?}"),
             Event::Continuity { stream, continuity } => {

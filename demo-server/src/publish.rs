@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tidings_core::protocol::{
-    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_NAME_BYTES, MAX_SERVER_FRAME_BYTES, MAX_TITLE_BYTES, Notification, Persistence,
-    Priority, RawJson, ServerFrame, encode_server_frame, validate_id, validate_topic, validate_user_id,
+    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_NAME_BYTES, MAX_SERVER_FRAME_BYTES, MAX_TITLE_BYTES, Notification,
+    NotificationFields, Persistence, Priority, RawJson, ServerFrame, encode_server_frame, validate_id, validate_topic,
+    validate_user_id,
 };
 use tracing::{debug, warn};
 
@@ -256,7 +257,11 @@ impl PublishRequest {
     }
 
     fn notification(&self, id: String, stream: String, epoch: String, offset: Option<u64>, at: u64) -> Notification {
-        Notification {
+        Notification::from(self.fields(id, stream, epoch, offset, at))
+    }
+
+    fn fields(&self, id: String, stream: String, epoch: String, offset: Option<u64>, at: u64) -> NotificationFields {
+        NotificationFields {
             id,
             stream,
             offset,
@@ -481,7 +486,7 @@ impl Publisher {
         let mut deliveries = Vec::with_capacity(streams.len());
         let mut queued_total = 0;
         for stream in streams {
-            let template = request.notification(id.clone(), stream, String::new(), None, created_at);
+            let template = request.fields(id.clone(), stream, String::new(), None, created_at);
             match self.publish_to_stream(template, request.persistence.is_buffered()).await {
                 Ok((delivery, queued)) => {
                     queued_total += queued;
@@ -515,7 +520,11 @@ impl Publisher {
 
     /// Appends (when buffered) and fans out one notification on its stream; returns the delivery and how many
     /// connections it was queued to.
-    async fn publish_to_stream(&self, template: Notification, buffered: bool) -> Result<(Delivery, u64), StorageError> {
+    async fn publish_to_stream(
+        &self,
+        template: NotificationFields,
+        buffered: bool,
+    ) -> Result<(Delivery, u64), StorageError> {
         let hub = &*self.hub;
         let slot = hub.registry.acquire(&template.stream);
         let result = async {
@@ -525,7 +534,7 @@ impl Publisher {
                     let mut n = template.clone();
                     n.epoch = epoch.to_owned();
                     n.offset = Some(offset);
-                    EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n)))
+                    EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n.into())))
                 };
                 let appended = hub.storage.append(&template.stream, template.created_at, &encode).await?;
                 (appended.epoch, Some(appended.offset), appended.frame)
@@ -533,6 +542,7 @@ impl Publisher {
                 let state = hub.storage.stream_state(&template.stream).await?;
                 let mut n = template.clone();
                 n.epoch = state.epoch.to_string();
+                let n = Notification::from(n);
                 (state.epoch, None, EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n))))
             };
             let bytes = frame.utf8_bytes();

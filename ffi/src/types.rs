@@ -112,6 +112,7 @@ pub struct Notification {
 
 impl From<proto::Notification> for Notification {
     fn from(n: proto::Notification) -> Self {
+        let n = n.to_fields();
         Notification {
             id: n.id,
             stream: n.stream,

@@ -188,7 +188,7 @@ impl TestClient {
         let mut ids = Vec::new();
         for e in &self.log {
             match e {
-                Event::Notification(n) => ids.push(n.id.clone()),
+                Event::Notification(n) => ids.push(n.id().to_owned()),
                 Event::Digest(d) => ids.extend(d.ids.iter().cloned()),
                 _ => {}
             }
@@ -214,7 +214,7 @@ impl TestClient {
             let got: Vec<String> = log
                 .iter()
                 .flat_map(|e| match e {
-                    Event::Notification(n) => vec![n.id.clone()],
+                    Event::Notification(n) => vec![n.id().to_owned()],
                     Event::Digest(d) => d.ids.clone(),
                     _ => vec![],
                 })

@@ -165,9 +165,9 @@ impl<'s> Runner<'s> {
                 let id = self.name(step["id"].as_str().unwrap());
                 let stream = step["stream"].as_str().map(|s| self.stream(s));
                 let c = self.client(step);
-                let n = c.notifications().into_iter().find(|n| n.id == id).expect("delivered").clone();
+                let n = c.notifications().into_iter().find(|n| n.id() == id).expect("delivered").clone();
                 if let Some(s) = stream {
-                    assert_eq!(n.stream, s);
+                    assert_eq!(n.stream(), s);
                 }
                 if let Some(p) = step["priority"].as_str() {
                     assert_eq!(n.priority.as_str(), p);
@@ -191,7 +191,7 @@ impl<'s> Runner<'s> {
                 self.client(step)
                     .until("digest", |log| {
                         log.iter().any(|e| {
-                            matches!(e, Event::Digest(d) if d.group == group && d.count == count && d.first.id == first && d.last.id == last)
+                            matches!(e, Event::Digest(d) if d.group == group && d.count == count && d.first.id() == first && d.last.id() == last)
                         })
                     })
                     .await;

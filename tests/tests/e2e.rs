@@ -34,11 +34,11 @@ async fn live_delivery_to_a_user_stream_and_to_a_topic() {
     server.notify_user("alice", "u1", "important").await;
     server.publish(json!({"topics":["news"],"id":"t1","type":"headline","priority":"critical","title":"Breaking","data":{"url":"/n/1"}})).await;
     alice.until_ids(&["u1", "t1"]).await;
-    let n = alice.notifications().into_iter().find(|n| n.id == "t1").unwrap().clone();
-    assert_eq!(n.stream, "topic:news");
+    let n = alice.notifications().into_iter().find(|n| n.id() == "t1").unwrap().clone();
+    assert_eq!(n.stream(), "topic:news");
     assert_eq!(n.priority, Priority::Critical);
-    assert_eq!(n.title.as_deref(), Some("Breaking"));
-    assert_eq!(n.data.as_ref().unwrap().get(), r#"{"url":"/n/1"}"#);
+    assert_eq!(n.title(), Some("Breaking"));
+    assert_eq!(n.data().unwrap(), r#"{"url":"/n/1"}"#);
     assert_eq!(n.offset, Some(1));
     bob.settle(Duration::from_millis(300)).await;
     assert!(bob.delivered_ids().is_empty(), "bob reads neither alice's stream nor the topic");
@@ -124,8 +124,8 @@ async fn dropping_every_connection_while_publishing_loses_nothing_and_duplicates
         let mut last: HashMap<&str, u64> = HashMap::new();
         for n in client.notifications() {
             let o = n.offset.unwrap();
-            if let Some(prev) = last.insert(n.stream.as_str(), o) {
-                assert!(o > prev, "{name}: {} offset {o} after {prev}", n.stream);
+            if let Some(prev) = last.insert(n.stream(), o) {
+                assert!(o > prev, "{name}: {} offset {o} after {prev}", n.stream());
             }
         }
         let resumed =
@@ -144,7 +144,7 @@ async fn a_server_restart_reports_a_gap_with_a_new_epoch() {
     alice.connected().await;
     server.notify_user("alice", "before", "important").await;
     alice.until_ids(&["before"]).await;
-    let old_epoch = alice.notifications()[0].epoch.clone();
+    let old_epoch = alice.notifications()[0].epoch().to_owned();
     let server = server.restart().await;
     alice
         .until("gap after restart", |log| {
@@ -158,8 +158,8 @@ async fn a_server_restart_reports_a_gap_with_a_new_epoch() {
         .await;
     server.notify_user("alice", "after", "important").await;
     alice.until_ids(&["after"]).await;
-    let after = alice.notifications().into_iter().find(|n| n.id == "after").unwrap().clone();
-    assert_ne!(after.epoch, old_epoch);
+    let after = alice.notifications().into_iter().find(|n| n.id() == "after").unwrap().clone();
+    assert_ne!(after.epoch(), old_epoch);
     assert_eq!(after.offset, Some(1), "offsets restart with the new epoch");
     alice.close().await;
 }
@@ -320,7 +320,7 @@ async fn push_then_socket_and_socket_then_push_are_each_seen_once() {
     let d = &reply["deliveries"][0];
     let payload = json!({"aps":{"alert":"p1"},"tidings":{"id":"p1","stream":"user:alice","offset":d["offset"],"epoch":d["epoch"],"type":"test","priority":"critical","persistence":"bufferable","title":"t p1","created_at":1}}).to_string();
     let PushOutcome::Show(n) = alice.client.ingest_push(&payload).unwrap() else { panic!("first sighting shows") };
-    assert_eq!(n.id, "p1");
+    assert_eq!(n.id(), "p1");
     alice.client.network_changed(tidings_core::NetworkEvent::Available);
     alice
         .until("resumed", |log| {
@@ -367,8 +367,8 @@ async fn five_informational_items_become_one_digest_and_a_critical_one_is_not_de
     let digest = alice.log.iter().find_map(|e| if let Event::Digest(d) = e { Some(d.clone()) } else { None }).unwrap();
     assert_eq!(digest.count, 5);
     assert_eq!(digest.group, "likes:post-1");
-    assert_eq!((digest.first.id.as_str(), digest.last.id.as_str()), ("like1", "like5"));
-    let urgent_at = alice.log.iter().position(|e| matches!(e, Event::Notification(n) if n.id == "urgent")).unwrap();
+    assert_eq!((digest.first.id(), digest.last.id()), ("like1", "like5"));
+    let urgent_at = alice.log.iter().position(|e| matches!(e, Event::Notification(n) if n.id() == "urgent")).unwrap();
     let digest_at = alice.log.iter().position(|e| matches!(e, Event::Digest(_))).unwrap();
     assert!(urgent_at < digest_at);
     assert_eq!(alice.notifications().len(), 1);

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use crate::protocol::Notification;
+#[cfg(test)]
+use crate::protocol::NotificationFields;
 use crate::time::Instant;
 
 /// Several informational notifications of one group, delivered as one.
@@ -91,24 +93,24 @@ impl Batcher {
 
     /// Whether `n` should be held: informational, with a group, and batching enabled.
     pub(crate) fn wants(&self, n: &Notification) -> bool {
-        !self.config.window.is_zero() && n.priority == crate::protocol::Priority::Informational && n.group.is_some()
+        !self.config.window.is_zero() && n.priority == crate::protocol::Priority::Informational && n.group().is_some()
     }
 
     /// Adds a notification the caller decided to hold (see [`Batcher::wants`]). Returns the batch if it just
     /// reached the maximum size.
     pub(crate) fn add(&mut self, now: Instant, n: Notification) -> Option<BatchOutput> {
-        let group = n.group.clone().expect("caller checked wants()");
+        let group = n.group().expect("caller checked wants()").to_owned();
         let max = self.config.max_items.max(1) as usize;
         if let Some(pos) = self.open.iter().position(|b| b.group == group) {
             let batch = &mut self.open[pos];
-            batch.ids.push(n.id.clone());
+            batch.ids.push(n.id().to_owned());
             batch.last = Some(n);
             if batch.ids.len() >= max {
                 return Some(self.open.remove(pos).into_output());
             }
             return None;
         }
-        let batch = PendingBatch { group, ids: vec![n.id.clone()], first: n, last: None, opened_at: now };
+        let batch = PendingBatch { group, ids: vec![n.id().to_owned()], first: n, last: None, opened_at: now };
         if max == 1 {
             return Some(batch.into_output());
         }
@@ -153,7 +155,7 @@ mod tests {
     use crate::protocol::{Persistence, Priority};
 
     fn item(id: &str, group: &str) -> Notification {
-        Notification {
+        Notification::from(NotificationFields {
             id: id.into(),
             stream: "user:a".into(),
             offset: Some(1),
@@ -166,7 +168,7 @@ mod tests {
             data: None,
             group: Some(group.into()),
             created_at: 0,
-        }
+        })
     }
 
     #[test]
@@ -180,7 +182,7 @@ mod tests {
         assert!(b.take_due(t0 + Duration::from_millis(2999)).is_empty());
         let out = b.take_due(t0 + Duration::from_secs(3));
         let [BatchOutput::Digest(d)] = out.as_slice() else { panic!("{out:?}") };
-        assert_eq!((d.count, d.first.id.as_str(), d.last.id.as_str()), (3, "a", "c"));
+        assert_eq!((d.count, d.first.id(), d.last.id()), (3, "a", "c"));
         assert_eq!(d.ids, ["a", "b", "c"]);
         assert_eq!(b.next_deadline(), None);
     }

@@ -44,8 +44,8 @@ fn hash(k: &Key) -> u64 {
     k[1]
 }
 
-/// Bounded set of recently seen notification ids. When full, the id seen least recently is forgotten. The
-/// index is sized for the full capacity at the first insert; the queue grows with use.
+/// Bounded set of recently seen notification ids. When full, the id seen least recently is forgotten. Memory
+/// grows with use rather than being allocated at full capacity up front (`core/tests/dedup_memory.rs`).
 #[derive(Debug)]
 pub struct DedupWindow {
     /// Sightings, oldest first: the key, or [`TOMBSTONE`] where the key was seen again later.
@@ -94,12 +94,6 @@ impl DedupWindow {
             }
             None => {
                 ring.push_back(k);
-                if index.len() == index.capacity() {
-                    // Size the index for the whole window at once (4 bytes and a control byte per slot: ~80 KB
-                    // for 10,000 ids). Growing it step by step rehashed every entry, reading its key from the
-                    // queue: 7 % of an S2 client's CPU while windows filled.
-                    index.reserve(self.capacity + 1 - index.len(), |&s| hash(&ring[at(head, s)]));
-                }
                 index.insert_unique(hash(&k), seq, |&s| hash(&ring[at(head, s)]));
                 self.live += 1;
                 if self.live > self.capacity {

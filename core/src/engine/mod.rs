@@ -815,14 +815,14 @@ impl Engine {
         n.validate()?;
         let now = self.tick(now);
         self.stats.push_ingested += 1;
-        self.queue_ack(&n.id);
-        let outcome = if self.dedup.insert(&n.id) {
+        self.queue_ack(n.id());
+        let outcome = if self.dedup.insert(n.id()) {
             self.dirty = true;
             self.stats.delivered += 1;
             PushOutcome::Show(n)
         } else {
             self.stats.duplicates_dropped += 1;
-            PushOutcome::Duplicate { id: n.id }
+            PushOutcome::Duplicate { id: n.id().to_owned() }
         };
         self.request_persist(now);
         Ok(outcome)
@@ -1424,27 +1424,27 @@ impl Engine {
         self.stats.notifications_received += 1;
         let mut replay_done = None;
         if !self.replaying.is_empty()
-            && let Some((remaining, total)) = self.replaying.get_mut(&n.stream)
+            && let Some((remaining, total)) = self.replaying.get_mut(n.stream())
         {
             *remaining -= 1;
             if *remaining == 0 {
-                replay_done = Some((n.stream.clone(), *total));
-                self.replaying.remove(&n.stream);
+                replay_done = Some((n.stream().to_owned(), *total));
+                self.replaying.remove(n.stream());
             }
         }
         let mut stale = false;
         if let Some(offset) = n.offset {
-            match self.cursors.get_mut(&n.stream) {
-                Some(c) if c.epoch == n.epoch => {
+            match self.cursors.get_mut(n.stream()) {
+                Some(c) if c.epoch == n.epoch() => {
                     if offset <= c.offset {
                         stale = true;
                     } else {
                         c.offset = offset;
                     }
                 }
-                Some(c) => *c = Cursor { epoch: n.epoch.clone(), offset },
+                Some(c) => *c = Cursor { epoch: n.epoch().to_owned(), offset },
                 None => {
-                    self.cursors.insert(n.stream.clone(), Cursor { epoch: n.epoch.clone(), offset });
+                    self.cursors.insert(n.stream().to_owned(), Cursor { epoch: n.epoch().to_owned(), offset });
                 }
             }
             self.dirty = true;
@@ -1460,9 +1460,9 @@ impl Engine {
     }
 
     fn deliver(&mut self, now: Instant, n: Notification) {
-        if !self.dedup.insert(&n.id) {
+        if !self.dedup.insert(n.id()) {
             self.stats.duplicates_dropped += 1;
-            self.queue_ack(&n.id);
+            self.queue_ack(n.id());
             return;
         }
         self.dirty = true;
@@ -1477,7 +1477,7 @@ impl Engine {
 
     fn emit_notification(&mut self, n: Notification) {
         self.stats.delivered += 1;
-        self.queue_ack(&n.id);
+        self.queue_ack(n.id());
         self.events.push_back(Event::Notification(Box::new(n)));
     }
 

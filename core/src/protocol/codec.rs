@@ -190,20 +190,19 @@ fn parse_enum<T>(v: Cow<'_, str>, name: &str, parse: fn(&str) -> Option<T>) -> R
 
 impl Members<'_> {
     fn notification(self) -> Result<Notification, DecodeError> {
-        Ok(Notification {
-            id: need(self.id, "id")?.into_owned(),
-            stream: need(self.stream, "stream")?.into_owned(),
-            offset: self.offset,
-            epoch: need(self.epoch, "epoch")?.into_owned(),
-            kind: need(self.kind, "type")?.into_owned(),
-            priority: parse_enum(need(self.priority, "priority")?, "priority", Priority::parse)?,
-            persistence: parse_enum(need(self.persistence, "persistence")?, "persistence", Persistence::parse)?,
-            title: owned(self.title),
-            body: owned(self.body),
-            data: self.data.map(|d| RawJson(d.into())),
-            group: owned(self.group),
-            created_at: need(self.created_at, "created_at")?,
-        })
+        let texts = Texts {
+            id: &need(self.id, "id")?,
+            stream: &need(self.stream, "stream")?,
+            epoch: &need(self.epoch, "epoch")?,
+            kind: &need(self.kind, "type")?,
+            title: self.title.as_deref(),
+            body: self.body.as_deref(),
+            data: self.data,
+            group: self.group.as_deref(),
+        };
+        let priority = parse_enum(need(self.priority, "priority")?, "priority", Priority::parse)?;
+        let persistence = parse_enum(need(self.persistence, "persistence")?, "persistence", Persistence::parse)?;
+        Ok(Notification::assemble(texts, self.offset, priority, persistence, need(self.created_at, "created_at")?))
     }
 }
 
@@ -259,20 +258,17 @@ fn notification_canonical(text: &str) -> Option<Notification> {
     let created_at = r.u64().ok()?;
     r.lit(b"}").then_some(())?;
     r.end().ok()?;
-    Some(Notification {
-        id: id.into_owned(),
-        stream: stream.into_owned(),
-        offset,
-        epoch: epoch.into_owned(),
-        kind: kind.into_owned(),
-        priority,
-        persistence,
-        title: title.map(Cow::into_owned),
-        body: body.map(Cow::into_owned),
-        data: data.map(|d| RawJson(d.into())),
-        group: group.map(Cow::into_owned),
-        created_at,
-    })
+    let texts = Texts {
+        id: &id,
+        stream: &stream,
+        epoch: &epoch,
+        kind: &kind,
+        title: title.as_deref(),
+        body: body.as_deref(),
+        data,
+        group: group.as_deref(),
+    };
+    Some(Notification::assemble(texts, offset, priority, persistence, created_at))
 }
 
 /// Decodes a notification frame (`frame`: its `op` must be `notification`) or a bare envelope (an `op` is
@@ -309,20 +305,20 @@ fn notification_members(text: &str, frame: bool) -> Result<Notification, DecodeE
     if frame && op.as_deref() != Some("notification") {
         return Err(DecodeError::new("not a notification frame"));
     }
-    Ok(Notification {
-        id: need(id, "id")?.into_owned(),
-        stream: need(stream, "stream")?.into_owned(),
-        offset: offset.flatten(),
-        epoch: need(epoch, "epoch")?.into_owned(),
-        kind: need(kind, "type")?.into_owned(),
-        priority: parse_enum(need(priority, "priority")?, "priority", Priority::parse)?,
-        persistence: parse_enum(need(persistence, "persistence")?, "persistence", Persistence::parse)?,
-        title: owned(title.flatten()),
-        body: owned(body.flatten()),
-        data: data.flatten().map(|d| RawJson(d.into())),
-        group: owned(group.flatten()),
-        created_at: need(created_at, "created_at")?,
-    })
+    let (title, body, group) = (title.flatten(), body.flatten(), group.flatten());
+    let texts = Texts {
+        id: &need(id, "id")?,
+        stream: &need(stream, "stream")?,
+        epoch: &need(epoch, "epoch")?,
+        kind: &need(kind, "type")?,
+        title: title.as_deref(),
+        body: body.as_deref(),
+        data: data.flatten(),
+        group: group.as_deref(),
+    };
+    let priority = parse_enum(need(priority, "priority")?, "priority", Priority::parse)?;
+    let persistence = parse_enum(need(persistence, "persistence")?, "persistence", Persistence::parse)?;
+    Ok(Notification::assemble(texts, offset.flatten(), priority, persistence, need(created_at, "created_at")?))
 }
 
 /// Decodes a server frame.
@@ -433,13 +429,13 @@ pub fn decode_notification(text: &str) -> Result<Notification, DecodeError> {
 }
 
 fn write_notification_members(w: &mut ObjectWriter<'_>, n: &Notification) {
-    w.str("id", &n.id).str("stream", &n.stream).opt_u64("offset", n.offset).str("epoch", &n.epoch);
-    w.str("type", &n.kind).str("priority", n.priority.as_str()).str("persistence", n.persistence.as_str());
-    w.opt_str("title", n.title.as_deref()).opt_str("body", n.body.as_deref());
-    if let Some(d) = &n.data {
-        w.raw("data").push_str(d.get());
+    w.str("id", n.id()).str("stream", n.stream()).opt_u64("offset", n.offset).str("epoch", n.epoch());
+    w.str("type", n.kind()).str("priority", n.priority.as_str()).str("persistence", n.persistence.as_str());
+    w.opt_str("title", n.title()).opt_str("body", n.body());
+    if let Some(d) = n.data() {
+        w.raw("data").push_str(d);
     }
-    w.opt_str("group", n.group.as_deref()).u64("created_at", n.created_at);
+    w.opt_str("group", n.group()).u64("created_at", n.created_at);
 }
 
 /// Encodes a bare notification envelope (the push payload form, without `op`).
@@ -669,7 +665,7 @@ mod tests {
     use super::*;
 
     fn sample(title: Option<&str>, data: Option<&str>, group: Option<&str>, offset: Option<u64>) -> Notification {
-        Notification {
+        Notification::from(NotificationFields {
             id: "01JDZ3K5W8Q2M4N6P8R0T2V4X6".into(),
             stream: "user:alice".into(),
             offset,
@@ -682,7 +678,7 @@ mod tests {
             data: data.map(|d| RawJson::from_string(d.into()).unwrap()),
             group: group.map(Into::into),
             created_at: 1_763_808_060_123,
-        }
+        })
     }
 
     #[test]

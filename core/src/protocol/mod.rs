@@ -131,8 +131,42 @@ impl fmt::Debug for RawJson {
 
 /// The notification envelope (protocol §3). The same object travels over the socket, in push payloads and in
 /// replay.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its text fields live in one buffer (read them with the accessors): a notification is two allocations, this
+/// buffer and the event's box, instead of one per field. Build one from [`NotificationFields`].
+#[derive(Clone)]
 pub struct Notification {
+    /// `id`, `stream`, `epoch`, `kind`, then the optional texts, back to back.
+    text: Box<str>,
+    id: Span,
+    stream: Span,
+    epoch: Span,
+    kind: Span,
+    title: Option<Span>,
+    body: Option<Span>,
+    data: Option<Span>,
+    group: Option<Span>,
+    /// Position in the stream; absent for ephemeral notifications.
+    pub offset: Option<u64>,
+    /// Delivery tier.
+    pub priority: Priority,
+    /// Retention class.
+    pub persistence: Persistence,
+    /// When the server accepted the publish (ms since the Unix epoch).
+    pub created_at: u64,
+}
+
+/// Where a text field sits in [`Notification::text`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// The fields of a [`Notification`], owned one by one: what apps, bindings and the server build notifications
+/// from (`NotificationFields { .. }.into()`) and take apart ([`Notification::to_fields`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotificationFields {
     /// Globally unique id; one publish has one id across all its streams.
     pub id: String,
     /// `user:<id>` or `topic:<name>`.
@@ -159,13 +193,192 @@ pub struct Notification {
     pub created_at: u64,
 }
 
+/// The text fields of a notification being assembled, borrowed from wherever they were decoded.
+pub(crate) struct Texts<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) stream: &'a str,
+    pub(crate) epoch: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) title: Option<&'a str>,
+    pub(crate) body: Option<&'a str>,
+    /// Already checked to be one JSON value.
+    pub(crate) data: Option<&'a str>,
+    pub(crate) group: Option<&'a str>,
+}
+
+impl Notification {
+    /// Copies `texts` into one buffer. Frames are at most 64 KiB and payloads are checked against their limits,
+    /// so offsets fit `u32`.
+    pub(crate) fn assemble(
+        texts: Texts<'_>,
+        offset: Option<u64>,
+        priority: Priority,
+        persistence: Persistence,
+        created_at: u64,
+    ) -> Notification {
+        let Texts { id, stream, epoch, kind, title, body, data, group } = texts;
+        let optional = [title, body, data, group];
+        let len = id.len()
+            + stream.len()
+            + epoch.len()
+            + kind.len()
+            + optional.iter().flatten().map(|s| s.len()).sum::<usize>();
+        let mut text = String::with_capacity(len);
+        let mut put = |s: &str| {
+            let start = text.len() as u32;
+            text.push_str(s);
+            Span { start, end: text.len() as u32 }
+        };
+        let (id, stream, epoch, kind) = (put(id), put(stream), put(epoch), put(kind));
+        let [title, body, data, group] = optional.map(|o| o.map(&mut put));
+        Notification {
+            text: text.into_boxed_str(),
+            id,
+            stream,
+            epoch,
+            kind,
+            title,
+            body,
+            data,
+            group,
+            offset,
+            priority,
+            persistence,
+            created_at,
+        }
+    }
+
+    fn get(&self, span: Span) -> &str {
+        // Spans are made by `assemble` at character boundaries of `text`.
+        self.text.get(span.start as usize..span.end as usize).unwrap_or_default()
+    }
+
+    /// Globally unique id; one publish has one id across all its streams.
+    pub fn id(&self) -> &str {
+        self.get(self.id)
+    }
+
+    /// `user:<id>` or `topic:<name>`.
+    pub fn stream(&self) -> &str {
+        self.get(self.stream)
+    }
+
+    /// History generation of the stream.
+    pub fn epoch(&self) -> &str {
+        self.get(self.epoch)
+    }
+
+    /// Application-defined kind (`type` on the wire).
+    pub fn kind(&self) -> &str {
+        self.get(self.kind)
+    }
+
+    /// Short text.
+    pub fn title(&self) -> Option<&str> {
+        self.title.map(|s| self.get(s))
+    }
+
+    /// Text.
+    pub fn body(&self) -> Option<&str> {
+        self.body.map(|s| self.get(s))
+    }
+
+    /// Application payload: the verbatim JSON text.
+    pub fn data(&self) -> Option<&str> {
+        self.data.map(|s| self.get(s))
+    }
+
+    /// Batching key.
+    pub fn group(&self) -> Option<&str> {
+        self.group.map(|s| self.get(s))
+    }
+
+    /// The fields, owned one by one.
+    pub fn to_fields(&self) -> NotificationFields {
+        NotificationFields {
+            id: self.id().to_owned(),
+            stream: self.stream().to_owned(),
+            offset: self.offset,
+            epoch: self.epoch().to_owned(),
+            kind: self.kind().to_owned(),
+            priority: self.priority,
+            persistence: self.persistence,
+            title: self.title().map(str::to_owned),
+            body: self.body().map(str::to_owned),
+            data: self.data().map(|d| RawJson(d.into())),
+            group: self.group().map(str::to_owned),
+            created_at: self.created_at,
+        }
+    }
+}
+
+impl From<NotificationFields> for Notification {
+    fn from(f: NotificationFields) -> Notification {
+        Notification::from(&f)
+    }
+}
+
+impl From<&NotificationFields> for Notification {
+    fn from(f: &NotificationFields) -> Notification {
+        let texts = Texts {
+            id: &f.id,
+            stream: &f.stream,
+            epoch: &f.epoch,
+            kind: &f.kind,
+            title: f.title.as_deref(),
+            body: f.body.as_deref(),
+            data: f.data.as_ref().map(RawJson::get),
+            group: f.group.as_deref(),
+        };
+        Notification::assemble(texts, f.offset, f.priority, f.persistence, f.created_at)
+    }
+}
+
+impl PartialEq for Notification {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+            && self.stream() == other.stream()
+            && self.offset == other.offset
+            && self.epoch() == other.epoch()
+            && self.kind() == other.kind()
+            && self.priority == other.priority
+            && self.persistence == other.persistence
+            && self.title() == other.title()
+            && self.body() == other.body()
+            && self.data() == other.data()
+            && self.group() == other.group()
+            && self.created_at == other.created_at
+    }
+}
+
+impl Eq for Notification {}
+
+impl fmt::Debug for Notification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notification")
+            .field("id", &self.id())
+            .field("stream", &self.stream())
+            .field("offset", &self.offset)
+            .field("epoch", &self.epoch())
+            .field("kind", &self.kind())
+            .field("priority", &self.priority)
+            .field("persistence", &self.persistence)
+            .field("title", &self.title())
+            .field("body", &self.body())
+            .field("data", &self.data())
+            .field("group", &self.group())
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
 impl Notification {
     /// Checks the envelope against the protocol's limits (used on the push path, where the payload comes from
     /// outside the socket, and by the server before it publishes).
     pub fn validate(&self) -> Result<(), DecodeError> {
-        validate_id(&self.id).map_err(|e| DecodeError::new(format!("id: {e}")))?;
-        StreamName::parse(&self.stream).map_err(|e| DecodeError::new(format!("stream: {e}")))?;
-        if self.epoch.is_empty() || self.epoch.len() > 32 {
+        validate_id(self.id()).map_err(|e| DecodeError::new(format!("id: {e}")))?;
+        StreamName::parse(self.stream()).map_err(|e| DecodeError::new(format!("stream: {e}")))?;
+        if self.epoch().is_empty() || self.epoch().len() > 32 {
             return Err(DecodeError::new("epoch must be 1 to 32 characters"));
         }
         if self.persistence.is_buffered() != self.offset.is_some() {
@@ -176,19 +389,19 @@ impl Notification {
         if self.offset == Some(0) {
             return Err(DecodeError::new("offset must be at least 1"));
         }
-        check_len("type", &self.kind, 1, MAX_NAME_BYTES)?;
-        if let Some(t) = &self.title {
+        check_len("type", self.kind(), 1, MAX_NAME_BYTES)?;
+        if let Some(t) = self.title() {
             check_len("title", t, 0, MAX_TITLE_BYTES)?;
         }
-        if let Some(b) = &self.body {
+        if let Some(b) = self.body() {
             check_len("body", b, 0, MAX_BODY_BYTES)?;
         }
-        if let Some(d) = &self.data
-            && d.get().len() > MAX_DATA_BYTES
+        if let Some(d) = self.data()
+            && d.len() > MAX_DATA_BYTES
         {
             return Err(DecodeError::new(format!("data is larger than {MAX_DATA_BYTES} bytes")));
         }
-        if let Some(g) = &self.group {
+        if let Some(g) = self.group() {
             check_len("group", g, 1, MAX_NAME_BYTES)?;
         }
         Ok(())
@@ -689,7 +902,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Notification {
-        Notification {
+        Notification::from(NotificationFields {
             id: "01JDZ3K5W8Q2M4N6P8R0T2V4X6".into(),
             stream: "user:alice".into(),
             offset: Some(42),
@@ -702,7 +915,7 @@ mod tests {
             data: Some(RawJson::from_string(r#"{"post":"p-981"}"#.into()).unwrap()),
             group: None,
             created_at: 1_763_808_060_123,
-        }
+        })
     }
 
     #[test]
@@ -719,9 +932,9 @@ mod tests {
             "persistence":"persistent","title":null,"body":null,"data":null,"group":"g","created_at":5,
             "op":"notification","future_member":[1,2]}"#;
         let ServerFrame::Notification(n) = decode_server_frame(text).unwrap() else { panic!() };
-        assert_eq!(n.id, "n1");
-        assert_eq!(n.group.as_deref(), Some("g"));
-        assert_eq!(n.data, None);
+        assert_eq!(n.id(), "n1");
+        assert_eq!(n.group(), Some("g"));
+        assert_eq!(n.data(), None);
         assert_eq!(n.priority, Priority::Informational);
     }
 

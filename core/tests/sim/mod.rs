@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tidings_core::engine::{Action, Config, ConnId, Engine, Event, TokenError, TransportFailure};
 use tidings_core::protocol::{
-    self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Notification, Persistence, Priority, ServerFrame,
-    WireContinuity,
+    self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
+    ServerFrame, WireContinuity,
 };
 use tidings_core::time::Instant;
 
@@ -109,7 +109,7 @@ impl SimServer {
 
     /// The push payload for the last notification with `id` on `stream`.
     pub fn push_payload(&self, stream: &str, id: &str) -> String {
-        let n = self.streams[stream].buffer.iter().find(|n| n.id == id).expect("published");
+        let n = self.streams[stream].buffer.iter().find(|n| n.id() == id).expect("published");
         format!(r#"{{"tidings":{}}}"#, protocol::encode_notification(n))
     }
 
@@ -235,7 +235,7 @@ pub fn notification(
     group: Option<&str>,
     persistence: Persistence,
 ) -> Notification {
-    Notification {
+    Notification::from(NotificationFields {
         id: id.into(),
         stream: stream.into(),
         offset,
@@ -248,7 +248,7 @@ pub fn notification(
         data: None,
         group: group.map(Into::into),
         created_at: 1,
-    }
+    })
 }
 
 /// How the harness answers token requests.
@@ -460,7 +460,7 @@ impl Harness {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Notification(n) => Some(n.id.clone()),
+                Event::Notification(n) => Some(n.id().to_owned()),
                 _ => None,
             })
             .collect()
