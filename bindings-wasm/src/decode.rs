@@ -10,7 +10,8 @@
 //! value instead of being refused, and numbers are JavaScript numbers — integers above 2^53 are refused
 //! (offsets and timestamps never come near), `1.0` reads as `1`. The `data` member is handed on verbatim: it is
 //! cut from the frame's text by the core's `raw_member` (never re-serialised from doubles, which would change
-//! integers above 2^53).
+//! integers above 2^53). A number beyond a double's range inside `data` (`1e400`) is passed on as JSON.parse
+//! accepted it, where the native codec refuses it.
 
 use js_sys::{Array, JSON, Object, Reflect};
 use tidings_core::engine::PendingBatch;

@@ -372,6 +372,8 @@ impl<'a> Reader<'a> {
     /// Skips a number, checking the JSON number grammar.
     fn number(&mut self) -> Result<()> {
         let b = |r: &Self, i: usize| r.bytes.get(i).copied();
+        let begin = self.pos;
+        let mut exponent = false;
         if b(self, self.pos) == Some(b'-') {
             self.pos += 1;
         }
@@ -395,6 +397,7 @@ impl<'a> Reader<'a> {
             }
         }
         if let Some(b'e' | b'E') = b(self, self.pos) {
+            exponent = true;
             self.pos += 1;
             if let Some(b'+' | b'-') = b(self, self.pos) {
                 self.pos += 1;
@@ -407,6 +410,9 @@ impl<'a> Reader<'a> {
                 return Err(self.error("invalid number"));
             }
         }
+        if !fits_double(sub(self.text, begin, self.pos), exponent) {
+            return Err(self.error("number out of range"));
+        }
         Ok(())
     }
 
@@ -417,6 +423,21 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether a JSON number (grammar already checked) is within the range of a double. A number too large for one
+/// (`1e400`) is refused, as serde_json and the mobile platforms' JSON parsers do; only long numbers or ones with
+/// an exponent can be.
+#[cfg(not(target_family = "wasm"))]
+fn fits_double(number: &str, exponent: bool) -> bool {
+    !(exponent || number.len() > 300) || number.parse::<f64>().is_ok_and(f64::is_finite)
+}
+
+/// Not checked in the browser build: the float parser is 15 KB of wasm, and there JSON.parse has read the frame
+/// already (it takes such a number as Infinity), so the check would refuse what the page's own parser accepts.
+#[cfg(target_family = "wasm")]
+fn fits_double(_: &str, _: bool) -> bool {
+    true
 }
 
 /// The index of the first byte at or after `i` that is `"`, `\\` or a control character (< 0x20), or
