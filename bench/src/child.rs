@@ -10,6 +10,7 @@ use tidings_core::protocol::{Priority, RawJson};
 use tidings_server::{PublishRequest, ServerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::floor::FloorServer;
 use crate::sys;
 
 /// A 64-byte data payload (the JSON text `{"p":"…"}` is exactly 64 bytes).
@@ -29,6 +30,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         println!("{}", json!({"ready": true, "port": server.local_addr().port(), "pid": std::process::id()}));
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         let pid = std::process::id();
+        let mut floor = None;
         while let Some(line) = lines.next_line().await? {
             let cmd: Value = serde_json::from_str(&line)?;
             let reply = match cmd["cmd"].as_str().unwrap_or("") {
@@ -37,6 +39,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                 "fanout" => fanout(&server, secs(&cmd), cmd["batch"].as_u64().unwrap_or(1).max(1), pid).await?,
                 "targeted" => targeted(&server, &cmd, pid).await?,
                 "sequence" => sequence(&server, &cmd).await?,
+                "floor_listen" => {
+                    let (server, port) = FloorServer::listen(cmd["n"].as_u64().unwrap_or(1000) as usize)?;
+                    floor = Some(server);
+                    json!({"port": port})
+                }
+                // Blocks this thread, the server's: the reference server has no clients during the floor run.
+                "floor_run" => match floor.take() {
+                    Some(f) => json!({"published": f.publish(cmd["rate"].as_f64().unwrap_or(2000.0), secs(&cmd))?}),
+                    None => json!({"error": "floor_run before floor_listen"}),
+                },
                 "quit" => break,
                 other => json!({"error": format!("unknown command {other:?}")}),
             };

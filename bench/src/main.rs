@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod child;
+mod floor;
 mod peer;
 mod report;
 mod scenarios;
@@ -171,6 +172,9 @@ fn run(
             })?);
             let ours = numbered(ours, n, runs);
             println!("{ours}");
+            if s == "s3" {
+                println!("{}", numbered(stamp(rt.block_on(floor::s3(clients, 2000.0, seconds))?), n, runs));
+            }
             if !with_peer {
                 continue;
             }
@@ -228,7 +232,8 @@ fn compare(ours: &serde_json::Value, theirs: &serde_json::Value) -> serde_json::
     json!({"scenario": scenario, "comparison": rows})
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// The value at percentile `p` (0–100) of `sorted`, by nearest rank; 0 for no values.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -236,6 +236,22 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 bars.push((format!("{}{}", m.label, unit), a, b, m.higher_is_better));
             }
         }
+        let floor = find(&runs, scenario, "floor");
+        if !floor.is_empty() {
+            let metric = |key| cell(summary(&floor, key), floor.len());
+            writeln!(
+                md,
+                "\nThe machine's floor, measured in the same runs: the same topology and load over bare TCP sockets (a \
+                 thread in the server process on CPU 0 writes {} messages/s of the same size round-robin, one thread on \
+                 CPU 1 reads all connections through one epoll; no protocol, no runtime): p50 {} µs, p99 {} µs, p99.9 \
+                 {} µs, max {} µs. A latency target below the floor cannot be met on this machine by any stack.",
+                fmt(floor[0]["rate_per_s"].as_f64()),
+                metric("p50_us"),
+                metric("p99_us"),
+                metric("p999_us"),
+                metric("max_us"),
+            )?;
+        }
         if let Some(extra) = ours.last().and_then(|v| v["publisher"].as_str()) {
             writeln!(md, "\nPublisher (Tidings): {extra}.")?;
         }
@@ -332,6 +348,33 @@ mod tests {
         let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
         assert!(md.contains("median of 3 runs"), "{md}");
         assert!(md.contains("| 1,000,000 (900,000 – 1,100,000) | 100,000 (80,000 – 120,000) | 10.00× |"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn s3_states_the_machine_floor_when_the_run_measured_it() {
+        let dir = std::env::temp_dir().join(format!("tidings-report-floor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = |system: &str, run: u32, p50: u64| {
+            json!({"scenario": "S3", "system": system, "run": run, "runs": 2, "p50_us": p50, "p99_us": p50 * 4,
+                   "p999_us": p50 * 9, "max_us": p50 * 20, "rate_per_s": 2000.0, "nproc": 2, "cpu": "x", "placement": "p"})
+            .to_string()
+        };
+        let input = dir.join("r.jsonl");
+        let without = [line("tidings", 1, 90), line("socket.io 4.8.4", 1, 110)].join("\n");
+        std::fs::write(&input, without).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(!md.contains("floor"), "{md}");
+        let with =
+            [line("tidings", 1, 90), line("floor (bare TCP)", 1, 50), line("floor (bare TCP)", 2, 60)].join("\n");
+        std::fs::write(&input, with).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("writes 2,000 messages/s"), "{md}");
+        assert!(md.contains("p50 55 (50 – 60) µs, p99 220 (200 – 240) µs"), "{md}");
+        // The floor is not a competitor: it gets no column of its own in the table.
+        assert!(md.contains("| targeted latency p50 (µs) | 90 | – |"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,7 +12,7 @@ use tidings_core::native::{Client, ClientConfig, StaticToken};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::sys;
+use crate::{percentile, sys};
 
 /// The server child process and its command channel.
 pub(crate) struct ServerChild {
@@ -150,13 +150,6 @@ impl Fleet {
             c.close().await;
         }
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[(((p / 100.0) * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
 }
 
 /// S1: idle connections, server RSS per connection.
