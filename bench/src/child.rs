@@ -117,6 +117,23 @@ async fn fanout(
     }))
 }
 
+/// How the S3 and S4 publishers keep time, on both sides (this is `sleepUntil` of the Socket.IO peer's
+/// `server.js`): a timer for all but the last half millisecond of waits over 1 ms, then scheduler turns until
+/// due. tokio's and Node's timers both tick in whole milliseconds; at 2,000/s a timer alone would publish in
+/// pairs once a millisecond.
+const PACED: &str = "in-process on the server thread, paced as the Socket.IO peer paces: a timer for waits over 1 ms, \
+                     then scheduler turns (tokio::task::yield_now, Node's setImmediate) until due";
+
+async fn sleep_until(due: Instant) {
+    let left = due.saturating_duration_since(Instant::now());
+    if left > Duration::from_millis(1) {
+        tokio::time::sleep(left - Duration::from_micros(500)).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// S3: `rate` notifications per second, round robin over `users` user streams, each carrying its publish time.
 async fn targeted(server: &tidings_server::RunningServer, cmd: &Value, pid: u32) -> anyhow::Result<Value> {
     let publisher = server.publisher();
@@ -130,13 +147,13 @@ async fn targeted(server: &tidings_server::RunningServer, cmd: &Value, pid: u32)
     let mut published = 0u64;
     while started.elapsed() < duration {
         let due = started + interval.mul_f64(published as f64);
-        tokio::time::sleep_until(due.into()).await;
+        sleep_until(due).await;
         let user = format!("u{}", published % users);
         let data = RawJson::from_string(format!(r#"{{"t":{},"p":"{pad}"}}"#, sys::wall_ns()))?;
         publisher.publish(PublishRequest::new("bench").user(user).data(data)).await?;
         published += 1;
     }
-    Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0}))
+    Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0, "publisher": PACED}))
 }
 
 /// S4: `rate` notifications per second, round robin over `users`, each with the user's next sequence number;
@@ -154,7 +171,7 @@ async fn sequence(server: &tidings_server::RunningServer, cmd: &Value) -> anyhow
     let mut dropped = 0;
     while started.elapsed() < duration {
         let due = started + interval.mul_f64(published as f64);
-        tokio::time::sleep_until(due.into()).await;
+        sleep_until(due).await;
         if dropped_at_ns.is_none() && started.elapsed() >= drop_after {
             dropped_at_ns = Some(sys::wall_ns());
             dropped = server.drop_connections(None);
@@ -166,6 +183,6 @@ async fn sequence(server: &tidings_server::RunningServer, cmd: &Value) -> anyhow
         published += 1;
     }
     Ok(
-        json!({"published": published, "per_user": published.div_ceil(users), "dropped": dropped, "dropped_at_ns": dropped_at_ns}),
+        json!({"published": published, "per_user": published.div_ceil(users), "dropped": dropped, "dropped_at_ns": dropped_at_ns, "publisher": PACED}),
     )
 }

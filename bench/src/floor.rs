@@ -56,8 +56,13 @@ impl FloorServer {
         let mut published = 0u64;
         while started.elapsed() < duration {
             let due = started + interval.mul_f64(published as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+            // Paced as the S3 publishers are: a sleep for waits over 1 ms, then spinning until due.
+            let left = due.saturating_duration_since(Instant::now());
+            if left > Duration::from_millis(1) {
+                std::thread::sleep(left - Duration::from_micros(500));
+            }
+            while Instant::now() < due {
+                std::hint::spin_loop();
             }
             message[..8].copy_from_slice(&sys::wall_ns().to_le_bytes());
             let n = streams.len();

@@ -140,6 +140,7 @@ pub(crate) async fn s3(n: usize, rate: f64, seconds: f64) -> anyhow::Result<Valu
     v["clients"] = json!(n);
     v["rate_per_s"] = json!(rate);
     v["published"] = json!(published);
+    v["publisher"] = reply["publisher"].clone();
     let received = l["received"].as_u64().unwrap_or(0);
     v["lost"] = json!(published.saturating_sub(received));
     for k in ["p50_us", "p99_us", "p999_us", "max_us"] {
@@ -165,6 +166,7 @@ pub(crate) async fn s4(n: usize, rate: f64, seconds: f64, drop_after: f64) -> an
     v["clients"] = json!(n);
     v["published"] = json!(published);
     v["dropped"] = reply["dropped"].clone();
+    v["publisher"] = reply["publisher"].clone();
     for k in [
         "resumed_fraction",
         "missed",

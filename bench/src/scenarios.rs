@@ -251,7 +251,7 @@ pub(crate) async fn s3(clients: usize, rate: f64, seconds: f64) -> anyhow::Resul
     l.sort_unstable();
     Ok(json!({
         "scenario": "S3", "system": "tidings", "clients": clients, "rate_per_s": rate, "seconds": seconds,
-        "published": published, "received": l.len(), "lost": published.saturating_sub(l.len() as u64),
+        "publisher": reply["publisher"], "published": published, "received": l.len(), "lost": published.saturating_sub(l.len() as u64),
         "p50_us": percentile(&l, 50.0), "p99_us": percentile(&l, 99.0), "p999_us": percentile(&l, 99.9),
         "max_us": l.last().copied().unwrap_or(0),
     }))
@@ -354,7 +354,7 @@ pub(crate) async fn s4(clients: usize, rate: f64, seconds: f64, drop_after: f64)
     handshakes.sort_unstable();
     Ok(json!({
         "scenario": "S4", "system": "tidings", "clients": clients, "rate_per_s": rate, "seconds": seconds,
-        "published": published, "dropped": reply["dropped"],
+        "published": published, "dropped": reply["dropped"], "publisher": reply["publisher"],
         "resumed_fraction": resumed as f64 / clients as f64, "missed": missed, "duplicates": dups,
         "reconnect_handshake_p50_ms": percentile(&handshakes, 50.0) as f64 / 1000.0,
         "reconnect_handshake_p99_ms": percentile(&handshakes, 99.0) as f64 / 1000.0,

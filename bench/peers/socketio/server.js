@@ -25,6 +25,8 @@ const cpuSeconds = () => {
 };
 const rssKib = () => Math.round(process.memoryUsage.rss() / 1024);
 const turn = () => new Promise((resolve) => setImmediate(resolve));
+const PACED =
+  "in-process (io.to(room).emit), paced by sleepUntil: a timer for waits over 1 ms, then event-loop turns (setImmediate) until due";
 const sleepUntil = async (deadlineNs) => {
   const left = Number(deadlineNs - nowNs()) / 1e6;
   if (left > 1) await new Promise((r) => setTimeout(r, left - 0.5));
@@ -60,7 +62,7 @@ async function targeted({ users = 1000, rate = 2000, seconds = 10 }) {
     io.to(`user:u${published % users}`).emit("n", { t: nowNs().toString(), p: "x".repeat(32) });
     published++;
   }
-  return { published, cpu_s: cpuSeconds() - cpu0 };
+  return { published, cpu_s: cpuSeconds() - cpu0, publisher: PACED };
 }
 
 async function sequence({ users = 1000, rate = 1000, seconds = 10, drop_after = 3 }) {
@@ -84,7 +86,7 @@ async function sequence({ users = 1000, rate = 1000, seconds = 10, drop_after = 
     io.to(`user:u${user}`).emit("n", { seq: Math.floor(published / users) });
     published++;
   }
-  return { published, dropped, dropped_at_ns: droppedAt === null ? null : droppedAt.toString() };
+  return { published, dropped, dropped_at_ns: droppedAt === null ? null : droppedAt.toString(), publisher: PACED };
 }
 
 http.listen(0, "127.0.0.1", () => {
