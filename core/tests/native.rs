@@ -245,3 +245,91 @@ async fn a_lagging_application_holds_back_the_socket_and_loses_nothing() {
     .expect("everything is acked");
     client.close().await;
 }
+
+/// The app gets a notification before its ack is written: the write (tens of µs on loopback, where the kernel
+/// hands the frame to the peer inside `send`) must not delay the app. The peer is a blocking tungstenite server
+/// on its own thread; when the app sees the notification, the test peeks at the peer's socket: on loopback a
+/// written frame is in the peer's receive queue as soon as `send` returns, so nothing may be there yet. The ack
+/// itself is prompt (the first after a quiet ack delay) and arrives afterwards.
+#[tokio::test]
+async fn the_app_has_a_notification_before_its_ack_is_written() {
+    use std::io::ErrorKind;
+    use tokio_tungstenite::tungstenite;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+    let (peek_tx, peek_rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
+    let (peeked_tx, peeked_rx) = std::sync::mpsc::channel::<()>();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        peek_tx.send(tcp.try_clone().unwrap()).unwrap();
+        #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
+        let mut ws = tungstenite::accept_hdr(tcp, |_: &Request, mut resp: Response| {
+            resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("tidings.v1"));
+            Ok(resp)
+        })
+        .unwrap();
+        let reply = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>, frame: ServerFrame| {
+            ws.send(Message::text(protocol::encode_server_frame(&frame))).unwrap();
+        };
+        loop {
+            let Message::Text(text) = ws.read().unwrap() else { continue };
+            match protocol::decode_client_frame(text.as_str()).unwrap() {
+                ClientFrame::Auth { device, .. } => reply(
+                    &mut ws,
+                    ServerFrame::Welcome {
+                        session: "s".into(),
+                        user: "alice".into(),
+                        device,
+                        heartbeat_ms: 25_000,
+                        max_frame_bytes: 65_536,
+                        token_expires_in_ms: None,
+                    },
+                ),
+                ClientFrame::Subscribe { reference, streams } => {
+                    reply(
+                        &mut ws,
+                        ServerFrame::Subscribed {
+                            reference,
+                            stream: streams[0].stream.clone(),
+                            epoch: "e1".into(),
+                            offset: 0,
+                            continuity: WireContinuity::Fresh,
+                        },
+                    );
+                    ws.send(Message::text(note("n1", 1))).unwrap();
+                    // Read nothing more until the test has peeked.
+                    peeked_rx.recv_timeout(WAIT).expect("the test peeks");
+                }
+                ClientFrame::Ack { ids } => {
+                    ack_tx.send(ids).unwrap();
+                    return;
+                }
+                _ => {}
+            }
+        }
+    });
+    let (client, mut events) =
+        Client::builder(ClientConfig::new(url)).token_provider(StaticToken::new("tok")).connect().unwrap();
+    let peer =
+        tokio::task::spawn_blocking(move || peek_rx.recv_timeout(WAIT).expect("the client connects")).await.unwrap();
+    let Event::Notification(n) = next_matching(&mut events, |e| matches!(e, Event::Notification(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(n.id(), "n1");
+    // O_NONBLOCK is shared with the server thread's copy, which waits on `peeked_rx` meanwhile.
+    peer.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let waiting = peer.peek(&mut buf);
+    peer.set_nonblocking(false).unwrap();
+    assert!(
+        matches!(&waiting, Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the ack was written before the app had the notification: {waiting:?}"
+    );
+    peeked_tx.send(()).unwrap();
+    let ids = tokio::time::timeout(WAIT, ack_rx.recv()).await.expect("the ack arrives").unwrap();
+    assert_eq!(ids, ["n1"]);
+    server.join().unwrap();
+    client.close().await;
+}

@@ -74,8 +74,9 @@ pub struct Config {
     pub token_refresh_margin: Duration,
     /// Ack notifications automatically when they are delivered to the app.
     pub auto_ack: bool,
-    /// Acks are coalesced for up to this long (or until 256 are pending) before an `ack` frame goes out: acks are
-    /// not urgent, and one frame per socket read would cost the server a receive per few notifications.
+    /// At most one `ack` frame per this long (or per 256 pending ids): the first ack after a quiet `ack_delay` goes
+    /// out at once, in the same turn as its notification; later ones are coalesced until `ack_delay` after the
+    /// previous frame. One frame per socket read would cost the server a receive per few notifications.
     pub ack_delay: Duration,
 }
 
@@ -509,8 +510,10 @@ pub struct Engine {
     push: Option<PushRegistration>,
     // outputs
     pending_acks: acks::PendingAcks,
-    /// When the oldest pending ack was queued.
-    acks_since: Option<Instant>,
+    /// When the pending acks go out (unless a full frame's worth sends them sooner).
+    ack_due: Option<Instant>,
+    /// When the last `ack` frame was queued.
+    last_ack_flush: Option<Instant>,
     transmits: VecDeque<String>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -552,7 +555,8 @@ impl Engine {
             device_id,
             push: None,
             pending_acks: acks::PendingAcks::default(),
-            acks_since: None,
+            ack_due: None,
+            last_ack_flush: None,
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -663,7 +667,7 @@ impl Engine {
                     consider(self.token_refresh_at);
                 }
                 if !self.pending_acks.is_empty() {
-                    consider(self.acks_since.map(|t| t + self.config.ack_delay));
+                    consider(self.ack_due);
                 }
             }
             _ => {}
@@ -1569,23 +1573,28 @@ impl Engine {
         }
     }
 
+    /// Leading-edge coalescing: the first ack after a quiet `ack_delay` goes out in the same turn as its
+    /// notification (a sparse stream gets prompt receipts and costs the client no extra wake-up, and the server
+    /// reads the ack before its next publish rather than at a random later moment); later ones wait until
+    /// `ack_delay` after the previous frame, so a busy stream still sends at most one frame per `ack_delay`.
     fn push_ack(&mut self, id: &str) {
         if self.pending_acks.is_empty() {
-            self.acks_since = Some(self.now);
+            let quiet_until = self.last_ack_flush.map(|t| t + self.config.ack_delay);
+            self.ack_due = Some(quiet_until.filter(|&t| t > self.now).unwrap_or(self.now));
         }
         self.pending_acks.push(id, MAX_PENDING_ACKS);
     }
 
-    /// Whether pending acks should go out now: a full frame's worth, or the oldest waited `ack_delay`.
+    /// Whether pending acks should go out now: a full frame's worth, or their time came (see `push_ack`).
     fn acks_due(&self) -> bool {
         !self.pending_acks.is_empty()
-            && (self.pending_acks.has_full_frame()
-                || self.acks_since.is_none_or(|t| t + self.config.ack_delay <= self.now))
+            && (self.pending_acks.has_full_frame() || self.ack_due.is_none_or(|t| t <= self.now))
     }
 
     fn flush_acks(&mut self) {
-        self.acks_since = None;
+        self.ack_due = None;
         for frame in self.pending_acks.take_frames() {
+            self.last_ack_flush = Some(self.now);
             self.queue_text(frame);
         }
     }

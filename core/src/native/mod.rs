@@ -544,6 +544,18 @@ impl Driver {
         loop {
             let mut out = std::mem::take(&mut self.out);
             self.drain(&mut out);
+            // The app gets its events before frames are written when it has room for all of them: a write can
+            // take tens of microseconds (on loopback the kernel hands the frame to the peer inside `send`), and
+            // the frames are mostly the acks of these very events. The yield lets the app's task run first on a
+            // single-threaded runtime. With the app behind, frames go first: heartbeats must not wait for it.
+            let events_first = !out.events.is_empty()
+                && self.flow.queued.load(Ordering::Acquire) + out.events.len() <= self.config.event_capacity.max(1);
+            if events_first {
+                self.deliver(&mut out.events).await;
+                if !out.transmits.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            }
             if !out.transmits.is_empty() {
                 self.write(&mut out.transmits).await;
             }
@@ -564,23 +576,7 @@ impl Driver {
                     Action::Persist(snapshot) => self.shared.save(&snapshot),
                 }
             }
-            for event in &out.events {
-                if let Event::State(s) = event {
-                    self.shared.state.send_replace(s.clone());
-                }
-            }
-            let mut events = out.events.drain(..);
-            loop {
-                let batch: Vec<Event> = events.by_ref().take(EVENT_BATCH).collect();
-                if batch.is_empty() {
-                    break;
-                }
-                // Backpressure: wait for the app. If it dropped `Events`, the events are discarded.
-                self.room_for_events().await;
-                self.flow.queued.fetch_add(batch.len(), Ordering::AcqRel);
-                let _ = self.events.send(batch);
-            }
-            drop(events);
+            self.deliver(&mut out.events).await;
             let finished = out.finished;
             let timeout = out.timeout;
             out.transmits.clear();
@@ -614,6 +610,26 @@ impl Driver {
         }
         if let Some((_, mut ws)) = self.ws.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+        }
+    }
+
+    /// Hands `events` to the application (the state watch first), in batches, waiting while it is behind.
+    async fn deliver(&mut self, events: &mut Vec<Event>) {
+        for event in events.iter() {
+            if let Event::State(s) = event {
+                self.shared.state.send_replace(s.clone());
+            }
+        }
+        let mut events = events.drain(..);
+        loop {
+            let batch: Vec<Event> = events.by_ref().take(EVENT_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            // Backpressure: wait for the app. If it dropped `Events`, the events are discarded.
+            self.room_for_events().await;
+            self.flow.queued.fetch_add(batch.len(), Ordering::AcqRel);
+            let _ = self.events.send(batch);
         }
     }
 
