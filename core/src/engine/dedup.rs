@@ -86,28 +86,24 @@ impl DedupWindow {
         let Self { ring, head, index, .. } = self;
         let head = *head;
         let seq = head.wrapping_add(ring.len() as u32);
-        let new = match index.find_mut(hash(&k), |&s| ring[at(head, s)] == k) {
-            Some(latest) => {
-                ring[at(head, *latest)] = TOMBSTONE;
-                *latest = seq;
-                false
+        if let Some(latest) = index.find_mut(hash(&k), |&s| ring[at(head, s)] == k) {
+            // Seen again: the old sighting becomes a tombstone and the key moves to the back.
+            ring[at(head, *latest)] = TOMBSTONE;
+            *latest = seq;
+            ring.push_back(k);
+            if ring.len() > 2 * self.capacity {
+                // Many refreshes left tombstones behind: drop them (amortised over `capacity` refreshes).
+                self.compact();
             }
-            None => {
-                ring.push_back(k);
-                index.insert_unique(hash(&k), seq, |&s| hash(&ring[at(head, s)]));
-                self.live += 1;
-                if self.live > self.capacity {
-                    self.evict_oldest();
-                }
-                return true;
-            }
-        };
-        ring.push_back(k);
-        if self.ring.len() > 2 * self.capacity {
-            // Many refreshes left tombstones behind: drop them (amortised over `capacity` refreshes).
-            self.compact();
+            return false;
         }
-        new
+        ring.push_back(k);
+        index.insert_unique(hash(&k), seq, |&s| hash(&ring[at(head, s)]));
+        self.live += 1;
+        if self.live > self.capacity {
+            self.evict_oldest();
+        }
+        true
     }
 
     /// Forgets the least recently seen key.
