@@ -161,6 +161,7 @@ fn run(
     };
     for s in which {
         for n in 1..=runs {
+            let before = sys::cpu_ticks();
             let ours = stamp(rt.block_on(async {
                 match s.as_str() {
                     "s1" => scenarios::s1(s1_connections).await,
@@ -170,14 +171,17 @@ fn run(
                     other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
                 }
             })?);
-            let ours = numbered(ours, n, runs);
+            let ours = numbered(with_steal(ours, &before), n, runs);
             println!("{ours}");
             if s == "s3" {
-                println!("{}", numbered(stamp(rt.block_on(floor::s3(clients, 2000.0, seconds))?), n, runs));
+                let before = sys::cpu_ticks();
+                let floor = stamp(rt.block_on(floor::s3(clients, 2000.0, seconds))?);
+                println!("{}", numbered(with_steal(floor, &before), n, runs));
             }
             if !with_peer {
                 continue;
             }
+            let before = sys::cpu_ticks();
             let theirs = stamp(rt.block_on(async {
                 match s.as_str() {
                     "s1" => peer::s1(s1_connections).await,
@@ -186,12 +190,19 @@ fn run(
                     _ => peer::s4(clients, 1000.0, seconds, 3.0).await,
                 }
             })?);
-            let theirs = numbered(theirs, n, runs);
+            let theirs = numbered(with_steal(theirs, &before), n, runs);
             println!("{theirs}");
             println!("{}", numbered(compare(&ours, &theirs), n, runs));
         }
     }
     Ok(())
+}
+
+/// Adds the steal time of CPU 0 (server) and CPU 1 (clients) since `before` to a result line: on a VM, the share
+/// of the run during which the hypervisor ran something else instead of the benchmark.
+fn with_steal(mut v: serde_json::Value, before: &[(u64, u64)]) -> serde_json::Value {
+    v["steal_pct"] = sys::steal_percent(before, &sys::cpu_ticks());
+    v
 }
 
 /// Marks a result line as run `n` of `runs` (the report groups the runs of a scenario and takes medians).

@@ -147,7 +147,15 @@ fn find<'a>(runs: &'a [Value], scenario: &str, system_prefix: &str) -> Vec<&'a V
 /// The median of `key` over `lines` (the mean of the middle two for an even count) with the smallest and
 /// largest value; `None` when no line has the metric.
 fn summary(lines: &[&Value], key: &str) -> Option<(f64, f64, f64)> {
-    let mut values: Vec<f64> = lines.iter().filter_map(|v| v[key].as_f64()).collect();
+    summary_of(lines.iter().filter_map(|v| v[key].as_f64()).collect())
+}
+
+/// [`summary`] of a value nested in each line (a JSON pointer such as `/steal_pct/cpu0`).
+fn summary_at(lines: &[&Value], pointer: &str) -> Option<(f64, f64, f64)> {
+    summary_of(lines.iter().filter_map(|v| v.pointer(pointer).and_then(Value::as_f64)).collect())
+}
+
+fn summary_of(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
     if values.is_empty() {
         return None;
     }
@@ -252,6 +260,9 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 metric("max_us"),
             )?;
         }
+        if let Some(steal) = steal_sentence(&[("Tidings", &ours), ("Socket.IO", &theirs), ("floor", &floor)]) {
+            writeln!(md, "\n{steal}")?;
+        }
         if let Some(extra) = ours.last().and_then(|v| v["publisher"].as_str()) {
             writeln!(md, "\nPublisher (Tidings): {extra}.")?;
         }
@@ -265,6 +276,36 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
     }
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     Ok(())
+}
+
+/// How much of CPU 0 (server) and CPU 1 (clients) the hypervisor took during each system's runs, from the
+/// `steal_pct` of the result lines; `None` when no line measured it (a bare-metal machine reports 0).
+fn steal_sentence(systems: &[(&str, &[&Value])]) -> Option<String> {
+    let parts: Vec<String> = systems
+        .iter()
+        .filter_map(|(name, lines)| {
+            let (cpu0, cpu1) = (summary_at(lines, "/steal_pct/cpu0"), summary_at(lines, "/steal_pct/cpu1"));
+            (cpu0.is_some() || cpu1.is_some())
+                .then(|| format!("{name} CPU 0 {} %, CPU 1 {} %", pct_cell(cpu0), pct_cell(cpu1)))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "Steal time during these runs (from /proc/stat: the share of each CPU's time in which the hypervisor ran \
+             other work while this VM's CPU had work; it stalls whatever runs there, and shows in the tail \
+             latencies): {}.",
+            parts.join("; ")
+        )
+    })
+}
+
+/// A percentage to one decimal: the median, and the range when the runs differ.
+fn pct_cell(s: Option<(f64, f64, f64)>) -> String {
+    match s {
+        Some((median, lo, hi)) if lo != hi => format!("{median:.1} ({lo:.1} – {hi:.1})"),
+        Some((median, ..)) => format!("{median:.1}"),
+        None => "–".into(),
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -376,5 +417,20 @@ mod tests {
         // The floor is not a competitor: it gets no column of its own in the table.
         assert!(md.contains("| targeted latency p50 (µs) | 90 | – |"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn steal_time_is_reported_per_system_when_the_runs_measured_it() {
+        let line = |steal: Value| json!({"steal_pct": steal});
+        let ours = [line(json!({"cpu0": 0.5, "cpu1": 4.0})), line(json!({"cpu0": 1.5, "cpu1": 12.0}))];
+        let theirs = [line(json!({"cpu0": 0.0, "cpu1": null}))];
+        let old = [json!({"p50_us": 1})];
+        let (o, t, none): (Vec<&Value>, Vec<&Value>, Vec<&Value>) =
+            (ours.iter().collect(), theirs.iter().collect(), old.iter().collect());
+        let s = steal_sentence(&[("Tidings", &o), ("Socket.IO", &t), ("floor", &none)]).unwrap();
+        assert!(s.contains("Tidings CPU 0 1.0 (0.5 – 1.5) %, CPU 1 8.0 (4.0 – 12.0) %"), "{s}");
+        assert!(s.contains("Socket.IO CPU 0 0.0 %, CPU 1 – %"), "{s}");
+        assert!(!s.contains("floor"), "{s}");
+        assert_eq!(steal_sentence(&[("Tidings", &none)]), None);
     }
 }

@@ -70,3 +70,50 @@ pub(crate) fn nproc() -> usize {
 pub(crate) fn wall_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
+
+/// Time counters of each CPU from /proc/stat, in clock ticks: `(total, steal)` per `cpuN` line, in CPU order.
+/// Steal is time the hypervisor ran something else while this VM's CPU had work; `total` is the sum of the
+/// first eight columns (user … steal; guest time is already inside user).
+pub(crate) fn cpu_ticks() -> Vec<(u64, u64)> {
+    std::fs::read_to_string("/proc/stat").map(|s| parse_cpu_ticks(&s)).unwrap_or_default()
+}
+
+fn parse_cpu_ticks(stat: &str) -> Vec<(u64, u64)> {
+    stat.lines()
+        .filter(|l| l.strip_prefix("cpu").and_then(|r| r.chars().next()).is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).take(8).map(|x| x.parse().unwrap_or(0)).collect();
+            (v.iter().sum(), v.get(7).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Steal time of CPU 0 and CPU 1 between two [`cpu_ticks`] readings, as a percentage of each CPU's time
+/// (`null` for a CPU without readings or without time between them).
+pub(crate) fn steal_percent(before: &[(u64, u64)], after: &[(u64, u64)]) -> serde_json::Value {
+    let pct = |cpu: usize| match (before.get(cpu), after.get(cpu)) {
+        (Some(&(t0, s0)), Some(&(t1, s1))) if t1 > t0 => {
+            Some((s1.saturating_sub(s0) as f64 * 1000.0 / (t1 - t0) as f64).round() / 10.0)
+        }
+        _ => None,
+    };
+    serde_json::json!({"cpu0": pct(0), "cpu1": pct(1)})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_share_of_each_cpus_time_between_two_readings() {
+        let before = parse_cpu_ticks(
+            "cpu  300 0 100 1000 0 0 0 60 0 0\ncpu0 100 0 50 500 0 0 0 10 7 0\ncpu1 200 0 50 500 0 0 0 50 0 0\nintr 1 2\n",
+        );
+        assert_eq!(before, [(660, 10), (800, 50)]);
+        // CPU 0: 200 ticks pass, 20 stolen; CPU 1: 100 ticks, none stolen.
+        let after = [(860, 30), (900, 50)];
+        assert_eq!(steal_percent(&before, &after), serde_json::json!({"cpu0": 10.0, "cpu1": 0.0}));
+        assert_eq!(steal_percent(&before, &before), serde_json::json!({"cpu0": null, "cpu1": null}));
+        assert_eq!(steal_percent(&[], &after), serde_json::json!({"cpu0": null, "cpu1": null}));
+    }
+}
