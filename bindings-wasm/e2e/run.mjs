@@ -50,7 +50,10 @@ async function until(what, fn, timeoutMs = 15000, everyMs = 50) {
 
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
-const server = spawn(SERVER, ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT], {
+// A VAPID public key (from `web-push generate-vapid-keys`) the server serves to service workers.
+const VAPID_PUBLIC_KEY = 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM';
+const serverArgs = ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT];
+const server = spawn(SERVER, [...serverArgs, '--vapid-public-key', VAPID_PUBLIC_KEY], {
   stdio: ['ignore', 'ignore', 'pipe'],
   env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
 });
@@ -374,6 +377,25 @@ test('fallback election without Web Locks (localStorage lease): one socket, take
   }, 15000);
   checkShownOnce(t.log, [...ids, ...more], 'lease');
   assert((await t.openSockets()) === 1, 'one socket after the lease takeover');
+  await t.ctx.close();
+});
+
+test('the push helper reads the VAPID public key from the server, and says why when it cannot', async () => {
+  const t = await newContext();
+  const page = await t.open(`user=${uniq('e2evk')}&topics=&sw=0`);
+  const got = await page.evaluate(async (base) => {
+    const sw = await import('/pkg/sw.js');
+    const key = await sw.fetchVapidPublicKey(base);
+    const slash = await sw.fetchVapidPublicKey(`${base}/`);
+    const missing = await sw.fetchVapidPublicKey(`${base}/no-such-prefix`).then(
+      () => 'resolved',
+      (e) => e.message,
+    );
+    return { key, slash, missing };
+  }, base);
+  assert(got.key === VAPID_PUBLIC_KEY && got.slash === VAPID_PUBLIC_KEY, `the served key: ${JSON.stringify(got)}`);
+  assert(/HTTP 404/.test(got.missing) && got.missing.includes('no-such-prefix'), `the error: ${got.missing}`);
+  console.log(`   key read from ${base}/v1/push/vapid-public-key; a wrong base URL: ${got.missing}`);
   await t.ctx.close();
 });
 

@@ -1,6 +1,6 @@
 // Compiled by `tsc --noEmit` in `cargo xtask wasm-test` when TypeScript is available: the declarations are usable.
 import { TidingsClient, type Notification } from '@tidings/web';
-import type { PushResult } from '@tidings/web/sw';
+import { fetchVapidPublicKey, type PushResult } from '@tidings/web/sw';
 
 export const noPush: PushResult = { show: false };
 
@@ -20,5 +20,7 @@ async function main(): Promise<void> {
   const outcome = await client.ingestPush({ tidings: {} });
   if (outcome.show) console.log(outcome.notification.id);
   await client.close();
+  const key: string = await fetchVapidPublicKey('https://tidings.example');
+  console.log(key.length);
 }
 void main();

@@ -8,8 +8,13 @@ export interface PushOptions {
   /** Show with `registration.showNotification` (default true). */
   show?: boolean;
   notificationOptions?: NotificationOptions | ((n: Notification) => NotificationOptions);
-  /** The server's VAPID public key (base64url), for `subscribePush` / `{type:'tidings-subscribe'}`. */
+  /**
+   * The server's VAPID public key (base64url), for `subscribePush` / `{type:'tidings-subscribe'}`. When absent
+   * it is read from `server` (`GET /v1/push/vapid-public-key`).
+   */
   vapidPublicKey?: string;
+  /** The Tidings server's base URL (default: this worker's origin). */
+  server?: string | URL;
 }
 
 export interface PushResult {
@@ -21,4 +26,10 @@ export interface PushResult {
 
 export declare function installTidingsPush(options?: PushOptions): void;
 export declare function handlePush(payload: string | object, options?: PushOptions): Promise<PushResult>;
-export declare function subscribePush(options: { vapidPublicKey: string; name?: string }): Promise<PushSubscription>;
+export declare function subscribePush(options?: {
+  vapidPublicKey?: string;
+  server?: string | URL;
+  name?: string;
+}): Promise<PushSubscription>;
+/** The server's VAPID public key from `GET <server>/v1/push/vapid-public-key`; rejects with the server's reason. */
+export declare function fetchVapidPublicKey(server?: string | URL): Promise<string>;

@@ -2,7 +2,7 @@
 //
 //   // sw.js, registered with navigator.serviceWorker.register('/sw.js', { type: 'module' })
 //   import { installTidingsPush } from '@tidings/web/sw';
-//   installTidingsPush({ vapidPublicKey: 'BK…' });
+//   installTidingsPush();  // the VAPID key comes from the server: GET /v1/push/vapid-public-key
 //
 // On `push` the payload goes through the same dedup window as the pages' sockets (the engine snapshot in
 // IndexedDB, via the core engine's ingest_push): a notification the socket, replay or another push delivered
@@ -59,15 +59,39 @@ async function handleOne(payload, { name = 'tidings', wasmUrl, show = true, noti
 }
 
 /**
- * Subscribes this service worker's registration to Web Push with the server's VAPID public key and hands the
- * subscription to the open tabs, whose leader registers it with the server over the shared connection
- * (`register_push`, platform `web_push`). Resolves to the PushSubscription.
+ * The server's VAPID public key, read from `GET <server>/v1/push/vapid-public-key` (`server`: the Tidings
+ * server's base URL, default this worker's origin). Rejects with the server's reason when it has none configured.
  */
-export async function subscribePush({ vapidPublicKey, name = 'tidings' }) {
+export async function fetchVapidPublicKey(server = self.location.origin) {
+  const url = new URL('v1/push/vapid-public-key', String(server).endsWith('/') ? server : `${server}/`);
+  let r;
+  try {
+    r = await fetch(url);
+  } catch (e) {
+    throw new Error(`tidings: cannot reach ${url}: ${e?.message ?? e}`);
+  }
+  const body = await r.json().catch(() => null);
+  if (!r.ok) {
+    throw new Error(`tidings: ${url}: HTTP ${r.status}${body?.error?.message ? `: ${body.error.message}` : ''}`);
+  }
+  const key = body?.vapid_public_key;
+  if (typeof key !== 'string' || key === '') throw new Error(`tidings: ${url} answered without vapid_public_key`);
+  return key;
+}
+
+/**
+ * Subscribes this service worker's registration to Web Push with the server's VAPID public key (`vapidPublicKey`,
+ * or else read from the server with `fetchVapidPublicKey(server)`) and hands the subscription to the open tabs,
+ * whose leader registers it with the server over the shared connection (`register_push`, platform `web_push`).
+ * Resolves to the PushSubscription.
+ */
+export async function subscribePush({ vapidPublicKey, server, name = 'tidings' } = {}) {
   const pm = self.registration.pushManager;
-  const sub =
-    (await pm.getSubscription()) ??
-    (await pm.subscribe({ userVisibleOnly: true, applicationServerKey: urlBase64ToUint8Array(vapidPublicKey) }));
+  let sub = await pm.getSubscription();
+  if (!sub) {
+    const key = vapidPublicKey ?? (await fetchVapidPublicKey(server));
+    sub = await pm.subscribe({ userVisibleOnly: true, applicationServerKey: urlBase64ToUint8Array(key) });
+  }
   const channel = new BroadcastChannel(`tidings:${name}`);
   channel.postMessage({ t: 'register_push', platform: 'web_push', token: JSON.stringify(sub) });
   channel.close();
@@ -77,7 +101,8 @@ export async function subscribePush({ vapidPublicKey, name = 'tidings' }) {
 /**
  * Installs the handlers: `push` (dedup, then showNotification), `message` `{type:'tidings-push', payload}`
  * (the same path, answered with `{type:'tidings-push-result', …}`; tests and pages use it), `message`
- * `{type:'tidings-subscribe'}` (subscribe with `vapidPublicKey`), and `notificationclick` (focus a tab).
+ * `{type:'tidings-subscribe'}` (subscribe with `vapidPublicKey`, or the key `server` serves), and
+ * `notificationclick` (focus a tab).
  */
 export function installTidingsPush(options = {}) {
   self.addEventListener('push', (event) => {
@@ -97,7 +122,7 @@ export function installTidingsPush(options = {}) {
           .catch((e) => ({ show: false, error: String(e?.message ?? e) }))
           .then((r) => event.source?.postMessage({ type: 'tidings-push-result', ref: m.ref, ...r })),
       );
-    } else if (m?.type === 'tidings-subscribe' && options.vapidPublicKey) {
+    } else if (m?.type === 'tidings-subscribe') {
       event.waitUntil(subscribePush(options).catch((e) => console.warn('tidings: push subscription failed', e)));
     }
   });

@@ -34,6 +34,7 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/notifications/{id}/acks", get(acks))
         .route("/v1/users/{user}/devices", get(devices))
         .route("/v1/admin/drop", post(admin_drop))
+        .route("/v1/push/vapid-public-key", get(vapid_public_key))
         .route("/healthz", get(healthz));
     if hub.config.demo {
         router = router.route("/v1/demo/token", post(demo_token));
@@ -64,6 +65,21 @@ async fn not_found() -> Response {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /v1/push/vapid-public-key`: the key service workers subscribe to Web Push with (public, no API key; any
+/// origin may read it, as a page on another origin than the server's does).
+async fn vapid_public_key(State(hub): State<Arc<Hub>>) -> Response {
+    let mut response = match &hub.config.vapid_public_key {
+        Some(key) => axum::Json(json!({"vapid_public_key": key.trim()})).into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "this server has no VAPID public key (start it with --vapid-public-key or TIDINGS_VAPID_PUBLIC_KEY)",
+        ),
+    };
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
 }
 
 /// Checks `Authorization: Bearer <api key>`; the `401` response when it is missing or wrong.

@@ -64,6 +64,10 @@ struct Args {
     /// Serve this directory's files at `/` (the browser demo page and the npm package).
     #[arg(long, env = "TIDINGS_WEB_ROOT")]
     web_root: Option<std::path::PathBuf>,
+    /// Your VAPID public key (base64url, as `web-push generate-vapid-keys` prints it), served at
+    /// GET /v1/push/vapid-public-key for browsers subscribing to Web Push. The private key stays with your sender.
+    #[arg(long, env = "TIDINGS_VAPID_PUBLIC_KEY")]
+    vapid_public_key: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -106,6 +110,7 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
         anyhow::bail!("--web-root {}: not a directory", root.display());
     }
     config.web_root = args.web_root.clone();
+    config.vapid_public_key = args.vapid_public_key.clone();
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(config)
 }
