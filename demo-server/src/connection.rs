@@ -557,7 +557,12 @@ impl Connection {
     }
 
     async fn register_push(&mut self, reference: u64, platform: PushPlatform, token: String) {
-        if let Err(e) = validate_push_token(&token) {
+        let checked = validate_push_token(&token).and_then(|()| match platform {
+            PushPlatform::WebPush => crate::webpush::check_subscription(&token)
+                .map_err(|e| format!("{e} (a web_push token is the PushSubscription as JSON: endpoint and keys)")),
+            _ => Ok(()),
+        });
+        if let Err(e) = checked {
             self.push_request_error(Some(reference), None, ErrorCode::BadRequest, format!("register_push: token {e}"));
             return;
         }

@@ -37,6 +37,7 @@ mod registry;
 mod replay;
 pub mod storage;
 mod util;
+mod webpush;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -284,7 +284,15 @@ async fn register_push_stores_the_address_and_rejects_bad_tokens_without_closing
         (Some("error"), Some("bad_request"), Some(7))
     );
     assert!(error["message"].as_str().unwrap().contains("token"), "{error}");
-    client.send(json!({"op":"register_push","ref":8,"platform":"web_push","token":"{\"endpoint\":\"https://push.example/x\"}"})).await;
+    // A Web Push subscription without its keys cannot be sent to: refused, saying what is missing.
+    client.send(json!({"op":"register_push","ref":10,"platform":"web_push","token":"{\"endpoint\":\"https://push.example/x\"}"})).await;
+    let error = client.recv_skipping_heartbeats().await;
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("bad_request"), Some(10)), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("has no `keys`"), "{error}");
+    let subscription = json!({"endpoint": "https://push.example/x", "expirationTime": null, "keys": {
+        "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM",
+        "auth": "AAECAwQFBgcICQoLDA0ODw"}});
+    client.send(json!({"op":"register_push","ref":8,"platform":"web_push","token":subscription.to_string()})).await;
     let reply = client.recv_skipping_heartbeats().await;
     assert_eq!(reply, json!({"op":"push_registered","ref":8,"platform":"web_push"}));
     let (status, devices) = common::get(&server, "/v1/users/alice/devices").await;
