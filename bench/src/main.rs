@@ -161,36 +161,37 @@ fn run(
     };
     for s in which {
         for n in 1..=runs {
-            let before = sys::cpu_ticks();
-            let ours = stamp(rt.block_on(async {
-                match s.as_str() {
-                    "s1" => scenarios::s1(s1_connections).await,
-                    "s2" => scenarios::s2(clients, seconds, publish_batch).await,
-                    "s3" => scenarios::s3(clients, 2000.0, seconds).await,
-                    "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
-                    other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
-                }
+            let ours = stamp(with_steal(|| {
+                rt.block_on(async {
+                    match s.as_str() {
+                        "s1" => scenarios::s1(s1_connections).await,
+                        "s2" => scenarios::s2(clients, seconds, publish_batch).await,
+                        "s3" => scenarios::s3(clients, 2000.0, seconds).await,
+                        "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
+                        other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
+                    }
+                })
             })?);
-            let ours = numbered(with_steal(ours, &before), n, runs);
+            let ours = numbered(ours, n, runs);
             println!("{ours}");
             if s == "s3" {
-                let before = sys::cpu_ticks();
-                let floor = stamp(rt.block_on(floor::s3(clients, 2000.0, seconds))?);
-                println!("{}", numbered(with_steal(floor, &before), n, runs));
+                let floor = stamp(with_steal(|| rt.block_on(floor::s3(clients, 2000.0, seconds)))?);
+                println!("{}", numbered(floor, n, runs));
             }
             if !with_peer {
                 continue;
             }
-            let before = sys::cpu_ticks();
-            let theirs = stamp(rt.block_on(async {
-                match s.as_str() {
-                    "s1" => peer::s1(s1_connections).await,
-                    "s2" => peer::s2(clients, seconds, publish_batch).await,
-                    "s3" => peer::s3(clients, 2000.0, seconds).await,
-                    _ => peer::s4(clients, 1000.0, seconds, 3.0).await,
-                }
+            let theirs = stamp(with_steal(|| {
+                rt.block_on(async {
+                    match s.as_str() {
+                        "s1" => peer::s1(s1_connections).await,
+                        "s2" => peer::s2(clients, seconds, publish_batch).await,
+                        "s3" => peer::s3(clients, 2000.0, seconds).await,
+                        _ => peer::s4(clients, 1000.0, seconds, 3.0).await,
+                    }
+                })
             })?);
-            let theirs = numbered(with_steal(theirs, &before), n, runs);
+            let theirs = numbered(theirs, n, runs);
             println!("{theirs}");
             println!("{}", numbered(compare(&ours, &theirs), n, runs));
         }
@@ -198,11 +199,13 @@ fn run(
     Ok(())
 }
 
-/// Adds the steal time of CPU 0 (server) and CPU 1 (clients) since `before` to a result line: on a VM, the share
-/// of the run during which the hypervisor ran something else instead of the benchmark.
-fn with_steal(mut v: serde_json::Value, before: &[(u64, u64)]) -> serde_json::Value {
-    v["steal_pct"] = sys::steal_percent(before, &sys::cpu_ticks());
-    v
+/// Runs one measurement and adds to its result line the steal time of CPU 0 (server) and CPU 1 (clients) during
+/// it: on a VM, the share of the run in which the hypervisor ran something else instead of the benchmark.
+fn with_steal(run: impl FnOnce() -> anyhow::Result<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let before = sys::cpu_ticks();
+    let mut v = run()?;
+    v["steal_pct"] = sys::steal_percent(&before, &sys::cpu_ticks());
+    Ok(v)
 }
 
 /// Marks a result line as run `n` of `runs` (the report groups the runs of a scenario and takes medians).

@@ -52,8 +52,8 @@ const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 // A VAPID public key (from `web-push generate-vapid-keys`) the server serves to service workers.
 const VAPID_PUBLIC_KEY = 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM';
-const serverArgs = ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT];
-const server = spawn(SERVER, [...serverArgs, '--vapid-public-key', VAPID_PUBLIC_KEY], {
+const args = ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT, '--vapid-public-key', VAPID_PUBLIC_KEY];
+const server = spawn(SERVER, args, {
   stdio: ['ignore', 'ignore', 'pipe'],
   env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
 });

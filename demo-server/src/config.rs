@@ -174,7 +174,7 @@ impl ServerConfig {
             return Err("the WebSocket read buffer must be at least 256 bytes".into());
         }
         if let Some(key) = &self.vapid_public_key {
-            crate::webpush::check_vapid_public_key(key).map_err(|e| format!("the VAPID public key {e}"))?;
+            crate::webpush::check_p256_public_key(key).map_err(|e| format!("the VAPID public key {e}"))?;
         }
         Ok(())
     }

@@ -16,9 +16,10 @@ fn decode_base64url(text: &str) -> Result<Vec<u8>, String> {
     engine.decode(text.trim()).map_err(|e| format!("is not base64url: {e}"))
 }
 
-/// Checks a base64url uncompressed P-256 point (65 bytes: `0x04`, x, y), the form of VAPID public keys and of
+/// Checks a base64url uncompressed P-256 point (65 bytes: `0x04`, x, y): the form of VAPID public keys (what
+/// `PushManager.subscribe` takes as `applicationServerKey`, as `web-push generate-vapid-keys` prints it) and of
 /// subscriptions' `p256dh`. The error completes "the … key …".
-fn check_p256_point(text: &str) -> Result<(), String> {
+pub(crate) fn check_p256_public_key(text: &str) -> Result<(), String> {
     let bytes = decode_base64url(text)?;
     if bytes.len() != 65 || bytes[0] != 0x04 {
         return Err(format!(
@@ -28,12 +29,6 @@ fn check_p256_point(text: &str) -> Result<(), String> {
     }
     p256::PublicKey::from_sec1_bytes(&bytes).map_err(|_| "is not a point on the P-256 curve".to_string())?;
     Ok(())
-}
-
-/// Checks a VAPID public key as `PushManager.subscribe` needs it (`applicationServerKey`), as
-/// `web-push generate-vapid-keys` prints it. The error completes "the VAPID public key …".
-pub(crate) fn check_vapid_public_key(key: &str) -> Result<(), String> {
-    check_p256_point(key)
 }
 
 /// Checks a `web_push` token: `PushSubscription.toJSON()` as JSON text,
@@ -52,7 +47,7 @@ pub(crate) fn check_subscription(token: &str) -> Result<(), String> {
     }
     let keys = v.get("keys").ok_or("has no `keys` (the browser's p256dh key and auth secret)")?;
     let p256dh = keys.get("p256dh").and_then(Value::as_str).ok_or("has no `keys.p256dh` string")?;
-    check_p256_point(p256dh).map_err(|e| format!("`keys.p256dh` {e}"))?;
+    check_p256_public_key(p256dh).map_err(|e| format!("`keys.p256dh` {e}"))?;
     let auth = keys.get("auth").and_then(Value::as_str).ok_or("has no `keys.auth` string")?;
     let secret = decode_base64url(auth).map_err(|e| format!("`keys.auth` {e}"))?;
     if secret.len() != 16 {
@@ -104,10 +99,10 @@ pub(crate) mod tests {
 
     #[test]
     fn keys_must_be_points_on_the_curve() {
-        assert_eq!(check_vapid_public_key(KEY), Ok(()));
-        assert_eq!(check_vapid_public_key(&format!("{KEY}=")), Ok(()), "padding is allowed");
+        assert_eq!(check_p256_public_key(KEY), Ok(()));
+        assert_eq!(check_p256_public_key(&format!("{KEY}=")), Ok(()), "padding is allowed");
         let off_curve = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE";
-        assert_eq!(check_vapid_public_key(off_curve), Err("is not a point on the P-256 curve".into()));
-        assert!(check_vapid_public_key("not a key!").unwrap_err().starts_with("is not base64url"));
+        assert_eq!(check_p256_public_key(off_curve), Err("is not a point on the P-256 curve".into()));
+        assert!(check_p256_public_key("not a key!").unwrap_err().starts_with("is not base64url"));
     }
 }

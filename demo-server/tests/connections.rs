@@ -290,7 +290,7 @@ async fn register_push_stores_the_address_and_rejects_bad_tokens_without_closing
     assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("bad_request"), Some(10)), "{error}");
     assert!(error["message"].as_str().unwrap().contains("has no `keys`"), "{error}");
     let subscription = json!({"endpoint": "https://push.example/x", "expirationTime": null, "keys": {
-        "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM",
+        "p256dh": common::VAPID_KEY,
         "auth": "AAECAwQFBgcICQoLDA0ODw"}});
     client.send(json!({"op":"register_push","ref":8,"platform":"web_push","token":subscription.to_string()})).await;
     let reply = client.recv_skipping_heartbeats().await;

@@ -229,7 +229,6 @@ async fn a_web_root_serves_static_files_and_api_routes_still_win() {
 
 #[tokio::test]
 async fn the_vapid_public_key_is_served_to_any_origin_without_the_api_key() {
-    const KEY: &str = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
     let unconfigured = start_default().await;
     let (status, reply) = get(&unconfigured, "/v1/push/vapid-public-key").await;
     assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_configured")), "{reply}");
@@ -237,13 +236,13 @@ async fn the_vapid_public_key_is_served_to_any_origin_without_the_api_key() {
     unconfigured.shutdown().await;
 
     let mut config = ServerConfig::for_tests();
-    config.vapid_public_key = Some(KEY.into());
+    config.vapid_public_key = Some(VAPID_KEY.into());
     let server = start(config).await;
     // No API key: service workers and pages read it.
     let response = http().get(format!("{}/v1/push/vapid-public-key", server.http_url())).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body, json!({"vapid_public_key": KEY}));
+    assert_eq!(body, json!({"vapid_public_key": VAPID_KEY}));
     server.shutdown().await;
 }

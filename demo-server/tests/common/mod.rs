@@ -16,6 +16,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Generous bound for anything that should happen "soon"; only there to turn a hang into a failure.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// A VAPID public key (`web-push generate-vapid-keys`): a point on P-256, also usable as a subscription's `p256dh`.
+pub const VAPID_KEY: &str = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
+
 pub async fn start(config: ServerConfig) -> RunningServer {
     tidings_server::start(config).await.expect("the server starts")
 }
