@@ -34,6 +34,7 @@ commands:
   kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
   wasm-test   provision the wasm toolchain + Chromium and run the browser suites
   wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
+  wasm-floor  size of the core engine alone in wasm, the floor under the browser package (target/wasm-floor.txt)
   demo        build the browser package and run the reference server with the demo page
   bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]"
     );
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Some("kotlin-test") => kotlin::test(&root),
         Some("wasm-test") => wasm::test(&root),
         Some("wasm-size") => wasm::size(&root),
+        Some("wasm-floor") => wasm::floor(&root),
         Some("demo") => wasm::demo(&root),
         Some("bindgen") => bindgen::cli(&root, &args[1..]),
         _ => return usage(),

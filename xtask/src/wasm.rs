@@ -20,6 +20,9 @@ const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const PLAYWRIGHT: &str = "1.65.1";
 /// Budget for the module plus its JavaScript, gzipped.
 const BUDGET_GZ: usize = 30 * 1024;
+/// How the shipped module (and the size floor) go through wasm-opt.
+const WASM_OPT_ARGS: &[&str] =
+    &["-Oz", "--converge", "--zero-filled-memory", "--low-memory-unused", "--strip-debug", "--strip-producers"];
 
 /// `cargo xtask wasm-test`: provisions the wasm toolchain and Chromium if needed, builds the package and runs
 /// the browser suites.
@@ -60,6 +63,33 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
 pub(crate) fn size(root: &Path) -> Result<(), String> {
     let tools = provision(root, false)?;
     build(root, &tools).map(|_| ())
+}
+
+/// `cargo xtask wasm-floor`: the size floor of the browser module — the core engine alone (`bindings-wasm/floor`:
+/// every entry point the binding calls, no decoder, no wasm-bindgen, no JavaScript), built with the module's
+/// profile and wasm-opt settings. Prints and writes `target/wasm-floor.txt`.
+pub(crate) fn floor(root: &Path) -> Result<(), String> {
+    let tools = provision(root, false)?;
+    let opt = tools.wasm_opt.ok_or("wasm-floor needs wasm-opt (binaryen from the e2e npm packages)")?;
+    let target = target_dir(root).join("wasm-floor");
+    run(Step::new("tidings-wasm-floor (profile wasm-release)", "cargo")
+        .args(["build", "--manifest-path", "bindings-wasm/floor/Cargo.toml", "--locked", "--target", WASM_TARGET])
+        .args(["--profile", "wasm-release", "--target-dir"])
+        .args([&target])
+        .dir(root))?;
+    let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm_floor.wasm");
+    let optimised = target.join("tidings_wasm_floor.opt.wasm");
+    run(Step::new("wasm-opt", &opt).args(WASM_OPT_ARGS).args(["-o"]).args([&optimised, &module]))?;
+    let bytes = fs::read(&optimised).map_err(|e| format!("{}: {e}", optimised.display()))?;
+    let report = format!(
+        "Size floor of the browser module: the core engine alone (bindings-wasm/floor; no decoder, no \
+         wasm-bindgen, no JavaScript), wasm-opt as shipped\n\nraw {} B, gzipped {} B (budget for module and \
+         JavaScript: {BUDGET_GZ} B)\n",
+        bytes.len(),
+        gzip_len(&bytes)?
+    );
+    print!("\n{report}");
+    fs::write(target_dir(root).join("wasm-floor.txt"), report).map_err(|e| format!("wasm-floor.txt: {e}"))
 }
 
 /// `cargo xtask demo`: builds the npm package and runs the reference server in demo mode serving the demo page.
@@ -213,8 +243,8 @@ fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
             // Features come from the module's `target_features` section. The module's memory is its own (not
             // imported: it starts zeroed) and nothing lives below address 1024 (Rust places its stack and data
             // from 1 MiB down and up).
-            .args(["-Oz", "--converge", "--zero-filled-memory", "--low-memory-unused", "--strip-debug"])
-            .args(["--strip-producers", "-o"])
+            .args(WASM_OPT_ARGS)
+            .args(["-o"])
             .args([&wasm, &unopt]))?;
         minify_names(opt, &wasm, &dist.join("tidings_wasm.js"))?;
     }
