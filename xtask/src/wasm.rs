@@ -71,12 +71,8 @@ pub(crate) fn size(root: &Path) -> Result<(), String> {
 pub(crate) fn floor(root: &Path) -> Result<(), String> {
     let tools = provision(root, false)?;
     let opt = tools.wasm_opt.ok_or("wasm-floor needs wasm-opt (binaryen from the e2e npm packages)")?;
-    let target = target_dir(root).join("wasm-floor");
-    run(Step::new("tidings-wasm-floor (profile wasm-release)", "cargo")
-        .args(["build", "--manifest-path", "bindings-wasm/floor/Cargo.toml", "--locked", "--target", WASM_TARGET])
-        .args(["--profile", "wasm-release", "--target-dir"])
-        .args([&target])
-        .dir(root))?;
+    run(wasm_release(root, "tidings-wasm-floor"))?;
+    let target = target_dir(root);
     let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm_floor.wasm");
     let optimised = target.join("tidings_wasm_floor.opt.wasm");
     run(Step::new("wasm-opt", &opt).args(WASM_OPT_ARGS).args(["-o"]).args([&optimised, &module]))?;
@@ -89,7 +85,7 @@ pub(crate) fn floor(root: &Path) -> Result<(), String> {
         gzip_len(&bytes)?
     );
     print!("\n{report}");
-    fs::write(target_dir(root).join("wasm-floor.txt"), report).map_err(|e| format!("wasm-floor.txt: {e}"))
+    fs::write(target.join("wasm-floor.txt"), report).map_err(|e| format!("wasm-floor.txt: {e}"))
 }
 
 /// `cargo xtask demo`: builds the npm package and runs the reference server in demo mode serving the demo page.
@@ -218,15 +214,20 @@ fn wasm_opt(root: &Path) -> Option<PathBuf> {
     }
 }
 
+/// `cargo build` of a workspace crate for the browser, profile `wasm-release`.
+fn wasm_release(root: &Path, package: &str) -> Step {
+    Step::new(&format!("{package} (profile wasm-release)"), "cargo")
+        .args(["build", "-p", package, "--target", WASM_TARGET, "--profile", "wasm-release", "--locked"])
+        .dir(root)
+        // The profile strips symbols, which also drops the `target_features` section wasm-bindgen and wasm-opt
+        // read; strip debug info only (names stay for twiggy; wasm-opt removes them from the shipped module).
+        .env("CARGO_PROFILE_WASM_RELEASE_STRIP", "debuginfo")
+}
+
 /// Builds the module and the package, assembles the web root and writes the size report. Returns the web root.
 fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
     let target = target_dir(root);
-    run(Step::new("tidings-wasm (profile wasm-release)", "cargo")
-        .args(["build", "-p", "tidings-wasm", "--target", WASM_TARGET, "--profile", "wasm-release", "--locked"])
-        .dir(root)
-        // The profile strips symbols, which also drops the `target_features` section wasm-bindgen reads; strip
-        // debug info only (names stay for twiggy; wasm-opt removes them from the shipped module).
-        .env("CARGO_PROFILE_WASM_RELEASE_STRIP", "debuginfo"))?;
+    run(wasm_release(root, "tidings-wasm"))?;
     let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm.wasm");
     let dist = root.join("bindings-wasm/js/dist");
     let _ = fs::remove_dir_all(&dist);
