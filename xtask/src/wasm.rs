@@ -29,6 +29,8 @@ const WASM_OPT_ARGS: &[&str] =
 pub(crate) fn test(root: &Path) -> Result<(), String> {
     let tools = provision(root, true)?;
     let web = build(root, &tools)?;
+    // The floor is built here too, so the probe keeps compiling against the core it measures.
+    measure_floor(root, &tools)?;
     run(type_check(root))?;
     run(Step::new("wasm-bindgen-test in headless Chromium", "cargo")
         .args(["test", "-p", "tidings-wasm", "--target", WASM_TARGET, "--locked"])
@@ -69,13 +71,16 @@ pub(crate) fn size(root: &Path) -> Result<(), String> {
 /// every entry point the binding calls, no decoder, no wasm-bindgen, no JavaScript), built with the module's
 /// profile and wasm-opt settings. Prints and writes `target/wasm-floor.txt`.
 pub(crate) fn floor(root: &Path) -> Result<(), String> {
-    let tools = provision(root, false)?;
-    let opt = tools.wasm_opt.ok_or("wasm-floor needs wasm-opt (binaryen from the e2e npm packages)")?;
+    measure_floor(root, &provision(root, false)?)
+}
+
+fn measure_floor(root: &Path, tools: &Tools) -> Result<(), String> {
+    let opt = tools.wasm_opt.as_ref().ok_or("wasm-floor needs wasm-opt (binaryen from the e2e npm packages)")?;
     run(wasm_release(root, "tidings-wasm-floor"))?;
     let target = target_dir(root);
     let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm_floor.wasm");
     let optimised = target.join("tidings_wasm_floor.opt.wasm");
-    run(Step::new("wasm-opt", &opt).args(WASM_OPT_ARGS).args(["-o"]).args([&optimised, &module]))?;
+    run(Step::new("wasm-opt", opt).args(WASM_OPT_ARGS).args(["-o"]).args([&optimised, &module]))?;
     let bytes = fs::read(&optimised).map_err(|e| format!("{}: {e}", optimised.display()))?;
     let report = format!(
         "Size floor of the browser module: the core engine alone (bindings-wasm/floor; no decoder, no \
