@@ -6,7 +6,7 @@
 //!
 //! - the browser `WebSocket` is the transport: one socket per [`Action::Open`]; its four callbacks are
 //!   detached and released when the socket ends, so reconnecting never accumulates closures;
-//! - timers come from `setTimeout` (one reusable callback, re-armed at [`Engine::poll_timeout`]), time from
+//! - timers come from `setTimeout` (one reusable callback, re-armed at the engine's next deadline ([`tidings_core::engine::Output::Timeout`])), time from
 //!   `performance.now()`, the engine's seed from `crypto.getRandomValues`;
 //! - `online` / `offline` and `visibilitychange` (listened to by the JavaScript wrapper, handed over with
 //!   [`Core::set_environment`]) are fed to the engine ([`NetworkEvent`], [`Lifecycle`]).
@@ -30,6 +30,7 @@ use std::rc::{Rc, Weak};
 
 use js_sys::Function;
 use tidings_core::engine::Config;
+use tidings_core::engine::Output as EngineOutput;
 use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
 use tidings_core::store::encode_snapshot;
 use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
@@ -142,19 +143,19 @@ impl Drop for Inner {
 type Output = (&'static str, String);
 
 impl Inner {
-    /// Drains the engine: writes frames, performs actions, collects what JavaScript must see, re-arms the timer.
+    /// Drains the engine in its order ([`Engine::poll_output`]): writes frames, performs actions, collects what
+    /// JavaScript must see, re-arms the timer.
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         loop {
-            while let Some(frame) = self.engine.poll_transmit() {
-                if let Some(s) = self.sock.as_ref().filter(|s| s.opened) {
-                    let _ = s.ws.send_with_str(&frame);
+            match self.engine.poll_output() {
+                EngineOutput::Transmit(frame) => {
+                    if let Some(s) = self.sock.as_ref().filter(|s| s.opened) {
+                        let _ = s.ws.send_with_str(&frame);
+                    }
                 }
-            }
-            let Some(action) = self.engine.poll_action() else { break };
-            match action {
-                Action::Open { conn, url } => self.open(conn, &url),
-                Action::Close { conn, code, reason } => {
+                EngineOutput::Action(Action::Open { conn, url }) => self.open(conn, &url),
+                EngineOutput::Action(Action::Close { conn, code, reason }) => {
                     if self.sock.as_ref().is_some_and(|s| s.conn == conn)
                         && let Some(s) = self.sock.take()
                     {
@@ -162,25 +163,25 @@ impl Inner {
                         self.dead.push(s);
                     }
                 }
-                Action::FetchToken { force_refresh } => {
+                EngineOutput::Action(Action::FetchToken { force_refresh }) => {
                     out.push(("token", String::from(if force_refresh { "true" } else { "false" })))
                 }
-                Action::Persist(snapshot) => out.push(("persist", snapshot_text(&snapshot))),
+                EngineOutput::Action(Action::Persist(snapshot)) => out.push(("persist", snapshot_text(&snapshot))),
+                EngineOutput::Event(event) => out.push(("event", json::event(&event))),
+                EngineOutput::Timeout(at) => {
+                    self.schedule(at);
+                    return out;
+                }
             }
         }
-        while let Some(event) = self.engine.poll_event() {
-            out.push(("event", json::event(&event)));
-        }
-        self.schedule();
-        out
     }
 
-    fn schedule(&mut self) {
+    fn schedule(&mut self, at: Option<Instant>) {
         if let Some(id) = self.timer.take() {
             clear_timeout(&id);
         }
         let now = now();
-        let mut delay = self.engine.poll_timeout().map(|t| t.as_millis().saturating_sub(now.as_millis()));
+        let mut delay = at.map(|t| t.as_millis().saturating_sub(now.as_millis()));
         if !self.dead.is_empty() {
             delay = Some(0);
         }

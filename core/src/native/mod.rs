@@ -42,7 +42,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use file_store::FileStore;
 
 use crate::engine::{
-    Action, ConnId, ConnectionState, Engine, EngineError, Event, Lifecycle, NetworkEvent, PushOutcome, Stats,
+    Action, ConnId, ConnectionState, Engine, EngineError, Event, Lifecycle, NetworkEvent, Output, PushOutcome, Stats,
     TokenError, TransportFailure,
 };
 use crate::protocol::SUBPROTOCOL;
@@ -523,19 +523,21 @@ struct Outputs {
 }
 
 impl Driver {
-    /// Takes everything the engine has for the driver into `out` (whose vectors are empty).
+    /// Takes everything the engine has for the driver into `out` (whose vectors are empty), in the engine's
+    /// order ([`Engine::poll_output`]).
     fn drain(&self, out: &mut Outputs) {
         let mut engine = self.shared.engine();
-        while let Some(t) = engine.poll_transmit() {
-            out.transmits.push(t);
+        loop {
+            match engine.poll_output() {
+                Output::Transmit(t) => out.transmits.push(t),
+                Output::Action(a) => out.actions.push(a),
+                Output::Event(e) => out.events.push(e),
+                Output::Timeout(t) => {
+                    out.timeout = t;
+                    break;
+                }
+            }
         }
-        while let Some(a) = engine.poll_action() {
-            out.actions.push(a);
-        }
-        while let Some(e) = engine.poll_event() {
-            out.events.push(e);
-        }
-        out.timeout = engine.poll_timeout();
         out.finished = self.shared.shutdown.load(Ordering::SeqCst)
             && matches!(engine.state(), ConnectionState::Closed | ConnectionState::Failed { .. });
     }

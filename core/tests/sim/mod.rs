@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use tidings_core::engine::{Action, Config, ConnId, Engine, Event, TokenError, TransportFailure};
+use tidings_core::engine::{Action, Config, ConnId, Engine, Event, Output, TokenError, TransportFailure};
 use tidings_core::protocol::{
     self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
     ServerFrame, WireContinuity,
@@ -322,56 +322,30 @@ impl Harness {
         c
     }
 
-    /// Runs the engine's outputs to quiescence at the current time.
+    /// Runs the engine's outputs to quiescence at the current time: drains `poll_output` (frames to the model
+    /// server, actions answered per the policies, events logged), then hands the engine the next frame the server
+    /// sent, until nothing moves.
     pub fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut progressed = false;
-            while let Some(frame) = self.engine.poll_transmit() {
-                progressed = true;
-                if self.conn.is_some() {
-                    let (replies, close) = self.server.on_client_frame(&frame);
-                    self.inbound.extend(replies);
-                    if close.is_some() {
-                        self.close_after_inbound = close;
-                    }
-                }
-            }
-            while let Some(action) = self.engine.poll_action() {
-                progressed = true;
-                self.actions.push(action.clone());
-                match action {
-                    Action::FetchToken { force_refresh } => {
-                        self.token_fetches.push(force_refresh);
-                        match &self.token_policy {
-                            TokenPolicy::Counting => {
-                                let t = format!("token-{}", self.token_fetches.len());
-                                self.engine.handle_token(self.now, Ok(t));
+            loop {
+                match self.engine.poll_output() {
+                    Output::Transmit(frame) => {
+                        progressed = true;
+                        if self.conn.is_some() {
+                            let (replies, close) = self.server.on_client_frame(&frame);
+                            self.inbound.extend(replies);
+                            if close.is_some() {
+                                self.close_after_inbound = close;
                             }
-                            TokenPolicy::Fail(e) => self.engine.handle_token(self.now, Err(e.clone())),
-                            TokenPolicy::Manual => self.pending_token = true,
                         }
                     }
-                    Action::Open { conn, .. } => {
-                        self.opens += 1;
-                        match &self.open_policy {
-                            OpenPolicy::Accept => {
-                                self.server.disconnect();
-                                self.conn = Some(conn);
-                                self.engine.handle_transport_open(self.now, conn);
-                            }
-                            OpenPolicy::Refuse(f) => self.engine.handle_transport_failed(self.now, conn, f.clone()),
-                            OpenPolicy::Manual => self.pending_open = Some(conn),
-                        }
+                    Output::Action(action) => {
+                        progressed = true;
+                        self.act(action);
                     }
-                    Action::Close { conn, .. } => {
-                        if self.conn == Some(conn) {
-                            self.conn = None;
-                            self.server.disconnect();
-                            self.inbound.clear();
-                            self.close_after_inbound = None;
-                        }
-                    }
-                    Action::Persist(_) => {}
+                    Output::Event(e) => self.events.push(e),
+                    Output::Timeout(_) => break,
                 }
             }
             if let Some(frame) = self.inbound.pop_front() {
@@ -394,14 +368,49 @@ impl Harness {
                     self.engine.handle_transport_closed(self.now, conn, Some(code), "");
                 }
             }
-            while let Some(e) = self.engine.poll_event() {
-                self.events.push(e);
-            }
             if !progressed {
                 return;
             }
         }
         panic!("engine did not quiesce");
+    }
+
+    fn act(&mut self, action: Action) {
+        self.actions.push(action.clone());
+        match action {
+            Action::FetchToken { force_refresh } => {
+                self.token_fetches.push(force_refresh);
+                match &self.token_policy {
+                    TokenPolicy::Counting => {
+                        let t = format!("token-{}", self.token_fetches.len());
+                        self.engine.handle_token(self.now, Ok(t));
+                    }
+                    TokenPolicy::Fail(e) => self.engine.handle_token(self.now, Err(e.clone())),
+                    TokenPolicy::Manual => self.pending_token = true,
+                }
+            }
+            Action::Open { conn, .. } => {
+                self.opens += 1;
+                match &self.open_policy {
+                    OpenPolicy::Accept => {
+                        self.server.disconnect();
+                        self.conn = Some(conn);
+                        self.engine.handle_transport_open(self.now, conn);
+                    }
+                    OpenPolicy::Refuse(f) => self.engine.handle_transport_failed(self.now, conn, f.clone()),
+                    OpenPolicy::Manual => self.pending_open = Some(conn),
+                }
+            }
+            Action::Close { conn, .. } => {
+                if self.conn == Some(conn) {
+                    self.conn = None;
+                    self.server.disconnect();
+                    self.inbound.clear();
+                    self.close_after_inbound = None;
+                }
+            }
+            Action::Persist(_) => {}
+        }
     }
 
     /// Advances simulated time by `d`, firing every timer on the way.
