@@ -227,6 +227,7 @@ fn frame(text: &str) -> R<ServerFrame> {
                 "gap" => WireContinuity::Gap {
                     reason: f.name("reason", GapReason::parse, GapReason::EpochChanged),
                     missed: f.opt_u64("missed"),
+                    replayed: f.opt_u64("replayed").unwrap_or(0),
                 },
                 _ => {
                     f.fail("unknown value of member", "continuity");

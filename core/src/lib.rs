@@ -33,7 +33,7 @@ pub mod native;
 pub use engine::{
     Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
     Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Snapshot,
-    Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
+    SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
 };
 pub use protocol::{GapReason, Notification, Persistence, Priority};
 pub use time::Instant;

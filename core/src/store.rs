@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, SnapshotScope};
 
 /// Why a store failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,8 @@ impl Store for MemoryStore {
 }
 
 /// Encodes a snapshot for storage (JSON: `{"version":1,"device_id":…,"cursors":{stream:{"epoch":…,"offset":…}},
-/// "seen":[…],"pending":[{"group":…,"first":{…},"last":{…},"ids":[…]}],"push":{"platform":…,"token":…}}`).
+/// "seen":[…],"pending":[{"group":…,"first":{…},"last":{…},"ids":[…]}],"push":{"platform":…,"token":…}}`, and
+/// `"scope":"seen_ids"` for a snapshot that only carries seen ids).
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     use crate::protocol::{push_json_str, write_notification};
     let mut out = String::with_capacity(64 + snapshot.seen.len() * 32);
@@ -107,6 +108,9 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         out.push_str("]}");
     }
     out.push(']');
+    if snapshot.scope == SnapshotScope::SeenIds {
+        out.push_str(",\"scope\":\"seen_ids\"");
+    }
     if let Some(p) = &snapshot.push {
         out.push_str(",\"push\":{\"platform\":");
         push_json_str(&mut out, p.platform.as_str());
@@ -129,7 +133,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StoreError> {
 }
 
 mod snapshot_codec {
-    use crate::engine::{Cursor, PendingBatch, PushRegistration, Snapshot};
+    use crate::engine::{Cursor, PendingBatch, PushRegistration, Snapshot, SnapshotScope};
     use crate::protocol::json::Reader;
     use crate::protocol::{DecodeError, PushPlatform, decode_notification};
     use crate::time::Instant;
@@ -178,6 +182,12 @@ mod snapshot_codec {
                     }
                 }
                 "seen" => s.seen = strings(&mut r)?,
+                "scope" => {
+                    s.scope = match &*r.string()? {
+                        "seen_ids" => SnapshotScope::SeenIds,
+                        _ => SnapshotScope::Full,
+                    }
+                }
                 "pending" => {
                     r.begin_array()?;
                     let mut first = true;

@@ -416,7 +416,7 @@ fn lost_history_and_overflowed_buffers_are_reported_as_gaps() {
     h.advance(Duration::from_secs(1));
     assert!(h.events.contains(&Event::Continuity {
         stream: "user:alice".into(),
-        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None }
+        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 0 }
     }));
     let epoch = h.engine.cursor("user:alice").unwrap().epoch.clone();
     assert_eq!(epoch, h.server.streams["user:alice"].epoch, "cursor rebased to the new epoch");
@@ -431,11 +431,67 @@ fn lost_history_and_overflowed_buffers_are_reported_as_gaps() {
     h.advance(Duration::from_secs(1));
     assert!(h.events.contains(&Event::Continuity {
         stream: "user:alice".into(),
-        continuity: Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(5) }
+        continuity: Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(5), replayed: 0 }
     }));
     assert!(h.notification_ids().is_empty(), "a gap replays nothing");
     assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 9);
     assert_eq!(h.engine.stats().gaps, 2);
+}
+
+#[test]
+fn a_gap_followed_by_what_the_new_epoch_holds_delivers_it_once_after_the_gap_event() {
+    let mut h = connected("alice");
+    h.server.replay_on_gap = true;
+    h.publish("user:alice", "a1", Priority::Important, None);
+    h.publish("user:alice", "a2", Priority::Important, None);
+    h.server_close(None);
+    // The server restarts without history (a new epoch) and takes publishes before the client is back; one of
+    // them is a publisher's retry of a notification the app has already (same id).
+    h.server.lose_history();
+    for id in ["a2", "b1", "b2"] {
+        h.server.publish("user:alice", id, Priority::Important, None);
+    }
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    let gap = h
+        .events
+        .iter()
+        .position(|e| {
+            *e == Event::Continuity {
+                stream: "user:alice".into(),
+                continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 3 },
+            }
+        })
+        .unwrap_or_else(|| panic!("no gap with replayed 3: {:?}", h.events));
+    let first_replayed = h.events.iter().position(|e| matches!(e, Event::Notification(_))).expect("replayed");
+    assert!(gap < first_replayed, "the app hears of the gap before the replay: {:?}", h.events);
+    assert_eq!(h.notification_ids(), ["b1", "b2"], "what the new epoch holds, the repeated id once");
+    let cursor = h.engine.cursor("user:alice").unwrap();
+    assert_eq!((cursor.epoch.as_str(), cursor.offset), (h.server.streams["user:alice"].epoch.as_str(), 3));
+    assert_eq!(h.engine.stats().stale_dropped, 0, "nothing the new epoch holds is taken for stale");
+    // Live delivery continues after the replayed ones.
+    h.take_events();
+    h.publish("user:alice", "b3", Priority::Important, None);
+    assert_eq!(h.notification_ids(), ["b3"]);
+}
+
+#[test]
+fn a_gap_without_replayed_from_an_older_server_moves_the_cursor_to_the_head() {
+    let mut h = connected("alice");
+    h.publish("user:alice", "a1", Priority::Important, None);
+    h.server_close(None);
+    h.server.lose_history();
+    h.server.publish("user:alice", "b1", Priority::Important, None);
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    assert!(h.events.contains(&Event::Continuity {
+        stream: "user:alice".into(),
+        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 0 }
+    }));
+    assert!(h.notification_ids().is_empty(), "nothing follows a gap without `replayed`");
+    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 1, "the cursor is the head");
+    h.publish("user:alice", "b2", Priority::Important, None);
+    assert_eq!(h.notification_ids(), ["b2"]);
 }
 
 #[test]
@@ -649,6 +705,65 @@ fn state_survives_a_restart_through_a_snapshot() {
     h2.advance(Duration::from_secs(3));
     let digest = h2.events.iter().find_map(|e| if let Event::Digest(d) = e { Some(d.clone()) } else { None });
     assert_eq!(digest.map(|d| d.ids), Some(vec!["like1".to_string(), "like2".to_string()]));
+}
+
+fn digests(h: &Harness) -> Vec<Vec<String>> {
+    h.events.iter().filter_map(|e| if let Event::Digest(d) = e { Some(d.ids.clone()) } else { None }).collect()
+}
+
+/// Defect 1 of issue 12: with a store that merges (the file store), a delivered digest came back from the saved
+/// batches after a foreground restore and after a restart.
+#[test]
+fn a_delivered_digest_stays_delivered_after_a_foreground_restore_and_a_restart() {
+    let mut config = Harness::config();
+    config.persistence = true;
+    config.batch = BatchConfig { window: Duration::from_secs(3), max_items: 10 };
+    let mut h = Harness::new(config, "alice");
+    h.connect();
+    h.publish("user:alice", "like1", Priority::Informational, Some("likes"));
+    h.publish("user:alice", "like2", Priority::Informational, Some("likes"));
+    h.advance(Duration::from_secs(1)); // persisted with the batch open
+    assert_eq!(tidings_core::store::Store::load(&h.store).unwrap().unwrap().pending.len(), 1);
+    h.advance(Duration::from_secs(3)); // delivered, persisted without it
+    assert_eq!(digests(&h), [["like1", "like2"]]);
+    h.foreground_restore();
+    h.advance(Duration::from_secs(10));
+    assert_eq!(digests(&h), [["like1", "like2"]], "not again after a foreground restore");
+    assert!(tidings_core::store::Store::load(&h.store).unwrap().unwrap().pending.is_empty(), "the store has it closed");
+    h.restart();
+    h.advance(Duration::from_secs(10));
+    assert_eq!(digests(&h), [["like1", "like2"]], "not again after a restart");
+}
+
+/// Defect 2 of issue 12: the merging store brought back the cursor of a stream the app unsubscribed, so the stream
+/// resumed (with a replay of what it missed) instead of starting fresh when subscribed again.
+#[test]
+fn an_unsubscribed_stream_stays_gone_after_a_foreground_restore_and_a_restart() {
+    let mut config = Harness::config();
+    config.persistence = true;
+    let mut h = Harness::new(config, "alice");
+    h.connect();
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    h.publish("topic:news", "t1", Priority::Important, None);
+    h.advance(Duration::from_secs(1)); // persisted with the cursor
+    h.engine.unsubscribe(h.now, "topic:news").unwrap();
+    h.advance(Duration::from_secs(1)); // persisted without it
+    h.foreground_restore();
+    assert_eq!(h.engine.cursor("topic:news"), None, "not back after a foreground restore");
+    h.server.publish("topic:news", "t2", Priority::Important, None);
+    h.restart();
+    assert_eq!(h.engine.cursor("topic:news"), None, "not back after a restart");
+    assert!(tidings_core::store::Store::load(&h.store).unwrap().unwrap().cursors.get("topic:news").is_none());
+    h.take_events();
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    assert!(
+        h.events.contains(&Event::Continuity { stream: "topic:news".into(), continuity: Continuity::Fresh }),
+        "subscribing again starts fresh: {:?}",
+        h.events
+    );
+    assert!(h.notification_ids().is_empty(), "nothing from before the unsubscribe is replayed");
 }
 
 #[test]

@@ -20,7 +20,7 @@ impl Decision {
         match *self {
             Decision::Fresh => WireContinuity::Fresh,
             Decision::Resume { count, .. } => WireContinuity::Resumed { replayed: count },
-            Decision::Gap { reason, missed } => WireContinuity::Gap { reason, missed },
+            Decision::Gap { reason, missed } => WireContinuity::Gap { reason, missed, replayed: 0 },
         }
     }
 }

@@ -280,6 +280,8 @@ pub enum Continuity {
         reason: GapReason,
         /// How many, when known.
         missed: Option<u64>,
+        /// How many notifications the server still held and delivers right after this event (each once).
+        replayed: u64,
     },
 }
 
@@ -288,13 +290,14 @@ impl From<core::Continuity> for Continuity {
         match c {
             core::Continuity::Fresh => Continuity::Fresh,
             core::Continuity::Resumed { replayed } => Continuity::Resumed { replayed },
-            core::Continuity::Gap { reason, missed } => Continuity::Gap {
+            core::Continuity::Gap { reason, missed, replayed } => Continuity::Gap {
                 reason: match reason {
                     proto::GapReason::EpochChanged => GapReason::EpochChanged,
                     proto::GapReason::OutOfBuffer => GapReason::OutOfBuffer,
                     proto::GapReason::AheadOfStream => GapReason::AheadOfStream,
                 },
                 missed,
+                replayed,
             },
         }
     }

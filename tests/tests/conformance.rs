@@ -113,7 +113,7 @@ impl<'s> Runner<'s> {
                                 Continuity::Resumed { replayed: r } => {
                                     kind == "resumed" && replayed.is_none_or(|want| want == *r)
                                 }
-                                Continuity::Gap { reason: why, missed: m } => {
+                                Continuity::Gap { reason: why, missed: m, .. } => {
                                     kind == "gap"
                                         && reason.as_deref().is_none_or(|want| want == why.as_str())
                                         && missed.is_none_or(|want| Some(want) == *m)

@@ -184,7 +184,7 @@ async fn overflowing_the_replay_buffer_reports_a_gap_with_the_missed_count() {
         .await;
     let gaps: Vec<Continuity> =
         alice.continuity()["user:alice"].iter().filter(|c| matches!(c, Continuity::Gap { .. })).cloned().collect();
-    assert_eq!(gaps, [Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(7) }]);
+    assert_eq!(gaps, [Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(7), replayed: 0 }]);
     assert_eq!(alice.delivered_ids(), ["first"], "a gap replays nothing");
     alice.close().await;
 }

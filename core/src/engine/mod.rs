@@ -42,7 +42,7 @@ pub use backoff::BackoffConfig;
 pub use batch::{BatchConfig, BatchOutput, Digest, PendingBatch};
 pub use dedup::DedupWindow;
 pub use map::StreamMap;
-pub use snapshot::{Cursor, PushRegistration, Snapshot};
+pub use snapshot::{Cursor, PushRegistration, Snapshot, SnapshotScope};
 pub use types::{
     Action, Config, ConnId, ConnectionState, Continuity, EngineError, Event, FailureReason, Lifecycle, NetworkEvent,
     Output, PushOutcome, Stats, SuspendReason, TokenError, TransportFailure,
@@ -96,6 +96,8 @@ pub struct Engine {
     /// When the last `ack` frame was queued.
     last_ack_flush: Option<Instant>,
     // persistence
+    /// Cursors, open batches and the push address were taken from a snapshot: later restores only add seen ids.
+    adopted: bool,
     dirty: bool,
     last_persist: Option<Instant>,
     // outputs
@@ -134,6 +136,7 @@ impl Engine {
             push: None,
             pending_acks: acks::PendingAcks::default(),
             last_ack_flush: None,
+            adopted: false,
             dirty: false,
             last_persist: None,
             transmits: VecDeque::new(),

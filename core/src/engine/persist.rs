@@ -2,7 +2,7 @@
 //! restored at start and merged again when another process may have written the store; saved through
 //! [`Action::Persist`] at most once per `persist_interval`, and at once where a process may end right after.
 
-use super::snapshot::{Snapshot, snapshot_version};
+use super::snapshot::{Snapshot, SnapshotScope, snapshot_version};
 use super::timers::Timer;
 use super::{Action, DedupWindow, Engine};
 use crate::time::Instant;
@@ -26,31 +26,64 @@ impl Engine {
             seen: self.dedup.entries_oldest_first(),
             pending: self.batcher.snapshot(),
             push: self.push.clone(),
+            scope: SnapshotScope::Full,
         }
     }
 
-    /// Restores persisted state (merging it into what the engine holds). Call before [`Engine::connect`], and
-    /// again whenever another process may have written the store (e.g. on return to the foreground).
-    pub fn restore(&mut self, now: Instant, snapshot: &Snapshot) {
-        let now = self.tick(now);
-        let mut merged = Snapshot {
+    /// The seen ids only ([`SnapshotScope::SeenIds`]), with the device id if one is known (none is generated):
+    /// what a push handler running without the client stores back.
+    pub fn seen_ids_snapshot(&self) -> Snapshot {
+        Snapshot {
             version: snapshot_version(),
             device_id: self.device_id.clone(),
-            cursors: self.cursors.clone(),
-            seen: Vec::new(),
-            pending: Vec::new(),
-            push: self.push.clone(),
-        };
-        merged.merge(snapshot);
-        self.device_id = merged.device_id;
-        self.push = merged.push;
-        self.cursors = merged.cursors;
+            seen: self.dedup.entries_oldest_first(),
+            scope: SnapshotScope::SeenIds,
+            ..Snapshot::default()
+        }
+    }
+
+    /// Restores persisted state. Seen ids are always merged (the saved ones count as older than anything this
+    /// engine saw), and a missing device id is taken. Cursors, open batches and the push address are taken only
+    /// from a [`SnapshotScope::Full`] snapshot and only while this engine holds none of its own — at start: once it
+    /// runs, its own are newer than anything a store holds (a stream it unsubscribed, a batch it delivered must
+    /// not come back). Call before [`Engine::connect`], and again whenever another process may have added seen
+    /// ids (e.g. a push extension, on return to the foreground).
+    pub fn restore(&mut self, now: Instant, snapshot: &Snapshot) {
+        let now = self.tick(now);
+        self.merge_seen(snapshot);
+        let holds_state = self.adopted || !self.cursors.is_empty() || !self.batcher.is_empty() || self.push.is_some();
+        if snapshot.scope == SnapshotScope::Full && !holds_state {
+            self.take_stream_state(now, snapshot);
+        }
+    }
+
+    /// Takes the state of the engine this one mirrors (a browser tab joining, from the tab that leads): seen ids
+    /// are merged as in [`Engine::restore`], and cursors, open batches and the push address are replaced by the
+    /// snapshot's, whatever this engine held.
+    pub fn mirror(&mut self, now: Instant, snapshot: &Snapshot) {
+        let now = self.tick(now);
+        self.merge_seen(snapshot);
+        if snapshot.scope == SnapshotScope::Full {
+            self.take_stream_state(now, snapshot);
+        }
+    }
+
+    fn merge_seen(&mut self, snapshot: &Snapshot) {
+        if self.device_id.is_none() && snapshot.device_id.is_some() {
+            self.device_id.clone_from(&snapshot.device_id);
+        }
         // Saved ids count as older than anything this process saw.
         let ours = self.dedup.entries_oldest_first();
         let mut fresh = DedupWindow::new(self.config.dedup_capacity);
         fresh.restore(snapshot.seen.iter().chain(ours.iter()));
         self.dedup = fresh;
-        self.batcher.restore(now, snapshot.pending.clone());
+    }
+
+    fn take_stream_state(&mut self, now: Instant, snapshot: &Snapshot) {
+        self.adopted = true;
+        self.cursors = snapshot.cursors.clone();
+        self.push.clone_from(&snapshot.push);
+        self.batcher.replace(now, snapshot.pending.clone());
         self.sync_batch_timer();
     }
 

@@ -13,7 +13,12 @@ pub struct Cursor {
     pub offset: u64,
 }
 
-/// Everything the engine persists: cursors, recently seen ids, open batches and the device id.
+/// Everything the engine persists: cursors, recently seen ids, open batches, the device id and its push address.
+///
+/// The engine that runs the connection owns the stream state (cursors, open batches, push address): its snapshots
+/// are [`SnapshotScope::Full`] and replace what a store held. A push handler that runs without the client (an iOS
+/// Notification Service Extension, a service worker) only adds seen ids: its snapshots are
+/// [`SnapshotScope::SeenIds`], and a store keeps the stream state it held (see [`Snapshot::merge`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Format version.
@@ -22,13 +27,27 @@ pub struct Snapshot {
     pub device_id: Option<String>,
     /// Cursor per stream.
     pub cursors: StreamMap<Cursor>,
-    /// Recently seen notifications, oldest first: dedup-window entries (see [`DedupWindow`]); plain ids are
-    /// accepted too.
+    /// Recently seen notifications, oldest first: dedup-window entries (see [`DedupWindow`](super::DedupWindow));
+    /// plain ids are accepted too.
     pub seen: Vec<String>,
     /// Batches not yet delivered.
     pub pending: Vec<PendingBatch>,
     /// The push address this device registered last (re-sent on every connection).
     pub push: Option<PushRegistration>,
+    /// What this snapshot speaks for.
+    pub scope: SnapshotScope,
+}
+
+/// What a [`Snapshot`] speaks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotScope {
+    /// Everything: written by the engine that runs the connection, whose cursors, open batches and push address
+    /// are the current ones (a stream it unsubscribed has no cursor; a batch it delivered is not open).
+    #[default]
+    Full,
+    /// Only seen ids (and the device id, when it knows one): written by a push handler running without the
+    /// client; its cursors, batches and push address are empty and stand for "unchanged".
+    SeenIds,
 }
 
 /// A device's push address.
@@ -45,35 +64,26 @@ pub(crate) fn snapshot_version() -> u32 {
 }
 
 impl Snapshot {
-    /// Merges `other` (typically what another process wrote, such as an iOS Notification Service Extension)
-    /// into `self`: ids are unioned (`other`'s count as older), cursors keep the further position of the same
-    /// epoch (or `self`'s when the epochs differ), batches are unioned by group.
-    pub fn merge(&mut self, other: &Snapshot) {
+    /// Merges `older` — what a store held when `self` is saved over it (possibly written meanwhile by another
+    /// process) — into `self`: seen ids are unioned (`older`'s count as older), the device id is kept or taken
+    /// from `older`; cursors, open batches and the push address are `self`'s when `self` is
+    /// [`SnapshotScope::Full`] (the engine that owns them removed what it no longer has: an unsubscribed stream's
+    /// cursor, a delivered batch), and `older`'s when `self` only carries seen ids.
+    pub fn merge(&mut self, older: &Snapshot) {
         if self.device_id.is_none() {
-            self.device_id.clone_from(&other.device_id);
-        }
-        for (stream, theirs) in &other.cursors {
-            match self.cursors.get_mut(stream) {
-                Some(ours) if ours.epoch == theirs.epoch => ours.offset = ours.offset.max(theirs.offset),
-                Some(_) => {}
-                None => {
-                    self.cursors.insert(stream.clone(), theirs.clone());
-                }
-            }
+            self.device_id.clone_from(&older.device_id);
         }
         let mut ours: Vec<&str> = self.seen.iter().map(String::as_str).collect();
         ours.sort_unstable();
         let mut seen: Vec<String> =
-            other.seen.iter().filter(|id| ours.binary_search(&id.as_str()).is_err()).cloned().collect();
+            older.seen.iter().filter(|id| ours.binary_search(&id.as_str()).is_err()).cloned().collect();
         seen.append(&mut self.seen);
         self.seen = seen;
-        for batch in &other.pending {
-            if !self.pending.iter().any(|b| b.group == batch.group) {
-                self.pending.push(batch.clone());
-            }
-        }
-        if self.push.is_none() {
-            self.push.clone_from(&other.push);
+        if self.scope == SnapshotScope::SeenIds {
+            self.cursors = older.cursors.clone();
+            self.pending = older.pending.clone();
+            self.push.clone_from(&older.push);
+            self.scope = older.scope;
         }
     }
 }

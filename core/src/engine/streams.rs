@@ -121,10 +121,13 @@ impl Engine {
                 }
                 Continuity::Resumed { replayed: 0 }
             }
-            WireContinuity::Gap { reason, missed } => {
+            WireContinuity::Gap { reason, missed, replayed } => {
+                // What the server still holds follows (offsets after `offset - replayed`), through the normal
+                // path: the cursor moves with each, dedup drops the ones the app has.
                 self.stats.gaps += 1;
-                self.cursors.insert(stream.clone(), Cursor { epoch, offset });
-                Continuity::Gap { reason, missed }
+                self.replaying.remove(&stream);
+                self.cursors.insert(stream.clone(), Cursor { epoch, offset: offset.saturating_sub(replayed) });
+                Continuity::Gap { reason, missed, replayed }
             }
         };
         self.mark_dirty();

@@ -211,6 +211,9 @@ pub enum Continuity {
         reason: GapReason,
         /// How many, when known.
         missed: Option<u64>,
+        /// How many notifications the server still held and replays now, after this event (offsets up to the
+        /// stream's head in its current epoch; each is delivered unless the app has it already).
+        replayed: u64,
     },
 }
 

@@ -355,6 +355,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
                     "gap" => WireContinuity::Gap {
                         reason: parse_enum(need(m.reason, "reason")?, "gap reason", GapReason::parse)?,
                         missed: m.missed,
+                        replayed: m.replayed.unwrap_or(0),
                     },
                     other => return Err(DecodeError::new(format!("unknown continuity {}", quoted(other)))),
                 };
@@ -523,8 +524,11 @@ pub fn encode_server_frame(frame: &ServerFrame) -> String {
                 WireContinuity::Resumed { replayed } => {
                     w.str("continuity", "resumed").u64("replayed", *replayed);
                 }
-                WireContinuity::Gap { reason, missed } => {
+                WireContinuity::Gap { reason, missed, replayed } => {
                     w.str("continuity", "gap").str("reason", reason.as_str()).opt_u64("missed", *missed);
+                    if *replayed > 0 {
+                        w.u64("replayed", *replayed);
+                    }
                 }
             }
         }

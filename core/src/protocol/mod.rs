@@ -587,12 +587,16 @@ pub enum WireContinuity {
         /// How many notifications are replayed.
         replayed: u64,
     },
-    /// The position cannot be continued; nothing is replayed.
+    /// The position cannot be continued. What the stream's current epoch still holds up to the head may follow:
+    /// `replayed` notifications, offsets `offset - replayed + 1 ..= offset` (absent on the wire means 0, as from
+    /// servers that predate it).
     Gap {
         /// Why.
         reason: GapReason,
         /// How many notifications were lost, when known.
         missed: Option<u64>,
+        /// How many notifications of the current epoch follow at once.
+        replayed: u64,
     },
 }
 
@@ -942,14 +946,17 @@ mod tests {
     fn subscribed_frames_match_the_documented_examples() {
         let resumed = r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"k3v9q2","offset":45,"continuity":"resumed","replayed":4}"#;
         let gap = r#"{"op":"subscribed","ref":1,"stream":"topic:sports","epoch":"w2n5dd","offset":310,"continuity":"gap","reason":"out_of_buffer","missed":57}"#;
+        let gap_replayed = r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"q8m1zz","offset":12,"continuity":"gap","reason":"epoch_changed","replayed":12}"#;
         let fresh =
             r#"{"op":"subscribed","ref":1,"stream":"topic:news","epoch":"p0x7aa","offset":1200,"continuity":"fresh"}"#;
-        for text in [resumed, gap, fresh] {
+        for text in [resumed, gap, gap_replayed, fresh] {
             let frame = decode_server_frame(text).unwrap();
             assert_eq!(encode_server_frame(&frame), text);
         }
         let ServerFrame::Subscribed { continuity, .. } = decode_server_frame(gap).unwrap() else { panic!() };
-        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(57) });
+        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(57), replayed: 0 });
+        let ServerFrame::Subscribed { continuity, .. } = decode_server_frame(gap_replayed).unwrap() else { panic!() };
+        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 12 });
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct SimServer {
     pub token_expires_in_ms: Option<u64>,
     /// Answer every client heartbeat (a stand-in for the server's own idle heartbeats).
     pub answer_heartbeats: bool,
+    /// Follow a `gap` with what the stream's current epoch holds (`replayed`); off: a server that predates it.
+    pub replay_on_gap: bool,
 }
 
 impl SimServer {
@@ -54,6 +56,7 @@ impl SimServer {
             accept_tokens: None,
             token_expires_in_ms: None,
             answer_heartbeats: true,
+            replay_on_gap: false,
         }
     }
 
@@ -143,22 +146,23 @@ impl SimServer {
                 }
             }
             ClientFrame::Subscribe { reference, streams } => {
+                let replay_on_gap = self.replay_on_gap;
                 for entry in streams {
                     let s = self.stream(&entry.stream);
                     let (epoch, head) = (s.epoch.clone(), s.head);
                     let oldest = s.buffer.front().and_then(|n| n.offset).unwrap_or(head + 1);
+                    // A gap may be followed by what the current epoch still holds (protocol §2.4), when the
+                    // model plays a server that does so.
+                    let held: Vec<Notification> =
+                        if replay_on_gap { s.buffer.iter().cloned().collect() } else { vec![] };
+                    let gap = |reason, missed, held: Vec<Notification>| {
+                        (WireContinuity::Gap { reason, missed, replayed: held.len() as u64 }, held)
+                    };
                     let (continuity, replay): (WireContinuity, Vec<Notification>) = match (entry.epoch, entry.offset) {
                         (None, _) | (_, None) => (WireContinuity::Fresh, vec![]),
-                        (Some(e), _) if e != epoch => {
-                            (WireContinuity::Gap { reason: GapReason::EpochChanged, missed: None }, vec![])
-                        }
-                        (_, Some(o)) if o > head => {
-                            (WireContinuity::Gap { reason: GapReason::AheadOfStream, missed: None }, vec![])
-                        }
-                        (_, Some(o)) if o + 1 < oldest => (
-                            WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(oldest - o - 1) },
-                            vec![],
-                        ),
+                        (Some(e), _) if e != epoch => gap(GapReason::EpochChanged, None, held),
+                        (_, Some(o)) if o > head => gap(GapReason::AheadOfStream, None, vec![]),
+                        (_, Some(o)) if o + 1 < oldest => gap(GapReason::OutOfBuffer, Some(oldest - o - 1), held),
                         (_, Some(o)) => {
                             let items: Vec<Notification> =
                                 s.buffer.iter().filter(|n| n.offset.unwrap() > o).cloned().collect();
@@ -292,6 +296,10 @@ pub struct Harness {
     pub delivered_frames: Vec<String>,
     /// Hand frames to the engine decoded (`handle_frame`, as the browser driver does) instead of as text.
     pub decoded_input: bool,
+    /// Where `Action::Persist` snapshots go (merging on save, as the file store does).
+    pub store: tidings_core::store::MemoryStore,
+    /// How many times the app restarted.
+    pub restarts: u32,
 }
 
 impl Harness {
@@ -313,6 +321,8 @@ impl Harness {
             close_after_inbound: None,
             delivered_frames: Vec::new(),
             decoded_input: false,
+            store: tidings_core::store::MemoryStore::new(),
+            restarts: 0,
         }
     }
 
@@ -409,8 +419,37 @@ impl Harness {
                     self.close_after_inbound = None;
                 }
             }
-            Action::Persist(_) => {}
+            Action::Persist(snapshot) => {
+                tidings_core::store::Store::save(&self.store, &snapshot).expect("memory store");
+            }
         }
+    }
+
+    /// The app process ends and starts again: a new engine restored from the store (which merges like the file
+    /// store), connecting at once. Subscriptions are the app's to make again.
+    pub fn restart(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn;
+            self.server.disconnect();
+            self.inbound.clear();
+            self.close_after_inbound = None;
+        }
+        let config = self.engine.config().clone();
+        self.restarts += 1;
+        self.engine = Engine::new(config, 42 + u64::from(self.restarts));
+        if let Some(snapshot) = tidings_core::store::Store::load(&self.store).expect("memory store") {
+            self.engine.restore(self.now, &snapshot);
+        }
+        self.engine.connect(self.now);
+        self.pump();
+    }
+
+    /// The app returns to the foreground after another process may have written the store.
+    pub fn foreground_restore(&mut self) {
+        if let Some(snapshot) = tidings_core::store::Store::load(&self.store).expect("memory store") {
+            self.engine.restore(self.now, &snapshot);
+        }
+        self.pump();
     }
 
     /// Advances simulated time by `d`, firing every timer on the way.
