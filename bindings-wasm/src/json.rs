@@ -121,6 +121,11 @@ pub(crate) fn event(e: &Event) -> String {
             .str("stream", stream)
             .str("code", code.as_str())
             .str("message", message),
+        Event::PushRegistrationFailed { platform, code, message } => Obj::new()
+            .str("type", "push_registration_failed")
+            .str("platform", platform.as_str())
+            .str("code", code.as_str())
+            .str("message", message),
     }
     .end()
 }

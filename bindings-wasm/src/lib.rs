@@ -22,7 +22,7 @@
 //! parsed by the browser's `JSON.parse` and built into the core's types (`decode.rs`), which feed the engine's
 //! decoded-frame inputs: no JSON decoder is linked in either.
 
-mod decode;
+pub mod decode;
 mod json;
 
 use std::cell::RefCell;
@@ -548,24 +548,24 @@ impl Core {
     }
 }
 
-/// The push path without a page (a service worker): restores `snapshot` (may be empty), passes `payload`
-/// through the dedup window and returns `{"show":…,"notification"|"id":…,"snapshot":{…}}` — the snapshot to
-/// store back.
+/// The push path without a page (a service worker): the core's `ingest_push_without_client`, seeded from
+/// `crypto.getRandomValues`. Takes the stored snapshot (may be empty) and the payload; returns
+/// `{"show":…,"notification"|"id":…,"snapshot":{…}}`, where the snapshot carries only the seen ids
+/// (`"scope":"seen_ids"`): store it with `mergeSnapshots(it, stored)` so the pages' cursors and batches stay.
 #[wasm_bindgen(js_name = pushThrough)]
 pub fn push_through(snapshot: JsValue, payload: JsValue) -> Result<JsValue, JsError> {
-    let mut engine = Engine::new(Config::new(""), 0);
-    let t = Instant::ZERO;
     let snapshot = text(&snapshot);
-    if !snapshot.is_empty() {
-        engine.restore(t, &decode::snapshot(&snapshot).map_err(decode_err)?);
-    }
+    let stored = if snapshot.is_empty() { None } else { Some(decode::snapshot(&snapshot).map_err(decode_err)?) };
     let n = decode::push_payload(&text(&payload)).map_err(decode_err)?;
-    let outcome = engine.ingest_push_notification(t, n).map_err(js_err)?;
-    let snapshot = snapshot_text(&engine.snapshot());
-    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot).end().into())
+    let (outcome, seen) =
+        tidings_core::engine::ingest_push_without_client(Config::new(""), seed(), stored.as_ref(), now(), n)
+            .map_err(js_err)?;
+    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot_text(&seen)).end().into())
 }
 
-/// Merges two stored snapshots (JSON); either may be empty. Used where two writers share one store.
+/// Merges two stored snapshots (JSON; either may be empty): `ours`, about to be stored, over `theirs`, what the
+/// store holds (`Snapshot::merge`: seen ids unioned; cursors, batches and push address from `ours` unless it only
+/// carries seen ids). Used wherever a page or the service worker writes the shared store.
 #[wasm_bindgen(js_name = mergeSnapshots)]
 pub fn merge_snapshots(ours: JsValue, theirs: JsValue) -> Result<JsValue, JsError> {
     let decode = |s: &JsValue| -> Result<tidings_core::Snapshot, JsError> {

@@ -836,6 +836,82 @@ fn push_registration_is_validated_sent_after_every_welcome_and_persisted() {
     assert!(matches!(h.server.received.last(), Some(ClientFrame::RegisterPush { platform: PushPlatform::Fcm, .. })));
 }
 
+/// Defect 4 of issue 12: a refused registration reached the app as nothing, and a `web_push` token without keys
+/// was accepted by the client although the server refuses it.
+#[test]
+fn a_refused_push_registration_reaches_the_app_and_is_not_sent_again() {
+    use tidings_core::PushPlatform;
+    let mut h = connected("alice");
+    for bad in [
+        r#"{"endpoint":"https://push.example/x"}"#,
+        r#"{"endpoint":"http://push.example/x","keys":{"p256dh":"B","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}"#,
+        r#"{"endpoint":"https://push.example/x","keys":{"p256dh":"BAAA","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}"#,
+        "not json",
+    ] {
+        let err = h.engine.register_push(h.now, PushPlatform::WebPush, bad).unwrap_err();
+        assert!(err.to_string().contains("web_push token is the PushSubscription"), "{bad}: {err}");
+    }
+    let p256dh = format!("B{}", "A".repeat(86));
+    let good = format!(
+        r#"{{"endpoint":"https://push.example/x","keys":{{"p256dh":"{p256dh}","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}}}"#
+    );
+    h.engine.register_push(h.now, PushPlatform::WebPush, &good).unwrap();
+    h.pump();
+    assert!(h.events.contains(&Event::PushRegistered { platform: PushPlatform::WebPush }));
+    h.server.refuse_push =
+        Some((ErrorCode::BadRequest, "register_push: token keys.p256dh is not a P-256 point".into()));
+    h.take_events();
+    h.engine.register_push(h.now, PushPlatform::Fcm, "fcm-token").unwrap();
+    h.pump();
+    assert_eq!(
+        h.events,
+        [Event::PushRegistrationFailed {
+            platform: PushPlatform::Fcm,
+            code: ErrorCode::BadRequest,
+            message: "register_push: token keys.p256dh is not a P-256 point".into()
+        }]
+    );
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "request-scoped: the link stays");
+    assert_eq!(h.engine.snapshot().push, None, "a refused address is forgotten");
+    let sent = |h: &Harness| h.server.received.iter().filter(|f| matches!(f, ClientFrame::RegisterPush { .. })).count();
+    let before = sent(&h);
+    h.server_close(None);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    assert_eq!(sent(&h), before, "not sent again after the reconnect");
+}
+
+/// An error that answers a subscribe as a whole (it names no stream) fails every stream of that request.
+#[test]
+fn a_subscribe_refused_as_a_whole_fails_each_of_its_streams() {
+    let mut h = connected("alice");
+    h.take_events();
+    h.engine.subscribe(h.now, "topic:a").unwrap();
+    let Some(ClientFrame::Subscribe { reference, .. }) =
+        h.engine.poll_transmit().map(|t| protocol::decode_client_frame(&t).unwrap())
+    else {
+        panic!("a subscribe goes out")
+    };
+    let refusal = protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: Some(reference),
+        stream: None,
+        code: ErrorCode::BadRequest,
+        message: "subscribe: member `streams`: expected an array".into(),
+        retry_after_ms: None,
+    }));
+    h.deliver(Some(refusal));
+    assert_eq!(
+        h.events,
+        [Event::SubscriptionFailed {
+            stream: "topic:a".into(),
+            code: ErrorCode::BadRequest,
+            message: "subscribe: member `streams`: expected an array".into()
+        }]
+    );
+    assert_eq!(h.engine.subscriptions().count(), 0, "not retried");
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+}
+
 #[test]
 fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice() {
     use tidings_core::engine::Engine;

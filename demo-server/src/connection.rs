@@ -15,9 +15,9 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tidings_core::protocol::{
-    ClientFrame, ErrorCode, ErrorFrame, MAX_IDS_PER_ACK, MAX_SERVER_FRAME_BYTES, MAX_STREAMS_PER_CONNECTION,
-    MAX_STREAMS_PER_SUBSCRIBE, PushPlatform, ServerFrame, StreamName, SubscribeEntry, decode_client_frame,
-    encode_server_frame, validate_id, validate_push_token,
+    ClientFrame, ErrorCode, ErrorFrame, FrameRejection, MAX_IDS_PER_ACK, MAX_SERVER_FRAME_BYTES,
+    MAX_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_SUBSCRIBE, PushPlatform, ServerFrame, StreamName, SubscribeEntry,
+    decode_client_request, encode_server_frame, validate_id, validate_push_token,
 };
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::tungstenite;
@@ -314,8 +314,10 @@ impl Connection {
                         linger: true,
                     });
                 }
-                let frame = decode_client_frame(&text).map_err(|e| Exit::protocol(e.message().to_owned()))?;
-                self.on_frame(frame)
+                match decode_client_request(&text) {
+                    Ok(frame) => self.on_frame(frame),
+                    Err(rejection) => self.on_rejected(rejection),
+                }
             }
             Message::Binary(_) => {
                 bump(&self.hub.counters.frames_in, 1);
@@ -324,6 +326,21 @@ impl Connection {
             Message::Ping(_) | Message::Pong(_) => Ok(None),
             Message::Close(frame) => Err(Exit::ClosedByClient(frame.map(|f| f.code))),
         }
+    }
+
+    /// A client frame the core's decoder refused, classified by it (protocol §6.3): answered with a
+    /// request-scoped error when it can be, the connection's end otherwise. Before `auth`, anything but an `auth`
+    /// is the protocol error it always was.
+    fn on_rejected(&mut self, rejection: FrameRejection) -> Result<Option<Request>, Exit> {
+        if self.session.is_none() && rejection.op != Some("auth") && rejection.op.is_some() {
+            let op = rejection.op.unwrap_or_default();
+            return Err(Exit::protocol(format!("the first frame must be auth, got {op}")));
+        }
+        if rejection.fatal {
+            return Err(Exit::error(rejection.code, rejection.message));
+        }
+        self.push_request_error(rejection.reference, None, rejection.code, rejection.message);
+        Ok(None)
     }
 
     fn on_frame(&mut self, frame: ClientFrame) -> Result<Option<Request>, Exit> {

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::snapshot::PushRegistration;
 use super::timers::Timer;
 use super::types::{ConnId, ConnectionState, FailureReason, Lifecycle, NetworkEvent, SuspendReason, TransportFailure};
 use super::{Action, Engine, Event};
@@ -74,6 +75,20 @@ pub(super) struct Link {
     next_ref: u64,
     /// The link stayed up for `stable_after`.
     stable: bool,
+    /// Requests sent on this connection and not yet answered, by `ref` (an error that names no stream is
+    /// attributed through it).
+    requests: Vec<(u64, Request)>,
+}
+
+/// A request awaiting its reply.
+#[derive(Debug)]
+pub(super) enum Request {
+    /// A `subscribe`: the streams not yet answered.
+    Subscribe(Vec<String>),
+    /// An `unsubscribe`.
+    Unsubscribe,
+    /// A `register_push` of this address.
+    RegisterPush(PushRegistration),
 }
 
 /// Why a socket ended, as the engine classifies it.
@@ -537,7 +552,8 @@ impl Engine {
             ServerFrame::Welcome { user, heartbeat_ms, token_expires_in_ms, .. } => {
                 let Phase::Authenticating { .. } = self.phase else { return };
                 let heartbeat = Duration::from_millis(heartbeat_ms.max(1000));
-                self.enter(Phase::Connected { conn, link: Link { heartbeat, next_ref: 0, stable: false } });
+                let link = Link { heartbeat, next_ref: 0, stable: false, requests: Vec::new() };
+                self.enter(Phase::Connected { conn, link });
                 self.timers.set(Timer::Idle, now + heartbeat + self.config.heartbeat_grace);
                 self.timers.set(Timer::KeepAlive, now + heartbeat);
                 self.timers.set(Timer::Stable, now + self.config.stable_after);
@@ -548,23 +564,25 @@ impl Engine {
                 self.resubscribe_all();
                 self.send_push_registration();
             }
-            ServerFrame::Subscribed { stream, epoch, offset, continuity, .. } => {
+            ServerFrame::Subscribed { reference, stream, epoch, offset, continuity } => {
+                self.answered(reference, Some(&stream));
                 self.on_subscribed(now, stream, epoch, offset, continuity)
             }
-            ServerFrame::Unsubscribed { .. } => {}
-            ServerFrame::PushRegistered { platform, .. } => self.events.push_back(Event::PushRegistered { platform }),
+            ServerFrame::Unsubscribed { reference, .. } => {
+                self.answered(reference, None);
+            }
+            ServerFrame::PushRegistered { reference, platform } => {
+                self.answered(reference, None);
+                self.events.push_back(Event::PushRegistered { platform })
+            }
             ServerFrame::TokenRefreshed { token_expires_in_ms } => self.set_token_expiry(now, token_expires_in_ms),
             ServerFrame::Error(e) => self.on_error(now, e),
         }
     }
 
     fn on_error(&mut self, now: Instant, e: ErrorFrame) {
-        if e.reference.is_some() {
-            if let Some(stream) = e.stream {
-                self.subscription_refused(stream, e.code, e.message);
-            } else {
-                warn!(code = %e.code, message = %e.message, "request refused");
-            }
+        if let Some(reference) = e.reference {
+            self.request_refused(now, reference, e);
             return;
         }
         let Some(close_code) = e.code.close_code() else {
@@ -588,6 +606,64 @@ impl Engine {
                 message: format!("{}: {}", e.code, e.message),
             },
         );
+    }
+
+    /// The server refused the request `reference` (an error with a `ref`: request-scoped, the link stays).
+    fn request_refused(&mut self, now: Instant, reference: u64, e: ErrorFrame) {
+        let request = self.link_mut().and_then(|link| {
+            let i = link.requests.iter().position(|(r, _)| *r == reference)?;
+            match (&mut link.requests[i].1, &e.stream) {
+                // One entry of a subscribe: the others may still be answered.
+                (Request::Subscribe(streams), Some(stream)) if streams.len() > 1 => {
+                    streams.retain(|s| s != stream);
+                    Some(Request::Subscribe(vec![stream.clone()]))
+                }
+                _ => Some(link.requests.swap_remove(i).1),
+            }
+        });
+        match (request, e.stream) {
+            (Some(Request::Subscribe(_)) | None, Some(stream)) => self.subscription_refused(stream, e.code, e.message),
+            // The whole subscribe was refused (e.g. it could not be read): every stream in it failed.
+            (Some(Request::Subscribe(streams)), None) => {
+                for stream in streams {
+                    self.subscription_refused(stream, e.code, e.message.clone());
+                }
+            }
+            (Some(Request::RegisterPush(refused)), _) => {
+                let platform = refused.platform;
+                warn!(platform = platform.as_str(), code = %e.code, message = %e.message, "push registration refused");
+                if e.code == ErrorCode::BadRequest && self.push.as_ref() == Some(&refused) {
+                    // The server will refuse it on every connection: it is not sent again.
+                    self.push = None;
+                    self.mark_dirty();
+                    self.request_persist(now);
+                }
+                self.events.push_back(Event::PushRegistrationFailed { platform, code: e.code, message: e.message });
+            }
+            (Some(Request::Unsubscribe), _) | (None, None) => {
+                warn!(code = %e.code, message = %e.message, "request refused");
+            }
+        }
+    }
+
+    /// A reply to `reference` arrived (for a subscribe, about `stream`).
+    fn answered(&mut self, reference: u64, stream: Option<&str>) {
+        let Some(link) = self.link_mut() else { return };
+        let Some(i) = link.requests.iter().position(|(r, _)| *r == reference) else { return };
+        if let (Request::Subscribe(streams), Some(stream)) = (&mut link.requests[i].1, stream) {
+            streams.retain(|s| s != stream);
+            if !streams.is_empty() {
+                return;
+            }
+        }
+        link.requests.swap_remove(i);
+    }
+
+    /// Remembers a request sent on the current connection until its reply.
+    pub(super) fn track(&mut self, reference: u64, request: Request) {
+        if let Some(link) = self.link_mut() {
+            link.requests.push((reference, request));
+        }
     }
 
     // ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Push: payloads that reached the app through APNs, FCM or Web Push go through the same dedup window as the
 //! socket; the device's push address is registered with the server on every connection.
 
+use super::link::Request;
 use super::snapshot::PushRegistration;
 use super::types::{EngineError, PushOutcome};
 use super::{Engine, PushPlatform};
@@ -12,7 +13,8 @@ impl Engine {
     /// reconnect (the server keeps the newest per device). Persisted with the rest of the state.
     pub fn register_push(&mut self, now: Instant, platform: PushPlatform, token: &str) -> Result<(), EngineError> {
         self.tick(now);
-        protocol::validate_push_token(token).map_err(|e| EngineError::InvalidArgument(format!("push token {e}")))?;
+        protocol::validate_push_registration(platform, token)
+            .map_err(|e| EngineError::InvalidArgument(format!("push token {e}")))?;
         self.push = Some(PushRegistration { platform, token: token.to_string() });
         self.mark_dirty();
         if self.is_connected() {
@@ -52,7 +54,32 @@ impl Engine {
     pub(super) fn send_push_registration(&mut self) {
         if let Some(push) = self.push.clone() {
             let reference = self.next_ref();
+            self.track(reference, Request::RegisterPush(push.clone()));
             self.queue(&ClientFrame::RegisterPush { reference, platform: push.platform, token: push.token });
         }
     }
+}
+
+/// The push path of a process that runs no client — an iOS Notification Service Extension, an Android push
+/// service started without the app, a browser's service worker: passes `notification` through the dedup window
+/// kept in `stored` (what the store holds, if anything) and returns the outcome with the snapshot to store back.
+/// That snapshot carries only the seen ids ([`SnapshotScope::SeenIds`](super::SnapshotScope)), so a store that merges
+/// keeps the client's cursors, open batches and push address, and it carries a device id only if `stored` had one:
+/// a push handler never makes one up. `seed` comes from the platform's entropy, as for every engine.
+pub fn ingest_push_without_client(
+    config: super::Config,
+    seed: u64,
+    stored: Option<&super::Snapshot>,
+    now: Instant,
+    notification: Notification,
+) -> Result<(PushOutcome, super::Snapshot), EngineError> {
+    let mut config = config;
+    config.persistence = false;
+    config.auto_ack = false;
+    let mut engine = Engine::new(config, seed);
+    if let Some(stored) = stored {
+        engine.restore(now, stored);
+    }
+    let outcome = engine.ingest_push_notification(now, notification)?;
+    Ok((outcome, engine.seen_ids_snapshot()))
 }

@@ -2,6 +2,7 @@
 //! replay and the continuity reported for each `subscribed`, and frames relayed from another engine.
 
 use super::Engine;
+use super::link::Request;
 use super::snapshot::Cursor;
 use super::types::{Continuity, EngineError, Event};
 use crate::protocol::{
@@ -59,6 +60,7 @@ impl Engine {
         }
         if self.is_connected() {
             let reference = self.next_ref();
+            self.track(reference, Request::Unsubscribe);
             self.queue(&ClientFrame::Unsubscribe { reference, streams: vec![stream.to_string()] });
         }
         Ok(())
@@ -193,6 +195,7 @@ impl Engine {
     fn send_subscribe(&mut self, entries: Vec<SubscribeEntry>) {
         for chunk in entries.chunks(protocol::MAX_STREAMS_PER_SUBSCRIBE) {
             let reference = self.next_ref();
+            self.track(reference, Request::Subscribe(chunk.iter().map(|e| e.stream.clone()).collect()));
             self.queue(&ClientFrame::Subscribe { reference, streams: chunk.to_vec() });
         }
     }

@@ -240,6 +240,16 @@ pub enum Event {
         /// The platform.
         platform: PushPlatform,
     },
+    /// The server refused this device's push address (`bad_request`: the engine forgets it and will not send it
+    /// again; register a valid one. Other codes: it is sent again on the next connection).
+    PushRegistrationFailed {
+        /// The platform.
+        platform: PushPlatform,
+        /// Why (`bad_request`, `try_again_later`).
+        code: ErrorCode,
+        /// Detail, naming the member that is wrong.
+        message: String,
+    },
     /// The server refused a subscription; the engine will not retry it.
     SubscriptionFailed {
         /// The stream.

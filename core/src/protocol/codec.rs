@@ -424,6 +424,99 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
     frame.map_err(|e| DecodeError::new(format!("invalid client frame: {}", e.message())))
 }
 
+/// How a server answers a client frame it cannot take (protocol §6.3): the error code, whether it ends the
+/// connection, and the `ref` to answer with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameRejection {
+    /// The frame's `op`, when it names a client frame.
+    pub op: Option<&'static str>,
+    /// `protocol_error`, `unauthorized` or `bad_request`.
+    pub code: ErrorCode,
+    /// The frame's `ref`, for a request-scoped answer.
+    pub reference: Option<u64>,
+    /// Whether the connection ends (`error` then close with the code's close code); otherwise the `error` answers
+    /// the frame and the connection stays open.
+    pub fatal: bool,
+    /// For people: which member is wrong and why.
+    pub message: String,
+}
+
+/// The client frame ops, as the protocol names them.
+const CLIENT_OPS: [&str; 6] = ["auth", "subscribe", "unsubscribe", "ack", "heartbeat", "register_push"];
+
+/// Decodes a client frame the way a server takes it (protocol §6.3): what does not decode is classified. Not a JSON
+/// object, no `op`, or an unknown `op`: `protocol_error`, fatal. An `auth` whose `token` is missing or not a
+/// string: `unauthorized`, fatal (a client refreshes its token once); any other problem with an `auth`:
+/// `protocol_error`, fatal. A `subscribe`, `unsubscribe` or `register_push` with a readable `ref` whose other
+/// members are wrong (missing, of the wrong type, an unknown platform): `bad_request` answering that `ref`, and the
+/// connection stays open; without a readable `ref` it cannot be answered: `protocol_error`, fatal. An `ack` or
+/// `heartbeat` with wrong members: `bad_request` without `ref`, the connection stays open.
+pub fn decode_client_request(text: &str) -> Result<ClientFrame, FrameRejection> {
+    decode_client_frame(text).map_err(|e| classify_client_frame(text, &e))
+}
+
+/// The `op` (a string) and `ref` (an unsigned integer) of a JSON object, as far as they can be read, and whether
+/// its `token` member is a string; `None` when `text` is not a well-formed JSON object.
+fn salvage(text: &str) -> Option<(Option<String>, Option<u64>, bool)> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let (mut op, mut reference, mut token) = (None, None, false);
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        match &*key {
+            "op" if r.peek() == Some(b'"') => op = Some(r.string().ok()?.into_owned()),
+            "ref" if r.peek().is_some_and(|b| b.is_ascii_digit()) => reference = r.u64().ok(),
+            "token" if r.peek() == Some(b'"') => token = r.string().is_ok(),
+            _ => {
+                r.raw_value().ok()?;
+            }
+        }
+    }
+    r.end().ok()?;
+    Some((op, reference, token))
+}
+
+fn classify_client_frame(text: &str, error: &DecodeError) -> FrameRejection {
+    let detail = error.message().strip_prefix("invalid client frame: ").unwrap_or(error.message());
+    let protocol = |op, message: String| FrameRejection {
+        op,
+        code: ErrorCode::ProtocolError,
+        reference: None,
+        fatal: true,
+        message,
+    };
+    let Some((op, reference, token)) = salvage(text) else {
+        return protocol(None, format!("a frame must be one JSON object: {detail}"));
+    };
+    let Some(op_name) = op.as_deref().and_then(|o| CLIENT_OPS.iter().find(|k| **k == o).copied()) else {
+        return protocol(None, format!("not a client frame: {detail}"));
+    };
+    let message = format!("{op_name}: {detail}");
+    match op_name {
+        "auth" if !token => FrameRejection {
+            op: Some(op_name),
+            code: ErrorCode::Unauthorized,
+            reference: None,
+            fatal: true,
+            message: "auth: the token is missing (member `token`, a string)".into(),
+        },
+        "auth" => protocol(Some(op_name), message),
+        "ack" | "heartbeat" => {
+            FrameRejection { op: Some(op_name), code: ErrorCode::BadRequest, reference: None, fatal: false, message }
+        }
+        _ => match reference {
+            Some(reference) => FrameRejection {
+                op: Some(op_name),
+                code: ErrorCode::BadRequest,
+                reference: Some(reference),
+                fatal: false,
+                message,
+            },
+            None => protocol(Some(op_name), format!("{message} (and no readable `ref` to answer)")),
+        },
+    }
+}
+
 /// Decodes a bare notification envelope (no `op` needed; one is ignored).
 pub fn decode_notification(text: &str) -> Result<Notification, DecodeError> {
     notification_members(text, false)
@@ -683,6 +776,45 @@ mod tests {
             group: group.map(Into::into),
             created_at: 1_763_808_060_123,
         })
+    }
+
+    /// Defects 4 and 5 of issue 12: one rule for what a server answers and what ends the connection (§6.3).
+    #[test]
+    fn refused_client_frames_are_answered_when_they_carry_a_ref_and_fatal_otherwise() {
+        let rejected = |text: &str| decode_client_request(text).expect_err(text);
+        let answered = |text: &str, reference: Option<u64>| {
+            let r = rejected(text);
+            assert_eq!((r.code, r.reference, r.fatal), (ErrorCode::BadRequest, reference, false), "{text}: {r:?}");
+            r.message
+        };
+        let fatal = |text: &str, code: ErrorCode| {
+            let r = rejected(text);
+            assert_eq!((r.code, r.reference, r.fatal), (code, None, true), "{text}: {r:?}");
+            r.message
+        };
+        // Member errors in requests with a readable ref: answered, whatever the member's kind of problem.
+        let m = answered(r#"{"op":"register_push","ref":3,"platform":"carrier_pigeon","token":"t"}"#, Some(3));
+        assert!(m.contains("register_push") && m.contains("carrier_pigeon"), "{m}");
+        answered(r#"{"op":"subscribe","streams":5,"ref":7}"#, Some(7));
+        answered(r#"{"op":"subscribe","ref":8,"streams":[{"stream":"topic:a","epoch":"e","offset":-1}]}"#, Some(8));
+        answered(r#"{"op":"subscribe","ref":9}"#, Some(9));
+        answered(r#"{"op":"unsubscribe","ref":10,"streams":[1]}"#, Some(10));
+        answered(r#"{"op":"subscribe","ref":11,"ref":11,"streams":[]}"#, Some(11));
+        // No ref to answer: ack and heartbeat are answered without one; requests that need one are fatal.
+        answered(r#"{"op":"ack","ids":"n1"}"#, None);
+        answered(r#"{"op":"heartbeat","echo":"yes"}"#, None);
+        fatal(r#"{"op":"subscribe","streams":[]}"#, ErrorCode::ProtocolError);
+        fatal(r#"{"op":"subscribe","ref":-1,"streams":[]}"#, ErrorCode::ProtocolError);
+        // A missing or unusable token is `unauthorized` (4001: refresh once), other auth problems are fatal.
+        let m = fatal(r#"{"op":"auth","device":"d-1"}"#, ErrorCode::Unauthorized);
+        assert!(m.contains("token"), "{m}");
+        fatal(r#"{"op":"auth","token":7,"device":"d-1"}"#, ErrorCode::Unauthorized);
+        fatal(r#"{"op":"auth","token":"t"}"#, ErrorCode::ProtocolError);
+        // What cannot be attributed to a request.
+        for text in ["{", "[1]", "null", r#"{"ref":1}"#, r#"{"op":"subscribe!","ref":1}"#, r#"{"op":7,"ref":1}"#] {
+            fatal(text, ErrorCode::ProtocolError);
+        }
+        assert!(decode_client_request(r#"{"op":"heartbeat"}"#).is_ok());
     }
 
     #[test]

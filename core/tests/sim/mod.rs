@@ -40,6 +40,8 @@ pub struct SimServer {
     pub answer_heartbeats: bool,
     /// Follow a `gap` with what the stream's current epoch holds (`replayed`); off: a server that predates it.
     pub replay_on_gap: bool,
+    /// Refuse `register_push` with this request-scoped error.
+    pub refuse_push: Option<(ErrorCode, String)>,
 }
 
 impl SimServer {
@@ -57,6 +59,7 @@ impl SimServer {
             token_expires_in_ms: None,
             answer_heartbeats: true,
             replay_on_gap: false,
+            refuse_push: None,
         }
     }
 
@@ -194,9 +197,16 @@ impl SimServer {
                 }
             }
             ClientFrame::Ack { .. } => {}
-            ClientFrame::RegisterPush { reference, platform, .. } => {
-                out.push(protocol::encode_server_frame(&ServerFrame::PushRegistered { reference, platform }));
-            }
+            ClientFrame::RegisterPush { reference, platform, .. } => match &self.refuse_push {
+                Some((code, message)) => out.push(protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+                    reference: Some(reference),
+                    stream: None,
+                    code: *code,
+                    message: message.clone(),
+                    retry_after_ms: None,
+                }))),
+                None => out.push(protocol::encode_server_frame(&ServerFrame::PushRegistered { reference, platform })),
+            },
         }
         (out, None)
     }
@@ -425,15 +435,11 @@ impl Harness {
         }
     }
 
-    /// The app process ends and starts again: a new engine restored from the store (which merges like the file
-    /// store), connecting at once. Subscriptions are the app's to make again.
+    /// The app closes its client (which persists) and starts again: a new engine restored from the store (which
+    /// merges like the file store), connecting at once. Subscriptions are the app's to make again.
     pub fn restart(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = conn;
-            self.server.disconnect();
-            self.inbound.clear();
-            self.close_after_inbound = None;
-        }
+        self.engine.close(self.now);
+        self.pump();
         let config = self.engine.config().clone();
         self.restarts += 1;
         self.engine = Engine::new(config, 42 + u64::from(self.restarts));
