@@ -404,6 +404,14 @@ impl Client {
         Ok((Client { shared, task: Mutex::new(Some(task)) }, events))
     }
 
+    /// The calls that change what the client does fail with [`ClientError::Closed`] after [`Client::close`].
+    fn open_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> Result<T, EngineError>) -> Result<T, ClientError> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
+        self.with_engine(f).map_err(Into::into)
+    }
+
     fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> T) -> T {
         let now = self.shared.clock.now();
         let out = f(&mut self.shared.engine(), now);
@@ -446,28 +454,31 @@ impl Client {
 
     /// Subscribes to `topic:<name>` (or another stream); resumes from its cursor on every reconnect.
     pub fn subscribe(&self, stream: &str) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.subscribe(now, stream)).map_err(Into::into)
+        self.open_engine(|e, now| e.subscribe(now, stream))
     }
 
     /// Unsubscribes and forgets the stream's cursor.
     pub fn unsubscribe(&self, stream: &str) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.unsubscribe(now, stream)).map_err(Into::into)
+        self.open_engine(|e, now| e.unsubscribe(now, stream))
     }
 
     /// Acks notifications (only needed with `auto_ack` off).
     pub fn ack(&self, ids: &[&str]) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.ack(now, ids)).map_err(Into::into)
+        self.open_engine(|e, now| e.ack(now, ids))
     }
 
     /// Registers this device's push address (APNs device token, FCM registration token, or Web Push
     /// subscription JSON) with the server; re-sent on every connection, kept in the store.
     pub fn register_push(&self, platform: crate::engine::PushPlatform, token: &str) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.register_push(now, platform, token)).map_err(Into::into)
+        self.open_engine(|e, now| e.register_push(now, platform, token))
     }
 
     /// Passes a push payload (APNs/FCM/Web Push) through the shared dedup window. The state is saved before
     /// this returns, so a push handler may be killed right after.
     pub fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
         let now = self.shared.clock.now();
         let (outcome, snapshot) = {
             let mut engine = self.shared.engine();
