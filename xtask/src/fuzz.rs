@@ -40,18 +40,26 @@ fn nightly() -> Result<String, String> {
         match commit_of(candidate) {
             Some(commit) if commit == NIGHTLY_COMMIT => return Ok(candidate.to_owned()),
             Some(other) if candidate == "nightly" => {
-                eprintln!("xtask fuzz: the `nightly` toolchain is rustc {other}, not the pinned {NIGHTLY} ({NIGHTLY_COMMIT})");
+                eprintln!(
+                    "xtask fuzz: the `nightly` toolchain is rustc {other}, not the pinned {NIGHTLY} ({NIGHTLY_COMMIT})"
+                );
             }
             _ => {}
         }
     }
-    run(Step::new("install the pinned nightly", "rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))
-        .map_err(|e| {
-            format!(
-                "{e}: the fuzz targets need {NIGHTLY} (rustc {NIGHTLY_COMMIT}); install it with \
+    run(Step::new("install the pinned nightly", "rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+    ]))
+    .map_err(|e| {
+        format!(
+            "{e}: the fuzz targets need {NIGHTLY} (rustc {NIGHTLY_COMMIT}); install it with \
                  `rustup toolchain install {NIGHTLY}` (rustup toolchain list shows what is there)"
-            )
-        })?;
+        )
+    })?;
     Ok(NIGHTLY.to_owned())
 }
 
@@ -64,15 +72,9 @@ fn cargo_fuzz(root: &Path) -> Result<PathBuf, String> {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
     if !version_ok {
-        run(Step::new("install cargo-fuzz", "cargo").args([
-            "install",
-            "cargo-fuzz",
-            "--locked",
-            "--version",
-            CARGO_FUZZ_VERSION,
-            "--root",
-        ])
-        .args([prefix.as_os_str()]))?;
+        run(Step::new("install cargo-fuzz", "cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION, "--root"])
+            .args([prefix.as_os_str()]))?;
     }
     Ok(bin)
 }
@@ -87,7 +89,13 @@ struct Outcome {
 
 /// Runs `target` with libFuzzer `args`, from its committed corpus; new corpus entries go to a scratch directory
 /// (the committed corpus changes only when someone minimises into it on purpose).
-fn run_target(root: &Path, toolchain: &str, cargo_fuzz: &Path, target: &'static str, args: &[String]) -> Result<Outcome, String> {
+fn run_target(
+    root: &Path,
+    toolchain: &str,
+    cargo_fuzz: &Path,
+    target: &'static str,
+    args: &[String],
+) -> Result<Outcome, String> {
     let fuzz_dir = root.join("fuzz");
     let scratch = crate::target_dir(root).join("fuzz-corpus").join(target);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
