@@ -23,6 +23,7 @@
 //! decoded-frame inputs: no JSON decoder is linked in either.
 
 pub mod decode;
+mod holders;
 mod json;
 
 use std::cell::RefCell;
@@ -130,6 +131,8 @@ struct Inner {
     visible_elsewhere: bool,
     foreground: bool,
     sockets_opened: u32,
+    /// Which tabs want which stream (the leader subscribes the union).
+    holders: holders::Holders,
 }
 
 impl Drop for Inner {
@@ -388,6 +391,7 @@ impl Core {
                 visible_elsewhere: false,
                 foreground: true,
                 sockets_opened: 0,
+                holders: holders::Holders::default(),
             })
         });
         Core { inner }
@@ -425,10 +429,19 @@ impl Core {
         pump(&self.inner);
     }
 
-    /// Merges a stored snapshot (JSON from a `"persist"` output) into the engine.
+    /// Restores a stored snapshot (JSON from a `"persist"` output): the engine's `restore` — seen ids always,
+    /// cursors and open batches only from the first full snapshot (restore the newest first: localStorage, then
+    /// IndexedDB).
     pub fn restore(&self, snapshot: JsValue) -> Result<(), JsError> {
         let snapshot = decode::snapshot(&text(&snapshot)).map_err(decode_err)?;
         self.run(|e, now| e.restore(now, &snapshot));
+        Ok(())
+    }
+
+    /// Takes the state of the tab that leads (its snapshot, sent to a joining tab): the engine's `mirror`.
+    pub fn mirror(&self, snapshot: JsValue) -> Result<(), JsError> {
+        let snapshot = decode::snapshot(&text(&snapshot)).map_err(decode_err)?;
+        self.run(|e, now| e.mirror(now, &snapshot));
         Ok(())
     }
 
@@ -456,6 +469,50 @@ impl Core {
     /// Unsubscribes and forgets the stream's cursor.
     pub fn unsubscribe(&self, stream: JsValue) -> Result<(), JsError> {
         self.run(|e, now| e.unsubscribe(now, &text(&stream))).map_err(js_err)
+    }
+
+    /// Tab `tab` of this browser wants `stream` (the leader holds one subscription for all tabs that want it).
+    #[wasm_bindgen(js_name = subscribeFor)]
+    pub fn subscribe_for(&self, tab: JsValue, stream: JsValue) -> Result<(), JsError> {
+        let stream = text(&stream);
+        self.run(|e, now| e.subscribe(now, &stream)).map_err(js_err)?;
+        self.inner.borrow_mut().holders.hold(&text(&tab), &stream);
+        Ok(())
+    }
+
+    /// Tab `tab` no longer wants `stream`; it is unsubscribed (and its cursor forgotten) when no tab wants it.
+    #[wasm_bindgen(js_name = unsubscribeFor)]
+    pub fn unsubscribe_for(&self, tab: JsValue, stream: JsValue) -> Result<(), JsError> {
+        let stream = text(&stream);
+        tidings_core::protocol::StreamName::parse(&stream).map_err(|e| JsError::new(&e))?;
+        let last = self.inner.borrow_mut().holders.release(&text(&tab), &stream);
+        if last {
+            self.run(|e, now| e.unsubscribe(now, &stream)).map_err(js_err)?;
+        }
+        Ok(())
+    }
+
+    /// Tab `tab` wants exactly `streams` (an array of stream names, from its `hello`); streams no tab wants any
+    /// more are unsubscribed. Invalid names are skipped (the tab that asked was told).
+    #[wasm_bindgen(js_name = tabStreams)]
+    pub fn tab_streams(&self, tab: JsValue, streams: js_sys::Array) {
+        let tab = text(&tab);
+        let streams: Vec<String> = streams.iter().map(|s| text(&s)).collect();
+        let valid: Vec<String> =
+            streams.into_iter().filter(|s| self.run(|e, now| e.subscribe(now, s)).is_ok()).collect();
+        let released = self.inner.borrow_mut().holders.set(&tab, &valid);
+        for s in released {
+            let _ = self.run(|e, now| e.unsubscribe(now, &s));
+        }
+    }
+
+    /// Tab `tab` left: streams no other tab wants are unsubscribed.
+    #[wasm_bindgen(js_name = tabGone)]
+    pub fn tab_gone(&self, tab: JsValue) {
+        let released = self.inner.borrow_mut().holders.gone(&text(&tab));
+        for s in released {
+            let _ = self.run(|e, now| e.unsubscribe(now, &s));
+        }
     }
 
     /// A message another tab's socket received: its frames, one per line (`handle_relayed_frame`: processed,
