@@ -238,10 +238,11 @@ async fn state_changes_are_observed_from_the_core() {
     let server = tidings_server::start(ServerConfig::for_tests()).await.unwrap();
     let token = tidings_server::issue_token(&server.config().jwt_secret, "alice", &[], None);
     let client = TidingsClient::new(config(&server), tokens(token)).unwrap();
+    let first = client.state();
     let watcher = {
         let client = client.clone();
         tokio::spawn(async move {
-            let mut seen = vec![client.state()];
+            let mut seen = vec![first];
             while *seen.last().unwrap() != ConnectionState::Connected {
                 let last = seen.last().unwrap().clone();
                 seen.push(client.next_state(last).await);
