@@ -456,3 +456,35 @@ fn snapshot_members<V: Json>(f: &mut Fields<V>, source: &str) -> Snapshot {
     }
     s
 }
+
+/// The decoding rules on the host (serde_json values read as `JSON.parse` output), against the core's codec.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use tidings_core::protocol::decode_server_frame;
+
+    #[test]
+    fn documented_frames_decode_as_the_codec_decodes_them() {
+        for text in [
+            r#"{"op":"notification","id":"n1","stream":"user:alice","offset":42,"epoch":"k3v9q2","type":"t","priority":"important","persistence":"bufferable","title":"Bob","body":null,"data":{"post":"p-981","n":12345678901234567891},"group":null,"created_at":1763808060123}"#,
+            r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"q8m1zz","offset":12,"continuity":"gap","reason":"epoch_changed","replayed":12}"#,
+            r#"{"op":"subscribed","ref":1,"stream":"topic:sports","epoch":"w2n5dd","offset":310,"continuity":"gap","reason":"out_of_buffer","missed":57}"#,
+            r#"{"op":"error","ref":4,"code":"bad_request","message":"register_push: unknown platform"}"#,
+        ] {
+            assert_eq!(frame::<Value>(text), decode_server_frame(text), "{text}");
+        }
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-repeated-body`): a
+    /// repeated member is one of the documented leniencies — `JSON.parse` keeps its last value, the codec refuses the
+    /// text (here at the first `body`, a number, before it sees the repetition). The target's differential check now
+    /// leaves texts that repeat a member out of the comparison.
+    #[test]
+    fn a_repeated_member_keeps_its_last_value_where_the_codec_refuses_the_frame() {
+        let text = r#"{"op":"notification","id":"n1","stream":"user:alice","body":42,"epoch":"e","type":"t","priority":"important","persistence":"bufferable","body":"Looks great!","created_at":1}"#;
+        let ServerFrame::Notification(n) = frame::<Value>(text).unwrap() else { panic!() };
+        assert_eq!(n.body(), Some("Looks great!"));
+        assert!(decode_server_frame(text).is_err());
+    }
+}
