@@ -175,9 +175,9 @@ fn malformed(token: &str) -> String {
             return format!("the token's `{claim}` claim must be whole seconds since the Unix epoch");
         }
     }
-    let topics_ok = claims.get("topics").is_none_or(|t| {
-        t.is_null() || t.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string))
-    });
+    let topics_ok = claims
+        .get("topics")
+        .is_none_or(|t| t.is_null() || t.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string)));
     if !topics_ok {
         return "the token's `topics` claim must be a list of strings".into();
     }

@@ -67,7 +67,12 @@ fn repeats_a_member(text: &str) -> bool {
     serde_json::from_str::<NoRepeat>(text).is_err()
 }
 
-fn compare<T: PartialEq + std::fmt::Debug>(what: &str, text: &str, core: Result<T, String>, browser: Result<T, DecodeError>) {
+fn compare<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    text: &str,
+    core: Result<T, String>,
+    browser: Result<T, DecodeError>,
+) {
     match (core, browser) {
         (Ok(c), Ok(b)) => assert_eq!(c, b, "{what}: the decoders disagree on {text}"),
         (Ok(c), Err(e)) => panic!("{what}: the codec accepts {text} as {c:?}, the browser decoder refuses: {e}"),

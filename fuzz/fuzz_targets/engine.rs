@@ -72,7 +72,8 @@ fuzz_target!(|input: Input| {
         match op {
             Op::Publish { stream, also, priority, grouped, ephemeral } => {
                 let id = format!("n{i}");
-                let priority = [Priority::Critical, Priority::Important, Priority::Informational][*priority as usize % 3];
+                let priority =
+                    [Priority::Critical, Priority::Important, Priority::Informational][*priority as usize % 3];
                 let persistence = if *ephemeral { Persistence::Ephemeral } else { Persistence::Bufferable };
                 let group = grouped.then_some("g");
                 let first = *stream as usize % 3;
@@ -113,7 +114,8 @@ fuzz_target!(|input: Input| {
                 h.server_close(Some(close::SERVER_SHUTDOWN));
             }
             Op::Network(n) => {
-                let event = [NetworkEvent::Available, NetworkEvent::Unavailable, NetworkEvent::Changed][*n as usize % 3];
+                let event =
+                    [NetworkEvent::Available, NetworkEvent::Unavailable, NetworkEvent::Changed][*n as usize % 3];
                 h.engine.handle_network(h.now, event);
                 h.pump();
             }
