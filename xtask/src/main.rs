@@ -74,25 +74,77 @@ fn main() -> ExitCode {
     }
 }
 
+/// The suites `cargo xtask test` runs after the lints, each a `cargo xtask <command>` of its own. They share no
+/// state but the build directory (cargo serialises builds on its lock) and run in parallel, each writing its
+/// output to `target/test-logs/<command>.log`, printed whole when it ends.
+const SUITES: &[(&str, &str)] = &[
+    ("rust tests", "rust-tests"),
+    ("kotlin (JVM) tests", "kotlin-test"),
+    ("swift tests", "swift-test"),
+    ("browser tests", "wasm-test"),
+];
+
 fn test_all(root: &Path) -> Result<(), String> {
     let started = Instant::now();
-    let mut timings: Vec<(String, f64)> = Vec::new();
-    let mut timed = |name: &str, f: &dyn Fn() -> Result<(), String>| -> Result<(), String> {
-        let t = Instant::now();
-        let r = f();
-        timings.push((name.to_string(), t.elapsed().as_secs_f64()));
-        r
-    };
-    timed("lint", &|| lint(root))?;
-    timed("rust tests", &|| rust_tests(root))?;
-    timed("kotlin (JVM) tests", &|| kotlin::test(root))?;
-    timed("swift tests", &|| swift::test(root))?;
-    timed("browser tests", &|| wasm::test(root))?;
-    eprintln!("\n== xtask test: all suites passed in {:.0} s", started.elapsed().as_secs_f64());
-    for (name, secs) in &timings {
-        eprintln!("   {name:<24} {secs:>7.1} s");
+    let t = Instant::now();
+    lint(root)?;
+    let mut timings = vec![("lint".to_string(), t.elapsed().as_secs_f64(), true)];
+    // `TIDINGS_TEST_JOBS=1` runs the suites one after another (to read a failure without the others' load).
+    let jobs = env::var("TIDINGS_TEST_JOBS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(SUITES.len()).max(1);
+    let logs = target_dir(root).join("test-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
+    let exe = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
+    eprintln!("\n== {} suites, {} at a time; logs in {}", SUITES.len(), jobs, logs.display());
+    let queue = std::sync::Mutex::new(SUITES.iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(SUITES.len()) {
+            scope.spawn(|| {
+                loop {
+                    let Some(&(name, command)) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else {
+                        break;
+                    };
+                    let outcome = run_suite(root, &exe, &logs, name, command);
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
+                }
+            });
+        }
+    });
+    let mut failed = Vec::new();
+    for (name, secs, ok) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if !ok {
+            failed.push(name.clone());
+        }
+        timings.push((name, secs, ok));
     }
-    Ok(())
+    let verdict = if failed.is_empty() { "all suites passed" } else { "FAILED" };
+    eprintln!("\n== xtask test: {verdict} in {:.0} s", started.elapsed().as_secs_f64());
+    for (name, secs, ok) in &timings {
+        eprintln!("   {name:<24} {secs:>7.1} s  {}", if *ok { "ok" } else { "FAILED" });
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("failed: {}", failed.join(", "))) }
+}
+
+/// Runs `cargo xtask <command>` with its output in `logs/<command>.log`, then prints that log.
+fn run_suite(root: &Path, exe: &Path, logs: &Path, name: &str, command: &str) -> (String, f64, bool) {
+    let started = Instant::now();
+    let path = logs.join(format!("{command}.log"));
+    eprintln!("== {name}: started ({})", path.display());
+    let outcome = std::fs::File::create(&path)
+        .and_then(|log| Command::new(exe).arg(command).current_dir(root).stdout(log.try_clone()?).stderr(log).status());
+    let secs = started.elapsed().as_secs_f64();
+    let ok = matches!(&outcome, Ok(status) if status.success());
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    // One write, so the logs of suites ending together do not interleave.
+    let mut report =
+        format!("\n======== {name} ({command}): {} in {secs:.0} s ========\n", if ok { "passed" } else { "FAILED" });
+    report.push_str(&text);
+    if let Err(e) = &outcome {
+        report.push_str(&format!("\ncould not run {}: {e}\n", exe.display()));
+    }
+    report.push_str(&format!("======== end of {name} ========\n"));
+    eprint!("{report}");
+    (name.to_string(), secs, ok)
 }
 
 fn lint(root: &Path) -> Result<(), String> {
