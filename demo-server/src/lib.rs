@@ -31,6 +31,7 @@ pub mod demo;
 mod http;
 mod hub;
 mod outbox;
+pub mod planner;
 mod presence;
 mod publish;
 mod registry;
