@@ -85,8 +85,9 @@ pub struct ServerConfig {
     /// static files.
     pub web_root: Option<std::path::PathBuf>,
     /// The application server's VAPID public key (RFC 8292): the uncompressed P-256 point, base64url. Served at
-    /// `GET /v1/push/vapid-public-key`, where browsers' service workers read it to subscribe to Web Push; the
-    /// private key stays with whatever sends the pushes. `None`: the endpoint answers `404 not_configured`.
+    /// `GET /v1/push/vapid-public-key`, where browsers' service workers read it to subscribe to Web Push; its
+    /// private half is [`crate::push::PushConfig::vapid_private_key`]. `None`: the endpoint answers
+    /// `404 not_configured`.
     pub vapid_public_key: Option<String>,
     /// Push providers (Web Push signing key, APNs, FCM), checked at startup. The server does not send pushes yet
     /// (issue 14, phase 2).

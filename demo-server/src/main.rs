@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, env = "TIDINGS_WEB_ROOT")]
     web_root: Option<std::path::PathBuf>,
     /// Your VAPID public key (base64url, as `web-push generate-vapid-keys` prints it), served at
-    /// GET /v1/push/vapid-public-key for browsers subscribing to Web Push. The private key stays with your sender.
+    /// GET /v1/push/vapid-public-key for browsers subscribing to Web Push. Its private half is --vapid-private-key.
     #[arg(long, env = "TIDINGS_VAPID_PUBLIC_KEY")]
     vapid_public_key: Option<String>,
     /// Push providers (checked at startup; the server does not send pushes yet).

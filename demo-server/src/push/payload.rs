@@ -464,6 +464,7 @@ mod tests {
         let (web, _) = web_push_payload(&msg);
         let v: Value = serde_json::from_str(&web).unwrap();
         assert_eq!(v["tidings_summary"]["group"], "likes:p1");
+        assert!(decode_push_payload(&web).is_err(), "today's client refuses summaries rather than misreading them");
         let quiet = Summary { kind: SummaryKind::QuietHours, group: None, ids: vec!["a".into()], title: None };
         let v: Value =
             serde_json::from_str(&apns_payload(&PushMessage::summary(quiet, Priority::Important)).0).unwrap();

@@ -4,6 +4,8 @@
 //! subscription's auth secret) over `ece-native`, the RFC 8188 record layer that `web-push-native` itself uses:
 //! `web-push-native`'s `encrypt` draws its salt and key inside, so its output cannot be compared with the RFC's
 //! Appendix A vectors, while [`encrypt_with`] takes them as inputs and is checked byte for byte against them.
+//! [`encrypt`], the sending path, shares that key schedule and record and draws the key pair with ring; what it
+//! produces is decrypted in tests by `web-push-native` and by Python's `http_ece`.
 //! The VAPID JWT (ES256, signed with jsonwebtoken) is cached per push service origin for 12 of its 24 hours.
 
 use std::collections::HashMap;
@@ -106,8 +108,32 @@ impl Subscription {
     }
 }
 
-/// Encrypts `plaintext` for a subscription (RFC 8291) with the given salt and application-server key: one
-/// record, header `salt ‖ rs ‖ idlen ‖ as_public`.
+/// RFC 8291 §3.3–3.4 key schedule and the RFC 8188 record, given the ECDH secret: one record, header
+/// `salt ‖ rs ‖ idlen ‖ as_public`.
+fn seal(
+    plaintext: &[u8],
+    ecdh_secret: &[u8],
+    ua_public: &[u8],
+    as_public: &[u8],
+    auth: &[u8; 16],
+    salt: [u8; 16],
+) -> Result<Vec<u8>, String> {
+    // PRK_key = HMAC-SHA-256(auth_secret, ecdh_secret); IKM = HMAC-SHA-256(PRK_key, key_info ‖ 0x01), that is
+    // HKDF(salt = auth_secret, IKM = ecdh_secret, info = key_info, L = 32).
+    let mut key_info = Vec::with_capacity(14 + 65 + 65);
+    key_info.extend_from_slice(b"WebPush: info\0");
+    key_info.extend_from_slice(ua_public);
+    key_info.extend_from_slice(as_public);
+    let mut ikm = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(auth), ecdh_secret)
+        .expand(&key_info, &mut ikm)
+        .map_err(|_| "HKDF output length".to_string())?;
+    ece_native::encrypt(ikm, salt, as_public, std::iter::once(plaintext.to_vec()), RECORD_SIZE)
+        .map_err(|e| format!("aes128gcm: {e}"))
+}
+
+/// Encrypts `plaintext` for a subscription (RFC 8291) with the given salt and application-server key (what
+/// RFC 8291's Appendix A fixes).
 pub fn encrypt_with(
     plaintext: &[u8],
     ua_public: &PublicKey,
@@ -118,33 +144,25 @@ pub fn encrypt_with(
     let as_public = as_secret.public_key().to_encoded_point(false);
     let ua = ua_public.to_encoded_point(false);
     let shared = p256::ecdh::diffie_hellman(as_secret.to_nonzero_scalar(), ua_public.as_affine());
-    // RFC 8291 §3.4: PRK_key = HMAC-SHA-256(auth_secret, ecdh_secret); IKM = HMAC-SHA-256(PRK_key, key_info ‖ 0x01),
-    // that is HKDF(salt = auth_secret, IKM = ecdh_secret, info = key_info, L = 32).
-    let mut key_info = Vec::with_capacity(14 + 65 + 65);
-    key_info.extend_from_slice(b"WebPush: info\0");
-    key_info.extend_from_slice(ua.as_bytes());
-    key_info.extend_from_slice(as_public.as_bytes());
-    let mut ikm = [0u8; 32];
-    Hkdf::<Sha256>::new(Some(auth), shared.raw_secret_bytes().as_slice())
-        .expand(&key_info, &mut ikm)
-        .map_err(|_| "HKDF output length".to_string())?;
-    ece_native::encrypt(ikm, salt, as_public.as_bytes(), std::iter::once(plaintext.to_vec()), RECORD_SIZE)
-        .map_err(|e| format!("aes128gcm: {e}"))
+    seal(plaintext, shared.raw_secret_bytes().as_slice(), ua.as_bytes(), as_public.as_bytes(), auth, salt)
 }
 
-/// Encrypts with a fresh salt and application-server key.
+/// Encrypts with a fresh salt and a fresh application-server key pair. The key pair and the ECDH use ring's
+/// P-256 (the one rustls already links), which costs a fraction of the pure-Rust `p256` arithmetic per message
+/// (bench/README.md, P1); the key schedule and record are [`encrypt_with`]'s.
 pub fn encrypt(plaintext: &[u8], ua_public: &PublicKey, auth: &[u8; 16]) -> Result<Vec<u8>, String> {
+    use ring::agreement::{ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey, agree_ephemeral};
+    use ring::rand::{SecureRandom as _, SystemRandom};
+    let rng = SystemRandom::new();
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
-    let as_secret = loop {
-        let mut scalar = [0u8; 32];
-        getrandom::fill(&mut scalar).map_err(|e| format!("no randomness: {e}"))?;
-        // Zero or above the group order: draw again (probability about 2^-32).
-        if let Ok(k) = SecretKey::from_slice(&scalar) {
-            break k;
-        }
-    };
-    encrypt_with(plaintext, ua_public, auth, salt, &as_secret)
+    rng.fill(&mut salt).map_err(|_| "no randomness".to_string())?;
+    let as_secret = EphemeralPrivateKey::generate(&ECDH_P256, &rng).map_err(|_| "no randomness".to_string())?;
+    let as_public = as_secret.compute_public_key().map_err(|_| "P-256 public key".to_string())?;
+    let ua = ua_public.to_encoded_point(false);
+    agree_ephemeral(as_secret, &UnparsedPublicKey::new(&ECDH_P256, ua.as_bytes()), |shared| {
+        seal(plaintext, shared, ua.as_bytes(), as_public.as_ref(), auth, salt)
+    })
+    .map_err(|_| "ECDH with the subscription's key failed".to_string())?
 }
 
 /// The origin of a URL (`scheme://host[:port]`), the VAPID `aud`.

@@ -115,6 +115,9 @@ struct State {
     script: Mutex<VecDeque<ApnsReply>>,
     unregistered: Mutex<HashMap<String, u64>>,
     received: Mutex<Vec<RecordedApns>>,
+    /// Provider tokens whose signature verified, with their claims (APNs, too, validates a token once per
+    /// connection, not per request).
+    verified: Mutex<HashMap<String, Value>>,
     keep_requests: std::sync::atomic::AtomicBool,
     count: AtomicUsize,
     accepted: AtomicUsize,
@@ -161,14 +164,22 @@ fn decide(state: &State, device: &str, headers: &BTreeMap<String, String>, body:
         if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(options.key_id.as_str()) {
             return Err(error(403, "InvalidProviderToken"));
         }
-        let key = DecodingKey::from_ec_pem(options.public_key_pem.as_bytes()).expect("a P-256 public key");
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_required_spec_claims(&["iss"]);
-        validation.set_issuer(&[options.team_id.as_str()]);
-        validation.validate_exp = false;
-        claims = jsonwebtoken::decode::<Value>(&jwt, &key, &validation)
-            .map_err(|_| error(403, "InvalidProviderToken"))?
-            .claims;
+        let cached = lock(&state.verified).get(&jwt).cloned();
+        claims = match cached {
+            Some(c) => c,
+            None => {
+                let key = DecodingKey::from_ec_pem(options.public_key_pem.as_bytes()).expect("a P-256 public key");
+                let mut validation = Validation::new(Algorithm::ES256);
+                validation.set_required_spec_claims(&["iss"]);
+                validation.set_issuer(&[options.team_id.as_str()]);
+                validation.validate_exp = false;
+                let c = jsonwebtoken::decode::<Value>(&jwt, &key, &validation)
+                    .map_err(|_| error(403, "InvalidProviderToken"))?
+                    .claims;
+                lock(&state.verified).insert(jwt.clone(), c.clone());
+                c
+            }
+        };
         let iat = claims["iat"].as_u64().ok_or_else(|| error(403, "InvalidProviderToken"))?;
         if iat > now_s + 60 {
             return Err(error(403, "InvalidProviderToken"));
