@@ -23,7 +23,7 @@ pub use config::{PushConfig, PushCredentials};
 pub use dispatch::{
     Delivery, Dispatcher, Provider, ProviderHealth, PushAddress, RetryPolicy, UNCERTAIN_CONFIG_ERRORS_TO_STOP,
 };
-pub use payload::{Form, PushBody, PushMessage, Summary, SummaryKind};
+pub use payload::{Form, PushBody, PushMessage, Summary, SummaryKind, message_for};
 
 /// The result of one send attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]

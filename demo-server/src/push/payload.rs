@@ -137,6 +137,39 @@ impl PushMessage {
     }
 }
 
+/// The message for one of the delivery planner's push orders. `notification` is the envelope of a
+/// [`PushContent::Single`] order (the caller loads it by id; `None` when it is gone, and then there is nothing to
+/// send); summaries need no envelope. `badge`: the app icon count, when the caller knows it.
+pub fn message_for(
+    order: &crate::planner::PushOrder,
+    notification: Option<Notification>,
+    badge: Option<u32>,
+) -> Option<PushMessage> {
+    use crate::planner::PushContent;
+    let mut msg = match &order.content {
+        PushContent::Single { id } => {
+            let n = notification.filter(|n| n.id() == id)?;
+            PushMessage::notification(n)
+        }
+        PushContent::Digest { group, ids, title } => {
+            let summary = Summary {
+                kind: SummaryKind::Digest,
+                group: Some(group.clone()),
+                ids: ids.clone(),
+                title: title.clone(),
+            };
+            PushMessage::summary(summary, order.priority)
+        }
+        PushContent::QuietHoursSummary { ids, title } => {
+            let summary =
+                Summary { kind: SummaryKind::QuietHours, group: None, ids: ids.clone(), title: title.clone() };
+            PushMessage::summary(summary, order.priority)
+        }
+    };
+    msg.badge = badge;
+    Some(msg)
+}
+
 /// Which form a payload took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
@@ -470,6 +503,30 @@ mod tests {
             serde_json::from_str(&apns_payload(&PushMessage::summary(quiet, Priority::Important)).0).unwrap();
         assert_eq!(v["aps"]["alert"], json!({"title": "1 new notification"}));
         assert_eq!(v["tidings_summary"]["kind"], "quiet_hours");
+    }
+
+    #[test]
+    fn planner_orders_become_messages() {
+        use crate::planner::{PushContent, PushOrder};
+        let order =
+            |content| PushOrder { user: "alice".into(), device: "d".into(), content, priority: Priority::Important };
+        let n = notification("n1", 10);
+        let single = order(PushContent::Single { id: "n1".into() });
+        let msg = message_for(&single, Some(n.clone()), Some(2)).unwrap();
+        assert_eq!(
+            (msg.body, msg.badge, msg.priority),
+            (PushBody::Notification(n.clone()), Some(2), Priority::Important)
+        );
+        assert_eq!(message_for(&single, None, None), None, "the notification is gone: nothing to send");
+        assert_eq!(message_for(&order(PushContent::Single { id: "other".into() }), Some(n), None), None);
+        let digest = order(PushContent::Digest { group: "g".into(), ids: vec!["b".into(), "a".into()], title: None });
+        let msg = message_for(&digest, None, None).unwrap();
+        assert!(matches!(&msg.body, PushBody::Summary(Summary { kind: SummaryKind::Digest, group: Some(g), ids, .. })
+            if g == "g" && ids.len() == 2));
+        assert_eq!(msg.ttl, default_ttl(Priority::Important));
+        let quiet = order(PushContent::QuietHoursSummary { ids: vec!["a".into()], title: Some("t".into()) });
+        let msg = message_for(&quiet, None, None).unwrap();
+        assert!(matches!(&msg.body, PushBody::Summary(Summary { kind: SummaryKind::QuietHours, group: None, .. })));
     }
 
     #[test]
