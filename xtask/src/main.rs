@@ -155,7 +155,43 @@ fn lint(root: &Path) -> Result<(), String> {
 }
 
 fn rust_tests(root: &Path) -> Result<(), String> {
-    run(Step::new("rust tests", "cargo").args(["test", "--workspace", "--locked"]).dir(root))
+    let python = http_ece_python(root)?;
+    run(Step::new("rust tests", "cargo")
+        .args(["test", "--workspace", "--locked"])
+        .env("TIDINGS_HTTP_ECE_PYTHON", python)
+        .dir(root))
+}
+
+/// The Python `http_ece` version that decrypts the Web Push bodies of the server's tests (an implementation
+/// independent of ours); must match `tidings_push_mocks::http_ece::HTTP_ECE_VERSION`.
+const HTTP_ECE_VERSION: &str = "1.2.1";
+
+/// A Python with `http_ece`: a virtual environment under the target directory (python3 and python3-venv from
+/// Debian when missing, http_ece from PyPI).
+fn http_ece_python(root: &Path) -> Result<PathBuf, String> {
+    let venv = target_dir(root).join("http-ece-venv");
+    let python = venv.join("bin/python");
+    let works =
+        |p: &Path| Command::new(p).args(["-c", "import http_ece, cryptography"]).status().is_ok_and(|s| s.success());
+    if works(&python) {
+        return Ok(python);
+    }
+    let venv_ok = has("python3")
+        && Command::new("python3").args(["-c", "import venv, ensurepip"]).status().is_ok_and(|s| s.success());
+    if !venv_ok {
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    run(Step::new("python venv for http_ece", "python3").args(["-m", "venv"]).arg_path(&venv))?;
+    run(Step::new("install http_ece (pip)", venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("http_ece=={HTTP_ECE_VERSION}"),
+    ]))?;
+    if !works(&python) {
+        return Err(format!("{} cannot import http_ece after installing it", python.display()));
+    }
+    Ok(python)
 }
 
 fn target_dir(root: &Path) -> PathBuf {
