@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod child;
 mod floor;
 mod peer;
+mod push;
 mod report;
 mod scenarios;
 mod sys;
@@ -34,8 +35,8 @@ struct Cli {
 enum Command {
     /// Run the scenarios of bench/README.md (server on CPU 0, clients on CPU 1); one JSON line each.
     Run {
-        /// Which scenarios (s1, s2, s3, s4), comma-separated.
-        #[arg(long, default_value = "s1,s2,s3,s4", value_delimiter = ',')]
+        /// Which scenarios (s1, s2, s3, s4; p1, p2: push send throughput), comma-separated.
+        #[arg(long, default_value = "s1,s2,s3,s4,p1,p2", value_delimiter = ',')]
         scenarios: Vec<String>,
         /// S1 connections.
         #[arg(long, default_value_t = 10_000)]
@@ -49,12 +50,19 @@ enum Command {
         /// S2: publishes per scheduler turn on the server (1 = one per turn), for both systems.
         #[arg(long, default_value_t = 16)]
         publish_batch: u64,
-        /// Also run the peer (Socket.IO 4.8.4) and print the comparison.
+        /// Also run the peers (Socket.IO 4.8.4 for S1–S4, npm web-push 3.6.7 for P1) and print the comparisons;
+        /// `none` skips them.
         #[arg(long, default_value = "socketio")]
         peer: String,
         /// Runs of each scenario, alternating Tidings and the peer (the report takes the median of each metric).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
         runs: u32,
+        /// P1/P2: requests in flight per sender.
+        #[arg(long, default_value_t = 64)]
+        push_concurrency: u64,
+        /// P1/P2: timed sending per system, seconds (after a warm-up of 500 pushes).
+        #[arg(long, default_value_t = 5.0)]
+        push_seconds: f64,
     },
     /// Write BENCHMARKS.md and bench/plots/*.svg from the JSON lines of a `run`.
     Report {
@@ -73,6 +81,15 @@ enum Command {
     ServerProc {
         /// Arguments for the child.
         args: Vec<String>,
+    },
+    /// (internal) The mock push services of P1/P2.
+    #[command(hide = true)]
+    PushMocksProc,
+    /// (internal) The Tidings sender of P1/P2.
+    #[command(hide = true)]
+    PushSendProc {
+        /// The sender's configuration (JSON).
+        config: std::path::PathBuf,
     },
     /// Publish-to-app-callback latency of notifications sent one at a time to one client.
     Latency {
@@ -127,39 +144,82 @@ fn main() -> anyhow::Result<()> {
     allocator_options()?;
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer, runs } => {
-            run(&scenarios, s1_connections, clients, seconds, publish_batch, peer == "socketio", runs)
-        }
+        Command::Run {
+            scenarios,
+            s1_connections,
+            clients,
+            seconds,
+            publish_batch,
+            peer,
+            runs,
+            push_concurrency,
+            push_seconds,
+        } => run(
+            &scenarios,
+            Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds },
+            peer == "socketio",
+            runs,
+        ),
         Command::ServerProc { args } => child::run(&args),
+        Command::PushMocksProc => push::mocks_proc(),
+        Command::PushSendProc { config } => push::send_proc(&config),
         Command::Report { input, root, command } => report::write(&input, &root, &command),
         Command::Latency { count, interval_us, via } => latency(count, Duration::from_micros(interval_us), via),
     }
 }
 
-fn run(
-    which: &[String],
+/// The sizes of a `run`'s scenarios.
+struct Sizes {
     s1_connections: usize,
     clients: usize,
     seconds: f64,
     publish_batch: u64,
-    with_peer: bool,
-    runs: u32,
-) -> anyhow::Result<()> {
+    push_concurrency: u64,
+    push_seconds: f64,
+}
+
+fn run(which: &[String], sizes: Sizes, with_peer: bool, runs: u32) -> anyhow::Result<()> {
+    let Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds } = sizes;
     let fds = sys::raise_fd_limit()?;
     let nproc = sys::nproc();
     sys::pin_self(1)?;
     eprintln!("tidings-bench: {nproc} CPUs ({}), server on CPU 0, clients on CPU 1, fd limit {fds}", sys::cpu_model());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let stamp = |mut v: serde_json::Value| {
-        v["placement"] = json!(
-            "server pinned to CPU 0, clients pinned to CPU 1 (taskset); the Tidings processes use mimalloc with \
-             transparent huge pages off and no purging of freed memory"
-        );
+        if v.get("placement").is_none() {
+            v["placement"] = json!(
+                "server pinned to CPU 0, clients pinned to CPU 1 (taskset); the Tidings processes use mimalloc with \
+                 transparent huge pages off and no purging of freed memory"
+            );
+        }
         v["cpu"] = json!(sys::cpu_model());
         v["nproc"] = json!(nproc);
         v
     };
+    // The mock push services start with the first push scenario (their process would only sit on CPU 1 before).
+    let mut push_rig: Option<push::Rig> = None;
     for s in which {
+        if s == "p1" || s == "p2" {
+            if push_rig.is_none() {
+                push_rig = Some(rt.block_on(push::Rig::start(push_concurrency, push_seconds))?);
+            }
+            let rig = push_rig.as_mut().expect("started above");
+            for n in 1..=runs {
+                let ours = if s == "p1" {
+                    stamp(with_steal(|| rt.block_on(rig.p1_tidings()))?)
+                } else {
+                    stamp(with_steal(|| rt.block_on(rig.p2_tidings()))?)
+                };
+                let ours = numbered(ours, n, runs);
+                println!("{ours}");
+                if s == "p1" && with_peer {
+                    let theirs = numbered(stamp(with_steal(|| rt.block_on(rig.p1_web_push_npm()))?), n, runs);
+                    println!("{theirs}");
+                    println!("{}", numbered(compare(&ours, &theirs), n, runs));
+                }
+            }
+            continue;
+        }
         for n in 1..=runs {
             let ours = stamp(with_steal(|| {
                 rt.block_on(async {
@@ -196,6 +256,9 @@ fn run(
             println!("{}", numbered(compare(&ours, &theirs), n, runs));
         }
     }
+    if let Some(rig) = push_rig {
+        rt.block_on(rig.stop());
+    }
     Ok(())
 }
 
@@ -218,8 +281,10 @@ fn numbered(mut v: serde_json::Value, n: u32, runs: u32) -> serde_json::Value {
 /// The headline metrics of a scenario, side by side, with the ratio (how many times better Tidings is).
 fn compare(ours: &serde_json::Value, theirs: &serde_json::Value) -> serde_json::Value {
     let scenario = ours["scenario"].as_str().unwrap_or("");
+    let peer = if scenario == "P1" { "web_push_npm" } else { "socketio" };
     let metrics: &[(&str, bool)] = match scenario {
         "S1" => &[("rss_per_connection_kib", false)],
+        "P1" => &[("pushes_per_s", true), ("cpu_us_per_push", false)],
         "S2" => &[("deliveries_per_s", true), ("server_cpu_s", false)],
         "S3" => &[("p50_us", false), ("p99_us", false), ("p999_us", false), ("max_us", false), ("lost", false)],
         _ => &[
@@ -240,7 +305,7 @@ fn compare(ours: &serde_json::Value, theirs: &serde_json::Value) -> serde_json::
         };
         rows.insert(
             m.to_string(),
-            json!({"tidings": ours[m], "socketio": theirs[m], "ratio": ratio.map(|r| (r * 100.0).round() / 100.0)}),
+            json!({"tidings": ours[m], peer: theirs[m], "ratio": ratio.map(|r| (r * 100.0).round() / 100.0)}),
         );
     }
     json!({"scenario": scenario, "comparison": rows})

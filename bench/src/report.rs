@@ -114,6 +114,48 @@ const METRICS: &[Metric] = &[
         higher_is_better: false,
         target: "≤ 1 s",
     },
+    Metric {
+        scenario: "P1",
+        key: "pushes_per_s",
+        label: "Web Push sends accepted/s, one core",
+        unit: "/s",
+        higher_is_better: true,
+        target: "≥ 5× web-push",
+    },
+    Metric {
+        scenario: "P1",
+        key: "cpu_us_per_push",
+        label: "sender CPU per push",
+        unit: "µs",
+        higher_is_better: false,
+        target: "",
+    },
+    Metric {
+        scenario: "P2",
+        key: "pushes_per_s",
+        label: "APNs sends accepted/s, one core, one connection",
+        unit: "/s",
+        higher_is_better: true,
+        target: "",
+    },
+    Metric {
+        scenario: "P2",
+        key: "cpu_us_per_push",
+        label: "sender CPU per push",
+        unit: "µs",
+        higher_is_better: false,
+        target: "",
+    },
+];
+
+/// The scenarios in report order: id, title, the peer's `system` prefix in the result lines and its name.
+const SCENARIOS: &[(&str, &str, &str, &str)] = &[
+    ("S1", "S1 — idle memory", "socket.io", "Socket.IO"),
+    ("S2", "S2 — broadcast fan-out", "socket.io", "Socket.IO"),
+    ("S3", "S3 — targeted latency", "socket.io", "Socket.IO"),
+    ("S4", "S4 — reconnect storm", "socket.io", "Socket.IO"),
+    ("P1", "P1 — Web Push send throughput", "web-push", "web-push 3.6.7 (npm)"),
+    ("P2", "P2 — APNs send throughput", "no peer", "–"),
 ];
 
 fn fmt(v: Option<f64>) -> String {
@@ -186,7 +228,8 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Tidings against Socket.IO 4.8.4 (`connectionStateRecovery` on), measured in the same run on the same machine.\n\
+        "Tidings against Socket.IO 4.8.4 (`connectionStateRecovery` on) and, for push sending, npm web-push 3.6.7, \
+         measured in the same run on the same machine.\n\
          Regenerate everything on this page (numbers and charts) with:\n\n```sh\n{command}\n```\n"
     )?;
     writeln!(
@@ -205,19 +248,13 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
              range over the runs follows in brackets, and ratios are taken between the medians.\n"
         )?;
     }
-    for scenario in ["S1", "S2", "S3", "S4"] {
-        let (ours, theirs) = (find(&runs, scenario, "tidings"), find(&runs, scenario, "socket.io"));
+    for &(scenario, title, peer_prefix, peer) in SCENARIOS {
+        let (ours, theirs) = (find(&runs, scenario, "tidings"), find(&runs, scenario, peer_prefix));
         if ours.is_empty() {
             continue;
         }
-        let title = match scenario {
-            "S1" => "S1 — idle memory",
-            "S2" => "S2 — broadcast fan-out",
-            "S3" => "S3 — targeted latency",
-            _ => "S4 — reconnect storm",
-        };
         writeln!(md, "## {title}\n")?;
-        writeln!(md, "| metric | Tidings | Socket.IO | ratio (× better) | target |\n|---|---:|---:|---:|---|")?;
+        writeln!(md, "| metric | Tidings | {peer} | ratio (× better) | target |\n|---|---:|---:|---:|---|")?;
         let mut bars = Vec::new();
         for m in METRICS.iter().filter(|m| m.scenario == scenario) {
             let (sa, sb) = (summary(&ours, m.key), summary(&theirs, m.key));
@@ -260,7 +297,20 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 metric("max_us"),
             )?;
         }
-        if let Some(steal) = steal_sentence(&[("Tidings", &ours), ("Socket.IO", &theirs), ("floor", &floor)]) {
+        if scenario.starts_with('P') {
+            writeln!(
+                md,
+                "\nEach sender, pinned to CPU 0, keeps {} requests in flight to {} subscriptions (devices) on a local mock \
+                 service pinned to CPU 1 (tests/push-mocks, over TLS), for {} s after a warm-up; a {}-byte payload. CPU \
+                 per push is the sender process's user + system time over the timed window, divided by the pushes \
+                 accepted. The server does not send pushes by itself yet: this measures its senders.",
+                fmt(ours[0]["concurrency"].as_f64()),
+                fmt(ours[0]["subscriptions"].as_f64()),
+                fmt(ours[0]["seconds_requested"].as_f64()),
+                fmt(ours[0]["payload_bytes"].as_f64()),
+            )?;
+        }
+        if let Some(steal) = steal_sentence(&[("Tidings", &ours), (peer, &theirs), ("floor", &floor)]) {
             writeln!(md, "\n{steal}")?;
         }
         if let Some(extra) = ours.last().and_then(|v| v["publisher"].as_str()) {
@@ -271,7 +321,7 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
         }
         let svg_rel = format!("bench/plots/{}.svg", scenario.to_lowercase());
         std::fs::create_dir_all(root.join("bench/plots"))?;
-        std::fs::write(root.join(&svg_rel), svg(title, &bars))?;
+        std::fs::write(root.join(&svg_rel), svg(title, peer, &bars))?;
         writeln!(md, "\n![{title}]({svg_rel})\n")?;
     }
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
@@ -313,7 +363,7 @@ fn escape(s: &str) -> String {
 }
 
 /// A horizontal grouped bar chart: one group per metric, each scaled to its own maximum.
-fn svg(title: &str, bars: &[(String, f64, f64, bool)]) -> String {
+fn svg(title: &str, peer: &str, bars: &[(String, f64, f64, bool)]) -> String {
     let (width, label_w, bar_w, row_h) = (760.0, 300.0, 360.0, 54.0);
     let height = 60.0 + bars.len() as f64 * row_h + 30.0;
     let mut s = String::new();
@@ -325,11 +375,12 @@ fn svg(title: &str, bars: &[(String, f64, f64, bool)]) -> String {
     let _ = writeln!(s, r##"<text x="16" y="28" font-size="17" font-weight="bold">{}</text>"##, escape(title));
     let _ = writeln!(
         s,
-        r##"<rect x="{}" y="14" width="12" height="12" fill="#2f6fde"/><text x="{}" y="25">Tidings</text><rect x="{}" y="14" width="12" height="12" fill="#b8b8b8"/><text x="{}" y="25">Socket.IO 4.8.4</text>"##,
+        r##"<rect x="{}" y="14" width="12" height="12" fill="#2f6fde"/><text x="{}" y="25">Tidings</text><rect x="{}" y="14" width="12" height="12" fill="#b8b8b8"/><text x="{}" y="25">{}</text>"##,
         width - 260.0,
         width - 243.0,
         width - 170.0,
-        width - 153.0
+        width - 153.0,
+        escape(if peer == "Socket.IO" { "Socket.IO 4.8.4" } else { peer })
     );
     for (i, (label, a, b, higher)) in bars.iter().enumerate() {
         let y = 50.0 + i as f64 * row_h;
@@ -416,6 +467,39 @@ mod tests {
         assert!(md.contains("p50 55 (50 – 60) µs, p99 220 (200 – 240) µs"), "{md}");
         // The floor is not a competitor: it gets no column of its own in the table.
         assert!(md.contains("| targeted latency p50 (µs) | 90 | – |"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn push_scenarios_compare_with_web_push_and_say_how_they_were_measured() {
+        let dir = std::env::temp_dir().join(format!("tidings-report-push-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = |scenario: &str, system: &str, per_s: f64, cpu: f64| {
+            json!({"scenario": scenario, "system": system, "run": 1, "runs": 1, "pushes_per_s": per_s,
+                   "cpu_us_per_push": cpu, "concurrency": 64, "subscriptions": 1000, "seconds_requested": 5.0,
+                   "payload_bytes": 327, "nproc": 2, "cpu": "x", "placement": "p"})
+            .to_string()
+        };
+        let text = [
+            line("P1", "tidings", 12_000.0, 80.0),
+            line("P1", "web-push 3.6.7 (npm)", 1_000.0, 1_000.0),
+            line("P2", "tidings", 20_000.0, 20.0),
+        ]
+        .join("\n");
+        let input = dir.join("r.jsonl");
+        std::fs::write(&input, text).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("| metric | Tidings | web-push 3.6.7 (npm) |"), "{md}");
+        assert!(
+            md.contains("| Web Push sends accepted/s, one core (/s) | 12,000 | 1,000 | 12.00× | ≥ 5× web-push |"),
+            "{md}"
+        );
+        assert!(md.contains("| sender CPU per push (µs) | 80 | 1,000 | 12.50× |"), "{md}");
+        assert!(md.contains("keeps 64 requests in flight to 1,000 subscriptions"), "{md}");
+        assert!(md.contains("## P2 — APNs send throughput"), "{md}");
+        let svg = std::fs::read_to_string(dir.join("bench/plots/p1.svg")).unwrap();
+        assert!(svg.contains("web-push 3.6.7 (npm)"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -85,9 +85,13 @@ pub struct ServerConfig {
     /// static files.
     pub web_root: Option<std::path::PathBuf>,
     /// The application server's VAPID public key (RFC 8292): the uncompressed P-256 point, base64url. Served at
-    /// `GET /v1/push/vapid-public-key`, where browsers' service workers read it to subscribe to Web Push; the
-    /// private key stays with whatever sends the pushes. `None`: the endpoint answers `404 not_configured`.
+    /// `GET /v1/push/vapid-public-key`, where browsers' service workers read it to subscribe to Web Push; its
+    /// private half is [`crate::push::PushConfig::vapid_private_key`]. `None`: the endpoint answers
+    /// `404 not_configured`.
     pub vapid_public_key: Option<String>,
+    /// Push providers (Web Push signing key, APNs, FCM), checked at startup. The server does not send pushes yet
+    /// (issue 14, phase 2).
+    pub push: crate::push::PushConfig,
 }
 
 impl ServerConfig {
@@ -127,6 +131,7 @@ impl ServerConfig {
             demo_publish_interval: Duration::from_secs(2),
             web_root: None,
             vapid_public_key: None,
+            push: crate::push::PushConfig::default(),
         }
     }
 
@@ -176,6 +181,7 @@ impl ServerConfig {
         if let Some(key) = &self.vapid_public_key {
             crate::webpush::check_p256_public_key(key).map_err(|e| format!("the VAPID public key {e}"))?;
         }
+        self.push.load(self.vapid_public_key.as_deref())?;
         Ok(())
     }
 }
@@ -212,6 +218,7 @@ impl fmt::Debug for ServerConfig {
             .field("demo_publish_interval", &self.demo_publish_interval)
             .field("web_root", &self.web_root)
             .field("vapid_public_key", &self.vapid_public_key)
+            .field("push", &self.push)
             .finish()
     }
 }

@@ -31,8 +31,10 @@ pub mod demo;
 mod http;
 mod hub;
 mod outbox;
+pub mod planner;
 mod presence;
 mod publish;
+pub mod push;
 mod registry;
 mod replay;
 pub mod storage;
@@ -68,8 +70,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     start_with_storage(config, storage).await
 }
 
+/// Installs ring as rustls' process-wide crypto provider unless one is installed already (as the core's native
+/// driver does for `wss:`). The push senders choose ring explicitly, but they link reqwest with rustls and no
+/// default provider, so any other `reqwest::Client` in the process (tests, tools) needs a process default:
+/// [`start`] installs it.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Starts a server on the given storage backend and returns once it accepts connections.
 pub async fn start_with_storage(config: ServerConfig, storage: Arc<dyn Storage>) -> anyhow::Result<RunningServer> {
+    install_crypto_provider();
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

@@ -65,9 +65,12 @@ struct Args {
     #[arg(long, env = "TIDINGS_WEB_ROOT")]
     web_root: Option<std::path::PathBuf>,
     /// Your VAPID public key (base64url, as `web-push generate-vapid-keys` prints it), served at
-    /// GET /v1/push/vapid-public-key for browsers subscribing to Web Push. The private key stays with your sender.
+    /// GET /v1/push/vapid-public-key for browsers subscribing to Web Push. Its private half is --vapid-private-key.
     #[arg(long, env = "TIDINGS_VAPID_PUBLIC_KEY")]
     vapid_public_key: Option<String>,
+    /// Push providers (checked at startup; the server does not send pushes yet).
+    #[command(flatten)]
+    push: tidings_server::push::PushConfig,
 }
 
 fn init_logging(format: LogFormat) {
@@ -111,6 +114,7 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     config.web_root = args.web_root.clone();
     config.vapid_public_key = args.vapid_public_key.clone();
+    config.push = args.push.clone();
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(config)
 }
@@ -209,5 +213,14 @@ mod tests {
         assert_eq!(config.api_key, DEMO_API_KEY);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert!(config.demo);
+    }
+
+    #[test]
+    fn push_provider_flags_are_checked_at_startup() {
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--apns-key-id", "ABC123DEFG"]).unwrap();
+        let error = config_from(&args).unwrap_err().to_string();
+        assert!(error.contains("APNs is half configured"), "{error}");
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--fcm-url", "https://fcm.example"]).unwrap();
+        assert_eq!(config_from(&args).unwrap().push.fcm_url, "https://fcm.example");
     }
 }

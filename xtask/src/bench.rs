@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: the one command behind BENCHMARKS.md. Installs the pinned Socket.IO peer, builds the
-//! load tool in release, runs S1–S4 for Tidings and Socket.IO three times each, alternating (server on CPU 0,
-//! clients on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md and `bench/plots/*.svg`.
+//! `cargo xtask bench`: the one command behind BENCHMARKS.md. Installs the pinned peers (Socket.IO, npm
+//! web-push), builds the load tool in release, runs S1–S4 for Tidings and Socket.IO and P1–P2 (push sending,
+//! against web-push for P1) three times each, alternating (server or sender on CPU 0, clients or mock services
+//! on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md and
+//! `bench/plots/*.svg`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,6 +13,12 @@ pub(crate) fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
     let peer = root.join("bench/peers/socketio");
     if !peer.join("node_modules/socket.io").is_dir() {
         run(Step::new("install Socket.IO 4.8.4 (npm ci)", "npm").args(["ci", "--no-audit", "--no-fund"]).dir(&peer))?;
+    }
+    let web_push = root.join("bench/peers/webpush");
+    if !web_push.join("node_modules/web-push").is_dir() {
+        run(Step::new("install web-push 3.6.7 (npm ci)", "npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .dir(&web_push))?;
     }
     run(Step::new("build tidings-bench (release)", "cargo")
         .args(["build", "--release", "--locked", "-p", "tidings-bench"])

@@ -91,7 +91,7 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
     timings.push(("kotlinc", secs(t)));
 
     let t = Instant::now();
-    let server = crate::server::start_conformance_server(root)?;
+    let server = crate::server::start_conformance_server(root, "kotlin")?;
     timings.push(("reference server", secs(t)));
 
     let t = Instant::now();
@@ -113,7 +113,7 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
     let outcome = run(step);
     timings.push(("tests", secs(t)));
     drop(server);
-    outcome.map_err(|e| format!("{e}: see the failures above (server log: target/conformance-server.log)"))
+    outcome.map_err(|e| format!("{e}: see the failures above (server log: target/conformance-server-kotlin.log)"))
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -79,26 +79,78 @@ fn main() -> ExitCode {
     }
 }
 
+/// The suites `cargo xtask test` runs after the lints, each a `cargo xtask <command>` of its own. They share no
+/// state but the build directory (cargo serialises builds on its lock) and run in parallel, each writing its
+/// output to `target/test-logs/<command>.log`, printed whole when it ends.
+const SUITES: &[(&str, &str)] = &[
+    ("rust tests", "rust-tests"),
+    ("kotlin (JVM) tests", "kotlin-test"),
+    ("swift tests", "swift-test"),
+    ("browser tests", "wasm-test"),
+    ("fuzz smoke", "fuzz-smoke"),
+];
+
 fn test_all(root: &Path) -> Result<(), String> {
     let started = Instant::now();
-    let mut timings: Vec<(String, f64)> = Vec::new();
-    let mut timed = |name: &str, f: &dyn Fn() -> Result<(), String>| -> Result<(), String> {
-        let t = Instant::now();
-        let r = f();
-        timings.push((name.to_string(), t.elapsed().as_secs_f64()));
-        r
-    };
-    timed("lint", &|| lint(root))?;
-    timed("rust tests", &|| rust_tests(root))?;
-    timed("kotlin (JVM) tests", &|| kotlin::test(root))?;
-    timed("swift tests", &|| swift::test(root))?;
-    timed("browser tests", &|| wasm::test(root))?;
-    timed("fuzz smoke", &|| fuzz::smoke(root))?;
-    eprintln!("\n== xtask test: all suites passed in {:.0} s", started.elapsed().as_secs_f64());
-    for (name, secs) in &timings {
-        eprintln!("   {name:<24} {secs:>7.1} s");
+    let t = Instant::now();
+    lint(root)?;
+    let mut timings = vec![("lint".to_string(), t.elapsed().as_secs_f64(), true)];
+    // `TIDINGS_TEST_JOBS=1` runs the suites one after another (to read a failure without the others' load).
+    let jobs = env::var("TIDINGS_TEST_JOBS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(SUITES.len()).max(1);
+    let logs = target_dir(root).join("test-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
+    let exe = env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
+    eprintln!("\n== {} suites, {} at a time; logs in {}", SUITES.len(), jobs, logs.display());
+    let queue = std::sync::Mutex::new(SUITES.iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(SUITES.len()) {
+            scope.spawn(|| {
+                loop {
+                    let Some(&(name, command)) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else {
+                        break;
+                    };
+                    let outcome = run_suite(root, &exe, &logs, name, command);
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
+                }
+            });
+        }
+    });
+    let mut failed = Vec::new();
+    for (name, secs, ok) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if !ok {
+            failed.push(name.clone());
+        }
+        timings.push((name, secs, ok));
     }
-    Ok(())
+    let verdict = if failed.is_empty() { "all suites passed" } else { "FAILED" };
+    eprintln!("\n== xtask test: {verdict} in {:.0} s", started.elapsed().as_secs_f64());
+    for (name, secs, ok) in &timings {
+        eprintln!("   {name:<24} {secs:>7.1} s  {}", if *ok { "ok" } else { "FAILED" });
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("failed: {}", failed.join(", "))) }
+}
+
+/// Runs `cargo xtask <command>` with its output in `logs/<command>.log`, then prints that log.
+fn run_suite(root: &Path, exe: &Path, logs: &Path, name: &str, command: &str) -> (String, f64, bool) {
+    let started = Instant::now();
+    let path = logs.join(format!("{command}.log"));
+    eprintln!("== {name}: started ({})", path.display());
+    let outcome = std::fs::File::create(&path)
+        .and_then(|log| Command::new(exe).arg(command).current_dir(root).stdout(log.try_clone()?).stderr(log).status());
+    let secs = started.elapsed().as_secs_f64();
+    let ok = matches!(&outcome, Ok(status) if status.success());
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    // One write, so the logs of suites ending together do not interleave.
+    let mut report =
+        format!("\n======== {name} ({command}): {} in {secs:.0} s ========\n", if ok { "passed" } else { "FAILED" });
+    report.push_str(&text);
+    if let Err(e) = &outcome {
+        report.push_str(&format!("\ncould not run {}: {e}\n", exe.display()));
+    }
+    report.push_str(&format!("======== end of {name} ========\n"));
+    eprint!("{report}");
+    (name.to_string(), secs, ok)
 }
 
 fn lint(root: &Path) -> Result<(), String> {
@@ -109,7 +161,43 @@ fn lint(root: &Path) -> Result<(), String> {
 }
 
 fn rust_tests(root: &Path) -> Result<(), String> {
-    run(Step::new("rust tests", "cargo").args(["test", "--workspace", "--locked"]).dir(root))
+    let python = http_ece_python(root)?;
+    run(Step::new("rust tests", "cargo")
+        .args(["test", "--workspace", "--locked"])
+        .env("TIDINGS_HTTP_ECE_PYTHON", python)
+        .dir(root))
+}
+
+/// The Python `http_ece` version that decrypts the Web Push bodies of the server's tests (an implementation
+/// independent of ours); must match `tidings_push_mocks::http_ece::HTTP_ECE_VERSION`.
+const HTTP_ECE_VERSION: &str = "1.2.1";
+
+/// A Python with `http_ece`: a virtual environment under the target directory (python3 and python3-venv from
+/// Debian when missing, http_ece from PyPI).
+fn http_ece_python(root: &Path) -> Result<PathBuf, String> {
+    let venv = target_dir(root).join("http-ece-venv");
+    let python = venv.join("bin/python");
+    let works =
+        |p: &Path| Command::new(p).args(["-c", "import http_ece, cryptography"]).status().is_ok_and(|s| s.success());
+    if works(&python) {
+        return Ok(python);
+    }
+    let venv_ok = has("python3")
+        && Command::new("python3").args(["-c", "import venv, ensurepip"]).status().is_ok_and(|s| s.success());
+    if !venv_ok {
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    run(Step::new("python venv for http_ece", "python3").args(["-m", "venv"]).arg_path(&venv))?;
+    run(Step::new("install http_ece (pip)", venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("http_ece=={HTTP_ECE_VERSION}"),
+    ]))?;
+    if !works(&python) {
+        return Err(format!("{} cannot import http_ece after installing it", python.display()));
+    }
+    Ok(python)
 }
 
 fn target_dir(root: &Path) -> PathBuf {

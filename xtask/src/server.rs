@@ -37,14 +37,24 @@ impl Drop for ServerProcess {
 }
 
 /// Builds and starts `tidings-server` for conformance runs. `replay_max_items` comes from
-/// `tests/conformance/scenarios.json` (`server.replay_max_items`).
-pub(crate) fn start_conformance_server(root: &Path) -> Result<ServerProcess, String> {
-    start_conformance_server_serving(root, None)
+/// `tests/conformance/scenarios.json` (`server.replay_max_items`). The server logs to
+/// `target/conformance-server-<suite>.log` (suites run in parallel, each with its own server).
+pub(crate) fn start_conformance_server(root: &Path, suite: &str) -> Result<ServerProcess, String> {
+    start_conformance_server_serving(root, suite, None)
+}
+
+/// Where the conformance server of `suite` logs.
+pub(crate) fn log_path(root: &Path, suite: &str) -> std::path::PathBuf {
+    crate::target_dir(root).join(format!("conformance-server-{suite}.log"))
 }
 
 /// [`start_conformance_server`], also serving `web_root`'s files at `/` (`--web-root`: the browser runner's
 /// pages load the npm package from the server they test against).
-pub(crate) fn start_conformance_server_serving(root: &Path, web_root: Option<&Path>) -> Result<ServerProcess, String> {
+pub(crate) fn start_conformance_server_serving(
+    root: &Path,
+    suite: &str,
+    web_root: Option<&Path>,
+) -> Result<ServerProcess, String> {
     run(Step::new("build tidings-server", "cargo").args(["build", "-p", "tidings-server", "--locked"]).dir(root))?;
     let scenarios = std::fs::read_to_string(root.join("tests/conformance/scenarios.json"))
         .map_err(|e| format!("read scenarios.json: {e}"))?;
@@ -56,8 +66,8 @@ pub(crate) fn start_conformance_server_serving(root: &Path, web_root: Option<&Pa
         .ok_or("scenarios.json has no server.replay_max_items")?;
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let bin = crate::target_dir(root).join("debug").join("tidings-server");
-    let log =
-        std::fs::File::create(crate::target_dir(root).join("conformance-server.log")).map_err(|e| e.to_string())?;
+    let log_path = log_path(root, suite);
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
     let mut command = Command::new(&bin);
     command.args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items]);
     if let Some(web_root) = web_root {
@@ -83,7 +93,7 @@ pub(crate) fn start_conformance_server_serving(root: &Path, web_root: Option<&Pa
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err("the conformance server did not become healthy within 20 s (see target/conformance-server.log)".into())
+    Err(format!("the conformance server did not become healthy within 20 s (see {})", log_path.display()))
 }
 
 fn healthy(port: u16) -> bool {

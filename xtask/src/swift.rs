@@ -81,7 +81,7 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
     timings.push(("host library + bindings check", secs(t)));
 
     let t = Instant::now();
-    let server = crate::server::start_conformance_server(root)?;
+    let server = crate::server::start_conformance_server(root, "swift")?;
     timings.push(("reference server", secs(t)));
 
     let library_dir = library.parent().ok_or("the host library has no directory")?.display().to_string();
@@ -107,7 +107,7 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
     let outcome = swift(root, &toolchain, "swift test (XCTest)", &test_args, &env);
     timings.push(("swift test", secs(t)));
     drop(server);
-    outcome.map_err(|e| format!("{e}: see the failures above (server log: target/conformance-server.log)"))
+    outcome.map_err(|e| format!("{e}: see the failures above (server log: target/conformance-server-swift.log)"))
 }
 
 /// Runs `swift <args>` for the package in `bindings-swift/` with `env`.

@@ -32,12 +32,16 @@ impl Step {
         self
     }
 
+    pub(crate) fn arg_path(mut self, path: &Path) -> Self {
+        self.args.push(path.as_os_str().to_owned());
+        self
+    }
+
     pub(crate) fn dir(mut self, dir: &Path) -> Self {
         self.dir = Some(dir.to_path_buf());
         self
     }
 
-    #[allow(dead_code)]
     pub(crate) fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));
         self

@@ -48,7 +48,7 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
         .env("TIDINGS_WEB_ROOT", &web))?;
     // The conformance scenarios through the npm package, against a server in demo mode with the scenarios'
     // replay buffer that also serves the package (tests/conformance/README.md).
-    let server = crate::server::start_conformance_server_serving(root, Some(&web))?;
+    let server = crate::server::start_conformance_server_serving(root, "browser", Some(&web))?;
     let mut step = Step::new("browser conformance scenarios (Playwright, headless Chromium)", "node")
         .args(["conformance.mjs"])
         .dir(&root.join("bindings-wasm/e2e"))
@@ -58,7 +58,7 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
     }
     let outcome = run(step);
     drop(server);
-    outcome.map_err(|e| format!("{e} (server log: target/conformance-server.log)"))
+    outcome.map_err(|e| format!("{e} (server log: target/conformance-server-browser.log)"))
 }
 
 /// `cargo xtask wasm-size`: builds the package and writes the size report only (no browser, no test suites).

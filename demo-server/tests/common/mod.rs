@@ -193,8 +193,10 @@ impl Client {
     }
 }
 
-/// HTTP helpers.
+/// HTTP helpers. (reqwest is linked with rustls and no default crypto provider: see
+/// `tidings_server::install_crypto_provider`.)
 pub fn http() -> reqwest::Client {
+    tidings_server::install_crypto_provider();
     reqwest::Client::builder().timeout(PATIENCE).build().unwrap()
 }
 
