@@ -446,11 +446,13 @@ fn snapshot_members<V: Json>(f: &mut Fields<V>, source: &str) -> Snapshot {
             s.pending.push(batch);
         }
     }
-    if let Some(p) = f.get("push")
-        && let Ok(mut p) = Fields::new(p)
-    {
+    let push = f.get("push");
+    if let Some(mut p) = f.object(push, "push") {
+        // As the codec: wrong types make the snapshot corrupt, an unknown platform drops the registration only.
         let platform = p.opt_str("platform").and_then(|name| PushPlatform::parse(&name));
-        if let (Some(platform), Some(token)) = (platform, p.opt_str("token")) {
+        let token = p.opt_str("token");
+        f.absorb(p);
+        if let (Some(platform), Some(token)) = (platform, token) {
             s.push = Some(PushRegistration { platform, token });
         }
     }
@@ -474,6 +476,25 @@ mod tests {
         ] {
             assert_eq!(frame::<Value>(text), decode_server_frame(text), "{text}");
         }
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-push-token-number`): a
+    /// `push` member whose `token` is not a string was ignored here and made the snapshot corrupt in the codec.
+    #[test]
+    fn a_push_member_of_the_wrong_shape_is_corrupt_as_in_the_codec() {
+        for text in [
+            r#"{"version":1,"push":{"platform":"fcm","token":990}}"#,
+            r#"{"version":1,"push":5}"#,
+            r#"{"version":1,"push":{"platform":7,"token":"t"}}"#,
+        ] {
+            assert!(snapshot_with::<Value>(text).is_err(), "{text}");
+            assert!(tidings_core::store::decode_snapshot(text.as_bytes()).is_err(), "{text}");
+        }
+        let unknown = r#"{"version":1,"push":{"platform":"carrier_pigeon","token":"t"},"seen":null}"#;
+        assert_eq!(
+            snapshot_with::<Value>(unknown).unwrap(),
+            tidings_core::store::decode_snapshot(unknown.as_bytes()).unwrap()
+        );
     }
 
     /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-repeated-body`): a

@@ -159,6 +159,9 @@ mod snapshot_codec {
             match &*key {
                 "version" => s.version = u32::try_from(r.u64()?).map_err(|_| DecodeError::new("bad version"))?,
                 "device_id" => s.device_id = if r.null() { None } else { Some(r.string()?.into_owned()) },
+                // `null` counts as absent for every member, as in frames (and as the browser reads it).
+                "cursors" if r.null() => {}
+                "seen" | "pending" | "push" | "scope" if r.null() => {}
                 "cursors" => {
                     r.begin_object()?;
                     let mut first = true;
@@ -215,22 +218,22 @@ mod snapshot_codec {
                     }
                 }
                 "push" => {
-                    if !r.null() {
-                        let (mut platform, mut token) = (None, None);
-                        r.begin_object()?;
-                        let mut f = true;
-                        while let Some(k) = r.next_key(&mut f)? {
-                            match &*k {
-                                "platform" => platform = PushPlatform::parse(&r.string()?),
-                                "token" => token = Some(r.string()?.into_owned()),
-                                _ => {
-                                    r.raw_value()?;
-                                }
+                    let (mut platform, mut token) = (None, None);
+                    r.begin_object()?;
+                    let mut f = true;
+                    while let Some(k) = r.next_key(&mut f)? {
+                        match &*k {
+                            "platform" | "token" if r.null() => {}
+                            // An unknown platform (a newer version's) drops the registration, not the snapshot.
+                            "platform" => platform = PushPlatform::parse(&r.string()?),
+                            "token" => token = Some(r.string()?.into_owned()),
+                            _ => {
+                                r.raw_value()?;
                             }
                         }
-                        if let (Some(platform), Some(token)) = (platform, token) {
-                            s.push = Some(PushRegistration { platform, token });
-                        }
+                    }
+                    if let (Some(platform), Some(token)) = (platform, token) {
+                        s.push = Some(PushRegistration { platform, token });
                     }
                 }
                 _ => {
@@ -284,6 +287,28 @@ mod tests {
         assert_eq!(decode_snapshot(&bytes).unwrap(), s);
         let empty = Snapshot { version: 1, ..Default::default() };
         assert_eq!(decode_snapshot(&encode_snapshot(&empty)).unwrap(), empty);
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-push-token-number`): the
+    /// codec and the browser's decoder disagreed on what a malformed `push` member means. One rule now: `null` is
+    /// absent for every member; a member of the wrong type makes the snapshot corrupt; an unknown platform drops
+    /// the registration only.
+    #[test]
+    fn null_members_are_absent_and_wrong_types_are_corrupt() {
+        let ok = decode_snapshot(
+            br#"{"version":1,"cursors":null,"seen":null,"pending":null,"push":{"platform":null,"token":"t"},"scope":null}"#,
+        )
+        .unwrap();
+        assert_eq!(ok, Snapshot { version: 1, ..Default::default() });
+        let unknown = decode_snapshot(br#"{"version":1,"push":{"platform":"carrier_pigeon","token":"t"}}"#).unwrap();
+        assert_eq!(unknown.push, None);
+        for bad in [
+            &br#"{"version":1,"push":{"platform":"fcm","token":990}}"#[..],
+            br#"{"version":1,"push":5}"#,
+            br#"{"version":1,"scope":7}"#,
+        ] {
+            assert!(decode_snapshot(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
