@@ -116,19 +116,91 @@ fn stream_list(r: &mut Reader<'_>) -> Result<Option<Vec<SubscribeEntry>>, Decode
     Ok(Some(out))
 }
 
-/// Collects the members of one object. On error, returns the `op` read so far (to name the frame kind).
-fn read_members<'a>(r: &mut Reader<'a>) -> Result<Members<'a>, (DecodeError, Option<Cow<'a, str>>)> {
+/// Which side sent a frame: the members a frame has depend on its `op` and on the side.
+#[derive(Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Whether `key` is a member of the frame `op` sent by `side` (`op` itself always is). Other members are skipped
+/// unread, as unknown members are (protocol §1): a member another kind of frame has, with another type, must not
+/// make this one undecodable.
+fn has_member(side: Side, op: Option<&str>, key: &str) -> bool {
+    let members: &[&str] = match (side, op) {
+        (_, None) => &[],
+        (Side::Server, Some("notification")) => &[
+            "id",
+            "stream",
+            "offset",
+            "epoch",
+            "type",
+            "priority",
+            "persistence",
+            "title",
+            "body",
+            "data",
+            "group",
+            "created_at",
+        ],
+        (Side::Server, Some("welcome")) => {
+            &["session", "user", "device", "heartbeat_ms", "max_frame_bytes", "token_expires_in_ms"]
+        }
+        (Side::Server, Some("subscribed")) => {
+            &["ref", "stream", "epoch", "offset", "continuity", "replayed", "reason", "missed"]
+        }
+        (Side::Server, Some("unsubscribed")) => &["ref", "stream"],
+        (Side::Server, Some("token_refreshed")) => &["token_expires_in_ms"],
+        (Side::Server, Some("push_registered")) => &["ref", "platform"],
+        (Side::Server, Some("error")) => &["ref", "stream", "code", "message", "retry_after_ms"],
+        (Side::Client, Some("auth")) => &["token", "device", "client"],
+        (Side::Client, Some("subscribe" | "unsubscribe")) => &["ref", "streams"],
+        (Side::Client, Some("ack")) => &["ids"],
+        (Side::Client, Some("heartbeat")) => &["echo"],
+        (Side::Client, Some("register_push")) => &["ref", "platform", "token"],
+        _ => &[],
+    };
+    members.contains(&key)
+}
+
+/// The `op` of a JSON object, if it has one that is a string (a first pass over the members, unread).
+fn find_op(text: &str) -> Option<Cow<'_, str>> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        if key == "op" && r.peek() == Some(b'"') {
+            return r.string().ok();
+        }
+        r.raw_value().ok()?;
+    }
+    None
+}
+
+/// Collects the members of one frame: `op`, and the members the frame it names has. On error, returns the `op`
+/// read so far (to name the frame kind).
+fn read_members<'a>(text: &'a str, side: Side) -> Result<Members<'a>, (DecodeError, Option<Cow<'a, str>>)> {
     let mut m = Members::default();
-    match read_members_into(r, &mut m) {
+    let op = find_op(text);
+    match read_members_into(&mut Reader::new(text), &mut m, side, op.as_deref()) {
         Ok(()) => Ok(m),
-        Err(e) => Err((e, m.op)),
+        Err(e) => Err((e, m.op.or(op))),
     }
 }
 
-fn read_members_into<'a>(r: &mut Reader<'a>, m: &mut Members<'a>) -> Result<(), DecodeError> {
+fn read_members_into<'a>(
+    r: &mut Reader<'a>,
+    m: &mut Members<'a>,
+    side: Side,
+    op: Option<&str>,
+) -> Result<(), DecodeError> {
     r.begin_object()?;
     let mut first = true;
     while let Some(key) = r.next_key(&mut first)? {
+        if key != "op" && !has_member(side, op, &key) {
+            r.raw_value()?;
+            continue;
+        }
         member(r, m, &key).map_err(|e| DecodeError::new(format!("member `{key}`: {}", e.message())))?;
     }
     r.end()
@@ -331,7 +403,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
         .map(ServerFrame::Notification)
         .map_err(|e| DecodeError::new(format!("invalid notification frame: {}", e.message())));
     }
-    let m = read_members(&mut Reader::new(text)).map_err(|(e, op)| {
+    let m = read_members(text, Side::Server).map_err(|(e, op)| {
         let what = if op.as_deref() == Some("notification") { "notification" } else { "server" };
         DecodeError::new(format!("invalid {what} frame: {}", e.message()))
     })?;
@@ -394,7 +466,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
 
 /// Decodes a client frame.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
-    let m = read_members(&mut Reader::new(text))
+    let m = read_members(text, Side::Client)
         .map_err(|(e, _)| DecodeError::new(format!("invalid client frame: {}", e.message())))?;
     let frame = (|| -> Result<ClientFrame, DecodeError> {
         let op = need(m.op, "op")?;
@@ -776,6 +848,25 @@ mod tests {
             group: group.map(Into::into),
             created_at: 1_763_808_060_123,
         })
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-member-of-another-frame`):
+    /// the codec typed every member it knew by name, whatever the frame, so an `unsubscribed` carrying a `group`
+    /// that is a number was refused, where unknown members must be ignored (§1) and the browser decoder ignored it.
+    #[test]
+    fn members_of_other_kinds_of_frame_are_ignored_like_unknown_ones() {
+        let frame = r#"{"op":"unsubscribed","ref":2,"stream":"topic:a","group":63,"title":5,"offset":"x"}"#;
+        assert_eq!(
+            decode_server_frame(frame),
+            Ok(ServerFrame::Unsubscribed { reference: 2, stream: "topic:a".into() })
+        );
+        let frame = r#"{"op":"heartbeat","echo":"yes","streams":7}"#;
+        assert_eq!(decode_server_frame(frame), Ok(ServerFrame::Heartbeat));
+        let client = r#"{"op":"ack","ids":["a"],"token":1,"ref":"x"}"#;
+        assert_eq!(decode_client_frame(client), Ok(ClientFrame::Ack { ids: vec!["a".into()] }));
+        // The frame's own members are still checked.
+        assert!(decode_server_frame(r#"{"op":"unsubscribed","ref":2,"stream":5}"#).is_err());
+        assert!(decode_client_frame(r#"{"op":"ack","ids":"a"}"#).is_err());
     }
 
     /// Defects 4 and 5 of issue 12: one rule for what a server answers and what ends the connection (§6.3).
