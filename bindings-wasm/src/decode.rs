@@ -478,6 +478,17 @@ mod tests {
         }
     }
 
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-created-at-beyond-doubles`):
+    /// the browser's documented limit — an integer above 2^53 is refused (`JSON.parse` would round it), where the codec
+    /// takes any u64; the target now expects that refusal.
+    #[test]
+    fn integers_beyond_a_double_are_refused_here_and_taken_by_the_codec() {
+        let text = r#"{"op":"notification","id":"n","stream":"user:a","epoch":"e","type":"t","priority":"important","persistence":"bufferable","created_at":17638080663808060123}"#;
+        let err = frame::<Value>(text).unwrap_err();
+        assert!(err.message().contains("unsigned integer in member `created_at`"), "{err}");
+        assert!(decode_server_frame(text).is_ok());
+    }
+
     /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-push-token-number`): a
     /// `push` member whose `token` is not a string was ignored here and made the snapshot corrupt in the codec.
     #[test]
