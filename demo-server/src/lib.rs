@@ -59,22 +59,33 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use auth::{TokenClaims, issue_token, sign_claims};
-pub use config::{DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, TEST_API_KEY, TEST_JWT_SECRET};
+pub use config::{
+    DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, StoreConfig, Synchronous, TEST_API_KEY,
+    TEST_JWT_SECRET,
+};
 pub use node::ServerStats;
 pub use presence::{DevicePresence, UserPresence};
 pub use publish::{
     Delivery, MAX_BATCH, MAX_RECIPIENTS, PublishError, PublishErrorKind, PublishReceipt, PublishRequest, Publisher,
     parse_batch,
 };
-pub use store::{MemoryStore, StoreLimits, Stores};
+pub use store::{MemoryStore, SqliteStore, StoreLimits, Stores};
 
 use broker::LocalBroker;
 use node::Node;
 
-/// Starts a server with the stores its configuration names and returns once it accepts connections.
+/// Starts a server with the stores its configuration names ([`ServerConfig::store`]) and returns once it accepts
+/// connections. A store that cannot be opened is an error whose message names the file and the fix.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let stores = Stores::memory(MemoryStore::new(StoreLimits::from_config(&config)));
+    let limits = StoreLimits::from_config(&config);
+    let stores = match &config.store {
+        StoreConfig::Memory => Stores::memory(MemoryStore::new(limits)),
+        StoreConfig::Sqlite { data_dir, synchronous } => {
+            let store = SqliteStore::open(data_dir, *synchronous, limits, Arc::new(util::now_ms))?;
+            Stores::sqlite(store)
+        }
+    };
     start_with_stores(config, stores).await
 }
 

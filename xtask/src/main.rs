@@ -103,7 +103,13 @@ fn lint(root: &Path) -> Result<(), String> {
 }
 
 fn rust_tests(root: &Path) -> Result<(), String> {
-    run(Step::new("rust tests", "cargo").args(["test", "--workspace", "--locked"]).dir(root))
+    run(Step::new("rust tests", "cargo").args(["test", "--workspace", "--locked"]).dir(root))?;
+    // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
+    run(Step::new("server suites on SQLite", "cargo")
+        .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
+        .args(["--test", "http_api", "--test", "streams"])
+        .env("TIDINGS_TEST_STORE", "sqlite")
+        .dir(root))
 }
 
 fn target_dir(root: &Path) -> PathBuf {

@@ -25,6 +25,8 @@ pub(crate) fn limits(items: usize) -> StoreLimits {
         idempotency_max_keys: 1000,
         acks_max_ids: 1000,
         acks_max_per_id: 1000,
+        persistent_retention: Duration::from_secs(3600),
+        ack_retention: Duration::from_secs(3600),
     }
 }
 

@@ -32,6 +32,11 @@ pub struct StoreLimits {
     pub acks_max_ids: usize,
     /// Most acks kept per notification id.
     pub acks_max_per_id: usize,
+    /// How long a durable store keeps `persistent` notifications (`bufferable` ones are kept within the replay
+    /// limits). The memory store keeps both within the replay limits.
+    pub persistent_retention: Duration,
+    /// How long a durable store keeps acks. The memory store bounds them by count instead.
+    pub ack_retention: Duration,
 }
 
 impl StoreLimits {
@@ -44,6 +49,8 @@ impl StoreLimits {
             idempotency_max_keys: config.idempotency_max_keys,
             acks_max_ids: config.acks_max_ids,
             acks_max_per_id: config.acks_max_per_id,
+            persistent_retention: config.persistent_retention,
+            ack_retention: config.ack_retention,
         }
     }
 }
@@ -521,6 +528,8 @@ mod tests {
             idempotency_max_keys: 1000,
             acks_max_ids: 3,
             acks_max_per_id: 2,
+            persistent_retention: Duration::from_secs(3600),
+            ack_retention: Duration::from_secs(3600),
         }
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Later concerns get their own interface beside these (user preferences, the inbox, pending pushes), each with
 //! a memory and a durable implementation. [`Stores`] bundles the implementations a server runs with:
-//! [`MemoryStore`] (everything in process memory; nothing survives the process).
+//! [`MemoryStore`] (everything in process memory; nothing survives the process) or [`SqliteStore`] (the embedded
+//! default, durable).
 //!
 //! Every method is asynchronous (a boxed future, so the traits stay object safe) because durable and networked
 //! backends wait for disks and networks. No method relies on a lock held by the caller: a backend is safe to
@@ -18,6 +19,7 @@
 #[cfg(test)]
 pub(crate) mod contract;
 mod memory;
+pub mod sqlite;
 
 use std::fmt;
 use std::future::Future;
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::{MemoryStore, StoreLimits};
+pub use sqlite::SqliteStore;
 
 use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
 
@@ -171,6 +174,12 @@ impl Stores {
     pub fn memory(store: MemoryStore) -> Self {
         let store = Arc::new(store);
         Stores { streams: store.clone(), acks: store.clone(), devices: store, durable: false }
+    }
+
+    /// All concerns in one [`SqliteStore`].
+    pub fn sqlite(store: SqliteStore) -> Self {
+        let store = Arc::new(store);
+        Stores { streams: store.clone(), acks: store.clone(), devices: store, durable: true }
     }
 }
 
