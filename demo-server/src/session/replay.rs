@@ -75,7 +75,37 @@ pub(crate) struct Reply {
     pub(crate) filter: LiveFilter,
 }
 
-/// Builds the reply to a subscribe of `stream` from `position`, given what was read.
+/// The frames of the longest run of `entries` that ends at `head` with consecutive offsets: after a gap, what the
+/// server still holds of the stream's current epoch (§5.4: offsets `head - n + 1 ..= head`).
+fn held_tail(entries: Vec<crate::model::HistoryEntry>, head: u64) -> Vec<Utf8Bytes> {
+    let mut expected = head;
+    let run = entries
+        .iter()
+        .rev()
+        .take_while(|e| {
+            let fits = e.offset == expected && expected > 0;
+            expected = expected.saturating_sub(1);
+            fits
+        })
+        .count();
+    let skip = entries.len() - run;
+    entries.into_iter().skip(skip).map(|e| e.frame.into_utf8_bytes()).collect()
+}
+
+/// The `subscribed` frame. A gap followed by replayed notifications carries `replayed` (protocol §2.4), which the
+/// core's frame type does not have yet: it is added to the encoded frame (its last member, as in §2.4's example).
+fn encode_subscribed(frame: &ServerFrame, gap_replayed: u64) -> Utf8Bytes {
+    let mut text = encode_server_frame(frame);
+    if gap_replayed > 0 && text.ends_with('}') {
+        text.pop();
+        text.push_str(&format!(",\"replayed\":{gap_replayed}}}"));
+    }
+    Utf8Bytes::from(text)
+}
+
+/// Builds the reply to a subscribe of `stream` from `position`, given what was read: `subscribed`, then the replay —
+/// after a resume, everything after the position; after a gap, everything the server still holds of the current
+/// epoch (the client is told of the gap and still gets what survived).
 pub(crate) fn reply(reference: u64, stream: &str, read: HistoryRead, position: Option<(&str, u64)>) -> Reply {
     let HistoryRead { state, entries } = read;
     let mut decision = decide(&state, position);
@@ -99,12 +129,17 @@ pub(crate) fn reply(reference: u64, stream: &str, read: HistoryRead, position: O
         offset: state.head,
         continuity: decision.continuity(),
     };
-    let replay: Vec<Utf8Bytes> = match decision {
-        Decision::Resume { .. } => entries.into_iter().map(|e| e.frame.into_utf8_bytes()).collect(),
-        _ => Vec::new(),
+    let (replay, gap_replayed): (Vec<Utf8Bytes>, u64) = match decision {
+        Decision::Resume { .. } => (entries.into_iter().map(|e| e.frame.into_utf8_bytes()).collect(), 0),
+        Decision::Gap { .. } => {
+            let tail = held_tail(entries, state.head);
+            let n = tail.len() as u64;
+            (tail, n)
+        }
+        Decision::Fresh => (Vec::new(), 0),
     };
     let replayed = replay.len() as u64;
-    let frames = std::iter::once(Utf8Bytes::from(encode_server_frame(&subscribed))).chain(replay).collect();
+    let frames = std::iter::once(encode_subscribed(&subscribed, gap_replayed)).chain(replay).collect();
     Reply { frames, replayed, filter: LiveFilter { epoch: state.epoch, after: state.head } }
 }
 
@@ -167,12 +202,53 @@ mod tests {
     }
 
     #[test]
-    fn an_incomplete_replay_is_answered_with_a_gap() {
-        let r = reply(1, "user:a", read(5, 1, &[4]), Some(("k3v9q2", 3)));
-        assert_eq!(texts(&r).len(), 1);
-        assert!(texts(&r)[0].contains(r#""continuity":"gap","reason":"out_of_buffer""#), "{}", texts(&r)[0]);
+    fn an_incomplete_replay_is_answered_with_a_gap_and_what_follows_the_hole() {
+        let r = reply(1, "user:a", read(5, 1, &[5]), Some(("k3v9q2", 3)));
+        assert_eq!(
+            texts(&r),
+            [
+                r#"{"op":"subscribed","ref":1,"stream":"user:a","epoch":"k3v9q2","offset":5,"continuity":"gap","reason":"out_of_buffer","replayed":1}"#,
+                "n5"
+            ]
+        );
         let r = reply(1, "user:a", read(5, 1, &[4, 6]), Some(("k3v9q2", 3)));
         assert!(texts(&r)[0].contains(r#""continuity":"gap""#), "offsets must follow the position one by one");
+        assert_eq!(texts(&r).len(), 1, "nothing ends at the head one by one: nothing replayed");
+    }
+
+    #[test]
+    fn a_gap_is_followed_by_everything_the_current_epoch_holds() {
+        // Evicted: offsets 4..=6 are held, the position 1 is before them.
+        let r = reply(2, "user:a", read(6, 4, &[4, 5, 6]), Some(("k3v9q2", 1)));
+        assert_eq!(
+            texts(&r),
+            [
+                r#"{"op":"subscribed","ref":2,"stream":"user:a","epoch":"k3v9q2","offset":6,"continuity":"gap","reason":"out_of_buffer","missed":2,"replayed":3}"#,
+                "n4",
+                "n5",
+                "n6"
+            ]
+        );
+        assert_eq!((r.replayed, r.filter.after), (3, 6));
+        // Another epoch (the server lost the stream): everything of the new one.
+        let r = reply(2, "user:a", read(2, 1, &[1, 2]), Some(("old", 40)));
+        assert!(
+            texts(&r)[0].ends_with(r#""continuity":"gap","reason":"epoch_changed","replayed":2}"#),
+            "{}",
+            texts(&r)[0]
+        );
+        assert_eq!(texts(&r)[1..], ["n1", "n2"]);
+        // Ahead of the stream (the server lost its newest notifications): everything it holds.
+        let r = reply(2, "user:a", read(2, 1, &[1, 2]), Some(("k3v9q2", 9)));
+        assert!(texts(&r)[0].ends_with(r#""reason":"ahead_of_stream","replayed":2}"#), "{}", texts(&r)[0]);
+        // Nothing held: no `replayed`.
+        let r = reply(2, "user:a", read(0, 1, &[]), Some(("old", 3)));
+        assert_eq!(
+            texts(&r),
+            [
+                r#"{"op":"subscribed","ref":2,"stream":"user:a","epoch":"k3v9q2","offset":0,"continuity":"gap","reason":"epoch_changed"}"#
+            ]
+        );
     }
 
     #[test]

@@ -335,6 +335,21 @@ fn read_history(
     stream: &str,
     since: Option<(String, u64)>,
 ) -> rusqlite::Result<HistoryRead> {
+    // One read transaction: the head and the entries come from the same snapshot.
+    let snapshot = conn.unchecked_transaction()?;
+    let read = read_snapshot(&snapshot, epoch, limits, now, stream, since);
+    snapshot.finish()?;
+    read
+}
+
+fn read_snapshot(
+    conn: &Connection,
+    epoch: &Arc<str>,
+    limits: &StoreLimits,
+    now: u64,
+    stream: &str,
+    since: Option<(String, u64)>,
+) -> rusqlite::Result<HistoryRead> {
     let found: Option<(i64, u64)> = conn
         .prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?
         .query_row([stream], |r| Ok((r.get(0)?, r.get(1)?)))
