@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod child;
+mod durable;
 mod floor;
 mod peer;
 mod report;
@@ -34,9 +35,13 @@ struct Cli {
 enum Command {
     /// Run the scenarios of bench/README.md (server on CPU 0, clients on CPU 1); one JSON line each.
     Run {
-        /// Which scenarios (s1, s2, s3, s4), comma-separated.
-        #[arg(long, default_value = "s1,s2,s3,s4", value_delimiter = ',')]
+        /// Which scenarios (s1, s2, s3, s4, s5), comma-separated.
+        #[arg(long, default_value = "s1,s2,s3,s4,s5", value_delimiter = ',')]
         scenarios: Vec<String>,
+        /// The server's stores for S2 and S3 (memory, sqlite, sqlite-normal), comma-separated; the peer runs once.
+        /// S5 always runs on all three; S1 and S4 on memory.
+        #[arg(long, default_value = "memory,sqlite", value_delimiter = ',')]
+        stores: Vec<String>,
         /// S1 connections.
         #[arg(long, default_value_t = 10_000)]
         s1_connections: usize,
@@ -127,8 +132,8 @@ fn main() -> anyhow::Result<()> {
     allocator_options()?;
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { scenarios, s1_connections, clients, seconds, publish_batch, peer, runs } => {
-            run(&scenarios, s1_connections, clients, seconds, publish_batch, peer == "socketio", runs)
+        Command::Run { scenarios, stores, s1_connections, clients, seconds, publish_batch, peer, runs } => {
+            run(&scenarios, &stores, s1_connections, clients, seconds, publish_batch, peer == "socketio", runs)
         }
         Command::ServerProc { args } => child::run(&args),
         Command::Report { input, root, command } => report::write(&input, &root, &command),
@@ -136,8 +141,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     which: &[String],
+    stores: &[String],
     s1_connections: usize,
     clients: usize,
     seconds: f64,
@@ -161,12 +168,20 @@ fn run(
     };
     for s in which {
         for n in 1..=runs {
+            if s == "s5" {
+                // Durable publish: no peer (Socket.IO keeps nothing), the server on each store in turn.
+                for store in ["memory", "sqlite", "sqlite-normal"] {
+                    let line = stamp(with_steal(|| rt.block_on(durable::s5(store, seconds.min(5.0))))?);
+                    println!("{}", numbered(line, n, runs));
+                }
+                continue;
+            }
             let ours = stamp(with_steal(|| {
                 rt.block_on(async {
                     match s.as_str() {
                         "s1" => scenarios::s1(s1_connections).await,
-                        "s2" => scenarios::s2(clients, seconds, publish_batch).await,
-                        "s3" => scenarios::s3(clients, 2000.0, seconds).await,
+                        "s2" => scenarios::s2(clients, seconds, publish_batch, "memory").await,
+                        "s3" => scenarios::s3(clients, 2000.0, seconds, "memory").await,
                         "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
                         other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
                     }
@@ -174,6 +189,19 @@ fn run(
             })?);
             let ours = numbered(ours, n, runs);
             println!("{ours}");
+            if s == "s2" || s == "s3" {
+                for store in stores.iter().filter(|st| *st != "memory") {
+                    let durable = stamp(with_steal(|| {
+                        rt.block_on(async {
+                            match s.as_str() {
+                                "s2" => scenarios::s2(clients, seconds, publish_batch, store).await,
+                                _ => scenarios::s3(clients, 2000.0, seconds, store).await,
+                            }
+                        })
+                    })?);
+                    println!("{}", numbered(durable, n, runs));
+                }
+            }
             if s == "s3" {
                 let floor = stamp(with_steal(|| rt.block_on(floor::s3(clients, 2000.0, seconds)))?);
                 println!("{}", numbered(floor, n, runs));

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the one command behind BENCHMARKS.md. Installs the pinned Socket.IO peer, builds the
-//! load tool in release, runs S1–S4 for Tidings and Socket.IO three times each, alternating (server on CPU 0,
-//! clients on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md and `bench/plots/*.svg`.
+//! load tool in release, runs S1–S5 (S2 and S3 on both stores) three times each, Tidings and Socket.IO
+//! alternating (server on CPU 0, clients on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and
+//! regenerates BENCHMARKS.md and `bench/plots/*.svg`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
