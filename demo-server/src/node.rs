@@ -359,19 +359,66 @@ impl AckRouting {
         }
     }
 
-    /// Keeps the acks of topic-only notifications; returns the ids whose acks go to the store (`None`: all).
+    /// Keeps the acks of topic-only notifications; returns the ids whose acks go to the store (`None`: all of
+    /// them). The common cases — every id of a frame of one kind — copy nothing.
     fn route(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at: u64) -> Option<Vec<String>> {
         let t = self.lock()?;
-        let (topic, durable): (Vec<String>, Vec<String>) =
-            ids.iter().cloned().partition(|id| t.kinds.get(id.as_str()).copied().unwrap_or(false));
-        if !topic.is_empty() {
-            t.acks.record_acks_now(user, device, &topic, at);
+        let topic_only = |id: &String| t.kinds.get(id.as_str()).copied().unwrap_or(false);
+        let topics = ids.iter().filter(|id| topic_only(id)).count();
+        if topics == 0 {
+            return None;
         }
+        if topics == ids.len() {
+            t.acks.record_acks_now(user, device, ids, at);
+            return Some(Vec::new());
+        }
+        let (topic, durable): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(topic_only);
+        t.acks.record_acks_now(user, device, &topic, at);
         Some(durable)
     }
 
     /// The acks kept in memory for `id`.
     fn acks(&self, id: &str) -> Vec<AckRecord> {
         self.lock().map(|t| t.acks.acks_now(id)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EncodedFrame;
+
+    fn committed(id: &str, stream: &str) -> Committed {
+        Committed {
+            id: Arc::from(id),
+            stream: Arc::from(stream),
+            epoch: Arc::from("e"),
+            offset: Some(1),
+            frame: EncodedFrame::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn on_a_durable_store_acks_of_topic_only_notifications_stay_in_memory() {
+        let routing = AckRouting::new(&ServerConfig::for_tests(), true);
+        routing.note(&committed("broadcast", "topic:news"));
+        routing.note(&committed("both", "topic:news"));
+        routing.note(&committed("both", "user:alice"));
+        routing.note(&committed("direct", "user:alice"));
+        let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(routing.route(&alice, &phone, &ids(&["broadcast"]), 5), Some(vec![]), "kept, nothing to write");
+        assert_eq!(routing.route(&alice, &phone, &ids(&["direct", "unknown"]), 6), None, "all written");
+        assert_eq!(
+            routing.route(&alice, &phone, &ids(&["broadcast", "both", "unknown"]), 7),
+            Some(ids(&["both", "unknown"])),
+            "a notification that also went to a user, or one this node does not know, is written"
+        );
+        let kept: Vec<(String, u64)> = routing.acks("broadcast").iter().map(|a| (a.device.to_string(), a.at)).collect();
+        assert_eq!(kept, [("phone".to_string(), 5)]);
+        assert!(routing.acks("both").is_empty());
+        let memory = AckRouting::new(&ServerConfig::for_tests(), false);
+        memory.note(&committed("broadcast", "topic:news"));
+        assert_eq!(memory.route(&alice, &phone, &ids(&["broadcast"]), 5), None, "a memory store takes them all");
     }
 }

@@ -94,7 +94,7 @@ impl SqliteStore {
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(writer::complete(done_rx));
         let (tx, rx) = std::sync::mpsc::channel();
-        let writer = Writer::new(conn, lock, epoch.clone(), limits.clone(), clock.clone(), done_tx);
+        let writer = Writer::new(conn, path.clone(), lock, epoch.clone(), limits.clone(), clock.clone(), done_tx);
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -217,7 +217,13 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<(Conne
             Some(format!("integrity check: {check}")),
         ));
     }
-    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864; PRAGMA synchronous = FULL;")?;
+    // A page cache large enough for a whole group commit (the default 2 MiB made big transactions spill pages to
+    // the log and read them back), reads through a memory map, temporary data in memory, the log truncated to
+    // 64 MiB after checkpoints.
+    conn.execute_batch(
+        "PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -65536; \
+         PRAGMA mmap_size = 268435456; PRAGMA synchronous = FULL;",
+    )?;
     migrate(&mut conn)?;
     let epoch = start_run(&mut conn, synchronous)?;
     conn.execute_batch(&format!("PRAGMA synchronous = {}", synchronous.as_str()))?;
@@ -317,7 +323,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch("PRAGMA query_only = 1;")?;
+        conn.execute_batch("PRAGMA query_only = 1; PRAGMA mmap_size = 268435456;")?;
         Ok(conn)
     }
 

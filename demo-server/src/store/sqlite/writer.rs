@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::{Clock, MAX_OPS_PER_COMMIT};
 use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
-use crate::store::{Append, OnCommit, StoreError, StoreLimits};
+use crate::store::{Append, StoreError, StoreLimits};
 
 /// How often the writer prunes what aged out (and at the latest after this long under load); shorter in this
 /// crate's unit tests, which wait for it.
@@ -21,6 +21,8 @@ const MAINTENANCE_EVERY: Duration = if cfg!(test) { Duration::from_millis(200) }
 const PRUNE_CHUNK: usize = 5_000;
 /// Streams whose id and head the writer keeps in memory.
 const CACHED_STREAMS: usize = 100_000;
+/// How often the checkpointer moves what the write-ahead log holds into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// A write for the writer thread.
 pub(super) enum Op {
@@ -30,21 +32,27 @@ pub(super) enum Op {
     Close { reply: oneshot::Sender<()> },
 }
 
-/// A committed `Op::Append`, on its way to the runtime: the fan-out of each publication, then the answer.
+/// Where one publication was committed: `(stream, offset)` per stream (no offset for an ephemeral one).
+type Placed = Vec<(Arc<str>, Option<u64>)>;
+
+/// A committed `Op::Append`, on its way to the runtime: each publication with where it went, then the answer.
 pub(super) struct Completed {
-    fan_out: Vec<(OnCommit, Vec<Committed>)>,
+    fan_out: Vec<(Append, Placed)>,
+    epoch: Arc<str>,
     results: Vec<Result<AppendOutcome, StoreError>>,
     reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>,
 }
 
-/// Runs on the async runtime: hands committed publications to the broker in commit order, then answers the
-/// publishes.
+/// Runs on the async runtime: encodes each committed publication's frames and hands them to the broker, in commit
+/// order, then answers the publishes. (Encoding here keeps it off the writer thread, which only writes.)
 pub(super) async fn complete(mut rx: mpsc::UnboundedReceiver<Vec<Completed>>) {
     while let Some(batch) = rx.recv().await {
         for done in batch {
-            for (mut on_commit, committed) in done.fan_out {
-                for c in &committed {
-                    on_commit(c);
+            for (append, placed) in done.fan_out {
+                let Append { publication: p, mut on_commit } = append;
+                for (stream, offset) in placed {
+                    let frame = p.encode(&stream, &done.epoch, offset);
+                    on_commit(&Committed { id: p.id.clone(), stream, epoch: done.epoch.clone(), offset, frame });
                 }
             }
             let _ = done.reply.send(done.results);
@@ -63,6 +71,7 @@ pub(super) fn classify(e: &rusqlite::Error) -> StoreError {
 /// The writer: owns the only writing connection and the lock on the data directory.
 pub(super) struct Writer {
     conn: Connection,
+    path: std::path::PathBuf,
     state: State,
     done: mpsc::UnboundedSender<Vec<Completed>>,
     /// Held for as long as the writer lives: no other server can open the data directory.
@@ -80,25 +89,75 @@ struct State {
 
 /// What one operation did inside the transaction, to be acted on after the commit.
 enum Applied {
-    Append(Vec<(AppendOutcome, Vec<Committed>)>),
+    Append(Vec<(AppendOutcome, Placed)>),
     Done,
+}
+
+/// A stream's id and head as the transaction sees them; `dirty` when the head moved in it.
+#[derive(Clone, Copy)]
+struct Staged {
+    sid: i64,
+    head: u64,
+    dirty: bool,
+}
+
+/// The statements of a publish transaction, prepared once per transaction.
+struct Statements<'t> {
+    find_stream: rusqlite::CachedStatement<'t>,
+    insert_stream: rusqlite::CachedStatement<'t>,
+    set_head: rusqlite::CachedStatement<'t>,
+    insert_notification: rusqlite::CachedStatement<'t>,
+    insert_entry: rusqlite::CachedStatement<'t>,
+    drop_entry: rusqlite::CachedStatement<'t>,
+    find_key: rusqlite::CachedStatement<'t>,
+    put_key: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Statements<'t> {
+    fn prepare(tx: &'t Connection) -> rusqlite::Result<Self> {
+        Ok(Statements {
+            find_stream: tx.prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?,
+            insert_stream: tx.prepare_cached("INSERT INTO streams (name, head) VALUES (?1, 0)")?,
+            set_head: tx.prepare_cached("UPDATE streams SET head = ?2 WHERE sid = ?1")?,
+            insert_notification: tx.prepare_cached(
+                "INSERT INTO notifications (id, type, priority, persistence, title, body, data, grp, created_at, refs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+            insert_entry: tx.prepare_cached(
+                "INSERT INTO entries (sid, offset, seq, persistence, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+            drop_entry: tx.prepare_cached(
+                "DELETE FROM entries WHERE sid = ?1 AND offset = ?2 AND persistence = 'bufferable' RETURNING seq",
+            )?,
+            find_key: tx.prepare_cached("SELECT at, deliveries FROM idempotency WHERE key = ?1")?,
+            put_key: tx
+                .prepare_cached("INSERT OR REPLACE INTO idempotency (key, at, deliveries) VALUES (?1, ?2, ?3)")?,
+        })
+    }
 }
 
 impl Writer {
     pub(super) fn new(
         conn: Connection,
+        path: std::path::PathBuf,
         lock: File,
         epoch: Arc<str>,
         limits: StoreLimits,
         clock: Clock,
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
-        Writer { conn, state: State { epoch, limits, clock, streams: HashMap::new() }, done, _lock: lock }
+        Writer { conn, path, state: State { epoch, limits, clock, streams: HashMap::new() }, done, _lock: lock }
     }
 
     /// Takes what is waiting, commits it, repeats; prunes now and then; ends on `Op::Close` or when every sender
     /// is gone.
     pub(super) fn run(mut self, rx: Receiver<Op>) {
+        let checkpointer = Checkpointer::start(&self.path);
+        if checkpointer.running()
+            && let Err(e) = self.conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+        {
+            warn!(error = %e, "the writer keeps checkpointing itself");
+        }
         let mut last_maintenance = Instant::now();
         let mut close = None;
         while close.is_none() {
@@ -135,6 +194,7 @@ impl Writer {
                 last_maintenance = Instant::now();
             }
         }
+        checkpointer.stop();
         self.finish();
         // The connection and the lock are released before the close is answered.
         drop(self);
@@ -146,14 +206,23 @@ impl Writer {
     /// Commits `ops` in one transaction and hands their results on; on failure nothing of them is kept and each
     /// gets the error.
     fn commit(&mut self, ops: Vec<Op>) {
-        let mut staged = HashMap::new();
+        let mut staged: HashMap<String, Staged> = HashMap::new();
         let started = Instant::now();
         let result = (|| -> rusqlite::Result<Vec<Applied>> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = (self.state.clock)();
             let mut applied = Vec::with_capacity(ops.len());
-            for op in &ops {
-                applied.push(self.state.apply(&tx, op, now, &mut staged)?);
+            {
+                let mut statements = None;
+                for op in &ops {
+                    applied.push(self.state.apply(&tx, &mut statements, op, now, &mut staged)?);
+                }
+                // Each stream's head is written once per commit, however many notifications it got.
+                if let Some(st) = statements.as_mut() {
+                    for s in staged.values().filter(|s| s.dirty) {
+                        st.set_head.execute(params![s.sid, s.head])?;
+                    }
+                }
             }
             tx.commit()?;
             Ok(applied)
@@ -163,7 +232,7 @@ impl Writer {
                 if self.state.streams.len() + staged.len() > CACHED_STREAMS {
                     self.state.streams.clear();
                 }
-                self.state.streams.extend(staged);
+                self.state.streams.extend(staged.into_iter().map(|(name, s)| (name, (s.sid, s.head))));
                 debug!(ops = ops.len(), micros = started.elapsed().as_micros() as u64, "committed");
                 let mut completed = Vec::new();
                 for (op, applied) in ops.into_iter().zip(applied) {
@@ -171,11 +240,12 @@ impl Writer {
                         (Op::Append { batch, reply }, Applied::Append(outcomes)) => {
                             let mut fan_out = Vec::with_capacity(batch.len());
                             let mut results = Vec::with_capacity(batch.len());
-                            for (append, (outcome, committed)) in batch.into_iter().zip(outcomes) {
-                                fan_out.push((append.on_commit, committed));
+                            for (append, (outcome, placed)) in batch.into_iter().zip(outcomes) {
+                                fan_out.push((append, placed));
                                 results.push(Ok(outcome));
                             }
-                            completed.push(Completed { fan_out, results, reply });
+                            let epoch = self.state.epoch.clone();
+                            completed.push(Completed { fan_out, epoch, results, reply });
                         }
                         (Op::RegisterPush { reply, .. } | Op::Acks { reply, .. }, _) => {
                             let _ = reply.send(Ok(()));
@@ -261,6 +331,55 @@ impl Writer {
     }
 }
 
+/// A thread with its own connection that checkpoints the write-ahead log (`PASSIVE`: it never blocks the writer or
+/// readers) every [`CHECKPOINT_EVERY`], so that copying pages into the database file — and, with `synchronous =
+/// normal`, its disk sync — stays out of the writer's commits (the writer's own automatic checkpoints are off).
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path) -> Checkpointer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("tidings-sqlite-checkpoint".into())
+            .spawn(move || {
+                let conn = match Connection::open(&path) {
+                    Ok(conn) => conn,
+                    Err(e) => return warn!(error = %e, "the checkpointer cannot open the database"),
+                };
+                let _ = conn.busy_timeout(Duration::from_millis(100));
+                loop {
+                    std::thread::park_timeout(CHECKPOINT_EVERY);
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        debug!(error = %e, "checkpoint skipped");
+                    }
+                }
+            })
+            .map_err(|e| warn!(error = %e, "cannot start the checkpointer; the writer checkpoints itself"))
+            .ok();
+        Checkpointer { stop, thread }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.is_some()
+    }
+}
+
 /// Answers an operation that was not stored.
 fn refuse(op: Op, error: StoreError) {
     match op {
@@ -289,18 +408,23 @@ fn release(tx: &Connection, seq: i64) -> rusqlite::Result<()> {
 }
 
 impl State {
-    fn apply(
+    fn apply<'t>(
         &self,
-        tx: &Connection,
+        tx: &'t Connection,
+        statements: &mut Option<Statements<'t>>,
         op: &Op,
         now: u64,
-        staged: &mut HashMap<String, (i64, u64)>,
+        staged: &mut HashMap<String, Staged>,
     ) -> rusqlite::Result<Applied> {
         match op {
             Op::Append { batch, .. } => {
+                if statements.is_none() {
+                    *statements = Some(Statements::prepare(tx)?);
+                }
+                let st = statements.as_mut().expect("prepared above");
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for append in batch {
-                    outcomes.push(self.append(tx, &append.publication, now, staged)?);
+                    outcomes.push(self.append(tx, st, &append.publication, now, staged)?);
                 }
                 Ok(Applied::Append(outcomes))
             }
@@ -326,44 +450,40 @@ impl State {
     }
 
     /// The id and (staged) head of `stream`, creating it at head 0.
-    fn stream(
+    fn stream<'s>(
         &self,
         tx: &Connection,
+        st: &mut Statements<'_>,
         name: &str,
-        staged: &mut HashMap<String, (i64, u64)>,
-    ) -> rusqlite::Result<(i64, u64)> {
-        if let Some(&known) = staged.get(name).or_else(|| self.streams.get(name)) {
-            return Ok(known);
+        staged: &'s mut HashMap<String, Staged>,
+    ) -> rusqlite::Result<&'s mut Staged> {
+        if !staged.contains_key(name) {
+            let known = match self.streams.get(name) {
+                Some(&(sid, head)) => (sid, head),
+                None => match st.find_stream.query_row([name], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+                    Some(known) => known,
+                    None => {
+                        st.insert_stream.execute([name])?;
+                        (tx.last_insert_rowid(), 0)
+                    }
+                },
+            };
+            staged.insert(name.to_owned(), Staged { sid: known.0, head: known.1, dirty: false });
         }
-        let found: Option<(i64, u64)> = tx
-            .prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?
-            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let known = match found {
-            Some(known) => known,
-            None => {
-                let sid = tx
-                    .prepare_cached("INSERT INTO streams (name, head) VALUES (?1, 0) RETURNING sid")?
-                    .query_row([name], |r| r.get(0))?;
-                (sid, 0)
-            }
-        };
-        staged.insert(name.to_owned(), known);
-        Ok(known)
+        Ok(staged.get_mut(name).expect("inserted above"))
     }
 
     fn append(
         &self,
         tx: &Connection,
+        st: &mut Statements<'_>,
         p: &Arc<Publication>,
         now: u64,
-        staged: &mut HashMap<String, (i64, u64)>,
-    ) -> rusqlite::Result<(AppendOutcome, Vec<Committed>)> {
+        staged: &mut HashMap<String, Staged>,
+    ) -> rusqlite::Result<(AppendOutcome, Placed)> {
         if p.idempotent {
-            let seen: Option<(u64, String)> = tx
-                .prepare_cached("SELECT at, deliveries FROM idempotency WHERE key = ?1")?
-                .query_row([&*p.id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let seen: Option<(u64, String)> =
+                st.find_key.query_row([&*p.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
             let window = self.limits.idempotency_window.as_millis() as u64;
             if let Some((at, deliveries)) = seen
                 && now.saturating_sub(at) < window
@@ -374,53 +494,37 @@ impl State {
         }
         let f = &p.fields;
         let seq: Option<i64> = if p.is_buffered() {
-            Some(
-                tx.prepare_cached(
-                    "INSERT INTO notifications (id, type, priority, persistence, title, body, data, grp, created_at, refs) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING seq",
-                )?
-                .query_row(
-                    params![
-                        &*p.id,
-                        f.kind,
-                        f.priority.as_str(),
-                        f.persistence.as_str(),
-                        f.title,
-                        f.body,
-                        f.data.as_ref().map(|d| d.get()),
-                        f.group,
-                        f.created_at,
-                        p.streams.len() as i64,
-                    ],
-                    |r| r.get(0),
-                )?,
-            )
+            st.insert_notification.execute(params![
+                &*p.id,
+                f.kind,
+                f.priority.as_str(),
+                f.persistence.as_str(),
+                f.title,
+                f.body,
+                f.data.as_ref().map(|d| d.get()),
+                f.group,
+                f.created_at,
+                p.streams.len() as i64,
+            ])?;
+            Some(tx.last_insert_rowid())
         } else {
             None
         };
+        let max = self.limits.replay_max_items as u64;
         let mut deliveries = Vec::with_capacity(p.streams.len());
-        let mut committed = Vec::with_capacity(p.streams.len());
+        let mut placed = Vec::with_capacity(p.streams.len());
         for stream in &p.streams {
             let offset = match seq {
                 Some(seq) => {
-                    let (sid, head) = self.stream(tx, stream, staged)?;
-                    let offset = head + 1;
-                    tx.prepare_cached(
-                        "INSERT INTO entries (sid, offset, seq, persistence, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![sid, offset, seq, f.persistence.as_str(), f.created_at])?;
-                    tx.prepare_cached("UPDATE streams SET head = ?2 WHERE sid = ?1")?.execute(params![sid, offset])?;
-                    staged.insert(stream.clone(), (sid, offset));
+                    let s = self.stream(tx, st, stream, staged)?;
+                    s.head += 1;
+                    s.dirty = true;
+                    let (sid, offset) = (s.sid, s.head);
+                    st.insert_entry.execute(params![sid, offset, seq, f.persistence.as_str(), f.created_at])?;
                     // The bufferable notification that just left the replay window by count is not kept.
-                    let max = self.limits.replay_max_items as u64;
                     if offset > max {
-                        let gone: Option<i64> = tx
-                            .prepare_cached(
-                                "DELETE FROM entries WHERE sid = ?1 AND offset = ?2 AND persistence = 'bufferable' \
-                                 RETURNING seq",
-                            )?
-                            .query_row(params![sid, offset - max], |r| r.get(0))
-                            .optional()?;
+                        let gone: Option<i64> =
+                            st.drop_entry.query_row(params![sid, offset - max], |r| r.get(0)).optional()?;
                         if let Some(gone) = gone {
                             release(tx, gone)?;
                         }
@@ -429,20 +533,13 @@ impl State {
                 }
                 None => None,
             };
-            committed.push(Committed {
-                id: p.id.clone(),
-                stream: Arc::from(stream.as_str()),
-                epoch: self.epoch.clone(),
-                offset,
-                frame: p.encode(stream, &self.epoch, offset),
-            });
+            placed.push((Arc::from(stream.as_str()), offset));
             deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset });
         }
         if p.idempotent {
             let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
-            tx.prepare_cached("INSERT OR REPLACE INTO idempotency (key, at, deliveries) VALUES (?1, ?2, ?3)")?
-                .execute(params![&*p.id, now, json])?;
+            st.put_key.execute(params![&*p.id, now, json])?;
         }
-        Ok((AppendOutcome::Appended(deliveries), committed))
+        Ok((AppendOutcome::Appended(deliveries), placed))
     }
 }
