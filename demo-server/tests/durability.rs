@@ -163,6 +163,8 @@ impl Drop for Tmpfs {
 }
 
 fn http() -> reqwest::Client {
+    // reqwest links rustls without a default crypto provider (the push senders choose ring themselves).
+    tidings_server::install_crypto_provider();
     reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
 }
 
