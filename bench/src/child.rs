@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tidings_core::protocol::{Priority, RawJson};
-use tidings_server::{PublishRequest, ServerConfig};
+use tidings_server::{PublishRequest, ServerConfig, StoreConfig, Synchronous};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::floor::FloorServer;
@@ -18,14 +18,28 @@ pub(crate) fn payload64() -> RawJson {
     RawJson::from_string(format!(r#"{{"p":"{}"}}"#, "x".repeat(64 - 8))).expect("valid JSON")
 }
 
+/// Which store the server child runs on: `memory`, `sqlite` (synchronous full) or `sqlite-normal`.
+pub(crate) fn store_config(name: &str, dir: &std::path::Path) -> anyhow::Result<StoreConfig> {
+    Ok(match name {
+        "memory" => StoreConfig::Memory,
+        "sqlite" => StoreConfig::Sqlite { data_dir: dir.to_owned(), synchronous: Synchronous::Full },
+        "sqlite-normal" => StoreConfig::Sqlite { data_dir: dir.to_owned(), synchronous: Synchronous::Normal },
+        other => anyhow::bail!("unknown store {other:?} (memory, sqlite, sqlite-normal)"),
+    })
+}
+
+/// `server-proc [STORE]`: the server on STORE (default `memory`; SQLite in a fresh directory removed at the end).
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
-    let queue_limit: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(1 << 20);
+    let store = args.first().map(String::as_str).unwrap_or("memory").to_owned();
+    let data_dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async {
         let mut config = ServerConfig::for_tests();
-        config.outbound_queue_limit = queue_limit;
+        config.outbound_queue_limit = 1 << 20;
         config.replay_max_items = 100_000;
         config.rate_limit_frames_per_sec = u32::MAX;
+        config.store = store_config(&store, &data_dir)?;
         let server = tidings_server::start(config).await?;
         println!("{}", json!({"ready": true, "port": server.local_addr().port(), "pid": std::process::id()}));
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -55,8 +69,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{reply}");
         }
         server.shutdown().await;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
 }
 
 fn secs(cmd: &Value) -> Duration {
@@ -66,10 +82,13 @@ fn secs(cmd: &Value) -> Duration {
 /// S2 publisher pacing: most deliveries queued but not yet acknowledged by the clients (about one second of
 /// the clients' work on this machine).
 const MAX_UNACKED_DELIVERIES: u64 = 1_000_000;
+/// S2: most batch publishes in progress at once.
+const IN_FLIGHT: usize = 8;
 
-/// S2: notifications to `topic:bench` for `seconds`, as fast as the server takes them: `batch` publishes, then a
-/// yield so the connection tasks drain their queues (batch 1 = one publish per scheduler turn, like Socket.IO's
-/// plain emit loop; larger batches are the in-process equivalent of `POST /v1/publish/batch`).
+/// S2: notifications to `topic:bench` for `seconds`, as fast as the server takes them: one in-process batch
+/// publish of `batch` notifications (what `POST /v1/publish/batch` does after parsing: one commit on SQLite), then
+/// a yield so the connection tasks drain their queues (batch 1 = one publish per scheduler turn, like Socket.IO's
+/// plain emit loop).
 async fn fanout(
     server: &tidings_server::RunningServer,
     duration: Duration,
@@ -83,25 +102,39 @@ async fn fanout(
     let started = Instant::now();
     let mut published = 0u64;
     let mut paused = Duration::ZERO;
+    // Up to IN_FLIGHT batches at once: a publish completes at its commit (a disk sync on SQLite), and a publisher
+    // that waited for each before the next would measure the disk, not the fan-out.
+    let mut in_flight = tokio::task::JoinSet::new();
     while started.elapsed() < duration {
-        let req = PublishRequest::new("bench").topic("bench").priority(Priority::Important).data(data.clone());
-        publisher.publish(req).await?;
-        published += 1;
-        if published.is_multiple_of(batch) {
-            tokio::task::yield_now().await;
-            // Flow control by acks: once the clients are the bottleneck, publishing further only fills socket
-            // buffers (gigabytes on loopback) that drain long after the window.
-            loop {
-                let stats = server.stats();
-                if stats.deliveries.saturating_sub(stats.acks) <= MAX_UNACKED_DELIVERIES
-                    || started.elapsed() >= duration
-                {
-                    break;
+        let requests: Vec<PublishRequest> = (0..batch)
+            .map(|_| PublishRequest::new("bench").topic("bench").priority(Priority::Important).data(data.clone()))
+            .collect();
+        let publisher = publisher.clone();
+        in_flight.spawn(async move { publisher.publish_batch(requests).await });
+        published += batch;
+        while in_flight.len() >= IN_FLIGHT {
+            if let Some(results) = in_flight.join_next().await {
+                for result in results? {
+                    result?;
                 }
-                let at = Instant::now();
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                paused += at.elapsed();
             }
+        }
+        tokio::task::yield_now().await;
+        // Flow control by acks: once the clients are the bottleneck, publishing further only fills socket
+        // buffers (gigabytes on loopback) that drain long after the window.
+        loop {
+            let stats = server.stats();
+            if stats.deliveries.saturating_sub(stats.acks) <= MAX_UNACKED_DELIVERIES || started.elapsed() >= duration {
+                break;
+            }
+            let at = Instant::now();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            paused += at.elapsed();
+        }
+    }
+    while let Some(results) = in_flight.join_next().await {
+        for result in results? {
+            result?;
         }
     }
     Ok(json!({
@@ -111,8 +144,9 @@ async fn fanout(
         "cpu_s": sys::cpu_seconds(pid)? - cpu0,
         "paced_ms": paused.as_millis() as u64,
         "publisher": format!(
-            "in-process on the server thread, {batch} publish(es) per scheduler turn, paused while more than \
-             {MAX_UNACKED_DELIVERIES} deliveries are unacknowledged"
+            "in-process on the server thread, one batch publish of {batch} notification(s) per scheduler turn, up to \
+             {IN_FLIGHT} of them in progress at once, paused while more than {MAX_UNACKED_DELIVERIES} deliveries are \
+             unacknowledged"
         ),
     }))
 }
@@ -144,16 +178,34 @@ async fn targeted(server: &tidings_server::RunningServer, cmd: &Value, pid: u32)
     let cpu0 = sys::cpu_seconds(pid)?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
+    // On a durable store a publish completes at its commit (a disk sync with synchronous = full), so one at a time
+    // could not keep the rate: each is then a task of its own, and concurrent ones share commits.
+    let concurrent = cmd["concurrent"].as_bool().unwrap_or(false);
+    let mut in_flight = Vec::new();
     let mut published = 0u64;
     while started.elapsed() < duration {
         let due = started + interval.mul_f64(published as f64);
         sleep_until(due).await;
         let user = format!("u{}", published % users);
         let data = RawJson::from_string(format!(r#"{{"t":{},"p":"{pad}"}}"#, sys::wall_ns()))?;
-        publisher.publish(PublishRequest::new("bench").user(user).data(data)).await?;
+        let request = PublishRequest::new("bench").user(user).data(data);
+        if concurrent {
+            let publisher = publisher.clone();
+            in_flight.push(tokio::spawn(async move { publisher.publish(request).await }));
+        } else {
+            publisher.publish(request).await?;
+        }
         published += 1;
     }
-    Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0, "publisher": PACED}))
+    for publish in in_flight {
+        publish.await??;
+    }
+    let how = if concurrent {
+        format!("{PACED}; each publish a task of its own (a durable store commits them in groups)")
+    } else {
+        PACED.to_owned()
+    };
+    Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0, "publisher": how}))
 }
 
 /// S4: `rate` notifications per second, round robin over `users`, each with the user's next sequence number;

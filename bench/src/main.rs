@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod child;
+mod durable;
 mod floor;
 mod peer;
 mod push;
@@ -35,9 +36,13 @@ struct Cli {
 enum Command {
     /// Run the scenarios of bench/README.md (server on CPU 0, clients on CPU 1); one JSON line each.
     Run {
-        /// Which scenarios (s1, s2, s3, s4; p1, p2: push send throughput), comma-separated.
-        #[arg(long, default_value = "s1,s2,s3,s4,p1,p2", value_delimiter = ',')]
+        /// Which scenarios (s1, s2, s3, s4, s5: durable publish; p1, p2: push send throughput), comma-separated.
+        #[arg(long, default_value = "s1,s2,s3,s4,s5,p1,p2", value_delimiter = ',')]
         scenarios: Vec<String>,
+        /// The server's stores for S2 and S3 (memory, sqlite, sqlite-normal), comma-separated; the peer runs once.
+        /// S5 always runs on all three; S1 and S4 on memory.
+        #[arg(long, default_value = "memory,sqlite", value_delimiter = ',')]
+        stores: Vec<String>,
         /// S1 connections.
         #[arg(long, default_value_t = 10_000)]
         s1_connections: usize,
@@ -146,6 +151,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             scenarios,
+            stores,
             s1_connections,
             clients,
             seconds,
@@ -156,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             push_seconds,
         } => run(
             &scenarios,
+            &stores,
             Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds },
             peer == "socketio",
             runs,
@@ -178,7 +185,7 @@ struct Sizes {
     push_seconds: f64,
 }
 
-fn run(which: &[String], sizes: Sizes, with_peer: bool, runs: u32) -> anyhow::Result<()> {
+fn run(which: &[String], stores: &[String], sizes: Sizes, with_peer: bool, runs: u32) -> anyhow::Result<()> {
     let Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds } = sizes;
     let fds = sys::raise_fd_limit()?;
     let nproc = sys::nproc();
@@ -221,12 +228,20 @@ fn run(which: &[String], sizes: Sizes, with_peer: bool, runs: u32) -> anyhow::Re
             continue;
         }
         for n in 1..=runs {
+            if s == "s5" {
+                // Durable publish: no peer (Socket.IO keeps nothing), the server on each store in turn.
+                for store in ["memory", "sqlite", "sqlite-normal"] {
+                    let line = stamp(with_steal(|| rt.block_on(durable::s5(store, seconds.min(5.0))))?);
+                    println!("{}", numbered(line, n, runs));
+                }
+                continue;
+            }
             let ours = stamp(with_steal(|| {
                 rt.block_on(async {
                     match s.as_str() {
                         "s1" => scenarios::s1(s1_connections).await,
-                        "s2" => scenarios::s2(clients, seconds, publish_batch).await,
-                        "s3" => scenarios::s3(clients, 2000.0, seconds).await,
+                        "s2" => scenarios::s2(clients, seconds, publish_batch, "memory").await,
+                        "s3" => scenarios::s3(clients, 2000.0, seconds, "memory").await,
                         "s4" => scenarios::s4(clients, 1000.0, seconds, 3.0).await,
                         other => Err(anyhow::anyhow!("unknown scenario {other:?}")),
                     }
@@ -234,6 +249,19 @@ fn run(which: &[String], sizes: Sizes, with_peer: bool, runs: u32) -> anyhow::Re
             })?);
             let ours = numbered(ours, n, runs);
             println!("{ours}");
+            if s == "s2" || s == "s3" {
+                for store in stores.iter().filter(|st| *st != "memory") {
+                    let durable = stamp(with_steal(|| {
+                        rt.block_on(async {
+                            match s.as_str() {
+                                "s2" => scenarios::s2(clients, seconds, publish_batch, store).await,
+                                _ => scenarios::s3(clients, 2000.0, seconds, store).await,
+                            }
+                        })
+                    })?);
+                    println!("{}", numbered(durable, n, runs));
+                }
+            }
             if s == "s3" {
                 let floor = stamp(with_steal(|| rt.block_on(floor::s3(clients, 2000.0, seconds)))?);
                 println!("{}", numbered(floor, n, runs));

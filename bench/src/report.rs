@@ -179,11 +179,92 @@ fn fmt(v: Option<f64>) -> String {
     }
 }
 
-/// Every result line of `scenario` from the system whose name starts with `system_prefix`, in run order.
+/// Every result line of `scenario` from the system whose name starts with `system_prefix`, in run order. For
+/// `tidings`, the lines of the server on the memory store (lines from before the store was recorded included).
 fn find<'a>(runs: &'a [Value], scenario: &str, system_prefix: &str) -> Vec<&'a Value> {
     runs.iter()
         .filter(|v| v["scenario"] == scenario && v["system"].as_str().is_some_and(|s| s.starts_with(system_prefix)))
+        .filter(|v| system_prefix != "tidings" || v["store"].as_str().is_none_or(|store| store == "memory"))
         .collect()
+}
+
+/// Every Tidings result line of `scenario` with the server on `store`.
+fn find_store<'a>(runs: &'a [Value], scenario: &str, store: &str) -> Vec<&'a Value> {
+    runs.iter().filter(|v| v["scenario"] == scenario && v["store"] == store).collect()
+}
+
+/// One row of the durable-publish table (S5).
+struct DurableMetric {
+    key: &'static str,
+    label: &'static str,
+    target: &'static str,
+}
+
+const DURABLE: &[DurableMetric] = &[
+    DurableMetric {
+        key: "single_publishes_per_s", label: "single publishes/s (POST /v1/publish)", target: "≥ 20,000"
+    },
+    DurableMetric { key: "single_p50_ms", label: "single publish latency p50 (ms)", target: "" },
+    DurableMetric { key: "single_p99_ms", label: "single publish latency p99 (ms)", target: "≤ 5 ms" },
+    DurableMetric {
+        key: "batch_notifications_per_s",
+        label: "notifications/s in batches of 1,000 (POST /v1/publish/batch)",
+        target: "≥ 100,000",
+    },
+    DurableMetric { key: "batch_p50_ms", label: "batch request latency p50 (ms)", target: "" },
+    DurableMetric { key: "batch_p99_ms", label: "batch request latency p99 (ms)", target: "" },
+    DurableMetric { key: "single_errors", label: "refused single publishes", target: "0" },
+    DurableMetric { key: "batch_errors", label: "refused batch requests", target: "0" },
+];
+
+/// The stores of S5, with their column titles.
+const DURABLE_STORES: &[(&str, &str)] =
+    &[("memory", "memory"), ("sqlite", "SQLite, synchronous full"), ("sqlite-normal", "SQLite, synchronous normal")];
+
+/// The S5 section: one column per store.
+fn durable_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
+    let columns: Vec<(&str, Vec<&Value>)> = DURABLE_STORES
+        .iter()
+        .map(|(store, title)| (*title, find_store(runs, "S5", store)))
+        .filter(|(_, lines)| !lines.is_empty())
+        .collect();
+    if columns.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## S5 — durable publish
+"
+    )?;
+    writeln!(
+        md,
+        "Publishes through the HTTP API with the server on each store; a `2xx` means the notification is committed          (on SQLite: written to disk as `synchronous` says, see the README's durability section). Socket.IO keeps          nothing, so it has no column here.
+"
+    )?;
+    let head: Vec<&str> = columns.iter().map(|(title, _)| *title).collect();
+    writeln!(md, "| metric | {} | target |", head.join(" | "))?;
+    writeln!(md, "|---|{}---|", "---:|".repeat(columns.len()))?;
+    for m in DURABLE {
+        let cells: Vec<String> = columns.iter().map(|(_, lines)| cell(summary(lines, m.key), lines.len())).collect();
+        writeln!(md, "| {} | {} | {} |", m.label, cells.join(" | "), m.target)?;
+    }
+    let all: Vec<&Value> = columns.iter().flat_map(|(_, lines)| lines.iter().copied()).collect();
+    if let Some(steal) = steal_sentence(&[("these runs", &all)]) {
+        writeln!(
+            md,
+            "
+{steal}"
+        )?;
+    }
+    if let Some(how) = all.last().and_then(|v| v["publisher"].as_str()) {
+        writeln!(
+            md,
+            "
+Load: {how}.
+"
+        )?;
+    }
+    Ok(())
 }
 
 /// The median of `key` over `lines` (the mean of the middle two for an even count) with the smallest and
@@ -254,10 +335,24 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
             continue;
         }
         writeln!(md, "## {title}\n")?;
-        writeln!(md, "| metric | Tidings | {peer} | ratio (× better) | target |\n|---|---:|---:|---:|---|")?;
+        let on_sqlite = find_store(&runs, scenario, "sqlite");
+        if on_sqlite.is_empty() {
+            writeln!(md, "| metric | Tidings | {peer} | ratio (× better) | target |\n|---|---:|---:|---:|---|")?;
+        } else {
+            writeln!(
+                md,
+                "| metric | Tidings (memory store) | Tidings (SQLite store) | {peer} | ratio (× better, memory) | \
+                 target |\n|---|---:|---:|---:|---:|---|"
+            )?;
+        }
         let mut bars = Vec::new();
         for m in METRICS.iter().filter(|m| m.scenario == scenario) {
             let (sa, sb) = (summary(&ours, m.key), summary(&theirs, m.key));
+            let durable = if on_sqlite.is_empty() {
+                String::new()
+            } else {
+                format!(" {} |", cell(summary(&on_sqlite, m.key), on_sqlite.len()))
+            };
             let (a, b) = (sa.map(|s| s.0), sb.map(|s| s.0));
             let ratio = match (a, b) {
                 (Some(a), Some(b)) if m.higher_is_better && b > 0.0 => Some(a / b),
@@ -267,7 +362,7 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
             let unit = if m.unit.is_empty() { String::new() } else { format!(" ({})", m.unit) };
             writeln!(
                 md,
-                "| {}{} | {} | {} | {} | {} |",
+                "| {}{} | {} |{durable} {} | {} | {} |",
                 m.label,
                 unit,
                 cell(sa, ours.len()),
@@ -280,6 +375,18 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
             {
                 bars.push((format!("{}{}", m.label, unit), a, b, m.higher_is_better));
             }
+        }
+        if scenario == "S2"
+            && let (Some((memory, ..)), Some((sqlite, ..))) =
+                (summary(&ours, "deliveries_per_s"), summary(&on_sqlite, "deliveries_per_s"))
+            && memory > 0.0
+        {
+            writeln!(
+                md,
+                "\nOn the SQLite store (synchronous full) S2 reaches **{:.0} %** of its deliveries/s on the memory store \
+                 (medians; target ≥ 90 %).",
+                sqlite / memory * 100.0
+            )?;
         }
         let floor = find(&runs, scenario, "floor");
         if !floor.is_empty() {
@@ -310,11 +417,18 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 fmt(ours[0]["payload_bytes"].as_f64()),
             )?;
         }
-        if let Some(steal) = steal_sentence(&[("Tidings", &ours), (peer, &theirs), ("floor", &floor)]) {
+        let systems = [("Tidings", &ours), ("Tidings on SQLite", &on_sqlite), (peer, &theirs), ("floor", &floor)];
+        let systems: Vec<(&str, &[&Value])> = systems.iter().map(|(n, l)| (*n, l.as_slice())).collect();
+        if let Some(steal) = steal_sentence(&systems) {
             writeln!(md, "\n{steal}")?;
         }
         if let Some(extra) = ours.last().and_then(|v| v["publisher"].as_str()) {
             writeln!(md, "\nPublisher (Tidings): {extra}.")?;
+        }
+        if let Some(extra) = on_sqlite.last().and_then(|v| v["publisher"].as_str())
+            && ours.last().and_then(|v| v["publisher"].as_str()) != Some(extra)
+        {
+            writeln!(md, "Publisher (Tidings on SQLite): {extra}.")?;
         }
         if let Some(extra) = theirs.last().and_then(|v| v["publisher"].as_str()) {
             writeln!(md, "Publisher (Socket.IO): {extra}.")?;
@@ -324,6 +438,7 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
         std::fs::write(root.join(&svg_rel), svg(title, peer, &bars))?;
         writeln!(md, "\n![{title}]({svg_rel})\n")?;
     }
+    durable_section(&mut md, &runs)?;
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     Ok(())
 }
@@ -467,6 +582,42 @@ mod tests {
         assert!(md.contains("p50 55 (50 – 60) µs, p99 220 (200 – 240) µs"), "{md}");
         // The floor is not a competitor: it gets no column of its own in the table.
         assert!(md.contains("| targeted latency p50 (µs) | 90 | – |"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn durable_stores_get_their_own_column_and_s5_its_own_table() {
+        let dir = std::env::temp_dir().join(format!("tidings-report-durable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s2 = |system: &str, store: Option<&str>, v: f64| {
+            let mut line = json!({"scenario": "S2", "system": system, "deliveries_per_s": v, "nproc": 2, "cpu": "x",
+                                  "placement": "p"});
+            if let Some(store) = store {
+                line["store"] = json!(store);
+            }
+            line.to_string()
+        };
+        let s5 = |store: &str, per_s: f64| {
+            json!({"scenario": "S5", "system": "tidings", "store": store, "single_publishes_per_s": per_s,
+                   "single_p99_ms": 2.5, "batch_notifications_per_s": per_s * 10.0})
+            .to_string()
+        };
+        let text = [
+            s2("tidings", Some("memory"), 1_000_000.0),
+            s2("tidings (sqlite)", Some("sqlite"), 950_000.0),
+            s2("socket.io 4.8.4", None, 100_000.0),
+            s5("memory", 30_000.0),
+            s5("sqlite", 21_000.0),
+        ]
+        .join("\n");
+        let input = dir.join("r.jsonl");
+        std::fs::write(&input, text).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("| 1,000,000 | 950,000 | 100,000 | 10.00× |"), "{md}");
+        assert!(md.contains("S2 reaches **95 %** of its deliveries/s on the memory store"), "{md}");
+        assert!(md.contains("| metric | memory | SQLite, synchronous full | target |"), "{md}");
+        assert!(md.contains("| single publishes/s (POST /v1/publish) | 30,000 | 21,000 | ≥ 20,000 |"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

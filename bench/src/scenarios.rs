@@ -23,8 +23,13 @@ pub(crate) struct ServerChild {
 }
 
 impl ServerChild {
-    /// Starts `tidings-bench server-proc` pinned to CPU 0.
+    /// Starts `tidings-bench server-proc` pinned to CPU 0, on the memory store.
     pub(crate) async fn start() -> anyhow::Result<Self> {
+        Self::start_on("memory").await
+    }
+
+    /// Starts `tidings-bench server-proc` pinned to CPU 0, on `store` (`memory`, `sqlite`, `sqlite-normal`).
+    pub(crate) async fn start_on(store: &str) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         // TIDINGS_BENCH_SERVER_WRAP="perf record -e cpu-clock -g -o /tmp/server.perf" profiles the server child.
         let wrap: Vec<String> = std::env::var("TIDINGS_BENCH_SERVER_WRAP")
@@ -35,6 +40,7 @@ impl ServerChild {
             .args(&wrap)
             .arg(exe)
             .arg("server-proc")
+            .arg(store)
             .env("RUST_LOG", "error")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -172,9 +178,17 @@ pub(crate) async fn s1(connections: usize) -> anyhow::Result<Value> {
     }))
 }
 
-/// S2: broadcast fan-out to `clients` clients on one topic for `seconds`.
-pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Result<Value> {
-    let mut server = ServerChild::start().await?;
+/// The `system` and `store` of a result line of the server on `store`.
+fn system(store: &str) -> (String, &str) {
+    match store {
+        "memory" => ("tidings".into(), store),
+        other => (format!("tidings ({other})"), store),
+    }
+}
+
+/// S2: broadcast fan-out to `clients` clients on one topic for `seconds`, the server on `store`.
+pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64, store: &str) -> anyhow::Result<Value> {
+    let mut server = ServerChild::start_on(store).await?;
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
     let c = counts.clone();
     let handler: Handler = Arc::new(move |i, e| {
@@ -208,8 +222,9 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Resu
     let stats = server.call(json!({"cmd": "stats"})).await?;
     fleet.close().await;
     server.stop().await?;
+    let (system, store) = system(store);
     Ok(json!({
-        "scenario": "S2", "system": "tidings", "clients": clients, "seconds": seconds,
+        "scenario": "S2", "system": system, "store": store, "clients": clients, "seconds": seconds,
         "published": published, "deliveries_in_window": in_window,
         "deliveries_per_s": (in_window as f64 / window).round(),
         "delivered_total": delivered, "expected_total": want,
@@ -220,9 +235,10 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64) -> anyhow::Resu
     }))
 }
 
-/// S3: targeted latency, `rate` per second round robin over `clients` user streams for `seconds`.
-pub(crate) async fn s3(clients: usize, rate: f64, seconds: f64) -> anyhow::Result<Value> {
-    let mut server = ServerChild::start().await?;
+/// S3: targeted latency, `rate` per second round robin over `clients` user streams for `seconds`, the server on
+/// `store`.
+pub(crate) async fn s3(clients: usize, rate: f64, seconds: f64, store: &str) -> anyhow::Result<Value> {
+    let mut server = ServerChild::start_on(store).await?;
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity((rate * seconds) as usize)));
     let l = latencies.clone();
     let handler: Handler = Arc::new(move |_, e| {
@@ -239,7 +255,10 @@ pub(crate) async fn s3(clients: usize, rate: f64, seconds: f64) -> anyhow::Resul
         }
     });
     let fleet = Fleet::start(&server.ws_url(), clients, &[], 1, handler).await?;
-    let reply = server.call(json!({"cmd": "targeted", "users": clients, "rate": rate, "seconds": seconds})).await?;
+    let concurrent = store != "memory";
+    let reply = server
+        .call(json!({"cmd": "targeted", "users": clients, "rate": rate, "seconds": seconds, "concurrent": concurrent}))
+        .await?;
     let published = reply["published"].as_u64().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while (latencies.lock().unwrap().len() as u64) < published && Instant::now() < deadline {
@@ -249,8 +268,9 @@ pub(crate) async fn s3(clients: usize, rate: f64, seconds: f64) -> anyhow::Resul
     server.stop().await?;
     let mut l = latencies.lock().unwrap().clone();
     l.sort_unstable();
+    let (system, store) = system(store);
     Ok(json!({
-        "scenario": "S3", "system": "tidings", "clients": clients, "rate_per_s": rate, "seconds": seconds,
+        "scenario": "S3", "system": system, "store": store, "clients": clients, "rate_per_s": rate, "seconds": seconds,
         "publisher": reply["publisher"], "published": published, "received": l.len(), "lost": published.saturating_sub(l.len() as u64),
         "p50_us": percentile(&l, 50.0), "p99_us": percentile(&l, 99.0), "p999_us": percentile(&l, 99.9),
         "max_us": l.last().copied().unwrap_or(0),

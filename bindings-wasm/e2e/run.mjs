@@ -8,7 +8,8 @@
 
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { launchChromium } from './chromium.mjs';
@@ -52,7 +53,10 @@ const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 // A VAPID public key (from `web-push generate-vapid-keys`) the server serves to service workers.
 const VAPID_PUBLIC_KEY = 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM';
-const args = ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT, '--vapid-public-key', VAPID_PUBLIC_KEY];
+// The server's default store (SQLite) in a fresh data directory, removed at the end.
+const dataDir = mkdtempSync(join(tmpdir(), 'tidings-e2e-'));
+const args = ['--demo', '--bind', `127.0.0.1:${port}`, '--web-root', WEB_ROOT, '--vapid-public-key', VAPID_PUBLIC_KEY,
+  '--data-dir', dataDir];
 const server = spawn(SERVER, args, {
   stdio: ['ignore', 'ignore', 'pipe'],
   env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
@@ -571,6 +575,7 @@ for (const { name, fn } of tests) {
 }
 await browser.close();
 server.kill();
+rmSync(dataDir, { recursive: true, force: true });
 if (failed) {
   console.log(`\n${failed} browser end-to-end test(s) failed; server log tail:\n${serverLog.slice(-3000)}`);
   process.exit(1);

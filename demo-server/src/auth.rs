@@ -102,6 +102,7 @@ impl TokenVerifier {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError> {
         self.verify_at(token, now_ms())
     }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// JWT secret used by `--demo` and [`ServerConfig::demo`]. Never use it in production.
@@ -12,6 +13,48 @@ pub const DEMO_API_KEY: &str = "tidings-dev-key";
 pub const TEST_JWT_SECRET: &str = "tidings-test-secret-0123456789abcdef";
 /// API key of [`ServerConfig::for_tests`].
 pub const TEST_API_KEY: &str = "tidings-test-key";
+
+/// The default data directory of the SQLite store: `tidings-data` in the working directory.
+pub const DEFAULT_DATA_DIR: &str = "tidings-data";
+
+/// Where the server keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In process memory: nothing survives the process (every stream is in a new epoch after a restart). For
+    /// tests and benchmarks.
+    Memory,
+    /// The embedded SQLite database `tidings.db` in a data directory: everything acknowledged survives a crash
+    /// of the process and, with [`Synchronous::Full`], of the machine.
+    Sqlite {
+        /// The directory (created if missing) holding `tidings.db` and its lock file.
+        data_dir: PathBuf,
+        /// What a commit waits for.
+        synchronous: Synchronous,
+    },
+}
+
+/// SQLite's `synchronous` setting: what a commit (and so a `2xx` to a publish) waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Every commit is synced to the disk (`fsync` of the write-ahead log) before it is acknowledged: an
+    /// acknowledged publish survives a crash of the process, of the operating system and a power loss.
+    #[default]
+    Full,
+    /// Commits reach the operating system but are synced to the disk only at checkpoints: an acknowledged publish
+    /// survives a crash of the process, but the last ones may be lost in an OS crash or power loss. After such a
+    /// loss the server starts a new epoch, so clients are told of the gap instead of skipping notifications.
+    Normal,
+}
+
+impl Synchronous {
+    /// `full` or `normal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+        }
+    }
+}
 
 /// Everything the server can be configured with. Build one with [`ServerConfig::new`],
 /// [`ServerConfig::for_tests`] or [`ServerConfig::demo`] and adjust the public fields.
@@ -36,6 +79,13 @@ pub struct ServerConfig {
     pub replay_max_items: usize,
     /// Oldest notification kept per stream for replay.
     pub replay_max_age: Duration,
+    /// Where the server keeps its data (default: SQLite in [`DEFAULT_DATA_DIR`]).
+    pub store: StoreConfig,
+    /// How long the SQLite store keeps `persistent` notifications (they are replayed within the replay limits
+    /// like `bufferable` ones, and kept beyond them for this long).
+    pub persistent_retention: Duration,
+    /// How long the SQLite store keeps acks.
+    pub ack_retention: Duration,
     /// Most live notification frames queued for one connection before it is closed with `4014`
     /// (`slow_consumer`). Replies and replayed notifications come on top, so a replay is never cut short.
     pub outbound_queue_limit: usize,
@@ -111,6 +161,9 @@ impl ServerConfig {
             nbf_leeway: Duration::from_secs(5),
             replay_max_items: 1000,
             replay_max_age: Duration::from_secs(24 * 60 * 60),
+            store: StoreConfig::Sqlite { data_dir: PathBuf::from(DEFAULT_DATA_DIR), synchronous: Synchronous::Full },
+            persistent_retention: Duration::from_secs(30 * 24 * 60 * 60),
+            ack_retention: Duration::from_secs(7 * 24 * 60 * 60),
             outbound_queue_limit: 8192,
             idempotency_window: Duration::from_secs(10 * 60),
             idempotency_max_keys: 1_000_000,
@@ -143,12 +196,13 @@ impl ServerConfig {
         config
     }
 
-    /// For tests and benchmarks: `127.0.0.1:0` (a free port), [`TEST_JWT_SECRET`] and [`TEST_API_KEY`], and a
-    /// short `close_linger` (250 ms) so that shutting down a server whose test clients no longer read is quick;
-    /// otherwise the defaults.
+    /// For tests and benchmarks: `127.0.0.1:0` (a free port), [`TEST_JWT_SECRET`] and [`TEST_API_KEY`], the
+    /// memory store, and a short `close_linger` (250 ms) so that shutting down a server whose test clients no
+    /// longer read is quick; otherwise the defaults.
     pub fn for_tests() -> Self {
         let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), TEST_JWT_SECRET, TEST_API_KEY);
         config.close_linger = Duration::from_millis(250);
+        config.store = StoreConfig::Memory;
         config
     }
 
@@ -198,6 +252,9 @@ impl fmt::Debug for ServerConfig {
             .field("nbf_leeway", &self.nbf_leeway)
             .field("replay_max_items", &self.replay_max_items)
             .field("replay_max_age", &self.replay_max_age)
+            .field("store", &self.store)
+            .field("persistent_retention", &self.persistent_retention)
+            .field("ack_retention", &self.ack_retention)
             .field("outbound_queue_limit", &self.outbound_queue_limit)
             .field("idempotency_window", &self.idempotency_window)
             .field("idempotency_max_keys", &self.idempotency_max_keys)

@@ -19,12 +19,12 @@ use tidings_core::protocol::{validate_topic, validate_user_id};
 use tracing::info;
 
 use crate::auth::issue_token;
-use crate::connection;
-use crate::hub::Hub;
+use crate::node::Node;
 use crate::publish::{PublishError, PublishRequest, Publisher, parse_batch};
+use crate::ws;
 
 /// Builds the router of a server.
-pub(crate) fn router(hub: Arc<Hub>) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     let mut router = Router::new()
         .route("/v1/ws", any(websocket))
         .route("/v1/publish", post(publish))
@@ -36,16 +36,16 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/admin/drop", post(admin_drop))
         .route("/v1/push/vapid-public-key", get(vapid_public_key))
         .route("/healthz", get(healthz));
-    if hub.config.demo {
+    if node.config.demo {
         router = router.route("/v1/demo/token", post(demo_token));
     }
-    match hub.config.web_root.clone() {
+    match node.config.web_root.clone() {
         // Static files (demo page, npm package, service worker) at `/`; API routes take precedence.
         Some(root) => {
             let files = tower_http::services::ServeDir::new(root).append_index_html_on_directories(true);
-            router.fallback_service(files).with_state(hub)
+            router.fallback_service(files).with_state(node)
         }
-        None => router.fallback(not_found).with_state(hub),
+        None => router.fallback(not_found).with_state(node),
     }
 }
 
@@ -56,7 +56,26 @@ fn error_response(status: StatusCode, code: &str, message: impl Into<String>) ->
 
 fn publish_error_response(error: &PublishError) -> Response {
     let status = StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    error_response(status, error.kind.code(), error.message.clone())
+    let body = publish_error_json(error);
+    match error.retry_after_ms {
+        Some(ms) => {
+            let mut response = (status, axum::Json(body)).into_response();
+            let secs = ms.div_ceil(1000).max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+        None => (status, axum::Json(body)).into_response(),
+    }
+}
+
+fn publish_error_json(error: &PublishError) -> serde_json::Value {
+    let mut body = json!({"error": {"code": error.kind.code(), "message": error.message}});
+    if let Some(ms) = error.retry_after_ms {
+        body["error"]["retry_after_ms"] = json!(ms);
+    }
+    body
 }
 
 async fn not_found() -> Response {
@@ -69,8 +88,8 @@ async fn healthz() -> &'static str {
 
 /// `GET /v1/push/vapid-public-key`: the key service workers subscribe to Web Push with (public, no API key; any
 /// origin may read it, as a page on another origin than the server's does).
-async fn vapid_public_key(State(hub): State<Arc<Hub>>) -> Response {
-    let mut response = match &hub.config.vapid_public_key {
+async fn vapid_public_key(State(node): State<Arc<Node>>) -> Response {
+    let mut response = match &node.config.vapid_public_key {
         Some(key) => axum::Json(json!({"vapid_public_key": key.trim()})).into_response(),
         None => error_response(
             StatusCode::NOT_FOUND,
@@ -83,14 +102,14 @@ async fn vapid_public_key(State(hub): State<Arc<Hub>>) -> Response {
 }
 
 /// Checks `Authorization: Bearer <api key>`; the `401` response when it is missing or wrong.
-fn api_key_rejection(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
+fn api_key_rejection(node: &Node, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), hub.config.api_key.as_bytes()) => None,
+        Some(key) if constant_time_eq(key.as_bytes(), node.config.api_key.as_bytes()) => None,
         other => {
             let message = if other.is_some() {
                 "the API key is not valid"
@@ -131,7 +150,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Stri
 
 /// `GET /v1/ws`: subprotocol negotiation and the upgrade.
 async fn websocket(
-    State(hub): State<Arc<Hub>>,
+    State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -161,13 +180,13 @@ async fn websocket(
             );
         }
     };
-    if hub.is_shutting_down() {
+    if node.is_shutting_down() {
         let mut response =
             error_response(StatusCode::SERVICE_UNAVAILABLE, "try_again_later", "the server is shutting down");
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return response;
     }
-    let config = &hub.config;
+    let config = &node.config;
     // A maximal server frame plus its header must always fit into the write buffer.
     let max_write = config.ws_max_write_buffer_size.max(config.ws_write_buffer_size + MAX_SERVER_FRAME_BYTES + 16);
     upgrade
@@ -178,15 +197,15 @@ async fn websocket(
         // Oversized client frames are refused from their header, before their payload is buffered.
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
-        .on_upgrade(move |ws| connection::serve(hub, ws, Some(peer)))
+        .on_upgrade(move |socket| ws::serve(node, socket, Some(peer)))
 }
 
 /// `POST /v1/publish`.
-async fn publish(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
-    let text = match read_body(&headers, body, hub.config.max_body_bytes).await {
+    let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
     };
@@ -194,18 +213,18 @@ async fn publish(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) ->
         Ok(request) => request,
         Err(e) => return publish_error_response(&e),
     };
-    match Publisher::new(hub).publish(request).await {
+    match Publisher::new(node).publish(request).await {
         Ok(receipt) => (StatusCode::ACCEPTED, axum::Json(receipt)).into_response(),
         Err(e) => publish_error_response(&e),
     }
 }
 
 /// `POST /v1/publish/batch`.
-async fn publish_batch(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+async fn publish_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
-    let text = match read_body(&headers, body, hub.config.max_batch_body_bytes).await {
+    let text = match read_body(&headers, body, node.config.max_batch_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
     };
@@ -213,49 +232,59 @@ async fn publish_batch(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bo
         Ok(items) => items,
         Err(e) => return publish_error_response(&e),
     };
-    let publisher = Publisher::new(hub);
-    let mut results = Vec::with_capacity(items.len());
+    // The valid items are published as one batch (one commit on a durable store), in order; the others keep
+    // their parse error in their place.
+    let mut valid = Vec::with_capacity(items.len());
+    let mut outcomes: Vec<Option<Result<crate::PublishReceipt, PublishError>>> = Vec::with_capacity(items.len());
     for item in items {
-        let outcome = match item {
-            Ok(request) => publisher.publish(request).await,
-            Err(e) => Err(e),
-        };
-        results.push(match outcome {
-            Ok(receipt) => serde_json::to_value(receipt).unwrap_or_default(),
-            Err(e) => json!({"error": {"code": e.kind.code(), "message": e.message}}),
-        });
+        match item {
+            Ok(request) => {
+                valid.push(request);
+                outcomes.push(None);
+            }
+            Err(e) => outcomes.push(Some(Err(e))),
+        }
     }
+    let mut published = Publisher::new(node).publish_batch(valid).await.into_iter();
+    let results: Vec<serde_json::Value> = outcomes
+        .into_iter()
+        .map(|slot| match slot.or_else(|| published.next()) {
+            Some(Ok(receipt)) => serde_json::to_value(receipt).unwrap_or_default(),
+            Some(Err(e)) => publish_error_json(&e),
+            None => json!({"error": {"code": "unavailable", "message": "no result"}}),
+        })
+        .collect();
     (StatusCode::OK, axum::Json(json!({ "results": results }))).into_response()
 }
 
 /// `GET /v1/presence`.
-async fn presence_all(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+async fn presence_all(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
-    axum::Json(json!({ "users": hub.presence.all() })).into_response()
+    axum::Json(json!({ "users": node.presence.all() })).into_response()
 }
 
 /// `GET /v1/presence/{user}`.
-async fn presence_user(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+async fn presence_user(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
     if let Err(e) = validate_user_id(&user) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
     }
-    axum::Json(hub.presence.user(&user)).into_response()
+    axum::Json(node.presence.user(&user)).into_response()
 }
 
 /// `GET /v1/notifications/{id}/acks`.
-async fn acks(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+async fn acks(State(node): State<Arc<Node>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
     if let Err(e) = validate_id(&id) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("id: {e}"));
     }
-    match hub.storage.acks(&id).await {
+    match node.acks(&id).await {
         Ok(acks) => {
             let acks: Vec<_> =
                 acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "at": a.at})).collect();
@@ -266,14 +295,14 @@ async fn acks(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(id): Path<St
 }
 
 /// `GET /v1/users/<user>/devices`: the user's devices with a registered push address.
-async fn devices(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+async fn devices(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
     if let Err(e) = tidings_core::protocol::validate_user_id(&user) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
     }
-    match hub.storage.push_addresses(&user).await {
+    match node.stores.devices.push_addresses(&user).await {
         Ok(records) => {
             let devices: Vec<_> = records
                 .iter()
@@ -288,15 +317,15 @@ async fn devices(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(user): Pa
 }
 
 /// `POST /v1/admin/drop` with an optional `{"user":"…"}`.
-async fn admin_drop(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     #[derive(Deserialize)]
     struct DropRequest {
         user: Option<String>,
     }
-    if let Some(response) = api_key_rejection(&hub, &headers) {
+    if let Some(response) = api_key_rejection(&node, &headers) {
         return response;
     }
-    let text = match read_body(&headers, body, hub.config.max_body_bytes).await {
+    let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
     };
@@ -317,9 +346,9 @@ async fn admin_drop(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body)
     let message = "dropped by an operator";
     let dropped = match &user {
         Some(user) => {
-            hub.presence.connections_of(user).iter().filter(|conn| conn.close(ErrorCode::Dropped, message)).count()
+            node.registry.connections_of(user).iter().filter(|conn| conn.close(ErrorCode::Dropped, message)).count()
         }
-        None => hub.connections.close_all(ErrorCode::Dropped, message),
+        None => node.registry.close_all(ErrorCode::Dropped, message),
     };
     info!(user = user.as_deref().unwrap_or("*"), dropped, "operator dropped connections");
     axum::Json(json!({ "dropped": dropped })).into_response()
@@ -327,7 +356,7 @@ async fn admin_drop(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body)
 
 /// `POST /v1/demo/token` (demo mode only): `{"user":"alice","topics":["news"],"ttl_secs":3600}` →
 /// `{"token":"…"}`.
-async fn demo_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body) -> Response {
+async fn demo_token(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     #[derive(Deserialize)]
     struct TokenRequest {
         user: String,
@@ -335,7 +364,7 @@ async fn demo_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body)
         topics: Vec<String>,
         ttl_secs: Option<u64>,
     }
-    let text = match read_body(&headers, body, hub.config.max_body_bytes).await {
+    let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
     };
@@ -362,7 +391,7 @@ async fn demo_token(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Body)
     }
     let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
     let topics: Vec<&str> = request.topics.iter().map(String::as_str).collect();
-    let token = issue_token(&hub.config.jwt_secret, &request.user, &topics, Some(ttl));
+    let token = issue_token(&node.config.jwt_secret, &request.user, &topics, Some(ttl));
     axum::Json(json!({ "token": token })).into_response()
 }
 

@@ -17,29 +17,37 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`](ServerConfig): configuration; [`auth`](issue_token): tokens.
-//! - `connection`: one task per WebSocket (reading, writing, timers); `outbox`: its outbound queue.
-//! - `registry`: the per-stream fan-out registry and lock; `replay`: the §5.4 decision.
-//! - [`storage`]: the [`Storage`] trait and [`MemoryStorage`].
-//! - [`publish`](Publisher): validation and the publish path; `http`: the routes; `presence`: who is online.
-//! - [`demo`]: the demo publisher (and the hook for a demo subscriber).
+//! - [`model`]: what the server deals in (publications, deliveries, stream positions, acks, push addresses);
+//!   depends on nothing else of the server.
+//! - [`store`]: one interface per concern (stream history with idempotency keys, acks, devices) with memory and
+//!   SQLite implementations.
+//! - [`broker`]: publish/subscribe with history; publications come back through a handler (the node).
+//! - `node`: the publish pipeline and what a process shares; `registry`: this process's connections and stream
+//!   subscribers (fan-out); `presence`: who is online.
+//! - `session`: the protocol session of one connection, sans-IO; `ws`: the WebSocket driver that moves its bytes;
+//!   `outbox`: a connection's outbound queue.
+//! - [`publish`](Publisher): request parsing and validation; `http`: the routes.
+//! - [`config`](ServerConfig): configuration; [`auth`](issue_token): tokens; [`demo`]: the demo publisher and
+//!   subscriber.
 
 mod auth;
+pub mod broker;
 mod config;
-mod connection;
 pub mod demo;
 mod http;
-mod hub;
+pub mod model;
+mod node;
 mod outbox;
 pub mod planner;
 mod presence;
 mod publish;
 pub mod push;
 mod registry;
-mod replay;
-pub mod storage;
+mod session;
+pub mod store;
 mod util;
 mod webpush;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,21 +61,34 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use auth::{TokenClaims, issue_token, sign_claims};
-pub use config::{DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, TEST_API_KEY, TEST_JWT_SECRET};
-pub use hub::ServerStats;
+pub use config::{
+    DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, StoreConfig, Synchronous, TEST_API_KEY,
+    TEST_JWT_SECRET,
+};
+pub use node::ServerStats;
 pub use presence::{DevicePresence, UserPresence};
 pub use publish::{
     Delivery, MAX_BATCH, MAX_RECIPIENTS, PublishError, PublishErrorKind, PublishReceipt, PublishRequest, Publisher,
     parse_batch,
 };
-pub use storage::{MemoryStorage, Storage, StorageLimits};
+pub use store::{MemoryStore, SqliteStore, StoreLimits, Stores};
 
-use hub::Hub;
+use broker::LocalBroker;
+use node::Node;
 
-/// Starts a server with in-memory storage ([`MemoryStorage`]) and returns once it accepts connections.
+/// Starts a server with the stores its configuration names ([`ServerConfig::store`]) and returns once it accepts
+/// connections. A store that cannot be opened is an error whose message names the file and the fix.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    let storage = Arc::new(MemoryStorage::new(StorageLimits::from_config(&config)));
-    start_with_storage(config, storage).await
+    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let limits = StoreLimits::from_config(&config);
+    let stores = match &config.store {
+        StoreConfig::Memory => Stores::memory(MemoryStore::new(limits)),
+        StoreConfig::Sqlite { data_dir, synchronous } => {
+            let store = SqliteStore::open(data_dir, *synchronous, limits, Arc::new(util::now_ms))?;
+            Stores::sqlite(store)
+        }
+    };
+    start_with_stores(config, stores).await
 }
 
 /// Installs ring as rustls' process-wide crypto provider unless one is installed already (as the core's native
@@ -81,16 +102,18 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// Starts a server on the given storage backend and returns once it accepts connections.
-pub async fn start_with_storage(config: ServerConfig, storage: Arc<dyn Storage>) -> anyhow::Result<RunningServer> {
+/// Starts a server on the given stores (with the single-process broker) and returns once it accepts
+/// connections.
+pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::Result<RunningServer> {
     install_crypto_provider();
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let local_addr = listener.local_addr().context("cannot read the listening address")?;
-    let hub = Arc::new(Hub::new(config, storage));
-    let app = http::router(hub.clone());
+    let broker = Arc::new(LocalBroker::new(stores.streams.clone()));
+    let node = Node::new(config, stores, broker);
+    let app = http::router(node.clone());
     // Frames are batched by the connection tasks and flushed once per batch; Nagle would only add latency.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -107,23 +130,23 @@ pub async fn start_with_storage(config: ServerConfig, storage: Arc<dyn Storage>)
         }
     });
     let mut server =
-        RunningServer { hub: hub.clone(), local_addr, serve: Some(serve), stop: Some(stop_tx), demo: None };
-    server.demo = hub.config.demo.then(|| {
+        RunningServer { node: node.clone(), local_addr, serve: Some(serve), stop: Some(stop_tx), demo: None };
+    server.demo = node.config.demo.then(|| {
         tokio::spawn(demo::run_demo(demo::DemoContext {
             publisher: server.publisher(),
             ws_url: server.ws_url(),
             http_url: server.http_url(),
-            jwt_secret: hub.config.jwt_secret.clone(),
-            interval: hub.config.demo_publish_interval,
+            jwt_secret: node.config.jwt_secret.clone(),
+            interval: node.config.demo_publish_interval,
         }))
     });
-    info!(address = %local_addr, demo = hub.config.demo, "tidings server listening");
+    info!(address = %local_addr, demo = node.config.demo, "tidings server listening");
     Ok(server)
 }
 
 /// A running server. Stop it with [`RunningServer::shutdown`]; dropping it stops it abruptly.
 pub struct RunningServer {
-    hub: Arc<Hub>,
+    node: Arc<Node>,
     local_addr: SocketAddr,
     serve: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
@@ -154,17 +177,17 @@ impl RunningServer {
 
     /// The server's configuration.
     pub fn config(&self) -> &ServerConfig {
-        &self.hub.config
+        &self.node.config
     }
 
     /// An in-process publishing handle (the path `POST /v1/publish` takes after parsing).
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.hub.clone())
+        Publisher::new(self.node.clone())
     }
 
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
-        self.hub.stats()
+        self.node.stats()
     }
 
     /// Drops every connection (or `user`'s) with `error dropped` + close `4015`, as `POST /v1/admin/drop` does;
@@ -173,23 +196,23 @@ impl RunningServer {
         let message = "dropped by an operator";
         match user {
             Some(user) => {
-                self.hub.presence.connections_of(user).iter().filter(|c| c.close(ErrorCode::Dropped, message)).count()
+                self.node.registry.connections_of(user).iter().filter(|c| c.close(ErrorCode::Dropped, message)).count()
             }
-            None => self.hub.connections.close_all(ErrorCode::Dropped, message),
+            None => self.node.registry.close_all(ErrorCode::Dropped, message),
         }
     }
 
     /// Who is online now (as `GET /v1/presence`).
     pub fn presence(&self) -> Vec<UserPresence> {
-        self.hub.presence.all()
+        self.node.presence.all()
     }
 
     /// Graceful shutdown: stops accepting connections, sends `error` `server_shutdown` and close `4012` to every
     /// client, waits for the connections to end (cutting them after `shutdown_grace`), stops the demo and the
     /// HTTP server. No task of the server outlives the returned future.
     pub async fn shutdown(mut self) {
-        let hub = self.hub.clone();
-        hub.shutting_down.store(true, Ordering::SeqCst);
+        let node = self.node.clone();
+        node.shutting_down.store(true, Ordering::SeqCst);
         if let Some(demo) = self.demo.take() {
             demo.abort();
             let _ = demo.await;
@@ -197,13 +220,16 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let asked = hub.connections.close_all(ErrorCode::ServerShutdown, "the server is shutting down");
+        let asked = node.registry.close_all(ErrorCode::ServerShutdown, "the server is shutting down");
         info!(connections = asked, "shutting down");
-        let grace = hub.config.shutdown_grace;
-        if tokio::time::timeout(grace, hub.connections.wait_empty()).await.is_err() {
-            warn!(open = hub.connections.len(), "connections still open after the grace period; cutting them");
-            hub.hard_stop.send_replace(true);
-            hub.connections.wait_empty().await;
+        let grace = node.config.shutdown_grace;
+        if tokio::time::timeout(grace, node.registry.wait_empty()).await.is_err() {
+            warn!(
+                open = node.registry.connection_count(),
+                "connections still open after the grace period; cutting them"
+            );
+            node.hard_stop.send_replace(true);
+            node.registry.wait_empty().await;
         }
         if let Some(mut serve) = self.serve.take()
             && tokio::time::timeout(grace, &mut serve).await.is_err()
@@ -212,6 +238,7 @@ impl RunningServer {
             serve.abort();
             let _ = serve.await;
         }
+        node.stores.streams.close().await;
         info!("shutdown complete");
     }
 }
@@ -222,8 +249,8 @@ impl Drop for RunningServer {
         if self.serve.is_none() {
             return;
         }
-        self.hub.shutting_down.store(true, Ordering::SeqCst);
-        self.hub.hard_stop.send_replace(true);
+        self.node.shutting_down.store(true, Ordering::SeqCst);
+        self.node.hard_stop.send_replace(true);
         if let Some(demo) = self.demo.take() {
             demo.abort();
         }

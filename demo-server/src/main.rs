@@ -6,9 +6,27 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
-use tidings_server::{DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig};
+use tidings_server::{DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, StoreConfig, Synchronous};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+
+/// Where the server keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    /// The embedded SQLite database in --data-dir: durable (the default).
+    Sqlite,
+    /// Process memory: nothing survives a restart (tests, benchmarks).
+    Memory,
+}
+
+/// SQLite's `synchronous` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SyncMode {
+    /// Every commit is synced to disk before the publish is acknowledged: survives power loss.
+    Full,
+    /// Commits are synced at checkpoints: survives a process crash, may lose the last commits in a power loss.
+    Normal,
+}
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,6 +61,22 @@ struct Args {
     /// Oldest notification kept per stream for replay, in seconds.
     #[arg(long, env = "TIDINGS_REPLAY_MAX_AGE_SECS", default_value_t = 86_400)]
     replay_max_age_secs: u64,
+    /// Where to keep streams, idempotency keys, acks and push addresses.
+    #[arg(long, env = "TIDINGS_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// The SQLite store's directory (holds tidings.db and tidings.lock; created if missing).
+    #[arg(long, env = "TIDINGS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+    /// What a SQLite commit (and so a publish's 2xx) waits for: full = synced to disk (survives power loss),
+    /// normal = handed to the OS (survives a process crash).
+    #[arg(long, env = "TIDINGS_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SyncMode::Full)]
+    sqlite_synchronous: SyncMode,
+    /// How long the SQLite store keeps persistent notifications, in seconds (bufferable ones: the replay limits).
+    #[arg(long, env = "TIDINGS_PERSISTENT_RETENTION_SECS", default_value_t = 30 * 86_400)]
+    persistent_retention_secs: u64,
+    /// How long the SQLite store keeps acks, in seconds.
+    #[arg(long, env = "TIDINGS_ACK_RETENTION_SECS", default_value_t = 7 * 86_400)]
+    ack_retention_secs: u64,
     /// Most live frames queued per connection before it is closed as a slow consumer (4014).
     #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE_LIMIT", default_value_t = 8192)]
     outbound_queue_limit: usize,
@@ -102,6 +136,18 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.replay_max_items = args.replay_max_items;
     config.replay_max_age = Duration::from_secs(args.replay_max_age_secs);
+    config.store = match args.store {
+        StoreKind::Memory => StoreConfig::Memory,
+        StoreKind::Sqlite => StoreConfig::Sqlite {
+            data_dir: args.data_dir.clone(),
+            synchronous: match args.sqlite_synchronous {
+                SyncMode::Full => Synchronous::Full,
+                SyncMode::Normal => Synchronous::Normal,
+            },
+        },
+    };
+    config.persistent_retention = Duration::from_secs(args.persistent_retention_secs);
+    config.ack_retention = Duration::from_secs(args.ack_retention_secs);
     config.outbound_queue_limit = args.outbound_queue_limit;
     config.max_connections = args.max_connections;
     config.ws_read_buffer_size = args.ws_read_buffer_bytes;
@@ -222,5 +268,30 @@ mod tests {
         assert!(error.contains("APNs is half configured"), "{error}");
         let args = Args::try_parse_from(["tidings-server", "--demo", "--fcm-url", "https://fcm.example"]).unwrap();
         assert_eq!(config_from(&args).unwrap().push.fcm_url, "https://fcm.example");
+    }
+
+    #[test]
+    fn the_store_is_sqlite_in_tidings_data_unless_told_otherwise() {
+        let args = Args::try_parse_from(["tidings-server", "--demo"]).unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(
+            config.store,
+            StoreConfig::Sqlite { data_dir: "tidings-data".into(), synchronous: Synchronous::Full }
+        );
+        let args = Args::try_parse_from([
+            "tidings-server",
+            "--demo",
+            "--data-dir",
+            "/var/lib/tidings",
+            "--sqlite-synchronous",
+            "normal",
+        ])
+        .unwrap();
+        assert_eq!(
+            config_from(&args).unwrap().store,
+            StoreConfig::Sqlite { data_dir: "/var/lib/tidings".into(), synchronous: Synchronous::Normal }
+        );
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--store", "memory"]).unwrap();
+        assert_eq!(config_from(&args).unwrap().store, StoreConfig::Memory);
     }
 }

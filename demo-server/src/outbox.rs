@@ -64,6 +64,11 @@ impl ConnHandle {
         self.id
     }
 
+    /// Most live frames queued at once.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     fn lock(&self) -> MutexGuard<'_, OutboxState> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -1,4 +1,5 @@
-//! Publishing (protocol §9.1): request validation, the publish path and the in-process [`Publisher`].
+//! Publishing (protocol §9.1): request parsing and validation, receipts and errors, and the in-process
+//! [`Publisher`]. The publish pipeline itself is the node's (`Node::publish_batch`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,12 +12,11 @@ use tidings_core::protocol::{
     NotificationFields, Persistence, Priority, RawJson, ServerFrame, encode_server_frame, validate_id, validate_topic,
     validate_user_id,
 };
-use tracing::{debug, warn};
 
-use crate::hub::{Hub, bump};
-use crate::outbox::Pushed;
-use crate::storage::{EncodedFrame, IdClaim, StorageError};
-use crate::util::now_ms;
+pub use crate::model::Delivery;
+use crate::model::Publication;
+use crate::node::Node;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// Most recipients (users plus topics) of one publish.
 pub const MAX_RECIPIENTS: usize = 10_000;
@@ -277,6 +277,13 @@ impl PublishRequest {
         }
     }
 
+    /// The accepted publication: `id` as its id (an idempotency key when `idempotent`), accepted at `now_ms`.
+    pub(crate) fn into_publication(self, id: String, idempotent: bool, now_ms: u64) -> Publication {
+        let streams = self.streams();
+        let fields = self.fields(id.clone(), String::new(), String::new(), None, now_ms);
+        Publication { id: Arc::from(id), idempotent, streams, fields }
+    }
+
     /// The target streams, without duplicates, users first.
     fn streams(&self) -> Vec<String> {
         let all =
@@ -351,18 +358,6 @@ pub fn parse_batch(text: &str) -> Result<Vec<Result<PublishRequest, PublishError
     Ok(items.into_iter().map(|raw| PublishRequest::from_json(raw.get())).collect())
 }
 
-/// Where one publish went.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Delivery {
-    /// The stream.
-    pub stream: String,
-    /// The stream's epoch.
-    pub epoch: String,
-    /// The notification's offset in the stream; absent for ephemeral notifications.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-}
-
 /// The reply to a publish (protocol §9.1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PublishReceipt {
@@ -381,7 +376,8 @@ pub enum PublishErrorKind {
     BadRequest,
     /// Content over a size limit: HTTP 413, code `too_large`.
     TooLarge,
-    /// Storage failed or the server is shutting down: HTTP 503, code `unavailable`.
+    /// The store failed (nothing was stored) or the server is shutting down: HTTP 503, code `unavailable`, with
+    /// a retry hint.
     Unavailable,
 }
 
@@ -413,19 +409,46 @@ pub struct PublishError {
     pub kind: PublishErrorKind,
     /// Human-readable detail naming the field at fault.
     pub message: String,
+    /// For [`PublishErrorKind::Unavailable`]: how long to wait before retrying, in milliseconds.
+    pub retry_after_ms: Option<u64>,
 }
+
+/// How long to wait before retrying a publish refused during shutdown.
+const SHUTDOWN_RETRY_MS: u64 = 5000;
 
 impl PublishError {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        PublishError { kind: PublishErrorKind::BadRequest, message: message.into() }
+        PublishError { kind: PublishErrorKind::BadRequest, message: message.into(), retry_after_ms: None }
     }
 
     pub(crate) fn too_large(message: impl Into<String>) -> Self {
-        PublishError { kind: PublishErrorKind::TooLarge, message: message.into() }
+        PublishError { kind: PublishErrorKind::TooLarge, message: message.into(), retry_after_ms: None }
     }
 
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
-        PublishError { kind: PublishErrorKind::Unavailable, message: message.into() }
+        PublishError {
+            kind: PublishErrorKind::Unavailable,
+            message: message.into(),
+            retry_after_ms: Some(SHUTDOWN_RETRY_MS),
+        }
+    }
+
+    /// A publish the store could not commit: nothing of it was stored or delivered.
+    pub(crate) fn from_store(error: &StoreError) -> Self {
+        let message = match error.kind {
+            StoreErrorKind::Full => format!(
+                "the notification was not stored: the server's disk is full ({error}); nothing was delivered; \
+                 retry once space is freed"
+            ),
+            StoreErrorKind::Unavailable => {
+                format!("the notification was not stored ({error}); nothing was delivered; retry later")
+            }
+        };
+        PublishError {
+            kind: PublishErrorKind::Unavailable,
+            message,
+            retry_after_ms: Some(error.retry_after().as_millis() as u64),
+        }
     }
 }
 
@@ -433,7 +456,7 @@ impl PublishError {
 /// clone.
 #[derive(Clone)]
 pub struct Publisher {
-    hub: Arc<Hub>,
+    node: Arc<Node>,
 }
 
 impl fmt::Debug for Publisher {
@@ -443,124 +466,22 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
-        Publisher { hub }
+    pub(crate) fn new(node: Arc<Node>) -> Self {
+        Publisher { node }
     }
 
-    /// Validates and publishes `request` to every target stream.
-    ///
-    /// Each stream is handled under its fan-out lock: the notification is appended to the stream's log
-    /// (bufferable and persistent ones) and its frame — encoded once per stream — is queued to every live
-    /// subscriber. A storage failure part-way leaves the earlier streams delivered and returns
-    /// [`PublishErrorKind::Unavailable`].
+    /// Validates and publishes `request` to every target stream. Returns once the notification is committed
+    /// (on a durable store: written to disk as configured) and queued to every live subscriber in this process;
+    /// a failure means nothing of it was stored or delivered ([`PublishErrorKind::Unavailable`]).
     pub async fn publish(&self, request: PublishRequest) -> Result<PublishReceipt, PublishError> {
-        request.validate()?;
-        let hub = &*self.hub;
-        if hub.is_shutting_down() {
-            return Err(PublishError::unavailable("the server is shutting down"));
-        }
-        let unavailable = |e: StorageError| {
-            warn!(error = %e, "publish failed");
-            PublishError::unavailable(format!("the notification could not be stored: {e}"))
-        };
-        let id = match &request.id {
-            Some(id) => {
-                match hub.storage.claim_id(id, now_ms()).await.map_err(unavailable)? {
-                    IdClaim::Claimed => {}
-                    IdClaim::Duplicate(deliveries) => {
-                        bump(&hub.counters.duplicates, 1);
-                        debug!(id = %id, "duplicate publish ignored");
-                        return Ok(PublishReceipt {
-                            id: id.clone(),
-                            duplicate: true,
-                            deliveries: deliveries.unwrap_or_default(),
-                        });
-                    }
-                }
-                id.clone()
-            }
-            None => hub.new_notification_id(),
-        };
-        let created_at = now_ms();
-        let streams = request.streams();
-        let mut deliveries = Vec::with_capacity(streams.len());
-        let mut queued_total = 0;
-        for stream in streams {
-            let template = request.fields(id.clone(), stream, String::new(), None, created_at);
-            match self.publish_to_stream(template, request.persistence.is_buffered()).await {
-                Ok((delivery, queued)) => {
-                    queued_total += queued;
-                    deliveries.push(delivery);
-                }
-                Err(e) => {
-                    if request.id.is_some() {
-                        let _ = hub.storage.release_id(&id).await;
-                    }
-                    return Err(unavailable(e));
-                }
-            }
-        }
-        if request.id.is_some()
-            && let Err(e) = hub.storage.complete_id(&id, &deliveries).await
-        {
-            warn!(error = %e, id = %id, "could not record the deliveries of an idempotent publish");
-        }
-        bump(&hub.counters.notifications_published, 1);
-        debug!(
-            id = %id,
-            kind = %request.kind,
-            priority = request.priority.as_str(),
-            persistence = request.persistence.as_str(),
-            streams = deliveries.len(),
-            queued = queued_total,
-            "published"
-        );
-        Ok(PublishReceipt { id, duplicate: false, deliveries })
+        let mut results = self.node.publish_batch(vec![request]).await;
+        results.pop().unwrap_or_else(|| Err(PublishError::unavailable("no result")))
     }
 
-    /// Appends (when buffered) and fans out one notification on its stream; returns the delivery and how many
-    /// connections it was queued to.
-    async fn publish_to_stream(
-        &self,
-        template: NotificationFields,
-        buffered: bool,
-    ) -> Result<(Delivery, u64), StorageError> {
-        let hub = &*self.hub;
-        let slot = hub.registry.acquire(&template.stream);
-        let result = async {
-            let subscribers = slot.lock().await;
-            let (epoch, offset, frame) = if buffered {
-                let encode = |epoch: &str, offset: u64| {
-                    let mut n = template.clone();
-                    n.epoch = epoch.to_owned();
-                    n.offset = Some(offset);
-                    EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n.into())))
-                };
-                let appended = hub.storage.append(&template.stream, template.created_at, &encode).await?;
-                (appended.epoch, Some(appended.offset), appended.frame)
-            } else {
-                let state = hub.storage.stream_state(&template.stream).await?;
-                let mut n = template.clone();
-                n.epoch = state.epoch.to_string();
-                let n = Notification::from(n);
-                (state.epoch, None, EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n))))
-            };
-            let bytes = frame.utf8_bytes();
-            let mut queued = 0u64;
-            for conn in subscribers.iter() {
-                match conn.push_live(bytes) {
-                    Pushed::Queued => queued += 1,
-                    Pushed::Overflowed => bump(&hub.counters.slow_consumers, 1),
-                    Pushed::Closing => {}
-                }
-            }
-            drop(subscribers);
-            bump(&hub.counters.deliveries, queued);
-            Ok((Delivery { stream: template.stream.clone(), epoch: epoch.to_string(), offset }, queued))
-        }
-        .await;
-        hub.registry.release(slot);
-        result
+    /// Publishes several notifications at once, in order: what `POST /v1/publish/batch` does after parsing. A
+    /// durable store commits them together (one transaction, one disk sync). One result per request.
+    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Vec<Result<PublishReceipt, PublishError>> {
+        self.node.publish_batch(requests).await
     }
 }
 

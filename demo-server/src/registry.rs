@@ -1,30 +1,66 @@
-//! The fan-out registry: which live connections subscribe to which stream.
+//! The local connection registry: this process's connections only (all of them, for shutdown and operator drops;
+//! by user and device, for session replacement), and which of them subscribe to which stream (for fan-out).
+//! Presence — who is online, which a networked deployment shares between processes — is kept apart
+//! (`presence`).
 //!
-//! Every stream that has subscribers, or a publish or subscribe in progress, has a [`StreamSlot`]. Its async
-//! mutex is *the* per-stream lock: a publish holds it while it appends to storage and pushes the frame to
-//! every subscriber, a subscribe holds it while it reads the replay and registers the connection. That makes
-//! subscribe atomic with respect to publish: the `subscribed` reply and the replayed frames are queued before
-//! any live frame of the stream, and no notification is lost or duplicated between replay and live delivery.
-//! Slots are dropped from the registry as soon as nobody uses them, so streams without listeners cost nothing
-//! here.
+//! # Replay and live delivery without a lock across the history read
+//! A subscribe registers the connection *before* it reads the stream's history, in the *syncing* state: live
+//! notifications fanned out meanwhile are kept in a per-subscription buffer instead of being queued. When the read
+//! is done, [`Registry::finish_subscribe`] queues the reply and the replay, then the buffered notifications that
+//! come after what was read (the session's rule, [`crate::session::LiveFilter`]), and switches the subscription to
+//! live — all under the stream's short lock that fan-out takes too. Since fan-out follows commit, every
+//! notification is either in the history read (committed before the read) or in the buffer (fanned out after the
+//! registration), possibly both; the filter drops the overlap by offset. So no live frame precedes `subscribed`,
+//! and none is lost or duplicated between replay and live delivery.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard};
+use axum::extract::ws::Utf8Bytes;
+use tidings_core::protocol::ErrorCode;
+use tokio::sync::Notify;
 
-use crate::outbox::ConnHandle;
+use crate::model::Committed;
+use crate::outbox::{ConnHandle, Pushed};
 
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<Arc<str>, Arc<StreamSlot>>>;
+type Shard = Mutex<HashMap<Arc<str>, Arc<StreamSubscribers>>>;
+/// A user's connected devices: `(device, connection)`.
+type Devices = Vec<(Arc<str>, Arc<ConnHandle>)>;
 
-/// Name → slot, sharded to keep lock contention low.
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent at each step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A notification kept for a subscription that is still syncing.
+#[derive(Clone, Debug)]
+pub(crate) struct Buffered {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: Option<u64>,
+    pub(crate) frame: Utf8Bytes,
+}
+
+/// What fan-out did with one notification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FanOut {
+    /// Queued to live subscribers.
+    pub(crate) queued: u64,
+    /// Live subscribers whose queue overflowed with it (now closing as slow consumers).
+    pub(crate) overflowed: u64,
+}
+
+/// This process's connections and subscriptions.
 pub(crate) struct Registry {
     hasher: RandomState,
-    shards: Box<[Shard]>,
+    streams: Box<[Shard]>,
+    connections: Mutex<HashMap<u64, Arc<ConnHandle>>>,
+    emptied: Notify,
+    /// Authenticated connections by user, then device.
+    devices: Mutex<HashMap<Arc<str>, Devices>>,
 }
 
 impl fmt::Debug for Registry {
@@ -33,150 +69,328 @@ impl fmt::Debug for Registry {
     }
 }
 
-/// One stream's fan-out state.
-pub(crate) struct StreamSlot {
+/// The subscribers of one stream.
+struct StreamSubscribers {
     name: Arc<str>,
-    subscribers: AsyncMutex<SubscriberSet>,
-}
-
-impl fmt::Debug for StreamSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamSlot").field("name", &self.name).finish_non_exhaustive()
-    }
-}
-
-impl StreamSlot {
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Takes the stream's lock.
-    pub(crate) async fn lock(&self) -> AsyncMutexGuard<'_, SubscriberSet> {
-        self.subscribers.lock().await
-    }
+    set: Mutex<SubscriberSet>,
 }
 
 impl Registry {
     pub(crate) fn new() -> Self {
-        Registry { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Registry {
+            hasher: RandomState::new(),
+            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            connections: Mutex::new(HashMap::new()),
+            emptied: Notify::new(),
+            devices: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<StreamSlot>>> {
+    fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<StreamSubscribers>>> {
         let index = self.hasher.hash_one(stream) as usize % SHARDS;
-        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.streams[index])
     }
 
-    /// The slot of `stream`, created if needed. Hand it back with [`Registry::release`] when done (a
-    /// connection keeps it for as long as it subscribes).
-    pub(crate) fn acquire(&self, stream: &str) -> Arc<StreamSlot> {
+    fn subscribers(&self, stream: &str) -> Option<Arc<StreamSubscribers>> {
+        self.shard(stream).get(stream).cloned()
+    }
+
+    // ---- streams ----
+
+    /// Registers `conn` as a syncing subscriber of `stream` (a live subscription of it becomes syncing again).
+    /// Returns whether it is the stream's first subscriber in this process.
+    pub(crate) fn begin_subscribe(&self, stream: &str, conn: &Arc<ConnHandle>) -> bool {
         let mut shard = self.shard(stream);
-        if let Some(slot) = shard.get(stream) {
-            return slot.clone();
-        }
-        let name: Arc<str> = Arc::from(stream);
-        let slot = Arc::new(StreamSlot { name: name.clone(), subscribers: AsyncMutex::new(SubscriberSet::default()) });
-        shard.insert(name, slot.clone());
-        slot
+        let (subs, first) = match shard.get(stream) {
+            Some(subs) => (subs.clone(), false),
+            None => {
+                let name: Arc<str> = Arc::from(stream);
+                let subs =
+                    Arc::new(StreamSubscribers { name: name.clone(), set: Mutex::new(SubscriberSet::default()) });
+                shard.insert(name, subs.clone());
+                (subs, true)
+            }
+        };
+        // The shard lock is held: nobody can remove the (possibly empty) entry before the connection is in it.
+        lock(&subs.set).begin_sync(conn);
+        first
     }
 
-    /// Returns a slot obtained from [`Registry::acquire`]; the slot leaves the registry when this was the last
-    /// user and it has no subscribers.
-    pub(crate) fn release(&self, slot: Arc<StreamSlot>) {
-        let mut shard = self.shard(&slot.name);
-        // New references are only handed out under the shard lock, so a count of 2 (the map's and ours) means
-        // nobody else holds the slot or its lock.
-        if Arc::strong_count(&slot) == 2 && slot.subscribers.try_lock().is_ok_and(|subs| subs.is_empty()) {
-            shard.remove(&slot.name);
-        }
+    /// Ends the sync of `conn` on `stream`: queues `reply` (the `subscribed` frame and the replay), then every
+    /// buffered notification `admit` lets through, and makes the subscription live — atomically with respect
+    /// to fan-out. Returns how many buffered notifications were queued, or `None` when the connection is not
+    /// syncing on the stream (it left meanwhile).
+    pub(crate) fn finish_subscribe(
+        &self,
+        stream: &str,
+        conn: &Arc<ConnHandle>,
+        reply: Vec<Utf8Bytes>,
+        admit: impl Fn(&Buffered) -> bool,
+    ) -> Option<usize> {
+        let subs = self.subscribers(stream)?;
+        let mut set = lock(&subs.set);
+        let buffered = set.end_sync(conn.id())?;
+        let admitted: Vec<Utf8Bytes> = buffered.into_iter().filter(|b| admit(b)).map(|b| b.frame).collect();
+        let count = admitted.len();
+        conn.push_reserved(reply.into_iter().chain(admitted));
+        set.insert_live(conn);
+        Some(count)
     }
 
-    /// Number of slots (streams with subscribers or work in progress).
+    /// Removes `conn` from `stream` (live or syncing). Returns whether the stream has no subscriber left in this
+    /// process.
+    pub(crate) fn remove(&self, stream: &str, conn_id: u64) -> bool {
+        let mut shard = self.shard(stream);
+        let Some(subs) = shard.get(stream).cloned() else { return false };
+        let mut set = lock(&subs.set);
+        if !set.remove(conn_id) {
+            return false;
+        }
+        if set.is_empty() {
+            shard.remove(&subs.name);
+            return true;
+        }
+        false
+    }
+
+    /// Hands a committed notification to this process's subscribers of its stream: queued to live ones (the same
+    /// frame, shared by reference count), kept for syncing ones.
+    pub(crate) fn fan_out(&self, committed: &Committed) -> FanOut {
+        let Some(subs) = self.subscribers(&committed.stream) else { return FanOut::default() };
+        let set = &mut *lock(&subs.set);
+        let bytes = committed.frame.utf8_bytes();
+        let mut result = FanOut::default();
+        for conn in &set.live {
+            match conn.push_live(bytes) {
+                Pushed::Queued => result.queued += 1,
+                Pushed::Overflowed => result.overflowed += 1,
+                Pushed::Closing => {}
+            }
+        }
+        for syncing in &mut set.syncing {
+            syncing.keep(committed);
+        }
+        result
+    }
+
+    /// Number of streams with a subscriber in this process.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    pub(crate) fn stream_count(&self) -> usize {
+        self.streams.iter().map(|s| lock(s).len()).sum()
+    }
+
+    // ---- connections ----
+
+    /// Adds a connection; returns how many are open now.
+    pub(crate) fn insert_connection(&self, conn: Arc<ConnHandle>) -> usize {
+        let mut open = lock(&self.connections);
+        open.insert(conn.id(), conn);
+        open.len()
+    }
+
+    pub(crate) fn remove_connection(&self, id: u64) {
+        let mut open = lock(&self.connections);
+        open.remove(&id);
+        if open.is_empty() {
+            open.shrink_to_fit();
+            self.emptied.notify_waiters();
+        }
+    }
+
+    pub(crate) fn connection_count(&self) -> usize {
+        lock(&self.connections).len()
+    }
+
+    /// Asks every connection to close with `code`; returns how many were asked.
+    pub(crate) fn close_all(&self, code: ErrorCode, message: &str) -> usize {
+        let open: Vec<Arc<ConnHandle>> = lock(&self.connections).values().cloned().collect();
+        open.iter().filter(|conn| conn.close(code, message)).count()
+    }
+
+    /// Completes once no connection is open.
+    pub(crate) async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if lock(&self.connections).is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    // ---- devices ----
+
+    /// Records that `conn` is `device` of `user`; returns the connection it replaces (same user and device).
+    pub(crate) fn register_device(
+        &self,
+        user: &Arc<str>,
+        device: &Arc<str>,
+        conn: &Arc<ConnHandle>,
+    ) -> Option<Arc<ConnHandle>> {
+        let mut users = lock(&self.devices);
+        let entries = users.entry(user.clone()).or_default();
+        let replaced = entries.iter().position(|(d, _)| d == device).map(|i| entries.remove(i).1);
+        entries.push((device.clone(), conn.clone()));
+        replaced
+    }
+
+    /// Forgets `conn` as a device of `user`, unless a newer connection of the device took its place.
+    pub(crate) fn unregister_device(&self, user: &str, conn_id: u64) {
+        let mut users = lock(&self.devices);
+        if let Some(entries) = users.get_mut(user) {
+            entries.retain(|(_, c)| c.id() != conn_id);
+            if entries.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// The connections of `user`.
+    pub(crate) fn connections_of(&self, user: &str) -> Vec<Arc<ConnHandle>> {
+        lock(&self.devices)
+            .get(user)
+            .map(|entries| entries.iter().map(|(_, c)| c.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A subscription still reading its history.
+struct Syncing {
+    conn: Arc<ConnHandle>,
+    buffered: Vec<Buffered>,
+    /// The buffer outgrew the connection's queue limit: the connection is closing as a slow consumer.
+    overflowed: bool,
+}
+
+impl Syncing {
+    fn keep(&mut self, committed: &Committed) {
+        if self.overflowed {
+            return;
+        }
+        if self.buffered.len() >= self.conn.limit() {
+            self.overflowed = true;
+            self.buffered = Vec::new();
+            self.conn.close(ErrorCode::SlowConsumer, "too many notifications arrived while the subscription synced");
+            return;
+        }
+        self.buffered.push(Buffered {
+            epoch: committed.epoch.clone(),
+            offset: committed.offset,
+            frame: committed.frame.utf8_bytes().clone(),
+        });
     }
 }
 
 /// Number of subscribers from which removal uses an index instead of a linear scan.
 const INDEX_FROM: usize = 32;
 
-/// The connections subscribed to one stream: a vector for fast fan-out iteration, plus an id → position index
-/// once the set is large so that removal stays O(1) for streams with many subscribers.
+/// The connections subscribed to one stream: live ones in a vector for fast fan-out iteration, plus an id →
+/// position index once the set is large so that removal stays O(1) for streams with many subscribers; syncing
+/// ones apart (few at a time).
 #[derive(Default)]
-pub(crate) struct SubscriberSet {
-    conns: Vec<Arc<ConnHandle>>,
+struct SubscriberSet {
+    live: Vec<Arc<ConnHandle>>,
     index: Option<HashMap<u64, usize>>,
+    syncing: Vec<Syncing>,
 }
 
 impl SubscriberSet {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<ConnHandle>> {
-        self.conns.iter()
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.syncing.is_empty()
     }
 
     fn position(&self, id: u64) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(&id).copied(),
-            None => self.conns.iter().position(|c| c.id() == id),
+            None => self.live.iter().position(|c| c.id() == id),
         }
     }
 
-    /// Adds `conn` unless it is already there.
-    pub(crate) fn insert(&mut self, conn: &Arc<ConnHandle>) {
+    fn begin_sync(&mut self, conn: &Arc<ConnHandle>) {
+        self.remove_live(conn.id());
+        if !self.syncing.iter().any(|s| s.conn.id() == conn.id()) {
+            self.syncing.push(Syncing { conn: conn.clone(), buffered: Vec::new(), overflowed: false });
+        }
+    }
+
+    fn end_sync(&mut self, id: u64) -> Option<Vec<Buffered>> {
+        let i = self.syncing.iter().position(|s| s.conn.id() == id)?;
+        Some(self.syncing.swap_remove(i).buffered)
+    }
+
+    /// Adds `conn` to the live subscribers unless it is already there.
+    fn insert_live(&mut self, conn: &Arc<ConnHandle>) {
         if self.position(conn.id()).is_some() {
             return;
         }
-        self.conns.push(conn.clone());
+        self.live.push(conn.clone());
         match &mut self.index {
             Some(index) => {
-                index.insert(conn.id(), self.conns.len() - 1);
+                index.insert(conn.id(), self.live.len() - 1);
             }
-            None if self.conns.len() > INDEX_FROM => {
-                self.index = Some(self.conns.iter().enumerate().map(|(i, c)| (c.id(), i)).collect());
+            None if self.live.len() > INDEX_FROM => {
+                self.index = Some(self.live.iter().enumerate().map(|(i, c)| (c.id(), i)).collect());
             }
             None => {}
         }
     }
 
-    /// Removes the connection with `id`, if present.
-    pub(crate) fn remove(&mut self, id: u64) {
-        let Some(pos) = self.position(id) else { return };
-        self.conns.swap_remove(pos);
+    fn remove_live(&mut self, id: u64) -> bool {
+        let Some(pos) = self.position(id) else { return false };
+        self.live.swap_remove(pos);
         if let Some(index) = &mut self.index {
             index.remove(&id);
-            if let Some(moved) = self.conns.get(pos) {
+            if let Some(moved) = self.live.get(pos) {
                 index.insert(moved.id(), pos);
             }
-            if self.conns.len() < INDEX_FROM / 2 {
+            if self.live.len() < INDEX_FROM / 2 {
                 self.index = None;
             }
         }
-        if self.conns.is_empty() {
-            self.conns = Vec::new();
+        if self.live.is_empty() {
+            self.live = Vec::new();
         }
+        true
+    }
+
+    /// Removes the connection with `id`, live or syncing; returns whether it was there.
+    fn remove(&mut self, id: u64) -> bool {
+        let live = self.remove_live(id);
+        live | self.end_sync(id).is_some()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EncodedFrame;
 
     fn conns(n: u64) -> Vec<Arc<ConnHandle>> {
         (0..n).map(|id| Arc::new(ConnHandle::new(id, 10))).collect()
     }
 
     fn ids(set: &SubscriberSet) -> Vec<u64> {
-        let mut ids: Vec<u64> = set.iter().map(|c| c.id()).collect();
+        let mut ids: Vec<u64> = set.live.iter().map(|c| c.id()).collect();
         ids.sort_unstable();
         ids
+    }
+
+    fn committed(stream: &str, offset: u64) -> Committed {
+        Committed {
+            id: Arc::from(format!("n{offset}")),
+            stream: Arc::from(stream),
+            epoch: Arc::from("e"),
+            offset: Some(offset),
+            frame: EncodedFrame::new(format!("f{offset}")),
+        }
+    }
+
+    fn drain(conn: &ConnHandle) -> Vec<String> {
+        let mut out = std::collections::VecDeque::new();
+        conn.take(&mut out);
+        out.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
     #[test]
@@ -185,14 +399,14 @@ mod tests {
             let all = conns(n);
             let mut set = SubscriberSet::default();
             for c in &all {
-                set.insert(c);
-                set.insert(c);
+                set.insert_live(c);
+                set.insert_live(c);
             }
-            assert_eq!(set.len(), n as usize);
+            assert_eq!(set.live.len(), n as usize);
             for id in (0..n).step_by(2) {
-                set.remove(id);
+                assert!(set.remove(id));
             }
-            set.remove(10_000);
+            assert!(!set.remove(10_000));
             assert_eq!(ids(&set), (0..n).filter(|i| i % 2 == 1).collect::<Vec<_>>());
             for id in 0..n {
                 set.remove(id);
@@ -201,20 +415,77 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn slots_leave_the_registry_when_unused() {
+    #[test]
+    fn a_syncing_subscriber_gets_the_reply_then_the_admitted_buffer_then_live_frames() {
         let registry = Registry::new();
         let conn = conns(1).pop().unwrap();
-        let slot = registry.acquire("user:a");
-        slot.lock().await.insert(&conn);
-        registry.release(slot);
-        assert_eq!(registry.len(), 1, "a subscriber keeps the slot");
-        let slot = registry.acquire("user:a");
-        slot.lock().await.remove(conn.id());
-        let other = registry.acquire("user:a");
-        registry.release(slot);
-        assert_eq!(registry.len(), 1, "someone else still holds it");
-        registry.release(other);
-        assert_eq!(registry.len(), 0);
+        assert!(registry.begin_subscribe("user:a", &conn), "the first subscriber");
+        registry.fan_out(&committed("user:a", 4));
+        registry.fan_out(&committed("user:a", 5));
+        assert!(drain(&conn).is_empty(), "nothing is queued while syncing");
+        let queued = registry
+            .finish_subscribe("user:a", &conn, vec![Utf8Bytes::from_static("subscribed")], |b| b.offset > Some(4))
+            .unwrap();
+        assert_eq!(queued, 1);
+        registry.fan_out(&committed("user:a", 6));
+        assert_eq!(drain(&conn), ["subscribed", "f5", "f6"]);
+        assert_eq!(registry.finish_subscribe("user:a", &conn, vec![], |_| true), None, "not syncing any more");
+    }
+
+    #[test]
+    fn streams_leave_the_registry_with_their_last_subscriber() {
+        let registry = Registry::new();
+        let [a, b] = [0, 1].map(|i| Arc::new(ConnHandle::new(i, 10)));
+        assert!(registry.begin_subscribe("topic:t", &a));
+        assert!(!registry.begin_subscribe("topic:t", &b));
+        registry.finish_subscribe("topic:t", &a, vec![], |_| true);
+        assert!(!registry.remove("topic:t", a.id()));
+        assert!(!registry.remove("topic:t", a.id()), "already gone");
+        assert_eq!(registry.stream_count(), 1);
+        assert!(registry.remove("topic:t", b.id()), "the last one, still syncing");
+        assert_eq!(registry.stream_count(), 0);
+        assert_eq!(registry.fan_out(&committed("topic:t", 1)), FanOut::default());
+    }
+
+    #[test]
+    fn a_buffer_beyond_the_queue_limit_closes_the_connection_as_slow_consumer() {
+        let registry = Registry::new();
+        let conn = Arc::new(ConnHandle::new(1, 2));
+        registry.begin_subscribe("user:a", &conn);
+        for offset in 1..=3 {
+            registry.fan_out(&committed("user:a", offset));
+        }
+        let mut out = std::collections::VecDeque::new();
+        assert_eq!(conn.take(&mut out).map(|r| r.code), Some(ErrorCode::SlowConsumer));
+    }
+
+    #[test]
+    fn a_device_connecting_again_replaces_its_older_connection() {
+        let registry = Registry::new();
+        let [c1, c2, c3] = [1, 2, 3].map(|i| Arc::new(ConnHandle::new(i, 1)));
+        let (alice, phone, laptop): (Arc<str>, Arc<str>, Arc<str>) = ("alice".into(), "phone".into(), "laptop".into());
+        assert!(registry.register_device(&alice, &phone, &c1).is_none());
+        assert!(registry.register_device(&alice, &laptop, &c2).is_none());
+        assert_eq!(registry.register_device(&alice, &phone, &c3).unwrap().id(), 1);
+        registry.unregister_device("alice", 1);
+        let ids: Vec<u64> = registry.connections_of("alice").iter().map(|c| c.id()).collect();
+        assert_eq!(ids, [2, 3], "the replaced connection cannot unregister its successor");
+        registry.unregister_device("alice", 2);
+        registry.unregister_device("alice", 3);
+        assert!(registry.connections_of("alice").is_empty());
+    }
+
+    #[tokio::test]
+    async fn wait_empty_returns_once_the_last_connection_leaves() {
+        let registry = Arc::new(Registry::new());
+        registry.insert_connection(Arc::new(ConnHandle::new(7, 1)));
+        let waiter = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.wait_empty().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        registry.remove_connection(7);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 }

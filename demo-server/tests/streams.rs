@@ -213,16 +213,37 @@ async fn a_position_evicted_from_the_buffer_is_a_gap_with_the_missed_count() {
         epoch = receipt.deliveries[0].epoch.clone();
     }
     let (mut client, _) = Client::login(&server, "alice", "d-1", &[]).await;
-    // Buffer holds 4, 5, 6: from offset 1, offsets 2 and 3 are lost.
+    // Buffer holds 4, 5, 6: from offset 1, offsets 2 and 3 are lost; what is held follows the gap.
     let reply = client.subscribe_one(1, json!({"stream":"user:alice","epoch":epoch,"offset":1})).await;
     assert_eq!((reply["continuity"].as_str(), reply["reason"].as_str()), (Some("gap"), Some("out_of_buffer")));
-    assert_eq!(reply["missed"], 2);
+    assert_eq!((reply["missed"].as_u64(), reply["replayed"].as_u64()), (Some(2), Some(3)));
     assert_eq!(reply["offset"], 6);
-    assert!(client.sync().await.is_empty());
+    assert_eq!(offsets(&client.sync().await), [4, 5, 6]);
     // From offset 3 everything after it is still there.
     let reply = client.subscribe_one(2, json!({"stream":"user:alice","epoch":epoch,"offset":3})).await;
     assert_eq!((reply["continuity"].as_str(), reply["replayed"].as_u64()), (Some("resumed"), Some(3)));
     assert_eq!(offsets(&client.sync().await), [4, 5, 6]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gap_is_followed_by_what_the_current_epoch_holds() {
+    let server = start_default().await;
+    for _ in 0..3 {
+        server.publisher().publish(PublishRequest::new("t").user("alice")).await.unwrap();
+    }
+    let (mut client, _) = Client::login(&server, "alice", "d-1", &[]).await;
+    // A position in an epoch the server no longer has (as after a restart with the memory store).
+    let reply = client.subscribe_one(1, json!({"stream":"user:alice","epoch":"lost1234","offset":17})).await;
+    assert_eq!((reply["continuity"].as_str(), reply["reason"].as_str()), (Some("gap"), Some("epoch_changed")));
+    assert_eq!((reply["offset"].as_u64(), reply["replayed"].as_u64()), (Some(3), Some(3)));
+    let replayed = client.sync().await;
+    assert_eq!(offsets(&replayed), [1, 2, 3]);
+    assert!(replayed.iter().all(|n| n["epoch"] == reply["epoch"]));
+    // Ahead of the stream in its own epoch (the server lost its newest notifications): likewise.
+    let reply = client.subscribe_one(2, json!({"stream":"user:alice","epoch":reply["epoch"],"offset":9})).await;
+    assert_eq!((reply["reason"].as_str(), reply["replayed"].as_u64()), (Some("ahead_of_stream"), Some(3)));
+    assert_eq!(offsets(&client.sync().await), [1, 2, 3]);
     server.shutdown().await;
 }
 
@@ -234,7 +255,8 @@ async fn a_position_ahead_of_the_stream_is_a_gap() {
     let (mut client, _) = Client::login(&server, "alice", "d-1", &[]).await;
     let reply = client.subscribe_one(1, json!({"stream":"user:alice","epoch":epoch,"offset":10})).await;
     assert_eq!((reply["continuity"].as_str(), reply["reason"].as_str()), (Some("gap"), Some("ahead_of_stream")));
-    assert_eq!(reply["offset"], 1);
+    assert_eq!((reply["offset"].as_u64(), reply["replayed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(offsets(&client.sync().await), [1]);
     server.shutdown().await;
 }
 
@@ -320,6 +342,49 @@ async fn subscribe_is_atomic_with_respect_to_concurrent_publishes() {
         assert_eq!(seen, (2..=TOTAL).collect::<Vec<_>>());
         let (head, replayed) = (subscribed["offset"].as_u64().unwrap(), subscribed["replayed"].as_u64().unwrap());
         assert_eq!(replayed, head - 1, "the replay covers exactly the offsets up to the head at subscribe time");
+        assert!(client.sync().await.is_empty(), "no duplicates after the last offset");
+    }
+    server.shutdown().await;
+}
+
+/// As above, for a position the server cannot continue: the gap's replayed tail and the live notifications that
+/// follow it cover every offset after `offset - replayed` exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gap_subscribe_is_atomic_with_respect_to_concurrent_publishes() {
+    const TOTAL: u64 = 400;
+    let server = start_default().await;
+    server.publisher().publish(PublishRequest::new("t").user("alice")).await.unwrap();
+    let publisher = server.publisher();
+    let publishing = tokio::spawn(async move {
+        for _ in 1..TOTAL {
+            publisher.publish(PublishRequest::new("t").user("alice")).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut clients = Vec::new();
+    for device in 0..4 {
+        let (mut client, _) = Client::login(&server, "alice", &format!("d-{device}"), &[]).await;
+        client
+            .send(json!({"op":"subscribe","ref":1,"streams":[{"stream":"user:alice","epoch":"gone0000","offset":7}]}))
+            .await;
+        clients.push(client);
+    }
+    publishing.await.unwrap();
+    for mut client in clients {
+        let subscribed = client.recv().await;
+        assert_eq!(
+            (subscribed["continuity"].as_str(), subscribed["reason"].as_str()),
+            (Some("gap"), Some("epoch_changed"))
+        );
+        let (head, replayed) = (subscribed["offset"].as_u64().unwrap(), subscribed["replayed"].as_u64().unwrap_or(0));
+        assert_eq!(replayed, head, "the whole stream is held (buffer of 1000)");
+        let mut seen = Vec::new();
+        while seen.last() != Some(&TOTAL) {
+            let frame = client.recv().await;
+            assert_eq!(frame["op"], "notification");
+            seen.push(frame["offset"].as_u64().unwrap());
+        }
+        assert_eq!(seen, (head - replayed + 1..=TOTAL).collect::<Vec<_>>());
         assert!(client.sync().await.is_empty(), "no duplicates after the last offset");
     }
     server.shutdown().await;

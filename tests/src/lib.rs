@@ -10,7 +10,7 @@ use tidings_core::engine::{ConnectionState, Continuity, Event};
 use tidings_core::native::{Client, ClientConfig, Events, StaticToken, TokenProvider};
 use tidings_core::protocol::Notification;
 use tidings_core::store::Store;
-use tidings_server::{RunningServer, ServerConfig};
+use tidings_server::{RunningServer, ServerConfig, StoreConfig, Synchronous};
 
 /// How long any single wait may take before a test fails (generous: only guards against hangs).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -21,14 +21,26 @@ pub struct TestServer {
     pub server: RunningServer,
     pub config: ServerConfig,
     http: reqwest::Client,
+    /// The data directory of a SQLite server, removed with it.
+    data: Option<Arc<tempfile::TempDir>>,
 }
 
 impl TestServer {
-    /// Starts a server with the test configuration, adjusted by `tweak`.
+    /// Starts a server with the test configuration (the memory store), adjusted by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut config = ServerConfig::for_tests();
         tweak(&mut config);
-        Self::start_config(config).await
+        Self::start_config(config, None).await
+    }
+
+    /// Starts a server on the SQLite store (the server's default) in a fresh temporary directory, with the test
+    /// configuration adjusted by `tweak`.
+    pub async fn start_sqlite_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::Builder::new().prefix("tidings-test-").tempdir().expect("a temporary directory");
+        let mut config = ServerConfig::for_tests();
+        config.store = StoreConfig::Sqlite { data_dir: dir.path().to_owned(), synchronous: Synchronous::Full };
+        tweak(&mut config);
+        Self::start_config(config, Some(Arc::new(dir))).await
     }
 
     /// Starts a server with the test configuration.
@@ -36,18 +48,19 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    async fn start_config(config: ServerConfig) -> Self {
+    async fn start_config(config: ServerConfig, data: Option<Arc<tempfile::TempDir>>) -> Self {
         let server = tidings_server::start(config.clone()).await.expect("server starts");
-        TestServer { server, config, http: reqwest::Client::new() }
+        TestServer { server, config, http: reqwest::Client::new(), data }
     }
 
-    /// Stops this server and starts a new one on the same address (in-memory state is lost: new epochs).
+    /// Stops this server and starts a new one on the same address and store configuration (with the memory
+    /// store everything is lost: new epochs; with SQLite everything is kept).
     pub async fn restart(self) -> Self {
         let addr = self.server.local_addr();
         let mut config = self.config.clone();
         self.server.shutdown().await;
         config.bind = addr;
-        Self::start_config(config).await
+        Self::start_config(config, self.data).await
     }
 
     pub fn ws_url(&self) -> String {

@@ -130,10 +130,11 @@ impl<'s> Runner<'s> {
                                 Continuity::Resumed { replayed: r } => {
                                     kind == "resumed" && replayed.is_none_or(|want| want == *r)
                                 }
-                                Continuity::Gap { reason: why, missed: m, .. } => {
+                                Continuity::Gap { reason: why, missed: m, replayed: r } => {
                                     kind == "gap"
                                         && reason.as_deref().is_none_or(|want| want == why.as_str())
                                         && missed.is_none_or(|want| Some(want) == *m)
+                                        && replayed.is_none_or(|want| want == *r)
                                 }
                             },
                             _ => false,
@@ -301,7 +302,8 @@ async fn run_scenario(name: &str) {
         .unwrap_or_else(|| panic!("scenario {name} is not in scenarios.json"))
         .clone();
     let max_items = file["server"]["replay_max_items"].as_u64().unwrap() as usize;
-    let server = TestServer::start_with(|c| c.replay_max_items = max_items).await;
+    // The server's default store: SQLite.
+    let server = TestServer::start_sqlite_with(|c| c.replay_max_items = max_items).await;
     let mut runner = Runner {
         server: &server,
         prefix: format!("r{}x{}", std::process::id(), RUN.fetch_add(1, Ordering::SeqCst)),

@@ -165,6 +165,33 @@ async fn a_server_restart_reports_a_gap_with_a_new_epoch() {
 }
 
 #[tokio::test]
+async fn a_restart_on_sqlite_keeps_the_epoch_and_replays_from_disk() {
+    let server = TestServer::start_sqlite_with(|_| {}).await;
+    let mut alice = TestClient::connect(&server, "alice", &[]);
+    alice.connected().await;
+    server.notify_user("alice", "before", "important").await;
+    alice.until_ids(&["before"]).await;
+    alice.client.network_changed(tidings_core::NetworkEvent::Unavailable);
+    alice.wait_state(|s| matches!(s, ConnectionState::Suspended { .. })).await;
+    server.notify_user("alice", "stored", "important").await;
+    let server = server.restart().await;
+    server.notify_user("alice", "after", "important").await;
+    alice.client.network_changed(tidings_core::NetworkEvent::Available);
+    alice
+        .until("resumed after the restart", |log| {
+            log.iter().any(|e| matches!(e, Event::Continuity { continuity: Continuity::Resumed { replayed: 2 }, .. }))
+        })
+        .await;
+    alice.until_ids(&["stored", "after"]).await;
+    assert_eq!(alice.delivered_ids(), ["before", "stored", "after"]);
+    let positions: Vec<(&str, Option<u64>)> = alice.notifications().iter().map(|n| (n.epoch(), n.offset)).collect();
+    let epoch = positions[0].0;
+    assert_eq!(positions, [(epoch, Some(1)), (epoch, Some(2)), (epoch, Some(3))], "one epoch across the restart");
+    assert!(!alice.continuity().values().flatten().any(|c| matches!(c, Continuity::Gap { .. })));
+    alice.close().await;
+}
+
+#[tokio::test]
 async fn overflowing_the_replay_buffer_reports_a_gap_with_the_missed_count() {
     let server = TestServer::start_with(|c| c.replay_max_items = 5).await;
     let mut alice = TestClient::connect(&server, "alice", &[]);
@@ -184,8 +211,10 @@ async fn overflowing_the_replay_buffer_reports_a_gap_with_the_missed_count() {
         .await;
     let gaps: Vec<Continuity> =
         alice.continuity()["user:alice"].iter().filter(|c| matches!(c, Continuity::Gap { .. })).cloned().collect();
-    assert_eq!(gaps, [Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(7), replayed: 0 }]);
-    assert_eq!(alice.delivered_ids(), ["first"], "a gap replays nothing");
+    assert_eq!(gaps, [Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(7), replayed: 5 }]);
+    // What the server still held follows the gap, once each (protocol §2.4).
+    alice.until_ids(&["m7", "m8", "m9", "m10", "m11"]).await;
+    assert_eq!(alice.delivered_ids(), ["first", "m7", "m8", "m9", "m10", "m11"]);
     alice.close().await;
 }
 

@@ -35,12 +35,17 @@ struct Server {
     child: Child,
     lines: mpsc::Receiver<Value>,
     seen: Vec<Value>,
+    /// The server's data directory (its store), removed at the end.
+    data: PathBuf,
 }
 
 impl Server {
     fn start() -> Server {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let data = std::env::temp_dir().join(format!("tidings-binary-test-{}-{nanos}", std::process::id()));
         let mut child = Command::new(server_binary())
-            .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--heartbeat-ms", "25000"])
+            .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--heartbeat-ms", "25000", "--data-dir"])
+            .arg(&data)
             .env("TIDINGS_JWT_SECRET", SECRET)
             .env("TIDINGS_API_KEY", API_KEY)
             .env("RUST_LOG", "info")
@@ -63,7 +68,7 @@ impl Server {
                 }
             });
         }
-        Server { child, lines, seen: Vec::new() }
+        Server { child, lines, seen: Vec::new(), data }
     }
 
     /// Waits for a log line whose `message` is `message`.
@@ -86,6 +91,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
 

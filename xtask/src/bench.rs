@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: the one command behind BENCHMARKS.md. Installs the pinned peers (Socket.IO, npm
-//! web-push), builds the load tool in release, runs S1–S4 for Tidings and Socket.IO and P1–P2 (push sending,
-//! against web-push for P1) three times each, alternating (server or sender on CPU 0, clients or mock services
-//! on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md and
-//! `bench/plots/*.svg`.
+//! web-push), builds the load tool in release, runs S1–S5 (S2 and S3 on both stores) for Tidings and Socket.IO and
+//! P1–P2 (push sending, against web-push for P1) three times each, alternating (server or sender on CPU 0, clients
+//! or mock services on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md
+//! and `bench/plots/*.svg`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -27,7 +27,7 @@ commands:
   test        everything CI runs: format, lints, Rust tests (provisions toolchains it needs)
   lint        cargo fmt --check and clippy with warnings denied
   rust-tests  cargo test --workspace
-  bench       S1-S4 against Socket.IO 4.8.4; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
+  bench       S1-S4 against Socket.IO 4.8.4, S2-S3 on SQLite too, S5 durable publish; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
   bench-core  criterion benchmarks of the core engine
   latency     end-to-end latency of 1,000 notifications on loopback (release build)
   swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite
@@ -165,6 +165,12 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
         .env("TIDINGS_HTTP_ECE_PYTHON", python)
+        .dir(root))?;
+    // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
+    run(Step::new("server suites on SQLite", "cargo")
+        .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
+        .args(["--test", "http_api", "--test", "streams"])
+        .env("TIDINGS_TEST_STORE", "sqlite")
         .dir(root))
 }
 

@@ -1,6 +1,7 @@
-//! A reference server process for the foreign-language conformance runners (Swift, Kotlin): started in demo
-//! mode (so runners can get tokens from `POST /v1/demo/token`) with the replay buffer the scenarios expect,
-//! on a free loopback port. Killed when dropped.
+//! A reference server process for the foreign-language conformance runners (Swift, Kotlin, browser): started in
+//! demo mode (so runners can get tokens from `POST /v1/demo/token`) with the replay buffer the scenarios expect,
+//! on a free loopback port, on the server's default store (SQLite) in a fresh data directory under the target
+//! directory. Killed when dropped, and its data directory removed.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +14,7 @@ use crate::util::{Step, run};
 /// A running server process.
 pub(crate) struct ServerProcess {
     child: Child,
+    data_dir: std::path::PathBuf,
     pub(crate) ws_url: String,
     pub(crate) http_url: String,
     pub(crate) api_key: String,
@@ -33,6 +35,7 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
@@ -68,8 +71,11 @@ pub(crate) fn start_conformance_server_serving(
     let bin = crate::target_dir(root).join("debug").join("tidings-server");
     let log_path = log_path(root, suite);
     let log = std::fs::File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
+    let data_dir = crate::target_dir(root).join(format!("conformance-data-{port}"));
+    let _ = std::fs::remove_dir_all(&data_dir);
     let mut command = Command::new(&bin);
     command.args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items]);
+    command.args(["--store", "sqlite"]).arg("--data-dir").arg(&data_dir);
     if let Some(web_root) = web_root {
         command.arg("--web-root").arg(web_root);
     }
@@ -81,6 +87,7 @@ pub(crate) fn start_conformance_server_serving(
         .map_err(|e| format!("start {}: {e}", bin.display()))?;
     let server = ServerProcess {
         child,
+        data_dir,
         ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
         http_url: format!("http://127.0.0.1:{port}"),
         api_key: "tidings-dev-key".into(),
@@ -88,7 +95,7 @@ pub(crate) fn start_conformance_server_serving(
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if healthy(port) {
-            eprintln!("== conformance server on 127.0.0.1:{port} (replay buffer {max_items})");
+            eprintln!("== conformance server on 127.0.0.1:{port} (SQLite store, replay buffer {max_items})");
             return Ok(server);
         }
         std::thread::sleep(Duration::from_millis(50));

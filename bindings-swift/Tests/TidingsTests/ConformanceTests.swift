@@ -282,9 +282,10 @@ final class ScenarioRunner {
                         return kind == "fresh"
                     case .resumed(let replayed):
                         return kind == "resumed" && (step.replayed.map { $0 == replayed } ?? true)
-                    case .gap(let reason, let missed, _):
+                    case .gap(let reason, let missed, let replayed):
                         return kind == "gap" && (step.reason.map { $0 == reason.rawValue } ?? true)
                             && (step.missed.map { $0 == missed } ?? true)
+                            && (step.replayed.map { $0 == replayed } ?? true)
                     }
                 }
             }

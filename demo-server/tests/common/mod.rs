@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tidings_server::{RunningServer, ServerConfig, TEST_API_KEY, TEST_JWT_SECRET, issue_token};
+use tidings_server::{
+    RunningServer, ServerConfig, StoreConfig, Synchronous, TEST_API_KEY, TEST_JWT_SECRET, issue_token,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -19,7 +21,27 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A VAPID public key (`web-push generate-vapid-keys`): a point on P-256, also usable as a subscription's `p256dh`.
 pub const VAPID_KEY: &str = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
 
-pub async fn start(config: ServerConfig) -> RunningServer {
+/// Starts a server on the store the suite runs on: memory by default; SQLite, in a fresh directory per server under
+/// the target directory, when `TIDINGS_TEST_STORE=sqlite` (`cargo xtask test` runs the suite both ways).
+pub async fn start(mut config: ServerConfig) -> RunningServer {
+    if std::env::var("TIDINGS_TEST_STORE").as_deref() == Ok("sqlite") {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        // The directories outlive their servers; the ones left by runs more than an hour ago are removed.
+        SWEPT.call_once(|| {
+            let old = |e: &std::fs::DirEntry| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600))
+            };
+            for entry in std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with("store-") && old(&entry) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        });
+        let dir = tempfile::Builder::new().prefix("store-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        config.store = StoreConfig::Sqlite { data_dir: dir.keep(), synchronous: Synchronous::Full };
+    }
     tidings_server::start(config).await.expect("the server starts")
 }
 

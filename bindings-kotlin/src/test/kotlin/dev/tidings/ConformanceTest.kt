@@ -169,7 +169,8 @@ private class ScenarioRunner(
                             is Continuity.Resumed -> kind == "resumed" && (replayed == null || c.replayed == replayed)
                             is Continuity.Gap -> kind == "gap" &&
                                 (reason == null || c.reason.name.lowercase() == reason) &&
-                                (missed == null || c.missed == missed)
+                                (missed == null || c.missed == missed) &&
+                                (replayed == null || c.replayed == replayed)
                         }
                     }
                 }

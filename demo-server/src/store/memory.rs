@@ -1,4 +1,5 @@
-//! In-memory [`Storage`]: nothing survives the process, so every stream gets a new epoch after a restart.
+//! [`MemoryStore`]: every concern in process memory. Nothing survives the process: after a restart every stream
+//! is in a new epoch. For tests and benchmarks, and for deployments that accept that.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -6,22 +7,22 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{
-    AckRecord, Appended, BoxFuture, EncodedFrame, FrameEncoder, IdClaim, PushRecord, ReadAfter, Storage, StorageError,
+use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StreamStore, ready};
+use crate::model::{
+    AckRecord, AppendOutcome, Committed, Delivery, EncodedFrame, HistoryEntry, HistoryRead, Position, PushRecord,
     StreamState,
 };
-use crate::publish::Delivery;
 use crate::util::{new_epoch, now_ms};
 
 /// Number of independently locked shards of the stream table.
 const SHARDS: usize = 32;
 
-/// Bounds of a [`MemoryStorage`].
+/// Bounds of a store: how much history, how many idempotency keys and acks it keeps.
 #[derive(Clone, Debug)]
-pub struct StorageLimits {
-    /// Most notifications kept per stream.
+pub struct StoreLimits {
+    /// Most notifications replayable per stream.
     pub replay_max_items: usize,
-    /// Oldest notification kept per stream.
+    /// Oldest notification replayable per stream.
     pub replay_max_age: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
@@ -31,18 +32,25 @@ pub struct StorageLimits {
     pub acks_max_ids: usize,
     /// Most acks kept per notification id.
     pub acks_max_per_id: usize,
+    /// How long a durable store keeps `persistent` notifications (`bufferable` ones are kept within the replay
+    /// limits). The memory store keeps both within the replay limits.
+    pub persistent_retention: Duration,
+    /// How long a durable store keeps acks. The memory store bounds them by count instead.
+    pub ack_retention: Duration,
 }
 
-impl StorageLimits {
+impl StoreLimits {
     /// The limits configured in `config`.
     pub fn from_config(config: &crate::ServerConfig) -> Self {
-        StorageLimits {
+        StoreLimits {
             replay_max_items: config.replay_max_items,
             replay_max_age: config.replay_max_age,
             idempotency_window: config.idempotency_window,
             idempotency_max_keys: config.idempotency_max_keys,
             acks_max_ids: config.acks_max_ids,
             acks_max_per_id: config.acks_max_per_id,
+            persistent_retention: config.persistent_retention,
+            ack_retention: config.ack_retention,
         }
     }
 }
@@ -50,10 +58,12 @@ impl StorageLimits {
 type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 type StreamShard = Mutex<HashMap<Box<str>, StreamLog>>;
 
-/// Stream logs, acks and idempotency keys in process memory.
-pub struct MemoryStorage {
-    limits: StorageLimits,
+/// Stream logs, idempotency keys, acks and push addresses in process memory. All streams share the store's
+/// epoch, drawn when the store is created: a new store (a restart) is a new epoch everywhere.
+pub struct MemoryStore {
+    limits: StoreLimits,
     clock: Clock,
+    epoch: Arc<str>,
     hasher: RandomState,
     streams: Box<[StreamShard]>,
     acks: Mutex<AckTable>,
@@ -61,14 +71,13 @@ pub struct MemoryStorage {
     ids: Mutex<IdTable>,
 }
 
-impl fmt::Debug for MemoryStorage {
+impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStorage").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("MemoryStore").field("limits", &self.limits).field("epoch", &self.epoch).finish_non_exhaustive()
     }
 }
 
 struct StreamLog {
-    epoch: Arc<str>,
     head: u64,
     /// Frames with offsets `head + 1 - entries.len() ..= head`, and when each was created.
     entries: VecDeque<(u64, EncodedFrame)>,
@@ -76,18 +85,14 @@ struct StreamLog {
 
 impl StreamLog {
     fn new() -> Self {
-        StreamLog { epoch: Arc::from(new_epoch()), head: 0, entries: VecDeque::new() }
+        StreamLog { head: 0, entries: VecDeque::new() }
     }
 
     fn oldest(&self) -> u64 {
         self.head + 1 - self.entries.len() as u64
     }
 
-    fn state(&self) -> StreamState {
-        StreamState { epoch: self.epoch.clone(), head: self.head, oldest: self.oldest() }
-    }
-
-    fn evict(&mut self, limits: &StorageLimits, now_ms: u64) {
+    fn evict(&mut self, limits: &StoreLimits, now_ms: u64) {
         while self.entries.len() > limits.replay_max_items {
             self.entries.pop_front();
         }
@@ -270,27 +275,54 @@ impl AckEntry {
 
 #[derive(Default)]
 struct IdTable {
-    by_id: HashMap<String, IdEntry>,
+    by_id: HashMap<Arc<str>, IdEntry>,
     /// `(id, claimed_at)` in claim order, for expiry. Entries whose time no longer matches the table are stale.
-    order: VecDeque<(String, u64)>,
+    order: VecDeque<(Arc<str>, u64)>,
 }
 
 struct IdEntry {
     claimed_at: u64,
-    deliveries: Option<Vec<Delivery>>,
+    deliveries: Vec<Delivery>,
 }
 
-impl MemoryStorage {
+impl IdTable {
+    /// Forgets expired keys (and keys beyond the cap), oldest first; then the deliveries of `id` if it is known.
+    fn lookup(&mut self, id: &str, now: u64, limits: &StoreLimits) -> Option<Vec<Delivery>> {
+        let window_ms = limits.idempotency_window.as_millis() as u64;
+        while let Some((oldest, claimed_at)) = self.order.front() {
+            let expired = now.saturating_sub(*claimed_at) >= window_ms;
+            if !expired && self.by_id.len() < limits.idempotency_max_keys.max(1) {
+                break;
+            }
+            if self.by_id.get(oldest).is_some_and(|e| e.claimed_at == *claimed_at) {
+                self.by_id.remove(oldest);
+            }
+            self.order.pop_front();
+        }
+        match self.by_id.get(id) {
+            Some(entry) if now.saturating_sub(entry.claimed_at) < window_ms => Some(entry.deliveries.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, id: &Arc<str>, now: u64, deliveries: Vec<Delivery>) {
+        self.by_id.insert(id.clone(), IdEntry { claimed_at: now, deliveries });
+        self.order.push_back((id.clone(), now));
+    }
+}
+
+impl MemoryStore {
     /// An empty store with these limits.
-    pub fn new(limits: StorageLimits) -> Self {
+    pub fn new(limits: StoreLimits) -> Self {
         Self::with_clock(limits, Arc::new(now_ms))
     }
 
     /// An empty store that reads the time (ms since the Unix epoch) from `clock`; for tests of age limits.
-    pub fn with_clock(limits: StorageLimits, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
-        MemoryStorage {
+    pub fn with_clock(limits: StoreLimits, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        MemoryStore {
             limits,
             clock,
+            epoch: Arc::from(new_epoch()),
             hasher: RandomState::new(),
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             acks: Mutex::new(AckTable::default()),
@@ -304,48 +336,84 @@ impl MemoryStorage {
         lock(&self.streams[index])
     }
 
-    /// Runs `f` on the (possibly new) log of `stream`, after evicting what has aged out.
-    fn with_log<T>(&self, stream: &str, f: impl FnOnce(&mut StreamLog) -> T) -> T {
+    /// Appends one publication. Idempotent publications hold the key table for the whole append, so that two
+    /// publishes with one key cannot both pass; each stream's shard is held while its offset is assigned and
+    /// `on_commit` runs, so one stream's commits reach `on_commit` in offset order.
+    fn append_one(&self, append: Append) -> AppendOutcome {
+        let Append { publication: p, mut on_commit } = append;
+        let now = (self.clock)();
+        let mut keys = p.idempotent.then(|| lock(&self.ids));
+        if let Some(table) = keys.as_mut()
+            && let Some(deliveries) = table.lookup(&p.id, now, &self.limits)
+        {
+            return AppendOutcome::Duplicate(deliveries);
+        }
+        let mut deliveries = Vec::with_capacity(p.streams.len());
+        for stream in &p.streams {
+            let offset = if p.is_buffered() {
+                let mut shard = self.shard(stream);
+                let log = match shard.get_mut(stream.as_str()) {
+                    Some(log) => log,
+                    None => shard.entry(Box::from(stream.as_str())).or_insert_with(StreamLog::new),
+                };
+                let offset = log.head + 1;
+                let frame = p.encode(stream, &self.epoch, Some(offset));
+                log.head = offset;
+                log.entries.push_back((p.created_at(), frame.clone()));
+                log.evict(&self.limits, p.created_at().max(now));
+                on_commit(&Committed {
+                    id: p.id.clone(),
+                    stream: Arc::from(stream.as_str()),
+                    epoch: self.epoch.clone(),
+                    offset: Some(offset),
+                    frame,
+                });
+                Some(offset)
+            } else {
+                let frame = p.encode(stream, &self.epoch, None);
+                on_commit(&Committed {
+                    id: p.id.clone(),
+                    stream: Arc::from(stream.as_str()),
+                    epoch: self.epoch.clone(),
+                    offset: None,
+                    frame,
+                });
+                None
+            };
+            deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset });
+        }
+        if let Some(mut table) = keys {
+            table.insert(&p.id, now, deliveries.clone());
+        }
+        AppendOutcome::Appended(deliveries)
+    }
+
+    fn read_now(&self, stream: &str, since: Option<Position<'_>>) -> HistoryRead {
         let now = (self.clock)();
         let mut shard = self.shard(stream);
-        let log = match shard.get_mut(stream) {
-            Some(log) => log,
-            None => shard.entry(Box::from(stream)).or_insert_with(StreamLog::new),
+        let Some(log) = shard.get_mut(stream) else {
+            return HistoryRead {
+                state: StreamState { epoch: self.epoch.clone(), head: 0, oldest: 1 },
+                entries: Vec::new(),
+            };
         };
         log.evict(&self.limits, now);
-        f(log)
+        let state = StreamState { epoch: self.epoch.clone(), head: log.head, oldest: log.oldest() };
+        let entries = match since {
+            None => Vec::new(),
+            Some((epoch, offset)) => {
+                let after = if *self.epoch == *epoch && offset <= log.head { offset } else { 0 };
+                let skip = (after + 1).saturating_sub(state.oldest) as usize;
+                (state.oldest.max(after + 1)..)
+                    .zip(log.entries.iter().skip(skip))
+                    .map(|(offset, (_, frame))| HistoryEntry { offset, frame: frame.clone() })
+                    .collect()
+            }
+        };
+        HistoryRead { state, entries }
     }
 
-    fn stream_state_now(&self, stream: &str) -> StreamState {
-        self.with_log(stream, |log| log.state())
-    }
-
-    fn append_now(&self, stream: &str, created_at_ms: u64, encode: FrameEncoder<'_>) -> Appended {
-        self.with_log(stream, |log| {
-            let offset = log.head + 1;
-            let frame = encode(&log.epoch, offset);
-            log.head = offset;
-            log.entries.push_back((created_at_ms, frame.clone()));
-            log.evict(&self.limits, created_at_ms.max((self.clock)()));
-            Appended { epoch: log.epoch.clone(), offset, frame }
-        })
-    }
-
-    fn read_after_now(&self, stream: &str, epoch: &str, after: u64) -> ReadAfter {
-        self.with_log(stream, |log| {
-            let state = log.state();
-            let complete = *log.epoch == *epoch && after <= log.head && after + 1 >= state.oldest;
-            let entries = if complete {
-                let skip = (after + 1 - state.oldest) as usize;
-                log.entries.iter().skip(skip).map(|(_, frame)| frame.clone()).collect()
-            } else {
-                Vec::new()
-            };
-            ReadAfter { state, entries }
-        })
-    }
-
-    fn record_acks_now(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at_ms: u64) {
+    pub(crate) fn record_acks_now(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at_ms: u64) {
         let mut table = lock(&self.acks);
         let AckTable { by_id, order, records, devices } = &mut *table;
         let max = self.limits.acks_max_per_id;
@@ -380,7 +448,7 @@ impl MemoryStorage {
         devices.release(who);
     }
 
-    fn acks_now(&self, id: &str) -> Vec<AckRecord> {
+    pub(crate) fn acks_now(&self, id: &str) -> Vec<AckRecord> {
         let table = lock(&self.acks);
         let Some(entry) = table.by_id.get(id) else { return Vec::new() };
         entry
@@ -392,43 +460,6 @@ impl MemoryStorage {
             })
             .collect()
     }
-
-    fn claim_id_now(&self, id: &str, now: u64) -> IdClaim {
-        let window_ms = self.limits.idempotency_window.as_millis() as u64;
-        let mut table = lock(&self.ids);
-        let IdTable { by_id, order } = &mut *table;
-        // Forget expired keys (and keys beyond the cap), oldest first.
-        while let Some((oldest, claimed_at)) = order.front() {
-            let expired = now.saturating_sub(*claimed_at) >= window_ms;
-            if !expired && by_id.len() < self.limits.idempotency_max_keys.max(1) {
-                break;
-            }
-            if by_id.get(oldest.as_str()).is_some_and(|e| e.claimed_at == *claimed_at) {
-                by_id.remove(oldest.as_str());
-            }
-            order.pop_front();
-        }
-        match by_id.get(id) {
-            Some(entry) if now.saturating_sub(entry.claimed_at) < window_ms => {
-                IdClaim::Duplicate(entry.deliveries.clone())
-            }
-            _ => {
-                by_id.insert(id.to_owned(), IdEntry { claimed_at: now, deliveries: None });
-                order.push_back((id.to_owned(), now));
-                IdClaim::Claimed
-            }
-        }
-    }
-
-    fn complete_id_now(&self, id: &str, deliveries: &[Delivery]) {
-        if let Some(entry) = lock(&self.ids).by_id.get_mut(id) {
-            entry.deliveries = Some(deliveries.to_vec());
-        }
-    }
-
-    fn release_id_now(&self, id: &str) {
-        lock(&self.ids).by_id.remove(id);
-    }
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent at each step.
@@ -436,165 +467,95 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, StorageError>> {
-    Box::pin(std::future::ready(Ok(value)))
+impl StreamStore for MemoryStore {
+    fn append<'a>(&'a self, batch: Vec<Append>) -> BoxFuture<'a, Vec<Result<AppendOutcome, StoreError>>> {
+        ready(batch.into_iter().map(|append| Ok(self.append_one(append))).collect())
+    }
+
+    fn epoch<'a>(&'a self, _stream: &'a str) -> BoxFuture<'a, Result<Arc<str>, StoreError>> {
+        ready(Ok(self.epoch.clone()))
+    }
+
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        since: Option<Position<'a>>,
+    ) -> BoxFuture<'a, Result<HistoryRead, StoreError>> {
+        ready(Ok(self.read_now(stream, since)))
+    }
 }
 
-impl Storage for MemoryStorage {
-    fn stream_state<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<StreamState, StorageError>> {
-        ready(self.stream_state_now(stream))
-    }
-
-    fn append<'a>(
-        &'a self,
-        stream: &'a str,
-        created_at_ms: u64,
-        encode: FrameEncoder<'a>,
-    ) -> BoxFuture<'a, Result<Appended, StorageError>> {
-        ready(self.append_now(stream, created_at_ms, encode))
-    }
-
-    fn read_after<'a>(
-        &'a self,
-        stream: &'a str,
-        epoch: &'a str,
-        after: u64,
-    ) -> BoxFuture<'a, Result<ReadAfter, StorageError>> {
-        ready(self.read_after_now(stream, epoch, after))
-    }
-
-    fn record_acks<'a>(
+impl AckStore for MemoryStore {
+    fn record<'a>(
         &'a self,
         user: &'a Arc<str>,
         device: &'a Arc<str>,
         ids: &'a [String],
         at_ms: u64,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.record_acks_now(user, device, ids, at_ms);
-        ready(())
+        ready(Ok(()))
     }
 
-    fn acks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<AckRecord>, StorageError>> {
-        ready(self.acks_now(id))
+    fn acks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<AckRecord>, StoreError>> {
+        ready(Ok(self.acks_now(id)))
     }
+}
 
-    fn claim_id<'a>(&'a self, id: &'a str, now_ms: u64) -> BoxFuture<'a, Result<IdClaim, StorageError>> {
-        ready(self.claim_id_now(id, now_ms))
-    }
-
-    fn complete_id<'a>(&'a self, id: &'a str, deliveries: &'a [Delivery]) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.complete_id_now(id, deliveries);
-        ready(())
-    }
-
-    fn release_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.release_id_now(id);
-        ready(())
-    }
-
-    fn register_push<'a>(&'a self, user: &'a str, record: PushRecord) -> BoxFuture<'a, Result<(), StorageError>> {
+impl DeviceStore for MemoryStore {
+    fn register_push<'a>(&'a self, user: &'a str, record: PushRecord) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut table = lock(&self.push);
         let devices = table.entry(user.to_string()).or_default();
         devices.retain(|r| r.device != record.device && r.token != record.token);
         devices.push(record);
-        ready(())
+        ready(Ok(()))
     }
 
-    fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StorageError>> {
-        ready(lock(&self.push).get(user).cloned().unwrap_or_default())
+    fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StoreError>> {
+        ready(Ok(lock(&self.push).get(user).cloned().unwrap_or_default()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
 
-    fn limits(items: usize) -> StorageLimits {
-        StorageLimits {
+    fn limits(items: usize) -> StoreLimits {
+        StoreLimits {
             replay_max_items: items,
             replay_max_age: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(600),
             idempotency_max_keys: 1000,
             acks_max_ids: 3,
             acks_max_per_id: 2,
+            persistent_retention: Duration::from_secs(3600),
+            ack_retention: Duration::from_secs(3600),
         }
     }
 
     /// A store whose clock stands at 100 ms, so that items created at small instants are fresh.
-    fn store(items: usize) -> MemoryStorage {
-        MemoryStorage::with_clock(limits(items), Arc::new(|| 100))
+    fn store(items: usize) -> MemoryStore {
+        MemoryStore::with_clock(limits(items), Arc::new(|| 100))
     }
 
-    fn frame(epoch: &str, offset: u64) -> EncodedFrame {
-        EncodedFrame::new(format!("{epoch}/{offset}"))
-    }
+    /// The stream-store contract (`store/contract.rs`), on this store.
+    mod contract {
+        use super::*;
+        use crate::store::contract::{Clock, Guard};
 
-    fn texts(entries: &[EncodedFrame]) -> Vec<&str> {
-        entries.iter().map(|e| e.as_str()).collect()
-    }
-
-    #[test]
-    fn offsets_count_up_from_one_per_stream_under_a_stable_epoch() {
-        let s = store(10);
-        let a1 = s.append_now("user:a", 1, &frame);
-        let a2 = s.append_now("user:a", 2, &frame);
-        let b1 = s.append_now("topic:b", 3, &frame);
-        assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
-        assert_eq!(a1.epoch, a2.epoch);
-        assert_eq!(a2.frame.as_str(), format!("{}/2", a2.epoch));
-        let state = s.stream_state_now("user:a");
-        assert_eq!((state.head, state.oldest), (2, 1));
-    }
-
-    #[test]
-    fn a_new_stream_is_empty_with_oldest_past_head() {
-        let s = store(10);
-        let state = s.stream_state_now("user:new");
-        assert_eq!((state.head, state.oldest), (0, 1));
-        assert_eq!(state.epoch.len(), 8);
-        assert_eq!(s.stream_state_now("user:new").epoch, state.epoch, "the epoch is stable");
-    }
-
-    #[test]
-    fn a_new_store_gives_new_epochs() {
-        let first = store(10).stream_state_now("user:a").epoch;
-        let second = store(10).stream_state_now("user:a").epoch;
-        assert_ne!(first, second);
-    }
-
-    #[test]
-    fn the_buffer_keeps_the_newest_items() {
-        let s = store(3);
-        for t in 0..5 {
-            s.append_now("user:a", t, &frame);
+        fn make(limits: StoreLimits, clock: Clock) -> (crate::store::Stores, Guard) {
+            (crate::store::Stores::memory(MemoryStore::with_clock(limits, clock)), Box::new(()))
         }
-        let state = s.stream_state_now("user:a");
-        assert_eq!((state.head, state.oldest), (5, 3));
-        let epoch = state.epoch.to_string();
-        let read = s.read_after_now("user:a", &epoch, 2);
-        assert_eq!(texts(&read.entries), [format!("{epoch}/3"), format!("{epoch}/4"), format!("{epoch}/5")]);
-        assert!(s.read_after_now("user:a", &epoch, 1).entries.is_empty(), "offset 2 was evicted");
-        assert!(s.read_after_now("user:a", &epoch, 5).entries.is_empty(), "nothing after the head");
-        assert!(s.read_after_now("user:a", &epoch, 6).entries.is_empty(), "ahead of the stream");
-        assert!(s.read_after_now("user:a", "other", 3).entries.is_empty(), "another epoch");
+
+        crate::store::contract::stream_store_tests!(make);
     }
 
     #[test]
-    fn items_age_out() {
-        let now = Arc::new(AtomicU64::new(1_000_000));
-        let clock = now.clone();
-        let s = MemoryStorage::with_clock(limits(100), Arc::new(move || clock.load(Ordering::SeqCst)));
-        s.append_now("user:a", 1_000_000, &frame);
-        now.store(1_030_000, Ordering::SeqCst);
-        s.append_now("user:a", 1_030_000, &frame);
-        now.store(1_061_000, Ordering::SeqCst);
-        let state = s.stream_state_now("user:a");
-        assert_eq!((state.head, state.oldest), (2, 2), "the first item is older than 60 s");
-        now.store(1_091_000, Ordering::SeqCst);
-        let state = s.stream_state_now("user:a");
-        assert_eq!((state.head, state.oldest), (2, 3), "empty buffer: oldest is head + 1");
+    fn a_new_store_is_a_new_epoch() {
+        let first = store(10).epoch.clone();
+        let second = store(10).epoch.clone();
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 8);
     }
 
     #[test]
@@ -614,19 +575,6 @@ mod tests {
         assert!(s.acks_now("n1").is_empty(), "at most 3 ids: the oldest is forgotten");
         assert_eq!(s.acks_now("n4").len(), 1);
         assert!(s.acks_now("unknown").is_empty());
-    }
-
-    #[test]
-    fn idempotency_keys_expire_after_the_window_and_can_be_released() {
-        let s = store(10);
-        let delivery = Delivery { stream: "user:a".into(), epoch: "e".into(), offset: Some(1) };
-        assert_eq!(s.claim_id_now("k", 1_000), IdClaim::Claimed);
-        assert_eq!(s.claim_id_now("k", 2_000), IdClaim::Duplicate(None));
-        s.complete_id_now("k", std::slice::from_ref(&delivery));
-        assert_eq!(s.claim_id_now("k", 3_000), IdClaim::Duplicate(Some(vec![delivery])));
-        assert_eq!(s.claim_id_now("k", 601_000), IdClaim::Claimed, "the window is 600 s");
-        s.release_id_now("k");
-        assert_eq!(s.claim_id_now("k", 601_001), IdClaim::Claimed);
     }
 
     #[test]
@@ -656,7 +604,7 @@ mod tests {
 
     #[test]
     fn an_ack_frame_into_a_table_of_one_id_keeps_the_last_id() {
-        let s = MemoryStorage::with_clock(StorageLimits { acks_max_ids: 1, ..limits(10) }, Arc::new(|| 100));
+        let s = MemoryStore::with_clock(StoreLimits { acks_max_ids: 1, ..limits(10) }, Arc::new(|| 100));
         let (u, d): (Arc<str>, Arc<str>) = (Arc::from("u"), Arc::from("d"));
         s.record_acks_now(&u, &d, &["a".into(), "b".into(), "c".into()], 5);
         assert!(s.acks_now("a").is_empty() && s.acks_now("b").is_empty());
@@ -667,7 +615,7 @@ mod tests {
 
     #[test]
     fn many_devices_acking_one_broadcast_are_each_recorded_once() {
-        let store = MemoryStorage::new(StorageLimits::from_config(&crate::ServerConfig::for_tests()));
+        let store = MemoryStore::new(StoreLimits::from_config(&crate::ServerConfig::for_tests()));
         let user: Arc<str> = Arc::from("u");
         let devices: Vec<Arc<str>> = (0..50).map(|i| Arc::from(format!("d{i}"))).collect();
         for round in 0..2 {

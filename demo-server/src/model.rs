@@ -1,0 +1,200 @@
+//! What the server deals in, with no dependency on the rest of the server: a notification being published
+//! ([`Publication`]), where it went ([`Delivery`]), a stream's position state ([`StreamState`]), what a store hands
+//! back after a commit ([`Committed`]) or a history read ([`HistoryRead`]), acks and device push addresses.
+//!
+//! Every other module depends on these; these depend on nothing of the server (only on the wire protocol's types).
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+use tidings_core::protocol::{NotificationFields, Persistence, PushPlatform, ServerFrame, encode_server_frame};
+
+/// An encoded server frame (one JSON text), shared by reference count: cloning it never copies the text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedFrame(Utf8Bytes);
+
+impl EncodedFrame {
+    /// Wraps an encoded frame without copying it.
+    pub fn new(text: String) -> Self {
+        EncodedFrame(Utf8Bytes::from(text))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the frame is empty (never for a real frame).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The shared bytes, ready to be sent as a WebSocket text message.
+    pub fn into_utf8_bytes(self) -> Utf8Bytes {
+        self.0
+    }
+
+    pub(crate) fn utf8_bytes(&self) -> &Utf8Bytes {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EncodedFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// One notification on its way to its streams: what a publish request becomes once accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    /// The notification id (the caller's or a generated ULID), shared by every stream it goes to.
+    pub id: Arc<str>,
+    /// Whether `id` came from the caller: then it is an idempotency key, remembered with the notification.
+    pub idempotent: bool,
+    /// The target streams, without duplicates.
+    pub streams: Vec<String>,
+    /// The content. `stream`, `epoch` and `offset` are empty here; they differ per stream.
+    pub fields: NotificationFields,
+}
+
+impl Publication {
+    /// The retention class.
+    pub fn persistence(&self) -> Persistence {
+        self.fields.persistence
+    }
+
+    /// Whether the notification gets an offset and is kept for replay (`bufferable` and `persistent`).
+    pub fn is_buffered(&self) -> bool {
+        self.fields.persistence.is_buffered()
+    }
+
+    /// When the server accepted it (ms since the Unix epoch).
+    pub fn created_at(&self) -> u64 {
+        self.fields.created_at
+    }
+
+    /// The `notification` frame for one of its streams.
+    pub fn encode(&self, stream: &str, epoch: &str, offset: Option<u64>) -> EncodedFrame {
+        encode_notification(&self.fields, stream, epoch, offset)
+    }
+}
+
+/// The `notification` frame of `fields` placed at `(stream, epoch, offset)`.
+pub fn encode_notification(
+    fields: &NotificationFields,
+    stream: &str,
+    epoch: &str,
+    offset: Option<u64>,
+) -> EncodedFrame {
+    let mut n = fields.clone();
+    stream.clone_into(&mut n.stream);
+    epoch.clone_into(&mut n.epoch);
+    n.offset = offset;
+    EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n.into())))
+}
+
+/// A notification committed to one stream (or, for an ephemeral one, placed in it): what a store hands to the
+/// broker after its commit, and what the broker hands to this process's subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The notification id.
+    pub id: Arc<str>,
+    /// The stream.
+    pub stream: Arc<str>,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The notification's offset; `None` for an ephemeral notification.
+    pub offset: Option<u64>,
+    /// The encoded `notification` frame, shared by every subscriber.
+    pub frame: EncodedFrame,
+}
+
+/// Where one publish went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The stream.
+    pub stream: String,
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The notification's offset in the stream; absent for ephemeral notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// What a store did with one publication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Committed (and handed on): one delivery per stream.
+    Appended(Vec<Delivery>),
+    /// Its idempotency key was accepted before within the window: nothing was stored or delivered now; the
+    /// deliveries of the first publish.
+    Duplicate(Vec<Delivery>),
+}
+
+/// A stream's position state (protocol §5.2, §5.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamState {
+    /// The stream's history generation.
+    pub epoch: Arc<str>,
+    /// Offset of the newest notification (`0` if none yet in this epoch).
+    pub head: u64,
+    /// Oldest offset the server can replay (`L` of §5.4): every offset from it to `head` is held, none is older
+    /// than the replay age limit and there are at most the replay count limit of them. `head + 1` when it holds
+    /// none.
+    pub oldest: u64,
+}
+
+/// One replayable notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Its offset.
+    pub offset: u64,
+    /// Its `notification` frame.
+    pub frame: EncodedFrame,
+}
+
+/// The result of reading a stream's history for a subscribe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRead {
+    /// The stream's state when it was read.
+    pub state: StreamState,
+    /// Replayable notifications in offset order: those after the requested offset when the requested position is
+    /// in the current epoch and not ahead of the head, otherwise everything replayable (offsets
+    /// `state.oldest ..= state.head`); none when no position was requested.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// A requested stream position, `(epoch, offset)`.
+pub type Position<'a> = (&'a str, u64);
+
+/// One recorded ack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckRecord {
+    /// The user the acking connection authenticated as.
+    pub user: Arc<str>,
+    /// The acking device.
+    pub device: Arc<str>,
+    /// When the first ack of this device for the notification arrived (ms since the Unix epoch).
+    pub at: u64,
+}
+
+/// A device's registered push address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushRecord {
+    /// The device.
+    pub device: Arc<str>,
+    /// The push service.
+    pub platform: PushPlatform,
+    /// Device token or Web Push subscription JSON.
+    pub token: String,
+    /// When it was registered (ms since the Unix epoch).
+    pub registered_at: u64,
+}

@@ -1,0 +1,424 @@
+//! The node: what one server process shares between its transports, HTTP handlers and publishers, and the
+//! publish pipeline they all call.
+//!
+//! A publish is validated, becomes a [`Publication`] and goes to the [`Broker`], which commits it to the stores
+//! and hands every committed stream back to this node ([`BrokerEventHandler`]) for fan-out to the local
+//! subscribers, in commit order. Once the broker answered, the publish is complete: what a delivery planner (push
+//! routing, a later issue) needs to act on — the committed publication and its deliveries — is at hand in
+//! [`Node::publish_batch`], after the commit and outside any lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tidings_core::protocol::PushPlatform;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::ServerConfig;
+use crate::auth::TokenVerifier;
+use crate::broker::{Broker, BrokerEventHandler};
+use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
+use crate::outbox::ConnHandle;
+use crate::presence::Presence;
+use crate::publish::{PublishError, PublishReceipt, PublishRequest};
+use crate::registry::Registry;
+use crate::session::{SessionConfig, SessionParams};
+use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
+use crate::util::now_ms;
+
+/// Counters of a running server, as returned by [`RunningServer::stats`](crate::RunningServer::stats).
+/// Every counter except `connections_open` only grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// WebSocket connections accepted since start.
+    pub connections_total: u64,
+    /// WebSocket connections open now.
+    pub connections_open: u64,
+    /// `auth` frames whose token was refused.
+    pub auth_failures: u64,
+    /// Frames received from clients (text and binary; not pings).
+    pub frames_in: u64,
+    /// Publishes accepted (duplicates excluded).
+    pub notifications_published: u64,
+    /// Publishes acknowledged as duplicates of an earlier idempotency key.
+    pub duplicates: u64,
+    /// Live notification frames queued to subscribers.
+    pub deliveries: u64,
+    /// Notification frames queued as replay after a `resumed` subscribe.
+    pub replayed: u64,
+    /// Acked notification ids received.
+    pub acks: u64,
+    /// Connections closed for any protocol violation (`4000`, `4009`, `4008`).
+    pub protocol_errors: u64,
+    /// Connections closed as slow consumers (`4014`).
+    pub slow_consumers: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) notifications_published: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) acks: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Everything a running server shares between its connections, HTTP handlers and publishers.
+pub(crate) struct Node {
+    pub(crate) config: ServerConfig,
+    pub(crate) session_params: Arc<SessionParams>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) stores: Stores,
+    pub(crate) registry: Registry,
+    pub(crate) presence: Presence,
+    pub(crate) counters: Counters,
+    acks: AckRouting,
+    /// Set when shutdown begins: new connections are refused.
+    pub(crate) shutting_down: AtomicBool,
+    /// Set when the shutdown grace period is over: connection tasks stop at once.
+    pub(crate) hard_stop: watch::Sender<bool>,
+    next_connection_id: AtomicU64,
+    /// Monotonic ULIDs: ids of one process sort in publish order even within a millisecond.
+    ids: Mutex<ulid::Generator>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node on `stores` and `broker`; registers itself as the broker's handler.
+    pub(crate) fn new(config: ServerConfig, stores: Stores, broker: Arc<dyn Broker>) -> Arc<Self> {
+        let session_params = Arc::new(SessionParams {
+            config: SessionConfig::from_config(&config),
+            verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
+        });
+        let acks = AckRouting::new(&config, stores.durable);
+        let node = Arc::new(Node {
+            session_params,
+            config,
+            broker,
+            stores,
+            registry: Registry::new(),
+            presence: Presence::default(),
+            counters: Counters::default(),
+            acks,
+            shutting_down: AtomicBool::new(false),
+            hard_stop: watch::Sender::new(false),
+            next_connection_id: AtomicU64::new(1),
+            ids: Mutex::new(ulid::Generator::new()),
+        });
+        let handler: Arc<dyn BrokerEventHandler> = node.clone();
+        node.broker.register_handler(Arc::downgrade(&handler));
+        node
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new server-generated notification id (a ULID).
+    pub(crate) fn new_notification_id(&self) -> String {
+        let mut generator = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The generator only fails when 2^80 ids were made within one millisecond.
+        generator.generate().unwrap_or_else(|_| ulid::Ulid::generate()).to_string()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn stats(&self) -> ServerStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerStats {
+            connections_total: get(&c.connections_total),
+            connections_open: self.registry.connection_count() as u64,
+            auth_failures: get(&c.auth_failures),
+            frames_in: get(&c.frames_in),
+            notifications_published: get(&c.notifications_published),
+            duplicates: get(&c.duplicates),
+            deliveries: get(&c.deliveries),
+            replayed: get(&c.replayed),
+            acks: get(&c.acks),
+            protocol_errors: get(&c.protocol_errors),
+            slow_consumers: get(&c.slow_consumers),
+        }
+    }
+
+    // ---- the publish pipeline ----
+
+    /// Validates and publishes `requests`, in order, as one batch: the broker commits them together (one
+    /// transaction on a durable store) and each is delivered once committed. One result per request; a bad or
+    /// failed item does not stop the others.
+    pub(crate) async fn publish_batch(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Vec<Result<PublishReceipt, PublishError>> {
+        let mut results: Vec<Option<Result<PublishReceipt, PublishError>>> = Vec::with_capacity(requests.len());
+        let mut batch = Vec::with_capacity(requests.len());
+        let mut positions = Vec::with_capacity(requests.len());
+        for request in requests {
+            if let Err(e) = request.validate() {
+                results.push(Some(Err(e)));
+                continue;
+            }
+            if self.is_shutting_down() {
+                results.push(Some(Err(PublishError::unavailable("the server is shutting down"))));
+                continue;
+            }
+            let idempotent = request.id.is_some();
+            let id = request.id.clone().unwrap_or_else(|| self.new_notification_id());
+            positions.push(results.len());
+            results.push(None);
+            batch.push(Arc::new(request.into_publication(id, idempotent, now_ms())));
+        }
+        if !batch.is_empty() {
+            let outcomes = self.broker.publish(batch.clone()).await;
+            for ((at, publication), outcome) in positions.into_iter().zip(&batch).zip(outcomes) {
+                results[at] = Some(self.receipt(publication, outcome));
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::unavailable("no result")))).collect()
+    }
+
+    fn receipt(
+        &self,
+        publication: &Publication,
+        outcome: Result<AppendOutcome, StoreError>,
+    ) -> Result<PublishReceipt, PublishError> {
+        let id = publication.id.to_string();
+        match outcome {
+            Ok(AppendOutcome::Appended(deliveries)) => {
+                bump(&self.counters.notifications_published, 1);
+                debug!(
+                    id = %id,
+                    kind = %publication.fields.kind,
+                    priority = publication.fields.priority.as_str(),
+                    persistence = publication.persistence().as_str(),
+                    streams = deliveries.len(),
+                    "published"
+                );
+                Ok(PublishReceipt { id, duplicate: false, deliveries })
+            }
+            Ok(AppendOutcome::Duplicate(deliveries)) => {
+                bump(&self.counters.duplicates, 1);
+                debug!(id = %id, "duplicate publish ignored");
+                Ok(PublishReceipt { id, duplicate: true, deliveries })
+            }
+            Err(e) => {
+                warn!(id = %id, error = %e, "publish failed");
+                Err(PublishError::from_store(&e))
+            }
+        }
+    }
+
+    // ---- subscriptions ----
+
+    /// Makes `conn` a (syncing) subscriber of `stream`, then reads the stream's history from `position`.
+    pub(crate) async fn join(
+        &self,
+        stream: &str,
+        conn: &Arc<ConnHandle>,
+        position: Option<Position<'_>>,
+    ) -> Result<HistoryRead, StoreError> {
+        if self.registry.begin_subscribe(stream, conn) {
+            self.broker.subscribe(stream).await?;
+        }
+        self.broker.history(stream, position).await
+    }
+
+    /// Removes connection `conn_id` from `stream`.
+    pub(crate) fn leave(&self, stream: &str, conn_id: u64) {
+        if self.registry.remove(stream, conn_id) {
+            self.broker.unsubscribe(stream);
+        }
+    }
+
+    // ---- acks and devices ----
+
+    /// Records the acks of `device` of `user` (a `ack` frame, or later an HTTP call of a transport without
+    /// an upstream).
+    pub(crate) async fn record_acks(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
+        bump(&self.counters.acks, ids.len() as u64);
+        let at = now_ms();
+        let result = match self.acks.route(user, device, ids, at) {
+            None => self.stores.acks.record(user, device, ids, at).await,
+            Some(durable) if durable.is_empty() => Ok(()),
+            Some(durable) => self.stores.acks.record(user, device, &durable, at).await,
+        };
+        if let Err(e) = result {
+            warn!(user = %user, device = %device, error = %e, "acks could not be recorded");
+        }
+    }
+
+    /// The acks of notification `id`.
+    pub(crate) async fn acks(&self, id: &str) -> Result<Vec<AckRecord>, StoreError> {
+        let kept = self.acks.acks(id);
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        self.stores.acks.acks(id).await
+    }
+
+    /// Stores the push address of `device` of `user`.
+    pub(crate) async fn register_push(
+        &self,
+        user: &Arc<str>,
+        device: &Arc<str>,
+        platform: PushPlatform,
+        token: String,
+    ) -> Result<(), StoreError> {
+        let record = PushRecord { device: device.clone(), platform, token, registered_at: now_ms() };
+        let result = self.stores.devices.register_push(user, record).await;
+        match &result {
+            Ok(()) => info!(user = %user, device = %device, platform = platform.as_str(), "push address registered"),
+            Err(e) => warn!(user = %user, error = %e, "push address could not be stored"),
+        }
+        result
+    }
+}
+
+impl BrokerEventHandler for Node {
+    fn handle_publication(&self, committed: &Committed) {
+        self.acks.note(committed);
+        let fan_out = self.registry.fan_out(committed);
+        bump(&self.counters.deliveries, fan_out.queued);
+        if fan_out.overflowed > 0 {
+            bump(&self.counters.slow_consumers, fan_out.overflowed);
+        }
+    }
+}
+
+/// Where acks are kept. On a durable store, the acks of a notification this node fanned out only to topic
+/// streams stay in memory (bounded as the memory store bounds acks): a broadcast to N subscribers is acked N
+/// times, and writing one row per subscriber and notification would make the store, not the sockets, the limit of
+/// broadcast fan-out. Acks of notifications addressed to users, and of ids this node does not know (published
+/// before a restart), are written to the store. On a memory store everything goes to the store.
+struct AckRouting {
+    /// Topic-only notifications fanned out recently (by id), and their acks; `None` on a memory store.
+    topics: Option<Mutex<TopicAcks>>,
+}
+
+struct TopicAcks {
+    /// Ids fanned out to topic streams only (`true`) or to at least one user stream (`false`), oldest first
+    /// in `order`.
+    kinds: HashMap<Arc<str>, bool>,
+    order: VecDeque<Arc<str>>,
+    /// The acks of the topic-only ones.
+    acks: MemoryStore,
+}
+
+/// How many recently fanned-out ids [`AckRouting`] remembers.
+const RECENT_IDS: usize = 65_536;
+
+impl AckRouting {
+    fn new(config: &ServerConfig, durable: bool) -> Self {
+        let topics = durable.then(|| {
+            Mutex::new(TopicAcks {
+                kinds: HashMap::new(),
+                order: VecDeque::new(),
+                acks: MemoryStore::new(StoreLimits::from_config(config)),
+            })
+        });
+        AckRouting { topics }
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, TopicAcks>> {
+        self.topics.as_ref().map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Remembers which kind of streams a committed notification went to.
+    fn note(&self, committed: &Committed) {
+        let Some(mut t) = self.lock() else { return };
+        let topic = committed.stream.starts_with("topic:");
+        match t.kinds.get_mut(&committed.id) {
+            Some(topic_only) => *topic_only &= topic,
+            None => {
+                t.kinds.insert(committed.id.clone(), topic);
+                t.order.push_back(committed.id.clone());
+                while t.order.len() > RECENT_IDS {
+                    if let Some(old) = t.order.pop_front() {
+                        t.kinds.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the acks of topic-only notifications; returns the ids whose acks go to the store (`None`: all of
+    /// them). The common cases — every id of a frame of one kind — copy nothing.
+    fn route(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at: u64) -> Option<Vec<String>> {
+        let t = self.lock()?;
+        let topic_only = |id: &String| t.kinds.get(id.as_str()).copied().unwrap_or(false);
+        let topics = ids.iter().filter(|id| topic_only(id)).count();
+        if topics == 0 {
+            return None;
+        }
+        if topics == ids.len() {
+            t.acks.record_acks_now(user, device, ids, at);
+            return Some(Vec::new());
+        }
+        let (topic, durable): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(topic_only);
+        t.acks.record_acks_now(user, device, &topic, at);
+        Some(durable)
+    }
+
+    /// The acks kept in memory for `id`.
+    fn acks(&self, id: &str) -> Vec<AckRecord> {
+        self.lock().map(|t| t.acks.acks_now(id)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EncodedFrame;
+
+    fn committed(id: &str, stream: &str) -> Committed {
+        Committed {
+            id: Arc::from(id),
+            stream: Arc::from(stream),
+            epoch: Arc::from("e"),
+            offset: Some(1),
+            frame: EncodedFrame::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn on_a_durable_store_acks_of_topic_only_notifications_stay_in_memory() {
+        let routing = AckRouting::new(&ServerConfig::for_tests(), true);
+        routing.note(&committed("broadcast", "topic:news"));
+        routing.note(&committed("both", "topic:news"));
+        routing.note(&committed("both", "user:alice"));
+        routing.note(&committed("direct", "user:alice"));
+        let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(routing.route(&alice, &phone, &ids(&["broadcast"]), 5), Some(vec![]), "kept, nothing to write");
+        assert_eq!(routing.route(&alice, &phone, &ids(&["direct", "unknown"]), 6), None, "all written");
+        assert_eq!(
+            routing.route(&alice, &phone, &ids(&["broadcast", "both", "unknown"]), 7),
+            Some(ids(&["both", "unknown"])),
+            "a notification that also went to a user, or one this node does not know, is written"
+        );
+        let kept: Vec<(String, u64)> = routing.acks("broadcast").iter().map(|a| (a.device.to_string(), a.at)).collect();
+        assert_eq!(kept, [("phone".to_string(), 5)]);
+        assert!(routing.acks("both").is_empty());
+        let memory = AckRouting::new(&ServerConfig::for_tests(), false);
+        memory.note(&committed("broadcast", "topic:news"));
+        assert_eq!(memory.route(&alice, &phone, &ids(&["broadcast"]), 5), None, "a memory store takes them all");
+    }
+}

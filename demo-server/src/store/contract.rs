@@ -1,0 +1,318 @@
+//! The behaviour every store backend must show, written once and run against each backend
+//! (`stream_store_tests!(factory)` in the backend's tests).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidings_core::protocol::{NotificationFields, Persistence, Priority, PushPlatform};
+
+use super::{Append, StoreLimits, Stores};
+use crate::model::{AppendOutcome, Committed, Delivery, HistoryRead, Publication, PushRecord};
+
+/// A clock tests move by hand (ms since the Unix epoch).
+pub(crate) type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// Keeps whatever a backend needs alive for the test (e.g. its temporary directory).
+pub(crate) type Guard = Box<dyn std::any::Any + Send>;
+/// Makes a fresh backend with these limits and clock.
+pub(crate) type Factory = dyn Fn(StoreLimits, Clock) -> (Stores, Guard);
+
+pub(crate) fn limits(items: usize) -> StoreLimits {
+    StoreLimits {
+        replay_max_items: items,
+        replay_max_age: Duration::from_secs(60),
+        idempotency_window: Duration::from_secs(600),
+        idempotency_max_keys: 1000,
+        acks_max_ids: 1000,
+        acks_max_per_id: 1000,
+        persistent_retention: Duration::from_secs(3600),
+        ack_retention: Duration::from_secs(3600),
+    }
+}
+
+/// A clock standing at `start` ms, and the handle that moves it.
+pub(crate) fn clock(start: u64) -> (Clock, Arc<AtomicU64>) {
+    let now = Arc::new(AtomicU64::new(start));
+    let read = now.clone();
+    (Arc::new(move || read.load(Ordering::SeqCst)), now)
+}
+
+pub(crate) fn publication(id: &str, streams: &[&str], persistence: Persistence, at: u64) -> Arc<Publication> {
+    Arc::new(Publication {
+        id: Arc::from(id),
+        idempotent: false,
+        streams: streams.iter().map(|s| (*s).to_owned()).collect(),
+        fields: NotificationFields {
+            id: id.to_owned(),
+            stream: String::new(),
+            offset: None,
+            epoch: String::new(),
+            kind: "t".into(),
+            priority: Priority::Important,
+            persistence,
+            title: Some(format!("title {id}")),
+            body: None,
+            data: None,
+            group: None,
+            created_at: at,
+        },
+    })
+}
+
+pub(crate) fn keyed(id: &str, streams: &[&str], at: u64) -> Arc<Publication> {
+    let mut p = Arc::unwrap_or_clone(publication(id, streams, Persistence::Bufferable, at));
+    p.idempotent = true;
+    Arc::new(p)
+}
+
+/// Appends `batch`, recording every `on_commit` call in `log`.
+pub(crate) async fn append_logged(
+    stores: &Stores,
+    batch: Vec<Arc<Publication>>,
+    log: &Arc<Mutex<Vec<Committed>>>,
+) -> Vec<AppendOutcome> {
+    let appends = batch
+        .into_iter()
+        .map(|publication| {
+            let log = log.clone();
+            Append { publication, on_commit: Box::new(move |c: &Committed| log.lock().unwrap().push(c.clone())) }
+        })
+        .collect();
+    stores.streams.append(appends).await.into_iter().map(|r| r.expect("append succeeds")).collect()
+}
+
+pub(crate) async fn append(stores: &Stores, batch: Vec<Arc<Publication>>) -> Vec<AppendOutcome> {
+    append_logged(stores, batch, &Arc::new(Mutex::new(Vec::new()))).await
+}
+
+fn deliveries(outcome: &AppendOutcome) -> &[Delivery] {
+    match outcome {
+        AppendOutcome::Appended(d) => d,
+        AppendOutcome::Duplicate(_) => panic!("unexpected duplicate"),
+    }
+}
+
+fn offsets(read: &HistoryRead) -> Vec<u64> {
+    read.entries.iter().map(|e| e.offset).collect()
+}
+
+pub(crate) async fn offsets_count_up_per_stream_under_a_stable_epoch(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let out = append(
+        &stores,
+        vec![
+            publication("a1", &["user:a"], Persistence::Bufferable, 1_000),
+            publication("a2", &["user:a"], Persistence::Persistent, 1_000),
+            publication("b1", &["topic:b", "user:a"], Persistence::Bufferable, 1_000),
+        ],
+    )
+    .await;
+    let positions: Vec<Vec<(&str, Option<u64>)>> =
+        out.iter().map(|o| deliveries(o).iter().map(|d| (d.stream.as_str(), d.offset)).collect()).collect();
+    assert_eq!(
+        positions,
+        [vec![("user:a", Some(1))], vec![("user:a", Some(2))], vec![("topic:b", Some(1)), ("user:a", Some(3))]]
+    );
+    let epoch = deliveries(&out[0])[0].epoch.clone();
+    assert_eq!(epoch.len(), 8);
+    assert!(out.iter().flat_map(deliveries).all(|d| d.epoch == epoch), "one stable epoch");
+    let read = stores.streams.read("user:a", None).await.unwrap();
+    assert_eq!((&*read.state.epoch, read.state.head, read.state.oldest), (epoch.as_str(), 3, 1));
+    assert!(read.entries.is_empty(), "no position, no entries");
+    let read = stores.streams.read("user:a", Some((&epoch, 1))).await.unwrap();
+    assert_eq!(offsets(&read), [2, 3]);
+    let frame = read.entries[1].frame.as_str();
+    assert!(frame.starts_with(r#"{"op":"notification","id":"b1","stream":"user:a","offset":3,"epoch":""#), "{frame}");
+    assert!(frame.contains(r#""title":"title b1""#) && frame.contains(r#""created_at":1000"#), "{frame}");
+}
+
+pub(crate) async fn a_new_stream_has_head_zero_in_the_current_epoch(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let read = stores.streams.read("user:new", Some(("whatever", 0))).await.unwrap();
+    assert_eq!((read.state.head, read.state.oldest, read.entries.len()), (0, 1, 0));
+    let epoch = stores.streams.epoch("user:new").await.unwrap();
+    assert_eq!(read.state.epoch, epoch);
+    assert_eq!(stores.streams.read("user:new", None).await.unwrap().state.epoch, epoch, "the epoch is stable");
+    let out = append(&stores, vec![publication("n1", &["user:new"], Persistence::Bufferable, 1_000)]).await;
+    assert_eq!(deliveries(&out[0])[0].epoch, *epoch);
+}
+
+pub(crate) async fn the_replay_window_keeps_the_newest_items(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(3), clock);
+    for i in 1..=5 {
+        append(&stores, vec![publication(&format!("n{i}"), &["user:a"], Persistence::Bufferable, 1_000)]).await;
+    }
+    let s = &stores.streams;
+    let epoch = s.epoch("user:a").await.unwrap().to_string();
+    let read = s.read("user:a", Some((&epoch, 2))).await.unwrap();
+    assert_eq!((read.state.head, read.state.oldest), (5, 3));
+    assert_eq!(offsets(&read), [3, 4, 5]);
+    assert!(read.entries[0].frame.as_str().contains(r#""id":"n3""#));
+    assert_eq!(offsets(&s.read("user:a", Some((&epoch, 4))).await.unwrap()), [5]);
+    assert_eq!(offsets(&s.read("user:a", Some((&epoch, 5))).await.unwrap()), [] as [u64; 0], "nothing after the head");
+    assert_eq!(offsets(&s.read("user:a", Some((&epoch, 1))).await.unwrap()), [3, 4, 5], "evicted: all it holds");
+    assert_eq!(offsets(&s.read("user:a", Some((&epoch, 9))).await.unwrap()), [3, 4, 5], "ahead: all it holds");
+    assert_eq!(offsets(&s.read("user:a", Some(("other", 4))).await.unwrap()), [3, 4, 5], "another epoch: all");
+}
+
+pub(crate) async fn items_age_out_of_the_replay_window(make: &Factory) {
+    let (clock, now) = clock(1_000_000);
+    let (stores, _guard) = make(limits(100), clock);
+    append(&stores, vec![publication("old", &["user:a"], Persistence::Bufferable, 1_000_000)]).await;
+    now.store(1_030_000, Ordering::SeqCst);
+    append(&stores, vec![publication("new", &["user:a"], Persistence::Persistent, 1_030_000)]).await;
+    now.store(1_061_000, Ordering::SeqCst);
+    let epoch = stores.streams.epoch("user:a").await.unwrap().to_string();
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!((read.state.head, read.state.oldest), (2, 2), "the first item is older than 60 s");
+    assert_eq!(offsets(&read), [2]);
+    now.store(1_091_000, Ordering::SeqCst);
+    let read = stores.streams.read("user:a", Some((&epoch, 1))).await.unwrap();
+    assert_eq!((read.state.head, read.state.oldest), (2, 3), "nothing replayable: oldest is head + 1");
+    assert!(read.entries.is_empty());
+}
+
+pub(crate) async fn ephemeral_notifications_get_no_offset_and_are_not_kept(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let out = append_logged(
+        &stores,
+        vec![
+            publication("e1", &["user:a", "topic:t"], Persistence::Ephemeral, 1_000),
+            publication("b1", &["user:a"], Persistence::Bufferable, 1_000),
+        ],
+        &log,
+    )
+    .await;
+    assert_eq!(deliveries(&out[0]).iter().map(|d| d.offset).collect::<Vec<_>>(), [None, None]);
+    assert_eq!(deliveries(&out[1])[0].offset, Some(1), "the ephemeral one did not move the head");
+    let committed = log.lock().unwrap().clone();
+    assert_eq!(committed.len(), 3, "every stream of every publication is handed on");
+    assert!(committed[0].frame.as_str().contains(r#""persistence":"ephemeral""#));
+    assert_eq!(committed[0].offset, None);
+    let epoch = stores.streams.epoch("user:a").await.unwrap().to_string();
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!(offsets(&read), [1]);
+}
+
+pub(crate) async fn on_commit_sees_each_stream_in_offset_order_before_completion(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(100), clock);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let batch = (1..=20).map(|i| publication(&format!("n{i}"), &["user:a", "topic:x"], Persistence::Bufferable, 1_000));
+    let out = append_logged(&stores, batch.collect(), &log).await;
+    assert_eq!(out.len(), 20);
+    let committed = log.lock().unwrap().clone();
+    for stream in ["user:a", "topic:x"] {
+        let seen: Vec<(Option<u64>, &str)> =
+            committed.iter().filter(|c| &*c.stream == stream).map(|c| (c.offset, &*c.id)).collect();
+        let want: Vec<(Option<u64>, String)> = (1..=20).map(|i| (Some(i), format!("n{i}"))).collect();
+        assert_eq!(seen, want.iter().map(|(o, id)| (*o, id.as_str())).collect::<Vec<_>>(), "{stream}");
+    }
+    let frame = committed[0].frame.as_str();
+    assert!(frame.contains(r#""id":"n1","stream":"user:a","offset":1"#), "{frame}");
+}
+
+pub(crate) async fn a_repeated_key_is_a_duplicate_within_the_window(make: &Factory) {
+    let (clock, now) = clock(1_000_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let out = append_logged(
+        &stores,
+        vec![keyed("k", &["user:a", "topic:b"], 1_000_000), keyed("k", &["user:a"], 1_000_000)],
+        &log,
+    )
+    .await;
+    let first = deliveries(&out[0]).to_vec();
+    assert_eq!(out[1], AppendOutcome::Duplicate(first.clone()), "a duplicate within one batch");
+    assert_eq!(log.lock().unwrap().len(), 2, "the duplicate was not handed on");
+    now.store(1_300_000, Ordering::SeqCst);
+    let again = append(&stores, vec![keyed("k", &["user:z"], 1_300_000)]).await;
+    assert_eq!(again[0], AppendOutcome::Duplicate(first));
+    now.store(1_601_000, Ordering::SeqCst);
+    let later = append(&stores, vec![keyed("k", &["user:a"], 1_601_000)]).await;
+    assert_eq!(deliveries(&later[0])[0].offset, Some(2), "the window is 600 s: accepted again");
+}
+
+pub(crate) async fn acks_keep_the_first_of_each_device(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let (alice, bob): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("bob"));
+    let (d1, d2): (Arc<str>, Arc<str>) = (Arc::from("d1"), Arc::from("d2"));
+    stores.acks.record(&alice, &d1, &["n1".into(), "n2".into()], 10).await.unwrap();
+    stores.acks.record(&alice, &d1, &["n1".into()], 20).await.unwrap();
+    stores.acks.record(&bob, &d2, &["n1".into()], 30).await.unwrap();
+    let mut acks = Vec::new();
+    for _ in 0..200 {
+        acks = stores.acks.acks("n1").await.unwrap();
+        if acks.len() == 2 {
+            break;
+        }
+        // Durable backends may write acks behind; they show up within a commit.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got: Vec<(&str, &str, u64)> = acks.iter().map(|a| (&*a.user, &*a.device, a.at)).collect();
+    assert_eq!(got, [("alice", "d1", 10), ("bob", "d2", 30)]);
+    assert!(stores.acks.acks("unknown").await.unwrap().is_empty());
+}
+
+pub(crate) async fn push_addresses_replace_per_device_and_move_with_their_token(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let record = |device: &str, token: &str, at: u64| PushRecord {
+        device: Arc::from(device),
+        platform: PushPlatform::Fcm,
+        token: token.into(),
+        registered_at: at,
+    };
+    let d = &stores.devices;
+    d.register_push("alice", record("phone", "t1", 1)).await.unwrap();
+    d.register_push("alice", record("tablet", "t2", 2)).await.unwrap();
+    d.register_push("alice", record("phone", "t3", 3)).await.unwrap();
+    d.register_push("bob", record("phone", "t9", 4)).await.unwrap();
+    let tokens = |list: Vec<PushRecord>| list.into_iter().map(|r| (r.device.to_string(), r.token)).collect::<Vec<_>>();
+    assert_eq!(
+        tokens(d.push_addresses("alice").await.unwrap()),
+        [("tablet".into(), "t2".into()), ("phone".into(), "t3".into())]
+    );
+    d.register_push("alice", record("new-phone", "t2", 5)).await.unwrap();
+    assert_eq!(
+        tokens(d.push_addresses("alice").await.unwrap()),
+        [("phone".into(), "t3".into()), ("new-phone".into(), "t2".into())],
+        "a token registered again by another device moves to it"
+    );
+    let alice = d.push_addresses("alice").await.unwrap();
+    assert_eq!((alice[1].platform, alice[1].registered_at), (PushPlatform::Fcm, 5));
+    assert!(d.push_addresses("nobody").await.unwrap().is_empty());
+}
+
+/// One `#[tokio::test]` per contract test, on the backend `$make` (a [`Factory`]).
+macro_rules! stream_store_tests {
+    ($make:path) => {
+        $crate::store::contract::stream_store_tests!(@each $make,
+            offsets_count_up_per_stream_under_a_stable_epoch,
+            a_new_stream_has_head_zero_in_the_current_epoch,
+            the_replay_window_keeps_the_newest_items,
+            items_age_out_of_the_replay_window,
+            ephemeral_notifications_get_no_offset_and_are_not_kept,
+            on_commit_sees_each_stream_in_offset_order_before_completion,
+            a_repeated_key_is_a_duplicate_within_the_window,
+            acks_keep_the_first_of_each_device,
+            push_addresses_replace_per_device_and_move_with_their_token,
+        );
+    };
+    (@each $make:path, $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::store::contract::$name(&$make).await;
+            }
+        )*
+    };
+}
+
+pub(crate) use stream_store_tests;

@@ -1,0 +1,528 @@
+//! [`SqliteStore`]: every concern in one SQLite database, `tidings.db` in the data directory — the embedded
+//! default.
+//!
+//! - **One writer, group commit.** A dedicated thread owns the only writing connection. Writes queue up for it;
+//!   it takes everything waiting (up to [`MAX_OPS_PER_COMMIT`]) into one transaction and commits it, so a burst
+//!   of publishes costs one disk sync, not one each. A publish is answered after its commit.
+//! - **WAL**, with `synchronous` as configured: `FULL` syncs every commit (an acknowledged publish survives power
+//!   loss), `NORMAL` only at checkpoints (it survives a crash of the process, not of the machine; see
+//!   [`Synchronous`]).
+//! - **Readers** (subscribe replays, acks, push addresses) use a small pool of read connections on the blocking
+//!   thread pool; in WAL they never wait for the writer.
+//! - **Fan-out in commit order.** After a commit the writer hands the committed publications to a task on the
+//!   async runtime, which calls their [`OnCommit`](super::OnCommit) (the broker's fan-out) in commit order and
+//!   then completes the publishes.
+//! - **One epoch per database**: every stream's epoch is the database's, drawn when it was created. It changes
+//!   only when history may have been lost: a new database, or (with `NORMAL`) a restart after the machine went
+//!   down without a clean shutdown.
+//! - **Refuses to start** with a message naming the file and the fix when the data directory is not writable,
+//!   another process holds it or the database, or the database is corrupt or from a newer server.
+//!
+//! `rusqlite` with SQLite compiled in (`bundled`): a maintained, synchronous binding that fits the one-writer
+//! design and the workspace's Rust version (sqlx, an async alternative, needs a newer Rust and runs a thread per
+//! connection anyway).
+
+mod schema;
+mod writer;
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use tidings_core::protocol::{NotificationFields, Persistence, Priority, PushPlatform, RawJson};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use self::writer::{Op, Writer};
+use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StoreLimits, StreamStore};
+use crate::config::Synchronous;
+use crate::model::{
+    AckRecord, AppendOutcome, HistoryEntry, HistoryRead, Position, PushRecord, StreamState, encode_notification,
+};
+use crate::util::new_epoch;
+
+/// Most queued writes taken into one transaction.
+pub(crate) const MAX_OPS_PER_COMMIT: usize = 1024;
+/// The database file in the data directory.
+pub const DATABASE_FILE: &str = "tidings.db";
+/// The lock file in the data directory, held by the running server.
+pub const LOCK_FILE: &str = "tidings.lock";
+/// Read connections kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Why the store could not be opened: a message naming the file and the fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(pub String);
+
+/// The SQLite store. See the module documentation.
+pub struct SqliteStore {
+    path: PathBuf,
+    epoch: Arc<str>,
+    limits: StoreLimits,
+    clock: Clock,
+    writer: std::sync::mpsc::Sender<Op>,
+    readers: Arc<ReadPool>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir` and starts its writer. Must be called within a tokio
+    /// runtime (the commit-order fan-out runs there).
+    pub fn open(
+        data_dir: &Path,
+        synchronous: Synchronous,
+        limits: StoreLimits,
+        clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<Self, OpenError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| OpenError("the SQLite store must be opened within a tokio runtime".into()))?;
+        let lock = lock_data_dir(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let (conn, epoch) = open_writer(&path, synchronous).map_err(|e| startup_error(&path, &e))?;
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(writer::complete(done_rx));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer::new(conn, path.clone(), lock, epoch.clone(), limits.clone(), clock.clone(), done_tx);
+        std::thread::Builder::new()
+            .name("tidings-sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| OpenError(format!("cannot start the SQLite writer thread: {e}")))?;
+        info!(path = %path.display(), epoch = %epoch, synchronous = synchronous.as_str(), "SQLite store open");
+        Ok(SqliteStore {
+            readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::new(Vec::new()) }),
+            path,
+            epoch,
+            limits,
+            clock,
+            writer: tx,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.writer.send(op).map_err(|_| StoreError::unavailable("the store is closed"))
+    }
+
+    /// Runs `f` on a read connection, on the blocking thread pool.
+    async fn read_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::unavailable(format!("a read failed: {e}")))?
+    }
+}
+
+/// Creates and locks the data directory; the lock is held until the writer ends.
+fn lock_data_dir(dir: &Path) -> Result<File, OpenError> {
+    let fix_dir = "Fix: make it writable by the user running tidings-server, or choose another directory with \
+                   --data-dir or TIDINGS_DATA_DIR";
+    std::fs::create_dir_all(dir)
+        .map_err(|e| OpenError(format!("cannot create the data directory {}: {e}. {fix_dir}", dir.display())))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let mut lock =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(|e| {
+            OpenError(format!(
+                "the data directory {} is not writable: cannot create {}: {e}. {fix_dir}",
+                dir.display(),
+                lock_path.display()
+            ))
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let by = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            return Err(OpenError(format!(
+                "the data directory {} is in use by another tidings-server{by}: it holds the lock file {}. Fix: stop \
+                 that server, or start this one with another --data-dir",
+                dir.display(),
+                lock_path.display()
+            )));
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(OpenError(format!("cannot lock {}: {e}. {fix_dir}", lock_path.display())));
+        }
+    }
+    let pid = format!("{}\n", std::process::id());
+    let written = lock.set_len(0).and_then(|()| lock.write_all(pid.as_bytes()));
+    if let Err(e) = written {
+        return Err(OpenError(format!("the data directory {} is not writable: {e}. {fix_dir}", dir.display())));
+    }
+    Ok(lock)
+}
+
+/// The message for a database that cannot be opened, by cause.
+fn startup_error(path: &Path, e: &rusqlite::Error) -> OpenError {
+    let db = path.display();
+    OpenError(match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => format!(
+            "the database {db} is corrupt or not a Tidings database ({e}). Fix: move it (with any {db}-wal and \
+             {db}-shm beside it) out of the data directory and restore it from a backup, or start without it: the \
+             server then creates an empty database and clients are told to refetch"
+        ),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
+            "the database {db} is locked by another process ({e}). Fix: stop the process that has it open (an \
+             sqlite3 shell with an open transaction, a backup tool), then start again"
+        ),
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => format!(
+            "cannot write the database {db} ({e}). Fix: make it and its directory writable by the user running \
+             tidings-server, or choose another directory with --data-dir or TIDINGS_DATA_DIR"
+        ),
+        Some(ErrorCode::DiskFull) => {
+            format!("the disk holding {db} is full ({e}). Fix: free some space, then start again")
+        }
+        _ => format!("cannot open the database {db}: {e}"),
+    })
+}
+
+/// Opens the writing connection: pragmas, integrity check, migrations, the epoch. Returns it with the epoch.
+fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<(Connection, Arc<str>)> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(2))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("the database cannot use write-ahead logging (journal mode stays {mode})")),
+        ));
+    }
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("integrity check: {check}")),
+        ));
+    }
+    // A page cache large enough for a whole group commit (the default 2 MiB made big transactions spill pages to
+    // the log and read them back), reads through a memory map, temporary data in memory, the log truncated to
+    // 64 MiB after checkpoints.
+    conn.execute_batch(
+        "PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -65536; \
+         PRAGMA mmap_size = 268435456; PRAGMA synchronous = FULL;",
+    )?;
+    migrate(&mut conn)?;
+    let epoch = start_run(&mut conn, synchronous)?;
+    conn.execute_batch(&format!("PRAGMA synchronous = {}", synchronous.as_str()))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok((conn, epoch))
+}
+
+/// Brings the schema to the version this server writes.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = schema::current_version();
+    if version > known {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!(
+                "it was written by a newer tidings-server (schema version {version}; this one knows up to {known}): \
+                 run that version, or restore a backup"
+            )),
+        ));
+    }
+    for (i, migration) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(migration)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        info!(version = i + 1, "database schema migrated");
+    }
+    tx.commit()
+}
+
+/// The id of this boot of the machine (Linux), to tell a process restart from a machine restart.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// Records the start of a run and returns the epoch: the database's, or a new one when history may have been
+/// lost since the last run (`NORMAL` sync, no clean shutdown, and the machine rebooted meanwhile: the last
+/// commits may not have reached the disk, and clients may have seen offsets the database no longer has).
+fn start_run(conn: &mut Connection, synchronous: Synchronous) -> rusqlite::Result<Arc<str>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let get = |key: &str| -> rusqlite::Result<Option<String>> {
+        tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+    };
+    let (stored, clean, last_boot) = (get("epoch")?, get("clean_shutdown")?, get("boot_id")?);
+    let boot = boot_id();
+    let epoch = match stored {
+        None => new_epoch(),
+        Some(epoch) => {
+            let unclean = clean.as_deref() != Some("1");
+            let rebooted = last_boot.as_deref() != Some(boot.as_str()) || boot.is_empty();
+            if unclean && rebooted && synchronous != Synchronous::Full {
+                let fresh = new_epoch();
+                warn!(
+                    old = %epoch,
+                    new = %fresh,
+                    "the machine restarted without a clean shutdown while commits were not synced to disk \
+                     (synchronous = normal): the last commits may be lost, so clients will be told of a gap (new epoch)"
+                );
+                fresh
+            } else {
+                epoch
+            }
+        }
+    };
+    let mut put = tx.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+    put.execute(params!["epoch", epoch])?;
+    put.execute(params!["clean_shutdown", "0"])?;
+    put.execute(params!["boot_id", boot])?;
+    drop(put);
+    tx.commit()?;
+    Ok(Arc::from(epoch))
+}
+
+/// Read connections, opened on demand and kept for reuse.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => self.open().map_err(|e| writer::classify(&e))?,
+        };
+        let result = f(&conn).map_err(|e| writer::classify(&e));
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch("PRAGMA query_only = 1; PRAGMA mmap_size = 268435456;")?;
+        Ok(conn)
+    }
+
+    fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Reads a stream's state and replayable notifications (see [`StreamStore::read`]).
+fn read_history(
+    conn: &Connection,
+    epoch: &Arc<str>,
+    limits: &StoreLimits,
+    now: u64,
+    stream: &str,
+    since: Option<(String, u64)>,
+) -> rusqlite::Result<HistoryRead> {
+    // One read transaction: the head and the entries come from the same snapshot.
+    let snapshot = conn.unchecked_transaction()?;
+    let read = read_snapshot(&snapshot, epoch, limits, now, stream, since);
+    snapshot.finish()?;
+    read
+}
+
+fn read_snapshot(
+    conn: &Connection,
+    epoch: &Arc<str>,
+    limits: &StoreLimits,
+    now: u64,
+    stream: &str,
+    since: Option<(String, u64)>,
+) -> rusqlite::Result<HistoryRead> {
+    let found: Option<(i64, u64)> = conn
+        .prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?
+        .query_row([stream], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((sid, head)) = found else {
+        return Ok(HistoryRead {
+            state: StreamState { epoch: epoch.clone(), head: 0, oldest: 1 },
+            entries: Vec::new(),
+        });
+    };
+    // The replayable window: the newest offsets, one by one from the head down, at most `replay_max_items` of
+    // them and none older than `replay_max_age`.
+    let low = head.saturating_sub(limits.replay_max_items as u64) + 1;
+    let age_cut = now.saturating_sub(limits.replay_max_age.as_millis() as u64);
+    let mut oldest = head + 1;
+    {
+        let mut window = conn.prepare_cached(
+            "SELECT offset, created_at FROM entries WHERE sid = ?1 AND offset >= ?2 ORDER BY offset DESC",
+        )?;
+        let mut rows = window.query(params![sid, low])?;
+        while let Some(row) = rows.next()? {
+            let (offset, created_at): (u64, u64) = (row.get(0)?, row.get(1)?);
+            if offset + 1 != oldest || created_at < age_cut {
+                break;
+            }
+            oldest = offset;
+        }
+    }
+    let state = StreamState { epoch: epoch.clone(), head, oldest };
+    let Some((requested_epoch, offset)) = since else { return Ok(HistoryRead { state, entries: Vec::new() }) };
+    let after = if *requested_epoch == **epoch && offset <= head { offset } else { 0 };
+    let from = (after + 1).max(oldest);
+    let mut entries = Vec::new();
+    if from <= head {
+        let mut select = conn.prepare_cached(
+            "SELECT e.offset, n.id, n.type, n.priority, n.persistence, n.title, n.body, n.data, n.grp, n.created_at \
+             FROM entries e JOIN notifications n ON n.seq = e.seq \
+             WHERE e.sid = ?1 AND e.offset >= ?2 AND e.offset <= ?3 ORDER BY e.offset",
+        )?;
+        let mut rows = select.query(params![sid, from, head])?;
+        while let Some(row) = rows.next()? {
+            let offset: u64 = row.get(0)?;
+            let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
+            let data: Option<String> = row.get(7)?;
+            let fields = NotificationFields {
+                id: text(1)?,
+                stream: String::new(),
+                offset: None,
+                epoch: String::new(),
+                kind: text(2)?,
+                priority: Priority::parse(&text(3)?).unwrap_or(Priority::Important),
+                persistence: Persistence::parse(&text(4)?).unwrap_or(Persistence::Bufferable),
+                title: row.get(5)?,
+                body: row.get(6)?,
+                data: data.and_then(|d| RawJson::from_string(d).ok()),
+                group: row.get(8)?,
+                created_at: row.get(9)?,
+            };
+            entries.push(HistoryEntry { offset, frame: encode_notification(&fields, stream, epoch, Some(offset)) });
+        }
+    }
+    Ok(HistoryRead { state, entries })
+}
+
+/// Waits for a writer's answer; a writer that went away means the store closed.
+async fn answer<T>(rx: oneshot::Receiver<T>) -> Result<T, StoreError> {
+    rx.await.map_err(|_| StoreError::unavailable("the store closed before answering"))
+}
+
+impl StreamStore for SqliteStore {
+    fn append<'a>(&'a self, batch: Vec<Append>) -> BoxFuture<'a, Vec<Result<AppendOutcome, StoreError>>> {
+        Box::pin(async move {
+            let n = batch.len();
+            let (reply, rx) = oneshot::channel();
+            if let Err(e) = self.send(Op::Append { batch, reply }) {
+                return vec![Err(e); n];
+            }
+            answer(rx).await.unwrap_or_else(|e| vec![Err(e); n])
+        })
+    }
+
+    fn epoch<'a>(&'a self, _stream: &'a str) -> BoxFuture<'a, Result<Arc<str>, StoreError>> {
+        super::ready(Ok(self.epoch.clone()))
+    }
+
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        since: Option<Position<'a>>,
+    ) -> BoxFuture<'a, Result<HistoryRead, StoreError>> {
+        let (epoch, limits, now) = (self.epoch.clone(), self.limits.clone(), (self.clock)());
+        let stream = stream.to_owned();
+        let since = since.map(|(e, o)| (e.to_owned(), o));
+        Box::pin(self.read_with(move |conn| read_history(conn, &epoch, &limits, now, &stream, since)))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.readers.clear();
+            let (reply, rx) = oneshot::channel();
+            if self.send(Op::Close { reply }).is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+impl AckStore for SqliteStore {
+    fn record<'a>(
+        &'a self,
+        user: &'a Arc<str>,
+        device: &'a Arc<str>,
+        ids: &'a [String],
+        at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::Acks { user: user.clone(), device: device.clone(), ids: ids.to_vec(), at: at_ms, reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn acks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<AckRecord>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.read_with(move |conn| {
+            let mut select = conn.prepare_cached("SELECT user, device, at FROM acks WHERE id = ?1 ORDER BY rowid")?;
+            let rows = select.query_map([id], |r| {
+                Ok(AckRecord {
+                    user: Arc::from(r.get::<_, String>(0)?),
+                    device: Arc::from(r.get::<_, String>(1)?),
+                    at: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        }))
+    }
+}
+
+impl DeviceStore for SqliteStore {
+    fn register_push<'a>(&'a self, user: &'a str, record: PushRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::RegisterPush { user: user.to_owned(), record, reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StoreError>> {
+        let user = user.to_owned();
+        Box::pin(self.read_with(move |conn| {
+            let mut select = conn.prepare_cached(
+                "SELECT device, platform, token, registered_at FROM push_addresses WHERE user = ?1 \
+                 ORDER BY registered_at, device",
+            )?;
+            let rows = select.query_map([user], |r| {
+                let platform: String = r.get(1)?;
+                Ok(PushRecord {
+                    device: Arc::from(r.get::<_, String>(0)?),
+                    platform: PushPlatform::parse(&platform).unwrap_or(PushPlatform::Fcm),
+                    token: r.get(2)?,
+                    registered_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The SQLite store: the shared contract, and what only a durable store does.
+
+use std::sync::atomic::Ordering;
+
+use tidings_core::protocol::Persistence;
+
+use super::*;
+use crate::store::Stores;
+use crate::store::contract::{self, Clock, Guard, append, clock, limits, publication};
+
+fn make(limits: StoreLimits, clock: Clock) -> (Stores, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Synchronous::Full, limits, clock).expect("the store opens");
+    (Stores::sqlite(store), Box::new(dir))
+}
+
+mod shared {
+    use super::*;
+
+    crate::store::contract::stream_store_tests!(make);
+}
+
+fn open(dir: &Path, synchronous: Synchronous, clock: Clock) -> Result<SqliteStore, OpenError> {
+    SqliteStore::open(dir, synchronous, limits(100), clock)
+}
+
+fn count(path: &Path, sql: &str) -> i64 {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_epoch_and_keys_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000_000);
+    let store = open(dir.path(), Synchronous::Full, clock.clone()).unwrap();
+    let stores = Stores::sqlite(store);
+    append(&stores, vec![contract::keyed("k1", &["user:a"], 1_000_000)]).await;
+    append(&stores, vec![publication("n2", &["user:a"], Persistence::Persistent, 1_000_000)]).await;
+    stores
+        .devices
+        .register_push(
+            "a",
+            PushRecord {
+                device: Arc::from("phone"),
+                platform: PushPlatform::Apns,
+                token: "tok".into(),
+                registered_at: 5,
+            },
+        )
+        .await
+        .unwrap();
+    let epoch = stores.streams.epoch("user:a").await.unwrap();
+    stores.streams.close().await;
+    drop(stores);
+
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock).unwrap());
+    assert_eq!(stores.streams.epoch("user:a").await.unwrap(), epoch, "the same epoch after a restart");
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!((read.state.head, read.entries.len()), (2, 2));
+    assert!(read.entries[1].frame.as_str().contains(r#""persistence":"persistent""#));
+    let again = append(&stores, vec![contract::keyed("k1", &["user:a"], 1_000_000)]).await;
+    assert!(matches!(&again[0], AppendOutcome::Duplicate(d) if d[0].offset == Some(1)), "{again:?}");
+    let next = append(&stores, vec![publication("n3", &["user:a"], Persistence::Bufferable, 1_000_000)]).await;
+    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(3)));
+    let devices = stores.devices.push_addresses("a").await.unwrap();
+    assert_eq!((&*devices[0].device, devices[0].platform), ("phone", PushPlatform::Apns));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bufferable_notifications_beyond_the_window_are_deleted_persistent_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, now) = clock(1_000_000);
+    let mut l = limits(3);
+    l.persistent_retention = Duration::from_secs(3600);
+    let stores = Stores::sqlite(SqliteStore::open(dir.path(), Synchronous::Full, l, clock).unwrap());
+    for i in 1..=6 {
+        let persistence = if i == 2 { Persistence::Persistent } else { Persistence::Bufferable };
+        append(&stores, vec![publication(&format!("n{i}"), &["user:a", "topic:t"], persistence, 1_000_000)]).await;
+    }
+    let db = dir.path().join(DATABASE_FILE);
+    // Offsets 4..=6 replayable; 1 and 3 gone; 2 (persistent) kept beyond the window, on both streams.
+    assert_eq!(count(&db, "SELECT count(*) FROM entries"), 8);
+    assert_eq!(count(&db, "SELECT count(*) FROM notifications"), 4, "contents go with their last entry");
+    let epoch = stores.streams.epoch("user:a").await.unwrap();
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!(read.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(read.state.oldest, 4);
+    // Past the replay age the bufferable ones go at the next pruning; the persistent one stays for its retention.
+    now.store(1_000_000 + 61_000, Ordering::SeqCst);
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!((read.state.oldest, read.entries.len()), (7, 0), "nothing replayable, whatever is still stored");
+    stores.streams.close().await;
+    drop(stores);
+    let (clock, now) = contract::clock(1_000_000 + 61_000);
+    let stores = Stores::sqlite(SqliteStore::open(dir.path(), Synchronous::Full, limits(3), clock).unwrap());
+    // The writer prunes on its own every few seconds; the first round comes after MAINTENANCE_EVERY.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&db, "SELECT count(*) FROM entries") != 2 {
+        assert!(std::time::Instant::now() < deadline, "pruning did not happen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM notifications"), 1);
+    now.store(1_000_000 + 3_601_000, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&db, "SELECT count(*) FROM notifications") != 0 {
+        assert!(std::time::Instant::now() < deadline, "the persistent notification outlived its retention");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stores);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000);
+    let first = open(dir.path(), Synchronous::Full, clock.clone()).unwrap();
+    let e = open(dir.path(), Synchronous::Full, clock.clone()).unwrap_err().0;
+    assert!(e.contains("is in use by another tidings-server"), "{e}");
+    assert!(e.contains(&format!("(pid {})", std::process::id())), "{e}");
+    assert!(e.contains(&dir.path().join(LOCK_FILE).display().to_string()) && e.contains("Fix:"), "{e}");
+    first.close().await;
+    drop(first);
+    open(dir.path(), Synchronous::Full, clock).expect("free again after a close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_database_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DATABASE_FILE);
+    std::fs::write(&db, vec![b'x'; 8192]).unwrap();
+    let (clock, _) = clock(1_000);
+    let e = open(dir.path(), Synchronous::Full, clock).unwrap_err().0;
+    assert!(e.starts_with(&format!("the database {} is corrupt or not a Tidings database", db.display())), "{e}");
+    assert!(e.contains("Fix: move it"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000_000);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock.clone()).unwrap());
+    for i in 0..200 {
+        append(&stores, vec![publication(&format!("n{i}"), &["user:a"], Persistence::Persistent, 1_000_000)]).await;
+    }
+    stores.streams.close().await;
+    drop(stores);
+    let db = dir.path().join(DATABASE_FILE);
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 4 * 4096, "several pages");
+    // Scribble over everything after the first page: the header is intact, the tables are not.
+    for b in &mut bytes[4096..] {
+        *b = 0x5a;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let e = open(dir.path(), Synchronous::Full, clock).unwrap_err().0;
+    assert!(e.contains("is corrupt or not a Tidings database"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_server_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000);
+    open(dir.path(), Synchronous::Full, clock.clone()).unwrap().close().await;
+    let db = dir.path().join(DATABASE_FILE);
+    Connection::open(&db).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    let e = open(dir.path(), Synchronous::Full, clock).unwrap_err().0;
+    assert!(e.contains("written by a newer tidings-server (schema version 99"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000);
+    open(dir.path(), Synchronous::Full, clock.clone()).unwrap().close().await;
+    let db = dir.path().join(DATABASE_FILE);
+    // Another connection (as an sqlite3 shell would) holds an exclusive transaction.
+    let other = Connection::open(&db).unwrap();
+    other.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;").unwrap();
+    let e = open(dir.path(), Synchronous::Full, clock).unwrap_err().0;
+    assert!(e.starts_with(&format!("the database {} is locked by another process", db.display())), "{e}");
+    assert!(e.contains("Fix: stop the process"), "{e}");
+    drop(other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_normal_sync_an_unclean_stop_across_a_reboot_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DATABASE_FILE);
+    let (clock, _) = clock(1_000);
+    // How the last run ended, as the next start finds it: a crash leaves `clean_shutdown` at 0.
+    let last_run = |clean: bool, boot: &str| {
+        let conn = Connection::open(&db).unwrap();
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'clean_shutdown'", [if clean { "1" } else { "0" }])
+            .unwrap();
+        if !boot.is_empty() {
+            conn.execute("UPDATE meta SET value = ?1 WHERE key = 'boot_id'", [boot]).unwrap();
+        }
+    };
+    let run = |synchronous| {
+        let clock = clock.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let store = open(&dir, synchronous, clock).unwrap();
+            let epoch = store.epoch.clone();
+            store.close().await;
+            epoch
+        }
+    };
+    let epoch = run(Synchronous::Normal).await;
+    last_run(true, "another-boot");
+    assert_eq!(run(Synchronous::Normal).await, epoch, "a clean stop keeps the epoch, even across a reboot");
+    last_run(false, "");
+    assert_eq!(
+        run(Synchronous::Normal).await,
+        epoch,
+        "a process crash on the same boot keeps it: the OS kept the writes"
+    );
+    last_run(false, "another-boot");
+    let fresh = run(Synchronous::Normal).await;
+    assert_ne!(fresh, epoch, "a crash across a reboot may have lost unsynced commits: a new epoch");
+    last_run(false, "another-boot");
+    assert_eq!(run(Synchronous::Full).await, fresh, "with FULL every commit was on disk: the epoch stays");
+}

@@ -1,0 +1,545 @@
+//! The writer thread of the SQLite store: group commit, then commit-order hand-off to the async runtime.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{Clock, MAX_OPS_PER_COMMIT};
+use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
+use crate::store::{Append, StoreError, StoreLimits};
+
+/// How often the writer prunes what aged out (and at the latest after this long under load); shorter in this
+/// crate's unit tests, which wait for it.
+const MAINTENANCE_EVERY: Duration = if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(5) };
+/// Most rows pruned per maintenance transaction, so that pruning never holds publishes back for long.
+const PRUNE_CHUNK: usize = 5_000;
+/// Streams whose id and head the writer keeps in memory.
+const CACHED_STREAMS: usize = 100_000;
+/// How often the checkpointer moves what the write-ahead log holds into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// A write for the writer thread.
+pub(super) enum Op {
+    Append { batch: Vec<Append>, reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>> },
+    Acks { user: Arc<str>, device: Arc<str>, ids: Vec<String>, at: u64, reply: oneshot::Sender<Result<(), StoreError>> },
+    RegisterPush { user: String, record: PushRecord, reply: oneshot::Sender<Result<(), StoreError>> },
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// Where one publication was committed: `(stream, offset)` per stream (no offset for an ephemeral one).
+type Placed = Vec<(Arc<str>, Option<u64>)>;
+
+/// A committed `Op::Append`, on its way to the runtime: each publication with where it went, then the answer.
+pub(super) struct Completed {
+    fan_out: Vec<(Append, Placed)>,
+    epoch: Arc<str>,
+    results: Vec<Result<AppendOutcome, StoreError>>,
+    reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>,
+}
+
+/// Runs on the async runtime: encodes each committed publication's frames and hands them to the broker, in commit
+/// order, then answers the publishes. (Encoding here keeps it off the writer thread, which only writes.)
+pub(super) async fn complete(mut rx: mpsc::UnboundedReceiver<Vec<Completed>>) {
+    while let Some(batch) = rx.recv().await {
+        for done in batch {
+            for (append, placed) in done.fan_out {
+                let Append { publication: p, mut on_commit } = append;
+                for (stream, offset) in placed {
+                    let frame = p.encode(&stream, &done.epoch, offset);
+                    on_commit(&Committed { id: p.id.clone(), stream, epoch: done.epoch.clone(), offset, frame });
+                }
+            }
+            let _ = done.reply.send(done.results);
+        }
+    }
+}
+
+/// Maps a SQLite error to a store error.
+pub(super) fn classify(e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::full(format!("no space left for the database: {e}")),
+        _ => StoreError::unavailable(format!("database error: {e}")),
+    }
+}
+
+/// The writer: owns the only writing connection and the lock on the data directory.
+pub(super) struct Writer {
+    conn: Connection,
+    path: std::path::PathBuf,
+    state: State,
+    done: mpsc::UnboundedSender<Vec<Completed>>,
+    /// Held for as long as the writer lives: no other server can open the data directory.
+    _lock: File,
+}
+
+/// What the writer knows besides its connection.
+struct State {
+    epoch: Arc<str>,
+    limits: StoreLimits,
+    clock: Clock,
+    /// Committed `(sid, head)` of recently written streams.
+    streams: HashMap<String, (i64, u64)>,
+}
+
+/// What one operation did inside the transaction, to be acted on after the commit.
+enum Applied {
+    Append(Vec<(AppendOutcome, Placed)>),
+    Done,
+}
+
+/// A stream's id and head as the transaction sees them; `dirty` when the head moved in it.
+#[derive(Clone, Copy)]
+struct Staged {
+    sid: i64,
+    head: u64,
+    dirty: bool,
+}
+
+/// The statements of a publish transaction, prepared once per transaction.
+struct Statements<'t> {
+    find_stream: rusqlite::CachedStatement<'t>,
+    insert_stream: rusqlite::CachedStatement<'t>,
+    set_head: rusqlite::CachedStatement<'t>,
+    insert_notification: rusqlite::CachedStatement<'t>,
+    insert_entry: rusqlite::CachedStatement<'t>,
+    drop_entry: rusqlite::CachedStatement<'t>,
+    find_key: rusqlite::CachedStatement<'t>,
+    put_key: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Statements<'t> {
+    fn prepare(tx: &'t Connection) -> rusqlite::Result<Self> {
+        Ok(Statements {
+            find_stream: tx.prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?,
+            insert_stream: tx.prepare_cached("INSERT INTO streams (name, head) VALUES (?1, 0)")?,
+            set_head: tx.prepare_cached("UPDATE streams SET head = ?2 WHERE sid = ?1")?,
+            insert_notification: tx.prepare_cached(
+                "INSERT INTO notifications (id, type, priority, persistence, title, body, data, grp, created_at, refs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+            insert_entry: tx.prepare_cached(
+                "INSERT INTO entries (sid, offset, seq, persistence, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+            drop_entry: tx.prepare_cached(
+                "DELETE FROM entries WHERE sid = ?1 AND offset = ?2 AND persistence = 'bufferable' RETURNING seq",
+            )?,
+            find_key: tx.prepare_cached("SELECT at, deliveries FROM idempotency WHERE key = ?1")?,
+            put_key: tx
+                .prepare_cached("INSERT OR REPLACE INTO idempotency (key, at, deliveries) VALUES (?1, ?2, ?3)")?,
+        })
+    }
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        path: std::path::PathBuf,
+        lock: File,
+        epoch: Arc<str>,
+        limits: StoreLimits,
+        clock: Clock,
+        done: mpsc::UnboundedSender<Vec<Completed>>,
+    ) -> Self {
+        Writer { conn, path, state: State { epoch, limits, clock, streams: HashMap::new() }, done, _lock: lock }
+    }
+
+    /// Takes what is waiting, commits it, repeats; prunes now and then; ends on `Op::Close` or when every sender
+    /// is gone.
+    pub(super) fn run(mut self, rx: Receiver<Op>) {
+        let checkpointer = Checkpointer::start(&self.path);
+        if checkpointer.running()
+            && let Err(e) = self.conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+        {
+            warn!(error = %e, "the writer keeps checkpointing itself");
+        }
+        let mut last_maintenance = Instant::now();
+        let mut close = None;
+        while close.is_none() {
+            let first = match rx.recv_timeout(MAINTENANCE_EVERY) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maintain();
+                    last_maintenance = Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_OPS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(i) = ops.iter().position(|op| matches!(op, Op::Close { .. })) {
+                // Everything queued before the close is still written; anything after it is refused.
+                for late in ops.split_off(i + 1) {
+                    refuse(late, StoreError::unavailable("the store is closing"));
+                }
+                if let Some(Op::Close { reply }) = ops.pop() {
+                    close = Some(reply);
+                }
+            }
+            if !ops.is_empty() {
+                self.commit(ops);
+            }
+            if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                self.maintain();
+                last_maintenance = Instant::now();
+            }
+        }
+        checkpointer.stop();
+        self.finish();
+        // The connection and the lock are released before the close is answered.
+        drop(self);
+        if let Some(reply) = close {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Commits `ops` in one transaction and hands their results on; on failure nothing of them is kept and each
+    /// gets the error.
+    fn commit(&mut self, ops: Vec<Op>) {
+        let mut staged: HashMap<String, Staged> = HashMap::new();
+        let started = Instant::now();
+        let result = (|| -> rusqlite::Result<Vec<Applied>> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = (self.state.clock)();
+            let mut applied = Vec::with_capacity(ops.len());
+            {
+                let mut statements = None;
+                for op in &ops {
+                    applied.push(self.state.apply(&tx, &mut statements, op, now, &mut staged)?);
+                }
+                // Each stream's head is written once per commit, however many notifications it got.
+                if let Some(st) = statements.as_mut() {
+                    for s in staged.values().filter(|s| s.dirty) {
+                        st.set_head.execute(params![s.sid, s.head])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(applied)
+        })();
+        match result {
+            Ok(applied) => {
+                if self.state.streams.len() + staged.len() > CACHED_STREAMS {
+                    self.state.streams.clear();
+                }
+                self.state.streams.extend(staged.into_iter().map(|(name, s)| (name, (s.sid, s.head))));
+                debug!(ops = ops.len(), micros = started.elapsed().as_micros() as u64, "committed");
+                let mut completed = Vec::new();
+                for (op, applied) in ops.into_iter().zip(applied) {
+                    match (op, applied) {
+                        (Op::Append { batch, reply }, Applied::Append(outcomes)) => {
+                            let mut fan_out = Vec::with_capacity(batch.len());
+                            let mut results = Vec::with_capacity(batch.len());
+                            for (append, (outcome, placed)) in batch.into_iter().zip(outcomes) {
+                                fan_out.push((append, placed));
+                                results.push(Ok(outcome));
+                            }
+                            let epoch = self.state.epoch.clone();
+                            completed.push(Completed { fan_out, epoch, results, reply });
+                        }
+                        (Op::RegisterPush { reply, .. } | Op::Acks { reply, .. }, _) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => {}
+                    }
+                }
+                if !completed.is_empty() {
+                    let _ = self.done.send(completed);
+                }
+            }
+            Err(e) => {
+                let error = classify(&e);
+                warn!(error = %e, ops = ops.len(), "a commit failed; nothing of it was stored");
+                for op in ops {
+                    refuse(op, error.clone());
+                }
+            }
+        }
+    }
+
+    /// Prunes what aged out: notifications past the replay age (bufferable) or the retention (persistent), expired
+    /// idempotency keys, old acks. In bounded chunks, each its own transaction.
+    fn maintain(&mut self) {
+        let now = (self.state.clock)();
+        let limits = &self.state.limits;
+        let cutoffs = [
+            ("bufferable", now.saturating_sub(limits.replay_max_age.as_millis() as u64)),
+            ("persistent", now.saturating_sub(limits.persistent_retention.as_millis() as u64)),
+        ];
+        let idempotency_cut = now.saturating_sub(limits.idempotency_window.as_millis() as u64);
+        let acks_cut = now.saturating_sub(limits.ack_retention.as_millis() as u64);
+        let result = (|| -> rusqlite::Result<usize> {
+            let mut pruned = 0;
+            for (persistence, cut) in cutoffs {
+                loop {
+                    let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let old: Vec<(i64, u64, i64)> = tx
+                        .prepare_cached(
+                            "SELECT sid, offset, seq FROM entries WHERE persistence = ?1 AND created_at < ?2 LIMIT ?3",
+                        )?
+                        .query_map(params![persistence, cut, PRUNE_CHUNK], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    for &(sid, offset, seq) in &old {
+                        tx.prepare_cached("DELETE FROM entries WHERE sid = ?1 AND offset = ?2")?
+                            .execute(params![sid, offset])?;
+                        release(&tx, seq)?;
+                    }
+                    tx.commit()?;
+                    pruned += old.len();
+                    if old.len() < PRUNE_CHUNK {
+                        break;
+                    }
+                }
+            }
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            pruned += tx.execute("DELETE FROM idempotency WHERE at < ?1", [idempotency_cut])?;
+            pruned += tx.execute(
+                "DELETE FROM acks WHERE (id, user, device) IN (SELECT id, user, device FROM acks WHERE at < ?1 LIMIT ?2)",
+                params![acks_cut, PRUNE_CHUNK * 10],
+            )?;
+            tx.commit()?;
+            Ok(pruned)
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(pruned) => debug!(pruned, "pruned what aged out"),
+            Err(e) => warn!(error = %e, "pruning failed; it is retried later"),
+        }
+    }
+
+    /// At a clean shutdown: checkpoints the write-ahead log and records the clean end (synced to disk whatever the
+    /// `synchronous` setting).
+    fn finish(&mut self) {
+        let result = self.conn.execute_batch(
+            "PRAGMA synchronous = FULL; \
+             INSERT OR REPLACE INTO meta (key, value) VALUES ('clean_shutdown', '1'); \
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        );
+        if let Err(e) = result {
+            warn!(error = %e, "the database could not be closed cleanly");
+        }
+    }
+}
+
+/// A thread with its own connection that checkpoints the write-ahead log (`PASSIVE`: it never blocks the writer or
+/// readers) every [`CHECKPOINT_EVERY`], so that copying pages into the database file — and, with `synchronous =
+/// normal`, its disk sync — stays out of the writer's commits (the writer's own automatic checkpoints are off).
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path) -> Checkpointer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("tidings-sqlite-checkpoint".into())
+            .spawn(move || {
+                let conn = match Connection::open(&path) {
+                    Ok(conn) => conn,
+                    Err(e) => return warn!(error = %e, "the checkpointer cannot open the database"),
+                };
+                let _ = conn.busy_timeout(Duration::from_millis(100));
+                loop {
+                    std::thread::park_timeout(CHECKPOINT_EVERY);
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        debug!(error = %e, "checkpoint skipped");
+                    }
+                }
+            })
+            .map_err(|e| warn!(error = %e, "cannot start the checkpointer; the writer checkpoints itself"))
+            .ok();
+        Checkpointer { stop, thread }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.is_some()
+    }
+}
+
+/// Answers an operation that was not stored.
+fn refuse(op: Op, error: StoreError) {
+    match op {
+        Op::Append { batch, reply } => {
+            let _ = reply.send(vec![Err(error); batch.len()]);
+        }
+        Op::RegisterPush { reply, .. } | Op::Acks { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Close { reply } => {
+            let _ = reply.send(());
+        }
+    }
+}
+
+/// Drops one entry's reference to a notification's content, deleting the content with its last entry.
+fn release(tx: &Connection, seq: i64) -> rusqlite::Result<()> {
+    let refs: Option<i64> = tx
+        .prepare_cached("UPDATE notifications SET refs = refs - 1 WHERE seq = ?1 RETURNING refs")?
+        .query_row([seq], |r| r.get(0))
+        .optional()?;
+    if refs.is_some_and(|r| r <= 0) {
+        tx.prepare_cached("DELETE FROM notifications WHERE seq = ?1")?.execute([seq])?;
+    }
+    Ok(())
+}
+
+impl State {
+    fn apply<'t>(
+        &self,
+        tx: &'t Connection,
+        statements: &mut Option<Statements<'t>>,
+        op: &Op,
+        now: u64,
+        staged: &mut HashMap<String, Staged>,
+    ) -> rusqlite::Result<Applied> {
+        match op {
+            Op::Append { batch, .. } => {
+                if statements.is_none() {
+                    *statements = Some(Statements::prepare(tx)?);
+                }
+                let st = statements.as_mut().expect("prepared above");
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for append in batch {
+                    outcomes.push(self.append(tx, st, &append.publication, now, staged)?);
+                }
+                Ok(Applied::Append(outcomes))
+            }
+            Op::Acks { user, device, ids, at, .. } => {
+                let mut insert =
+                    tx.prepare_cached("INSERT OR IGNORE INTO acks (id, user, device, at) VALUES (?1, ?2, ?3, ?4)")?;
+                for id in ids {
+                    insert.execute(params![id, &**user, &**device, at])?;
+                }
+                Ok(Applied::Done)
+            }
+            Op::RegisterPush { user, record, .. } => {
+                tx.prepare_cached("DELETE FROM push_addresses WHERE user = ?1 AND (device = ?2 OR token = ?3)")?
+                    .execute(params![user, &*record.device, record.token])?;
+                tx.prepare_cached(
+                    "INSERT INTO push_addresses (user, device, platform, token, registered_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![user, &*record.device, record.platform.as_str(), record.token, record.registered_at])?;
+                Ok(Applied::Done)
+            }
+            Op::Close { .. } => Ok(Applied::Done),
+        }
+    }
+
+    /// The id and (staged) head of `stream`, creating it at head 0.
+    fn stream<'s>(
+        &self,
+        tx: &Connection,
+        st: &mut Statements<'_>,
+        name: &str,
+        staged: &'s mut HashMap<String, Staged>,
+    ) -> rusqlite::Result<&'s mut Staged> {
+        if !staged.contains_key(name) {
+            let known = match self.streams.get(name) {
+                Some(&(sid, head)) => (sid, head),
+                None => match st.find_stream.query_row([name], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+                    Some(known) => known,
+                    None => {
+                        st.insert_stream.execute([name])?;
+                        (tx.last_insert_rowid(), 0)
+                    }
+                },
+            };
+            staged.insert(name.to_owned(), Staged { sid: known.0, head: known.1, dirty: false });
+        }
+        Ok(staged.get_mut(name).expect("inserted above"))
+    }
+
+    fn append(
+        &self,
+        tx: &Connection,
+        st: &mut Statements<'_>,
+        p: &Arc<Publication>,
+        now: u64,
+        staged: &mut HashMap<String, Staged>,
+    ) -> rusqlite::Result<(AppendOutcome, Placed)> {
+        if p.idempotent {
+            let seen: Option<(u64, String)> =
+                st.find_key.query_row([&*p.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            let window = self.limits.idempotency_window.as_millis() as u64;
+            if let Some((at, deliveries)) = seen
+                && now.saturating_sub(at) < window
+            {
+                let deliveries: Vec<Delivery> = serde_json::from_str(&deliveries).unwrap_or_default();
+                return Ok((AppendOutcome::Duplicate(deliveries), Vec::new()));
+            }
+        }
+        let f = &p.fields;
+        let seq: Option<i64> = if p.is_buffered() {
+            st.insert_notification.execute(params![
+                &*p.id,
+                f.kind,
+                f.priority.as_str(),
+                f.persistence.as_str(),
+                f.title,
+                f.body,
+                f.data.as_ref().map(|d| d.get()),
+                f.group,
+                f.created_at,
+                p.streams.len() as i64,
+            ])?;
+            Some(tx.last_insert_rowid())
+        } else {
+            None
+        };
+        let max = self.limits.replay_max_items as u64;
+        let mut deliveries = Vec::with_capacity(p.streams.len());
+        let mut placed = Vec::with_capacity(p.streams.len());
+        for stream in &p.streams {
+            let offset = match seq {
+                Some(seq) => {
+                    let s = self.stream(tx, st, stream, staged)?;
+                    s.head += 1;
+                    s.dirty = true;
+                    let (sid, offset) = (s.sid, s.head);
+                    st.insert_entry.execute(params![sid, offset, seq, f.persistence.as_str(), f.created_at])?;
+                    // The bufferable notification that just left the replay window by count is not kept.
+                    if offset > max {
+                        let gone: Option<i64> =
+                            st.drop_entry.query_row(params![sid, offset - max], |r| r.get(0)).optional()?;
+                        if let Some(gone) = gone {
+                            release(tx, gone)?;
+                        }
+                    }
+                    Some(offset)
+                }
+                None => None,
+            };
+            placed.push((Arc::from(stream.as_str()), offset));
+            deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset });
+        }
+        if p.idempotent {
+            let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
+            st.put_key.execute(params![&*p.id, now, json])?;
+        }
+        Ok((AppendOutcome::Appended(deliveries), placed))
+    }
+}
