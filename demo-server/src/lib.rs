@@ -91,14 +91,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     start_with_stores(config, stores).await
 }
 
-/// Installs ring as rustls' process-wide crypto provider unless one is installed already (as the core's native
-/// driver does for `wss:`). The push senders choose ring explicitly, but they link reqwest with rustls and no
-/// default provider, so any other `reqwest::Client` in the process (tests, tools) needs a process default:
-/// [`start`] installs it.
+/// Makes sure rustls has a process-wide crypto provider: unless one is installed already, the one rustls' crate
+/// features name — ring, the only provider this workspace enables — which rustls installs on the first
+/// `ClientConfig::builder()`. The push senders, reqwest (linked with rustls and no provider of its own) and the
+/// core's `wss` client all use the process's provider; [`start`] calls this.
 pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::ClientConfig::builder();
+        }
     });
 }
 
@@ -131,7 +133,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
     });
     let mut server =
         RunningServer { node: node.clone(), local_addr, serve: Some(serve), stop: Some(stop_tx), demo: None };
-    server.demo = node.config.demo.then(|| {
+    server.demo = (node.config.demo && node.config.demo_publisher).then(|| {
         tokio::spawn(demo::run_demo(demo::DemoContext {
             publisher: server.publisher(),
             ws_url: server.ws_url(),

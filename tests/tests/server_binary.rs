@@ -114,7 +114,7 @@ async fn the_binary_logs_json_and_drains_on_sigterm() {
     assert_eq!(connected["user"], "alice", "{connected}");
     // A notification through the HTTP API, to be sure the server serves (reqwest's rustls takes the process's
     // provider: ring, as everywhere in the workspace).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tidings_server::install_crypto_provider();
     let reply = reqwest::Client::new()
         .post(format!("{http}/v1/publish"))
         .bearer_auth(API_KEY)

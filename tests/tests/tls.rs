@@ -33,7 +33,7 @@ async fn tls_terminator(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> u16 {
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    tidings_server::install_crypto_provider();
     let config =
         tokio_rustls::rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));

@@ -18,6 +18,11 @@
 //! client.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! `wss` runs on rustls with the process-wide `CryptoProvider`: the one the application installed, else ring
+//! (the only provider this crate enables; rustls installs it on first use). An application whose dependencies
+//! enable another provider too (aws-lc-rs) installs one itself at start, as rustls requires of every program
+//! that links two: `rustls::crypto::CryptoProvider::install_default`.
 
 mod file_store;
 
@@ -810,14 +815,6 @@ async fn poll_opt<T>(fut: &mut Option<BoxFuture<'static, T>>) -> T {
     }
 }
 
-/// Installs ring as rustls' process-wide crypto provider unless the application installed one already.
-fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 /// The TLS settings for `wss` with the extra roots (`None` when there are none: tokio-tungstenite's defaults).
 fn tls_config(extra_roots: &[String]) -> Result<Option<Arc<rustls::ClientConfig>>, ClientError> {
     use rustls::pki_types::CertificateDer;
@@ -825,7 +822,6 @@ fn tls_config(extra_roots: &[String]) -> Result<Option<Arc<rustls::ClientConfig>
     if extra_roots.is_empty() {
         return Ok(None);
     }
-    ensure_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for (i, pem) in extra_roots.iter().enumerate() {
@@ -843,6 +839,8 @@ fn tls_config(extra_roots: &[String]) -> Result<Option<Arc<rustls::ClientConfig>
             )));
         }
     }
+    // rustls' rule for libraries: the process-wide provider — the application's if it installed one, else the one
+    // rustls' crate features name (ring: the only provider this crate enables), which `builder()` installs.
     let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     Ok(Some(Arc::new(config)))
 }
@@ -862,9 +860,6 @@ async fn open(
     config: WebSocketConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Ws, TransportFailure> {
-    if url.starts_with("wss:") {
-        ensure_crypto_provider();
-    }
     let mut request = url.as_str().into_client_request().map_err(|e| TransportFailure {
         http_status: Some(400),
         retry_after: None,

@@ -65,14 +65,12 @@ impl TlsRoots {
         Ok(TlsRoots { roots: Arc::new(roots) })
     }
 
-    /// A rustls client configuration with the ring provider, these roots and `alpn`.
+    /// A rustls client configuration with the process's crypto provider (ring, see
+    /// [`crate::install_crypto_provider`]), these roots and `alpn`.
     pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
+        crate::install_crypto_provider();
+        let mut config =
+            rustls::ClientConfig::builder().with_root_certificates(self.roots.clone()).with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         config
     }

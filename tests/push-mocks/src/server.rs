@@ -22,14 +22,11 @@ use crate::test_ca;
 /// A TLS acceptor with the test CA's server certificate, offering `alpn`.
 pub(crate) fn tls_acceptor(alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
     let ca = test_ca();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(ca.server_cert_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.server_key_der.clone())),
-        )?;
+    // The process's provider: ring, which rustls installs on first use (the only provider its features name here).
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(
+        vec![CertificateDer::from(ca.server_cert_der.clone())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.server_key_der.clone())),
+    )?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
