@@ -35,5 +35,17 @@ pub use engine::{
     Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Snapshot,
     SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
 };
-pub use protocol::{GapReason, Notification, Persistence, Priority};
+pub use protocol::{ErrorCode, GapReason, Notification, NotificationFields, Persistence, Priority};
 pub use time::Instant;
+
+/// The crate README's Rust block, compiled as a doctest (`cargo test`) so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// What an app needs, at the crate root: `use tidings_core::{Client, ClientConfig, Event, …}`.
+#[cfg(all(feature = "native", not(target_family = "wasm")))]
+pub use native::{
+    Client, ClientBuilder, ClientConfig, ClientError, Events, FileStore, StaticToken, TokenProvider,
+    ingest_push_with_store,
+};

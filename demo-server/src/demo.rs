@@ -74,6 +74,7 @@ pub async fn run_demo_subscriber(ws_url: String, token: String) {
             Event::PushRegistrationFailed { platform, code, message } => {
                 warn!(target: "demo_subscriber", %code, "alice's push address ({}) refused: {message}", platform.as_str())
             }
+            _ => {} // kinds of event added later (Event is non_exhaustive)
         }
     }
 }

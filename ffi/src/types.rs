@@ -381,6 +381,9 @@ impl From<core::Event> for TidingsEvent {
                 code: code.as_str().to_string(),
                 message,
             },
+            // `Event` is non_exhaustive for apps; this crate is built with the core of its own workspace, and maps
+            // every kind that core has (a new kind must get its own variant here, with its Swift and Kotlin form).
+            other => unreachable!("tidings-ffi does not map this kind of core event: {other:?}"),
         }
     }
 }

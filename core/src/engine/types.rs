@@ -218,7 +218,11 @@ pub enum Continuity {
 }
 
 /// What the application sees.
+///
+/// New kinds of event are added in minor releases (the enum is `#[non_exhaustive]`): match the ones you handle
+/// and end with `_ => {}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The connection state changed.
     State(ConnectionState),
