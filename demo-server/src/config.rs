@@ -127,8 +127,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest accepted body of `POST /v1/publish/batch`, in bytes.
     pub max_batch_body_bytes: usize,
-    /// Demo mode: serve `POST /v1/demo/token` and run the demo publisher.
+    /// Demo mode: the development secret and API key (unless others are given), `POST /v1/demo/token`, and the
+    /// demo publisher (unless [`ServerConfig::demo_publisher`] is off).
     pub demo: bool,
+    /// In demo mode, run the demo publisher (and its subscriber, the native client signed in as `alice`). Off:
+    /// demo mode serves only its development defaults and `POST /v1/demo/token`, and nothing is published but
+    /// what you publish.
+    pub demo_publisher: bool,
     /// Interval of the demo publisher.
     pub demo_publish_interval: Duration,
     /// A directory served at `/` as static files (the browser demo page and the npm package); `None`: no
@@ -181,6 +186,7 @@ impl ServerConfig {
             max_body_bytes: 1024 * 1024,
             max_batch_body_bytes: 32 * 1024 * 1024,
             demo: false,
+            demo_publisher: true,
             demo_publish_interval: Duration::from_secs(2),
             web_root: None,
             vapid_public_key: None,
@@ -272,6 +278,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_batch_body_bytes", &self.max_batch_body_bytes)
             .field("demo", &self.demo)
+            .field("demo_publisher", &self.demo_publisher)
             .field("demo_publish_interval", &self.demo_publish_interval)
             .field("web_root", &self.web_root)
             .field("vapid_public_key", &self.vapid_public_key)

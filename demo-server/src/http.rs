@@ -37,7 +37,8 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/push/vapid-public-key", get(vapid_public_key))
         .route("/healthz", get(healthz));
     if node.config.demo {
-        router = router.route("/v1/demo/token", post(demo_token));
+        // Any origin may ask (a page served by a dev server on another port): CORS on the answer and the preflight.
+        router = router.route("/v1/demo/token", post(demo_token).options(demo_cors_preflight));
     }
     match node.config.web_root.clone() {
         // Static files (demo page, npm package, service worker) at `/`; API routes take precedence.
@@ -354,9 +355,27 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     axum::Json(json!({ "dropped": dropped })).into_response()
 }
 
+/// `OPTIONS /v1/demo/token` (demo mode only): the CORS preflight of a page on another origin — any origin, `POST`
+/// with a JSON body, no credentials.
+async fn demo_cors_preflight() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("content-type"));
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    response
+}
+
 /// `POST /v1/demo/token` (demo mode only): `{"user":"alice","topics":["news"],"ttl_secs":3600}` →
-/// `{"token":"…"}`.
-async fn demo_token(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+/// `{"token":"…"}`, readable by pages of any origin (`Access-Control-Allow-Origin: *`, errors included).
+async fn demo_token(state: State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let mut response = demo_token_reply(state, headers, body).await;
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+async fn demo_token_reply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     #[derive(Deserialize)]
     struct TokenRequest {
         user: String,

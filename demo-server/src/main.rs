@@ -95,6 +95,9 @@ struct Args {
     /// Development mode: default secret and API key, POST /v1/demo/token, and a demo publisher.
     #[arg(long, env = "TIDINGS_DEMO")]
     demo: bool,
+    /// With --demo: no demo publisher (nor its subscriber `alice`); only what you publish is sent.
+    #[arg(long, env = "TIDINGS_NO_DEMO_PUBLISHER")]
+    no_demo_publisher: bool,
     /// Serve this directory's files at `/` (the browser demo page and the npm package).
     #[arg(long, env = "TIDINGS_WEB_ROOT")]
     web_root: Option<std::path::PathBuf>,
@@ -153,6 +156,7 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     config.ws_read_buffer_size = args.ws_read_buffer_bytes;
     config.ws_write_buffer_size = args.ws_write_buffer_bytes;
     config.demo = args.demo;
+    config.demo_publisher = !args.no_demo_publisher;
     if let Some(root) = &args.web_root
         && !root.is_dir()
     {
@@ -217,8 +221,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = config_from(&args)?;
     if config.demo {
         warn!("=================================================================================");
-        warn!("DEMO MODE: development secret and API key, POST /v1/demo/token is open to anyone,");
-        warn!("and a demo publisher is running. Never run --demo in production.");
+        warn!("DEMO MODE: development secret and API key, POST /v1/demo/token is open to anyone");
+        if config.demo_publisher {
+            warn!("(from any origin), and a demo publisher is running. Never run --demo in production.");
+        } else {
+            warn!("(from any origin); no demo publisher (--no-demo-publisher). Never run --demo in production.");
+        }
         if config.jwt_secret == DEMO_JWT_SECRET {
             warn!(secret = DEMO_JWT_SECRET, "using the development JWT secret");
         }
@@ -259,6 +267,10 @@ mod tests {
         assert_eq!(config.api_key, DEMO_API_KEY);
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert!(config.demo);
+        assert!(config.demo_publisher);
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--no-demo-publisher"]).unwrap();
+        let config = config_from(&args).unwrap();
+        assert!(config.demo && !config.demo_publisher);
     }
 
     #[test]

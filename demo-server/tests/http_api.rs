@@ -207,6 +207,72 @@ async fn demo_mode_issues_tokens_and_publishes_on_its_own() {
     server.shutdown().await;
 }
 
+/// A page on another origin (a Vite dev server on :5173) gets a demo token: the preflight is answered (it got
+/// `405` before) and the answer, errors included, is readable by any origin. Outside demo mode: `404` for both.
+#[tokio::test]
+async fn demo_tokens_are_readable_from_other_origins() {
+    let mut config = ServerConfig::for_tests();
+    config.demo = true;
+    config.demo_publisher = false;
+    let server = start(config).await;
+    let url = format!("{}/v1/demo/token", server.http_url());
+    let preflight = http()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let headers = preflight.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(headers["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(headers["access-control-allow-headers"].to_str().unwrap().contains("content-type"));
+    for (body, status) in [(r#"{"user":"ada","topics":["news"]}"#, 200), (r#"{"user":"not valid"}"#, 400)] {
+        let reply = http()
+            .post(&url)
+            .header("origin", "http://localhost:5173")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), status);
+        assert_eq!(reply.headers()["access-control-allow-origin"], "*", "{body}");
+    }
+    server.shutdown().await;
+
+    let server = start_default().await;
+    let url = format!("{}/v1/demo/token", server.http_url());
+    let preflight = http().request(reqwest::Method::OPTIONS, &url).send().await.unwrap();
+    assert_eq!(preflight.status(), 404);
+    server.shutdown().await;
+}
+
+/// `--no-demo-publisher`: demo mode without the publisher — a subscriber of everything the demo writes to gets
+/// nothing in a second (the publisher, at 50 ms, would have sent about twenty), and then exactly what is published.
+#[tokio::test]
+async fn demo_mode_without_its_publisher_sends_only_what_is_published() {
+    let mut config = ServerConfig::for_tests();
+    config.demo = true;
+    config.demo_publisher = false;
+    config.demo_publish_interval = std::time::Duration::from_millis(50);
+    let server = start(config).await;
+    let (status, reply) = post(&server, "/v1/demo/token", json!({"user":"alice","topics":["news"]})).await;
+    assert_eq!(status, 200, "{reply}");
+    let mut client = Client::connect(&server).await;
+    client.auth(reply["token"].as_str().unwrap(), "quiet-device").await;
+    assert_eq!(client.recv().await["op"], "welcome");
+    let replies = client.subscribe(1, json!([{"stream":"user:alice"},{"stream":"topic:news"}])).await;
+    assert!(replies.iter().all(|r| r["op"] == "subscribed"), "{replies:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    publish(&server, json!({"users":["alice"],"type":"hello","title":"only this"})).await;
+    let n = client.recv_skipping_heartbeats().await;
+    assert_eq!((n["op"].as_str(), n["title"].as_str()), (Some("notification"), Some("only this")), "{n}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_web_root_serves_static_files_and_api_routes_still_win() {
     let dir = tempfile::tempdir().unwrap();
