@@ -35,7 +35,8 @@ const GENERATED_FILES: &[&str] = &["TidingsFFI.swift", "TidingsFFIC.h", "Tidings
 /// Rust targets of the XCFramework: iOS devices, the iOS simulator (two architectures, merged with lipo), macOS.
 const IOS_DEVICE: &str = "aarch64-apple-ios";
 const IOS_SIMULATOR: [&str; 2] = ["aarch64-apple-ios-sim", "x86_64-apple-ios"];
-const MACOS: &str = "aarch64-apple-darwin";
+/// macOS slices: Apple silicon and Intel, merged into one universal library.
+const MACOS: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
 /// Minimum OS versions, as in bindings-swift/Package.swift.
 const IOS_DEPLOYMENT_TARGET: &str = "15.0";
 const MACOS_DEPLOYMENT_TARGET: &str = "12.0";
@@ -211,8 +212,9 @@ pub(crate) fn xcframework(root: &Path) -> Result<(), String> {
     if !cfg!(target_os = "macos") {
         return Err("the XCFramework is built on macOS with Xcode (xcodebuild, lipo)".into());
     }
-    let mut targets = vec![IOS_DEVICE, MACOS];
+    let mut targets = vec![IOS_DEVICE];
     targets.extend(IOS_SIMULATOR);
+    targets.extend(MACOS);
     run(Step::new("rustup targets for Apple platforms", "rustup")
         .args(["target", "add"])
         .args(targets.iter().copied()))?;
@@ -247,12 +249,20 @@ pub(crate) fn xcframework(root: &Path) -> Result<(), String> {
         .args(["-output"])
         .args([&simulator]))?;
 
+    let macos = work.join("macos/libtidings_ffi.a");
+    std::fs::create_dir_all(work.join("macos")).map_err(|e| format!("create {}: {e}", work.display()))?;
+    run(Step::new("lipo (macOS arm64 + x86_64)", "lipo")
+        .args(["-create"])
+        .args([lib(MACOS[0]), lib(MACOS[1])])
+        .args(["-output"])
+        .args([&macos]))?;
+
     let out = root.join("bindings-swift/TidingsFFIC.xcframework");
     if out.exists() {
         std::fs::remove_dir_all(&out).map_err(|e| format!("remove {}: {e}", out.display()))?;
     }
     let mut step = Step::new("xcodebuild -create-xcframework", "xcodebuild").args(["-create-xcframework"]);
-    for library in [lib(IOS_DEVICE), simulator, lib(MACOS)] {
+    for library in [lib(IOS_DEVICE), simulator, macos] {
         step = step.args(["-library"]).args([library]).args(["-headers"]).args([&headers]);
     }
     run(step.args(["-output"]).args([&out]))?;
