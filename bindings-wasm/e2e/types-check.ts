@@ -1,5 +1,5 @@
-// Compiled by `tsc --noEmit` in `cargo xtask wasm-test` when TypeScript is available: the declarations are usable.
-import { TidingsClient, type Notification } from '@tidings/web';
+// Compiled by `tsc --noEmit` in `cargo xtask wasm-test`: the declarations are usable, and they refuse what they must.
+import { TidingsClient, type TidingsNotification } from '@tidings/web';
 import { fetchVapidPublicKey, type PushResult } from '@tidings/web/sw';
 
 export const noPush: PushResult = { show: false };
@@ -13,10 +13,19 @@ async function main(): Promise<void> {
     backoffCapMs: 500,
   });
   client.addEventListener('notification', (e) => {
-    const n: Notification = e.detail.notification;
+    const n: TidingsNotification = e.detail.notification;
     if (e.detail.shown) console.log(n.title ?? n.type, client.badge);
   });
   client.addEventListener('state', (e) => console.log(e.detail.kind));
+  // Event names are typed with no catch-all: a misspelt one is an error (if it type-checked, this directive
+  // would be unused, which tsc reports as an error).
+  // @ts-expect-error 'notfication' is not an event of the client
+  client.addEventListener('notfication', () => {});
+  // @ts-expect-error nor for removeEventListener
+  client.removeEventListener('digests', () => {});
+  // The DOM's Notification stays the Notifications API: the package's type does not shadow it.
+  const permission: NotificationPermission = Notification.permission;
+  console.log(permission);
   const outcome = await client.ingestPush({ tidings: {} });
   if (outcome.show) console.log(outcome.notification.id);
   await client.close();

@@ -1,5 +1,5 @@
 // Hand-written declarations for @tidings/web/sw (use inside a module service worker).
-import type { Notification } from './tidings.js';
+import type { TidingsNotification } from './tidings.js';
 
 export interface PushOptions {
   /** The client's `name` (default `tidings`): which stored state and tab channel to use. */
@@ -7,7 +7,7 @@ export interface PushOptions {
   wasmUrl?: string | URL;
   /** Show with `registration.showNotification` (default true). */
   show?: boolean;
-  notificationOptions?: NotificationOptions | ((n: Notification) => NotificationOptions);
+  notificationOptions?: NotificationOptions | ((n: TidingsNotification) => NotificationOptions);
   /**
    * The server's VAPID public key (base64url), for `subscribePush` / `{type:'tidings-subscribe'}`. When absent
    * it is read from `server` (`GET /v1/push/vapid-public-key`).
@@ -20,7 +20,7 @@ export interface PushOptions {
 export interface PushResult {
   show: boolean;
   id?: string;
-  notification?: Notification;
+  notification?: TidingsNotification;
   error?: string;
 }
 

@@ -5,8 +5,11 @@ export type Priority = 'critical' | 'important' | 'informational';
 /** Retention class. */
 export type Persistence = 'ephemeral' | 'bufferable' | 'persistent';
 
-/** The notification envelope (protocol §3). */
-export interface Notification {
+/**
+ * The notification envelope (protocol §3). Named `TidingsNotification` so that it does not shadow the DOM's
+ * `Notification` (the Notifications API a page shows it with).
+ */
+export interface TidingsNotification {
   id: string;
   stream: string;
   /** Absent for ephemeral notifications. */
@@ -23,12 +26,15 @@ export interface Notification {
   created_at: number;
 }
 
-/** Several informational notifications of one group. */
+/**
+ * Several informational notifications of one `group`, delivered as one `digest` event instead of `notification`
+ * events when they arrive within the batch window (`batchWindowMs`, 3 s by default; 0 turns digests off).
+ */
 export interface Digest {
   group: string;
   count: number;
-  first: Notification;
-  last: Notification;
+  first: TidingsNotification;
+  last: TidingsNotification;
   ids: string[];
 }
 
@@ -58,7 +64,7 @@ export type Continuity =
       replayed: number;
     };
 
-export type PushOutcome = { show: true; notification: Notification } | { show: false; id: string };
+export type PushOutcome = { show: true; notification: TidingsNotification } | { show: false; id: string };
 
 /** A token source error; `transient: false` stops the client (`failed`). */
 export interface TokenFailure extends Error {
@@ -91,7 +97,7 @@ export interface ClientOptions {
 }
 
 export interface NotificationDetail {
-  notification: Notification;
+  notification: TidingsNotification;
   /** True in exactly one tab of the browser: the one that should display it. */
   shown: boolean;
   source: 'socket' | 'push';
@@ -135,7 +141,14 @@ export interface ClientStats {
   liveSockets: number;
 }
 
-export declare class TidingsClient extends EventTarget {
+/** The names of the client's events (`addEventListener` accepts these and nothing else). */
+export type TidingsEventName = keyof TidingsEventMap;
+
+/**
+ * A client of the shared connection. At run time it is an `EventTarget`; its declared listener methods take only
+ * the event names of {@link TidingsEventMap}, so a misspelt name (`'notfication'`) is a type error.
+ */
+export declare class TidingsClient {
   /** Loads the module, restores stored state, joins the other tabs; the leader tab connects. */
   static connect(options: ClientOptions): Promise<TidingsClient>;
   private constructor(options: ClientOptions);
@@ -164,18 +177,17 @@ export declare class TidingsClient extends EventTarget {
   waitForState(kind: ConnectionState['kind'], timeoutMs?: number): Promise<ConnectionState>;
   close(): Promise<void>;
 
-  addEventListener<K extends keyof TidingsEventMap>(
+  addEventListener<K extends TidingsEventName>(
     type: K,
     listener: (this: TidingsClient, ev: TidingsEventMap[K]) => unknown,
     options?: boolean | AddEventListenerOptions,
   ): void;
-  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
-  removeEventListener<K extends keyof TidingsEventMap>(
+  removeEventListener<K extends TidingsEventName>(
     type: K,
     listener: (this: TidingsClient, ev: TidingsEventMap[K]) => unknown,
     options?: boolean | EventListenerOptions,
   ): void;
-  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+  dispatchEvent(event: Event): boolean;
 }
 
 /** Loads the WebAssembly module (done by `TidingsClient.connect`). */
