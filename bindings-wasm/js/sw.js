@@ -10,6 +10,7 @@
 
 import init, { mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
 import { idbGet, idbUpdate } from './storage.js';
+import { defaultWasmUrl } from './locate.js';
 
 let ready;
 let queue = Promise.resolve();
@@ -31,7 +32,8 @@ export function handlePush(payload, options = {}) {
 }
 
 async function handleOne(payload, { name = 'tidings', wasmUrl, show = true, notificationOptions } = {}) {
-  ready ??= init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  const url = wasmUrl ?? defaultWasmUrl();
+  ready ??= init(url ? { module_or_path: url } : undefined);
   await ready;
   const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
   const key = `${name}:snapshot`;

@@ -15,6 +15,7 @@
 
 import init, { Core, mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
 import { idbGet, idbUpdate, lsGet, lsSet } from './storage.js';
+import { defaultWasmUrl } from './locate.js';
 
 export { pushThrough, mergeSnapshots };
 
@@ -22,7 +23,8 @@ let ready;
 
 /** Loads the WebAssembly module once (`wasmUrl` defaults to `dist/tidings_wasm_bg.wasm` next to this file). */
 export function initTidings(wasmUrl) {
-  ready ??= init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  const url = wasmUrl ?? defaultWasmUrl();
+  ready ??= init(url ? { module_or_path: url } : undefined);
   return ready;
 }
 

@@ -12,6 +12,7 @@ mod bench;
 mod bindgen;
 mod fuzz;
 mod kotlin;
+mod package;
 mod server;
 mod swift;
 mod util;
@@ -37,6 +38,7 @@ commands:
   wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
   wasm-floor  size of the core engine alone in wasm, the floor under the browser package (target/wasm-floor.txt)
   demo        build the browser package and run the reference server with the demo page
+  package     release artifacts in target/dist/: npm tarball, crate, Swift package, sources, SHA256SUMS
   bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]
   fuzz        the fuzzing campaign: each target for 10 million executions (--runs N, --targets a,b), report
   fuzz-smoke  each fuzz target for a few seconds (part of test)"
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Some("wasm-size") => wasm::size(&root),
         Some("wasm-floor") => wasm::floor(&root),
         Some("demo") => wasm::demo(&root),
+        Some("package") => package::all(&root),
         Some("bindgen") => bindgen::cli(&root, &args[1..]),
         Some("fuzz") => fuzz::campaign(&root, &args[1..]),
         Some("fuzz-smoke") => fuzz::smoke(&root),
@@ -162,9 +165,17 @@ fn lint(root: &Path) -> Result<(), String> {
 
 fn rust_tests(root: &Path) -> Result<(), String> {
     let python = http_ece_python(root)?;
+    // The README's Node token example runs in tests/tests/readme.rs.
+    if !has("node") {
+        apt_install(&["nodejs"])?;
+    }
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
         .env("TIDINGS_HTTP_ECE_PYTHON", python)
+        .dir(root))?;
+    // The Rust client packs as a publishable crate, and the packed copy builds on its own.
+    run(Step::new("cargo package (tidings-core, as published)", "cargo")
+        .args(["package", "-p", "tidings-core", "--locked", "--allow-dirty"])
         .dir(root))?;
     // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
     run(Step::new("server suites on SQLite", "cargo")

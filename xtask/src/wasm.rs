@@ -1,9 +1,9 @@
 //! Browser SDK: wasm build (pinned wasm-bindgen-cli), npm package, wasm-bindgen-test and Playwright suites.
 //! Owned by the browser bindings work; see bindings-wasm/README.md.
 //!
-//! Layout of what is built:
-//! - `bindings-wasm/js/dist/` — the wasm-bindgen output (`--target web`, then `wasm-opt -Oz`): the npm package
-//!   is `bindings-wasm/js/` with it;
+//! Layout of what is built (everything under the target directory; the source tree is never written):
+//! - `target/npm/tidings-web/` — the npm package as it is published: `bindings-wasm/js/`, its `README.md`, and
+//!   `dist/` with the wasm-bindgen output (`--target web`, then `wasm-opt -Oz`); `cargo xtask package` packs it;
 //! - `target/wasm-web/` — the web root the reference server serves: the demo page with the package at `pkg/`;
 //! - `target/wasm-size.txt`, `target/wasm-twiggy.txt` — the size report and what dominates the module.
 
@@ -18,7 +18,7 @@ use crate::{apt_install, has, target_dir};
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// The pinned playwright-core (see `bindings-wasm/e2e/package.json`).
 const PLAYWRIGHT: &str = "1.65.1";
-/// Budget for the module plus its JavaScript, gzipped.
+/// Budget for the module plus its JavaScript, gzipped: 30 KiB (sizes are in KiB, 1,024 bytes, everywhere).
 const BUDGET_GZ: usize = 30 * 1024;
 /// How the shipped module (and the size floor) go through wasm-opt.
 const WASM_OPT_ARGS: &[&str] =
@@ -58,7 +58,21 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
     }
     let outcome = run(step);
     drop(server);
-    outcome.map_err(|e| format!("{e} (server log: target/conformance-server-browser.log)"))
+    outcome.map_err(|e| format!("{e} (server log: target/conformance-server-browser.log)"))?;
+    // Every TypeScript block of the README type-checks.
+    run(Step::new("README TypeScript snippets", "node")
+        .args(["readme-snippets.mjs"])
+        .dir(&root.join("bindings-wasm/e2e"))
+        .env("TIDINGS_TARGET_DIR", target_dir(root)))?;
+    // The README's Vite app installs the packed tarball and runs in dev and build (vite from npm).
+    let version = crate::package::version(root)?;
+    let tarball = crate::package::pack(root, &version, &target_dir(root).join("npm"))?;
+    run(Step::new("Vite app with the npm tarball (dev, build, proxy; headless Chromium)", "node")
+        .args(["vite.mjs"])
+        .dir(&root.join("bindings-wasm/e2e"))
+        .env("TIDINGS_SERVER", target_dir(root).join("debug/tidings-server"))
+        .env("TIDINGS_TARBALL", tarball)
+        .env("TIDINGS_TARGET_DIR", target_dir(root)))
 }
 
 /// `cargo xtask wasm-size`: builds the package and writes the size report only (no browser, no test suites).
@@ -229,13 +243,25 @@ fn wasm_release(root: &Path, package: &str) -> Step {
         .env("CARGO_PROFILE_WASM_RELEASE_STRIP", "debuginfo")
 }
 
-/// Builds the module and the package, assembles the web root and writes the size report. Returns the web root.
+/// Where the npm package is assembled: `target/npm/tidings-web/`.
+pub(crate) fn package_dir(root: &Path) -> PathBuf {
+    target_dir(root).join("npm/tidings-web")
+}
+
+/// Builds the module and the package (in [`package_dir`]), assembles the web root and writes the size report.
+/// Returns the web root.
 fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
     let target = target_dir(root);
     run(wasm_release(root, "tidings-wasm"))?;
     let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm.wasm");
-    let dist = root.join("bindings-wasm/js/dist");
-    let _ = fs::remove_dir_all(&dist);
+    // The package: the hand-written sources, the README, and dist/ from wasm-bindgen. (A `dist/` left in the
+    // source tree by an older xtask is not copied.)
+    let package = package_dir(root);
+    let _ = fs::remove_dir_all(&package);
+    copy_dir_except(&root.join("bindings-wasm/js"), &package, &["dist"])?;
+    fs::copy(root.join("bindings-wasm/README.md"), package.join("README.md"))
+        .map_err(|e| format!("copy bindings-wasm/README.md: {e}"))?;
+    let dist = package.join("dist");
     run(Step::new("wasm-bindgen --target web", tools.bin.join("wasm-bindgen"))
         // `TextEncoder.encodeInto` is in every browser the package supports: no fallback for its absence.
         .args(["--target", "web", "--no-typescript", "--encode-into", "always", "--out-name", "tidings_wasm"])
@@ -260,7 +286,7 @@ fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
     let _ = fs::remove_dir_all(&web);
     let pkg = web.join("pkg");
     copy_dir(&root.join("bindings-wasm/demo"), &web)?;
-    copy_dir(&root.join("bindings-wasm/js"), &pkg)?;
+    copy_dir(&package, &pkg)?;
 
     size_report(root, tools, &dist, &unopt)?;
     Ok(web)
@@ -351,12 +377,20 @@ fn minify_names(opt: &Path, wasm: &Path, glue: &Path) -> Result<(), String> {
     fs::write(glue, out).map_err(|e| format!("{}: {e}", glue.display()))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    copy_dir_except(from, to, &[])
+}
+
+/// Copies `from` into `to`, leaving out the entries of `from` itself named in `except`.
+pub(crate) fn copy_dir_except(from: &Path, to: &Path, except: &[&str]) -> Result<(), String> {
     fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
     for entry in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
         let entry = entry.map_err(|e| e.to_string())?;
         let path = entry.path();
         let name = entry.file_name();
+        if except.iter().any(|x| name == *x) {
+            continue;
+        }
         if path.is_dir() {
             copy_dir(&path, &to.join(name))?;
         } else {
@@ -390,12 +424,13 @@ fn minify(root: &Path, file: &Path) -> Option<Vec<u8>> {
 
 /// Raw, minified and gzipped sizes of what a page downloads; a twiggy breakdown of the module for shrinking it.
 fn size_report(root: &Path, tools: &Tools, dist: &Path, module: &Path) -> Result<(), String> {
-    let js = root.join("bindings-wasm/js");
-    let files: [(&str, PathBuf); 4] = [
+    let js = package_dir(root);
+    let files: [(&str, PathBuf); 5] = [
         ("tidings_wasm_bg.wasm", dist.join("tidings_wasm_bg.wasm")),
         ("tidings_wasm.js (wasm-bindgen glue)", dist.join("tidings_wasm.js")),
         ("tidings.js (client, tabs)", js.join("tidings.js")),
         ("storage.js", js.join("storage.js")),
+        ("locate.js", js.join("locate.js")),
     ];
     let mut report = String::from(
         "Browser SDK size (what a page downloads; gzip -9; JS minified with esbuild --minify)\n\n\
@@ -415,7 +450,7 @@ fn size_report(root: &Path, tools: &Tools, dist: &Path, module: &Path) -> Result
     report.push_str(&format!("{:<40} {raw_t:>7} {min_t:>8} {gz_t:>8}\n", "total"));
     let verdict = if gz_t <= BUDGET_GZ { "within" } else { "OVER" };
     report.push_str(&format!(
-        "\nbudget {} KB gzipped: {verdict} ({:.1} KB){}\n",
+        "\nbudget {} KiB ({BUDGET_GZ} B) gzipped: {verdict} ({:.1} KiB, {gz_t} B){}\n",
         BUDGET_GZ / 1024,
         gz_t as f64 / 1024.0,
         if tools.wasm_opt.is_some() { "" } else { " — wasm-opt was not available" }
