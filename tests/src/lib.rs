@@ -1,6 +1,12 @@
 //! Shared helpers for the end-to-end tests: a reference server on loopback, an HTTP publisher, and native
 //! clients whose events are collected for assertions.
 
+/// Every Rust block of the repository's README, compiled as a doctest (`cargo test -p tidings-tests --doc`): the
+/// first hour's client, the app's client and the token helper cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct RootReadmeDoctests;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
