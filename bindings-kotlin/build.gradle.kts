@@ -112,7 +112,7 @@ val cargoNdkBuild by tasks.registering(Exec::class) {
     inputs.property("profile", rustProfile)
     outputs.dir(jniLibsDir)
     workingDir = workspace
-    // 16 KB page alignment (required on Google Play for Android 15+ devices with 16 KB pages; harmless on 4 KB).
+    // 16 KiB page alignment (required on Google Play for Android 15+ devices with 16 KiB pages; harmless on 4 KiB).
     // Through RUSTFLAGS: cargo-ndk reads it, adds its own flags and hands the result to cargo as
     // CARGO_ENCODED_RUSTFLAGS, which would override per-target CARGO_TARGET_<triple>_RUSTFLAGS. With --target,
     // cargo applies these flags to the Android artifacts only, not to host build scripts or proc macros.

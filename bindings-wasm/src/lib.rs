@@ -638,7 +638,7 @@ pub fn merge_snapshots(ours: JsValue, theirs: JsValue) -> Result<JsValue, JsErro
     Ok(snapshot_text(&a).into())
 }
 
-/// The allocator: Talc instead of std's dlmalloc (single-threaded wasm, memory grown on demand) — about 6.8 KB
+/// The allocator: Talc instead of std's dlmalloc (single-threaded wasm, memory grown on demand) — about 7 KiB
 /// less code in the module, and faster.
 #[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
 #[global_allocator]

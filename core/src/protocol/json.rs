@@ -433,7 +433,7 @@ fn fits_double(number: &str, exponent: bool) -> bool {
     !(exponent || number.len() > 300) || number.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
-/// Not checked in the browser build: the float parser is 15 KB of wasm, and there JSON.parse has read the frame
+/// Not checked in the browser build: the float parser is about 15 KiB of wasm, and there JSON.parse has read the frame
 /// already (it takes such a number as Infinity), so the check would refuse what the page's own parser accepts.
 #[cfg(target_family = "wasm")]
 fn fits_double(_: &str, _: bool) -> bool {
