@@ -37,7 +37,7 @@ commands:
   wasm-test   provision the wasm toolchain + Chromium and run the browser suites
   wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
   wasm-floor  size of the core engine alone in wasm, the floor under the browser package (target/wasm-floor.txt)
-  demo        build the browser package and run the reference server with the demo page
+  demo        build the browser package and run the reference server with the demo page (extra args go to the server)
   package     release artifacts in target/dist/: npm tarball, crate, Swift package, sources, SHA256SUMS
   bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]
   fuzz        the fuzzing campaign: each target for 10 million executions (--runs N, --targets a,b), report
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         Some("wasm-test") => wasm::test(&root),
         Some("wasm-size") => wasm::size(&root),
         Some("wasm-floor") => wasm::floor(&root),
-        Some("demo") => wasm::demo(&root),
+        Some("demo") => wasm::demo(&root, &args[1..]),
         Some("package") => package::all(&root),
         Some("bindgen") => bindgen::cli(&root, &args[1..]),
         Some("fuzz") => fuzz::campaign(&root, &args[1..]),

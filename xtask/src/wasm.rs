@@ -108,13 +108,15 @@ fn measure_floor(root: &Path, tools: &Tools) -> Result<(), String> {
 }
 
 /// `cargo xtask demo`: builds the npm package and runs the reference server in demo mode serving the demo page.
-pub(crate) fn demo(root: &Path) -> Result<(), String> {
+/// `server_args` go to the server after `--demo --web-root <dir>` (`--no-demo-publisher`, `--bind …`).
+pub(crate) fn demo(root: &Path, server_args: &[String]) -> Result<(), String> {
     let tools = provision(root, false)?;
     let web = build(root, &tools)?;
     eprintln!("\n== demo: open http://127.0.0.1:8080/ in several tabs (Ctrl-C to stop)");
     run(Step::new("reference server with the demo page", "cargo")
         .args(["run", "--release", "--locked", "-p", "tidings-server", "--", "--demo", "--web-root"])
         .args([&web])
+        .args(server_args)
         .dir(root))
 }
 
