@@ -6,6 +6,9 @@
 //! `/v1/me/…` answers browsers on any origin (CORS with `*`): it authenticates with a bearer token, never a
 //! cookie, so another origin gains nothing a token does not already give.
 
+// The error side of these helpers is the response itself, built once per refused request.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use axum::Router;

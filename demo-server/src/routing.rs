@@ -69,9 +69,12 @@ pub(crate) struct UserInfo {
 /// A cache of [`UserInfo`]s. A load that raced with an invalidation is not kept.
 #[derive(Default)]
 struct Directory {
-    users: std::sync::Mutex<(HashMap<String, Arc<UserInfo>>, VecDeque<String>)>,
+    users: std::sync::Mutex<Cached>,
     generation: AtomicU64,
 }
+
+/// The cached users, and the order they were cached in (the oldest are dropped first).
+type Cached = (HashMap<String, Arc<UserInfo>>, VecDeque<String>);
 
 impl Directory {
     fn get(&self, user: &str) -> Option<Arc<UserInfo>> {
@@ -232,7 +235,7 @@ impl Node {
         users: &[String],
         topic: Option<&str>,
     ) -> Vec<String> {
-        // Most users have no rule at all: nothing to read beyond the cache.
+        // The users' settings come from the directory: after the first publish to a user, no store read.
         let mut off = Vec::new();
         for user in users {
             let info = match self.user_info(user).await {
@@ -558,7 +561,6 @@ impl Node {
                     record(DeliveryStatus::Scheduled, Some(format!("retry: {reason}")), Some(provider), None);
                 records.iter_mut().for_each(|r| r.due_at = Some(due));
                 s.log.extend(records);
-                self.routing.wake();
             }
             Delivery::DeleteAddress { reason } => {
                 match self.stores.devices.delete_push(&order.user, &order.device, &address.token).await {
@@ -592,9 +594,13 @@ impl Node {
         if s.is_empty() {
             return;
         }
-        if let Err(e) = self.stores.push.settle(s).await {
+        let rescheduled = !s.reschedule.is_empty();
+        match self.stores.push.settle(s).await {
+            // The worker may be asleep until a lease ends: the rescheduled rows may be due sooner.
+            Ok(()) if rescheduled => self.routing.wake(),
+            Ok(()) => {}
             // The rows stay claimed until the lease ends, then they are sent again (at least once).
-            warn!(error = %e, "sent pushes could not be settled; they are retried when their claim ends");
+            Err(e) => warn!(error = %e, "sent pushes could not be settled; they are retried when their claim ends"),
         }
     }
 }

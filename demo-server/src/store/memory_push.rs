@@ -180,7 +180,7 @@ impl MemoryStore {
             }
         }
         for (key, due_at, reason, attempts) in s.reschedule {
-            if !t.rows.get(&key).is_some_and(|r| r.claim == s.claim) {
+            if t.rows.get(&key).is_none_or(|r| r.claim != s.claim) {
                 continue;
             }
             if let Some(mut row) = t.remove(&key) {
