@@ -81,7 +81,8 @@ fn start_push_harness(root: &Path, dir: &Path) -> Result<(Child, String, Vec<Str
         .position(|s| s == "control_url")
         .and_then(|i| strings.get(i + 1).cloned())
         .ok_or_else(|| format!("push-harness printed {line:?}"))?;
-    let args_at = strings.iter().position(|s| s == "server_args").ok_or_else(|| format!("push-harness printed {line:?}"))?;
+    let args_at =
+        strings.iter().position(|s| s == "server_args").ok_or_else(|| format!("push-harness printed {line:?}"))?;
     Ok((child, control, strings[args_at + 1..].to_vec()))
 }
 
