@@ -412,6 +412,9 @@ class Runner {
         if (payload === undefined) fail('wait_push first');
         const registrationId = await this.worker(c);
         const before = await c.page.evaluate(() => window.__conformance.pushResults.length);
+        const shownCount = () =>
+          c.page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications()).length);
+        const shownBefore = await shownCount();
         // A real push event in the service worker, with the payload the server sent.
         await c.cdp.send('ServiceWorker.deliverPushMessage', {
           origin: new URL(HTTP_URL).origin,
@@ -444,6 +447,8 @@ class Runner {
             fail(`unknown expect ${step.expect}`);
         }
         if (result.show && result.error) fail(`the service worker could not show it: ${result.error}`);
+        // What the browser displays: one more notification when shown, none for a duplicate.
+        assertEq(await shownCount(), shownBefore + (result.show ? 1 : 0), "the service worker's notifications on display");
         return;
       }
       case 'set_network':
