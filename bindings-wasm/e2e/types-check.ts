@@ -27,7 +27,13 @@ async function main(): Promise<void> {
   const permission: NotificationPermission = Notification.permission;
   console.log(permission);
   const outcome = await client.ingestPush({ tidings: {} });
-  if (outcome.show) console.log(outcome.notification.id);
+  if (outcome.show && 'notification' in outcome) console.log(outcome.notification.id);
+  else if (outcome.show && 'summary' in outcome) console.log(outcome.summary.count, outcome.summary.ids);
+  else if (outcome.show) console.log(outcome.titleOnly.title ?? outcome.id);
+  const prefs = await client.updatePreferences([{ type: 'marketing.*', channel: 'push', enabled: false }]);
+  console.log(prefs.version);
+  const quiet = await client.setQuietHours({ timeZone: 'Europe/Berlin', ranges: [{ day: 'mon', start: '22:00', end: '07:00' }] });
+  console.log(quiet.quietHours?.timeZone);
   await client.close();
   const key: string = await fetchVapidPublicKey('https://tidings.example');
   console.log(key.length);

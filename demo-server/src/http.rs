@@ -25,7 +25,7 @@ use crate::ws;
 
 /// Builds the router of a server.
 pub(crate) fn router(node: Arc<Node>) -> Router {
-    let mut router = Router::new()
+    let router = Router::new()
         .route("/v1/ws", any(websocket))
         .route("/v1/publish", post(publish))
         .route("/v1/publish/batch", post(publish_batch))
@@ -36,6 +36,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/admin/drop", post(admin_drop))
         .route("/v1/push/vapid-public-key", get(vapid_public_key))
         .route("/healthz", get(healthz));
+    let mut router = crate::http_push::routes(router);
     if node.config.demo {
         // Any origin may ask (a page served by a dev server on another port): CORS on the answer and the preflight.
         router = router.route("/v1/demo/token", post(demo_token).options(demo_cors_preflight));
@@ -51,7 +52,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
 }
 
 /// `{"error":{"code":…,"message":…}}` with `status`.
-fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
 }
 
@@ -103,7 +104,7 @@ async fn vapid_public_key(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// Checks `Authorization: Bearer <api key>`; the `401` response when it is missing or wrong.
-fn api_key_rejection(node: &Node, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn api_key_rejection(node: &Node, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -130,7 +131,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a body of at most `limit` bytes as UTF-8 text.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
     let too_large =
         || error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is larger than {limit} bytes"));
     let declared =

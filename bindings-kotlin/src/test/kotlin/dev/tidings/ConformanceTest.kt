@@ -54,6 +54,14 @@ class ConformanceTest {
 
     @Test fun slow_app_backpressure() = runScenario("slow_app_backpressure")
 
+    @Test fun real_push_then_socket_shown_once() = runScenario("real_push_then_socket_shown_once")
+
+    @Test fun lightweight_push_is_fetched() = runScenario("lightweight_push_is_fetched")
+
+    @Test fun digest_push_summary() = runScenario("digest_push_summary")
+
+    @Test fun user_settings() = runScenario("user_settings")
+
     @Test
     fun every_scenario_in_the_file_has_a_test() {
         val inFile = scenarios().map { it.str("name") }.sorted()
@@ -102,6 +110,13 @@ private class ScenarioRunner(
     private val prefix = "k${ProcessHandle.current().pid()}x${RUN.incrementAndGet()}"
     private val clients = mutableMapOf<String, RunnerClient>()
     private val deliveries = mutableMapOf<String, Map<String, Any?>>()
+
+    /** Each client's user, and its FCM registration token (`register_push`). */
+    private val users = mutableMapOf<String, String>()
+    private val pushTokens = mutableMapOf<String, String>()
+
+    /** The push the server sent for (client, id): the FCM `data` map as JSON (`wait_push`). */
+    private val sent = mutableMapOf<Pair<String, String>, String>()
 
     init {
         println("[$scenario] prefix $prefix")
@@ -230,8 +245,83 @@ private class ScenarioRunner(
                 val got = when (outcome) {
                     is PushOutcome.Show -> "show".also { assertEquals(id, outcome.notification.id, "shown notification id") }
                     is PushOutcome.Duplicate -> "duplicate".also { assertEquals(id, outcome.id, "duplicate id") }
+                    else -> fail("a full payload gives show or duplicate, got $outcome")
                 }
                 assertEquals(step.str("expect"), got, "push outcome for $id")
+            }
+            "register_push" -> {
+                // The Kotlin runner registers an FCM registration token, as an Android app does.
+                val key = step.str("client")
+                val token = "fcm-${name(key)}"
+                client(step).recorder.client.registerPushToken(PushPlatform.FCM, token)
+                val user = users[key] ?: fail("no client $key")
+                until("the push address of $key stored") {
+                    server.get("/v1/users/$user/devices")["devices"].array().any { d ->
+                        (d.obj()["push"] as? Map<*, *>)?.get("token") == token
+                    }
+                }
+                pushTokens[key] = token
+            }
+            "wait_offline" -> {
+                val user = name(step.str("user"))
+                until("$user offline") { server.get("/v1/presence/$user")["devices"].array().isEmpty() }
+            }
+            "wait_push" -> {
+                val key = step.str("client")
+                val id = name(step.str("id"))
+                val token = pushTokens[key] ?: fail("register_push first")
+                var payload = ""
+                until("a push of $id to $key's device") {
+                    server.pushes().firstOrNull { p ->
+                        p["target"] == token && id in pushIds(p.str("payload")).first
+                    }?.let { payload = it.str("payload") } != null
+                }
+                step.strOrNull("form")?.let { assertEquals(it, pushIds(payload).second, "the push's form: $payload") }
+                sent[key to id] = payload
+            }
+            "ingest_sent_push" -> {
+                val from = step.strOrNull("from") ?: step.str("client")
+                val id = name(step.str("id"))
+                val payload = sent[from to id] ?: fail("wait_push first")
+                // As FirebaseMessagingService gets it: RemoteMessage.data, string keys and values.
+                val data = Json.parse(payload).obj().mapValues { (_, v) -> v as String }
+                val outcome = client(step).recorder.client.ingestPush(data)
+                when (val want = step.str("expect")) {
+                    "show" -> {
+                        val shown = assertIs<PushOutcome.Show>(outcome, "push outcome")
+                        assertEquals(id, shown.notification.id)
+                        step.longOrNull("body_bytes")?.let {
+                            assertEquals(it.toInt(), shown.notification.body?.toByteArray()?.size, "the whole notification's body")
+                        }
+                    }
+                    "duplicate" -> assertEquals(PushOutcome.Duplicate(id), outcome)
+                    "summary" -> {
+                        val summary = assertIs<PushOutcome.Summary>(outcome, "push outcome").summary
+                        assertEquals(step.long("count"), summary.count, "summary count")
+                        assertEquals(names(step, "ids"), summary.ids, "summary ids")
+                    }
+                    "title" -> assertEquals(id, assertIs<PushOutcome.ShowTitle>(outcome, "push outcome").id)
+                    else -> fail("unknown expect $want")
+                }
+            }
+            "update_preferences" -> client(step).recorder.client.updatePreferences(rules(step))
+            "set_quiet_hours" -> {
+                val quiet = QuietHours(step.str("time_zone"), ranges(step))
+                val thrown = runCatching { client(step).recorder.client.setQuietHours(quiet) }.exceptionOrNull()
+                when (step.strOrNull("expect")) {
+                    null -> if (thrown != null) throw thrown
+                    "refused" -> assertEquals(400, assertIs<TidingsException.Refused>(thrown, "what setQuietHours threw").status)
+                    else -> fail("unknown expect ${step.strOrNull("expect")}")
+                }
+            }
+            "assert_settings" -> {
+                val c = client(step).recorder.client
+                val prefs = c.preferences()
+                val quiet = c.quietHours()
+                assertEquals(rules(step).toSet(), prefs.rules.toSet(), "the rules")
+                assertEquals(rules(step).size, prefs.rules.size, "the number of rules")
+                assertEquals(QuietHours(step.str("time_zone"), ranges(step)), quiet.quietHours, "the quiet hours")
+                step.longOrNull("version")?.let { assertEquals(it to it, prefs.version to quiet.version, "the settings' versions") }
             }
             "set_network" -> {
                 val online = step["online"] as Boolean
@@ -284,6 +374,7 @@ private class ScenarioRunner(
         val recorder = Recorder(client, scope)
         val connectCall = scope.async { runCatching { client.connect() }.exceptionOrNull() }
         clients[step.str("client")] = RunnerClient(recorder, fetches, connectCall)
+        users[step.str("client")] = user
     }
 
     private suspend fun publish(step: Map<String, Any?>) {
@@ -298,9 +389,42 @@ private class ScenarioRunner(
             )
             step.strOrNull("group")?.let { body["group"] = it }
             step.strOrNull("persistence")?.let { body["persistence"] = it }
+            step.longOrNull("body_bytes")?.let { body["body"] = "x".repeat(it.toInt()) }
             val reply = server.publish(body)
             deliveries[id] = reply["deliveries"].array().first().obj()
         }
+    }
+
+    /** The step's preference rules (protocol §9.5). */
+    private fun rules(step: Map<String, Any?>): List<PreferenceRule> = step["rules"].array().map { r ->
+        val rule = r.obj()
+        PreferenceRule(
+            selector = rule.strOrNull("type")?.let { PreferenceSelector.Type(it) } ?: PreferenceSelector.Topic(rule.str("topic")),
+            channel = if (rule.str("channel") == "socket") Channel.SOCKET else Channel.PUSH,
+            enabled = rule["enabled"] as Boolean,
+        )
+    }
+
+    /** The step's quiet ranges. */
+    private fun ranges(step: Map<String, Any?>): List<QuietRange> =
+        step["ranges"].array().map { it.obj() }.map { QuietRange(it.str("day"), it.str("start"), it.str("end")) }
+
+    /** Polls [condition] every 20 ms until it holds; fails after [WAIT_MS]. */
+    private suspend fun until(what: String, condition: suspend () -> Boolean) {
+        val deadline = System.currentTimeMillis() + WAIT_MS
+        while (!condition()) {
+            if (System.currentTimeMillis() > deadline) fail("timed out after ${WAIT_MS / 1000} s waiting for $what")
+            delay(20)
+        }
+    }
+
+    /** The ids a push payload (the FCM `data` map as JSON, protocol §11.1) stands for, and its form. */
+    private fun pushIds(payload: String): Pair<List<String>, String> {
+        val data = Json.parse(payload).obj()
+        (data["tidings"] as? String)?.let { return listOf(Json.parse(it).obj().str("id")) to "full" }
+        (data["tidings_fetch"] as? String)?.let { return listOf(Json.parse(it).obj().str("id")) to "lightweight" }
+        (data["tidings_summary"] as? String)?.let { return Json.parse(it).obj().strings("ids") to "summary" }
+        return emptyList<String>() to "invalid"
     }
 
     /** Closes the clients a scenario left open (after a failure, too). */
