@@ -1349,6 +1349,8 @@ impl Engine {
             ServerFrame::PushRegistered { platform, .. } => self.events.push_back(Event::PushRegistered { platform }),
             ServerFrame::TokenRefreshed { token_expires_in_ms } => self.set_token_expiry(now, token_expires_in_ms),
             ServerFrame::Error(e) => self.on_error(now, e),
+            // Answers to requests this engine does not send yet.
+            ServerFrame::Inbox(_) | ServerFrame::InboxPage(_) | ServerFrame::HistoryPage(_) => {}
         }
     }
 

@@ -116,6 +116,20 @@ fn stream_list(r: &mut Reader<'_>) -> Result<Option<Vec<SubscribeEntry>>, Decode
     Ok(Some(out))
 }
 
+/// The `op` of a JSON object, if it has one that is a string (a first pass over the members, unread).
+fn find_op(text: &str) -> Option<Cow<'_, str>> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        if key == "op" && r.peek() == Some(b'"') {
+            return r.string().ok();
+        }
+        r.raw_value().ok()?;
+    }
+    None
+}
+
 /// Collects the members of one object. On error, returns the `op` read so far (to name the frame kind).
 fn read_members<'a>(r: &mut Reader<'a>) -> Result<Members<'a>, (DecodeError, Option<Cow<'a, str>>)> {
     let mut m = Members::default();
@@ -331,6 +345,11 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
         .map(ServerFrame::Notification)
         .map_err(|e| DecodeError::new(format!("invalid notification frame: {}", e.message())));
     }
+    if let Some(op) = find_op(text)
+        && super::inbox::is_server_op(&op)
+    {
+        return super::inbox::decode_server(&op, text);
+    }
     let m = read_members(&mut Reader::new(text)).map_err(|(e, op)| {
         let what = if op.as_deref() == Some("notification") { "notification" } else { "server" };
         DecodeError::new(format!("invalid {what} frame: {}", e.message()))
@@ -393,6 +412,11 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
 
 /// Decodes a client frame.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
+    if let Some(op) = find_op(text)
+        && super::inbox::is_client_op(&op)
+    {
+        return super::inbox::decode_client(&op, text);
+    }
     let m = read_members(&mut Reader::new(text))
         .map_err(|(e, _)| DecodeError::new(format!("invalid client frame: {}", e.message())))?;
     let frame = (|| -> Result<ClientFrame, DecodeError> {
@@ -488,6 +512,7 @@ pub fn encode_client_frame(frame: &ClientFrame) -> String {
         ClientFrame::RegisterPush { reference, platform, token } => {
             w.str("op", "register_push").u64("ref", *reference).str("platform", platform.as_str()).str("token", token);
         }
+        other => super::inbox::write_client(&mut w, other),
     }
     w.finish();
     out
@@ -541,6 +566,7 @@ pub fn encode_server_frame(frame: &ServerFrame) -> String {
             w.str("op", "error").opt_u64("ref", e.reference).opt_str("stream", e.stream.as_deref());
             w.str("code", e.code.as_str()).str("message", &e.message).opt_u64("retry_after_ms", e.retry_after_ms);
         }
+        other => super::inbox::write_server(&mut w, other),
     }
     w.finish();
     out
