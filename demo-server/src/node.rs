@@ -104,6 +104,7 @@ impl Node {
     pub(crate) fn new(config: ServerConfig, stores: Stores, broker: Arc<dyn Broker>) -> Arc<Self> {
         let session_params = Arc::new(SessionParams {
             config: SessionConfig::from_config(&config),
+            sse: SessionConfig::for_sse(&config),
             verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
         });
         let acks = AckRouting::new(&config, stores.durable);

@@ -21,6 +21,14 @@ fn params() -> Arc<SessionParams> {
             auth_timeout: Duration::from_secs(10),
             rate_limit_frames_per_sec: 100,
             rate_limit_seconds: 5,
+            client_heartbeats: true,
+        },
+        sse: SessionConfig {
+            heartbeat_interval: Duration::from_secs(15),
+            auth_timeout: Duration::from_secs(10),
+            rate_limit_frames_per_sec: 100,
+            rate_limit_seconds: 5,
+            client_heartbeats: false,
         },
         verifier: TokenVerifier::new(SECRET, Duration::from_secs(5)),
     })

@@ -6,8 +6,10 @@
 //!   or deliver it twice (rows without key).
 //! - [`AckStore`]: which device acked which notification, and when.
 //! - [`DeviceStore`]: the push addresses of devices.
+//! - [`InboxStore`]: users' inboxes — items, their seen/read/archived state, the counts — and topic follows (see
+//!   [`inbox`] for the model).
 //!
-//! Later concerns get their own interface beside these (user preferences, the inbox, pending pushes), each with
+//! Later concerns get their own interface beside these (user preferences, pending pushes), each with
 //! a memory and a durable implementation. [`Stores`] bundles the implementations a server runs with:
 //! [`MemoryStore`] (everything in process memory; nothing survives the process) or [`SqliteStore`] (the embedded
 //! default, durable).
@@ -18,6 +20,9 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod inbox;
+#[cfg(test)]
+pub(crate) mod inbox_contract;
 mod memory;
 pub mod sqlite;
 
@@ -27,7 +32,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use memory::{MemoryStore, StoreLimits};
+pub use inbox::{ChangeKind, ChangeRequest, InboxAdd, InboxChange, InboxStore, MemoryInbox};
+pub use memory::{INBOX_OP_WINDOW, MemoryStore, StoreLimits};
 pub use sqlite::SqliteStore;
 
 use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
@@ -159,6 +165,8 @@ pub struct Stores {
     pub acks: Arc<dyn AckStore>,
     /// Push addresses.
     pub devices: Arc<dyn DeviceStore>,
+    /// Inboxes.
+    pub inbox: Arc<dyn InboxStore>,
     /// Whether these stores keep their data across restarts (see `AckRouting` in the node for what follows).
     pub durable: bool,
 }
@@ -172,14 +180,15 @@ impl fmt::Debug for Stores {
 impl Stores {
     /// All concerns in one [`MemoryStore`].
     pub fn memory(store: MemoryStore) -> Self {
+        let inbox = Arc::new(MemoryInbox::new(store.limits().clone(), store.clock()));
         let store = Arc::new(store);
-        Stores { streams: store.clone(), acks: store.clone(), devices: store, durable: false }
+        Stores { streams: store.clone(), acks: store.clone(), devices: store, inbox, durable: false }
     }
 
     /// All concerns in one [`SqliteStore`].
     pub fn sqlite(store: SqliteStore) -> Self {
         let store = Arc::new(store);
-        Stores { streams: store.clone(), acks: store.clone(), devices: store, durable: true }
+        Stores { streams: store.clone(), acks: store.clone(), devices: store.clone(), inbox: store, durable: true }
     }
 }
 

@@ -22,6 +22,7 @@
 //! design and the workspace's Rust version (sqlx, an async alternative, needs a newer Rust and runs a thread per
 //! connection anyway).
 
+mod inbox;
 mod schema;
 mod writer;
 

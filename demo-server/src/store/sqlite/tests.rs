@@ -18,6 +18,22 @@ mod shared {
     use super::*;
 
     crate::store::contract::stream_store_tests!(make);
+    crate::store::inbox_contract::inbox_store_tests!(make);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// The recount property on SQLite (fewer cases than on memory: each opens a database).
+        #[test]
+        fn counts_match_a_recount(steps in proptest::collection::vec(crate::store::inbox_contract::step(), 1..40)) {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (clock, _) = crate::store::contract::clock(1_000);
+                let (stores, _guard) = make(crate::store::contract::limits(10), clock);
+                crate::store::inbox_contract::counts_match_a_recount(stores.inbox.clone(), steps).await;
+                stores.streams.close().await;
+            });
+        }
+    }
 }
 
 fn open(dir: &Path, synchronous: Synchronous, clock: Clock) -> Result<SqliteStore, OpenError> {

@@ -29,6 +29,7 @@ pub(super) enum Op {
     Append { batch: Vec<Append>, reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>> },
     Acks { user: Arc<str>, device: Arc<str>, ids: Vec<String>, at: u64, reply: oneshot::Sender<Result<(), StoreError>> },
     RegisterPush { user: String, record: PushRecord, reply: oneshot::Sender<Result<(), StoreError>> },
+    Inbox(super::inbox::InboxOp),
     Close { reply: oneshot::Sender<()> },
 }
 
@@ -90,6 +91,7 @@ struct State {
 /// What one operation did inside the transaction, to be acted on after the commit.
 enum Applied {
     Append(Vec<(AppendOutcome, Placed)>),
+    Inbox(super::inbox::InboxDone),
     Done,
 }
 
@@ -250,6 +252,7 @@ impl Writer {
                         (Op::RegisterPush { reply, .. } | Op::Acks { reply, .. }, _) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Op::Inbox(op), Applied::Inbox(done)) => op.answer(done),
                         _ => {}
                     }
                 }
@@ -389,6 +392,7 @@ fn refuse(op: Op, error: StoreError) {
         Op::RegisterPush { reply, .. } | Op::Acks { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Op::Inbox(op) => op.refuse(error),
         Op::Close { reply } => {
             let _ = reply.send(());
         }
@@ -445,6 +449,7 @@ impl State {
                 .execute(params![user, &*record.device, record.platform.as_str(), record.token, record.registered_at])?;
                 Ok(Applied::Done)
             }
+            Op::Inbox(op) => Ok(Applied::Inbox(super::inbox::apply(tx, op, now, &self.limits)?)),
             Op::Close { .. } => Ok(Applied::Done),
         }
     }
