@@ -1,5 +1,6 @@
 //! HTTP routes (protocol §9): the WebSocket endpoint, publishing, presence, acks, operator actions, health and
-//! (demo mode only) token issuing.
+//! (demo mode only) token issuing. The inbox, history, acks and SSE ticket routes are in `http_inbox`, the SSE
+//! stream in `sse`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,9 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/users/{user}/devices", get(devices))
         .route("/v1/admin/drop", post(admin_drop))
         .route("/v1/push/vapid-public-key", get(vapid_public_key))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/v1/sse", get(crate::sse::handler))
+        .merge(crate::http_inbox::routes());
     if node.config.demo {
         router = router.route("/v1/demo/token", post(demo_token));
     }
@@ -50,7 +53,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
 }
 
 /// `{"error":{"code":…,"message":…}}` with `status`.
-fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
 }
 
@@ -102,7 +105,7 @@ async fn vapid_public_key(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// Checks `Authorization: Bearer <api key>`; the `401` response when it is missing or wrong.
-fn api_key_rejection(node: &Node, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn api_key_rejection(node: &Node, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -129,7 +132,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a body of at most `limit` bytes as UTF-8 text.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
     let too_large =
         || error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is larger than {limit} bytes"));
     let declared =

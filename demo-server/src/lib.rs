@@ -34,7 +34,10 @@ mod auth;
 pub mod broker;
 mod config;
 pub mod demo;
+mod drive;
 mod http;
+mod http_inbox;
+mod inboxes;
 pub mod model;
 mod node;
 mod outbox;
@@ -44,6 +47,7 @@ mod publish;
 pub mod push;
 mod registry;
 mod session;
+mod sse;
 pub mod store;
 mod util;
 mod webpush;
@@ -129,8 +133,15 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
             warn!(error = %e, "the HTTP server failed");
         }
     });
-    let mut server =
-        RunningServer { node: node.clone(), local_addr, serve: Some(serve), stop: Some(stop_tx), demo: None };
+    let retention = inboxes::spawn_retention(Arc::downgrade(&node));
+    let mut server = RunningServer {
+        node: node.clone(),
+        local_addr,
+        serve: Some(serve),
+        stop: Some(stop_tx),
+        demo: None,
+        retention: Some(retention),
+    };
     server.demo = node.config.demo.then(|| {
         tokio::spawn(demo::run_demo(demo::DemoContext {
             publisher: server.publisher(),
@@ -151,6 +162,7 @@ pub struct RunningServer {
     serve: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     demo: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -217,6 +229,10 @@ impl RunningServer {
             demo.abort();
             let _ = demo.await;
         }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
+            let _ = retention.await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -253,6 +269,9 @@ impl Drop for RunningServer {
         self.node.hard_stop.send_replace(true);
         if let Some(demo) = self.demo.take() {
             demo.abort();
+        }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -11,18 +11,20 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tidings_core::protocol::PushPlatform;
+use tidings_core::protocol::{Persistence, PushPlatform};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
-use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
+use crate::inboxes::InboxWatchers;
+use crate::model::{AckRecord, AppendOutcome, Committed, EncodedFrame, HistoryRead, Position, Publication, PushRecord};
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
 use crate::publish::{PublishError, PublishReceipt, PublishRequest};
 use crate::registry::Registry;
+use crate::session::sse::SseKeys;
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
 use crate::util::now_ms;
@@ -81,6 +83,12 @@ pub(crate) struct Node {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) stores: Stores,
     pub(crate) registry: Registry,
+    /// The connections watching users' inboxes.
+    pub(crate) inbox_watchers: InboxWatchers,
+    /// The key of SSE resume tokens and tickets.
+    pub(crate) sse_keys: Arc<SseKeys>,
+    /// SSE tickets that opened a stream (single use), until their token expires.
+    pub(crate) sse_tickets: crate::sse::UsedTickets,
     pub(crate) presence: Presence,
     pub(crate) counters: Counters,
     acks: AckRouting,
@@ -108,12 +116,16 @@ impl Node {
             verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
         });
         let acks = AckRouting::new(&config, stores.durable);
+        let sse_keys = Arc::new(SseKeys::new(&config.jwt_secret));
         let node = Arc::new(Node {
             session_params,
             config,
             broker,
             stores,
             registry: Registry::new(),
+            inbox_watchers: InboxWatchers::default(),
+            sse_keys,
+            sse_tickets: crate::sse::UsedTickets::default(),
             presence: Presence::default(),
             counters: Counters::default(),
             acks,
@@ -189,7 +201,15 @@ impl Node {
         }
         if !batch.is_empty() {
             let outcomes = self.broker.publish(batch.clone()).await;
+            // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
+            // the inboxes too. If that fails, the publish fails (a retry with the same id completes it).
+            let published: Vec<_> = batch.iter().cloned().zip(&outcomes).collect();
+            let inbox = self.add_to_inboxes(&published).await;
             for ((at, publication), outcome) in positions.into_iter().zip(&batch).zip(outcomes) {
+                let outcome = match (&inbox, outcome) {
+                    (Err(e), Ok(_)) if publication.persistence() == Persistence::Persistent => Err(e.clone()),
+                    (_, outcome) => outcome,
+                };
                 results[at] = Some(self.receipt(publication, outcome));
             }
         }
@@ -301,6 +321,10 @@ impl BrokerEventHandler for Node {
         if fan_out.overflowed > 0 {
             bump(&self.counters.slow_consumers, fan_out.overflowed);
         }
+    }
+
+    fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
+        self.inbox_watchers.fan_out(user, frame);
     }
 }
 

@@ -653,6 +653,35 @@ pub fn raw_member<'a>(object: &'a str, key: &str) -> Option<&'a str> {
     found
 }
 
+/// `(id, stream, epoch, offset)` of a notification frame, borrowed from its text where possible.
+pub type NotificationPosition<'a> = (Cow<'a, str>, Cow<'a, str>, Cow<'a, str>, Option<u64>);
+
+/// Where a `notification` frame places its notification — `(id, stream, epoch, offset)` — read in one pass over
+/// the frame without decoding the rest (`None` for any other frame, or a malformed one). For server drivers that
+/// track cursors per stream (Server-Sent Events resume tokens).
+pub fn notification_position(text: &str) -> Option<NotificationPosition<'_>> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let mut first = true;
+    let (mut op, mut id, mut stream, mut epoch, mut offset) = (false, None, None, None, None);
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        match &*key {
+            "op" => op = r.string().ok()? == "notification",
+            "id" => id = Some(r.string().ok()?),
+            "stream" => stream = Some(r.string().ok()?),
+            "epoch" => epoch = Some(r.string().ok()?),
+            "offset" => offset = if r.null() { None } else { Some(r.u64().ok()?) },
+            _ => {
+                r.raw_value().ok()?;
+            }
+        }
+    }
+    if !op {
+        return None;
+    }
+    Some((id?, stream?, epoch?, offset))
+}
+
 /// The verbatim JSON text of each element of the JSON array `array`, or `None` when it is not a well-formed
 /// array (see [`raw_member`]).
 pub fn raw_elements(array: &str) -> Option<Vec<&str>> {

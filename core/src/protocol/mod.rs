@@ -944,10 +944,12 @@ use codec::NOTIFICATION_PREFIX;
 pub(crate) use codec::quoted;
 pub(crate) use codec::write_notification;
 pub use codec::{
+    NotificationPosition, message_frames, notification_position, push_json_str, push_json_u64, raw_elements, raw_member,
+};
+pub use codec::{
     decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
     encode_notification, encode_server_frame,
 };
-pub use codec::{message_frames, push_json_str, push_json_u64, raw_elements, raw_member};
 pub use inbox::{
     ArchivedFilter, DEFAULT_HISTORY_PAGE, DEFAULT_INBOX_PAGE, HistoryPage, InboxAction, InboxCounts, InboxItem,
     InboxMark, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MAX_IDS_PER_INBOX_MARK, MAX_INBOX_PAGE,
@@ -981,6 +983,19 @@ mod tests {
         let text = encode_server_frame(&frame);
         assert!(text.starts_with(NOTIFICATION_PREFIX), "{text}");
         assert_eq!(decode_server_frame(&text).unwrap(), frame);
+    }
+
+    #[test]
+    fn notification_position_reads_where_a_frame_places_its_notification() {
+        let text = encode_server_frame(&ServerFrame::Notification(sample()));
+        let (id, stream, epoch, offset) = notification_position(&text).unwrap();
+        let n = sample();
+        assert_eq!((&*id, &*stream, &*epoch, offset), (n.id(), n.stream(), n.epoch(), n.offset));
+        let ephemeral = r#"{"op":"notification","id":"a","stream":"user:x","epoch":"e","offset":null,"x":[1]}"#;
+        assert_eq!(notification_position(ephemeral).unwrap().3, None);
+        assert!(notification_position(r#"{"op":"heartbeat"}"#).is_none());
+        assert!(notification_position(r#"{"op":"notification","id":"a"}"#).is_none(), "no stream");
+        assert!(notification_position("{\"op\":").is_none());
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! heartbeats).
 
 mod replay;
+pub(crate) mod sse;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -379,6 +380,14 @@ impl Session {
             Ok(frame) => frame,
             Err(e) => return self.close(Exit::protocol(e.message().to_owned())),
         };
+        self.handle_frame(now, frame);
+    }
+
+    /// A client frame arrived at `now` (decoded by the caller: the SSE driver makes its frames from the request).
+    pub(crate) fn handle_frame(&mut self, now: Instant, frame: ClientFrame) {
+        if self.closed {
+            return;
+        }
         if self.waiting.is_some() || !self.entries.is_empty() {
             if self.deferred.len() >= MAX_DEFERRED {
                 let message = format!("more than {MAX_DEFERRED} frames sent while a request was being answered");

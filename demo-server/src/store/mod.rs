@@ -36,7 +36,7 @@ pub use inbox::{ChangeKind, ChangeRequest, InboxAdd, InboxChange, InboxStore, Me
 pub use memory::{INBOX_OP_WINDOW, MemoryStore, StoreLimits};
 pub use sqlite::SqliteStore;
 
-use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
+use crate::model::{AckRecord, AppendOutcome, Committed, HistoryEntry, HistoryRead, Position, Publication, PushRecord};
 
 /// A boxed `Send` future, the return type of every store method.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -124,10 +124,45 @@ pub trait StreamStore: Send + Sync + 'static {
         since: Option<Position<'a>>,
     ) -> BoxFuture<'a, Result<HistoryRead, StoreError>>;
 
+    /// A page of what `stream` stores, oldest first (`GET /v1/streams/{stream}/history`, protocol §13): at most
+    /// `limit` notifications after `after` — an `(epoch, offset)`; a position of another epoch, or none, reads from
+    /// the oldest stored. A durable store keeps `persistent` notifications beyond the replay window, for its
+    /// retention; by default (the memory store) the page reads what [`StreamStore::read`] replays.
+    fn page<'a>(
+        &'a self,
+        stream: &'a str,
+        after: Option<Position<'a>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StoredPage, StoreError>> {
+        Box::pin(async move {
+            let epoch = self.epoch(stream).await?;
+            let read = self.read(stream, Some((&epoch, 0))).await?;
+            let after = after.filter(|(e, _)| *e == &*epoch).map_or(0, |(_, o)| o);
+            let oldest = read.state.oldest;
+            let mut entries: Vec<HistoryEntry> = read.entries.into_iter().filter(|e| e.offset > after).collect();
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            Ok(StoredPage { state: read.state, oldest, entries, more })
+        })
+    }
+
     /// Finishes pending writes and releases the store (at graceful shutdown). Later calls fail.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
+}
+
+/// A page of a stream's stored history (see [`StreamStore::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPage {
+    /// The stream's state (its epoch, head and oldest replayable offset).
+    pub state: crate::model::StreamState,
+    /// The oldest offset stored (`head + 1` when none).
+    pub oldest: u64,
+    /// The notifications, in offset order.
+    pub entries: Vec<HistoryEntry>,
+    /// Whether more notifications follow the page.
+    pub more: bool,
 }
 
 /// Acks: which device received which notification.
