@@ -156,15 +156,22 @@ fn lint(root: &Path) -> Result<(), String> {
 
 fn rust_tests(root: &Path) -> Result<(), String> {
     let python = http_ece_python(root)?;
+    // The SSE suite puts nginx (Debian's) in front of the server to check that events pass a buffering proxy.
+    let nginx = Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        apt_install(&["nginx"])?;
+    }
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
-        .env("TIDINGS_HTTP_ECE_PYTHON", python)
+        .env("TIDINGS_HTTP_ECE_PYTHON", &python)
+        .env("TIDINGS_NGINX", nginx)
         .dir(root))?;
     // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
     run(Step::new("server suites on SQLite", "cargo")
         .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
-        .args(["--test", "http_api", "--test", "streams"])
+        .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
         .env("TIDINGS_TEST_STORE", "sqlite")
+        .env("TIDINGS_NGINX", nginx)
         .dir(root))
 }
 
