@@ -123,8 +123,13 @@ async fn bad_inbox_requests_get_request_scoped_errors() {
     // The connection is still usable.
     c.send(json!({"op":"inbox_watch","ref":8})).await;
     assert_eq!(next_op(&mut c, "inbox").await["ref"], 8);
-    // An unknown action is a malformed frame: protocol error.
+    // A member that does not decode, with a readable ref: answered (protocol §6.3).
     c.send(json!({"op":"inbox_mark","ref":9,"action":"burn","ids":["a"]})).await;
+    let error = next_op(&mut c, "error").await;
+    assert_eq!((error["ref"].as_u64(), error["code"].as_str()), (Some(9), Some("bad_request")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("burn"), "{error}");
+    // Without a readable ref it cannot be answered: protocol error.
+    c.send(json!({"op":"inbox_mark","action":"read","ids":["a"]})).await;
     assert_eq!(c.closed().await.error_code(), "protocol_error");
     server.shutdown().await;
 }

@@ -232,10 +232,7 @@ impl SseEncoder {
                 {
                     // The cursor before the replay that follows (protocol §2.4); the replay moves it to `offset`.
                     let replayed = match continuity {
-                        WireContinuity::Resumed { replayed } => replayed,
-                        WireContinuity::Gap { .. } => {
-                            raw_member(frame, "replayed").and_then(|r| r.parse().ok()).unwrap_or(0)
-                        }
+                        WireContinuity::Resumed { replayed } | WireContinuity::Gap { replayed, .. } => replayed,
                         WireContinuity::Fresh => 0,
                     };
                     self.cursors.insert(stream, (epoch, offset.saturating_sub(replayed)));
