@@ -287,12 +287,19 @@ pub(crate) fn topic_of(stream: &str) -> Option<&str> {
     stream.strip_prefix("topic:")
 }
 
+/// The version a new inbox starts from: the time in microseconds (ms × 1000). An inbox the server lost and started
+/// again (a restart on the memory store, a lost database) then has versions above any the clients saw of the old
+/// one, and clients — which keep only newer counts — take its counts instead of ignoring them.
+pub(crate) fn first_version(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1000)
+}
+
 /// The reads and writes the rules need, inside one transaction (SQLite) or under one lock (memory).
 pub(crate) trait Rows {
     type Error;
     /// The user's row, if the user has an inbox.
     fn user(&mut self, user: &str) -> Result<Option<UserRow>, Self::Error>;
-    /// Creates an empty inbox row for `user` (version 0, head 0) and returns it.
+    /// Creates an empty inbox row for `user` (head 0, version [`first_version`]) and returns it.
     fn create_user(&mut self, user: &str) -> Result<UserRow, Self::Error>;
     /// Writes the row's counts, item count and marks.
     fn put_user(&mut self, row: &UserRow) -> Result<(), Self::Error>;
@@ -752,7 +759,8 @@ impl Rows for MemoryRows<'_> {
     }
 
     fn create_user(&mut self, user: &str) -> Result<UserRow, Infallible> {
-        let row = UserRow { user: user.to_owned(), ..UserRow::default() };
+        let mut row = UserRow { user: user.to_owned(), ..UserRow::default() };
+        row.counts.version = first_version(self.now);
         self.state.users.insert(
             user.to_owned(),
             MemoryUser {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::{SqliteStore, answer, writer::Op};
 use crate::store::inbox::{
     self, ChangeRequest, InboxAdd, InboxChange, InboxStore, ItemRow, Kind, PRUNE_BATCH, Pending, Rows, UserRow,
-    decode_marks, encode_marks, topic_of,
+    decode_marks, encode_marks, first_version, topic_of,
 };
 use crate::store::{BoxFuture, StoreError, StoreLimits};
 
@@ -189,10 +189,12 @@ impl Rows for SqlRows<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO inbox_users (user, version, head, unseen, unread, total, items, read_marks, seen_marks) \
-                 VALUES (?1, 0, 0, 0, 0, 0, 0, '', '')",
+                 VALUES (?1, ?2, 0, 0, 0, 0, 0, '', '')",
             )?
-            .execute([user])?;
-        Ok(UserRow { key: self.conn.last_insert_rowid(), user: user.to_owned(), ..UserRow::default() })
+            .execute(params![user, first_version(self.now)])?;
+        let mut row = UserRow { key: self.conn.last_insert_rowid(), user: user.to_owned(), ..UserRow::default() };
+        row.counts.version = first_version(self.now);
+        Ok(row)
     }
 
     fn put_user(&mut self, row: &UserRow) -> rusqlite::Result<()> {
