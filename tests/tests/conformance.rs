@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tidings_core::engine::{ConnectionState, Continuity, Event, Lifecycle, NetworkEvent, PushOutcome};
+use tidings_core::protocol::{InboxAction, MarkAllAction};
 use tidings_core::store::MemoryStore;
 use tidings_tests::{TestClient, TestServer};
 
@@ -18,8 +19,9 @@ fn file() -> Value {
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-struct Runner<'s> {
-    server: &'s TestServer,
+struct Runner {
+    /// The server (taken out for a moment while it restarts).
+    server_slot: Option<TestServer>,
     prefix: String,
     clients: HashMap<String, TestClient>,
     token_fetches: HashMap<String, Arc<AtomicU32>>,
@@ -28,7 +30,11 @@ struct Runner<'s> {
     paused: std::collections::HashSet<String>,
 }
 
-impl<'s> Runner<'s> {
+impl Runner {
+    fn server(&self) -> &TestServer {
+        self.server_slot.as_ref().expect("the server runs")
+    }
+
     fn name(&self, s: &str) -> String {
         format!("{}-{s}", self.prefix)
     }
@@ -66,7 +72,7 @@ impl<'s> Runner<'s> {
                 let topics = self.names(&step["topics"]);
                 let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
                 let token = match step["token"].as_str().unwrap_or("valid") {
-                    "valid" => self.server.token(&user, &topic_refs),
+                    "valid" => self.server().token(&user, &topic_refs),
                     "invalid" => "not-a-jwt".to_string(),
                     other => panic!("unknown token kind {other}"),
                 };
@@ -80,7 +86,7 @@ impl<'s> Runner<'s> {
                 let batch = step["batch_window_ms"].as_u64().unwrap_or(0);
                 let grace = step["background_grace_ms"].as_u64();
                 let capacity = step["event_capacity"].as_u64();
-                let client = TestClient::connect_with(self.server, provider, Some(Arc::new(MemoryStore::new())), |c| {
+                let client = TestClient::connect_with(self.server(), provider, Some(Arc::new(MemoryStore::new())), |c| {
                     c.engine.batch.window = Duration::from_millis(batch);
                     if let Some(g) = grace {
                         c.engine.background_grace = Duration::from_millis(g);
@@ -158,7 +164,7 @@ impl<'s> Runner<'s> {
                     if let Some(p) = step["persistence"].as_str() {
                         body["persistence"] = json!(p);
                     }
-                    let reply = self.server.publish(body).await;
+                    let reply = self.server().publish(body).await;
                     self.deliveries.insert(id, reply["deliveries"][0].clone());
                 }
             }
@@ -237,7 +243,7 @@ impl<'s> Runner<'s> {
             "background" => self.client(step).client.set_lifecycle(Lifecycle::Background),
             "foreground" => self.client(step).client.set_lifecycle(Lifecycle::Foreground),
             "drop_connections" => {
-                self.server.drop_all().await;
+                self.server().drop_all().await;
             }
             "settle" => {
                 let ms = Duration::from_millis(step["ms"].as_u64().unwrap());
@@ -275,6 +281,56 @@ impl<'s> Runner<'s> {
                 let c = self.clients.remove(key).expect("client");
                 c.close().await;
             }
+            "wait_inbox" | "assert_inbox" => {
+                let want = |name: &str| step[name].as_u64();
+                let (unread, unseen, total) = (want("unread"), want("unseen"), want("total"));
+                let matches = move |log: &[Event]| {
+                    let latest = log.iter().rev().find_map(|e| match e {
+                        Event::InboxCounts(c) => Some(*c),
+                        _ => None,
+                    });
+                    latest.is_some_and(|c| {
+                        unread.is_none_or(|u| u == c.unread)
+                            && unseen.is_none_or(|u| u == c.unseen)
+                            && total.is_none_or(|t| t == c.total)
+                    })
+                };
+                let what = format!("inbox counts {step}");
+                let c = self.client(step);
+                if op == "wait_inbox" {
+                    c.until(&what, matches).await;
+                } else {
+                    assert!(matches(&c.log), "{what}: counts are {:?}", c.client.inbox_counts());
+                    let now = c.client.inbox_counts().expect("counts");
+                    assert!(unread.is_none_or(|u| u == now.unread), "{what}: {now:?}");
+                }
+            }
+            "inbox_mark" | "inbox_mark_all" => {
+                let ids = self.ids(step);
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let action = step["action"].as_str().unwrap();
+                let wait = step["wait"].as_bool().unwrap_or(true);
+                let client = &self.client(step).client;
+                let request = async {
+                    if op == "inbox_mark_all" {
+                        client.inbox_mark_all(MarkAllAction::parse(action).expect("read or seen")).await
+                    } else {
+                        client.inbox_mark(InboxAction::parse(action).expect("an inbox action"), &ids).await
+                    }
+                };
+                if wait {
+                    let update = request.await.expect("the server answers");
+                    assert!(!update.duplicate, "{update:?}");
+                } else {
+                    // Started (the SDK queues the change) without waiting for its answer.
+                    use futures_util::FutureExt as _;
+                    assert!(request.now_or_never().is_none(), "answered at once while offline?");
+                }
+            }
+            "restart_server" => {
+                let server = self.server_slot.take().expect("the server runs");
+                self.server_slot = Some(server.restart().await);
+            }
             other => panic!("unknown step op {other:?}"),
         }
     }
@@ -305,7 +361,7 @@ async fn run_scenario(name: &str) {
     // The server's default store: SQLite.
     let server = TestServer::start_sqlite_with(|c| c.replay_max_items = max_items).await;
     let mut runner = Runner {
-        server: &server,
+        server_slot: Some(server),
         prefix: format!("r{}x{}", std::process::id(), RUN.fetch_add(1, Ordering::SeqCst)),
         clients: HashMap::new(),
         token_fetches: HashMap::new(),
@@ -353,4 +409,8 @@ scenarios!(
     auth_failure_without_storm,
     background_foreground_resume,
     slow_app_backpressure,
+    inbox_two_devices,
+    inbox_offline_change_converges,
+    inbox_mark_all_leaves_new_items_unread,
+    inbox_counts_survive_a_server_restart,
 );
