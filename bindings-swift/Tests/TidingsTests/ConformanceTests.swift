@@ -17,6 +17,10 @@ final class ConformanceTests: XCTestCase {
         "auth_failure_without_storm",
         "background_foreground_resume",
         "slow_app_backpressure",
+        "inbox_two_devices",
+        "inbox_offline_change_converges",
+        "inbox_mark_all_leaves_new_items_unread",
+        "inbox_counts_survive_a_server_restart",
     ]
 
     func testLiveDelivery() async throws { try await runScenario("live_delivery") }
@@ -28,6 +32,14 @@ final class ConformanceTests: XCTestCase {
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
     func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
+    func testInboxTwoDevices() async throws { try await runScenario("inbox_two_devices") }
+    func testInboxOfflineChangeConverges() async throws { try await runScenario("inbox_offline_change_converges") }
+    func testInboxMarkAllLeavesNewItemsUnread() async throws {
+        try await runScenario("inbox_mark_all_leaves_new_items_unread")
+    }
+    func testInboxCountsSurviveAServerRestart() async throws {
+        try await runScenario("inbox_counts_survive_a_server_restart")
+    }
 
     func testEveryScenarioInTheFileHasATest() throws {
         let inFile = try ScenarioFile.load().scenarios.map(\.name).sorted()
@@ -122,13 +134,18 @@ struct Step: Decodable {
     let ms: UInt64?
     let first: String?
     let last: String?
+    let action: String?
+    let wait: Bool?
+    let unread: UInt64?
+    let unseen: UInt64?
+    let total: UInt64?
     /// The step as JSON text (filled in by `ScenarioFile.load`).
     var raw = ""
 
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published
+        case published, action, wait, unread, unseen, total
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
         case eventCapacity = "event_capacity"
@@ -166,6 +183,11 @@ struct Step: Decodable {
         ms = try c.decodeIfPresent(UInt64.self, forKey: .ms)
         first = try c.decodeIfPresent(String.self, forKey: .first)
         last = try c.decodeIfPresent(String.self, forKey: .last)
+        action = try c.decodeIfPresent(String.self, forKey: .action)
+        wait = try c.decodeIfPresent(Bool.self, forKey: .wait)
+        unread = try c.decodeIfPresent(UInt64.self, forKey: .unread)
+        unseen = try c.decodeIfPresent(UInt64.self, forKey: .unseen)
+        total = try c.decodeIfPresent(UInt64.self, forKey: .total)
     }
 }
 
@@ -182,6 +204,8 @@ final class ScenarioRunner {
     private var tokenFetches: [String: Locked<Int>] = [:]
     /// The publish reply's first delivery per id: stream, epoch, offset.
     private var deliveries: [String: [String: Any]] = [:]
+    /// Inbox changes started without waiting (`wait: false`).
+    private var pendingRequests: [Task<Void, Never>] = []
 
     init(server: TestServer) {
         self.server = server
@@ -415,12 +439,71 @@ final class ScenarioRunner {
             await r.close()
             await connects.removeValue(forKey: key)?.value
 
+        case "wait_inbox", "assert_inbox":
+            let r = try recorder(step)
+            let matches = { (c: InboxCounts?) -> Bool in
+                guard let c else { return false }
+                return (step.unread.map { $0 == c.unread } ?? true) && (step.unseen.map { $0 == c.unseen } ?? true)
+                    && (step.total.map { $0 == c.total } ?? true)
+            }
+            // Through the observable badge (SwiftUI's view of the counts) and the client's property alike.
+            if step.op == "wait_inbox" {
+                let deadline = Date().addingTimeInterval(waitTimeout)
+                while !matches(await r.badgeCounts()) {
+                    if Date() > deadline {
+                        throw TestFailure("timed out waiting for inbox counts: \(String(describing: await r.badgeCounts()))")
+                    }
+                    try await Task.sleep(nanoseconds: 10_000_000)
+                }
+            } else {
+                let counts = await r.badgeCounts()
+                try check(matches(counts), "inbox counts \(String(describing: counts))")
+            }
+            let now = r.client.inboxCounts
+            try check(matches(now), "the client's inbox counts \(String(describing: now))")
+
+        case "inbox_mark", "inbox_mark_all":
+            let r = try recorder(step)
+            let action = try required(step.action, "action")
+            let ids = try stepIds(step)
+            let client = r.client
+            let request: @Sendable () async throws -> InboxChangeResult
+            if step.op == "inbox_mark_all" {
+                switch action {
+                case "read": request = { try await client.inboxMarkAllRead() }
+                case "seen": request = { try await client.inboxMarkAllSeen() }
+                default: throw TestFailure("mark all \(action)?")
+                }
+            } else {
+                guard let a = InboxAction(rawValue: action) else { throw TestFailure("unknown action \(action)") }
+                request = { try await client.inboxMark(a, ids: ids) }
+            }
+            if step.wait ?? true {
+                let result = try await request()
+                try check(!result.duplicate, "a duplicate: \(result)")
+            } else {
+                // Started without waiting for the answer (offline, the SDK queues the change).
+                let pending = client.inboxPendingChanges
+                pendingRequests.append(Task { _ = try? await request() })
+                let deadline = Date().addingTimeInterval(waitTimeout)
+                while client.inboxPendingChanges <= pending {
+                    if Date() > deadline { throw TestFailure("the change was not queued") }
+                    try await Task.sleep(nanoseconds: 5_000_000)
+                }
+            }
+
+        case "restart_server":
+            try await server.restart()
+
         default:
             throw TestFailure("unknown step op \(step.op)")
         }
     }
 
     func closeAll() async {
+        for task in pendingRequests {
+            task.cancel()
+        }
         for (key, r) in clients {
             await r.close()
             await connects.removeValue(forKey: key)?.value

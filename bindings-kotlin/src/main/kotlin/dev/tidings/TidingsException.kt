@@ -29,6 +29,16 @@ sealed class TidingsException(message: String, cause: Throwable? = null) : Excep
     /** The client was closed. */
     class Closed(cause: Throwable? = null) : TidingsException("the client is closed", cause)
 
+    /**
+     * The server refused a request (inbox, history): [code] is `bad_request` (the [detail] names the member),
+     * `forbidden` or `try_again_later`.
+     */
+    class RequestRefused(val code: String, val detail: String, cause: Throwable? = null) :
+        TidingsException("request refused ($code): $detail", cause)
+
+    /** A read (inbox page, history page) got no answer in time (30 s, connecting included). */
+    class TimedOut(cause: Throwable? = null) : TidingsException("no answer in time", cause)
+
     /** A bug in Tidings (a caught Rust panic). Please report it with the message. */
     class Internal(val detail: String, cause: Throwable? = null) :
         TidingsException("internal error in Tidings: $detail", cause)
@@ -58,5 +68,7 @@ internal fun FfiException.toPublic(): TidingsException = when (this) {
     is FfiException.Store -> TidingsException.StoreFailure(detail)
     is FfiException.ConnectionFailed -> TidingsException.ConnectionFailed(reason.toPublic(), detail)
     is FfiException.Closed -> TidingsException.Closed()
+    is FfiException.RequestRefused -> TidingsException.RequestRefused(code, detail)
+    is FfiException.TimedOut -> TidingsException.TimedOut()
     is FfiException.Internal -> TidingsException.Internal(detail)
 }

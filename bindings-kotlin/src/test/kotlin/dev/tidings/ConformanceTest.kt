@@ -24,6 +24,8 @@ import kotlinx.coroutines.Deferred
 import kotlinx.coroutines.NonCancellable
 import kotlinx.coroutines.async
 import kotlinx.coroutines.delay
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
 import kotlinx.coroutines.withTimeout
@@ -53,6 +55,14 @@ class ConformanceTest {
     @Test fun background_foreground_resume() = runScenario("background_foreground_resume")
 
     @Test fun slow_app_backpressure() = runScenario("slow_app_backpressure")
+
+    @Test fun inbox_two_devices() = runScenario("inbox_two_devices")
+
+    @Test fun inbox_offline_change_converges() = runScenario("inbox_offline_change_converges")
+
+    @Test fun inbox_mark_all_leaves_new_items_unread() = runScenario("inbox_mark_all_leaves_new_items_unread")
+
+    @Test fun inbox_counts_survive_a_server_restart() = runScenario("inbox_counts_survive_a_server_restart")
 
     @Test
     fun every_scenario_in_the_file_has_a_test() {
@@ -257,6 +267,49 @@ private class ScenarioRunner(
                 val c = clients.remove(key) ?: fail("no client $key")
                 c.recorder.close()
             }
+            "wait_inbox", "assert_inbox" -> {
+                val unread = step.longOrNull("unread")
+                val unseen = step.longOrNull("unseen")
+                val total = step.longOrNull("total")
+                val matches = { c: InboxCounts? ->
+                    c != null && (unread == null || c.unread == unread) && (unseen == null || c.unseen == unseen) &&
+                        (total == null || c.total == total)
+                }
+                // Through the StateFlow an app's UI collects.
+                val flow = client(step).recorder.client.inboxCounts
+                if (op == "wait_inbox") {
+                    withTimeoutOrNull(WAIT_MS) { flow.first(matches) }
+                        ?: fail("timed out waiting for inbox counts ${Json.write(step)}; they are ${flow.value}")
+                } else {
+                    assertTrue(matches(flow.value), "inbox counts ${flow.value}, expected ${Json.write(step)}")
+                }
+            }
+            "inbox_mark", "inbox_mark_all" -> {
+                val client = client(step).recorder.client
+                val action = step.str("action")
+                val ids = ids(step)
+                val request: suspend () -> InboxChangeResult = if (op == "inbox_mark_all") {
+                    when (action) {
+                        "read" -> ({ client.inboxMarkAllRead() })
+                        "seen" -> ({ client.inboxMarkAllSeen() })
+                        else -> fail("mark all $action?")
+                    }
+                } else {
+                    val a = InboxAction.valueOf(action.uppercase())
+                    ({ client.inboxMark(a, ids) })
+                }
+                if (step["wait"] as Boolean? ?: true) {
+                    val result = request()
+                    assertTrue(!result.duplicate, "a duplicate: $result")
+                } else {
+                    // Started without waiting for the answer (offline, the SDK queues the change).
+                    val before = client.inboxPendingChanges
+                    scope.launch { runCatching { request() } }
+                    withTimeoutOrNull(WAIT_MS) { while (client.inboxPendingChanges <= before) delay(5) }
+                        ?: fail("the change was not queued")
+                }
+            }
+            "restart_server" -> server.restart()
             else -> fail("unknown step op \"$op\" (add it to every runner, see tests/conformance/README.md)")
         }
     }
