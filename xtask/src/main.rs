@@ -27,7 +27,7 @@ commands:
   test        everything CI runs: format, lints, Rust tests (provisions toolchains it needs)
   lint        cargo fmt --check and clippy with warnings denied
   rust-tests  cargo test --workspace
-  bench       S1-S4 against Socket.IO 4.8.4, S2-S3 on SQLite too, S5 durable publish; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
+  bench       S1-S4 against Socket.IO 4.8.4, S2-S3 on SQLite too, S5 durable publish, P1-P2 push, I1-I3 inbox and SSE; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
   bench-core  criterion benchmarks of the core engine
   latency     end-to-end latency of 1,000 notifications on loopback (release build)
   swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite

@@ -80,7 +80,9 @@ fn control(child: Arc<Mutex<Child>>, launch: Launch, port: u16) -> Result<String
             let mut buf = [0u8; 4096];
             let n = stream.read(&mut buf).unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
-            let result = if request.starts_with("POST /restart") { restart(&child, &launch, port) } else {
+            let result = if request.starts_with("POST /restart") {
+                restart(&child, &launch, port)
+            } else {
                 Err("unknown control request".into())
             };
             let (status, body) = match result {
