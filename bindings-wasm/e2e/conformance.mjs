@@ -362,6 +362,30 @@ class Runner {
         if (args.wait && result.duplicate) fail(`a duplicate: ${JSON.stringify(result)}`);
         return;
       }
+      case 'history': {
+        // The README's gap → refetch path: page after the last notification handled.
+        const c = this.client(step);
+        const afterId = this.name(step.after_id);
+        const last = notifications((await this.record(c)).log).find((n) => n.id === afterId);
+        if (!last) fail(`${afterId} was not delivered`);
+        const got = await c.page.evaluate(
+          async ({ stream, after, limit }) => {
+            const client = window.__conformance.client;
+            const ids = [];
+            let position = after;
+            while (position) {
+              const page = await client.history(stream, position, limit);
+              if (limit !== undefined && page.items.length > limit) throw new Error('a page larger than the limit');
+              ids.push(...page.items.map((n) => n.id));
+              position = page.next === null ? null : { epoch: page.epoch, offset: page.next };
+            }
+            return ids;
+          },
+          { stream: this.stream(step.stream), after: { epoch: last.epoch, offset: last.offset }, limit: step.limit },
+        );
+        assertEq(got, this.ids(step), `history after ${afterId}`);
+        return;
+      }
       case 'restart_server': {
         if (!CONTROL_URL) fail('TIDINGS_CONTROL_URL is not set');
         const r = await fetch(`${CONTROL_URL}/restart`, { method: 'POST' });

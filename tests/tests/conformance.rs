@@ -86,15 +86,16 @@ impl Runner {
                 let batch = step["batch_window_ms"].as_u64().unwrap_or(0);
                 let grace = step["background_grace_ms"].as_u64();
                 let capacity = step["event_capacity"].as_u64();
-                let client = TestClient::connect_with(self.server(), provider, Some(Arc::new(MemoryStore::new())), |c| {
-                    c.engine.batch.window = Duration::from_millis(batch);
-                    if let Some(g) = grace {
-                        c.engine.background_grace = Duration::from_millis(g);
-                    }
-                    if let Some(n) = capacity {
-                        c.event_capacity = n as usize;
-                    }
-                });
+                let client =
+                    TestClient::connect_with(self.server(), provider, Some(Arc::new(MemoryStore::new())), |c| {
+                        c.engine.batch.window = Duration::from_millis(batch);
+                        if let Some(g) = grace {
+                            c.engine.background_grace = Duration::from_millis(g);
+                        }
+                        if let Some(n) = capacity {
+                            c.event_capacity = n as usize;
+                        }
+                    });
                 let key = step["client"].as_str().unwrap().to_string();
                 self.token_fetches.insert(key.clone(), fetches);
                 self.clients.insert(key, client);
@@ -327,6 +328,32 @@ impl Runner {
                     assert!(request.now_or_never().is_none(), "answered at once while offline?");
                 }
             }
+            "history" => {
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                let want = self.ids(step);
+                let after_id = self.name(step["after_id"].as_str().unwrap());
+                let limit = step["limit"].as_u64().map(|l| l as u32);
+                let c = self.client(step);
+                let mut after = c
+                    .log
+                    .iter()
+                    .find_map(|e| match e {
+                        Event::Notification(n) if n.id() == after_id => {
+                            Some(tidings_core::Cursor { epoch: n.epoch().to_owned(), offset: n.offset.unwrap() })
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("{after_id} was not delivered"));
+                let mut got = Vec::new();
+                loop {
+                    let page = c.client.history(&stream, Some(after.clone()), limit).await.expect("a history page");
+                    assert!(limit.is_none_or(|l| page.items.len() <= l as usize), "page larger than the limit");
+                    got.extend(page.items.iter().map(|n| n.id().to_owned()));
+                    let Some(next) = page.next else { break };
+                    after = tidings_core::Cursor { epoch: page.epoch.clone(), offset: next };
+                }
+                assert_eq!(got, want, "history after {after_id}");
+            }
             "restart_server" => {
                 let server = self.server_slot.take().expect("the server runs");
                 self.server_slot = Some(server.restart().await);
@@ -409,6 +436,7 @@ scenarios!(
     auth_failure_without_storm,
     background_foreground_resume,
     slow_app_backpressure,
+    gap_refetch_from_history,
     inbox_two_devices,
     inbox_offline_change_converges,
     inbox_mark_all_leaves_new_items_unread,

@@ -17,6 +17,7 @@ final class ConformanceTests: XCTestCase {
         "auth_failure_without_storm",
         "background_foreground_resume",
         "slow_app_backpressure",
+        "gap_refetch_from_history",
         "inbox_two_devices",
         "inbox_offline_change_converges",
         "inbox_mark_all_leaves_new_items_unread",
@@ -32,6 +33,7 @@ final class ConformanceTests: XCTestCase {
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
     func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
+    func testGapRefetchFromHistory() async throws { try await runScenario("gap_refetch_from_history") }
     func testInboxTwoDevices() async throws { try await runScenario("inbox_two_devices") }
     func testInboxOfflineChangeConverges() async throws { try await runScenario("inbox_offline_change_converges") }
     func testInboxMarkAllLeavesNewItemsUnread() async throws {
@@ -139,13 +141,16 @@ struct Step: Decodable {
     let unread: UInt64?
     let unseen: UInt64?
     let total: UInt64?
+    let afterId: String?
+    let limit: UInt32?
     /// The step as JSON text (filled in by `ScenarioFile.load`).
     var raw = ""
 
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published, action, wait, unread, unseen, total
+        case published, action, wait, unread, unseen, total, limit
+        case afterId = "after_id"
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
         case eventCapacity = "event_capacity"
@@ -188,6 +193,8 @@ struct Step: Decodable {
         unread = try c.decodeIfPresent(UInt64.self, forKey: .unread)
         unseen = try c.decodeIfPresent(UInt64.self, forKey: .unseen)
         total = try c.decodeIfPresent(UInt64.self, forKey: .total)
+        afterId = try c.decodeIfPresent(String.self, forKey: .afterId)
+        limit = try c.decodeIfPresent(UInt32.self, forKey: .limit)
     }
 }
 
@@ -491,6 +498,25 @@ final class ScenarioRunner {
                     try await Task.sleep(nanoseconds: 5_000_000)
                 }
             }
+
+        case "history":
+            // The README's gap → refetch path: page after the last notification handled.
+            let r = try recorder(step)
+            let stream = try streamName(try required(step.stream, "stream"))
+            let afterId = name(try required(step.afterId, "after_id"))
+            guard let last = r.notifications.first(where: { $0.id == afterId }), let offset = last.offset else {
+                throw TestFailure("\(afterId) was not delivered")
+            }
+            var after: (epoch: String, offset: UInt64)? = (epoch: last.epoch, offset: offset)
+            var got: [String] = []
+            while let position = after {
+                let page = try await r.client.history(stream, after: position, limit: step.limit)
+                if let limit = step.limit { try check(page.items.count <= Int(limit), "a page larger than the limit") }
+                got += page.items.map(\.id)
+                after = page.next.map { (epoch: page.epoch, offset: $0) }
+            }
+            let want = try stepIds(step)
+            try check(got == want, "history after \(afterId): \(got), expected \(want)")
 
         case "restart_server":
             try await server.restart()

@@ -56,6 +56,8 @@ class ConformanceTest {
 
     @Test fun slow_app_backpressure() = runScenario("slow_app_backpressure")
 
+    @Test fun gap_refetch_from_history() = runScenario("gap_refetch_from_history")
+
     @Test fun inbox_two_devices() = runScenario("inbox_two_devices")
 
     @Test fun inbox_offline_change_converges() = runScenario("inbox_offline_change_converges")
@@ -308,6 +310,25 @@ private class ScenarioRunner(
                     withTimeoutOrNull(WAIT_MS) { while (client.inboxPendingChanges <= before) delay(5) }
                         ?: fail("the change was not queued")
                 }
+            }
+            "history" -> {
+                // The README's gap → refetch path: page after the last notification handled.
+                val r = client(step).recorder
+                val stream = stream(step.str("stream"))
+                val afterId = name(step.str("after_id"))
+                val limit = step.longOrNull("limit")?.toInt()
+                val last = r.notifications().firstOrNull { it.id == afterId } ?: fail("$afterId was not delivered")
+                var epoch: String? = last.epoch
+                var after: Long? = last.offset
+                val got = mutableListOf<String>()
+                while (after != null) {
+                    val page = r.client.history(stream, afterEpoch = epoch, afterOffset = after, limit = limit)
+                    if (limit != null) assertTrue(page.items.size <= limit, "a page larger than the limit")
+                    got += page.items.map { it.id }
+                    epoch = page.epoch
+                    after = page.next
+                }
+                assertEquals(ids(step), got, "history after $afterId")
             }
             "restart_server" -> server.restart()
             else -> fail("unknown step op \"$op\" (add it to every runner, see tests/conformance/README.md)")
