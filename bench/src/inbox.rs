@@ -54,7 +54,7 @@ fn notification(user: &str, n: u64, created_at: u64) -> Notification {
         stream: format!("user:{user}"),
         offset: Some(n + 1),
         epoch: "bench".into(),
-        kind: if n % 4 == 0 { "comment.created".into() } else { "like.created".into() },
+        kind: if n.is_multiple_of(4) { "comment.created".into() } else { "like.created".into() },
         priority: Priority::Important,
         persistence: Persistence::Persistent,
         title: Some(format!("notification {n}")),
