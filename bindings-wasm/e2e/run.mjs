@@ -597,7 +597,7 @@ test('SSE: a real EventSource with a ticket; the server drops it mid-stream, it 
   await page.goto(`${base}/sse-e2e/`);
   await page.evaluate(
     async ({ token, topic }) => {
-      // The ticket is got with the token (protocol §14.3): the long-lived token never goes into the URL.
+      // The ticket is got with the token (protocol §15.3): the long-lived token never goes into the URL.
       const r = await fetch('/v1/sse/tickets', { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
       const { ticket } = await r.json();
       const rec = { opens: 0, ids: [], streams: [], continuity: [], errors: [], lastIds: [] };

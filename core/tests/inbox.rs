@@ -1,4 +1,4 @@
-//! The engine's inbox (protocol §12) and history requests (§13) on simulated time, against the model in `sim/`.
+//! The engine's inbox (protocol §13) and history requests (§14) on simulated time, against the model in `sim/`.
 
 mod sim;
 

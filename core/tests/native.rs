@@ -124,6 +124,8 @@ async fn delivers_acks_and_closes_cleanly() {
     assert_eq!(ack, ["n1"]);
     client.close().await;
     assert_eq!(client.state(), ConnectionState::Closed);
+    // A closed client says so before it looks at a push payload (even an invalid one).
+    assert!(matches!(client.ingest_push("{}").await, Err(tidings_core::native::ClientError::Closed)));
     // The driver task ended: the event stream drains and ends.
     let rest: Vec<Event> = tokio::time::timeout(WAIT, async {
         let mut v = Vec::new();
@@ -149,7 +151,7 @@ async fn push_dedup_survives_a_restart_through_the_file_store() {
             .store(Arc::new(FileStore::new(&path)))
             .connect()
             .unwrap();
-        assert!(matches!(client.ingest_push(payload).unwrap(), PushOutcome::Show(_)));
+        assert!(matches!(client.ingest_push(payload).await.unwrap(), PushOutcome::Show(_)));
         // Killed right after the push handler returned: no close, the state is already on disk.
         drop(client);
     }
@@ -158,7 +160,7 @@ async fn push_dedup_survives_a_restart_through_the_file_store() {
         .store(Arc::new(FileStore::new(&path)))
         .connect()
         .unwrap();
-    assert_eq!(client.ingest_push(payload).unwrap(), PushOutcome::Duplicate { id: "p1".into() });
+    assert_eq!(client.ingest_push(payload).await.unwrap(), PushOutcome::Duplicate { id: "p1".into() });
     client.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await.unwrap();
     // The socket copy is suppressed too; a new one gets through.
     push.send(note("p1", 1)).unwrap();

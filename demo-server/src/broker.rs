@@ -18,7 +18,7 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     /// come in offset order.
     fn handle_publication(&self, committed: &Committed);
 
-    /// `user`'s inbox changed: `frame` is the encoded `inbox` frame (protocol §12.3) for this process's
+    /// `user`'s inbox changed: `frame` is the encoded `inbox` frame (protocol §13.3) for this process's
     /// connections that watch the user's inbox.
     fn handle_inbox(&self, user: &str, frame: &EncodedFrame);
 }

@@ -81,7 +81,7 @@ async fn carry_out_async(node: &Arc<Node>, handle: &Arc<ConnHandle>, session: &m
 
 /// Leaves every stream, the inbox watchers, presence and the device registry; logs how the connection ended.
 pub(crate) fn cleanup(
-    node: &Node,
+    node: &Arc<Node>,
     handle: &ConnHandle,
     session: &Session,
     opened: Instant,
@@ -97,7 +97,11 @@ pub(crate) fn cleanup(
             if session.watching_inbox() {
                 node.inbox_watchers.unwatch(&identity.user, handle.id());
             }
-            node.presence.unregister(&identity.user, &identity.session);
+            if node.presence.unregister(&identity.user, &identity.session) {
+                // The user's last connection: pushes waiting for them to go offline are due now.
+                let (node, user) = (node.clone(), identity.user.clone());
+                tokio::spawn(async move { node.user_went_offline(&user).await });
+            }
             node.registry.unregister_device(&identity.user, handle.id());
             info!(
                 user = %identity.user,

@@ -26,7 +26,7 @@ use crate::ws;
 
 /// Builds the router of a server.
 pub(crate) fn router(node: Arc<Node>) -> Router {
-    let mut router = Router::new()
+    let router = Router::new()
         .route("/v1/ws", any(websocket))
         .route("/v1/publish", post(publish))
         .route("/v1/publish/batch", post(publish_batch))
@@ -39,6 +39,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/sse", get(crate::sse::handler))
         .merge(crate::http_inbox::routes());
+    let mut router = crate::http_push::routes(router);
     if node.config.demo {
         router = router.route("/v1/demo/token", post(demo_token));
     }

@@ -1,4 +1,4 @@
-//! HTTP routes of the inbox (protocol §12.7), the stream history (§13), acks over HTTP and SSE tickets (§14):
+//! HTTP routes of the inbox (protocol §13.7), the stream history (§14), acks over HTTP and SSE tickets (§15):
 //! with the user's token under `/v1/me/…` and `/v1/streams/…`, with the API key under `/v1/users/{user}/…`.
 //! Errors are `{"error":{"code","message"}}` as everywhere in the API.
 
@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use tidings_core::protocol::{
-    ArchivedFilter, InboxAction, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MAX_IDS_PER_ACK, MarkAllAction,
-    StatusFilter, StreamName, encode_notification, push_json_str, push_json_u64, validate_id, validate_op_id,
-    validate_topic, validate_user_id, write_counts, write_item,
+    ArchivedFilter, InboxAction, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MarkAllAction, StatusFilter,
+    StreamName, encode_notification, push_json_str, push_json_u64, validate_op_id, validate_topic, validate_user_id,
+    write_counts, write_item,
 };
 
 use crate::auth::{TokenError, VerifiedToken, authorize_stream};
@@ -34,7 +34,6 @@ pub(crate) fn routes() -> Router<Arc<Node>> {
         .route("/v1/me/inbox/mark-all", post(me_mark_all))
         .route("/v1/me/inbox/topics", get(me_topics))
         .route("/v1/me/inbox/topics/{topic}", put(me_follow).delete(me_unfollow))
-        .route("/v1/me/acks", post(me_acks))
         .route("/v1/sse/tickets", post(sse_ticket))
         .route("/v1/streams/{stream}/history", get(history))
         .route("/v1/users/{user}/inbox", get(user_list))
@@ -369,37 +368,6 @@ async fn me_follow(State(node): State<Arc<Node>>, headers: HeaderMap, Path(topic
 async fn me_unfollow(State(node): State<Arc<Node>>, headers: HeaderMap, Path(topic): Path<String>) -> Response {
     let me = me!(node, headers);
     follow(&node, &me.user, &topic, false).await
-}
-
-#[derive(Deserialize)]
-struct AckBody {
-    device: String,
-    ids: Vec<String>,
-}
-
-/// `POST /v1/me/acks`: what an SSE client (which has no upstream) received.
-async fn me_acks(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    let me = me!(node, headers);
-    let text = match read_body(&headers, body, node.config.max_body_bytes).await {
-        Ok(text) => text,
-        Err(response) => return response,
-    };
-    let body: AckBody = match serde_json::from_str(&text) {
-        Ok(body) => body,
-        Err(e) => return bad_request(format!("expected {{\"device\":\"…\",\"ids\":[…]}}: {e}")),
-    };
-    if let Err(e) = validate_id(&body.device) {
-        return bad_request(format!("device {e}"));
-    }
-    if body.ids.is_empty() || body.ids.len() > MAX_IDS_PER_ACK {
-        return bad_request(format!("ids must hold 1 to {MAX_IDS_PER_ACK} ids, got {}", body.ids.len()));
-    }
-    if let Some(bad) = body.ids.iter().find_map(|id| validate_id(id).err().map(|e| format!("id {id:?} {e}"))) {
-        return bad_request(bad);
-    }
-    let (user, device): (Arc<str>, Arc<str>) = (Arc::from(me.user), Arc::from(body.device));
-    node.record_acks(&user, &device, &body.ids).await;
-    json(StatusCode::OK, format!("{{\"acked\":{}}}", body.ids.len()))
 }
 
 /// `POST /v1/sse/tickets`: a single-use ticket for `GET /v1/sse?ticket=…` (for `EventSource`, which cannot send

@@ -1,4 +1,4 @@
-//! The node's side of inboxes (protocol §12) and stream history pages (§13): which connections watch which
+//! The node's side of inboxes (protocol §13) and stream history pages (§14): which connections watch which
 //! user's inbox, turning committed `persistent` publications into inbox items, applying changes and telling every
 //! watching device of the user, retention, and the requests sessions hand over (`session::Request`).
 //!

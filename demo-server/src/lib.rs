@@ -37,6 +37,7 @@ pub mod demo;
 mod drive;
 mod http;
 mod http_inbox;
+mod http_push;
 mod inboxes;
 pub mod model;
 mod node;
@@ -46,6 +47,7 @@ mod presence;
 mod publish;
 pub mod push;
 mod registry;
+mod routing;
 mod session;
 mod sse;
 pub mod store;
@@ -66,14 +68,14 @@ use tracing::{info, warn};
 
 pub use auth::{TokenClaims, issue_token, sign_claims};
 pub use config::{
-    DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, StoreConfig, Synchronous, TEST_API_KEY,
-    TEST_JWT_SECRET,
+    DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, MAX_DIGEST_WINDOW, MAX_PUSH_AFTER, ServerConfig, StoreConfig,
+    Synchronous, TEST_API_KEY, TEST_JWT_SECRET, WallClock,
 };
 pub use node::ServerStats;
 pub use presence::{DevicePresence, UserPresence};
 pub use publish::{
     Delivery, MAX_BATCH, MAX_RECIPIENTS, PublishError, PublishErrorKind, PublishReceipt, PublishRequest, Publisher,
-    parse_batch,
+    PushOptions, parse_batch,
 };
 pub use store::{MemoryStore, SqliteStore, StoreLimits, Stores};
 
@@ -134,6 +136,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
         }
     });
     let retention = inboxes::spawn_retention(Arc::downgrade(&node));
+    let push_worker = node.routing.dispatcher.is_some().then(|| tokio::spawn(routing::run_worker(node.clone())));
     let mut server = RunningServer {
         node: node.clone(),
         local_addr,
@@ -141,6 +144,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
         stop: Some(stop_tx),
         demo: None,
         retention: Some(retention),
+        push_worker,
     };
     server.demo = node.config.demo.then(|| {
         tokio::spawn(demo::run_demo(demo::DemoContext {
@@ -163,6 +167,7 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     demo: Option<JoinHandle<()>>,
     retention: Option<JoinHandle<()>>,
+    push_worker: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -254,6 +259,15 @@ impl RunningServer {
             serve.abort();
             let _ = serve.await;
         }
+        node.routing.stop();
+        if let Some(mut worker) = self.push_worker.take()
+            && tokio::time::timeout(grace, &mut worker).await.is_err()
+        {
+            // Pushes still being sent stay claimed; the next start sends them (at least once).
+            warn!("pushes still being sent after the grace period; they are sent again at the next start");
+            worker.abort();
+            let _ = worker.await;
+        }
         node.stores.streams.close().await;
         info!("shutdown complete");
     }
@@ -272,6 +286,9 @@ impl Drop for RunningServer {
         }
         if let Some(retention) = self.retention.take() {
             retention.abort();
+        }
+        if let Some(worker) = self.push_worker.take() {
+            worker.abort();
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -24,6 +24,7 @@ use crate::outbox::ConnHandle;
 use crate::presence::Presence;
 use crate::publish::{PublishError, PublishReceipt, PublishRequest};
 use crate::registry::Registry;
+use crate::routing::{Recipients, Routing};
 use crate::session::sse::SseKeys;
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
@@ -91,6 +92,8 @@ pub(crate) struct Node {
     pub(crate) sse_tickets: crate::sse::UsedTickets,
     pub(crate) presence: Presence,
     pub(crate) counters: Counters,
+    /// Push routing: planning, the worker's wake-up, the dispatcher, the user directory.
+    pub(crate) routing: Routing,
     acks: AckRouting,
     /// Set when shutdown begins: new connections are refused.
     pub(crate) shutting_down: AtomicBool,
@@ -117,7 +120,9 @@ impl Node {
         });
         let acks = AckRouting::new(&config, stores.durable);
         let sse_keys = Arc::new(SseKeys::new(&config.jwt_secret));
+        let routing = Routing::new(&config);
         let node = Arc::new(Node {
+            routing,
             session_params,
             config,
             broker,
@@ -184,6 +189,7 @@ impl Node {
         let mut results: Vec<Option<Result<PublishReceipt, PublishError>>> = Vec::with_capacity(requests.len());
         let mut batch = Vec::with_capacity(requests.len());
         let mut positions = Vec::with_capacity(requests.len());
+        let mut recipients = Vec::with_capacity(requests.len());
         for request in requests {
             if let Err(e) = request.validate() {
                 results.push(Some(Err(e)));
@@ -195,23 +201,44 @@ impl Node {
             }
             let idempotent = request.id.is_some();
             let id = request.id.clone().unwrap_or_else(|| self.new_notification_id());
+            let mut users: Vec<String> = Vec::with_capacity(request.users.len());
+            for user in &request.users {
+                if !users.contains(user) {
+                    users.push(user.clone());
+                }
+            }
+            let topic = request.topics.first().cloned();
+            let overrides = request.push.overrides();
+            let mut publication = request.into_publication(id, idempotent, now_ms());
+            self.apply_socket_preferences(&mut publication, &users, topic.as_deref()).await;
             positions.push(results.len());
             results.push(None);
-            batch.push(Arc::new(request.into_publication(id, idempotent, now_ms())));
+            batch.push(Arc::new(publication));
+            recipients.push(Recipients { users, topic, overrides });
         }
         if !batch.is_empty() {
             let outcomes = self.broker.publish(batch.clone()).await;
             // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
-            // the inboxes too. If that fails, the publish fails (a retry with the same id completes it).
+            // the inboxes too (and a push's badge counts them). If that fails, the publish fails (a retry with the
+            // same id completes it).
             let published: Vec<_> = batch.iter().cloned().zip(&outcomes).collect();
             let inbox = self.add_to_inboxes(&published).await;
-            for ((at, publication), outcome) in positions.into_iter().zip(&batch).zip(outcomes) {
+            let mut committed = Vec::new();
+            for (((at, publication), outcome), recipients) in
+                positions.into_iter().zip(&batch).zip(outcomes).zip(recipients)
+            {
                 let outcome = match (&inbox, outcome) {
                     (Err(e), Ok(_)) if publication.persistence() == Persistence::Persistent => Err(e.clone()),
                     (_, outcome) => outcome,
                 };
+                if let Ok(AppendOutcome::Appended(deliveries)) = &outcome {
+                    committed.push((publication.clone(), deliveries.clone(), recipients));
+                }
                 results[at] = Some(self.receipt(publication, outcome));
             }
+            // The publish is answered once its pushes are scheduled (one more commit, only for recipients with
+            // push addresses).
+            self.plan_pushes(committed).await;
         }
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::unavailable("no result")))).collect()
     }
@@ -275,14 +302,18 @@ impl Node {
     /// an upstream).
     pub(crate) async fn record_acks(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
         bump(&self.counters.acks, ids.len() as u64);
-        let at = now_ms();
+        let at = self.routing.clock.now_ms();
         let result = match self.acks.route(user, device, ids, at) {
             None => self.stores.acks.record(user, device, ids, at).await,
-            Some(durable) if durable.is_empty() => Ok(()),
+            Some(durable) if durable.is_empty() => Ok(Vec::new()),
             Some(durable) => self.stores.acks.record(user, device, &durable, at).await,
         };
-        if let Err(e) = result {
-            warn!(user = %user, device = %device, error = %e, "acks could not be recorded");
+        match result {
+            Ok(cancelled) if !cancelled.is_empty() => {
+                debug!(user = %user, device = %device, cancelled = cancelled.len(), "acks cancelled pending pushes");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(user = %user, device = %device, error = %e, "acks could not be recorded"),
         }
     }
 
@@ -305,6 +336,7 @@ impl Node {
     ) -> Result<(), StoreError> {
         let record = PushRecord { device: device.clone(), platform, token, registered_at: now_ms() };
         let result = self.stores.devices.register_push(user, record).await;
+        self.forget_user(user);
         match &result {
             Ok(()) => info!(user = %user, device = %device, platform = platform.as_str(), "push address registered"),
             Err(e) => warn!(user = %user, error = %e, "push address could not be stored"),

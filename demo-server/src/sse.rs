@@ -1,4 +1,4 @@
-//! The Server-Sent Events driver (protocol §14): `GET /v1/sse` runs the same protocol session as a WebSocket
+//! The Server-Sent Events driver (protocol §15): `GET /v1/sse` runs the same protocol session as a WebSocket
 //! connection (`session`), fed with frames made from the request — the verified identity, a `subscribe` of the
 //! user's stream and the requested topics at the resume token's positions, an `inbox_watch` — and writes the
 //! session's frames as events (`session::sse::SseEncoder`). What the session asks for is carried out by

@@ -1,4 +1,4 @@
-//! The inbox end to end (protocol §12) and the stream history (§13): socket frames, the HTTP API with the user's
+//! The inbox end to end (protocol §13) and the stream history (§14): socket frames, the HTTP API with the user's
 //! token and with the API key, live counts on every device, persistence across a restart.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Server-Sent Events end to end (protocol §14), with a small Rust SSE client: multiplexed streams, resume with
+//! Server-Sent Events end to end (protocol §15), with a small Rust SSE client: multiplexed streams, resume with
 //! `Last-Event-ID` and `?cursor=`, gaps, auth failures, tickets, token expiry, heartbeats, acks over HTTP, inbox
 //! events, and a buffering nginx in front (started by the test).
 

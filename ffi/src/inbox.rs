@@ -1,4 +1,4 @@
-//! The inbox (protocol §12) and stream history (§13) across the FFI: value types and the client's methods. The
+//! The inbox (protocol §13) and stream history (§14) across the FFI: value types and the client's methods. The
 //! behaviour — newer-only counts, the view of loaded items, offline changes queued with op ids — is the core's
 //! (`tidings_core::engine::inbox`); this module converts.
 

@@ -7,7 +7,7 @@ import TidingsFFI
 import Observation
 #endif
 
-// The inbox (protocol §12) and stream history (§13) in Swift. Every rule — counts applied only when newer, the view of
+// The inbox (protocol §13) and stream history (§14) in Swift. Every rule — counts applied only when newer, the view of
 // loaded items kept current by every change, changes queued while offline and sent again until answered — is the Rust
 // core's; this file converts types and adapts calls to async/await.
 
@@ -70,7 +70,7 @@ public struct InboxChangeResult: Sendable, Hashable {
     public var unknown: [String]
 }
 
-/// What to do with inbox items (protocol §12.2 has the transitions).
+/// What to do with inbox items (protocol §13.2 has the transitions).
 public enum InboxAction: String, Sendable, Hashable, CaseIterable {
     /// Read (and seen).
     case read
@@ -165,19 +165,19 @@ extension TidingsClient {
     /// Loads the next (older) page into the view.
     @discardableResult
     public func inboxLoadMore() async throws -> InboxPage {
-        try await translatingAsyncErrors { InboxPage(try await ffi.inboxLoadMore()) }
+        try await translatingErrors { InboxPage(try await ffi.inboxLoadMore()) }
     }
 
     /// A page of the inbox with filters (not added to the view).
     public func inboxList(_ query: InboxQuery = InboxQuery()) async throws -> InboxPage {
-        try await translatingAsyncErrors { InboxPage(try await ffi.inboxList(query: query.ffi)) }
+        try await translatingErrors { InboxPage(try await ffi.inboxList(query: query.ffi)) }
     }
 
     /// Applies `action` to the items `ids`. While offline the change is queued (in the store) and sent on
     /// reconnect, applied once by the server; returns the counts after it.
     @discardableResult
     public func inboxMark(_ action: InboxAction, ids: [String]) async throws -> InboxChangeResult {
-        try await translatingAsyncErrors {
+        try await translatingErrors {
             InboxChangeResult(try await ffi.inboxMark(action: action.ffi, ids: ids))
         }
     }
@@ -185,13 +185,13 @@ extension TidingsClient {
     /// Marks every item up to the newest this client knows read; items that reach the server meanwhile stay unread.
     @discardableResult
     public func inboxMarkAllRead() async throws -> InboxChangeResult {
-        try await translatingAsyncErrors { InboxChangeResult(try await ffi.inboxMarkAllRead()) }
+        try await translatingErrors { InboxChangeResult(try await ffi.inboxMarkAllRead()) }
     }
 
     /// Marks every item up to the newest this client knows seen.
     @discardableResult
     public func inboxMarkAllSeen() async throws -> InboxChangeResult {
-        try await translatingAsyncErrors { InboxChangeResult(try await ffi.inboxMarkAllSeen()) }
+        try await translatingErrors { InboxChangeResult(try await ffi.inboxMarkAllSeen()) }
     }
 
     // MARK: Stream history
@@ -201,7 +201,7 @@ extension TidingsClient {
     public func history(
         _ stream: String, after: (epoch: String, offset: UInt64)? = nil, limit: UInt32? = nil
     ) async throws -> HistoryPage {
-        try await translatingAsyncErrors {
+        try await translatingErrors {
             HistoryPage(
                 try await ffi.history(
                     stream: stream, afterEpoch: after?.epoch, afterOffset: after?.offset, limit: limit))

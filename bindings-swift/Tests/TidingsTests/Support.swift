@@ -33,6 +33,8 @@ struct TestServer {
     let apiKey: String
     /// `TIDINGS_CONTROL_URL`: restarts the server (`restart_server`).
     let controlURL: URL?
+    /// The push harness's control API (`TIDINGS_PUSH_HARNESS_URL`): the mock push services the server pushes to.
+    let pushHarnessURL: URL?
 
     static func fromEnvironment() throws -> TestServer {
         let env = ProcessInfo.processInfo.environment
@@ -45,8 +47,10 @@ struct TestServer {
             }
             throw XCTSkip("no reference server (run `cargo xtask swift-test`)")
         }
+        let harness = env["TIDINGS_PUSH_HARNESS_URL"].flatMap(URL.init(string:))
         return TestServer(
-            wsURL: ws, httpURL: http, apiKey: key, controlURL: env["TIDINGS_CONTROL_URL"].flatMap(URL.init(string:)))
+            wsURL: ws, httpURL: http, apiKey: key, controlURL: env["TIDINGS_CONTROL_URL"].flatMap(URL.init(string:)),
+            pushHarnessURL: harness)
     }
 
     /// `POST /v1/demo/token`.
@@ -74,6 +78,19 @@ struct TestServer {
         request.timeoutInterval = 60
         let (data, status) = try await send(request)
         try check(status == 200, "restart: HTTP \(status): \(String(decoding: data, as: UTF8.self))")
+    }
+
+    /// Every push the mock services accepted so far (`GET /pushes` of the push harness), as an app receives it:
+    /// `provider`, `target` (the device token) and `payload` (the APNs payload as JSON text).
+    func pushes() async throws -> [[String: Any]] {
+        guard let base = pushHarnessURL, let url = URL(string: "/pushes", relativeTo: base) else {
+            throw TestFailure("TIDINGS_PUSH_HARNESS_URL is not set (run `cargo xtask swift-test`)")
+        }
+        let (data, status) = try await send(URLRequest(url: url))
+        guard status == 200, let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let pushes = object["pushes"] as? [[String: Any]]
+        else { throw TestFailure("GET /pushes: HTTP \(status): \(String(decoding: data, as: UTF8.self))") }
+        return pushes
     }
 
     /// `GET <path>` with the API key.

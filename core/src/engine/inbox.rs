@@ -1,4 +1,4 @@
-//! The inbox (protocol §12) and stream history (§13) on the client: the server's counts, kept only when newer
+//! The inbox (protocol §13) and stream history (§14) on the client: the server's counts, kept only when newer
 //! (so answers and live changes that cross, several tabs or devices, never move them back); a view of the items
 //! the app has loaded, kept current by every change; requests with their answers ([`Output::Reply`]); and changes
 //! made while offline, queued durably with an op id and sent again after every reconnect until answered — applied

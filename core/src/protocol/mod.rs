@@ -3,9 +3,11 @@
 //! `docs/protocol.md` is the normative description; this module is its executable form. Every frame is one
 //! JSON object with an `op` member. Decoding is strict about types and lenient about unknown members.
 
+pub mod api;
 mod codec;
 mod inbox;
 pub(crate) mod json;
+mod push;
 
 use std::fmt;
 
@@ -1027,6 +1029,7 @@ pub use inbox::{
     InboxMark, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MAX_IDS_PER_INBOX_MARK, MAX_INBOX_PAGE,
     MarkAllAction, StatusFilter, validate_op_id, write_counts, write_item,
 };
+pub use push::{MAX_SUMMARY_IDS, PushPayload, PushSummary, SummaryKind, decode_push};
 
 #[cfg(test)]
 mod tests {

@@ -47,7 +47,7 @@ pub struct SimServer {
     pub replay_on_gap: bool,
     /// Refuse `register_push` with this request-scoped error.
     pub refuse_push: Option<(ErrorCode, String)>,
-    /// The user's inbox (a model of protocol §12, not the server's implementation).
+    /// The user's inbox (a model of protocol §13, not the server's implementation).
     pub inbox: SimInbox,
     /// Refuse inbox changes with this request-scoped error.
     pub refuse_inbox: Option<(ErrorCode, String)>,

@@ -152,7 +152,7 @@ pub(crate) enum Output {
     Close(Exit),
 }
 
-/// A request answered from the stores (protocol §12, §13).
+/// A request answered from the stores (protocol §13, §14).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
     /// Send this connection every change of the user's inbox from now on; answer with the counts.

@@ -1,4 +1,4 @@
-//! Server-Sent Events, sans-IO (protocol §14): the resume token every event carries as its `id:`, the tickets
+//! Server-Sent Events, sans-IO (protocol §15): the resume token every event carries as its `id:`, the tickets
 //! `EventSource` opens a stream with, and the encoder that turns a session's frames into events. The SSE driver
 //! (`crate::sse`) only moves the bytes this module makes.
 //!

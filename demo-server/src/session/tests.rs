@@ -441,7 +441,7 @@ fn a_token_issued_by_issue_token_is_accepted() {
     assert!(matches!(session.poll_output(), Some(Output::Authenticated { .. })));
 }
 
-// ---- inbox and history requests (protocol §12, §13) ----
+// ---- inbox and history requests (protocol §13, §14) ----
 
 fn request_of(output: &Output) -> Option<&Request> {
     match output {

@@ -1,4 +1,4 @@
-//! The inbox: each user's notification center (protocol §12). The interface ([`InboxStore`]), the rules every
+//! The inbox: each user's notification center (protocol §13). The interface ([`InboxStore`]), the rules every
 //! backend follows (written once here, over [`Rows`]), and the in-memory backend ([`MemoryInbox`]).
 //!
 //! # Model

@@ -238,3 +238,96 @@ async fn with_normal_sync_an_unclean_stop_across_a_reboot_starts_a_new_epoch() {
     last_run(false, "another-boot");
     assert_eq!(run(Synchronous::Full).await, fresh, "with FULL every commit was on disk: the epoch stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_pushes_survive_a_reopen_and_a_dead_runs_claims_are_released() {
+    use crate::planner::{Device, NotificationMeta, Overrides, Policy, PushTarget, UserContext};
+    use crate::store::PlanItem;
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000_000);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock.clone()).unwrap());
+    let item = |id: &str| PlanItem {
+        context: UserContext {
+            devices: vec![Device {
+                id: "phone".into(),
+                push: Some(PushTarget { platform: PushPlatform::Apns, registered_at: 1 }),
+                live: false,
+            }],
+            ..UserContext::default()
+        },
+        meta: NotificationMeta {
+            id: id.into(),
+            user: "alice".into(),
+            priority: tidings_core::protocol::Priority::Important,
+            persistence: Persistence::Bufferable,
+            kind: "t".into(),
+            topic: Some("news".into()),
+            group: None,
+            title: Some("hello".into()),
+            created_at: 5,
+            overrides: Overrides::default(),
+        },
+        envelope: format!(r#"{{"id":"{id}"}}"#),
+    };
+    stores.push.plan(&Policy::default(), 1_000_000, vec![item("n1"), item("n2")]).await.unwrap();
+    // n1 and n2 are claimed by a run that then dies (the store is dropped without settling).
+    let (_, claimed) = stores.push.claim_due(1_000_000, Duration::from_secs(600), 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    stores.streams.close().await;
+    drop(stores);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock).unwrap());
+    let (_, again) = stores.push.claim_due(1_000_000, Duration::from_secs(600), 10).await.unwrap();
+    assert_eq!(again, claimed, "claimable again at once, everything kept (row, envelope, attempts)");
+    assert_eq!(again[0].row.topic.as_deref(), Some("news"));
+    assert!(
+        stores.push.deliveries("n1").await.unwrap().iter().any(|r| r.status == crate::store::DeliveryStatus::Scheduled)
+    );
+}
+
+/// Push delivery and the inbox were developed side by side and each wrote a "version 2" (push delivery's tables, or
+/// the inbox's). A database of either, and of version 1, reaches version 3 with every table, keeping its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_version_1_or_of_either_version_2_is_migrated_to_version_3() {
+    use crate::store::InboxStore as _;
+    let tables =
+        ["entries", "user_settings", "pending_push", "delivery_log", "inbox_users", "inbox_items", "inbox_ops"];
+    for (name, second) in [
+        ("version 1", None),
+        ("push delivery's 2", Some(schema::PUSH_DELIVERY)),
+        ("the inbox's 2", Some(schema::INBOX)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DATABASE_FILE);
+        {
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            if let Some(second) = second {
+                conn.execute_batch(schema::MIGRATIONS[second]).unwrap();
+                conn.execute_batch("PRAGMA user_version = 2").unwrap();
+            }
+            if second == Some(schema::INBOX) {
+                // An inbox written by that version: its counts must survive.
+                conn.execute_batch(
+                    "INSERT INTO inbox_users (uid, user, version, head, unseen, unread, total, items, read_marks, \
+                     seen_marks) VALUES (1, 'alice', 41, 0, 0, 0, 0, 0, '', '')",
+                )
+                .unwrap();
+            }
+        }
+        let (clock, _) = clock(1_000);
+        let store = open(dir.path(), Synchronous::Full, clock).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let counts = store.counts("alice").await.unwrap();
+        if second == Some(schema::INBOX) {
+            assert_eq!(counts.version, 41, "{name}: the inbox kept its version");
+        }
+        store.close().await;
+        drop(store);
+        assert_eq!(count(&db, "PRAGMA user_version"), 3, "{name}");
+        for table in tables {
+            let n =
+                count(&db, &format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"));
+            assert_eq!(n, 1, "{name}: table {table}");
+        }
+    }
+}

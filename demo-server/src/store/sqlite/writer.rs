@@ -10,8 +10,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{Clock, MAX_OPS_PER_COMMIT};
+use super::{Clock, MAX_OPS_PER_COMMIT, push};
 use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
+use crate::planner::{PendingReason, Policy, PublishPlan, RowKey, UnixMs};
+use crate::store::push::{PlanItem, SettingsChange, SettingsError, Settlement, StoredPush, UserSettings};
 use crate::store::{Append, StoreError, StoreLimits};
 
 /// How often the writer prunes what aged out (and at the latest after this long under load); shorter in this
@@ -26,12 +28,64 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// A write for the writer thread.
 pub(super) enum Op {
-    Append { batch: Vec<Append>, reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>> },
-    Acks { user: Arc<str>, device: Arc<str>, ids: Vec<String>, at: u64, reply: oneshot::Sender<Result<(), StoreError>> },
-    RegisterPush { user: String, record: PushRecord, reply: oneshot::Sender<Result<(), StoreError>> },
+    Append {
+        batch: Vec<Append>,
+        reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>,
+    },
+    Acks {
+        user: Arc<str>,
+        device: Arc<str>,
+        ids: Vec<String>,
+        at: u64,
+        reply: Reply<Vec<RowKey>>,
+    },
+    RegisterPush {
+        user: String,
+        record: PushRecord,
+        reply: Reply<()>,
+    },
+    DeletePush {
+        user: String,
+        device: String,
+        token: String,
+        reply: Reply<bool>,
+    },
+    Settings {
+        user: String,
+        change: SettingsChange,
+        at: u64,
+        reply: oneshot::Sender<Result<UserSettings, SettingsError>>,
+    },
+    Plan {
+        policy: Policy,
+        now: UnixMs,
+        items: Vec<PlanItem>,
+        reply: Reply<Vec<PublishPlan>>,
+    },
+    Claim {
+        now: UnixMs,
+        until: UnixMs,
+        max_users: usize,
+        reply: Reply<(u64, Vec<StoredPush>)>,
+    },
+    Settle {
+        settlement: Settlement,
+        reply: Reply<()>,
+    },
+    Expedite {
+        user: String,
+        reason: PendingReason,
+        now: UnixMs,
+        reply: Reply<usize>,
+    },
     Inbox(super::inbox::InboxOp),
-    Close { reply: oneshot::Sender<()> },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
+
+/// Where the answer to a write goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Where one publication was committed: `(stream, offset)` per stream (no offset for an ephemeral one).
 type Placed = Vec<(Arc<str>, Option<u64>)>;
@@ -86,6 +140,9 @@ struct State {
     clock: Clock,
     /// Committed `(sid, head)` of recently written streams.
     streams: HashMap<String, (i64, u64)>,
+    /// The next claim token of pending pushes (unique within a run; claims do not outlive a run, see
+    /// `release_claims`).
+    next_claim: std::sync::atomic::AtomicU64,
 }
 
 /// What one operation did inside the transaction, to be acted on after the commit.
@@ -93,6 +150,12 @@ enum Applied {
     Append(Vec<(AppendOutcome, Placed)>),
     Inbox(super::inbox::InboxDone),
     Done,
+    Cancelled(Vec<RowKey>),
+    Deleted(bool),
+    Settings(Result<UserSettings, String>),
+    Plans(Vec<PublishPlan>),
+    Claimed(u64, Vec<StoredPush>),
+    Moved(usize),
 }
 
 /// A stream's id and head as the transaction sees them; `dirty` when the head moved in it.
@@ -148,7 +211,8 @@ impl Writer {
         clock: Clock,
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
-        Writer { conn, path, state: State { epoch, limits, clock, streams: HashMap::new() }, done, _lock: lock }
+        let state = State { epoch, limits, clock, streams: HashMap::new(), next_claim: 1.into() };
+        Writer { conn, path, state, done, _lock: lock }
     }
 
     /// Takes what is waiting, commits it, repeats; prunes now and then; ends on `Op::Close` or when every sender
@@ -249,10 +313,28 @@ impl Writer {
                             let epoch = self.state.epoch.clone();
                             completed.push(Completed { fan_out, epoch, results, reply });
                         }
-                        (Op::RegisterPush { reply, .. } | Op::Acks { reply, .. }, _) => {
+                        (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. }, _) => {
                             let _ = reply.send(Ok(()));
                         }
                         (Op::Inbox(op), Applied::Inbox(done)) => op.answer(done),
+                        (Op::Acks { reply, .. }, Applied::Cancelled(keys)) => {
+                            let _ = reply.send(Ok(keys));
+                        }
+                        (Op::DeletePush { reply, .. }, Applied::Deleted(deleted)) => {
+                            let _ = reply.send(Ok(deleted));
+                        }
+                        (Op::Settings { reply, .. }, Applied::Settings(result)) => {
+                            let _ = reply.send(result.map_err(SettingsError::Invalid));
+                        }
+                        (Op::Plan { reply, .. }, Applied::Plans(plans)) => {
+                            let _ = reply.send(Ok(plans));
+                        }
+                        (Op::Claim { reply, .. }, Applied::Claimed(claim, rows)) => {
+                            let _ = reply.send(Ok((claim, rows)));
+                        }
+                        (Op::Expedite { reply, .. }, Applied::Moved(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
                         _ => {}
                     }
                 }
@@ -310,6 +392,12 @@ impl Writer {
                 "DELETE FROM acks WHERE (id, user, device) IN (SELECT id, user, device FROM acks WHERE at < ?1 LIMIT ?2)",
                 params![acks_cut, PRUNE_CHUNK * 10],
             )?;
+            // The deliveries log is kept as long as acks; closed digest windows are of no use.
+            pruned += tx.execute(
+                "DELETE FROM delivery_log WHERE rowid IN (SELECT rowid FROM delivery_log WHERE at < ?1 LIMIT ?2)",
+                params![acks_cut, PRUNE_CHUNK * 10],
+            )?;
+            pruned += tx.execute("DELETE FROM digest_window WHERE closes_at <= ?1", [now])?;
             tx.commit()?;
             Ok(pruned)
         })();
@@ -389,7 +477,25 @@ fn refuse(op: Op, error: StoreError) {
         Op::Append { batch, reply } => {
             let _ = reply.send(vec![Err(error); batch.len()]);
         }
-        Op::RegisterPush { reply, .. } | Op::Acks { reply, .. } => {
+        Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Acks { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::DeletePush { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Settings { reply, .. } => {
+            let _ = reply.send(Err(SettingsError::Store(error)));
+        }
+        Op::Plan { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Claim { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Expedite { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Op::Inbox(op) => op.refuse(error),
@@ -438,8 +544,27 @@ impl State {
                 for id in ids {
                     insert.execute(params![id, &**user, &**device, at])?;
                 }
+                Ok(Applied::Cancelled(push::cancel(tx, user, ids, *at)?))
+            }
+            Op::DeletePush { user, device, token, .. } => {
+                let n = tx
+                    .prepare_cached("DELETE FROM push_addresses WHERE user = ?1 AND device = ?2 AND token = ?3")?
+                    .execute(params![user, device, token])?;
+                Ok(Applied::Deleted(n > 0))
+            }
+            Op::Settings { user, change, at, .. } => {
+                Ok(Applied::Settings(push::update_settings(tx, user, change, *at)?))
+            }
+            Op::Plan { policy, now, items, .. } => Ok(Applied::Plans(push::plan(tx, policy, *now, items)?)),
+            Op::Claim { now, until, max_users, .. } => {
+                let claim = self.next_claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Applied::Claimed(claim, push::claim(tx, claim, *now, *until, *max_users)?))
+            }
+            Op::Settle { settlement, .. } => {
+                push::settle(tx, settlement)?;
                 Ok(Applied::Done)
             }
+            Op::Expedite { user, reason, now, .. } => Ok(Applied::Moved(push::expedite(tx, user, *reason, *now)?)),
             Op::RegisterPush { user, record, .. } => {
                 tx.prepare_cached("DELETE FROM push_addresses WHERE user = ?1 AND (device = ?2 OR token = ?3)")?
                     .execute(params![user, &*record.device, record.token])?;
@@ -498,7 +623,9 @@ impl State {
             }
         }
         let f = &p.fields;
-        let seq: Option<i64> = if p.is_buffered() {
+        // A publication with no stream left (every recipient turned the socket channel off for it) stores nothing
+        // but its idempotency key.
+        let seq: Option<i64> = if p.is_buffered() && !p.streams.is_empty() {
             st.insert_notification.execute(params![
                 &*p.id,
                 f.kind,

@@ -10,7 +10,7 @@ import dev.tidings.ffi.InboxPage as FfiInboxPage
 import dev.tidings.ffi.InboxQuery as FfiInboxQuery
 import dev.tidings.ffi.InboxStatus as FfiInboxStatus
 
-// The inbox (protocol §12) and stream history (§13) in Kotlin. Every rule — counts applied only when newer, the view
+// The inbox (protocol §13) and stream history (§14) in Kotlin. Every rule — counts applied only when newer, the view
 // of loaded items kept current by every change, changes queued while offline and sent again until answered — is the
 // Rust core's; this file converts types. The client's methods are in TidingsClient.kt.
 
@@ -58,7 +58,7 @@ data class InboxChangeResult(
     val unknown: List<String>,
 )
 
-/** What to do with inbox items (protocol §12.2 has the transitions). */
+/** What to do with inbox items (protocol §13.2 has the transitions). */
 enum class InboxAction {
     /** Read (and seen). */
     READ,

@@ -38,6 +38,16 @@ sealed class TidingsException(message: String, cause: Throwable? = null) : Excep
 
     /** A read (inbox page, history page) got no answer in time (30 s, connecting included). */
     class TimedOut(cause: Throwable? = null) : TidingsException("no answer in time", cause)
+    /** The server refused the user's token for an HTTP call (after the token provider was asked again once). */
+    class Unauthorized(val detail: String, cause: Throwable? = null) : TidingsException("unauthorized: $detail", cause)
+
+    /** The server refused the request ([status] 4xx, [code]): invalid preferences or quiet hours, unknown id … */
+    class Refused(val status: Int, val code: String, val detail: String, cause: Throwable? = null) :
+        TidingsException("refused ($status $code): $detail", cause)
+
+    /** The server could not be reached or could not answer now: try again later (after [retryAfterMs] if set). */
+    class Unavailable(val detail: String, val retryAfterMs: Long?, cause: Throwable? = null) :
+        TidingsException("server unavailable: $detail", cause)
 
     /** A bug in Tidings (a caught Rust panic). Please report it with the message. */
     class Internal(val detail: String, cause: Throwable? = null) :
@@ -71,4 +81,7 @@ internal fun FfiException.toPublic(): TidingsException = when (this) {
     is FfiException.RequestRefused -> TidingsException.RequestRefused(code, detail)
     is FfiException.TimedOut -> TidingsException.TimedOut()
     is FfiException.Internal -> TidingsException.Internal(detail)
+    is FfiException.Unauthorized -> TidingsException.Unauthorized(detail)
+    is FfiException.Refused -> TidingsException.Refused(status.toInt(), code, detail)
+    is FfiException.Unavailable -> TidingsException.Unavailable(detail, retryAfterMs?.toLong())
 }
