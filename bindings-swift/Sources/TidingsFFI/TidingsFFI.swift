@@ -711,6 +711,67 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
      */
     func updatePreferences(rules: [PreferenceRule]) async throws  -> Preferences
     
+    /**
+     * A page of `stream`'s stored history after `(after_epoch, after_offset)` — after a `Gap`, pass the cursor
+     * the stream had (or none, from the oldest stored); at most `limit` (1–1,000, default 100) notifications.
+     */
+    func history(stream: String, afterEpoch: String?, afterOffset: UInt64?, limit: UInt32?) async throws  -> HistoryPage
+    
+    /**
+     * Whether the view reaches the oldest item (nothing more to load).
+     */
+    func inboxComplete()  -> Bool
+    
+    /**
+     * The inbox counts the server last reported (kept in the store, so known before the connection is up);
+     * `None` before the first report. The badge is `unread`.
+     */
+    func inboxCounts()  -> InboxCounts?
+    
+    /**
+     * The inbox view: loaded items and every item added since, newest first, in their current state (an
+     * `InboxChanged` event tells when it changed).
+     */
+    func inboxItems()  -> [InboxItem]
+    
+    /**
+     * A page of the inbox with filters.
+     */
+    func inboxList(query: InboxQuery) async throws  -> InboxPage
+    
+    /**
+     * Loads the next (older) page of the view; the items join `inbox_items`.
+     */
+    func inboxLoadMore() async throws  -> InboxPage
+    
+    /**
+     * Applies `action` to the items `ids`. Queued while offline (kept in the store) and sent again after every
+     * reconnect until the server answers, which applies it once; returns the counts after it.
+     */
+    func inboxMark(action: InboxAction, ids: [String]) async throws  -> InboxChangeResult
+    
+    /**
+     * Marks every item up to the newest the client knows read (and seen); items that reach the server meanwhile
+     * stay unread.
+     */
+    func inboxMarkAllRead() async throws  -> InboxChangeResult
+    
+    /**
+     * Marks every item up to the newest the client knows seen.
+     */
+    func inboxMarkAllSeen() async throws  -> InboxChangeResult
+    
+    /**
+     * Inbox changes not yet answered by the server (queued while offline).
+     */
+    func inboxPendingChanges()  -> UInt32
+    
+    /**
+     * Waits until the inbox counts differ from `current` and returns them (at once if they differ already):
+     * the latest counts, which only move to newer versions. For an observable badge.
+     */
+    func nextInboxCounts(current: InboxCounts?) async  -> InboxCounts?
+    
 }
 /**
  * A Tidings client: one WebSocket with reconnection, replay, dedup, digests and acks.
@@ -1107,6 +1168,194 @@ open func updatePreferences(rules: [PreferenceRule])async throws  -> Preferences
             freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypePreferences_lift,
             errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * A page of `stream`'s stored history after `(after_epoch, after_offset)` — after a `Gap`, pass the cursor
+     * the stream had (or none, from the oldest stored); at most `limit` (1–1,000, default 100) notifications.
+     */
+open func history(stream: String, afterEpoch: String?, afterOffset: UInt64?, limit: UInt32?)async throws  -> HistoryPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_history(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(stream),FfiConverterOptionString.lower(afterEpoch),FfiConverterOptionUInt64.lower(afterOffset),FfiConverterOptionUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeHistoryPage_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Whether the view reaches the oldest item (nothing more to load).
+     */
+open func inboxComplete() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_complete(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The inbox counts the server last reported (kept in the store, so known before the connection is up);
+     * `None` before the first report. The badge is `unread`.
+     */
+open func inboxCounts() -> InboxCounts?  {
+    return try!  FfiConverterOptionTypeInboxCounts.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_counts(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The inbox view: loaded items and every item added since, newest first, in their current state (an
+     * `InboxChanged` event tells when it changed).
+     */
+open func inboxItems() -> [InboxItem]  {
+    return try!  FfiConverterSequenceTypeInboxItem.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_items(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * A page of the inbox with filters.
+     */
+open func inboxList(query: InboxQuery)async throws  -> InboxPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_list(
+                        self.uniffiCloneHandle(),FfiConverterTypeInboxQuery_lower(query)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxPage_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Loads the next (older) page of the view; the items join `inbox_items`.
+     */
+open func inboxLoadMore()async throws  -> InboxPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_load_more(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxPage_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Applies `action` to the items `ids`. Queued while offline (kept in the store) and sent again after every
+     * reconnect until the server answers, which applies it once; returns the counts after it.
+     */
+open func inboxMark(action: InboxAction, ids: [String])async throws  -> InboxChangeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_mark(
+                        self.uniffiCloneHandle(),FfiConverterTypeInboxAction_lower(action),FfiConverterSequenceString.lower(ids)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxChangeResult_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Marks every item up to the newest the client knows read (and seen); items that reach the server meanwhile
+     * stay unread.
+     */
+open func inboxMarkAllRead()async throws  -> InboxChangeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_mark_all_read(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxChangeResult_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Marks every item up to the newest the client knows seen.
+     */
+open func inboxMarkAllSeen()async throws  -> InboxChangeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_mark_all_seen(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxChangeResult_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Inbox changes not yet answered by the server (queued while offline).
+     */
+open func inboxPendingChanges() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_pending_changes(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Waits until the inbox counts differ from `current` and returns them (at once if they differ already):
+     * the latest counts, which only move to newer versions. For an observable badge.
+     */
+open func nextInboxCounts(current: InboxCounts?)async  -> InboxCounts?  {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_next_inbox_counts(
+                        self.uniffiCloneHandle(),FfiConverterOptionTypeInboxCounts.lower(current)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeInboxCounts.lift,
+            errorHandler: nil
+            
         )
 }
     
@@ -4870,15 +5119,15 @@ public struct FfiConverterTypeTidingsError: FfiConverterRustBuffer {
         case 8: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .Unauthorized(
+        case 9: return .Unauthorized(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .Refused(
+        case 10: return .Refused(
             status: try FfiConverterUInt16.read(from: &buf), 
             code: try FfiConverterString.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .Unavailable(
+        case 11: return .Unavailable(
             message: try FfiConverterString.read(from: &buf), 
             retryAfterMs: try FfiConverterOptionUInt64.read(from: &buf)
             )
@@ -4935,19 +5184,19 @@ public struct FfiConverterTypeTidingsError: FfiConverterRustBuffer {
             
         
         case let .Unauthorized(message):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Refused(status,code,message):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(10))
             FfiConverterUInt16.write(status, into: &buf)
             FfiConverterString.write(code, into: &buf)
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Unavailable(message,retryAfterMs):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(message, into: &buf)
             FfiConverterOptionUInt64.write(retryAfterMs, into: &buf)
             
@@ -5374,6 +5623,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeInboxCounts: FfiConverterRustBuffer {
+    typealias SwiftType = InboxCounts?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeInboxCounts.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeInboxCounts.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeNotification: FfiConverterRustBuffer {
+    typealias SwiftType = Notification?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeNotification.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeNotification.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypePushServer: FfiConverterRustBuffer {
     typealias SwiftType = PushServer?
 
@@ -5463,6 +5760,56 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeInboxItem: FfiConverterRustBuffer {
+    typealias SwiftType = [InboxItem]
+
+    public static func write(_ value: [InboxItem], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeInboxItem.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [InboxItem] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [InboxItem]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeInboxItem.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeNotification: FfiConverterRustBuffer {
+    typealias SwiftType = [Notification]
+
+    public static func write(_ value: [Notification], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeNotification.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Notification] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Notification]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeNotification.read(from: &buf))
         }
         return seq
     }
@@ -5781,6 +6128,39 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_update_preferences() != 8768) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_history() != 18121) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_complete() != 12225) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_counts() != 8104) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_items() != 24332) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_list() != 55228) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_load_more() != 4869) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_mark() != 50179) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_mark_all_read() != 62121) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_mark_all_seen() != 50898) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_pending_changes() != 4288) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_next_inbox_counts() != 24404) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tokenprovider_fetch_token() != 13240) {
