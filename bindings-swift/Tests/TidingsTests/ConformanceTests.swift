@@ -160,7 +160,7 @@ struct Step: Decodable {
         case priority, group, persistence, id, offset, expect, online, ms, first, last
         case published, action, wait, unread, unseen, total, limit
         case afterId = "after_id"
-        case published, from, form
+        case from, form
         case bodyBytes = "body_bytes"
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
