@@ -31,6 +31,8 @@ import dev.tidings.TidingsClient
 import java.io.File
 import kotlinx.coroutines.runBlocking
 
+// `App` stands for your Application class: it holds the client once the user signed in (`tidingsOrNull`), a user
+// token for the no-client path (`userToken()`, e.g. from EncryptedSharedPreferences) and the server's URL.
 class TidingsMessagingService : FirebaseMessagingService() {
     /** The app's client, if this process has one (created after sign-in by the app). */
     private val client: TidingsClient? get() = (application as App).tidingsOrNull

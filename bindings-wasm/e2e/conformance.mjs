@@ -414,6 +414,9 @@ class Runner {
         if (payload === undefined) fail('wait_push first');
         const registrationId = await this.worker(c);
         const before = await c.page.evaluate(() => window.__conformance.pushResults.length);
+        const shownCount = () =>
+          c.page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications()).length);
+        const shownBefore = await shownCount();
         // A real push event in the service worker, with the payload the server sent.
         await c.cdp.send('ServiceWorker.deliverPushMessage', {
           origin: new URL(HTTP_URL).origin,
@@ -446,6 +449,32 @@ class Runner {
             fail(`unknown expect ${step.expect}`);
         }
         if (result.show && result.error) fail(`the service worker could not show it: ${result.error}`);
+        // What the browser displays: one more notification when shown, none for a duplicate.
+        assertEq(await shownCount(), shownBefore + (result.show ? 1 : 0), "the service worker's notifications on display");
+        return;
+      }
+      case 'update_preferences':
+        await this.client(step).page.evaluate((r) => window.__conformance.client.updatePreferences(r), step.rules);
+        return;
+      case 'set_quiet_hours': {
+        const quiet = { timeZone: step.time_zone, ranges: step.ranges };
+        const r = await this.client(step).page.evaluate(
+          (q) => window.__conformance.client.setQuietHours(q).then(() => ({ ok: true }), (e) => ({ ok: false, status: e.status, kind: e.kind })),
+          quiet,
+        );
+        if (step.expect === 'refused') assertEq([r.ok, r.kind, r.status], [false, 'refused', 400], 'setQuietHours refused');
+        else assertEq(r, { ok: true }, 'setQuietHours');
+        return;
+      }
+      case 'assert_settings': {
+        const got = await this.client(step).page.evaluate(async () => ({
+          prefs: await window.__conformance.client.preferences(),
+          quiet: await window.__conformance.client.quietHours(),
+        }));
+        const key = (r) => JSON.stringify([r.type ?? null, r.topic ?? null, r.channel, r.enabled]);
+        assertEq(got.prefs.rules.map(key).sort(), step.rules.map(key).sort(), 'the rules');
+        assertEq(got.quiet.quietHours, { timeZone: step.time_zone, ranges: step.ranges }, 'the quiet hours');
+        if (step.version !== undefined) assertEq([got.prefs.version, got.quiet.version], [step.version, step.version], "the settings' versions");
         return;
       }
       case 'set_network':
