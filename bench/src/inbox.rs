@@ -113,10 +113,38 @@ async fn time_reads(
     Ok(times)
 }
 
+/// Database bytes per inbox item, as measured (94 MiB for 100,000 items of this scenario's shape: the envelope with
+/// its 64-byte payload, title and body, and the indexes).
+const BYTES_PER_ITEM: u64 = 1_000;
+
+/// Free bytes in the file system holding `dir` (`df -Pk`).
+fn free_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("df").arg("-Pk").arg(dir).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read free space from df: {text}"))?;
+    Ok(kib * 1024)
+}
+
 /// I1: list latency with `users` inboxes of `items` items.
 pub(crate) async fn i1(users: usize, items: u64, reads: usize) -> anyhow::Result<Value> {
     let dir = std::env::temp_dir().join(format!("tidings-bench-inbox-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // The full size (10,000 × 10,000) needs about 100 GB: refuse rather than fill the disk.
+    let need = users as u64 * items * BYTES_PER_ITEM;
+    let free = free_bytes(&std::env::temp_dir())?;
+    anyhow::ensure!(
+        need + need / 5 < free,
+        "I1 with {users} users × {items} items needs about {} GiB in {} and {} GiB are free: set TMPDIR to a larger \
+         disk or lower --inbox-users / --inbox-items",
+        need >> 30,
+        std::env::temp_dir().display(),
+        free >> 30
+    );
     let result = async {
         let store = open(&dir, items as usize)?;
         let names: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
