@@ -1,5 +1,5 @@
 // Compiled by `tsc --noEmit` in `cargo xtask wasm-test`: the declarations are usable, and they refuse what they must.
-import { TidingsClient, type TidingsNotification } from '@tidings/web';
+import { TidingsClient, TidingsRequestError, type InboxCounts, type TidingsNotification } from '@tidings/web';
 import { fetchVapidPublicKey, type PushResult } from '@tidings/web/sw';
 
 export const noPush: PushResult = { show: false };
@@ -26,6 +26,21 @@ async function main(): Promise<void> {
   // The DOM's Notification stays the Notifications API: the package's type does not shadow it.
   const permission: NotificationPermission = Notification.permission;
   console.log(permission);
+  client.addEventListener('inboxcounts', (e) => {
+    const c: InboxCounts = e.detail;
+    console.log(c.unread, c.version);
+  });
+  const page = await client.inboxLoadMore(20);
+  const first = page.items[0];
+  if (first && first.read_at == null) await client.inboxMark('read', [first.id]);
+  const all = await client.inboxMarkAll('read');
+  console.log(all.counts.unread, client.inboxCounts?.unread, client.inboxItems().complete);
+  try {
+    const h = await client.history('topic:news', { epoch: 'e', offset: 3 }, 100);
+    console.log(h.items.length, h.next);
+  } catch (e) {
+    if (e instanceof TidingsRequestError) console.log(e.code);
+  }
   const outcome = await client.ingestPush({ tidings: {} });
   if (outcome.show && 'notification' in outcome) console.log(outcome.notification.id);
   else if (outcome.show && 'summary' in outcome) console.log(outcome.summary.count, outcome.summary.ids);

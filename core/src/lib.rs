@@ -32,10 +32,14 @@ pub mod native;
 
 pub use engine::{
     Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
-    Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Snapshot,
-    SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
+    Event, FailureReason, InboxChange, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration,
+    QueuedChange, Reply, RequestError, RequestId, Snapshot, SnapshotScope, Stats, StreamMap, SuspendReason, TokenError,
+    TransportFailure,
 };
-pub use protocol::{ErrorCode, GapReason, Notification, NotificationFields, Persistence, Priority};
+pub use protocol::{
+    ErrorCode, GapReason, HistoryPage, InboxAction, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxUpdate, MarkAllAction,
+    Notification, NotificationFields, Persistence, Priority, PushSummary,
+};
 pub use time::Instant;
 
 /// The crate README's Rust block, compiled as a doctest (`cargo test`) so that it cannot rot.

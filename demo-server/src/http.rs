@@ -1,5 +1,6 @@
 //! HTTP routes (protocol §9): the WebSocket endpoint, publishing, presence, acks, operator actions, health and
-//! (demo mode only) token issuing.
+//! (demo mode only) token issuing. The inbox, history, acks and SSE ticket routes are in `http_inbox`, the SSE
+//! stream in `sse`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,9 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/users/{user}/devices", get(devices))
         .route("/v1/admin/drop", post(admin_drop))
         .route("/v1/push/vapid-public-key", get(vapid_public_key))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/v1/sse", get(crate::sse::handler))
+        .merge(crate::http_inbox::routes());
     let mut router = crate::http_push::routes(router);
     if node.config.demo {
         // Any origin may ask (a page served by a dev server on another port): CORS on the answer and the preflight.

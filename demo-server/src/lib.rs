@@ -34,8 +34,11 @@ mod auth;
 pub mod broker;
 mod config;
 pub mod demo;
+mod drive;
 mod http;
+mod http_inbox;
 mod http_push;
+mod inboxes;
 pub mod model;
 mod node;
 mod outbox;
@@ -46,6 +49,7 @@ pub mod push;
 mod registry;
 mod routing;
 mod session;
+mod sse;
 pub mod store;
 mod util;
 mod webpush;
@@ -133,6 +137,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
             warn!(error = %e, "the HTTP server failed");
         }
     });
+    let retention = inboxes::spawn_retention(Arc::downgrade(&node));
     let push_worker = node.routing.dispatcher.is_some().then(|| tokio::spawn(routing::run_worker(node.clone())));
     let mut server = RunningServer {
         node: node.clone(),
@@ -140,6 +145,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
         serve: Some(serve),
         stop: Some(stop_tx),
         demo: None,
+        retention: Some(retention),
         push_worker,
     };
     server.demo = (node.config.demo && node.config.demo_publisher).then(|| {
@@ -162,6 +168,7 @@ pub struct RunningServer {
     serve: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     demo: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
     push_worker: Option<JoinHandle<()>>,
 }
 
@@ -229,6 +236,10 @@ impl RunningServer {
             demo.abort();
             let _ = demo.await;
         }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
+            let _ = retention.await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -274,6 +285,9 @@ impl Drop for RunningServer {
         self.node.hard_stop.send_replace(true);
         if let Some(demo) = self.demo.take() {
             demo.abort();
+        }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
         }
         if let Some(worker) = self.push_worker.take() {
             worker.abort();

@@ -11,19 +11,21 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tidings_core::protocol::PushPlatform;
+use tidings_core::protocol::{Persistence, PushPlatform};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
-use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
+use crate::inboxes::InboxWatchers;
+use crate::model::{AckRecord, AppendOutcome, Committed, EncodedFrame, HistoryRead, Position, Publication, PushRecord};
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
 use crate::publish::{PublishError, PublishReceipt, PublishRequest};
 use crate::registry::Registry;
 use crate::routing::{Recipients, Routing};
+use crate::session::sse::SseKeys;
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
 use crate::util::now_ms;
@@ -82,6 +84,12 @@ pub(crate) struct Node {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) stores: Stores,
     pub(crate) registry: Registry,
+    /// The connections watching users' inboxes.
+    pub(crate) inbox_watchers: InboxWatchers,
+    /// The key of SSE resume tokens and tickets.
+    pub(crate) sse_keys: Arc<SseKeys>,
+    /// SSE tickets that opened a stream (single use), until their token expires.
+    pub(crate) sse_tickets: crate::sse::UsedTickets,
     pub(crate) presence: Presence,
     pub(crate) counters: Counters,
     /// Push routing: planning, the worker's wake-up, the dispatcher, the user directory.
@@ -107,9 +115,11 @@ impl Node {
     pub(crate) fn new(config: ServerConfig, stores: Stores, broker: Arc<dyn Broker>) -> Arc<Self> {
         let session_params = Arc::new(SessionParams {
             config: SessionConfig::from_config(&config),
+            sse: SessionConfig::for_sse(&config),
             verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
         });
         let acks = AckRouting::new(&config, stores.durable);
+        let sse_keys = Arc::new(SseKeys::new(&config.jwt_secret));
         let routing = Routing::new(&config);
         let node = Arc::new(Node {
             routing,
@@ -118,6 +128,9 @@ impl Node {
             broker,
             stores,
             registry: Registry::new(),
+            inbox_watchers: InboxWatchers::default(),
+            sse_keys,
+            sse_tickets: crate::sse::UsedTickets::default(),
             presence: Presence::default(),
             counters: Counters::default(),
             acks,
@@ -205,10 +218,19 @@ impl Node {
         }
         if !batch.is_empty() {
             let outcomes = self.broker.publish(batch.clone()).await;
+            // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
+            // the inboxes too (and a push's badge counts them). If that fails, the publish fails (a retry with the
+            // same id completes it).
+            let published: Vec<_> = batch.iter().cloned().zip(&outcomes).collect();
+            let inbox = self.add_to_inboxes(&published).await;
             let mut committed = Vec::new();
             for (((at, publication), outcome), recipients) in
                 positions.into_iter().zip(&batch).zip(outcomes).zip(recipients)
             {
+                let outcome = match (&inbox, outcome) {
+                    (Err(e), Ok(_)) if publication.persistence() == Persistence::Persistent => Err(e.clone()),
+                    (_, outcome) => outcome,
+                };
                 if let Ok(AppendOutcome::Appended(deliveries)) = &outcome {
                     committed.push((publication.clone(), deliveries.clone(), recipients));
                 }
@@ -331,6 +353,10 @@ impl BrokerEventHandler for Node {
         if fan_out.overflowed > 0 {
             bump(&self.counters.slow_consumers, fan_out.overflowed);
         }
+    }
+
+    fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
+        self.inbox_watchers.fan_out(user, frame);
     }
 }
 

@@ -18,11 +18,11 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tidings_core::protocol::{ErrorCode, ErrorFrame, MAX_SERVER_FRAME_BYTES, ServerFrame, encode_server_frame};
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::tungstenite;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::node::{Node, bump};
 use crate::outbox::ConnHandle;
-use crate::session::{Exit, Output, Session};
+use crate::session::{Exit, Session};
 use crate::util::now_ms;
 
 /// Upper bound for writing the final frames of a connection.
@@ -171,65 +171,7 @@ impl Connection {
 
     /// Carries out everything the session asked for, in order.
     async fn carry_out(&mut self) -> Result<(), Exit> {
-        while let Some(output) = self.session.poll_output() {
-            match output {
-                Output::Frame(frame) => self.handle.push_reserved([frame]),
-                Output::AuthFailed => bump(&self.node.counters.auth_failures, 1),
-                Output::Authenticated { user, device, session, client, connected_at } => {
-                    self.node.presence.register(&user, &device, &session, connected_at);
-                    let replaced = self.node.registry.register_device(&user, &device, &self.handle);
-                    if let Some(old) = &replaced {
-                        old.close(
-                            ErrorCode::SessionReplaced,
-                            format!("device {device} of user {user} connected again (session {session})"),
-                        );
-                    }
-                    info!(
-                        user = %user,
-                        device = %device,
-                        session = %session,
-                        client = client.as_deref().unwrap_or("-"),
-                        replaced_older_session = replaced.is_some(),
-                        "client connected"
-                    );
-                }
-                Output::Subscribed { stream, frames, filter, replayed } => {
-                    let admitted =
-                        self.node.registry.finish_subscribe(&stream, &self.handle, frames, |b| filter.admits(b));
-                    bump(&self.node.counters.replayed, replayed);
-                    if let Some(admitted) = admitted {
-                        bump(&self.node.counters.deliveries, admitted as u64);
-                    }
-                }
-                Output::Unsubscribe { stream } => self.node.leave(&stream, self.handle.id()),
-                Output::Close(exit) => return Err(exit),
-                // Work that waits for the store runs in a boxed future: it is large and rarely alive, and unboxed
-                // it would enlarge the task of every idle connection.
-                waiting => Box::pin(self.carry_out_async(waiting)).await,
-            }
-        }
-        Ok(())
-    }
-
-    async fn carry_out_async(&mut self, output: Output) {
-        match output {
-            Output::Subscribe { stream, position } => {
-                let position = position.as_ref().map(|(epoch, offset)| (epoch.as_str(), *offset));
-                let result = self.node.join(&stream, &self.handle, position).await;
-                self.session.handle_history(Instant::now(), &stream, result);
-            }
-            Output::Acks { ids } => {
-                if let Some(identity) = self.session.identity() {
-                    self.node.record_acks(&identity.user.clone(), &identity.device.clone(), &ids).await;
-                }
-            }
-            Output::RegisterPush { platform, token } => {
-                let Some(identity) = self.session.identity().cloned() else { return };
-                let result = self.node.register_push(&identity.user, &identity.device, platform, token).await;
-                self.session.handle_push_registered(Instant::now(), result);
-            }
-            other => unreachable!("not asynchronous: {other:?}"),
-        }
+        crate::drive::carry_out(&self.node, &self.handle, &mut self.session).await
     }
 
     /// Writes everything queued: one `feed` per message (frames queued together share a message, see
@@ -346,30 +288,9 @@ impl Connection {
         let _ = timeout(self.node.config.close_linger, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     }
 
-    /// Leaves every stream, presence and the device registry.
+    /// Leaves every stream, the inbox watchers, presence and the device registry.
     fn cleanup(&mut self, outcome: &str) {
-        self.handle.close(ErrorCode::Unknown, "connection closed");
-        for stream in self.session.streams() {
-            self.node.leave(stream, self.handle.id());
-        }
-        match self.session.identity() {
-            Some(identity) => {
-                if self.node.presence.unregister(&identity.user, &identity.session) {
-                    let (node, user) = (self.node.clone(), identity.user.clone());
-                    tokio::spawn(async move { node.user_went_offline(&user).await });
-                }
-                self.node.registry.unregister_device(&identity.user, self.handle.id());
-                info!(
-                    user = %identity.user,
-                    device = %identity.device,
-                    session = %identity.session,
-                    duration_ms = self.opened.elapsed().as_millis() as u64,
-                    outcome,
-                    "client disconnected"
-                );
-            }
-            None => debug!(connection = self.handle.id(), outcome, "unauthenticated connection ended"),
-        }
+        crate::drive::cleanup(&self.node, &self.handle, &self.session, self.opened, "websocket", outcome);
     }
 }
 

@@ -361,6 +361,13 @@ pub enum TidingsEvent {
         /// Detail, naming the member that is wrong.
         message: String,
     },
+    /// The inbox counts changed (newer counts arrived); `unread` is the badge.
+    InboxCounts {
+        /// The counts.
+        counts: crate::inbox::InboxCounts,
+    },
+    /// The inbox view changed: read `inbox_items()`.
+    InboxChanged,
 }
 
 impl From<core::Event> for TidingsEvent {
@@ -381,6 +388,8 @@ impl From<core::Event> for TidingsEvent {
                 code: code.as_str().to_string(),
                 message,
             },
+            core::Event::InboxCounts(counts) => TidingsEvent::InboxCounts { counts: counts.into() },
+            core::Event::InboxChanged => TidingsEvent::InboxChanged,
             // `Event` is non_exhaustive for apps; this crate is built with the core of its own workspace, and maps
             // every kind that core has (a new kind must get its own variant here, with its Swift and Kotlin form).
             other => unreachable!("tidings-ffi does not map this kind of core event: {other:?}"),

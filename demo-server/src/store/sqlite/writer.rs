@@ -78,6 +78,7 @@ pub(super) enum Op {
         now: UnixMs,
         reply: Reply<usize>,
     },
+    Inbox(super::inbox::InboxOp),
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -147,6 +148,7 @@ struct State {
 /// What one operation did inside the transaction, to be acted on after the commit.
 enum Applied {
     Append(Vec<(AppendOutcome, Placed)>),
+    Inbox(super::inbox::InboxDone),
     Done,
     Cancelled(Vec<RowKey>),
     Deleted(bool),
@@ -314,6 +316,7 @@ impl Writer {
                         (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. }, _) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Op::Inbox(op), Applied::Inbox(done)) => op.answer(done),
                         (Op::Acks { reply, .. }, Applied::Cancelled(keys)) => {
                             let _ = reply.send(Ok(keys));
                         }
@@ -495,6 +498,7 @@ fn refuse(op: Op, error: StoreError) {
         Op::Expedite { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Op::Inbox(op) => op.refuse(error),
         Op::Close { reply } => {
             let _ = reply.send(());
         }
@@ -570,6 +574,7 @@ impl State {
                 .execute(params![user, &*record.device, record.platform.as_str(), record.token, record.registered_at])?;
                 Ok(Applied::Done)
             }
+            Op::Inbox(op) => Ok(Applied::Inbox(super::inbox::apply(tx, op, now, &self.limits)?)),
             Op::Close { .. } => Ok(Applied::Done),
         }
     }
