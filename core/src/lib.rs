@@ -37,8 +37,8 @@ pub use engine::{
     TransportFailure,
 };
 pub use protocol::{
-    ErrorCode, GapReason, HistoryPage, InboxAction, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxUpdate, MarkAllAction,
-    Notification, NotificationFields, Persistence, Priority, PushSummary,
+    ErrorCode, GapReason, HistoryPage, InboxAction, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxUpdate,
+    MarkAllAction, Notification, NotificationFields, Persistence, Priority, PushSummary,
 };
 pub use time::Instant;
 
