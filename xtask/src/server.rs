@@ -157,7 +157,7 @@ fn start_push_harness(root: &Path, dir: &Path) -> Result<(Child, String, Vec<Str
     let mut line = String::new();
     let stdout = child.stdout.take().ok_or("push-harness has no stdout")?;
     std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("read push-harness: {e}"))?;
-    // {"control_url":"…","server_args":["--flag","value",…]}: strings without escapes.
+    // {"control_url":"…","server_args":["--flag=value",…]}: strings without escapes.
     let strings: Vec<String> = line.split('"').skip(1).step_by(2).map(str::to_owned).collect();
     let control = strings
         .iter()

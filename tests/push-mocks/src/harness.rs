@@ -90,7 +90,9 @@ impl ServerPushSettings {
             ("--push-ca-file", path(&self.push_ca_file)),
         ]
         .into_iter()
-        .flat_map(|(k, v)| [k.to_owned(), v])
+        // `--flag=value` in one argument: a random base64url VAPID key may begin with `-`, which clap would take
+        // for a flag if it came as an argument of its own (the conformance server once refused `-_…`).
+        .map(|(k, v)| format!("{k}={v}"))
         .collect()
     }
 }

@@ -1,6 +1,6 @@
 //! `push-harness --dir DIR`: starts the mock APNs, FCM and Web Push services and the harness's control API
 //! (see `tidings_push_mocks::harness`), writes the key files a server needs into `DIR`, prints one JSON line —
-//! `{"control_url":"http://127.0.0.1:…","server_args":["--vapid-public-key",…]}` — and runs until its standard
+//! `{"control_url":"http://127.0.0.1:…","server_args":["--vapid-public-key=…",…]}` — and runs until its standard
 //! input closes (its parent, `cargo xtask`, ends) or it is killed.
 
 use std::io::BufRead as _;
