@@ -9,7 +9,9 @@
 //! 3. compile generated + wrapper (`src/main/kotlin`, the code shared with Android) + tests in one kotlinc run,
 //!    skipped when nothing changed (the Android-only `src/android/kotlin` needs the Android SDK and is not part of
 //!    the JVM build);
-//! 4. start a reference server and run every `*Test` class with JNA pointed at `target/debug`, through the suite's
+//! 4. compile every ```kotlin block of bindings-kotlin/README.md against those classes, with the Android-only
+//!    `src/android/kotlin` and compile-only stubs of the Android classes (`readme_snippets`);
+//! 5. start a reference server and run every `*Test` class with JNA pointed at `target/debug`, through the suite's
 //!    own small runner (`dev.tidings.testing.JvmTestMain`: the npm package ships kotlin-test but no JUnit).
 
 use std::collections::hash_map::DefaultHasher;
@@ -89,6 +91,10 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
     let sources = [generated.clone(), module.join("src/main/kotlin"), module.join("src/test/kotlin")];
     compile(&tools, &sources, &classes)?;
     timings.push(("kotlinc", secs(t)));
+
+    let t = Instant::now();
+    readme_snippets(root, &tools, &classes)?;
+    timings.push(("README blocks (kotlinc)", secs(t)));
 
     let t = Instant::now();
     let server = crate::server::start_conformance_server(root, "kotlin")?;
@@ -217,6 +223,122 @@ fn compile(tools: &Toolchain, sources: &[PathBuf], classes: &Path) -> Result<(),
     eprintln!("== kotlinc: compiling {} sources (generated bindings, wrapper, tests)", files.len());
     run(Step::new("kotlinc", tools.kotlinc.clone()).args(args))?;
     std::fs::write(&stamp_file, stamp).map_err(|e| format!("write {}: {e}", stamp_file.display()))
+}
+
+/// Compile-only stubs of Android, AndroidX, Compose and Firebase classes, and the app-side names the README's blocks
+/// use (see its README.md), relative to `bindings-kotlin`.
+const README_SUPPORT: &str = "src/test/readme-stubs";
+/// Imports every README block gets: the library, what an Android app using it imports (the stubs), coroutines.
+const README_IMPORTS: &[&str] = &[
+    "dev.tidings.*",
+    "dev.tidings.android.TidingsLifecycle",
+    "android.app.Application",
+    "androidx.compose.material.icons.Icons",
+    "androidx.compose.material.icons.filled.Notifications",
+    "androidx.compose.material3.Badge",
+    "androidx.compose.material3.BadgedBox",
+    "androidx.compose.material3.Icon",
+    "androidx.compose.material3.Text",
+    "androidx.compose.runtime.collectAsState",
+    "androidx.compose.runtime.getValue",
+    "com.google.firebase.messaging.FirebaseMessagingService",
+    "com.google.firebase.messaging.RemoteMessage",
+    "kotlinx.coroutines.launch",
+    "kotlinx.coroutines.runBlocking",
+    "java.io.File",
+    "java.time.ZoneId",
+];
+
+/// Compiles every ```kotlin block of bindings-kotlin/README.md with kotlinc against the compiled library
+/// (`classes`: the wrapper and the generated bindings), together with the Android-only `src/android/kotlin` and
+/// the support files of `README_SUPPORT`. Each block is a file of its own in `target/kotlin/readme-snippets`: a
+/// block declaring a class stays top-level (so the next block can use it, as in an app), a block starting with
+/// `is ` becomes a branch of a `when` over a `TidingsEvent`, any other block the body of a `suspend fun` that is
+/// never called. Blocks marked ```` ```kotlin build-script ```` are Gradle build scripts and are not compiled
+/// here (no Gradle); the README says so next to them.
+fn readme_snippets(root: &Path, tools: &Toolchain, classes: &Path) -> Result<(), String> {
+    let module = root.join("bindings-kotlin");
+    let readme_path = module.join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).map_err(|e| format!("read {}: {e}", readme_path.display()))?;
+    let blocks = crate::util::fenced_blocks(&readme, "kotlin")?;
+    let build = crate::target_dir(root).join("kotlin");
+    let snippets = build.join("readme-snippets");
+    let out = build.join("readme-classes");
+    for dir in [&snippets, &out] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&snippets).map_err(|e| format!("create {}: {e}", snippets.display()))?;
+    let (mut compiled, mut scripts) = (0, 0);
+    for (i, block) in blocks.iter().enumerate() {
+        match block.info.as_str() {
+            "" => {}
+            "build-script" => {
+                scripts += 1;
+                continue;
+            }
+            other => {
+                return Err(format!(
+                    "bindings-kotlin/README.md line {}: unknown block kind ```kotlin {other} (known: build-script)",
+                    block.line
+                ));
+            }
+        }
+        let file = snippets.join(format!("ReadmeBlock{:02}.kt", i + 1));
+        std::fs::write(&file, kotlin_snippet(i + 1, block)).map_err(|e| format!("write {}: {e}", file.display()))?;
+        compiled += 1;
+    }
+    if compiled == 0 {
+        return Err("bindings-kotlin/README.md: no ```kotlin block to compile".into());
+    }
+    let mut classpath = tools.compile_classpath();
+    classpath.push(classes.to_path_buf());
+    let args: Vec<String> = vec![
+        "-jvm-target".into(),
+        JVM_TARGET.into(),
+        "-no-reflect".into(),
+        "-nowarn".into(),
+        "-d".into(),
+        out.display().to_string(),
+        "-cp".into(),
+        join_classpath(&classpath),
+        snippets.display().to_string(),
+        module.join(README_SUPPORT).display().to_string(),
+        module.join("src/android/kotlin").display().to_string(),
+    ];
+    eprintln!(
+        "\n== README: compiling {compiled} ```kotlin blocks of bindings-kotlin/README.md (in {}) with src/android/kotlin \
+         and the compile-only stubs of {README_SUPPORT}",
+        snippets.display()
+    );
+    run(Step::new("kotlinc (README blocks)", tools.kotlinc.clone()).args(args))?;
+    eprintln!(
+        "== README: {compiled} Kotlin blocks compile against the library; {scripts} build-script blocks (Gradle) \
+         are not compiled here"
+    );
+    Ok(())
+}
+
+/// One README block as a Kotlin file (see `readme_snippets`).
+fn kotlin_snippet(number: usize, block: &crate::util::FencedBlock) -> String {
+    let first = block.body.lines().map(str::trim_start).find(|l| !l.is_empty() && !l.starts_with("//")).unwrap_or("");
+    let body = block.body.trim_end();
+    let code = if ["class ", "object ", "fun ", "abstract class ", "open class "].iter().any(|k| first.starts_with(k)) {
+        body.to_string()
+    } else if first.starts_with("is ") {
+        format!(
+            "suspend fun readmeBlock{number:02}(event: TidingsEvent) {{\n    when (event) {{\n{body}\n    else -> {{}}\n    }}\n}}"
+        )
+    } else {
+        format!("suspend fun readmeBlock{number:02}() {{\n{body}\n}}")
+    };
+    let imports: String = README_IMPORTS.iter().map(|i| format!("import {i}\n")).collect();
+    format!(
+        "// Generated by `cargo xtask kotlin-test` from bindings-kotlin/README.md, block {number} (line {}). Do not \
+         edit: edit the README.\npackage dev.tidings.readme\n\n{imports}\n{code}\n",
+        block.line
+    )
 }
 
 fn collect_kotlin_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {

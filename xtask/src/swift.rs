@@ -11,7 +11,8 @@
 //! 3. start a reference server and run `swift build --build-tests`, then `swift test` (XCTest: the conformance
 //!    scenarios and the wrapper's tests). Linux: inside the chroot, in a private mount namespace (`unshare`) with
 //!    the workspace bind-mounted at its own path, so every mount disappears with the process, even on failure;
-//!    the host-built `libtidings_ffi.so` loads there (Debian 12's glibc is older than Debian 13's).
+//!    the host-built `libtidings_ffi.so` loads there (Debian 12's glibc is older than Debian 13's). Between the
+//!    two, every ```swift block of bindings-swift/README.md is compiled against the package (`readme_snippets`).
 //!
 //! It ends by printing how long each phase took.
 
@@ -95,9 +96,14 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
     ];
     env.extend(server.env().into_iter().map(|(k, v)| (k.to_string(), v)));
 
+    let package = root.join("bindings-swift");
     let t = Instant::now();
-    swift(root, &toolchain, "swift build", &["build", "--build-tests"], &env)?;
+    swift(&toolchain, "swift build", &package, "build", &["build", "--build-tests"], &env)?;
     timings.push(("swift build", secs(t)));
+
+    let t = Instant::now();
+    readme_snippets(root, &toolchain, &env)?;
+    timings.push(("README blocks (swift build)", secs(t)));
 
     let t = Instant::now();
     let mut test_args = vec!["test", "--skip-build"];
@@ -105,25 +111,27 @@ fn test_timed(root: &Path, timings: &mut Vec<(&'static str, f64)>) -> Result<(),
         // Swift 6's swift-testing runner would print a second, empty summary after XCTest's.
         test_args.push("--disable-swift-testing");
     }
-    let outcome = swift(root, &toolchain, "swift test (XCTest)", &test_args, &env);
+    let outcome = swift(&toolchain, "swift test (XCTest)", &package, "build", &test_args, &env);
     timings.push(("swift test", secs(t)));
     drop(server);
     outcome.map_err(|e| format!("{e}: see the failures above (server log: target/conformance-server-swift.log)"))
 }
 
-/// Runs `swift <args>` for the package in `bindings-swift/` with `env`.
+/// Runs `swift <args>` for the package in `package` with `env`, building in `target/swift/<scratch>`.
 fn swift(
-    root: &Path,
     toolchain: &Toolchain,
     name: &str,
+    package: &Path,
+    scratch: &str,
     args: &[&str],
     env: &[(String, String)],
 ) -> Result<(), String> {
-    let package = root.join("bindings-swift").display().to_string();
-    let target = crate::target_dir(root);
+    let root = crate::util::workspace_root();
+    let package = package.display().to_string();
+    let target = crate::target_dir(&root);
     match toolchain {
         Toolchain::Native => {
-            let scratch = target.join("swift/build-macos").display().to_string();
+            let scratch = target.join(format!("swift/{scratch}-macos")).display().to_string();
             let mut step = Step::new(name, "swift").args(args.iter().copied()).args([
                 "--package-path",
                 &package,
@@ -136,7 +144,7 @@ fn swift(
             run(step)
         }
         Toolchain::Chroot(chroot) => {
-            let scratch = target.join("swift/build").display().to_string();
+            let scratch = target.join(format!("swift/{scratch}")).display().to_string();
             let mut command: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             command.push("swift".into());
             command.extend(args.iter().map(|a| a.to_string()));
@@ -148,6 +156,121 @@ fn swift(
             in_chroot(name, chroot, &binds, &command)
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The README's Swift blocks
+
+/// The package path in the README's `Package.swift` block; replaced by this checkout's `bindings-swift`.
+const README_PACKAGE_PATH: &str = "../tidings/bindings-swift";
+/// The app-side names (`ReadmeHelpers.swift`) and compile-only stubs of Apple frameworks (`CompileOnlyStubs.swift`)
+/// the blocks need, relative to the workspace root.
+const README_SUPPORT: &str = "bindings-swift/Tests/ReadmeSnippets";
+
+/// Compiles every ```swift block of bindings-swift/README.md against the real `Tidings` package, as an app would:
+/// the README's `Package.swift` block (the one starting `// Package.swift`) becomes the manifest of a package
+/// generated in `target/swift/readme-snippets`, whose target `App` holds every other block, each wrapped in a
+/// function of its own (a block starting with `case` inside a `switch` over a `TidingsEvent`), plus the support
+/// files of `README_SUPPORT`. Blocks marked ```` ```swift apple-only ```` use API that exists only on Apple
+/// platforms (UIKit, Network, Observation) and are not compiled here; the README says so next to them.
+fn readme_snippets(root: &Path, toolchain: &Toolchain, env: &[(String, String)]) -> Result<(), String> {
+    let readme_path = root.join("bindings-swift/README.md");
+    let readme = std::fs::read_to_string(&readme_path).map_err(|e| format!("read {}: {e}", readme_path.display()))?;
+    let blocks = crate::util::fenced_blocks(&readme, "swift")?;
+    let package = crate::target_dir(root).join("swift/readme-snippets");
+    let sources = package.join("Sources/App");
+    if package.exists() {
+        std::fs::remove_dir_all(&package).map_err(|e| format!("remove {}: {e}", package.display()))?;
+    }
+    std::fs::create_dir_all(&sources).map_err(|e| format!("create {}: {e}", sources.display()))?;
+
+    let mut manifest = None;
+    let (mut compiled, mut apple_only) = (0, 0);
+    for (i, block) in blocks.iter().enumerate() {
+        match block.info.as_str() {
+            "" => {}
+            "apple-only" => {
+                apple_only += 1;
+                continue;
+            }
+            other => {
+                return Err(format!(
+                    "bindings-swift/README.md line {}: unknown block kind ```swift {other} (known: apple-only)",
+                    block.line
+                ));
+            }
+        }
+        if block.body.trim_start().starts_with("// Package.swift") {
+            if manifest.replace(block).is_some() {
+                return Err("bindings-swift/README.md: two `// Package.swift` blocks".into());
+            }
+            continue;
+        }
+        let file = sources.join(format!("ReadmeBlock{:02}.swift", i + 1));
+        std::fs::write(&file, swift_snippet(i + 1, block)).map_err(|e| format!("write {}: {e}", file.display()))?;
+        compiled += 1;
+    }
+    if compiled == 0 {
+        return Err("bindings-swift/README.md: no ```swift block to compile".into());
+    }
+    let manifest = manifest.ok_or("bindings-swift/README.md: no ```swift block starting `// Package.swift`")?;
+    if !manifest.body.contains(README_PACKAGE_PATH) {
+        return Err(format!(
+            "bindings-swift/README.md line {}: the Package.swift block no longer names {README_PACKAGE_PATH} (update \
+             README_PACKAGE_PATH in xtask/src/swift.rs)",
+            manifest.line
+        ));
+    }
+    let dependency = root.join("bindings-swift").display().to_string();
+    let manifest_text = format!(
+        "// swift-tools-version:5.9\n// Generated by `cargo xtask swift-test` from the Package.swift block of \
+         bindings-swift/README.md (line {}), with the package path pointing at this checkout.\nimport \
+         PackageDescription\n\nlet package = Package(\n    name: \"ReadmeSnippets\",\n    platforms: [.iOS(.v15), \
+         .macOS(.v12)],\n{}\n)\n",
+        manifest.line,
+        manifest.body.trim_end().replace(README_PACKAGE_PATH, &dependency)
+    );
+    let manifest_file = package.join("Package.swift");
+    std::fs::write(&manifest_file, manifest_text).map_err(|e| format!("write {}: {e}", manifest_file.display()))?;
+    let support = root.join(README_SUPPORT);
+    for name in list_files(&support)? {
+        if name.ends_with(".swift") {
+            copy(&support.join(&name), &sources.join(&name))?;
+        }
+    }
+
+    eprintln!(
+        "\n== README: compiling {compiled} ```swift blocks of bindings-swift/README.md (package: its Package.swift \
+         block) in {}",
+        package.display()
+    );
+    swift(toolchain, "swift build (README blocks)", &package, "readme-build", &["build"], env)?;
+    eprintln!(
+        "== README: {compiled} Swift blocks compile against Tidings, with the README's Package.swift as their \
+         manifest; {apple_only} apple-only blocks are not compiled on this platform"
+    );
+    Ok(())
+}
+
+/// One README block as a Swift file: its `import` lines at the top, the rest as the body of a function that is
+/// never called (so statements, `try await` and nested functions all compile).
+fn swift_snippet(number: usize, block: &crate::util::FencedBlock) -> String {
+    let (imports, code): (Vec<&str>, Vec<&str>) =
+        block.body.lines().partition(|line| line.trim_start().starts_with("import "));
+    let code = code.join("\n");
+    let body = if code.trim_start().starts_with("case ") {
+        format!("switch event {{\n{code}\ndefault: break\n}}")
+    } else {
+        code
+    };
+    format!(
+        "// Generated by `cargo xtask swift-test` from bindings-swift/README.md, block {number} (line {}). Do not \
+         edit: edit the README.\nimport Foundation\nimport Tidings\n#if canImport(UIKit)\nimport UIKit\n#endif\n#if \
+         canImport(UserNotifications)\nimport UserNotifications\n#endif\n{}\n\nfunc readmeBlock{number:02}(_ event: \
+         TidingsEvent) async throws {{\n{body}\n}}\n",
+        block.line,
+        imports.join("\n"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -65,3 +65,46 @@ pub(crate) fn run(step: Step) -> Result<(), String> {
     let status = cmd.status().map_err(|e| format!("{}: could not start {:?}: {e}", step.name, step.program))?;
     if status.success() { Ok(()) } else { Err(format!("{} failed ({status})", step.name)) }
 }
+
+/// A fenced code block of a Markdown file: the words after the language on its opening line, its text, and the
+/// line (1-based) of its opening fence.
+pub(crate) struct FencedBlock {
+    pub(crate) info: String,
+    pub(crate) body: String,
+    pub(crate) line: usize,
+}
+
+/// Every block of `markdown` fenced with ```` ```{lang} ```` (optionally followed by words, e.g. `swift apple-only`)
+/// at the start of a line, in order. An unterminated block is an error.
+pub(crate) fn fenced_blocks(markdown: &str, lang: &str) -> Result<Vec<FencedBlock>, String> {
+    let mut blocks = Vec::new();
+    let mut lines = markdown.lines().enumerate();
+    while let Some((index, line)) = lines.next() {
+        let Some(rest) = line.strip_prefix("```") else { continue };
+        let (word, info) = rest.split_once(' ').unwrap_or((rest, ""));
+        if word != lang {
+            // Skip over any other block, so that its closing fence is not taken for an opening one.
+            for (_, inner) in lines.by_ref() {
+                if inner == "```" {
+                    break;
+                }
+            }
+            continue;
+        }
+        let mut body = String::new();
+        let mut closed = false;
+        for (_, inner) in lines.by_ref() {
+            if inner == "```" {
+                closed = true;
+                break;
+            }
+            body.push_str(inner);
+            body.push('\n');
+        }
+        if !closed {
+            return Err(format!("the ```{lang} block at line {} is not closed", index + 1));
+        }
+        blocks.push(FencedBlock { info: info.trim().to_string(), body, line: index + 1 });
+    }
+    Ok(blocks)
+}

@@ -66,14 +66,17 @@ public struct TidingsConfiguration: Sendable, Hashable {
         )
     }
 
-    #if canImport(Darwin)
     /// `tidings.json` in the App Group container `appGroup` (e.g. `group.com.example.app`), shared by the app and
-    /// its Notification Service Extension. `nil` when the app lacks the App Group entitlement.
+    /// its Notification Service Extension. `nil` when the app lacks the App Group entitlement, and on platforms
+    /// without App Groups (Linux).
     public static func storeURL(appGroup: String, fileName: String = "tidings.json") -> URL? {
-        FileManager.default.containerURL(forSecurityApplicationGroupIdentifier: appGroup)?
+        #if canImport(Darwin)
+        return FileManager.default.containerURL(forSecurityApplicationGroupIdentifier: appGroup)?
             .appendingPathComponent(fileName)
+        #else
+        return nil
+        #endif
     }
-    #endif
 }
 
 private func milliseconds(_ seconds: TimeInterval) -> UInt64 {

@@ -32,6 +32,14 @@ final class WrapperTests: XCTestCase {
         XCTAssertFalse(TidingsClient.coreVersion.isEmpty)
     }
 
+    #if !canImport(Darwin)
+    func testThereIsNoAppGroupStoreWithoutAppGroups() {
+        // The README's Connect block calls storeURL(appGroup:) on every platform; without App Groups it is nil
+        // (memory only), as when an app lacks the entitlement.
+        XCTAssertNil(TidingsConfiguration.storeURL(appGroup: "group.com.example.app"))
+    }
+    #endif
+
     func testAnHTTPURLIsRejected() throws {
         let config = TidingsConfiguration(url: try XCTUnwrap(URL(string: "http://127.0.0.1:1/v1/ws")))
         XCTAssertThrowsError(try TidingsClient(configuration: config) { _ in "t" }) { error in
