@@ -312,7 +312,12 @@ fn readme_snippets(root: &Path, tools: &Toolchain, classes: &Path) -> Result<(),
          and the compile-only stubs of {README_SUPPORT}",
         snippets.display()
     );
-    run(Step::new("kotlinc (README blocks)", tools.kotlinc.clone()).args(args))?;
+    run(Step::new("kotlinc (README blocks)", tools.kotlinc.clone()).args(args)).map_err(|e| {
+        format!(
+            "{e}: a README block does not compile (ReadmeBlockNN.kt is the NNth ```kotlin block of \
+             bindings-kotlin/README.md; its first line gives the README line)"
+        )
+    })?;
     eprintln!(
         "== README: {compiled} Kotlin blocks compile against the library; {scripts} build-script blocks (Gradle) \
          are not compiled here"
