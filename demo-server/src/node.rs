@@ -13,15 +13,21 @@ use std::sync::{Arc, Mutex};
 
 use tidings_core::protocol::PushPlatform;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
+use crate::api_keys::ApiKey;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
+use crate::health::ReadinessCheck;
+use crate::limits::Limiter;
+use crate::metrics::{Metrics, Transport};
 use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
 use crate::publish::{PublishError, PublishReceipt, PublishRequest};
+use crate::push::{Dispatcher, RetryPolicy};
 use crate::registry::Registry;
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
@@ -55,15 +61,13 @@ pub struct ServerStats {
     pub slow_consumers: u64,
 }
 
+/// The counters of [`ServerStats`] that are not metrics of their own (the others are read from
+/// [`Metrics::ws`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) connections_total: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
-    pub(crate) frames_in: AtomicU64,
     pub(crate) notifications_published: AtomicU64,
     pub(crate) duplicates: AtomicU64,
-    pub(crate) deliveries: AtomicU64,
-    pub(crate) replayed: AtomicU64,
     pub(crate) acks: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
@@ -83,7 +87,23 @@ pub(crate) struct Node {
     pub(crate) registry: Registry,
     pub(crate) presence: Presence,
     pub(crate) counters: Counters,
+    /// The server's metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<Metrics>,
     acks: AckRouting,
+    /// Publish times of recent notifications, for the publish → ack latency.
+    published_at: Mutex<PublishTimes>,
+    /// The push senders of the configured providers (`None` when none is configured).
+    pub(crate) push: Option<Arc<Dispatcher>>,
+    /// Checks `GET /readyz` runs besides the store and push (Redis, PostgreSQL).
+    readiness: Mutex<Vec<Arc<dyn ReadinessCheck>>>,
+    /// When the node started.
+    pub(crate) started: Instant,
+    /// The API keys (`--api-key` with every scope, and the scoped ones).
+    pub(crate) api_keys: Vec<ApiKey>,
+    /// Failed authentications per client address (tokens and API keys).
+    pub(crate) auth_failures: Limiter,
+    /// New WebSocket connections per client address.
+    pub(crate) connection_rate: Limiter,
     /// Set when shutdown begins: new connections are refused.
     pub(crate) shutting_down: AtomicBool,
     /// Set when the shutdown grace period is over: connection tasks stop at once.
@@ -101,12 +121,37 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// A node on `stores` and `broker`; registers itself as the broker's handler.
-    pub(crate) fn new(config: ServerConfig, stores: Stores, broker: Arc<dyn Broker>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: ServerConfig,
+        stores: Stores,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let session_params = Arc::new(SessionParams {
             config: SessionConfig::from_config(&config),
             verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
         });
         let acks = AckRouting::new(&config, stores.durable);
+        stores.streams.observe(&metrics);
+        let push = match config.push.load(config.vapid_public_key.as_deref()) {
+            Ok(credentials) if config.push.any() => {
+                let clock = Arc::new(crate::push::http::SystemClock);
+                let dispatcher = Dispatcher::from_credentials(credentials, RetryPolicy::default(), clock);
+                Some(Arc::new(dispatcher.with_metrics(metrics.push.clone())))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                // `ServerConfig::validate` refuses this configuration before a node is built.
+                warn!(error = %e, "push is not configured");
+                None
+            }
+        };
+        let mut api_keys = config.api_keys.clone();
+        if !config.api_key.is_empty() {
+            api_keys.push(ApiKey::all_scopes("api-key", &config.api_key));
+        }
+        let auth_failures = Limiter::new(config.auth_failure_limit);
+        let connection_rate = Limiter::new(config.connection_rate_limit);
         let node = Arc::new(Node {
             session_params,
             config,
@@ -115,7 +160,15 @@ impl Node {
             registry: Registry::new(),
             presence: Presence::default(),
             counters: Counters::default(),
+            metrics,
             acks,
+            published_at: Mutex::new(PublishTimes::default()),
+            push,
+            readiness: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            api_keys,
+            auth_failures,
+            connection_rate,
             shutting_down: AtomicBool::new(false),
             hard_stop: watch::Sender::new(false),
             next_connection_id: AtomicU64::new(1),
@@ -137,6 +190,15 @@ impl Node {
         generator.generate().unwrap_or_else(|_| ulid::Ulid::generate()).to_string()
     }
 
+    /// Adds a check `GET /readyz` runs.
+    pub(crate) fn add_readiness_check(&self, check: Arc<dyn ReadinessCheck>) {
+        self.readiness.lock().unwrap_or_else(|e| e.into_inner()).push(check);
+    }
+
+    pub(crate) fn readiness_checks(&self) -> Vec<Arc<dyn ReadinessCheck>> {
+        self.readiness.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
@@ -144,15 +206,16 @@ impl Node {
     pub(crate) fn stats(&self) -> ServerStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ws = &self.metrics.ws;
         ServerStats {
-            connections_total: get(&c.connections_total),
+            connections_total: ws.accepted.get(),
             connections_open: self.registry.connection_count() as u64,
             auth_failures: get(&c.auth_failures),
-            frames_in: get(&c.frames_in),
+            frames_in: ws.frames_in.get(),
             notifications_published: get(&c.notifications_published),
             duplicates: get(&c.duplicates),
-            deliveries: get(&c.deliveries),
-            replayed: get(&c.replayed),
+            deliveries: ws.live.get(),
+            replayed: ws.replayed.get(),
             acks: get(&c.acks),
             protocol_errors: get(&c.protocol_errors),
             slow_consumers: get(&c.slow_consumers),
@@ -168,6 +231,8 @@ impl Node {
         &self,
         requests: Vec<PublishRequest>,
     ) -> Vec<Result<PublishReceipt, PublishError>> {
+        let started = Instant::now();
+        let request_id = crate::http::current_request_id();
         let mut results: Vec<Option<Result<PublishReceipt, PublishError>>> = Vec::with_capacity(requests.len());
         let mut batch = Vec::with_capacity(requests.len());
         let mut positions = Vec::with_capacity(requests.len());
@@ -184,13 +249,23 @@ impl Node {
             let id = request.id.clone().unwrap_or_else(|| self.new_notification_id());
             positions.push(results.len());
             results.push(None);
-            batch.push(Arc::new(request.into_publication(id, idempotent, now_ms())));
+            let mut publication = request.into_publication(id, idempotent, now_ms());
+            publication.request_id = request_id.clone();
+            batch.push(Arc::new(publication));
         }
         if !batch.is_empty() {
+            self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
+            let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
             for ((at, publication), outcome) in positions.into_iter().zip(&batch).zip(outcomes) {
+                match &outcome {
+                    Ok(AppendOutcome::Appended(_)) => accepted += 1,
+                    Ok(AppendOutcome::Duplicate(_)) => duplicate += 1,
+                    Err(_) => failed += 1,
+                }
                 results[at] = Some(self.receipt(publication, outcome));
             }
+            self.metrics.published(accepted, duplicate, failed, started.elapsed());
         }
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::unavailable("no result")))).collect()
     }
@@ -250,11 +325,24 @@ impl Node {
 
     // ---- acks and devices ----
 
-    /// Records the acks of `device` of `user` (a `ack` frame, or later an HTTP call of a transport without
-    /// an upstream).
-    pub(crate) async fn record_acks(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
+    /// Records the acks of `device` of `user` that came on `transport` (an `ack` frame, or an HTTP call of a
+    /// transport without an upstream), and the publish → ack latency of the ids this node published recently.
+    pub(crate) async fn record_acks(&self, transport: Transport, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
         bump(&self.counters.acks, ids.len() as u64);
         let at = now_ms();
+        let (count, latency) = match transport {
+            Transport::Ws => (self.metrics.ws.acks.clone(), self.metrics.ws.ack_latency.clone()),
+            other => self.metrics.acks(other),
+        };
+        count.inc_by(ids.len() as u64);
+        {
+            let times = self.published_at.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                if let Some(published) = times.get(id) {
+                    latency.observe(at.saturating_sub(published) as f64 / 1000.0);
+                }
+            }
+        }
         let result = match self.acks.route(user, device, ids, at) {
             None => self.stores.acks.record(user, device, ids, at).await,
             Some(durable) if durable.is_empty() => Ok(()),
@@ -296,10 +384,39 @@ impl BrokerEventHandler for Node {
     fn handle_publication(&self, committed: &Committed) {
         self.acks.note(committed);
         let fan_out = self.registry.fan_out(committed);
-        bump(&self.counters.deliveries, fan_out.queued);
+        debug!(id = %committed.id, stream = %committed.stream, queued = fan_out.queued, "fanned out");
+        self.metrics.ws.live.inc_by(fan_out.queued);
         if fan_out.overflowed > 0 {
             bump(&self.counters.slow_consumers, fan_out.overflowed);
+            self.metrics.ws.dropped.inc_by(fan_out.overflowed);
         }
+    }
+}
+
+/// When this node published its recent notifications (ms since the Unix epoch), by id: the start of the publish →
+/// ack latency. Bounded: the oldest ids are forgotten first (an ack that comes later is not measured).
+#[derive(Default)]
+struct PublishTimes {
+    at: HashMap<Arc<str>, u64>,
+    order: VecDeque<Arc<str>>,
+}
+
+impl PublishTimes {
+    fn note(&mut self, batch: &[Arc<Publication>]) {
+        for p in batch {
+            if self.at.insert(p.id.clone(), p.created_at()).is_none() {
+                self.order.push_back(p.id.clone());
+            }
+        }
+        while self.order.len() > RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.at.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<u64> {
+        self.at.get(id).copied()
     }
 }
 

@@ -281,7 +281,7 @@ impl PublishRequest {
     pub(crate) fn into_publication(self, id: String, idempotent: bool, now_ms: u64) -> Publication {
         let streams = self.streams();
         let fields = self.fields(id.clone(), String::new(), String::new(), None, now_ms);
-        Publication { id: Arc::from(id), idempotent, streams, fields }
+        Publication { id: Arc::from(id), idempotent, streams, fields, request_id: None }
     }
 
     /// The target streams, without duplicates, users first.
@@ -341,14 +341,16 @@ fn kind_of(value: &serde_json::Value) -> &'static str {
 /// Parses the body of `POST /v1/publish/batch`: `{"notifications":[…]}`. Each item is parsed on its own, so
 /// one bad item yields an error for that item only.
 pub fn parse_batch(text: &str) -> Result<Vec<Result<PublishRequest, PublishError>>, PublishError> {
-    #[derive(serde::Deserialize)]
-    struct Batch<'a> {
-        #[serde(borrow)]
-        notifications: Option<Vec<&'a RawValue>>,
-    }
-    let batch: Batch<'_> = serde_json::from_str(text)
-        .map_err(|e| PublishError::bad_request(format!("the body must be an object {{\"notifications\":[…]}}: {e}")))?;
-    let items = batch.notifications.ok_or_else(|| PublishError::bad_request("notifications: required"))?;
+    let bad =
+        |e: String| PublishError::bad_request(format!("the body must be an object {{\"notifications\":[…]}}: {e}"));
+    // A map, not a struct: serde would also take a struct written as an array.
+    let mut fields: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let items: Vec<&RawValue> = match fields.remove("notifications") {
+        None => return Err(PublishError::bad_request("notifications: required")),
+        Some(raw) if raw.get() == "null" => return Err(PublishError::bad_request("notifications: required")),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| PublishError::bad_request(format!("notifications: must be an array: {e}")))?,
+    };
     if items.len() > MAX_BATCH {
         return Err(PublishError::too_large(format!(
             "notifications: at most {MAX_BATCH} per batch, got {}",

@@ -8,6 +8,7 @@
 //! earlier, so traffic costs no timer operations.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -20,9 +21,10 @@ use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::tungstenite;
 use tracing::{debug, info};
 
+use crate::metrics::{AuthFailure, Continuity, Refusal, Transport};
 use crate::node::{Node, bump};
 use crate::outbox::ConnHandle;
-use crate::session::{Exit, Output, Session};
+use crate::session::{Decision, Exit, Output, Session};
 use crate::util::now_ms;
 
 /// Upper bound for writing the final frames of a connection.
@@ -38,15 +40,21 @@ const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) fn serve(
     node: Arc<Node>,
     ws: WebSocket,
-    peer: Option<std::net::SocketAddr>,
+    client: IpAddr,
+    request_id: Option<Arc<str>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let id = node.next_connection_id();
     let handle = Arc::new(ConnHandle::new(id, node.config.outbound_queue_limit));
     let open = node.registry.insert_connection(handle.clone());
-    bump(&node.counters.connections_total, 1);
     let over_limit = node.config.max_connections.is_some_and(|max| open > max);
-    let mut conn = Connection::new(node, handle, ws);
-    debug!(connection = id, peer = ?peer, "websocket opened");
+    if over_limit {
+        node.metrics.refused(Transport::Ws, Refusal::MaxConnections);
+    } else if !node.is_shutting_down() {
+        node.metrics.ws.accepted.inc();
+    }
+    node.metrics.ws.open.inc();
+    let mut conn = Connection::new(node, handle, ws, client, request_id);
+    debug!(connection = id, client = %client, request_id = conn.request_id.as_deref(), "websocket opened");
     // `conn` is used in place as the block's capture (an `async fn` argument would be stored twice).
     async move {
         let node = conn.node.clone();
@@ -58,6 +66,7 @@ pub(crate) fn serve(
         conn.cleanup(&outcome);
         drop(conn);
         node.registry.remove_connection(id);
+        node.metrics.ws.open.dec();
     }
 }
 
@@ -69,6 +78,10 @@ struct Connection {
     /// Frames taken from the queue and being written (reused between batches).
     batch: VecDeque<Utf8Bytes>,
     opened: Instant,
+    /// The client's address (the peer, or what a trusted proxy forwarded): the failed-authentication throttle's key.
+    client: IpAddr,
+    /// The id of the upgrade request, for the connection's log lines.
+    request_id: Option<Arc<str>>,
 }
 
 enum Event {
@@ -78,10 +91,16 @@ enum Event {
 }
 
 impl Connection {
-    fn new(node: Arc<Node>, handle: Arc<ConnHandle>, ws: WebSocket) -> Self {
+    fn new(
+        node: Arc<Node>,
+        handle: Arc<ConnHandle>,
+        ws: WebSocket,
+        client: IpAddr,
+        request_id: Option<Arc<str>>,
+    ) -> Self {
         let now = Instant::now();
         let session = Session::new(now, now_ms(), node.session_params.clone());
-        Connection { node, handle, ws, session, batch: VecDeque::new(), opened: now }
+        Connection { node, handle, ws, session, batch: VecDeque::new(), opened: now, client, request_id }
     }
 
     /// Runs the connection and closes it; returns a description of how it ended, for the log.
@@ -156,11 +175,24 @@ impl Connection {
         let now = Instant::now();
         match message {
             Message::Text(text) => {
-                bump(&self.node.counters.frames_in, 1);
+                self.node.metrics.ws.frames_in.inc();
+                // Before a token is checked: refused while this address is throttled for failed authentications
+                // (checked here too, not only at the upgrade, so that connections opened together cannot all try).
+                if self.session.identity().is_none()
+                    && let Some(wait) = self.node.auth_failures.check(self.client, now.into_std())
+                {
+                    self.node.metrics.refused(Transport::Ws, Refusal::AuthThrottled);
+                    return Err(Exit::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many failed authentications from this address".into(),
+                        retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                        linger: true,
+                    });
+                }
                 self.session.handle_text(now, &text);
             }
             Message::Binary(_) => {
-                bump(&self.node.counters.frames_in, 1);
+                self.node.metrics.ws.frames_in.inc();
                 self.session.handle_binary(now);
             }
             Message::Ping(_) | Message::Pong(_) => self.session.handle_traffic(now),
@@ -174,7 +206,12 @@ impl Connection {
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Frame(frame) => self.handle.push_reserved([frame]),
-                Output::AuthFailed => bump(&self.node.counters.auth_failures, 1),
+                Output::AuthFailed { expired } => {
+                    bump(&self.node.counters.auth_failures, 1);
+                    let _ = self.node.auth_failures.spend(self.client, Instant::now().into_std());
+                    let reason = if expired { AuthFailure::TokenExpired } else { AuthFailure::Unauthorized };
+                    self.node.metrics.auth_failed(Transport::Ws, reason);
+                }
                 Output::Authenticated { user, device, session, client, connected_at } => {
                     self.node.presence.register(&user, &device, &session, connected_at);
                     let replaced = self.node.registry.register_device(&user, &device, &self.handle);
@@ -189,16 +226,20 @@ impl Connection {
                         device = %device,
                         session = %session,
                         client = client.as_deref().unwrap_or("-"),
+                        address = %self.client,
+                        request_id = self.request_id.as_deref(),
                         replaced_older_session = replaced.is_some(),
                         "client connected"
                     );
                 }
-                Output::Subscribed { stream, frames, filter, replayed } => {
+                Output::Subscribed { stream, frames, filter, replayed, continuity } => {
                     let admitted =
                         self.node.registry.finish_subscribe(&stream, &self.handle, frames, |b| filter.admits(b));
-                    bump(&self.node.counters.replayed, replayed);
+                    let metrics = &self.node.metrics;
+                    metrics.ws.replayed.inc_by(replayed);
+                    metrics.subscribed(continuity_label(&continuity), replayed);
                     if let Some(admitted) = admitted {
-                        bump(&self.node.counters.deliveries, admitted as u64);
+                        metrics.ws.live.inc_by(admitted as u64);
                     }
                 }
                 Output::Unsubscribe { stream } => self.node.leave(&stream, self.handle.id()),
@@ -220,7 +261,8 @@ impl Connection {
             }
             Output::Acks { ids } => {
                 if let Some(identity) = self.session.identity() {
-                    self.node.record_acks(&identity.user.clone(), &identity.device.clone(), &ids).await;
+                    let (user, device) = (identity.user.clone(), identity.device.clone());
+                    self.node.record_acks(Transport::Ws, &user, &device, &ids).await;
                 }
             }
             Output::RegisterPush { platform, token } => {
@@ -299,6 +341,7 @@ impl Connection {
         match exit {
             Exit::Error { code, message, retry_after_ms, linger } => {
                 let close_code = code.close_code().unwrap_or(1011);
+                self.node.metrics.disconnected(Transport::Ws, code);
                 match code {
                     ErrorCode::ProtocolError | ErrorCode::FrameTooLarge | ErrorCode::RateLimited => {
                         bump(&self.node.counters.protocol_errors, 1);
@@ -362,11 +405,24 @@ impl Connection {
                     session = %identity.session,
                     duration_ms = self.opened.elapsed().as_millis() as u64,
                     outcome,
+                    request_id = self.request_id.as_deref(),
                     "client disconnected"
                 );
             }
             None => debug!(connection = self.handle.id(), outcome, "unauthenticated connection ended"),
         }
+    }
+}
+
+/// The metrics label of a subscribe's continuity.
+fn continuity_label(decision: &Decision) -> Continuity {
+    use tidings_core::protocol::GapReason;
+    match decision {
+        Decision::Fresh => Continuity::Fresh,
+        Decision::Resume { .. } => Continuity::Resumed,
+        Decision::Gap { reason: GapReason::EpochChanged, .. } => Continuity::GapEpochChanged,
+        Decision::Gap { reason: GapReason::AheadOfStream, .. } => Continuity::GapAheadOfStream,
+        Decision::Gap { .. } => Continuity::GapOutOfBuffer,
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) fn publication(id: &str, streams: &[&str], persistence: Persistence, 
             group: None,
             created_at: at,
         },
+        request_id: None,
     })
 }
 

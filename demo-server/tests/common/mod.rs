@@ -90,6 +90,11 @@ impl Closed {
 }
 
 impl Client {
+    /// A client on an upgraded stream.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client { ws, protocol: Some("tidings.v1".into()), pending: VecDeque::new() }
+    }
+
     /// Connects offering `tidings.v1`.
     pub async fn connect(server: &RunningServer) -> Client {
         Self::connect_offering(server, "tidings.v1").await.expect("the upgrade succeeds")
