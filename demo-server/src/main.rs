@@ -352,6 +352,48 @@ mod tests {
     }
 
     #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        let off = Some(std::ffi::OsStr::new("1"));
+        assert!(use_color(LogColor::Auto, true, None));
+        assert!(!use_color(LogColor::Auto, false, None), "a file or a pipe gets no escape codes");
+        assert!(!use_color(LogColor::Auto, true, off), "NO_COLOR");
+        assert!(use_color(LogColor::Auto, true, Some(std::ffi::OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(use_color(LogColor::Always, false, off));
+        assert!(!use_color(LogColor::Never, true, None));
+    }
+
+    #[test]
+    fn a_keys_file_replaces_the_single_key_and_limits_and_proxies_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "backend publish pk_0123456789abcdef\n").unwrap();
+        let args = Args::try_parse_from([
+            "tidings-server",
+            "--jwt-secret",
+            "s",
+            "--api-keys-file",
+            file.to_str().unwrap(),
+            "--trusted-proxies",
+            "127.0.0.1,10.0.0.0/8",
+            "--auth-failure-burst",
+            "3",
+            "--connections-per-minute",
+            "0",
+        ])
+        .unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.api_key, "");
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.auth_failure_limit, Rate { burst: 3, per_minute: 10 });
+        assert_eq!(config.connection_rate_limit.per_minute, 0);
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--trusted-proxies", "nope"]).unwrap();
+        assert!(config_from(&args).unwrap_err().to_string().contains("--trusted-proxies"));
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--tls-cert", "c.pem"]);
+        assert!(args.is_err(), "--tls-cert needs --tls-key");
+    }
+
+    #[test]
     fn the_store_is_sqlite_in_tidings_data_unless_told_otherwise() {
         let args = Args::try_parse_from(["tidings-server", "--demo"]).unwrap();
         let config = config_from(&args).unwrap();
