@@ -544,7 +544,7 @@ async fn demo_token(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     struct TokenRequest {
         user: String,
         topics: Option<Vec<String>>,
-        ttl_secs: Option<u64>,
+        ttl_secs: Option<serde_json::Number>,
     }
     let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
@@ -576,7 +576,23 @@ async fn demo_token(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
             return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("topics[{i}]: {e}"));
         }
     }
-    let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
+    // An integer, also when written with a zero fraction (`60.0`), as JSON Schema's `integer` allows.
+    let ttl_secs = match &request.ttl_secs {
+        None => 3600,
+        Some(n) => {
+            match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)) {
+                Some(secs) => secs,
+                None => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("ttl_secs: expected a whole number of seconds, got {n}"),
+                    );
+                }
+            }
+        }
+    };
+    let ttl = Duration::from_secs(ttl_secs.clamp(1, 7 * 24 * 3600));
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let token = issue_token(&node.config.jwt_secret, &request.user, &topics, Some(ttl));
     axum::Json(json!({ "token": token })).into_response()

@@ -133,7 +133,8 @@ fn schemas() -> Value {
                     "type": ["array", "null"],
                     "items": schema_ref("UserId"),
                     "maxItems": MAX_RECIPIENTS,
-                    "description": "Users whose `user:<id>` stream receives it",
+                    "description": "Users whose `user:<id>` stream receives it (users and topics together: at most \
+                                    10,000, else 413)",
                 },
                 "topics": {
                     "type": ["array", "null"],
@@ -257,7 +258,8 @@ fn operations() -> Value {
                 "responses": {
                     "202": response("Committed and delivered to live subscribers", schema_ref("Receipt")),
                     "400": error("The body is not a valid publish; the message names the member"),
-                    "413": error("The body, or a member of it, is too large"),
+                    "413": error("The body, or a member of it, is too large (byte limits, more than 10,000 recipients, \
+                                  an encoded frame over 64 KiB)"),
                     "503": error_retry("The store could not commit it (nothing was stored), or the server is shutting down"),
                 },
             }), "publish"),
@@ -273,7 +275,12 @@ fn operations() -> Value {
                     "type": "object",
                     "required": ["notifications"],
                     "properties": {
-                        "notifications": { "type": "array", "maxItems": MAX_BATCH, "items": { "type": "object" } },
+                        "notifications": {
+                            "type": "array",
+                            "maxItems": MAX_BATCH,
+                            "items": { "description": "A publish body (see Publish); an item that is not a valid one \
+                                                        gets its own error in `results`" },
+                        },
                     },
                 })) },
                 "responses": {

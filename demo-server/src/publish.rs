@@ -183,7 +183,7 @@ impl PublishRequest {
             return Err(PublishError::bad_request("users, topics: at least one recipient is required"));
         }
         if self.users.len() + self.topics.len() > MAX_RECIPIENTS {
-            return Err(PublishError::bad_request(format!(
+            return Err(PublishError::too_large(format!(
                 "users, topics: at most {MAX_RECIPIENTS} recipients per publish, got {}",
                 self.users.len() + self.topics.len()
             )));

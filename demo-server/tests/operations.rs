@@ -452,7 +452,11 @@ async fn failed_authentication_is_throttled_per_client_address() {
     assert_eq!(try_key(TEST_API_KEY, "192.0.2.51").await.unwrap().status(), 200);
     let text = scrape(&server).await;
     assert_eq!(sample(&text, "tidings_throttle_tracked_addresses", &[("limiter", "auth_failures")]), Some(3.0));
-    assert!(sample(&text, "tidings_connections_refused_total", &[("reason", "auth_throttled")]).unwrap() >= 40.0);
+    assert!(
+        sample(&text, "tidings_connections_refused_total", &[("transport", "ws"), ("reason", "auth_throttled")])
+            .unwrap()
+            >= 40.0
+    );
     server.shutdown().await;
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 mod bench;
 mod bindgen;
 mod kotlin;
+mod schemathesis;
 mod server;
 mod swift;
 mod util;
@@ -33,6 +34,7 @@ commands:
   swift-xcframework build bindings-swift/TidingsFFIC.xcframework (macOS with Xcode + rustup)
   kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
   wasm-test   provision the wasm toolchain + Chromium and run the browser suites
+  schemathesis  schemathesis (PyPI) against a running server and its OpenAPI document
   wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
   wasm-floor  size of the core engine alone in wasm, the floor under the browser package (target/wasm-floor.txt)
   demo        build the browser package and run the reference server with the demo page
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Some("swift-xcframework") => swift::xcframework(&root),
         Some("kotlin-test") => kotlin::test(&root),
         Some("wasm-test") => wasm::test(&root),
+        Some("schemathesis") => schemathesis::test(&root),
         Some("wasm-size") => wasm::size(&root),
         Some("wasm-floor") => wasm::floor(&root),
         Some("demo") => wasm::demo(&root),
@@ -82,6 +85,7 @@ const SUITES: &[(&str, &str)] = &[
     ("kotlin (JVM) tests", "kotlin-test"),
     ("swift tests", "swift-test"),
     ("browser tests", "wasm-test"),
+    ("schemathesis (OpenAPI)", "schemathesis"),
 ];
 
 fn test_all(root: &Path) -> Result<(), String> {
@@ -156,6 +160,10 @@ fn lint(root: &Path) -> Result<(), String> {
 
 fn rust_tests(root: &Path) -> Result<(), String> {
     let python = http_ece_python(root)?;
+    // The proxy test runs Debian's nginx on loopback (demo-server/tests/nginx.rs).
+    if !Path::new("/usr/sbin/nginx").exists() {
+        apt_install(&["nginx"])?;
+    }
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
         .env("TIDINGS_HTTP_ECE_PYTHON", python)
