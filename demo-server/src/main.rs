@@ -319,9 +319,70 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configuration reference in the README: every flag with its environment variable, default and help, from
+/// the flag definitions themselves (a test keeps the README's copy current).
+#[cfg(test)]
+fn config_reference() -> String {
+    use clap::CommandFactory as _;
+    let command = Args::command();
+    let mut out = String::from("| flag | environment | default | what it does |\n|---|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let value = if arg.get_action().takes_values() {
+            format!(" <{}>", arg.get_id().as_str().to_uppercase())
+        } else {
+            String::new()
+        };
+        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+        let default: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        let default = if default.is_empty() { String::new() } else { format!("`{}`", default.join(",")) };
+        let mut help = arg.get_long_help().or_else(|| arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| format!("`{}`", v.get_name()))
+            .collect();
+        if !values.is_empty() && !matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            if !help.ends_with('.') {
+                help.push('.');
+            }
+            help.push_str(&format!(" One of {}.", values.join(", ")));
+        }
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
+        out.push_str(&format!("| `--{long}{value}` | {env} | {default} | {help} |\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README.md's "Configuration reference" is the flags' own: `TIDINGS_UPDATE_README=1 cargo test -p
+    /// tidings-server --bin tidings-server readme` rewrites it.
+    #[test]
+    fn the_readme_configuration_reference_matches_the_flags() {
+        const START: &str = "<!-- configuration reference: generated from the flags, see demo-server/src/main.rs -->\n";
+        const END: &str = "<!-- end of configuration reference -->";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let start = readme.find(START).expect("README.md has the configuration reference's start marker") + START.len();
+        let end = readme[start..].find(END).expect("and its end marker") + start;
+        let generated = config_reference();
+        if readme[start..end] != generated {
+            if std::env::var_os("TIDINGS_UPDATE_README").is_some() {
+                std::fs::write(&path, format!("{}{generated}{}", &readme[..start], &readme[end..])).unwrap();
+            } else {
+                panic!(
+                    "README.md's configuration reference is out of date; rerun with TIDINGS_UPDATE_README=1:\n{generated}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn secrets_are_required_outside_demo_mode() {

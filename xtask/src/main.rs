@@ -160,9 +160,17 @@ fn lint(root: &Path) -> Result<(), String> {
 
 fn rust_tests(root: &Path) -> Result<(), String> {
     let python = http_ece_python(root)?;
-    // The proxy test runs Debian's nginx on loopback (demo-server/tests/nginx.rs).
+    // The proxy test runs Debian's nginx on loopback (demo-server/tests/nginx.rs); the deployment test checks the
+    // systemd unit with systemd-analyze (demo-server/tests/deploy.rs).
+    let mut missing = Vec::new();
     if !Path::new("/usr/sbin/nginx").exists() {
-        apt_install(&["nginx"])?;
+        missing.push("nginx");
+    }
+    if !has("systemd-analyze") {
+        missing.push("systemd");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
     }
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
