@@ -108,6 +108,13 @@ class Runner {
     return (list ?? []).map((s) => this.name(s));
   }
 
+  /** `ids`, or `count` ids `<id_prefix><i>`. */
+  ids(step) {
+    return step.count !== undefined
+      ? Array.from({ length: step.count }, (_, i) => this.name(`${step.id_prefix}${i}`))
+      : this.names(step.ids);
+  }
+
   client(step) {
     const c = this.clients.get(step.client);
     if (!c) fail(`no client ${step.client}`);
@@ -177,7 +184,7 @@ class Runner {
       case 'publish':
         return this.publish(step);
       case 'wait_notifications': {
-        const ids = this.names(step.ids);
+        const ids = this.ids(step);
         await this.until(this.client(step), `ids ${ids}`, (r) => {
           const got = deliveredIds(r.log);
           return ids.every((id) => got.includes(id));
@@ -185,7 +192,7 @@ class Runner {
         return;
       }
       case 'assert_order': {
-        const ids = this.names(step.ids);
+        const ids = this.ids(step);
         const delivered = deliveredIds((await this.record(this.client(step))).log);
         const positions = ids.map((id) => {
           const p = delivered.indexOf(id);
@@ -208,7 +215,7 @@ class Runner {
         return;
       }
       case 'assert_delivered_exactly': {
-        const want = this.names(step.ids).sort();
+        const want = this.ids(step).sort();
         const got = deliveredIds((await this.record(this.client(step))).log).sort();
         assertEq(got, want, 'the delivered ids (each exactly once)');
         return;
@@ -287,6 +294,23 @@ class Runner {
         assertEq(tokenFetches, step.count, 'token provider calls');
         return;
       }
+      case 'pause_events':
+      case 'resume_events':
+        // Nothing to do: the SDK dispatches each event to the page's listeners as it is emitted and holds none
+        // (tests/conformance/README.md, browser runner).
+        this.client(step);
+        return;
+      case 'assert_stopped_reading': {
+        // Nothing is held back in the browser: every published notification reached the page.
+        const c = this.client(step);
+        const end = Date.now() + WAIT_MS;
+        for (;;) {
+          const stats = await c.page.evaluate(() => window.__conformance.client.stats());
+          if (stats.notificationsReceived >= step.published) return;
+          if (Date.now() > end) fail(`received ${stats.notificationsReceived} of ${step.published}`);
+          await sleep(25);
+        }
+      }
       case 'close': {
         const c = this.client(step);
         this.clients.delete(step.client);
@@ -363,11 +387,7 @@ class Runner {
   }
 
   async publish(step) {
-    const ids =
-      step.count !== undefined
-        ? Array.from({ length: step.count }, (_, i) => this.name(`${step.id_prefix}${i}`))
-        : this.names(step.ids);
-    for (const id of ids) {
+    for (const id of this.ids(step)) {
       const body = {
         users: this.names(step.users),
         topics: this.names(step.topics),

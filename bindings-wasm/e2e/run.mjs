@@ -93,6 +93,16 @@ async function publishOne(user, title, extra = {}) {
   return (await r.json()).id;
 }
 
+async function publishTopic(topic, title) {
+  const r = await fetch(`${base}/v1/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer tidings-dev-key' },
+    body: JSON.stringify({ topics: [topic], type: 'e2e', priority: 'important', title }),
+  });
+  assert(r.ok, `publish: HTTP ${r.status}`);
+  return (await r.json()).id;
+}
+
 async function presence(user) {
   const r = await fetch(`${base}/v1/presence/${user}`, { headers: { Authorization: 'Bearer tidings-dev-key' } });
   return (await r.json()).devices.length;
@@ -290,6 +300,34 @@ test('a frozen leader (JS paused, no freeze event) is replaced: another tab stea
   await t.ctx.close();
 });
 
+test('one tab unsubscribing keeps the stream for the others; the last tab to let go drops it', async () => {
+  // Defect 6 of issue 12: the leader's unsubscribe used to drop the stream for every tab.
+  const user = uniq('e2eun');
+  const topic = uniq('topic');
+  const t = await newContext();
+  for (let i = 0; i < 2; i++) await t.open(`user=${user}&topics=${topic}&sw=0`);
+  await until('connected', async () => (await t.everyone(() => window.tidings.state.kind)).every((s) => s === 'connected'));
+  const stream = `topic:${topic}`;
+  await until('subscribed in every tab', async () =>
+    (await t.everyone((s) => window.tidings.cursor(s) !== null, stream)).every(Boolean),
+  );
+  const leader = await t.leader();
+  const follower = t.live().find((p) => p !== leader);
+  await leader.evaluate((s) => window.tidings.unsubscribe(s), stream);
+  await sleep(300);
+  const kept = await publishTopic(topic, 'still wanted by the other tab');
+  await until('the other tab still gets the topic', () =>
+    follower.evaluate((i) => window.__tidings.notifications.includes(i), kept),
+  );
+  await follower.evaluate((s) => window.tidings.unsubscribe(s), stream);
+  await sleep(500);
+  const dropped = await publishTopic(topic, 'nobody wants it');
+  await sleep(700);
+  const got = await t.everyone((i) => window.__tidings.notifications.includes(i), dropped);
+  assert(got.every((g) => !g), `after the last tab let go the stream is unsubscribed: ${got}`);
+  await t.ctx.close();
+});
+
 test('reload resumes from the stored cursor and dedups', async () => {
   const user = uniq('e2erl');
   const t = await newContext();
@@ -457,12 +495,26 @@ test('service worker push: deduped against the socket, shown once, tabs told', a
   const fresh = { ...envelope, id: `push-${Date.now()}`, title: 'push only' };
   const shown = await viaWorker(JSON.stringify({ tidings: fresh }));
   assert(shown.show === true, `a new push is shown: ${JSON.stringify(shown)}`);
+  // Defect 8 of issue 12: a showNotification failure used to be logged, not failed on.
+  assert(shown.error === undefined, `the worker displayed it without an error: ${shown.error}`);
+  const displayed = await page.evaluate(async (tag) => {
+    const reg = await navigator.serviceWorker.ready;
+    return (await reg.getNotifications({ tag })).map((n) => n.title);
+  }, fresh.id);
+  assert(displayed.length === 1 && displayed[0] === 'push only', `one system notification shown: ${displayed}`);
   const again = await viaWorker(JSON.stringify({ tidings: fresh }));
   assert(again.show === false, 'the same push twice is shown once');
   await until('the tab learned it', () => page.evaluate((i) => window.__tidings.notifications.includes(i), fresh.id));
   const inTab = await page.evaluate((p) => window.tidings.ingestPush(p), JSON.stringify({ tidings: fresh }));
   assert(inTab.show === false, 'the page dedups a push the worker showed');
-  console.log(`   worker: duplicate → show=${dup.show}; new → show=${shown.show}${shown.error ? ` (${shown.error})` : ''}`);
+  // The worker's write merged into IndexedDB: the page's cursor is still there beside the worker's id.
+  const stored = await page.evaluate(async () => {
+    const { idbGet } = await import('/pkg/storage.js');
+    return JSON.parse(await idbGet('tidings:snapshot'));
+  });
+  assert(stored.cursors?.[`user:${user}`]?.offset >= 1, `the page's cursor survives the worker's write: ${JSON.stringify(stored.cursors)}`);
+  assert(stored.scope === undefined, 'the stored snapshot is a full one');
+  console.log(`   worker: duplicate → show=${dup.show}; new → show=${shown.show}; displayed ${displayed.length}`);
   await t.ctx.close();
 });
 

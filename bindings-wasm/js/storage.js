@@ -40,6 +40,34 @@ export async function idbPut(key, value) {
   });
 }
 
+/**
+ * Read-modify-write of `key` in one IndexedDB transaction: `update(stored)` gets what is stored ('' if nothing) and
+ * returns what to store. Transactions on one store run one at a time, so a page and the service worker never
+ * overwrite what the other wrote meanwhile (both merge with `mergeSnapshots`). Resolves when committed.
+ */
+export async function idbUpdate(key, update) {
+  const d = await db();
+  if (!d) return;
+  return new Promise((resolve) => {
+    const tx = d.transaction(STORE, 'readwrite');
+    const store = tx.objectStore(STORE);
+    const req = store.get(key);
+    req.onsuccess = () => {
+      let next;
+      try {
+        next = update(typeof req.result === 'string' ? req.result : '');
+      } catch (e) {
+        console.warn('tidings: not storing a snapshot that could not be merged', e);
+        return; // the transaction commits with nothing changed
+      }
+      store.put(next, key);
+    };
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => resolve();
+    tx.onabort = () => resolve();
+  });
+}
+
 export function lsGet(key) {
   try {
     return globalThis.localStorage?.getItem(key) ?? '';

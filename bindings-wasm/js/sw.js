@@ -8,8 +8,8 @@
 // IndexedDB, via the core engine's ingest_push): a notification the socket, replay or another push delivered
 // already is not shown again. Open tabs are told over the BroadcastChannel so their engines mark it seen.
 
-import init, { pushThrough } from './dist/tidings_wasm.js';
-import { idbGet, idbPut } from './storage.js';
+import init, { mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
+import { idbGet, idbUpdate } from './storage.js';
 
 let ready;
 let queue = Promise.resolve();
@@ -38,7 +38,10 @@ async function handleOne(payload, { name = 'tidings', wasmUrl, show = true, noti
   const r = JSON.parse(pushThrough(await idbGet(key), text));
   if (!r.show) return { show: false, id: r.id };
   const n = r.notification;
-  await idbPut(key, JSON.stringify(r.snapshot));
+  // The worker's snapshot carries only seen ids: merged into what is stored now (a page may have saved since the
+  // read above), the pages' cursors and batches stay.
+  const seen = JSON.stringify(r.snapshot);
+  await idbUpdate(key, (stored) => mergeSnapshots(seen, stored));
   const channel = new BroadcastChannel(`tidings:${name}`);
   channel.postMessage({ t: 'push', payload: text, tab: 'sw' });
   channel.close();

@@ -50,7 +50,13 @@ export type ConnectionState =
 export type Continuity =
   | { kind: 'fresh' }
   | { kind: 'resumed'; replayed: number }
-  | { kind: 'gap'; reason: 'epoch_changed' | 'out_of_buffer' | 'ahead_of_stream'; missed?: number };
+  | {
+      kind: 'gap';
+      reason: 'epoch_changed' | 'out_of_buffer' | 'ahead_of_stream';
+      missed?: number;
+      /** How many notifications the server still held: they follow this event (each delivered once). */
+      replayed: number;
+    };
 
 export type PushOutcome = { show: true; notification: Notification } | { show: false; id: string };
 
@@ -96,6 +102,12 @@ export interface DigestDetail {
   shown: boolean;
 }
 
+/**
+ * The client's events. As on every platform, they come in the order the engine emits them and each is delivered
+ * once per client; here they are dispatched synchronously to this tab's listeners the moment they are emitted, so
+ * the SDK holds none back (a listener that blocks blocks the page, socket included) and one emitted before a
+ * listener was added is not replayed to it (add listeners right after `connect()` resolves).
+ */
 export interface TidingsEventMap {
   notification: CustomEvent<NotificationDetail>;
   digest: CustomEvent<DigestDetail>;
@@ -105,6 +117,8 @@ export interface TidingsEventMap {
   badge: CustomEvent<{ count: number }>;
   pushregistered: CustomEvent<{ platform: string }>;
   subscriptionfailed: CustomEvent<{ stream: string; code: string; message: string }>;
+  /** The server refused the push address (`bad_request`: forgotten, register a valid one). */
+  pushregistrationfailed: CustomEvent<{ platform: string; code: string; message: string }>;
 }
 
 export interface ClientStats {
@@ -135,7 +149,9 @@ export declare class TidingsClient extends EventTarget {
   /** Notifications received since the last `clearBadge()` — the same in every tab. */
   readonly badge: number;
   readonly deviceId: string;
+  /** Subscribes this tab; the shared socket subscribes each stream once for all tabs that want it. */
   subscribe(stream: string): Promise<void>;
+  /** Unsubscribes this tab; the stream stays subscribed while another tab wants it. */
   unsubscribe(stream: string): Promise<void>;
   /** A Web Push payload (`{tidings: envelope}`, the envelope, or JSON text) through the shared dedup window. */
   ingestPush(payload: string | object): Promise<PushOutcome>;
@@ -171,7 +187,10 @@ export declare function subscribeWebPush(
   options: { vapidPublicKey: string; registration?: ServiceWorkerRegistration },
 ): Promise<PushSubscription>;
 
-/** The push path without a client: `{show, notification | id, snapshot}` after dedup against `snapshot` JSON. */
+/**
+ * The push path without a client: `{show, notification | id, snapshot}` after dedup against the stored `snapshot`
+ * JSON; the returned snapshot carries only seen ids — store it with `mergeSnapshots(it, stored)`.
+ */
 export declare function pushThrough(snapshot: string, payload: string): string;
-/** Merges two stored snapshots (JSON). */
+/** Merges `ours`, about to be stored, over `theirs`, what the store holds (seen ids unioned). */
 export declare function mergeSnapshots(ours: string, theirs: string): string;

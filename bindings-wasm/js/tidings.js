@@ -14,7 +14,7 @@
 //   so a new leader knows what was granted before it.
 
 import init, { Core, mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
-import { idbGet, idbPut, lsGet, lsSet } from './storage.js';
+import { idbGet, idbUpdate, lsGet, lsSet } from './storage.js';
 
 export { pushThrough, mergeSnapshots };
 
@@ -117,7 +117,9 @@ export class TidingsClient extends EventTarget {
       ...this.#engineOptions,
     );
     this.#core.setPersistence(false);
-    for (const stored of [await idbGet(this.storageKey), lsGet(this.storageKey)]) {
+    // localStorage first: pages write it before IndexedDB, so it holds the newest cursors and batches; IndexedDB
+    // adds the ids the service worker saw (the engine takes stream state from the first full snapshot only).
+    for (const stored of [lsGet(this.storageKey), await idbGet(this.storageKey)]) {
       if (stored) {
         try {
           this.#core.restore(stored);
@@ -126,7 +128,7 @@ export class TidingsClient extends EventTarget {
         }
       }
     }
-    for (const s of this.#streams) this.#core.subscribe(s);
+    for (const s of this.#streams) this.#core.subscribeFor(this.tabId, s);
     // Online/offline and this tab's visibility, for the engine (network changes, foreground/background).
     this.#onEnvironment = () => this.#core.setEnvironment(globalThis.navigator?.onLine !== false, isVisible());
     this.#onEnvironment();
@@ -172,17 +174,21 @@ export class TidingsClient extends EventTarget {
   // ---------------------------------------------------------------------------------------------------------
   // Public API
 
-  /** Subscribes to `topic:<name>` or `user:<id>` (the user's own stream is automatic). */
+  /** Subscribes this tab to `topic:<name>` or `user:<id>` (the user's own stream is automatic). */
   async subscribe(stream) {
-    this.#core.subscribe(stream);
+    this.#core.subscribeFor(this.tabId, stream);
     this.#streams.add(stream);
-    if (this.role !== 'leader') this.#post({ t: 'sub', stream });
+    if (this.role !== 'leader') this.#post({ t: 'sub', stream, tab: this.tabId });
   }
 
-  /** Unsubscribes this tab (the shared socket keeps streams other tabs asked for). */
+  /**
+   * Unsubscribes this tab. The shared socket keeps a stream while another tab wants it; the last tab to let go
+   * unsubscribes it (and its cursor is forgotten).
+   */
   async unsubscribe(stream) {
     this.#streams.delete(stream);
-    if (this.role === 'leader') this.#core.unsubscribe(stream);
+    this.#core.unsubscribeFor(this.tabId, stream);
+    if (this.role !== 'leader') this.#post({ t: 'unsub', stream, tab: this.tabId });
   }
 
   /**
@@ -326,12 +332,16 @@ export class TidingsClient extends EventTarget {
       case 'subscription_failed':
         this.#emit('subscriptionfailed', { stream: e.stream, code: e.code, message: e.message });
         break;
+      case 'push_registration_failed':
+        this.#emit('pushregistrationfailed', { platform: e.platform, code: e.code, message: e.message });
+        break;
     }
   }
 
   #persist(json) {
     lsSet(this.storageKey, json);
-    this.#writing = this.#writing.then(() => idbPut(this.storageKey, json));
+    // Merged into what IndexedDB holds now: the service worker's seen ids stay.
+    this.#writing = this.#writing.then(() => idbUpdate(this.storageKey, (stored) => mergeSnapshots(json, stored)));
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -572,13 +582,7 @@ export class TidingsClient extends EventTarget {
       case 'hello':
         this.#tabs.set(m.tab, !!m.visible);
         if (leader) {
-          for (const s of m.streams ?? []) {
-            try {
-              this.#core.subscribe(s);
-            } catch {
-              // invalid stream names were refused in the tab that asked
-            }
-          }
+          this.#core.tabStreams(m.tab, Array.isArray(m.streams) ? m.streams : []);
           this.#updateVisibleElsewhere();
           this.#post({
             t: 'welcome',
@@ -593,7 +597,7 @@ export class TidingsClient extends EventTarget {
       case 'welcome':
         if (m.to === this.tabId && !leader) {
           try {
-            this.#core.restore(m.snapshot);
+            this.#core.mirror(m.snapshot);
           } catch (e) {
             console.warn('tidings: bad snapshot from the leader', e);
           }
@@ -608,12 +612,17 @@ export class TidingsClient extends EventTarget {
         break;
       case 'bye':
         this.#tabs.delete(m.tab);
-        if (leader) this.#updateVisibleElsewhere();
+        if (leader) {
+          this.#core.tabGone(m.tab);
+          this.#updateVisibleElsewhere();
+        }
         break;
       case 'sub':
-        if (leader) {
+      case 'unsub':
+        if (leader && typeof m.tab === 'string') {
           try {
-            this.#core.subscribe(m.stream);
+            if (m.t === 'sub') this.#core.subscribeFor(m.tab, m.stream);
+            else this.#core.unsubscribeFor(m.tab, m.stream);
           } catch {
             // refused in the asking tab already
           }

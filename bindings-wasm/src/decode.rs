@@ -13,14 +13,105 @@
 //! integers above 2^53). A number beyond a double's range inside `data` (`1e400`) is passed on as JSON.parse
 //! accepted it, where the native codec refuses it.
 
-use js_sys::{Array, JSON, Object, Reflect};
 use tidings_core::engine::PendingBatch;
 use tidings_core::protocol::{
     DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
     PushPlatform, RawJson, ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
 };
-use tidings_core::{Cursor, Instant, PushRegistration, Snapshot};
-use wasm_bindgen::{JsCast, JsValue};
+use tidings_core::{Cursor, Instant, PushRegistration, Snapshot, SnapshotScope};
+
+/// A JSON value as the platform's parser gives it: `JSON.parse` output in the browser ([`wasm_bindgen::JsValue`]),
+/// `serde_json::Value` on the host (the tests and the differential fuzz target, `fuzz/fuzz_targets/
+/// browser_decoder.rs`, run this module's rules there against the core's codec).
+pub trait Json: Sized {
+    /// The text parsed, or `None` when it is not JSON.
+    fn parse(text: &str) -> Option<Self>;
+    /// Whether this is an object (not an array, not `null`).
+    fn is_object(&self) -> bool;
+    /// Whether this is an array.
+    fn is_array(&self) -> bool;
+    /// Member `key` of an object, if present (`null` included).
+    fn member(&self, key: &str) -> Option<Self>;
+    /// `null` (or `undefined`).
+    fn is_null(&self) -> bool;
+    /// The string, if this is one.
+    fn as_string(&self) -> Option<String>;
+    /// The number, if this is one (a double, as in JavaScript).
+    fn as_f64(&self) -> Option<f64>;
+    /// The elements of an array.
+    fn elements(&self) -> Vec<Self>;
+    /// The member names of an object, in order.
+    fn keys(&self) -> Vec<String>;
+}
+
+impl Json for wasm_bindgen::JsValue {
+    fn parse(text: &str) -> Option<Self> {
+        js_sys::JSON::parse(text).ok()
+    }
+    fn is_object(&self) -> bool {
+        wasm_bindgen::JsValue::is_object(self) && !js_sys::Array::is_array(self)
+    }
+    fn is_array(&self) -> bool {
+        js_sys::Array::is_array(self)
+    }
+    fn member(&self, key: &str) -> Option<Self> {
+        js_sys::Reflect::get(self, &wasm_bindgen::JsValue::from_str(key)).ok().filter(|v| !v.is_undefined())
+    }
+    fn is_null(&self) -> bool {
+        wasm_bindgen::JsValue::is_null(self) || self.is_undefined()
+    }
+    fn as_string(&self) -> Option<String> {
+        wasm_bindgen::JsValue::as_string(self)
+    }
+    fn as_f64(&self) -> Option<f64> {
+        wasm_bindgen::JsValue::as_f64(self)
+    }
+    fn elements(&self) -> Vec<Self> {
+        use wasm_bindgen::JsCast;
+        self.clone().unchecked_into::<js_sys::Array>().iter().collect()
+    }
+    fn keys(&self) -> Vec<String> {
+        use wasm_bindgen::JsCast;
+        js_sys::Object::keys::<wasm_bindgen::JsValue>(self.unchecked_ref())
+            .iter()
+            .map(|k| k.as_string().unwrap_or_default())
+            .collect()
+    }
+}
+
+/// `serde_json::Value` read the way `JSON.parse` output is: numbers as doubles, a repeated member keeps its last
+/// value. (Where the two parsers differ — `JSON.parse` takes lone surrogate escapes and reads `1e400` as
+/// Infinity, serde_json refuses both — the text is not JSON to this impl.)
+#[cfg(not(target_family = "wasm"))]
+impl Json for serde_json::Value {
+    fn parse(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+    fn is_object(&self) -> bool {
+        serde_json::Value::is_object(self)
+    }
+    fn is_array(&self) -> bool {
+        serde_json::Value::is_array(self)
+    }
+    fn member(&self, key: &str) -> Option<Self> {
+        self.get(key).cloned()
+    }
+    fn is_null(&self) -> bool {
+        serde_json::Value::is_null(self)
+    }
+    fn as_string(&self) -> Option<String> {
+        self.as_str().map(str::to_owned)
+    }
+    fn as_f64(&self) -> Option<f64> {
+        serde_json::Value::as_f64(self)
+    }
+    fn elements(&self) -> Vec<Self> {
+        self.as_array().cloned().unwrap_or_default()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    }
+}
 
 type R<T> = Result<T, DecodeError>;
 
@@ -41,9 +132,9 @@ fn context(prefix: &str, e: DecodeError) -> DecodeError {
     DecodeError::new(m)
 }
 
-/// One JSON object parsed by the browser.
-fn parse(text: &str) -> R<Fields> {
-    let v = JSON::parse(text).map_err(|_| DecodeError::new("not valid JSON"))?;
+/// One JSON object parsed by the platform.
+fn parse<V: Json>(text: &str) -> R<Fields<V>> {
+    let v = V::parse(text).ok_or_else(|| DecodeError::new("not valid JSON"))?;
     Fields::new(v)
 }
 
@@ -52,18 +143,14 @@ const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 /// The members of one object. Reading a member never fails: the first problem is recorded (and a placeholder
 /// returned) and reported by [`Fields::done`] once the value is built — one exit instead of one per member.
-struct Fields {
-    o: JsValue,
+struct Fields<V> {
+    o: V,
     err: Option<DecodeError>,
 }
 
-impl Fields {
-    fn new(v: JsValue) -> R<Fields> {
-        if v.is_object() && !Array::is_array(&v) {
-            Ok(Fields { o: v, err: None })
-        } else {
-            Err(DecodeError::new("not a JSON object"))
-        }
+impl<V: Json> Fields<V> {
+    fn new(v: V) -> R<Fields<V>> {
+        if v.is_object() { Ok(Fields { o: v, err: None }) } else { Err(DecodeError::new("not a JSON object")) }
     }
 
     fn fail(&mut self, what: &str, key: &str) {
@@ -80,13 +167,12 @@ impl Fields {
     }
 
     /// A member; `null` counts as absent.
-    fn get(&self, key: &str) -> Option<JsValue> {
-        let v = Reflect::get(&self.o, &JsValue::from_str(key)).ok()?;
-        if v.is_null() || v.is_undefined() { None } else { Some(v) }
+    fn get(&self, key: &str) -> Option<V> {
+        self.o.member(key).filter(|v| !v.is_null())
     }
 
     /// A required member.
-    fn need(&mut self, key: &str) -> Option<JsValue> {
+    fn need(&mut self, key: &str) -> Option<V> {
         let v = self.get(key);
         if v.is_none() {
             self.fail("missing member", key);
@@ -94,7 +180,7 @@ impl Fields {
         v
     }
 
-    fn string(&mut self, v: Option<JsValue>, key: &str) -> Option<String> {
+    fn string(&mut self, v: Option<V>, key: &str) -> Option<String> {
         let s = v?.as_string();
         if s.is_none() {
             self.fail("expected a string in member", key);
@@ -112,7 +198,7 @@ impl Fields {
         self.string(v, key).unwrap_or_default()
     }
 
-    fn number(&mut self, v: Option<JsValue>, key: &str) -> Option<u64> {
+    fn number(&mut self, v: Option<V>, key: &str) -> Option<u64> {
         match v?.as_f64() {
             Some(f) if (0.0..=MAX_SAFE_INTEGER).contains(&f) && f == (f as u64) as f64 => Some(f as u64),
             _ => {
@@ -144,8 +230,8 @@ impl Fields {
     fn strings(&mut self, key: &str) -> Vec<String> {
         let Some(v) = self.get(key) else { return Vec::new() };
         let mut out = Vec::new();
-        if Array::is_array(&v) {
-            for s in v.unchecked_into::<Array>().iter() {
+        if v.is_array() {
+            for s in v.elements() {
                 match s.as_string() {
                     Some(s) => out.push(s),
                     None => self.fail("expected strings in member", key),
@@ -158,7 +244,7 @@ impl Fields {
     }
 
     /// A member that is an object.
-    fn object(&mut self, v: Option<JsValue>, key: &str) -> Option<Fields> {
+    fn object(&mut self, v: Option<V>, key: &str) -> Option<Fields<V>> {
         match Fields::new(v?) {
             Ok(f) => Some(f),
             Err(_) => {
@@ -169,7 +255,7 @@ impl Fields {
     }
 
     /// Records `inner`'s problem as this object's.
-    fn absorb(&mut self, inner: Fields) {
+    fn absorb(&mut self, inner: Fields<V>) {
         if self.err.is_none() {
             self.err = inner.err;
         }
@@ -202,12 +288,12 @@ impl Fields {
 
 /// The frames of one WebSocket message: one frame per line (empty lines are skipped).
 pub(crate) fn frames(text: &str) -> impl Iterator<Item = R<ServerFrame>> + '_ {
-    message_frames(text).map(frame)
+    message_frames(text).map(frame::<wasm_bindgen::JsValue>)
 }
 
-/// One server frame (protocol §5).
-fn frame(text: &str) -> R<ServerFrame> {
-    let mut f = parse(text).map_err(|e| context("invalid server frame: ", e))?;
+/// One server frame (protocol §5), parsed with `V`'s parser.
+pub fn frame<V: Json>(text: &str) -> R<ServerFrame> {
+    let mut f = parse::<V>(text).map_err(|e| context("invalid server frame: ", e))?;
     let op = f.str("op");
     let frame = match op.as_str() {
         "notification" => ServerFrame::Notification(f.notification(text)),
@@ -227,6 +313,7 @@ fn frame(text: &str) -> R<ServerFrame> {
                 "gap" => WireContinuity::Gap {
                     reason: f.name("reason", GapReason::parse, GapReason::EpochChanged),
                     missed: f.opt_u64("missed"),
+                    replayed: f.opt_u64("replayed").unwrap_or(0),
                 },
                 _ => {
                     f.fail("unknown value of member", "continuity");
@@ -267,7 +354,12 @@ fn frame(text: &str) -> R<ServerFrame> {
 /// A push payload: the envelope, or an object whose `tidings` member is the envelope (as an object or as JSON
 /// text). The engine checks it against the protocol's limits.
 pub(crate) fn push_payload(payload: &str) -> R<Notification> {
-    let outer = parse(payload).map_err(|e| context("push payload: ", e))?;
+    push_payload_with::<wasm_bindgen::JsValue>(payload)
+}
+
+/// [`push_payload`], parsed with `V`'s parser.
+pub fn push_payload_with<V: Json>(payload: &str) -> R<Notification> {
+    let outer = parse::<V>(payload).map_err(|e| context("push payload: ", e))?;
     let inner_text;
     let (f, source) = match outer.get("tidings") {
         None => (Ok(outer), payload),
@@ -286,7 +378,12 @@ pub(crate) fn push_payload(payload: &str) -> R<Notification> {
 
 /// A stored snapshot (the JSON `encode_snapshot` writes).
 pub(crate) fn snapshot(text: &str) -> R<Snapshot> {
-    let s = parse(text).and_then(|mut f| {
+    snapshot_with::<wasm_bindgen::JsValue>(text)
+}
+
+/// [`snapshot`], parsed with `V`'s parser.
+pub fn snapshot_with<V: Json>(text: &str) -> R<Snapshot> {
+    let s = parse::<V>(text).and_then(|mut f| {
         if f.u64("version") != 1 {
             f.fail("unsupported value of member", "version");
         }
@@ -296,27 +393,30 @@ pub(crate) fn snapshot(text: &str) -> R<Snapshot> {
     s.map_err(|e| context("stored state is corrupt: ", e))
 }
 
-fn snapshot_members(f: &mut Fields, source: &str) -> Snapshot {
+fn snapshot_members<V: Json>(f: &mut Fields<V>, source: &str) -> Snapshot {
     let mut s = Snapshot { version: 1, device_id: f.opt_str("device_id"), ..Default::default() };
     let cursors = f.get("cursors");
     if let Some(cursors) = f.object(cursors, "cursors") {
-        for stream in Object::keys::<JsValue>(cursors.o.unchecked_ref()).iter() {
-            let v = Reflect::get(&cursors.o, &stream).ok();
+        for stream in cursors.o.keys() {
+            let v = cursors.o.member(&stream);
             if let Some(mut c) = f.object(v, "cursors") {
                 let cursor = Cursor { epoch: c.str("epoch"), offset: c.u64("offset") };
                 f.absorb(c);
-                s.cursors.insert(stream.as_string().unwrap_or_default(), cursor);
+                s.cursors.insert(stream, cursor);
             }
         }
     }
     s.seen = f.strings("seen");
+    if f.opt_str("scope").as_deref() == Some("seen_ids") {
+        s.scope = SnapshotScope::SeenIds;
+    }
     if let Some(pending) = f.get("pending") {
-        if !Array::is_array(&pending) {
+        if !pending.is_array() {
             f.fail("expected an array in member", "pending");
         }
         // The batches' text, to take each notification's `data` verbatim (see `Fields::notification`).
         let texts = raw_member(source, "pending").and_then(raw_elements).unwrap_or_default();
-        for (i, b) in pending.unchecked_into::<Array>().iter().enumerate() {
+        for (i, b) in pending.elements().into_iter().enumerate() {
             let text = texts.get(i).copied().unwrap_or_default();
             let Some(mut b) = f.object(Some(b), "pending") else { continue };
             let first = b.need("first");
@@ -346,13 +446,77 @@ fn snapshot_members(f: &mut Fields, source: &str) -> Snapshot {
             s.pending.push(batch);
         }
     }
-    if let Some(p) = f.get("push")
-        && let Ok(mut p) = Fields::new(p)
-    {
+    let push = f.get("push");
+    if let Some(mut p) = f.object(push, "push") {
+        // As the codec: wrong types make the snapshot corrupt, an unknown platform drops the registration only.
         let platform = p.opt_str("platform").and_then(|name| PushPlatform::parse(&name));
-        if let (Some(platform), Some(token)) = (platform, p.opt_str("token")) {
+        let token = p.opt_str("token");
+        f.absorb(p);
+        if let (Some(platform), Some(token)) = (platform, token) {
             s.push = Some(PushRegistration { platform, token });
         }
     }
     s
+}
+
+/// The decoding rules on the host (serde_json values read as `JSON.parse` output), against the core's codec.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use tidings_core::protocol::decode_server_frame;
+
+    #[test]
+    fn documented_frames_decode_as_the_codec_decodes_them() {
+        for text in [
+            r#"{"op":"notification","id":"n1","stream":"user:alice","offset":42,"epoch":"k3v9q2","type":"t","priority":"important","persistence":"bufferable","title":"Bob","body":null,"data":{"post":"p-981","n":12345678901234567891},"group":null,"created_at":1763808060123}"#,
+            r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"q8m1zz","offset":12,"continuity":"gap","reason":"epoch_changed","replayed":12}"#,
+            r#"{"op":"subscribed","ref":1,"stream":"topic:sports","epoch":"w2n5dd","offset":310,"continuity":"gap","reason":"out_of_buffer","missed":57}"#,
+            r#"{"op":"error","ref":4,"code":"bad_request","message":"register_push: unknown platform"}"#,
+        ] {
+            assert_eq!(frame::<Value>(text), decode_server_frame(text), "{text}");
+        }
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-created-at-beyond-doubles`):
+    /// the browser's documented limit — an integer above 2^53 is refused (`JSON.parse` would round it), where the codec
+    /// takes any u64; the target now expects that refusal.
+    #[test]
+    fn integers_beyond_a_double_are_refused_here_and_taken_by_the_codec() {
+        let text = r#"{"op":"notification","id":"n","stream":"user:a","epoch":"e","type":"t","priority":"important","persistence":"bufferable","created_at":17638080663808060123}"#;
+        let err = frame::<Value>(text).unwrap_err();
+        assert!(err.message().contains("unsigned integer in member `created_at`"), "{err}");
+        assert!(decode_server_frame(text).is_ok());
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-push-token-number`): a
+    /// `push` member whose `token` is not a string was ignored here and made the snapshot corrupt in the codec.
+    #[test]
+    fn a_push_member_of_the_wrong_shape_is_corrupt_as_in_the_codec() {
+        for text in [
+            r#"{"version":1,"push":{"platform":"fcm","token":990}}"#,
+            r#"{"version":1,"push":5}"#,
+            r#"{"version":1,"push":{"platform":7,"token":"t"}}"#,
+        ] {
+            assert!(snapshot_with::<Value>(text).is_err(), "{text}");
+            assert!(tidings_core::store::decode_snapshot(text.as_bytes()).is_err(), "{text}");
+        }
+        let unknown = r#"{"version":1,"push":{"platform":"carrier_pigeon","token":"t"},"seen":null}"#;
+        assert_eq!(
+            snapshot_with::<Value>(unknown).unwrap(),
+            tidings_core::store::decode_snapshot(unknown.as_bytes()).unwrap()
+        );
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-repeated-body`): a
+    /// repeated member is one of the documented leniencies — `JSON.parse` keeps its last value, the codec refuses the
+    /// text (here at the first `body`, a number, before it sees the repetition). The target's differential check now
+    /// leaves texts that repeat a member out of the comparison.
+    #[test]
+    fn a_repeated_member_keeps_its_last_value_where_the_codec_refuses_the_frame() {
+        let text = r#"{"op":"notification","id":"n1","stream":"user:alice","body":42,"epoch":"e","type":"t","priority":"important","persistence":"bufferable","body":"Looks great!","created_at":1}"#;
+        let ServerFrame::Notification(n) = frame::<Value>(text).unwrap() else { panic!() };
+        assert_eq!(n.body(), Some("Looks great!"));
+        assert!(decode_server_frame(text).is_err());
+    }
 }

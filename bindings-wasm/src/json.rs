@@ -86,17 +86,19 @@ pub(crate) fn state(s: &ConnectionState) -> String {
     .end()
 }
 
-/// `{"kind":"fresh"}`, `{"kind":"resumed","replayed":4}`, `{"kind":"gap","reason":"out_of_buffer","missed":57}`.
+/// `{"kind":"fresh"}`, `{"kind":"resumed","replayed":4}`,
+/// `{"kind":"gap","reason":"out_of_buffer","missed":57,"replayed":0}`.
 pub(crate) fn continuity(c: &Continuity) -> String {
     match c {
         Continuity::Fresh => Obj::new().str("kind", "fresh"),
         Continuity::Resumed { replayed } => Obj::new().str("kind", "resumed").num("replayed", *replayed),
-        Continuity::Gap { reason, missed } => {
+        Continuity::Gap { reason, missed, replayed } => {
             let o = Obj::new().str("kind", "gap").str("reason", reason.as_str());
             match missed {
                 Some(m) => o.num("missed", *m),
                 None => o,
             }
+            .num("replayed", *replayed)
         }
     }
     .end()
@@ -117,6 +119,11 @@ pub(crate) fn event(e: &Event) -> String {
         Event::SubscriptionFailed { stream, code, message } => Obj::new()
             .str("type", "subscription_failed")
             .str("stream", stream)
+            .str("code", code.as_str())
+            .str("message", message),
+        Event::PushRegistrationFailed { platform, code, message } => Obj::new()
+            .str("type", "push_registration_failed")
+            .str("platform", platform.as_str())
             .str("code", code.as_str())
             .str("message", message),
     }
@@ -172,11 +179,11 @@ mod tests {
     fn events_are_typed_objects() {
         let e = Event::Continuity {
             stream: "user:alice".into(),
-            continuity: Continuity::Gap { reason: tidings_core::GapReason::OutOfBuffer, missed: Some(57) },
+            continuity: Continuity::Gap { reason: tidings_core::GapReason::OutOfBuffer, missed: Some(57), replayed: 0 },
         };
         assert_eq!(
             event(&e),
-            r#"{"type":"continuity","stream":"user:alice","continuity":{"kind":"gap","reason":"out_of_buffer","missed":57}}"#
+            r#"{"type":"continuity","stream":"user:alice","continuity":{"kind":"gap","reason":"out_of_buffer","missed":57,"replayed":0}}"#
         );
         assert_eq!(
             event(&Event::State(ConnectionState::Connected)),

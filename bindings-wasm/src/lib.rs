@@ -6,7 +6,7 @@
 //!
 //! - the browser `WebSocket` is the transport: one socket per [`Action::Open`]; its four callbacks are
 //!   detached and released when the socket ends, so reconnecting never accumulates closures;
-//! - timers come from `setTimeout` (one reusable callback, re-armed at [`Engine::poll_timeout`]), time from
+//! - timers come from `setTimeout` (one reusable callback, re-armed at the engine's next deadline ([`tidings_core::engine::Output::Timeout`])), time from
 //!   `performance.now()`, the engine's seed from `crypto.getRandomValues`;
 //! - `online` / `offline` and `visibilitychange` (listened to by the JavaScript wrapper, handed over with
 //!   [`Core::set_environment`]) are fed to the engine ([`NetworkEvent`], [`Lifecycle`]).
@@ -22,7 +22,8 @@
 //! parsed by the browser's `JSON.parse` and built into the core's types (`decode.rs`), which feed the engine's
 //! decoded-frame inputs: no JSON decoder is linked in either.
 
-mod decode;
+pub mod decode;
+mod holders;
 mod json;
 
 use std::cell::RefCell;
@@ -30,6 +31,7 @@ use std::rc::{Rc, Weak};
 
 use js_sys::Function;
 use tidings_core::engine::Config;
+use tidings_core::engine::Output as EngineOutput;
 use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
 use tidings_core::store::encode_snapshot;
 use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
@@ -129,6 +131,8 @@ struct Inner {
     visible_elsewhere: bool,
     foreground: bool,
     sockets_opened: u32,
+    /// Which tabs want which stream (the leader subscribes the union).
+    holders: holders::Holders,
 }
 
 impl Drop for Inner {
@@ -142,19 +146,19 @@ impl Drop for Inner {
 type Output = (&'static str, String);
 
 impl Inner {
-    /// Drains the engine: writes frames, performs actions, collects what JavaScript must see, re-arms the timer.
+    /// Drains the engine in its order ([`Engine::poll_output`]): writes frames, performs actions, collects what
+    /// JavaScript must see, re-arms the timer.
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         loop {
-            while let Some(frame) = self.engine.poll_transmit() {
-                if let Some(s) = self.sock.as_ref().filter(|s| s.opened) {
-                    let _ = s.ws.send_with_str(&frame);
+            match self.engine.poll_output() {
+                EngineOutput::Transmit(frame) => {
+                    if let Some(s) = self.sock.as_ref().filter(|s| s.opened) {
+                        let _ = s.ws.send_with_str(&frame);
+                    }
                 }
-            }
-            let Some(action) = self.engine.poll_action() else { break };
-            match action {
-                Action::Open { conn, url } => self.open(conn, &url),
-                Action::Close { conn, code, reason } => {
+                EngineOutput::Action(Action::Open { conn, url }) => self.open(conn, &url),
+                EngineOutput::Action(Action::Close { conn, code, reason }) => {
                     if self.sock.as_ref().is_some_and(|s| s.conn == conn)
                         && let Some(s) = self.sock.take()
                     {
@@ -162,25 +166,25 @@ impl Inner {
                         self.dead.push(s);
                     }
                 }
-                Action::FetchToken { force_refresh } => {
+                EngineOutput::Action(Action::FetchToken { force_refresh }) => {
                     out.push(("token", String::from(if force_refresh { "true" } else { "false" })))
                 }
-                Action::Persist(snapshot) => out.push(("persist", snapshot_text(&snapshot))),
+                EngineOutput::Action(Action::Persist(snapshot)) => out.push(("persist", snapshot_text(&snapshot))),
+                EngineOutput::Event(event) => out.push(("event", json::event(&event))),
+                EngineOutput::Timeout(at) => {
+                    self.schedule(at);
+                    return out;
+                }
             }
         }
-        while let Some(event) = self.engine.poll_event() {
-            out.push(("event", json::event(&event)));
-        }
-        self.schedule();
-        out
     }
 
-    fn schedule(&mut self) {
+    fn schedule(&mut self, at: Option<Instant>) {
         if let Some(id) = self.timer.take() {
             clear_timeout(&id);
         }
         let now = now();
-        let mut delay = self.engine.poll_timeout().map(|t| t.as_millis().saturating_sub(now.as_millis()));
+        let mut delay = at.map(|t| t.as_millis().saturating_sub(now.as_millis()));
         if !self.dead.is_empty() {
             delay = Some(0);
         }
@@ -387,6 +391,7 @@ impl Core {
                 visible_elsewhere: false,
                 foreground: true,
                 sockets_opened: 0,
+                holders: holders::Holders::default(),
             })
         });
         Core { inner }
@@ -424,10 +429,19 @@ impl Core {
         pump(&self.inner);
     }
 
-    /// Merges a stored snapshot (JSON from a `"persist"` output) into the engine.
+    /// Restores a stored snapshot (JSON from a `"persist"` output): the engine's `restore` — seen ids always,
+    /// cursors and open batches only from the first full snapshot (restore the newest first: localStorage, then
+    /// IndexedDB).
     pub fn restore(&self, snapshot: JsValue) -> Result<(), JsError> {
         let snapshot = decode::snapshot(&text(&snapshot)).map_err(decode_err)?;
         self.run(|e, now| e.restore(now, &snapshot));
+        Ok(())
+    }
+
+    /// Takes the state of the tab that leads (its snapshot, sent to a joining tab): the engine's `mirror`.
+    pub fn mirror(&self, snapshot: JsValue) -> Result<(), JsError> {
+        let snapshot = decode::snapshot(&text(&snapshot)).map_err(decode_err)?;
+        self.run(|e, now| e.mirror(now, &snapshot));
         Ok(())
     }
 
@@ -455,6 +469,50 @@ impl Core {
     /// Unsubscribes and forgets the stream's cursor.
     pub fn unsubscribe(&self, stream: JsValue) -> Result<(), JsError> {
         self.run(|e, now| e.unsubscribe(now, &text(&stream))).map_err(js_err)
+    }
+
+    /// Tab `tab` of this browser wants `stream` (the leader holds one subscription for all tabs that want it).
+    #[wasm_bindgen(js_name = subscribeFor)]
+    pub fn subscribe_for(&self, tab: JsValue, stream: JsValue) -> Result<(), JsError> {
+        let stream = text(&stream);
+        self.run(|e, now| e.subscribe(now, &stream)).map_err(js_err)?;
+        self.inner.borrow_mut().holders.hold(&text(&tab), &stream);
+        Ok(())
+    }
+
+    /// Tab `tab` no longer wants `stream`; it is unsubscribed (and its cursor forgotten) when no tab wants it.
+    #[wasm_bindgen(js_name = unsubscribeFor)]
+    pub fn unsubscribe_for(&self, tab: JsValue, stream: JsValue) -> Result<(), JsError> {
+        let stream = text(&stream);
+        tidings_core::protocol::StreamName::parse(&stream).map_err(|e| JsError::new(&e))?;
+        let last = self.inner.borrow_mut().holders.release(&text(&tab), &stream);
+        if last {
+            self.run(|e, now| e.unsubscribe(now, &stream)).map_err(js_err)?;
+        }
+        Ok(())
+    }
+
+    /// Tab `tab` wants exactly `streams` (an array of stream names, from its `hello`); streams no tab wants any
+    /// more are unsubscribed. Invalid names are skipped (the tab that asked was told).
+    #[wasm_bindgen(js_name = tabStreams)]
+    pub fn tab_streams(&self, tab: JsValue, streams: js_sys::Array) {
+        let tab = text(&tab);
+        let streams: Vec<String> = streams.iter().map(|s| text(&s)).collect();
+        let valid: Vec<String> =
+            streams.into_iter().filter(|s| self.run(|e, now| e.subscribe(now, s)).is_ok()).collect();
+        let released = self.inner.borrow_mut().holders.set(&tab, &valid);
+        for s in released {
+            let _ = self.run(|e, now| e.unsubscribe(now, &s));
+        }
+    }
+
+    /// Tab `tab` left: streams no other tab wants are unsubscribed.
+    #[wasm_bindgen(js_name = tabGone)]
+    pub fn tab_gone(&self, tab: JsValue) {
+        let released = self.inner.borrow_mut().holders.gone(&text(&tab));
+        for s in released {
+            let _ = self.run(|e, now| e.unsubscribe(now, &s));
+        }
     }
 
     /// A message another tab's socket received: its frames, one per line (`handle_relayed_frame`: processed,
@@ -547,24 +605,24 @@ impl Core {
     }
 }
 
-/// The push path without a page (a service worker): restores `snapshot` (may be empty), passes `payload`
-/// through the dedup window and returns `{"show":…,"notification"|"id":…,"snapshot":{…}}` — the snapshot to
-/// store back.
+/// The push path without a page (a service worker): the core's `ingest_push_without_client`, seeded from
+/// `crypto.getRandomValues`. Takes the stored snapshot (may be empty) and the payload; returns
+/// `{"show":…,"notification"|"id":…,"snapshot":{…}}`, where the snapshot carries only the seen ids
+/// (`"scope":"seen_ids"`): store it with `mergeSnapshots(it, stored)` so the pages' cursors and batches stay.
 #[wasm_bindgen(js_name = pushThrough)]
 pub fn push_through(snapshot: JsValue, payload: JsValue) -> Result<JsValue, JsError> {
-    let mut engine = Engine::new(Config::new(""), 0);
-    let t = Instant::ZERO;
     let snapshot = text(&snapshot);
-    if !snapshot.is_empty() {
-        engine.restore(t, &decode::snapshot(&snapshot).map_err(decode_err)?);
-    }
+    let stored = if snapshot.is_empty() { None } else { Some(decode::snapshot(&snapshot).map_err(decode_err)?) };
     let n = decode::push_payload(&text(&payload)).map_err(decode_err)?;
-    let outcome = engine.ingest_push_notification(t, n).map_err(js_err)?;
-    let snapshot = snapshot_text(&engine.snapshot());
-    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot).end().into())
+    let (outcome, seen) =
+        tidings_core::engine::ingest_push_without_client(Config::new(""), seed(), stored.as_ref(), now(), n)
+            .map_err(js_err)?;
+    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot_text(&seen)).end().into())
 }
 
-/// Merges two stored snapshots (JSON); either may be empty. Used where two writers share one store.
+/// Merges two stored snapshots (JSON; either may be empty): `ours`, about to be stored, over `theirs`, what the
+/// store holds (`Snapshot::merge`: seen ids unioned; cursors, batches and push address from `ours` unless it only
+/// carries seen ids). Used wherever a page or the service worker writes the shared store.
 #[wasm_bindgen(js_name = mergeSnapshots)]
 pub fn merge_snapshots(ours: JsValue, theirs: JsValue) -> Result<JsValue, JsError> {
     let decode = |s: &JsValue| -> Result<tidings_core::Snapshot, JsError> {

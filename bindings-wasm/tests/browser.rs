@@ -131,7 +131,13 @@ fn invalid_arguments_are_errors() {
     assert!(core.subscribe(js("nope")).is_err());
     assert!(core.subscribe(js("topic:news")).is_ok());
     assert!(core.register_push(js("carrier-pigeon"), js("x")).is_err());
-    assert!(core.register_push(js("web_push"), js(r#"{"endpoint":"https://push.example/1"}"#)).is_ok());
+    // Defect 4 of issue 12: a subscription without keys is refused here, as the server would.
+    assert!(core.register_push(js("web_push"), js(r#"{"endpoint":"https://push.example/1"}"#)).is_err());
+    let p256dh = format!("B{}", "A".repeat(86));
+    let complete = format!(
+        r#"{{"endpoint":"https://push.example/1","keys":{{"p256dh":"{p256dh}","auth":"AAECAwQFBgcICQoLDA0ODw"}}}}"#
+    );
+    assert!(core.register_push(js("web_push"), js(&complete)).is_ok());
 }
 
 #[wasm_bindgen_test]
@@ -268,4 +274,44 @@ fn push_payloads_and_snapshots_are_decoded() {
     assert!(merge_snapshots(js(&stored.replace(r#""version":1"#, r#""version":2"#)), js("")).is_err());
     assert!(merge_snapshots(js(r#"{"version":1,"cursors":{"user:alice":{"epoch":"e1"}}}"#), js("")).is_err());
     assert!(merge_snapshots(js(r#"{"version":1,"seen":[1]}"#), js("")).is_err());
+}
+
+/// Defect 6 of issue 12: the service worker's write used to replace the stored snapshot with the one it read before
+/// (a page's newer cursor was lost). Its result now carries only seen ids and is merged over what is stored then.
+#[wasm_bindgen_test]
+fn a_service_worker_write_keeps_what_a_page_saved_meanwhile() {
+    let cursor = |offset: u64| format!(r#""user:alice":{{"epoch":"e1","offset":{offset}}}"#);
+    let older = format!(r#"{{"version":1,"device_id":"d-1","cursors":{{{}}},"seen":["a"]}}"#, cursor(3));
+    // The worker read `older`…
+    let result = push_through(js(&older), js(&envelope("p9", 9))).map(text).unwrap();
+    let start = result.find(r#""snapshot":"#).unwrap() + 11;
+    let seen_only = &result[start..result.len() - 1];
+    assert!(seen_only.contains(r#""scope":"seen_ids""#), "{seen_only}");
+    assert!(!seen_only.contains("user:alice"), "the worker does not write stream state: {seen_only}");
+    // …a page saved a newer cursor meanwhile; the worker's write merges over it.
+    let newer = format!(r#"{{"version":1,"device_id":"d-1","cursors":{{{}}},"seen":["a","b"]}}"#, cursor(7));
+    let stored = merge_snapshots(js(seen_only), js(&newer)).map(text).unwrap();
+    assert!(stored.contains(&cursor(7)), "the page's cursor stays: {stored}");
+    assert!(!stored.contains("seen_ids"), "the result is a full snapshot again: {stored}");
+    let (b, log, _) = core("ws://127.0.0.1:9/v1/ws");
+    b.restore(js(&stored)).unwrap();
+    b.relayed(js(&notification("p9", 8))).unwrap();
+    assert!(events(&log, "p9").is_empty(), "the worker's id is seen: {stored}");
+}
+
+/// The per-tab subscription calls refuse invalid stream names (the counting itself: `holders.rs` unit tests, and
+/// the end-to-end test with two tabs in `e2e/run.mjs`).
+#[wasm_bindgen_test]
+fn per_tab_subscriptions_refuse_invalid_streams() {
+    let (c, _, _) = core("ws://127.0.0.1:9/v1/ws");
+    c.subscribe_for(js("tab-a"), js("topic:x")).unwrap();
+    c.subscribe_for(js("tab-b"), js("topic:x")).unwrap();
+    c.unsubscribe_for(js("tab-a"), js("topic:x")).unwrap();
+    let streams = js_sys::Array::new();
+    streams.push(&js("topic:y"));
+    streams.push(&js("chat:skipped"));
+    c.tab_streams(js("tab-b"), streams);
+    assert!(c.subscribe_for(js("tab-a"), js("chat:1")).is_err(), "invalid names are refused");
+    assert!(c.unsubscribe_for(js("tab-a"), js("chat:1")).is_err());
+    c.tab_gone(js("tab-b"));
 }

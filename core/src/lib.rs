@@ -11,7 +11,7 @@
 //!
 //! ```text
 //!            app ──subscribe/ingest_push/close──►  Engine  ◄──handle_text/handle_timeout── driver ◄── socket
-//!            app ◄────────────poll_event──────────  Engine  ───poll_transmit/poll_action──► driver ──► socket
+//!            app ◄──────Output::Event────────────  Engine  ───poll_output: Transmit/Action──► driver ──► socket
 //! ```
 
 /// `tracing::warn!` when the `tracing` feature is on; nothing otherwise (the arguments are not evaluated).
@@ -32,8 +32,8 @@ pub mod native;
 
 pub use engine::{
     Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
-    Event, FailureReason, Lifecycle, NetworkEvent, PushOutcome, PushPlatform, PushRegistration, Snapshot, Stats,
-    StreamMap, SuspendReason, TokenError, TransportFailure,
+    Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Snapshot,
+    SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
 };
 pub use protocol::{GapReason, Notification, Persistence, Priority};
 pub use time::Instant;

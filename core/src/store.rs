@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, SnapshotScope};
 
 /// Why a store failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,8 @@ impl Store for MemoryStore {
 }
 
 /// Encodes a snapshot for storage (JSON: `{"version":1,"device_id":…,"cursors":{stream:{"epoch":…,"offset":…}},
-/// "seen":[…],"pending":[{"group":…,"first":{…},"last":{…},"ids":[…]}],"push":{"platform":…,"token":…}}`).
+/// "seen":[…],"pending":[{"group":…,"first":{…},"last":{…},"ids":[…]}],"push":{"platform":…,"token":…}}`, and
+/// `"scope":"seen_ids"` for a snapshot that only carries seen ids).
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     use crate::protocol::{push_json_str, write_notification};
     let mut out = String::with_capacity(64 + snapshot.seen.len() * 32);
@@ -107,6 +108,9 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         out.push_str("]}");
     }
     out.push(']');
+    if snapshot.scope == SnapshotScope::SeenIds {
+        out.push_str(",\"scope\":\"seen_ids\"");
+    }
     if let Some(p) = &snapshot.push {
         out.push_str(",\"push\":{\"platform\":");
         push_json_str(&mut out, p.platform.as_str());
@@ -129,7 +133,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StoreError> {
 }
 
 mod snapshot_codec {
-    use crate::engine::{Cursor, PendingBatch, PushRegistration, Snapshot};
+    use crate::engine::{Cursor, PendingBatch, PushRegistration, Snapshot, SnapshotScope};
     use crate::protocol::json::Reader;
     use crate::protocol::{DecodeError, PushPlatform, decode_notification};
     use crate::time::Instant;
@@ -155,6 +159,9 @@ mod snapshot_codec {
             match &*key {
                 "version" => s.version = u32::try_from(r.u64()?).map_err(|_| DecodeError::new("bad version"))?,
                 "device_id" => s.device_id = if r.null() { None } else { Some(r.string()?.into_owned()) },
+                // `null` counts as absent for every member, as in frames (and as the browser reads it).
+                "cursors" if r.null() => {}
+                "seen" | "pending" | "push" | "scope" if r.null() => {}
                 "cursors" => {
                     r.begin_object()?;
                     let mut first = true;
@@ -178,6 +185,12 @@ mod snapshot_codec {
                     }
                 }
                 "seen" => s.seen = strings(&mut r)?,
+                "scope" => {
+                    s.scope = match &*r.string()? {
+                        "seen_ids" => SnapshotScope::SeenIds,
+                        _ => SnapshotScope::Full,
+                    }
+                }
                 "pending" => {
                     r.begin_array()?;
                     let mut first = true;
@@ -205,22 +218,22 @@ mod snapshot_codec {
                     }
                 }
                 "push" => {
-                    if !r.null() {
-                        let (mut platform, mut token) = (None, None);
-                        r.begin_object()?;
-                        let mut f = true;
-                        while let Some(k) = r.next_key(&mut f)? {
-                            match &*k {
-                                "platform" => platform = PushPlatform::parse(&r.string()?),
-                                "token" => token = Some(r.string()?.into_owned()),
-                                _ => {
-                                    r.raw_value()?;
-                                }
+                    let (mut platform, mut token) = (None, None);
+                    r.begin_object()?;
+                    let mut f = true;
+                    while let Some(k) = r.next_key(&mut f)? {
+                        match &*k {
+                            "platform" | "token" if r.null() => {}
+                            // An unknown platform (a newer version's) drops the registration, not the snapshot.
+                            "platform" => platform = PushPlatform::parse(&r.string()?),
+                            "token" => token = Some(r.string()?.into_owned()),
+                            _ => {
+                                r.raw_value()?;
                             }
                         }
-                        if let (Some(platform), Some(token)) = (platform, token) {
-                            s.push = Some(PushRegistration { platform, token });
-                        }
+                    }
+                    if let (Some(platform), Some(token)) = (platform, token) {
+                        s.push = Some(PushRegistration { platform, token });
                     }
                 }
                 _ => {
@@ -274,6 +287,28 @@ mod tests {
         assert_eq!(decode_snapshot(&bytes).unwrap(), s);
         let empty = Snapshot { version: 1, ..Default::default() };
         assert_eq!(decode_snapshot(&encode_snapshot(&empty)).unwrap(), empty);
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-push-token-number`): the
+    /// codec and the browser's decoder disagreed on what a malformed `push` member means. One rule now: `null` is
+    /// absent for every member; a member of the wrong type makes the snapshot corrupt; an unknown platform drops
+    /// the registration only.
+    #[test]
+    fn null_members_are_absent_and_wrong_types_are_corrupt() {
+        let ok = decode_snapshot(
+            br#"{"version":1,"cursors":null,"seen":null,"pending":null,"push":{"platform":null,"token":"t"},"scope":null}"#,
+        )
+        .unwrap();
+        assert_eq!(ok, Snapshot { version: 1, ..Default::default() });
+        let unknown = decode_snapshot(br#"{"version":1,"push":{"platform":"carrier_pigeon","token":"t"}}"#).unwrap();
+        assert_eq!(unknown.push, None);
+        for bad in [
+            &br#"{"version":1,"push":{"platform":"fcm","token":990}}"#[..],
+            br#"{"version":1,"push":5}"#,
+            br#"{"version":1,"scope":7}"#,
+        ] {
+            assert!(decode_snapshot(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

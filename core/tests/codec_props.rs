@@ -108,7 +108,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 continuity: match k {
                     0 => WireContinuity::Fresh,
                     1 => WireContinuity::Resumed { replayed: n },
-                    _ => WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed },
+                    _ => WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed, replayed: n % 3 },
                 },
             }),
         (any::<u64>(), text()).prop_map(|(reference, stream)| ServerFrame::Unsubscribed { reference, stream }),

@@ -416,7 +416,7 @@ fn lost_history_and_overflowed_buffers_are_reported_as_gaps() {
     h.advance(Duration::from_secs(1));
     assert!(h.events.contains(&Event::Continuity {
         stream: "user:alice".into(),
-        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None }
+        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 0 }
     }));
     let epoch = h.engine.cursor("user:alice").unwrap().epoch.clone();
     assert_eq!(epoch, h.server.streams["user:alice"].epoch, "cursor rebased to the new epoch");
@@ -431,11 +431,67 @@ fn lost_history_and_overflowed_buffers_are_reported_as_gaps() {
     h.advance(Duration::from_secs(1));
     assert!(h.events.contains(&Event::Continuity {
         stream: "user:alice".into(),
-        continuity: Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(5) }
+        continuity: Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(5), replayed: 0 }
     }));
     assert!(h.notification_ids().is_empty(), "a gap replays nothing");
     assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 9);
     assert_eq!(h.engine.stats().gaps, 2);
+}
+
+#[test]
+fn a_gap_followed_by_what_the_new_epoch_holds_delivers_it_once_after_the_gap_event() {
+    let mut h = connected("alice");
+    h.server.replay_on_gap = true;
+    h.publish("user:alice", "a1", Priority::Important, None);
+    h.publish("user:alice", "a2", Priority::Important, None);
+    h.server_close(None);
+    // The server restarts without history (a new epoch) and takes publishes before the client is back; one of
+    // them is a publisher's retry of a notification the app has already (same id).
+    h.server.lose_history();
+    for id in ["a2", "b1", "b2"] {
+        h.server.publish("user:alice", id, Priority::Important, None);
+    }
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    let gap = h
+        .events
+        .iter()
+        .position(|e| {
+            *e == Event::Continuity {
+                stream: "user:alice".into(),
+                continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 3 },
+            }
+        })
+        .unwrap_or_else(|| panic!("no gap with replayed 3: {:?}", h.events));
+    let first_replayed = h.events.iter().position(|e| matches!(e, Event::Notification(_))).expect("replayed");
+    assert!(gap < first_replayed, "the app hears of the gap before the replay: {:?}", h.events);
+    assert_eq!(h.notification_ids(), ["b1", "b2"], "what the new epoch holds, the repeated id once");
+    let cursor = h.engine.cursor("user:alice").unwrap();
+    assert_eq!((cursor.epoch.as_str(), cursor.offset), (h.server.streams["user:alice"].epoch.as_str(), 3));
+    assert_eq!(h.engine.stats().stale_dropped, 0, "nothing the new epoch holds is taken for stale");
+    // Live delivery continues after the replayed ones.
+    h.take_events();
+    h.publish("user:alice", "b3", Priority::Important, None);
+    assert_eq!(h.notification_ids(), ["b3"]);
+}
+
+#[test]
+fn a_gap_without_replayed_from_an_older_server_moves_the_cursor_to_the_head() {
+    let mut h = connected("alice");
+    h.publish("user:alice", "a1", Priority::Important, None);
+    h.server_close(None);
+    h.server.lose_history();
+    h.server.publish("user:alice", "b1", Priority::Important, None);
+    h.take_events();
+    h.advance(Duration::from_secs(1));
+    assert!(h.events.contains(&Event::Continuity {
+        stream: "user:alice".into(),
+        continuity: Continuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 0 }
+    }));
+    assert!(h.notification_ids().is_empty(), "nothing follows a gap without `replayed`");
+    assert_eq!(h.engine.cursor("user:alice").unwrap().offset, 1, "the cursor is the head");
+    h.publish("user:alice", "b2", Priority::Important, None);
+    assert_eq!(h.notification_ids(), ["b2"]);
 }
 
 #[test]
@@ -651,6 +707,65 @@ fn state_survives_a_restart_through_a_snapshot() {
     assert_eq!(digest.map(|d| d.ids), Some(vec!["like1".to_string(), "like2".to_string()]));
 }
 
+fn digests(h: &Harness) -> Vec<Vec<String>> {
+    h.events.iter().filter_map(|e| if let Event::Digest(d) = e { Some(d.ids.clone()) } else { None }).collect()
+}
+
+/// Defect 1 of issue 12: with a store that merges (the file store), a delivered digest came back from the saved
+/// batches after a foreground restore and after a restart.
+#[test]
+fn a_delivered_digest_stays_delivered_after_a_foreground_restore_and_a_restart() {
+    let mut config = Harness::config();
+    config.persistence = true;
+    config.batch = BatchConfig { window: Duration::from_secs(3), max_items: 10 };
+    let mut h = Harness::new(config, "alice");
+    h.connect();
+    h.publish("user:alice", "like1", Priority::Informational, Some("likes"));
+    h.publish("user:alice", "like2", Priority::Informational, Some("likes"));
+    h.advance(Duration::from_secs(1)); // persisted with the batch open
+    assert_eq!(tidings_core::store::Store::load(&h.store).unwrap().unwrap().pending.len(), 1);
+    h.advance(Duration::from_secs(3)); // delivered, persisted without it
+    assert_eq!(digests(&h), [["like1", "like2"]]);
+    h.foreground_restore();
+    h.advance(Duration::from_secs(10));
+    assert_eq!(digests(&h), [["like1", "like2"]], "not again after a foreground restore");
+    assert!(tidings_core::store::Store::load(&h.store).unwrap().unwrap().pending.is_empty(), "the store has it closed");
+    h.restart();
+    h.advance(Duration::from_secs(10));
+    assert_eq!(digests(&h), [["like1", "like2"]], "not again after a restart");
+}
+
+/// Defect 2 of issue 12: the merging store brought back the cursor of a stream the app unsubscribed, so the stream
+/// resumed (with a replay of what it missed) instead of starting fresh when subscribed again.
+#[test]
+fn an_unsubscribed_stream_stays_gone_after_a_foreground_restore_and_a_restart() {
+    let mut config = Harness::config();
+    config.persistence = true;
+    let mut h = Harness::new(config, "alice");
+    h.connect();
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    h.publish("topic:news", "t1", Priority::Important, None);
+    h.advance(Duration::from_secs(1)); // persisted with the cursor
+    h.engine.unsubscribe(h.now, "topic:news").unwrap();
+    h.advance(Duration::from_secs(1)); // persisted without it
+    h.foreground_restore();
+    assert_eq!(h.engine.cursor("topic:news"), None, "not back after a foreground restore");
+    h.server.publish("topic:news", "t2", Priority::Important, None);
+    h.restart();
+    assert_eq!(h.engine.cursor("topic:news"), None, "not back after a restart");
+    assert!(tidings_core::store::Store::load(&h.store).unwrap().unwrap().cursors.get("topic:news").is_none());
+    h.take_events();
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    assert!(
+        h.events.contains(&Event::Continuity { stream: "topic:news".into(), continuity: Continuity::Fresh }),
+        "subscribing again starts fresh: {:?}",
+        h.events
+    );
+    assert!(h.notification_ids().is_empty(), "nothing from before the unsubscribe is replayed");
+}
+
 #[test]
 fn persistence_is_rate_limited_and_immediate_for_push_and_close() {
     let mut config = Harness::config();
@@ -719,6 +834,82 @@ fn push_registration_is_validated_sent_after_every_welcome_and_persisted() {
     h.engine.register_push(h.now, PushPlatform::Fcm, "fcm-token").unwrap();
     h.pump();
     assert!(matches!(h.server.received.last(), Some(ClientFrame::RegisterPush { platform: PushPlatform::Fcm, .. })));
+}
+
+/// Defect 4 of issue 12: a refused registration reached the app as nothing, and a `web_push` token without keys
+/// was accepted by the client although the server refuses it.
+#[test]
+fn a_refused_push_registration_reaches_the_app_and_is_not_sent_again() {
+    use tidings_core::PushPlatform;
+    let mut h = connected("alice");
+    for bad in [
+        r#"{"endpoint":"https://push.example/x"}"#,
+        r#"{"endpoint":"http://push.example/x","keys":{"p256dh":"B","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}"#,
+        r#"{"endpoint":"https://push.example/x","keys":{"p256dh":"BAAA","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}"#,
+        "not json",
+    ] {
+        let err = h.engine.register_push(h.now, PushPlatform::WebPush, bad).unwrap_err();
+        assert!(err.to_string().contains("web_push token is the PushSubscription"), "{bad}: {err}");
+    }
+    let p256dh = format!("B{}", "A".repeat(86));
+    let good = format!(
+        r#"{{"endpoint":"https://push.example/x","keys":{{"p256dh":"{p256dh}","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}}}"#
+    );
+    h.engine.register_push(h.now, PushPlatform::WebPush, &good).unwrap();
+    h.pump();
+    assert!(h.events.contains(&Event::PushRegistered { platform: PushPlatform::WebPush }));
+    h.server.refuse_push =
+        Some((ErrorCode::BadRequest, "register_push: token keys.p256dh is not a P-256 point".into()));
+    h.take_events();
+    h.engine.register_push(h.now, PushPlatform::Fcm, "fcm-token").unwrap();
+    h.pump();
+    assert_eq!(
+        h.events,
+        [Event::PushRegistrationFailed {
+            platform: PushPlatform::Fcm,
+            code: ErrorCode::BadRequest,
+            message: "register_push: token keys.p256dh is not a P-256 point".into()
+        }]
+    );
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "request-scoped: the link stays");
+    assert_eq!(h.engine.snapshot().push, None, "a refused address is forgotten");
+    let sent = |h: &Harness| h.server.received.iter().filter(|f| matches!(f, ClientFrame::RegisterPush { .. })).count();
+    let before = sent(&h);
+    h.server_close(None);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    assert_eq!(sent(&h), before, "not sent again after the reconnect");
+}
+
+/// An error that answers a subscribe as a whole (it names no stream) fails every stream of that request.
+#[test]
+fn a_subscribe_refused_as_a_whole_fails_each_of_its_streams() {
+    let mut h = connected("alice");
+    h.take_events();
+    h.engine.subscribe(h.now, "topic:a").unwrap();
+    let Some(ClientFrame::Subscribe { reference, .. }) =
+        h.engine.poll_transmit().map(|t| protocol::decode_client_frame(&t).unwrap())
+    else {
+        panic!("a subscribe goes out")
+    };
+    let refusal = protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: Some(reference),
+        stream: None,
+        code: ErrorCode::BadRequest,
+        message: "subscribe: member `streams`: expected an array".into(),
+        retry_after_ms: None,
+    }));
+    h.deliver(Some(refusal));
+    assert_eq!(
+        h.events,
+        [Event::SubscriptionFailed {
+            stream: "topic:a".into(),
+            code: ErrorCode::BadRequest,
+            message: "subscribe: member `streams`: expected an array".into()
+        }]
+    );
+    assert_eq!(h.engine.subscriptions().count(), 0, "not retried");
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
 }
 
 #[test]

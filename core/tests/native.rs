@@ -196,6 +196,59 @@ async fn an_unreachable_server_is_retried_with_backoff() {
     assert_eq!(client.state(), ConnectionState::Closed);
 }
 
+/// A server that refuses the handshake with `status` and a `Retry-After` header, to every connection.
+async fn refusing_server(status: &'static str, retry_after: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let retry_after = retry_after.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = r#"{"code":"try_again_later","message":"busy"}"#;
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nRetry-After: {retry_after}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// Defect 8 of issue 12: the handshake's `Retry-After` (HTTP 429 and 503) was never exercised. It is a floor for the
+/// next attempt, as delay-seconds and as an HTTP date.
+#[tokio::test]
+async fn a_handshake_refused_with_retry_after_waits_at_least_that_long() {
+    let in_four_seconds = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(4));
+    for (status, retry_after, floor) in [
+        ("429 Too Many Requests", "3".to_string(), Duration::from_secs(3)),
+        ("503 Service Unavailable", in_four_seconds, Duration::from_secs(2)),
+    ] {
+        let mut config = ClientConfig::new(refusing_server(status, retry_after).await);
+        config.engine.backoff.base = Duration::from_millis(10);
+        config.engine.backoff.cap = Duration::from_millis(10);
+        let (client, _events) = Client::builder(config).token_provider(StaticToken::new("tok")).connect().unwrap();
+        let state = client.wait_for_state(WAIT, |s| matches!(s, ConnectionState::Reconnecting { .. })).await.unwrap();
+        let ConnectionState::Reconnecting { delay, reason, .. } = state else { unreachable!() };
+        assert!(delay >= floor, "{status}: waits {delay:?}, at least {floor:?} expected");
+        assert!(delay <= floor + Duration::from_secs(3), "{status}: {delay:?}");
+        assert!(reason.contains(&status[..3]), "{reason}");
+        assert_eq!(client.stats().connection_attempts, 1, "{status}: no attempt before the floor");
+        client.close().await;
+    }
+}
+
 /// An application that stops reading events stops the driver from reading the socket (the events waiting are
 /// bounded by `event_capacity`, not the server's sending rate); once it reads again, everything arrives, in
 /// order, and is acked.

@@ -116,7 +116,7 @@ impl TokenVerifier {
                 ErrorKind::InvalidSignature => "the token's signature is invalid".to_owned(),
                 ErrorKind::InvalidAlgorithm => "the token must be signed with HS256".to_owned(),
                 ErrorKind::MissingRequiredClaim(claim) => format!("the token has no `{claim}` claim"),
-                _ => format!("the token is malformed: {e}"),
+                _ => malformed(token),
             })
         })?;
         let claims = data.claims;
@@ -143,6 +143,46 @@ impl TokenVerifier {
             topics: TopicPatterns::new(claims.topics.unwrap_or_default()),
         })
     }
+}
+
+/// Why a token that did not parse was refused, in the token's own terms (the JWT library's messages name Rust
+/// types, parser positions and algorithms this server does not accept).
+fn malformed(token: &str) -> String {
+    use base64::Engine as _;
+    let part = |s: &str| -> Option<serde_json::Value> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
+        return "the token is not a JWT (three base64url parts: header.claims.signature)".into();
+    }
+    let Some(header) = part(parts[0]).filter(serde_json::Value::is_object) else {
+        return "the token's header is not base64url-encoded JSON".into();
+    };
+    match header.get("alg").and_then(serde_json::Value::as_str) {
+        Some("HS256") => {}
+        Some(alg) => return format!("the token must be signed with HS256, not {alg}"),
+        None => return "the token's header names no algorithm (`alg`); it must be HS256".into(),
+    }
+    let Some(claims) = part(parts[1]).filter(serde_json::Value::is_object) else {
+        return "the token's claims are not a base64url-encoded JSON object".into();
+    };
+    if !claims.get("sub").is_some_and(serde_json::Value::is_string) {
+        return "the token has no `sub` claim (the user id, a string)".into();
+    }
+    for claim in ["exp", "nbf", "iat"] {
+        if claims.get(claim).is_some_and(|v| !v.is_null() && !v.is_u64()) {
+            return format!("the token's `{claim}` claim must be whole seconds since the Unix epoch");
+        }
+    }
+    let topics_ok = claims
+        .get("topics")
+        .is_none_or(|t| t.is_null() || t.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string)));
+    if !topics_ok {
+        return "the token's `topics` claim must be a list of strings".into();
+    }
+    "the token is malformed".into()
 }
 
 /// The `topics` claim: which `topic:` streams a token may read.
@@ -252,6 +292,28 @@ mod tests {
         assert!(matches!(verifier().verify(&token), Err(TokenError::Unauthorized(m)) if m.contains("sub")));
         let token = issue_token(SECRET, "not valid", &[], None);
         assert!(matches!(verifier().verify(&token), Err(TokenError::Unauthorized(m)) if m.contains("sub")));
+    }
+
+    /// Issue 12: refusals read for people — no algorithms the server does not accept, no parser internals.
+    #[test]
+    fn malformed_tokens_are_refused_in_the_tokens_own_terms() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let refusal = |token: &str| match verifier().verify(token) {
+            Err(TokenError::Unauthorized(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"sub":"alice"}"#));
+        assert_eq!(refusal(&none), "the token must be signed with HS256, not none");
+        let no_sub = sign_claims(SECRET, &serde_json::json!({"exp": 4_000_000_000u64}));
+        assert_eq!(refusal(&no_sub), "the token has no `sub` claim (the user id, a string)");
+        let bad_exp = sign_claims(SECRET, &serde_json::json!({"sub": "a", "exp": "soon"}));
+        assert!(refusal(&bad_exp).contains("`exp`"), "{}", refusal(&bad_exp));
+        assert!(refusal("a.b").contains("not a JWT"));
+        for token in [none, no_sub, bad_exp] {
+            let m = refusal(&token);
+            assert!(!m.contains("line") && !m.contains("ES256") && !m.contains("variant"), "{m}");
+        }
     }
 
     #[test]

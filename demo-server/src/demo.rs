@@ -71,6 +71,9 @@ pub async fn run_demo_subscriber(ws_url: String, token: String) {
             Event::SubscriptionFailed { stream, code, message } => {
                 warn!(target: "demo_subscriber", %stream, %code, "alice's subscription refused: {message}")
             }
+            Event::PushRegistrationFailed { platform, code, message } => {
+                warn!(target: "demo_subscriber", %code, "alice's push address ({}) refused: {message}", platform.as_str())
+            }
         }
     }
 }

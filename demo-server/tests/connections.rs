@@ -299,9 +299,13 @@ async fn register_push_stores_the_address_and_rejects_bad_tokens_without_closing
     assert_eq!(status, 200);
     assert_eq!(devices["devices"][0]["device"], "dev-1");
     assert_eq!(devices["devices"][0]["push"]["platform"], "web_push");
-    // An unknown platform is a malformed frame.
+    // An unknown platform is a request-scoped bad_request too (protocol §2.10, §6.3), not the end of the connection.
     client.send(json!({"op":"register_push","ref":9,"platform":"carrier_pigeon","token":"x"})).await;
-    assert_eq!(client.closed().await.code, Some(4000));
+    let error = client.recv_skipping_heartbeats().await;
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("bad_request"), Some(9)), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("carrier_pigeon"), "{error}");
+    client.send(json!({"op":"heartbeat","echo":true})).await;
+    assert_eq!(client.recv().await, json!({"op":"heartbeat"}), "the connection stays open");
 }
 
 #[tokio::test]

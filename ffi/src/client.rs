@@ -1,34 +1,14 @@
 //! The client object and the traits the app implements.
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::FutureExt;
-use tidings_core::engine::{self as core, Event, Lifecycle};
+use tidings_core::engine::{self as core, Lifecycle};
 use tidings_core::native::{self, BoxFuture, Client, Events, FileStore};
 use tokio::runtime::Runtime;
-use tokio::task::JoinHandle;
 
 use crate::types::*;
-use crate::{TidingsError, guard, panic_error};
-
-/// Receives everything the client emits. Called on a Tidings thread, one call at a time, in order; keep the
-/// methods quick (hand the value to your UI executor).
-#[uniffi::export(foreign)]
-pub trait EventListener: Send + Sync {
-    /// A notification, seen for the first time on any path.
-    fn on_notification(&self, notification: Notification);
-    /// Several informational notifications of one group.
-    fn on_digest(&self, digest: Digest);
-    /// The connection state changed.
-    fn on_state_changed(&self, state: ConnectionState);
-    /// How a stream continued after (re)subscribing; on `Gap`, refetch that stream's state.
-    fn on_continuity(&self, stream: String, continuity: Continuity);
-    /// The server refused a subscription (`code`: `forbidden`, `bad_request`).
-    fn on_subscription_failed(&self, stream: String, code: String, message: String);
-    /// The server stored this device's push address.
-    fn on_push_registered(&self, platform: PushPlatform);
-}
+use crate::{TidingsError, guard};
 
 /// Why the token provider could not supply a token.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
@@ -100,10 +80,14 @@ impl native::TokenProvider for ForeignTokens {
 }
 
 /// A Tidings client: one WebSocket with reconnection, replay, dedup, digests and acks.
+///
+/// Events are pulled with [`TidingsClient::next_event`] from one bounded queue (`event_capacity`, default 1 024):
+/// each event is returned once, in order, to whichever caller asks; events wait there until taken, and while the
+/// queue is full the client stops reading from the server (nothing is dropped; see the platform READMEs).
 #[derive(uniffi::Object)]
 pub struct TidingsClient {
     client: Client,
-    forwarder: Mutex<Option<JoinHandle<()>>>,
+    events: tokio::sync::Mutex<Events>,
 }
 
 impl std::fmt::Debug for TidingsClient {
@@ -114,18 +98,17 @@ impl std::fmt::Debug for TidingsClient {
 
 #[uniffi::export(async_runtime = "tokio")]
 impl TidingsClient {
-    /// A client; it does not connect until [`TidingsClient::connect`]. Events go to `listener`.
+    /// A client; it does not connect until [`TidingsClient::connect`].
     #[uniffi::constructor]
-    pub fn new(
-        config: ClientConfig,
-        token_provider: Arc<dyn TokenProvider>,
-        listener: Arc<dyn EventListener>,
-    ) -> Result<Arc<Self>, TidingsError> {
+    pub fn new(config: ClientConfig, token_provider: Arc<dyn TokenProvider>) -> Result<Arc<Self>, TidingsError> {
         guard(|| {
             if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
                 return Err(TidingsError::InvalidArgument {
                     message: format!("url must start with ws:// or wss://, got {:?}", config.url),
                 });
+            }
+            if config.event_capacity == 0 {
+                return Err(TidingsError::InvalidArgument { message: "event_capacity must be at least 1".into() });
             }
             let _enter = runtime().enter();
             let mut builder = Client::builder(config.to_native()).token_provider(ForeignTokens(token_provider));
@@ -140,9 +123,32 @@ impl TidingsClient {
                 builder = builder.store(Arc::new(store));
             }
             let (client, events) = builder.build()?;
-            let forwarder = runtime().spawn(forward(events, listener));
-            Ok(Arc::new(TidingsClient { client, forwarder: Mutex::new(Some(forwarder)) }))
+            Ok(Arc::new(TidingsClient { client, events: tokio::sync::Mutex::new(events) }))
         })
+    }
+
+    /// The next event, in order; waits until there is one. Each event is returned once: concurrent callers get
+    /// different events. `None` once the client is closed and every event was taken. Cancelling the wait loses
+    /// nothing.
+    pub async fn next_event(&self) -> Option<TidingsEvent> {
+        let mut events = self.events.lock().await;
+        events.next().await.map(TidingsEvent::from)
+    }
+
+    /// Waits until the connection state differs from `current` and returns the new state (at once if it differs
+    /// already). States in between may be skipped: this is the latest state, not a log (the log is in
+    /// [`TidingsClient::next_event`]). After `Closed` it never returns.
+    pub async fn next_state(&self, current: ConnectionState) -> ConnectionState {
+        let mut states = self.client.state_changes();
+        loop {
+            let now: ConnectionState = states.borrow_and_update().clone().into();
+            if now != current {
+                return now;
+            }
+            if states.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Connects, and returns once connected (authenticated; each stream's subscription is confirmed by its
@@ -237,42 +243,9 @@ impl TidingsClient {
         self.client.device_id()
     }
 
-    /// Closes the connection, saves the state, delivers the remaining events and stops every task of this
-    /// client. Final: create a new client to connect again.
+    /// Closes the connection and saves the state; the events not yet taken can still be taken with
+    /// [`TidingsClient::next_event`], which returns `None` after them. Final: create a new client to connect again.
     pub async fn close(&self) {
         self.client.close().await;
-        let forwarder = self.forwarder.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(forwarder) = forwarder {
-            let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
-        }
-    }
-}
-
-impl Drop for TidingsClient {
-    fn drop(&mut self) {
-        if let Some(f) = self.forwarder.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            f.abort();
-        }
-    }
-}
-
-/// Hands events to the listener, in order, one at a time. A panicking or throwing listener is logged and does
-/// not stop delivery.
-async fn forward(mut events: Events, listener: Arc<dyn EventListener>) {
-    while let Some(event) = events.next().await {
-        let listener = listener.clone();
-        let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match event {
-            Event::Notification(n) => listener.on_notification((*n).into()),
-            Event::Digest(d) => listener.on_digest((*d).into()),
-            Event::State(s) => listener.on_state_changed(s.into()),
-            Event::Continuity { stream, continuity } => listener.on_continuity(stream, continuity.into()),
-            Event::SubscriptionFailed { stream, code, message } => {
-                listener.on_subscription_failed(stream, code.as_str().to_string(), message)
-            }
-            Event::PushRegistered { platform } => listener.on_push_registered(platform.into()),
-        }));
-        if let Err(panic) = delivered {
-            tracing::error!(error = %panic_error(panic), "the event listener failed");
-        }
     }
 }

@@ -4,20 +4,22 @@
 //! (`bindings-kotlin/`) load. It adapts the native client of `tidings-core` to UniFFI and adds no behaviour of
 //! its own: reconnection, replay, dedup, batching and acks all live in the core's engine.
 //!
-//! - [`TidingsClient`] — the client object;
-//! - [`EventListener`], [`TokenProvider`] — implemented by the app (Swift/Kotlin);
+//! - [`TidingsClient`] — the client object; its events are pulled with [`TidingsClient::next_event`] from one
+//!   bounded queue (the semantics every platform documents: in order, each event once, at most
+//!   `event_capacity` waiting, the client stops reading the server while that many wait);
+//! - [`TokenProvider`] — implemented by the app (Swift/Kotlin);
 //! - [`ingest_push_with_store`] — dedup for a push handler that runs in another process (the iOS Notification
 //!   Service Extension), through the same store file;
 //! - [`TidingsError`] — one flat error enum; panics are caught and reported as [`TidingsError::Internal`].
 //!
-//! Callbacks arrive on a Rust thread. The Swift and Kotlin wrappers hop to the right executor.
+//! Token requests arrive on a Rust thread; the Swift and Kotlin wrappers hop to the right executor.
 
 mod client;
 mod types;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-pub use client::{EventListener, TidingsClient, TokenProvider, TokenProviderError};
+pub use client::{TidingsClient, TokenProvider, TokenProviderError};
 pub use types::*;
 
 uniffi::setup_scaffolding!("tidings");
@@ -73,6 +75,7 @@ impl From<tidings_core::native::ClientError> for TidingsError {
             }
             ClientError::Store(e) => TidingsError::Store { message: e.to_string() },
             ClientError::Closed => TidingsError::Closed,
+            ClientError::Config(message) => TidingsError::InvalidArgument { message },
             other => TidingsError::Internal { message: other.to_string() },
         }
     }
@@ -94,28 +97,21 @@ pub(crate) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> TidingsError 
 
 /// Dedup for a push handler in another process (the iOS Notification Service Extension, an Android push
 /// service running without the app): passes `payload` through the dedup window kept in the store file at
-/// `store_path` — the same file the app's [`TidingsClient`] uses — and saves it before returning. Opens no
-/// connection and starts no thread.
+/// `store_path` — the same file the app's [`TidingsClient`] uses — and saves the seen ids back before returning
+/// (the app's cursors and open batches in the file are kept). Opens no connection and starts no thread. The
+/// behaviour is the core's (`tidings_core::native::ingest_push_with_store`).
 #[uniffi::export]
 pub fn ingest_push_with_store(store_path: String, payload: String) -> Result<PushOutcome, TidingsError> {
     guard(|| {
-        use tidings_core::native::FileStore;
-        use tidings_core::store::Store;
-        let store = FileStore::new(&store_path);
-        let mut config = tidings_core::engine::Config::new("ws://unused.invalid/");
-        config.persistence = true;
-        let mut engine = tidings_core::Engine::new(config, 0);
-        let now = tidings_core::Instant::ZERO;
-        match store.load() {
-            Ok(Some(snapshot)) => engine.restore(now, &snapshot),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "push extension: state unreadable, starting fresh"),
+        let store = tidings_core::native::FileStore::new(&store_path);
+        let capacity = default_config(String::new()).dedup_capacity as usize;
+        match tidings_core::native::ingest_push_with_store(&store, &payload, capacity) {
+            Ok(outcome) => Ok(outcome.into()),
+            Err(tidings_core::native::ClientError::Engine(tidings_core::EngineError::InvalidPayload(e))) => {
+                Err(TidingsError::InvalidPayload { message: e.message().to_string() })
+            }
+            Err(e) => Err(e.into()),
         }
-        let outcome = engine.ingest_push(now, &payload).map_err(|e| TidingsError::InvalidPayload {
-            message: e.to_string().replace("invalid push payload: ", ""),
-        })?;
-        store.save(&engine.snapshot()).map_err(|e| TidingsError::Store { message: e.to_string() })?;
-        Ok(outcome.into())
     })
 }
 
@@ -133,6 +129,8 @@ pub fn default_config(url: String) -> ClientConfig {
         dedup_capacity: 10_000,
         background_grace_ms: 30_000,
         subscribe_user_stream: true,
+        event_capacity: 1024,
+        extra_root_certificates: Vec::new(),
     }
 }
 

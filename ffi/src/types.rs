@@ -37,6 +37,13 @@ pub struct ClientConfig {
     /// Subscribe to the signed-in user's own stream automatically.
     #[uniffi(default = true)]
     pub subscribe_user_stream: bool,
+    /// Events held for the app before the client stops reading from the server (see `next_event`).
+    #[uniffi(default = 1024)]
+    pub event_capacity: u32,
+    /// Certificate authorities trusted for `wss://` besides the public roots: PEM text (a private CA, a test
+    /// server).
+    #[uniffi(default = [])]
+    pub extra_root_certificates: Vec<String>,
 }
 
 impl ClientConfig {
@@ -51,6 +58,8 @@ impl ClientConfig {
         c.engine.background_grace = ms(self.background_grace_ms);
         c.engine.subscribe_user_stream = self.subscribe_user_stream;
         c.engine.client_name = concat!("tidings-ffi/", env!("CARGO_PKG_VERSION")).to_string();
+        c.event_capacity = self.event_capacity as usize;
+        c.extra_root_certificates.clone_from(&self.extra_root_certificates);
         c
     }
 }
@@ -280,6 +289,8 @@ pub enum Continuity {
         reason: GapReason,
         /// How many, when known.
         missed: Option<u64>,
+        /// How many notifications the server still held and delivers right after this event (each once).
+        replayed: u64,
     },
 }
 
@@ -288,13 +299,87 @@ impl From<core::Continuity> for Continuity {
         match c {
             core::Continuity::Fresh => Continuity::Fresh,
             core::Continuity::Resumed { replayed } => Continuity::Resumed { replayed },
-            core::Continuity::Gap { reason, missed } => Continuity::Gap {
+            core::Continuity::Gap { reason, missed, replayed } => Continuity::Gap {
                 reason: match reason {
                     proto::GapReason::EpochChanged => GapReason::EpochChanged,
                     proto::GapReason::OutOfBuffer => GapReason::OutOfBuffer,
                     proto::GapReason::AheadOfStream => GapReason::AheadOfStream,
                 },
                 missed,
+                replayed,
+            },
+        }
+    }
+}
+
+/// Everything a client emits, in order (see `TidingsClient::next_event`).
+#[allow(clippy::large_enum_variant)] // built once per event and lowered across the FFI at once: UniFFI takes no Box
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum TidingsEvent {
+    /// A notification, seen for the first time on any path.
+    Notification {
+        /// It.
+        notification: Notification,
+    },
+    /// Several informational notifications of one group.
+    Digest {
+        /// It.
+        digest: Digest,
+    },
+    /// The connection state changed.
+    StateChanged {
+        /// The new state.
+        state: ConnectionState,
+    },
+    /// How a stream continued after (re)subscribing; on `Gap`, refetch that stream's state.
+    Continuity {
+        /// The stream.
+        stream: String,
+        /// How.
+        continuity: Continuity,
+    },
+    /// The server refused a subscription (`code`: `forbidden`, `bad_request`); it is not retried.
+    SubscriptionFailed {
+        /// The stream.
+        stream: String,
+        /// Why.
+        code: String,
+        /// Detail, for logs.
+        message: String,
+    },
+    /// The server stored this device's push address.
+    PushRegistered {
+        /// The platform.
+        platform: PushPlatform,
+    },
+    /// The server refused this device's push address (`bad_request`: it is forgotten, register a valid one).
+    PushRegistrationFailed {
+        /// The platform.
+        platform: PushPlatform,
+        /// Why (`bad_request`, `try_again_later`).
+        code: String,
+        /// Detail, naming the member that is wrong.
+        message: String,
+    },
+}
+
+impl From<core::Event> for TidingsEvent {
+    fn from(e: core::Event) -> Self {
+        match e {
+            core::Event::Notification(n) => TidingsEvent::Notification { notification: (*n).into() },
+            core::Event::Digest(d) => TidingsEvent::Digest { digest: (*d).into() },
+            core::Event::State(s) => TidingsEvent::StateChanged { state: s.into() },
+            core::Event::Continuity { stream, continuity } => {
+                TidingsEvent::Continuity { stream, continuity: continuity.into() }
+            }
+            core::Event::SubscriptionFailed { stream, code, message } => {
+                TidingsEvent::SubscriptionFailed { stream, code: code.as_str().to_string(), message }
+            }
+            core::Event::PushRegistered { platform } => TidingsEvent::PushRegistered { platform: platform.into() },
+            core::Event::PushRegistrationFailed { platform, code, message } => TidingsEvent::PushRegistrationFailed {
+                platform: platform.into(),
+                code: code.as_str().to_string(),
+                message,
             },
         }
     }

@@ -24,6 +24,8 @@ struct Runner<'s> {
     clients: HashMap<String, TestClient>,
     token_fetches: HashMap<String, Arc<AtomicU32>>,
     deliveries: HashMap<String, Value>,
+    /// Clients whose app takes no events now (`pause_events`).
+    paused: std::collections::HashSet<String>,
 }
 
 impl<'s> Runner<'s> {
@@ -38,6 +40,17 @@ impl<'s> Runner<'s> {
 
     fn names(&self, v: &Value) -> Vec<String> {
         v.as_array().map(|a| a.iter().map(|x| self.name(x.as_str().unwrap())).collect()).unwrap_or_default()
+    }
+
+    /// `ids`, or `count` ids `<id_prefix><i>`.
+    fn ids(&self, step: &Value) -> Vec<String> {
+        match step["count"].as_u64() {
+            Some(n) => {
+                let p = step["id_prefix"].as_str().expect("id_prefix with count");
+                (0..n).map(|i| self.name(&format!("{p}{i}"))).collect()
+            }
+            None => self.names(&step["ids"]),
+        }
     }
 
     fn client(&mut self, step: &Value) -> &mut TestClient {
@@ -66,10 +79,14 @@ impl<'s> Runner<'s> {
                 };
                 let batch = step["batch_window_ms"].as_u64().unwrap_or(0);
                 let grace = step["background_grace_ms"].as_u64();
+                let capacity = step["event_capacity"].as_u64();
                 let client = TestClient::connect_with(self.server, provider, Some(Arc::new(MemoryStore::new())), |c| {
                     c.engine.batch.window = Duration::from_millis(batch);
                     if let Some(g) = grace {
                         c.engine.background_grace = Duration::from_millis(g);
+                    }
+                    if let Some(n) = capacity {
+                        c.event_capacity = n as usize;
                     }
                 });
                 let key = step["client"].as_str().unwrap().to_string();
@@ -113,10 +130,11 @@ impl<'s> Runner<'s> {
                                 Continuity::Resumed { replayed: r } => {
                                     kind == "resumed" && replayed.is_none_or(|want| want == *r)
                                 }
-                                Continuity::Gap { reason: why, missed: m } => {
+                                Continuity::Gap { reason: why, missed: m, replayed: r } => {
                                     kind == "gap"
                                         && reason.as_deref().is_none_or(|want| want == why.as_str())
                                         && missed.is_none_or(|want| Some(want) == *m)
+                                        && replayed.is_none_or(|want| want == *r)
                                 }
                             },
                             _ => false,
@@ -125,12 +143,7 @@ impl<'s> Runner<'s> {
                     .await;
             }
             "publish" => {
-                let ids: Vec<String> = if let Some(n) = step["count"].as_u64() {
-                    let p = step["id_prefix"].as_str().unwrap();
-                    (0..n).map(|i| self.name(&format!("{p}{i}"))).collect()
-                } else {
-                    self.names(&step["ids"])
-                };
+                let ids = self.ids(step);
                 let users = self.names(&step["users"]);
                 let topics = self.names(&step["topics"]);
                 for id in ids {
@@ -150,12 +163,12 @@ impl<'s> Runner<'s> {
                 }
             }
             "wait_notifications" => {
-                let ids = self.names(&step["ids"]);
+                let ids = self.ids(step);
                 let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
                 self.client(step).until_ids(&refs).await;
             }
             "assert_order" => {
-                let ids = self.names(&step["ids"]);
+                let ids = self.ids(step);
                 let delivered = self.client(step).delivered_ids();
                 let positions: Vec<usize> =
                     ids.iter().map(|id| delivered.iter().position(|d| d == id).expect("delivered")).collect();
@@ -177,7 +190,7 @@ impl<'s> Runner<'s> {
                 }
             }
             "assert_delivered_exactly" => {
-                let mut want = self.names(&step["ids"]);
+                let mut want = self.ids(step);
                 let mut got = self.client(step).delivered_ids();
                 want.sort();
                 got.sort();
@@ -227,10 +240,27 @@ impl<'s> Runner<'s> {
                 self.server.drop_all().await;
             }
             "settle" => {
-                let ms = step["ms"].as_u64().unwrap();
-                for c in self.clients.values_mut() {
-                    c.settle(Duration::from_millis(ms)).await;
+                let ms = Duration::from_millis(step["ms"].as_u64().unwrap());
+                // A paused client's app takes no events: its events wait in the SDK.
+                let (paused, reading): (Vec<_>, Vec<_>) =
+                    self.clients.iter_mut().partition(|(key, _)| self.paused.contains(key.as_str()));
+                if reading.is_empty() || !paused.is_empty() {
+                    tokio::time::sleep(ms).await;
                 }
+                for (_, c) in reading {
+                    c.settle(ms).await;
+                }
+            }
+            "pause_events" => {
+                self.paused.insert(step["client"].as_str().unwrap().to_string());
+            }
+            "resume_events" => {
+                self.paused.remove(step["client"].as_str().unwrap());
+            }
+            "assert_stopped_reading" => {
+                let published = step["published"].as_u64().unwrap();
+                let received = self.client(step).client.stats().notifications_received;
+                assert!(received < published, "the SDK kept reading: {received} of {published} received while paused");
             }
             "assert_connection_attempts" => {
                 let want = step["count"].as_u64().unwrap();
@@ -280,6 +310,7 @@ async fn run_scenario(name: &str) {
         clients: HashMap::new(),
         token_fetches: HashMap::new(),
         deliveries: HashMap::new(),
+        paused: std::collections::HashSet::new(),
     };
     for (i, step) in scenario["steps"].as_array().unwrap().iter().enumerate() {
         eprintln!("[{name}] step {i}: {step}");
@@ -321,4 +352,5 @@ scenarios!(
     batching_digest,
     auth_failure_without_storm,
     background_foreground_resume,
+    slow_app_backpressure,
 );

@@ -211,8 +211,10 @@ async fn overflowing_the_replay_buffer_reports_a_gap_with_the_missed_count() {
         .await;
     let gaps: Vec<Continuity> =
         alice.continuity()["user:alice"].iter().filter(|c| matches!(c, Continuity::Gap { .. })).cloned().collect();
-    assert_eq!(gaps, [Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(7) }]);
-    assert_eq!(alice.delivered_ids(), ["first"], "a gap replays nothing");
+    assert_eq!(gaps, [Continuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(7), replayed: 5 }]);
+    // What the server still held follows the gap, once each (protocol §2.4).
+    alice.until_ids(&["m7", "m8", "m9", "m10", "m11"]).await;
+    assert_eq!(alice.delivered_ids(), ["first", "m7", "m8", "m9", "m10", "m11"]);
     alice.close().await;
 }
 
@@ -425,5 +427,89 @@ async fn push_addresses_are_registered_per_device_and_listed() {
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
     assert_eq!(devices["devices"][0]["push"]["token"], "d4e5f6");
     assert!(alice.client.register_push(tidings_core::PushPlatform::Fcm, "bad\ntoken\u{0}").is_err());
+    alice.close().await;
+}
+
+async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> serde_json::Value {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("server answered") {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str().split('\n').next().unwrap()).unwrap();
+                if v["op"] != "heartbeat" {
+                    return v;
+                }
+            }
+            Some(Ok(Message::Close(f))) => panic!("closed: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("ended"),
+        }
+    }
+}
+
+/// Defect 5 of issue 12: a frame with a `ref` whose members are wrong is answered (`bad_request` with that `ref`)
+/// and the connection stays open; an `auth` without a token is `unauthorized` (4001), not a protocol error.
+#[tokio::test]
+async fn request_errors_are_answered_and_only_unanswerable_frames_end_the_connection() {
+    let server = TestServer::start().await;
+    let mut ws = raw_socket(&server).await;
+    ws.send(Message::text(json!({"op":"auth","device":"d1"}).to_string())).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, (Some("unauthorized".into()), Some(4001)));
+
+    let mut ws = raw_socket(&server).await;
+    let token = server.token("alice", &["news"]);
+    ws.send(Message::text(json!({"op":"auth","token":token,"device":"d1"}).to_string())).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await["op"], "welcome");
+    for (frame, reference) in [
+        (json!({"op":"subscribe","ref":1,"streams":"topic:news"}), 1),
+        (json!({"op":"subscribe","ref":2,"streams":[{"stream":"topic:news","epoch":"e","offset":-1}]}), 2),
+        (json!({"op":"unsubscribe","ref":3,"streams":[7]}), 3),
+        (json!({"op":"register_push","ref":4,"platform":"carrier_pigeon","token":"t"}), 4),
+    ] {
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let error = next_frame(&mut ws).await;
+        assert_eq!(
+            (error["op"].as_str(), error["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{frame}: {error}"
+        );
+        assert_eq!(error["ref"], reference, "{frame}: {error}");
+    }
+    ws.send(Message::text(json!({"op":"ack","ids":"n1"}).to_string())).await.unwrap();
+    let error = next_frame(&mut ws).await;
+    assert_eq!((error["code"].as_str(), error.get("ref")), (Some("bad_request"), None), "{error}");
+    // Still open: a valid request is served.
+    ws.send(Message::text(json!({"op":"subscribe","ref":5,"streams":[{"stream":"topic:news"}]}).to_string()))
+        .await
+        .unwrap();
+    let subscribed = next_frame(&mut ws).await;
+    assert_eq!((subscribed["op"].as_str(), subscribed["ref"].as_u64()), (Some("subscribed"), Some(5)), "{subscribed}");
+    // A request without a readable ref cannot be answered: that one is fatal.
+    ws.send(Message::text(json!({"op":"subscribe","streams":[]}).to_string())).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, (Some("protocol_error".into()), Some(4000)));
+}
+
+/// Defect 4 of issue 12: a push address the server refuses reaches the app, and the connection stays up.
+#[tokio::test]
+async fn a_push_address_the_server_refuses_reaches_the_app_as_an_event() {
+    let server = TestServer::start().await;
+    let mut alice = TestClient::connect(&server, "alice", &[]);
+    alice.connected().await;
+    // Well-formed (so the client sends it), but p256dh is not a point on P-256: the server refuses it.
+    let p256dh = format!("B{}", "A".repeat(86));
+    let token = json!({"endpoint":"https://push.example/x","keys":{"p256dh":p256dh,"auth":"AAECAwQFBgcICQoLDA0ODw"}});
+    alice.client.register_push(tidings_core::PushPlatform::WebPush, &token.to_string()).unwrap();
+    alice
+        .until("push registration refused", |log| {
+            log.iter().any(|e| {
+                matches!(e, Event::PushRegistrationFailed { platform: tidings_core::PushPlatform::WebPush, code, .. }
+                    if *code == tidings_core::protocol::ErrorCode::BadRequest)
+            })
+        })
+        .await;
+    assert_eq!(alice.client.state(), ConnectionState::Connected);
+    assert_eq!(alice.client.stats().connection_attempts, 1);
     alice.close().await;
 }

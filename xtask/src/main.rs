@@ -10,6 +10,7 @@ use std::time::Instant;
 
 mod bench;
 mod bindgen;
+mod fuzz;
 mod kotlin;
 mod schemathesis;
 mod server;
@@ -38,7 +39,9 @@ commands:
   wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
   wasm-floor  size of the core engine alone in wasm, the floor under the browser package (target/wasm-floor.txt)
   demo        build the browser package and run the reference server with the demo page
-  bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]"
+  bindgen     generate UniFFI bindings: bindgen <swift|kotlin> <out-dir> [--release]
+  fuzz        the fuzzing campaign: each target for 10 million executions (--runs N, --targets a,b), report
+  fuzz-smoke  each fuzz target for a few seconds (part of test)"
     );
     ExitCode::from(2)
 }
@@ -66,6 +69,8 @@ fn main() -> ExitCode {
         Some("wasm-floor") => wasm::floor(&root),
         Some("demo") => wasm::demo(&root),
         Some("bindgen") => bindgen::cli(&root, &args[1..]),
+        Some("fuzz") => fuzz::campaign(&root, &args[1..]),
+        Some("fuzz-smoke") => fuzz::smoke(&root),
         _ => return usage(),
     };
     match result {
@@ -85,6 +90,7 @@ const SUITES: &[(&str, &str)] = &[
     ("kotlin (JVM) tests", "kotlin-test"),
     ("swift tests", "swift-test"),
     ("browser tests", "wasm-test"),
+    ("fuzz smoke", "fuzz-smoke"),
     ("schemathesis (OpenAPI)", "schemathesis"),
 ];
 

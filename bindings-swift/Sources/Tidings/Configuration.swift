@@ -25,6 +25,12 @@ public struct TidingsConfiguration: Sendable, Hashable {
     public var backgroundGrace: TimeInterval
     /// Subscribe to the signed-in user's own stream (`user:<id>`) automatically.
     public var subscribeUserStream: Bool
+    /// How many events wait for the app before the client stops reading from the server (see
+    /// `TidingsClient.events`). At least 1.
+    public var eventCapacity: Int
+    /// Certificate authorities trusted for `wss://` besides the public roots, as PEM text (a private CA, a test
+    /// server). The system's trust settings are not consulted.
+    public var extraRootCertificates: [String]
 
     /// The defaults for a server at `url`.
     public init(url: URL, storeURL: URL? = nil) {
@@ -39,6 +45,8 @@ public struct TidingsConfiguration: Sendable, Hashable {
         dedupCapacity = Int(d.dedupCapacity)
         backgroundGrace = TimeInterval(d.backgroundGraceMs) / 1000
         subscribeUserStream = d.subscribeUserStream
+        eventCapacity = Int(d.eventCapacity)
+        extraRootCertificates = d.extraRootCertificates
     }
 
     var ffi: ClientConfig {
@@ -52,7 +60,9 @@ public struct TidingsConfiguration: Sendable, Hashable {
             batchMaxItems: UInt32(clamping: batchMaxItems),
             dedupCapacity: UInt32(clamping: dedupCapacity),
             backgroundGraceMs: milliseconds(backgroundGrace),
-            subscribeUserStream: subscribeUserStream
+            subscribeUserStream: subscribeUserStream,
+            eventCapacity: UInt32(clamping: eventCapacity),
+            extraRootCertificates: extraRootCertificates
         )
     }
 

@@ -20,42 +20,59 @@ public typealias TokenProvider = @Sendable (_ forceRefresh: Bool) async throws -
 /// Thread-safe: every method may be called from any thread or actor.
 public final class TidingsClient: Sendable {
     private let ffi: TidingsFFI.TidingsClient
-    private let hub: EventHub
 
     /// Creates a client; it does not connect until `connect()`.
     public init(configuration: TidingsConfiguration, tokenProvider: @escaping TokenProvider) throws {
-        let hub = EventHub()
-        self.hub = hub
         ffi = try translatingErrors {
-            try TidingsFFI.TidingsClient(
-                config: configuration.ffi,
-                tokenProvider: TokenBridge(tokenProvider),
-                listener: ListenerBridge(hub)
-            )
+            try TidingsFFI.TidingsClient(config: configuration.ffi, tokenProvider: TokenBridge(tokenProvider))
         }
-    }
-
-    deinit {
-        hub.finish()
     }
 
     // MARK: Events
 
-    /// Every event from now on, in order, as an `AsyncStream`; each access is a new, independent stream. Events
-    /// emitted while nobody listens are kept for the first stream, so nothing is lost between `init` and the
-    /// first `for await`. The stream ends when the client is closed.
-    public var events: AsyncStream<TidingsEvent> { hub.stream() }
+    /// Everything the client emits, in order, as an `AsyncStream`.
+    ///
+    /// The same on every platform (the queue is the core's): events wait in one queue of at most
+    /// `configuration.eventCapacity` (default 1 024) until taken, from the moment the client is created — a stream
+    /// started late misses nothing. Each event is taken once: iterate one stream (and fan out yourself); two streams
+    /// split the events between them. While the queue is full the client stops reading from the server: nothing is
+    /// dropped, the server holds what follows, and if the pause outlasts its patience it closes the connection and the
+    /// client resumes from its cursor once the app takes events again. The stream ends after `close()`, once the last
+    /// event (the `.closed` state) was taken.
+    public var events: AsyncStream<TidingsEvent> {
+        let ffi = self.ffi
+        return AsyncStream(unfolding: { await ffi.nextEvent().map(TidingsEvent.init) })
+    }
 
-    /// Calls `handler` on the main actor for every event, in order — the convenience for UI code. Cancel the
-    /// returned task to stop.
+    /// Calls `handler` on the main actor for every event, in order — the convenience for UI code (it takes the
+    /// events: do not also iterate `events`). Cancel the returned task to stop.
     @discardableResult
     public func observe(_ handler: @escaping @MainActor @Sendable (TidingsEvent) -> Void) -> Task<Void, Never> {
-        let stream = hub.stream()
+        let stream = events
         return Task { @MainActor in
             for await event in stream {
                 handler(event)
             }
         }
+    }
+
+    /// The connection state now and then each time it changes (the latest state whenever the stream is read; a slow
+    /// reader skips states in between — the full log is in `events`). Any number of these streams may be read. Ends
+    /// after `.closed`.
+    public var stateChanges: AsyncStream<ConnectionState> {
+        let ffi = self.ffi
+        let cursor = StateCursor()
+        return AsyncStream(unfolding: {
+            guard let last = cursor.take() else {
+                let now = ffi.state()
+                cursor.put(now)
+                return ConnectionState(now)
+            }
+            if case .closed = last { return nil }
+            let next = await ffi.nextState(current: last)
+            cursor.put(next)
+            return ConnectionState(next)
+        })
     }
 
     // MARK: Connection
@@ -90,11 +107,11 @@ public final class TidingsClient: Sendable {
     /// The device id this installation authenticates with.
     public var deviceId: String { ffi.deviceId() }
 
-    /// Closes the connection, saves the state, delivers the remaining events and ends every event stream. Final:
-    /// create a new client to connect again.
+    /// Closes the connection and saves the state; `events` delivers what is still queued (the last is the `.closed`
+    /// state) and ends. Final: create a new client to connect again (calls that change what it does throw
+    /// `TidingsError.closed`).
     public func close() async {
         await ffi.close()
-        hub.finish()
     }
 
     // MARK: Push
@@ -194,35 +211,20 @@ private final class TokenBridge: TidingsFFI.TokenProvider {
     }
 }
 
-/// Receives the core's callbacks (on a Tidings thread, one at a time, in order) and publishes them.
-private final class ListenerBridge: TidingsFFI.EventListener {
-    private let hub: EventHub
+/// The last state a `stateChanges` stream returned (its reads are sequential; the lock keeps it `Sendable`).
+private final class StateCursor: @unchecked Sendable {
+    private let lock = NSLock()
+    private var last: TidingsFFI.ConnectionState?
 
-    init(_ hub: EventHub) {
-        self.hub = hub
+    func take() -> TidingsFFI.ConnectionState? {
+        lock.lock()
+        defer { lock.unlock() }
+        return last
     }
 
-    func onNotification(notification: TidingsFFI.Notification) {
-        hub.publish(.notification(TidingsNotification(notification)))
-    }
-
-    func onDigest(digest: TidingsFFI.Digest) {
-        hub.publish(.digest(Digest(digest)))
-    }
-
-    func onStateChanged(state: TidingsFFI.ConnectionState) {
-        hub.publish(.stateChanged(ConnectionState(state)))
-    }
-
-    func onContinuity(stream: String, continuity: TidingsFFI.Continuity) {
-        hub.publish(.continuity(stream: stream, Continuity(continuity)))
-    }
-
-    func onSubscriptionFailed(stream: String, code: String, message: String) {
-        hub.publish(.subscriptionFailed(stream: stream, code: code, message: message))
-    }
-
-    func onPushRegistered(platform: TidingsFFI.PushPlatform) {
-        hub.publish(.pushRegistered(PushPlatform(platform)))
+    func put(_ state: TidingsFFI.ConnectionState) {
+        lock.lock()
+        last = state
+        lock.unlock()
     }
 }

@@ -134,8 +134,9 @@ public enum Continuity: Sendable, Hashable {
     case fresh
     /// Resumed from the last position; `replayed` missed notifications were delivered.
     case resumed(replayed: UInt64)
-    /// Notifications were lost: refetch the stream's state from your API.
-    case gap(reason: GapReason, missed: UInt64?)
+    /// Notifications were lost: refetch the stream's state from your API. The `replayed` notifications the server
+    /// still held follow this event (each delivered once).
+    case gap(reason: GapReason, missed: UInt64?, replayed: UInt64)
 }
 
 /// A push service.
@@ -182,6 +183,26 @@ public enum TidingsEvent: Sendable, Hashable {
     case subscriptionFailed(stream: String, code: String, message: String)
     /// The server stored this device's push address.
     case pushRegistered(PushPlatform)
+    /// The server refused this device's push address. `code` `bad_request`: the address is invalid (`message` names
+    /// the member); the client forgets it and does not send it again, register a valid one. Other codes
+    /// (`try_again_later`): it is sent again on the next connection.
+    case pushRegistrationFailed(PushPlatform, code: String, message: String)
+}
+
+extension TidingsEvent {
+    init(_ e: TidingsFFI.TidingsEvent) {
+        switch e {
+        case .notification(let n): self = .notification(TidingsNotification(n))
+        case .digest(let d): self = .digest(Digest(d))
+        case .stateChanged(let s): self = .stateChanged(ConnectionState(s))
+        case .continuity(let stream, let c): self = .continuity(stream: stream, Continuity(c))
+        case .subscriptionFailed(let stream, let code, let message):
+            self = .subscriptionFailed(stream: stream, code: code, message: message)
+        case .pushRegistered(let p): self = .pushRegistered(PushPlatform(p))
+        case .pushRegistrationFailed(let p, let code, let message):
+            self = .pushRegistrationFailed(PushPlatform(p), code: code, message: message)
+        }
+    }
 }
 
 /// Counters, for diagnostics and metrics.
@@ -322,14 +343,14 @@ extension Continuity {
         switch c {
         case .fresh: self = .fresh
         case .resumed(let replayed): self = .resumed(replayed: replayed)
-        case .gap(let reason, let missed):
+        case .gap(let reason, let missed, let replayed):
             let why: GapReason
             switch reason {
             case .epochChanged: why = .epochChanged
             case .outOfBuffer: why = .outOfBuffer
             case .aheadOfStream: why = .aheadOfStream
             }
-            self = .gap(reason: why, missed: missed)
+            self = .gap(reason: why, missed: missed, replayed: replayed)
         }
     }
 }

@@ -574,433 +574,11 @@ fileprivate struct FfiConverterString: FfiConverter {
 
 
 /**
- * Receives everything the client emits. Called on a Tidings thread, one call at a time, in order; keep the
- * methods quick (hand the value to your UI executor).
- */
-public protocol EventListener: AnyObject, Sendable {
-    
-    /**
-     * A notification, seen for the first time on any path.
-     */
-    func onNotification(notification: Notification) 
-    
-    /**
-     * Several informational notifications of one group.
-     */
-    func onDigest(digest: Digest) 
-    
-    /**
-     * The connection state changed.
-     */
-    func onStateChanged(state: ConnectionState) 
-    
-    /**
-     * How a stream continued after (re)subscribing; on `Gap`, refetch that stream's state.
-     */
-    func onContinuity(stream: String, continuity: Continuity) 
-    
-    /**
-     * The server refused a subscription (`code`: `forbidden`, `bad_request`).
-     */
-    func onSubscriptionFailed(stream: String, code: String, message: String) 
-    
-    /**
-     * The server stored this device's push address.
-     */
-    func onPushRegistered(platform: PushPlatform) 
-    
-}
-/**
- * Receives everything the client emits. Called on a Tidings thread, one call at a time, in order; keep the
- * methods quick (hand the value to your UI executor).
- */
-open class EventListenerImpl: EventListener, @unchecked Sendable {
-    fileprivate let handle: UInt64
-
-    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public struct NoHandle {
-        public init() {}
-    }
-
-    // TODO: We'd like this to be `private` but for Swifty reasons,
-    // we can't implement `FfiConverter` without making this `required` and we can't
-    // make it `required` without making it `public`.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    required public init(unsafeFromHandle handle: UInt64) {
-        self.handle = handle
-    }
-
-    // This constructor can be used to instantiate a fake object.
-    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
-    //
-    // - Warning:
-    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public init(noHandle: NoHandle) {
-        self.handle = 0
-    }
-
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_tidings_ffi_fn_clone_eventlistener(self.handle, $0) }
-    }
-    // No primary constructor declared for this class.
-
-    deinit {
-        if handle == 0 {
-            // Mock objects have handle=0 don't try to free them
-            return
-        }
-
-        try! rustCall { uniffi_tidings_ffi_fn_free_eventlistener(handle, $0) }
-    }
-
-    
-
-    
-    /**
-     * A notification, seen for the first time on any path.
-     */
-open func onNotification(notification: Notification)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_eventlistener_on_notification(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeNotification_lower(notification),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * Several informational notifications of one group.
-     */
-open func onDigest(digest: Digest)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_eventlistener_on_digest(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeDigest_lower(digest),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * The connection state changed.
-     */
-open func onStateChanged(state: ConnectionState)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_eventlistener_on_state_changed(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeConnectionState_lower(state),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * How a stream continued after (re)subscribing; on `Gap`, refetch that stream's state.
-     */
-open func onContinuity(stream: String, continuity: Continuity)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_eventlistener_on_continuity(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(stream),
-        FfiConverterTypeContinuity_lower(continuity),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * The server refused a subscription (`code`: `forbidden`, `bad_request`).
-     */
-open func onSubscriptionFailed(stream: String, code: String, message: String)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_eventlistener_on_subscription_failed(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(stream),
-        FfiConverterString.lower(code),
-        FfiConverterString.lower(message),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * The server stored this device's push address.
-     */
-open func onPushRegistered(platform: PushPlatform)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_eventlistener_on_push_registered(
-            self.uniffiCloneHandle(),
-        FfiConverterTypePushPlatform_lower(platform),uniffiCallStatus
-    )
-}
-}
-    
-
-    
-}
-
-
-
-// Put the implementation in a struct so we don't pollute the top-level namespace
-fileprivate struct UniffiCallbackInterfaceEventListener {
-
-    // Create the VTable using a series of closures.
-    // Swift automatically converts these into C callback functions.
-    //
-    // Store the vtable directly.
-    static let vtable: UniffiVTableCallbackInterfaceEventListener = UniffiVTableCallbackInterfaceEventListener(
-        uniffiFree: { (uniffiHandle: UInt64) -> () in
-            do {
-                try FfiConverterTypeEventListener.handleMap.remove(handle: uniffiHandle)
-            } catch {
-                print("Uniffi callback interface EventListener: handle missing in uniffiFree")
-            }
-        },
-        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
-            do {
-                return try FfiConverterTypeEventListener.handleMap.clone(handle: uniffiHandle)
-            } catch {
-                fatalError("Uniffi callback interface EventListener: handle missing in uniffiClone")
-            }
-        },
-        onNotification: { (
-            uniffiHandle: UInt64,
-            notification: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onNotification(
-                     notification: try FfiConverterTypeNotification_lift(notification)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        },
-        onDigest: { (
-            uniffiHandle: UInt64,
-            digest: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onDigest(
-                     digest: try FfiConverterTypeDigest_lift(digest)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        },
-        onStateChanged: { (
-            uniffiHandle: UInt64,
-            state: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onStateChanged(
-                     state: try FfiConverterTypeConnectionState_lift(state)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        },
-        onContinuity: { (
-            uniffiHandle: UInt64,
-            stream: RustBuffer,
-            continuity: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onContinuity(
-                     stream: try FfiConverterString.lift(stream),
-                     continuity: try FfiConverterTypeContinuity_lift(continuity)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        },
-        onSubscriptionFailed: { (
-            uniffiHandle: UInt64,
-            stream: RustBuffer,
-            code: RustBuffer,
-            message: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onSubscriptionFailed(
-                     stream: try FfiConverterString.lift(stream),
-                     code: try FfiConverterString.lift(code),
-                     message: try FfiConverterString.lift(message)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        },
-        onPushRegistered: { (
-            uniffiHandle: UInt64,
-            platform: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeEventListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onPushRegistered(
-                     platform: try FfiConverterTypePushPlatform_lift(platform)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        }
-    )
-
-    // Rust stores this pointer for future callback invocations, so it must live
-    // for the process lifetime (not just for the init function call).
-    //
-    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
-    // This is safe because the pointee is initialized once during static init
-    // and never mutated by either side of the FFI.  Its fields are C function pointers.
-    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceEventListener> = {
-        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceEventListener>.allocate(capacity: 1)
-        ptr.initialize(to: vtable)
-        return UnsafePointer(ptr)
-    }()
-}
-
-private func uniffiCallbackInitEventListener() {
-    uniffi_tidings_ffi_fn_init_callback_vtable_eventlistener(UniffiCallbackInterfaceEventListener.vtablePtr)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeEventListener: FfiConverter {
-    fileprivate static let handleMap = UniffiHandleMap<EventListener>()
-
-    typealias FfiType = UInt64
-    typealias SwiftType = EventListener
-
-    public static func lift(_ handle: UInt64) throws -> EventListener {
-        if ((handle & 1) == 0) {
-            // Rust-generated handle, construct a new class that uses the handle to implement the
-            // interface
-            return EventListenerImpl(unsafeFromHandle: handle)
-        } else {
-            // Swift-generated handle, get the object from the handle map
-            return try handleMap.remove(handle: handle)
-        }
-    }
-
-    public static func lower(_ value: EventListener) -> UInt64 {
-         if let rustImpl = value as? EventListenerImpl {
-             // Rust-implemented object.  Clone the handle and return it
-            return rustImpl.uniffiCloneHandle()
-         } else {
-            // Swift object, generate a new vtable handle and return that.
-            return handleMap.insert(obj: value)
-         }
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EventListener {
-        let handle: UInt64 = try readInt(&buf)
-        return try lift(handle)
-    }
-
-    public static func write(_ value: EventListener, into buf: inout [UInt8]) {
-        writeInt(&buf, lower(value))
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeEventListener_lift(_ handle: UInt64) throws -> EventListener {
-    return try FfiConverterTypeEventListener.lift(handle)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeEventListener_lower(_ value: EventListener) -> UInt64 {
-    return FfiConverterTypeEventListener.lower(value)
-}
-
-
-
-
-
-
-/**
  * A Tidings client: one WebSocket with reconnection, replay, dedup, digests and acks.
+ *
+ * Events are pulled with [`TidingsClient::next_event`] from one bounded queue (`event_capacity`, default 1 024):
+ * each event is returned once, in order, to whichever caller asks; events wait there until taken, and while the
+ * queue is full the client stops reading from the server (nothing is dropped; see the platform READMEs).
  */
 public protocol TidingsClientProtocol: AnyObject, Sendable {
     
@@ -1021,8 +599,8 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
     func appWillEnterForeground() 
     
     /**
-     * Closes the connection, saves the state, delivers the remaining events and stops every task of this
-     * client. Final: create a new client to connect again.
+     * Closes the connection and saves the state; the events not yet taken can still be taken with
+     * [`TidingsClient::next_event`], which returns `None` after them. Final: create a new client to connect again.
      */
     func close() async 
     
@@ -1049,6 +627,20 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
      * The platform reports a network change; `Available` and `Changed` act at once.
      */
     func networkChanged(status: NetworkStatus) 
+    
+    /**
+     * The next event, in order; waits until there is one. Each event is returned once: concurrent callers get
+     * different events. `None` once the client is closed and every event was taken. Cancelling the wait loses
+     * nothing.
+     */
+    func nextEvent() async  -> TidingsEvent?
+    
+    /**
+     * Waits until the connection state differs from `current` and returns the new state (at once if it differs
+     * already). States in between may be skipped: this is the latest state, not a log (the log is in
+     * [`TidingsClient::next_event`]). After `Closed` it never returns.
+     */
+    func nextState(current: ConnectionState) async  -> ConnectionState
     
     /**
      * Registers the device's push address with the server (sent now and on every reconnect).
@@ -1078,6 +670,10 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
 }
 /**
  * A Tidings client: one WebSocket with reconnection, replay, dedup, digests and acks.
+ *
+ * Events are pulled with [`TidingsClient::next_event`] from one bounded queue (`event_capacity`, default 1 024):
+ * each event is returned once, in order, to whichever caller asks; events wait there until taken, and while the
+ * queue is full the client stops reading from the server (nothing is dropped; see the platform READMEs).
  */
 open class TidingsClient: TidingsClientProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1119,16 +715,15 @@ open class TidingsClient: TidingsClientProtocol, @unchecked Sendable {
         return try! rustCall { uniffi_tidings_ffi_fn_clone_tidingsclient(self.handle, $0) }
     }
     /**
-     * A client; it does not connect until [`TidingsClient::connect`]. Events go to `listener`.
+     * A client; it does not connect until [`TidingsClient::connect`].
      */
-public convenience init(config: ClientConfig, tokenProvider: TokenProvider, listener: EventListener)throws  {
+public convenience init(config: ClientConfig, tokenProvider: TokenProvider)throws  {
     let handle =
         try rustCallWithError(FfiConverterTypeTidingsError_lift) {
         uniffiCallStatus in
     uniffi_tidings_ffi_fn_constructor_tidingsclient_new(
         FfiConverterTypeClientConfig_lower(config),
-        FfiConverterTypeTokenProvider_lower(tokenProvider),
-        FfiConverterTypeEventListener_lower(listener),uniffiCallStatus
+        FfiConverterTypeTokenProvider_lower(tokenProvider),uniffiCallStatus
     )
 }
     self.init(unsafeFromHandle: handle)
@@ -1182,8 +777,8 @@ open func appWillEnterForeground()  {try! rustCall() {
 }
     
     /**
-     * Closes the connection, saves the state, delivers the remaining events and stops every task of this
-     * client. Final: create a new client to connect again.
+     * Closes the connection and saves the state; the events not yet taken can still be taken with
+     * [`TidingsClient::next_event`], which returns `None` after them. Final: create a new client to connect again.
      */
 open func close()async   {
     return
@@ -1260,6 +855,50 @@ open func networkChanged(status: NetworkStatus)  {try! rustCall() {
         FfiConverterTypeNetworkStatus_lower(status),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * The next event, in order; waits until there is one. Each event is returned once: concurrent callers get
+     * different events. `None` once the client is closed and every event was taken. Cancelling the wait loses
+     * nothing.
+     */
+open func nextEvent()async  -> TidingsEvent?  {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_next_event(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeTidingsEvent.lift,
+            errorHandler: nil
+            
+        )
+}
+    
+    /**
+     * Waits until the connection state differs from `current` and returns the new state (at once if it differs
+     * already). States in between may be skipped: this is the latest state, not a log (the log is in
+     * [`TidingsClient::next_event`]). After `Closed` it never returns.
+     */
+open func nextState(current: ConnectionState)async  -> ConnectionState  {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_next_state(
+                        self.uniffiCloneHandle(),FfiConverterTypeConnectionState_lower(current)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConnectionState_lift,
+            errorHandler: nil
+            
+        )
 }
     
     /**
@@ -1656,6 +1295,15 @@ public struct ClientConfig: Equatable, Hashable {
      * Subscribe to the signed-in user's own stream automatically.
      */
     public var subscribeUserStream: Bool
+    /**
+     * Events held for the app before the client stops reading from the server (see `next_event`).
+     */
+    public var eventCapacity: UInt32
+    /**
+     * Certificate authorities trusted for `wss://` besides the public roots: PEM text (a private CA, a test
+     * server).
+     */
+    public var extraRootCertificates: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1690,7 +1338,14 @@ public struct ClientConfig: Equatable, Hashable {
          */backgroundGraceMs: UInt64 = UInt64(30000), 
         /**
          * Subscribe to the signed-in user's own stream automatically.
-         */subscribeUserStream: Bool = true) {
+         */subscribeUserStream: Bool = true, 
+        /**
+         * Events held for the app before the client stops reading from the server (see `next_event`).
+         */eventCapacity: UInt32 = UInt32(1024), 
+        /**
+         * Certificate authorities trusted for `wss://` besides the public roots: PEM text (a private CA, a test
+         * server).
+         */extraRootCertificates: [String] = []) {
         self.url = url
         self.storePath = storePath
         self.deviceId = deviceId
@@ -1701,6 +1356,8 @@ public struct ClientConfig: Equatable, Hashable {
         self.dedupCapacity = dedupCapacity
         self.backgroundGraceMs = backgroundGraceMs
         self.subscribeUserStream = subscribeUserStream
+        self.eventCapacity = eventCapacity
+        self.extraRootCertificates = extraRootCertificates
     }
 
     
@@ -1728,7 +1385,9 @@ public struct FfiConverterTypeClientConfig: FfiConverterRustBuffer {
                 batchMaxItems: FfiConverterUInt32.read(from: &buf), 
                 dedupCapacity: FfiConverterUInt32.read(from: &buf), 
                 backgroundGraceMs: FfiConverterUInt64.read(from: &buf), 
-                subscribeUserStream: FfiConverterBool.read(from: &buf)
+                subscribeUserStream: FfiConverterBool.read(from: &buf), 
+                eventCapacity: FfiConverterUInt32.read(from: &buf), 
+                extraRootCertificates: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -1743,6 +1402,8 @@ public struct FfiConverterTypeClientConfig: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.dedupCapacity, into: &buf)
         FfiConverterUInt64.write(value.backgroundGraceMs, into: &buf)
         FfiConverterBool.write(value.subscribeUserStream, into: &buf)
+        FfiConverterUInt32.write(value.eventCapacity, into: &buf)
+        FfiConverterSequenceString.write(value.extraRootCertificates, into: &buf)
     }
 }
 
@@ -2357,7 +2018,10 @@ public enum Continuity: Equatable, Hashable {
          */reason: GapReason, 
         /**
          * How many, when known.
-         */missed: UInt64?
+         */missed: UInt64?, 
+        /**
+         * How many notifications the server still held and delivers right after this event (each once).
+         */replayed: UInt64
     )
 
 
@@ -2385,7 +2049,7 @@ public struct FfiConverterTypeContinuity: FfiConverterRustBuffer {
         case 2: return .resumed(replayed: try FfiConverterUInt64.read(from: &buf)
         )
         
-        case 3: return .gap(reason: try FfiConverterTypeGapReason.read(from: &buf), missed: try FfiConverterOptionUInt64.read(from: &buf)
+        case 3: return .gap(reason: try FfiConverterTypeGapReason.read(from: &buf), missed: try FfiConverterOptionUInt64.read(from: &buf), replayed: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -2405,10 +2069,11 @@ public struct FfiConverterTypeContinuity: FfiConverterRustBuffer {
             FfiConverterUInt64.write(replayed, into: &buf)
             
         
-        case let .gap(reason,missed):
+        case let .gap(reason,missed,replayed):
             writeInt(&buf, Int32(3))
             FfiConverterTypeGapReason.write(reason, into: &buf)
             FfiConverterOptionUInt64.write(missed, into: &buf)
+            FfiConverterUInt64.write(replayed, into: &buf)
             
         }
     }
@@ -3306,6 +2971,193 @@ public func FfiConverterTypeTidingsError_lower(_ value: TidingsError) -> RustBuf
 
 
 /**
+ * Everything a client emits, in order (see `TidingsClient::next_event`).
+ */
+
+public enum TidingsEvent: Equatable, Hashable {
+    
+    /**
+     * A notification, seen for the first time on any path.
+     */
+    case notification(
+        /**
+         * It.
+         */notification: Notification
+    )
+    /**
+     * Several informational notifications of one group.
+     */
+    case digest(
+        /**
+         * It.
+         */digest: Digest
+    )
+    /**
+     * The connection state changed.
+     */
+    case stateChanged(
+        /**
+         * The new state.
+         */state: ConnectionState
+    )
+    /**
+     * How a stream continued after (re)subscribing; on `Gap`, refetch that stream's state.
+     */
+    case continuity(
+        /**
+         * The stream.
+         */stream: String, 
+        /**
+         * How.
+         */continuity: Continuity
+    )
+    /**
+     * The server refused a subscription (`code`: `forbidden`, `bad_request`); it is not retried.
+     */
+    case subscriptionFailed(
+        /**
+         * The stream.
+         */stream: String, 
+        /**
+         * Why.
+         */code: String, 
+        /**
+         * Detail, for logs.
+         */message: String
+    )
+    /**
+     * The server stored this device's push address.
+     */
+    case pushRegistered(
+        /**
+         * The platform.
+         */platform: PushPlatform
+    )
+    /**
+     * The server refused this device's push address (`bad_request`: it is forgotten, register a valid one).
+     */
+    case pushRegistrationFailed(
+        /**
+         * The platform.
+         */platform: PushPlatform, 
+        /**
+         * Why (`bad_request`, `try_again_later`).
+         */code: String, 
+        /**
+         * Detail, naming the member that is wrong.
+         */message: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension TidingsEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTidingsEvent: FfiConverterRustBuffer {
+    typealias SwiftType = TidingsEvent
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TidingsEvent {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .notification(notification: try FfiConverterTypeNotification.read(from: &buf)
+        )
+        
+        case 2: return .digest(digest: try FfiConverterTypeDigest.read(from: &buf)
+        )
+        
+        case 3: return .stateChanged(state: try FfiConverterTypeConnectionState.read(from: &buf)
+        )
+        
+        case 4: return .continuity(stream: try FfiConverterString.read(from: &buf), continuity: try FfiConverterTypeContinuity.read(from: &buf)
+        )
+        
+        case 5: return .subscriptionFailed(stream: try FfiConverterString.read(from: &buf), code: try FfiConverterString.read(from: &buf), message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 6: return .pushRegistered(platform: try FfiConverterTypePushPlatform.read(from: &buf)
+        )
+        
+        case 7: return .pushRegistrationFailed(platform: try FfiConverterTypePushPlatform.read(from: &buf), code: try FfiConverterString.read(from: &buf), message: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: TidingsEvent, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .notification(notification):
+            writeInt(&buf, Int32(1))
+            FfiConverterTypeNotification.write(notification, into: &buf)
+            
+        
+        case let .digest(digest):
+            writeInt(&buf, Int32(2))
+            FfiConverterTypeDigest.write(digest, into: &buf)
+            
+        
+        case let .stateChanged(state):
+            writeInt(&buf, Int32(3))
+            FfiConverterTypeConnectionState.write(state, into: &buf)
+            
+        
+        case let .continuity(stream,continuity):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(stream, into: &buf)
+            FfiConverterTypeContinuity.write(continuity, into: &buf)
+            
+        
+        case let .subscriptionFailed(stream,code,message):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(stream, into: &buf)
+            FfiConverterString.write(code, into: &buf)
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .pushRegistered(platform):
+            writeInt(&buf, Int32(6))
+            FfiConverterTypePushPlatform.write(platform, into: &buf)
+            
+        
+        case let .pushRegistrationFailed(platform,code,message):
+            writeInt(&buf, Int32(7))
+            FfiConverterTypePushPlatform.write(platform, into: &buf)
+            FfiConverterString.write(code, into: &buf)
+            FfiConverterString.write(message, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTidingsEvent_lift(_ buf: RustBuffer) throws -> TidingsEvent {
+    return try FfiConverterTypeTidingsEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTidingsEvent_lower(_ value: TidingsEvent) -> RustBuffer {
+    return FfiConverterTypeTidingsEvent.lower(value)
+}
+
+
+
+/**
  * Why the token provider could not supply a token.
  */
 public 
@@ -3463,6 +3315,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeTidingsEvent: FfiConverterRustBuffer {
+    typealias SwiftType = TidingsEvent?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeTidingsEvent.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeTidingsEvent.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -3644,8 +3520,9 @@ public func defaultConfig(url: String) -> ClientConfig  {
 /**
  * Dedup for a push handler in another process (the iOS Notification Service Extension, an Android push
  * service running without the app): passes `payload` through the dedup window kept in the store file at
- * `store_path` — the same file the app's [`TidingsClient`] uses — and saves it before returning. Opens no
- * connection and starts no thread.
+ * `store_path` — the same file the app's [`TidingsClient`] uses — and saves the seen ids back before returning
+ * (the app's cursors and open batches in the file are kept). Opens no connection and starts no thread. The
+ * behaviour is the core's (`tidings_core::native::ingest_push_with_store`).
  */
 public func ingestPushWithStore(storePath: String, payload: String)throws  -> PushOutcome  {
     return try  FfiConverterTypePushOutcome_lift(try rustCallWithError(FfiConverterTypeTidingsError_lift) {
@@ -3685,28 +3562,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tidings_ffi_checksum_func_default_config() != 9879) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_tidings_ffi_checksum_func_ingest_push_with_store() != 60468) {
+    if (uniffi_tidings_ffi_checksum_func_ingest_push_with_store() != 1072) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_func_tidings_version() != 64333) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_tidings_ffi_checksum_method_eventlistener_on_notification() != 33065) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_tidings_ffi_checksum_method_eventlistener_on_digest() != 27109) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_tidings_ffi_checksum_method_eventlistener_on_state_changed() != 28767) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_tidings_ffi_checksum_method_eventlistener_on_continuity() != 62595) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_tidings_ffi_checksum_method_eventlistener_on_subscription_failed() != 45560) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_tidings_ffi_checksum_method_eventlistener_on_push_registered() != 5420) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_ack() != 63191) {
@@ -3718,7 +3577,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_app_will_enter_foreground() != 51985) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_tidings_ffi_checksum_method_tidingsclient_close() != 19612) {
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_close() != 59348) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_connect() != 58239) {
@@ -3731,6 +3590,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_network_changed() != 4180) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_next_event() != 35866) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_next_state() != 40790) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_register_push_token() != 50453) {
@@ -3751,11 +3616,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tidings_ffi_checksum_method_tokenprovider_fetch_token() != 13240) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_tidings_ffi_checksum_constructor_tidingsclient_new() != 4993) {
+    if (uniffi_tidings_ffi_checksum_constructor_tidingsclient_new() != 50878) {
         return InitializationResult.apiChecksumMismatch
     }
 
-    uniffiCallbackInitEventListener()
     uniffiCallbackInitTokenProvider()
     return InitializationResult.ok
 }()

@@ -243,66 +243,10 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
-#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD0
-#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD0
-typedef void (*UniffiCallbackInterfaceEventListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
-    );
-
-#endif
-#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD1
-#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD1
-typedef void (*UniffiCallbackInterfaceEventListenerMethod1)(uint64_t, RustBuffer, void* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
-    );
-
-#endif
-#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD2
-#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD2
-typedef void (*UniffiCallbackInterfaceEventListenerMethod2)(uint64_t, RustBuffer, void* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
-    );
-
-#endif
-#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD3
-#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD3
-typedef void (*UniffiCallbackInterfaceEventListenerMethod3)(uint64_t, RustBuffer, RustBuffer, void* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
-    );
-
-#endif
-#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD4
-#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD4
-typedef void (*UniffiCallbackInterfaceEventListenerMethod4)(uint64_t, RustBuffer, RustBuffer, RustBuffer, void* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
-    );
-
-#endif
-#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD5
-#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD5
-typedef void (*UniffiCallbackInterfaceEventListenerMethod5)(uint64_t, RustBuffer, void* _Nonnull, 
-        RustCallStatus *_Nonnull uniffiCallStatus
-    );
-
-#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
 typedef void (*UniffiCallbackInterfaceTokenProviderMethod0)(uint64_t, int8_t, UniffiForeignFutureCompleteRustBuffer _Nonnull, uint64_t, UniffiForeignFutureDroppedCallbackStruct* _Nonnull
     );
-
-#endif
-#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_EVENT_LISTENER
-#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_EVENT_LISTENER
-typedef struct UniffiVTableCallbackInterfaceEventListener {
-    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
-    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
-    UniffiCallbackInterfaceEventListenerMethod0 _Nonnull onNotification;
-    UniffiCallbackInterfaceEventListenerMethod1 _Nonnull onDigest;
-    UniffiCallbackInterfaceEventListenerMethod2 _Nonnull onStateChanged;
-    UniffiCallbackInterfaceEventListenerMethod3 _Nonnull onContinuity;
-    UniffiCallbackInterfaceEventListenerMethod4 _Nonnull onSubscriptionFailed;
-    UniffiCallbackInterfaceEventListenerMethod5 _Nonnull onPushRegistered;
-} UniffiVTableCallbackInterfaceEventListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_PROVIDER
@@ -313,51 +257,6 @@ typedef struct UniffiVTableCallbackInterfaceTokenProvider {
     UniffiCallbackInterfaceTokenProviderMethod0 _Nonnull fetchToken;
 } UniffiVTableCallbackInterfaceTokenProvider;
 
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_CLONE_EVENTLISTENER
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_CLONE_EVENTLISTENER
-uint64_t uniffi_tidings_ffi_fn_clone_eventlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_FREE_EVENTLISTENER
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_FREE_EVENTLISTENER
-void uniffi_tidings_ffi_fn_free_eventlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_INIT_CALLBACK_VTABLE_EVENTLISTENER
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_INIT_CALLBACK_VTABLE_EVENTLISTENER
-void uniffi_tidings_ffi_fn_init_callback_vtable_eventlistener(const UniffiVTableCallbackInterfaceEventListener* _Nonnull vtable
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_NOTIFICATION
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_NOTIFICATION
-void uniffi_tidings_ffi_fn_method_eventlistener_on_notification(uint64_t ptr, RustBuffer notification, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_DIGEST
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_DIGEST
-void uniffi_tidings_ffi_fn_method_eventlistener_on_digest(uint64_t ptr, RustBuffer digest, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_STATE_CHANGED
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_STATE_CHANGED
-void uniffi_tidings_ffi_fn_method_eventlistener_on_state_changed(uint64_t ptr, RustBuffer state, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_CONTINUITY
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_CONTINUITY
-void uniffi_tidings_ffi_fn_method_eventlistener_on_continuity(uint64_t ptr, RustBuffer stream, RustBuffer continuity, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_SUBSCRIPTION_FAILED
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_SUBSCRIPTION_FAILED
-void uniffi_tidings_ffi_fn_method_eventlistener_on_subscription_failed(uint64_t ptr, RustBuffer stream, RustBuffer code, RustBuffer message, RustCallStatus *_Nonnull out_status
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_PUSH_REGISTERED
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_EVENTLISTENER_ON_PUSH_REGISTERED
-void uniffi_tidings_ffi_fn_method_eventlistener_on_push_registered(uint64_t ptr, RustBuffer platform, RustCallStatus *_Nonnull out_status
-);
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_CLONE_TIDINGSCLIENT
 #define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_CLONE_TIDINGSCLIENT
@@ -371,7 +270,7 @@ void uniffi_tidings_ffi_fn_free_tidingsclient(uint64_t handle, RustCallStatus *_
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_CONSTRUCTOR_TIDINGSCLIENT_NEW
 #define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_CONSTRUCTOR_TIDINGSCLIENT_NEW
-uint64_t uniffi_tidings_ffi_fn_constructor_tidingsclient_new(RustBuffer config, uint64_t token_provider, uint64_t listener, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_tidings_ffi_fn_constructor_tidingsclient_new(RustBuffer config, uint64_t token_provider, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_ACK
@@ -412,6 +311,16 @@ RustBuffer uniffi_tidings_ffi_fn_method_tidingsclient_ingest_push(uint64_t ptr, 
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_NETWORK_CHANGED
 void uniffi_tidings_ffi_fn_method_tidingsclient_network_changed(uint64_t ptr, RustBuffer status, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_NEXT_EVENT
+#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_NEXT_EVENT
+uint64_t uniffi_tidings_ffi_fn_method_tidingsclient_next_event(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_NEXT_STATE
+#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_NEXT_STATE
+uint64_t uniffi_tidings_ffi_fn_method_tidingsclient_next_state(uint64_t ptr, RustBuffer current
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_FN_METHOD_TIDINGSCLIENT_REGISTER_PUSH_TOKEN
@@ -753,42 +662,6 @@ uint16_t uniffi_tidings_ffi_checksum_func_tidings_version(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_NOTIFICATION
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_NOTIFICATION
-uint16_t uniffi_tidings_ffi_checksum_method_eventlistener_on_notification(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_DIGEST
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_DIGEST
-uint16_t uniffi_tidings_ffi_checksum_method_eventlistener_on_digest(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_STATE_CHANGED
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_STATE_CHANGED
-uint16_t uniffi_tidings_ffi_checksum_method_eventlistener_on_state_changed(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_CONTINUITY
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_CONTINUITY
-uint16_t uniffi_tidings_ffi_checksum_method_eventlistener_on_continuity(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_SUBSCRIPTION_FAILED
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_SUBSCRIPTION_FAILED
-uint16_t uniffi_tidings_ffi_checksum_method_eventlistener_on_subscription_failed(void
-    
-);
-#endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_PUSH_REGISTERED
-#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_EVENTLISTENER_ON_PUSH_REGISTERED
-uint16_t uniffi_tidings_ffi_checksum_method_eventlistener_on_push_registered(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_ACK
 #define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_ACK
 uint16_t uniffi_tidings_ffi_checksum_method_tidingsclient_ack(void
@@ -834,6 +707,18 @@ uint16_t uniffi_tidings_ffi_checksum_method_tidingsclient_ingest_push(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_NETWORK_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_NETWORK_CHANGED
 uint16_t uniffi_tidings_ffi_checksum_method_tidingsclient_network_changed(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_NEXT_EVENT
+#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_NEXT_EVENT
+uint16_t uniffi_tidings_ffi_checksum_method_tidingsclient_next_event(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_NEXT_STATE
+#define UNIFFI_FFIDEF_UNIFFI_TIDINGS_FFI_CHECKSUM_METHOD_TIDINGSCLIENT_NEXT_STATE
+uint16_t uniffi_tidings_ffi_checksum_method_tidingsclient_next_state(void
     
 );
 #endif

@@ -16,6 +16,7 @@ final class ConformanceTests: XCTestCase {
         "batching_digest",
         "auth_failure_without_storm",
         "background_foreground_resume",
+        "slow_app_backpressure",
     ]
 
     func testLiveDelivery() async throws { try await runScenario("live_delivery") }
@@ -26,6 +27,7 @@ final class ConformanceTests: XCTestCase {
     func testBatchingDigest() async throws { try await runScenario("batching_digest") }
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
+    func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
 
     func testEveryScenarioInTheFileHasATest() throws {
         let inFile = try ScenarioFile.load().scenarios.map(\.name).sorted()
@@ -99,6 +101,8 @@ struct Step: Decodable {
     let token: String?
     let batchWindowMs: UInt64?
     let backgroundGraceMs: UInt64?
+    let eventCapacity: Int?
+    let published: UInt64?
     let state: String?
     let reason: String?
     let stream: String?
@@ -124,8 +128,10 @@ struct Step: Decodable {
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
+        case published
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
+        case eventCapacity = "event_capacity"
         case idPrefix = "id_prefix"
     }
 
@@ -139,6 +145,8 @@ struct Step: Decodable {
         token = try c.decodeIfPresent(String.self, forKey: .token)
         batchWindowMs = try c.decodeIfPresent(UInt64.self, forKey: .batchWindowMs)
         backgroundGraceMs = try c.decodeIfPresent(UInt64.self, forKey: .backgroundGraceMs)
+        eventCapacity = try c.decodeIfPresent(Int.self, forKey: .eventCapacity)
+        published = try c.decodeIfPresent(UInt64.self, forKey: .published)
         state = try c.decodeIfPresent(String.self, forKey: .state)
         reason = try c.decodeIfPresent(String.self, forKey: .reason)
         stream = try c.decodeIfPresent(String.self, forKey: .stream)
@@ -194,6 +202,13 @@ final class ScenarioRunner {
 
     func names(_ v: [String]?) -> [String] { (v ?? []).map(name) }
 
+    /// `ids`, or `count` ids `<id_prefix><i>`.
+    func stepIds(_ step: Step) throws -> [String] {
+        guard let count = step.count else { return names(step.ids) }
+        let p = try required(step.idPrefix, "id_prefix")
+        return (0..<count).map { name("\(p)\($0)") }
+    }
+
     func recorder(_ step: Step) throws -> Recorder {
         guard let key = step.client, let r = clients[key] else { throw TestFailure("no client \(step.client ?? "-")") }
         return r
@@ -222,6 +237,9 @@ final class ScenarioRunner {
             config.batchWindow = TimeInterval(step.batchWindowMs ?? 0) / 1000
             if let grace = step.backgroundGraceMs {
                 config.backgroundGrace = TimeInterval(grace) / 1000
+            }
+            if let capacity = step.eventCapacity {
+                config.eventCapacity = capacity
             }
             let client = try TidingsClient(configuration: config) { _ in
                 fetches.withLock { $0 += 1 }
@@ -264,21 +282,16 @@ final class ScenarioRunner {
                         return kind == "fresh"
                     case .resumed(let replayed):
                         return kind == "resumed" && (step.replayed.map { $0 == replayed } ?? true)
-                    case .gap(let reason, let missed):
+                    case .gap(let reason, let missed, let replayed):
                         return kind == "gap" && (step.reason.map { $0 == reason.rawValue } ?? true)
                             && (step.missed.map { $0 == missed } ?? true)
+                            && (step.replayed.map { $0 == replayed } ?? true)
                     }
                 }
             }
 
         case "publish":
-            let ids: [String]
-            if let count = step.count {
-                let p = try required(step.idPrefix, "id_prefix")
-                ids = (0..<count).map { name("\(p)\($0)") }
-            } else {
-                ids = names(step.ids)
-            }
+            let ids = try stepIds(step)
             for id in ids {
                 var body: [String: Any] = [
                     "users": names(step.users), "topics": names(step.topics), "id": id, "type": "conformance",
@@ -294,10 +307,10 @@ final class ScenarioRunner {
             }
 
         case "wait_notifications":
-            try await recorder(step).waitForIds(names(step.ids))
+            try await recorder(step).waitForIds(try stepIds(step))
 
         case "assert_order":
-            let ids = names(step.ids)
+            let ids = try stepIds(step)
             let delivered = try recorder(step).deliveredIds
             var positions: [Int] = []
             for id in ids {
@@ -323,7 +336,7 @@ final class ScenarioRunner {
             }
 
         case "assert_delivered_exactly":
-            let want = names(step.ids).sorted()
+            let want = try stepIds(step).sorted()
             let got = try recorder(step).deliveredIds.sorted()
             try check(got == want, "delivered set \(got), expected \(want)")
 
@@ -383,6 +396,17 @@ final class ScenarioRunner {
             let fetches = try required(tokenFetches[key], "a connected client").current
             let want = try required(step.count, "count")
             try check(UInt64(fetches) == want, "token fetches \(fetches), expected \(want)")
+
+        case "pause_events":
+            try recorder(step).setPaused(true)
+
+        case "resume_events":
+            try recorder(step).setPaused(false)
+
+        case "assert_stopped_reading":
+            let published = try required(step.published, "published")
+            let received = try recorder(step).client.stats.notificationsReceived
+            try check(received < published, "the SDK kept reading: \(received) of \(published) received while paused")
 
         case "close":
             let key = try required(step.client, "client")

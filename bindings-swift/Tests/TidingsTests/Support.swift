@@ -123,17 +123,27 @@ final class Locked<Value>: @unchecked Sendable {
 final class Recorder: @unchecked Sendable {
     let client: TidingsClient
     private let log = Locked<[TidingsEvent]>([])
+    private let paused = Locked(false)
     private var task: Task<Void, Never>?
 
     init(_ client: TidingsClient) {
         self.client = client
         let stream = client.events
-        let log = self.log
+        let (log, paused) = (self.log, self.paused)
         task = Task {
             for await event in stream {
+                // While paused the app takes no more events (it holds this one).
+                while paused.current {
+                    try? await Task.sleep(nanoseconds: 10_000_000)
+                }
                 log.withLock { $0.append(event) }
             }
         }
+    }
+
+    /// The app stops (or resumes) taking events.
+    func setPaused(_ value: Bool) {
+        paused.withLock { $0 = value }
     }
 
     var events: [TidingsEvent] { log.current }

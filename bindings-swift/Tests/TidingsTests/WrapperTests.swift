@@ -108,7 +108,9 @@ final class WrapperTests: XCTestCase {
         return client
     }
 
-    func testEventsAreKeptForTheFirstStreamAndFannedOut() async throws {
+    /// Events wait in the core's one queue until taken (nothing is lost before the first stream starts), and each
+    /// is taken once: two streams split them, each in order (the semantics every platform documents).
+    func testEventsWaitUntilTakenAndEachIsTakenOnce() async throws {
         let server = try TestServer.fromEnvironment()
         let user = "sw-\(UUID().uuidString.prefix(8))"
         let client = try await connectedClient(server, user: user)
@@ -119,15 +121,43 @@ final class WrapperTests: XCTestCase {
         }
         try await first.wait("fresh") { r in r.events.contains(.continuity(stream: "user:\(user)", .fresh)) }
         let second = Recorder(client)
-        _ = try await server.publish(["users": [user], "id": "\(user)-n1", "type": "t", "title": "hi"])
-        try await first.waitForIds(["\(user)-n1"])
-        try await second.waitForIds(["\(user)-n1"])
-        XCTAssertFalse(second.events.contains(.stateChanged(.connected)), "a later stream starts from now")
-        await client.close()
-        // close() ends every stream.
+        let ids = (1...20).map { "\(user)-n\($0)" }
+        for id in ids {
+            _ = try await server.publish(["users": [user], "id": id, "type": "t", "title": "hi"])
+        }
+        try await first.wait("all twenty between the two streams") { r in
+            Set(r.deliveredIds).union(second.deliveredIds).count == ids.count
+        }
+        XCTAssertEqual((first.deliveredIds + second.deliveredIds).sorted(), ids.sorted(), "each once")
+        for r in [first, second] {
+            let positions = r.deliveredIds.compactMap { ids.firstIndex(of: $0) }
+            XCTAssertEqual(positions, positions.sorted(), "each stream's share in order")
+        }
+        XCTAssertFalse(second.events.contains(.stateChanged(.connected)), "taken by the first stream")
         await first.close()
         await second.close()
         XCTAssertEqual(client.state, .closed)
+    }
+
+    /// `stateChanges` reports the core's state now and its changes, and ends after `.closed`.
+    func testStateChangesFollowTheCore() async throws {
+        let server = try TestServer.fromEnvironment()
+        let user = "sw-\(UUID().uuidString.prefix(8))"
+        let client = try await connectedClient(server, user: user)
+        let seen = Locked<[ConnectionState]>([])
+        let watcher = Task {
+            for await state in client.stateChanges {
+                seen.withLock { $0.append(state) }
+            }
+        }
+        let deadline = Date().addingTimeInterval(waitTimeout)
+        while seen.current.first != .connected {
+            try check(Date() < deadline, "no first state: \(seen.current)")
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        await client.close()
+        await watcher.value
+        XCTAssertEqual(seen.current.last, .closed)
     }
 
     func testObserveCallsTheHandlerOnTheMainActor() async throws {
@@ -147,7 +177,7 @@ final class WrapperTests: XCTestCase {
                 try await Task.sleep(nanoseconds: 10_000_000)
             }
         }
-        // The handler also gets what happened before it was installed (nobody listened yet).
+        // The handler also gets what happened before it was installed (the events waited in the queue).
         try await waitFor("connected") { $0 == .stateChanged(.connected) }
         try await waitFor("fresh") { $0 == .continuity(stream: "user:\(user)", .fresh) }
         _ = try await server.publish(["users": [user], "id": "\(user)-m1", "type": "t"])

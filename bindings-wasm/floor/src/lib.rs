@@ -15,7 +15,8 @@ use tidings_core::protocol::ServerFrame;
 use tidings_core::store::encode_snapshot;
 use tidings_core::{
     Action, ConnId, ConnectionState, Engine, Event, Instant, Lifecycle, NetworkEvent, Notification, PushOutcome,
-    Snapshot, TransportFailure, engine::Config,
+    Snapshot, TransportFailure,
+    engine::{Config, Output},
 };
 
 #[global_allocator]
@@ -51,21 +52,15 @@ fn with(now: u64, f: impl FnOnce(&mut Engine, Instant) -> bool) -> u32 {
     ENGINE.with_borrow_mut(|engine| {
         let Some(e) = engine.as_mut() else { return 0 };
         let ok = f(e, Instant::from_millis(now));
-        while let Some(frame) = e.poll_transmit() {
-            out(1, frame.as_bytes());
-        }
-        while let Some(action) = e.poll_action() {
-            match action {
-                Action::Open { url, .. } => out(2, url.as_bytes()),
-                Action::Close { reason, .. } => out(3, reason.as_bytes()),
-                Action::Persist(s) => out(4, &encode_snapshot(&s)),
-                _ => out(5, b""),
-            }
-        }
-        while let Some(event) = e.poll_event() {
-            match event {
-                Event::Notification(n) => notification(6, &n),
-                Event::Digest(d) => {
+        loop {
+            match e.poll_output() {
+                Output::Transmit(frame) => out(1, frame.as_bytes()),
+                Output::Action(Action::Open { url, .. }) => out(2, url.as_bytes()),
+                Output::Action(Action::Close { reason, .. }) => out(3, reason.as_bytes()),
+                Output::Action(Action::Persist(s)) => out(4, &encode_snapshot(&s)),
+                Output::Action(_) => out(5, b""),
+                Output::Event(Event::Notification(n)) => notification(6, &n),
+                Output::Event(Event::Digest(d)) => {
                     out(7, d.group.as_bytes());
                     for id in &d.ids {
                         out(7, id.as_bytes());
@@ -73,14 +68,17 @@ fn with(now: u64, f: impl FnOnce(&mut Engine, Instant) -> bool) -> u32 {
                     notification(7, &d.first);
                     notification(7, &d.last);
                 }
-                Event::Continuity { stream, .. } => out(8, stream.as_bytes()),
-                Event::SubscriptionFailed { message, .. } => out(9, message.as_bytes()),
-                Event::State(ConnectionState::Reconnecting { reason, .. }) => out(10, reason.as_bytes()),
-                Event::State(_) | Event::PushRegistered { .. } => out(11, b""),
+                Output::Event(Event::Continuity { stream, .. }) => out(8, stream.as_bytes()),
+                Output::Event(Event::SubscriptionFailed { message, .. }) => out(9, message.as_bytes()),
+                Output::Event(Event::State(ConnectionState::Reconnecting { reason, .. })) => out(10, reason.as_bytes()),
+                Output::Event(_) => out(11, b""),
+                Output::Timeout(t) => {
+                    if let Some(t) = t {
+                        out(12, &t.as_millis().to_le_bytes());
+                    }
+                    break;
+                }
             }
-        }
-        if let Some(t) = e.poll_timeout() {
-            out(12, &t.as_millis().to_le_bytes());
         }
         out(13, &encode_snapshot(&e.snapshot()));
         ok as u32

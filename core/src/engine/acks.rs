@@ -3,7 +3,14 @@
 
 use std::collections::VecDeque;
 
-use crate::protocol::{MAX_IDS_PER_ACK, push_json_str};
+use super::Engine;
+use super::timers::Timer;
+use super::types::EngineError;
+use crate::protocol::{self, MAX_IDS_PER_ACK, push_json_str};
+use crate::time::Instant;
+
+/// Most automatic acks kept while disconnected.
+const MAX_PENDING_ACKS: usize = 4096;
 
 const PREFIX: &str = "{\"op\":\"ack\",\"ids\":[";
 
@@ -58,6 +65,57 @@ impl PendingAcks {
             self.open_count = 0;
         }
         std::mem::take(&mut self.full).into_iter()
+    }
+}
+
+impl Engine {
+    /// Acks notifications explicitly (only needed with `auto_ack` off).
+    pub fn ack(&mut self, now: Instant, ids: &[&str]) -> Result<(), EngineError> {
+        self.tick(now);
+        for id in ids {
+            protocol::validate_id(id)
+                .map_err(|e| EngineError::InvalidArgument(format!("id {} {e}", protocol::quoted(id))))?;
+        }
+        for id in ids {
+            self.push_ack(id);
+        }
+        Ok(())
+    }
+
+    /// Queues an automatic ack. Not while handling relayed input (the engine that owns the socket acks), and
+    /// never more than [`MAX_PENDING_ACKS`] waiting: the oldest are dropped (an ack is an optimisation the
+    /// server can live without; unbounded memory is not).
+    pub(super) fn queue_ack(&mut self, id: &str) {
+        if self.config.auto_ack && !self.relaying {
+            self.push_ack(id);
+        }
+    }
+
+    /// Leading-edge coalescing: the first ack after a quiet `ack_delay` goes out in the same turn as its
+    /// notification (a sparse stream gets prompt receipts and costs the client no extra wake-up, and the server
+    /// reads the ack before its next publish rather than at a random later moment); later ones wait until
+    /// `ack_delay` after the previous frame, so a busy stream still sends at most one frame per `ack_delay`.
+    fn push_ack(&mut self, id: &str) {
+        if self.pending_acks.is_empty() {
+            let quiet_until = self.last_ack_flush.map(|t| t + self.config.ack_delay);
+            self.timers.set(Timer::Ack, quiet_until.filter(|&t| t > self.now).unwrap_or(self.now));
+        }
+        self.pending_acks.push(id, MAX_PENDING_ACKS);
+    }
+
+    /// Whether pending acks should go out now: a full frame's worth, or their time came (see `push_ack`).
+    pub(super) fn acks_due(&self) -> bool {
+        !self.pending_acks.is_empty()
+            && (self.pending_acks.has_full_frame() || self.timers.get(Timer::Ack).is_none_or(|t| t <= self.now))
+    }
+
+    /// Queues every pending ack.
+    pub(super) fn flush_acks(&mut self) {
+        self.timers.stop(Timer::Ack);
+        for frame in self.pending_acks.take_frames() {
+            self.last_ack_flush = Some(self.now);
+            self.queue_text(frame);
+        }
     }
 }
 

@@ -137,8 +137,14 @@ impl Batcher {
         self.open.clone()
     }
 
-    /// Reopens saved batches; their windows restart at `now`.
-    pub(crate) fn restore(&mut self, now: Instant, batches: Vec<PendingBatch>) {
+    /// Whether no batch is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Replaces the open batches with saved ones (one per group); their windows restart at `now`.
+    pub(crate) fn replace(&mut self, now: Instant, batches: Vec<PendingBatch>) {
+        self.open.clear();
         for mut b in batches {
             if self.open.iter().any(|o| o.group == b.group) {
                 continue;

@@ -98,7 +98,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Cursor;
+    use crate::engine::{Cursor, SnapshotScope};
 
     #[test]
     fn saves_load_back_and_merge_instead_of_overwriting() {
@@ -110,11 +110,21 @@ mod tests {
         app.seen = vec!["a1".into(), "a2".into()];
         store.save(&app).unwrap();
         // Another process (the push extension) saves only the id it showed.
-        let ext = Snapshot { version: 1, seen: vec!["p1".into()], ..Default::default() };
+        let ext = Snapshot { version: 1, seen: vec!["p1".into()], scope: SnapshotScope::SeenIds, ..Default::default() };
         FileStore::new(dir.path().join("state.json")).save(&ext).unwrap();
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.cursors["user:a"].offset, 7, "the extension did not erase the app's cursor");
         assert_eq!(loaded.seen, ["a1", "a2", "p1"]);
+        assert_eq!(loaded.scope, SnapshotScope::Full);
+        // The app saves again, without the cursor (it unsubscribed): its stream state replaces the stored one,
+        // the extension's id stays.
+        let mut later = app.clone();
+        later.cursors = Default::default();
+        later.seen.push("a3".into());
+        store.save(&later).unwrap();
+        let loaded = store.load().unwrap().unwrap();
+        assert!(loaded.cursors.is_empty(), "an unsubscribed stream's cursor does not come back");
+        assert_eq!(loaded.seen, ["p1", "a1", "a2", "a3"]);
     }
 
     #[test]

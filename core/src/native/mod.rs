@@ -42,12 +42,47 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use file_store::FileStore;
 
 use crate::engine::{
-    Action, ConnId, ConnectionState, Engine, EngineError, Event, Lifecycle, NetworkEvent, PushOutcome, Stats,
+    Action, ConnId, ConnectionState, Engine, EngineError, Event, Lifecycle, NetworkEvent, Output, PushOutcome, Stats,
     TokenError, TransportFailure,
 };
 use crate::protocol::SUBPROTOCOL;
 use crate::store::{Store, StoreError};
 use crate::time::Instant;
+
+/// 64 bits from the OS's entropy source (the clock and the process id if there is none).
+fn os_seed() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+    })
+}
+
+/// Dedup for a push handler in a process that runs no [`Client`] (an iOS Notification Service Extension, an
+/// Android push service started without the app): passes `payload` through the dedup window kept in `store` — the
+/// store the app's client uses — and saves the seen ids back before returning (the handler may be killed right
+/// after). A store that cannot be read (missing, corrupt) counts as empty. Opens no connection and starts no
+/// task. See [`crate::engine::ingest_push_without_client`].
+pub fn ingest_push_with_store(
+    store: &dyn Store,
+    payload: &str,
+    dedup_capacity: usize,
+) -> Result<PushOutcome, ClientError> {
+    let notification = crate::protocol::decode_push_payload(payload).map_err(EngineError::from)?;
+    let stored = match store.load() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "push handler: stored state unreadable, starting from an empty dedup window");
+            None
+        }
+    };
+    let mut config = crate::engine::Config::new("");
+    config.dedup_capacity = dedup_capacity;
+    let now = Instant::ZERO;
+    let (outcome, seen) =
+        crate::engine::ingest_push_without_client(config, os_seed(), stored.as_ref(), now, notification)?;
+    store.save(&seen)?;
+    Ok(outcome)
+}
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -101,6 +136,9 @@ pub struct ClientConfig {
     pub max_message_size: usize,
     /// Seed for the engine's randomness; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// Certificate authorities trusted for `wss://` besides the usual public roots (Mozilla's, from
+    /// `webpki-roots`): PEM text, each holding one or more certificates — for a server behind a private CA.
+    pub extra_root_certificates: Vec<String>,
 }
 
 impl ClientConfig {
@@ -112,6 +150,7 @@ impl ClientConfig {
             read_buffer_size: 32 * 1024,
             max_message_size: 2 * crate::protocol::MAX_SERVER_FRAME_BYTES,
             seed: None,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -134,6 +173,9 @@ pub enum ClientError {
     /// Waiting for a state timed out.
     #[error("timed out waiting for the connection state")]
     Timeout,
+    /// The configuration is unusable (the message says which setting and why).
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Builds a [`Client`].
@@ -323,13 +365,8 @@ impl Client {
         store: Option<Arc<dyn Store>>,
     ) -> Result<(Client, Events), ClientError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
-        let seed = config.seed.unwrap_or_else(|| {
-            getrandom::u64().unwrap_or_else(|_| {
-                // No OS entropy (should not happen): the clock still separates clients.
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
-            })
-        });
+        let seed = config.seed.unwrap_or_else(os_seed);
+        let tls = tls_config(&config.extra_root_certificates)?;
         let mut engine_config = config.engine.clone();
         engine_config.persistence = store.is_some();
         let mut engine = Engine::new(engine_config, seed);
@@ -358,12 +395,21 @@ impl Client {
             events: events_tx,
             flow: flow.clone(),
             config,
+            tls,
             ws: None,
             out: Outputs::default(),
         };
         let task = handle.spawn(driver.run());
         let events = Events { rx: events_rx, batch: Vec::new().into_iter(), flow };
         Ok((Client { shared, task: Mutex::new(Some(task)) }, events))
+    }
+
+    /// The calls that change what the client does fail with [`ClientError::Closed`] after [`Client::close`].
+    fn open_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> Result<T, EngineError>) -> Result<T, ClientError> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
+        self.with_engine(f).map_err(Into::into)
     }
 
     fn with_engine<T>(&self, f: impl FnOnce(&mut Engine, Instant) -> T) -> T {
@@ -408,28 +454,31 @@ impl Client {
 
     /// Subscribes to `topic:<name>` (or another stream); resumes from its cursor on every reconnect.
     pub fn subscribe(&self, stream: &str) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.subscribe(now, stream)).map_err(Into::into)
+        self.open_engine(|e, now| e.subscribe(now, stream))
     }
 
     /// Unsubscribes and forgets the stream's cursor.
     pub fn unsubscribe(&self, stream: &str) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.unsubscribe(now, stream)).map_err(Into::into)
+        self.open_engine(|e, now| e.unsubscribe(now, stream))
     }
 
     /// Acks notifications (only needed with `auto_ack` off).
     pub fn ack(&self, ids: &[&str]) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.ack(now, ids)).map_err(Into::into)
+        self.open_engine(|e, now| e.ack(now, ids))
     }
 
     /// Registers this device's push address (APNs device token, FCM registration token, or Web Push
     /// subscription JSON) with the server; re-sent on every connection, kept in the store.
     pub fn register_push(&self, platform: crate::engine::PushPlatform, token: &str) -> Result<(), ClientError> {
-        self.with_engine(|e, now| e.register_push(now, platform, token)).map_err(Into::into)
+        self.open_engine(|e, now| e.register_push(now, platform, token))
     }
 
     /// Passes a push payload (APNs/FCM/Web Push) through the shared dedup window. The state is saved before
     /// this returns, so a push handler may be killed right after.
     pub fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
         let now = self.shared.clock.now();
         let (outcome, snapshot) = {
             let mut engine = self.shared.engine();
@@ -507,6 +556,8 @@ struct Driver {
     events: mpsc::UnboundedSender<Vec<Event>>,
     flow: Arc<EventFlow>,
     config: ClientConfig,
+    /// The TLS settings for `wss` when extra roots are configured (`None`: tokio-tungstenite's defaults).
+    tls: Option<Arc<rustls::ClientConfig>>,
     ws: Option<(ConnId, Ws)>,
     /// Drain buffers, kept between turns so they are not regrown every time.
     out: Outputs,
@@ -523,19 +574,21 @@ struct Outputs {
 }
 
 impl Driver {
-    /// Takes everything the engine has for the driver into `out` (whose vectors are empty).
+    /// Takes everything the engine has for the driver into `out` (whose vectors are empty), in the engine's
+    /// order ([`Engine::poll_output`]).
     fn drain(&self, out: &mut Outputs) {
         let mut engine = self.shared.engine();
-        while let Some(t) = engine.poll_transmit() {
-            out.transmits.push(t);
+        loop {
+            match engine.poll_output() {
+                Output::Transmit(t) => out.transmits.push(t),
+                Output::Action(a) => out.actions.push(a),
+                Output::Event(e) => out.events.push(e),
+                Output::Timeout(t) => {
+                    out.timeout = t;
+                    break;
+                }
+            }
         }
-        while let Some(a) = engine.poll_action() {
-            out.actions.push(a);
-        }
-        while let Some(e) = engine.poll_event() {
-            out.events.push(e);
-        }
-        out.timeout = engine.poll_timeout();
         out.finished = self.shared.shutdown.load(Ordering::SeqCst)
             && matches!(engine.state(), ConnectionState::Closed | ConnectionState::Failed { .. });
     }
@@ -568,7 +621,9 @@ impl Driver {
             for action in out.actions.drain(..) {
                 match action {
                     Action::FetchToken { force_refresh } => token_fut = Some(self.tokens.token(force_refresh)),
-                    Action::Open { conn, url } => connecting = Some((conn, Box::pin(open(url, self.ws_config())))),
+                    Action::Open { conn, url } => {
+                        connecting = Some((conn, Box::pin(open(url, self.ws_config(), self.tls.clone()))))
+                    }
                     Action::Close { conn, code, reason } => {
                         if connecting.as_ref().is_some_and(|(c, _)| *c == conn) {
                             connecting = None;
@@ -763,7 +818,50 @@ fn ensure_crypto_provider() {
     });
 }
 
-async fn open(url: String, config: WebSocketConfig) -> Result<Ws, TransportFailure> {
+/// The TLS settings for `wss` with the extra roots (`None` when there are none: tokio-tungstenite's defaults).
+fn tls_config(extra_roots: &[String]) -> Result<Option<Arc<rustls::ClientConfig>>, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    if extra_roots.is_empty() {
+        return Ok(None);
+    }
+    ensure_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for (i, pem) in extra_roots.iter().enumerate() {
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| ClientError::Config(format!("extra_root_certificates[{i}]: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Config(format!("extra_root_certificates[{i}]: not a CA certificate: {e}")))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(ClientError::Config(format!(
+                "extra_root_certificates[{i}]: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
+            )));
+        }
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 §10.2.3), as a wait from now.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+async fn open(
+    url: String,
+    config: WebSocketConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Ws, TransportFailure> {
     if url.starts_with("wss:") {
         ensure_crypto_provider();
     }
@@ -773,7 +871,8 @@ async fn open(url: String, config: WebSocketConfig) -> Result<Ws, TransportFailu
         message: format!("bad URL: {e}"),
     })?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
-    match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    match tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector).await {
         Ok((ws, response)) => {
             let selected = response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok());
             if selected != Some(SUBPROTOCOL) {
@@ -786,12 +885,7 @@ async fn open(url: String, config: WebSocketConfig) -> Result<Ws, TransportFailu
             Ok(ws)
         }
         Err(tungstenite::Error::Http(response)) => {
-            let retry_after = response
-                .headers()
-                .get("Retry-After")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = response.headers().get("Retry-After").and_then(|v| v.to_str().ok()).and_then(retry_after);
             let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
             Err(TransportFailure {
                 http_status: Some(response.status().as_u16()),

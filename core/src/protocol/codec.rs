@@ -116,19 +116,91 @@ fn stream_list(r: &mut Reader<'_>) -> Result<Option<Vec<SubscribeEntry>>, Decode
     Ok(Some(out))
 }
 
-/// Collects the members of one object. On error, returns the `op` read so far (to name the frame kind).
-fn read_members<'a>(r: &mut Reader<'a>) -> Result<Members<'a>, (DecodeError, Option<Cow<'a, str>>)> {
+/// Which side sent a frame: the members a frame has depend on its `op` and on the side.
+#[derive(Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Whether `key` is a member of the frame `op` sent by `side` (`op` itself always is). Other members are skipped
+/// unread, as unknown members are (protocol §1): a member another kind of frame has, with another type, must not
+/// make this one undecodable.
+fn has_member(side: Side, op: Option<&str>, key: &str) -> bool {
+    let members: &[&str] = match (side, op) {
+        (_, None) => &[],
+        (Side::Server, Some("notification")) => &[
+            "id",
+            "stream",
+            "offset",
+            "epoch",
+            "type",
+            "priority",
+            "persistence",
+            "title",
+            "body",
+            "data",
+            "group",
+            "created_at",
+        ],
+        (Side::Server, Some("welcome")) => {
+            &["session", "user", "device", "heartbeat_ms", "max_frame_bytes", "token_expires_in_ms"]
+        }
+        (Side::Server, Some("subscribed")) => {
+            &["ref", "stream", "epoch", "offset", "continuity", "replayed", "reason", "missed"]
+        }
+        (Side::Server, Some("unsubscribed")) => &["ref", "stream"],
+        (Side::Server, Some("token_refreshed")) => &["token_expires_in_ms"],
+        (Side::Server, Some("push_registered")) => &["ref", "platform"],
+        (Side::Server, Some("error")) => &["ref", "stream", "code", "message", "retry_after_ms"],
+        (Side::Client, Some("auth")) => &["token", "device", "client"],
+        (Side::Client, Some("subscribe" | "unsubscribe")) => &["ref", "streams"],
+        (Side::Client, Some("ack")) => &["ids"],
+        (Side::Client, Some("heartbeat")) => &["echo"],
+        (Side::Client, Some("register_push")) => &["ref", "platform", "token"],
+        _ => &[],
+    };
+    members.contains(&key)
+}
+
+/// The `op` of a JSON object, if it has one that is a string (a first pass over the members, unread).
+fn find_op(text: &str) -> Option<Cow<'_, str>> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        if key == "op" && r.peek() == Some(b'"') {
+            return r.string().ok();
+        }
+        r.raw_value().ok()?;
+    }
+    None
+}
+
+/// Collects the members of one frame: `op`, and the members the frame it names has. On error, returns the `op`
+/// read so far (to name the frame kind).
+fn read_members<'a>(text: &'a str, side: Side) -> Result<Members<'a>, (DecodeError, Option<Cow<'a, str>>)> {
     let mut m = Members::default();
-    match read_members_into(r, &mut m) {
+    let op = find_op(text);
+    match read_members_into(&mut Reader::new(text), &mut m, side, op.as_deref()) {
         Ok(()) => Ok(m),
-        Err(e) => Err((e, m.op)),
+        Err(e) => Err((e, m.op.or(op))),
     }
 }
 
-fn read_members_into<'a>(r: &mut Reader<'a>, m: &mut Members<'a>) -> Result<(), DecodeError> {
+fn read_members_into<'a>(
+    r: &mut Reader<'a>,
+    m: &mut Members<'a>,
+    side: Side,
+    op: Option<&str>,
+) -> Result<(), DecodeError> {
     r.begin_object()?;
     let mut first = true;
     while let Some(key) = r.next_key(&mut first)? {
+        if key != "op" && !has_member(side, op, &key) {
+            r.raw_value()?;
+            continue;
+        }
         member(r, m, &key).map_err(|e| DecodeError::new(format!("member `{key}`: {}", e.message())))?;
     }
     r.end()
@@ -331,7 +403,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
         .map(ServerFrame::Notification)
         .map_err(|e| DecodeError::new(format!("invalid notification frame: {}", e.message())));
     }
-    let m = read_members(&mut Reader::new(text)).map_err(|(e, op)| {
+    let m = read_members(text, Side::Server).map_err(|(e, op)| {
         let what = if op.as_deref() == Some("notification") { "notification" } else { "server" };
         DecodeError::new(format!("invalid {what} frame: {}", e.message()))
     })?;
@@ -355,6 +427,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
                     "gap" => WireContinuity::Gap {
                         reason: parse_enum(need(m.reason, "reason")?, "gap reason", GapReason::parse)?,
                         missed: m.missed,
+                        replayed: m.replayed.unwrap_or(0),
                     },
                     other => return Err(DecodeError::new(format!("unknown continuity {}", quoted(other)))),
                 };
@@ -393,7 +466,7 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
 
 /// Decodes a client frame.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
-    let m = read_members(&mut Reader::new(text))
+    let m = read_members(text, Side::Client)
         .map_err(|(e, _)| DecodeError::new(format!("invalid client frame: {}", e.message())))?;
     let frame = (|| -> Result<ClientFrame, DecodeError> {
         let op = need(m.op, "op")?;
@@ -421,6 +494,99 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         })
     })();
     frame.map_err(|e| DecodeError::new(format!("invalid client frame: {}", e.message())))
+}
+
+/// How a server answers a client frame it cannot take (protocol §6.3): the error code, whether it ends the
+/// connection, and the `ref` to answer with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameRejection {
+    /// The frame's `op`, when it names a client frame.
+    pub op: Option<&'static str>,
+    /// `protocol_error`, `unauthorized` or `bad_request`.
+    pub code: ErrorCode,
+    /// The frame's `ref`, for a request-scoped answer.
+    pub reference: Option<u64>,
+    /// Whether the connection ends (`error` then close with the code's close code); otherwise the `error` answers
+    /// the frame and the connection stays open.
+    pub fatal: bool,
+    /// For people: which member is wrong and why.
+    pub message: String,
+}
+
+/// The client frame ops, as the protocol names them.
+const CLIENT_OPS: [&str; 6] = ["auth", "subscribe", "unsubscribe", "ack", "heartbeat", "register_push"];
+
+/// Decodes a client frame the way a server takes it (protocol §6.3): what does not decode is classified. Not a JSON
+/// object, no `op`, or an unknown `op`: `protocol_error`, fatal. An `auth` whose `token` is missing or not a
+/// string: `unauthorized`, fatal (a client refreshes its token once); any other problem with an `auth`:
+/// `protocol_error`, fatal. A `subscribe`, `unsubscribe` or `register_push` with a readable `ref` whose other
+/// members are wrong (missing, of the wrong type, an unknown platform): `bad_request` answering that `ref`, and the
+/// connection stays open; without a readable `ref` it cannot be answered: `protocol_error`, fatal. An `ack` or
+/// `heartbeat` with wrong members: `bad_request` without `ref`, the connection stays open.
+pub fn decode_client_request(text: &str) -> Result<ClientFrame, FrameRejection> {
+    decode_client_frame(text).map_err(|e| classify_client_frame(text, &e))
+}
+
+/// The `op` (a string) and `ref` (an unsigned integer) of a JSON object, as far as they can be read, and whether
+/// its `token` member is a string; `None` when `text` is not a well-formed JSON object.
+fn salvage(text: &str) -> Option<(Option<String>, Option<u64>, bool)> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let (mut op, mut reference, mut token) = (None, None, false);
+    let mut first = true;
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        match &*key {
+            "op" if r.peek() == Some(b'"') => op = Some(r.string().ok()?.into_owned()),
+            "ref" if r.peek().is_some_and(|b| b.is_ascii_digit()) => reference = r.u64().ok(),
+            "token" if r.peek() == Some(b'"') => token = r.string().is_ok(),
+            _ => {
+                r.raw_value().ok()?;
+            }
+        }
+    }
+    r.end().ok()?;
+    Some((op, reference, token))
+}
+
+fn classify_client_frame(text: &str, error: &DecodeError) -> FrameRejection {
+    let detail = error.message().strip_prefix("invalid client frame: ").unwrap_or(error.message());
+    let protocol = |op, message: String| FrameRejection {
+        op,
+        code: ErrorCode::ProtocolError,
+        reference: None,
+        fatal: true,
+        message,
+    };
+    let Some((op, reference, token)) = salvage(text) else {
+        return protocol(None, format!("a frame must be one JSON object: {detail}"));
+    };
+    let Some(op_name) = op.as_deref().and_then(|o| CLIENT_OPS.iter().find(|k| **k == o).copied()) else {
+        return protocol(None, format!("not a client frame: {detail}"));
+    };
+    let message = format!("{op_name}: {detail}");
+    match op_name {
+        "auth" if !token => FrameRejection {
+            op: Some(op_name),
+            code: ErrorCode::Unauthorized,
+            reference: None,
+            fatal: true,
+            message: "auth: the token is missing (member `token`, a string)".into(),
+        },
+        "auth" => protocol(Some(op_name), message),
+        "ack" | "heartbeat" => {
+            FrameRejection { op: Some(op_name), code: ErrorCode::BadRequest, reference: None, fatal: false, message }
+        }
+        _ => match reference {
+            Some(reference) => FrameRejection {
+                op: Some(op_name),
+                code: ErrorCode::BadRequest,
+                reference: Some(reference),
+                fatal: false,
+                message,
+            },
+            None => protocol(Some(op_name), format!("{message} (and no readable `ref` to answer)")),
+        },
+    }
 }
 
 /// Decodes a bare notification envelope (no `op` needed; one is ignored).
@@ -523,8 +689,11 @@ pub fn encode_server_frame(frame: &ServerFrame) -> String {
                 WireContinuity::Resumed { replayed } => {
                     w.str("continuity", "resumed").u64("replayed", *replayed);
                 }
-                WireContinuity::Gap { reason, missed } => {
+                WireContinuity::Gap { reason, missed, replayed } => {
                     w.str("continuity", "gap").str("reason", reason.as_str()).opt_u64("missed", *missed);
+                    if *replayed > 0 {
+                        w.u64("replayed", *replayed);
+                    }
                 }
             }
         }
@@ -679,6 +848,64 @@ mod tests {
             group: group.map(Into::into),
             created_at: 1_763_808_060_123,
         })
+    }
+
+    /// Found by the `browser_decoder` fuzz target (`fuzz/corpus/browser_decoder/regression-member-of-another-frame`):
+    /// the codec typed every member it knew by name, whatever the frame, so an `unsubscribed` carrying a `group`
+    /// that is a number was refused, where unknown members must be ignored (§1) and the browser decoder ignored it.
+    #[test]
+    fn members_of_other_kinds_of_frame_are_ignored_like_unknown_ones() {
+        let frame = r#"{"op":"unsubscribed","ref":2,"stream":"topic:a","group":63,"title":5,"offset":"x"}"#;
+        assert_eq!(
+            decode_server_frame(frame),
+            Ok(ServerFrame::Unsubscribed { reference: 2, stream: "topic:a".into() })
+        );
+        let frame = r#"{"op":"heartbeat","echo":"yes","streams":7}"#;
+        assert_eq!(decode_server_frame(frame), Ok(ServerFrame::Heartbeat));
+        let client = r#"{"op":"ack","ids":["a"],"token":1,"ref":"x"}"#;
+        assert_eq!(decode_client_frame(client), Ok(ClientFrame::Ack { ids: vec!["a".into()] }));
+        // The frame's own members are still checked.
+        assert!(decode_server_frame(r#"{"op":"unsubscribed","ref":2,"stream":5}"#).is_err());
+        assert!(decode_client_frame(r#"{"op":"ack","ids":"a"}"#).is_err());
+    }
+
+    /// Defects 4 and 5 of issue 12: one rule for what a server answers and what ends the connection (§6.3).
+    #[test]
+    fn refused_client_frames_are_answered_when_they_carry_a_ref_and_fatal_otherwise() {
+        let rejected = |text: &str| decode_client_request(text).expect_err(text);
+        let answered = |text: &str, reference: Option<u64>| {
+            let r = rejected(text);
+            assert_eq!((r.code, r.reference, r.fatal), (ErrorCode::BadRequest, reference, false), "{text}: {r:?}");
+            r.message
+        };
+        let fatal = |text: &str, code: ErrorCode| {
+            let r = rejected(text);
+            assert_eq!((r.code, r.reference, r.fatal), (code, None, true), "{text}: {r:?}");
+            r.message
+        };
+        // Member errors in requests with a readable ref: answered, whatever the member's kind of problem.
+        let m = answered(r#"{"op":"register_push","ref":3,"platform":"carrier_pigeon","token":"t"}"#, Some(3));
+        assert!(m.contains("register_push") && m.contains("carrier_pigeon"), "{m}");
+        answered(r#"{"op":"subscribe","streams":5,"ref":7}"#, Some(7));
+        answered(r#"{"op":"subscribe","ref":8,"streams":[{"stream":"topic:a","epoch":"e","offset":-1}]}"#, Some(8));
+        answered(r#"{"op":"subscribe","ref":9}"#, Some(9));
+        answered(r#"{"op":"unsubscribe","ref":10,"streams":[1]}"#, Some(10));
+        answered(r#"{"op":"subscribe","ref":11,"ref":11,"streams":[]}"#, Some(11));
+        // No ref to answer: ack and heartbeat are answered without one; requests that need one are fatal.
+        answered(r#"{"op":"ack","ids":"n1"}"#, None);
+        answered(r#"{"op":"heartbeat","echo":"yes"}"#, None);
+        fatal(r#"{"op":"subscribe","streams":[]}"#, ErrorCode::ProtocolError);
+        fatal(r#"{"op":"subscribe","ref":-1,"streams":[]}"#, ErrorCode::ProtocolError);
+        // A missing or unusable token is `unauthorized` (4001: refresh once), other auth problems are fatal.
+        let m = fatal(r#"{"op":"auth","device":"d-1"}"#, ErrorCode::Unauthorized);
+        assert!(m.contains("token"), "{m}");
+        fatal(r#"{"op":"auth","token":7,"device":"d-1"}"#, ErrorCode::Unauthorized);
+        fatal(r#"{"op":"auth","token":"t"}"#, ErrorCode::ProtocolError);
+        // What cannot be attributed to a request.
+        for text in ["{", "[1]", "null", r#"{"ref":1}"#, r#"{"op":"subscribe!","ref":1}"#, r#"{"op":7,"ref":1}"#] {
+            fatal(text, ErrorCode::ProtocolError);
+        }
+        assert!(decode_client_request(r#"{"op":"heartbeat"}"#).is_ok());
     }
 
     #[test]

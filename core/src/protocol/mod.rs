@@ -519,6 +519,74 @@ pub fn validate_push_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a push registration as the protocol defines it (§2.10): the token's size and characters, and for
+/// `web_push` a complete subscription — a JSON object with an `https://` `endpoint` and `keys` holding `p256dh`
+/// (base64url of a 65-byte uncompressed P-256 point, first byte 4) and `auth` (base64url of 16 bytes). The error
+/// names the member. (The reference server also checks that `p256dh` is a point on the curve.)
+pub fn validate_push_registration(platform: PushPlatform, token: &str) -> Result<(), String> {
+    validate_push_token(token)?;
+    if platform != PushPlatform::WebPush {
+        return Ok(());
+    }
+    let members = |text: &str, names: &[&str]| -> Result<Vec<Option<String>>, String> {
+        let mut r = json::Reader::new(text);
+        let mut found = vec![None; names.len()];
+        let mut read = || -> Result<(), DecodeError> {
+            r.begin_object()?;
+            let mut first = true;
+            while let Some(key) = r.next_key(&mut first)? {
+                let value = r.raw_value()?;
+                if let Some(i) = names.iter().position(|n| *n == key) {
+                    found[i] = Some(value.to_owned());
+                }
+            }
+            r.end()
+        };
+        read().map_err(|e| format!("is not a JSON object ({})", e.message()))?;
+        Ok(found)
+    };
+    let string = |raw: Option<String>, name: &str| -> Result<String, String> {
+        let raw = raw.ok_or_else(|| format!("lacks `{name}`"))?;
+        let mut r = json::Reader::new(&raw);
+        r.string().map(std::borrow::Cow::into_owned).map_err(|_| format!("`{name}` is not a string"))
+    };
+    let hint = " (a web_push token is the PushSubscription as JSON: endpoint and keys)";
+    let with_hint = |e: String| format!("{e}{hint}");
+    let top = members(token, &["endpoint", "keys"]).map_err(with_hint)?;
+    let endpoint = string(top[0].clone(), "endpoint").map_err(with_hint)?;
+    if !endpoint.starts_with("https://") || endpoint.len() <= "https://".len() {
+        return Err(format!("`endpoint` must be an https:// URL{hint}"));
+    }
+    let keys = top[1].clone().ok_or_else(|| with_hint("lacks `keys`".into()))?;
+    let keys = members(&keys, &["p256dh", "auth"]).map_err(|e| format!("`keys` {e}{hint}"))?;
+    let p256dh = string(keys[0].clone(), "keys.p256dh").map_err(with_hint)?;
+    match base64url_decoded_len(&p256dh) {
+        Some(65) if p256dh.starts_with('B') => {}
+        _ => return Err(format!("`keys.p256dh` must be base64url of a 65-byte uncompressed P-256 point{hint}")),
+    }
+    let auth = string(keys[1].clone(), "keys.auth").map_err(with_hint)?;
+    if base64url_decoded_len(&auth) != Some(16) {
+        return Err(format!("`keys.auth` must be base64url of 16 bytes{hint}"));
+    }
+    Ok(())
+}
+
+/// How many bytes base64url text (padded or not) decodes to, or `None` when it is not base64url.
+fn base64url_decoded_len(s: &str) -> Option<usize> {
+    let body = s.trim_end_matches('=');
+    let padding = s.len() - body.len();
+    if padding > 2 || (padding > 0 && !s.len().is_multiple_of(4)) {
+        return None;
+    }
+    if !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return None;
+    }
+    match body.len() % 4 {
+        1 => None,
+        r => Some(body.len() / 4 * 3 + r.saturating_sub(1)),
+    }
+}
+
 /// One entry of a `subscribe` frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscribeEntry {
@@ -587,12 +655,16 @@ pub enum WireContinuity {
         /// How many notifications are replayed.
         replayed: u64,
     },
-    /// The position cannot be continued; nothing is replayed.
+    /// The position cannot be continued. What the stream's current epoch still holds up to the head may follow:
+    /// `replayed` notifications, offsets `offset - replayed + 1 ..= offset` (absent on the wire means 0, as from
+    /// servers that predate it).
     Gap {
         /// Why.
         reason: GapReason,
         /// How many notifications were lost, when known.
         missed: Option<u64>,
+        /// How many notifications of the current epoch follow at once.
+        replayed: u64,
     },
 }
 
@@ -892,8 +964,8 @@ use codec::NOTIFICATION_PREFIX;
 pub(crate) use codec::quoted;
 pub(crate) use codec::write_notification;
 pub use codec::{
-    decode_client_frame, decode_notification, decode_push_payload, decode_server_frame, encode_client_frame,
-    encode_notification, encode_server_frame,
+    FrameRejection, decode_client_frame, decode_client_request, decode_notification, decode_push_payload,
+    decode_server_frame, encode_client_frame, encode_notification, encode_server_frame,
 };
 pub use codec::{message_frames, push_json_str, push_json_u64, raw_elements, raw_member};
 
@@ -942,14 +1014,17 @@ mod tests {
     fn subscribed_frames_match_the_documented_examples() {
         let resumed = r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"k3v9q2","offset":45,"continuity":"resumed","replayed":4}"#;
         let gap = r#"{"op":"subscribed","ref":1,"stream":"topic:sports","epoch":"w2n5dd","offset":310,"continuity":"gap","reason":"out_of_buffer","missed":57}"#;
+        let gap_replayed = r#"{"op":"subscribed","ref":1,"stream":"user:alice","epoch":"q8m1zz","offset":12,"continuity":"gap","reason":"epoch_changed","replayed":12}"#;
         let fresh =
             r#"{"op":"subscribed","ref":1,"stream":"topic:news","epoch":"p0x7aa","offset":1200,"continuity":"fresh"}"#;
-        for text in [resumed, gap, fresh] {
+        for text in [resumed, gap, gap_replayed, fresh] {
             let frame = decode_server_frame(text).unwrap();
             assert_eq!(encode_server_frame(&frame), text);
         }
         let ServerFrame::Subscribed { continuity, .. } = decode_server_frame(gap).unwrap() else { panic!() };
-        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(57) });
+        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(57), replayed: 0 });
+        let ServerFrame::Subscribed { continuity, .. } = decode_server_frame(gap_replayed).unwrap() else { panic!() };
+        assert_eq!(continuity, WireContinuity::Gap { reason: GapReason::EpochChanged, missed: None, replayed: 12 });
     }
 
     #[test]

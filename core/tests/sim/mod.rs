@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use tidings_core::engine::{Action, Config, ConnId, Engine, Event, TokenError, TransportFailure};
+use tidings_core::engine::{Action, Config, ConnId, Engine, Event, Output, TokenError, TransportFailure};
 use tidings_core::protocol::{
     self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
     ServerFrame, WireContinuity,
@@ -38,6 +38,10 @@ pub struct SimServer {
     pub token_expires_in_ms: Option<u64>,
     /// Answer every client heartbeat (a stand-in for the server's own idle heartbeats).
     pub answer_heartbeats: bool,
+    /// Follow a `gap` with what the stream's current epoch holds (`replayed`); off: a server that predates it.
+    pub replay_on_gap: bool,
+    /// Refuse `register_push` with this request-scoped error.
+    pub refuse_push: Option<(ErrorCode, String)>,
 }
 
 impl SimServer {
@@ -54,6 +58,8 @@ impl SimServer {
             accept_tokens: None,
             token_expires_in_ms: None,
             answer_heartbeats: true,
+            replay_on_gap: false,
+            refuse_push: None,
         }
     }
 
@@ -143,22 +149,23 @@ impl SimServer {
                 }
             }
             ClientFrame::Subscribe { reference, streams } => {
+                let replay_on_gap = self.replay_on_gap;
                 for entry in streams {
                     let s = self.stream(&entry.stream);
                     let (epoch, head) = (s.epoch.clone(), s.head);
                     let oldest = s.buffer.front().and_then(|n| n.offset).unwrap_or(head + 1);
+                    // A gap may be followed by what the current epoch still holds (protocol §2.4), when the
+                    // model plays a server that does so.
+                    let held: Vec<Notification> =
+                        if replay_on_gap { s.buffer.iter().cloned().collect() } else { vec![] };
+                    let gap = |reason, missed, held: Vec<Notification>| {
+                        (WireContinuity::Gap { reason, missed, replayed: held.len() as u64 }, held)
+                    };
                     let (continuity, replay): (WireContinuity, Vec<Notification>) = match (entry.epoch, entry.offset) {
                         (None, _) | (_, None) => (WireContinuity::Fresh, vec![]),
-                        (Some(e), _) if e != epoch => {
-                            (WireContinuity::Gap { reason: GapReason::EpochChanged, missed: None }, vec![])
-                        }
-                        (_, Some(o)) if o > head => {
-                            (WireContinuity::Gap { reason: GapReason::AheadOfStream, missed: None }, vec![])
-                        }
-                        (_, Some(o)) if o + 1 < oldest => (
-                            WireContinuity::Gap { reason: GapReason::OutOfBuffer, missed: Some(oldest - o - 1) },
-                            vec![],
-                        ),
+                        (Some(e), _) if e != epoch => gap(GapReason::EpochChanged, None, held),
+                        (_, Some(o)) if o > head => gap(GapReason::AheadOfStream, None, vec![]),
+                        (_, Some(o)) if o + 1 < oldest => gap(GapReason::OutOfBuffer, Some(oldest - o - 1), held),
                         (_, Some(o)) => {
                             let items: Vec<Notification> =
                                 s.buffer.iter().filter(|n| n.offset.unwrap() > o).cloned().collect();
@@ -190,9 +197,16 @@ impl SimServer {
                 }
             }
             ClientFrame::Ack { .. } => {}
-            ClientFrame::RegisterPush { reference, platform, .. } => {
-                out.push(protocol::encode_server_frame(&ServerFrame::PushRegistered { reference, platform }));
-            }
+            ClientFrame::RegisterPush { reference, platform, .. } => match &self.refuse_push {
+                Some((code, message)) => out.push(protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+                    reference: Some(reference),
+                    stream: None,
+                    code: *code,
+                    message: message.clone(),
+                    retry_after_ms: None,
+                }))),
+                None => out.push(protocol::encode_server_frame(&ServerFrame::PushRegistered { reference, platform })),
+            },
         }
         (out, None)
     }
@@ -292,6 +306,10 @@ pub struct Harness {
     pub delivered_frames: Vec<String>,
     /// Hand frames to the engine decoded (`handle_frame`, as the browser driver does) instead of as text.
     pub decoded_input: bool,
+    /// Where `Action::Persist` snapshots go (merging on save, as the file store does).
+    pub store: tidings_core::store::MemoryStore,
+    /// How many times the app restarted.
+    pub restarts: u32,
 }
 
 impl Harness {
@@ -313,6 +331,8 @@ impl Harness {
             close_after_inbound: None,
             delivered_frames: Vec::new(),
             decoded_input: false,
+            store: tidings_core::store::MemoryStore::new(),
+            restarts: 0,
         }
     }
 
@@ -322,56 +342,30 @@ impl Harness {
         c
     }
 
-    /// Runs the engine's outputs to quiescence at the current time.
+    /// Runs the engine's outputs to quiescence at the current time: drains `poll_output` (frames to the model
+    /// server, actions answered per the policies, events logged), then hands the engine the next frame the server
+    /// sent, until nothing moves.
     pub fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut progressed = false;
-            while let Some(frame) = self.engine.poll_transmit() {
-                progressed = true;
-                if self.conn.is_some() {
-                    let (replies, close) = self.server.on_client_frame(&frame);
-                    self.inbound.extend(replies);
-                    if close.is_some() {
-                        self.close_after_inbound = close;
-                    }
-                }
-            }
-            while let Some(action) = self.engine.poll_action() {
-                progressed = true;
-                self.actions.push(action.clone());
-                match action {
-                    Action::FetchToken { force_refresh } => {
-                        self.token_fetches.push(force_refresh);
-                        match &self.token_policy {
-                            TokenPolicy::Counting => {
-                                let t = format!("token-{}", self.token_fetches.len());
-                                self.engine.handle_token(self.now, Ok(t));
+            loop {
+                match self.engine.poll_output() {
+                    Output::Transmit(frame) => {
+                        progressed = true;
+                        if self.conn.is_some() {
+                            let (replies, close) = self.server.on_client_frame(&frame);
+                            self.inbound.extend(replies);
+                            if close.is_some() {
+                                self.close_after_inbound = close;
                             }
-                            TokenPolicy::Fail(e) => self.engine.handle_token(self.now, Err(e.clone())),
-                            TokenPolicy::Manual => self.pending_token = true,
                         }
                     }
-                    Action::Open { conn, .. } => {
-                        self.opens += 1;
-                        match &self.open_policy {
-                            OpenPolicy::Accept => {
-                                self.server.disconnect();
-                                self.conn = Some(conn);
-                                self.engine.handle_transport_open(self.now, conn);
-                            }
-                            OpenPolicy::Refuse(f) => self.engine.handle_transport_failed(self.now, conn, f.clone()),
-                            OpenPolicy::Manual => self.pending_open = Some(conn),
-                        }
+                    Output::Action(action) => {
+                        progressed = true;
+                        self.act(action);
                     }
-                    Action::Close { conn, .. } => {
-                        if self.conn == Some(conn) {
-                            self.conn = None;
-                            self.server.disconnect();
-                            self.inbound.clear();
-                            self.close_after_inbound = None;
-                        }
-                    }
-                    Action::Persist(_) => {}
+                    Output::Event(e) => self.events.push(e),
+                    Output::Timeout(_) => break,
                 }
             }
             if let Some(frame) = self.inbound.pop_front() {
@@ -394,14 +388,74 @@ impl Harness {
                     self.engine.handle_transport_closed(self.now, conn, Some(code), "");
                 }
             }
-            while let Some(e) = self.engine.poll_event() {
-                self.events.push(e);
-            }
             if !progressed {
                 return;
             }
         }
         panic!("engine did not quiesce");
+    }
+
+    fn act(&mut self, action: Action) {
+        self.actions.push(action.clone());
+        match action {
+            Action::FetchToken { force_refresh } => {
+                self.token_fetches.push(force_refresh);
+                match &self.token_policy {
+                    TokenPolicy::Counting => {
+                        let t = format!("token-{}", self.token_fetches.len());
+                        self.engine.handle_token(self.now, Ok(t));
+                    }
+                    TokenPolicy::Fail(e) => self.engine.handle_token(self.now, Err(e.clone())),
+                    TokenPolicy::Manual => self.pending_token = true,
+                }
+            }
+            Action::Open { conn, .. } => {
+                self.opens += 1;
+                match &self.open_policy {
+                    OpenPolicy::Accept => {
+                        self.server.disconnect();
+                        self.conn = Some(conn);
+                        self.engine.handle_transport_open(self.now, conn);
+                    }
+                    OpenPolicy::Refuse(f) => self.engine.handle_transport_failed(self.now, conn, f.clone()),
+                    OpenPolicy::Manual => self.pending_open = Some(conn),
+                }
+            }
+            Action::Close { conn, .. } => {
+                if self.conn == Some(conn) {
+                    self.conn = None;
+                    self.server.disconnect();
+                    self.inbound.clear();
+                    self.close_after_inbound = None;
+                }
+            }
+            Action::Persist(snapshot) => {
+                tidings_core::store::Store::save(&self.store, &snapshot).expect("memory store");
+            }
+        }
+    }
+
+    /// The app closes its client (which persists) and starts again: a new engine restored from the store (which
+    /// merges like the file store), connecting at once. Subscriptions are the app's to make again.
+    pub fn restart(&mut self) {
+        self.engine.close(self.now);
+        self.pump();
+        let config = self.engine.config().clone();
+        self.restarts += 1;
+        self.engine = Engine::new(config, 42 + u64::from(self.restarts));
+        if let Some(snapshot) = tidings_core::store::Store::load(&self.store).expect("memory store") {
+            self.engine.restore(self.now, &snapshot);
+        }
+        self.engine.connect(self.now);
+        self.pump();
+    }
+
+    /// The app returns to the foreground after another process may have written the store.
+    pub fn foreground_restore(&mut self) {
+        if let Some(snapshot) = tidings_core::store::Store::load(&self.store).expect("memory store") {
+            self.engine.restore(self.now, &snapshot);
+        }
+        self.pump();
     }
 
     /// Advances simulated time by `d`, firing every timer on the way.

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tidings_core::protocol::{
-    ClientFrame, ErrorCode, ErrorFrame, MAX_IDS_PER_ACK, MAX_SERVER_FRAME_BYTES, MAX_STREAMS_PER_CONNECTION,
-    MAX_STREAMS_PER_SUBSCRIBE, PushPlatform, ServerFrame, StreamName, SubscribeEntry, decode_client_frame,
-    encode_server_frame, validate_id, validate_push_token,
+    ClientFrame, ErrorCode, ErrorFrame, FrameRejection, MAX_IDS_PER_ACK, MAX_SERVER_FRAME_BYTES,
+    MAX_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_SUBSCRIBE, PushPlatform, ServerFrame, StreamName, SubscribeEntry,
+    decode_client_request, encode_server_frame, validate_id, validate_push_token,
 };
 use tokio::time::Instant;
 
@@ -301,9 +301,10 @@ impl Session {
             self.close(Exit::retry_later(ErrorCode::RateLimited, message));
             return;
         }
-        let frame = match decode_client_frame(text) {
+        // The core classifies what it cannot decode (protocol §6.3): answered when it can be, the end otherwise.
+        let frame = match decode_client_request(text) {
             Ok(frame) => frame,
-            Err(e) => return self.close(Exit::protocol(e.message().to_owned())),
+            Err(rejection) => return self.on_rejected(now, rejection),
         };
         if self.waiting.is_some() || !self.entries.is_empty() {
             if self.deferred.len() >= MAX_DEFERRED {
@@ -395,6 +396,22 @@ impl Session {
                 break;
             }
         }
+    }
+
+    /// A client frame the core's decoder refused, classified by it (protocol §6.3): answered with a request-scoped
+    /// error when it can be, the connection's end otherwise. Before `auth`, anything but an `auth` is the protocol
+    /// error it always was.
+    fn on_rejected(&mut self, now: Instant, rejection: FrameRejection) {
+        if self.identity.is_none()
+            && let Some(op) = rejection.op.filter(|op| *op != "auth")
+        {
+            return self.close(Exit::protocol(format!("the first frame must be auth, got {op}")));
+        }
+        if rejection.fatal {
+            return self.close(Exit::error(rejection.code, rejection.message));
+        }
+        self.request_error(rejection.reference, None, rejection.code, rejection.message);
+        self.pump(now);
     }
 
     fn on_frame(&mut self, now: Instant, frame: ClientFrame) {

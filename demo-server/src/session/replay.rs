@@ -25,7 +25,7 @@ impl Decision {
         match *self {
             Decision::Fresh => WireContinuity::Fresh,
             Decision::Resume { count, .. } => WireContinuity::Resumed { replayed: count },
-            Decision::Gap { reason, missed } => WireContinuity::Gap { reason, missed },
+            Decision::Gap { reason, missed } => WireContinuity::Gap { reason, missed, replayed: 0 },
         }
     }
 }
@@ -94,17 +94,6 @@ fn held_tail(entries: Vec<crate::model::HistoryEntry>, head: u64) -> Vec<Utf8Byt
     entries.into_iter().skip(skip).map(|e| e.frame.into_utf8_bytes()).collect()
 }
 
-/// The `subscribed` frame. A gap followed by replayed notifications carries `replayed` (protocol §2.4), which the
-/// core's frame type does not have yet: it is added to the encoded frame (its last member, as in §2.4's example).
-fn encode_subscribed(frame: &ServerFrame, gap_replayed: u64) -> Utf8Bytes {
-    let mut text = encode_server_frame(frame);
-    if gap_replayed > 0 && text.ends_with('}') {
-        text.pop();
-        text.push_str(&format!(",\"replayed\":{gap_replayed}}}"));
-    }
-    Utf8Bytes::from(text)
-}
-
 /// Builds the reply to a subscribe of `stream` from `position`, given what was read: `subscribed`, then the replay —
 /// after a resume, everything after the position; after a gap, everything the server still holds of the current
 /// epoch (the client is told of the gap and still gets what survived).
@@ -124,13 +113,7 @@ pub(crate) fn reply(reference: u64, stream: &str, read: HistoryRead, position: O
             decision = Decision::Gap { reason: GapReason::OutOfBuffer, missed: None };
         }
     }
-    let subscribed = ServerFrame::Subscribed {
-        reference,
-        stream: stream.to_owned(),
-        epoch: state.epoch.to_string(),
-        offset: state.head,
-        continuity: decision.continuity(),
-    };
+    let mut continuity = decision.continuity();
     let (replay, gap_replayed): (Vec<Utf8Bytes>, u64) = match &decision {
         Decision::Resume { .. } => (entries.into_iter().map(|e| e.frame.into_utf8_bytes()).collect(), 0),
         Decision::Gap { .. } => {
@@ -140,8 +123,19 @@ pub(crate) fn reply(reference: u64, stream: &str, read: HistoryRead, position: O
         }
         Decision::Fresh => (Vec::new(), 0),
     };
+    // A gap followed by what the epoch still holds carries `replayed` (protocol §2.4).
+    if let WireContinuity::Gap { replayed, .. } = &mut continuity {
+        *replayed = gap_replayed;
+    }
+    let subscribed = ServerFrame::Subscribed {
+        reference,
+        stream: stream.to_owned(),
+        epoch: state.epoch.to_string(),
+        offset: state.head,
+        continuity,
+    };
     let replayed = replay.len() as u64;
-    let frames = std::iter::once(encode_subscribed(&subscribed, gap_replayed)).chain(replay).collect();
+    let frames = std::iter::once(Utf8Bytes::from(encode_server_frame(&subscribed))).chain(replay).collect();
     Reply { frames, replayed, filter: LiveFilter { epoch: state.epoch, after: state.head }, decision }
 }
 

@@ -13,6 +13,7 @@ import dev.tidings.ffi.Priority as FfiPriority
 import dev.tidings.ffi.PushOutcome as FfiPushOutcome
 import dev.tidings.ffi.PushPlatform as FfiPushPlatform
 import dev.tidings.ffi.SuspendReason as FfiSuspendReason
+import dev.tidings.ffi.TidingsEvent as FfiEvent
 import kotlin.time.Duration.Companion.milliseconds
 
 // Between the generated FFI types (unsigned integers, no Duration) and the public ones. Every `when` is
@@ -79,7 +80,18 @@ internal fun FfiContinuity.toPublic(): Continuity = when (this) {
             FfiGapReason.AHEAD_OF_STREAM -> GapReason.AHEAD_OF_STREAM
         },
         missed?.toLong(),
+        replayed.toLong(),
     )
+}
+
+internal fun FfiEvent.toPublic(): TidingsEvent = when (this) {
+    is FfiEvent.Notification -> TidingsEvent.Notification(notification.toPublic())
+    is FfiEvent.Digest -> TidingsEvent.Digest(digest.toPublic())
+    is FfiEvent.StateChanged -> TidingsEvent.State(state.toPublic())
+    is FfiEvent.Continuity -> TidingsEvent.Continuity(stream, continuity.toPublic())
+    is FfiEvent.SubscriptionFailed -> TidingsEvent.SubscriptionFailed(stream, code, message)
+    is FfiEvent.PushRegistered -> TidingsEvent.PushRegistered(platform.toPublic())
+    is FfiEvent.PushRegistrationFailed -> TidingsEvent.PushRegistrationFailed(platform.toPublic(), code, message)
 }
 
 internal fun FfiPushPlatform.toPublic(): PushPlatform = when (this) {

@@ -1,11 +1,5 @@
 package dev.tidings
 
-import dev.tidings.ffi.ConnectionState as FfiConnectionState
-import dev.tidings.ffi.Continuity as FfiContinuity
-import dev.tidings.ffi.Digest as FfiDigest
-import dev.tidings.ffi.EventListener
-import dev.tidings.ffi.Notification as FfiNotification
-import dev.tidings.ffi.PushPlatform as FfiPushPlatform
 import dev.tidings.ffi.TidingsClient as FfiClient
 import dev.tidings.ffi.TidingsException as FfiException
 import dev.tidings.ffi.TokenProvider
@@ -16,17 +10,9 @@ import java.util.concurrent.atomic.AtomicReference
 import kotlin.coroutines.cancellation.CancellationException
 import kotlinx.coroutines.CompletableDeferred
 import kotlinx.coroutines.NonCancellable
-import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.flow.Flow
-import kotlinx.coroutines.flow.MutableStateFlow
-import kotlinx.coroutines.flow.StateFlow
-import kotlinx.coroutines.flow.asStateFlow
-import kotlinx.coroutines.flow.combine
-import kotlinx.coroutines.flow.first
-import kotlinx.coroutines.flow.receiveAsFlow
-import kotlinx.coroutines.flow.update
+import kotlinx.coroutines.flow.flow
 import kotlinx.coroutines.withContext
-import kotlinx.coroutines.withTimeoutOrNull
 
 /**
  * A Tidings client: one WebSocket to the server with reconnection, replay, dedup, digests and acks, all done by
@@ -60,38 +46,56 @@ class TidingsClient(
     config: TidingsConfig,
     tokenProvider: suspend (forceRefresh: Boolean) -> String,
 ) {
-    private val stateFlow = MutableStateFlow<ConnectionState>(ConnectionState.Idle)
-    /** How many `Connected`, `Failed` and `Closed` states the listener has published (see [connect]). */
-    private val settledStates = MutableStateFlow(0L)
-    private val eventChannel = Channel<TidingsEvent>(Channel.UNLIMITED)
     private val closing = AtomicReference<CompletableDeferred<Unit>?>(null)
-    private val native: FfiClient = translate {
-        FfiClient(config.toFfi(), TokenAdapter(tokenProvider), Listener(stateFlow, settledStates, eventChannel))
+    private val native: FfiClient = translate { FfiClient(config.toFfi(), TokenAdapter(tokenProvider)) }
+
+    /**
+     * The connection state now, as the core has it: `Idle → Connecting → Connected → Reconnecting → …`,
+     * `Suspended` (background, offline), `Closed`, `Failed`. Once [connect] returns it shows `Connected` (or what
+     * followed it).
+     */
+    val state: ConnectionState
+        get() = call { it.state().toPublic() }
+
+    /**
+     * The connection state now and then each time it changes (the latest state each time the collector is ready;
+     * a collector that is slow skips states in between — the full log is in [events]). For a status line:
+     * `client.stateChanges.collectAsState(client.state)`. Completes after `Closed`.
+     */
+    val stateChanges: Flow<ConnectionState> = flow {
+        var current = native.state()
+        emit(current.toPublic())
+        while (current !is dev.tidings.ffi.ConnectionState.Closed) {
+            current = native.nextState(current)
+            emit(current.toPublic())
+        }
     }
 
     /**
-     * The current connection state: `Idle → Connecting → Connected → Reconnecting → …`, `Suspended`
-     * (background, offline), `Closed`, `Failed`. For a status line in the UI. Once [connect] returns it shows
-     * `Connected` (or whatever followed it).
-     */
-    val state: StateFlow<ConnectionState> = stateFlow.asStateFlow()
-
-    /**
      * Everything the client emits, in order: notifications, digests, state changes, continuity, refused
-     * subscriptions, push registrations. Nothing is lost while nobody collects: events are buffered from the
-     * moment the client is created until they are collected, so collecting with `repeatOnLifecycle` is safe.
+     * subscriptions, push registrations.
      *
-     * Each event goes to one collector: collect it in one place (or `shareIn` it). The flow completes once
-     * [close] has delivered the last event.
+     * The same on every platform (the queue is the core's): events wait in one queue of at most
+     * [TidingsConfig.eventCapacity] (default 1 024) until taken, from the moment the client is created — collecting
+     * late (e.g. with `repeatOnLifecycle`) loses nothing. Each event is taken once: collect this flow in one place
+     * (or `shareIn` it); two collectors split the events between them. While the queue is full the client stops
+     * reading from the server: nothing is dropped, the server holds what follows, and if the pause outlasts its
+     * patience it closes the connection and the client resumes from its cursor once the app takes events again.
+     * The flow completes once [close] has delivered the last event.
      */
-    val events: Flow<TidingsEvent> = eventChannel.receiveAsFlow()
+    val events: Flow<TidingsEvent> = flow {
+        while (true) {
+            val event = native.nextEvent() ?: break
+            emit(event.toPublic())
+        }
+    }
 
     /** The device id this installation authenticates with (generated on first use and kept in the store). */
     val deviceId: String
         get() = call { it.deviceId() }
 
     /**
-     * Connects, and returns once connected.
+     * Connects, and returns once connected; [state] then agrees.
      *
      * While the network is down or the server unreachable it keeps waiting; the client keeps (re)connecting in the
      * background whatever happens to this call, so cancelling it (a timeout, a closed screen) stops only the
@@ -102,29 +106,11 @@ class TidingsClient(
      * @throws TidingsException.Closed if the client is closed meanwhile.
      */
     suspend fun connect() {
-        val before = settledStates.value
-        val failure: TidingsException? = try {
+        try {
             native.connect()
-            null
         } catch (e: FfiException) {
-            e.toPublic()
-        } catch (e: IllegalStateException) {
-            val mapped = closedOr(e)
-            if (mapped !is TidingsException) throw mapped
-            mapped
+            throw e.toPublic()
         }
-        // The core has settled (connected, failed or closed); its state event reaches [state] on the callback
-        // thread a moment later. Wait for it, so that `state.value` agrees with what this call reports. Bounded: a
-        // listener that saw the state before this call started publishes nothing new.
-        val expected: (ConnectionState) -> Boolean = when (failure) {
-            null -> { s -> s is ConnectionState.Connected }
-            is TidingsException.ConnectionFailed -> { s -> s is ConnectionState.Failed }
-            else -> { s -> s is ConnectionState.Failed || s is ConnectionState.Closed }
-        }
-        withTimeoutOrNull(STATE_CATCH_UP_MS) {
-            combine(settledStates, stateFlow) { n, s -> n > before || expected(s) }.first { it }
-        }
-        if (failure != null) throw failure
     }
 
     /** Subscribes to a stream (`topic:<name>`), resumed from its cursor on every reconnect. */
@@ -181,8 +167,10 @@ class TidingsClient(
     fun stats(): ClientStats = call { it.stats().toPublic() }
 
     /**
-     * Closes the connection, saves the state, delivers the remaining events (the last is the `Closed` state),
-     * completes [events] and releases the native client. Calling it again, or concurrently, waits for the same
+     * Closes the connection and saves the state. [events] delivers what is still queued (the last is the `Closed`
+     * state) and completes; the calls that change what it does (subscribe, ingestPush, …) then throw
+     * [TidingsException.Closed]. The native client is released
+     * when this object is garbage-collected. Calling it again, or concurrently, waits for the same
      * close. Completes even if the calling coroutine is cancelled meanwhile.
      */
     suspend fun close() {
@@ -195,8 +183,6 @@ class TidingsClient(
             try {
                 native.shutdown()
             } finally {
-                eventChannel.close()
-                native.destroy()
                 mine.complete(Unit)
             }
         }
@@ -206,22 +192,10 @@ class TidingsClient(
         block(native)
     } catch (e: FfiException) {
         throw e.toPublic()
-    } catch (e: IllegalStateException) {
-        throw closedOr(e)
     }
 
-    private inline fun lifecycleCall(block: (FfiClient) -> Unit) {
-        try {
-            block(native)
-        } catch (e: IllegalStateException) {
-            // Only "already destroyed" after close() is expected here; lifecycle reports after close are moot.
-            if (!native.uniffiIsDestroyed) throw e
-        }
-    }
-
-    /** After [close] the native object is gone and the generated code throws IllegalStateException. */
-    private fun closedOr(e: IllegalStateException): Exception =
-        if (native.uniffiIsDestroyed) TidingsException.Closed(e) else e
+    /** Lifecycle and network reports after [close] are moot: the core ignores them. */
+    private inline fun lifecycleCall(block: (FfiClient) -> Unit) = block(native)
 
     companion object {
         /** The version of the Tidings core this library wraps. */
@@ -249,52 +223,10 @@ class TidingsClient(
     }
 }
 
-/** How long [TidingsClient.connect] waits for [TidingsClient.state] to show what the core reported. */
-private const val STATE_CATCH_UP_MS = 5_000L
-
 private inline fun <T> translate(block: () -> T): T = try {
     block()
 } catch (e: FfiException) {
     throw e.toPublic()
-}
-
-/**
- * Hands the core's callbacks (one at a time, in order, on a Tidings thread) to the state flow and the event
- * channel. Never blocks: the channel is unbounded.
- */
-private class Listener(
-    private val state: MutableStateFlow<ConnectionState>,
-    private val settled: MutableStateFlow<Long>,
-    private val events: Channel<TidingsEvent>,
-) : EventListener {
-    override fun onNotification(notification: FfiNotification) {
-        events.trySend(TidingsEvent.Notification(notification.toPublic()))
-    }
-
-    override fun onDigest(digest: FfiDigest) {
-        events.trySend(TidingsEvent.Digest(digest.toPublic()))
-    }
-
-    override fun onStateChanged(state: FfiConnectionState) {
-        val public = state.toPublic()
-        this.state.value = public
-        if (public is ConnectionState.Connected || public is ConnectionState.Failed || public is ConnectionState.Closed) {
-            settled.update { it + 1 }
-        }
-        events.trySend(TidingsEvent.State(public))
-    }
-
-    override fun onContinuity(stream: String, continuity: FfiContinuity) {
-        events.trySend(TidingsEvent.Continuity(stream, continuity.toPublic()))
-    }
-
-    override fun onSubscriptionFailed(stream: String, code: String, message: String) {
-        events.trySend(TidingsEvent.SubscriptionFailed(stream, code, message))
-    }
-
-    override fun onPushRegistered(platform: FfiPushPlatform) {
-        events.trySend(TidingsEvent.PushRegistered(platform.toPublic()))
-    }
 }
 
 /** Adapts the app's token lambda to the core's token provider, mapping failures to its error kinds. */

@@ -51,6 +51,18 @@ class TidingsConfig(
     /** Subscribe to the signed-in user's own stream (`user:<id>`) automatically. */
     var subscribeUserStream: Boolean = defaults.subscribeUserStream
 
+    /**
+     * How many events wait for the app before the client stops reading from the server (see
+     * [TidingsClient.events]). At least 1.
+     */
+    var eventCapacity: Int = defaults.eventCapacity.toInt()
+
+    /**
+     * Certificate authorities trusted for `wss://` besides the public roots, as PEM text (a private CA, a test
+     * server). Android's user-installed CAs are not consulted.
+     */
+    var extraRootCertificates: List<String> = defaults.extraRootCertificates
+
     internal fun toFfi(): ClientConfig = ClientConfig(
         url = url,
         storePath = storePath,
@@ -62,12 +74,15 @@ class TidingsConfig(
         dedupCapacity = count("dedupCapacity", dedupCapacity),
         backgroundGraceMs = millis("backgroundGrace", backgroundGrace),
         subscribeUserStream = subscribeUserStream,
+        eventCapacity = count("eventCapacity", eventCapacity),
+        extraRootCertificates = extraRootCertificates,
     )
 
     override fun toString(): String =
         "TidingsConfig(url=$url, storePath=$storePath, deviceId=$deviceId, backoffBase=$backoffBase, " +
             "backoffCap=$backoffCap, batchWindow=$batchWindow, batchMaxItems=$batchMaxItems, " +
-            "dedupCapacity=$dedupCapacity, backgroundGrace=$backgroundGrace, subscribeUserStream=$subscribeUserStream)"
+            "dedupCapacity=$dedupCapacity, backgroundGrace=$backgroundGrace, subscribeUserStream=$subscribeUserStream, " +
+            "eventCapacity=$eventCapacity, extraRootCertificates=${extraRootCertificates.size})"
 
     private fun millis(name: String, value: Duration): ULong {
         if (value.isNegative()) throw TidingsException.InvalidArgument("$name must not be negative, got $value")

@@ -1,6 +1,9 @@
 package dev.tidings
 
-/** Everything a [TidingsClient] emits, in order, on [TidingsClient.events]. */
+/**
+ * Everything a [TidingsClient] emits, in order, on [TidingsClient.events]: one bounded queue, each event taken once
+ * (see [TidingsClient.events]).
+ */
 sealed class TidingsEvent {
     /**
      * A notification, seen for the first time on any path (socket, replay or push: each id reaches the app
@@ -11,7 +14,7 @@ sealed class TidingsEvent {
     /** Several informational notifications of one group ("5 new likes"); every id in it is acked. */
     data class Digest(val digest: dev.tidings.Digest) : TidingsEvent()
 
-    /** The connection state changed; [TidingsClient.state] holds the latest one. */
+    /** The connection state changed; [TidingsClient.state] is the latest one. */
     data class State(val state: ConnectionState) : TidingsEvent()
 
     /**
@@ -25,4 +28,11 @@ sealed class TidingsEvent {
 
     /** The server stored this device's push address (after [TidingsClient.registerPushToken], and on reconnects). */
     data class PushRegistered(val platform: PushPlatform) : TidingsEvent()
+
+    /**
+     * The server refused this device's push address. With [code] `bad_request` the address is invalid (the
+     * [message] names the member): the client forgets it and does not send it again; register a valid one. Other
+     * codes (`try_again_later`): it is sent again on the next connection.
+     */
+    data class PushRegistrationFailed(val platform: PushPlatform, val code: String, val message: String) : TidingsEvent()
 }

@@ -143,9 +143,9 @@ sealed class Continuity {
 
     /**
      * Notifications were lost ([missed] of them, when known): treat your view of the stream as stale and refetch
-     * it from your API.
+     * it from your API. The [replayed] notifications the server still held follow this event (each delivered once).
      */
-    data class Gap(val reason: GapReason, val missed: Long?) : Continuity()
+    data class Gap(val reason: GapReason, val missed: Long?, val replayed: Long = 0) : Continuity()
 }
 
 /** A push service. */

@@ -52,6 +52,8 @@ class ConformanceTest {
 
     @Test fun background_foreground_resume() = runScenario("background_foreground_resume")
 
+    @Test fun slow_app_backpressure() = runScenario("slow_app_backpressure")
+
     @Test
     fun every_scenario_in_the_file_has_a_test() {
         val inFile = scenarios().map { it.str("name") }.sorted()
@@ -121,6 +123,10 @@ private class ScenarioRunner(
 
     private fun names(step: Map<String, Any?>, key: String) = step.strings(key).map(::name)
 
+    /** `ids`, or `count` ids `<id_prefix><i>`. */
+    private fun ids(step: Map<String, Any?>): List<String> =
+        step.longOrNull("count")?.let { n -> (0 until n).map { name("${step.str("id_prefix")}$it") } } ?: names(step, "ids")
+
     private fun client(step: Map<String, Any?>): RunnerClient {
         val key = step.str("client")
         return clients[key] ?: fail("no client $key")
@@ -145,7 +151,7 @@ private class ScenarioRunner(
                         if (reason != null) assertEquals(reason, failed.reason.name.lowercase(), "connect() failure reason")
                     }
                 } else {
-                    val s = c.recorder.client.state.value
+                    val s = c.recorder.client.state
                     assertTrue(matches(s), "state is $s, expected $want${reason?.let { "($it)" } ?: ""}")
                 }
             }
@@ -163,19 +169,20 @@ private class ScenarioRunner(
                             is Continuity.Resumed -> kind == "resumed" && (replayed == null || c.replayed == replayed)
                             is Continuity.Gap -> kind == "gap" &&
                                 (reason == null || c.reason.name.lowercase() == reason) &&
-                                (missed == null || c.missed == missed)
+                                (missed == null || c.missed == missed) &&
+                                (replayed == null || c.replayed == replayed)
                         }
                     }
                 }
             }
             "publish" -> publish(step)
             "wait_notifications" -> {
-                val ids = names(step, "ids")
+                val ids = ids(step)
                 val r = client(step).recorder
                 r.until("ids $ids") { ids.all { id -> id in r.deliveredIds() } }
             }
             "assert_order" -> {
-                val ids = names(step, "ids")
+                val ids = ids(step)
                 val delivered = client(step).recorder.deliveredIds()
                 val positions = ids.map { id -> delivered.indexOf(id).also { if (it < 0) fail("$id was not delivered; delivered: $delivered") } }
                 assertEquals(positions.sorted(), positions, "order of $ids in $delivered")
@@ -190,7 +197,7 @@ private class ScenarioRunner(
                 step.longOrNull("offset")?.let { assertEquals(it, n.offset, "offset of $id") }
             }
             "assert_delivered_exactly" -> {
-                val want = names(step, "ids").sorted()
+                val want = ids(step).sorted()
                 val got = client(step).recorder.deliveredIds().sorted()
                 assertEquals(want, got, "the delivered ids (each exactly once)")
             }
@@ -238,6 +245,13 @@ private class ScenarioRunner(
                 assertEquals(step.long("count"), client(step).recorder.client.stats().connectionAttempts, "connection attempts")
             "assert_token_fetches" ->
                 assertEquals(step.long("count"), client(step).tokenFetches.get().toLong(), "token provider calls")
+            "pause_events" -> client(step).recorder.paused.value = true
+            "resume_events" -> client(step).recorder.paused.value = false
+            "assert_stopped_reading" -> {
+                val published = step.long("published")
+                val received = client(step).recorder.client.stats().notificationsReceived
+                assertTrue(received < published, "the SDK kept reading: $received of $published received while paused")
+            }
             "close" -> {
                 val key = step.str("client")
                 val c = clients.remove(key) ?: fail("no client $key")
@@ -261,6 +275,7 @@ private class ScenarioRunner(
             backoffCap = 500.milliseconds
             batchWindow = (step.longOrNull("batch_window_ms") ?: 0L).milliseconds
             step.longOrNull("background_grace_ms")?.let { backgroundGrace = it.milliseconds }
+            step.longOrNull("event_capacity")?.let { eventCapacity = it.toInt() }
         }
         val client = TidingsClient(config) { _ ->
             fetches.incrementAndGet()
@@ -272,8 +287,7 @@ private class ScenarioRunner(
     }
 
     private suspend fun publish(step: Map<String, Any?>) {
-        val ids = step.longOrNull("count")?.let { n -> (0 until n).map { name("${step.str("id_prefix")}$it") } } ?: names(step, "ids")
-        for (id in ids) {
+        for (id in ids(step)) {
             val body = linkedMapOf<String, Any?>(
                 "users" to names(step, "users"),
                 "topics" to names(step, "topics"),

@@ -22,9 +22,15 @@ const val WAIT_MS = 20_000L
 class Recorder(val client: TidingsClient, scope: CoroutineScope) {
     private val logFlow = MutableStateFlow<List<TidingsEvent>>(emptyList())
 
+    /** While true the app takes no more events (the collector holds the one it has). */
+    val paused = MutableStateFlow(false)
+
     /** Collects the events flow until it completes (after close). */
     val collector: Job = scope.launch(start = CoroutineStart.UNDISPATCHED) {
-        client.events.collect { event -> logFlow.update { it + event } }
+        client.events.collect { event ->
+            paused.first { !it }
+            logFlow.update { it + event }
+        }
     }
 
     val log: List<TidingsEvent> get() = logFlow.value
@@ -32,13 +38,13 @@ class Recorder(val client: TidingsClient, scope: CoroutineScope) {
     /** Waits until [pred] holds for the event log. */
     suspend fun until(what: String, pred: (List<TidingsEvent>) -> Boolean) {
         withTimeoutOrNull(WAIT_MS) { logFlow.first(pred) }
-            ?: fail("timed out after ${WAIT_MS / 1000} s waiting for $what; state ${client.state.value}; events:\n${describeLog()}")
+            ?: fail("timed out after ${WAIT_MS / 1000} s waiting for $what; state ${client.state}; events:\n${describeLog()}")
     }
 
     /** Waits until [TidingsClient.state] satisfies [pred]. */
     suspend fun waitState(what: String, pred: (ConnectionState) -> Boolean): ConnectionState =
-        withTimeoutOrNull(WAIT_MS) { client.state.first(pred) }
-            ?: fail("timed out after ${WAIT_MS / 1000} s waiting for state $what; state ${client.state.value}; events:\n${describeLog()}")
+        withTimeoutOrNull(WAIT_MS) { client.stateChanges.first(pred) }
+            ?: fail("timed out after ${WAIT_MS / 1000} s waiting for state $what; state ${client.state}; events:\n${describeLog()}")
 
     /** Notifications delivered on their own, in order. */
     fun notifications(): List<Notification> = log.filterIsInstance<TidingsEvent.Notification>().map { it.notification }
@@ -56,7 +62,7 @@ class Recorder(val client: TidingsClient, scope: CoroutineScope) {
     suspend fun close() {
         client.close()
         withTimeoutOrNull(5_000) { collector.join() } ?: fail("the events flow did not complete within 5 s of close()")
-        assertIs<ConnectionState.Closed>(client.state.value, "state after close()")
+        assertIs<ConnectionState.Closed>(client.state, "state after close()")
         val last = log.lastOrNull()
         assertIs<TidingsEvent.State>(last, "the last event after close()")
         assertIs<ConnectionState.Closed>(last.state, "the last state event after close()")
