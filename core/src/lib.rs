@@ -32,8 +32,8 @@ pub mod native;
 
 pub use engine::{
     Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
-    Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Snapshot,
-    SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
+    Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Reconnects,
+    Rtt, Snapshot, SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
 };
 pub use protocol::{GapReason, Notification, Persistence, Priority};
 pub use time::Instant;

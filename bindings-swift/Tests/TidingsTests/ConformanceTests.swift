@@ -14,6 +14,7 @@ final class ConformanceTests: XCTestCase {
         "dedup_push_then_socket",
         "dedup_socket_then_push",
         "batching_digest",
+        "client_stats",
         "auth_failure_without_storm",
         "background_foreground_resume",
         "slow_app_backpressure",
@@ -25,6 +26,7 @@ final class ConformanceTests: XCTestCase {
     func testDedupPushThenSocket() async throws { try await runScenario("dedup_push_then_socket") }
     func testDedupSocketThenPush() async throws { try await runScenario("dedup_socket_then_push") }
     func testBatchingDigest() async throws { try await runScenario("batching_digest") }
+    func testClientStats() async throws { try await runScenario("client_stats") }
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
     func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
@@ -122,13 +124,17 @@ struct Step: Decodable {
     let ms: UInt64?
     let first: String?
     let last: String?
+    /// `assert_stats`: stat name → exact value, and stat name → lower bound.
+    let equals: [String: UInt64]?
+    let atLeast: [String: UInt64]?
     /// The step as JSON text (filled in by `ScenarioFile.load`).
     var raw = ""
 
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published
+        case published, equals
+        case atLeast = "at_least"
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
         case eventCapacity = "event_capacity"
@@ -143,6 +149,8 @@ struct Step: Decodable {
         users = try c.decodeIfPresent([String].self, forKey: .users)
         topics = try c.decodeIfPresent([String].self, forKey: .topics)
         token = try c.decodeIfPresent(String.self, forKey: .token)
+        equals = try c.decodeIfPresent([String: UInt64].self, forKey: .equals)
+        atLeast = try c.decodeIfPresent([String: UInt64].self, forKey: .atLeast)
         batchWindowMs = try c.decodeIfPresent(UInt64.self, forKey: .batchWindowMs)
         backgroundGraceMs = try c.decodeIfPresent(UInt64.self, forKey: .backgroundGraceMs)
         eventCapacity = try c.decodeIfPresent(Int.self, forKey: .eventCapacity)
@@ -390,6 +398,24 @@ final class ScenarioRunner {
             let attempts = try recorder(step).client.stats.connectionAttempts
             let want = try required(step.count, "count")
             try check(attempts == want, "connection attempts \(attempts), expected \(want)")
+
+        case "assert_stats":
+            let s = try recorder(step).client.stats
+            var stats: [String: UInt64] = [
+                "duplicates_dropped": s.duplicatesDropped, "duplicates_socket": s.duplicatesSocket,
+                "duplicates_replay": s.duplicatesReplay, "duplicates_push": s.duplicatesPush, "digests": s.digests,
+                "digested": s.digested, "gaps": s.gaps, "fresh": s.fresh, "resumed": s.resumed,
+                "replays": s.replays, "replayed": s.replayed, "replay_max": s.replayMax, "rtt_samples": s.rttSamples,
+            ]
+            for (reason, n) in s.reconnects { stats["reconnects.\(reason)"] = n }
+            for (name, want) in step.equals ?? [:] {
+                let got = try required(stats[name], "stat \(name)")
+                try check(got == want, "stat \(name) is \(got), expected \(want) (\(s))")
+            }
+            for (name, least) in step.atLeast ?? [:] {
+                let got = try required(stats[name], "stat \(name)")
+                try check(got >= least, "stat \(name) is \(got), expected at least \(least) (\(s))")
+            }
 
         case "assert_token_fetches":
             let key = try required(step.client, "client")

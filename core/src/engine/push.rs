@@ -44,6 +44,7 @@ impl Engine {
             PushOutcome::Show(n)
         } else {
             self.stats.duplicates_dropped += 1;
+            self.stats.duplicates_push += 1;
             PushOutcome::Duplicate { id: n.id().to_owned() }
         };
         self.request_persist(now);
