@@ -589,8 +589,6 @@ async fn kill_9_under_load_loses_and_duplicates_nothing_acknowledged_on_sqlite()
 /// With the memory store a restart loses everything before it (a new epoch: clients are told of the gap), but
 /// nothing acknowledged after it: the gap is followed by everything the new epoch holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the client side of a gap followed by `replayed` notifications (issue 12): the client in this \
-            branch drops them as stale; run with --ignored once it is merged"]
 async fn kill_9_with_the_memory_store_skips_nothing_acknowledged_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let after = |run: &KillRun| -> HashSet<u64> {
