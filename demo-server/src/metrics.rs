@@ -13,11 +13,12 @@
 //! through [`WsMetrics`], the store through [`StoreMetrics`] (handed to it with
 //! [`StreamStore::observe`](crate::store::StreamStore::observe)), the push path through [`PushMetrics`] (the
 //! [`Dispatcher`](crate::push::Dispatcher) records every send; the planner's outcomes go through
-//! [`PushMetrics::planner_outcome`]), queues through [`QueueProbe`], and a Redis broker through
-//! [`Metrics::redis`] (registered the first time it is asked for, so a server without Redis exposes none of it).
+//! [`PushMetrics::planner_outcome`]), and queues through [`QueueProbe`] (a queue is exported once something asked
+//! for its probe, so a server never shows a queue nothing feeds). Redis metrics (pub/sub lag, probe failures) come
+//! with the Redis broker (issue 15).
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -151,8 +152,6 @@ pub enum Queue {
     Push,
     /// Pushes waiting for a retry.
     PushRetry,
-    /// Inbox writes waiting for their commit.
-    Inbox,
 }
 
 impl Queue {
@@ -162,11 +161,10 @@ impl Queue {
             Queue::StoreWriter => "store_writer",
             Queue::Push => "push",
             Queue::PushRetry => "push_retry",
-            Queue::Inbox => "inbox",
         }
     }
 
-    const ALL: [Queue; 4] = [Queue::StoreWriter, Queue::Push, Queue::PushRetry, Queue::Inbox];
+    const ALL: [Queue; 3] = [Queue::StoreWriter, Queue::Push, Queue::PushRetry];
 }
 
 // ---- label sets ----
@@ -323,6 +321,8 @@ pub struct QueueProbe(Arc<QueueState>);
 
 #[derive(Debug, Default)]
 struct QueueState {
+    /// Something feeds this queue (its probe was handed out by [`Metrics::queue`]): it is exported.
+    fed: AtomicBool,
     depth: AtomicI64,
     /// Microseconds since [`epoch`] of the oldest item waiting or being worked on, +1 (0: none).
     oldest: AtomicU64,
@@ -515,17 +515,6 @@ impl PushMetrics {
     }
 }
 
-/// What a Redis broker reports (issue 15): pub/sub lag and failed end-to-end probes.
-#[derive(Clone, Debug)]
-pub struct RedisMetrics {
-    /// Seconds from publish to the publication coming back through pub/sub.
-    pub pubsub_lag_seconds: Histogram,
-    /// End-to-end probes (publish to a node channel, expect it back) that failed or timed out.
-    pub probe_failures: Counter,
-    /// Pub/sub reconnections.
-    pub reconnects: Counter,
-}
-
 /// The server's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -549,8 +538,7 @@ pub struct Metrics {
     /// The push path's metrics.
     pub push: PushMetrics,
     store: Mutex<Option<StoreMetrics>>,
-    queues: [QueueProbe; 4],
-    redis: OnceLock<RedisMetrics>,
+    queues: [QueueProbe; 3],
 }
 
 impl fmt::Debug for Metrics {
@@ -608,7 +596,6 @@ impl Metrics {
             push: PushMetrics::new(),
             store: Mutex::new(None),
             queues: Default::default(),
-            redis: OnceLock::new(),
             registry: Mutex::new(Registry::default()),
         };
         let info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
@@ -794,52 +781,23 @@ impl Metrics {
         metrics
     }
 
-    /// The probe of `queue`.
+    /// The probe of `queue`, which is exported from now on.
     pub fn queue(&self, queue: Queue) -> QueueProbe {
         let i = Queue::ALL.iter().position(|q| *q == queue).unwrap_or(0);
+        self.queues[i].0.fed.store(true, Ordering::Relaxed);
         self.queues[i].clone()
-    }
-
-    /// The Redis broker's metrics, registered at the first call (a server without Redis exposes none of them).
-    pub fn redis(&self) -> RedisMetrics {
-        self.redis
-            .get_or_init(|| {
-                let metrics = RedisMetrics {
-                    pubsub_lag_seconds: duration_histogram(),
-                    probe_failures: Counter::default(),
-                    reconnects: Counter::default(),
-                };
-                let mut registry = self.lock();
-                registry.register(
-                    "tidings_redis_pubsub_lag_seconds",
-                    "Publish to the publication coming back through Redis pub/sub",
-                    metrics.pubsub_lag_seconds.clone(),
-                );
-                registry.register(
-                    "tidings_redis_probe_failures",
-                    "End-to-end Redis pub/sub probes that failed or timed out",
-                    metrics.probe_failures.clone(),
-                );
-                registry.register(
-                    "tidings_redis_reconnects",
-                    "Redis pub/sub reconnections",
-                    metrics.reconnects.clone(),
-                );
-                metrics
-            })
-            .clone()
     }
 }
 
 /// Exports the queue probes at each scrape (ages are computed then).
 #[derive(Debug)]
-struct QueueCollector([QueueProbe; 4]);
+struct QueueCollector([QueueProbe; 3]);
 
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let depth = Family::<[(&'static str, &'static str); 1], Gauge>::default();
         let age = Family::<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>::default();
-        for (queue, probe) in Queue::ALL.iter().zip(&self.0) {
+        for (queue, probe) in Queue::ALL.iter().zip(&self.0).filter(|(_, p)| p.0.fed.load(Ordering::Relaxed)) {
             let label = [("queue", queue.as_str())];
             depth.get_or_create(&label).set(probe.depth() as i64);
             age.get_or_create(&label).set(probe.oldest_age().as_secs_f64());
