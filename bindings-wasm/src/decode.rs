@@ -14,10 +14,14 @@
 //! accepted it, where the native codec refuses it.
 
 use tidings_core::engine::PendingBatch;
+use tidings_core::protocol::api::{
+    self, ApiError, Channel, PreferenceRule, Preferences, QuietHours, QuietHoursSettings, QuietRange, Selector,
+};
 use tidings_core::protocol::{
     DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
     PushPlatform, RawJson, ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
 };
+use tidings_core::protocol::{PushPayload, PushSummary, SummaryKind};
 use tidings_core::{Cursor, Instant, PushRegistration, Snapshot, SnapshotScope};
 
 /// A JSON value as the platform's parser gives it: `JSON.parse` output in the browser ([`wasm_bindgen::JsValue`]),
@@ -38,6 +42,8 @@ pub trait Json: Sized {
     fn as_string(&self) -> Option<String>;
     /// The number, if this is one (a double, as in JavaScript).
     fn as_f64(&self) -> Option<f64>;
+    /// The boolean, if this is one.
+    fn as_bool(&self) -> Option<bool>;
     /// The elements of an array.
     fn elements(&self) -> Vec<Self>;
     /// The member names of an object, in order.
@@ -65,6 +71,9 @@ impl Json for wasm_bindgen::JsValue {
     }
     fn as_f64(&self) -> Option<f64> {
         wasm_bindgen::JsValue::as_f64(self)
+    }
+    fn as_bool(&self) -> Option<bool> {
+        wasm_bindgen::JsValue::as_bool(self)
     }
     fn elements(&self) -> Vec<Self> {
         use wasm_bindgen::JsCast;
@@ -104,6 +113,9 @@ impl Json for serde_json::Value {
     }
     fn as_f64(&self) -> Option<f64> {
         serde_json::Value::as_f64(self)
+    }
+    fn as_bool(&self) -> Option<bool> {
+        serde_json::Value::as_bool(self)
     }
     fn elements(&self) -> Vec<Self> {
         self.as_array().cloned().unwrap_or_default()
@@ -351,13 +363,8 @@ pub fn frame<V: Json>(text: &str) -> R<ServerFrame> {
     f.done(frame).map_err(|e| context(prefix, e))
 }
 
-/// A push payload: the envelope, or an object whose `tidings` member is the envelope (as an object or as JSON
-/// text). The engine checks it against the protocol's limits.
-pub(crate) fn push_payload(payload: &str) -> R<Notification> {
-    push_payload_with::<wasm_bindgen::JsValue>(payload)
-}
-
-/// [`push_payload`], parsed with `V`'s parser.
+/// A push payload's envelope (bare, or the `tidings` member as an object or as JSON text), parsed with `V`'s
+/// parser. The engine checks it against the protocol's limits.
 pub fn push_payload_with<V: Json>(payload: &str) -> R<Notification> {
     let outer = parse::<V>(payload).map_err(|e| context("push payload: ", e))?;
     let inner_text;
@@ -374,6 +381,193 @@ pub fn push_payload_with<V: Json>(payload: &str) -> R<Notification> {
     let mut f = f.map_err(|e| context("push payload: invalid envelope: ", e))?;
     let n = f.notification(source);
     f.done(n).map_err(|e| context("push payload: invalid envelope: ", e))
+}
+
+/// A push payload in any of its forms (protocol §11.1): the envelope (bare or under `tidings`), `tidings_fetch`
+/// or `tidings_summary` — each value an object or its JSON text — as the core's `decode_push` reads them.
+pub(crate) fn push(payload: &str) -> R<PushPayload> {
+    push_with::<wasm_bindgen::JsValue>(payload)
+}
+
+/// [`push`], parsed with `V`'s parser.
+pub fn push_with<V: Json>(payload: &str) -> R<PushPayload> {
+    let outer = parse::<V>(payload).map_err(|e| context("push payload: ", e))?;
+    // A member's object: the value itself, or the JSON text it holds.
+    let inner = |v: V| -> R<Fields<V>> {
+        match v.as_string() {
+            Some(text) => parse(&text),
+            None => Fields::new(v),
+        }
+    };
+    if let Some(v) = outer.get("tidings_fetch") {
+        let mut f = inner(v).map_err(|e| context("push payload: invalid tidings_fetch: ", e))?;
+        let id = f.str("id");
+        let title = f.opt_str("title");
+        let (id, title) = f.done((id, title)).map_err(|e| context("push payload: invalid tidings_fetch: ", e))?;
+        tidings_core::protocol::validate_id(&id)
+            .map_err(|e| context("push payload: invalid tidings_fetch: id: ", DecodeError::new(e)))?;
+        return Ok(PushPayload::Fetch { id, title });
+    }
+    if let Some(v) = outer.get("tidings_summary") {
+        let mut f = inner(v).map_err(|e| context("push payload: invalid tidings_summary: ", e))?;
+        let kind = f.name("kind", SummaryKind::parse, SummaryKind::Digest);
+        let ids = f.strings("ids");
+        let count = f.opt_u64("count").unwrap_or(ids.len() as u64);
+        let summary = PushSummary { kind, group: f.opt_str("group"), count, ids, title: f.opt_str("title") };
+        let summary = f.done(summary).map_err(|e| context("push payload: invalid tidings_summary: ", e))?;
+        summary.validate().map_err(|e| context("push payload: invalid tidings_summary: ", e))?;
+        return Ok(PushPayload::Summary(summary));
+    }
+    push_payload_with::<V>(payload).map(PushPayload::Full)
+}
+
+/// The error a non-2xx answer carries (`{"error":{"code","message","retry_after_ms"}}`), classified by the core.
+pub fn api_error_with<V: Json>(status: u16, body: &str) -> ApiError {
+    let (mut code, mut message, mut retry) = (String::new(), String::new(), None);
+    if let Ok(outer) = parse::<V>(body)
+        && let Some(v) = outer.get("error")
+        && let Ok(mut e) = Fields::new(v)
+    {
+        code = e.opt_str("code").unwrap_or_default();
+        message = e.opt_str("message").unwrap_or_default();
+        retry = e.opt_u64("retry_after_ms");
+    }
+    api::classify(status, code, message, retry)
+}
+
+fn api_ok<V: Json>(status: u16, body: &str) -> Result<(), ApiError> {
+    if (200..300).contains(&status) { Ok(()) } else { Err(api_error_with::<V>(status, body)) }
+}
+
+fn malformed(e: DecodeError) -> ApiError {
+    ApiError::Malformed(e.message().to_owned())
+}
+
+/// One preference rule (`{"type"|"topic","channel","enabled"}`).
+fn rule<V: Json>(v: V) -> R<PreferenceRule> {
+    let mut f = Fields::new(v)?;
+    let selector = match (f.opt_str("type"), f.opt_str("topic")) {
+        (Some(t), _) => Selector::Type(t),
+        (None, Some(t)) => Selector::Topic(t),
+        (None, None) => {
+            f.fail("a rule needs", "type");
+            Selector::Type(String::new())
+        }
+    };
+    let channel = f.name("channel", Channel::parse, Channel::Push);
+    let enabled = match f.need("enabled").map(|v| v.as_bool()) {
+        Some(Some(b)) => b,
+        Some(None) => {
+            f.fail("expected a boolean in member", "enabled");
+            false
+        }
+        None => false,
+    };
+    f.done(PreferenceRule { selector, channel, enabled })
+}
+
+/// A list of rules as an app gives them (`[{…}]`, or `{"rules":[…]}`).
+pub fn rules_with<V: Json>(text: &str) -> R<Vec<PreferenceRule>> {
+    let v = V::parse(text).ok_or_else(|| DecodeError::new("not valid JSON"))?;
+    let list = if v.is_array() {
+        v
+    } else {
+        let f = Fields::new(v)?;
+        f.get("rules").ok_or_else(|| error("missing member", "rules"))?
+    };
+    if !list.is_array() {
+        return Err(error("expected an array in member", "rules"));
+    }
+    list.elements().into_iter().map(rule).collect()
+}
+
+/// The answer to the preferences requests.
+pub fn api_preferences_with<V: Json>(status: u16, body: &str) -> Result<Preferences, ApiError> {
+    api_ok::<V>(status, body)?;
+    let mut f = parse::<V>(body).map_err(malformed)?;
+    let rules = match f.get("rules") {
+        Some(list) if list.is_array() => {
+            list.elements().into_iter().map(rule).collect::<R<Vec<_>>>().map_err(malformed)?
+        }
+        _ => {
+            f.fail("expected an array in member", "rules");
+            Vec::new()
+        }
+    };
+    let p = Preferences {
+        rules,
+        version: f.opt_u64("version").unwrap_or(0),
+        updated_at: f.opt_u64("updated_at").unwrap_or(0),
+    };
+    f.done(p).map_err(malformed)
+}
+
+/// Quiet hours as an app or the server gives them (`{"time_zone","ranges":[{"day","start","end"}]}`).
+fn quiet<V: Json>(v: V) -> R<QuietHours> {
+    let mut f = Fields::new(v)?;
+    // The server writes `time_zone`; JavaScript apps `timeZone`.
+    let time_zone = if f.get("timeZone").is_some() { f.str("timeZone") } else { f.str("time_zone") };
+    let mut ranges = Vec::new();
+    match f.need("ranges") {
+        Some(list) if list.is_array() => {
+            for r in list.elements() {
+                let mut r = Fields::new(r)?;
+                let range = QuietRange { day: r.str("day"), start: r.str("start"), end: r.str("end") };
+                ranges.push(r.done(range)?);
+            }
+        }
+        Some(_) => f.fail("expected an array in member", "ranges"),
+        None => {}
+    }
+    f.done(QuietHours { time_zone, ranges })
+}
+
+/// Quiet hours given by an app (JSON text; `null` for none).
+pub fn quiet_hours_with<V: Json>(text: &str) -> R<Option<QuietHours>> {
+    let v = V::parse(text).ok_or_else(|| DecodeError::new("not valid JSON"))?;
+    if v.is_null() { Ok(None) } else { quiet(v).map(Some) }
+}
+
+/// The answer to the quiet-hours requests.
+pub fn api_quiet_hours_with<V: Json>(status: u16, body: &str) -> Result<QuietHoursSettings, ApiError> {
+    api_ok::<V>(status, body)?;
+    let mut f = parse::<V>(body).map_err(malformed)?;
+    let quiet_hours = match f.get("quiet_hours").or_else(|| f.get("quietHours")) {
+        Some(v) => Some(quiet(v).map_err(malformed)?),
+        None => None,
+    };
+    let s = QuietHoursSettings {
+        quiet_hours,
+        version: f.opt_u64("version").unwrap_or(0),
+        updated_at: f.opt_u64("updated_at").unwrap_or(0),
+    };
+    f.done(s).map_err(malformed)
+}
+
+/// The answer to the fetch of notification `id`.
+pub fn api_notification_with<V: Json>(status: u16, body: &str, id: &str) -> Result<Notification, ApiError> {
+    api_ok::<V>(status, body)?;
+    let mut f = parse::<V>(body).map_err(malformed)?;
+    let n = f.notification(body);
+    let n = f.done(n).map_err(malformed)?;
+    n.validate().map_err(malformed)?;
+    if n.id() != id {
+        return Err(ApiError::Malformed(format!("asked for notification {id}, got {}", n.id())));
+    }
+    Ok(n)
+}
+
+/// The body of an acks call as a service worker gives it: `{"device":"…","ids":["…"]}`.
+pub fn acks_with<V: Json>(text: &str) -> R<(String, Vec<String>)> {
+    let mut f = parse::<V>(text)?;
+    let device = f.str("device");
+    let ids = f.strings("ids");
+    f.done((device, ids))
+}
+
+/// The answer to the acks request.
+pub fn api_acks_with<V: Json>(status: u16, body: &str) -> Result<(), ApiError> {
+    api_ok::<V>(status, body)
 }
 
 /// A stored snapshot (the JSON `encode_snapshot` writes).

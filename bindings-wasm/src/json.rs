@@ -1,6 +1,7 @@
 //! The JSON the binding hands to its JavaScript wrapper: application events, connection states, push outcomes.
 //! Written by hand (the core's codec writes the notification envelopes) so that no serializer is linked in.
 
+use tidings_core::protocol::api::{ApiError, ApiRequest, Preferences, QuietHoursSettings, Selector};
 use tidings_core::protocol::{encode_notification, push_json_str as push_str, push_json_u64 as push_u64};
 use tidings_core::{ConnectionState, Continuity, Digest, Event, PushOutcome};
 
@@ -141,12 +142,104 @@ pub(crate) fn digest(d: &Digest) -> String {
         .end()
 }
 
-/// `{"show":true,"notification":{…}}` or `{"show":false,"id":"…"}`.
+/// `{"show":true,"notification":{…}}`, `{"show":false,"id":"…"}`, `{"show":false,"fetch":{"id","title"},
+/// "request":{…}}` (fetch the notification, then complete), `{"show":true,"summary":{…}}` or
+/// `{"show":true,"titleOnly":{"id","title","reason"}}`.
 pub(crate) fn push_outcome(o: &PushOutcome) -> Obj {
+    let opt = |o: Obj, key: &str, v: &Option<String>| match v {
+        Some(v) => o.str(key, v),
+        None => o,
+    };
     match o {
         PushOutcome::Show(n) => Obj::new().bool("show", true).raw("notification", &encode_notification(n)),
         PushOutcome::Duplicate { id } => Obj::new().bool("show", false).str("id", id),
+        PushOutcome::Fetch { id, title } => {
+            let fetch = opt(Obj::new().str("id", id), "title", title).end();
+            let request = request(&tidings_core::protocol::api::fetch_notification(id));
+            Obj::new().bool("show", false).raw("fetch", &fetch).raw("request", &request)
+        }
+        PushOutcome::Summary(s) => {
+            let mut summary = Obj::new().str("kind", s.kind.as_str());
+            summary = opt(summary, "group", &s.group).num("count", s.count).strs("ids", &s.ids);
+            let summary = opt(summary, "title", &s.title).end();
+            Obj::new().bool("show", true).str("id", &s.ids[0]).raw("summary", &summary)
+        }
+        PushOutcome::ShowTitle { id, title, reason } => {
+            let t = opt(Obj::new().str("id", id), "title", title).str("reason", reason).end();
+            Obj::new().bool("show", true).str("id", id).raw("titleOnly", &t)
+        }
     }
+}
+
+/// `{"method":…,"path":…,"body":…}` (`body` absent without one).
+pub(crate) fn request(r: &ApiRequest) -> String {
+    let o = Obj::new().str("method", r.method).str("path", &r.path);
+    match &r.body {
+        Some(b) => o.str("body", b).end(),
+        None => o.end(),
+    }
+}
+
+/// `{"rules":[…],"version":…,"updatedAt":…}`.
+pub(crate) fn preferences(p: &Preferences) -> String {
+    let mut rules = String::from("[");
+    for (i, r) in p.rules.iter().enumerate() {
+        if i > 0 {
+            rules.push(',');
+        }
+        let o = match &r.selector {
+            Selector::Type(t) => Obj::new().str("type", t),
+            Selector::Topic(t) => Obj::new().str("topic", t),
+        };
+        rules.push_str(&o.str("channel", r.channel.as_str()).bool("enabled", r.enabled).end());
+    }
+    rules.push(']');
+    Obj::new().raw("rules", &rules).num("version", p.version).num("updatedAt", p.updated_at).end()
+}
+
+/// `{"quietHours":{"timeZone":…,"ranges":[…]}|null,"version":…,"updatedAt":…}`.
+pub(crate) fn quiet_hours(q: &QuietHoursSettings) -> String {
+    let quiet = match &q.quiet_hours {
+        None => "null".to_owned(),
+        Some(q) => {
+            let mut ranges = String::from("[");
+            for (i, r) in q.ranges.iter().enumerate() {
+                if i > 0 {
+                    ranges.push(',');
+                }
+                ranges.push_str(&Obj::new().str("day", &r.day).str("start", &r.start).str("end", &r.end).end());
+            }
+            ranges.push(']');
+            Obj::new().str("timeZone", &q.time_zone).raw("ranges", &ranges).end()
+        }
+    };
+    Obj::new().raw("quietHours", &quiet).num("version", q.version).num("updatedAt", q.updated_at).end()
+}
+
+/// An API failure as `{"error":{"kind","status","code","message","retryAfterMs"}}`.
+pub(crate) fn api_error(e: &ApiError) -> String {
+    let inner = match e {
+        ApiError::Unauthorized { code, message } => {
+            Obj::new().str("kind", "unauthorized").num("status", 401).str("code", code).str("message", message)
+        }
+        ApiError::Refused { status, code, message } => Obj::new()
+            .str("kind", "refused")
+            .num("status", u64::from(*status))
+            .str("code", code)
+            .str("message", message),
+        ApiError::Unavailable { status, message, retry_after_ms } => {
+            let mut o = Obj::new().str("kind", "unavailable").str("message", message);
+            if let Some(s) = status {
+                o = o.num("status", u64::from(*s));
+            }
+            if let Some(ms) = retry_after_ms {
+                o = o.num("retryAfterMs", *ms);
+            }
+            o
+        }
+        ApiError::Malformed(m) => Obj::new().str("kind", "malformed").str("message", m),
+    };
+    Obj::new().raw("error", &inner.end()).end()
 }
 
 #[cfg(test)]

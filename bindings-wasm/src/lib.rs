@@ -525,13 +525,25 @@ impl Core {
         Ok(())
     }
 
-    /// A push payload (Web Push, or relayed by another tab): `{"show":true,"notification":{…}}` or
-    /// `{"show":false,"id":"…"}`.
+    /// A push payload (Web Push, or relayed by another tab), any form of protocol §11.1: the outcome as
+    /// `json::push_outcome` writes it. A `fetch` outcome carries the request to send; its answer goes to
+    /// [`Core::complete_push_fetch`].
     #[wasm_bindgen(js_name = ingestPush)]
     pub fn ingest_push(&self, payload: JsValue) -> Result<JsValue, JsError> {
-        let n = decode::push_payload(&text(&payload)).map_err(decode_err)?;
-        let outcome = self.run(|e, now| e.ingest_push_notification(now, n)).map_err(js_err)?;
+        let p = decode::push(&text(&payload)).map_err(decode_err)?;
+        let outcome = self.run(|e, now| e.ingest_push_payload(now, p)).map_err(js_err)?;
         Ok(json::push_outcome(&outcome).end().into())
+    }
+
+    /// The answer to the fetch a `fetch` outcome asked for (`status` 0: no answer, `body` says why): the
+    /// final outcome.
+    #[wasm_bindgen(js_name = completePushFetch)]
+    pub fn complete_push_fetch(&self, id: JsValue, title: JsValue, status: u16, body: JsValue) -> JsValue {
+        let (id, body) = (text(&id), text(&body));
+        let fetched = fetched(&id, status, &body);
+        let title = title.as_string();
+        let outcome = self.run(|e, now| e.complete_push_fetch(now, &id, title, fetched));
+        json::push_outcome(&outcome).end().into()
     }
 
     /// Registers this device's push address (`web_push`: the subscription JSON).
@@ -624,19 +636,117 @@ impl Core {
     }
 }
 
+/// What a fetch answered (`status` 0: it failed, `body` says why).
+fn fetched(id: &str, status: u16, body: &str) -> Result<tidings_core::Notification, String> {
+    if status == 0 {
+        return Err(body.to_owned());
+    }
+    decode::api_notification_with::<JsValue>(status, body, id).map_err(|e| e.to_string())
+}
+
+fn stored_snapshot(snapshot: &JsValue) -> Result<Option<tidings_core::Snapshot>, JsError> {
+    let snapshot = text(snapshot);
+    if snapshot.is_empty() { Ok(None) } else { decode::snapshot(&snapshot).map(Some).map_err(decode_err) }
+}
+
+/// The outcome of the push path without a page, with the snapshot to store, the ids to ack and the stored
+/// device id (for `POST /v1/me/acks`).
+fn push_through_json(outcome: &tidings_core::PushOutcome, seen: &tidings_core::Snapshot) -> JsValue {
+    let ids: Vec<String> = outcome.ids().into_iter().map(str::to_owned).collect();
+    let mut o = json::push_outcome(outcome).raw("snapshot", &snapshot_text(seen)).strs("ack", &ids);
+    if let Some(device) = &seen.device_id {
+        o = o.str("device", device);
+    }
+    o.end().into()
+}
+
 /// The push path without a page (a service worker): the core's `ingest_push_without_client`, seeded from
-/// `crypto.getRandomValues`. Takes the stored snapshot (may be empty) and the payload; returns
-/// `{"show":…,"notification"|"id":…,"snapshot":{…}}`, where the snapshot carries only the seen ids
-/// (`"scope":"seen_ids"`): store it with `mergeSnapshots(it, stored)` so the pages' cursors and batches stay.
+/// `crypto.getRandomValues`. Takes the stored snapshot (may be empty) and the payload; returns the outcome (as
+/// [`Core::ingest_push`]) with `"snapshot":{…}`, which carries only the seen ids (`"scope":"seen_ids"`): store it
+/// with `mergeSnapshots(it, stored)` so the pages' cursors and batches stay. `ack` lists the ids to ack and
+/// `device` the device they are acked for (when the store has one). A `fetch` outcome is completed with
+/// [`complete_push_through`].
 #[wasm_bindgen(js_name = pushThrough)]
 pub fn push_through(snapshot: JsValue, payload: JsValue) -> Result<JsValue, JsError> {
-    let snapshot = text(&snapshot);
-    let stored = if snapshot.is_empty() { None } else { Some(decode::snapshot(&snapshot).map_err(decode_err)?) };
-    let n = decode::push_payload(&text(&payload)).map_err(decode_err)?;
+    let stored = stored_snapshot(&snapshot)?;
+    let p = decode::push(&text(&payload)).map_err(decode_err)?;
     let (outcome, seen) =
-        tidings_core::engine::ingest_push_without_client(Config::new(""), seed(), stored.as_ref(), now(), n)
+        tidings_core::engine::ingest_push_without_client(Config::new(""), seed(), stored.as_ref(), now(), p)
             .map_err(js_err)?;
-    Ok(json::push_outcome(&outcome).raw("snapshot", &snapshot_text(&seen)).end().into())
+    Ok(push_through_json(&outcome, &seen))
+}
+
+/// The answer to a `fetch` outcome of [`push_through`] (`status` 0: no answer): the final outcome, as
+/// [`push_through`] writes it, against the snapshot stored now.
+#[wasm_bindgen(js_name = completePushThrough)]
+pub fn complete_push_through(
+    snapshot: JsValue,
+    id: JsValue,
+    title: JsValue,
+    status: u16,
+    body: JsValue,
+) -> Result<JsValue, JsError> {
+    let stored = stored_snapshot(&snapshot)?;
+    let id = text(&id);
+    let fetched = fetched(&id, status, &text(&body));
+    let (outcome, seen) = tidings_core::engine::complete_push_fetch_without_client(
+        Config::new(""),
+        seed(),
+        stored.as_ref(),
+        now(),
+        &id,
+        title.as_string(),
+        fetched,
+    );
+    Ok(push_through_json(&outcome, &seen))
+}
+
+/// The HTTP base URL of the server whose WebSocket URL is `url` (`ws://h/v1/ws` → `http://h`).
+#[wasm_bindgen(js_name = apiBase)]
+pub fn api_base(url: JsValue) -> JsValue {
+    tidings_core::protocol::api::api_base(&text(&url)).map(JsValue::from).unwrap_or(JsValue::NULL)
+}
+
+/// The request of an HTTP API call (protocol §9.5, §9.6) as `{"method","path","body"}`: `kind` is
+/// `preferences`, `setPreferences` / `updatePreferences` (`arg`: the rules, JSON), `quietHours`,
+/// `setQuietHours` (`arg`: the quiet hours or `null`, JSON), or `acks` (`arg`: `{"device","ids"}`).
+#[wasm_bindgen(js_name = apiRequest)]
+pub fn api_request(kind: JsValue, arg: JsValue) -> Result<JsValue, JsError> {
+    use tidings_core::protocol::api;
+    let arg = text(&arg);
+    let request = match text(&kind).as_str() {
+        "preferences" => api::get_preferences(),
+        "setPreferences" => api::replace_preferences(&decode::rules_with::<JsValue>(&arg).map_err(decode_err)?),
+        "updatePreferences" => api::update_preferences(&decode::rules_with::<JsValue>(&arg).map_err(decode_err)?),
+        "quietHours" => api::get_quiet_hours(),
+        "setQuietHours" => {
+            api::set_quiet_hours(decode::quiet_hours_with::<JsValue>(&arg).map_err(decode_err)?.as_ref())
+        }
+        "acks" => {
+            let (device, ids) = decode::acks_with::<JsValue>(&arg).map_err(decode_err)?;
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            api::post_acks(&device, &ids)
+        }
+        other => return Err(JsError::new(&format!("unknown API call {other:?}"))),
+    };
+    Ok(json::request(&request).into())
+}
+
+/// The answer to an [`api_request`] of `kind`: the result as JSON (`preferences`: `{"rules","version",
+/// "updatedAt"}`; `quietHours`: `{"quietHours","version","updatedAt"}`; `acks`: `{}`), or `{"error":{…}}`.
+#[wasm_bindgen(js_name = apiResponse)]
+pub fn api_response(kind: JsValue, status: u16, body: JsValue) -> JsValue {
+    let body = text(&body);
+    let result = match text(&kind).as_str() {
+        "preferences" | "setPreferences" | "updatePreferences" => {
+            decode::api_preferences_with::<JsValue>(status, &body).map(|p| json::preferences(&p))
+        }
+        "quietHours" | "setQuietHours" => {
+            decode::api_quiet_hours_with::<JsValue>(status, &body).map(|q| json::quiet_hours(&q))
+        }
+        _ => decode::api_acks_with::<JsValue>(status, &body).map(|()| "{}".to_owned()),
+    };
+    result.unwrap_or_else(|e| json::api_error(&e)).into()
 }
 
 /// Merges two stored snapshots (JSON; either may be empty): `ours`, about to be stored, over `theirs`, what the

@@ -1058,3 +1058,61 @@ fn stats_count_reconnects_by_reason_round_trips_replays_digests_and_duplicates_p
     let by_reason: Vec<(&str, u64)> = s.reconnects.by_reason().into_iter().filter(|(_, n)| *n > 0).collect();
     assert_eq!(by_reason, [("connection_lost", 1), ("server_closed", 1)]);
 }
+
+/// Issue 14: the lightweight form asks the driver to fetch; the fetched notification is shown once (and a
+/// fetch that fails shows the title, once); a summary marks its ids seen so their socket copies are not shown.
+#[test]
+fn lightweight_and_summary_pushes_are_resolved_and_deduplicated_with_the_socket() {
+    use tidings_core::protocol::{PushSummary, SummaryKind};
+    let mut h = connected("alice");
+    h.take_events();
+    // Lightweight: fetch, then the fetched envelope.
+    let frame = h.server.publish("user:alice", "big1", Priority::Important, None);
+    let light = r#"{"aps":{"alert":{"title":"A long one"}},"tidings_fetch":{"id":"big1","title":"A long one"}}"#;
+    assert_eq!(
+        h.engine.ingest_push(h.now, light).unwrap(),
+        PushOutcome::Fetch { id: "big1".into(), title: Some("A long one".into()) }
+    );
+    let fetched = tidings_core::protocol::decode_push_payload(&h.server.push_payload("user:alice", "big1")).unwrap();
+    let shown = h.engine.complete_push_fetch(h.now, "big1", Some("A long one".into()), Ok(fetched.clone()));
+    assert_eq!(shown, PushOutcome::Show(fetched));
+    h.deliver(frame);
+    assert!(h.notification_ids().is_empty(), "the socket copy of a fetched push is suppressed");
+    assert_eq!(
+        h.engine.ingest_push(h.now, light).unwrap(),
+        PushOutcome::Duplicate { id: "big1".into() },
+        "seen: no second fetch"
+    );
+    // A fetch that fails shows the title, and the id counts as seen.
+    let light2 = r#"{"tidings_fetch":"{\"id\":\"big2\",\"title\":\"Another\"}"}"#;
+    assert!(matches!(h.engine.ingest_push(h.now, light2).unwrap(), PushOutcome::Fetch { .. }));
+    let fallback = h.engine.complete_push_fetch(h.now, "big2", Some("Another".into()), Err("timed out".into()));
+    assert_eq!(
+        fallback,
+        PushOutcome::ShowTitle { id: "big2".into(), title: Some("Another".into()), reason: "timed out".into() }
+    );
+    let wrong = h.engine.complete_push_fetch(h.now, "big2", None, Err("again".into()));
+    assert_eq!(wrong, PushOutcome::Duplicate { id: "big2".into() });
+    // A summary: shown while something in it is new; its ids are seen afterwards.
+    let frame_d1 = h.server.publish("user:alice", "d1", Priority::Informational, Some("likes"));
+    let summary =
+        r#"{"tidings_summary":{"kind":"digest","group":"likes","count":2,"ids":["d2","d1"],"title":"Ann liked it"}}"#;
+    let want = PushSummary {
+        kind: SummaryKind::Digest,
+        group: Some("likes".into()),
+        count: 2,
+        ids: vec!["d2".into(), "d1".into()],
+        title: Some("Ann liked it".into()),
+    };
+    assert_eq!(h.engine.ingest_push(h.now, summary).unwrap(), PushOutcome::Summary(want));
+    h.deliver(frame_d1);
+    h.advance(Duration::from_secs(10));
+    assert!(h.notification_ids().is_empty(), "what the summary stood for is not shown again");
+    assert_eq!(h.engine.ingest_push(h.now, summary).unwrap(), PushOutcome::Duplicate { id: "d2".into() });
+    // Everything shown from a push is acked to the server.
+    h.advance(Duration::from_secs(2));
+    let acked = h.server.acked();
+    for id in ["big1", "big2", "d1", "d2"] {
+        assert!(acked.iter().any(|a| a == id), "{id} acked: {acked:?}");
+    }
+}

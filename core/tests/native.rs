@@ -149,7 +149,7 @@ async fn push_dedup_survives_a_restart_through_the_file_store() {
             .store(Arc::new(FileStore::new(&path)))
             .connect()
             .unwrap();
-        assert!(matches!(client.ingest_push(payload).unwrap(), PushOutcome::Show(_)));
+        assert!(matches!(client.ingest_push(payload).await.unwrap(), PushOutcome::Show(_)));
         // Killed right after the push handler returned: no close, the state is already on disk.
         drop(client);
     }
@@ -158,7 +158,7 @@ async fn push_dedup_survives_a_restart_through_the_file_store() {
         .store(Arc::new(FileStore::new(&path)))
         .connect()
         .unwrap();
-    assert_eq!(client.ingest_push(payload).unwrap(), PushOutcome::Duplicate { id: "p1".into() });
+    assert_eq!(client.ingest_push(payload).await.unwrap(), PushOutcome::Duplicate { id: "p1".into() });
     client.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await.unwrap();
     // The socket copy is suppressed too; a new one gets through.
     push.send(note("p1", 1)).unwrap();

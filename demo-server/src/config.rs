@@ -3,7 +3,46 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+/// The wall clock push delivery reads (ms since the Unix epoch): quiet hours are wall-clock rules, and pending
+/// pushes outlive a process. Tests shift it ([`WallClock::shifted`]) to stand at the edge of a quiet period.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    /// The system clock.
+    pub fn system() -> Self {
+        WallClock(Arc::new(crate::util::now_ms))
+    }
+
+    /// The system clock plus whatever `offset_ms` holds when read.
+    pub fn shifted(offset_ms: Arc<AtomicI64>) -> Self {
+        WallClock(Arc::new(move || {
+            let now = crate::util::now_ms() as i64;
+            u64::try_from(now.saturating_add(offset_ms.load(Ordering::SeqCst))).unwrap_or(0)
+        }))
+    }
+
+    /// Now, in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock::system()
+    }
+}
+
+impl fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WallClock({})", self.now_ms())
+    }
+}
 
 /// JWT secret used by `--demo` and [`ServerConfig::demo`]. Never use it in production.
 pub const DEMO_JWT_SECRET: &str = "tidings-dev-secret";
@@ -13,6 +52,11 @@ pub const DEMO_API_KEY: &str = "tidings-dev-key";
 pub const TEST_JWT_SECRET: &str = "tidings-test-secret-0123456789abcdef";
 /// API key of [`ServerConfig::for_tests`].
 pub const TEST_API_KEY: &str = "tidings-test-key";
+
+/// The longest `push_after` (operator default or per publish): a day.
+pub const MAX_PUSH_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// The longest digest window: a day.
+pub const MAX_DIGEST_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The default data directory of the SQLite store: `tidings-data` in the working directory.
 pub const DEFAULT_DATA_DIR: &str = "tidings-data";
@@ -152,9 +196,21 @@ pub struct ServerConfig {
     /// private half is [`crate::push::PushConfig::vapid_private_key`]. `None`: the endpoint answers
     /// `404 not_configured`.
     pub vapid_public_key: Option<String>,
-    /// Push providers (Web Push signing key, APNs, FCM), checked at startup. The server does not send pushes yet
-    /// (issue 14, phase 2).
+    /// Push providers (Web Push signing key, APNs, FCM), checked at startup. Devices whose provider is not
+    /// configured are not pushed to.
     pub push: crate::push::PushConfig,
+    /// The operator's push defaults: how long an `important` notification waits for an ack before it is pushed
+    /// to a user with a live session, and the digest window of `informational` ones. Publishers override
+    /// `push_after` per publish.
+    pub push_policy: crate::planner::Policy,
+    /// How the push senders retry (attempts per send, backoff, the longest `Retry-After` waited for in place;
+    /// longer ones reschedule the push).
+    pub push_retry: crate::push::RetryPolicy,
+    /// A push that the provider keeps answering "try again later" is given up after this many rescheduled
+    /// attempts.
+    pub push_max_reschedules: u32,
+    /// The clock push delivery reads.
+    pub clock: WallClock,
 }
 
 impl ServerConfig {
@@ -203,6 +259,10 @@ impl ServerConfig {
             web_root: None,
             vapid_public_key: None,
             push: crate::push::PushConfig::default(),
+            push_policy: crate::planner::Policy::default(),
+            push_retry: crate::push::RetryPolicy::default(),
+            push_max_reschedules: 10,
+            clock: WallClock::system(),
         }
     }
 
@@ -257,6 +317,12 @@ impl ServerConfig {
             crate::webpush::check_p256_public_key(key).map_err(|e| format!("the VAPID public key {e}"))?;
         }
         self.push.load(self.vapid_public_key.as_deref())?;
+        if self.push_policy.push_after > MAX_PUSH_AFTER {
+            return Err(format!("push_after must be at most {} s", MAX_PUSH_AFTER.as_secs()));
+        }
+        if self.push_policy.digest_window.is_zero() || self.push_policy.digest_window > MAX_DIGEST_WINDOW {
+            return Err(format!("the digest window must be 1 ms to {} s", MAX_DIGEST_WINDOW.as_secs()));
+        }
         Ok(())
     }
 }
@@ -302,6 +368,10 @@ impl fmt::Debug for ServerConfig {
             .field("web_root", &self.web_root)
             .field("vapid_public_key", &self.vapid_public_key)
             .field("push", &self.push)
+            .field("push_policy", &self.push_policy)
+            .field("push_retry", &self.push_retry)
+            .field("push_max_reschedules", &self.push_max_reschedules)
+            .field("clock", &self.clock)
             .finish()
     }
 }

@@ -122,7 +122,7 @@ async fn store_check(node: &Node) -> CheckOutcome {
 
 /// No configured push provider is stopped by a configuration error.
 fn push_check(node: &Node) -> CheckOutcome {
-    let Some(dispatcher) = &node.push else {
+    let Some(dispatcher) = &node.routing.dispatcher else {
         return CheckOutcome::ok(json!({ "providers": {} }));
     };
     let mut providers = serde_json::Map::new();

@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use serde_json::json;
 use tidings_core::protocol::{ErrorCode, MAX_CLIENT_FRAME_BYTES, MAX_SERVER_FRAME_BYTES, SUBPROTOCOL, validate_id};
 use tidings_core::protocol::{validate_topic, validate_user_id};
@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api_keys::Scope;
 use crate::auth::issue_token;
+use crate::http_push as hp;
 use crate::metrics::{AuthFailure, Refusal, Transport};
 use crate::node::Node;
 use crate::publish::{PublishError, PublishRequest, Publisher, parse_batch};
@@ -32,6 +33,8 @@ pub(crate) enum Access {
     Public,
     /// An API key with this scope.
     Key(Scope),
+    /// A user's own token (`Authorization: Bearer <the user's token>`, the token of `auth`), for `/v1/me/…`.
+    User,
     /// Anyone, and only when the server runs with `--demo`.
     Demo,
 }
@@ -48,6 +51,22 @@ pub(crate) const ENDPOINTS: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/users/{user}/devices", Access::Key(Scope::Operator)),
     (Method::POST, "/v1/admin/drop", Access::Key(Scope::Operator)),
     (Method::GET, "/v1/push/vapid-public-key", Access::Public),
+    (Method::GET, "/v1/push/status", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/notifications/{id}/deliveries", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
+    (Method::PUT, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
+    (Method::PATCH, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
+    (Method::PUT, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
+    (Method::DELETE, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/me/preferences", Access::User),
+    (Method::PUT, "/v1/me/preferences", Access::User),
+    (Method::PATCH, "/v1/me/preferences", Access::User),
+    (Method::GET, "/v1/me/quiet-hours", Access::User),
+    (Method::PUT, "/v1/me/quiet-hours", Access::User),
+    (Method::DELETE, "/v1/me/quiet-hours", Access::User),
+    (Method::GET, "/v1/me/notifications/{id}", Access::User),
+    (Method::POST, "/v1/me/acks", Access::User),
     (Method::POST, "/v1/demo/token", Access::Demo),
     (Method::GET, "/v1/openapi.json", Access::Public),
     (Method::GET, "/healthz", Access::Public),
@@ -67,6 +86,22 @@ fn handler(method: &Method, path: &str) -> MethodRouter<Arc<Node>> {
         ("GET", "/v1/users/{user}/devices") => get(devices),
         ("POST", "/v1/admin/drop") => post(admin_drop),
         ("GET", "/v1/push/vapid-public-key") => get(vapid_public_key),
+        ("GET", "/v1/push/status") => get(hp::push_status),
+        ("GET", "/v1/notifications/{id}/deliveries") => get(hp::deliveries),
+        ("GET", "/v1/users/{user}/preferences") => get(hp::user_preferences),
+        ("PUT", "/v1/users/{user}/preferences") => put(hp::put_user_preferences),
+        ("PATCH", "/v1/users/{user}/preferences") => patch(hp::patch_user_preferences),
+        ("GET", "/v1/users/{user}/quiet-hours") => get(hp::user_quiet_hours),
+        ("PUT", "/v1/users/{user}/quiet-hours") => put(hp::put_user_quiet_hours),
+        ("DELETE", "/v1/users/{user}/quiet-hours") => delete(hp::delete_user_quiet_hours),
+        ("GET", "/v1/me/preferences") => get(hp::my_preferences),
+        ("PUT", "/v1/me/preferences") => put(hp::put_my_preferences),
+        ("PATCH", "/v1/me/preferences") => patch(hp::patch_my_preferences),
+        ("GET", "/v1/me/quiet-hours") => get(hp::my_quiet_hours),
+        ("PUT", "/v1/me/quiet-hours") => put(hp::put_my_quiet_hours),
+        ("DELETE", "/v1/me/quiet-hours") => delete(hp::delete_my_quiet_hours),
+        ("GET", "/v1/me/notifications/{id}") => get(hp::my_notification),
+        ("POST", "/v1/me/acks") => post(hp::my_acks),
         ("POST", "/v1/demo/token") => post(demo_token),
         ("GET", "/v1/openapi.json") => get(openapi),
         ("GET", "/healthz") => get(healthz),
@@ -79,16 +114,30 @@ fn handler(method: &Method, path: &str) -> MethodRouter<Arc<Node>> {
 /// Builds the router of a server.
 pub(crate) fn router(node: Arc<Node>) -> Router {
     let mut router = Router::new();
+    // `/v1/me/…` answers browsers on any origin: it authenticates with a bearer token, never a cookie.
+    let mut me = Router::new();
     for (method, path, access) in ENDPOINTS {
         if *access == Access::Demo && !node.config.demo {
             continue;
         }
         let mut route = handler(method, path);
-        if let Access::Key(scope) = *access {
-            route = route.route_layer(axum::middleware::from_fn_with_state((node.clone(), scope), require_key));
+        match *access {
+            Access::Key(scope) => {
+                route = route.route_layer(axum::middleware::from_fn_with_state((node.clone(), scope), require_key));
+            }
+            Access::User => {
+                route = route.route_layer(axum::middleware::from_fn_with_state(node.clone(), require_user));
+                me = me.route(path, route);
+                continue;
+            }
+            Access::Public | Access::Demo => {}
         }
         router = router.route(path, route);
     }
+    // The 405 fallback is set before the CORS layer wraps `/v1/me/…`, so that a preflight (`OPTIONS`) is answered
+    // by the layer rather than refused by the fallback.
+    let me = me.method_not_allowed_fallback(method_not_allowed).layer(crate::http_push::cors());
+    let router = router.method_not_allowed_fallback(method_not_allowed).merge(me);
     let router = match node.config.web_root.clone() {
         // Static files (demo page, npm package, service worker) at `/`; API routes take precedence.
         Some(root) => {
@@ -97,10 +146,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         }
         None => router.fallback(not_found),
     };
-    router
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(node.clone(), observe))
-        .with_state(node)
+    router.layer(axum::middleware::from_fn_with_state(node.clone(), observe)).with_state(node)
 }
 
 tokio::task_local! {
@@ -227,8 +273,56 @@ async fn require_key(
     }
 }
 
+/// The user a `/v1/me/…` request acts for (set by [`require_user`]).
+#[derive(Clone, Debug)]
+pub(crate) struct AuthedUser(pub(crate) String);
+
+/// The user token check of `/v1/me/…`: `429` while the client address is throttled for failed checks, `401`
+/// (`unauthorized` or `token_expired`, counted as a failure) for a missing or refused token; else the request
+/// carries the token's user ([`AuthedUser`]).
+async fn require_user(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let client = client_address(&node, peer, headers);
+    let now = tokio::time::Instant::now().into_std();
+    if let Some(wait) = node.auth_failures.check(client, now) {
+        node.metrics.refused(Transport::Http, Refusal::AuthThrottled);
+        return too_many("rate_limited", "too many failed authentications from this address", wait);
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let refused = match token {
+        None => (
+            AuthFailure::Unauthorized,
+            "unauthorized",
+            "missing token: send Authorization: Bearer <the user's token>".to_owned(),
+        ),
+        Some(token) => match node.session_params.verifier.verify_at(token, crate::util::now_ms()) {
+            Ok(verified) => {
+                request.extensions_mut().insert(AuthedUser(verified.user));
+                return next.run(request).await;
+            }
+            Err(crate::auth::TokenError::Unauthorized(m)) => (AuthFailure::Unauthorized, "unauthorized", m),
+            Err(crate::auth::TokenError::Expired(m)) => (AuthFailure::TokenExpired, "token_expired", m),
+        },
+    };
+    let (reason, code, message) = refused;
+    node.metrics.auth_failed(Transport::Http, reason);
+    let _ = node.auth_failures.spend(client, now);
+    let mut response = error_response(StatusCode::UNAUTHORIZED, code, message);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
 /// `{"error":{"code":…,"message":…}}` with `status`.
-fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
 }
 
@@ -294,6 +388,19 @@ async fn method_not_allowed() -> Response {
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics.throttle_tracked("auth_failures", node.auth_failures.tracked());
     node.metrics.throttle_tracked("connection_rate", node.connection_rate.tracked());
+    if node.routing.dispatcher.is_some() {
+        // Pending pushes live in the store: read them at the scrape (one scan of the pending rows).
+        let now = node.routing.clock.now_ms();
+        match node.stores.push.pending_summary(now).await {
+            Ok(summary) => {
+                node.metrics.push.set_pending(&summary);
+                let late = Duration::from_millis(summary.oldest_due.map_or(0, |due| now.saturating_sub(due)));
+                let oldest = summary.oldest_due.map(|_| Instant::now().checked_sub(late).unwrap_or_else(Instant::now));
+                node.metrics.queue(crate::metrics::Queue::Push).set(summary.due as usize, oldest);
+            }
+            Err(e) => warn!(error = %e, "pending pushes could not be read for the metrics"),
+        }
+    }
     let mut response = node.metrics.render().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     response
@@ -315,7 +422,7 @@ async fn vapid_public_key(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// Reads a body of at most `limit` bytes as UTF-8 text.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, Response> {
     let too_large =
         || error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is larger than {limit} bytes"));
     let declared =
@@ -622,6 +729,13 @@ mod tests {
                         assert_eq!(scope, Some(s.as_str()), "{method} {path}: scope");
                         assert_eq!(op["security"], json!([{ "apiKey": [] }]), "{method} {path}: security");
                         for status in ["401", "403", "429"] {
+                            assert!(op["responses"][status].is_object(), "{method} {path}: no {status} response");
+                        }
+                    }
+                    Access::User => {
+                        assert_eq!(scope, None, "{method} {path}: a user's token, no scope");
+                        assert_eq!(op["security"], json!([{ "userToken": [] }]), "{method} {path}: security");
+                        for status in ["401", "429"] {
                             assert!(op["responses"][status].is_object(), "{method} {path}: no {status} response");
                         }
                     }

@@ -37,6 +37,7 @@ mod config;
 pub mod demo;
 pub mod health;
 mod http;
+mod http_push;
 pub mod limits;
 pub mod metrics;
 pub mod model;
@@ -48,6 +49,7 @@ mod presence;
 mod publish;
 pub mod push;
 mod registry;
+mod routing;
 mod session;
 pub mod store;
 pub mod tls;
@@ -68,14 +70,14 @@ use tracing::{info, warn};
 
 pub use auth::{TokenClaims, issue_token, sign_claims};
 pub use config::{
-    DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, StoreConfig, Synchronous, TEST_API_KEY,
-    TEST_JWT_SECRET,
+    DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, MAX_DIGEST_WINDOW, MAX_PUSH_AFTER, ServerConfig, StoreConfig,
+    Synchronous, TEST_API_KEY, TEST_JWT_SECRET, WallClock,
 };
 pub use node::ServerStats;
 pub use presence::{DevicePresence, UserPresence};
 pub use publish::{
     Delivery, MAX_BATCH, MAX_RECIPIENTS, PublishError, PublishErrorKind, PublishReceipt, PublishRequest, Publisher,
-    parse_batch,
+    PushOptions, parse_batch,
 };
 pub use store::{MemoryStore, SqliteStore, StoreLimits, Stores};
 
@@ -142,8 +144,15 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
             tokio::spawn(async move { report(serving.await) })
         }
     };
-    let mut server =
-        RunningServer { node: node.clone(), local_addr, serve: Some(serve), stop: Some(stop_tx), demo: None };
+    let push_worker = node.routing.dispatcher.is_some().then(|| tokio::spawn(routing::run_worker(node.clone())));
+    let mut server = RunningServer {
+        node: node.clone(),
+        local_addr,
+        serve: Some(serve),
+        stop: Some(stop_tx),
+        demo: None,
+        push_worker,
+    };
     server.demo = node.config.demo.then(|| {
         tokio::spawn(demo::run_demo(demo::DemoContext {
             publisher: server.publisher(),
@@ -170,6 +179,7 @@ pub struct RunningServer {
     serve: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     demo: Option<JoinHandle<()>>,
+    push_worker: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -218,7 +228,7 @@ impl RunningServer {
 
     /// The push dispatcher of the configured providers, if any.
     pub fn push_dispatcher(&self) -> Option<&Arc<push::Dispatcher>> {
-        self.node.push.as_ref()
+        self.node.routing.dispatcher.as_ref()
     }
 
     /// The server's metrics (what `GET /metrics` renders).
@@ -274,6 +284,15 @@ impl RunningServer {
             serve.abort();
             let _ = serve.await;
         }
+        node.routing.stop();
+        if let Some(mut worker) = self.push_worker.take()
+            && tokio::time::timeout(grace, &mut worker).await.is_err()
+        {
+            // Pushes still being sent stay claimed; the next start sends them (at least once).
+            warn!("pushes still being sent after the grace period; they are sent again at the next start");
+            worker.abort();
+            let _ = worker.await;
+        }
         node.stores.streams.close().await;
         info!("shutdown complete");
     }
@@ -289,6 +308,9 @@ impl Drop for RunningServer {
         self.node.hard_stop.send_replace(true);
         if let Some(demo) = self.demo.take() {
             demo.abort();
+        }
+        if let Some(worker) = self.push_worker.take() {
+            worker.abort();
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

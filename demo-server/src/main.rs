@@ -149,9 +149,17 @@ struct Args {
     /// GET /v1/push/vapid-public-key for browsers subscribing to Web Push. Its private half is --vapid-private-key.
     #[arg(long, env = "TIDINGS_VAPID_PUBLIC_KEY")]
     vapid_public_key: Option<String>,
-    /// Push providers (checked at startup; the server does not send pushes yet).
+    /// Push providers (checked at startup). Devices whose provider is not configured are not pushed to.
     #[command(flatten)]
     push: tidings_server::push::PushConfig,
+    /// How long an important notification waits for an ack from any of the user's devices before it is pushed to
+    /// a user with a live session, in ms (publishers override it per publish with push.after_ms).
+    #[arg(long, env = "TIDINGS_PUSH_AFTER_MS", default_value_t = 5000)]
+    push_after_ms: u64,
+    /// The digest window of informational notifications, in seconds: a user without a live session gets at most
+    /// one digest push per group per window.
+    #[arg(long, env = "TIDINGS_DIGEST_WINDOW_SECS", default_value_t = 600)]
+    digest_window_secs: u64,
 }
 
 /// Whether text logs get ANSI colours: never into a file or pipe (a log file full of escape codes is unreadable).
@@ -242,6 +250,8 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     config.web_root = args.web_root.clone();
     config.vapid_public_key = args.vapid_public_key.clone();
     config.push = args.push.clone();
+    config.push_policy.push_after = Duration::from_millis(args.push_after_ms);
+    config.push_policy.digest_window = Duration::from_secs(args.digest_window_secs);
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(config)
 }
@@ -452,6 +462,22 @@ mod tests {
         assert!(config_from(&args).unwrap_err().to_string().contains("--trusted-proxies"));
         let args = Args::try_parse_from(["tidings-server", "--demo", "--tls-cert", "c.pem"]);
         assert!(args.is_err(), "--tls-cert needs --tls-key");
+    }
+
+    #[test]
+    fn push_defaults_are_flags() {
+        let args = Args::try_parse_from(["tidings-server", "--demo"]).unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.push_policy.push_after, Duration::from_secs(5));
+        assert_eq!(config.push_policy.digest_window, Duration::from_secs(600));
+        let args =
+            Args::try_parse_from(["tidings-server", "--demo", "--push-after-ms", "1500", "--digest-window-secs", "60"])
+                .unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.push_policy.push_after, Duration::from_millis(1500));
+        assert_eq!(config.push_policy.digest_window, Duration::from_secs(60));
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--digest-window-secs", "0"]).unwrap();
+        assert!(config_from(&args).unwrap_err().to_string().contains("digest window"));
     }
 
     #[test]

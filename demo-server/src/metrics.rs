@@ -148,10 +148,8 @@ impl Continuity {
 pub enum Queue {
     /// Writes waiting for (or in) the SQLite writer's commit.
     StoreWriter,
-    /// Pushes due and waiting for a sender.
+    /// Pushes due: waiting for the push worker, or being sent (the age is how late the oldest one is).
     Push,
-    /// Pushes waiting for a retry.
-    PushRetry,
 }
 
 impl Queue {
@@ -160,11 +158,10 @@ impl Queue {
         match self {
             Queue::StoreWriter => "store_writer",
             Queue::Push => "push",
-            Queue::PushRetry => "push_retry",
         }
     }
 
-    const ALL: [Queue; 3] = [Queue::StoreWriter, Queue::Push, Queue::PushRetry];
+    const ALL: [Queue; 2] = [Queue::StoreWriter, Queue::Push];
 }
 
 // ---- label sets ----
@@ -473,9 +470,9 @@ impl PushMetrics {
             .set(matches!(delivery, D::ProviderStopped { .. }) as i64);
     }
 
-    /// Records what the planner decided (pushes scheduled, suppressed, cancelled).
+    /// Records what the planner decided for a publish (pushes scheduled, channels suppressed).
     pub fn planner_outcome(&self, outcome: &crate::planner::Outcome) {
-        use crate::planner::{Cancellation, Outcome};
+        use crate::planner::Outcome;
         match outcome {
             Outcome::Push(_) => {}
             Outcome::Scheduled { reason, .. } => {
@@ -486,32 +483,49 @@ impl PushMetrics {
                     crate::planner::Channel::Socket => "socket",
                     crate::planner::Channel::Push => "push",
                 };
-                let reason = match reason {
-                    crate::planner::Suppression::Preference => "preference",
-                    crate::planner::Suppression::Ephemeral => "ephemeral",
-                    crate::planner::Suppression::LiveOnly => "live_only",
-                    crate::planner::Suppression::DigestOff => "digest_off",
-                    crate::planner::Suppression::NoPushAddress => "no_push_address",
-                };
+                let reason = crate::store::push::suppression_name(*reason);
                 self.suppressed.get_or_create(&ChannelReasonLabels { channel, reason }).inc();
             }
-            Outcome::Cancelled { reason, .. } => {
-                let reason = match reason {
-                    Cancellation::Acked => "acked",
-                };
-                self.cancel(reason);
-            }
+            Outcome::Cancelled { reason, .. } => self.cancelled(cancellation_name(*reason), 1),
         }
     }
 
-    /// A pending push was dropped for `reason` (a closed set: `acked`, `read`, `preference`, `expired`, …).
-    pub fn cancel(&self, reason: &'static str) {
-        self.cancelled.get_or_create(&ReasonLabel { reason }).inc();
+    /// Records what the planner decided for pending pushes that came due: a row it drops (the user turned push
+    /// off, the device lost its address, …) is a cancellation by that reason; a row held again (quiet hours) is
+    /// scheduled.
+    pub fn due_outcome(&self, outcome: &crate::planner::Outcome) {
+        use crate::planner::Outcome;
+        match outcome {
+            Outcome::Push(_) => {}
+            Outcome::Scheduled { reason, .. } => {
+                self.scheduled.get_or_create(&ReasonLabel { reason: reason.as_str() }).inc();
+            }
+            Outcome::Suppressed { reason, .. } => self.cancelled(crate::store::push::suppression_name(*reason), 1),
+            Outcome::Cancelled { reason, .. } => self.cancelled(cancellation_name(*reason), 1),
+        }
     }
 
-    /// The number of pending pushes waiting for `reason`.
-    pub fn set_pending(&self, reason: crate::planner::PendingReason, count: u64) {
-        self.pending.get_or_create(&ReasonLabel { reason: reason.as_str() }).set(count as i64);
+    /// `n` pending pushes were dropped before they were sent, for `reason` (a closed set: `acked`, the planner's
+    /// suppression reasons, `notification_gone`, `no_push_address`, `retries_exhausted`).
+    pub fn cancelled(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.cancelled.get_or_create(&ReasonLabel { reason }).inc_by(n);
+        }
+    }
+
+    /// The pending pushes now: by reason (every reason is set, 0 when none waits).
+    pub fn set_pending(&self, summary: &crate::store::PendingSummary) {
+        use crate::planner::PendingReason as R;
+        for reason in [R::Immediate, R::AwaitingAck, R::Digest, R::QuietHours] {
+            let n = summary.by_reason.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n);
+            self.pending.get_or_create(&ReasonLabel { reason: reason.as_str() }).set(n as i64);
+        }
+    }
+}
+
+fn cancellation_name(reason: crate::planner::Cancellation) -> &'static str {
+    match reason {
+        crate::planner::Cancellation::Acked => "acked",
     }
 }
 
@@ -538,7 +552,7 @@ pub struct Metrics {
     /// The push path's metrics.
     pub push: PushMetrics,
     store: Mutex<Option<StoreMetrics>>,
-    queues: [QueueProbe; 3],
+    queues: [QueueProbe; 2],
 }
 
 impl fmt::Debug for Metrics {
@@ -791,7 +805,7 @@ impl Metrics {
 
 /// Exports the queue probes at each scrape (ages are computed then).
 #[derive(Debug)]
-struct QueueCollector([QueueProbe; 3]);
+struct QueueCollector([QueueProbe; 2]);
 
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {

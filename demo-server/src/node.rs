@@ -27,8 +27,8 @@ use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, P
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
 use crate::publish::{PublishError, PublishReceipt, PublishRequest};
-use crate::push::{Dispatcher, RetryPolicy};
 use crate::registry::Registry;
+use crate::routing::{Recipients, Routing};
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
 use crate::util::now_ms;
@@ -89,11 +89,11 @@ pub(crate) struct Node {
     pub(crate) counters: Counters,
     /// The server's metrics (`GET /metrics`).
     pub(crate) metrics: Arc<Metrics>,
+    /// Push routing: planning, the worker's wake-up, the dispatcher, the user directory.
+    pub(crate) routing: Routing,
     acks: AckRouting,
     /// Publish times of recent notifications, for the publish → ack latency.
     published_at: Mutex<PublishTimes>,
-    /// The push senders of the configured providers (`None` when none is configured).
-    pub(crate) push: Option<Arc<Dispatcher>>,
     /// Checks `GET /readyz` runs besides the store and push (Redis, PostgreSQL).
     readiness: Mutex<Vec<Arc<dyn ReadinessCheck>>>,
     /// When the node started.
@@ -133,19 +133,7 @@ impl Node {
         });
         let acks = AckRouting::new(&config, stores.durable);
         stores.streams.observe(&metrics);
-        let push = match config.push.load(config.vapid_public_key.as_deref()) {
-            Ok(credentials) if config.push.any() => {
-                let clock = Arc::new(crate::push::http::SystemClock);
-                let dispatcher = Dispatcher::from_credentials(credentials, RetryPolicy::default(), clock);
-                Some(Arc::new(dispatcher.with_metrics(metrics.push.clone())))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                // `ServerConfig::validate` refuses this configuration before a node is built.
-                warn!(error = %e, "push is not configured");
-                None
-            }
-        };
+        let routing = Routing::new(&config, &metrics);
         let mut api_keys = config.api_keys.clone();
         if !config.api_key.is_empty() {
             api_keys.push(ApiKey::all_scopes("api-key", &config.api_key));
@@ -153,6 +141,7 @@ impl Node {
         let auth_failures = Limiter::new(config.auth_failure_limit);
         let connection_rate = Limiter::new(config.connection_rate_limit);
         let node = Arc::new(Node {
+            routing,
             session_params,
             config,
             broker,
@@ -163,7 +152,6 @@ impl Node {
             metrics,
             acks,
             published_at: Mutex::new(PublishTimes::default()),
-            push,
             readiness: Mutex::new(Vec::new()),
             started: Instant::now(),
             api_keys,
@@ -236,6 +224,7 @@ impl Node {
         let mut results: Vec<Option<Result<PublishReceipt, PublishError>>> = Vec::with_capacity(requests.len());
         let mut batch = Vec::with_capacity(requests.len());
         let mut positions = Vec::with_capacity(requests.len());
+        let mut recipients = Vec::with_capacity(requests.len());
         for request in requests {
             if let Err(e) = request.validate() {
                 results.push(Some(Err(e)));
@@ -247,24 +236,43 @@ impl Node {
             }
             let idempotent = request.id.is_some();
             let id = request.id.clone().unwrap_or_else(|| self.new_notification_id());
+            let mut users: Vec<String> = Vec::with_capacity(request.users.len());
+            for user in &request.users {
+                if !users.contains(user) {
+                    users.push(user.clone());
+                }
+            }
+            let topic = request.topics.first().cloned();
+            let overrides = request.push.overrides();
+            let mut publication = request.into_publication(id, idempotent, now_ms());
+            self.apply_socket_preferences(&mut publication, &users, topic.as_deref()).await;
             positions.push(results.len());
             results.push(None);
-            let mut publication = request.into_publication(id, idempotent, now_ms());
             publication.request_id = request_id.clone();
             batch.push(Arc::new(publication));
+            recipients.push(Recipients { users, topic, overrides });
         }
         if !batch.is_empty() {
             self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
             let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
-            for ((at, publication), outcome) in positions.into_iter().zip(&batch).zip(outcomes) {
+            let mut committed = Vec::new();
+            for (((at, publication), outcome), recipients) in
+                positions.into_iter().zip(&batch).zip(outcomes).zip(recipients)
+            {
                 match &outcome {
-                    Ok(AppendOutcome::Appended(_)) => accepted += 1,
+                    Ok(AppendOutcome::Appended(deliveries)) => {
+                        accepted += 1;
+                        committed.push((publication.clone(), deliveries.clone(), recipients));
+                    }
                     Ok(AppendOutcome::Duplicate(_)) => duplicate += 1,
                     Err(_) => failed += 1,
                 }
                 results[at] = Some(self.receipt(publication, outcome));
             }
+            // The publish is answered once its pushes are scheduled (one more commit, only for recipients with
+            // push addresses).
+            self.plan_pushes(committed).await;
             self.metrics.published(accepted, duplicate, failed, started.elapsed());
         }
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::unavailable("no result")))).collect()
@@ -329,27 +337,34 @@ impl Node {
     /// transport without an upstream), and the publish → ack latency of the ids this node published recently.
     pub(crate) async fn record_acks(&self, transport: Transport, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
         bump(&self.counters.acks, ids.len() as u64);
-        let at = now_ms();
         let (count, latency) = match transport {
             Transport::Ws => (self.metrics.ws.acks.clone(), self.metrics.ws.ack_latency.clone()),
             other => self.metrics.acks(other),
         };
         count.inc_by(ids.len() as u64);
         {
+            // Publish times are wall-clock (`created_at`).
+            let now = now_ms();
             let times = self.published_at.lock().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 if let Some(published) = times.get(id) {
-                    latency.observe(at.saturating_sub(published) as f64 / 1000.0);
+                    latency.observe(now.saturating_sub(published) as f64 / 1000.0);
                 }
             }
         }
+        let at = self.routing.clock.now_ms();
         let result = match self.acks.route(user, device, ids, at) {
             None => self.stores.acks.record(user, device, ids, at).await,
-            Some(durable) if durable.is_empty() => Ok(()),
+            Some(durable) if durable.is_empty() => Ok(Vec::new()),
             Some(durable) => self.stores.acks.record(user, device, &durable, at).await,
         };
-        if let Err(e) = result {
-            warn!(user = %user, device = %device, error = %e, "acks could not be recorded");
+        match result {
+            Ok(cancelled) if !cancelled.is_empty() => {
+                self.metrics.push.cancelled("acked", cancelled.len() as u64);
+                debug!(user = %user, device = %device, cancelled = cancelled.len(), "acks cancelled pending pushes");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(user = %user, device = %device, error = %e, "acks could not be recorded"),
         }
     }
 
@@ -372,6 +387,7 @@ impl Node {
     ) -> Result<(), StoreError> {
         let record = PushRecord { device: device.clone(), platform, token, registered_at: now_ms() };
         let result = self.stores.devices.register_push(user, record).await;
+        self.forget_user(user);
         match &result {
             Ok(()) => info!(user = %user, device = %device, platform = platform.as_str(), "push address registered"),
             Err(e) => warn!(user = %user, error = %e, "push address could not be stored"),

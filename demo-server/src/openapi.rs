@@ -10,9 +10,11 @@
 
 use serde_json::{Value, json};
 use tidings_core::protocol::{
-    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_NAME_BYTES, MAX_PUSH_TOKEN_BYTES, MAX_TITLE_BYTES, SUBPROTOCOL,
+    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_IDS_PER_ACK, MAX_NAME_BYTES, MAX_PUSH_TOKEN_BYTES, MAX_TITLE_BYTES, SUBPROTOCOL,
 };
 
+use crate::config::MAX_PUSH_AFTER;
+use crate::planner::MAX_RULES;
 use crate::publish::{MAX_BATCH, MAX_RECIPIENTS};
 
 /// `[A-Za-z0-9_.:-]{1,128}`: notification ids, device ids, topic names.
@@ -76,6 +78,150 @@ fn secured(mut operation: Value, scope: &str) -> Value {
     let responses = operation["responses"].take();
     operation["responses"] = with_auth_errors(responses, scope);
     operation
+}
+
+/// An operation for a user, with their own token (`/v1/me/…`).
+fn user_secured(mut operation: Value) -> Value {
+    operation["security"] = json!([{ "userToken": [] }]);
+    let description = operation["description"].as_str().unwrap_or_default().to_owned();
+    operation["description"] =
+        json!(format!("{description}\n\nNeeds the user's own token (the client token of `auth`), not an API key."));
+    operation["responses"]["401"] = json!({
+        "description": "Missing, bad or expired user token (code unauthorized or token_expired)",
+        "headers": { "WWW-Authenticate": { "schema": { "type": "string" } } },
+        "content": json_content(schema_ref("Error")),
+    });
+    operation["responses"]["429"] =
+        error_retry("Too many failed authentications from this client address: wait `Retry-After`");
+    operation
+}
+
+/// The preferences operations of `/v1/me/preferences` (`user`: `None`) or `/v1/users/{user}/preferences`.
+fn preferences_item(user: Option<&Value>) -> Value {
+    let (prefix, who) = match user {
+        Some(_) => ("User", "a user's"),
+        None => ("My", "the caller's"),
+    };
+    let params = user.map_or(json!([]), |p| json!([p]));
+    let bad = if user.is_some() {
+        "Not a valid user id, or rules that are not valid (the message says which)"
+    } else {
+        "Rules that are not valid (the message says which)"
+    };
+    let body = json!({ "required": true, "content": json_content(schema_ref("PreferencesChange")) });
+    let ops = json!({
+        "get": {
+            "operationId": format!("get{prefix}Preferences"),
+            "tags": ["preferences"],
+            "summary": format!("Read {who} notification preferences"),
+            "parameters": params,
+            "responses": {
+                "200": response("The preferences", schema_ref("Preferences")),
+                "400": error("Not a valid user id"),
+                "503": error_retry("The store cannot be read now"),
+            },
+        },
+        "put": {
+            "operationId": format!("replace{prefix}Preferences"),
+            "tags": ["preferences"],
+            "summary": format!("Replace every rule of {who} preferences"),
+            "description": "Held pushes are decided again at once (protocol §9.5, §12.3).",
+            "parameters": params,
+            "requestBody": body,
+            "responses": {
+                "200": response("The preferences after the change", schema_ref("Preferences")),
+                "400": error(bad),
+                "413": error("The body is too large"),
+                "503": error_retry("The store could not commit the change (nothing changed)"),
+            },
+        },
+        "patch": {
+            "operationId": format!("merge{prefix}Preferences"),
+            "tags": ["preferences"],
+            "summary": format!("Add rules to {who} preferences"),
+            "description": "A rule replaces the rule with the same selector and channel; the others stay.",
+            "parameters": params,
+            "requestBody": body,
+            "responses": {
+                "200": response("The preferences after the change", schema_ref("Preferences")),
+                "400": error(bad),
+                "413": error("The body is too large"),
+                "503": error_retry("The store could not commit the change (nothing changed)"),
+            },
+        },
+    });
+    secure_all(ops, user.is_some())
+}
+
+/// The quiet-hours operations of `/v1/me/quiet-hours` or `/v1/users/{user}/quiet-hours`.
+fn quiet_hours_item(user: Option<&Value>) -> Value {
+    let (prefix, who) = match user {
+        Some(_) => ("User", "a user's"),
+        None => ("My", "the caller's"),
+    };
+    let params = user.map_or(json!([]), |p| json!([p]));
+    let ops = json!({
+        "get": {
+            "operationId": format!("get{prefix}QuietHours"),
+            "tags": ["preferences"],
+            "summary": format!("Read {who} quiet hours"),
+            "parameters": params,
+            "responses": {
+                "200": response("The quiet hours (`null`: none)", schema_ref("QuietHoursAnswer")),
+                "400": error("Not a valid user id"),
+                "503": error_retry("The store cannot be read now"),
+            },
+        },
+        "put": {
+            "operationId": format!("set{prefix}QuietHours"),
+            "tags": ["preferences"],
+            "summary": format!("Set {who} quiet hours"),
+            "description": "Stored in normal form (days `mon`…`sun`, times `HH:MM`); held pushes are decided again \
+                            at once (protocol §9.5, §12.4).",
+            "parameters": params,
+            "requestBody": { "required": true, "content": json_content(schema_ref("QuietHours")) },
+            "responses": {
+                "200": response("The quiet hours after the change", schema_ref("QuietHoursAnswer")),
+                "400": error("Not valid quiet hours (an unknown time zone, a bad day or time, too many ranges), or \
+                              not a valid user id"),
+                "413": error("The body is too large"),
+                "503": error_retry("The store could not commit the change (nothing changed)"),
+            },
+        },
+        "delete": {
+            "operationId": format!("delete{prefix}QuietHours"),
+            "tags": ["preferences"],
+            "summary": format!("Remove {who} quiet hours"),
+            "parameters": params,
+            "responses": {
+                "200": response("The quiet hours after the change (`null`)", schema_ref("QuietHoursAnswer")),
+                "400": error("Not a valid user id"),
+                "503": error_retry("The store could not commit the change (nothing changed)"),
+            },
+        },
+    });
+    secure_all(ops, user.is_some())
+}
+
+/// Each operation of `item` behind the operator scope (`operator`) or the user's token.
+fn secure_all(mut item: Value, operator: bool) -> Value {
+    for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+        let plain = op.take();
+        let mut secured_op = if operator { secured(plain, "operator") } else { user_secured(plain) };
+        if !operator && secured_op["parameters"].as_array().is_some_and(Vec::is_empty) {
+            secured_op.as_object_mut().map(|m| m.remove("parameters"));
+        }
+        if !operator {
+            // No user id in the path: nothing makes a `/v1/me/…` read a 400.
+            if let Some(responses) = secured_op["responses"].as_object_mut()
+                && responses.get("400").is_some_and(|r| r["description"] == "Not a valid user id")
+            {
+                responses.remove("400");
+            }
+        }
+        *op = secured_op;
+    }
+    item
 }
 
 /// A nullable string of `min..=max` bytes (OpenAPI counts characters; the server counts UTF-8 bytes).
@@ -155,6 +301,21 @@ fn schemas() -> Value {
                     "pattern": ID_PATTERN,
                     "description": "Idempotency key and notification id; a ULID is generated when absent",
                 },
+                "push": {
+                    "type": ["object", "null"],
+                    "description": "Push delivery of this notification (protocol §9.1, §12)",
+                    "properties": {
+                        "after_ms": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "maximum": MAX_PUSH_AFTER.as_millis() as u64,
+                            "description": "How long an important notification waits for an ack before it is pushed \
+                                            to a user with a live session (the server's default when absent)",
+                        },
+                        "bypass_quiet_hours": { "type": ["boolean", "null"], "description": "Push even in quiet hours" },
+                        "digest": { "type": ["boolean", "null"], "description": "`false`: no digest push" },
+                    },
+                },
             },
             "anyOf": [
                 { "required": ["users"], "properties": { "users": { "type": "array", "minItems": 1 } } },
@@ -194,6 +355,96 @@ fn schemas() -> Value {
             "properties": {
                 "user": { "type": "string" },
                 "devices": { "type": "array", "items": schema_ref("DevicePresence") },
+            },
+        },
+        "Rule": {
+            "type": "object",
+            "description": "One preference: a notification `type` or a `topic` (exact, or a prefix ending in `*`; \
+                            `*` alone: every one), a channel, on or off. Deny wins.",
+            "required": ["channel", "enabled"],
+            "properties": {
+                "type": { "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES },
+                "topic": { "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES },
+                "channel": { "enum": ["socket", "push"] },
+                "enabled": { "type": "boolean" },
+            },
+            "oneOf": [{ "required": ["type"] }, { "required": ["topic"] }],
+        },
+        "PreferencesChange": {
+            "type": "object",
+            "required": ["rules"],
+            "properties": { "rules": { "type": "array", "items": schema_ref("Rule"), "maxItems": MAX_RULES } },
+        },
+        "Preferences": {
+            "type": "object",
+            "required": ["rules", "version", "updated_at"],
+            "properties": {
+                "rules": { "type": "array", "items": schema_ref("Rule") },
+                "version": { "type": "integer", "minimum": 0, "description": "Changes so far (0: never set)" },
+                "updated_at": { "type": "integer", "minimum": 0, "description": "ms since the Unix epoch (0: never)" },
+            },
+        },
+        "QuietHours": {
+            "type": "object",
+            "required": ["time_zone", "ranges"],
+            "properties": {
+                "time_zone": { "type": "string", "description": "An IANA time zone, e.g. Europe/Berlin" },
+                "ranges": {
+                    "type": "array",
+                    "maxItems": 28,
+                    "items": {
+                        "type": "object",
+                        "required": ["day", "start", "end"],
+                        "properties": {
+                            "day": { "type": "string", "description": "mon … sun" },
+                            "start": { "type": "string", "description": "HH:MM" },
+                            "end": { "type": "string", "description": "HH:MM (24:00 allowed)" },
+                        },
+                    },
+                },
+            },
+        },
+        "QuietHoursAnswer": {
+            "type": "object",
+            "required": ["quiet_hours", "version", "updated_at"],
+            "properties": {
+                "quiet_hours": { "oneOf": [schema_ref("QuietHours"), { "type": "null" }] },
+                "version": { "type": "integer", "minimum": 0 },
+                "updated_at": { "type": "integer", "minimum": 0 },
+            },
+        },
+        "Envelope": {
+            "type": "object",
+            "description": "The notification envelope (protocol §3)",
+            "required": ["id", "stream", "epoch", "type", "priority", "persistence", "created_at"],
+            "properties": {
+                "id": { "type": "string" },
+                "stream": { "type": "string" },
+                "offset": { "type": "integer", "minimum": 1 },
+                "epoch": { "type": "string" },
+                "type": { "type": "string" },
+                "priority": { "enum": ["critical", "important", "informational"] },
+                "persistence": { "enum": ["ephemeral", "bufferable", "persistent"] },
+                "title": { "type": ["string", "null"] },
+                "body": { "type": ["string", "null"] },
+                "data": {},
+                "group": { "type": ["string", "null"] },
+                "created_at": { "type": "integer" },
+            },
+        },
+        "DeliveryEntry": {
+            "type": "object",
+            "required": ["user", "status", "at"],
+            "properties": {
+                "user": { "type": "string" },
+                "device": { "type": "string" },
+                "channel": { "enum": ["socket", "push"] },
+                "status": { "enum": ["acked", "scheduled", "pushed", "suppressed", "cancelled", "failed"] },
+                "reason": { "type": "string" },
+                "provider": { "enum": ["apns", "fcm", "web_push"] },
+                "form": { "enum": ["full", "lightweight", "summary"] },
+                "due_at": { "type": "integer" },
+                "at": { "type": "integer", "description": "ms since the Unix epoch" },
             },
         },
         "Check": {
@@ -507,9 +758,112 @@ fn operations() -> Value {
     })
 }
 
+/// The operations of push delivery (protocol §9.3–§9.6): deliveries, push status, preferences, quiet hours, and
+/// the push handlers' fetch and acks.
+fn push_operations() -> Value {
+    let user_param = path_param("user", USER_PATTERN, "A user id");
+    json!({
+        "/v1/notifications/{id}/deliveries": {
+            "get": secured(json!({
+                "operationId": "getDeliveries",
+                "tags": ["deliveries"],
+                "summary": "What happened to a notification, per user and device",
+                "description": "Acks and the push log, oldest first (protocol §9.3, §12.5).",
+                "parameters": [path_param("id", ID_PATTERN, "A notification id")],
+                "responses": {
+                    "200": response("The entries, oldest first", json!({
+                        "type": "object",
+                        "required": ["id", "deliveries"],
+                        "properties": {
+                            "id": { "type": "string" },
+                            "deliveries": { "type": "array", "items": schema_ref("DeliveryEntry") },
+                        },
+                    })),
+                    "400": error("Not a valid notification id"),
+                    "503": error_retry("The store cannot be read now"),
+                },
+            }), "read"),
+        },
+        "/v1/users/{user}/preferences": preferences_item(Some(&user_param)),
+        "/v1/users/{user}/quiet-hours": quiet_hours_item(Some(&user_param)),
+        "/v1/me/preferences": preferences_item(None),
+        "/v1/me/quiet-hours": quiet_hours_item(None),
+        "/v1/me/notifications/{id}": {
+            "get": user_secured(json!({
+                "operationId": "getMyNotification",
+                "tags": ["push"],
+                "summary": "A notification of the caller's stream",
+                "description": "What an SDK fetches when a push carried only the lightweight form (protocol §9.6).",
+                "parameters": [path_param("id", ID_PATTERN, "A notification id")],
+                "responses": {
+                    "200": response("The notification envelope", schema_ref("Envelope")),
+                    "400": error("Not a valid notification id"),
+                    "404": error("The caller's stream does not hold it (never sent to them, or no longer kept)"),
+                    "503": error_retry("The store cannot be read now"),
+                },
+            })),
+        },
+        "/v1/me/acks": {
+            "post": user_secured(json!({
+                "operationId": "ackMyNotifications",
+                "tags": ["push"],
+                "summary": "Acks from a device without a socket (a push handler)",
+                "description": "Recorded as the `ack` frame's acks are: they cancel the caller's pending pushes of \
+                                those ids (protocol §9.6).",
+                "requestBody": { "required": true, "content": json_content(json!({
+                    "type": "object",
+                    "required": ["device", "ids"],
+                    "properties": {
+                        "device": { "type": "string", "pattern": ID_PATTERN },
+                        "ids": { "type": "array", "items": schema_ref("NotificationId"), "maxItems": MAX_IDS_PER_ACK },
+                    },
+                })) },
+                "responses": {
+                    "200": response("How many ids were acked", json!({
+                        "type": "object",
+                        "required": ["acked"],
+                        "properties": { "acked": { "type": "integer", "minimum": 0 } },
+                    })),
+                    "400": error("Not `{\"device\":\"…\",\"ids\":[…]}`, a bad id, or too many ids"),
+                    "413": error("The body is too large"),
+                },
+            })),
+        },
+        "/v1/push/status": {
+            "get": secured(json!({
+                "operationId": "getPushStatus",
+                "tags": ["push"],
+                "summary": "Each push provider's state",
+                "description": "`stopped`: the configuration error that stopped a provider (fix it and restart); \
+                                `deletions_paused`: devices were reported gone at a suspicious rate, so addresses \
+                                are kept for a while (protocol §9.4.1).",
+                "responses": {
+                    "200": response("The providers", json!({
+                        "type": "object",
+                        "required": ["providers"],
+                        "properties": { "providers": { "type": "array", "items": {
+                            "type": "object",
+                            "required": ["provider", "configured", "stopped", "deletions_paused"],
+                            "properties": {
+                                "provider": { "enum": ["web_push", "apns", "fcm"] },
+                                "configured": { "type": "boolean" },
+                                "stopped": { "type": ["string", "null"] },
+                                "deletions_paused": { "type": "boolean" },
+                            },
+                        } } },
+                    })),
+                },
+            }), "read"),
+        },
+    })
+}
+
 /// The document.
 pub(crate) fn document() -> Value {
     let mut paths = operations();
+    if let (Some(all), Value::Object(push)) = (paths.as_object_mut(), push_operations()) {
+        all.extend(push);
+    }
     // Every response carries the request's id.
     if let Some(paths) = paths.as_object_mut() {
         for item in paths.values_mut() {
@@ -533,12 +887,20 @@ pub(crate) fn document() -> Value {
         "servers": [{ "url": "/" }],
         "tags": [
             { "name": "realtime" }, { "name": "publishing" }, { "name": "presence" }, { "name": "deliveries" },
-            { "name": "operator" }, { "name": "push" }, { "name": "demo" }, { "name": "operations" },
+            { "name": "operator" }, { "name": "push" }, { "name": "preferences" }, { "name": "demo" },
+            { "name": "operations" },
         ],
         "paths": paths,
         "components": {
             "schemas": schemas(),
             "securitySchemes": {
+                "userToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "`Authorization: Bearer <the user's token>`: the client token of `auth` (HS256 \
+                                    JWT), for `/v1/me/…`.",
+                },
                 "apiKey": {
                     "type": "http",
                     "scheme": "bearer",

@@ -59,15 +59,19 @@ impl Presence {
         entries.push(Entry { device: device.clone(), session: session.clone(), connected_at });
     }
 
-    /// Forgets a connection, unless its device has been taken over by a newer session already.
-    pub(crate) fn unregister(&self, user: &str, session: &str) {
+    /// Forgets a connection, unless its device has been taken over by a newer session already. Returns whether
+    /// the user has no session left.
+    pub(crate) fn unregister(&self, user: &str, session: &str) -> bool {
         let mut users = self.lock();
         if let Some(entries) = users.get_mut(user) {
             entries.retain(|e| &*e.session != session);
             if entries.is_empty() {
                 users.remove(user);
+                return true;
             }
+            return false;
         }
+        true
     }
 
     fn user_presence(user: &str, entries: &[Entry]) -> UserPresence {

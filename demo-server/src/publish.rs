@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -13,6 +14,7 @@ use tidings_core::protocol::{
     validate_user_id,
 };
 
+use crate::config::MAX_PUSH_AFTER;
 pub use crate::model::Delivery;
 use crate::model::Publication;
 use crate::node::Node;
@@ -46,6 +48,70 @@ pub struct PublishRequest {
     pub group: Option<String>,
     /// Idempotency key and notification id; a ULID is generated when absent.
     pub id: Option<String>,
+    /// The publisher's push options for this notification (`push` on the wire).
+    pub push: PushOptions,
+}
+
+/// What a publisher may change about push delivery per publish (`"push": {…}` in the body, protocol §9.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushOptions {
+    /// How long an `important` notification waits for an ack before it is pushed to a user with a live session
+    /// (`after_ms`); `None`: the server's default.
+    pub after: Option<Duration>,
+    /// Push even during the user's quiet hours (`bypass_quiet_hours`): 2FA codes, security alerts.
+    pub bypass_quiet_hours: bool,
+    /// `false` (`"digest": false`): an `informational` notification gets no digest push.
+    pub digest: bool,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions { after: None, bypass_quiet_hours: false, digest: true }
+    }
+}
+
+impl PushOptions {
+    /// The planner's overrides.
+    pub(crate) fn overrides(&self) -> crate::planner::Overrides {
+        crate::planner::Overrides {
+            push_after: self.after,
+            bypass_quiet_hours: self.bypass_quiet_hours,
+            digest: self.digest,
+        }
+    }
+
+    fn parse(value: serde_json::Value) -> Result<Self, PublishError> {
+        let serde_json::Value::Object(map) = value else {
+            return Err(PublishError::bad_request(format!("push: expected an object, got {}", kind_of(&value))));
+        };
+        let mut options = PushOptions::default();
+        for (key, v) in map {
+            match (key.as_str(), v) {
+                (_, serde_json::Value::Null) => {}
+                ("after_ms", serde_json::Value::Number(n)) => {
+                    let ms = n.as_u64().filter(|ms| *ms <= MAX_PUSH_AFTER.as_millis() as u64).ok_or_else(|| {
+                        PublishError::bad_request(format!(
+                            "push.after_ms: expected milliseconds from 0 to {}, got {n}",
+                            MAX_PUSH_AFTER.as_millis()
+                        ))
+                    })?;
+                    options.after = Some(Duration::from_millis(ms));
+                }
+                ("bypass_quiet_hours", serde_json::Value::Bool(b)) => options.bypass_quiet_hours = b,
+                ("digest", serde_json::Value::Bool(b)) => options.digest = b,
+                ("after_ms" | "bypass_quiet_hours" | "digest", other) => {
+                    let want = if key == "after_ms" { "a number" } else { "a boolean" };
+                    return Err(PublishError::bad_request(format!(
+                        "push.{key}: expected {want}, got {}",
+                        kind_of(&other)
+                    )));
+                }
+                // Unknown members are ignored, as everywhere in the protocol.
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
 }
 
 impl PublishRequest {
@@ -62,7 +128,14 @@ impl PublishRequest {
             data: None,
             group: None,
             id: None,
+            push: PushOptions::default(),
         }
+    }
+
+    /// Sets the push options.
+    pub fn push(mut self, push: PushOptions) -> Self {
+        self.push = push;
+        self
     }
 
     /// Adds a user recipient.
@@ -166,6 +239,10 @@ impl PublishRequest {
         let body = string("body", value("body")?)?;
         let group = string("group", value("group")?)?;
         let id = string("id", value("id")?)?;
+        let push = match value("push")? {
+            Some(v) => PushOptions::parse(v)?,
+            None => PushOptions::default(),
+        };
         let data = match fields.remove("data") {
             Some(raw) if raw.get() != "null" => Some(
                 RawJson::from_string(raw.get().to_owned())
@@ -173,7 +250,7 @@ impl PublishRequest {
             ),
             _ => None,
         };
-        Ok(PublishRequest { users, topics, kind, priority, persistence, title, body, data, group, id })
+        Ok(PublishRequest { users, topics, kind, priority, persistence, title, body, data, group, id, push })
     }
 
     /// Checks the request against the protocol's limits. Content that is too large (`title`, `body`, `data`,
@@ -531,6 +608,29 @@ mod tests {
         assert!(error(r#"{"users":["a"],"type":""}"#).message.starts_with("type:"));
         assert!(error(r#"[1,2]"#).message.contains("JSON object"));
         assert!(error(r#"{"users":["a"],"type":"t","title":5}"#).message.starts_with("title: expected a string"));
+    }
+
+    #[test]
+    fn push_options_are_parsed_and_checked() {
+        let req = PublishRequest::from_json(
+            r#"{"users":["a"],"type":"t","push":{"after_ms":2000,"bypass_quiet_hours":true,"digest":false,"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.push,
+            PushOptions { after: Some(Duration::from_secs(2)), bypass_quiet_hours: true, digest: false }
+        );
+        assert_eq!(PublishRequest::from_json(r#"{"users":["a"],"type":"t"}"#).unwrap().push, PushOptions::default());
+        assert!(error(r#"{"users":["a"],"type":"t","push":5}"#).message.starts_with("push: expected an object"));
+        assert!(error(r#"{"users":["a"],"type":"t","push":{"after_ms":-1}}"#).message.starts_with("push.after_ms"));
+        assert!(
+            error(r#"{"users":["a"],"type":"t","push":{"after_ms":86400001}}"#).message.starts_with("push.after_ms")
+        );
+        assert!(
+            error(r#"{"users":["a"],"type":"t","push":{"digest":"no"}}"#)
+                .message
+                .starts_with("push.digest: expected a boolean")
+        );
     }
 
     #[test]

@@ -397,7 +397,10 @@ impl Connection {
         }
         match self.session.identity() {
             Some(identity) => {
-                self.node.presence.unregister(&identity.user, &identity.session);
+                if self.node.presence.unregister(&identity.user, &identity.session) {
+                    let (node, user) = (self.node.clone(), identity.user.clone());
+                    tokio::spawn(async move { node.user_went_offline(&user).await });
+                }
                 self.node.registry.unregister_device(&identity.user, self.handle.id());
                 info!(
                     user = %identity.user,

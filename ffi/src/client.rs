@@ -8,7 +8,7 @@ use tidings_core::native::{self, BoxFuture, Client, Events, FileStore};
 use tokio::runtime::Runtime;
 
 use crate::types::*;
-use crate::{TidingsError, guard};
+use crate::{TidingsError, guard, guard_async};
 
 /// Why the token provider could not supply a token.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
@@ -192,10 +192,50 @@ impl TidingsClient {
         })
     }
 
-    /// Passes a push payload (APNs `userInfo` / FCM `data` as JSON text) through the dedup window shared with
-    /// the socket: `Show` the first time, `Duplicate` after. The state is saved before this returns.
-    pub fn ingest_push(&self, payload: String) -> Result<PushOutcome, TidingsError> {
-        guard(|| Ok(self.client.ingest_push(&payload)?.into()))
+    /// Passes a push payload (APNs `userInfo` / FCM `data` as JSON text, any form of protocol §11.1) through
+    /// the dedup window shared with the socket: `Show` the first time, `Duplicate` after, `Summary` for a digest or
+    /// quiet-hours summary, `ShowTitle` when the push was too large to carry the notification and fetching it
+    /// failed (it is fetched with the user's token before this returns). What is shown is acked. The state is
+    /// saved before this returns.
+    pub async fn ingest_push(&self, payload: String) -> Result<PushOutcome, TidingsError> {
+        guard_async(async move { Ok(self.client.ingest_push(&payload).await?.into()) }).await
+    }
+
+    /// The user's preferences (protocol §9.5), read with the user's token.
+    pub async fn preferences(&self) -> Result<Preferences, TidingsError> {
+        guard_async(async move { Ok(self.client.preferences().await?.into()) }).await
+    }
+
+    /// Replaces every preference rule of the user; returns the result.
+    pub async fn set_preferences(&self, rules: Vec<PreferenceRule>) -> Result<Preferences, TidingsError> {
+        guard_async(async move {
+            let rules: Vec<_> = rules.into_iter().map(Into::into).collect();
+            Ok(self.client.set_preferences(&rules).await?.into())
+        })
+        .await
+    }
+
+    /// Adds rules, each replacing the user's rule with the same selector and channel; returns the result.
+    pub async fn update_preferences(&self, rules: Vec<PreferenceRule>) -> Result<Preferences, TidingsError> {
+        guard_async(async move {
+            let rules: Vec<_> = rules.into_iter().map(Into::into).collect();
+            Ok(self.client.update_preferences(&rules).await?.into())
+        })
+        .await
+    }
+
+    /// The user's quiet hours.
+    pub async fn quiet_hours(&self) -> Result<QuietHoursSettings, TidingsError> {
+        guard_async(async move { Ok(self.client.quiet_hours().await?.into()) }).await
+    }
+
+    /// Sets (or with `None` removes) the user's quiet hours; returns the result.
+    pub async fn set_quiet_hours(&self, quiet_hours: Option<QuietHours>) -> Result<QuietHoursSettings, TidingsError> {
+        guard_async(async move {
+            let q: Option<tidings_core::protocol::api::QuietHours> = quiet_hours.map(Into::into);
+            Ok(self.client.set_quiet_hours(q.as_ref()).await?.into())
+        })
+        .await
     }
 
     /// Registers the device's push address with the server (sent now and on every reconnect).

@@ -62,6 +62,30 @@ pub enum TidingsError {
         /// Detail.
         message: String,
     },
+    /// The server refused the user's token for an HTTP call (the token provider is asked again once first).
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        /// Detail.
+        message: String,
+    },
+    /// The server refused the request (`4xx`: invalid preferences or quiet hours, an unknown notification …).
+    #[error("refused ({status} {code}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The error code (`bad_request`, `not_found`, …).
+        code: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The server could not be reached or could not answer now: try again later.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        /// Detail.
+        message: String,
+        /// How long to wait, when the server said.
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl From<tidings_core::native::ClientError> for TidingsError {
@@ -76,9 +100,34 @@ impl From<tidings_core::native::ClientError> for TidingsError {
             ClientError::Store(e) => TidingsError::Store { message: e.to_string() },
             ClientError::Closed => TidingsError::Closed,
             ClientError::Config(message) => TidingsError::InvalidArgument { message },
+            ClientError::Api(e) => e.into(),
             other => TidingsError::Internal { message: other.to_string() },
         }
     }
+}
+
+impl From<tidings_core::protocol::api::ApiError> for TidingsError {
+    fn from(e: tidings_core::protocol::api::ApiError) -> Self {
+        use tidings_core::protocol::api::ApiError;
+        match e {
+            ApiError::Unauthorized { message, .. } => TidingsError::Unauthorized { message },
+            ApiError::Refused { status, code, message } => TidingsError::Refused { status, code, message },
+            ApiError::Unavailable { message, retry_after_ms, .. } => {
+                TidingsError::Unavailable { message, retry_after_ms }
+            }
+            ApiError::Malformed(m) => {
+                TidingsError::Unavailable { message: format!("malformed answer: {m}"), retry_after_ms: None }
+            }
+        }
+    }
+}
+
+/// Runs `fut`, turning a panic into [`TidingsError::Internal`].
+pub(crate) async fn guard_async<T>(
+    fut: impl std::future::Future<Output = Result<T, TidingsError>>,
+) -> Result<T, TidingsError> {
+    use futures_util::FutureExt;
+    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|panic| Err(panic_error(panic)))
 }
 
 /// Runs `f`, turning a panic into [`TidingsError::Internal`] so that no panic crosses the FFI.
@@ -95,17 +144,23 @@ pub(crate) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> TidingsError 
     TidingsError::Internal { message }
 }
 
-/// Dedup for a push handler in another process (the iOS Notification Service Extension, an Android push
+/// The push path of a handler in another process (the iOS Notification Service Extension, an Android push
 /// service running without the app): passes `payload` through the dedup window kept in the store file at
 /// `store_path` — the same file the app's [`TidingsClient`] uses — and saves the seen ids back before returning
-/// (the app's cursors and open batches in the file are kept). Opens no connection and starts no thread. The
-/// behaviour is the core's (`tidings_core::native::ingest_push_with_store`).
-#[uniffi::export]
-pub fn ingest_push_with_store(store_path: String, payload: String) -> Result<PushOutcome, TidingsError> {
-    guard(|| {
+/// (the app's cursors and open batches in the file are kept). With `server`, a push too large to carry its
+/// notification is fetched from the server (else its title is shown) and what is shown is acked there. Opens
+/// no WebSocket. The behaviour is the core's (`tidings_core::native::ingest_push_with_store`).
+#[uniffi::export(async_runtime = "tokio")]
+pub async fn ingest_push_with_store(
+    store_path: String,
+    payload: String,
+    server: Option<PushServer>,
+) -> Result<PushOutcome, TidingsError> {
+    guard_async(async move {
         let store = tidings_core::native::FileStore::new(&store_path);
         let capacity = default_config(String::new()).dedup_capacity as usize;
-        match tidings_core::native::ingest_push_with_store(&store, &payload, capacity) {
+        let server: Option<tidings_core::native::PushServer> = server.map(Into::into);
+        match tidings_core::native::ingest_push_with_store(&store, &payload, capacity, server.as_ref()).await {
             Ok(outcome) => Ok(outcome.into()),
             Err(tidings_core::native::ClientError::Engine(tidings_core::EngineError::InvalidPayload(e))) => {
                 Err(TidingsError::InvalidPayload { message: e.message().to_string() })
@@ -113,6 +168,7 @@ pub fn ingest_push_with_store(store_path: String, payload: String) -> Result<Pus
             Err(e) => Err(e.into()),
         }
     })
+    .await
 }
 
 /// The default configuration for a server at `url`.

@@ -433,6 +433,20 @@ pub enum PushOutcome {
         /// Its id.
         id: String,
     },
+    /// A digest or quiet-hours summary with something new in it: show it (its ids are seen from now on).
+    Summary {
+        /// The summary.
+        summary: PushSummary,
+    },
+    /// The push was too large to carry the notification and fetching it failed: show its title.
+    ShowTitle {
+        /// The notification id.
+        id: String,
+        /// Its title (none: show a generic text).
+        title: Option<String>,
+        /// Why the fetch failed.
+        reason: String,
+    },
 }
 
 impl From<core::PushOutcome> for PushOutcome {
@@ -440,6 +454,225 @@ impl From<core::PushOutcome> for PushOutcome {
         match o {
             core::PushOutcome::Show(n) => PushOutcome::Show { notification: n.into() },
             core::PushOutcome::Duplicate { id } => PushOutcome::Duplicate { id },
+            core::PushOutcome::Summary(s) => PushOutcome::Summary { summary: s.into() },
+            core::PushOutcome::ShowTitle { id, title, reason } => PushOutcome::ShowTitle { id, title, reason },
+            // The native client resolves fetches before it answers; never seen here.
+            core::PushOutcome::Fetch { id, title } => {
+                PushOutcome::ShowTitle { id, title, reason: "not fetched".into() }
+            }
+        }
+    }
+}
+
+/// Which summary a push is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum SummaryKind {
+    /// Informational notifications of one group, collected over a digest window.
+    Digest,
+    /// What was held during the user's quiet hours.
+    QuietHours,
+}
+
+/// Several notifications in one push (protocol §11.1).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct PushSummary {
+    /// Digest or quiet hours.
+    pub kind: SummaryKind,
+    /// The digest's group.
+    pub group: Option<String>,
+    /// How many notifications it stands for.
+    pub count: u64,
+    /// The ids, newest first (at most 20).
+    pub ids: Vec<String>,
+    /// The newest one's title.
+    pub title: Option<String>,
+}
+
+impl From<proto::PushSummary> for PushSummary {
+    fn from(s: proto::PushSummary) -> Self {
+        PushSummary {
+            kind: match s.kind {
+                proto::SummaryKind::Digest => SummaryKind::Digest,
+                proto::SummaryKind::QuietHours => SummaryKind::QuietHours,
+            },
+            group: s.group,
+            count: s.count,
+            ids: s.ids,
+            title: s.title,
+        }
+    }
+}
+
+/// A delivery channel a preference applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum Channel {
+    /// Live delivery over the socket (and replay).
+    Socket,
+    /// Push notifications, digests and quiet-hours summaries.
+    Push,
+}
+
+/// What a preference rule is about.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum PreferenceSelector {
+    /// Notifications whose `type` matches (exact, or a prefix ending in `*`).
+    Type {
+        /// The pattern.
+        pattern: String,
+    },
+    /// Notifications published to a topic that matches.
+    Topic {
+        /// The pattern.
+        pattern: String,
+    },
+}
+
+/// One preference: a channel on or off for a type or topic. Deny wins; `critical` notifications ignore them.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct PreferenceRule {
+    /// What it is about.
+    pub selector: PreferenceSelector,
+    /// Which channel.
+    pub channel: Channel,
+    /// On or off.
+    pub enabled: bool,
+}
+
+/// The user's preferences as the server holds them.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Preferences {
+    /// The rules.
+    pub rules: Vec<PreferenceRule>,
+    /// Counts the changes of the user's settings.
+    pub version: u64,
+    /// When they last changed, ms since the Unix epoch.
+    pub updated_at_ms: u64,
+}
+
+/// One weekly quiet range in the user's local time.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct QuietRange {
+    /// `mon` … `sun`.
+    pub day: String,
+    /// `HH:MM`, inclusive.
+    pub start: String,
+    /// `HH:MM`, exclusive (`24:00` allowed; at or before `start`: the next day).
+    pub end: String,
+}
+
+/// Quiet hours: an IANA time zone and weekly ranges.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct QuietHours {
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub time_zone: String,
+    /// The ranges.
+    pub ranges: Vec<QuietRange>,
+}
+
+/// The user's quiet hours as the server holds them.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct QuietHoursSettings {
+    /// The quiet hours, if any.
+    pub quiet_hours: Option<QuietHours>,
+    /// Counts the changes of the user's settings.
+    pub version: u64,
+    /// When they last changed, ms since the Unix epoch.
+    pub updated_at_ms: u64,
+}
+
+/// Where a push handler without a running client (the Notification Service Extension, an FCM service started
+/// without the app) reaches the server: to fetch a notification too large for its push, and to ack.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct PushServer {
+    /// The server's WebSocket URL (or its HTTP base URL).
+    pub url: String,
+    /// A token of the signed-in user.
+    pub token: String,
+    /// Extra trusted certificate authorities (PEM).
+    #[uniffi(default = [])]
+    pub extra_root_certificates: Vec<String>,
+}
+
+impl From<PushServer> for tidings_core::native::PushServer {
+    fn from(s: PushServer) -> Self {
+        tidings_core::native::PushServer {
+            url: s.url,
+            token: s.token,
+            extra_root_certificates: s.extra_root_certificates,
+        }
+    }
+}
+
+impl From<proto::api::PreferenceRule> for PreferenceRule {
+    fn from(r: proto::api::PreferenceRule) -> Self {
+        PreferenceRule {
+            selector: match r.selector {
+                proto::api::Selector::Type(pattern) => PreferenceSelector::Type { pattern },
+                proto::api::Selector::Topic(pattern) => PreferenceSelector::Topic { pattern },
+            },
+            channel: match r.channel {
+                proto::api::Channel::Socket => Channel::Socket,
+                proto::api::Channel::Push => Channel::Push,
+            },
+            enabled: r.enabled,
+        }
+    }
+}
+
+impl From<PreferenceRule> for proto::api::PreferenceRule {
+    fn from(r: PreferenceRule) -> Self {
+        proto::api::PreferenceRule {
+            selector: match r.selector {
+                PreferenceSelector::Type { pattern } => proto::api::Selector::Type(pattern),
+                PreferenceSelector::Topic { pattern } => proto::api::Selector::Topic(pattern),
+            },
+            channel: match r.channel {
+                Channel::Socket => proto::api::Channel::Socket,
+                Channel::Push => proto::api::Channel::Push,
+            },
+            enabled: r.enabled,
+        }
+    }
+}
+
+impl From<proto::api::Preferences> for Preferences {
+    fn from(p: proto::api::Preferences) -> Self {
+        Preferences {
+            rules: p.rules.into_iter().map(Into::into).collect(),
+            version: p.version,
+            updated_at_ms: p.updated_at,
+        }
+    }
+}
+
+impl From<proto::api::QuietHours> for QuietHours {
+    fn from(q: proto::api::QuietHours) -> Self {
+        QuietHours {
+            time_zone: q.time_zone,
+            ranges: q.ranges.into_iter().map(|r| QuietRange { day: r.day, start: r.start, end: r.end }).collect(),
+        }
+    }
+}
+
+impl From<QuietHours> for proto::api::QuietHours {
+    fn from(q: QuietHours) -> Self {
+        proto::api::QuietHours {
+            time_zone: q.time_zone,
+            ranges: q
+                .ranges
+                .into_iter()
+                .map(|r| proto::api::QuietRange { day: r.day, start: r.start, end: r.end })
+                .collect(),
+        }
+    }
+}
+
+impl From<proto::api::QuietHoursSettings> for QuietHoursSettings {
+    fn from(q: proto::api::QuietHoursSettings) -> Self {
+        QuietHoursSettings {
+            quiet_hours: q.quiet_hours.map(Into::into),
+            version: q.version,
+            updated_at_ms: q.updated_at,
         }
     }
 }

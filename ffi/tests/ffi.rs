@@ -188,7 +188,7 @@ async fn bad_arguments_get_clear_errors() {
     let client = TidingsClient::new(default_config("ws://127.0.0.1:9/v1/ws".into()), tokens("t".into())).unwrap();
     let err = client.subscribe("chat:1".into()).unwrap_err();
     assert!(matches!(err, TidingsError::InvalidArgument { .. }), "{err}");
-    let err = client.ingest_push("{\"nope\":1}".into()).unwrap_err();
+    let err = client.ingest_push("{\"nope\":1}".into()).await.unwrap_err();
     assert!(matches!(err, TidingsError::InvalidPayload { .. }), "{err}");
     let err = client.register_push_token(PushPlatform::Apns, String::new()).unwrap_err();
     assert!(matches!(err, TidingsError::InvalidArgument { .. }), "{err}");
@@ -282,8 +282,11 @@ async fn a_push_extension_and_the_app_share_dedup_through_the_store_file() {
         server.publisher().publish(PublishRequest::new("t").user("alice").id("p1").title("hi")).await.unwrap();
     let d = &receipt.deliveries[0];
     let p1 = payload("p1", d.offset.unwrap(), &d.epoch);
-    assert!(matches!(ingest_push_with_store(store.clone(), p1.clone()).unwrap(), PushOutcome::Show { .. }));
-    assert_eq!(ingest_push_with_store(store.clone(), p1.clone()).unwrap(), PushOutcome::Duplicate { id: "p1".into() });
+    assert!(matches!(ingest_push_with_store(store.clone(), p1.clone(), None).await.unwrap(), PushOutcome::Show { .. }));
+    assert_eq!(
+        ingest_push_with_store(store.clone(), p1.clone(), None).await.unwrap(),
+        PushOutcome::Duplicate { id: "p1".into() }
+    );
     // The app starts again from the same file: it resumes from its cursor, the server replays p1, dedup drops it.
     let app = TidingsClient::new(c, tokens(token)).unwrap();
     let log = Arc::new(Recorder::default());
@@ -294,8 +297,8 @@ async fn a_push_extension_and_the_app_share_dedup_through_the_store_file() {
     log.wait_for("notification p2").await;
     assert!(!log.events.lock().unwrap().iter().any(|e| e == "notification p1"), "{:#?}", log.events.lock().unwrap());
     assert_eq!(app.stats().duplicates_dropped, 1, "the replayed p1 was dropped as a duplicate");
-    assert_eq!(app.ingest_push(p1).unwrap(), PushOutcome::Duplicate { id: "p1".into() });
-    let err = ingest_push_with_store(store, "[]".into()).unwrap_err();
+    assert_eq!(app.ingest_push(p1).await.unwrap(), PushOutcome::Duplicate { id: "p1".into() });
+    let err = ingest_push_with_store(store, "[]".into(), None).await.unwrap_err();
     assert!(matches!(err, TidingsError::InvalidPayload { .. }), "{err}");
     app.close().await;
     let _ = pulling.await;
@@ -312,21 +315,22 @@ async fn the_push_path_without_a_client_gives_no_two_installations_one_device_id
     std::fs::write(&corrupt, "{ not json").unwrap();
     for store in [&empty, &corrupt] {
         assert!(matches!(
-            ingest_push_with_store(store.clone(), payload("x1", 1, "e")).unwrap(),
+            ingest_push_with_store(store.clone(), payload("x1", 1, "e"), None).await.unwrap(),
             PushOutcome::Show { .. }
         ));
         let text = std::fs::read_to_string(store).unwrap();
         assert!(!text.contains("device_id"), "the push path made up a device id: {text}");
     }
-    let ids: Vec<String> = [empty, corrupt]
-        .into_iter()
-        .map(|store| {
-            let mut c = default_config("ws://127.0.0.1:9/v1/ws".into());
-            c.store_path = Some(store);
-            let client = TidingsClient::new(c, tokens("t".into())).unwrap();
-            assert_eq!(client.ingest_push(payload("x1", 1, "e")).unwrap(), PushOutcome::Duplicate { id: "x1".into() });
-            client.device_id()
-        })
-        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for store in [empty, corrupt] {
+        let mut c = default_config("ws://127.0.0.1:9/v1/ws".into());
+        c.store_path = Some(store);
+        let client = TidingsClient::new(c, tokens("t".into())).unwrap();
+        assert_eq!(
+            client.ingest_push(payload("x1", 1, "e")).await.unwrap(),
+            PushOutcome::Duplicate { id: "x1".into() }
+        );
+        ids.push(client.device_id());
+    }
     assert_ne!(ids[0], ids[1], "two installations, two device ids");
 }

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tidings_core::engine::{ConnectionState, Continuity, Event, Lifecycle, NetworkEvent, PushOutcome};
+use tidings_core::engine::{ConnectionState, Continuity, Event, Lifecycle, NetworkEvent, PushOutcome, PushPlatform};
+use tidings_core::protocol::{PushPayload, decode_push};
 use tidings_core::store::MemoryStore;
+use tidings_push_mocks::harness::PushHarness;
 use tidings_tests::{TestClient, TestServer};
 
 const SCENARIOS: &str = include_str!("../conformance/scenarios.json");
@@ -26,6 +28,23 @@ struct Runner<'s> {
     deliveries: HashMap<String, Value>,
     /// Clients whose app takes no events now (`pause_events`).
     paused: std::collections::HashSet<String>,
+    /// The mock push services the server pushes to.
+    push: &'s PushHarness,
+    /// Each client's user and push token (`register_push`).
+    users: HashMap<String, String>,
+    push_tokens: HashMap<String, String>,
+    /// Pushes the server sent, by (client, id) (`wait_push`).
+    sent: HashMap<(String, String), String>,
+}
+
+/// The ids a push payload stands for, and its form.
+fn push_ids(payload: &str) -> (Vec<String>, &'static str) {
+    match decode_push(payload) {
+        Ok(PushPayload::Full(n)) => (vec![n.id().to_owned()], "full"),
+        Ok(PushPayload::Fetch { id, .. }) => (vec![id], "lightweight"),
+        Ok(PushPayload::Summary(s)) => (s.ids, "summary"),
+        Err(_) => (Vec::new(), "invalid"),
+    }
 }
 
 impl<'s> Runner<'s> {
@@ -91,7 +110,79 @@ impl<'s> Runner<'s> {
                 });
                 let key = step["client"].as_str().unwrap().to_string();
                 self.token_fetches.insert(key.clone(), fetches);
+                self.users.insert(key.clone(), user);
                 self.clients.insert(key, client);
+            }
+            "register_push" => {
+                // The Rust runner registers an APNs address (hex device token).
+                let key = step["client"].as_str().unwrap().to_string();
+                let token: String = self.name(&key).bytes().map(|b| format!("{b:02x}")).collect();
+                self.client(step).client.register_push(PushPlatform::Apns, &token).unwrap();
+                let user = self.users[&key].clone();
+                let deadline = tokio::time::Instant::now() + tidings_tests::WAIT;
+                loop {
+                    let devices = self.server.get(&format!("/v1/users/{user}/devices")).await;
+                    let stored = devices["devices"].as_array().unwrap().iter().any(|d| d["push"]["token"] == token);
+                    if stored {
+                        break;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "the push address was never stored");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                self.push_tokens.insert(key, token);
+            }
+            "wait_offline" => {
+                let user = self.name(step["user"].as_str().unwrap());
+                let deadline = tokio::time::Instant::now() + tidings_tests::WAIT;
+                while !self.server.get(&format!("/v1/presence/{user}")).await["devices"].as_array().unwrap().is_empty()
+                {
+                    assert!(tokio::time::Instant::now() < deadline, "{user} never went offline");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "wait_push" => {
+                let key = step["client"].as_str().unwrap().to_string();
+                let id = self.name(step["id"].as_str().unwrap());
+                let token = self.push_tokens.get(&key).expect("register_push first").clone();
+                let deadline = tokio::time::Instant::now() + tidings_tests::WAIT;
+                let payload = loop {
+                    let found = self
+                        .push
+                        .pushes()
+                        .into_iter()
+                        .find(|p| p.target == token && push_ids(&p.payload).0.contains(&id));
+                    if let Some(p) = found {
+                        break p.payload;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "no push of {id} reached {key}'s device");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                if let Some(form) = step["form"].as_str() {
+                    assert_eq!(push_ids(&payload).1, form, "the push's form: {payload}");
+                }
+                self.sent.insert((key, id), payload);
+            }
+            "ingest_sent_push" => {
+                let from = step["from"].as_str().or(step["client"].as_str()).unwrap().to_string();
+                let id = self.name(step["id"].as_str().unwrap());
+                let payload = self.sent.get(&(from, id.clone())).expect("wait_push first").clone();
+                let want_ids = self.names(&step["ids"]);
+                let outcome = self.client(step).client.ingest_push(&payload).await.expect("the server's push is valid");
+                match (step["expect"].as_str().unwrap(), &outcome) {
+                    ("show", PushOutcome::Show(n)) => {
+                        assert_eq!(n.id(), id);
+                        if let Some(len) = step["body_bytes"].as_u64() {
+                            assert_eq!(n.body().map(str::len), Some(len as usize), "the whole notification");
+                        }
+                    }
+                    ("duplicate", PushOutcome::Duplicate { .. }) => {}
+                    ("summary", PushOutcome::Summary(s)) => {
+                        assert_eq!(s.count, step["count"].as_u64().unwrap());
+                        assert_eq!(s.ids, want_ids);
+                    }
+                    ("title", PushOutcome::ShowTitle { id: got, .. }) => assert_eq!(*got, id),
+                    (want, got) => panic!("expected {want}, got {got:?}"),
+                }
             }
             "wait_state" | "assert_state" => {
                 let want = step["state"].as_str().unwrap().to_string();
@@ -158,6 +249,9 @@ impl<'s> Runner<'s> {
                     if let Some(p) = step["persistence"].as_str() {
                         body["persistence"] = json!(p);
                     }
+                    if let Some(n) = step["body_bytes"].as_u64() {
+                        body["body"] = json!("x".repeat(n as usize));
+                    }
                     let reply = self.server.publish(body).await;
                     self.deliveries.insert(id, reply["deliveries"][0].clone());
                 }
@@ -222,10 +316,11 @@ impl<'s> Runner<'s> {
                     "title": format!("title {id}"), "created_at": 1
                 }})
                 .to_string();
-                let outcome = self.client(step).client.ingest_push(&payload).expect("valid payload");
+                let outcome = self.client(step).client.ingest_push(&payload).await.expect("valid payload");
                 let got = match outcome {
                     PushOutcome::Show(_) => "show",
                     PushOutcome::Duplicate { .. } => "duplicate",
+                    other => panic!("a full payload gives show or duplicate, got {other:?}"),
                 };
                 assert_eq!(got, step["expect"].as_str().unwrap(), "push outcome for {id}");
             }
@@ -330,8 +425,30 @@ async fn run_scenario(name: &str) {
         .unwrap_or_else(|| panic!("scenario {name} is not in scenarios.json"))
         .clone();
     let max_items = file["server"]["replay_max_items"].as_u64().unwrap() as usize;
-    // The server's default store: SQLite.
-    let server = TestServer::start_sqlite_with(|c| c.replay_max_items = max_items).await;
+    let push_after = Duration::from_millis(file["server"]["push_after_ms"].as_u64().unwrap());
+    let digest_window = Duration::from_secs(file["server"]["digest_window_secs"].as_u64().unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    let push = PushHarness::start(keys.path()).await.expect("the mock push services start");
+    let p = push.settings().clone();
+    // The server's default store: SQLite; its pushes go to the mock services.
+    let server = TestServer::start_sqlite_with(|c| {
+        c.replay_max_items = max_items;
+        c.push_policy.push_after = push_after;
+        c.push_policy.digest_window = digest_window;
+        c.vapid_public_key = Some(p.vapid_public_key);
+        c.push.vapid_private_key = Some(p.vapid_private_key);
+        c.push.vapid_subject = Some(p.vapid_subject);
+        c.push.apns_key_file = Some(p.apns_key_file);
+        c.push.apns_key_id = Some(p.apns_key_id);
+        c.push.apns_team_id = Some(p.apns_team_id);
+        c.push.apns_topic = Some(p.apns_topic);
+        c.push.apns_url = p.apns_url.clone();
+        c.push.apns_sandbox_url = p.apns_url;
+        c.push.fcm_service_account = Some(p.fcm_service_account);
+        c.push.fcm_url = p.fcm_url;
+        c.push.push_ca_file = Some(p.push_ca_file);
+    })
+    .await;
     let mut runner = Runner {
         server: &server,
         prefix: format!("r{}x{}", std::process::id(), RUN.fetch_add(1, Ordering::SeqCst)),
@@ -339,6 +456,10 @@ async fn run_scenario(name: &str) {
         token_fetches: HashMap::new(),
         deliveries: HashMap::new(),
         paused: std::collections::HashSet::new(),
+        push: &push,
+        users: HashMap::new(),
+        push_tokens: HashMap::new(),
+        sent: HashMap::new(),
     };
     for (i, step) in scenario["steps"].as_array().unwrap().iter().enumerate() {
         eprintln!("[{name}] step {i}: {step}");
@@ -382,4 +503,7 @@ scenarios!(
     auth_failure_without_storm,
     background_foreground_resume,
     slow_app_backpressure,
+    real_push_then_socket_shown_once,
+    lightweight_push_is_fetched,
+    digest_push_summary,
 );

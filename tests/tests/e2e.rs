@@ -348,7 +348,9 @@ async fn push_then_socket_and_socket_then_push_are_each_seen_once() {
     let reply = server.notify_user("alice", "p1", "critical").await;
     let d = &reply["deliveries"][0];
     let payload = json!({"aps":{"alert":"p1"},"tidings":{"id":"p1","stream":"user:alice","offset":d["offset"],"epoch":d["epoch"],"type":"test","priority":"critical","persistence":"bufferable","title":"t p1","created_at":1}}).to_string();
-    let PushOutcome::Show(n) = alice.client.ingest_push(&payload).unwrap() else { panic!("first sighting shows") };
+    let PushOutcome::Show(n) = alice.client.ingest_push(&payload).await.unwrap() else {
+        panic!("first sighting shows")
+    };
     assert_eq!(n.id(), "p1");
     alice.client.network_changed(tidings_core::NetworkEvent::Available);
     alice
@@ -363,12 +365,12 @@ async fn push_then_socket_and_socket_then_push_are_each_seen_once() {
     alice.until_ids(&["p2"]).await;
     let d = &reply["deliveries"][0];
     let payload = json!({"id":"p2","stream":"user:alice","offset":d["offset"],"epoch":d["epoch"],"type":"test","priority":"critical","persistence":"bufferable","created_at":1}).to_string();
-    assert_eq!(alice.client.ingest_push(&payload).unwrap(), PushOutcome::Duplicate { id: "p2".into() });
+    assert_eq!(alice.client.ingest_push(&payload).await.unwrap(), PushOutcome::Duplicate { id: "p2".into() });
     alice.settle(Duration::from_millis(200)).await;
     assert_eq!(alice.delivered_ids(), ["p2"]);
 
     // Bad payloads are refused with a clear error.
-    let err = alice.client.ingest_push("{\"tidings\": 5}").unwrap_err();
+    let err = alice.client.ingest_push("{\"tidings\": 5}").await.unwrap_err();
     assert!(err.to_string().contains("invalid"), "{err}");
     alice.close().await;
 }

@@ -42,7 +42,7 @@ pub use backoff::BackoffConfig;
 pub use batch::{BatchConfig, BatchOutput, Digest, PendingBatch};
 pub use dedup::DedupWindow;
 pub use map::StreamMap;
-pub use push::ingest_push_without_client;
+pub use push::{complete_push_fetch_without_client, ingest_push_without_client};
 pub use snapshot::{Cursor, PushRegistration, Snapshot, SnapshotScope};
 pub use types::{
     Action, Config, ConnId, ConnectionState, Continuity, EngineError, Event, FailureReason, Lifecycle, NetworkEvent,

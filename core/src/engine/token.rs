@@ -24,6 +24,14 @@ pub(super) struct TokenState {
 }
 
 impl Engine {
+    /// The token the provider gave last, unless it is known to have expired (for the driver's HTTP API calls).
+    pub fn current_token(&self) -> Option<&str> {
+        if self.token.expires_at.is_some_and(|t| t <= self.now) {
+            return None;
+        }
+        self.token.token.as_deref()
+    }
+
     /// The token provider answered an [`Action::FetchToken`].
     pub fn handle_token(&mut self, now: Instant, result: Result<String, TokenError>) {
         let now = self.tick(now);

@@ -291,6 +291,29 @@ pub enum PushOutcome {
         /// Its id.
         id: String,
     },
+    /// A lightweight push (protocol §11.1) of a notification not seen yet: the driver fetches it
+    /// ([`crate::protocol::api::fetch_notification`], with the user's token) and hands the result to
+    /// [`Engine::complete_push_fetch`](super::Engine::complete_push_fetch), whose outcome is the one to act on.
+    /// Never returned to applications: SDKs resolve it.
+    Fetch {
+        /// The notification id.
+        id: String,
+        /// Its title, shown if the fetch fails.
+        title: Option<String>,
+    },
+    /// A digest or quiet-hours summary with at least one notification not seen yet: show it. The ids it lists are
+    /// seen (and acked) from now on, so none of them is shown again when the socket replays it.
+    Summary(crate::protocol::PushSummary),
+    /// A lightweight push whose notification could not be fetched: show its title (or a generic text without
+    /// one). The id is seen from now on.
+    ShowTitle {
+        /// The notification id.
+        id: String,
+        /// Its title.
+        title: Option<String>,
+        /// Why the fetch failed.
+        reason: String,
+    },
 }
 
 /// Why the token provider failed.

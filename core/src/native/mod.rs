@@ -20,6 +20,7 @@
 //! ```
 
 mod file_store;
+mod http;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +47,7 @@ use crate::engine::{
     TokenError, TransportFailure,
 };
 use crate::protocol::SUBPROTOCOL;
+use crate::protocol::api::{self, ApiError, ApiRequest, PreferenceRule, Preferences, QuietHours, QuietHoursSettings};
 use crate::store::{Store, StoreError};
 use crate::time::Instant;
 
@@ -57,31 +59,105 @@ fn os_seed() -> u64 {
     })
 }
 
-/// Dedup for a push handler in a process that runs no [`Client`] (an iOS Notification Service Extension, an
-/// Android push service started without the app): passes `payload` through the dedup window kept in `store` — the
-/// store the app's client uses — and saves the seen ids back before returning (the handler may be killed right
-/// after). A store that cannot be read (missing, corrupt) counts as empty. Opens no connection and starts no
-/// task. See [`crate::engine::ingest_push_without_client`].
-pub fn ingest_push_with_store(
+/// Where a push handler that runs no [`Client`] reaches the server: to fetch a notification a push was too large
+/// to carry, and to ack what it showed (`POST /v1/me/acks`: the server stops pushing it to the user's other
+/// devices).
+#[derive(Clone, Debug)]
+pub struct PushServer {
+    /// The server's WebSocket URL (as in [`ClientConfig::new`]) or its HTTP base URL.
+    pub url: String,
+    /// A token of the user.
+    pub token: String,
+    /// Certificate authorities trusted besides the public roots (PEM), as [`ClientConfig::extra_root_certificates`].
+    pub extra_root_certificates: Vec<String>,
+}
+
+/// The HTTP base URL of `url` (a WebSocket URL, or already an HTTP one).
+fn http_base(url: &str) -> Option<String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Some(url.trim_end_matches('/').to_owned());
+    }
+    api::api_base(url)
+}
+
+/// The push path of a process that runs no [`Client`] (an iOS Notification Service Extension, an Android push
+/// service started without the app): passes `payload` through the dedup window kept in `store` — the store the
+/// app's client uses — and saves the seen ids back before returning (the handler may be killed right after). A
+/// store that cannot be read (missing, corrupt) counts as empty. A lightweight push is fetched from `server`
+/// (shown as its title when that fails or there is no server); what is shown is acked there. Opens no
+/// WebSocket and starts no task. See [`crate::engine::ingest_push_without_client`].
+pub async fn ingest_push_with_store(
     store: &dyn Store,
     payload: &str,
     dedup_capacity: usize,
+    server: Option<&PushServer>,
 ) -> Result<PushOutcome, ClientError> {
-    let notification = crate::protocol::decode_push_payload(payload).map_err(EngineError::from)?;
-    let stored = match store.load() {
+    let payload = crate::protocol::decode_push(payload).map_err(EngineError::from)?;
+    let stored = load_for_push(store);
+    let mut config = crate::engine::Config::new("");
+    config.dedup_capacity = dedup_capacity;
+    let now = Instant::ZERO;
+    let (mut outcome, mut seen) =
+        crate::engine::ingest_push_without_client(config.clone(), os_seed(), stored.as_ref(), now, payload)?;
+    store.save(&seen)?;
+    let access = match server {
+        Some(s) => {
+            let base = http_base(&s.url).ok_or_else(|| ClientError::Config(format!("server url {:?}", s.url)))?;
+            Some((base, s.token.clone(), http_tls(&s.extra_root_certificates)?))
+        }
+        None => None,
+    };
+    if let PushOutcome::Fetch { id, title } = &outcome {
+        let fetched = match &access {
+            Some((base, token, tls)) => fetch_one(base, token, tls, id).await.map_err(|e| e.to_string()),
+            None => Err("no server to fetch it from".to_owned()),
+        };
+        // The store again: the app may have seen it meanwhile.
+        let stored = load_for_push(store);
+        (outcome, seen) = crate::engine::complete_push_fetch_without_client(
+            config,
+            os_seed(),
+            stored.as_ref(),
+            now,
+            id,
+            title.clone(),
+            fetched,
+        );
+        store.save(&seen)?;
+    }
+    if let (Some((base, token, tls)), Some(device)) = (&access, stored.as_ref().and_then(|s| s.device_id.clone())) {
+        let ids = outcome.ids();
+        if !ids.is_empty() {
+            let request = api::post_acks(&device, &ids);
+            match http::send(base, &request, token, tls).await.and_then(|r| api::parse_acks(r.status, &r.body)) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "push handler: acks not sent (the app's client acks on its next connection)")
+                }
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+fn load_for_push(store: &dyn Store) -> Option<crate::engine::Snapshot> {
+    match store.load() {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "push handler: stored state unreadable, starting from an empty dedup window");
             None
         }
-    };
-    let mut config = crate::engine::Config::new("");
-    config.dedup_capacity = dedup_capacity;
-    let now = Instant::ZERO;
-    let (outcome, seen) =
-        crate::engine::ingest_push_without_client(config, os_seed(), stored.as_ref(), now, notification)?;
-    store.save(&seen)?;
-    Ok(outcome)
+    }
+}
+
+async fn fetch_one(
+    base: &str,
+    token: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    id: &str,
+) -> Result<crate::protocol::Notification, ApiError> {
+    let r = http::send(base, &api::fetch_notification(id), token, tls).await?;
+    api::parse_notification(r.status, &r.body, id)
 }
 
 /// A boxed, sendable future.
@@ -176,6 +252,9 @@ pub enum ClientError {
     /// The configuration is unusable (the message says which setting and why).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A call to the server's HTTP API failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
 }
 
 /// Builds a [`Client`].
@@ -321,7 +400,6 @@ impl Clock {
     }
 }
 
-#[derive(Debug)]
 struct Shared {
     engine: Mutex<Engine>,
     wake: Notify,
@@ -329,6 +407,18 @@ struct Shared {
     store: Option<Arc<dyn Store>>,
     shutdown: AtomicBool,
     state: watch::Sender<ConnectionState>,
+    /// The token provider, for the HTTP API calls.
+    tokens: Arc<dyn TokenProvider>,
+    /// The server's HTTP base URL (from the WebSocket URL).
+    api_base: Option<String>,
+    /// TLS for the HTTP API (the same roots as `wss`).
+    http_tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("api_base", &self.api_base).finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -388,6 +478,9 @@ impl Client {
             store,
             shutdown: AtomicBool::new(false),
             state: state_tx,
+            tokens: tokens.clone(),
+            api_base: api::api_base(&config.engine.url),
+            http_tls: http_tls(&config.extra_root_certificates)?,
         });
         let driver = Driver {
             shared: shared.clone(),
@@ -473,16 +566,34 @@ impl Client {
         self.open_engine(|e, now| e.register_push(now, platform, token))
     }
 
-    /// Passes a push payload (APNs/FCM/Web Push) through the shared dedup window. The state is saved before
-    /// this returns, so a push handler may be killed right after.
-    pub fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {
+    /// Passes a push payload (APNs/FCM/Web Push, any form of protocol §11.1) through the shared dedup window and
+    /// says what to show: the notification, nothing (a duplicate), a summary, or — when the push was too large to
+    /// carry the notification and fetching it from the server failed — its title. A lightweight push is fetched
+    /// with the user's token before this returns. What is shown is acked (once connected). The state is saved
+    /// before this returns, so a push handler may be killed right after.
+    pub async fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {
+        let payload = crate::protocol::decode_push(payload).map_err(EngineError::from)?;
+        let outcome = self.push_step(|e, now| e.ingest_push_payload(now, payload))?;
+        let PushOutcome::Fetch { id, title } = outcome else { return Ok(outcome) };
+        let fetched = self
+            .call(&api::fetch_notification(&id), |status, body| api::parse_notification(status, body, &id))
+            .await
+            .map_err(|e| e.to_string());
+        self.push_step(|e, now| Ok(e.complete_push_fetch(now, &id, title, fetched)))
+    }
+
+    /// Runs a push input on the engine and saves the state before returning.
+    fn push_step(
+        &self,
+        f: impl FnOnce(&mut Engine, Instant) -> Result<PushOutcome, EngineError>,
+    ) -> Result<PushOutcome, ClientError> {
         if self.shared.shutdown.load(Ordering::SeqCst) {
             return Err(ClientError::Closed);
         }
         let now = self.shared.clock.now();
         let (outcome, snapshot) = {
             let mut engine = self.shared.engine();
-            let outcome = engine.ingest_push(now, payload)?;
+            let outcome = f(&mut engine, now)?;
             let snapshot = self.shared.store.as_ref().map(|_| engine.snapshot());
             (outcome, snapshot)
         };
@@ -491,6 +602,73 @@ impl Client {
         }
         self.shared.wake.notify_one();
         Ok(outcome)
+    }
+
+    /// Sends an HTTP API request with the user's token (the one the client holds, else the provider's; once more
+    /// with a fresh one if the server refuses it) and parses the answer.
+    async fn call<T>(
+        &self,
+        request: &ApiRequest,
+        parse: impl Fn(u16, &str) -> Result<T, ApiError>,
+    ) -> Result<T, ClientError> {
+        let base = self
+            .shared
+            .api_base
+            .clone()
+            .ok_or_else(|| ClientError::Config("the server URL must be ws:// or wss://".into()))?;
+        let held = self.shared.engine().current_token().map(str::to_owned);
+        let mut fresh = false;
+        let mut token = match held {
+            Some(t) => t,
+            None => {
+                fresh = true;
+                self.token(false).await?
+            }
+        };
+        loop {
+            let r = http::send(&base, request, &token, &self.shared.http_tls).await?;
+            match parse(r.status, &r.body) {
+                Err(ApiError::Unauthorized { .. }) if !fresh => {
+                    fresh = true;
+                    token = self.token(true).await?;
+                }
+                other => return other.map_err(Into::into),
+            }
+        }
+    }
+
+    async fn token(&self, force_refresh: bool) -> Result<String, ClientError> {
+        self.shared
+            .tokens
+            .token(force_refresh)
+            .await
+            .map_err(|e| ClientError::Api(ApiError::Unauthorized { code: "token_provider".into(), message: e.message }))
+    }
+
+    /// The user's preferences (protocol §9.5).
+    pub async fn preferences(&self) -> Result<Preferences, ClientError> {
+        self.call(&api::get_preferences(), api::parse_preferences).await
+    }
+
+    /// Replaces every preference rule of the user with `rules`; returns the result.
+    pub async fn set_preferences(&self, rules: &[PreferenceRule]) -> Result<Preferences, ClientError> {
+        self.call(&api::replace_preferences(rules), api::parse_preferences).await
+    }
+
+    /// Adds `rules`, each replacing the user's rule with the same selector and channel (what a settings screen
+    /// toggling one switch sends: concurrent changes of other rules are kept); returns the result.
+    pub async fn update_preferences(&self, rules: &[PreferenceRule]) -> Result<Preferences, ClientError> {
+        self.call(&api::update_preferences(rules), api::parse_preferences).await
+    }
+
+    /// The user's quiet hours.
+    pub async fn quiet_hours(&self) -> Result<QuietHoursSettings, ClientError> {
+        self.call(&api::get_quiet_hours(), api::parse_quiet_hours).await
+    }
+
+    /// Sets the user's quiet hours (`None` removes them); returns the result (the server's normal form).
+    pub async fn set_quiet_hours(&self, quiet: Option<&QuietHours>) -> Result<QuietHoursSettings, ClientError> {
+        self.call(&api::set_quiet_hours(quiet), api::parse_quiet_hours).await
     }
 
     /// The platform reports a network change (retries at once when the network is back).
@@ -816,6 +994,16 @@ fn ensure_crypto_provider() {
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// The TLS settings of HTTP API calls: the public roots plus the extra ones.
+fn http_tls(extra_roots: &[String]) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    if let Some(config) = tls_config(extra_roots)? {
+        return Ok(config);
+    }
+    ensure_crypto_provider();
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
 }
 
 /// The TLS settings for `wss` with the extra roots (`None` when there are none: tokio-tungstenite's defaults).

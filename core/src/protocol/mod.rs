@@ -3,8 +3,10 @@
 //! `docs/protocol.md` is the normative description; this module is its executable form. Every frame is one
 //! JSON object with an `op` member. Decoding is strict about types and lenient about unknown members.
 
+pub mod api;
 mod codec;
 pub(crate) mod json;
+mod push;
 
 use std::fmt;
 
@@ -968,6 +970,7 @@ pub use codec::{
     decode_server_frame, encode_client_frame, encode_notification, encode_server_frame,
 };
 pub use codec::{message_frames, push_json_str, push_json_u64, raw_elements, raw_member};
+pub use push::{MAX_SUMMARY_IDS, PushPayload, PushSummary, SummaryKind, decode_push};
 
 #[cfg(test)]
 mod tests {

@@ -291,6 +291,276 @@ pub(crate) async fn push_addresses_replace_per_device_and_move_with_their_token(
     assert!(d.push_addresses("nobody").await.unwrap().is_empty());
 }
 
+pub(crate) async fn a_notification_is_found_by_id_in_its_stream(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    append(
+        &stores,
+        vec![
+            publication("n1", &["user:a", "topic:t"], Persistence::Bufferable, 1_000),
+            publication("n2", &["user:b"], Persistence::Persistent, 1_000),
+        ],
+    )
+    .await;
+    let found = stores.streams.find("user:a", "n1").await.unwrap().expect("found");
+    assert_eq!(found.offset, 1);
+    assert!(found.frame.as_str().contains(r#""id":"n1","stream":"user:a","offset":1"#), "{:?}", found.frame);
+    assert_eq!(stores.streams.find("topic:t", "n1").await.unwrap().unwrap().offset, 1);
+    assert!(stores.streams.find("user:a", "n2").await.unwrap().is_none(), "another user's notification");
+    assert!(stores.streams.find("user:b", "nope").await.unwrap().is_none());
+}
+
+pub(crate) async fn a_push_address_is_deleted_only_while_it_is_the_same_token(make: &Factory) {
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let record = |token: &str| PushRecord {
+        device: Arc::from("phone"),
+        platform: PushPlatform::Apns,
+        token: token.into(),
+        registered_at: 1,
+    };
+    stores.devices.register_push("alice", record("old")).await.unwrap();
+    stores.devices.register_push("alice", record("new")).await.unwrap();
+    assert!(!stores.devices.delete_push("alice", "phone", "old").await.unwrap(), "re-registered meanwhile");
+    assert_eq!(stores.devices.push_addresses("alice").await.unwrap().len(), 1);
+    assert!(stores.devices.delete_push("alice", "phone", "new").await.unwrap());
+    assert!(stores.devices.push_addresses("alice").await.unwrap().is_empty());
+    assert!(!stores.devices.delete_push("bob", "phone", "new").await.unwrap());
+}
+
+pub(crate) async fn settings_change_atomically_and_refuse_invalid_changes(make: &Factory) {
+    use crate::planner::{Channel, MAX_RULES, Preferences, QuietHoursSpec, RangeSpec, Rule, Selector};
+    use crate::store::{SettingsChange, SettingsError};
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let s = &stores.settings;
+    let fresh = s.settings("alice").await.unwrap();
+    assert_eq!((fresh.version, fresh.preferences.rules.len(), fresh.quiet_hours.is_none()), (0, 0, true));
+    let rule = |ty: &str, channel, enabled| Rule { selector: Selector::Type(ty.into()), channel, enabled };
+    let p = Preferences { rules: vec![rule("comment.*", Channel::Push, false), rule("like", Channel::Socket, false)] };
+    let v1 = s.update_settings("alice", SettingsChange::ReplacePreferences(p), 10).await.unwrap();
+    assert_eq!((v1.version, v1.updated_at, v1.preferences.rules.len()), (1, 10, 2));
+    // A merge replaces the rule with the same selector and channel, and adds the others.
+    let merged = s
+        .update_settings(
+            "alice",
+            SettingsChange::MergePreferences(vec![
+                rule("comment.*", Channel::Push, true),
+                rule("comment.*", Channel::Socket, false),
+            ]),
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.version, 2);
+    assert_eq!(
+        merged.preferences.rules,
+        [
+            rule("like", Channel::Socket, false),
+            rule("comment.*", Channel::Push, true),
+            rule("comment.*", Channel::Socket, false)
+        ]
+    );
+    let quiet = QuietHoursSpec {
+        time_zone: "Europe/Berlin".into(),
+        ranges: vec![RangeSpec { day: "mon".into(), start: "22:00".into(), end: "07:00".into() }],
+    };
+    let v3 = s.update_settings("alice", SettingsChange::QuietHours(Some(quiet.clone())), 30).await.unwrap();
+    assert_eq!((v3.version, v3.quiet_hours.as_ref()), (3, Some(&quiet)));
+    assert_eq!(v3.preferences, merged.preferences, "quiet hours leave the preferences as they are");
+    // Too many rules: refused, nothing changed.
+    let many = (0..MAX_RULES).map(|i| rule(&format!("t{i}"), Channel::Push, false)).collect();
+    let e = s.update_settings("alice", SettingsChange::MergePreferences(many), 40).await.unwrap_err();
+    assert!(matches!(e, SettingsError::Invalid(ref m) if m.contains("at most")), "{e:?}");
+    let now = s.settings("alice").await.unwrap();
+    assert_eq!(now, v3, "unchanged");
+    let removed = s.update_settings("alice", SettingsChange::QuietHours(None), 50).await.unwrap();
+    assert_eq!((removed.version, removed.quiet_hours), (4, None));
+    assert_eq!(s.settings("bob").await.unwrap().version, 0, "per user");
+}
+
+/// A plan item for `user` with a phone (APNs) and a laptop (Web Push), none live unless `live`.
+fn plan_item(id: &str, user: &str, priority: Priority, group: Option<&str>, live: bool) -> crate::store::PlanItem {
+    use crate::planner::{Device, NotificationMeta, Overrides, PushTarget, UserContext};
+    let device =
+        |id: &str, platform| Device { id: id.into(), push: Some(PushTarget { platform, registered_at: 1 }), live };
+    crate::store::PlanItem {
+        context: UserContext {
+            devices: vec![device("laptop", PushPlatform::WebPush), device("phone", PushPlatform::Apns)],
+            ..UserContext::default()
+        },
+        meta: NotificationMeta {
+            id: id.into(),
+            user: user.into(),
+            priority,
+            persistence: Persistence::Bufferable,
+            kind: "comment.created".into(),
+            topic: None,
+            group: group.map(str::to_owned),
+            title: Some(format!("title {id}")),
+            created_at: 1_000,
+            overrides: Overrides::default(),
+        },
+        envelope: format!(r#"{{"id":"{id}"}}"#),
+    }
+}
+
+fn keys(rows: &[crate::store::StoredPush]) -> Vec<(String, String, String)> {
+    rows.iter().map(|r| (r.row.key.user.clone(), r.row.key.notification.clone(), r.row.key.device.clone())).collect()
+}
+
+fn key(user: &str, id: &str, device: &str) -> (String, String, String) {
+    (user.to_owned(), id.to_owned(), device.to_owned())
+}
+
+pub(crate) async fn plans_insert_rows_once_and_share_digest_windows(make: &Factory) {
+    use crate::planner::{PendingReason, Policy};
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let policy = Policy { push_after: Duration::from_secs(5), digest_window: Duration::from_secs(60) };
+    let p = &stores.push;
+    assert_eq!(p.next_due().await.unwrap(), None);
+    let plans = p.plan(&policy, 1_000, vec![plan_item("n1", "alice", Priority::Important, None, true)]).await.unwrap();
+    assert_eq!(plans[0].rows.len(), 2, "one per device");
+    assert_eq!(plans[0].rows[0].reason, PendingReason::AwaitingAck);
+    assert_eq!(p.next_due().await.unwrap(), Some(6_000), "push_after");
+    // The same notification planned again (a retried publish) adds nothing.
+    p.plan(&policy, 2_000, vec![plan_item("n1", "alice", Priority::Important, None, false)]).await.unwrap();
+    // Two informational notifications of one group, a window apart from nothing else: one window.
+    let plans = p
+        .plan(
+            &policy,
+            2_000,
+            vec![
+                plan_item("i1", "alice", Priority::Informational, Some("likes"), false),
+                plan_item("i2", "alice", Priority::Informational, Some("likes"), false),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(plans[0].open_window.is_some() && plans[1].open_window.is_none(), "the second joins the first's window");
+    assert_eq!(plans[1].rows[0].due_at, 62_000);
+    let later = p.plan(&policy, 30_000, vec![plan_item("i3", "alice", Priority::Informational, Some("likes"), false)]);
+    assert_eq!(later.await.unwrap()[0].rows[0].due_at, 62_000, "the window is read from the store");
+    let (_, due) = p.claim_due(62_000, Duration::from_secs(60), 10).await.unwrap();
+    let mut got = keys(&due);
+    got.sort();
+    let mut want: Vec<_> = ["i1", "i2", "i3", "n1"]
+        .iter()
+        .flat_map(|id| [key("alice", id, "laptop"), key("alice", id, "phone")])
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "n1 planned once; the digest rows due when the window closes");
+    let n1 = due.iter().find(|r| r.row.key.notification == "n1").unwrap();
+    assert_eq!((n1.envelope.as_str(), n1.attempts, n1.row.title.as_deref()), (r#"{"id":"n1"}"#, 0, Some("title n1")));
+    let after = p.plan(&policy, 62_001, vec![plan_item("i4", "alice", Priority::Informational, Some("likes"), false)]);
+    assert!(after.await.unwrap()[0].open_window.is_some(), "a closed window does not collect");
+}
+
+pub(crate) async fn claims_take_whole_users_and_settle_only_under_their_claim(make: &Factory) {
+    use crate::planner::{PendingReason, Policy, RowKey};
+    use crate::store::Settlement;
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let policy = Policy::default();
+    let p = &stores.push;
+    let items = vec![
+        plan_item("a1", "alice", Priority::Important, None, false),
+        plan_item("a2", "alice", Priority::Critical, None, false),
+        plan_item("b1", "bob", Priority::Important, None, false),
+    ];
+    p.plan(&policy, 1_000, items).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let (c1, first) = p.claim_due(1_000, lease, 1).await.unwrap();
+    let users: std::collections::BTreeSet<String> = first.iter().map(|r| r.row.key.user.clone()).collect();
+    assert_eq!(users.len(), 1, "one user per claim slot");
+    assert_eq!(first.len(), if users.contains("alice") { 4 } else { 2 }, "every due row of the user");
+    let (c2, second) = p.claim_due(1_000, lease, 5).await.unwrap();
+    assert_ne!(c1, c2);
+    assert_eq!(first.len() + second.len(), 6, "the rest; claimed rows are not claimed again");
+    assert!(p.claim_due(1_000, lease, 5).await.unwrap().1.is_empty());
+    assert_eq!(p.next_due().await.unwrap(), Some(11_000), "when the leases end");
+    let (alice_claim, alice_rows, bob_claim) =
+        if users.contains("alice") { (c1, &first, c2) } else { (c2, &second, c1) };
+    let k = |id: &str, device: &str| RowKey { user: "alice".into(), notification: id.into(), device: device.into() };
+    let mut s = Settlement::new(alice_claim);
+    s.delete = vec![k("a1", "laptop"), k("a1", "phone")];
+    s.reschedule = vec![(k("a2", "phone"), 50_000, PendingReason::QuietHours, 2)];
+    // Settled under bob's claim: nothing happens to alice's rows.
+    let mut wrong = s.clone();
+    wrong.claim = bob_claim;
+    p.settle(wrong).await.unwrap();
+    p.settle(s).await.unwrap();
+    assert_eq!(alice_rows.len(), 4);
+    // The rescheduled row is free again at its new time; a2/laptop stays claimed until its lease ends.
+    let (_, next) = p.claim_due(11_000, Duration::from_secs(100), 5).await.unwrap();
+    let mut got = keys(&next);
+    got.sort();
+    assert_eq!(got, [key("alice", "a2", "laptop"), key("bob", "b1", "laptop"), key("bob", "b1", "phone")]);
+    let (_, last) = p.claim_due(50_000, lease, 5).await.unwrap();
+    assert_eq!(keys(&last), [key("alice", "a2", "phone")]);
+    assert_eq!((last[0].row.reason, last[0].attempts), (PendingReason::QuietHours, 2));
+}
+
+pub(crate) async fn acks_cancel_pending_pushes_in_their_commit(make: &Factory) {
+    use crate::planner::{PendingReason, Policy};
+    use crate::store::DeliveryStatus;
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let p = &stores.push;
+    let items = vec![
+        plan_item("imp", "alice", Priority::Important, None, true),
+        plan_item("crit", "alice", Priority::Critical, None, true),
+        plan_item("imp", "bob", Priority::Important, None, true),
+    ];
+    p.plan(&Policy::default(), 1_000, items).await.unwrap();
+    let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
+    let cancelled =
+        stores.acks.record(&alice, &phone, &["imp".into(), "crit".into(), "other".into()], 2_000).await.unwrap();
+    let mut cancelled: Vec<_> =
+        cancelled.iter().map(|k| (k.user.as_str(), k.notification.as_str(), k.device.as_str())).collect();
+    cancelled.sort();
+    assert_eq!(cancelled, [("alice", "imp", "laptop"), ("alice", "imp", "phone")], "critical is not cancelled by acks");
+    let (_, left) = p.claim_due(10_000, Duration::from_secs(10), 10).await.unwrap();
+    let mut got = keys(&left);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            key("alice", "crit", "laptop"),
+            key("alice", "crit", "phone"),
+            key("bob", "imp", "laptop"),
+            key("bob", "imp", "phone")
+        ],
+        "bob's copy is his own"
+    );
+    let log = p.deliveries("imp").await.unwrap();
+    let summary: Vec<(&str, Option<&str>, DeliveryStatus)> =
+        log.iter().map(|r| (r.user.as_str(), r.device.as_deref(), r.status)).collect();
+    assert!(summary.contains(&("alice", Some("phone"), DeliveryStatus::Cancelled)), "{summary:?}");
+    assert!(summary.contains(&("bob", Some("laptop"), DeliveryStatus::Scheduled)), "{summary:?}");
+    let scheduled = log.iter().find(|r| r.status == DeliveryStatus::Scheduled).unwrap();
+    assert_eq!(
+        (scheduled.reason.as_deref(), scheduled.due_at),
+        (Some(PendingReason::AwaitingAck.as_str()), Some(6_000))
+    );
+    assert!(stores.acks.record(&alice, &phone, &["crit".into()], 3_000).await.unwrap().is_empty());
+}
+
+pub(crate) async fn expediting_moves_the_rows_of_one_reason(make: &Factory) {
+    use crate::planner::{PendingReason, Policy};
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let p = &stores.push;
+    p.plan(&Policy::default(), 1_000, vec![plan_item("n1", "alice", Priority::Important, None, true)]).await.unwrap();
+    assert_eq!(p.next_due().await.unwrap(), Some(6_000));
+    assert_eq!(p.expedite("alice", PendingReason::QuietHours, 2_000).await.unwrap(), 0, "another reason");
+    assert_eq!(p.expedite("bob", PendingReason::AwaitingAck, 2_000).await.unwrap(), 0, "another user");
+    assert_eq!(p.expedite("alice", PendingReason::AwaitingAck, 2_000).await.unwrap(), 2);
+    assert_eq!(p.next_due().await.unwrap(), Some(2_000));
+    assert_eq!(p.claim_due(2_000, Duration::from_secs(10), 10).await.unwrap().1.len(), 2);
+}
+
 /// One `#[tokio::test]` per contract test, on the backend `$make` (a [`Factory`]).
 macro_rules! stream_store_tests {
     ($make:path) => {
@@ -304,6 +574,13 @@ macro_rules! stream_store_tests {
             a_repeated_key_is_a_duplicate_within_the_window,
             acks_keep_the_first_of_each_device,
             push_addresses_replace_per_device_and_move_with_their_token,
+            a_notification_is_found_by_id_in_its_stream,
+            a_push_address_is_deleted_only_while_it_is_the_same_token,
+            settings_change_atomically_and_refuse_invalid_changes,
+            plans_insert_rows_once_and_share_digest_windows,
+            claims_take_whole_users_and_settle_only_under_their_claim,
+            acks_cancel_pending_pushes_in_their_commit,
+            expediting_moves_the_rows_of_one_reason,
         );
     };
     (@each $make:path, $($name:ident),* $(,)?) => {

@@ -7,11 +7,13 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::memory_push::PushTables;
 use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StreamStore, ready};
 use crate::model::{
     AckRecord, AppendOutcome, Committed, Delivery, EncodedFrame, HistoryEntry, HistoryRead, Position, PushRecord,
     StreamState,
 };
+use crate::planner::RowKey;
 use crate::util::{new_epoch, now_ms};
 
 /// Number of independently locked shards of the stream table.
@@ -61,7 +63,7 @@ type StreamShard = Mutex<HashMap<Box<str>, StreamLog>>;
 /// Stream logs, idempotency keys, acks and push addresses in process memory. All streams share the store's
 /// epoch, drawn when the store is created: a new store (a restart) is a new epoch everywhere.
 pub struct MemoryStore {
-    limits: StoreLimits,
+    pub(super) limits: StoreLimits,
     clock: Clock,
     epoch: Arc<str>,
     hasher: RandomState,
@@ -69,6 +71,8 @@ pub struct MemoryStore {
     acks: Mutex<AckTable>,
     push: Mutex<HashMap<String, Vec<PushRecord>>>,
     ids: Mutex<IdTable>,
+    /// Settings, pending pushes, digest windows, the deliveries log (`memory_push`).
+    push_tables: Mutex<PushTables>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -328,7 +332,12 @@ impl MemoryStore {
             acks: Mutex::new(AckTable::default()),
             push: Mutex::new(HashMap::new()),
             ids: Mutex::new(IdTable::default()),
+            push_tables: Mutex::new(PushTables::default()),
         }
+    }
+
+    pub(super) fn push_tables(&self) -> MutexGuard<'_, PushTables> {
+        lock(&self.push_tables)
     }
 
     fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Box<str>, StreamLog>> {
@@ -492,9 +501,11 @@ impl AckStore for MemoryStore {
         device: &'a Arc<str>,
         ids: &'a [String],
         at_ms: u64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<RowKey>, StoreError>> {
+        // The push tables are held across both, so that no claim sees the ack without the cancellation.
+        let mut pending = self.push_tables();
         self.record_acks_now(user, device, ids, at_ms);
-        ready(Ok(()))
+        ready(Ok(pending.cancel(user, ids, at_ms, self.limits.acks_max_ids)))
     }
 
     fn acks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<AckRecord>, StoreError>> {
@@ -513,6 +524,23 @@ impl DeviceStore for MemoryStore {
 
     fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StoreError>> {
         ready(Ok(lock(&self.push).get(user).cloned().unwrap_or_default()))
+    }
+
+    fn delete_push<'a>(
+        &'a self,
+        user: &'a str,
+        device: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut table = lock(&self.push);
+        let Some(devices) = table.get_mut(user) else { return ready(Ok(false)) };
+        let before = devices.len();
+        devices.retain(|r| !(&*r.device == device && r.token == token));
+        let deleted = devices.len() < before;
+        if devices.is_empty() {
+            table.remove(user);
+        }
+        ready(Ok(deleted))
     }
 }
 

@@ -6,9 +6,11 @@
 //!   or deliver it twice (rows without key).
 //! - [`AckStore`]: which device acked which notification, and when.
 //! - [`DeviceStore`]: the push addresses of devices.
+//! - [`SettingsStore`]: users' preferences and quiet hours.
+//! - [`PushStore`]: pending pushes, digest windows and the deliveries log (see [`push`] for their life cycle).
 //!
-//! Later concerns get their own interface beside these (user preferences, the inbox, pending pushes), each with
-//! a memory and a durable implementation. [`Stores`] bundles the implementations a server runs with:
+//! Later concerns get their own interface beside these (the inbox), each with a memory and a durable
+//! implementation. [`Stores`] bundles the implementations a server runs with:
 //! [`MemoryStore`] (everything in process memory; nothing survives the process) or [`SqliteStore`] (the embedded
 //! default, durable).
 //!
@@ -19,6 +21,8 @@
 #[cfg(test)]
 pub(crate) mod contract;
 mod memory;
+mod memory_push;
+pub mod push;
 pub mod sqlite;
 
 use std::fmt;
@@ -28,9 +32,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::{MemoryStore, StoreLimits};
+pub use push::{
+    DeliveryRecord, DeliveryStatus, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore,
+    Settlement, StoredPush, UserSettings,
+};
 pub use sqlite::SqliteStore;
 
-use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
+use crate::model::{AckRecord, AppendOutcome, Committed, HistoryEntry, HistoryRead, Position, Publication, PushRecord};
+use crate::planner::RowKey;
 
 /// A boxed `Send` future, the return type of every store method.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -118,6 +127,17 @@ pub trait StreamStore: Send + Sync + 'static {
         since: Option<Position<'a>>,
     ) -> BoxFuture<'a, Result<HistoryRead, StoreError>>;
 
+    /// The notification `id` in `stream`, if the stream still holds it (for `GET /v1/me/notifications/{id}`, what
+    /// an SDK fetches when a push was too large to carry the notification). By default: a scan of what
+    /// [`StreamStore::read`] replays.
+    fn find<'a>(&'a self, stream: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<HistoryEntry>, StoreError>> {
+        Box::pin(async move {
+            let epoch = self.epoch(stream).await?;
+            let read = self.read(stream, Some((&epoch, 0))).await?;
+            Ok(read.entries.into_iter().find(|e| frame_id(e.frame.as_str()).as_deref() == Some(id)))
+        })
+    }
+
     /// Finishes pending writes and releases the store (at graceful shutdown). Later calls fail.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
@@ -137,14 +157,15 @@ pub trait StreamStore: Send + Sync + 'static {
 /// Acks: which device received which notification.
 pub trait AckStore: Send + Sync + 'static {
     /// Records that `device` of `user` received the notifications `ids` at `at_ms`. Unknown ids are fine; the
-    /// first ack of a device for an id is kept.
+    /// first ack of a device for an id is kept. In the same commit, deletes `user`'s pending pushes of these
+    /// notifications that an ack cancels (see [`push`]) and logs their cancellation; returns their keys.
     fn record<'a>(
         &'a self,
         user: &'a Arc<str>,
         device: &'a Arc<str>,
         ids: &'a [String],
         at_ms: u64,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<RowKey>, StoreError>>;
 
     /// The acks recorded for notification `id`, oldest first (empty when unknown or forgotten).
     fn acks<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<AckRecord>, StoreError>>;
@@ -158,6 +179,30 @@ pub trait DeviceStore: Send + Sync + 'static {
 
     /// The push addresses of `user`'s devices, oldest registration first.
     fn push_addresses<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<PushRecord>, StoreError>>;
+
+    /// Deletes the push address of `device` of `user` if it is still `token` (a provider said it is gone; a
+    /// device that registered a new token meanwhile keeps it). Returns whether it was deleted.
+    fn delete_push<'a>(
+        &'a self,
+        user: &'a str,
+        device: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+/// Where the app icon badge of a user's pushes comes from (`aps.badge`): the unread count of the user's inbox
+/// (issue 18). Without one, pushes carry no badge.
+pub trait BadgeSource: Send + Sync + 'static {
+    /// The badge for `user` now (`None`: leave the badge as it is).
+    fn badge<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<u32>, StoreError>>;
+}
+
+/// Whether an encoded `notification` frame is the notification `id`.
+fn frame_id(frame: &str) -> Option<String> {
+    match tidings_core::protocol::decode_server_frame(frame) {
+        Ok(tidings_core::protocol::ServerFrame::Notification(n)) => Some(n.id().to_owned()),
+        _ => None,
+    }
 }
 
 /// The stores a server runs with.
@@ -169,6 +214,12 @@ pub struct Stores {
     pub acks: Arc<dyn AckStore>,
     /// Push addresses.
     pub devices: Arc<dyn DeviceStore>,
+    /// Preferences and quiet hours.
+    pub settings: Arc<dyn SettingsStore>,
+    /// Pending pushes, digest windows, the deliveries log.
+    pub push: Arc<dyn PushStore>,
+    /// The badge count of pushes (none by default; see [`BadgeSource`]).
+    pub badges: Option<Arc<dyn BadgeSource>>,
     /// Whether these stores keep their data across restarts (see `AckRouting` in the node for what follows).
     pub durable: bool,
 }
@@ -183,13 +234,29 @@ impl Stores {
     /// All concerns in one [`MemoryStore`].
     pub fn memory(store: MemoryStore) -> Self {
         let store = Arc::new(store);
-        Stores { streams: store.clone(), acks: store.clone(), devices: store, durable: false }
+        Stores {
+            streams: store.clone(),
+            acks: store.clone(),
+            devices: store.clone(),
+            settings: store.clone(),
+            push: store,
+            badges: None,
+            durable: false,
+        }
     }
 
     /// All concerns in one [`SqliteStore`].
     pub fn sqlite(store: SqliteStore) -> Self {
         let store = Arc::new(store);
-        Stores { streams: store.clone(), acks: store.clone(), devices: store, durable: true }
+        Stores {
+            streams: store.clone(),
+            acks: store.clone(),
+            devices: store.clone(),
+            settings: store.clone(),
+            push: store,
+            badges: None,
+            durable: true,
+        }
     }
 }
 

@@ -257,7 +257,6 @@ async fn stream(
     connection: usize,
     commands: mpsc::UnboundedSender<Command>,
 ) {
-    state.count.fetch_add(1, Ordering::Relaxed);
     let (head, mut body_stream) = request.into_parts();
     let mut body = Vec::new();
     while let Some(chunk) = body_stream.data().await {
@@ -278,9 +277,7 @@ async fn stream(
         Answer::OkThenGoAway => 200,
         Answer::GoAway(_) => 0,
     };
-    if answered == 200 {
-        state.accepted.fetch_add(1, Ordering::Relaxed);
-    }
+    // Recorded before it is counted: whoever sees the count sees the request.
     if state.keep_requests.load(Ordering::Relaxed) {
         let payload = serde_json::from_slice(&body).unwrap_or(Value::Null);
         lock(&state.received).push(RecordedApns {
@@ -294,6 +291,10 @@ async fn stream(
             at: Instant::now(),
         });
     }
+    if answered == 200 {
+        state.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    state.count.fetch_add(1, Ordering::Relaxed);
     let (status, extra, text, then_goaway) = match answer {
         Answer::GoAway(code) => {
             let _ = commands.send(Command::Abrupt(h2::Reason::from(code), respond));

@@ -18,6 +18,7 @@
 
 mod apns;
 mod fcm;
+pub mod harness;
 pub mod http_ece;
 mod keys;
 mod server;

@@ -150,11 +150,11 @@ fn check_vapid(value: Option<&str>, origin: &str, now_s: u64) -> Result<(Value, 
 }
 
 fn handle(state: &State, r: Received) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-    state.count.fetch_add(1, Ordering::Relaxed);
     let options = lock(&state.options).unwrap_or_default();
     let origin = lock(&state.origin).clone();
     let path = r.head.uri.path();
     let Some(id) = path.strip_prefix("/push/").filter(|id| !id.is_empty() && !id.contains('/')) else {
+        state.count.fetch_add(1, Ordering::Relaxed);
         return respond(404, &[], "no such push resource");
     };
     let mut vapid_claims = None;
@@ -202,7 +202,7 @@ fn handle(state: &State, r: Received) -> hyper::Response<http_body_util::Full<by
         Some(reply) if status == 201 || status == 410 => (reply.status, reply.retry_after),
         _ => (status, None),
     };
-    let n = if status == 201 { state.accepted.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+    // Recorded before it is counted: whoever sees the count sees the request.
     if options.keep_requests {
         let headers =
             r.head.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect();
@@ -217,6 +217,8 @@ fn handle(state: &State, r: Received) -> hyper::Response<http_body_util::Full<by
             at: Instant::now(),
         });
     }
+    let n = if status == 201 { state.accepted.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+    state.count.fetch_add(1, Ordering::Relaxed);
     let mut headers = Vec::new();
     if status == 201 {
         headers.push(("location", format!("{origin}/message/{n}")));

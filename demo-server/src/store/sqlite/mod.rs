@@ -22,6 +22,7 @@
 //! design and the workspace's Rust version (sqlx, an async alternative, needs a newer Rust and runs a thread per
 //! connection anyway).
 
+mod push;
 mod schema;
 mod writer;
 
@@ -38,12 +39,17 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use self::writer::{Op, Queued, Writer};
+use super::push::{
+    DeliveryRecord, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore, Settlement,
+    StoredPush, UserSettings,
+};
 use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StoreLimits, StreamStore};
 use crate::config::Synchronous;
 use crate::metrics::StoreMetrics;
 use crate::model::{
     AckRecord, AppendOutcome, HistoryEntry, HistoryRead, Position, PushRecord, StreamState, encode_notification,
 };
+use crate::planner::{PendingReason, Policy, PublishPlan, RowKey, UnixMs};
 use crate::util::new_epoch;
 
 /// Most queued writes taken into one transaction.
@@ -242,6 +248,9 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<(Conne
          PRAGMA mmap_size = 268435456; PRAGMA synchronous = FULL;",
     )?;
     migrate(&mut conn)?;
+    // Claims on pending pushes belong to the run that made them; this process alone writes the database, so
+    // whatever a previous run claimed and did not settle is free again (it is sent now, at least once).
+    conn.execute("UPDATE pending_push SET claim = 0, claimed_until = 0, ready_at = due_at WHERE claim != 0", [])?;
     let epoch = start_run(&mut conn, synchronous)?;
     conn.execute_batch(&format!("PRAGMA synchronous = {}", synchronous.as_str()))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -437,6 +446,27 @@ fn read_snapshot(
     Ok(HistoryRead { state, entries })
 }
 
+/// The notification `id` if `stream` still holds it (within the replay window, or persistent).
+fn find_in_stream(
+    conn: &Connection,
+    epoch: &Arc<str>,
+    limits: &StoreLimits,
+    now: u64,
+    stream: &str,
+    id: &str,
+) -> rusqlite::Result<Option<HistoryEntry>> {
+    let found: Option<u64> = conn
+        .prepare_cached(
+            "SELECT e.offset FROM notifications n JOIN entries e ON e.seq = n.seq \
+             JOIN streams s ON s.sid = e.sid WHERE n.id = ?1 AND s.name = ?2 ORDER BY e.offset DESC LIMIT 1",
+        )?
+        .query_row(params![id, stream], |r| r.get(0))
+        .optional()?;
+    let Some(offset) = found else { return Ok(None) };
+    let read = read_history(conn, epoch, limits, now, stream, Some((epoch.to_string(), offset - 1)))?;
+    Ok(read.entries.into_iter().find(|e| e.offset == offset))
+}
+
 /// Waits for a writer's answer; a writer that went away means the store closed.
 async fn answer<T>(rx: oneshot::Receiver<T>) -> Result<T, StoreError> {
     rx.await.map_err(|_| StoreError::unavailable("the store closed before answering"))
@@ -481,6 +511,12 @@ impl StreamStore for SqliteStore {
         let _ = self.metrics.set(metrics.store("sqlite"));
     }
 
+    fn find<'a>(&'a self, stream: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<HistoryEntry>, StoreError>> {
+        let (epoch, limits, now) = (self.epoch.clone(), self.limits.clone(), (self.clock)());
+        let (stream, id) = (stream.to_owned(), id.to_owned());
+        Box::pin(self.read_with(move |conn| find_in_stream(conn, &epoch, &limits, now, &stream, &id)))
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.readers.clear();
@@ -499,7 +535,7 @@ impl AckStore for SqliteStore {
         device: &'a Arc<str>,
         ids: &'a [String],
         at_ms: u64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<RowKey>, StoreError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             self.send(Op::Acks { user: user.clone(), device: device.clone(), ids: ids.to_vec(), at: at_ms, reply })?;
@@ -550,6 +586,102 @@ impl DeviceStore for SqliteStore {
             })?;
             rows.collect()
         }))
+    }
+
+    fn delete_push<'a>(
+        &'a self,
+        user: &'a str,
+        device: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::DeletePush { user: user.into(), device: device.into(), token: token.into(), reply })?;
+            answer(rx).await?
+        })
+    }
+}
+
+impl SettingsStore for SqliteStore {
+    fn settings<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<UserSettings, StoreError>> {
+        let user = user.to_owned();
+        Box::pin(self.read_with(move |conn| push::read_settings(conn, &user)))
+    }
+
+    fn update_settings<'a>(
+        &'a self,
+        user: &'a str,
+        change: SettingsChange,
+        at: UnixMs,
+    ) -> BoxFuture<'a, Result<UserSettings, SettingsError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::Settings { user: user.to_owned(), change, at, reply })?;
+            answer(rx).await?
+        })
+    }
+}
+
+impl PushStore for SqliteStore {
+    fn plan<'a>(
+        &'a self,
+        policy: &'a Policy,
+        now: UnixMs,
+        items: Vec<PlanItem>,
+    ) -> BoxFuture<'a, Result<Vec<PublishPlan>, StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::Plan { policy: policy.clone(), now, items, reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn pending_summary(&self, now: UnixMs) -> BoxFuture<'_, Result<PendingSummary, StoreError>> {
+        Box::pin(self.read_with(move |conn| push::pending_summary(conn, now)))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<UnixMs>, StoreError>> {
+        Box::pin(self.read_with(push::next_due))
+    }
+
+    fn claim_due(
+        &self,
+        now: UnixMs,
+        lease: Duration,
+        max_users: usize,
+    ) -> BoxFuture<'_, Result<(u64, Vec<StoredPush>), StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            let until = now.saturating_add(lease.as_millis() as u64);
+            self.send(Op::Claim { now, until, max_users, reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::Settle { settlement, reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn expedite<'a>(
+        &'a self,
+        user: &'a str,
+        reason: PendingReason,
+        now: UnixMs,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::Expedite { user: user.to_owned(), reason, now, reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn deliveries<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<DeliveryRecord>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.read_with(move |conn| push::deliveries(conn, &id)))
     }
 }
 

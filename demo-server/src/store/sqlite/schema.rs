@@ -76,6 +76,69 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX push_addresses_by_token ON push_addresses (user, token);
     "#,
+    // 2: push delivery — notifications found by id, users' settings, pending pushes, digest windows, the
+    // deliveries log.
+    r#"
+    -- `GET /v1/me/notifications/{id}` finds a notification by id.
+    CREATE INDEX notifications_by_id ON notifications (id);
+
+    -- Each user's preferences and quiet hours, as the JSON of `UserSettings`.
+    CREATE TABLE user_settings (
+        user     TEXT PRIMARY KEY,
+        settings TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Pushes waiting to be sent: one per (user, notification, device). `ready_at` is when the row can next be
+    -- claimed, MAX(due_at, claimed_until); a claim holds a row until `claimed_until` (see store/push.rs).
+    CREATE TABLE pending_push (
+        user               TEXT NOT NULL,
+        notification       TEXT NOT NULL,
+        device             TEXT NOT NULL,
+        due_at             INTEGER NOT NULL,
+        ready_at           INTEGER NOT NULL,
+        claimed_until      INTEGER NOT NULL DEFAULT 0,
+        claim              INTEGER NOT NULL DEFAULT 0,
+        reason             TEXT NOT NULL,
+        cancel_on_ack      INTEGER NOT NULL,
+        bypass_quiet_hours INTEGER NOT NULL,
+        priority           TEXT NOT NULL,
+        type               TEXT NOT NULL,
+        topic              TEXT,
+        grp                TEXT,
+        title              TEXT,
+        created_at         INTEGER NOT NULL,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        envelope           TEXT NOT NULL,
+        PRIMARY KEY (user, notification, device)
+    ) WITHOUT ROWID;
+    CREATE INDEX pending_push_by_ready ON pending_push (ready_at);
+
+    -- Open digest windows: informational notifications of one group share one digest push per window.
+    CREATE TABLE digest_window (
+        user      TEXT NOT NULL,
+        grp       TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        closes_at INTEGER NOT NULL,
+        PRIMARY KEY (user, grp)
+    ) WITHOUT ROWID;
+    CREATE INDEX digest_window_by_close ON digest_window (closes_at);
+
+    -- What happened to each notification per user and device (GET /v1/notifications/{id}/deliveries).
+    CREATE TABLE delivery_log (
+        id       TEXT NOT NULL,
+        user     TEXT NOT NULL,
+        device   TEXT,
+        channel  TEXT NOT NULL,
+        status   TEXT NOT NULL,
+        reason   TEXT,
+        provider TEXT,
+        form     TEXT,
+        due_at   INTEGER,
+        at       INTEGER NOT NULL
+    );
+    CREATE INDEX delivery_log_by_id ON delivery_log (id, at);
+    CREATE INDEX delivery_log_by_age ON delivery_log (at);
+    "#,
 ];
 
 /// The schema version this server writes.

@@ -222,3 +222,48 @@ async fn with_normal_sync_an_unclean_stop_across_a_reboot_starts_a_new_epoch() {
     last_run(false, "another-boot");
     assert_eq!(run(Synchronous::Full).await, fresh, "with FULL every commit was on disk: the epoch stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_pushes_survive_a_reopen_and_a_dead_runs_claims_are_released() {
+    use crate::planner::{Device, NotificationMeta, Overrides, Policy, PushTarget, UserContext};
+    use crate::store::PlanItem;
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = clock(1_000_000);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock.clone()).unwrap());
+    let item = |id: &str| PlanItem {
+        context: UserContext {
+            devices: vec![Device {
+                id: "phone".into(),
+                push: Some(PushTarget { platform: PushPlatform::Apns, registered_at: 1 }),
+                live: false,
+            }],
+            ..UserContext::default()
+        },
+        meta: NotificationMeta {
+            id: id.into(),
+            user: "alice".into(),
+            priority: tidings_core::protocol::Priority::Important,
+            persistence: Persistence::Bufferable,
+            kind: "t".into(),
+            topic: Some("news".into()),
+            group: None,
+            title: Some("hello".into()),
+            created_at: 5,
+            overrides: Overrides::default(),
+        },
+        envelope: format!(r#"{{"id":"{id}"}}"#),
+    };
+    stores.push.plan(&Policy::default(), 1_000_000, vec![item("n1"), item("n2")]).await.unwrap();
+    // n1 and n2 are claimed by a run that then dies (the store is dropped without settling).
+    let (_, claimed) = stores.push.claim_due(1_000_000, Duration::from_secs(600), 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    stores.streams.close().await;
+    drop(stores);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock).unwrap());
+    let (_, again) = stores.push.claim_due(1_000_000, Duration::from_secs(600), 10).await.unwrap();
+    assert_eq!(again, claimed, "claimable again at once, everything kept (row, envelope, attempts)");
+    assert_eq!(again[0].row.topic.as_deref(), Some("news"));
+    assert!(
+        stores.push.deliveries("n1").await.unwrap().iter().any(|r| r.status == crate::store::DeliveryStatus::Scheduled)
+    );
+}

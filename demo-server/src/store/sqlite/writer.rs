@@ -10,9 +10,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{Clock, MAX_OPS_PER_COMMIT};
+use super::{Clock, MAX_OPS_PER_COMMIT, push};
 use crate::metrics::StoreMetrics;
 use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
+use crate::planner::{PendingReason, Policy, PublishPlan, RowKey, UnixMs};
+use crate::store::push::{PlanItem, SettingsChange, SettingsError, Settlement, StoredPush, UserSettings};
 use crate::store::{Append, StoreError, StoreLimits};
 
 /// How often the writer prunes what aged out (and at the latest after this long under load); shorter in this
@@ -36,16 +38,50 @@ pub(super) enum Op {
         device: Arc<str>,
         ids: Vec<String>,
         at: u64,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: Reply<Vec<RowKey>>,
     },
     RegisterPush {
         user: String,
         record: PushRecord,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: Reply<()>,
     },
     /// A small write through the commit path (readiness): the time of the probe in `meta`.
     Probe {
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: Reply<()>,
+    },
+    DeletePush {
+        user: String,
+        device: String,
+        token: String,
+        reply: Reply<bool>,
+    },
+    Settings {
+        user: String,
+        change: SettingsChange,
+        at: u64,
+        reply: oneshot::Sender<Result<UserSettings, SettingsError>>,
+    },
+    Plan {
+        policy: Policy,
+        now: UnixMs,
+        items: Vec<PlanItem>,
+        reply: Reply<Vec<PublishPlan>>,
+    },
+    Claim {
+        now: UnixMs,
+        until: UnixMs,
+        max_users: usize,
+        reply: Reply<(u64, Vec<StoredPush>)>,
+    },
+    Settle {
+        settlement: Settlement,
+        reply: Reply<()>,
+    },
+    Expedite {
+        user: String,
+        reason: PendingReason,
+        now: UnixMs,
+        reply: Reply<usize>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -57,6 +93,9 @@ pub(super) struct Queued {
     pub(super) at: Instant,
     pub(super) op: Op,
 }
+
+/// Where the answer to a write goes.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Where one publication was committed: `(stream, offset)` per stream (no offset for an ephemeral one).
 type Placed = Vec<(Arc<str>, Option<u64>)>;
@@ -112,12 +151,21 @@ struct State {
     clock: Clock,
     /// Committed `(sid, head)` of recently written streams.
     streams: HashMap<String, (i64, u64)>,
+    /// The next claim token of pending pushes (unique within a run; claims do not outlive a run, see
+    /// `release_claims`).
+    next_claim: std::sync::atomic::AtomicU64,
 }
 
 /// What one operation did inside the transaction, to be acted on after the commit.
 enum Applied {
     Append(Vec<(AppendOutcome, Placed)>),
     Done,
+    Cancelled(Vec<RowKey>),
+    Deleted(bool),
+    Settings(Result<UserSettings, String>),
+    Plans(Vec<PublishPlan>),
+    Claimed(u64, Vec<StoredPush>),
+    Moved(usize),
 }
 
 /// A stream's id and head as the transaction sees them; `dirty` when the head moved in it.
@@ -173,7 +221,7 @@ impl Writer {
         clock: Clock,
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
-        let state = State { epoch, limits, clock, streams: HashMap::new() };
+        let state = State { epoch, limits, clock, streams: HashMap::new(), next_claim: 1.into() };
         Writer { conn, path, state, done, metrics: Arc::new(OnceLock::new()), _lock: lock }
     }
 
@@ -294,8 +342,26 @@ impl Writer {
                             let epoch = self.state.epoch.clone();
                             completed.push(Completed { fan_out, epoch, results, reply });
                         }
-                        (Op::RegisterPush { reply, .. } | Op::Acks { reply, .. } | Op::Probe { reply }, _) => {
+                        (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } | Op::Probe { reply }, _) => {
                             let _ = reply.send(Ok(()));
+                        }
+                        (Op::Acks { reply, .. }, Applied::Cancelled(keys)) => {
+                            let _ = reply.send(Ok(keys));
+                        }
+                        (Op::DeletePush { reply, .. }, Applied::Deleted(deleted)) => {
+                            let _ = reply.send(Ok(deleted));
+                        }
+                        (Op::Settings { reply, .. }, Applied::Settings(result)) => {
+                            let _ = reply.send(result.map_err(SettingsError::Invalid));
+                        }
+                        (Op::Plan { reply, .. }, Applied::Plans(plans)) => {
+                            let _ = reply.send(Ok(plans));
+                        }
+                        (Op::Claim { reply, .. }, Applied::Claimed(claim, rows)) => {
+                            let _ = reply.send(Ok((claim, rows)));
+                        }
+                        (Op::Expedite { reply, .. }, Applied::Moved(n)) => {
+                            let _ = reply.send(Ok(n));
                         }
                         _ => {}
                     }
@@ -357,6 +423,12 @@ impl Writer {
                 "DELETE FROM acks WHERE (id, user, device) IN (SELECT id, user, device FROM acks WHERE at < ?1 LIMIT ?2)",
                 params![acks_cut, PRUNE_CHUNK * 10],
             )?;
+            // The deliveries log is kept as long as acks; closed digest windows are of no use.
+            pruned += tx.execute(
+                "DELETE FROM delivery_log WHERE rowid IN (SELECT rowid FROM delivery_log WHERE at < ?1 LIMIT ?2)",
+                params![acks_cut, PRUNE_CHUNK * 10],
+            )?;
+            pruned += tx.execute("DELETE FROM digest_window WHERE closes_at <= ?1", [now])?;
             tx.commit()?;
             Ok(pruned)
         })();
@@ -436,7 +508,25 @@ fn refuse(op: Op, error: StoreError) {
         Op::Append { batch, reply } => {
             let _ = reply.send(vec![Err(error); batch.len()]);
         }
-        Op::RegisterPush { reply, .. } | Op::Acks { reply, .. } | Op::Probe { reply } => {
+        Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } | Op::Probe { reply } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Acks { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::DeletePush { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Settings { reply, .. } => {
+            let _ = reply.send(Err(SettingsError::Store(error)));
+        }
+        Op::Plan { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Claim { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Expedite { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Op::Close { reply } => {
@@ -484,8 +574,27 @@ impl State {
                 for id in ids {
                     insert.execute(params![id, &**user, &**device, at])?;
                 }
+                Ok(Applied::Cancelled(push::cancel(tx, user, ids, *at)?))
+            }
+            Op::DeletePush { user, device, token, .. } => {
+                let n = tx
+                    .prepare_cached("DELETE FROM push_addresses WHERE user = ?1 AND device = ?2 AND token = ?3")?
+                    .execute(params![user, device, token])?;
+                Ok(Applied::Deleted(n > 0))
+            }
+            Op::Settings { user, change, at, .. } => {
+                Ok(Applied::Settings(push::update_settings(tx, user, change, *at)?))
+            }
+            Op::Plan { policy, now, items, .. } => Ok(Applied::Plans(push::plan(tx, policy, *now, items)?)),
+            Op::Claim { now, until, max_users, .. } => {
+                let claim = self.next_claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Applied::Claimed(claim, push::claim(tx, claim, *now, *until, *max_users)?))
+            }
+            Op::Settle { settlement, .. } => {
+                push::settle(tx, settlement)?;
                 Ok(Applied::Done)
             }
+            Op::Expedite { user, reason, now, .. } => Ok(Applied::Moved(push::expedite(tx, user, *reason, *now)?)),
             Op::RegisterPush { user, record, .. } => {
                 tx.prepare_cached("DELETE FROM push_addresses WHERE user = ?1 AND (device = ?2 OR token = ?3)")?
                     .execute(params![user, &*record.device, record.token])?;
@@ -548,7 +657,9 @@ impl State {
             }
         }
         let f = &p.fields;
-        let seq: Option<i64> = if p.is_buffered() {
+        // A publication with no stream left (every recipient turned the socket channel off for it) stores nothing
+        // but its idempotency key.
+        let seq: Option<i64> = if p.is_buffered() && !p.streams.is_empty() {
             st.insert_notification.execute(params![
                 &*p.id,
                 f.kind,
