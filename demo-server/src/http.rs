@@ -394,9 +394,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         match node.stores.push.pending_summary(now).await {
             Ok(summary) => {
                 node.metrics.push.set_pending(&summary);
-                let late = Duration::from_millis(summary.oldest_due.map_or(0, |due| now.saturating_sub(due)));
-                let oldest = summary.oldest_due.map(|_| Instant::now().checked_sub(late).unwrap_or_else(Instant::now));
-                node.metrics.queue(crate::metrics::Queue::Push).set(summary.due as usize, oldest);
+                let late = summary.oldest_due.map(|due| Duration::from_millis(now.saturating_sub(due)));
+                node.metrics.queue(crate::metrics::Queue::Push).set(summary.due as usize, late);
             }
             Err(e) => warn!(error = %e, "pending pushes could not be read for the metrics"),
         }

@@ -316,13 +316,23 @@ impl StoreMetrics {
 #[derive(Clone, Debug, Default)]
 pub struct QueueProbe(Arc<QueueState>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct QueueState {
     /// Something feeds this queue (its probe was handed out by [`Metrics::queue`]): it is exported.
     fed: AtomicBool,
     depth: AtomicI64,
-    /// Microseconds since [`epoch`] of the oldest item waiting or being worked on, +1 (0: none).
-    oldest: AtomicU64,
+    /// Microseconds from [`epoch`] to when the oldest item waiting or being worked on was added — negative for an
+    /// item older than the epoch (a push due before this process started); [`NONE`]: no item.
+    oldest: AtomicI64,
+}
+
+/// [`QueueState::oldest`] of an empty queue.
+const NONE: i64 = i64::MIN;
+
+impl Default for QueueState {
+    fn default() -> Self {
+        QueueState { fed: AtomicBool::new(false), depth: AtomicI64::new(0), oldest: AtomicI64::new(NONE) }
+    }
 }
 
 /// The process's reference instant for [`QueueProbe`] timestamps.
@@ -331,8 +341,13 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn micros_since_epoch(at: Instant) -> u64 {
-    at.saturating_duration_since(epoch()).as_micros() as u64 + 1
+/// `at` as signed microseconds from [`epoch`].
+fn micros_since_epoch(at: Instant) -> i64 {
+    let e = epoch();
+    match at.checked_duration_since(e) {
+        Some(after) => after.as_micros().min(i64::MAX as u128) as i64,
+        None => -(e.duration_since(at).as_micros().min(i64::MAX as u128 - 1) as i64),
+    }
 }
 
 impl QueueProbe {
@@ -340,7 +355,7 @@ impl QueueProbe {
     pub fn added(&self, n: usize, at: Instant) {
         self.0.depth.fetch_add(n as i64, Ordering::Relaxed);
         // Only an empty queue takes the new item's time as its oldest.
-        let _ = self.0.oldest.compare_exchange(0, micros_since_epoch(at), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.0.oldest.compare_exchange(NONE, micros_since_epoch(at), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The consumer starts on items whose oldest was added at `oldest`.
@@ -354,15 +369,20 @@ impl QueueProbe {
         let left = self.0.depth.fetch_sub(n as i64, Ordering::Relaxed) - n as i64;
         let oldest = match next_oldest {
             Some(at) if left > 0 => micros_since_epoch(at),
-            _ => 0,
+            _ => NONE,
         };
         self.0.oldest.store(oldest, Ordering::Relaxed);
     }
 
-    /// Sets the depth and the oldest item's enqueue instant.
-    pub fn set(&self, depth: usize, oldest: Option<Instant>) {
+    /// Sets the depth and how long ago the oldest item was added (a queue that is a table, read at a scrape:
+    /// the pending pushes). The age may reach back before this process started.
+    pub fn set(&self, depth: usize, oldest_age: Option<Duration>) {
         self.0.depth.store(depth as i64, Ordering::Relaxed);
-        self.0.oldest.store(oldest.map_or(0, micros_since_epoch), Ordering::Relaxed);
+        let oldest = oldest_age.map_or(NONE, |age| {
+            let now = micros_since_epoch(Instant::now());
+            now.saturating_sub(age.as_micros().min(i64::MAX as u128) as i64).max(NONE + 1)
+        });
+        self.0.oldest.store(oldest, Ordering::Relaxed);
     }
 
     /// Items waiting or being worked on.
@@ -373,8 +393,11 @@ impl QueueProbe {
     /// How long the oldest item has been waiting (zero for an empty queue).
     pub fn oldest_age(&self) -> Duration {
         match self.0.oldest.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            us => epoch().elapsed().saturating_sub(Duration::from_micros(us - 1)),
+            NONE => Duration::ZERO,
+            us => {
+                let now = micros_since_epoch(Instant::now());
+                Duration::from_micros(now.saturating_sub(us).max(0) as u64)
+            }
         }
     }
 }
@@ -830,5 +853,51 @@ impl Collector for QueueCollector {
             age.metric_type(),
         )?;
         age.encode(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_is_exported_once_fed_and_its_oldest_age_grows_while_it_waits() {
+        let metrics = Metrics::new();
+        assert!(!metrics.render().contains("tidings_queue_depth{"), "nothing feeds a queue yet");
+        let push = metrics.queue(Queue::Push);
+        let text = metrics.render();
+        assert!(text.contains("tidings_queue_depth{queue=\"push\"} 0"), "{text}");
+        assert!(!text.contains("store_writer"), "{text}");
+        // Three due pushes, the oldest due two seconds ago (what GET /metrics sets from the store's summary).
+        push.set(3, Some(Duration::from_secs(2)));
+        assert_eq!(push.depth(), 3);
+        assert!(push.oldest_age() >= Duration::from_secs(2));
+        let text = metrics.render();
+        assert!(text.contains("tidings_queue_depth{queue=\"push\"} 3"), "{text}");
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tidings_queue_oldest_age_seconds{queue=\"push\"} "))
+            .and_then(|v| v.parse().ok())
+            .expect("the age is exported");
+        assert!((2.0..60.0).contains(&age), "{age}");
+        // Due before this process started (a restart with overdue pushes): still the true age.
+        push.set(1, Some(Duration::from_secs(3 * 3600)));
+        assert!(push.oldest_age() >= Duration::from_secs(3 * 3600));
+        push.set(0, None);
+        assert_eq!(push.oldest_age(), Duration::ZERO);
+    }
+
+    #[test]
+    fn pending_pushes_are_set_for_every_reason() {
+        use crate::planner::PendingReason as R;
+        let metrics = Metrics::new();
+        let summary = crate::store::PendingSummary { by_reason: vec![(R::Digest, 4)], due: 0, oldest_due: None };
+        metrics.push.set_pending(&summary);
+        let text = metrics.render();
+        for (reason, n) in [("immediate", 0), ("awaiting_ack", 0), ("digest", 4), ("quiet_hours", 0)] {
+            assert!(text.contains(&format!("tidings_push_pending{{reason=\"{reason}\"}} {n}\n")), "{text}");
+        }
+        metrics.push.cancelled("acked", 0);
+        assert!(!text.contains("tidings_push_cancelled_total{"), "no sample for nothing cancelled");
     }
 }

@@ -17,33 +17,6 @@ use tidings_server::{RunningServer, ServerConfig, StoreConfig, Synchronous, TEST
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-/// One sample of the Prometheus text `text`: the value of `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = match series.split_once('{') {
-            Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
-            None => (series, ""),
-        };
-        if metric != name {
-            return None;
-        }
-        let found: HashMap<&str, &str> = rest
-            .split(',')
-            .filter(|kv| !kv.is_empty())
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
-            .collect();
-        labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
-    })
-}
-
-async fn scrape(server: &RunningServer) -> String {
-    let response = http().get(format!("{}/metrics", server.http_url())).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
-    response.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_connections_deliveries_replays_acks_and_requests_with_bounded_labels() {
     let server = start_default().await;

@@ -676,3 +676,61 @@ async fn settings_are_set_by_the_user_and_by_the_operator_and_bad_input_is_refus
     let _ = PATIENCE;
     server.shutdown().await;
 }
+
+/// Issue 16: the push path in `/metrics` — pending pushes by reason, cancellations by reason, sends by provider and
+/// result, token invalidations, push deliveries, the push queue — with no user, device or token in a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_metrics_count_pending_pushes_cancellations_sends_and_invalidations() {
+    use common::{sample, scrape};
+    let mocks = Mocks::start().await;
+    let server = start(mocks.config()).await;
+    register(&server, "alice-3f9", "laptop-7c1", "web_push", &mocks.subscription("laptop-7c1")).await;
+    register(&server, "bob-51a", "iphone-0d2", "apns", "0123abcd").await;
+    register(&server, "bob-51a", "tablet-9e4", "web_push", &mocks.subscription("tablet-9e4")).await;
+    wait_offline(&server, "bob-51a").await;
+    // alice is live: her push waits for an ack (a minute, so that a slow machine does not send it), which cancels it.
+    let mut c = live(&server, "alice-3f9", "laptop-7c1").await;
+    publish(&server, json!({"users":["alice-3f9"],"type":"comment.created","push":{"after_ms":60000}})).await;
+    let n = next_notification(&mut c).await;
+    let text = scrape(&server).await;
+    let pending = |text: &str, reason| sample(text, "tidings_push_pending", &[("reason", reason)]);
+    assert_eq!(pending(&text, "awaiting_ack"), Some(1.0), "{text}");
+    assert_eq!((pending(&text, "immediate"), pending(&text, "quiet_hours")), (Some(0.0), Some(0.0)));
+    assert_eq!(sample(&text, "tidings_push_scheduled_total", &[("reason", "awaiting_ack")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_queue_depth", &[("queue", "push")]), Some(0.0), "not due yet");
+    assert_eq!(sample(&text, "tidings_queue_oldest_age_seconds", &[("queue", "push")]), Some(0.0));
+    c.send(json!({"op":"ack","ids":[n["id"]]})).await;
+    c.sync().await;
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_push_cancelled_total", &[("reason", "acked")]), Some(1.0), "{text}");
+    assert_eq!(pending(&text, "awaiting_ack"), Some(0.0));
+    // bob has no session: pushed at once on both devices; the tablet's subscription is gone (410) and deleted.
+    mocks.web.unsubscribe("tablet-9e4");
+    publish(&server, json!({"users":["bob-51a"],"type":"comment.created"})).await;
+    eventually("both sends counted", || async {
+        let text = scrape(&server).await;
+        sample(&text, "tidings_push_sends_total", &[("provider", "apns"), ("result", "accepted")]) == Some(1.0)
+            && sample(&text, "tidings_push_sends_total", &[("provider", "web_push"), ("result", "device_gone")])
+                == Some(1.0)
+    })
+    .await;
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_push_token_invalidations_total", &[("provider", "web_push")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_push_scheduled_total", &[("reason", "immediate")]), Some(2.0));
+    assert_eq!(sample(&text, "tidings_deliveries_total", &[("transport", "push"), ("outcome", "pushed")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_deliveries_total", &[("transport", "push"), ("outcome", "failed")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_push_send_seconds_count", &[("provider", "apns")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_push_provider_stopped", &[("provider", "apns")]), Some(0.0));
+    assert_eq!(pending(&text, "immediate"), Some(0.0), "sent and settled");
+    assert_eq!(sample(&text, "tidings_queue_depth", &[("queue", "push")]), Some(0.0));
+    // The user's acks over HTTP (a push handler) are counted with their transport.
+    let (status, _) =
+        me(&server, "POST", "/v1/me/acks", "bob-51a", Some(json!({"device":"iphone-0d2","ids":["x"]}))).await;
+    assert_eq!(status, 200);
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_acks_total", &[("transport", "http")]), Some(1.0));
+    for id in ["alice-3f9", "bob-51a", "laptop-7c1", "iphone-0d2", "tablet-9e4", "0123abcd"] {
+        assert!(!text.contains(id), "{id} leaked into the metrics");
+    }
+    server.shutdown().await;
+}
