@@ -1115,4 +1115,8 @@ fn lightweight_and_summary_pushes_are_resolved_and_deduplicated_with_the_socket(
     for id in ["big1", "big2", "d1", "d2"] {
         assert!(acked.iter().any(|a| a == id), "{id} acked: {acked:?}");
     }
+    // The SDK's metrics count each form's duplicates on the push path (the second lightweight push, the failed
+    // fetch of something seen, the summary again) and the socket copies on the socket path.
+    let s = h.engine.stats();
+    assert_eq!((s.duplicates_push, s.duplicates_socket), (3, 2), "{s:?}");
 }

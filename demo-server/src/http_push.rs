@@ -72,6 +72,15 @@ async fn get_settings(node: &Node, user: &str) -> Result<UserSettings, Response>
 
 /// Parses `{"rules":[…]}` and checks the rules.
 fn parse_rules(text: &str) -> Result<Vec<Rule>, Response> {
+    // A rule names a `type` or a `topic`, not both: serde would take one and drop the other unseen (found by
+    // schemathesis: `{"topic":"0","type":{}}` was stored as a topic rule).
+    if let Ok(Value::Object(body)) = serde_json::from_str::<Value>(text)
+        && let Some(Value::Array(rules)) = body.get("rules")
+        && let Some(i) = rules.iter().position(|r| r.get("type").is_some() && r.get("topic").is_some())
+    {
+        let message = format!("rule {i}: name a `type` or a `topic`, not both");
+        return Err(error_response(StatusCode::BAD_REQUEST, "bad_request", message));
+    }
     let p: Preferences = serde_json::from_str(text).map_err(|e| {
         error_response(
             StatusCode::BAD_REQUEST,

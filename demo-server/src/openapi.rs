@@ -234,6 +234,11 @@ fn text(min: usize, max: usize, description: &str) -> Value {
     })
 }
 
+/// The time zones quiet hours accept: every name of the server's time zone database.
+fn time_zones() -> Vec<String> {
+    jiff::tz::db().available().map(|name| name.as_str().to_owned()).collect()
+}
+
 fn schemas() -> Value {
     json!({
         "Error": {
@@ -363,8 +368,8 @@ fn schemas() -> Value {
                             `*` alone: every one), a channel, on or off. Deny wins.",
             "required": ["channel", "enabled"],
             "properties": {
-                "type": { "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES },
-                "topic": { "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES },
+                "type": { "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES, "pattern": "^[^*]*\\*?$" },
+                "topic": { "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES, "pattern": "^[^*]*\\*?$" },
                 "channel": { "enum": ["socket", "push"] },
                 "enabled": { "type": "boolean" },
             },
@@ -388,7 +393,7 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["time_zone", "ranges"],
             "properties": {
-                "time_zone": { "type": "string", "description": "An IANA time zone, e.g. Europe/Berlin" },
+                "time_zone": { "enum": time_zones(), "description": "An IANA time zone, e.g. Europe/Berlin" },
                 "ranges": {
                     "type": "array",
                     "maxItems": 28,
@@ -396,9 +401,21 @@ fn schemas() -> Value {
                         "type": "object",
                         "required": ["day", "start", "end"],
                         "properties": {
-                            "day": { "type": "string", "description": "mon … sun" },
-                            "start": { "type": "string", "description": "HH:MM" },
-                            "end": { "type": "string", "description": "HH:MM (24:00 allowed)" },
+                            "day": {
+                                "type": "string",
+                                "pattern": "^([Mm][Oo][Nn]|[Tt][Uu][Ee]|[Ww][Ee][Dd]|[Tt][Hh][Uu]|[Ff][Rr][Ii]|[Ss][Aa][Tt]|[Ss][Uu][Nn])$",
+                                "description": "mon … sun (any case)",
+                            },
+                            "start": {
+                                "type": "string",
+                                "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$",
+                                "description": "HH:MM; not the same as `end`",
+                            },
+                            "end": {
+                                "type": "string",
+                                "pattern": "^(([01]?[0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+                                "description": "HH:MM (24:00 allowed)",
+                            },
                         },
                     },
                 },

@@ -425,8 +425,23 @@ async fn failed_authentication_is_throttled_per_client_address() {
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "6");
     assert_eq!(try_key(TEST_API_KEY, "192.0.2.51").await.unwrap().status(), 200);
+    // And user tokens at `/v1/me/…`: 10 bad ones, then 429 even for a good one.
+    let me = format!("{}/v1/me/preferences", server.http_url());
+    let try_token = |token: String| http().get(&me).bearer_auth(token).header("x-forwarded-for", "192.0.2.60").send();
+    for i in 0..10 {
+        let response = try_token(format!("bad-{i}")).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    let refused = try_token(token("carol", &[])).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "6");
     let text = scrape(&server).await;
-    assert_eq!(sample(&text, "tidings_throttle_tracked_addresses", &[("limiter", "auth_failures")]), Some(3.0));
+    assert_eq!(
+        sample(&text, "tidings_auth_failures_total", &[("transport", "http"), ("reason", "unauthorized")]),
+        Some(10.0)
+    );
+    assert_eq!(sample(&text, "tidings_throttle_tracked_addresses", &[("limiter", "auth_failures")]), Some(4.0));
     assert!(
         sample(&text, "tidings_connections_refused_total", &[("transport", "ws"), ("reason", "auth_throttled")])
             .unwrap()

@@ -637,6 +637,12 @@ async fn settings_are_set_by_the_user_and_by_the_operator_and_bad_input_is_refus
         ),
         ("/v1/me/preferences", json!({"rules":[{"type":"a*b","channel":"push","enabled":false}]}), "may only end"),
         ("/v1/me/preferences", json!({"rules":[{"type":"a","channel":"email","enabled":false}]}), "channel"),
+        ("/v1/me/preferences", json!({"rules":[{"topic":"0","type":{},"channel":"push","enabled":false}]}), "not both"),
+        (
+            "/v1/me/quiet-hours",
+            json!({"time_zone":"UTC","ranges":[{"day":"mon","start":"10:+5","end":"11:00"}]}),
+            "not a time of day",
+        ),
     ];
     for (path, body, says) in bad {
         let (status, reply) = me(&server, "PUT", path, "alice", Some(body)).await;

@@ -20,6 +20,9 @@ const SCHEMATHESIS_VERSION: &str = "4.32.5";
 const VAPID_PUBLIC_KEY: &str =
     "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
 
+/// The API key of a server started with `--demo`.
+const API_KEY: &str = "tidings-dev-key";
+
 /// A Python with schemathesis: a virtual environment under the target directory.
 fn provision(root: &Path) -> Result<PathBuf, String> {
     let venv = target_dir(root).join("schemathesis-venv");
@@ -54,6 +57,31 @@ impl Drop for Server {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// `POST path` with a JSON `body` (and the demo API key): the response's body when it is a success.
+fn post(port: u16, path: &str, body: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, json) = reply.split_once("\r\n\r\n")?;
+    head.split(' ').nth(1).is_some_and(|status| status.starts_with('2')).then(|| json.to_owned())
+}
+
+/// A user token from the demo server (`POST /v1/demo/token`) for the `/v1/me/…` operations, after publishing
+/// the notification `GET /v1/me/notifications/{id}` is tested with (schemathesis.toml).
+fn user_token(port: u16) -> Option<String> {
+    post(port, "/v1/publish", r#"{"users":["schemathesis"],"type":"fixture","title":"t","id":"st-fixture-1"}"#)?;
+    let json = post(port, "/v1/demo/token", r#"{"user":"schemathesis","ttl_secs":86400}"#)?;
+    let token = json.split_once("\"token\":\"")?.1.split('"').next()?;
+    Some(token.to_owned())
 }
 
 fn get(port: u16, path: &str) -> Option<String> {
@@ -95,13 +123,18 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let token = user_token(port).ok_or("the demo server issued no user token")?;
     let reports = target.join("schemathesis-reports");
     let _ = std::fs::remove_dir_all(&reports);
     let outcome = run(Step::new("schemathesis against the running server", &schemathesis)
         .args(["--config-file"])
         .arg_path(&root.join("demo-server/schemathesis/schemathesis.toml"))
         .args(["run", &format!("http://127.0.0.1:{port}/v1/openapi.json")])
-        .args(["--header", "Authorization: Bearer tidings-dev-key", "--workers", "2"])
+        // Each security scheme gets its credential (schemathesis.toml): the API key, and a user's token for
+        // `/v1/me/…`.
+        .env("TIDINGS_SCHEMATHESIS_API_KEY", API_KEY)
+        .env("TIDINGS_SCHEMATHESIS_USER_TOKEN", &token)
+        .args(["--workers", "2"])
         .args(["--report", "ndjson", "--report-dir"])
         .arg_path(&reports)
         .env("NO_COLOR", "1"));
@@ -161,7 +194,9 @@ fn collect(line: &str, checks: &mut BTreeMap<String, (u64, u64)>, operations: &m
     while let Some(at) = rest.find(LABEL) {
         rest = &rest[at + LABEL.len()..];
         let label: String = rest.chars().take_while(|c| *c != '"').collect();
-        if label.starts_with("GET ") || label.starts_with("POST ") {
+        // `METHOD /path` (every method; stateful links read `A -> B` and are not operations).
+        let method = label.split(' ').next().unwrap_or_default();
+        if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) && !label.contains(" -> ") {
             operations.insert(label);
         }
     }
