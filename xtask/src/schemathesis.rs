@@ -135,6 +135,8 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
         .env("TIDINGS_SCHEMATHESIS_API_KEY", API_KEY)
         .env("TIDINGS_SCHEMATHESIS_USER_TOKEN", &token)
         .args(["--workers", "2"])
+        // Its cache (`.schemathesis/`) goes under target/, not into the work tree.
+        .dir(&target)
         .args(["--report", "ndjson", "--report-dir"])
         .arg_path(&reports)
         .env("NO_COLOR", "1"));
