@@ -734,9 +734,45 @@ async fn push_metrics_count_pending_pushes_cancellations_sends_and_invalidations
         me(&server, "POST", "/v1/me/acks", "bob-51a", Some(json!({"device":"iphone-0d2","ids":["x"]}))).await;
     assert_eq!(status, 200);
     let text = scrape(&server).await;
+    if std::env::var_os("TIDINGS_PRINT_METRICS").is_some() {
+        println!("{text}");
+    }
     assert_eq!(sample(&text, "tidings_acks_total", &[("transport", "http")]), Some(1.0));
     for id in ["alice-3f9", "bob-51a", "laptop-7c1", "iphone-0d2", "tablet-9e4", "0123abcd"] {
         assert!(!text.contains(id), "{id} leaked into the metrics");
     }
+    server.shutdown().await;
+}
+
+/// Issue 16: a provider that refuses the server's configuration (APNs `BadTopic`) while delivering makes
+/// `/readyz` answer 503 naming it, `/v1/push/status` shows it stopped, and the metrics count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_stopped_by_its_configuration_while_delivering_makes_the_server_not_ready() {
+    use common::{sample, scrape};
+    use tidings_push_mocks::ApnsReply;
+    let mocks = Mocks::start().await;
+    let server = start(mocks.config()).await;
+    register(&server, "alice", "iphone", "apns", "0123abcd").await;
+    register(&server, "alice", "laptop", "web_push", &mocks.subscription("laptop")).await;
+    wait_offline(&server, "alice").await;
+    let (status, body) = get(&server, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    mocks.apns.script([ApnsReply::error(400, "BadTopic")]);
+    publish(&server, json!({"users":["alice"],"type":"comment.created"})).await;
+    eventually("not ready", || async { get(&server, "/readyz").await.0 == 503 }).await;
+    let (_, body) = get(&server, "/readyz").await;
+    assert_eq!(body["status"], "not_ready");
+    let error = body["checks"]["push"]["error"].as_str().unwrap();
+    assert!(error.contains("apns") && error.contains("BadTopic"), "{error}");
+    assert_eq!(body["checks"]["push"]["providers"]["web_push"]["stopped"], Value::Null, "the others still work");
+    assert_eq!(body["checks"]["store"]["ok"], true);
+    eventually("the Web Push one sent", || async { mocks.web.accepted() == 1 }).await;
+    let (_, status) = get(&server, "/v1/push/status").await;
+    let apns = status["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "apns").unwrap().clone();
+    assert!(apns["stopped"].as_str().unwrap().contains("BadTopic"), "{apns}");
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_push_provider_stopped", &[("provider", "apns")]), Some(1.0), "{text}");
+    let stopped = [("provider", "apns"), ("result", "provider_stopped")];
+    assert_eq!(sample(&text, "tidings_push_sends_total", &stopped), Some(1.0));
     server.shutdown().await;
 }
