@@ -27,6 +27,15 @@
 // - `assert_connection_attempts`: `client.stats().connectionAttempts`.
 // - `assert_stats`: `client.stats()` (camelCase) under the scenarios' snake_case names.
 // - `close`: `client.close()`; the state is then `closed`.
+// - `register_push`: a Web Push subscription made at the mock push service (`POST <push harness>/subscriptions/
+//   <client>`: a real browser cannot subscribe at a mock), registered with `client.registerPush('web_push', …)`; the
+//   page registers the conformance service worker (`/conformance/sw.js`: `installTidingsPush` from `/pkg/sw.js`).
+// - `wait_push`: the push harness decrypts what the server sent to the mock (RFC 8291, with the subscription's
+//   keys): that plaintext is what the browser would hand the service worker.
+// - `ingest_sent_push`: a real `push` event in the client's service worker, fired through the DevTools protocol
+//   (`ServiceWorker.deliverPushMessage`) with that plaintext; the worker's `onPush` result (posted on a
+//   BroadcastChannel) is the outcome. The worker relays what it showed to the page's client over the SDK's
+//   BroadcastChannel, so the page's engine sees it as seen.
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -50,10 +59,26 @@ const WS_URL = env('TIDINGS_WS_URL');
 const HTTP_URL = env('TIDINGS_HTTP_URL').replace(/\/$/, '');
 const API_KEY = env('TIDINGS_API_KEY');
 const WEB_ROOT = env('TIDINGS_WEB_ROOT');
+const PUSH_HARNESS_URL = (process.env.TIDINGS_PUSH_HARNESS_URL ?? '').replace(/\/$/, '');
 
 // The page every client runs in: same origin as the package (`/pkg/tidings.js`), nothing else on it.
 mkdirSync(join(WEB_ROOT, 'conformance'), { recursive: true });
 writeFileSync(join(WEB_ROOT, 'conformance/index.html'), '<!doctype html><meta charset="utf-8"><title>conformance</title>\n');
+// The clients' service worker: the package's push handler, with the client's name and token from its URL; each
+// push's result goes to the runner over a BroadcastChannel.
+writeFileSync(
+  join(WEB_ROOT, 'conformance/sw.js'),
+  `import { installTidingsPush } from '/pkg/sw.js';
+const params = new URL(self.location.href).searchParams;
+const results = new BroadcastChannel('conformance-push');
+installTidingsPush({
+  name: params.get('name'),
+  token: () => params.get('token'),
+  onPush: (result) => results.postMessage(result),
+});
+self.addEventListener('install', () => self.skipWaiting());
+`,
+);
 
 const file = JSON.parse(readFileSync(SCENARIOS, 'utf8'));
 
@@ -69,6 +94,35 @@ function assertEq(got, want, what) {
   const g = JSON.stringify(got);
   const w = JSON.stringify(want);
   if (g !== w) fail(`${what}: got ${g}, expected ${w}`);
+}
+
+async function get(path) {
+  const r = await fetch(HTTP_URL + path, { headers: { Authorization: `Bearer ${API_KEY}` } });
+  const text = await r.text();
+  if (!r.ok) fail(`GET ${path}: HTTP ${r.status} ${text}`);
+  return JSON.parse(text);
+}
+
+async function harness(method, path) {
+  if (!PUSH_HARNESS_URL) fail('TIDINGS_PUSH_HARNESS_URL is not set (run with `cargo xtask wasm-test`)');
+  const r = await fetch(PUSH_HARNESS_URL + path, { method });
+  const text = await r.text();
+  if (!r.ok) fail(`${method} ${path} at the push harness: HTTP ${r.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/** The ids a push payload (the Web Push plaintext, protocol §11.1) stands for, and its form. */
+function pushIds(text) {
+  let p;
+  try {
+    p = JSON.parse(text);
+  } catch {
+    return { ids: [], form: 'invalid' };
+  }
+  if (p?.tidings?.id) return { ids: [p.tidings.id], form: 'full' };
+  if (p?.tidings_fetch?.id) return { ids: [p.tidings_fetch.id], form: 'lightweight' };
+  if (Array.isArray(p?.tidings_summary?.ids)) return { ids: p.tidings_summary.ids, form: 'summary' };
+  return { ids: [], form: 'invalid' };
 }
 
 async function post(path, body, auth = true) {
@@ -93,6 +147,46 @@ class Runner {
     this.prefix = `w${process.pid}x${RUN++}`;
     this.clients = new Map();
     this.deliveries = new Map();
+    /** The push the server sent for `<client>/<id>` (`wait_push`). */
+    this.sent = new Map();
+    /** Each client's Web Push subscription id at the mock (`register_push`; kept after `close`). */
+    this.pushTargets = new Map();
+  }
+
+  /** Polls `cond` until it holds; fails after 20 s. */
+  async poll(what, cond) {
+    const end = Date.now() + WAIT_MS;
+    while (!(await cond())) {
+      if (Date.now() > end) fail(`timed out after ${WAIT_MS / 1000} s waiting for ${what}`);
+      await sleep(25);
+    }
+  }
+
+  /**
+   * Registers the client's service worker (once) and returns its registration id for the DevTools protocol; the
+   * page collects the worker's push results in `window.__conformance.pushResults`.
+   */
+  async worker(c) {
+    if (c.registrationId) return c.registrationId;
+    const cdp = await c.ctx.newCDPSession(c.page);
+    const scope = `${HTTP_URL}/conformance/`;
+    let id = null;
+    cdp.on('ServiceWorker.workerRegistrationUpdated', (e) => {
+      for (const r of e.registrations) if (r.scopeURL === scope && !r.isDeleted) id = r.registrationId;
+    });
+    await cdp.send('ServiceWorker.enable');
+    const url = `/conformance/sw.js?${new URLSearchParams({ name: c.name, token: c.token })}`;
+    await c.page.evaluate(async (url) => {
+      window.__conformance.pushResults = [];
+      const results = new BroadcastChannel('conformance-push');
+      results.onmessage = (e) => window.__conformance.pushResults.push(e.data);
+      await navigator.serviceWorker.register(url, { type: 'module', scope: '/conformance/' });
+      await navigator.serviceWorker.ready;
+    }, url);
+    await this.poll('the service worker registration', () => id !== null);
+    c.cdp = cdp;
+    c.registrationId = id;
+    return id;
   }
 
   name(s) {
@@ -272,6 +366,92 @@ class Runner {
         assertEq(got, step.expect, `push outcome for ${id}`);
         return;
       }
+      case 'register_push': {
+        const c = this.client(step);
+        const target = this.name(step.client);
+        const { token } = await harness('POST', `/subscriptions/${encodeURIComponent(target)}`);
+        await this.worker(c);
+        await c.page.evaluate((t) => window.__conformance.client.registerPush('web_push', t), token);
+        const endpoint = JSON.parse(token).endpoint;
+        await this.poll(`the push address of ${step.client} stored`, async () =>
+          (await get(`/v1/users/${c.user}/devices`)).devices.some((d) => {
+            try {
+              return JSON.parse(d.push?.token ?? 'null')?.endpoint === endpoint;
+            } catch {
+              return false;
+            }
+          }),
+        );
+        this.pushTargets.set(step.client, target);
+        return;
+      }
+      case 'wait_offline': {
+        const user = this.name(step.user);
+        await this.poll(`${user} offline`, async () => (await get(`/v1/presence/${user}`)).devices.length === 0);
+        return;
+      }
+      case 'wait_push': {
+        const target = this.pushTargets.get(step.client);
+        const id = this.name(step.id);
+        if (!target) fail('register_push first');
+        let payload;
+        await this.poll(`a push of ${id} to ${step.client}'s subscription`, async () => {
+          const found = (await harness('GET', '/pushes')).pushes.find(
+            (p) => p.target === target && pushIds(p.payload).ids.includes(id),
+          );
+          payload = found?.payload;
+          return found !== undefined;
+        });
+        if (step.form !== undefined) assertEq(pushIds(payload).form, step.form, `the push's form (${payload})`);
+        this.sent.set(`${step.client}/${id}`, payload);
+        return;
+      }
+      case 'ingest_sent_push': {
+        const c = this.client(step);
+        const id = this.name(step.id);
+        const payload = this.sent.get(`${step.from ?? step.client}/${id}`);
+        if (payload === undefined) fail('wait_push first');
+        const registrationId = await this.worker(c);
+        const before = await c.page.evaluate(() => window.__conformance.pushResults.length);
+        const shownCount = () =>
+          c.page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications()).length);
+        const shownBefore = await shownCount();
+        // A real push event in the service worker, with the payload the server sent.
+        await c.cdp.send('ServiceWorker.deliverPushMessage', {
+          origin: new URL(HTTP_URL).origin,
+          registrationId,
+          data: payload,
+        });
+        let result;
+        await this.poll(`the service worker's push result for ${id}`, async () => {
+          result = await c.page.evaluate((n) => window.__conformance.pushResults[n], before);
+          return result !== undefined && result !== null;
+        });
+        switch (step.expect) {
+          case 'show':
+            assertEq(result.show, true, `shown (${JSON.stringify(result)})`);
+            assertEq(result.notification?.id, id, 'shown notification id');
+            if (step.body_bytes !== undefined) assertEq(result.notification.body?.length, step.body_bytes, 'the whole notification: body length');
+            break;
+          case 'duplicate':
+            assertEq([result.show, result.id], [false, id], 'a duplicate');
+            break;
+          case 'summary':
+            assertEq(result.show, true, `shown (${JSON.stringify(result)})`);
+            assertEq(result.summary?.count, step.count, 'summary count');
+            assertEq(result.summary?.ids, this.names(step.ids), 'summary ids');
+            break;
+          case 'title':
+            assertEq(result.titleOnly?.id, id, `title only (${JSON.stringify(result)})`);
+            break;
+          default:
+            fail(`unknown expect ${step.expect}`);
+        }
+        if (result.show && result.error) fail(`the service worker could not show it: ${result.error}`);
+        // What the browser displays: one more notification when shown, none for a duplicate.
+        assertEq(await shownCount(), shownBefore + (result.show ? 1 : 0), "the service worker's notifications on display");
+        return;
+      }
       case 'set_network':
         if (typeof step.online !== 'boolean') fail('set_network needs online: true|false');
         await this.client(step).ctx.setOffline(!step.online);
@@ -364,8 +544,9 @@ class Runner {
     }
     // An independent client: its own context (storage, locks, channels), so no other tab shares its socket.
     const ctx = await browser.newContext();
+    await ctx.grantPermissions(['notifications'], { origin: new URL(HTTP_URL).origin });
     const page = await ctx.newPage();
-    const c = { ctx, page, errors: [] };
+    const c = { ctx, page, errors: [], user, token, name: `conformance-${user}-${step.client}` };
     page.on('pageerror', (e) => c.errors.push(String(e)));
     page.on('console', (m) => {
       if (m.type() === 'error' || m.type() === 'warning') c.errors.push(`[console ${m.type()}] ${m.text()}`);
@@ -398,7 +579,7 @@ class Runner {
       },
       {
         url: WS_URL,
-        name: `conformance-${user}-${step.client}`,
+        name: c.name,
         token,
         batchWindowMs: step.batch_window_ms ?? 0,
         backgroundGraceMs: step.background_grace_ms ?? null,
@@ -418,6 +599,7 @@ class Runner {
       };
       if (step.group !== undefined) body.group = step.group;
       if (step.persistence !== undefined) body.persistence = step.persistence;
+      if (step.body_bytes !== undefined) body.body = 'x'.repeat(step.body_bytes);
       const reply = await post('/v1/publish', body);
       if (!reply.deliveries?.length) fail(`publish ${id}: no deliveries in ${JSON.stringify(reply)}`);
       this.deliveries.set(id, reply.deliveries[0]);

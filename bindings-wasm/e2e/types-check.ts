@@ -18,7 +18,13 @@ async function main(): Promise<void> {
   });
   client.addEventListener('state', (e) => console.log(e.detail.kind));
   const outcome = await client.ingestPush({ tidings: {} });
-  if (outcome.show) console.log(outcome.notification.id);
+  if (outcome.show && 'notification' in outcome) console.log(outcome.notification.id);
+  else if (outcome.show && 'summary' in outcome) console.log(outcome.summary.count, outcome.summary.ids);
+  else if (outcome.show) console.log(outcome.titleOnly.title ?? outcome.id);
+  const prefs = await client.updatePreferences([{ type: 'marketing.*', channel: 'push', enabled: false }]);
+  console.log(prefs.version);
+  const quiet = await client.setQuietHours({ time_zone: 'Europe/Berlin', ranges: [{ day: 'mon', start: '22:00', end: '07:00' }] });
+  console.log(quiet.quietHours?.time_zone);
   await client.close();
   const key: string = await fetchVapidPublicKey('https://tidings.example');
   console.log(key.length);

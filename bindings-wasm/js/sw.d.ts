@@ -1,5 +1,5 @@
 // Hand-written declarations for @tidings/web/sw (use inside a module service worker).
-import type { Notification } from './tidings.js';
+import type { Notification, PushSummary } from './tidings.js';
 
 export interface PushOptions {
   /** The client's `name` (default `tidings`): which stored state and tab channel to use. */
@@ -15,13 +15,27 @@ export interface PushOptions {
   vapidPublicKey?: string;
   /** The Tidings server's base URL (default: this worker's origin). */
   server?: string | URL;
+  /**
+   * The signed-in user's Tidings token (from your backend): used to fetch a notification too large for its push
+   * and to ack what was shown (`POST /v1/me/acks`). Without it a lightweight push shows its title.
+   */
+  token?: () => string | Promise<string>;
+  /** Called with each push's result, after it was shown. */
+  onPush?: (result: PushResult) => void;
 }
 
 export interface PushResult {
   show: boolean;
   id?: string;
   notification?: Notification;
+  /** A digest or quiet-hours summary was shown. */
+  summary?: PushSummary;
+  /** A lightweight push whose fetch failed: its title was shown. */
+  titleOnly?: { id: string; title?: string; reason: string };
+  /** Showing failed (e.g. no notification permission). */
   error?: string;
+  /** The ack to the server failed. */
+  ackError?: string;
 }
 
 export declare function installTidingsPush(options?: PushOptions): void;

@@ -2,13 +2,20 @@
 //
 //   // sw.js, registered with navigator.serviceWorker.register('/sw.js', { type: 'module' })
 //   import { installTidingsPush } from '@tidings/web/sw';
-//   installTidingsPush();  // the VAPID key comes from the server: GET /v1/push/vapid-public-key
+//   installTidingsPush({
+//     // The signed-in user's Tidings token, from your backend (the worker has no page): used to fetch a
+//     // notification too large for its push and to ack what was shown. Optional: without it a lightweight push
+//     // shows its title and nothing is acked from here (the pages ack over the socket).
+//     token: async () => (await fetch('/api/tidings-token', { credentials: 'include' })).text(),
+//   });  // the VAPID key comes from the server: GET /v1/push/vapid-public-key
 //
-// On `push` the payload goes through the same dedup window as the pages' sockets (the engine snapshot in
-// IndexedDB, via the core engine's ingest_push): a notification the socket, replay or another push delivered
-// already is not shown again. Open tabs are told over the BroadcastChannel so their engines mark it seen.
+// On `push` the payload (any form of protocol §11.1: the notification, a lightweight `tidings_fetch`, a digest or
+// quiet-hours `tidings_summary`) goes through the same dedup window as the pages' sockets (the engine snapshot in
+// IndexedDB, via the core's push path without a client): a notification the socket, replay or another push
+// delivered already is not shown again. Open tabs are told over the BroadcastChannel so their engines mark it
+// seen. What is shown is acked (`POST /v1/me/acks`) when a token is available.
 
-import init, { mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
+import init, { apiRequest, completePushThrough, mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
 import { idbGet, idbUpdate } from './storage.js';
 
 let ready;
@@ -30,35 +37,77 @@ export function handlePush(payload, options = {}) {
   return run;
 }
 
-async function handleOne(payload, { name = 'tidings', wasmUrl, show = true, notificationOptions } = {}) {
+async function handleOne(payload, options = {}) {
+  const { name = 'tidings', wasmUrl, show = true, notificationOptions, onPush } = options;
   ready ??= init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
   await ready;
   const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
   const key = `${name}:snapshot`;
-  const r = JSON.parse(pushThrough(await idbGet(key), text));
-  if (!r.show) return { show: false, id: r.id };
-  const n = r.notification;
+  let r = JSON.parse(pushThrough(await idbGet(key), text));
+  if (r.fetch) {
+    // Too large for a push: fetch the notification with the user's token (no token or no answer: its title).
+    const { status, body } = await serverCall(options, r.request);
+    r = JSON.parse(completePushThrough(await idbGet(key), r.fetch.id, r.fetch.title ?? null, status, body));
+  }
+  if (!r.show) {
+    const result = { show: false, id: r.id };
+    onPush?.(result);
+    return result;
+  }
   // The worker's snapshot carries only seen ids: merged into what is stored now (a page may have saved since the
   // read above), the pages' cursors and batches stay.
   const seen = JSON.stringify(r.snapshot);
   await idbUpdate(key, (stored) => mergeSnapshots(seen, stored));
   const channel = new BroadcastChannel(`tidings:${name}`);
-  channel.postMessage({ t: 'push', payload: text, tab: 'sw' });
+  channel.postMessage({ t: 'push', payload: r.notification ? JSON.stringify({ tidings: r.notification }) : text, tab: 'sw' });
   channel.close();
-  const result = { show: true, id: n.id, notification: n };
+  const n = r.notification;
+  const result = n
+    ? { show: true, id: n.id, notification: n }
+    : r.summary
+      ? { show: true, id: r.id, summary: r.summary }
+      : { show: true, id: r.id, titleOnly: r.titleOnly };
+  if (r.ack?.length && r.device && options.token) {
+    const request = JSON.parse(apiRequest('acks', JSON.stringify({ device: r.device, ids: r.ack })));
+    const { status, body } = await serverCall(options, request);
+    if (status < 200 || status >= 300) result.ackError = `HTTP ${status} ${body}`;
+  }
   if (show && self.registration?.showNotification) {
+    const [title, shown] = n
+      ? [n.title ?? n.type, { body: n.body ?? '', tag: n.id, data: n }]
+      : r.summary
+        ? [r.summary.title ?? 'New notifications', { body: `${r.summary.count} new`, tag: r.summary.group ? `d:${r.summary.group}` : r.id, data: r.summary }]
+        : [r.titleOnly?.title ?? 'New notification', { tag: r.id, data: r.titleOnly }];
     try {
-      await self.registration.showNotification(n.title ?? n.type, {
-        body: n.body ?? '',
-        tag: n.id,
-        data: n,
-        ...(typeof notificationOptions === 'function' ? notificationOptions(n) : notificationOptions),
+      await self.registration.showNotification(title, {
+        ...shown,
+        ...(typeof notificationOptions === 'function' ? notificationOptions(n ?? result) : notificationOptions),
       });
     } catch (e) {
       result.error = String(e?.message ?? e); // e.g. no notification permission
     }
   }
+  onPush?.(result);
   return result;
+}
+
+/** One request of the core's to the Tidings server with the user's token: `{status, body}` (status 0: failed). */
+async function serverCall({ server = self.location.origin, token }, request) {
+  if (typeof token !== 'function') return { status: 0, body: 'no token in the service worker (options.token)' };
+  try {
+    const base = String(server).replace(/\/+$/, '');
+    const r = await fetch(base + request.path, {
+      method: request.method,
+      headers: {
+        Authorization: `Bearer ${await token()}`,
+        ...(request.body !== undefined ? { 'Content-Type': 'application/json' } : {}),
+      },
+      body: request.body,
+    });
+    return { status: r.status, body: await r.text() };
+  } catch (e) {
+    return { status: 0, body: String(e?.message ?? e) };
+  }
 }
 
 /**

@@ -58,7 +58,45 @@ export type Continuity =
       replayed: number;
     };
 
-export type PushOutcome = { show: true; notification: Notification } | { show: false; id: string };
+/** A digest or quiet-hours summary push (protocol §11.1). */
+export interface PushSummary {
+  kind: 'digest' | 'quiet_hours';
+  group?: string;
+  count: number;
+  /** Newest first, at most 20. */
+  ids: string[];
+  title?: string;
+}
+
+export type PushOutcome =
+  | { show: true; notification: Notification }
+  | { show: false; id: string }
+  | { show: true; id: string; summary: PushSummary }
+  /** A push too large to carry its notification whose fetch failed: show its title. */
+  | { show: true; id: string; titleOnly: { id: string; title?: string; reason: string } };
+
+/** One preference (protocol §9.5): a channel on or off for a notification type or a topic. Deny wins. */
+export type PreferenceRule =
+  | { type: string; channel: 'socket' | 'push'; enabled: boolean }
+  | { topic: string; channel: 'socket' | 'push'; enabled: boolean };
+
+export interface Preferences {
+  rules: PreferenceRule[];
+  version: number;
+  updatedAt: number;
+}
+
+export interface QuietHours {
+  /** IANA time zone, e.g. `Intl.DateTimeFormat().resolvedOptions().timeZone`. */
+  time_zone: string;
+  ranges: { day: 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'; start: string; end: string }[];
+}
+
+export interface QuietHoursSettings {
+  quietHours: QuietHours | null;
+  version: number;
+  updatedAt: number;
+}
 
 /** A token source error; `transient: false` stops the client (`failed`). */
 export interface TokenFailure extends Error {
@@ -185,6 +223,12 @@ export declare class TidingsClient extends EventTarget {
   /** A Web Push payload (`{tidings: envelope}`, the envelope, or JSON text) through the shared dedup window. */
   ingestPush(payload: string | object): Promise<PushOutcome>;
   registerPush(platform: 'web_push' | 'fcm' | 'apns' | 'apns_sandbox', token: string): Promise<void>;
+  /** The user's preferences; rejects with `{status, code, message}` when the server refuses. */
+  preferences(): Promise<Preferences>;
+  setPreferences(rules: PreferenceRule[]): Promise<Preferences>;
+  updatePreferences(rules: PreferenceRule[]): Promise<Preferences>;
+  quietHours(): Promise<QuietHoursSettings>;
+  setQuietHours(quietHours: QuietHours | null): Promise<QuietHoursSettings>;
   clearBadge(): void;
   /** The tab granted to show this id (`d:<first id>` for digests), if known. */
   shownBy(key: string): string | null;

@@ -13,7 +13,7 @@
 //   claims (first come; visible tabs claim at once, hidden ones after a short delay) and broadcasts every grant,
 //   so a new leader knows what was granted before it.
 
-import init, { Core, mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
+import init, { Core, apiBase, apiRequest, apiResponse, mergeSnapshots, pushThrough } from './dist/tidings_wasm.js';
 import { idbGet, idbUpdate, lsGet, lsSet } from './storage.js';
 
 export { pushThrough, mergeSnapshots };
@@ -192,21 +192,91 @@ export class TidingsClient extends EventTarget {
   }
 
   /**
-   * A push payload (Web Push `tidings` data, the envelope itself, or its JSON text) reached this page. Goes
-   * through the shared dedup window: `{show:true, notification}` the first time (show it), `{show:false, id}`
-   * when the socket, replay or another path delivered it already.
+   * A push payload (Web Push data, any form of protocol §11.1, as an object or its JSON text) reached this page.
+   * Goes through the shared dedup window: `{show:true, notification}` the first time (show it), `{show:false, id}`
+   * when the socket, replay or another path delivered it already, `{show:true, id, summary}` for a digest or
+   * quiet-hours summary with something new in it (its ids count as seen from now on). A push too large to carry
+   * its notification is fetched from the server with the user's token first; when that fails the outcome is
+   * `{show:true, id, titleOnly:{id, title?, reason}}`.
    */
   async ingestPush(payload) {
     const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
-    const outcome = JSON.parse(this.#core.ingestPush(text));
+    let outcome = JSON.parse(this.#core.ingestPush(text));
+    if (outcome.fetch) {
+      const { status, body } = await this.#http(outcome.request);
+      outcome = JSON.parse(this.#core.completePushFetch(outcome.fetch.id, outcome.fetch.title ?? null, status, body));
+    }
     if (outcome.show) {
-      const id = outcome.notification.id;
+      const id = outcome.notification?.id ?? outcome.id;
       this.#grant(id, this.tabId);
-      this.#post({ t: 'push', payload: text, tab: this.tabId });
+      // Other tabs get what was shown (a fetched notification in full, so they need not fetch it again).
+      const relay = outcome.notification ? JSON.stringify({ tidings: outcome.notification }) : text;
+      this.#post({ t: 'push', payload: relay, tab: this.tabId });
       this.#count(1);
-      this.#emit('notification', { notification: outcome.notification, shown: true, source: 'push' });
+      if (outcome.notification) {
+        this.#emit('notification', { notification: outcome.notification, shown: true, source: 'push' });
+      }
     }
     return outcome;
+  }
+
+  /** The user's preferences (protocol §9.5): `{rules, version, updatedAt}`. */
+  preferences() {
+    return this.#api('preferences');
+  }
+
+  /** Replaces every preference rule of the user (`[{type|topic, channel, enabled}]`); resolves to the result. */
+  setPreferences(rules) {
+    return this.#api('setPreferences', rules);
+  }
+
+  /** Adds rules, each replacing the user's rule with the same selector and channel; resolves to the result. */
+  updatePreferences(rules) {
+    return this.#api('updatePreferences', rules);
+  }
+
+  /** The user's quiet hours: `{quietHours: {time_zone, ranges} | null, version, updatedAt}`. */
+  quietHours() {
+    return this.#api('quietHours');
+  }
+
+  /** Sets (or with `null` removes) the user's quiet hours; resolves to the result. */
+  setQuietHours(quietHours) {
+    return this.#api('setQuietHours', quietHours ?? null);
+  }
+
+  /** One HTTP API call built and read by the core; rejects with `{status, code, message}` on an error answer. */
+  async #api(kind, arg) {
+    const request = JSON.parse(apiRequest(kind, arg === undefined ? '' : JSON.stringify(arg)));
+    const { status, body } = await this.#http(request);
+    const out = JSON.parse(apiResponse(kind, status, body));
+    if (out.error) throw Object.assign(new Error(`tidings: ${out.error.message ?? out.error.code}`), out.error);
+    return out;
+  }
+
+  /** Sends a request of the core's to the server with the user's token (asked again once after a 401). */
+  async #http(request) {
+    const base = apiBase(this.url);
+    if (!base) return { status: 0, body: `no HTTP base URL for ${this.url}` };
+    let answer = { status: 0, body: '' };
+    for (const forceRefresh of [false, true]) {
+      try {
+        const token = await this.#getToken(forceRefresh);
+        const r = await fetch(new URL(request.path.replace(/^\//, ''), base.endsWith('/') ? base : `${base}/`), {
+          method: request.method,
+          headers: {
+            Authorization: `Bearer ${token}`,
+            ...(request.body !== undefined ? { 'Content-Type': 'application/json' } : {}),
+          },
+          body: request.body,
+        });
+        answer = { status: r.status, body: await r.text() };
+      } catch (e) {
+        return { status: 0, body: String(e?.message ?? e) };
+      }
+      if (answer.status !== 401) break;
+    }
+    return answer;
   }
 
   /** Registers this device's push address (`web_push`: the PushSubscription JSON). */
@@ -642,9 +712,11 @@ export class TidingsClient extends EventTarget {
         try {
           const outcome = JSON.parse(this.#core.ingestPush(m.payload));
           if (outcome.show) {
-            this.#record(outcome.notification.id, m.tab);
+            this.#record(outcome.notification?.id ?? outcome.id, m.tab);
             this.#count(1);
-            this.#emit('notification', { notification: outcome.notification, shown: false, source: 'push' });
+            if (outcome.notification) {
+              this.#emit('notification', { notification: outcome.notification, shown: false, source: 'push' });
+            }
           }
         } catch (e) {
           console.warn('tidings: bad relayed push payload', e);

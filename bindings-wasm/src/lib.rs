@@ -653,11 +653,12 @@ fn stored_snapshot(snapshot: &JsValue) -> Result<Option<tidings_core::Snapshot>,
 /// device id (for `POST /v1/me/acks`).
 fn push_through_json(outcome: &tidings_core::PushOutcome, seen: &tidings_core::Snapshot) -> JsValue {
     let ids: Vec<String> = outcome.ids().into_iter().map(str::to_owned).collect();
-    let mut o = json::push_outcome(outcome).raw("snapshot", &snapshot_text(seen)).strs("ack", &ids);
+    // `snapshot` last (readers may cut it off the end).
+    let mut o = json::push_outcome(outcome).strs("ack", &ids);
     if let Some(device) = &seen.device_id {
         o = o.str("device", device);
     }
-    o.end().into()
+    o.raw("snapshot", &snapshot_text(seen)).end().into()
 }
 
 /// The push path without a page (a service worker): the core's `ingest_push_without_client`, seeded from

@@ -124,6 +124,8 @@ async fn delivers_acks_and_closes_cleanly() {
     assert_eq!(ack, ["n1"]);
     client.close().await;
     assert_eq!(client.state(), ConnectionState::Closed);
+    // A closed client says so before it looks at a push payload (even an invalid one).
+    assert!(matches!(client.ingest_push("{}").await, Err(tidings_core::native::ClientError::Closed)));
     // The driver task ended: the event stream drains and ends.
     let rest: Vec<Event> = tokio::time::timeout(WAIT, async {
         let mut v = Vec::new();

@@ -1,7 +1,9 @@
 //! A reference server process for the foreign-language conformance runners (Swift, Kotlin, browser): started in
-//! demo mode (so runners can get tokens from `POST /v1/demo/token`) with the replay buffer the scenarios expect,
-//! on a free loopback port, on the server's default store (SQLite) in a fresh data directory under the target
-//! directory. Killed when dropped, and its data directory removed.
+//! demo mode (so runners can get tokens from `POST /v1/demo/token`) with the replay buffer and push timings the
+//! scenarios expect, on a free loopback port, on the server's default store (SQLite) in a fresh data directory
+//! under the target directory, pushing to the mock APNs, FCM and Web Push services of a `push-harness` process
+//! (whose control API the runners read what was pushed from). Killed when dropped, and its data directory
+//! removed.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,19 +16,25 @@ use crate::util::{Step, run};
 /// A running server process.
 pub(crate) struct ServerProcess {
     child: Child,
+    /// The mock push services (ends when its standard input closes, or is killed).
+    harness: Child,
     data_dir: std::path::PathBuf,
     pub(crate) ws_url: String,
     pub(crate) http_url: String,
     pub(crate) api_key: String,
+    /// The push harness's control API (`GET /pushes`, `POST /subscriptions/{id}`).
+    pub(crate) push_harness_url: String,
 }
 
 impl ServerProcess {
-    /// Environment for a runner: `TIDINGS_WS_URL`, `TIDINGS_HTTP_URL`, `TIDINGS_API_KEY`.
+    /// Environment for a runner: `TIDINGS_WS_URL`, `TIDINGS_HTTP_URL`, `TIDINGS_API_KEY`,
+    /// `TIDINGS_PUSH_HARNESS_URL`.
     pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("TIDINGS_WS_URL", self.ws_url.clone()),
             ("TIDINGS_HTTP_URL", self.http_url.clone()),
             ("TIDINGS_API_KEY", self.api_key.clone()),
+            ("TIDINGS_PUSH_HARNESS_URL", self.push_harness_url.clone()),
         ]
     }
 }
@@ -35,8 +43,47 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = self.harness.kill();
+        let _ = self.harness.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// A number member of `scenarios.json`'s `server` object (read without a JSON parser: xtask has none).
+fn server_setting(scenarios: &str, key: &str) -> Result<String, String> {
+    scenarios
+        .split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| format!("scenarios.json has no server.{key}"))
+}
+
+/// Starts `push-harness` with its key files in `dir`; returns it, its control URL and the server flags.
+fn start_push_harness(root: &Path, dir: &Path) -> Result<(Child, String, Vec<String>), String> {
+    use std::io::BufRead as _;
+    let bin = crate::target_dir(root).join("debug").join("push-harness");
+    let mut child = Command::new(&bin)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", bin.display()))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or("push-harness has no stdout")?;
+    std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("read push-harness: {e}"))?;
+    // {"control_url":"…","server_args":["--flag","value",…]}: strings without escapes.
+    let strings: Vec<String> = line.split('"').skip(1).step_by(2).map(str::to_owned).collect();
+    let control = strings
+        .iter()
+        .position(|s| s == "control_url")
+        .and_then(|i| strings.get(i + 1).cloned())
+        .ok_or_else(|| format!("push-harness printed {line:?}"))?;
+    let args_at =
+        strings.iter().position(|s| s == "server_args").ok_or_else(|| format!("push-harness printed {line:?}"))?;
+    Ok((child, control, strings[args_at + 1..].to_vec()))
 }
 
 /// Builds and starts `tidings-server` for conformance runs. `replay_max_items` comes from
@@ -58,24 +105,28 @@ pub(crate) fn start_conformance_server_serving(
     suite: &str,
     web_root: Option<&Path>,
 ) -> Result<ServerProcess, String> {
-    run(Step::new("build tidings-server", "cargo").args(["build", "-p", "tidings-server", "--locked"]).dir(root))?;
+    run(Step::new("build tidings-server and push-harness", "cargo")
+        .args(["build", "-p", "tidings-server", "-p", "tidings-push-mocks", "--bins", "--locked"])
+        .dir(root))?;
     let scenarios = std::fs::read_to_string(root.join("tests/conformance/scenarios.json"))
         .map_err(|e| format!("read scenarios.json: {e}"))?;
-    let max_items = scenarios
-        .split("\"replay_max_items\":")
-        .nth(1)
-        .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().map(str::to_string))
-        .filter(|n| !n.is_empty())
-        .ok_or("scenarios.json has no server.replay_max_items")?;
+    let max_items = server_setting(&scenarios, "replay_max_items")?;
+    let push_after = server_setting(&scenarios, "push_after_ms")?;
+    let digest_window = server_setting(&scenarios, "digest_window_secs")?;
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let bin = crate::target_dir(root).join("debug").join("tidings-server");
     let log_path = log_path(root, suite);
     let log = std::fs::File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
     let data_dir = crate::target_dir(root).join(format!("conformance-data-{port}"));
     let _ = std::fs::remove_dir_all(&data_dir);
+    let keys = data_dir.join("push-keys");
+    std::fs::create_dir_all(&keys).map_err(|e| format!("create {}: {e}", keys.display()))?;
+    let (harness, push_harness_url, push_args) = start_push_harness(root, &keys)?;
     let mut command = Command::new(&bin);
     command.args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items]);
-    command.args(["--store", "sqlite"]).arg("--data-dir").arg(&data_dir);
+    command.args(["--push-after-ms", &push_after, "--digest-window-secs", &digest_window]);
+    command.args(&push_args);
+    command.args(["--store", "sqlite"]).arg("--data-dir").arg(data_dir.join("db"));
     if let Some(web_root) = web_root {
         command.arg("--web-root").arg(web_root);
     }
@@ -87,6 +138,8 @@ pub(crate) fn start_conformance_server_serving(
         .map_err(|e| format!("start {}: {e}", bin.display()))?;
     let server = ServerProcess {
         child,
+        harness,
+        push_harness_url,
         data_dir,
         ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
         http_url: format!("http://127.0.0.1:{port}"),

@@ -128,28 +128,62 @@ public final class TidingsClient: Sendable {
         try translatingErrors { try ffi.registerPushToken(platform: platform.ffi, token: token) }
     }
 
-    /// Passes a push payload (the APNs `userInfo`) through the dedup window shared with the socket: `.show` the
-    /// first time, `.duplicate` when the socket, a replay or an earlier push delivered it already. Saved before it
-    /// returns.
-    public func ingestPush(_ userInfo: [AnyHashable: Any]) throws -> PushOutcome {
-        try ingestPush(json: PushPayload.json(userInfo))
+    /// Passes a push payload (the APNs `userInfo`, any form of protocol §11.1) through the dedup window shared with
+    /// the socket: `.show` the first time, `.duplicate` when the socket, a replay or an earlier push delivered it
+    /// already, `.summary` for a digest or quiet-hours summary. A push too large to carry its notification is
+    /// fetched from the server with the user's token before this returns (`.showTitle` when that failed). What is
+    /// shown is acked. Saved before it returns.
+    public func ingestPush(_ userInfo: [AnyHashable: Any]) async throws -> PushOutcome {
+        try await ingestPush(json: PushPayload.json(userInfo))
     }
 
     /// As `ingestPush(_:)`, with the payload as JSON text (`{"tidings": {…}}`).
-    public func ingestPush(json: String) throws -> PushOutcome {
-        try translatingErrors { PushOutcome(try ffi.ingestPush(payload: json)) }
+    public func ingestPush(json: String) async throws -> PushOutcome {
+        try await translatingErrors { PushOutcome(try await ffi.ingestPush(payload: json)) }
     }
 
-    /// Dedup for code that runs without a client — the Notification Service Extension: passes the payload through
-    /// the dedup window kept in the store file at `storeURL`, the one the app's client uses (put it in the App
-    /// Group container). Opens no connection.
-    public static func ingestPush(_ userInfo: [AnyHashable: Any], storeURL: URL) throws -> PushOutcome {
-        try ingestPush(json: PushPayload.json(userInfo), storeURL: storeURL)
+    /// The push path for code that runs without a client — the Notification Service Extension: passes the payload
+    /// through the dedup window kept in the store file at `storeURL`, the one the app's client uses (put it in the
+    /// App Group container). With `server`, a push too large to carry its notification is fetched from the server
+    /// (else `.showTitle`) and what is shown is acked there for this device. Opens no WebSocket.
+    public static func ingestPush(
+        _ userInfo: [AnyHashable: Any], storeURL: URL, server: PushServer? = nil
+    ) async throws -> PushOutcome {
+        try await ingestPush(json: PushPayload.json(userInfo), storeURL: storeURL, server: server)
     }
 
-    /// As `ingestPush(_:storeURL:)`, with the payload as JSON text.
-    public static func ingestPush(json: String, storeURL: URL) throws -> PushOutcome {
-        try translatingErrors { PushOutcome(try ingestPushWithStore(storePath: storeURL.path, payload: json)) }
+    /// As `ingestPush(_:storeURL:server:)`, with the payload as JSON text.
+    public static func ingestPush(json: String, storeURL: URL, server: PushServer? = nil) async throws -> PushOutcome {
+        try await translatingErrors {
+            PushOutcome(try await ingestPushWithStore(storePath: storeURL.path, payload: json, server: server?.ffi))
+        }
+    }
+
+    // MARK: Preferences and quiet hours (protocol §9.5, with the user's token)
+
+    /// The user's preferences.
+    public func preferences() async throws -> Preferences {
+        try await translatingErrors { Preferences(try await ffi.preferences()) }
+    }
+
+    /// Replaces every preference rule of the user; returns the result.
+    public func setPreferences(_ rules: [PreferenceRule]) async throws -> Preferences {
+        try await translatingErrors { Preferences(try await ffi.setPreferences(rules: rules.map(\.ffi))) }
+    }
+
+    /// Adds rules, each replacing the user's rule with the same selector and channel; returns the result.
+    public func updatePreferences(_ rules: [PreferenceRule]) async throws -> Preferences {
+        try await translatingErrors { Preferences(try await ffi.updatePreferences(rules: rules.map(\.ffi))) }
+    }
+
+    /// The user's quiet hours.
+    public func quietHours() async throws -> QuietHoursSettings {
+        try await translatingErrors { QuietHoursSettings(try await ffi.quietHours()) }
+    }
+
+    /// Sets (or with `nil` removes) the user's quiet hours; returns the result.
+    public func setQuietHours(_ quietHours: QuietHours?) async throws -> QuietHoursSettings {
+        try await translatingErrors { QuietHoursSettings(try await ffi.setQuietHours(quietHours: quietHours?.ffi)) }
     }
 
     // MARK: Lifecycle and network

@@ -153,10 +153,132 @@ public enum PushPlatform: String, Sendable, Hashable, CaseIterable {
 
 /// What to do with a push payload.
 public enum PushOutcome: Sendable, Hashable {
-    /// Seen for the first time: show it.
+    /// Seen for the first time: show it. (A push too large to carry its notification was fetched from the server.)
     case show(TidingsNotification)
     /// Already delivered on another path (socket, replay, an earlier push): do not show it.
     case duplicate(id: String)
+    /// A digest or quiet-hours summary with something new in it: show it; its ids count as seen from now on.
+    case summary(PushSummary)
+    /// The push was too large to carry the notification and fetching it failed: show its title (`nil`: a generic
+    /// text). `reason` says why the fetch failed.
+    case showTitle(id: String, title: String?, reason: String)
+}
+
+/// Which summary a push is.
+public enum SummaryKind: String, Sendable, Hashable {
+    /// Informational notifications of one group, collected over the server's digest window.
+    case digest
+    /// What was held during the user's quiet hours.
+    case quietHours = "quiet_hours"
+}
+
+/// Several notifications in one push (protocol §11.1).
+public struct PushSummary: Sendable, Hashable {
+    /// Digest or quiet hours.
+    public var kind: SummaryKind
+    /// The digest's group.
+    public var group: String?
+    /// How many notifications it stands for.
+    public var count: UInt64
+    /// The ids, newest first (at most 20).
+    public var ids: [String]
+    /// The newest one's title.
+    public var title: String?
+}
+
+/// Where a push handler without a running client (the Notification Service Extension) reaches the server: to fetch
+/// a notification too large for its push, and to ack what it shows.
+public struct PushServer: Sendable, Hashable {
+    /// The server's WebSocket URL (as in `TidingsConfiguration`) or its HTTP base URL.
+    public var url: URL
+    /// A token of the signed-in user (keep one in the shared keychain for the extension).
+    public var token: String
+    /// Extra trusted certificate authorities (PEM), e.g. for a development server.
+    public var extraRootCertificates: [String]
+
+    public init(url: URL, token: String, extraRootCertificates: [String] = []) {
+        self.url = url
+        self.token = token
+        self.extraRootCertificates = extraRootCertificates
+    }
+}
+
+/// A delivery channel a preference applies to.
+public enum Channel: String, Sendable, Hashable, CaseIterable {
+    /// Live delivery over the socket (and replay).
+    case socket
+    /// Push notifications, digests and quiet-hours summaries.
+    case push
+}
+
+/// What a preference rule is about.
+public enum PreferenceSelector: Sendable, Hashable {
+    /// Notifications whose `type` matches (exact, or a prefix ending in `*`).
+    case type(String)
+    /// Notifications published to a topic that matches (exact, or a prefix ending in `*`).
+    case topic(String)
+}
+
+/// One preference: a channel on or off for a type or topic. Deny wins; `critical` notifications ignore them.
+public struct PreferenceRule: Sendable, Hashable {
+    public var selector: PreferenceSelector
+    public var channel: Channel
+    public var enabled: Bool
+
+    public init(_ selector: PreferenceSelector, _ channel: Channel, enabled: Bool) {
+        self.selector = selector
+        self.channel = channel
+        self.enabled = enabled
+    }
+}
+
+/// The user's preferences as the server holds them.
+public struct Preferences: Sendable, Hashable {
+    /// The rules.
+    public var rules: [PreferenceRule]
+    /// Counts the changes of the user's settings.
+    public var version: UInt64
+    /// When they last changed.
+    public var updatedAt: Date
+}
+
+/// One weekly quiet range in the user's local time.
+public struct QuietRange: Sendable, Hashable {
+    /// `mon` … `sun`.
+    public var day: String
+    /// `HH:MM`, inclusive.
+    public var start: String
+    /// `HH:MM`, exclusive (`24:00` allowed; at or before `start`: the next day).
+    public var end: String
+
+    public init(day: String, start: String, end: String) {
+        self.day = day
+        self.start = start
+        self.end = end
+    }
+}
+
+/// Quiet hours: an IANA time zone and weekly ranges.
+public struct QuietHours: Sendable, Hashable {
+    /// IANA time zone, e.g. `Europe/Berlin` (`TimeZone.current.identifier`).
+    public var timeZone: String
+    /// The ranges.
+    public var ranges: [QuietRange]
+
+    public init(timeZone: String, ranges: [QuietRange]) {
+        self.timeZone = timeZone
+        self.ranges = ranges
+    }
+}
+
+/// The user's quiet hours as the server holds them.
+public struct QuietHoursSettings: Sendable, Hashable {
+    /// The quiet hours, if any.
+    public var quietHours: QuietHours?
+    /// Counts the changes of the user's settings.
+    public var version: UInt64
+    /// When they last changed.
+    public var updatedAt: Date
 }
 
 /// Network reachability, as the platform reports it.
@@ -270,6 +392,12 @@ public enum TidingsError: Error, Sendable, Hashable, LocalizedError {
     case closed
     /// A bug in Tidings; please report it.
     case internalError(String)
+    /// The server refused the user's token for an HTTP call (after asking the token provider again once).
+    case unauthorized(String)
+    /// The server refused the request (invalid preferences or quiet hours, an unknown notification …).
+    case refused(status: Int, code: String, message: String)
+    /// The server could not be reached or could not answer now: try again later (after `retryAfter`, when set).
+    case unavailable(String, retryAfter: TimeInterval?)
 
     public var errorDescription: String? {
         switch self {
@@ -279,6 +407,9 @@ public enum TidingsError: Error, Sendable, Hashable, LocalizedError {
         case .connectionFailed(let reason, let m): return "Tidings: connection failed (\(reason.rawValue)): \(m)"
         case .closed: return "Tidings: the client is closed"
         case .internalError(let m): return "Tidings: internal error: \(m)"
+        case .unauthorized(let m): return "Tidings: unauthorized: \(m)"
+        case .refused(let status, let code, let m): return "Tidings: refused (\(status) \(code)): \(m)"
+        case .unavailable(let m, _): return "Tidings: server unavailable: \(m)"
         }
     }
 }
@@ -409,7 +540,66 @@ extension PushOutcome {
         switch o {
         case .show(let n): self = .show(TidingsNotification(n))
         case .duplicate(let id): self = .duplicate(id: id)
+        case .summary(let s):
+            self = .summary(
+                PushSummary(
+                    kind: s.kind == .digest ? .digest : .quietHours, group: s.group, count: s.count, ids: s.ids,
+                    title: s.title))
+        case .showTitle(let id, let title, let reason): self = .showTitle(id: id, title: title, reason: reason)
         }
+    }
+}
+
+extension PushServer {
+    var ffi: TidingsFFI.PushServer {
+        TidingsFFI.PushServer(url: url.absoluteString, token: token, extraRootCertificates: extraRootCertificates)
+    }
+}
+
+extension PreferenceRule {
+    init(_ r: TidingsFFI.PreferenceRule) {
+        let selector: PreferenceSelector
+        switch r.selector {
+        case .type(let p): selector = .type(p)
+        case .topic(let p): selector = .topic(p)
+        }
+        self.init(selector, r.channel == .socket ? .socket : .push, enabled: r.enabled)
+    }
+
+    var ffi: TidingsFFI.PreferenceRule {
+        let s: TidingsFFI.PreferenceSelector
+        switch selector {
+        case .type(let p): s = .type(pattern: p)
+        case .topic(let p): s = .topic(pattern: p)
+        }
+        return TidingsFFI.PreferenceRule(selector: s, channel: channel == .socket ? .socket : .push, enabled: enabled)
+    }
+}
+
+extension Preferences {
+    init(_ p: TidingsFFI.Preferences) {
+        self.init(
+            rules: p.rules.map(PreferenceRule.init), version: p.version,
+            updatedAt: Date(timeIntervalSince1970: TimeInterval(p.updatedAtMs) / 1000))
+    }
+}
+
+extension QuietHours {
+    init(_ q: TidingsFFI.QuietHours) {
+        self.init(timeZone: q.timeZone, ranges: q.ranges.map { QuietRange(day: $0.day, start: $0.start, end: $0.end) })
+    }
+
+    var ffi: TidingsFFI.QuietHours {
+        TidingsFFI.QuietHours(
+            timeZone: timeZone, ranges: ranges.map { TidingsFFI.QuietRange(day: $0.day, start: $0.start, end: $0.end) })
+    }
+}
+
+extension QuietHoursSettings {
+    init(_ q: TidingsFFI.QuietHoursSettings) {
+        self.init(
+            quietHours: q.quietHours.map(QuietHours.init), version: q.version,
+            updatedAt: Date(timeIntervalSince1970: TimeInterval(q.updatedAtMs) / 1000))
     }
 }
 
@@ -447,6 +637,9 @@ extension TidingsError {
         case .ConnectionFailed(let reason, let m): self = .connectionFailed(FailureReason(reason), message: m)
         case .Closed: self = .closed
         case .Internal(let m): self = .internalError(m)
+        case .Unauthorized(let m): self = .unauthorized(m)
+        case .Refused(let status, let code, let m): self = .refused(status: Int(status), code: code, message: m)
+        case .Unavailable(let m, let after): self = .unavailable(m, retryAfter: after.map { TimeInterval($0) / 1000 })
         }
     }
 }
@@ -455,6 +648,15 @@ extension TidingsError {
 func translatingErrors<T>(_ body: () throws -> T) throws -> T {
     do {
         return try body()
+    } catch let e as TidingsFFI.TidingsError {
+        throw TidingsError(e)
+    }
+}
+
+/// Runs a generated async call, translating its errors into `TidingsError`.
+func translatingErrors<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
     } catch let e as TidingsFFI.TidingsError {
         throw TidingsError(e)
     }

@@ -471,6 +471,22 @@ private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterUInt16: FfiConverterPrimitive {
+    typealias FfiType = UInt16
+    typealias SwiftType = UInt16
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt16 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
     typealias FfiType = UInt32
     typealias SwiftType = UInt32
@@ -618,10 +634,13 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
     func deviceId()  -> String
     
     /**
-     * Passes a push payload (APNs `userInfo` / FCM `data` as JSON text) through the dedup window shared with
-     * the socket: `Show` the first time, `Duplicate` after. The state is saved before this returns.
+     * Passes a push payload (APNs `userInfo` / FCM `data` as JSON text, any form of protocol §11.1) through
+     * the dedup window shared with the socket: `Show` the first time, `Duplicate` after, `Summary` for a digest or
+     * quiet-hours summary, `ShowTitle` when the push was too large to carry the notification and fetching it
+     * failed (it is fetched with the user's token before this returns). What is shown is acked. The state is
+     * saved before this returns.
      */
-    func ingestPush(payload: String) throws  -> PushOutcome
+    func ingestPush(payload: String) async throws  -> PushOutcome
     
     /**
      * The platform reports a network change; `Available` and `Changed` act at once.
@@ -643,9 +662,29 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
     func nextState(current: ConnectionState) async  -> ConnectionState
     
     /**
+     * The user's preferences (protocol §9.5), read with the user's token.
+     */
+    func preferences() async throws  -> Preferences
+    
+    /**
+     * The user's quiet hours.
+     */
+    func quietHours() async throws  -> QuietHoursSettings
+    
+    /**
      * Registers the device's push address with the server (sent now and on every reconnect).
      */
     func registerPushToken(platform: PushPlatform, token: String) throws 
+    
+    /**
+     * Replaces every preference rule of the user; returns the result.
+     */
+    func setPreferences(rules: [PreferenceRule]) async throws  -> Preferences
+    
+    /**
+     * Sets (or with `None` removes) the user's quiet hours; returns the result.
+     */
+    func setQuietHours(quietHours: QuietHours?) async throws  -> QuietHoursSettings
     
     /**
      * The current connection state.
@@ -666,6 +705,11 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
      * Unsubscribes and forgets the stream's cursor.
      */
     func unsubscribe(stream: String) throws 
+    
+    /**
+     * Adds rules, each replacing the user's rule with the same selector and channel; returns the result.
+     */
+    func updatePreferences(rules: [PreferenceRule]) async throws  -> Preferences
     
 }
 /**
@@ -832,17 +876,26 @@ open func deviceId() -> String  {
 }
     
     /**
-     * Passes a push payload (APNs `userInfo` / FCM `data` as JSON text) through the dedup window shared with
-     * the socket: `Show` the first time, `Duplicate` after. The state is saved before this returns.
+     * Passes a push payload (APNs `userInfo` / FCM `data` as JSON text, any form of protocol §11.1) through
+     * the dedup window shared with the socket: `Show` the first time, `Duplicate` after, `Summary` for a digest or
+     * quiet-hours summary, `ShowTitle` when the push was too large to carry the notification and fetching it
+     * failed (it is fetched with the user's token before this returns). What is shown is acked. The state is
+     * saved before this returns.
      */
-open func ingestPush(payload: String)throws  -> PushOutcome  {
-    return try  FfiConverterTypePushOutcome_lift(try rustCallWithError(FfiConverterTypeTidingsError_lift) {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_method_tidingsclient_ingest_push(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(payload),uniffiCallStatus
-    )
-})
+open func ingestPush(payload: String)async throws  -> PushOutcome  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_ingest_push(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(payload)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypePushOutcome_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
 }
     
     /**
@@ -902,6 +955,44 @@ open func nextState(current: ConnectionState)async  -> ConnectionState  {
 }
     
     /**
+     * The user's preferences (protocol §9.5), read with the user's token.
+     */
+open func preferences()async throws  -> Preferences  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_preferences(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypePreferences_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * The user's quiet hours.
+     */
+open func quietHours()async throws  -> QuietHoursSettings  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_quiet_hours(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeQuietHoursSettings_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
      * Registers the device's push address with the server (sent now and on every reconnect).
      */
 open func registerPushToken(platform: PushPlatform, token: String)throws   {try rustCallWithError(FfiConverterTypeTidingsError_lift) {
@@ -912,6 +1003,44 @@ open func registerPushToken(platform: PushPlatform, token: String)throws   {try 
         FfiConverterString.lower(token),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * Replaces every preference rule of the user; returns the result.
+     */
+open func setPreferences(rules: [PreferenceRule])async throws  -> Preferences  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_set_preferences(
+                        self.uniffiCloneHandle(),FfiConverterSequenceTypePreferenceRule.lower(rules)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypePreferences_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Sets (or with `None` removes) the user's quiet hours; returns the result.
+     */
+open func setQuietHours(quietHours: QuietHours?)async throws  -> QuietHoursSettings  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_set_quiet_hours(
+                        self.uniffiCloneHandle(),FfiConverterOptionTypeQuietHours.lower(quietHours)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeQuietHoursSettings_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
 }
     
     /**
@@ -960,6 +1089,25 @@ open func unsubscribe(stream: String)throws   {try rustCallWithError(FfiConverte
         FfiConverterString.lower(stream),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * Adds rules, each replacing the user's rule with the same selector and channel; returns the result.
+     */
+open func updatePreferences(rules: [PreferenceRule])async throws  -> Preferences  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_update_preferences(
+                        self.uniffiCloneHandle(),FfiConverterSequenceTypePreferenceRule.lower(rules)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypePreferences_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
 }
     
 
@@ -1973,6 +2121,645 @@ public func FfiConverterTypeNotification_lower(_ value: Notification) -> RustBuf
 
 
 /**
+ * One preference: a channel on or off for a type or topic. Deny wins; `critical` notifications ignore them.
+ */
+public struct PreferenceRule: Equatable, Hashable {
+    /**
+     * What it is about.
+     */
+    public var selector: PreferenceSelector
+    /**
+     * Which channel.
+     */
+    public var channel: Channel
+    /**
+     * On or off.
+     */
+    public var enabled: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is about.
+         */selector: PreferenceSelector, 
+        /**
+         * Which channel.
+         */channel: Channel, 
+        /**
+         * On or off.
+         */enabled: Bool) {
+        self.selector = selector
+        self.channel = channel
+        self.enabled = enabled
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PreferenceRule: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePreferenceRule: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PreferenceRule {
+        return
+            try PreferenceRule(
+                selector: FfiConverterTypePreferenceSelector.read(from: &buf), 
+                channel: FfiConverterTypeChannel.read(from: &buf), 
+                enabled: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PreferenceRule, into buf: inout [UInt8]) {
+        FfiConverterTypePreferenceSelector.write(value.selector, into: &buf)
+        FfiConverterTypeChannel.write(value.channel, into: &buf)
+        FfiConverterBool.write(value.enabled, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferenceRule_lift(_ buf: RustBuffer) throws -> PreferenceRule {
+    return try FfiConverterTypePreferenceRule.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferenceRule_lower(_ value: PreferenceRule) -> RustBuffer {
+    return FfiConverterTypePreferenceRule.lower(value)
+}
+
+
+/**
+ * The user's preferences as the server holds them.
+ */
+public struct Preferences: Equatable, Hashable {
+    /**
+     * The rules.
+     */
+    public var rules: [PreferenceRule]
+    /**
+     * Counts the changes of the user's settings.
+     */
+    public var version: UInt64
+    /**
+     * When they last changed, ms since the Unix epoch.
+     */
+    public var updatedAtMs: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The rules.
+         */rules: [PreferenceRule], 
+        /**
+         * Counts the changes of the user's settings.
+         */version: UInt64, 
+        /**
+         * When they last changed, ms since the Unix epoch.
+         */updatedAtMs: UInt64) {
+        self.rules = rules
+        self.version = version
+        self.updatedAtMs = updatedAtMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Preferences: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePreferences: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Preferences {
+        return
+            try Preferences(
+                rules: FfiConverterSequenceTypePreferenceRule.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf), 
+                updatedAtMs: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Preferences, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypePreferenceRule.write(value.rules, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+        FfiConverterUInt64.write(value.updatedAtMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferences_lift(_ buf: RustBuffer) throws -> Preferences {
+    return try FfiConverterTypePreferences.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferences_lower(_ value: Preferences) -> RustBuffer {
+    return FfiConverterTypePreferences.lower(value)
+}
+
+
+/**
+ * Where a push handler without a running client (the Notification Service Extension, an FCM service started
+ * without the app) reaches the server: to fetch a notification too large for its push, and to ack.
+ */
+public struct PushServer: Equatable, Hashable {
+    /**
+     * The server's WebSocket URL (or its HTTP base URL).
+     */
+    public var url: String
+    /**
+     * A token of the signed-in user.
+     */
+    public var token: String
+    /**
+     * Extra trusted certificate authorities (PEM).
+     */
+    public var extraRootCertificates: [String]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The server's WebSocket URL (or its HTTP base URL).
+         */url: String, 
+        /**
+         * A token of the signed-in user.
+         */token: String, 
+        /**
+         * Extra trusted certificate authorities (PEM).
+         */extraRootCertificates: [String] = []) {
+        self.url = url
+        self.token = token
+        self.extraRootCertificates = extraRootCertificates
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PushServer: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePushServer: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PushServer {
+        return
+            try PushServer(
+                url: FfiConverterString.read(from: &buf), 
+                token: FfiConverterString.read(from: &buf), 
+                extraRootCertificates: FfiConverterSequenceString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PushServer, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.url, into: &buf)
+        FfiConverterString.write(value.token, into: &buf)
+        FfiConverterSequenceString.write(value.extraRootCertificates, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushServer_lift(_ buf: RustBuffer) throws -> PushServer {
+    return try FfiConverterTypePushServer.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushServer_lower(_ value: PushServer) -> RustBuffer {
+    return FfiConverterTypePushServer.lower(value)
+}
+
+
+/**
+ * Several notifications in one push (protocol §11.1).
+ */
+public struct PushSummary: Equatable, Hashable {
+    /**
+     * Digest or quiet hours.
+     */
+    public var kind: SummaryKind
+    /**
+     * The digest's group.
+     */
+    public var group: String?
+    /**
+     * How many notifications it stands for.
+     */
+    public var count: UInt64
+    /**
+     * The ids, newest first (at most 20).
+     */
+    public var ids: [String]
+    /**
+     * The newest one's title.
+     */
+    public var title: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Digest or quiet hours.
+         */kind: SummaryKind, 
+        /**
+         * The digest's group.
+         */group: String?, 
+        /**
+         * How many notifications it stands for.
+         */count: UInt64, 
+        /**
+         * The ids, newest first (at most 20).
+         */ids: [String], 
+        /**
+         * The newest one's title.
+         */title: String?) {
+        self.kind = kind
+        self.group = group
+        self.count = count
+        self.ids = ids
+        self.title = title
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PushSummary: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePushSummary: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PushSummary {
+        return
+            try PushSummary(
+                kind: FfiConverterTypeSummaryKind.read(from: &buf), 
+                group: FfiConverterOptionString.read(from: &buf), 
+                count: FfiConverterUInt64.read(from: &buf), 
+                ids: FfiConverterSequenceString.read(from: &buf), 
+                title: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PushSummary, into buf: inout [UInt8]) {
+        FfiConverterTypeSummaryKind.write(value.kind, into: &buf)
+        FfiConverterOptionString.write(value.group, into: &buf)
+        FfiConverterUInt64.write(value.count, into: &buf)
+        FfiConverterSequenceString.write(value.ids, into: &buf)
+        FfiConverterOptionString.write(value.title, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushSummary_lift(_ buf: RustBuffer) throws -> PushSummary {
+    return try FfiConverterTypePushSummary.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePushSummary_lower(_ value: PushSummary) -> RustBuffer {
+    return FfiConverterTypePushSummary.lower(value)
+}
+
+
+/**
+ * Quiet hours: an IANA time zone and weekly ranges.
+ */
+public struct QuietHours: Equatable, Hashable {
+    /**
+     * IANA time zone, e.g. `Europe/Berlin`.
+     */
+    public var timeZone: String
+    /**
+     * The ranges.
+     */
+    public var ranges: [QuietRange]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * IANA time zone, e.g. `Europe/Berlin`.
+         */timeZone: String, 
+        /**
+         * The ranges.
+         */ranges: [QuietRange]) {
+        self.timeZone = timeZone
+        self.ranges = ranges
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension QuietHours: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuietHours: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuietHours {
+        return
+            try QuietHours(
+                timeZone: FfiConverterString.read(from: &buf), 
+                ranges: FfiConverterSequenceTypeQuietRange.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: QuietHours, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.timeZone, into: &buf)
+        FfiConverterSequenceTypeQuietRange.write(value.ranges, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuietHours_lift(_ buf: RustBuffer) throws -> QuietHours {
+    return try FfiConverterTypeQuietHours.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuietHours_lower(_ value: QuietHours) -> RustBuffer {
+    return FfiConverterTypeQuietHours.lower(value)
+}
+
+
+/**
+ * The user's quiet hours as the server holds them.
+ */
+public struct QuietHoursSettings: Equatable, Hashable {
+    /**
+     * The quiet hours, if any.
+     */
+    public var quietHours: QuietHours?
+    /**
+     * Counts the changes of the user's settings.
+     */
+    public var version: UInt64
+    /**
+     * When they last changed, ms since the Unix epoch.
+     */
+    public var updatedAtMs: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The quiet hours, if any.
+         */quietHours: QuietHours?, 
+        /**
+         * Counts the changes of the user's settings.
+         */version: UInt64, 
+        /**
+         * When they last changed, ms since the Unix epoch.
+         */updatedAtMs: UInt64) {
+        self.quietHours = quietHours
+        self.version = version
+        self.updatedAtMs = updatedAtMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension QuietHoursSettings: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuietHoursSettings: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuietHoursSettings {
+        return
+            try QuietHoursSettings(
+                quietHours: FfiConverterOptionTypeQuietHours.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf), 
+                updatedAtMs: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: QuietHoursSettings, into buf: inout [UInt8]) {
+        FfiConverterOptionTypeQuietHours.write(value.quietHours, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+        FfiConverterUInt64.write(value.updatedAtMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuietHoursSettings_lift(_ buf: RustBuffer) throws -> QuietHoursSettings {
+    return try FfiConverterTypeQuietHoursSettings.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuietHoursSettings_lower(_ value: QuietHoursSettings) -> RustBuffer {
+    return FfiConverterTypeQuietHoursSettings.lower(value)
+}
+
+
+/**
+ * One weekly quiet range in the user's local time.
+ */
+public struct QuietRange: Equatable, Hashable {
+    /**
+     * `mon` … `sun`.
+     */
+    public var day: String
+    /**
+     * `HH:MM`, inclusive.
+     */
+    public var start: String
+    /**
+     * `HH:MM`, exclusive (`24:00` allowed; at or before `start`: the next day).
+     */
+    public var end: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * `mon` … `sun`.
+         */day: String, 
+        /**
+         * `HH:MM`, inclusive.
+         */start: String, 
+        /**
+         * `HH:MM`, exclusive (`24:00` allowed; at or before `start`: the next day).
+         */end: String) {
+        self.day = day
+        self.start = start
+        self.end = end
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension QuietRange: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuietRange: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuietRange {
+        return
+            try QuietRange(
+                day: FfiConverterString.read(from: &buf), 
+                start: FfiConverterString.read(from: &buf), 
+                end: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: QuietRange, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.day, into: &buf)
+        FfiConverterString.write(value.start, into: &buf)
+        FfiConverterString.write(value.end, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuietRange_lift(_ buf: RustBuffer) throws -> QuietRange {
+    return try FfiConverterTypeQuietRange.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuietRange_lower(_ value: QuietRange) -> RustBuffer {
+    return FfiConverterTypeQuietRange.lower(value)
+}
+
+
+/**
+ * A delivery channel a preference applies to.
+ */
+
+public enum Channel: Equatable, Hashable {
+    
+    /**
+     * Live delivery over the socket (and replay).
+     */
+    case socket
+    /**
+     * Push notifications, digests and quiet-hours summaries.
+     */
+    case push
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension Channel: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeChannel: FfiConverterRustBuffer {
+    typealias SwiftType = Channel
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Channel {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .socket
+        
+        case 2: return .push
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: Channel, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .socket:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .push:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeChannel_lift(_ buf: RustBuffer) throws -> Channel {
+    return try FfiConverterTypeChannel.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeChannel_lower(_ value: Channel) -> RustBuffer {
+    return FfiConverterTypeChannel.lower(value)
+}
+
+
+
+/**
  * The connection state.
  */
 
@@ -2609,6 +3396,93 @@ public func FfiConverterTypePersistence_lower(_ value: Persistence) -> RustBuffe
 
 
 /**
+ * What a preference rule is about.
+ */
+
+public enum PreferenceSelector: Equatable, Hashable {
+    
+    /**
+     * Notifications whose `type` matches (exact, or a prefix ending in `*`).
+     */
+    case type(
+        /**
+         * The pattern.
+         */pattern: String
+    )
+    /**
+     * Notifications published to a topic that matches.
+     */
+    case topic(
+        /**
+         * The pattern.
+         */pattern: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension PreferenceSelector: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePreferenceSelector: FfiConverterRustBuffer {
+    typealias SwiftType = PreferenceSelector
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PreferenceSelector {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .type(pattern: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 2: return .topic(pattern: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: PreferenceSelector, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .type(pattern):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(pattern, into: &buf)
+            
+        
+        case let .topic(pattern):
+            writeInt(&buf, Int32(2))
+            FfiConverterString.write(pattern, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferenceSelector_lift(_ buf: RustBuffer) throws -> PreferenceSelector {
+    return try FfiConverterTypePreferenceSelector.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferenceSelector_lower(_ value: PreferenceSelector) -> RustBuffer {
+    return FfiConverterTypePreferenceSelector.lower(value)
+}
+
+
+
+/**
  * Delivery tier.
  */
 
@@ -2715,6 +3589,28 @@ public enum PushOutcome: Equatable, Hashable {
          * Its id.
          */id: String
     )
+    /**
+     * A digest or quiet-hours summary with something new in it: show it (its ids are seen from now on).
+     */
+    case summary(
+        /**
+         * The summary.
+         */summary: PushSummary
+    )
+    /**
+     * The push was too large to carry the notification and fetching it failed: show its title.
+     */
+    case showTitle(
+        /**
+         * The notification id.
+         */id: String, 
+        /**
+         * Its title (none: show a generic text).
+         */title: String?, 
+        /**
+         * Why the fetch failed.
+         */reason: String
+    )
 
 
 
@@ -2742,6 +3638,12 @@ public struct FfiConverterTypePushOutcome: FfiConverterRustBuffer {
         case 2: return .duplicate(id: try FfiConverterString.read(from: &buf)
         )
         
+        case 3: return .summary(summary: try FfiConverterTypePushSummary.read(from: &buf)
+        )
+        
+        case 4: return .showTitle(id: try FfiConverterString.read(from: &buf), title: try FfiConverterOptionString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        )
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -2758,6 +3660,18 @@ public struct FfiConverterTypePushOutcome: FfiConverterRustBuffer {
         case let .duplicate(id):
             writeInt(&buf, Int32(2))
             FfiConverterString.write(id, into: &buf)
+            
+        
+        case let .summary(summary):
+            writeInt(&buf, Int32(3))
+            FfiConverterTypePushSummary.write(summary, into: &buf)
+            
+        
+        case let .showTitle(id,title,reason):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterOptionString.write(title, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             
         }
     }
@@ -2871,6 +3785,81 @@ public func FfiConverterTypePushPlatform_lift(_ buf: RustBuffer) throws -> PushP
 #endif
 public func FfiConverterTypePushPlatform_lower(_ value: PushPlatform) -> RustBuffer {
     return FfiConverterTypePushPlatform.lower(value)
+}
+
+
+
+/**
+ * Which summary a push is.
+ */
+
+public enum SummaryKind: Equatable, Hashable {
+    
+    /**
+     * Informational notifications of one group, collected over a digest window.
+     */
+    case digest
+    /**
+     * What was held during the user's quiet hours.
+     */
+    case quietHours
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension SummaryKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSummaryKind: FfiConverterRustBuffer {
+    typealias SwiftType = SummaryKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SummaryKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .digest
+        
+        case 2: return .quietHours
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: SummaryKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .digest:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .quietHours:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSummaryKind_lift(_ buf: RustBuffer) throws -> SummaryKind {
+    return try FfiConverterTypeSummaryKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSummaryKind_lower(_ value: SummaryKind) -> RustBuffer {
+    return FfiConverterTypeSummaryKind.lower(value)
 }
 
 
@@ -3005,6 +3994,39 @@ enum TidingsError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
          * Detail.
          */message: String
     )
+    /**
+     * The server refused the user's token for an HTTP call (the token provider is asked again once first).
+     */
+    case Unauthorized(
+        /**
+         * Detail.
+         */message: String
+    )
+    /**
+     * The server refused the request (`4xx`: invalid preferences or quiet hours, an unknown notification …).
+     */
+    case Refused(
+        /**
+         * The HTTP status.
+         */status: UInt16, 
+        /**
+         * The error code (`bad_request`, `not_found`, …).
+         */code: String, 
+        /**
+         * What is wrong.
+         */message: String
+    )
+    /**
+     * The server could not be reached or could not answer now: try again later.
+     */
+    case Unavailable(
+        /**
+         * Detail.
+         */message: String, 
+        /**
+         * How long to wait, when the server said.
+         */retryAfterMs: UInt64?
+    )
 
     
 
@@ -3051,6 +4073,18 @@ public struct FfiConverterTypeTidingsError: FfiConverterRustBuffer {
         case 6: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
+        case 7: return .Unauthorized(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 8: return .Refused(
+            status: try FfiConverterUInt16.read(from: &buf), 
+            code: try FfiConverterString.read(from: &buf), 
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 9: return .Unavailable(
+            message: try FfiConverterString.read(from: &buf), 
+            retryAfterMs: try FfiConverterOptionUInt64.read(from: &buf)
+            )
 
          default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -3091,6 +4125,24 @@ public struct FfiConverterTypeTidingsError: FfiConverterRustBuffer {
         case let .Internal(message):
             writeInt(&buf, Int32(6))
             FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Unauthorized(message):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Refused(status,code,message):
+            writeInt(&buf, Int32(8))
+            FfiConverterUInt16.write(status, into: &buf)
+            FfiConverterString.write(code, into: &buf)
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Unavailable(message,retryAfterMs):
+            writeInt(&buf, Int32(9))
+            FfiConverterString.write(message, into: &buf)
+            FfiConverterOptionUInt64.write(retryAfterMs, into: &buf)
             
         }
     }
@@ -3465,6 +4517,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypePushServer: FfiConverterRustBuffer {
+    typealias SwiftType = PushServer?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypePushServer.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypePushServer.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeQuietHours: FfiConverterRustBuffer {
+    typealias SwiftType = QuietHours?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeQuietHours.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeQuietHours.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeTidingsEvent: FfiConverterRustBuffer {
     typealias SwiftType = TidingsEvent?
 
@@ -3506,6 +4606,56 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypePreferenceRule: FfiConverterRustBuffer {
+    typealias SwiftType = [PreferenceRule]
+
+    public static func write(_ value: [PreferenceRule], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypePreferenceRule.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [PreferenceRule] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [PreferenceRule]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypePreferenceRule.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeQuietRange: FfiConverterRustBuffer {
+    typealias SwiftType = [QuietRange]
+
+    public static func write(_ value: [QuietRange], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeQuietRange.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [QuietRange] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [QuietRange]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeQuietRange.read(from: &buf))
         }
         return seq
     }
@@ -3686,20 +4836,26 @@ public func defaultConfig(url: String) -> ClientConfig  {
 })
 }
 /**
- * Dedup for a push handler in another process (the iOS Notification Service Extension, an Android push
+ * The push path of a handler in another process (the iOS Notification Service Extension, an Android push
  * service running without the app): passes `payload` through the dedup window kept in the store file at
  * `store_path` — the same file the app's [`TidingsClient`] uses — and saves the seen ids back before returning
- * (the app's cursors and open batches in the file are kept). Opens no connection and starts no thread. The
- * behaviour is the core's (`tidings_core::native::ingest_push_with_store`).
+ * (the app's cursors and open batches in the file are kept). With `server`, a push too large to carry its
+ * notification is fetched from the server (else its title is shown) and what is shown is acked there. Opens
+ * no WebSocket. The behaviour is the core's (`tidings_core::native::ingest_push_with_store`).
  */
-public func ingestPushWithStore(storePath: String, payload: String)throws  -> PushOutcome  {
-    return try  FfiConverterTypePushOutcome_lift(try rustCallWithError(FfiConverterTypeTidingsError_lift) {
-        uniffiCallStatus in
-    uniffi_tidings_ffi_fn_func_ingest_push_with_store(
-        FfiConverterString.lower(storePath),
-        FfiConverterString.lower(payload),uniffiCallStatus
-    )
-})
+public func ingestPushWithStore(storePath: String, payload: String, server: PushServer?)async throws  -> PushOutcome  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_func_ingest_push_with_store(FfiConverterString.lower(storePath),FfiConverterString.lower(payload),FfiConverterOptionTypePushServer.lower(server)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypePushOutcome_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
 }
 /**
  * The library version.
@@ -3730,7 +4886,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tidings_ffi_checksum_func_default_config() != 9879) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_tidings_ffi_checksum_func_ingest_push_with_store() != 1072) {
+    if (uniffi_tidings_ffi_checksum_func_ingest_push_with_store() != 59287) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_func_tidings_version() != 64333) {
@@ -3754,7 +4910,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_device_id() != 56228) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_tidings_ffi_checksum_method_tidingsclient_ingest_push() != 43978) {
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_ingest_push() != 33647) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_network_changed() != 4180) {
@@ -3766,7 +4922,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_next_state() != 40790) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_preferences() != 53178) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_quiet_hours() != 27538) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_register_push_token() != 50453) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_set_preferences() != 30596) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_set_quiet_hours() != 21219) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_state() != 60095) {
@@ -3779,6 +4947,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_unsubscribe() != 46565) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_update_preferences() != 8768) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tokenprovider_fetch_token() != 13240) {

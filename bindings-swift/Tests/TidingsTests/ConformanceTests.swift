@@ -18,6 +18,9 @@ final class ConformanceTests: XCTestCase {
         "auth_failure_without_storm",
         "background_foreground_resume",
         "slow_app_backpressure",
+        "real_push_then_socket_shown_once",
+        "lightweight_push_is_fetched",
+        "digest_push_summary",
     ]
 
     func testLiveDelivery() async throws { try await runScenario("live_delivery") }
@@ -30,6 +33,9 @@ final class ConformanceTests: XCTestCase {
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
     func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
+    func testRealPushThenSocketShownOnce() async throws { try await runScenario("real_push_then_socket_shown_once") }
+    func testLightweightPushIsFetched() async throws { try await runScenario("lightweight_push_is_fetched") }
+    func testDigestPushSummary() async throws { try await runScenario("digest_push_summary") }
 
     func testEveryScenarioInTheFileHasATest() throws {
         let inFile = try ScenarioFile.load().scenarios.map(\.name).sorted()
@@ -127,14 +133,18 @@ struct Step: Decodable {
     /// `assert_stats`: stat name → exact value, and stat name → lower bound.
     let equals: [String: UInt64]?
     let atLeast: [String: UInt64]?
+    let from: String?
+    let form: String?
+    let bodyBytes: Int?
     /// The step as JSON text (filled in by `ScenarioFile.load`).
     var raw = ""
 
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published, equals
+        case published, equals, from, form
         case atLeast = "at_least"
+        case bodyBytes = "body_bytes"
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
         case eventCapacity = "event_capacity"
@@ -174,6 +184,9 @@ struct Step: Decodable {
         ms = try c.decodeIfPresent(UInt64.self, forKey: .ms)
         first = try c.decodeIfPresent(String.self, forKey: .first)
         last = try c.decodeIfPresent(String.self, forKey: .last)
+        from = try c.decodeIfPresent(String.self, forKey: .from)
+        form = try c.decodeIfPresent(String.self, forKey: .form)
+        bodyBytes = try c.decodeIfPresent(Int.self, forKey: .bodyBytes)
     }
 }
 
@@ -190,6 +203,11 @@ final class ScenarioRunner {
     private var tokenFetches: [String: Locked<Int>] = [:]
     /// The publish reply's first delivery per id: stream, epoch, offset.
     private var deliveries: [String: [String: Any]] = [:]
+    /// Each client's user, and its APNs device token (`register_push`).
+    private var users: [String: String] = [:]
+    private var pushTokens: [String: String] = [:]
+    /// The push the server sent for (client, id), as JSON text (`wait_push`).
+    private var sent: [String: String] = [:]
 
     init(server: TestServer) {
         self.server = server
@@ -255,6 +273,7 @@ final class ScenarioRunner {
             }
             clients[key] = Recorder(client)
             tokenFetches[key] = fetches
+            users[key] = user
             // Start connecting; the scenario's waits observe the outcome (connect() may also throw, e.g. with an
             // invalid token — that is what auth_failure_without_storm checks through the state).
             connects[key] = Task { try? await client.connect() }
@@ -307,6 +326,7 @@ final class ScenarioRunner {
                 ]
                 if let g = step.group { body["group"] = g }
                 if let p = step.persistence { body["persistence"] = p }
+                if let n = step.bodyBytes { body["body"] = String(repeating: "x", count: n) }
                 let reply = try await server.publish(body)
                 guard let first = (reply["deliveries"] as? [[String: Any]])?.first else {
                     throw TestFailure("publish \(id): no deliveries in \(reply)")
@@ -370,14 +390,79 @@ final class ScenarioRunner {
                 "persistence": "bufferable", "title": "title \(id)", "created_at": 1,
             ]
             // As an app's push handler gets it: the APNs userInfo dictionary.
-            let outcome = try recorder(step).client.ingestPush(["tidings": envelope])
+            let outcome = try await recorder(step).client.ingestPush(["tidings": envelope])
             let got: String
             switch outcome {
             case .show: got = "show"
             case .duplicate: got = "duplicate"
+            default: throw TestFailure("a full payload gives show or duplicate, got \(outcome)")
             }
             let want = try required(step.expect, "expect")
             try check(got == want, "push outcome for \(id): \(got), expected \(want)")
+
+        case "register_push":
+            // The Swift runner registers an APNs address (a hex device token), as an iOS app does.
+            let key = try required(step.client, "client")
+            let token = name(key).utf8.map { String(format: "%02x", $0) }.joined()
+            try recorder(step).client.registerPushToken(.apns, token)
+            let user = try required(users[key], "a connected client")
+            try await until("the push address of \(key) stored") {
+                let devices = try await self.server.get("/v1/users/\(user)/devices")["devices"] as? [[String: Any]] ?? []
+                return devices.contains { ($0["push"] as? [String: Any])?["token"] as? String == token }
+            }
+            pushTokens[key] = token
+
+        case "wait_offline":
+            let user = name(try required(step.user, "user"))
+            try await until("\(user) offline") {
+                (try await self.server.get("/v1/presence/\(user)")["devices"] as? [Any] ?? [1]).isEmpty
+            }
+
+        case "wait_push":
+            let key = try required(step.client, "client")
+            let id = name(try required(step.id, "id"))
+            let token = try required(pushTokens[key], "register_push first")
+            var payload = ""
+            try await until("a push of \(id) to \(key)'s device") {
+                for push in try await self.server.pushes() where push["target"] as? String == token {
+                    let text = push["payload"] as? String ?? ""
+                    if pushIds(text).ids.contains(id) {
+                        payload = text
+                        return true
+                    }
+                }
+                return false
+            }
+            if let form = step.form {
+                try check(pushIds(payload).form == form, "the push's form is \(pushIds(payload).form), expected \(form): \(payload)")
+            }
+            sent["\(key)/\(id)"] = payload
+
+        case "ingest_sent_push":
+            let from = try required(step.from ?? step.client, "client")
+            let id = name(try required(step.id, "id"))
+            let text = try required(sent["\(from)/\(id)"], "wait_push first")
+            // As the app's push handler gets it: the APNs payload as the userInfo dictionary.
+            guard let userInfo = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [AnyHashable: Any] else {
+                throw TestFailure("the push is not a JSON object: \(text)")
+            }
+            let outcome = try await recorder(step).client.ingestPush(userInfo)
+            switch (try required(step.expect, "expect"), outcome) {
+            case ("show", .show(let n)):
+                try check(n.id == id, "shown \(n.id), expected \(id)")
+                if let len = step.bodyBytes {
+                    try check(n.body?.utf8.count == len, "the whole notification: body of \(n.body?.utf8.count ?? 0) bytes, expected \(len)")
+                }
+            case ("duplicate", .duplicate(let got)):
+                try check(got == id, "duplicate \(got), expected \(id)")
+            case ("summary", .summary(let s)):
+                try check(s.count == (step.count ?? 0), "summary count \(s.count), expected \(step.count ?? 0)")
+                try check(s.ids == names(step.ids), "summary ids \(s.ids), expected \(names(step.ids))")
+            case ("title", .showTitle(let got, _, _)):
+                try check(got == id, "title of \(got), expected \(id)")
+            case (let want, let got):
+                throw TestFailure("push outcome \(got), expected \(want)")
+            }
 
         case "set_network":
             try recorder(step).client.networkChanged(try required(step.online, "online") ? .available : .unavailable)
@@ -446,6 +531,15 @@ final class ScenarioRunner {
         }
     }
 
+    /// Polls `condition` every 20 ms until it holds; fails after 20 s.
+    func until(_ what: String, _ condition: () async throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(20)
+        while try await !condition() {
+            if Date() > deadline { throw TestFailure("timed out after 20 s waiting for \(what)") }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
     func closeAll() async {
         for (key, r) in clients {
             await r.close()
@@ -453,6 +547,21 @@ final class ScenarioRunner {
         }
         clients.removeAll()
     }
+}
+
+/// The ids a push payload (JSON text of the APNs payload, protocol §11.1) stands for, and its form.
+func pushIds(_ text: String) -> (ids: [String], form: String) {
+    guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+        return ([], "invalid")
+    }
+    if let full = object["tidings"] as? [String: Any], let id = full["id"] as? String { return ([id], "full") }
+    if let fetch = object["tidings_fetch"] as? [String: Any], let id = fetch["id"] as? String {
+        return ([id], "lightweight")
+    }
+    if let summary = object["tidings_summary"] as? [String: Any], let ids = summary["ids"] as? [String] {
+        return (ids, "summary")
+    }
+    return ([], "invalid")
 }
 
 func stateName(_ s: ConnectionState) -> String {

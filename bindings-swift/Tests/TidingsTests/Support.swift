@@ -31,6 +31,8 @@ struct TestServer {
     let wsURL: URL
     let httpURL: URL
     let apiKey: String
+    /// The push harness's control API (`TIDINGS_PUSH_HARNESS_URL`): the mock push services the server pushes to.
+    let pushHarnessURL: URL?
 
     static func fromEnvironment() throws -> TestServer {
         let env = ProcessInfo.processInfo.environment
@@ -43,7 +45,8 @@ struct TestServer {
             }
             throw XCTSkip("no reference server (run `cargo xtask swift-test`)")
         }
-        return TestServer(wsURL: ws, httpURL: http, apiKey: key)
+        let harness = env["TIDINGS_PUSH_HARNESS_URL"].flatMap(URL.init(string:))
+        return TestServer(wsURL: ws, httpURL: http, apiKey: key, pushHarnessURL: harness)
     }
 
     /// `POST /v1/demo/token`.
@@ -61,6 +64,19 @@ struct TestServer {
     /// `POST /v1/admin/drop` for everyone.
     func dropAll() async throws {
         _ = try await request("POST", "/v1/admin/drop", [:])
+    }
+
+    /// Every push the mock services accepted so far (`GET /pushes` of the push harness), as an app receives it:
+    /// `provider`, `target` (the device token) and `payload` (the APNs payload as JSON text).
+    func pushes() async throws -> [[String: Any]] {
+        guard let base = pushHarnessURL, let url = URL(string: "/pushes", relativeTo: base) else {
+            throw TestFailure("TIDINGS_PUSH_HARNESS_URL is not set (run `cargo xtask swift-test`)")
+        }
+        let (data, status) = try await send(URLRequest(url: url))
+        guard status == 200, let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let pushes = object["pushes"] as? [[String: Any]]
+        else { throw TestFailure("GET /pushes: HTTP \(status): \(String(decoding: data, as: UTF8.self))") }
+        return pushes
     }
 
     /// `GET <path>` with the API key.

@@ -42,10 +42,13 @@ final class WrapperTests: XCTestCase {
         }
     }
 
-    func testAPayloadWithoutTidingsIsInvalid() throws {
+    func testAPayloadWithoutTidingsIsInvalid() async throws {
         let config = TidingsConfiguration(url: try XCTUnwrap(URL(string: "ws://127.0.0.1:1/v1/ws")))
         let client = try TidingsClient(configuration: config) { _ in "t" }
-        XCTAssertThrowsError(try client.ingestPush(["aps": ["alert": "hi"]])) { error in
+        do {
+            let outcome = try await client.ingestPush(["aps": ["alert": "hi"]])
+            XCTFail("expected invalidPayload, got \(outcome)")
+        } catch {
             guard case TidingsError.invalidPayload = error else {
                 return XCTFail("expected invalidPayload, got \(error)")
             }
@@ -57,11 +60,11 @@ final class WrapperTests: XCTestCase {
         }
     }
 
-    func testPushIsShownOnceAndDecodedAsAValue() throws {
+    func testPushIsShownOnceAndDecodedAsAValue() async throws {
         let config = TidingsConfiguration(url: try XCTUnwrap(URL(string: "ws://127.0.0.1:1/v1/ws")))
         let client = try TidingsClient(configuration: config) { _ in "t" }
         let payload: [AnyHashable: Any] = ["aps": ["alert": "hello"], "tidings": envelope(id: "n-1")]
-        guard case .show(let n) = try client.ingestPush(payload) else { return XCTFail("first sighting is shown") }
+        guard case .show(let n) = try await client.ingestPush(payload) else { return XCTFail("first sighting is shown") }
         XCTAssertEqual(n.id, "n-1")
         XCTAssertEqual(n.stream, "user:nse")
         XCTAssertEqual(n.offset, 1)
@@ -72,22 +75,24 @@ final class WrapperTests: XCTestCase {
         XCTAssertEqual(n.createdAt, Date(timeIntervalSince1970: 1_763_808_060.123))
         struct Post: Decodable, Equatable { let post: String }
         XCTAssertEqual(try n.decodeData(Post.self), Post(post: "p-1"))
-        XCTAssertEqual(try client.ingestPush(payload), .duplicate(id: "n-1"))
+        let again = try await client.ingestPush(payload)
+        XCTAssertEqual(again, .duplicate(id: "n-1"))
     }
 
     /// The Notification Service Extension path: two processes (here: two calls) share the dedup window through the
     /// store file.
-    func testExtensionDedupGoesThroughTheStoreFile() throws {
+    func testExtensionDedupGoesThroughTheStoreFile() async throws {
         let dir = try tempDir()
         let store = dir.appendingPathComponent("tidings.json")
         let payload: [AnyHashable: Any] = ["tidings": envelope(id: "x-1")]
-        guard case .show = try TidingsClient.ingestPush(payload, storeURL: store) else {
+        guard case .show = try await TidingsClient.ingestPush(payload, storeURL: store) else {
             return XCTFail("first sighting is shown")
         }
         XCTAssertTrue(FileManager.default.fileExists(atPath: store.path))
-        XCTAssertEqual(try TidingsClient.ingestPush(payload, storeURL: store), .duplicate(id: "x-1"))
+        let again = try await TidingsClient.ingestPush(payload, storeURL: store)
+        XCTAssertEqual(again, .duplicate(id: "x-1"))
         let other = dir.appendingPathComponent("other.json")
-        guard case .show = try TidingsClient.ingestPush(payload, storeURL: other) else {
+        guard case .show = try await TidingsClient.ingestPush(payload, storeURL: other) else {
             return XCTFail("another store has not seen it")
         }
     }
@@ -240,7 +245,7 @@ final class WrapperTests: XCTestCase {
         var envelope = envelope(id: id, stream: "user:\(user)")
         envelope["offset"] = delivery["offset"]
         envelope["epoch"] = delivery["epoch"]
-        guard case .show = try TidingsClient.ingestPush(["tidings": envelope], storeURL: store) else {
+        guard case .show = try await TidingsClient.ingestPush(["tidings": envelope], storeURL: store) else {
             return XCTFail("the extension shows it")
         }
 

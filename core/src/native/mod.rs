@@ -572,6 +572,10 @@ impl Client {
     /// with the user's token before this returns. What is shown is acked (once connected). The state is saved
     /// before this returns, so a push handler may be killed right after.
     pub async fn ingest_push(&self, payload: &str) -> Result<PushOutcome, ClientError> {
+        // A closed client says so before it looks at the payload.
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
         let payload = crate::protocol::decode_push(payload).map_err(EngineError::from)?;
         let outcome = self.push_step(|e, now| e.ingest_push_payload(now, payload))?;
         let PushOutcome::Fetch { id, title } = outcome else { return Ok(outcome) };

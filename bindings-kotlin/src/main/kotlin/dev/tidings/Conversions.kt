@@ -10,7 +10,16 @@ import dev.tidings.ffi.NetworkStatus as FfiNetworkStatus
 import dev.tidings.ffi.Notification as FfiNotification
 import dev.tidings.ffi.Persistence as FfiPersistence
 import dev.tidings.ffi.Priority as FfiPriority
+import dev.tidings.ffi.Channel as FfiChannel
+import dev.tidings.ffi.PreferenceRule as FfiPreferenceRule
+import dev.tidings.ffi.PreferenceSelector as FfiPreferenceSelector
+import dev.tidings.ffi.Preferences as FfiPreferences
 import dev.tidings.ffi.PushOutcome as FfiPushOutcome
+import dev.tidings.ffi.PushServer as FfiPushServer
+import dev.tidings.ffi.QuietHours as FfiQuietHours
+import dev.tidings.ffi.QuietHoursSettings as FfiQuietHoursSettings
+import dev.tidings.ffi.QuietRange as FfiQuietRange
+import dev.tidings.ffi.SummaryKind as FfiSummaryKind
 import dev.tidings.ffi.PushPlatform as FfiPushPlatform
 import dev.tidings.ffi.SuspendReason as FfiSuspendReason
 import dev.tidings.ffi.TidingsEvent as FfiEvent
@@ -117,7 +126,56 @@ internal fun NetworkStatus.toFfi(): FfiNetworkStatus = when (this) {
 internal fun FfiPushOutcome.toPublic(): PushOutcome = when (this) {
     is FfiPushOutcome.Show -> PushOutcome.Show(notification.toPublic())
     is FfiPushOutcome.Duplicate -> PushOutcome.Duplicate(id)
+    is FfiPushOutcome.Summary -> PushOutcome.Summary(
+        PushSummary(
+            kind = when (summary.kind) {
+                FfiSummaryKind.DIGEST -> SummaryKind.DIGEST
+                FfiSummaryKind.QUIET_HOURS -> SummaryKind.QUIET_HOURS
+            },
+            group = summary.group,
+            count = summary.count.toLong(),
+            ids = summary.ids,
+            title = summary.title,
+        ),
+    )
+    is FfiPushOutcome.ShowTitle -> PushOutcome.ShowTitle(id, title, reason)
 }
+
+internal fun PushServer.toFfi() = FfiPushServer(url, token, extraRootCertificates)
+
+internal fun PreferenceRule.toFfi() = FfiPreferenceRule(
+    selector = when (val s = selector) {
+        is PreferenceSelector.Type -> FfiPreferenceSelector.Type(s.pattern)
+        is PreferenceSelector.Topic -> FfiPreferenceSelector.Topic(s.pattern)
+    },
+    channel = when (channel) {
+        Channel.SOCKET -> FfiChannel.SOCKET
+        Channel.PUSH -> FfiChannel.PUSH
+    },
+    enabled = enabled,
+)
+
+internal fun FfiPreferenceRule.toPublic() = PreferenceRule(
+    selector = when (val s = selector) {
+        is FfiPreferenceSelector.Type -> PreferenceSelector.Type(s.pattern)
+        is FfiPreferenceSelector.Topic -> PreferenceSelector.Topic(s.pattern)
+    },
+    channel = when (channel) {
+        FfiChannel.SOCKET -> Channel.SOCKET
+        FfiChannel.PUSH -> Channel.PUSH
+    },
+    enabled = enabled,
+)
+
+internal fun FfiPreferences.toPublic() =
+    Preferences(rules.map { it.toPublic() }, version.toLong(), updatedAtMs.toLong())
+
+internal fun QuietHours.toFfi() = FfiQuietHours(timeZone, ranges.map { FfiQuietRange(it.day, it.start, it.end) })
+
+internal fun FfiQuietHours.toPublic() = QuietHours(timeZone, ranges.map { QuietRange(it.day, it.start, it.end) })
+
+internal fun FfiQuietHoursSettings.toPublic() =
+    QuietHoursSettings(quietHours?.toPublic(), version.toLong(), updatedAtMs.toLong())
 
 internal fun FfiClientStats.toPublic() = ClientStats(
     connectionAttempts = connectionAttempts.toLong(),

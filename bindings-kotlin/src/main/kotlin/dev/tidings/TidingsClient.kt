@@ -131,18 +131,38 @@ class TidingsClient(
         call { it.registerPushToken(platform.toFfi(), token) }
 
     /**
-     * Passes a push payload through the dedup window shared with the socket: [PushOutcome.Show] the first time a
-     * notification id is seen on any path, [PushOutcome.Duplicate] after. Writes the store before returning:
-     * call it off the main thread (`FirebaseMessagingService.onMessageReceived` already is).
+     * Passes a push payload (any form of protocol §11.1) through the dedup window shared with the socket:
+     * [PushOutcome.Show] the first time a notification id is seen on any path, [PushOutcome.Duplicate] after,
+     * [PushOutcome.Summary] for a digest or quiet-hours summary. A push too large to carry its notification is
+     * fetched from the server with the user's token before this returns ([PushOutcome.ShowTitle] when that
+     * failed). What is shown is acked. Writes the store before returning.
      *
-     * @param payload the payload as JSON text: the envelope, or an object carrying it under `tidings` (as an
-     *   object or as a JSON string).
+     * @param payload the payload as JSON text: an object carrying the envelope under `tidings` (as an object or as
+     *   a JSON string), `tidings_fetch` or `tidings_summary`.
      * @throws TidingsException.InvalidPayload if it carries no valid Tidings notification.
      */
-    fun ingestPush(payload: String): PushOutcome = call { it.ingestPush(payload).toPublic() }
+    suspend fun ingestPush(payload: String): PushOutcome = call { it.ingestPush(payload).toPublic() }
 
     /** [ingestPush] for an FCM data message: pass `RemoteMessage.data` as it is. */
-    fun ingestPush(data: Map<String, String>): PushOutcome = ingestPush(pushPayloadJson(data))
+    suspend fun ingestPush(data: Map<String, String>): PushOutcome = ingestPush(pushPayloadJson(data))
+
+    /** The user's preferences (protocol §9.5), read with the user's token. */
+    suspend fun preferences(): Preferences = call { it.preferences().toPublic() }
+
+    /** Replaces every preference rule of the user; returns the result. */
+    suspend fun setPreferences(rules: List<PreferenceRule>): Preferences =
+        call { it.setPreferences(rules.map { r -> r.toFfi() }).toPublic() }
+
+    /** Adds [rules], each replacing the user's rule with the same selector and channel; returns the result. */
+    suspend fun updatePreferences(rules: List<PreferenceRule>): Preferences =
+        call { it.updatePreferences(rules.map { r -> r.toFfi() }).toPublic() }
+
+    /** The user's quiet hours. */
+    suspend fun quietHours(): QuietHoursSettings = call { it.quietHours().toPublic() }
+
+    /** Sets (or with null removes) the user's quiet hours; returns the result. */
+    suspend fun setQuietHours(quietHours: QuietHours?): QuietHoursSettings =
+        call { it.setQuietHours(quietHours?.toFfi()).toPublic() }
 
     /**
      * The app went to the background: the socket closes after [TidingsConfig.backgroundGrace]. The Android
@@ -204,22 +224,26 @@ class TidingsClient(
             get() = tidingsVersion()
 
         /**
-         * Dedup for a push handler running where no [TidingsClient] exists (a process started only to handle the
-         * push): passes [payload] through the dedup window kept in the store file at [storePath], the same file
-         * as [TidingsConfig.storePath], and saves it before returning. Opens no connection and starts no thread.
+         * The push path of a handler running where no [TidingsClient] exists (a process started only to handle
+         * the push): passes [payload] through the dedup window kept in the store file at [storePath], the same
+         * file as [TidingsConfig.storePath], and saves it before returning. With [server], a push too large to
+         * carry its notification is fetched from the server (else [PushOutcome.ShowTitle]) and what is shown is
+         * acked there for this device. Opens no WebSocket.
          *
          * Use [TidingsClient.ingestPush] instead when a client is running in this process: two writers of one
          * store file lose each other's updates.
          */
         @JvmStatic
-        fun ingestPushWithStore(storePath: String, payload: String): PushOutcome = translate {
-            ffiIngestPushWithStore(storePath, payload).toPublic()
-        }
+        suspend fun ingestPushWithStore(storePath: String, payload: String, server: PushServer? = null): PushOutcome =
+            translate { ffiIngestPushWithStore(storePath, payload, server?.toFfi()).toPublic() }
 
         /** [ingestPushWithStore] for an FCM data message: pass `RemoteMessage.data` as it is. */
         @JvmStatic
-        fun ingestPushWithStore(storePath: String, data: Map<String, String>): PushOutcome =
-            ingestPushWithStore(storePath, pushPayloadJson(data))
+        suspend fun ingestPushWithStore(
+            storePath: String,
+            data: Map<String, String>,
+            server: PushServer? = null,
+        ): PushOutcome = ingestPushWithStore(storePath, pushPayloadJson(data), server)
     }
 }
 

@@ -29,6 +29,17 @@ sealed class TidingsException(message: String, cause: Throwable? = null) : Excep
     /** The client was closed. */
     class Closed(cause: Throwable? = null) : TidingsException("the client is closed", cause)
 
+    /** The server refused the user's token for an HTTP call (after the token provider was asked again once). */
+    class Unauthorized(val detail: String, cause: Throwable? = null) : TidingsException("unauthorized: $detail", cause)
+
+    /** The server refused the request ([status] 4xx, [code]): invalid preferences or quiet hours, unknown id … */
+    class Refused(val status: Int, val code: String, val detail: String, cause: Throwable? = null) :
+        TidingsException("refused ($status $code): $detail", cause)
+
+    /** The server could not be reached or could not answer now: try again later (after [retryAfterMs] if set). */
+    class Unavailable(val detail: String, val retryAfterMs: Long?, cause: Throwable? = null) :
+        TidingsException("server unavailable: $detail", cause)
+
     /** A bug in Tidings (a caught Rust panic). Please report it with the message. */
     class Internal(val detail: String, cause: Throwable? = null) :
         TidingsException("internal error in Tidings: $detail", cause)
@@ -59,4 +70,7 @@ internal fun FfiException.toPublic(): TidingsException = when (this) {
     is FfiException.ConnectionFailed -> TidingsException.ConnectionFailed(reason.toPublic(), detail)
     is FfiException.Closed -> TidingsException.Closed()
     is FfiException.Internal -> TidingsException.Internal(detail)
+    is FfiException.Unauthorized -> TidingsException.Unauthorized(detail)
+    is FfiException.Refused -> TidingsException.Refused(status.toInt(), code, detail)
+    is FfiException.Unavailable -> TidingsException.Unavailable(detail, retryAfterMs?.toLong())
 }

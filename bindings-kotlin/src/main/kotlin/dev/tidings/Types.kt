@@ -165,12 +165,77 @@ enum class PushPlatform {
 
 /** What to do with a push payload. */
 sealed class PushOutcome {
-    /** First sighting on any path: show it. */
+    /** First sighting on any path: show it. (A push too large to carry its notification was fetched first.) */
     data class Show(val notification: Notification) : PushOutcome()
 
     /** Already delivered on another path (the socket, an earlier push): do not show it. */
     data class Duplicate(val id: String) : PushOutcome()
+
+    /** A digest or quiet-hours summary with something new in it: show it; its ids count as seen from now on. */
+    data class Summary(val summary: PushSummary) : PushOutcome()
+
+    /**
+     * The push was too large to carry the notification and fetching it failed: show its [title] (null: a generic
+     * text). [reason] says why the fetch failed.
+     */
+    data class ShowTitle(val id: String, val title: String?, val reason: String) : PushOutcome()
 }
+
+/** Which summary a push is. */
+enum class SummaryKind {
+    /** Informational notifications of one group, collected over the server's digest window. */
+    DIGEST,
+
+    /** What was held during the user's quiet hours. */
+    QUIET_HOURS,
+}
+
+/** Several notifications in one push (protocol §11.1): [count] of them, [ids] newest first (at most 20). */
+data class PushSummary(
+    val kind: SummaryKind,
+    val group: String?,
+    val count: Long,
+    val ids: List<String>,
+    val title: String?,
+)
+
+/**
+ * Where a push handler without a running client (an FCM service started without the app) reaches the server: to
+ * fetch a notification too large for its push, and to ack what it shows. [url] is the server's WebSocket URL (as
+ * in [TidingsConfig]) or its HTTP base URL; [token] a token of the signed-in user.
+ */
+data class PushServer(val url: String, val token: String, val extraRootCertificates: List<String> = emptyList())
+
+/** A delivery channel a preference applies to. */
+enum class Channel {
+    /** Live delivery over the socket (and replay). */
+    SOCKET,
+
+    /** Push notifications, digests and quiet-hours summaries. */
+    PUSH,
+}
+
+/** What a preference rule is about: a notification `type` or a topic (exact, or a prefix ending in `*`). */
+sealed class PreferenceSelector {
+    data class Type(val pattern: String) : PreferenceSelector()
+
+    data class Topic(val pattern: String) : PreferenceSelector()
+}
+
+/** One preference: a channel on or off for a type or topic. Deny wins; `critical` notifications ignore them. */
+data class PreferenceRule(val selector: PreferenceSelector, val channel: Channel, val enabled: Boolean)
+
+/** The user's preferences as the server holds them; [version] counts the changes, [updatedAtMs] is the last. */
+data class Preferences(val rules: List<PreferenceRule>, val version: Long, val updatedAtMs: Long)
+
+/** One weekly quiet range in the user's local time: [day] `mon` … `sun`, [start] and [end] `HH:MM`. */
+data class QuietRange(val day: String, val start: String, val end: String)
+
+/** Quiet hours: an IANA time zone (e.g. `java.time.ZoneId.systemDefault().id`) and weekly ranges. */
+data class QuietHours(val timeZone: String, val ranges: List<QuietRange>)
+
+/** The user's quiet hours as the server holds them (null: none). */
+data class QuietHoursSettings(val quietHours: QuietHours?, val version: Long, val updatedAtMs: Long)
 
 /** Network reachability, as the platform reports it. */
 enum class NetworkStatus {

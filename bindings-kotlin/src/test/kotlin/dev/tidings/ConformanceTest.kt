@@ -56,6 +56,12 @@ class ConformanceTest {
 
     @Test fun slow_app_backpressure() = runScenario("slow_app_backpressure")
 
+    @Test fun real_push_then_socket_shown_once() = runScenario("real_push_then_socket_shown_once")
+
+    @Test fun lightweight_push_is_fetched() = runScenario("lightweight_push_is_fetched")
+
+    @Test fun digest_push_summary() = runScenario("digest_push_summary")
+
     @Test
     fun every_scenario_in_the_file_has_a_test() {
         val inFile = scenarios().map { it.str("name") }.sorted()
@@ -104,6 +110,13 @@ private class ScenarioRunner(
     private val prefix = "k${ProcessHandle.current().pid()}x${RUN.incrementAndGet()}"
     private val clients = mutableMapOf<String, RunnerClient>()
     private val deliveries = mutableMapOf<String, Map<String, Any?>>()
+
+    /** Each client's user, and its FCM registration token (`register_push`). */
+    private val users = mutableMapOf<String, String>()
+    private val pushTokens = mutableMapOf<String, String>()
+
+    /** The push the server sent for (client, id): the FCM `data` map as JSON (`wait_push`). */
+    private val sent = mutableMapOf<Pair<String, String>, String>()
 
     init {
         println("[$scenario] prefix $prefix")
@@ -232,8 +245,64 @@ private class ScenarioRunner(
                 val got = when (outcome) {
                     is PushOutcome.Show -> "show".also { assertEquals(id, outcome.notification.id, "shown notification id") }
                     is PushOutcome.Duplicate -> "duplicate".also { assertEquals(id, outcome.id, "duplicate id") }
+                    else -> fail("a full payload gives show or duplicate, got $outcome")
                 }
                 assertEquals(step.str("expect"), got, "push outcome for $id")
+            }
+            "register_push" -> {
+                // The Kotlin runner registers an FCM registration token, as an Android app does.
+                val key = step.str("client")
+                val token = "fcm-${name(key)}"
+                client(step).recorder.client.registerPushToken(PushPlatform.FCM, token)
+                val user = users[key] ?: fail("no client $key")
+                until("the push address of $key stored") {
+                    server.get("/v1/users/$user/devices")["devices"].array().any { d ->
+                        (d.obj()["push"] as? Map<*, *>)?.get("token") == token
+                    }
+                }
+                pushTokens[key] = token
+            }
+            "wait_offline" -> {
+                val user = name(step.str("user"))
+                until("$user offline") { server.get("/v1/presence/$user")["devices"].array().isEmpty() }
+            }
+            "wait_push" -> {
+                val key = step.str("client")
+                val id = name(step.str("id"))
+                val token = pushTokens[key] ?: fail("register_push first")
+                var payload = ""
+                until("a push of $id to $key's device") {
+                    server.pushes().firstOrNull { p ->
+                        p["target"] == token && id in pushIds(p.str("payload")).first
+                    }?.let { payload = it.str("payload") } != null
+                }
+                step.strOrNull("form")?.let { assertEquals(it, pushIds(payload).second, "the push's form: $payload") }
+                sent[key to id] = payload
+            }
+            "ingest_sent_push" -> {
+                val from = step.strOrNull("from") ?: step.str("client")
+                val id = name(step.str("id"))
+                val payload = sent[from to id] ?: fail("wait_push first")
+                // As FirebaseMessagingService gets it: RemoteMessage.data, string keys and values.
+                val data = Json.parse(payload).obj().mapValues { (_, v) -> v as String }
+                val outcome = client(step).recorder.client.ingestPush(data)
+                when (val want = step.str("expect")) {
+                    "show" -> {
+                        val shown = assertIs<PushOutcome.Show>(outcome, "push outcome")
+                        assertEquals(id, shown.notification.id)
+                        step.longOrNull("body_bytes")?.let {
+                            assertEquals(it.toInt(), shown.notification.body?.toByteArray()?.size, "the whole notification's body")
+                        }
+                    }
+                    "duplicate" -> assertEquals(PushOutcome.Duplicate(id), outcome)
+                    "summary" -> {
+                        val summary = assertIs<PushOutcome.Summary>(outcome, "push outcome").summary
+                        assertEquals(step.long("count"), summary.count, "summary count")
+                        assertEquals(names(step, "ids"), summary.ids, "summary ids")
+                    }
+                    "title" -> assertEquals(id, assertIs<PushOutcome.ShowTitle>(outcome, "push outcome").id)
+                    else -> fail("unknown expect $want")
+                }
             }
             "set_network" -> {
                 val online = step["online"] as Boolean
@@ -306,6 +375,7 @@ private class ScenarioRunner(
         val recorder = Recorder(client, scope)
         val connectCall = scope.async { runCatching { client.connect() }.exceptionOrNull() }
         clients[step.str("client")] = RunnerClient(recorder, fetches, connectCall)
+        users[step.str("client")] = user
     }
 
     private suspend fun publish(step: Map<String, Any?>) {
@@ -320,9 +390,28 @@ private class ScenarioRunner(
             )
             step.strOrNull("group")?.let { body["group"] = it }
             step.strOrNull("persistence")?.let { body["persistence"] = it }
+            step.longOrNull("body_bytes")?.let { body["body"] = "x".repeat(it.toInt()) }
             val reply = server.publish(body)
             deliveries[id] = reply["deliveries"].array().first().obj()
         }
+    }
+
+    /** Polls [condition] every 20 ms until it holds; fails after [WAIT_MS]. */
+    private suspend fun until(what: String, condition: suspend () -> Boolean) {
+        val deadline = System.currentTimeMillis() + WAIT_MS
+        while (!condition()) {
+            if (System.currentTimeMillis() > deadline) fail("timed out after ${WAIT_MS / 1000} s waiting for $what")
+            delay(20)
+        }
+    }
+
+    /** The ids a push payload (the FCM `data` map as JSON, protocol §11.1) stands for, and its form. */
+    private fun pushIds(payload: String): Pair<List<String>, String> {
+        val data = Json.parse(payload).obj()
+        (data["tidings"] as? String)?.let { return listOf(Json.parse(it).obj().str("id")) to "full" }
+        (data["tidings_fetch"] as? String)?.let { return listOf(Json.parse(it).obj().str("id")) to "lightweight" }
+        (data["tidings_summary"] as? String)?.let { return Json.parse(it).obj().strings("ids") to "summary" }
+        return emptyList<String>() to "invalid"
     }
 
     /** Closes the clients a scenario left open (after a failure, too). */

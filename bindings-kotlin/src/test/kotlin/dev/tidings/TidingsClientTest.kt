@@ -104,7 +104,7 @@ class TidingsClientTest {
     }
 
     @Test
-    fun a_payload_without_a_notification_throws_invalid_payload() {
+    fun a_payload_without_a_notification_throws_invalid_payload() = runBlocking<Unit> {
         val c = client()
         val notJson = assertFailsWith<TidingsException.InvalidPayload> { c.ingestPush("[]") }
         assertTrue(notJson.message!!.startsWith("invalid push payload: "), notJson.message)

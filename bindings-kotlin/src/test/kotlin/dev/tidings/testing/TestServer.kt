@@ -24,6 +24,35 @@ class TestServer private constructor(val wsUrl: String, val httpUrl: String, pri
     /** `POST /v1/admin/drop` for every connection; returns how many were dropped. */
     suspend fun dropAll(): Long = post("/v1/admin/drop", emptyMap<String, Any?>()).obj().long("dropped")
 
+    /** `GET <path>` with the API key. */
+    suspend fun get(path: String): Map<String, Any?> {
+        val request = HttpRequest.newBuilder(URI.create(httpUrl + path))
+            .timeout(Duration.ofSeconds(10))
+            .header("Authorization", "Bearer $apiKey")
+            .GET()
+            .build()
+        val response = http.sendAsync(request, HttpResponse.BodyHandlers.ofString()).await()
+        check(response.statusCode() == 200) { "GET $path failed: HTTP ${response.statusCode()} ${response.body()}" }
+        return Json.parse(response.body()).obj()
+    }
+
+    /**
+     * Every push the mock services accepted so far (`GET /pushes` of the push harness the server pushes to,
+     * `TIDINGS_PUSH_HARNESS_URL`): `provider`, `target` (the device's token) and `payload` (for FCM the `data` map
+     * as JSON).
+     */
+    suspend fun pushes(): List<Map<String, Any?>> {
+        val harness = System.getenv("TIDINGS_PUSH_HARNESS_URL")
+            ?: error("TIDINGS_PUSH_HARNESS_URL is not set (run the suite with `cargo xtask kotlin-test`)")
+        val request = HttpRequest.newBuilder(URI.create(harness.trimEnd('/') + "/pushes"))
+            .timeout(Duration.ofSeconds(10))
+            .GET()
+            .build()
+        val response = http.sendAsync(request, HttpResponse.BodyHandlers.ofString()).await()
+        check(response.statusCode() == 200) { "GET /pushes failed: HTTP ${response.statusCode()} ${response.body()}" }
+        return Json.parse(response.body()).obj()["pushes"].array().map { it.obj() }
+    }
+
     private suspend fun post(path: String, body: Any?, auth: Boolean = true): Any? {
         val request = HttpRequest.newBuilder(URI.create(httpUrl + path))
             .timeout(Duration.ofSeconds(10))
