@@ -452,6 +452,30 @@ class Runner {
         assertEq(await shownCount(), shownBefore + (result.show ? 1 : 0), "the service worker's notifications on display");
         return;
       }
+      case 'update_preferences':
+        await this.client(step).page.evaluate((r) => window.__conformance.client.updatePreferences(r), step.rules);
+        return;
+      case 'set_quiet_hours': {
+        const quiet = { timeZone: step.time_zone, ranges: step.ranges };
+        const r = await this.client(step).page.evaluate(
+          (q) => window.__conformance.client.setQuietHours(q).then(() => ({ ok: true }), (e) => ({ ok: false, status: e.status, kind: e.kind })),
+          quiet,
+        );
+        if (step.expect === 'refused') assertEq([r.ok, r.kind, r.status], [false, 'refused', 400], 'setQuietHours refused');
+        else assertEq(r, { ok: true }, 'setQuietHours');
+        return;
+      }
+      case 'assert_settings': {
+        const got = await this.client(step).page.evaluate(async () => ({
+          prefs: await window.__conformance.client.preferences(),
+          quiet: await window.__conformance.client.quietHours(),
+        }));
+        const key = (r) => JSON.stringify([r.type ?? null, r.topic ?? null, r.channel, r.enabled]);
+        assertEq(got.prefs.rules.map(key).sort(), step.rules.map(key).sort(), 'the rules');
+        assertEq(got.quiet.quietHours, { timeZone: step.time_zone, ranges: step.ranges }, 'the quiet hours');
+        if (step.version !== undefined) assertEq([got.prefs.version, got.quiet.version], [step.version, step.version], "the settings' versions");
+        return;
+      }
       case 'set_network':
         if (typeof step.online !== 'boolean') fail('set_network needs online: true|false');
         await this.client(step).ctx.setOffline(!step.online);

@@ -23,8 +23,8 @@ async function main(): Promise<void> {
   else if (outcome.show) console.log(outcome.titleOnly.title ?? outcome.id);
   const prefs = await client.updatePreferences([{ type: 'marketing.*', channel: 'push', enabled: false }]);
   console.log(prefs.version);
-  const quiet = await client.setQuietHours({ time_zone: 'Europe/Berlin', ranges: [{ day: 'mon', start: '22:00', end: '07:00' }] });
-  console.log(quiet.quietHours?.time_zone);
+  const quiet = await client.setQuietHours({ timeZone: 'Europe/Berlin', ranges: [{ day: 'mon', start: '22:00', end: '07:00' }] });
+  console.log(quiet.quietHours?.timeZone);
   await client.close();
   const key: string = await fetchVapidPublicKey('https://tidings.example');
   console.log(key.length);

@@ -87,8 +87,8 @@ export interface Preferences {
 }
 
 export interface QuietHours {
-  /** IANA time zone, e.g. `Intl.DateTimeFormat().resolvedOptions().timeZone`. */
-  time_zone: string;
+  /** IANA time zone, e.g. `Intl.DateTimeFormat().resolvedOptions().timeZone` (`time_zone` is accepted too). */
+  timeZone: string;
   ranges: { day: 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'; start: string; end: string }[];
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tidings_core::engine::{ConnectionState, Continuity, Event, Lifecycle, NetworkEvent, PushOutcome, PushPlatform};
+use tidings_core::native::ClientError;
+use tidings_core::protocol::api::{ApiError, Channel, PreferenceRule, QuietHours, QuietRange, Selector};
 use tidings_core::protocol::{PushPayload, decode_push};
 use tidings_core::store::MemoryStore;
 use tidings_push_mocks::harness::PushHarness;
@@ -35,6 +37,36 @@ struct Runner<'s> {
     push_tokens: HashMap<String, String>,
     /// Pushes the server sent, by (client, id) (`wait_push`).
     sent: HashMap<(String, String), String>,
+}
+
+/// Preference rules as a scenario writes them (protocol §9.5).
+fn rules_of(v: &Value) -> Vec<PreferenceRule> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| PreferenceRule {
+            selector: match (r["type"].as_str(), r["topic"].as_str()) {
+                (Some(t), _) => Selector::Type(t.to_owned()),
+                (None, Some(t)) => Selector::Topic(t.to_owned()),
+                _ => panic!("a rule needs type or topic: {r}"),
+            },
+            channel: Channel::parse(r["channel"].as_str().unwrap()).unwrap(),
+            enabled: r["enabled"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+/// Quiet ranges as a scenario writes them.
+fn ranges_of(v: &Value) -> Vec<QuietRange> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| QuietRange {
+            day: r["day"].as_str().unwrap().to_owned(),
+            start: r["start"].as_str().unwrap().to_owned(),
+            end: r["end"].as_str().unwrap().to_owned(),
+        })
+        .collect()
 }
 
 /// The ids a push payload stands for, and its form.
@@ -182,6 +214,40 @@ impl<'s> Runner<'s> {
                     }
                     ("title", PushOutcome::ShowTitle { id: got, .. }) => assert_eq!(*got, id),
                     (want, got) => panic!("expected {want}, got {got:?}"),
+                }
+            }
+            "update_preferences" => {
+                let rules = rules_of(&step["rules"]);
+                self.client(step).client.update_preferences(&rules).await.expect("the server takes the rules");
+            }
+            "set_quiet_hours" => {
+                let quiet = QuietHours {
+                    time_zone: step["time_zone"].as_str().unwrap().to_owned(),
+                    ranges: ranges_of(&step["ranges"]),
+                };
+                let result = self.client(step).client.set_quiet_hours(Some(&quiet)).await;
+                match (step["expect"].as_str(), result) {
+                    (None, Ok(_)) => {}
+                    (Some("refused"), Err(ClientError::Api(ApiError::Refused { status: 400, .. }))) => {}
+                    (want, got) => panic!("set_quiet_hours: expected {want:?}, got {got:?}"),
+                }
+            }
+            "assert_settings" => {
+                let client = &self.client(step).client;
+                let prefs = client.preferences().await.expect("preferences");
+                let quiet = client.quiet_hours().await.expect("quiet hours");
+                let sorted = |mut v: Vec<PreferenceRule>| {
+                    v.sort_by_key(|r| format!("{r:?}"));
+                    v
+                };
+                assert_eq!(sorted(prefs.rules), sorted(rules_of(&step["rules"])), "the rules");
+                let want = QuietHours {
+                    time_zone: step["time_zone"].as_str().unwrap().to_owned(),
+                    ranges: ranges_of(&step["ranges"]),
+                };
+                assert_eq!(quiet.quiet_hours, Some(want), "the quiet hours");
+                if let Some(v) = step["version"].as_u64() {
+                    assert_eq!((prefs.version, quiet.version), (v, v), "the settings' version");
                 }
             }
             "wait_state" | "assert_state" => {
@@ -506,4 +572,5 @@ scenarios!(
     real_push_then_socket_shown_once,
     lightweight_push_is_fetched,
     digest_push_summary,
+    user_settings,
 );

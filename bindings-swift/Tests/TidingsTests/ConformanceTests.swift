@@ -21,6 +21,7 @@ final class ConformanceTests: XCTestCase {
         "real_push_then_socket_shown_once",
         "lightweight_push_is_fetched",
         "digest_push_summary",
+        "user_settings",
     ]
 
     func testLiveDelivery() async throws { try await runScenario("live_delivery") }
@@ -36,6 +37,7 @@ final class ConformanceTests: XCTestCase {
     func testRealPushThenSocketShownOnce() async throws { try await runScenario("real_push_then_socket_shown_once") }
     func testLightweightPushIsFetched() async throws { try await runScenario("lightweight_push_is_fetched") }
     func testDigestPushSummary() async throws { try await runScenario("digest_push_summary") }
+    func testUserSettings() async throws { try await runScenario("user_settings") }
 
     func testEveryScenarioInTheFileHasATest() throws {
         let inFile = try ScenarioFile.load().scenarios.map(\.name).sorted()
@@ -136,15 +138,20 @@ struct Step: Decodable {
     let from: String?
     let form: String?
     let bodyBytes: Int?
+    let rules: [RuleStep]?
+    let ranges: [RangeStep]?
+    let timeZone: String?
+    let version: UInt64?
     /// The step as JSON text (filled in by `ScenarioFile.load`).
     var raw = ""
 
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published, equals, from, form
+        case published, equals, from, form, rules, ranges, version
         case atLeast = "at_least"
         case bodyBytes = "body_bytes"
+        case timeZone = "time_zone"
         case batchWindowMs = "batch_window_ms"
         case backgroundGraceMs = "background_grace_ms"
         case eventCapacity = "event_capacity"
@@ -187,7 +194,34 @@ struct Step: Decodable {
         from = try c.decodeIfPresent(String.self, forKey: .from)
         form = try c.decodeIfPresent(String.self, forKey: .form)
         bodyBytes = try c.decodeIfPresent(Int.self, forKey: .bodyBytes)
+        rules = try c.decodeIfPresent([RuleStep].self, forKey: .rules)
+        ranges = try c.decodeIfPresent([RangeStep].self, forKey: .ranges)
+        timeZone = try c.decodeIfPresent(String.self, forKey: .timeZone)
+        version = try c.decodeIfPresent(UInt64.self, forKey: .version)
     }
+}
+
+/// A preference rule as a scenario writes it (protocol §9.5).
+struct RuleStep: Decodable {
+    let type: String?
+    let topic: String?
+    let channel: String
+    let enabled: Bool
+
+    var rule: PreferenceRule {
+        PreferenceRule(
+            type.map(PreferenceSelector.type) ?? .topic(topic ?? ""), channel == "socket" ? .socket : .push,
+            enabled: enabled)
+    }
+}
+
+/// A quiet range as a scenario writes it.
+struct RangeStep: Decodable {
+    let day: String
+    let start: String
+    let end: String
+
+    var range: QuietRange { QuietRange(day: day, start: start, end: end) }
 }
 
 // MARK: - The runner
@@ -462,6 +496,32 @@ final class ScenarioRunner {
                 try check(got == id, "title of \(got), expected \(id)")
             case (let want, let got):
                 throw TestFailure("push outcome \(got), expected \(want)")
+            }
+
+        case "update_preferences":
+            _ = try await recorder(step).client.updatePreferences(try required(step.rules, "rules").map(\.rule))
+
+        case "set_quiet_hours":
+            let quiet = QuietHours(
+                timeZone: try required(step.timeZone, "time_zone"), ranges: try required(step.ranges, "ranges").map(\.range))
+            do {
+                _ = try await recorder(step).client.setQuietHours(quiet)
+                try check(step.expect == nil, "set_quiet_hours succeeded, expected \(step.expect ?? "")")
+            } catch TidingsError.refused(let status, _, _) where step.expect == "refused" {
+                try check(status == 400, "refused with \(status), expected 400")
+            }
+
+        case "assert_settings":
+            let client = try recorder(step).client
+            let prefs = try await client.preferences()
+            let quiet = try await client.quietHours()
+            let want = try required(step.rules, "rules").map(\.rule)
+            try check(Set(prefs.rules) == Set(want) && prefs.rules.count == want.count, "rules \(prefs.rules), expected \(want)")
+            let wantQuiet = QuietHours(
+                timeZone: try required(step.timeZone, "time_zone"), ranges: try required(step.ranges, "ranges").map(\.range))
+            try check(quiet.quietHours == wantQuiet, "quiet hours \(String(describing: quiet.quietHours)), expected \(wantQuiet)")
+            if let v = step.version {
+                try check(prefs.version == v && quiet.version == v, "versions \(prefs.version)/\(quiet.version), expected \(v)")
             }
 
         case "set_network":

@@ -62,6 +62,8 @@ class ConformanceTest {
 
     @Test fun digest_push_summary() = runScenario("digest_push_summary")
 
+    @Test fun user_settings() = runScenario("user_settings")
+
     @Test
     fun every_scenario_in_the_file_has_a_test() {
         val inFile = scenarios().map { it.str("name") }.sorted()
@@ -304,6 +306,25 @@ private class ScenarioRunner(
                     else -> fail("unknown expect $want")
                 }
             }
+            "update_preferences" -> client(step).recorder.client.updatePreferences(rules(step))
+            "set_quiet_hours" -> {
+                val quiet = QuietHours(step.str("time_zone"), ranges(step))
+                val thrown = runCatching { client(step).recorder.client.setQuietHours(quiet) }.exceptionOrNull()
+                when (step.strOrNull("expect")) {
+                    null -> if (thrown != null) throw thrown
+                    "refused" -> assertEquals(400, assertIs<TidingsException.Refused>(thrown, "what setQuietHours threw").status)
+                    else -> fail("unknown expect ${step.strOrNull("expect")}")
+                }
+            }
+            "assert_settings" -> {
+                val c = client(step).recorder.client
+                val prefs = c.preferences()
+                val quiet = c.quietHours()
+                assertEquals(rules(step).toSet(), prefs.rules.toSet(), "the rules")
+                assertEquals(rules(step).size, prefs.rules.size, "the number of rules")
+                assertEquals(QuietHours(step.str("time_zone"), ranges(step)), quiet.quietHours, "the quiet hours")
+                step.longOrNull("version")?.let { assertEquals(it to it, prefs.version to quiet.version, "the settings' versions") }
+            }
             "set_network" -> {
                 val online = step["online"] as Boolean
                 client(step).recorder.client.onNetworkChanged(if (online) NetworkStatus.AVAILABLE else NetworkStatus.UNAVAILABLE)
@@ -395,6 +416,20 @@ private class ScenarioRunner(
             deliveries[id] = reply["deliveries"].array().first().obj()
         }
     }
+
+    /** The step's preference rules (protocol §9.5). */
+    private fun rules(step: Map<String, Any?>): List<PreferenceRule> = step["rules"].array().map { r ->
+        val rule = r.obj()
+        PreferenceRule(
+            selector = rule.strOrNull("type")?.let { PreferenceSelector.Type(it) } ?: PreferenceSelector.Topic(rule.str("topic")),
+            channel = if (rule.str("channel") == "socket") Channel.SOCKET else Channel.PUSH,
+            enabled = rule["enabled"] as Boolean,
+        )
+    }
+
+    /** The step's quiet ranges. */
+    private fun ranges(step: Map<String, Any?>): List<QuietRange> =
+        step["ranges"].array().map { it.obj() }.map { QuietRange(it.str("day"), it.str("start"), it.str("end")) }
 
     /** Polls [condition] every 20 ms until it holds; fails after [WAIT_MS]. */
     private suspend fun until(what: String, condition: suspend () -> Boolean) {
