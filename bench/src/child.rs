@@ -53,6 +53,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                 "fanout" => fanout(&server, secs(&cmd), cmd["batch"].as_u64().unwrap_or(1).max(1), pid).await?,
                 "targeted" => targeted(&server, &cmd, pid).await?,
                 "sequence" => sequence(&server, &cmd).await?,
+                "topic_paced" => topic_paced(&server, &cmd, pid).await?,
                 "floor_listen" => {
                     let (server, port) = FloorServer::listen(cmd["n"].as_u64().unwrap_or(1000) as usize)?;
                     floor = Some(server);
@@ -206,6 +207,25 @@ async fn targeted(server: &tidings_server::RunningServer, cmd: &Value, pid: u32)
         PACED.to_owned()
     };
     Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0, "publisher": how}))
+}
+
+/// I3: `rate` notifications per second to `topic:bench`, each carrying its publish time.
+async fn topic_paced(server: &tidings_server::RunningServer, cmd: &Value, pid: u32) -> anyhow::Result<Value> {
+    let publisher = server.publisher();
+    let rate = cmd["rate"].as_f64().unwrap_or(100.0);
+    let duration = secs(cmd);
+    let pad = "x".repeat(32);
+    let cpu0 = sys::cpu_seconds(pid)?;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut published = 0u64;
+    while started.elapsed() < duration {
+        sleep_until(started + interval.mul_f64(published as f64)).await;
+        let data = RawJson::from_string(format!(r#"{{"t":{},"p":"{pad}"}}"#, sys::wall_ns()))?;
+        publisher.publish(PublishRequest::new("bench").topic("bench").priority(Priority::Important).data(data)).await?;
+        published += 1;
+    }
+    Ok(json!({"published": published, "cpu_s": sys::cpu_seconds(pid)? - cpu0, "publisher": PACED}))
 }
 
 /// S4: `rate` notifications per second, round robin over `users`, each with the user's next sequence number;

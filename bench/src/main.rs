@@ -13,10 +13,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod child;
 mod durable;
 mod floor;
+mod inbox;
 mod peer;
 mod push;
 mod report;
 mod scenarios;
+mod sse;
 mod sys;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,8 +38,9 @@ struct Cli {
 enum Command {
     /// Run the scenarios of bench/README.md (server on CPU 0, clients on CPU 1); one JSON line each.
     Run {
-        /// Which scenarios (s1, s2, s3, s4, s5: durable publish; p1, p2: push send throughput), comma-separated.
-        #[arg(long, default_value = "s1,s2,s3,s4,s5,p1,p2", value_delimiter = ',')]
+        /// Which scenarios (s1, s2, s3, s4, s5: durable publish; p1, p2: push send throughput; i1: inbox list,
+        /// i2: mark all read, i3: SSE fan-out), comma-separated.
+        #[arg(long, default_value = "s1,s2,s3,s4,s5,p1,p2,i1,i2,i3", value_delimiter = ',')]
         scenarios: Vec<String>,
         /// The server's stores for S2 and S3 (memory, sqlite, sqlite-normal), comma-separated; the peer runs once.
         /// S5 always runs on all three; S1 and S4 on memory.
@@ -68,6 +71,27 @@ enum Command {
         /// P1/P2: timed sending per system, seconds (after a warm-up of 500 pushes).
         #[arg(long, default_value_t = 5.0)]
         push_seconds: f64,
+        /// I1: users (inboxes). I1 runs once whatever `--runs` says (seeding is most of its time).
+        #[arg(long, default_value_t = 10_000)]
+        inbox_users: usize,
+        /// I1: items per inbox.
+        #[arg(long, default_value_t = 10_000)]
+        inbox_items: u64,
+        /// I1: page reads per kind of page.
+        #[arg(long, default_value_t = 2000)]
+        inbox_reads: usize,
+        /// I2: unread items per inbox, comma-separated.
+        #[arg(long, default_value = "100,1000,10000", value_delimiter = ',')]
+        markall_sizes: Vec<u64>,
+        /// I2: inboxes per size.
+        #[arg(long, default_value_t = 20)]
+        markall_inboxes: usize,
+        /// I3: SSE (and WebSocket) clients.
+        #[arg(long, default_value_t = 1000)]
+        sse_clients: usize,
+        /// I3: notifications per second to the topic (each goes to every client).
+        #[arg(long, default_value_t = 100.0)]
+        sse_rate: f64,
     },
     /// Write BENCHMARKS.md and bench/plots/*.svg from the JSON lines of a `run`.
     Report {
@@ -160,10 +184,33 @@ fn main() -> anyhow::Result<()> {
             runs,
             push_concurrency,
             push_seconds,
+            inbox_users,
+            inbox_items,
+            inbox_reads,
+            markall_sizes,
+            markall_inboxes,
+            sse_clients,
+            sse_rate,
         } => run(
             &scenarios,
             &stores,
-            Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds },
+            Sizes {
+                s1_connections,
+                clients,
+                seconds,
+                publish_batch,
+                push_concurrency,
+                push_seconds,
+                inbox: InboxSizes {
+                    users: inbox_users,
+                    items: inbox_items,
+                    reads: inbox_reads,
+                    markall_sizes,
+                    markall_inboxes,
+                    sse_clients,
+                    sse_rate,
+                },
+            },
             peer == "socketio",
             runs,
         ),
@@ -175,8 +222,20 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The sizes of I1–I3.
+struct InboxSizes {
+    users: usize,
+    items: u64,
+    reads: usize,
+    markall_sizes: Vec<u64>,
+    markall_inboxes: usize,
+    sse_clients: usize,
+    sse_rate: f64,
+}
+
 /// The sizes of a `run`'s scenarios.
 struct Sizes {
+    inbox: InboxSizes,
     s1_connections: usize,
     clients: usize,
     seconds: f64,
@@ -186,7 +245,7 @@ struct Sizes {
 }
 
 fn run(which: &[String], stores: &[String], sizes: Sizes, with_peer: bool, runs: u32) -> anyhow::Result<()> {
-    let Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds } = sizes;
+    let Sizes { s1_connections, clients, seconds, publish_batch, push_concurrency, push_seconds, inbox } = sizes;
     let fds = sys::raise_fd_limit()?;
     let nproc = sys::nproc();
     sys::pin_self(1)?;
@@ -227,7 +286,26 @@ fn run(which: &[String], stores: &[String], sizes: Sizes, with_peer: bool, runs:
             }
             continue;
         }
+        if s == "i1" {
+            // Once: seeding 10,000 × 10,000 items is most of the scenario's time.
+            let line = stamp(with_steal(|| rt.block_on(inbox::i1(inbox.users, inbox.items, inbox.reads)))?);
+            println!("{line}");
+            continue;
+        }
         for n in 1..=runs {
+            if s == "i2" || s == "i3" {
+                let line = stamp(with_steal(|| {
+                    rt.block_on(async {
+                        if s == "i2" {
+                            inbox::i2(&inbox.markall_sizes, inbox.markall_inboxes).await
+                        } else {
+                            sse::i3(inbox.sse_clients, inbox.sse_rate, seconds).await
+                        }
+                    })
+                })?);
+                println!("{}", numbered(line, n, runs));
+                continue;
+            }
             if s == "s5" {
                 // Durable publish: no peer (Socket.IO keeps nothing), the server on each store in turn.
                 for store in ["memory", "sqlite", "sqlite-normal"] {

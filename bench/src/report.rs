@@ -267,6 +267,106 @@ Load: {how}.
     Ok(())
 }
 
+/// The I1–I3 section: the inbox on SQLite (list latency at scale, mark all read against the item count) and SSE
+/// fan-out beside WebSocket under the same load.
+fn inbox_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
+    let of = |id: &str| runs.iter().filter(|v| v["scenario"] == id).collect::<Vec<&Value>>();
+    let (i1, i2, i3) = (of("I1"), of("I2"), of("I3"));
+    if i1.is_empty() && i2.is_empty() && i3.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## I1–I3 — inbox and SSE\n")?;
+    if let Some(first) = i1.first() {
+        writeln!(
+            md,
+            "### I1 — inbox list, {} users × {} items (SQLite)\n",
+            fmt(first["users"].as_f64()),
+            fmt(first["items_per_user"].as_f64())
+        )?;
+        writeln!(md, "| page of 50 | p50 (ms) | p99 (ms) |\n|---|---:|---:|")?;
+        for (label, key) in [
+            ("newest first", "first_page"),
+            ("from a random position (`before`)", "deep_page"),
+            ("unread only", "unread_page"),
+            ("one type only", "type_page"),
+        ] {
+            let p50 = cell(summary(&i1, &format!("{key}_p50_ms")), i1.len());
+            let p99 = cell(summary(&i1, &format!("{key}_p99_ms")), i1.len());
+            writeln!(md, "| {label} | {p50} | {p99} |")?;
+        }
+        writeln!(
+            md,
+            "\nSeeded {} items in {} s ({} items/s), database {} MiB. Method: {}.\n",
+            fmt(first["items"].as_f64()),
+            fmt(first["seed_s"].as_f64()),
+            fmt(first["seed_items_per_s"].as_f64()),
+            fmt(first["db_mib"].as_f64()),
+            first["method"].as_str().unwrap_or("")
+        )?;
+    }
+    if !i2.is_empty() {
+        writeln!(md, "### I2 — mark all read against the number of unread items (SQLite)\n")?;
+        writeln!(md, "| unread items | p50 (ms) | p99 (ms) |\n|---:|---:|---:|")?;
+        let sizes: Vec<u64> = i2[0]["rows"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["unread_items"].as_u64()).collect())
+            .unwrap_or_default();
+        for size in sizes {
+            let rows: Vec<&Value> = i2
+                .iter()
+                .filter_map(|v| v["rows"].as_array()?.iter().find(|r| r["unread_items"].as_u64() == Some(size)))
+                .collect();
+            writeln!(
+                md,
+                "| {} | {} | {} |",
+                fmt(Some(size as f64)),
+                cell(summary(&rows, "p50_ms"), rows.len()),
+                cell(summary(&rows, "p99_ms"), rows.len())
+            )?;
+        }
+        writeln!(
+            md,
+            "\nThe cost must not grow with the item count. Method: {}.\n",
+            i2[0]["method"].as_str().unwrap_or("")
+        )?;
+    }
+    if let Some(first) = i3.first() {
+        writeln!(
+            md,
+            "### I3 — fan-out to {} clients over SSE beside WebSocket, {} notifications/s\n",
+            fmt(first["clients"].as_f64()),
+            fmt(first["rate_per_s"].as_f64())
+        )?;
+        let transport = |t: &str| -> Vec<&Value> {
+            i3.iter().filter_map(|v| v["rows"].as_array()?.iter().find(|r| r["transport"] == t)).collect()
+        };
+        let (sse, ws) = (transport("sse"), transport("websocket"));
+        writeln!(md, "| metric | SSE | WebSocket |\n|---|---:|---:|")?;
+        for (label, key) in [
+            ("deliveries/s", "deliveries_per_s"),
+            ("latency p50 (ms)", "p50_ms"),
+            ("latency p99 (ms)", "p99_ms"),
+            ("not delivered", "lost"),
+            ("server CPU (s)", "server_cpu_s"),
+        ] {
+            writeln!(
+                md,
+                "| {label} | {} | {} |",
+                cell(summary(&sse, key), sse.len()),
+                cell(summary(&ws, key), ws.len())
+            )?;
+        }
+        writeln!(
+            md,
+            "\nLoad: {}. Clients: {}. S2 above is WebSocket fan-out at the highest rate the clients take (paced by \
+             acks, which SSE clients send over HTTP), so I3 compares the transports at one fixed rate instead.\n",
+            first["publisher"].as_str().unwrap_or(""),
+            first["clients_how"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
 /// The median of `key` over `lines` (the mean of the middle two for an even count) with the smallest and
 /// largest value; `None` when no line has the metric.
 fn summary(lines: &[&Value], key: &str) -> Option<(f64, f64, f64)> {
@@ -439,6 +539,7 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
         writeln!(md, "\n![{title}]({svg_rel})\n")?;
     }
     durable_section(&mut md, &runs)?;
+    inbox_section(&mut md, &runs)?;
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     Ok(())
 }

@@ -3,7 +3,7 @@ import { TidingsClient } from './pkg/tidings.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 // For tests and tooling: everything this tab saw.
-const seen = (window.__tidings = { notifications: [], shown: [], digests: [], continuity: [], states: [], roles: [] });
+const seen = (window.__tidings = { notifications: [], shown: [], digests: [], continuity: [], states: [], roles: [], inboxCounts: [] });
 
 async function demoToken(user, topics) {
   const r = await fetch('/v1/demo/token', {
@@ -80,6 +80,50 @@ async function signIn(user, topics) {
     seen.continuity.push({ stream: e.detail.stream, ...c });
     $('log').prepend(item(`${esc(e.detail.stream)}: ${c.kind}${c.kind === 'resumed' ? `, ${c.replayed} replayed` : ''}${c.kind === 'gap' ? ` (${c.reason}) — refetch` : ''}`));
   });
+  // The inbox panel: what the SDK holds (its view and the server's counts), re-rendered on every change.
+  const renderCounts = (c) => {
+    $('inbox-badge').textContent = c ? c.unread : 0;
+    $('inbox-counts').textContent = c ? `${c.unread} unread · ${c.unseen} unseen · ${c.total} total (v${c.version})` : '';
+  };
+  const renderInbox = () => {
+    const { items, complete } = client.inboxItems();
+    const list = $('inbox-list');
+    list.replaceChildren(
+      ...items
+        .filter((i) => i.archived_at == null)
+        .map((i) => {
+          const li = item(
+            `<span class="text"><b>${esc(i.notification?.title ?? i.notification?.type ?? i.id)}</b> ${esc(i.notification?.body)}` +
+              `<div class="meta">${new Date(i.inserted_at).toLocaleTimeString()} · ${i.read_at != null ? 'read' : 'unread'}</div></span>`,
+            i.read_at != null ? 'read' : 'unread',
+          );
+          li.dataset.id = i.id;
+          const act = (label, action) => {
+            const b = document.createElement('button');
+            b.type = 'button';
+            b.textContent = label;
+            b.dataset.action = action;
+            b.onclick = () => client.inboxMark(action, [i.id]).catch((e) => ($('inbox-status').textContent = e.message));
+            return b;
+          };
+          li.append(act(i.read_at != null ? 'Unread' : 'Read', i.read_at != null ? 'unread' : 'read'), act('Archive', 'archive'));
+          return li;
+        }),
+    );
+    $('inbox-more').disabled = complete;
+  };
+  client.addEventListener('inboxcounts', (e) => {
+    seen.inboxCounts.push(e.detail);
+    renderCounts(e.detail);
+  });
+  client.addEventListener('inboxchanged', renderInbox);
+  renderCounts(client.inboxCounts);
+  $('inbox-all').onclick = () => client.inboxMarkAll('read').catch((e) => ($('inbox-status').textContent = e.message));
+  $('inbox-more').onclick = () => client.inboxLoadMore(20).then(renderInbox, (e) => ($('inbox-status').textContent = e.message));
+  client.waitForState('connected', 60000).then(
+    () => client.inboxLoadMore(20).then(renderInbox, (e) => ($('inbox-status').textContent = e.message)),
+    () => {},
+  );
   $('role').textContent = client.role;
   setInterval(async () => {
     try {
@@ -111,6 +155,7 @@ $('publish-form').onsubmit = async (e) => {
     title: $('title').value,
     body: $('body').value,
     group: $('group').value || null,
+    persistence: $('persistent').checked ? 'persistent' : 'bufferable',
   };
   if (to.startsWith('topic:')) body.topics = [to.slice(6)];
   else body.users = [to.replace(/^user:/, '')];

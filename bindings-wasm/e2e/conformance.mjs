@@ -59,6 +59,7 @@ const WS_URL = env('TIDINGS_WS_URL');
 const HTTP_URL = env('TIDINGS_HTTP_URL').replace(/\/$/, '');
 const API_KEY = env('TIDINGS_API_KEY');
 const WEB_ROOT = env('TIDINGS_WEB_ROOT');
+const CONTROL_URL = process.env.TIDINGS_CONTROL_URL?.replace(/\/$/, '');
 const PUSH_HARNESS_URL = (process.env.TIDINGS_PUSH_HARNESS_URL ?? '').replace(/\/$/, '');
 
 // The page every client runs in: same origin as the package (`/pkg/tidings.js`), nothing else on it.
@@ -222,6 +223,7 @@ class Runner {
       log: window.__conformance.log,
       state: window.__conformance.client.state,
       tokenFetches: window.__conformance.tokenFetches,
+      inboxCounts: window.__conformance.client.inboxCounts,
     }));
   }
 
@@ -546,6 +548,74 @@ class Runner {
         assertEq(state.kind, 'closed', 'state after close()');
         return;
       }
+      case 'wait_inbox':
+      case 'assert_inbox': {
+        const ok = (c) =>
+          c != null &&
+          (step.unread === undefined || c.unread === step.unread) &&
+          (step.unseen === undefined || c.unseen === step.unseen) &&
+          (step.total === undefined || c.total === step.total);
+        // `inboxCounts` and the last `inboxcounts` event agree; versions only grow along the events.
+        const pred = (r) => {
+          const events = r.log.filter((e) => e.type === 'inboxcounts').map((e) => e.detail);
+          for (let i = 1; i < events.length; i++) {
+            if (!(events[i].version > events[i - 1].version)) fail(`inbox counts went back: ${JSON.stringify(events)}`);
+          }
+          return ok(r.inboxCounts) && (events.length === 0 || ok(events[events.length - 1]));
+        };
+        const c = this.client(step);
+        if (op === 'wait_inbox') await this.until(c, `inbox counts ${JSON.stringify(step)}`, pred);
+        else {
+          const r = await this.record(c);
+          if (!pred(r)) fail(`inbox counts ${JSON.stringify(r.inboxCounts)}, expected ${JSON.stringify(step)}`);
+        }
+        return;
+      }
+      case 'inbox_mark':
+      case 'inbox_mark_all': {
+        const c = this.client(step);
+        const args = { all: op === 'inbox_mark_all', action: step.action, ids: this.ids(step), wait: step.wait ?? true };
+        const result = await c.page.evaluate(async (a) => {
+          const client = window.__conformance.client;
+          const p = a.all ? client.inboxMarkAll(a.action) : client.inboxMark(a.action, a.ids);
+          if (a.wait) return p;
+          // Started without waiting for the answer (offline, the SDK queues the change).
+          window.__conformance.pending.push(p.catch(() => {}));
+          return null;
+        }, args);
+        if (args.wait && result.duplicate) fail(`a duplicate: ${JSON.stringify(result)}`);
+        return;
+      }
+      case 'history': {
+        // The README's gap → refetch path: page after the last notification handled.
+        const c = this.client(step);
+        const afterId = this.name(step.after_id);
+        const last = notifications((await this.record(c)).log).find((n) => n.id === afterId);
+        if (!last) fail(`${afterId} was not delivered`);
+        const got = await c.page.evaluate(
+          async ({ stream, after, limit }) => {
+            const client = window.__conformance.client;
+            const ids = [];
+            let position = after;
+            while (position) {
+              const page = await client.history(stream, position, limit);
+              if (limit !== undefined && page.items.length > limit) throw new Error('a page larger than the limit');
+              ids.push(...page.items.map((n) => n.id));
+              position = page.next === null ? null : { epoch: page.epoch, offset: page.next };
+            }
+            return ids;
+          },
+          { stream: this.stream(step.stream), after: { epoch: last.epoch, offset: last.offset }, limit: step.limit },
+        );
+        assertEq(got, this.ids(step), `history after ${afterId}`);
+        return;
+      }
+      case 'restart_server': {
+        if (!CONTROL_URL) fail('TIDINGS_CONTROL_URL is not set');
+        const r = await fetch(`${CONTROL_URL}/restart`, { method: 'POST' });
+        if (r.status !== 200) fail(`restart: HTTP ${r.status} ${await r.text()}`);
+        return;
+      }
       default:
         fail(`unknown step op "${op}" (add it to every runner, see tests/conformance/README.md)`);
     }
@@ -580,7 +650,7 @@ class Runner {
     await page.evaluate(
       async (o) => {
         const { TidingsClient } = await import('/pkg/tidings.js');
-        const rec = { log: [], tokenFetches: 0, client: null };
+        const rec = { log: [], tokenFetches: 0, client: null, pending: [] };
         window.__conformance = rec;
         const client = await TidingsClient.connect({
           url: o.url,
@@ -597,7 +667,7 @@ class Runner {
         });
         rec.client = client;
         // Attached before the engine runs again (the leader lock is granted in a later task).
-        for (const type of ['state', 'continuity', 'notification', 'digest']) {
+        for (const type of ['state', 'continuity', 'notification', 'digest', 'inboxcounts']) {
           client.addEventListener(type, (e) => rec.log.push({ type, detail: e.detail }));
         }
       },

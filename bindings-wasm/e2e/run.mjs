@@ -518,6 +518,147 @@ test('service worker push: deduped against the socket, shown once, tabs told', a
   await t.ctx.close();
 });
 
+test('demo inbox panel across tabs: one badge everywhere, mark read / archive / mark all in any tab updates all', async () => {
+  const user = uniq('e2einbox');
+  const t = await newContext();
+  const a = await t.open(`user=${user}&topics=&sw=0`);
+  const b = await t.open(`user=${user}&topics=&sw=0`);
+  await until('both tabs connected', async () =>
+    (await t.everyone(() => window.tidings.state.kind === 'connected')).every(Boolean));
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push(await publishOne(user, `inbox ${i}`, { persistence: 'persistent' }));
+  const panel = () =>
+    t.everyone(() => ({
+      badge: document.getElementById('inbox-badge').textContent,
+      items: [...document.querySelectorAll('#inbox-list li')].map((li) => ({
+        id: li.dataset.id,
+        state: li.className,
+        text: li.querySelector('.text b').textContent,
+      })),
+    }));
+  const all = (what, pred) => until(what, async () => (await panel()).every(pred));
+  await all('3 unread items in both tabs', (p) => p.badge === '3' && p.items.length === 3 && p.items.every((i) => i.state === 'unread'));
+  const first = await panel();
+  assert(JSON.stringify(first[0].items.map((i) => i.id)) === JSON.stringify([...ids].reverse()), `newest first: ${JSON.stringify(first[0].items)}`);
+  assert(first[0].items[0].text === 'inbox 2', `items show their notification: ${JSON.stringify(first[0].items[0])}`);
+  // Whichever tab leads, the other one's changes go through it.
+  const leader = await t.leader();
+  const follower = leader === a ? b : a;
+  await follower.click(`#inbox-list li[data-id="${ids[0]}"] button[data-action="read"]`);
+  await all('read in both tabs', (p) => p.badge === '2' && p.items.find((i) => i.id === ids[0])?.state === 'read');
+  await leader.click(`#inbox-list li[data-id="${ids[1]}"] button[data-action="archive"]`);
+  await all('archived in both tabs', (p) => p.badge === '1' && p.items.length === 2 && !p.items.some((i) => i.id === ids[1]));
+  const late = await publishOne(user, 'inbox late', { persistence: 'persistent' });
+  await all('a new item in both tabs', (p) => p.badge === '2' && p.items[0]?.id === late);
+  await follower.click('#inbox-all');
+  await all('all read in both tabs', (p) => p.badge === '0' && p.items.every((i) => i.state === 'read'));
+  // The counts each tab saw only moved forward and never exceeded what the server had (no multiplying by tabs).
+  for (const seen of await t.everyone(() => window.__tidings.inboxCounts)) {
+    for (let i = 1; i < seen.length; i++) assert(seen[i].version > seen[i - 1].version, `versions grow: ${JSON.stringify(seen)}`);
+    assert(seen.every((c) => c.unread <= 3 && c.unread >= 0 && c.total <= 4), `counts stay within the inbox: ${JSON.stringify(seen)}`);
+  }
+  // A third tab opened now shows the same inbox at once (from the leader's state and the server).
+  const c = await t.open(`user=${user}&topics=&sw=0`);
+  await until('the new tab agrees', async () => {
+    const p = await c.evaluate(() => ({
+      badge: document.getElementById('inbox-badge').textContent,
+      n: document.querySelectorAll('#inbox-list li').length,
+    }));
+    return p.badge === '0' && p.n === 3;
+  });
+  const final = await panel();
+  console.log(`   ${JSON.stringify(final.map((p) => ({ badge: p.badge, items: p.items.map((i) => `${i.text}:${i.state}`) })))}`);
+  await t.ctx.close();
+});
+
+test('SSE: a real EventSource with a ticket; the server drops it mid-stream, it reconnects with Last-Event-ID: nothing lost or twice', async () => {
+  const user = uniq('e2esse');
+  const topic = uniq('ssenews');
+  const tr = await fetch(`${base}/v1/demo/token`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ user, topics: [topic] }),
+  });
+  assert(tr.ok, `token: HTTP ${tr.status}`);
+  const { token } = await tr.json();
+  // A page of the server's origin with nothing on it: the test drives a plain EventSource, no SDK.
+  mkdirSync(join(WEB_ROOT, 'sse-e2e'), { recursive: true });
+  writeFileSync(join(WEB_ROOT, 'sse-e2e/index.html'), '<!doctype html><meta charset="utf-8"><title>sse</title>\n');
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => console.log(`   [page error] ${e.message}`));
+  // What the browser itself sends: the EventSource's requests and their Last-Event-ID headers.
+  const seenRequests = [];
+  page.on('request', (r) => {
+    if (r.url().includes('/v1/sse?')) {
+      seenRequests.push(r.allHeaders().then((h) => ({ url: r.url(), lastEventId: h['last-event-id'] ?? null })));
+    }
+  });
+  await page.goto(`${base}/sse-e2e/`);
+  await page.evaluate(
+    async ({ token, topic }) => {
+      // The ticket is got with the token (protocol §15.3): the long-lived token never goes into the URL.
+      const r = await fetch('/v1/sse/tickets', { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+      const { ticket } = await r.json();
+      const rec = { opens: 0, ids: [], streams: [], continuity: [], errors: [], lastIds: [] };
+      window.__sse = rec;
+      const es = new EventSource(`/v1/sse?ticket=${encodeURIComponent(ticket)}&topics=${encodeURIComponent(topic)}`);
+      window.__es = es;
+      es.onopen = () => rec.opens++;
+      es.onmessage = (e) => {
+        const n = JSON.parse(e.data);
+        rec.ids.push(n.id);
+        rec.streams.push(n.stream.split(':')[0]);
+        rec.lastIds.push(e.lastEventId);
+      };
+      es.addEventListener('continuity', (e) => rec.continuity.push(JSON.parse(e.data)));
+      es.addEventListener('error', (e) => rec.errors.push(e.data ? JSON.parse(e.data).code : 'transport'));
+    },
+    { token, topic },
+  );
+  await until('the stream open', () => page.evaluate(() => window.__sse.opens === 1 && window.__sse.continuity.length === 2));
+  const sent = [];
+  for (let i = 0; i < 10; i++) sent.push(await (i % 2 ? publishTopic(topic, `s${i}`) : publishOne(user, `s${i}`)));
+  await until('the first 10', () => page.evaluate(() => window.__sse.ids.length >= 10));
+  // The server drops the stream (an operator drop, as in a deploy); more is published while it is away.
+  const d = await fetch(`${base}/v1/admin/drop`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer tidings-dev-key' },
+    body: JSON.stringify({ user }),
+  });
+  assert(d.ok && (await d.json()).dropped === 1, 'the server dropped the stream');
+  for (let i = 10; i < 20; i++) sent.push(await (i % 2 ? publishTopic(topic, `s${i}`) : publishOne(user, `s${i}`)));
+  // EventSource reconnects by itself after `retry:` (2 s) with the last id it saw.
+  await until('reconnected and caught up', () => page.evaluate((n) => window.__sse.opens === 2 && window.__sse.ids.length >= n, 20), 20000);
+  for (let i = 20; i < 25; i++) sent.push(await (i % 2 ? publishTopic(topic, `s${i}`) : publishOne(user, `s${i}`)));
+  await until('live after the resume', () => page.evaluate((n) => window.__sse.ids.length >= n, 25));
+  await sleep(300);
+  const rec = await page.evaluate(() => {
+    window.__es.close();
+    return window.__sse;
+  });
+  // Each stream in order (after the resume each stream's replay comes after its continuity event), each id once.
+  const byStream = (ids, streams, kind) => ids.filter((_, i) => streams[i] === kind);
+  const sentStreams = sent.map((_, i) => (i % 2 ? 'topic' : 'user'));
+  for (const kind of ['user', 'topic']) {
+    const got = byStream(rec.ids, rec.streams, kind);
+    const want = byStream(sent, sentStreams, kind);
+    assert(JSON.stringify(got) === JSON.stringify(want), `${kind} stream: every notification once, in order: ${JSON.stringify(got)} vs ${JSON.stringify(want)}`);
+  }
+  assert(rec.ids.length === sent.length && new Set(rec.ids).size === sent.length, `nothing twice: ${rec.ids.length} events for ${sent.length}`);
+  assert(rec.errors.includes('dropped'), `the server said why it ended the stream first: ${JSON.stringify(rec.errors)}`);
+  const requests = await Promise.all(seenRequests);
+  assert(requests.length === 2, `two stream requests (the open and one reconnect), got ${JSON.stringify(requests)}`);
+  assert(requests[0].lastEventId === null, 'the first request has no Last-Event-ID');
+  const lastBeforeDrop = rec.lastIds[9];
+  assert(requests[1].lastEventId === lastBeforeDrop, `the reconnect sent the last id seen (${requests[1].lastEventId} vs ${lastBeforeDrop})`);
+  assert(requests[1].url === requests[0].url, 'the reconnect used the same URL (the ticket bound to the stream)');
+  const resumed = rec.continuity.slice(2).map((c) => `${c.stream.split(':')[0]}:${c.continuity}:${c.replayed ?? 0}`).sort();
+  assert(JSON.stringify(resumed) === JSON.stringify(['topic:resumed:5', 'user:resumed:5']), `after the resume, first the continuity of both streams with the 5 each missed: ${JSON.stringify(resumed)}`);
+  console.log(`   ${JSON.stringify({ received: rec.ids.length, opens: rec.opens, resumed })}`);
+  await ctx.close();
+});
+
 test('the package works from a bundler (esbuild bundle of `@tidings/web`)', async () => {
   const esbuild = await import('esbuild');
   const out = join(WEB_ROOT, 'bundled');

@@ -1,5 +1,5 @@
 // Compiled by `tsc --noEmit` in `cargo xtask wasm-test` when TypeScript is available: the declarations are usable.
-import { TidingsClient, type Notification } from '@tidings/web';
+import { TidingsClient, TidingsRequestError, type InboxCounts, type Notification } from '@tidings/web';
 import { fetchVapidPublicKey, type PushResult } from '@tidings/web/sw';
 
 export const noPush: PushResult = { show: false };
@@ -17,6 +17,21 @@ async function main(): Promise<void> {
     if (e.detail.shown) console.log(n.title ?? n.type, client.badge);
   });
   client.addEventListener('state', (e) => console.log(e.detail.kind));
+  client.addEventListener('inboxcounts', (e) => {
+    const c: InboxCounts = e.detail;
+    console.log(c.unread, c.version);
+  });
+  const page = await client.inboxLoadMore(20);
+  const first = page.items[0];
+  if (first && first.read_at == null) await client.inboxMark('read', [first.id]);
+  const all = await client.inboxMarkAll('read');
+  console.log(all.counts.unread, client.inboxCounts?.unread, client.inboxItems().complete);
+  try {
+    const h = await client.history('topic:news', { epoch: 'e', offset: 3 }, 100);
+    console.log(h.items.length, h.next);
+  } catch (e) {
+    if (e instanceof TidingsRequestError) console.log(e.code);
+  }
   const outcome = await client.ingestPush({ tidings: {} });
   if (outcome.show && 'notification' in outcome) console.log(outcome.notification.id);
   else if (outcome.show && 'summary' in outcome) console.log(outcome.summary.count, outcome.summary.ids);

@@ -99,6 +99,74 @@ export interface QuietHoursSettings {
 }
 
 /** A token source error; `transient: false` stops the client (`failed`). */
+/** The server's inbox counts (protocol §13.4); `unread` is the badge. Only ever move to a newer `version`. */
+export interface InboxCounts {
+  unseen: number;
+  unread: number;
+  total: number;
+  version: number;
+  /** The newest item's `seq`. */
+  head: number;
+}
+
+/** An inbox item (protocol §13.2). Times are ms since the Unix epoch; absent: not in that state. */
+export interface InboxItem {
+  /** The notification id. */
+  id: string;
+  /** Position in the inbox (grows with every item added). */
+  seq: number;
+  /** The inbox version of the item's last change. */
+  v: number;
+  inserted_at: number;
+  seen_at?: number | null;
+  read_at?: number | null;
+  archived_at?: number | null;
+  /** Absent in the items of a change (state only). */
+  notification?: Notification;
+}
+
+export interface InboxPage {
+  items: InboxItem[];
+  /** `before` of the next (older) page; null: no older items. */
+  next: number | null;
+  counts: InboxCounts;
+}
+
+export interface InboxChangeResult {
+  counts: InboxCounts;
+  items: InboxItem[];
+  /** The server had applied this change already (sent again after a lost answer). */
+  duplicate: boolean;
+  /** Ids not in the inbox. */
+  unknown: string[];
+}
+
+export type InboxAction = 'read' | 'unread' | 'seen' | 'unseen' | 'archive' | 'unarchive';
+
+export interface InboxQuery {
+  before?: number;
+  limit?: number;
+  status?: 'all' | 'unread' | 'read' | 'unseen' | 'seen';
+  archived?: 'exclude' | 'include' | 'only';
+  type?: string;
+  topic?: string;
+}
+
+export interface HistoryPage {
+  stream: string;
+  epoch: string;
+  head: number;
+  oldest: number;
+  items: Notification[];
+  /** `offset` of `after` for the next page; null: this page reaches the head. */
+  next: number | null;
+}
+
+/** Why an inbox or history request failed. */
+export declare class TidingsRequestError extends Error {
+  readonly code: 'bad_request' | 'forbidden' | 'try_again_later' | 'timed_out' | 'closed';
+}
+
 export interface TokenFailure extends Error {
   transient?: boolean;
 }
@@ -157,6 +225,10 @@ export interface TidingsEventMap {
   subscriptionfailed: CustomEvent<{ stream: string; code: string; message: string }>;
   /** The server refused the push address (`bad_request`: forgotten, register a valid one). */
   pushregistrationfailed: CustomEvent<{ platform: string; code: string; message: string }>;
+  /** The inbox counts changed (in every tab alike). */
+  inboxcounts: CustomEvent<InboxCounts>;
+  /** This tab's inbox view (`inboxItems()`) changed. */
+  inboxchanged: CustomEvent<Record<string, never>>;
 }
 
 export interface ClientStats {
@@ -216,6 +288,20 @@ export declare class TidingsClient extends EventTarget {
   /** Notifications received since the last `clearBadge()` — the same in every tab. */
   readonly badge: number;
   readonly deviceId: string;
+  /** The server's inbox counts, null before the first report (kept in the stored state). */
+  readonly inboxCounts: InboxCounts | null;
+  /** This tab's inbox view, newest first; `complete`: it reaches the oldest item. */
+  inboxItems(): { items: InboxItem[]; complete: boolean };
+  /** Loads the next (older) page into this tab's view. */
+  inboxLoadMore(limit?: number): Promise<InboxPage>;
+  /** A page with filters (not added to the view). */
+  inboxList(query?: InboxQuery): Promise<InboxPage>;
+  /** Queued while offline and sent on reconnect, applied once; resolves with the counts after it. */
+  inboxMark(action: InboxAction, ids: string[]): Promise<InboxChangeResult>;
+  /** Every item up to the newest this browser knows; newer items stay unread. */
+  inboxMarkAll(action?: 'read' | 'seen'): Promise<InboxChangeResult>;
+  /** A page of a stream's stored history after `after` (after a gap: the cursor it had). */
+  history(stream: string, after?: { epoch: string; offset: number } | null, limit?: number): Promise<HistoryPage>;
   /** Subscribes this tab; the shared socket subscribes each stream once for all tabs that want it. */
   subscribe(stream: string): Promise<void>;
   /** Unsubscribes this tab; the stream stays subscribed while another tab wants it. */

@@ -79,6 +79,11 @@ export class TidingsClient extends EventTarget {
   #engineOptions;
   #closed = false;
   #writing = Promise.resolve();
+  /** Inbox/history requests this tab's engine runs: engine request id → `{resolve, reject}` or `{tab, rid}`. */
+  #requests = new Map();
+  /** This tab's requests the leader runs for it: rid → `{resolve, reject, op, args}`. */
+  #remote = new Map();
+  #rid = 0;
 
   constructor(options) {
     super();
@@ -89,6 +94,7 @@ export class TidingsClient extends EventTarget {
     this.role = 'starting';
     this.state = { kind: 'idle' };
     this.badge = 0;
+    this.inboxCounts = null;
     this.#getToken = options.token;
     this.#streams = new Set(options.streams ?? []);
     this.#election = options.election ?? (globalThis.navigator?.locks?.request ? 'locks' : 'lease');
@@ -128,6 +134,7 @@ export class TidingsClient extends EventTarget {
         }
       }
     }
+    this.inboxCounts = this.#readCounts();
     for (const s of this.#streams) this.#core.subscribeFor(this.tabId, s);
     // Online/offline and this tab's visibility, for the engine (network changes, foreground/background).
     this.#onEnvironment = () => this.#core.setEnvironment(globalThis.navigator?.onLine !== false, isVisible());
@@ -307,6 +314,97 @@ export class TidingsClient extends EventTarget {
     return JSON.parse(this.#core.stats());
   }
 
+  // Inbox (protocol §13) and stream history (§14). The rules (newer-only counts, the view, offline changes queued
+  // and sent again until answered) are the engine's; the leader tab's engine runs every tab's requests on its
+  // socket, and every tab's engine applies the inbox frames the leader relays, so counts are the same in all tabs.
+
+  /** The inbox view: `{items, complete}`, newest first; the `inboxchanged` event says when it changed. */
+  inboxItems() {
+    return JSON.parse(this.#core.inboxItems());
+  }
+
+  /** Loads the next (older) page into this tab's view (`limit`: 1–200, default 50). */
+  async inboxLoadMore(limit) {
+    if (this.role === 'leader') return pageOf(await this.#request('more', limit ?? null));
+    const oldest = this.#core.inboxOldest();
+    const frame = await this.#request('list', [oldest, limit ?? null]);
+    this.#core.inboxMergePage(JSON.stringify(frame));
+    return pageOf(frame);
+  }
+
+  /** A page of the inbox with filters (`{before, limit, status, archived, type, topic}`), not added to the view. */
+  async inboxList(query = {}) {
+    const q = query ?? {};
+    const args = [q.before, q.limit, q.status, q.archived, q.type, q.topic].map((v) => v ?? null);
+    return pageOf(await this.#request('list', args));
+  }
+
+  /**
+   * Applies `action` (`read`, `unread`, `seen`, `unseen`, `archive`, `unarchive`) to the items `ids`. While offline
+   * the change is queued (in the stored state) and sent on reconnect, applied once; resolves with the counts after it.
+   */
+  async inboxMark(action, ids) {
+    return changeOf(await this.#request('mark', action, [...ids]));
+  }
+
+  /** Marks every item up to the newest this browser knows `read` (or `seen`); newer items stay unread. */
+  async inboxMarkAll(action = 'read') {
+    return changeOf(await this.#request('all', action));
+  }
+
+  /**
+   * A page of `stream`'s stored history after `after` (`{epoch, offset}`, e.g. the cursor the stream had before a
+   * gap; omitted: from the oldest stored), at most `limit` (1–1,000, default 100): `{stream, epoch, head, oldest,
+   * items, next}`.
+   */
+  async history(stream, after, limit) {
+    const f = await this.#request('history', stream, after?.epoch ?? null, after?.offset ?? null, limit ?? null);
+    return { stream: f.stream, epoch: f.epoch, head: f.head, oldest: f.oldest, items: f.items ?? [], next: f.next ?? null };
+  }
+
+  /** Runs a request in the leader's engine (this tab's or another's); resolves with the answer's frame. */
+  #request(op, a = null, b = null, c = null, d = null) {
+    if (this.#closed) return Promise.reject(new Error('tidings: the client is closed'));
+    return new Promise((resolve, reject) => {
+      if (this.role === 'leader') {
+        const id = this.#core.request(op, a, b, c, d);
+        this.#requests.set(id, { resolve, reject });
+      } else {
+        const rid = `${this.tabId}:${++this.#rid}`;
+        this.#remote.set(rid, { resolve, reject, op, args: [a, b, c, d] });
+        this.#post({ t: 'req', tab: this.tabId, rid, op, args: [a, b, c, d] });
+      }
+    });
+  }
+
+  /** Leader: a follower's request. */
+  #runFor(m) {
+    if (!Array.isArray(m.args)) return;
+    try {
+      const id = this.#core.request(m.op, ...m.args);
+      this.#requests.set(id, { tab: m.tab, rid: m.rid });
+    } catch (e) {
+      this.#post({ t: 'reply', to: m.tab, rid: m.rid, error: { code: 'bad_request', message: String(e?.message ?? e) } });
+    }
+  }
+
+  #onReply(reply) {
+    const entry = this.#requests.get(reply.id);
+    if (!entry) return;
+    this.#requests.delete(reply.id);
+    if (entry.tab) {
+      // Closed: this tab stops leading; the follower asks the next leader (a queued change is in the stored state).
+      if (reply.error?.code !== 'closed') this.#post({ t: 'reply', to: entry.tab, rid: entry.rid, frame: reply.frame, error: reply.error });
+    } else {
+      settle(entry, reply);
+    }
+  }
+
+  #readCounts() {
+    const c = this.#core.inboxCounts();
+    return c ? JSON.parse(c) : null;
+  }
+
   /** Resolves when the (shared) connection reaches `kind` (e.g. 'connected'). */
   waitForState(kind, timeoutMs = 10000) {
     if (this.state.kind === kind) return Promise.resolve(this.state);
@@ -345,7 +443,12 @@ export class TidingsClient extends EventTarget {
     globalThis.removeEventListener?.('pagehide', this.#onPageHide);
     globalThis.removeEventListener?.('online', this.#onEnvironment);
     globalThis.removeEventListener?.('offline', this.#onEnvironment);
+    const closedError = { error: { code: 'closed', message: 'the client was closed' } };
+    for (const r of this.#remote.values()) settle(r, closedError);
+    this.#remote.clear();
     this.#core.dispose();
+    for (const r of this.#requests.values()) if (!r.tab) settle(r, closedError);
+    this.#requests.clear();
     this.role = 'closed';
     this.#emit('role', { role: 'closed' });
   }
@@ -373,6 +476,9 @@ export class TidingsClient extends EventTarget {
         break;
       case 'event':
         this.#onEvent(JSON.parse(payload));
+        break;
+      case 'reply':
+        this.#onReply(JSON.parse(payload));
         break;
     }
   }
@@ -404,6 +510,17 @@ export class TidingsClient extends EventTarget {
         break;
       case 'push_registration_failed':
         this.#emit('pushregistrationfailed', { platform: e.platform, code: e.code, message: e.message });
+        break;
+      case 'inbox_counts':
+        // Only ever newer counts (the engine drops older ones): each tab's engine applies the relayed frames.
+        this.inboxCounts = e.counts;
+        if (this.role === 'leader' && globalThis.navigator?.setAppBadge) {
+          (e.counts.unread ? navigator.setAppBadge(e.counts.unread) : navigator.clearAppBadge()).catch(() => {});
+        }
+        this.#emit('inboxcounts', e.counts);
+        break;
+      case 'inbox_changed':
+        this.#emit('inboxchanged', {});
         break;
     }
   }
@@ -584,6 +701,15 @@ export class TidingsClient extends EventTarget {
     this.#post({ t: 'leader', tab: this.tabId });
     for (const [key, entry] of this.#pending) if (entry.sent) this.#arbitrate(key, this.tabId);
     this.#core.setPersistence(true);
+    // Inbox changes a previous leader queued (offline) and stored: this tab's engine sends them now.
+    const stored = lsGet(this.storageKey);
+    if (stored) {
+      try {
+        this.#core.adoptQueue(stored);
+      } catch (e) {
+        console.warn('tidings: ignoring a corrupt stored snapshot', e);
+      }
+    }
     this.#updateVisibleElsewhere();
     this.#core.connect();
   }
@@ -647,6 +773,8 @@ export class TidingsClient extends EventTarget {
         if (leader && this.#election === 'lease') this.#resign();
         this.#hello();
         for (const [key, entry] of this.#pending) if (entry.sent) this.#post({ t: 'claim', key, tab: this.tabId });
+        // Requests the previous leader did not answer: the new one runs them.
+        for (const [rid, r] of this.#remote) this.#post({ t: 'req', tab: this.tabId, rid, op: r.op, args: r.args });
         this.#elect();
         break;
       case 'hello':
@@ -726,6 +854,18 @@ export class TidingsClient extends EventTarget {
       case 'badge':
         this.#setBadge(m.n);
         break;
+      case 'req':
+        if (leader && typeof m.tab === 'string') this.#runFor(m);
+        break;
+      case 'reply':
+        if (m.to === this.tabId) {
+          const r = this.#remote.get(m.rid);
+          if (r) {
+            this.#remote.delete(m.rid);
+            settle(r, m);
+          }
+        }
+        break;
     }
   }
 
@@ -742,7 +882,8 @@ export class TidingsClient extends EventTarget {
 
   #setBadge(n) {
     this.badge = n;
-    if (this.role === 'leader' && globalThis.navigator?.setAppBadge) {
+    // Once the server's inbox counts are known, the app badge is their `unread` (set on `inbox_counts`).
+    if (this.role === 'leader' && this.inboxCounts === null && globalThis.navigator?.setAppBadge) {
       (n ? navigator.setAppBadge(n) : navigator.clearAppBadge()).catch(() => {});
     }
     this.#emit('badge', { count: n });
@@ -751,6 +892,28 @@ export class TidingsClient extends EventTarget {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** An inbox or history request failed: `code` is `bad_request`, `forbidden`, `try_again_later`, `timed_out` or `closed`. */
+export class TidingsRequestError extends Error {
+  constructor(code, message) {
+    super(`tidings: request refused (${code}): ${message}`);
+    this.name = 'TidingsRequestError';
+    this.code = code;
+  }
+}
+
+function settle(entry, reply) {
+  if (reply.error) entry.reject(new TidingsRequestError(reply.error.code, reply.error.message));
+  else entry.resolve(reply.frame);
+}
+
+function pageOf(f) {
+  return { items: f.items ?? [], next: f.next ?? null, counts: f.counts };
+}
+
+function changeOf(f) {
+  return { counts: f.counts, items: f.items ?? [], duplicate: f.duplicate === true, unknown: f.unknown ?? [] };
 }
 
 function urlBase64ToUint8Array(s) {

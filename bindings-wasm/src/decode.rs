@@ -18,11 +18,13 @@ use tidings_core::protocol::api::{
     self, ApiError, Channel, PreferenceRule, Preferences, QuietHours, QuietHoursSettings, QuietRange, Selector,
 };
 use tidings_core::protocol::{
-    DecodeError, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
-    PushPlatform, RawJson, ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
+    DecodeError, ErrorCode, ErrorFrame, GapReason, HistoryPage, InboxAction, InboxCounts, InboxItem, InboxMark,
+    InboxPage, InboxUpdate, MarkAllAction, Notification, NotificationFields, Persistence, Priority, PushPlatform,
+    RawJson, ServerFrame, WireContinuity, message_frames, raw_elements, raw_member,
 };
 use tidings_core::protocol::{PushPayload, PushSummary, SummaryKind};
 use tidings_core::{Cursor, Instant, PushRegistration, Snapshot, SnapshotScope};
+use tidings_core::{InboxChange, QueuedChange};
 
 /// A JSON value as the platform's parser gives it: `JSON.parse` output in the browser ([`wasm_bindgen::JsValue`]),
 /// `serde_json::Value` on the host (the tests and the differential fuzz target, `fuzz/fuzz_targets/
@@ -273,6 +275,60 @@ impl<V: Json> Fields<V> {
         }
     }
 
+    /// Inbox counts (member `key`, required).
+    fn counts(&mut self, key: &str) -> InboxCounts {
+        let v = self.need(key);
+        let Some(mut c) = self.object(v, key) else { return InboxCounts::default() };
+        let counts = InboxCounts {
+            unseen: c.u64("unseen"),
+            unread: c.u64("unread"),
+            total: c.u64("total"),
+            version: c.u64("version"),
+            head: c.u64("head"),
+        };
+        self.absorb(c);
+        counts
+    }
+
+    /// The objects of array member `key` (absent: none), each with its JSON text cut from `source`.
+    fn each(&mut self, key: &str, source: &str, mut f: impl FnMut(&mut Fields<V>, &str)) {
+        let Some(v) = self.get(key) else { return };
+        if !v.is_array() {
+            return self.fail("expected an array in member", key);
+        }
+        let texts = raw_member(source, key).and_then(raw_elements).unwrap_or_default();
+        for (i, e) in v.elements().into_iter().enumerate() {
+            if let Some(mut o) = self.object(Some(e), key) {
+                f(&mut o, texts.get(i).copied().unwrap_or_default());
+                self.absorb(o);
+            }
+        }
+    }
+
+    /// Inbox items (array member `items`).
+    fn items(&mut self, source: &str) -> Vec<InboxItem> {
+        let mut out = Vec::new();
+        self.each("items", source, |i, text| {
+            let n = i.get("notification");
+            let notification = i.object(n, "notification").map(|mut n| {
+                let v = n.notification(raw_member(text, "notification").unwrap_or_default());
+                i.absorb(n);
+                v
+            });
+            out.push(InboxItem {
+                id: i.str("id"),
+                seq: i.u64("seq"),
+                version: i.u64("v"),
+                inserted_at: i.u64("inserted_at"),
+                seen_at: i.opt_u64("seen_at"),
+                read_at: i.opt_u64("read_at"),
+                archived_at: i.opt_u64("archived_at"),
+                notification,
+            });
+        });
+        out
+    }
+
     /// A notification envelope (an `op` member is ignored); `source` is the JSON text these fields were parsed
     /// from. `data` is taken verbatim from it: `JSON.parse` reads numbers as doubles, so re-serialising would
     /// change an integer above 2^53 (an app's 64-bit id) or `1.0`.
@@ -346,6 +402,54 @@ pub fn frame<V: Json>(text: &str) -> R<ServerFrame> {
             reference: f.u64("ref"),
             platform: f.name("platform", PushPlatform::parse, PushPlatform::WebPush),
         },
+        "inbox" => {
+            let mark = f.get("mark");
+            let mark = f.object(mark, "mark").map(|mut m| {
+                let mark = InboxMark {
+                    action: m.name("action", MarkAllAction::parse, MarkAllAction::Read),
+                    up_to: m.u64("up_to"),
+                    at: m.u64("at"),
+                    version: m.u64("version"),
+                };
+                f.absorb(m);
+                mark
+            });
+            let duplicate = match f.get("duplicate") {
+                None => false,
+                Some(v) => v.as_bool().unwrap_or_else(|| {
+                    f.fail("expected a boolean in member", "duplicate");
+                    false
+                }),
+            };
+            ServerFrame::Inbox(InboxUpdate {
+                reference: f.opt_u64("ref"),
+                counts: f.counts("counts"),
+                items: f.items(text),
+                removed: f.strings("removed"),
+                mark,
+                duplicate,
+                unknown: f.strings("unknown"),
+            })
+        }
+        "inbox_page" => ServerFrame::InboxPage(InboxPage {
+            reference: f.u64("ref"),
+            items: f.items(text),
+            next: f.opt_u64("next"),
+            counts: f.counts("counts"),
+        }),
+        "history_page" => {
+            let mut items = Vec::new();
+            f.each("items", text, |n, source| items.push(n.notification(source)));
+            ServerFrame::HistoryPage(HistoryPage {
+                reference: f.u64("ref"),
+                stream: f.str("stream"),
+                epoch: f.str("epoch"),
+                head: f.u64("head"),
+                oldest: f.u64("oldest"),
+                items,
+                next: f.opt_u64("next"),
+            })
+        }
         "error" => ServerFrame::Error(ErrorFrame {
             reference: f.opt_u64("ref"),
             stream: f.opt_str("stream"),
@@ -639,6 +743,44 @@ fn snapshot_members<V: Json>(f: &mut Fields<V>, source: &str) -> Snapshot {
             f.absorb(b);
             s.pending.push(batch);
         }
+    }
+    let inbox = f.get("inbox");
+    if let Some(mut i) = f.object(inbox, "inbox") {
+        if i.get("counts").is_some() {
+            s.inbox = Some(i.counts("counts"));
+        }
+        let mut queue = Vec::new();
+        i.each("queue", "", |q, _| {
+            let op_id = q.str("op_id");
+            let change = match q.opt_str("all") {
+                Some(all) if q.get("action").is_some() || q.get("ids").is_some() => {
+                    q.fail("a mark all with an action or ids in member", "queue");
+                    InboxChange::MarkAll {
+                        action: MarkAllAction::parse(&all).unwrap_or(MarkAllAction::Read),
+                        up_to: None,
+                    }
+                }
+                Some(all) => InboxChange::MarkAll {
+                    action: MarkAllAction::parse(&all).unwrap_or_else(|| {
+                        q.fail("unknown value of member", "all");
+                        MarkAllAction::Read
+                    }),
+                    up_to: q.opt_u64("up_to"),
+                },
+                None => InboxChange::Mark {
+                    action: q.name("action", InboxAction::parse, InboxAction::Read),
+                    ids: {
+                        if q.get("ids").is_none() {
+                            q.fail("missing member", "ids");
+                        }
+                        q.strings("ids")
+                    },
+                },
+            };
+            queue.push(QueuedChange { op_id, change });
+        });
+        s.inbox_queue = queue;
+        f.absorb(i);
     }
     let push = f.get("push");
     if let Some(mut p) = f.object(push, "push") {

@@ -127,6 +127,38 @@ pub(crate) fn event(e: &Event) -> String {
             .str("platform", platform.as_str())
             .str("code", code.as_str())
             .str("message", message),
+        Event::InboxCounts(c) => Obj::new().str("type", "inbox_counts").raw("counts", &counts(c)),
+        Event::InboxChanged => Obj::new().str("type", "inbox_changed"),
+    }
+    .end()
+}
+
+/// `{"unseen":…,"unread":…,"total":…,"version":…,"head":…}`.
+pub(crate) fn counts(c: &tidings_core::InboxCounts) -> String {
+    let mut out = String::new();
+    tidings_core::protocol::write_counts(&mut out, c);
+    out
+}
+
+/// `{"id":…,"frame":{…the answer's frame…}}` or `{"id":…,"error":{"code":…,"message":…}}`.
+pub(crate) fn reply(id: u64, result: &Result<tidings_core::Reply, tidings_core::RequestError>) -> String {
+    use tidings_core::protocol::{ServerFrame, encode_server_frame};
+    use tidings_core::{Reply, RequestError};
+    let o = Obj::new().num("id", id);
+    match result {
+        Ok(reply) => {
+            let frame = match reply.clone() {
+                Reply::Page(p) => ServerFrame::InboxPage(p),
+                Reply::Changed(u) => ServerFrame::Inbox(u),
+                Reply::History(h) => ServerFrame::HistoryPage(h),
+            };
+            o.raw("frame", &encode_server_frame(&frame))
+        }
+        Err(RequestError::Refused { code, message }) => {
+            o.raw("error", &Obj::new().str("code", code.as_str()).str("message", message).end())
+        }
+        Err(RequestError::TimedOut) => o.raw("error", r#"{"code":"timed_out","message":"no answer in time"}"#),
+        Err(RequestError::Closed) => o.raw("error", r#"{"code":"closed","message":"the client was closed"}"#),
     }
     .end()
 }

@@ -32,7 +32,9 @@ use std::rc::{Rc, Weak};
 use js_sys::Function;
 use tidings_core::engine::Config;
 use tidings_core::engine::Output as EngineOutput;
-use tidings_core::protocol::{DecodeError, PushPlatform, SUBPROTOCOL};
+use tidings_core::protocol::{
+    ArchivedFilter, DecodeError, InboxAction, InboxQuery, MarkAllAction, PushPlatform, SUBPROTOCOL, StatusFilter,
+};
 use tidings_core::store::encode_snapshot;
 use tidings_core::{Action, ConnId, Engine, Instant, Lifecycle, NetworkEvent, TokenError, TransportFailure};
 use wasm_bindgen::prelude::*;
@@ -171,6 +173,7 @@ impl Inner {
                 }
                 EngineOutput::Action(Action::Persist(snapshot)) => out.push(("persist", snapshot_text(&snapshot))),
                 EngineOutput::Event(event) => out.push(("event", json::event(&event))),
+                EngineOutput::Reply { request, result } => out.push(("reply", json::reply(request.0, &result))),
                 EngineOutput::Timeout(at) => {
                     self.schedule(at);
                     return out;
@@ -562,6 +565,99 @@ impl Core {
     #[wasm_bindgen(js_name = tokenError)]
     pub fn token_error(&self, transient: bool, message: JsValue) {
         self.run(|e, now| e.handle_token(now, Err(TokenError { transient, message: text(&message) })));
+    }
+
+    /// Starts an inbox or history request (protocol §13, §14); its answer comes as a `"reply"` output
+    /// (`{"id":…,"frame":{…}}` or `{"id":…,"error":{"code","message"}}`). `op`: `more` (the next page of the view;
+    /// `a`: limit), `list` (`a`: `[before, limit, status, archived, type, topic]`), `mark` (`a`: action, `b`: ids),
+    /// `all` (`a`: `read` or `seen`), `history` (`a`: stream, `b`: epoch, `c`: after, `d`: limit). Returns its id.
+    pub fn request(&self, op: JsValue, a: JsValue, b: JsValue, c: JsValue, d: JsValue) -> Result<f64, JsError> {
+        let num = |v: &JsValue| v.as_f64().filter(|n| *n >= 0.0).map(|n| n as u64);
+        let limit = |v: &JsValue| num(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let id = match text(&op).as_str() {
+            "more" => self.run(|e, now| e.inbox_load_more(now, limit(&a))),
+            "list" => {
+                let q = js_sys::Array::from(&a);
+                let name = |i: u32| q.get(i).as_string();
+                let query = InboxQuery {
+                    before: num(&q.get(0)),
+                    limit: limit(&q.get(1)),
+                    status: name(2)
+                        .map_or(Some(StatusFilter::All), |s| StatusFilter::parse(&s))
+                        .ok_or_else(|| JsError::new("unknown status"))?,
+                    archived: name(3)
+                        .map_or(Some(ArchivedFilter::Exclude), |s| ArchivedFilter::parse(&s))
+                        .ok_or_else(|| JsError::new("unknown archived filter"))?,
+                    kind: name(4),
+                    topic: name(5),
+                };
+                self.run(|e, now| e.inbox_list(now, query))
+            }
+            "mark" => {
+                let action = InboxAction::parse(&text(&a)).ok_or_else(|| JsError::new("unknown action"))?;
+                let ids = js_sys::Array::from(&b).iter().map(|v| text(&v)).collect();
+                self.run(|e, now| e.inbox_mark(now, action, ids))
+            }
+            "all" => {
+                let action = MarkAllAction::parse(&text(&a)).ok_or_else(|| JsError::new("unknown action"))?;
+                Ok(self.run(|e, now| e.inbox_mark_all(now, action)))
+            }
+            "history" => {
+                let after = b.as_string().zip(num(&c)).map(|(epoch, offset)| tidings_core::Cursor { epoch, offset });
+                self.run(|e, now| e.history(now, &text(&a), after, limit(&d)))
+            }
+            _ => return Err(JsError::new("unknown request")),
+        };
+        id.map(|id| id.0 as f64).map_err(js_err)
+    }
+
+    /// The inbox counts (JSON), if known.
+    #[wasm_bindgen(js_name = inboxCounts)]
+    pub fn inbox_counts(&self) -> JsValue {
+        self.inner.borrow().engine.inbox_counts().map(|c| JsValue::from(json::counts(&c))).unwrap_or(JsValue::NULL)
+    }
+
+    /// The inbox view (a JSON array of items, newest first) and whether it reaches the oldest item:
+    /// `{"items":[…],"complete":true}`.
+    #[wasm_bindgen(js_name = inboxItems)]
+    pub fn inbox_items(&self) -> JsValue {
+        let i = self.inner.borrow();
+        let mut out = String::from("{\"items\":[");
+        for (n, item) in i.engine.inbox_items().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            tidings_core::protocol::write_item(&mut out, item);
+        }
+        out.push_str("],\"complete\":");
+        out.push_str(if i.engine.inbox_complete() { "true}" } else { "false}" });
+        out.into()
+    }
+
+    /// The view's oldest item `seq` (a follower tab asks the leader for the page before it).
+    #[wasm_bindgen(js_name = inboxOldest)]
+    pub fn inbox_oldest(&self) -> JsValue {
+        self.inner.borrow().engine.inbox_items().last().map(|i| JsValue::from(i.seq as f64)).unwrap_or(JsValue::NULL)
+    }
+
+    /// An `inbox_page` frame another tab's socket answered for this one: merged into this tab's view.
+    #[wasm_bindgen(js_name = inboxMergePage)]
+    pub fn inbox_merge_page(&self, frame: JsValue) -> Result<(), JsError> {
+        match decode::frame::<JsValue>(&text(&frame)).map_err(decode_err)? {
+            tidings_core::protocol::ServerFrame::InboxPage(page) => {
+                self.run(|e, now| e.inbox_merge_page(now, &page));
+                Ok(())
+            }
+            _ => Err(JsError::new("not an inbox_page frame")),
+        }
+    }
+
+    /// Takes the queued inbox changes of a stored snapshot this engine does not hold (a tab that starts to lead).
+    #[wasm_bindgen(js_name = adoptQueue)]
+    pub fn adopt_queue(&self, snapshot: JsValue) -> Result<(), JsError> {
+        let s = decode::snapshot(&text(&snapshot)).map_err(decode_err)?;
+        self.run(|e, now| e.adopt_inbox_queue(now, &s));
+        Ok(())
     }
 
     /// The persistent state now (snapshot JSON).

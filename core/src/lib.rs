@@ -32,8 +32,12 @@ pub mod native;
 
 pub use engine::{
     Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
-    Event, FailureReason, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration, Reconnects,
-    Rtt, Snapshot, SnapshotScope, Stats, StreamMap, SuspendReason, TokenError, TransportFailure,
+    Event, FailureReason, InboxChange, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration,
+    QueuedChange, Reconnects, Reply, RequestError, RequestId, Rtt, Snapshot, SnapshotScope, Stats, StreamMap,
+    SuspendReason, TokenError, TransportFailure,
 };
-pub use protocol::{GapReason, Notification, Persistence, Priority};
+pub use protocol::{
+    GapReason, HistoryPage, InboxAction, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxUpdate, MarkAllAction,
+    Notification, Persistence, Priority,
+};
 pub use time::Instant;

@@ -118,8 +118,54 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         push_json_str(&mut out, &p.token);
         out.push('}');
     }
+    if snapshot.inbox.is_some() || !snapshot.inbox_queue.is_empty() {
+        write_inbox(&mut out, snapshot);
+    }
     out.push('}');
     out.into_bytes()
+}
+
+/// `,"inbox":{"counts":{…},"queue":[{"op_id":…,"action":…,"ids":[…]} or {"op_id":…,"all":…,"up_to":…}]}`.
+fn write_inbox(out: &mut String, snapshot: &Snapshot) {
+    use crate::engine::InboxChange;
+    use crate::protocol::{push_json_str, push_json_u64, write_counts};
+    out.push_str(",\"inbox\":{\"counts\":");
+    match &snapshot.inbox {
+        Some(c) => write_counts(out, c),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"queue\":[");
+    for (i, q) in snapshot.inbox_queue.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"op_id\":");
+        push_json_str(out, &q.op_id);
+        match &q.change {
+            InboxChange::Mark { action, ids } => {
+                out.push_str(",\"action\":");
+                push_json_str(out, action.as_str());
+                out.push_str(",\"ids\":[");
+                for (j, id) in ids.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    push_json_str(out, id);
+                }
+                out.push(']');
+            }
+            InboxChange::MarkAll { action, up_to } => {
+                out.push_str(",\"all\":");
+                push_json_str(out, action.as_str());
+                if let Some(up_to) = up_to {
+                    out.push_str(",\"up_to\":");
+                    push_json_u64(out, *up_to);
+                }
+            }
+        }
+        out.push('}');
+    }
+    out.push_str("]}");
 }
 
 /// Decodes a stored snapshot; anything malformed is [`StoreError::Corrupt`] with the reason.
@@ -133,9 +179,9 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StoreError> {
 }
 
 mod snapshot_codec {
-    use crate::engine::{Cursor, PendingBatch, PushRegistration, Snapshot, SnapshotScope};
+    use crate::engine::{Cursor, InboxChange, PendingBatch, PushRegistration, QueuedChange, Snapshot, SnapshotScope};
     use crate::protocol::json::Reader;
-    use crate::protocol::{DecodeError, PushPlatform, decode_notification};
+    use crate::protocol::{DecodeError, InboxAction, InboxCounts, MarkAllAction, PushPlatform, decode_notification};
     use crate::time::Instant;
 
     type R<T> = Result<T, DecodeError>;
@@ -150,6 +196,85 @@ mod snapshot_codec {
         Ok(out)
     }
 
+    fn u64_member(r: &mut Reader<'_>) -> R<Option<u64>> {
+        if r.null() { Ok(None) } else { r.u64().map(Some) }
+    }
+
+    fn counts(r: &mut Reader<'_>) -> R<InboxCounts> {
+        let mut c = [None; 5];
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(k) = r.next_key(&mut first)? {
+            let slot = ["unseen", "unread", "total", "version", "head"].iter().position(|n| *n == k);
+            match slot {
+                Some(i) => c[i] = u64_member(r)?,
+                None => {
+                    r.raw_value()?;
+                }
+            }
+        }
+        let [Some(unseen), Some(unread), Some(total), Some(version), Some(head)] = c else {
+            return Err(DecodeError::new("inbox counts lack a member"));
+        };
+        Ok(InboxCounts { unseen, unread, total, version, head })
+    }
+
+    fn change(r: &mut Reader<'_>) -> R<QueuedChange> {
+        let (mut op_id, mut action, mut ids, mut all, mut up_to) = (None, None, None, None, None);
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(k) = r.next_key(&mut first)? {
+            match &*k {
+                // `null` counts as absent, as everywhere in snapshots.
+                "op_id" | "action" | "ids" | "all" if r.null() => {}
+                "op_id" => op_id = Some(r.string()?.into_owned()),
+                "action" => action = Some(r.string()?.into_owned()),
+                "ids" => ids = Some(strings(r)?),
+                "all" => all = Some(r.string()?.into_owned()),
+                "up_to" => up_to = u64_member(r)?,
+                _ => {
+                    r.raw_value()?;
+                }
+            }
+        }
+        let op_id = op_id.ok_or_else(|| DecodeError::new("a queued inbox change lacks op_id"))?;
+        let unknown =
+            |what: &str, v: &str| DecodeError::new(format!("a queued inbox change has an unknown {what} {v:?}"));
+        let change = match (action, ids, all) {
+            (Some(a), Some(ids), None) => {
+                InboxChange::Mark { action: InboxAction::parse(&a).ok_or_else(|| unknown("action", &a))?, ids }
+            }
+            (None, None, Some(a)) => {
+                InboxChange::MarkAll { action: MarkAllAction::parse(&a).ok_or_else(|| unknown("action", &a))?, up_to }
+            }
+            _ => return Err(DecodeError::new("a queued inbox change is neither a mark nor a mark all")),
+        };
+        Ok(QueuedChange { op_id, change })
+    }
+
+    fn inbox(r: &mut Reader<'_>) -> R<(Option<InboxCounts>, Vec<QueuedChange>)> {
+        let (mut c, mut queue) = (None, Vec::new());
+        r.begin_object()?;
+        let mut first = true;
+        while let Some(k) = r.next_key(&mut first)? {
+            match &*k {
+                "counts" => c = if r.null() { None } else { Some(counts(r)?) },
+                "queue" if r.null() => {}
+                "queue" => {
+                    r.begin_array()?;
+                    let mut f = true;
+                    while r.next_element(&mut f)? {
+                        queue.push(change(r)?);
+                    }
+                }
+                _ => {
+                    r.raw_value()?;
+                }
+            }
+        }
+        Ok((c, queue))
+    }
+
     pub(super) fn decode(text: &str) -> R<Snapshot> {
         let mut r = Reader::new(text);
         let mut s = Snapshot { version: 0, ..Default::default() };
@@ -161,7 +286,12 @@ mod snapshot_codec {
                 "device_id" => s.device_id = if r.null() { None } else { Some(r.string()?.into_owned()) },
                 // `null` counts as absent for every member, as in frames (and as the browser reads it).
                 "cursors" if r.null() => {}
-                "seen" | "pending" | "push" | "scope" if r.null() => {}
+                "seen" | "pending" | "push" | "scope" | "inbox" if r.null() => {}
+                "inbox" => {
+                    let (counts, queue) = inbox(&mut r)?;
+                    s.inbox = counts;
+                    s.inbox_queue = queue;
+                }
                 "cursors" => {
                     r.begin_object()?;
                     let mut first = true;
@@ -282,6 +412,30 @@ mod tests {
             opened_at: crate::Instant::ZERO,
         });
         s.push = Some(PushRegistration { platform: PushPlatform::Fcm, token: "tok".into() });
+        s.inbox = Some(crate::protocol::InboxCounts { unseen: 1, unread: 2, total: 3, version: 4, head: 5 });
+        s.inbox_queue = vec![
+            crate::engine::QueuedChange {
+                op_id: "o-1".into(),
+                change: crate::engine::InboxChange::Mark {
+                    action: crate::protocol::InboxAction::Archive,
+                    ids: vec!["a".into(), "b\"".into()],
+                },
+            },
+            crate::engine::QueuedChange {
+                op_id: "o-2".into(),
+                change: crate::engine::InboxChange::MarkAll {
+                    action: crate::protocol::MarkAllAction::Seen,
+                    up_to: Some(5),
+                },
+            },
+            crate::engine::QueuedChange {
+                op_id: "o-3".into(),
+                change: crate::engine::InboxChange::MarkAll {
+                    action: crate::protocol::MarkAllAction::Read,
+                    up_to: None,
+                },
+            },
+        ];
         let bytes = encode_snapshot(&s);
         serde_json::from_slice::<serde_json::Value>(&bytes).expect("valid JSON");
         assert_eq!(decode_snapshot(&bytes).unwrap(), s);

@@ -365,8 +365,10 @@ async fn the_app_has_a_notification_before_its_ack_is_written() {
             }
         }
     });
-    let (client, mut events) =
-        Client::builder(ClientConfig::new(url)).token_provider(StaticToken::new("tok")).connect().unwrap();
+    // Only the ack may follow the notification on the wire (no inbox_watch after the subscribe).
+    let mut config = ClientConfig::new(url);
+    config.engine.watch_inbox = false;
+    let (client, mut events) = Client::builder(config).token_provider(StaticToken::new("tok")).connect().unwrap();
     let peer =
         tokio::task::spawn_blocking(move || peek_rx.recv_timeout(WAIT).expect("the client connects")).await.unwrap();
     let Event::Notification(n) = next_matching(&mut events, |e| matches!(e, Event::Notification(_))).await else {

@@ -196,6 +196,11 @@ impl TopicPatterns {
         TopicPatterns { patterns }
     }
 
+    /// The patterns, as the token's `topics` claim lists them.
+    pub(crate) fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
     /// Whether `topic` (the name after `topic:`) matches a pattern: equal to it, starting with the part before
     /// a trailing `*`, or any topic for `*`.
     pub(crate) fn allows(&self, topic: &str) -> bool {

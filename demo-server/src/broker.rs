@@ -9,14 +9,18 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock, Weak};
 
-use crate::model::{AppendOutcome, Committed, Delivery, HistoryRead, Position, Publication};
-use crate::store::{Append, BoxFuture, StoreError, StreamStore};
+use crate::model::{AppendOutcome, Committed, Delivery, EncodedFrame, HistoryRead, Position, Publication};
+use crate::store::{Append, BoxFuture, StoreError, StoredPage, StreamStore};
 
 /// Receives the publications of the streams this process listens to.
 pub trait BrokerEventHandler: Send + Sync + 'static {
     /// A notification was committed to `committed.stream` (or, ephemeral, placed in it). For one stream, calls
     /// come in offset order.
     fn handle_publication(&self, committed: &Committed);
+
+    /// `user`'s inbox changed: `frame` is the encoded `inbox` frame (protocol §13.3) for this process's
+    /// connections that watch the user's inbox.
+    fn handle_inbox(&self, user: &str, frame: &EncodedFrame);
 }
 
 /// Publish/subscribe with history.
@@ -36,11 +40,24 @@ pub trait Broker: Send + Sync + 'static {
         since: Option<Position<'a>>,
     ) -> BoxFuture<'a, Result<HistoryRead, StoreError>>;
 
+    /// A page of what `stream` stores (see [`StreamStore::page`]).
+    fn page<'a>(
+        &'a self,
+        stream: &'a str,
+        after: Option<Position<'a>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StoredPage, StoreError>>;
+
     /// This process now has a subscriber of `stream` (called when its first local subscriber arrives).
     fn subscribe<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// This process has no subscriber of `stream` any more.
     fn unsubscribe(&self, stream: &str);
+
+    /// Hands a change of `user`'s inbox (its encoded `inbox` frame) to the handler of every process, which passes
+    /// it to the connections watching that inbox. Inbox frames carry versions, so processes may receive them in
+    /// any order.
+    fn publish_inbox(&self, user: &str, frame: EncodedFrame);
 }
 
 /// The broker of a single process: every publication is handled here, in commit order.
@@ -92,6 +109,8 @@ struct NoHandler;
 
 impl BrokerEventHandler for NoHandler {
     fn handle_publication(&self, _committed: &Committed) {}
+
+    fn handle_inbox(&self, _user: &str, _frame: &EncodedFrame) {}
 }
 
 impl Broker for LocalBroker {
@@ -141,12 +160,27 @@ impl Broker for LocalBroker {
         self.store.read(stream, since)
     }
 
+    fn page<'a>(
+        &'a self,
+        stream: &'a str,
+        after: Option<Position<'a>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StoredPage, StoreError>> {
+        self.store.page(stream, after, limit)
+    }
+
     fn subscribe<'a>(&'a self, _stream: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         // Every publication of this process is handled in this process: nothing to listen to.
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn unsubscribe(&self, _stream: &str) {}
+
+    fn publish_inbox(&self, user: &str, frame: EncodedFrame) {
+        if let Some(handler) = self.handler().upgrade() {
+            handler.handle_inbox(user, &frame);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +199,10 @@ mod tests {
     impl BrokerEventHandler for Recorder {
         fn handle_publication(&self, c: &Committed) {
             self.0.lock().unwrap().push((c.stream.to_string(), c.offset, c.frame.as_str().to_owned()));
+        }
+
+        fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
+            self.0.lock().unwrap().push((format!("inbox:{user}"), None, frame.as_str().to_owned()));
         }
     }
 

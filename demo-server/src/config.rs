@@ -116,7 +116,7 @@ pub struct ServerConfig {
     /// Failed authentications (client tokens and API keys) allowed per client address: beyond it the address gets
     /// `429` / `rate_limited` with a retry hint until it is within the rate again.
     pub auth_failure_limit: crate::limits::Rate,
-    /// New WebSocket connections allowed per client address (`429` with `Retry-After` beyond it).
+    /// New WebSocket connections and SSE streams allowed per client address (`429` with `Retry-After` beyond it).
     pub connection_rate_limit: crate::limits::Rate,
     /// Proxies whose `X-Forwarded-For` is believed: the client address of a request from one of them is the last
     /// address in that header that is not a trusted proxy. Empty: the peer address is the client address.
@@ -143,6 +143,10 @@ pub struct ServerConfig {
     pub persistent_retention: Duration,
     /// How long the SQLite store keeps acks.
     pub ack_retention: Duration,
+    /// How long inbox items are kept (protocol §13.6).
+    pub inbox_retention: Duration,
+    /// Most items one user's inbox holds; beyond it the oldest are removed (protocol §13.6).
+    pub inbox_max_items: usize,
     /// Most live notification frames queued for one connection before it is closed with `4014`
     /// (`slow_consumer`). Replies and replayed notifications come on top, so a replay is never cut short.
     pub outbound_queue_limit: usize,
@@ -178,6 +182,13 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// After sending a closing `error` and close frame, wait this long for the client's close reply.
     pub close_linger: Duration,
+    /// Heartbeat comments on Server-Sent Events responses are sent after this long without an event (below the 60 s
+    /// read timeout proxies such as nginx apply by default).
+    pub sse_heartbeat: Duration,
+    /// The `retry:` an SSE response advertises: how long `EventSource` waits before reconnecting.
+    pub sse_retry: Duration,
+    /// How long an SSE ticket (`POST /v1/sse/tickets`) may be used to open a stream.
+    pub sse_ticket_ttl: Duration,
     /// On shutdown, connections get this long to receive their `server_shutdown` close before they are cut.
     pub shutdown_grace: Duration,
     /// Largest accepted body of `POST /v1/publish` and other JSON endpoints, in bytes.
@@ -238,6 +249,8 @@ impl ServerConfig {
             store: StoreConfig::Sqlite { data_dir: PathBuf::from(DEFAULT_DATA_DIR), synchronous: Synchronous::Full },
             persistent_retention: Duration::from_secs(30 * 24 * 60 * 60),
             ack_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            inbox_retention: Duration::from_secs(90 * 24 * 60 * 60),
+            inbox_max_items: 10_000,
             outbound_queue_limit: 8192,
             idempotency_window: Duration::from_secs(10 * 60),
             idempotency_max_keys: 1_000_000,
@@ -251,6 +264,9 @@ impl ServerConfig {
             ws_max_write_buffer_size: 256 * 1024,
             write_timeout: Duration::from_secs(30),
             close_linger: Duration::from_secs(2),
+            sse_heartbeat: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(2),
+            sse_ticket_ttl: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             max_body_bytes: 1024 * 1024,
             max_batch_body_bytes: 32 * 1024 * 1024,
@@ -298,6 +314,9 @@ impl ServerConfig {
         if self.heartbeat_interval < Duration::from_millis(10) {
             return Err("the heartbeat interval must be at least 10 ms".into());
         }
+        if self.sse_heartbeat < Duration::from_millis(10) {
+            return Err("the SSE heartbeat must be at least 10 ms".into());
+        }
         if self.auth_timeout.is_zero() {
             return Err("the auth timeout must not be zero".into());
         }
@@ -306,6 +325,9 @@ impl ServerConfig {
         }
         if self.replay_max_items == 0 {
             return Err("replay_max_items must be at least 1".into());
+        }
+        if self.inbox_max_items == 0 {
+            return Err("inbox_max_items must be at least 1".into());
         }
         if self.outbound_queue_limit == 0 {
             return Err("the outbound queue limit must be at least 1".into());
@@ -347,6 +369,8 @@ impl fmt::Debug for ServerConfig {
             .field("store", &self.store)
             .field("persistent_retention", &self.persistent_retention)
             .field("ack_retention", &self.ack_retention)
+            .field("inbox_retention", &self.inbox_retention)
+            .field("inbox_max_items", &self.inbox_max_items)
             .field("outbound_queue_limit", &self.outbound_queue_limit)
             .field("idempotency_window", &self.idempotency_window)
             .field("idempotency_max_keys", &self.idempotency_max_keys)
@@ -360,6 +384,9 @@ impl fmt::Debug for ServerConfig {
             .field("ws_max_write_buffer_size", &self.ws_max_write_buffer_size)
             .field("write_timeout", &self.write_timeout)
             .field("close_linger", &self.close_linger)
+            .field("sse_heartbeat", &self.sse_heartbeat)
+            .field("sse_retry", &self.sse_retry)
+            .field("sse_ticket_ttl", &self.sse_ticket_ttl)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_batch_body_bytes", &self.max_batch_body_bytes)

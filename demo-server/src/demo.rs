@@ -74,6 +74,10 @@ pub async fn run_demo_subscriber(ws_url: String, token: String) {
             Event::PushRegistrationFailed { platform, code, message } => {
                 warn!(target: "demo_subscriber", %code, "alice's push address ({}) refused: {message}", platform.as_str())
             }
+            Event::InboxCounts(c) => {
+                info!(target: "demo_subscriber", "alice's inbox: {} unread of {} (version {})", c.unread, c.total, c.version)
+            }
+            Event::InboxChanged => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP routes (protocol §9): the WebSocket endpoint, publishing, presence, acks, operator actions, health and
-//! (demo mode only) token issuing.
+//! (demo mode only) token issuing. The inbox, history, acks and SSE ticket routes are in `http_inbox`, the SSE
+//! stream in `sse`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api_keys::Scope;
 use crate::auth::issue_token;
+use crate::http_inbox as hi;
 use crate::http_push as hp;
 use crate::metrics::{AuthFailure, Refusal, Transport};
 use crate::node::Node;
@@ -67,6 +69,25 @@ pub(crate) const ENDPOINTS: &[(Method, &str, Access)] = &[
     (Method::DELETE, "/v1/me/quiet-hours", Access::User),
     (Method::GET, "/v1/me/notifications/{id}", Access::User),
     (Method::POST, "/v1/me/acks", Access::User),
+    (Method::GET, "/v1/me/inbox", Access::User),
+    (Method::GET, "/v1/me/inbox/counts", Access::User),
+    (Method::POST, "/v1/me/inbox/mark", Access::User),
+    (Method::POST, "/v1/me/inbox/mark-all", Access::User),
+    (Method::GET, "/v1/me/inbox/topics", Access::User),
+    (Method::PUT, "/v1/me/inbox/topics/{topic}", Access::User),
+    (Method::DELETE, "/v1/me/inbox/topics/{topic}", Access::User),
+    (Method::GET, "/v1/users/{user}/inbox", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/users/{user}/inbox/counts", Access::Key(Scope::Read)),
+    (Method::POST, "/v1/users/{user}/inbox/mark", Access::Key(Scope::Operator)),
+    (Method::POST, "/v1/users/{user}/inbox/mark-all", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/users/{user}/inbox/topics", Access::Key(Scope::Read)),
+    (Method::PUT, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator)),
+    (Method::DELETE, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/streams/{stream}/history", Access::User),
+    (Method::POST, "/v1/sse/tickets", Access::User),
+    // The SSE stream checks its token or ticket itself (a ticket travels in the query, for `EventSource`), with
+    // the same failed-authentication throttle.
+    (Method::GET, "/v1/sse", Access::Public),
     (Method::POST, "/v1/demo/token", Access::Demo),
     (Method::GET, "/v1/openapi.json", Access::Public),
     (Method::GET, "/healthz", Access::Public),
@@ -102,6 +123,23 @@ fn handler(method: &Method, path: &str) -> MethodRouter<Arc<Node>> {
         ("DELETE", "/v1/me/quiet-hours") => delete(hp::delete_my_quiet_hours),
         ("GET", "/v1/me/notifications/{id}") => get(hp::my_notification),
         ("POST", "/v1/me/acks") => post(hp::my_acks),
+        ("GET", "/v1/me/inbox") => get(hi::me_list),
+        ("GET", "/v1/me/inbox/counts") => get(hi::me_counts),
+        ("POST", "/v1/me/inbox/mark") => post(hi::me_mark),
+        ("POST", "/v1/me/inbox/mark-all") => post(hi::me_mark_all),
+        ("GET", "/v1/me/inbox/topics") => get(hi::me_topics),
+        ("PUT", "/v1/me/inbox/topics/{topic}") => put(hi::me_follow),
+        ("DELETE", "/v1/me/inbox/topics/{topic}") => delete(hi::me_unfollow),
+        ("GET", "/v1/users/{user}/inbox") => get(hi::user_list),
+        ("GET", "/v1/users/{user}/inbox/counts") => get(hi::user_counts),
+        ("POST", "/v1/users/{user}/inbox/mark") => post(hi::user_mark),
+        ("POST", "/v1/users/{user}/inbox/mark-all") => post(hi::user_mark_all),
+        ("GET", "/v1/users/{user}/inbox/topics") => get(hi::user_topics),
+        ("PUT", "/v1/users/{user}/inbox/topics/{topic}") => put(hi::user_follow),
+        ("DELETE", "/v1/users/{user}/inbox/topics/{topic}") => delete(hi::user_unfollow),
+        ("GET", "/v1/streams/{stream}/history") => get(hi::history),
+        ("POST", "/v1/sse/tickets") => post(hi::sse_ticket),
+        ("GET", "/v1/sse") => get(crate::sse::handler),
         ("POST", "/v1/demo/token") => post(demo_token),
         ("GET", "/v1/openapi.json") => get(openapi),
         ("GET", "/healthz") => get(healthz),
@@ -216,7 +254,7 @@ pub(crate) fn client_address(node: &Node, peer: SocketAddr, headers: &HeaderMap)
 }
 
 /// `429` with `Retry-After` (whole seconds, at least 1).
-fn too_many(code: &str, message: impl Into<String>, wait: Duration) -> Response {
+pub(crate) fn too_many(code: &str, message: impl Into<String>, wait: Duration) -> Response {
     let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
     let mut response = (
         StatusCode::TOO_MANY_REQUESTS,
@@ -277,6 +315,11 @@ async fn require_key(
 #[derive(Clone, Debug)]
 pub(crate) struct AuthedUser(pub(crate) String);
 
+/// The whole verified token of a `/v1/me/…` (or user-token) request, for routes that need its topics or expiry
+/// (set by [`require_user`] beside [`AuthedUser`]).
+#[derive(Clone, Debug)]
+pub(crate) struct AuthedToken(pub(crate) crate::auth::VerifiedToken);
+
 /// The user token check of `/v1/me/…`: `429` while the client address is throttled for failed checks, `401`
 /// (`unauthorized` or `token_expired`, counted as a failure) for a missing or refused token; else the request
 /// carries the token's user ([`AuthedUser`]).
@@ -306,7 +349,8 @@ async fn require_user(
         ),
         Some(token) => match node.session_params.verifier.verify_at(token, crate::util::now_ms()) {
             Ok(verified) => {
-                request.extensions_mut().insert(AuthedUser(verified.user));
+                request.extensions_mut().insert(AuthedUser(verified.user.clone()));
+                request.extensions_mut().insert(AuthedToken(verified));
                 return next.run(request).await;
             }
             Err(crate::auth::TokenError::Unauthorized(m)) => (AuthFailure::Unauthorized, "unauthorized", m),

@@ -35,9 +35,12 @@ mod auth;
 pub mod broker;
 mod config;
 pub mod demo;
+mod drive;
 pub mod health;
 mod http;
+mod http_inbox;
 mod http_push;
+mod inboxes;
 pub mod limits;
 pub mod metrics;
 pub mod model;
@@ -51,6 +54,7 @@ pub mod push;
 mod registry;
 mod routing;
 mod session;
+mod sse;
 pub mod store;
 pub mod tls;
 mod util;
@@ -144,6 +148,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
             tokio::spawn(async move { report(serving.await) })
         }
     };
+    let retention = inboxes::spawn_retention(Arc::downgrade(&node));
     let push_worker = node.routing.dispatcher.is_some().then(|| tokio::spawn(routing::run_worker(node.clone())));
     let mut server = RunningServer {
         node: node.clone(),
@@ -151,6 +156,7 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
         serve: Some(serve),
         stop: Some(stop_tx),
         demo: None,
+        retention: Some(retention),
         push_worker,
     };
     server.demo = node.config.demo.then(|| {
@@ -179,6 +185,7 @@ pub struct RunningServer {
     serve: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     demo: Option<JoinHandle<()>>,
+    retention: Option<JoinHandle<()>>,
     push_worker: Option<JoinHandle<()>>,
 }
 
@@ -263,6 +270,10 @@ impl RunningServer {
             demo.abort();
             let _ = demo.await;
         }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
+            let _ = retention.await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -308,6 +319,9 @@ impl Drop for RunningServer {
         self.node.hard_stop.send_replace(true);
         if let Some(demo) = self.demo.take() {
             demo.abort();
+        }
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
         }
         if let Some(worker) = self.push_worker.take() {
             worker.abort();

@@ -87,10 +87,10 @@ struct Args {
     /// Failed authentications allowed per minute and client address after the burst (0: no limit).
     #[arg(long, env = "TIDINGS_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
     auth_failures_per_minute: u32,
-    /// New WebSocket connections allowed at once per client address (0: no limit).
+    /// New WebSocket connections and SSE streams allowed at once per client address (0: no limit).
     #[arg(long, env = "TIDINGS_CONNECTION_BURST", default_value_t = 100)]
     connection_burst: u32,
-    /// New WebSocket connections allowed per minute and client address after the burst (0: no limit).
+    /// New WebSocket connections and SSE streams allowed per minute and client address after the burst (0: no limit).
     #[arg(long, env = "TIDINGS_CONNECTIONS_PER_MINUTE", default_value_t = 1200)]
     connections_per_minute: u32,
     /// On SIGTERM, how long connections and requests get to finish before they are cut, in seconds.
@@ -121,6 +121,12 @@ struct Args {
     /// How long the SQLite store keeps acks, in seconds.
     #[arg(long, env = "TIDINGS_ACK_RETENTION_SECS", default_value_t = 7 * 86_400)]
     ack_retention_secs: u64,
+    /// How long inbox items are kept, in seconds.
+    #[arg(long, env = "TIDINGS_INBOX_RETENTION_SECS", default_value_t = 90 * 86_400)]
+    inbox_retention_secs: u64,
+    /// Most items one user's inbox holds (the oldest are removed beyond it).
+    #[arg(long, env = "TIDINGS_INBOX_MAX_ITEMS", default_value_t = 10_000)]
+    inbox_max_items: usize,
     /// Most live frames queued per connection before it is closed as a slow consumer (4014).
     #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE_LIMIT", default_value_t = 8192)]
     outbound_queue_limit: usize,
@@ -237,6 +243,8 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     };
     config.persistent_retention = Duration::from_secs(args.persistent_retention_secs);
     config.ack_retention = Duration::from_secs(args.ack_retention_secs);
+    config.inbox_retention = Duration::from_secs(args.inbox_retention_secs);
+    config.inbox_max_items = args.inbox_max_items;
     config.outbound_queue_limit = args.outbound_queue_limit;
     config.max_connections = args.max_connections;
     config.ws_read_buffer_size = args.ws_read_buffer_bytes;

@@ -273,9 +273,10 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 // ---- the parts ----
 
-/// What the WebSocket driver and the node report on their hot paths, resolved once.
+/// What a connection driver (WebSocket or SSE) and the node report on their hot paths, resolved once per
+/// transport.
 #[derive(Clone, Debug)]
-pub(crate) struct WsMetrics {
+pub(crate) struct ConnMetrics {
     pub(crate) open: Gauge,
     pub(crate) accepted: Counter,
     pub(crate) frames_in: Counter,
@@ -555,7 +556,8 @@ fn cancellation_name(reason: crate::planner::Cancellation) -> &'static str {
 /// The server's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    pub(crate) ws: WsMetrics,
+    pub(crate) ws: ConnMetrics,
+    pub(crate) sse: ConnMetrics,
     connections: Family<TransportLabel, Gauge>,
     accepted: CounterFamily<TransportLabel>,
     refused: CounterFamily<RefusedLabels>,
@@ -600,20 +602,27 @@ impl Metrics {
         let acks = CounterFamily::<TransportLabel>::default();
         let ack_latency: HistogramFamily<TransportLabel> = Family::new_with_constructor(latency_histogram);
         let frames_in = Counter::default();
-        let ws = TransportLabel { transport: Transport::Ws.as_str() };
-        let delivery = |outcome| deliveries.get_or_create_owned(&OutcomeLabels { transport: "ws", outcome });
-        let ws_metrics = WsMetrics {
-            open: connections.get_or_create_owned(&ws),
-            accepted: accepted.get_or_create_owned(&ws),
-            frames_in: frames_in.clone(),
-            live: delivery("live"),
-            replayed: delivery("replayed"),
-            dropped: delivery("dropped_slow_consumer"),
-            acks: acks.get_or_create_owned(&ws),
-            ack_latency: ack_latency.get_or_create_owned(&ws),
+        let conn_metrics = |transport: Transport, frames_in: Counter| {
+            let label = TransportLabel { transport: transport.as_str() };
+            let delivery =
+                |outcome| deliveries.get_or_create_owned(&OutcomeLabels { transport: transport.as_str(), outcome });
+            ConnMetrics {
+                open: connections.get_or_create_owned(&label),
+                accepted: accepted.get_or_create_owned(&label),
+                frames_in,
+                live: delivery("live"),
+                replayed: delivery("replayed"),
+                dropped: delivery("dropped_slow_consumer"),
+                acks: acks.get_or_create_owned(&label),
+                ack_latency: ack_latency.get_or_create_owned(&label),
+            }
         };
+        let ws_metrics = conn_metrics(Transport::Ws, frames_in.clone());
+        // SSE has no upstream frames (its acks come over HTTP): its counter is never registered.
+        let sse_metrics = conn_metrics(Transport::Sse, Counter::default());
         let metrics = Metrics {
             ws: ws_metrics,
+            sse: sse_metrics,
             connections,
             accepted,
             refused: Default::default(),
@@ -720,6 +729,14 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
         text
+    }
+
+    /// The hot-path metrics of connections of `transport` (WebSocket or SSE).
+    pub(crate) fn conn(&self, transport: Transport) -> &ConnMetrics {
+        match transport {
+            Transport::Sse => &self.sse,
+            _ => &self.ws,
+        }
     }
 
     /// The gauge of open connections of `transport` (increment on open, decrement on close).

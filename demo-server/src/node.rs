@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tidings_core::protocol::PushPlatform;
+use tidings_core::protocol::{Persistence, PushPlatform};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -21,14 +21,16 @@ use crate::api_keys::ApiKey;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
 use crate::health::ReadinessCheck;
+use crate::inboxes::InboxWatchers;
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, Transport};
-use crate::model::{AckRecord, AppendOutcome, Committed, HistoryRead, Position, Publication, PushRecord};
+use crate::model::{AckRecord, AppendOutcome, Committed, EncodedFrame, HistoryRead, Position, Publication, PushRecord};
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
 use crate::publish::{PublishError, PublishReceipt, PublishRequest};
 use crate::registry::Registry;
 use crate::routing::{Recipients, Routing};
+use crate::session::sse::SseKeys;
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
 use crate::util::now_ms;
@@ -85,6 +87,12 @@ pub(crate) struct Node {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) stores: Stores,
     pub(crate) registry: Registry,
+    /// The connections watching users' inboxes.
+    pub(crate) inbox_watchers: InboxWatchers,
+    /// The key of SSE resume tokens and tickets.
+    pub(crate) sse_keys: Arc<SseKeys>,
+    /// SSE tickets that opened a stream (single use), until their token expires.
+    pub(crate) sse_tickets: crate::sse::UsedTickets,
     pub(crate) presence: Presence,
     pub(crate) counters: Counters,
     /// The server's metrics (`GET /metrics`).
@@ -129,6 +137,7 @@ impl Node {
     ) -> Arc<Self> {
         let session_params = Arc::new(SessionParams {
             config: SessionConfig::from_config(&config),
+            sse: SessionConfig::for_sse(&config),
             verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
         });
         let acks = AckRouting::new(&config, stores.durable);
@@ -140,6 +149,7 @@ impl Node {
         }
         let auth_failures = Limiter::new(config.auth_failure_limit);
         let connection_rate = Limiter::new(config.connection_rate_limit);
+        let sse_keys = Arc::new(SseKeys::new(&config.jwt_secret));
         let node = Arc::new(Node {
             routing,
             session_params,
@@ -147,6 +157,9 @@ impl Node {
             broker,
             stores,
             registry: Registry::new(),
+            inbox_watchers: InboxWatchers::default(),
+            sse_keys,
+            sse_tickets: crate::sse::UsedTickets::default(),
             presence: Presence::default(),
             counters: Counters::default(),
             metrics,
@@ -194,16 +207,16 @@ impl Node {
     pub(crate) fn stats(&self) -> ServerStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let ws = &self.metrics.ws;
+        let (ws, sse) = (&self.metrics.ws, &self.metrics.sse);
         ServerStats {
-            connections_total: ws.accepted.get(),
+            connections_total: ws.accepted.get() + sse.accepted.get(),
             connections_open: self.registry.connection_count() as u64,
             auth_failures: get(&c.auth_failures),
             frames_in: ws.frames_in.get(),
             notifications_published: get(&c.notifications_published),
             duplicates: get(&c.duplicates),
-            deliveries: ws.live.get(),
-            replayed: ws.replayed.get(),
+            deliveries: ws.live.get() + sse.live.get(),
+            replayed: ws.replayed.get() + sse.replayed.get(),
             acks: get(&c.acks),
             protocol_errors: get(&c.protocol_errors),
             slow_consumers: get(&c.slow_consumers),
@@ -256,10 +269,19 @@ impl Node {
             self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
             let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
+            // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
+            // the inboxes too (and a push's badge counts them). If that fails, the publish fails (a retry with the
+            // same id completes it).
+            let published: Vec<_> = batch.iter().cloned().zip(&outcomes).collect();
+            let inbox = self.add_to_inboxes(&published).await;
             let mut committed = Vec::new();
             for (((at, publication), outcome), recipients) in
                 positions.into_iter().zip(&batch).zip(outcomes).zip(recipients)
             {
+                let outcome = match (&inbox, outcome) {
+                    (Err(e), Ok(_)) if publication.persistence() == Persistence::Persistent => Err(e.clone()),
+                    (_, outcome) => outcome,
+                };
                 match &outcome {
                     Ok(AppendOutcome::Appended(deliveries)) => {
                         accepted += 1;
@@ -338,7 +360,10 @@ impl Node {
     pub(crate) async fn record_acks(&self, transport: Transport, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
         bump(&self.counters.acks, ids.len() as u64);
         let (count, latency) = match transport {
-            Transport::Ws => (self.metrics.ws.acks.clone(), self.metrics.ws.ack_latency.clone()),
+            Transport::Ws | Transport::Sse => {
+                let conn = self.metrics.conn(transport);
+                (conn.acks.clone(), conn.ack_latency.clone())
+            }
             other => self.metrics.acks(other),
         };
         count.inc_by(ids.len() as u64);
@@ -401,11 +426,18 @@ impl BrokerEventHandler for Node {
         self.acks.note(committed);
         let fan_out = self.registry.fan_out(committed);
         debug!(id = %committed.id, stream = %committed.stream, queued = fan_out.queued, "fanned out");
-        self.metrics.ws.live.inc_by(fan_out.queued);
+        let (ws, sse) = (&self.metrics.ws, &self.metrics.sse);
+        ws.live.inc_by(fan_out.queued - fan_out.sse_queued);
+        sse.live.inc_by(fan_out.sse_queued);
         if fan_out.overflowed > 0 {
             bump(&self.counters.slow_consumers, fan_out.overflowed);
-            self.metrics.ws.dropped.inc_by(fan_out.overflowed);
+            ws.dropped.inc_by(fan_out.overflowed - fan_out.sse_overflowed);
+            sse.dropped.inc_by(fan_out.sse_overflowed);
         }
+    }
+
+    fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
+        self.inbox_watchers.fan_out(user, frame);
     }
 }
 

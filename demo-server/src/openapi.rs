@@ -10,7 +10,8 @@
 
 use serde_json::{Value, json};
 use tidings_core::protocol::{
-    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_IDS_PER_ACK, MAX_NAME_BYTES, MAX_PUSH_TOKEN_BYTES, MAX_TITLE_BYTES, SUBPROTOCOL,
+    MAX_BODY_BYTES, MAX_DATA_BYTES, MAX_HISTORY_PAGE, MAX_IDS_PER_ACK, MAX_IDS_PER_INBOX_MARK, MAX_INBOX_PAGE,
+    MAX_NAME_BYTES, MAX_PUSH_TOKEN_BYTES, MAX_TITLE_BYTES, SUBPROTOCOL,
 };
 
 use crate::config::MAX_PUSH_AFTER;
@@ -449,6 +450,55 @@ fn schemas() -> Value {
                 "created_at": { "type": "integer" },
             },
         },
+        "InboxCounts": {
+            "type": "object",
+            "description": "A user's inbox counts (protocol §13.3)",
+            "required": ["unseen", "unread", "total", "version", "head"],
+            "properties": {
+                "unseen": { "type": "integer", "minimum": 0 },
+                "unread": { "type": "integer", "minimum": 0 },
+                "total": { "type": "integer", "minimum": 0 },
+                "version": { "type": "integer", "minimum": 0 },
+                "head": { "type": "integer", "minimum": 0, "description": "The newest item's `seq`" },
+            },
+        },
+        "InboxItem": {
+            "type": "object",
+            "description": "An inbox item (protocol §13.2): its state, and the notification while it is kept",
+            "required": ["id", "seq", "v", "inserted_at"],
+            "properties": {
+                "id": { "type": "string" },
+                "seq": { "type": "integer", "minimum": 0 },
+                "v": { "type": "integer", "minimum": 0 },
+                "inserted_at": { "type": "integer", "minimum": 0 },
+                "seen_at": { "type": ["integer", "null"] },
+                "read_at": { "type": ["integer", "null"] },
+                "archived_at": { "type": ["integer", "null"] },
+                "notification": schema_ref("Envelope"),
+            },
+        },
+        "InboxChange": {
+            "type": "object",
+            "description": "The answer to a mark: the new counts, the items it changed, the ids the inbox does not \
+                            hold, the mark-all recorded (or null), and whether the `op_id` was applied before",
+            "required": ["counts", "items", "unknown", "mark", "duplicate"],
+            "properties": {
+                "counts": schema_ref("InboxCounts"),
+                "items": { "type": "array", "items": schema_ref("InboxItem") },
+                "unknown": { "type": "array", "items": { "type": "string" } },
+                "mark": { "oneOf": [{ "type": "null" }, {
+                    "type": "object",
+                    "required": ["action", "up_to", "at", "version"],
+                    "properties": {
+                        "action": { "enum": ["read", "seen"] },
+                        "up_to": { "type": "integer", "minimum": 0 },
+                        "at": { "type": "integer", "minimum": 0 },
+                        "version": { "type": "integer", "minimum": 0 },
+                    },
+                }] },
+                "duplicate": { "type": "boolean" },
+            },
+        },
         "DeliveryEntry": {
             "type": "object",
             "required": ["user", "status", "at"],
@@ -875,11 +925,292 @@ fn push_operations() -> Value {
     })
 }
 
+/// The operations of one user's inbox: `/v1/me/inbox…` (`user`: `None`) or `/v1/users/{user}/inbox…`.
+fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
+    let (prefix, id) = match user {
+        Some(_) => ("/v1/users/{user}/inbox", "User"),
+        None => ("/v1/me/inbox", "My"),
+    };
+    let params = |more: Vec<Value>| -> Value { Value::Array(user.into_iter().cloned().chain(more).collect()) };
+    let store_down = || error_retry("The store cannot be read or written now");
+    let wrap = |op: Value, scope: &str| match user {
+        Some(_) => secured(op, scope),
+        None => user_secured(op),
+    };
+    let query = |name: &str, schema: Value, description: &str| json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema });
+    let mark_body = json!({
+        "type": "object",
+        "required": ["action", "ids"],
+        "properties": {
+            "op_id": { "type": "string", "pattern": "^([A-Za-z0-9_.:-]{1,128})?$",
+                       "description": "Makes a retry harmless: an op id applied before is answered with \
+                                       `duplicate: true`" },
+            "action": { "enum": ["read", "unread", "seen", "unseen", "archive", "unarchive"] },
+            "ids": { "type": "array", "items": schema_ref("NotificationId"), "minItems": 1,
+                     "maxItems": MAX_IDS_PER_INBOX_MARK },
+        },
+    });
+    let mark_all_body = json!({
+        "type": "object",
+        "required": ["action"],
+        "properties": {
+            "op_id": { "type": "string", "pattern": "^([A-Za-z0-9_.:-]{1,128})?$" },
+            "action": { "enum": ["read", "seen"] },
+            "up_to": { "type": "integer", "minimum": 0, "maximum": u64::MAX,
+                       "description": "The newest `seq` it covers (default: the inbox's head)" },
+        },
+    });
+    let topic_param = path_param("topic", ID_PATTERN, "A topic");
+    let follow_answer = response(
+        "Whether the inbox follows the topic now, and whether that changed",
+        json!({
+            "type": "object",
+            "required": ["topic", "following", "changed"],
+            "properties": {
+                "topic": { "type": "string" },
+                "following": { "type": "boolean" },
+                "changed": { "type": "boolean" },
+            },
+        }),
+    );
+    let follow = |method: &str, verb: &str| {
+        wrap(
+            json!({
+                "operationId": format!("{verb}{id}InboxTopic"),
+                "tags": ["inbox"],
+                "summary": format!("{} a topic in the inbox", if method == "put" { "Follow" } else { "Unfollow" }),
+                "description": "Notifications of a followed topic become inbox items (protocol §13.6).",
+                "parameters": params(vec![topic_param.clone()]),
+                "responses": {
+                    "200": follow_answer.clone(),
+                    "400": error("Not a valid topic"),
+                    "503": store_down(),
+                },
+            }),
+            "operator",
+        )
+    };
+    let mut follow_item = json!({ "put": follow("put", "follow"), "delete": follow("delete", "unfollow") });
+    if user.is_none() {
+        follow_item["put"]["responses"]["403"] = error("The token may not read this topic");
+        follow_item["put"]["description"] = json!(format!(
+            "{} Following a topic needs a token that may read it.",
+            follow_item["put"]["description"].as_str().unwrap_or_default()
+        ));
+    }
+    vec![
+        (
+            prefix.to_owned(),
+            json!({ "get": wrap(json!({
+            "operationId": format!("list{id}Inbox"),
+            "tags": ["inbox"],
+            "summary": "A page of the inbox, newest first",
+            "description": "Items with their notifications and the counts (protocol §13.7); `next` is the `before` \
+                            of the next page, or null at the end.",
+            "parameters": params(vec![
+                query("status", json!({ "enum": ["all", "unread", "read", "unseen", "seen"] }), "Default all"),
+                query("archived", json!({ "enum": ["exclude", "include", "only"] }), "Default exclude"),
+                query("type", json!({ "type": "string", "pattern": ID_PATTERN }), "Only this notification type"),
+                query("topic", json!({ "type": "string", "pattern": ID_PATTERN }), "Only this topic's items"),
+                query("before", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
+                      "Items with a smaller `seq` (the previous page's `next`)"),
+                query("limit", json!({ "type": "integer", "minimum": 1, "maximum": MAX_INBOX_PAGE }),
+                      "Most items (default 50)"),
+            ]),
+            "responses": {
+                "200": response("The page", json!({
+                    "type": "object",
+                    "required": ["items", "next", "counts"],
+                    "properties": {
+                        "items": { "type": "array", "items": schema_ref("InboxItem") },
+                        "next": { "type": ["integer", "null"] },
+                        "counts": schema_ref("InboxCounts"),
+                    },
+                })),
+                "400": error("A bad filter or limit"),
+                "503": store_down(),
+            },
+        }), "read") }),
+        ),
+        (
+            format!("{prefix}/counts"),
+            json!({ "get": wrap(json!({
+            "operationId": format!("get{id}InboxCounts"),
+            "tags": ["inbox"],
+            "summary": "The inbox counts (for a badge)",
+            "parameters": params(vec![]),
+            "responses": {
+                "200": response("The counts", json!({
+                    "type": "object",
+                    "required": ["counts"],
+                    "properties": { "counts": schema_ref("InboxCounts") },
+                })),
+                "503": store_down(),
+            },
+        }), "read") }),
+        ),
+        (
+            format!("{prefix}/mark"),
+            json!({ "post": wrap(json!({
+            "operationId": format!("mark{id}InboxItems"),
+            "tags": ["inbox"],
+            "summary": "Marks items read, unread, seen, unseen, archived or unarchived",
+            "description": "Watching connections get the change as an `inbox` frame (protocol §13.4).",
+            "parameters": params(vec![]),
+            "requestBody": { "required": true, "content": json_content(mark_body) },
+            "responses": {
+                "200": response("The change", schema_ref("InboxChange")),
+                "400": error("Not a mark body, a bad action, op id or id, or too many ids"),
+                "413": error("The body is too large"),
+                "503": store_down(),
+            },
+        }), "operator") }),
+        ),
+        (
+            format!("{prefix}/mark-all"),
+            json!({ "post": wrap(json!({
+            "operationId": format!("markAll{id}Inbox"),
+            "tags": ["inbox"],
+            "summary": "Marks every item up to a `seq` read or seen",
+            "parameters": params(vec![]),
+            "requestBody": { "required": true, "content": json_content(mark_all_body) },
+            "responses": {
+                "200": response("The change", schema_ref("InboxChange")),
+                "400": error("Not a mark-all body, a bad action or op id"),
+                "413": error("The body is too large"),
+                "503": store_down(),
+            },
+        }), "operator") }),
+        ),
+        (
+            format!("{prefix}/topics"),
+            json!({ "get": wrap(json!({
+            "operationId": format!("get{id}InboxTopics"),
+            "tags": ["inbox"],
+            "summary": "The topics the inbox follows",
+            "parameters": params(vec![]),
+            "responses": {
+                "200": response("The topics", json!({
+                    "type": "object",
+                    "required": ["topics"],
+                    "properties": { "topics": { "type": "array", "items": { "type": "string" } } },
+                })),
+                "503": store_down(),
+            },
+        }), "read") }),
+        ),
+        (format!("{prefix}/topics/{{topic}}"), follow_item),
+    ]
+}
+
+/// The stream history, SSE tickets and the SSE stream.
+fn stream_operations() -> Vec<(String, Value)> {
+    let query = |name: &str, schema: Value, description: &str| json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema });
+    vec![
+        (
+            "/v1/streams/{stream}/history".to_owned(),
+            json!({ "get": user_secured(json!({
+            "operationId": "getStreamHistory",
+            "tags": ["history"],
+            "summary": "A page of a stream's stored notifications, oldest first",
+            "description": "Authorized like a subscribe (the user's own stream, or a topic the token may read); \
+                            `epoch` and `after` (given together) continue after a position, `next` is the \
+                            following page's `after` or null (protocol §14).",
+            "parameters": [
+                path_param("stream", "^(user|topic):.{1,128}$", "`user:<id>` or `topic:<name>`"),
+                query("epoch", json!({ "type": "string", "pattern": ID_PATTERN }), "The stream's epoch"),
+                query("after", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
+                      "Notifications after this offset"),
+                query("limit", json!({ "type": "integer", "minimum": 1, "maximum": MAX_HISTORY_PAGE }),
+                      "Most notifications (default 100)"),
+            ],
+            "responses": {
+                "200": response("The page", json!({
+                    "type": "object",
+                    "required": ["stream", "epoch", "head", "oldest", "items", "next"],
+                    "properties": {
+                        "stream": { "type": "string" },
+                        "epoch": { "type": "string" },
+                        "head": { "type": "integer", "minimum": 0 },
+                        "oldest": { "type": "integer", "minimum": 0 },
+                        "items": { "type": "array", "items": schema_ref("Envelope") },
+                        "next": { "type": ["integer", "null"] },
+                    },
+                })),
+                "400": error("Not a stream name, a bad position or limit"),
+                "403": error("The token may not read this stream"),
+                "503": error_retry("The store cannot be read now"),
+            },
+        })) }),
+        ),
+        (
+            "/v1/sse/tickets".to_owned(),
+            json!({ "post": user_secured(json!({
+            "operationId": "createSseTicket",
+            "tags": ["realtime"],
+            "summary": "A single-use ticket for `GET /v1/sse?ticket=…`",
+            "description": "For `EventSource`, which cannot send the token in a header: the ticket opens one \
+                            stream once, within `expires_in_ms` (protocol §15).",
+            "responses": {
+                "200": response("The ticket", json!({
+                    "type": "object",
+                    "required": ["ticket", "expires_in_ms"],
+                    "properties": {
+                        "ticket": { "type": "string" },
+                        "expires_in_ms": { "type": "integer", "minimum": 0 },
+                    },
+                })),
+            },
+        })) }),
+        ),
+        (
+            "/v1/sse".to_owned(),
+            json!({ "get": {
+            "operationId": "openSseStream",
+            "tags": ["realtime"],
+            "summary": "The realtime stream as Server-Sent Events",
+            "description": "The user's stream, the requested topics and (with `inbox=1`) inbox changes as events, \
+                            resumed from `Last-Event-ID` or `cursor` (protocol §15). Authenticated by \
+                            `Authorization: Bearer <the user's token>` or `ticket`; failed authentications are \
+                            throttled per client address as for WebSocket connections.",
+            "parameters": [
+                query("ticket", json!({ "type": "string" }), "A ticket from `POST /v1/sse/tickets`"),
+                query("cursor", json!({ "type": "string" }), "A resume token (the id of the last event)"),
+                query("topics", json!({ "type": "string" }), "Topics besides the user's stream, comma-separated"),
+                query("device", json!({ "type": "string", "pattern": ID_PATTERN }), "The device id"),
+                query("inbox", json!({ "enum": ["0", "1", "true", "false"] }), "Also send inbox changes"),
+                { "name": "Last-Event-ID", "in": "header", "required": false,
+                  "description": "The id of the last event received (set by `EventSource` on reconnects)",
+                  "schema": { "type": "string" } },
+            ],
+            "responses": {
+                "200": { "description": "The event stream (until the client or the server ends it)",
+                         "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+                "400": error("A resume token not made by this server, a bad device id or topic"),
+                "401": {
+                    "description": "Missing, bad or expired token, or a bad, expired or used ticket",
+                    "headers": { "WWW-Authenticate": { "schema": { "type": "string" } } },
+                    "content": json_content(schema_ref("Error")),
+                },
+                "429": error_retry("Too many failed authentications or new connections from this client address"),
+                "503": error_retry("The server is shutting down or at its connection limit"),
+            },
+        } }),
+        ),
+    ]
+}
+
 /// The document.
 pub(crate) fn document() -> Value {
     let mut paths = operations();
     if let (Some(all), Value::Object(push)) = (paths.as_object_mut(), push_operations()) {
         all.extend(push);
+    }
+    let user_param = path_param("user", USER_PATTERN, "A user id");
+    if let Some(all) = paths.as_object_mut() {
+        all.extend(inbox_operations(None));
+        all.extend(inbox_operations(Some(&user_param)));
+        all.extend(stream_operations());
     }
     // Every response carries the request's id.
     if let Some(paths) = paths.as_object_mut() {
@@ -904,8 +1235,8 @@ pub(crate) fn document() -> Value {
         "servers": [{ "url": "/" }],
         "tags": [
             { "name": "realtime" }, { "name": "publishing" }, { "name": "presence" }, { "name": "deliveries" },
-            { "name": "operator" }, { "name": "push" }, { "name": "preferences" }, { "name": "demo" },
-            { "name": "operations" },
+            { "name": "operator" }, { "name": "push" }, { "name": "preferences" }, { "name": "inbox" },
+            { "name": "history" }, { "name": "demo" }, { "name": "operations" },
         ],
         "paths": paths,
         "components": {

@@ -19,12 +19,13 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tidings_core::protocol::{ErrorCode, ErrorFrame, MAX_SERVER_FRAME_BYTES, ServerFrame, encode_server_frame};
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::tungstenite;
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::metrics::{AuthFailure, Continuity, Refusal, Transport};
+use crate::drive::Peer;
+use crate::metrics::{Refusal, Transport};
 use crate::node::{Node, bump};
 use crate::outbox::ConnHandle;
-use crate::session::{Decision, Exit, Output, Session};
+use crate::session::{Exit, Session};
 use crate::util::now_ms;
 
 /// Upper bound for writing the final frames of a connection.
@@ -53,8 +54,8 @@ pub(crate) fn serve(
         node.metrics.ws.accepted.inc();
     }
     node.metrics.ws.open.inc();
-    let mut conn = Connection::new(node, handle, ws, client, request_id);
-    debug!(connection = id, client = %client, request_id = conn.request_id.as_deref(), "websocket opened");
+    debug!(connection = id, client = %client, request_id = request_id.as_deref(), "websocket opened");
+    let mut conn = Connection::new(node, handle, ws, Peer { transport: Transport::Ws, address: client, request_id });
     // `conn` is used in place as the block's capture (an `async fn` argument would be stored twice).
     async move {
         let node = conn.node.clone();
@@ -78,10 +79,8 @@ struct Connection {
     /// Frames taken from the queue and being written (reused between batches).
     batch: VecDeque<Utf8Bytes>,
     opened: Instant,
-    /// The client's address (the peer, or what a trusted proxy forwarded): the failed-authentication throttle's key.
-    client: IpAddr,
-    /// The id of the upgrade request, for the connection's log lines.
-    request_id: Option<Arc<str>>,
+    /// The client's address and the upgrade request's id.
+    peer: Peer,
 }
 
 enum Event {
@@ -91,16 +90,10 @@ enum Event {
 }
 
 impl Connection {
-    fn new(
-        node: Arc<Node>,
-        handle: Arc<ConnHandle>,
-        ws: WebSocket,
-        client: IpAddr,
-        request_id: Option<Arc<str>>,
-    ) -> Self {
+    fn new(node: Arc<Node>, handle: Arc<ConnHandle>, ws: WebSocket, peer: Peer) -> Self {
         let now = Instant::now();
         let session = Session::new(now, now_ms(), node.session_params.clone());
-        Connection { node, handle, ws, session, batch: VecDeque::new(), opened: now, client, request_id }
+        Connection { node, handle, ws, session, batch: VecDeque::new(), opened: now, peer }
     }
 
     /// Runs the connection and closes it; returns a description of how it ended, for the log.
@@ -179,7 +172,7 @@ impl Connection {
                 // Before a token is checked: refused while this address is throttled for failed authentications
                 // (checked here too, not only at the upgrade, so that connections opened together cannot all try).
                 if self.session.identity().is_none()
-                    && let Some(wait) = self.node.auth_failures.check(self.client, now.into_std())
+                    && let Some(wait) = self.node.auth_failures.check(self.peer.address, now.into_std())
                 {
                     self.node.metrics.refused(Transport::Ws, Refusal::AuthThrottled);
                     return Err(Exit::Error {
@@ -203,75 +196,7 @@ impl Connection {
 
     /// Carries out everything the session asked for, in order.
     async fn carry_out(&mut self) -> Result<(), Exit> {
-        while let Some(output) = self.session.poll_output() {
-            match output {
-                Output::Frame(frame) => self.handle.push_reserved([frame]),
-                Output::AuthFailed { expired } => {
-                    bump(&self.node.counters.auth_failures, 1);
-                    let _ = self.node.auth_failures.spend(self.client, Instant::now().into_std());
-                    let reason = if expired { AuthFailure::TokenExpired } else { AuthFailure::Unauthorized };
-                    self.node.metrics.auth_failed(Transport::Ws, reason);
-                }
-                Output::Authenticated { user, device, session, client, connected_at } => {
-                    self.node.presence.register(&user, &device, &session, connected_at);
-                    let replaced = self.node.registry.register_device(&user, &device, &self.handle);
-                    if let Some(old) = &replaced {
-                        old.close(
-                            ErrorCode::SessionReplaced,
-                            format!("device {device} of user {user} connected again (session {session})"),
-                        );
-                    }
-                    info!(
-                        user = %user,
-                        device = %device,
-                        session = %session,
-                        client = client.as_deref().unwrap_or("-"),
-                        address = %self.client,
-                        request_id = self.request_id.as_deref(),
-                        replaced_older_session = replaced.is_some(),
-                        "client connected"
-                    );
-                }
-                Output::Subscribed { stream, frames, filter, replayed, continuity } => {
-                    let admitted =
-                        self.node.registry.finish_subscribe(&stream, &self.handle, frames, |b| filter.admits(b));
-                    let metrics = &self.node.metrics;
-                    metrics.ws.replayed.inc_by(replayed);
-                    metrics.subscribed(continuity_label(&continuity), replayed);
-                    if let Some(admitted) = admitted {
-                        metrics.ws.live.inc_by(admitted as u64);
-                    }
-                }
-                Output::Unsubscribe { stream } => self.node.leave(&stream, self.handle.id()),
-                Output::Close(exit) => return Err(exit),
-                // Work that waits for the store runs in a boxed future: it is large and rarely alive, and unboxed
-                // it would enlarge the task of every idle connection.
-                waiting => Box::pin(self.carry_out_async(waiting)).await,
-            }
-        }
-        Ok(())
-    }
-
-    async fn carry_out_async(&mut self, output: Output) {
-        match output {
-            Output::Subscribe { stream, position } => {
-                let position = position.as_ref().map(|(epoch, offset)| (epoch.as_str(), *offset));
-                let result = self.node.join(&stream, &self.handle, position).await;
-                self.session.handle_history(Instant::now(), &stream, result);
-            }
-            Output::Acks { ids } => {
-                if let Some(identity) = self.session.identity() {
-                    let (user, device) = (identity.user.clone(), identity.device.clone());
-                    self.node.record_acks(Transport::Ws, &user, &device, &ids).await;
-                }
-            }
-            Output::RegisterPush { platform, token } => {
-                let Some(identity) = self.session.identity().cloned() else { return };
-                let result = self.node.register_push(&identity.user, &identity.device, platform, token).await;
-                self.session.handle_push_registered(Instant::now(), result);
-            }
-            other => unreachable!("not asynchronous: {other:?}"),
-        }
+        crate::drive::carry_out(&self.node, &self.handle, &mut self.session, &self.peer).await
     }
 
     /// Writes everything queued: one `feed` per message (frames queued together share a message, see
@@ -389,43 +314,9 @@ impl Connection {
         let _ = timeout(self.node.config.close_linger, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     }
 
-    /// Leaves every stream, presence and the device registry.
+    /// Leaves every stream, the inbox watchers, presence and the device registry.
     fn cleanup(&mut self, outcome: &str) {
-        self.handle.close(ErrorCode::Unknown, "connection closed");
-        for stream in self.session.streams() {
-            self.node.leave(stream, self.handle.id());
-        }
-        match self.session.identity() {
-            Some(identity) => {
-                if self.node.presence.unregister(&identity.user, &identity.session) {
-                    let (node, user) = (self.node.clone(), identity.user.clone());
-                    tokio::spawn(async move { node.user_went_offline(&user).await });
-                }
-                self.node.registry.unregister_device(&identity.user, self.handle.id());
-                info!(
-                    user = %identity.user,
-                    device = %identity.device,
-                    session = %identity.session,
-                    duration_ms = self.opened.elapsed().as_millis() as u64,
-                    outcome,
-                    request_id = self.request_id.as_deref(),
-                    "client disconnected"
-                );
-            }
-            None => debug!(connection = self.handle.id(), outcome, "unauthenticated connection ended"),
-        }
-    }
-}
-
-/// The metrics label of a subscribe's continuity.
-fn continuity_label(decision: &Decision) -> Continuity {
-    use tidings_core::protocol::GapReason;
-    match decision {
-        Decision::Fresh => Continuity::Fresh,
-        Decision::Resume { .. } => Continuity::Resumed,
-        Decision::Gap { reason: GapReason::EpochChanged, .. } => Continuity::GapEpochChanged,
-        Decision::Gap { reason: GapReason::AheadOfStream, .. } => Continuity::GapAheadOfStream,
-        Decision::Gap { .. } => Continuity::GapOutOfBuffer,
+        crate::drive::cleanup(&self.node, &self.handle, &self.session, self.opened, &self.peer, outcome);
     }
 }
 

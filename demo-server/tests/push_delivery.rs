@@ -776,3 +776,37 @@ async fn a_provider_stopped_by_its_configuration_while_delivering_makes_the_serv
     assert_eq!(sample(&text, "tidings_push_sends_total", &stopped), Some(1.0));
     server.shutdown().await;
 }
+
+/// The iOS badge is the server's unread inbox count (protocol §13.5): each APNs push carries `aps.badge` as the
+/// user's inbox has it when the push is built — a persistent notification counts itself, reading an item lowers it,
+/// a notification that is not persistent (no inbox item) leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apns_badge_is_the_unread_inbox_count() {
+    let mocks = Mocks::start().await;
+    let server = start(mocks.config()).await;
+    let apns_token = "5f3a9d00c91e5f3a9d00c91e5f3a9d00c91e5f3a9d00c91e5f3a9d00c91e0002";
+    register(&server, "alice", "iphone", "apns", apns_token).await;
+    wait_offline(&server, "alice").await;
+    let badge = |n: usize| mocks.apns.received()[n].payload["aps"]["badge"].clone();
+    let first =
+        publish(&server, json!({"users":["alice"],"type":"comment.created","title":"a","persistence":"persistent"}))
+            .await;
+    eventually("the first push", || async { mocks.apns.count() == 1 }).await;
+    assert_eq!(badge(0), json!(1), "{}", mocks.apns.received()[0].payload);
+    publish(&server, json!({"users":["alice"],"type":"comment.created","title":"b","persistence":"persistent"})).await;
+    eventually("the second push", || async { mocks.apns.count() == 2 }).await;
+    assert_eq!(badge(1), json!(2));
+    let (status, body) = me(
+        &server,
+        "POST",
+        "/v1/me/inbox/mark",
+        "alice",
+        Some(json!({"action":"read","ids":[first["id"].as_str().unwrap()]})),
+    )
+    .await;
+    assert_eq!((status, &body["counts"]["unread"]), (200, &json!(1)), "{body}");
+    publish(&server, json!({"users":["alice"],"type":"comment.created","title":"c","persistence":"bufferable"})).await;
+    eventually("the third push", || async { mocks.apns.count() == 3 }).await;
+    assert_eq!(badge(2), json!(1), "a bufferable notification is no inbox item");
+    server.shutdown().await;
+}

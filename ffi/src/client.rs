@@ -86,7 +86,7 @@ impl native::TokenProvider for ForeignTokens {
 /// queue is full the client stops reading from the server (nothing is dropped; see the platform READMEs).
 #[derive(uniffi::Object)]
 pub struct TidingsClient {
-    client: Client,
+    pub(crate) client: Client,
     events: tokio::sync::Mutex<Events>,
 }
 

@@ -15,11 +15,13 @@
 //! Token requests arrive on a Rust thread; the Swift and Kotlin wrappers hop to the right executor.
 
 mod client;
+mod inbox;
 mod types;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use client::{TidingsClient, TokenProvider, TokenProviderError};
+pub use inbox::*;
 pub use types::*;
 
 uniffi::setup_scaffolding!("tidings");
@@ -56,6 +58,17 @@ pub enum TidingsError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// The server refused a request (inbox, history): `code` is `bad_request`, `forbidden` or `try_again_later`.
+    #[error("request refused ({code}): {message}")]
+    RequestRefused {
+        /// Why.
+        code: String,
+        /// Detail, naming the member.
+        message: String,
+    },
+    /// A read (inbox page, history page) got no answer in time (30 s, connecting included).
+    #[error("no answer in time")]
+    TimedOut,
     /// A bug in Tidings (a caught panic). Please report it.
     #[error("internal error: {message}")]
     Internal {
@@ -99,6 +112,11 @@ impl From<tidings_core::native::ClientError> for TidingsError {
             }
             ClientError::Store(e) => TidingsError::Store { message: e.to_string() },
             ClientError::Closed => TidingsError::Closed,
+            ClientError::Request(tidings_core::RequestError::Refused { code, message }) => {
+                TidingsError::RequestRefused { code: code.as_str().to_string(), message }
+            }
+            ClientError::Request(tidings_core::RequestError::TimedOut) => TidingsError::TimedOut,
+            ClientError::Request(tidings_core::RequestError::Closed) => TidingsError::Closed,
             ClientError::Config(message) => TidingsError::InvalidArgument { message },
             ClientError::Api(e) => e.into(),
             other => TidingsError::Internal { message: other.to_string() },

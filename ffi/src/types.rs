@@ -361,6 +361,13 @@ pub enum TidingsEvent {
         /// Detail, naming the member that is wrong.
         message: String,
     },
+    /// The inbox counts changed (newer counts arrived); `unread` is the badge.
+    InboxCounts {
+        /// The counts.
+        counts: crate::inbox::InboxCounts,
+    },
+    /// The inbox view changed: read `inbox_items()`.
+    InboxChanged,
 }
 
 impl From<core::Event> for TidingsEvent {
@@ -381,6 +388,8 @@ impl From<core::Event> for TidingsEvent {
                 code: code.as_str().to_string(),
                 message,
             },
+            core::Event::InboxCounts(counts) => TidingsEvent::InboxCounts { counts: counts.into() },
+            core::Event::InboxChanged => TidingsEvent::InboxChanged,
         }
     }
 }

@@ -27,6 +27,8 @@ impl Recorder {
             TidingsEvent::SubscriptionFailed { stream, code, .. } => format!("refused {stream} {code}"),
             TidingsEvent::PushRegistered { platform } => format!("push {platform:?}"),
             TidingsEvent::PushRegistrationFailed { platform, code, .. } => format!("push refused {platform:?} {code}"),
+            TidingsEvent::InboxCounts { counts } => format!("inbox unread {} v{}", counts.unread, counts.version),
+            TidingsEvent::InboxChanged => "inbox changed".into(),
         };
         self.events.lock().unwrap().push(line);
     }

@@ -11,8 +11,8 @@
 use libfuzzer_sys::fuzz_target;
 use tidings_core::protocol::{
     ClientFrame, ErrorCode, ErrorFrame, ServerFrame, StreamName, decode_client_frame, decode_client_request,
-    decode_server_frame, encode_client_frame, encode_server_frame, validate_id, validate_push_registration,
-    validate_push_token,
+    decode_server_frame, encode_client_frame, encode_server_frame, validate_id, validate_op_id,
+    validate_push_registration, validate_push_token,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -43,7 +43,22 @@ fuzz_target!(|data: &[u8]| {
                     let full = validate_push_registration(*platform, token);
                     assert!(basic.is_ok() || full.is_err(), "a token refused by the size check passed the full one");
                 }
-                ClientFrame::Heartbeat { .. } => {}
+                ClientFrame::Heartbeat { .. } | ClientFrame::InboxWatch { .. } => {}
+                ClientFrame::InboxList { query, .. } => {
+                    let _ = query.validate();
+                }
+                ClientFrame::InboxMark { op_id, ids, .. } => {
+                    let _ = validate_op_id(op_id);
+                    for id in ids {
+                        let _ = validate_id(id);
+                    }
+                }
+                ClientFrame::InboxMarkAll { op_id, .. } => {
+                    let _ = validate_op_id(op_id);
+                }
+                ClientFrame::History { stream, .. } => {
+                    let _ = StreamName::parse(stream);
+                }
             }
             let encoded = encode_client_frame(&frame);
             assert_eq!(decode_client_frame(&encoded).as_ref(), Ok(&frame), "client frame round trip: {encoded}");
@@ -53,7 +68,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!r.message.is_empty());
             match r.code {
                 ErrorCode::BadRequest => match r.op {
-                    Some("subscribe" | "unsubscribe" | "register_push") => assert!(r.reference.is_some(), "{r:?}"),
+                    Some(
+                        "subscribe" | "unsubscribe" | "register_push" | "inbox_watch" | "inbox_list" | "inbox_mark"
+                        | "inbox_mark_all" | "history",
+                    ) => assert!(r.reference.is_some(), "{r:?}"),
                     Some("ack" | "heartbeat") => assert!(r.reference.is_none(), "{r:?}"),
                     other => panic!("bad_request for {other:?}: {r:?}"),
                 },

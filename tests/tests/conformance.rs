@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tidings_core::engine::{ConnectionState, Continuity, Event, Lifecycle, NetworkEvent, PushOutcome, PushPlatform};
 use tidings_core::native::ClientError;
 use tidings_core::protocol::api::{ApiError, Channel, PreferenceRule, QuietHours, QuietRange, Selector};
-use tidings_core::protocol::{PushPayload, decode_push};
+use tidings_core::protocol::{InboxAction, MarkAllAction, PushPayload, decode_push};
 use tidings_core::store::MemoryStore;
 use tidings_push_mocks::harness::PushHarness;
 use tidings_tests::{TestClient, TestServer};
@@ -23,7 +23,8 @@ fn file() -> Value {
 static RUN: AtomicU64 = AtomicU64::new(0);
 
 struct Runner<'s> {
-    server: &'s TestServer,
+    /// The server (taken out for a moment while it restarts).
+    server_slot: Option<TestServer>,
     prefix: String,
     clients: HashMap<String, TestClient>,
     token_fetches: HashMap<String, Arc<AtomicU32>>,
@@ -80,6 +81,10 @@ fn push_ids(payload: &str) -> (Vec<String>, &'static str) {
 }
 
 impl<'s> Runner<'s> {
+    fn server(&self) -> &TestServer {
+        self.server_slot.as_ref().expect("the server runs")
+    }
+
     fn name(&self, s: &str) -> String {
         format!("{}-{s}", self.prefix)
     }
@@ -117,7 +122,7 @@ impl<'s> Runner<'s> {
                 let topics = self.names(&step["topics"]);
                 let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
                 let token = match step["token"].as_str().unwrap_or("valid") {
-                    "valid" => self.server.token(&user, &topic_refs),
+                    "valid" => self.server().token(&user, &topic_refs),
                     "invalid" => "not-a-jwt".to_string(),
                     other => panic!("unknown token kind {other}"),
                 };
@@ -131,15 +136,16 @@ impl<'s> Runner<'s> {
                 let batch = step["batch_window_ms"].as_u64().unwrap_or(0);
                 let grace = step["background_grace_ms"].as_u64();
                 let capacity = step["event_capacity"].as_u64();
-                let client = TestClient::connect_with(self.server, provider, Some(Arc::new(MemoryStore::new())), |c| {
-                    c.engine.batch.window = Duration::from_millis(batch);
-                    if let Some(g) = grace {
-                        c.engine.background_grace = Duration::from_millis(g);
-                    }
-                    if let Some(n) = capacity {
-                        c.event_capacity = n as usize;
-                    }
-                });
+                let client =
+                    TestClient::connect_with(self.server(), provider, Some(Arc::new(MemoryStore::new())), |c| {
+                        c.engine.batch.window = Duration::from_millis(batch);
+                        if let Some(g) = grace {
+                            c.engine.background_grace = Duration::from_millis(g);
+                        }
+                        if let Some(n) = capacity {
+                            c.event_capacity = n as usize;
+                        }
+                    });
                 let key = step["client"].as_str().unwrap().to_string();
                 self.token_fetches.insert(key.clone(), fetches);
                 self.users.insert(key.clone(), user);
@@ -153,7 +159,7 @@ impl<'s> Runner<'s> {
                 let user = self.users[&key].clone();
                 let deadline = tokio::time::Instant::now() + tidings_tests::WAIT;
                 loop {
-                    let devices = self.server.get(&format!("/v1/users/{user}/devices")).await;
+                    let devices = self.server().get(&format!("/v1/users/{user}/devices")).await;
                     let stored = devices["devices"].as_array().unwrap().iter().any(|d| d["push"]["token"] == token);
                     if stored {
                         break;
@@ -166,7 +172,10 @@ impl<'s> Runner<'s> {
             "wait_offline" => {
                 let user = self.name(step["user"].as_str().unwrap());
                 let deadline = tokio::time::Instant::now() + tidings_tests::WAIT;
-                while !self.server.get(&format!("/v1/presence/{user}")).await["devices"].as_array().unwrap().is_empty()
+                while !self.server().get(&format!("/v1/presence/{user}")).await["devices"]
+                    .as_array()
+                    .unwrap()
+                    .is_empty()
                 {
                     assert!(tokio::time::Instant::now() < deadline, "{user} never went offline");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -318,7 +327,7 @@ impl<'s> Runner<'s> {
                     if let Some(n) = step["body_bytes"].as_u64() {
                         body["body"] = json!("x".repeat(n as usize));
                     }
-                    let reply = self.server.publish(body).await;
+                    let reply = self.server().publish(body).await;
                     self.deliveries.insert(id, reply["deliveries"][0].clone());
                 }
             }
@@ -398,7 +407,7 @@ impl<'s> Runner<'s> {
             "background" => self.client(step).client.set_lifecycle(Lifecycle::Background),
             "foreground" => self.client(step).client.set_lifecycle(Lifecycle::Foreground),
             "drop_connections" => {
-                self.server.drop_all().await;
+                self.server().drop_all().await;
             }
             "settle" => {
                 let ms = Duration::from_millis(step["ms"].as_u64().unwrap());
@@ -464,6 +473,82 @@ impl<'s> Runner<'s> {
                 let c = self.clients.remove(key).expect("client");
                 c.close().await;
             }
+            "wait_inbox" | "assert_inbox" => {
+                let want = |name: &str| step[name].as_u64();
+                let (unread, unseen, total) = (want("unread"), want("unseen"), want("total"));
+                let matches = move |log: &[Event]| {
+                    let latest = log.iter().rev().find_map(|e| match e {
+                        Event::InboxCounts(c) => Some(*c),
+                        _ => None,
+                    });
+                    latest.is_some_and(|c| {
+                        unread.is_none_or(|u| u == c.unread)
+                            && unseen.is_none_or(|u| u == c.unseen)
+                            && total.is_none_or(|t| t == c.total)
+                    })
+                };
+                let what = format!("inbox counts {step}");
+                let c = self.client(step);
+                if op == "wait_inbox" {
+                    c.until(&what, matches).await;
+                } else {
+                    assert!(matches(&c.log), "{what}: counts are {:?}", c.client.inbox_counts());
+                    let now = c.client.inbox_counts().expect("counts");
+                    assert!(unread.is_none_or(|u| u == now.unread), "{what}: {now:?}");
+                }
+            }
+            "inbox_mark" | "inbox_mark_all" => {
+                let ids = self.ids(step);
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let action = step["action"].as_str().unwrap();
+                let wait = step["wait"].as_bool().unwrap_or(true);
+                let client = &self.client(step).client;
+                let request = async {
+                    if op == "inbox_mark_all" {
+                        client.inbox_mark_all(MarkAllAction::parse(action).expect("read or seen")).await
+                    } else {
+                        client.inbox_mark(InboxAction::parse(action).expect("an inbox action"), &ids).await
+                    }
+                };
+                if wait {
+                    let update = request.await.expect("the server answers");
+                    assert!(!update.duplicate, "{update:?}");
+                } else {
+                    // Started (the SDK queues the change) without waiting for its answer.
+                    use futures_util::FutureExt as _;
+                    assert!(request.now_or_never().is_none(), "answered at once while offline?");
+                }
+            }
+            "history" => {
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                let want = self.ids(step);
+                let after_id = self.name(step["after_id"].as_str().unwrap());
+                let limit = step["limit"].as_u64().map(|l| l as u32);
+                let c = self.client(step);
+                let mut after = c
+                    .log
+                    .iter()
+                    .find_map(|e| match e {
+                        Event::Notification(n) if n.id() == after_id => {
+                            Some(tidings_core::Cursor { epoch: n.epoch().to_owned(), offset: n.offset.unwrap() })
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("{after_id} was not delivered"));
+                let mut got = Vec::new();
+                loop {
+                    let page = c.client.history(&stream, Some(after.clone()), limit).await.expect("a history page");
+                    assert!(limit.is_none_or(|l| page.items.len() <= l as usize), "page larger than the limit");
+                    got.extend(page.items.iter().map(|n| n.id().to_owned()));
+                    let Some(next) = page.next else { break };
+                    after = tidings_core::Cursor { epoch: page.epoch.clone(), offset: next };
+                }
+                assert_eq!(got, want, "history after {after_id}");
+            }
+            "restart_server" => {
+                let server = self.server_slot.take().expect("the server runs");
+                self.server_slot = Some(server.restart().await);
+            }
             other => panic!("unknown step op {other:?}"),
         }
     }
@@ -516,7 +601,7 @@ async fn run_scenario(name: &str) {
     })
     .await;
     let mut runner = Runner {
-        server: &server,
+        server_slot: Some(server),
         prefix: format!("r{}x{}", std::process::id(), RUN.fetch_add(1, Ordering::SeqCst)),
         clients: HashMap::new(),
         token_fetches: HashMap::new(),
@@ -573,4 +658,9 @@ scenarios!(
     lightweight_push_is_fetched,
     digest_push_summary,
     user_settings,
+    gap_refetch_from_history,
+    inbox_two_devices,
+    inbox_offline_change_converges,
+    inbox_mark_all_leaves_new_items_unread,
+    inbox_counts_survive_a_server_restart,
 );

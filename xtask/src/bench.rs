@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the one command behind BENCHMARKS.md. Installs the pinned peers (Socket.IO, npm
 //! web-push), builds the load tool in release, runs S1–S5 (S2 and S3 on both stores) for Tidings and Socket.IO and
 //! P1–P2 (push sending, against web-push for P1) three times each, alternating (server or sender on CPU 0, clients
-//! or mock services on CPU 1), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md
+//! or mock services on CPU 1), and I1–I3 (the inbox on SQLite, SSE fan-out; I1 once: its seeding of 10,000 ×
+//! 10,000 items takes tens of minutes), keeps the raw results in `bench/results/latest.jsonl` and regenerates BENCHMARKS.md
 //! and `bench/plots/*.svg`.
 
 use std::path::Path;
@@ -33,7 +34,7 @@ pub(crate) fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
     if !args.iter().any(|a| a == "--runs" || a.starts_with("--runs=")) {
         args.extend(["--runs".to_string(), "3".to_string()]);
     }
-    eprintln!("\n== tidings-bench run {} (about 3 minutes per run)", args.join(" "));
+    eprintln!("\n== tidings-bench run {} (about 3 minutes per run, plus I1's seeding)", args.join(" "));
     let out = std::fs::File::create(&results).map_err(|e| e.to_string())?;
     let status = Command::new(&tool)
         .arg("run")

@@ -28,7 +28,7 @@ commands:
   test        everything CI runs: format, lints, Rust tests (provisions toolchains it needs)
   lint        cargo fmt --check and clippy with warnings denied
   rust-tests  cargo test --workspace
-  bench       S1-S4 against Socket.IO 4.8.4, S2-S3 on SQLite too, S5 durable publish; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
+  bench       S1-S4 against Socket.IO 4.8.4, S2-S3 on SQLite too, S5 durable publish, P1-P2 push, I1-I3 inbox and SSE; writes BENCHMARKS.md (extra args go to `tidings-bench run`)
   bench-core  criterion benchmarks of the core engine
   latency     end-to-end latency of 1,000 notifications on loopback (release build)
   swift-test  provision Swift (Debian 13 chroot) and run the Swift package's XCTest suite
@@ -166,10 +166,12 @@ fn lint(root: &Path) -> Result<(), String> {
 
 fn rust_tests(root: &Path) -> Result<(), String> {
     let python = http_ece_python(root)?;
-    // The proxy test runs Debian's nginx on loopback (demo-server/tests/nginx.rs); the deployment test checks the
-    // systemd unit with systemd-analyze (demo-server/tests/deploy.rs).
+    // The proxy tests run Debian's nginx on loopback (demo-server/tests/nginx.rs: WebSocket upgrade; the SSE suite:
+    // events pass a buffering proxy); the deployment test checks the systemd unit with systemd-analyze
+    // (demo-server/tests/deploy.rs).
+    let nginx = Path::new("/usr/sbin/nginx");
     let mut missing = Vec::new();
-    if !Path::new("/usr/sbin/nginx").exists() {
+    if !nginx.exists() {
         missing.push("nginx");
     }
     if !has("systemd-analyze") {
@@ -180,13 +182,15 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     }
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
-        .env("TIDINGS_HTTP_ECE_PYTHON", python)
+        .env("TIDINGS_HTTP_ECE_PYTHON", &python)
+        .env("TIDINGS_NGINX", nginx)
         .dir(root))?;
     // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
     run(Step::new("server suites on SQLite", "cargo")
         .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
-        .args(["--test", "http_api", "--test", "streams"])
+        .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
         .env("TIDINGS_TEST_STORE", "sqlite")
+        .env("TIDINGS_NGINX", nginx)
         .dir(root))
 }
 

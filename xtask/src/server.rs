@@ -3,19 +3,21 @@
 //! scenarios expect, on a free loopback port, on the server's default store (SQLite) in a fresh data directory
 //! under the target directory, pushing to the mock APNs, FCM and Web Push services of a `push-harness` process
 //! (whose control API the runners read what was pushed from). Killed when dropped, and its data directory
-//! removed.
+//! removed. A small control endpoint (`TIDINGS_CONTROL_URL`, `POST /restart`) restarts the server on the same
+//! port and data (the `restart_server` step).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::{Step, run};
 
 /// A running server process.
 pub(crate) struct ServerProcess {
-    child: Child,
+    child: Arc<Mutex<Child>>,
     /// The mock push services (ends when its standard input closes, or is killed).
     harness: Child,
     data_dir: std::path::PathBuf,
@@ -24,29 +26,110 @@ pub(crate) struct ServerProcess {
     pub(crate) api_key: String,
     /// The push harness's control API (`GET /pushes`, `POST /subscriptions/{id}`).
     pub(crate) push_harness_url: String,
+    control_url: String,
 }
 
 impl ServerProcess {
     /// Environment for a runner: `TIDINGS_WS_URL`, `TIDINGS_HTTP_URL`, `TIDINGS_API_KEY`,
-    /// `TIDINGS_PUSH_HARNESS_URL`.
+    /// `TIDINGS_PUSH_HARNESS_URL`, `TIDINGS_CONTROL_URL`.
     pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("TIDINGS_WS_URL", self.ws_url.clone()),
             ("TIDINGS_HTTP_URL", self.http_url.clone()),
             ("TIDINGS_API_KEY", self.api_key.clone()),
             ("TIDINGS_PUSH_HARNESS_URL", self.push_harness_url.clone()),
+            ("TIDINGS_CONTROL_URL", self.control_url.clone()),
         ]
     }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
         let _ = self.harness.kill();
         let _ = self.harness.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// How to start the server again (the same command line, its log appended).
+#[derive(Clone)]
+struct Launch {
+    bin: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> Result<Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", self.bin.display()))
+    }
+}
+
+/// Serves `POST /restart` on a loopback port: stops the server gracefully (SIGTERM), starts it again and answers
+/// `200` once it is healthy (`500` with the reason otherwise). Returns the control URL.
+fn control(child: Arc<Mutex<Child>>, launch: Launch, port: u16) -> Result<String, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("control port: {e}"))?;
+    let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let result = if request.starts_with("POST /restart") {
+                restart(&child, &launch, port)
+            } else {
+                Err("unknown control request".into())
+            };
+            let (status, body) = match result {
+                Ok(()) => ("200 OK", "restarted".to_string()),
+                Err(e) => ("500 Internal Server Error", e),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(url)
+}
+
+fn restart(child: &Arc<Mutex<Child>>, launch: &Launch, port: u16) -> Result<(), String> {
+    let mut child = child.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    *child = launch.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if healthy(port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the server did not come back within 20 s (see {})", launch.log.display()))
 }
 
 /// A number member of `scenarios.json`'s `server` object (read without a JSON parser: xtask has none).
@@ -119,23 +202,30 @@ pub(crate) fn start_conformance_server_serving(
     let log = std::fs::File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
     let data_dir = crate::target_dir(root).join(format!("conformance-data-{port}"));
     let _ = std::fs::remove_dir_all(&data_dir);
+    drop(log);
     let keys = data_dir.join("push-keys");
     std::fs::create_dir_all(&keys).map_err(|e| format!("create {}: {e}", keys.display()))?;
     let (harness, push_harness_url, push_args) = start_push_harness(root, &keys)?;
-    let mut command = Command::new(&bin);
-    command.args(["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items]);
-    command.args(["--push-after-ms", &push_after, "--digest-window-secs", &digest_window]);
-    command.args(&push_args);
-    command.args(["--store", "sqlite"]).arg("--data-dir").arg(data_dir.join("db"));
-    if let Some(web_root) = web_root {
-        command.arg("--web-root").arg(web_root);
+    let mut args: Vec<std::ffi::OsString> =
+        ["--demo", "--bind", &format!("127.0.0.1:{port}"), "--replay-max-items", &max_items]
+            .iter()
+            .map(Into::into)
+            .collect();
+    for a in ["--push-after-ms", &push_after, "--digest-window-secs", &digest_window] {
+        args.push(a.into());
     }
-    let child = command
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", bin.display()))?;
+    args.extend(push_args.iter().map(Into::into));
+    args.push("--store".into());
+    args.push("sqlite".into());
+    args.push("--data-dir".into());
+    args.push(data_dir.join("db").into());
+    if let Some(web_root) = web_root {
+        args.push("--web-root".into());
+        args.push(web_root.into());
+    }
+    let launch = Launch { bin, args, log: log_path.clone() };
+    let child = Arc::new(Mutex::new(launch.spawn()?));
+    let control_url = control(child.clone(), launch, port)?;
     let server = ServerProcess {
         child,
         harness,
@@ -144,6 +234,7 @@ pub(crate) fn start_conformance_server_serving(
         ws_url: format!("ws://127.0.0.1:{port}/v1/ws"),
         http_url: format!("http://127.0.0.1:{port}"),
         api_key: "tidings-dev-key".into(),
+        control_url,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

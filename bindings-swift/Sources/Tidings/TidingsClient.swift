@@ -19,7 +19,7 @@ public typealias TokenProvider = @Sendable (_ forceRefresh: Bool) async throws -
 ///
 /// Thread-safe: every method may be called from any thread or actor.
 public final class TidingsClient: Sendable {
-    private let ffi: TidingsFFI.TidingsClient
+    let ffi: TidingsFFI.TidingsClient
 
     /// Creates a client; it does not connect until `connect()`.
     public init(configuration: TidingsConfiguration, tokenProvider: @escaping TokenProvider) throws {

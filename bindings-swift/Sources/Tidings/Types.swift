@@ -309,6 +309,11 @@ public enum TidingsEvent: Sendable, Hashable {
     /// the member); the client forgets it and does not send it again, register a valid one. Other codes
     /// (`try_again_later`): it is sent again on the next connection.
     case pushRegistrationFailed(PushPlatform, code: String, message: String)
+    /// The server's inbox counts changed (only ever to a newer version): the badge is `counts.unread`. Also
+    /// observable as `TidingsClient.inboxCountsChanges` and `InboxBadge`.
+    case inboxCounts(InboxCounts)
+    /// The inbox view (`TidingsClient.inboxItems`) changed: re-read it.
+    case inboxChanged
 }
 
 extension TidingsEvent {
@@ -323,6 +328,8 @@ extension TidingsEvent {
         case .pushRegistered(let p): self = .pushRegistered(PushPlatform(p))
         case .pushRegistrationFailed(let p, let code, let message):
             self = .pushRegistrationFailed(PushPlatform(p), code: code, message: message)
+        case .inboxCounts(let counts): self = .inboxCounts(InboxCounts(counts))
+        case .inboxChanged: self = .inboxChanged
         }
     }
 }
@@ -390,6 +397,10 @@ public enum TidingsError: Error, Sendable, Hashable, LocalizedError {
     case connectionFailed(FailureReason, message: String)
     /// The client was closed.
     case closed
+    /// The server refused a request (inbox, history): `code` is `bad_request`, `forbidden` or `try_again_later`.
+    case requestRefused(code: String, message: String)
+    /// A read (inbox page, history page) got no answer in time (30 s, connecting included).
+    case timedOut
     /// A bug in Tidings; please report it.
     case internalError(String)
     /// The server refused the user's token for an HTTP call (after asking the token provider again once).
@@ -406,6 +417,8 @@ public enum TidingsError: Error, Sendable, Hashable, LocalizedError {
         case .store(let m): return "Tidings: store failure: \(m)"
         case .connectionFailed(let reason, let m): return "Tidings: connection failed (\(reason.rawValue)): \(m)"
         case .closed: return "Tidings: the client is closed"
+        case .requestRefused(let code, let m): return "Tidings: request refused (\(code)): \(m)"
+        case .timedOut: return "Tidings: no answer in time"
         case .internalError(let m): return "Tidings: internal error: \(m)"
         case .unauthorized(let m): return "Tidings: unauthorized: \(m)"
         case .refused(let status, let code, let m): return "Tidings: refused (\(status) \(code)): \(m)"
@@ -636,6 +649,8 @@ extension TidingsError {
         case .Store(let m): self = .store(m)
         case .ConnectionFailed(let reason, let m): self = .connectionFailed(FailureReason(reason), message: m)
         case .Closed: self = .closed
+        case .RequestRefused(let code, let m): self = .requestRefused(code: code, message: m)
+        case .TimedOut: self = .timedOut
         case .Internal(let m): self = .internalError(m)
         case .Unauthorized(let m): self = .unauthorized(m)
         case .Refused(let status, let code, let m): self = .refused(status: Int(status), code: code, message: m)

@@ -711,6 +711,67 @@ public protocol TidingsClientProtocol: AnyObject, Sendable {
      */
     func updatePreferences(rules: [PreferenceRule]) async throws  -> Preferences
     
+    /**
+     * A page of `stream`'s stored history after `(after_epoch, after_offset)` — after a `Gap`, pass the cursor
+     * the stream had (or none, from the oldest stored); at most `limit` (1–1,000, default 100) notifications.
+     */
+    func history(stream: String, afterEpoch: String?, afterOffset: UInt64?, limit: UInt32?) async throws  -> HistoryPage
+    
+    /**
+     * Whether the view reaches the oldest item (nothing more to load).
+     */
+    func inboxComplete()  -> Bool
+    
+    /**
+     * The inbox counts the server last reported (kept in the store, so known before the connection is up);
+     * `None` before the first report. The badge is `unread`.
+     */
+    func inboxCounts()  -> InboxCounts?
+    
+    /**
+     * The inbox view: loaded items and every item added since, newest first, in their current state (an
+     * `InboxChanged` event tells when it changed).
+     */
+    func inboxItems()  -> [InboxItem]
+    
+    /**
+     * A page of the inbox with filters.
+     */
+    func inboxList(query: InboxQuery) async throws  -> InboxPage
+    
+    /**
+     * Loads the next (older) page of the view; the items join `inbox_items`.
+     */
+    func inboxLoadMore() async throws  -> InboxPage
+    
+    /**
+     * Applies `action` to the items `ids`. Queued while offline (kept in the store) and sent again after every
+     * reconnect until the server answers, which applies it once; returns the counts after it.
+     */
+    func inboxMark(action: InboxAction, ids: [String]) async throws  -> InboxChangeResult
+    
+    /**
+     * Marks every item up to the newest the client knows read (and seen); items that reach the server meanwhile
+     * stay unread.
+     */
+    func inboxMarkAllRead() async throws  -> InboxChangeResult
+    
+    /**
+     * Marks every item up to the newest the client knows seen.
+     */
+    func inboxMarkAllSeen() async throws  -> InboxChangeResult
+    
+    /**
+     * Inbox changes not yet answered by the server (queued while offline).
+     */
+    func inboxPendingChanges()  -> UInt32
+    
+    /**
+     * Waits until the inbox counts differ from `current` and returns them (at once if they differ already):
+     * the latest counts, which only move to newer versions. For an observable badge.
+     */
+    func nextInboxCounts(current: InboxCounts?) async  -> InboxCounts?
+    
 }
 /**
  * A Tidings client: one WebSocket with reconnection, replay, dedup, digests and acks.
@@ -1107,6 +1168,194 @@ open func updatePreferences(rules: [PreferenceRule])async throws  -> Preferences
             freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypePreferences_lift,
             errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * A page of `stream`'s stored history after `(after_epoch, after_offset)` — after a `Gap`, pass the cursor
+     * the stream had (or none, from the oldest stored); at most `limit` (1–1,000, default 100) notifications.
+     */
+open func history(stream: String, afterEpoch: String?, afterOffset: UInt64?, limit: UInt32?)async throws  -> HistoryPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_history(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(stream),FfiConverterOptionString.lower(afterEpoch),FfiConverterOptionUInt64.lower(afterOffset),FfiConverterOptionUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeHistoryPage_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Whether the view reaches the oldest item (nothing more to load).
+     */
+open func inboxComplete() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_complete(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The inbox counts the server last reported (kept in the store, so known before the connection is up);
+     * `None` before the first report. The badge is `unread`.
+     */
+open func inboxCounts() -> InboxCounts?  {
+    return try!  FfiConverterOptionTypeInboxCounts.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_counts(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The inbox view: loaded items and every item added since, newest first, in their current state (an
+     * `InboxChanged` event tells when it changed).
+     */
+open func inboxItems() -> [InboxItem]  {
+    return try!  FfiConverterSequenceTypeInboxItem.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_items(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * A page of the inbox with filters.
+     */
+open func inboxList(query: InboxQuery)async throws  -> InboxPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_list(
+                        self.uniffiCloneHandle(),FfiConverterTypeInboxQuery_lower(query)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxPage_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Loads the next (older) page of the view; the items join `inbox_items`.
+     */
+open func inboxLoadMore()async throws  -> InboxPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_load_more(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxPage_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Applies `action` to the items `ids`. Queued while offline (kept in the store) and sent again after every
+     * reconnect until the server answers, which applies it once; returns the counts after it.
+     */
+open func inboxMark(action: InboxAction, ids: [String])async throws  -> InboxChangeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_mark(
+                        self.uniffiCloneHandle(),FfiConverterTypeInboxAction_lower(action),FfiConverterSequenceString.lower(ids)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxChangeResult_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Marks every item up to the newest the client knows read (and seen); items that reach the server meanwhile
+     * stay unread.
+     */
+open func inboxMarkAllRead()async throws  -> InboxChangeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_mark_all_read(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxChangeResult_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Marks every item up to the newest the client knows seen.
+     */
+open func inboxMarkAllSeen()async throws  -> InboxChangeResult  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_inbox_mark_all_seen(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeInboxChangeResult_lift,
+            errorHandler: FfiConverterTypeTidingsError_lift
+        )
+}
+    
+    /**
+     * Inbox changes not yet answered by the server (queued while offline).
+     */
+open func inboxPendingChanges() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_tidings_ffi_fn_method_tidingsclient_inbox_pending_changes(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Waits until the inbox counts differ from `current` and returns them (at once if they differ already):
+     * the latest counts, which only move to newer versions. For an observable badge.
+     */
+open func nextInboxCounts(current: InboxCounts?)async  -> InboxCounts?  {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_tidings_ffi_fn_method_tidingsclient_next_inbox_counts(
+                        self.uniffiCloneHandle(),FfiConverterOptionTypeInboxCounts.lower(current)
+                )
+            },
+            pollFunc: ffi_tidings_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_tidings_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_tidings_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeInboxCounts.lift,
+            errorHandler: nil
+            
         )
 }
     
@@ -1948,6 +2197,620 @@ public func FfiConverterTypeDigest_lift(_ buf: RustBuffer) throws -> Digest {
 #endif
 public func FfiConverterTypeDigest_lower(_ value: Digest) -> RustBuffer {
     return FfiConverterTypeDigest.lower(value)
+}
+
+
+/**
+ * A page of a stream's stored history, oldest first.
+ */
+public struct HistoryPage: Equatable, Hashable {
+    /**
+     * The stream.
+     */
+    public var stream: String
+    /**
+     * Its current epoch (the offsets are this epoch's).
+     */
+    public var epoch: String
+    /**
+     * Its newest offset.
+     */
+    public var head: UInt64
+    /**
+     * The oldest offset stored.
+     */
+    public var oldest: UInt64
+    /**
+     * The notifications.
+     */
+    public var items: [Notification]
+    /**
+     * `after_offset` of the next page; `None`: this page reaches the head.
+     */
+    public var next: UInt64?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The stream.
+         */stream: String, 
+        /**
+         * Its current epoch (the offsets are this epoch's).
+         */epoch: String, 
+        /**
+         * Its newest offset.
+         */head: UInt64, 
+        /**
+         * The oldest offset stored.
+         */oldest: UInt64, 
+        /**
+         * The notifications.
+         */items: [Notification], 
+        /**
+         * `after_offset` of the next page; `None`: this page reaches the head.
+         */next: UInt64?) {
+        self.stream = stream
+        self.epoch = epoch
+        self.head = head
+        self.oldest = oldest
+        self.items = items
+        self.next = next
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension HistoryPage: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeHistoryPage: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HistoryPage {
+        return
+            try HistoryPage(
+                stream: FfiConverterString.read(from: &buf), 
+                epoch: FfiConverterString.read(from: &buf), 
+                head: FfiConverterUInt64.read(from: &buf), 
+                oldest: FfiConverterUInt64.read(from: &buf), 
+                items: FfiConverterSequenceTypeNotification.read(from: &buf), 
+                next: FfiConverterOptionUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: HistoryPage, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.stream, into: &buf)
+        FfiConverterString.write(value.epoch, into: &buf)
+        FfiConverterUInt64.write(value.head, into: &buf)
+        FfiConverterUInt64.write(value.oldest, into: &buf)
+        FfiConverterSequenceTypeNotification.write(value.items, into: &buf)
+        FfiConverterOptionUInt64.write(value.next, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHistoryPage_lift(_ buf: RustBuffer) throws -> HistoryPage {
+    return try FfiConverterTypeHistoryPage.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHistoryPage_lower(_ value: HistoryPage) -> RustBuffer {
+    return FfiConverterTypeHistoryPage.lower(value)
+}
+
+
+/**
+ * The inbox after a change.
+ */
+public struct InboxChangeResult: Equatable, Hashable {
+    /**
+     * The counts after the change.
+     */
+    public var counts: InboxCounts
+    /**
+     * The items it changed, in their new state.
+     */
+    public var items: [InboxItem]
+    /**
+     * The change had been applied before (sent again after a lost answer): nothing changed now.
+     */
+    public var duplicate: Bool
+    /**
+     * Ids that are not in the inbox.
+     */
+    public var unknown: [String]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The counts after the change.
+         */counts: InboxCounts, 
+        /**
+         * The items it changed, in their new state.
+         */items: [InboxItem], 
+        /**
+         * The change had been applied before (sent again after a lost answer): nothing changed now.
+         */duplicate: Bool, 
+        /**
+         * Ids that are not in the inbox.
+         */unknown: [String]) {
+        self.counts = counts
+        self.items = items
+        self.duplicate = duplicate
+        self.unknown = unknown
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension InboxChangeResult: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxChangeResult: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxChangeResult {
+        return
+            try InboxChangeResult(
+                counts: FfiConverterTypeInboxCounts.read(from: &buf), 
+                items: FfiConverterSequenceTypeInboxItem.read(from: &buf), 
+                duplicate: FfiConverterBool.read(from: &buf), 
+                unknown: FfiConverterSequenceString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: InboxChangeResult, into buf: inout [UInt8]) {
+        FfiConverterTypeInboxCounts.write(value.counts, into: &buf)
+        FfiConverterSequenceTypeInboxItem.write(value.items, into: &buf)
+        FfiConverterBool.write(value.duplicate, into: &buf)
+        FfiConverterSequenceString.write(value.unknown, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxChangeResult_lift(_ buf: RustBuffer) throws -> InboxChangeResult {
+    return try FfiConverterTypeInboxChangeResult.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxChangeResult_lower(_ value: InboxChangeResult) -> RustBuffer {
+    return FfiConverterTypeInboxChangeResult.lower(value)
+}
+
+
+/**
+ * The server's counts of the user's inbox. `unread` is the badge.
+ */
+public struct InboxCounts: Equatable, Hashable {
+    /**
+     * Items not archived and not seen.
+     */
+    public var unseen: UInt64
+    /**
+     * Items not archived and not read: the badge.
+     */
+    public var unread: UInt64
+    /**
+     * Items not archived.
+     */
+    public var total: UInt64
+    /**
+     * Grows with every change of the inbox; the client keeps only newer counts.
+     */
+    public var version: UInt64
+    /**
+     * The newest item's `seq`.
+     */
+    public var head: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Items not archived and not seen.
+         */unseen: UInt64, 
+        /**
+         * Items not archived and not read: the badge.
+         */unread: UInt64, 
+        /**
+         * Items not archived.
+         */total: UInt64, 
+        /**
+         * Grows with every change of the inbox; the client keeps only newer counts.
+         */version: UInt64, 
+        /**
+         * The newest item's `seq`.
+         */head: UInt64) {
+        self.unseen = unseen
+        self.unread = unread
+        self.total = total
+        self.version = version
+        self.head = head
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension InboxCounts: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxCounts: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxCounts {
+        return
+            try InboxCounts(
+                unseen: FfiConverterUInt64.read(from: &buf), 
+                unread: FfiConverterUInt64.read(from: &buf), 
+                total: FfiConverterUInt64.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf), 
+                head: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: InboxCounts, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.unseen, into: &buf)
+        FfiConverterUInt64.write(value.unread, into: &buf)
+        FfiConverterUInt64.write(value.total, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+        FfiConverterUInt64.write(value.head, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxCounts_lift(_ buf: RustBuffer) throws -> InboxCounts {
+    return try FfiConverterTypeInboxCounts.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxCounts_lower(_ value: InboxCounts) -> RustBuffer {
+    return FfiConverterTypeInboxCounts.lower(value)
+}
+
+
+/**
+ * One item of the inbox.
+ */
+public struct InboxItem: Equatable, Hashable {
+    /**
+     * The notification id.
+     */
+    public var id: String
+    /**
+     * Position in the inbox (grows with every item added).
+     */
+    public var seq: UInt64
+    /**
+     * The inbox version of the item's last change.
+     */
+    public var version: UInt64
+    /**
+     * When it was added (ms since the Unix epoch).
+     */
+    public var insertedAt: UInt64
+    /**
+     * When it was first seen; `None`: unseen.
+     */
+    public var seenAt: UInt64?
+    /**
+     * When it was read; `None`: unread.
+     */
+    public var readAt: UInt64?
+    /**
+     * When it was archived; `None`: not archived.
+     */
+    public var archivedAt: UInt64?
+    /**
+     * The notification (absent in the items of a change).
+     */
+    public var notification: Notification?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The notification id.
+         */id: String, 
+        /**
+         * Position in the inbox (grows with every item added).
+         */seq: UInt64, 
+        /**
+         * The inbox version of the item's last change.
+         */version: UInt64, 
+        /**
+         * When it was added (ms since the Unix epoch).
+         */insertedAt: UInt64, 
+        /**
+         * When it was first seen; `None`: unseen.
+         */seenAt: UInt64?, 
+        /**
+         * When it was read; `None`: unread.
+         */readAt: UInt64?, 
+        /**
+         * When it was archived; `None`: not archived.
+         */archivedAt: UInt64?, 
+        /**
+         * The notification (absent in the items of a change).
+         */notification: Notification?) {
+        self.id = id
+        self.seq = seq
+        self.version = version
+        self.insertedAt = insertedAt
+        self.seenAt = seenAt
+        self.readAt = readAt
+        self.archivedAt = archivedAt
+        self.notification = notification
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension InboxItem: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxItem: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxItem {
+        return
+            try InboxItem(
+                id: FfiConverterString.read(from: &buf), 
+                seq: FfiConverterUInt64.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf), 
+                insertedAt: FfiConverterUInt64.read(from: &buf), 
+                seenAt: FfiConverterOptionUInt64.read(from: &buf), 
+                readAt: FfiConverterOptionUInt64.read(from: &buf), 
+                archivedAt: FfiConverterOptionUInt64.read(from: &buf), 
+                notification: FfiConverterOptionTypeNotification.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: InboxItem, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterUInt64.write(value.seq, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+        FfiConverterUInt64.write(value.insertedAt, into: &buf)
+        FfiConverterOptionUInt64.write(value.seenAt, into: &buf)
+        FfiConverterOptionUInt64.write(value.readAt, into: &buf)
+        FfiConverterOptionUInt64.write(value.archivedAt, into: &buf)
+        FfiConverterOptionTypeNotification.write(value.notification, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxItem_lift(_ buf: RustBuffer) throws -> InboxItem {
+    return try FfiConverterTypeInboxItem.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxItem_lower(_ value: InboxItem) -> RustBuffer {
+    return FfiConverterTypeInboxItem.lower(value)
+}
+
+
+/**
+ * A page of the inbox, newest first.
+ */
+public struct InboxPage: Equatable, Hashable {
+    /**
+     * The items.
+     */
+    public var items: [InboxItem]
+    /**
+     * `before` of the next page; `None`: no more.
+     */
+    public var next: UInt64?
+    /**
+     * The counts when the page was read.
+     */
+    public var counts: InboxCounts
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The items.
+         */items: [InboxItem], 
+        /**
+         * `before` of the next page; `None`: no more.
+         */next: UInt64?, 
+        /**
+         * The counts when the page was read.
+         */counts: InboxCounts) {
+        self.items = items
+        self.next = next
+        self.counts = counts
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension InboxPage: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxPage: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxPage {
+        return
+            try InboxPage(
+                items: FfiConverterSequenceTypeInboxItem.read(from: &buf), 
+                next: FfiConverterOptionUInt64.read(from: &buf), 
+                counts: FfiConverterTypeInboxCounts.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: InboxPage, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeInboxItem.write(value.items, into: &buf)
+        FfiConverterOptionUInt64.write(value.next, into: &buf)
+        FfiConverterTypeInboxCounts.write(value.counts, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxPage_lift(_ buf: RustBuffer) throws -> InboxPage {
+    return try FfiConverterTypeInboxPage.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxPage_lower(_ value: InboxPage) -> RustBuffer {
+    return FfiConverterTypeInboxPage.lower(value)
+}
+
+
+/**
+ * Filters of an inbox page.
+ */
+public struct InboxQuery: Equatable, Hashable {
+    /**
+     * Only items older than this `seq` (the previous page's `next`).
+     */
+    public var before: UInt64?
+    /**
+     * Most items (1–200, default 50).
+     */
+    public var limit: UInt32?
+    /**
+     * By read/seen state.
+     */
+    public var status: InboxStatus
+    /**
+     * By archive state.
+     */
+    public var archived: InboxArchived
+    /**
+     * Only this notification type.
+     */
+    public var kind: String?
+    /**
+     * Only items from `topic:<topic>`.
+     */
+    public var topic: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Only items older than this `seq` (the previous page's `next`).
+         */before: UInt64? = nil, 
+        /**
+         * Most items (1–200, default 50).
+         */limit: UInt32? = nil, 
+        /**
+         * By read/seen state.
+         */status: InboxStatus, 
+        /**
+         * By archive state.
+         */archived: InboxArchived, 
+        /**
+         * Only this notification type.
+         */kind: String? = nil, 
+        /**
+         * Only items from `topic:<topic>`.
+         */topic: String? = nil) {
+        self.before = before
+        self.limit = limit
+        self.status = status
+        self.archived = archived
+        self.kind = kind
+        self.topic = topic
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension InboxQuery: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxQuery: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxQuery {
+        return
+            try InboxQuery(
+                before: FfiConverterOptionUInt64.read(from: &buf), 
+                limit: FfiConverterOptionUInt32.read(from: &buf), 
+                status: FfiConverterTypeInboxStatus.read(from: &buf), 
+                archived: FfiConverterTypeInboxArchived.read(from: &buf), 
+                kind: FfiConverterOptionString.read(from: &buf), 
+                topic: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: InboxQuery, into buf: inout [UInt8]) {
+        FfiConverterOptionUInt64.write(value.before, into: &buf)
+        FfiConverterOptionUInt32.write(value.limit, into: &buf)
+        FfiConverterTypeInboxStatus.write(value.status, into: &buf)
+        FfiConverterTypeInboxArchived.write(value.archived, into: &buf)
+        FfiConverterOptionString.write(value.kind, into: &buf)
+        FfiConverterOptionString.write(value.topic, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxQuery_lift(_ buf: RustBuffer) throws -> InboxQuery {
+    return try FfiConverterTypeInboxQuery.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxQuery_lower(_ value: InboxQuery) -> RustBuffer {
+    return FfiConverterTypeInboxQuery.lower(value)
 }
 
 
@@ -3226,6 +4089,311 @@ public func FfiConverterTypeGapReason_lower(_ value: GapReason) -> RustBuffer {
 
 
 /**
+ * What to do with inbox items.
+ */
+
+public enum InboxAction: Equatable, Hashable {
+    
+    /**
+     * Read (and seen).
+     */
+    case read
+    /**
+     * Unread (stays seen).
+     */
+    case unread
+    /**
+     * Seen.
+     */
+    case seen
+    /**
+     * Unseen (and unread).
+     */
+    case unseen
+    /**
+     * Archived: leaves the counts and the default pages.
+     */
+    case archive
+    /**
+     * Back from the archive.
+     */
+    case unarchive
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension InboxAction: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxAction: FfiConverterRustBuffer {
+    typealias SwiftType = InboxAction
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxAction {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .read
+        
+        case 2: return .unread
+        
+        case 3: return .seen
+        
+        case 4: return .unseen
+        
+        case 5: return .archive
+        
+        case 6: return .unarchive
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: InboxAction, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .read:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .unread:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .seen:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .unseen:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .archive:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .unarchive:
+            writeInt(&buf, Int32(6))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxAction_lift(_ buf: RustBuffer) throws -> InboxAction {
+    return try FfiConverterTypeInboxAction.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxAction_lower(_ value: InboxAction) -> RustBuffer {
+    return FfiConverterTypeInboxAction.lower(value)
+}
+
+
+
+/**
+ * Which items an inbox page lists by archive state.
+ */
+
+public enum InboxArchived: Equatable, Hashable {
+    
+    /**
+     * Not archived (the default).
+     */
+    case exclude
+    /**
+     * Archived or not.
+     */
+    case include
+    /**
+     * Archived only.
+     */
+    case only
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension InboxArchived: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxArchived: FfiConverterRustBuffer {
+    typealias SwiftType = InboxArchived
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxArchived {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .exclude
+        
+        case 2: return .include
+        
+        case 3: return .only
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: InboxArchived, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .exclude:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .include:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .only:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxArchived_lift(_ buf: RustBuffer) throws -> InboxArchived {
+    return try FfiConverterTypeInboxArchived.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxArchived_lower(_ value: InboxArchived) -> RustBuffer {
+    return FfiConverterTypeInboxArchived.lower(value)
+}
+
+
+
+/**
+ * Which items an inbox page lists by state.
+ */
+
+public enum InboxStatus: Equatable, Hashable {
+    
+    /**
+     * Every state.
+     */
+    case all
+    /**
+     * Not read.
+     */
+    case unread
+    /**
+     * Read.
+     */
+    case read
+    /**
+     * Not seen.
+     */
+    case unseen
+    /**
+     * Seen.
+     */
+    case seen
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension InboxStatus: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeInboxStatus: FfiConverterRustBuffer {
+    typealias SwiftType = InboxStatus
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> InboxStatus {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .all
+        
+        case 2: return .unread
+        
+        case 3: return .read
+        
+        case 4: return .unseen
+        
+        case 5: return .seen
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: InboxStatus, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .all:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .unread:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .read:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .unseen:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .seen:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxStatus_lift(_ buf: RustBuffer) throws -> InboxStatus {
+    return try FfiConverterTypeInboxStatus.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeInboxStatus_lower(_ value: InboxStatus) -> RustBuffer {
+    return FfiConverterTypeInboxStatus.lower(value)
+}
+
+
+
+/**
  * Network reachability, as the platform reports it.
  */
 
@@ -3987,6 +5155,21 @@ enum TidingsError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      */
     case Closed
     /**
+     * The server refused a request (inbox, history): `code` is `bad_request`, `forbidden` or `try_again_later`.
+     */
+    case RequestRefused(
+        /**
+         * Why.
+         */code: String, 
+        /**
+         * Detail, naming the member.
+         */message: String
+    )
+    /**
+     * A read (inbox page, history page) got no answer in time (30 s, connecting included).
+     */
+    case TimedOut
+    /**
      * A bug in Tidings (a caught panic). Please report it.
      */
     case Internal(
@@ -4070,18 +5253,23 @@ public struct FfiConverterTypeTidingsError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
             )
         case 5: return .Closed
-        case 6: return .Internal(
+        case 6: return .RequestRefused(
+            code: try FfiConverterString.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .Unauthorized(
+        case 7: return .TimedOut
+        case 8: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .Refused(
+        case 9: return .Unauthorized(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 10: return .Refused(
             status: try FfiConverterUInt16.read(from: &buf), 
             code: try FfiConverterString.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .Unavailable(
+        case 11: return .Unavailable(
             message: try FfiConverterString.read(from: &buf), 
             retryAfterMs: try FfiConverterOptionUInt64.read(from: &buf)
             )
@@ -4122,25 +5310,35 @@ public struct FfiConverterTypeTidingsError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(5))
         
         
-        case let .Internal(message):
+        case let .RequestRefused(code,message):
             writeInt(&buf, Int32(6))
+            FfiConverterString.write(code, into: &buf)
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case .TimedOut:
+            writeInt(&buf, Int32(7))
+        
+        
+        case let .Internal(message):
+            writeInt(&buf, Int32(8))
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Unauthorized(message):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Refused(status,code,message):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(10))
             FfiConverterUInt16.write(status, into: &buf)
             FfiConverterString.write(code, into: &buf)
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Unavailable(message,retryAfterMs):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(message, into: &buf)
             FfiConverterOptionUInt64.write(retryAfterMs, into: &buf)
             
@@ -4241,6 +5439,18 @@ public enum TidingsEvent: Equatable, Hashable {
          * Detail, naming the member that is wrong.
          */message: String
     )
+    /**
+     * The inbox counts changed (newer counts arrived); `unread` is the badge.
+     */
+    case inboxCounts(
+        /**
+         * The counts.
+         */counts: InboxCounts
+    )
+    /**
+     * The inbox view changed: read `inbox_items()`.
+     */
+    case inboxChanged
 
 
 
@@ -4282,6 +5492,11 @@ public struct FfiConverterTypeTidingsEvent: FfiConverterRustBuffer {
         
         case 7: return .pushRegistrationFailed(platform: try FfiConverterTypePushPlatform.read(from: &buf), code: try FfiConverterString.read(from: &buf), message: try FfiConverterString.read(from: &buf)
         )
+        
+        case 8: return .inboxCounts(counts: try FfiConverterTypeInboxCounts.read(from: &buf)
+        )
+        
+        case 9: return .inboxChanged
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4330,6 +5545,15 @@ public struct FfiConverterTypeTidingsEvent: FfiConverterRustBuffer {
             FfiConverterString.write(code, into: &buf)
             FfiConverterString.write(message, into: &buf)
             
+        
+        case let .inboxCounts(counts):
+            writeInt(&buf, Int32(8))
+            FfiConverterTypeInboxCounts.write(counts, into: &buf)
+            
+        
+        case .inboxChanged:
+            writeInt(&buf, Int32(9))
+        
         }
     }
 }
@@ -4469,6 +5693,30 @@ public func FfiConverterTypeTokenProviderError_lower(_ value: TokenProviderError
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = UInt32?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt32.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt32.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
     typealias SwiftType = UInt64?
 
@@ -4509,6 +5757,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeInboxCounts: FfiConverterRustBuffer {
+    typealias SwiftType = InboxCounts?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeInboxCounts.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeInboxCounts.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeNotification: FfiConverterRustBuffer {
+    typealias SwiftType = Notification?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeNotification.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeNotification.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -4606,6 +5902,56 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeInboxItem: FfiConverterRustBuffer {
+    typealias SwiftType = [InboxItem]
+
+    public static func write(_ value: [InboxItem], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeInboxItem.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [InboxItem] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [InboxItem]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeInboxItem.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeNotification: FfiConverterRustBuffer {
+    typealias SwiftType = [Notification]
+
+    public static func write(_ value: [Notification], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeNotification.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Notification] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Notification]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeNotification.read(from: &buf))
         }
         return seq
     }
@@ -4950,6 +6296,39 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tidingsclient_update_preferences() != 8768) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_history() != 18121) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_complete() != 12225) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_counts() != 8104) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_items() != 24332) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_list() != 55228) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_load_more() != 4869) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_mark() != 50179) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_mark_all_read() != 62121) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_mark_all_seen() != 50898) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_inbox_pending_changes() != 4288) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_tidings_ffi_checksum_method_tidingsclient_next_inbox_counts() != 24404) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_tidings_ffi_checksum_method_tokenprovider_fetch_token() != 13240) {

@@ -18,6 +18,11 @@ final class ConformanceTests: XCTestCase {
         "auth_failure_without_storm",
         "background_foreground_resume",
         "slow_app_backpressure",
+        "gap_refetch_from_history",
+        "inbox_two_devices",
+        "inbox_offline_change_converges",
+        "inbox_mark_all_leaves_new_items_unread",
+        "inbox_counts_survive_a_server_restart",
         "real_push_then_socket_shown_once",
         "lightweight_push_is_fetched",
         "digest_push_summary",
@@ -34,6 +39,15 @@ final class ConformanceTests: XCTestCase {
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
     func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
+    func testGapRefetchFromHistory() async throws { try await runScenario("gap_refetch_from_history") }
+    func testInboxTwoDevices() async throws { try await runScenario("inbox_two_devices") }
+    func testInboxOfflineChangeConverges() async throws { try await runScenario("inbox_offline_change_converges") }
+    func testInboxMarkAllLeavesNewItemsUnread() async throws {
+        try await runScenario("inbox_mark_all_leaves_new_items_unread")
+    }
+    func testInboxCountsSurviveAServerRestart() async throws {
+        try await runScenario("inbox_counts_survive_a_server_restart")
+    }
     func testRealPushThenSocketShownOnce() async throws { try await runScenario("real_push_then_socket_shown_once") }
     func testLightweightPushIsFetched() async throws { try await runScenario("lightweight_push_is_fetched") }
     func testDigestPushSummary() async throws { try await runScenario("digest_push_summary") }
@@ -135,6 +149,13 @@ struct Step: Decodable {
     /// `assert_stats`: stat name → exact value, and stat name → lower bound.
     let equals: [String: UInt64]?
     let atLeast: [String: UInt64]?
+    let action: String?
+    let wait: Bool?
+    let unread: UInt64?
+    let unseen: UInt64?
+    let total: UInt64?
+    let afterId: String?
+    let limit: UInt32?
     let from: String?
     let form: String?
     let bodyBytes: Int?
@@ -148,8 +169,9 @@ struct Step: Decodable {
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published, equals, from, form, rules, ranges, version
+        case published, equals, action, wait, unread, unseen, total, limit, from, form, rules, ranges, version
         case atLeast = "at_least"
+        case afterId = "after_id"
         case bodyBytes = "body_bytes"
         case timeZone = "time_zone"
         case batchWindowMs = "batch_window_ms"
@@ -191,6 +213,13 @@ struct Step: Decodable {
         ms = try c.decodeIfPresent(UInt64.self, forKey: .ms)
         first = try c.decodeIfPresent(String.self, forKey: .first)
         last = try c.decodeIfPresent(String.self, forKey: .last)
+        action = try c.decodeIfPresent(String.self, forKey: .action)
+        wait = try c.decodeIfPresent(Bool.self, forKey: .wait)
+        unread = try c.decodeIfPresent(UInt64.self, forKey: .unread)
+        unseen = try c.decodeIfPresent(UInt64.self, forKey: .unseen)
+        total = try c.decodeIfPresent(UInt64.self, forKey: .total)
+        afterId = try c.decodeIfPresent(String.self, forKey: .afterId)
+        limit = try c.decodeIfPresent(UInt32.self, forKey: .limit)
         from = try c.decodeIfPresent(String.self, forKey: .from)
         form = try c.decodeIfPresent(String.self, forKey: .form)
         bodyBytes = try c.decodeIfPresent(Int.self, forKey: .bodyBytes)
@@ -237,6 +266,8 @@ final class ScenarioRunner {
     private var tokenFetches: [String: Locked<Int>] = [:]
     /// The publish reply's first delivery per id: stream, epoch, offset.
     private var deliveries: [String: [String: Any]] = [:]
+    /// Inbox changes started without waiting (`wait: false`).
+    private var pendingRequests: [Task<Void, Never>] = []
     /// Each client's user, and its APNs device token (`register_push`).
     private var users: [String: String] = [:]
     private var pushTokens: [String: String] = [:]
@@ -586,6 +617,81 @@ final class ScenarioRunner {
             await r.close()
             await connects.removeValue(forKey: key)?.value
 
+        case "wait_inbox", "assert_inbox":
+            let r = try recorder(step)
+            let matches = { (c: InboxCounts?) -> Bool in
+                guard let c else { return false }
+                return (step.unread.map { $0 == c.unread } ?? true) && (step.unseen.map { $0 == c.unseen } ?? true)
+                    && (step.total.map { $0 == c.total } ?? true)
+            }
+            // Through the observable badge (SwiftUI's view of the counts) and the client's property alike.
+            if step.op == "wait_inbox" {
+                let deadline = Date().addingTimeInterval(waitTimeout)
+                while !matches(await r.badgeCounts()) {
+                    if Date() > deadline {
+                        throw TestFailure("timed out waiting for inbox counts: \(String(describing: await r.badgeCounts()))")
+                    }
+                    try await Task.sleep(nanoseconds: 10_000_000)
+                }
+            } else {
+                let counts = await r.badgeCounts()
+                try check(matches(counts), "inbox counts \(String(describing: counts))")
+            }
+            let now = r.client.inboxCounts
+            try check(matches(now), "the client's inbox counts \(String(describing: now))")
+
+        case "inbox_mark", "inbox_mark_all":
+            let r = try recorder(step)
+            let action = try required(step.action, "action")
+            let ids = try stepIds(step)
+            let client = r.client
+            let request: @Sendable () async throws -> InboxChangeResult
+            if step.op == "inbox_mark_all" {
+                switch action {
+                case "read": request = { try await client.inboxMarkAllRead() }
+                case "seen": request = { try await client.inboxMarkAllSeen() }
+                default: throw TestFailure("mark all \(action)?")
+                }
+            } else {
+                guard let a = InboxAction(rawValue: action) else { throw TestFailure("unknown action \(action)") }
+                request = { try await client.inboxMark(a, ids: ids) }
+            }
+            if step.wait ?? true {
+                let result = try await request()
+                try check(!result.duplicate, "a duplicate: \(result)")
+            } else {
+                // Started without waiting for the answer (offline, the SDK queues the change).
+                let pending = client.inboxPendingChanges
+                pendingRequests.append(Task { _ = try? await request() })
+                let deadline = Date().addingTimeInterval(waitTimeout)
+                while client.inboxPendingChanges <= pending {
+                    if Date() > deadline { throw TestFailure("the change was not queued") }
+                    try await Task.sleep(nanoseconds: 5_000_000)
+                }
+            }
+
+        case "history":
+            // The README's gap → refetch path: page after the last notification handled.
+            let r = try recorder(step)
+            let stream = try streamName(try required(step.stream, "stream"))
+            let afterId = name(try required(step.afterId, "after_id"))
+            guard let last = r.notifications.first(where: { $0.id == afterId }), let offset = last.offset else {
+                throw TestFailure("\(afterId) was not delivered")
+            }
+            var after: (epoch: String, offset: UInt64)? = (epoch: last.epoch, offset: offset)
+            var got: [String] = []
+            while let position = after {
+                let page = try await r.client.history(stream, after: position, limit: step.limit)
+                if let limit = step.limit { try check(page.items.count <= Int(limit), "a page larger than the limit") }
+                got += page.items.map(\.id)
+                after = page.next.map { (epoch: page.epoch, offset: $0) }
+            }
+            let want = try stepIds(step)
+            try check(got == want, "history after \(afterId): \(got), expected \(want)")
+
+        case "restart_server":
+            try await server.restart()
+
         default:
             throw TestFailure("unknown step op \(step.op)")
         }
@@ -601,6 +707,9 @@ final class ScenarioRunner {
     }
 
     func closeAll() async {
+        for task in pendingRequests {
+            task.cancel()
+        }
         for (key, r) in clients {
             await r.close()
             await connects.removeValue(forKey: key)?.value

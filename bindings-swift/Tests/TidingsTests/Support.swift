@@ -31,6 +31,8 @@ struct TestServer {
     let wsURL: URL
     let httpURL: URL
     let apiKey: String
+    /// `TIDINGS_CONTROL_URL`: restarts the server (`restart_server`).
+    let controlURL: URL?
     /// The push harness's control API (`TIDINGS_PUSH_HARNESS_URL`): the mock push services the server pushes to.
     let pushHarnessURL: URL?
 
@@ -46,7 +48,9 @@ struct TestServer {
             throw XCTSkip("no reference server (run `cargo xtask swift-test`)")
         }
         let harness = env["TIDINGS_PUSH_HARNESS_URL"].flatMap(URL.init(string:))
-        return TestServer(wsURL: ws, httpURL: http, apiKey: key, pushHarnessURL: harness)
+        return TestServer(
+            wsURL: ws, httpURL: http, apiKey: key, controlURL: env["TIDINGS_CONTROL_URL"].flatMap(URL.init(string:)),
+            pushHarnessURL: harness)
     }
 
     /// `POST /v1/demo/token`.
@@ -64,6 +68,16 @@ struct TestServer {
     /// `POST /v1/admin/drop` for everyone.
     func dropAll() async throws {
         _ = try await request("POST", "/v1/admin/drop", [:])
+    }
+
+    /// Restarts the server process (same address and data) and returns once it answers again.
+    func restart() async throws {
+        guard let controlURL else { throw TestFailure("TIDINGS_CONTROL_URL is not set") }
+        var request = URLRequest(url: controlURL.appendingPathComponent("restart"))
+        request.httpMethod = "POST"
+        request.timeoutInterval = 60
+        let (data, status) = try await send(request)
+        try check(status == 200, "restart: HTTP \(status): \(String(decoding: data, as: UTF8.self))")
     }
 
     /// Every push the mock services accepted so far (`GET /pushes` of the push harness), as an app receives it:
@@ -103,7 +117,7 @@ struct TestServer {
         return object
     }
 
-    private func send(_ request: URLRequest) async throws -> (Data, Int) {
+    fileprivate func send(_ request: URLRequest) async throws -> (Data, Int) {
         try await withCheckedThrowingContinuation { continuation in
             URLSession.shared.dataTask(with: request) { data, response, error in
                 if let error {
@@ -141,6 +155,9 @@ final class Recorder: @unchecked Sendable {
     private let log = Locked<[TidingsEvent]>([])
     private let paused = Locked(false)
     private var task: Task<Void, Never>?
+    /// The latest inbox counts from the client's `inboxCountsChanges` (what `InboxBadge` shows on Apple platforms).
+    private let observed = Locked<InboxCounts?>(nil)
+    private var countsTask: Task<Void, Never>?
 
     init(_ client: TidingsClient) {
         self.client = client
@@ -155,6 +172,22 @@ final class Recorder: @unchecked Sendable {
                 log.withLock { $0.append(event) }
             }
         }
+        let counts = client.inboxCountsChanges
+        let observed = self.observed
+        countsTask = Task {
+            var lastVersion: UInt64 = 0
+            for await c in counts {
+                // Newer only: the stream never goes back.
+                precondition(c.version > lastVersion || lastVersion == 0, "counts went back: \(c)")
+                lastVersion = c.version
+                observed.withLock { $0 = c }
+            }
+        }
+    }
+
+    /// The inbox counts as observed through `inboxCountsChanges`.
+    func badgeCounts() async -> InboxCounts? {
+        observed.current
     }
 
     /// The app stops (or resumes) taking events.
@@ -207,5 +240,6 @@ final class Recorder: @unchecked Sendable {
     func close() async {
         await client.close()
         await task?.value
+        countsTask?.cancel()
     }
 }

@@ -72,6 +72,7 @@ fn with(now: u64, f: impl FnOnce(&mut Engine, Instant) -> bool) -> u32 {
                 Output::Event(Event::SubscriptionFailed { message, .. }) => out(9, message.as_bytes()),
                 Output::Event(Event::State(ConnectionState::Reconnecting { reason, .. })) => out(10, reason.as_bytes()),
                 Output::Event(_) => out(11, b""),
+                Output::Reply { .. } => out(14, b""),
                 Output::Timeout(t) => {
                     if let Some(t) = t {
                         out(12, &t.as_millis().to_le_bytes());

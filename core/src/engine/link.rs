@@ -91,6 +91,8 @@ pub(super) enum Request {
     Unsubscribe,
     /// A `register_push` of this address.
     RegisterPush(PushRegistration),
+    /// An `inbox_watch`.
+    InboxWatch,
 }
 
 /// Why a socket ended, as the engine classifies it.
@@ -136,6 +138,7 @@ impl Engine {
         }
         self.timers.stop(Timer::Background);
         self.enter(Phase::Closed);
+        self.inbox_closed();
         self.request_persist(now);
     }
 
@@ -603,6 +606,7 @@ impl Engine {
                 self.user = Some(user);
                 self.resubscribe_all();
                 self.send_push_registration();
+                self.send_inbox_requests();
             }
             ServerFrame::Subscribed { reference, stream, epoch, offset, continuity } => {
                 self.answered(reference, Some(&stream));
@@ -617,12 +621,17 @@ impl Engine {
             }
             ServerFrame::TokenRefreshed { token_expires_in_ms } => self.set_token_expiry(now, token_expires_in_ms),
             ServerFrame::Error(e) => self.on_error(now, e),
+            ServerFrame::Inbox(_) | ServerFrame::InboxPage(_) | ServerFrame::HistoryPage(_) => {
+                self.on_inbox_frame(now, frame)
+            }
         }
     }
 
     fn on_error(&mut self, now: Instant, e: ErrorFrame) {
         if let Some(reference) = e.reference {
-            self.request_refused(now, reference, e);
+            if !self.inbox_refused(now, reference, &e) {
+                self.request_refused(now, reference, e);
+            }
             return;
         }
         let Some(close_code) = e.code.close_code() else {
@@ -692,14 +701,14 @@ impl Engine {
                 }
                 self.events.push_back(Event::PushRegistrationFailed { platform, code: e.code, message: e.message });
             }
-            (Some(Request::Unsubscribe), _) | (None, None) => {
+            (Some(Request::Unsubscribe | Request::InboxWatch), _) | (None, None) => {
                 warn!(code = %e.code, message = %e.message, "request refused");
             }
         }
     }
 
     /// A reply to `reference` arrived (for a subscribe, about `stream`).
-    fn answered(&mut self, reference: u64, stream: Option<&str>) {
+    pub(super) fn answered(&mut self, reference: u64, stream: Option<&str>) {
         let Some(link) = self.link_mut() else { return };
         let Some(i) = link.requests.iter().position(|(r, _)| *r == reference) else { return };
         if let (Request::Subscribe(streams), Some(stream)) = (&mut link.requests[i].1, stream) {

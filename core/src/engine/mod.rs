@@ -19,13 +19,15 @@
 //! The engine is split by concern: `link` (connection phases, transport inputs, heartbeats, network and
 //! lifecycle), `token`, `streams` (subscriptions, cursors, replay and continuity), `delivery` (dedup and
 //! batching), `push` (push payloads and the device's push address), `acks`, `persist` (snapshots), and
-//! `timers`, the one table holding every deadline.
+//! `timers`, the one table holding every deadline; `inbox`, the inbox and history requests with their answers
+//! ([`Output::Reply`]).
 
 mod acks;
 mod backoff;
 mod batch;
 mod dedup;
 mod delivery;
+mod inbox;
 mod link;
 mod map;
 mod persist;
@@ -41,9 +43,10 @@ use std::collections::VecDeque;
 pub use backoff::BackoffConfig;
 pub use batch::{BatchConfig, BatchOutput, Digest, PendingBatch};
 pub use dedup::DedupWindow;
+pub use inbox::{InboxChange, Reply, RequestError, RequestId};
 pub use map::StreamMap;
 pub use push::{complete_push_fetch_without_client, ingest_push_without_client};
-pub use snapshot::{Cursor, PushRegistration, Snapshot, SnapshotScope};
+pub use snapshot::{Cursor, PushRegistration, QueuedChange, Snapshot, SnapshotScope};
 pub use types::{
     Action, Config, ConnId, ConnectionState, Continuity, EngineError, Event, FailureReason, Lifecycle, NetworkEvent,
     Output, PushOutcome, Reconnects, Rtt, Stats, SuspendReason, TokenError, TransportFailure,
@@ -94,6 +97,9 @@ pub struct Engine {
     // delivery
     dedup: DedupWindow,
     batcher: Batcher,
+    // inbox
+    inbox: inbox::InboxState,
+    replies: inbox::Replies,
     // push
     device_id: Option<String>,
     push: Option<PushRegistration>,
@@ -140,6 +146,8 @@ impl Engine {
             relaying: false,
             dedup,
             batcher,
+            inbox: inbox::InboxState::default(),
+            replies: inbox::Replies::new(),
             device_id,
             push: None,
             pending_acks: acks::PendingAcks::default(),
@@ -186,6 +194,9 @@ impl Engine {
         if let Some(action) = self.poll_action() {
             return Output::Action(action);
         }
+        if let Some(reply) = self.reply_output() {
+            return reply;
+        }
         if let Some(event) = self.poll_event() {
             return Output::Event(event);
         }
@@ -230,6 +241,7 @@ impl Engine {
             self.background_expired(now);
         }
         self.link_timers(now);
+        self.inbox_timers(now);
         if self.timers.is_expired(Timer::Batch, now) {
             for out in self.batcher.take_due(now) {
                 self.emit_batch(out);

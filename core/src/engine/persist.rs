@@ -27,6 +27,8 @@ impl Engine {
             pending: self.batcher.snapshot(),
             push: self.push.clone(),
             scope: SnapshotScope::Full,
+            inbox: self.inbox_counts(),
+            inbox_queue: self.inbox_queue(),
         }
     }
 
@@ -85,6 +87,7 @@ impl Engine {
         self.push.clone_from(&snapshot.push);
         self.batcher.replace(now, snapshot.pending.clone());
         self.sync_batch_timer();
+        self.take_inbox_state(snapshot.inbox, &snapshot.inbox_queue);
     }
 
     /// Turns persistence on or off (a browser tab persists only while it leads).

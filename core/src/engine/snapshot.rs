@@ -36,6 +36,19 @@ pub struct Snapshot {
     pub push: Option<PushRegistration>,
     /// What this snapshot speaks for.
     pub scope: SnapshotScope,
+    /// The inbox counts last reported by the server (the badge at start, before the connection is up).
+    pub inbox: Option<crate::protocol::InboxCounts>,
+    /// Inbox changes made and not yet answered (sent again, with their op ids, after the next connection).
+    pub inbox_queue: Vec<QueuedChange>,
+}
+
+/// An inbox change waiting for the server's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedChange {
+    /// Its op id: the server applies a change once, however often it is sent.
+    pub op_id: String,
+    /// The change.
+    pub change: super::InboxChange,
 }
 
 /// What a [`Snapshot`] speaks for.
@@ -83,6 +96,8 @@ impl Snapshot {
             self.cursors = older.cursors.clone();
             self.pending = older.pending.clone();
             self.push.clone_from(&older.push);
+            self.inbox = older.inbox;
+            self.inbox_queue.clone_from(&older.inbox_queue);
             self.scope = older.scope;
         }
     }

@@ -90,6 +90,8 @@ impl Engine {
             ServerFrame::Subscribed { stream, epoch, offset, continuity, .. } => {
                 self.on_subscribed(now, stream, epoch, offset, continuity)
             }
+            // The socket's inbox changes (and the answers of the tab that holds it): counts and view follow.
+            ServerFrame::Inbox(update) => self.apply_inbox(&update, true),
             _ => {}
         }
         self.relaying = false;

@@ -31,9 +31,11 @@ pub(crate) enum Timer {
     Batch,
     /// Persist the changed state.
     Persist,
+    /// The oldest read request (inbox page, history page) times out.
+    Request,
 }
 
-const COUNT: usize = 11;
+const COUNT: usize = 12;
 
 impl Timer {
     const ALL: [Timer; COUNT] = [
@@ -48,6 +50,7 @@ impl Timer {
         Timer::Background,
         Timer::Batch,
         Timer::Persist,
+        Timer::Request,
     ];
 }
 

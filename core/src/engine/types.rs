@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::backoff::BackoffConfig;
 use super::batch::{BatchConfig, Digest};
 use super::snapshot::Snapshot;
-use crate::protocol::{DecodeError, ErrorCode, GapReason, Notification, PushPlatform};
+use crate::protocol::{DecodeError, ErrorCode, GapReason, InboxCounts, Notification, PushPlatform};
 
 /// Engine configuration. [`Config::new`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +42,12 @@ pub struct Config {
     pub token_refresh_margin: Duration,
     /// Ack notifications automatically when they are delivered to the app.
     pub auto_ack: bool,
+    /// Ask for the user's inbox counts and changes on every connection (`inbox_watch`, protocol §13.4).
+    pub watch_inbox: bool,
+    /// How long a read (an inbox page, a history page) may wait for its answer, connection included.
+    pub request_timeout: Duration,
+    /// Most items the inbox view holds (the oldest leave it first).
+    pub inbox_view_capacity: usize,
     /// At most one `ack` frame per this long (or per 256 pending ids): the first ack after a quiet `ack_delay` goes
     /// out at once, in the same turn as its notification; later ones are coalesced until `ack_delay` after the
     /// previous frame. One frame per socket read would cost the server a receive per few notifications.
@@ -68,6 +74,9 @@ impl Config {
             persist_interval: Duration::from_millis(500),
             token_refresh_margin: Duration::from_secs(30),
             auto_ack: true,
+            watch_inbox: true,
+            request_timeout: super::inbox::DEFAULT_REQUEST_TIMEOUT,
+            inbox_view_capacity: super::inbox::DEFAULT_VIEW_CAPACITY,
             ack_delay: Duration::from_millis(250),
         }
     }
@@ -250,6 +259,12 @@ pub enum Event {
         /// Detail, naming the member that is wrong.
         message: String,
     },
+    /// The inbox counts changed: newer counts than the ones held arrived (read them with
+    /// [`Engine::inbox_counts`](super::Engine::inbox_counts)). The badge is `unread`.
+    InboxCounts(InboxCounts),
+    /// The items of the inbox view changed (added, read, archived, removed): read them with
+    /// [`Engine::inbox_items`](super::Engine::inbox_items).
+    InboxChanged,
     /// The server refused a subscription; the engine will not retry it.
     SubscriptionFailed {
         /// The stream.
@@ -497,14 +512,21 @@ impl Rtt {
 
 /// The next thing a driver must do, from [`Engine::poll_output`](super::Engine::poll_output). Drivers call it until
 /// it returns [`Output::Timeout`] and handle each output in the order given: frames queued before an action go
-/// out before it (a close follows the acks it flushed), and events come last, after the frames and actions of the
-/// same turn.
+/// out before it (a close follows the acks it flushed), answers to requests after them, and events come last, after
+/// the frames, actions and answers of the same turn.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// A text frame to write to the current socket.
     Transmit(String),
     /// Something only the driver can do.
     Action(Action),
+    /// The answer to a request of the application (an inbox page, an inbox change, a history page).
+    Reply {
+        /// The request.
+        request: super::RequestId,
+        /// Its answer.
+        result: Result<super::Reply, super::RequestError>,
+    },
     /// Something for the application.
     Event(Event),
     /// Nothing more for now: call [`Engine::handle_timeout`](super::Engine::handle_timeout) at this instant (if

@@ -43,11 +43,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub use file_store::FileStore;
 
 use crate::engine::{
-    Action, ConnId, ConnectionState, Engine, EngineError, Event, Lifecycle, NetworkEvent, Output, PushOutcome, Stats,
-    TokenError, TransportFailure,
+    Action, ConnId, ConnectionState, Cursor, Engine, EngineError, Event, Lifecycle, NetworkEvent, Output, PushOutcome,
+    Reply, RequestError, RequestId, Stats, TokenError, TransportFailure,
 };
-use crate::protocol::SUBPROTOCOL;
 use crate::protocol::api::{self, ApiError, ApiRequest, PreferenceRule, Preferences, QuietHours, QuietHoursSettings};
+use crate::protocol::{
+    HistoryPage, InboxAction, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxUpdate, MarkAllAction, SUBPROTOCOL,
+};
 use crate::store::{Store, StoreError};
 use crate::time::Instant;
 
@@ -252,6 +254,9 @@ pub enum ClientError {
     /// The configuration is unusable (the message says which setting and why).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A request (inbox, history) got no answer: refused by the server, timed out, or the client closed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
     /// A call to the server's HTTP API failed.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -407,6 +412,10 @@ struct Shared {
     store: Option<Arc<dyn Store>>,
     shutdown: AtomicBool,
     state: watch::Sender<ConnectionState>,
+    /// The inbox counts, updated as the engine reports newer ones.
+    inbox: watch::Sender<Option<InboxCounts>>,
+    /// Requests whose caller waits for the answer.
+    replies: Mutex<std::collections::HashMap<RequestId, tokio::sync::oneshot::Sender<Result<Reply, RequestError>>>>,
     /// The token provider, for the HTTP API calls.
     tokens: Arc<dyn TokenProvider>,
     /// The server's HTTP base URL (from the WebSocket URL).
@@ -471,6 +480,7 @@ impl Client {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let flow = Arc::new(EventFlow::default());
         let (state_tx, _) = watch::channel(engine.state().clone());
+        let (inbox_tx, _) = watch::channel(engine.inbox_counts());
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
             wake: Notify::new(),
@@ -478,6 +488,8 @@ impl Client {
             store,
             shutdown: AtomicBool::new(false),
             state: state_tx,
+            inbox: inbox_tx,
+            replies: Mutex::new(std::collections::HashMap::new()),
             tokens: tokens.clone(),
             api_base: api::api_base(&config.engine.url),
             http_tls: http_tls(&config.extra_root_certificates)?,
@@ -711,6 +723,102 @@ impl Client {
         self.shared.engine().device_id()
     }
 
+    // ----------------------------------------------------------------------------------------------------
+    // Inbox and history (protocol §13, §14)
+
+    /// The inbox counts the server last reported (restored from the store at start); the badge is `unread`.
+    pub fn inbox_counts(&self) -> Option<InboxCounts> {
+        *self.shared.inbox.borrow()
+    }
+
+    /// A receiver of the inbox counts (latest value semantics): they only move to newer versions.
+    pub fn inbox_counts_changes(&self) -> watch::Receiver<Option<InboxCounts>> {
+        self.shared.inbox.subscribe()
+    }
+
+    /// The inbox view: the items loaded with [`Client::inbox_load_more`] and every item added since, newest first,
+    /// in their current state. [`Event::InboxChanged`] tells when it changed.
+    pub fn inbox_items(&self) -> Vec<InboxItem> {
+        self.shared.engine().inbox_items().cloned().collect()
+    }
+
+    /// Whether the view reaches the oldest item of the inbox.
+    pub fn inbox_complete(&self) -> bool {
+        self.shared.engine().inbox_complete()
+    }
+
+    /// Inbox changes not yet answered by the server (queued while offline).
+    pub fn inbox_pending_changes(&self) -> usize {
+        self.shared.engine().inbox_pending_changes()
+    }
+
+    /// Starts a request and waits for its answer. The waiter is registered under the engine's lock, before the
+    /// driver can see the answer.
+    async fn request(
+        &self,
+        start: impl FnOnce(&mut Engine, Instant) -> Result<RequestId, EngineError>,
+    ) -> Result<Reply, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.open_engine(|e, now| {
+            let id = start(e, now)?;
+            self.shared.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+            Ok(id)
+        })?;
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Loads the next page of the inbox view (older items); they join [`Client::inbox_items`].
+    pub async fn inbox_load_more(&self) -> Result<InboxPage, ClientError> {
+        match self.request(|e, now| e.inbox_load_more(now, None)).await? {
+            Reply::Page(page) => Ok(page),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A page of the inbox with filters (`InboxQuery`: before, limit, status, archived, type, topic).
+    pub async fn inbox_list(&self, query: InboxQuery) -> Result<InboxPage, ClientError> {
+        match self.request(|e, now| e.inbox_list(now, query)).await? {
+            Reply::Page(page) => Ok(page),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads, unreads, sees, unsees, archives or unarchives items. Queued while offline (kept in the store) and
+    /// sent with an op id until the server answers, which applies it once; completes with the counts after it.
+    pub async fn inbox_mark(&self, action: InboxAction, ids: &[&str]) -> Result<InboxUpdate, ClientError> {
+        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        match self.request(|e, now| e.inbox_mark(now, action, ids)).await? {
+            Reply::Changed(update) => Ok(update),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Marks every item up to the newest the client knows read (or seen): items that reach the server meanwhile
+    /// stay unread. Queued as [`Client::inbox_mark`].
+    pub async fn inbox_mark_all(&self, action: MarkAllAction) -> Result<InboxUpdate, ClientError> {
+        match self.request(|e, now| Ok(e.inbox_mark_all(now, action))).await? {
+            Reply::Changed(update) => Ok(update),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A page of a stream's stored history after `after` — where to refetch from after a `gap` (the cursor before
+    /// it; `None`: from the oldest stored).
+    pub async fn history(
+        &self,
+        stream: &str,
+        after: Option<Cursor>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, ClientError> {
+        match self.request(|e, now| e.history(now, stream, after, limit)).await? {
+            Reply::History(page) => Ok(page),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Closes the connection, saves the state and waits for the driver task to end. Idempotent.
     pub async fn close(&self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
@@ -719,6 +827,8 @@ impl Client {
         if let Some(task) = task {
             let _ = task.await;
         }
+        // Changes still queued stay in the store; whoever waits for their answer learns that the client closed.
+        self.shared.replies.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -728,6 +838,10 @@ impl Drop for Client {
             task.abort();
         }
     }
+}
+
+fn unexpected(reply: &Reply) -> ClientError {
+    ClientError::Config(format!("internal error: unexpected answer {reply:?}"))
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -765,6 +879,12 @@ impl Driver {
                 Output::Transmit(t) => out.transmits.push(t),
                 Output::Action(a) => out.actions.push(a),
                 Output::Event(e) => out.events.push(e),
+                Output::Reply { request, result } => {
+                    let waiter = self.shared.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(result);
+                    }
+                }
                 Output::Timeout(t) => {
                     out.timeout = t;
                     break;
@@ -859,8 +979,14 @@ impl Driver {
     /// Hands `events` to the application (the state watch first), in batches, waiting while it is behind.
     async fn deliver(&mut self, events: &mut Vec<Event>) {
         for event in events.iter() {
-            if let Event::State(s) = event {
-                self.shared.state.send_replace(s.clone());
+            match event {
+                Event::State(s) => {
+                    self.shared.state.send_replace(s.clone());
+                }
+                Event::InboxCounts(c) => {
+                    self.shared.inbox.send_replace(Some(*c));
+                }
+                _ => {}
             }
         }
         let mut events = events.drain(..);

@@ -403,6 +403,11 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
         .map(ServerFrame::Notification)
         .map_err(|e| DecodeError::new(format!("invalid notification frame: {}", e.message())));
     }
+    if let Some(op) = find_op(text)
+        && super::inbox::is_server_op(&op)
+    {
+        return super::inbox::decode_server(&op, text);
+    }
     let m = read_members(text, Side::Server).map_err(|(e, op)| {
         let what = if op.as_deref() == Some("notification") { "notification" } else { "server" };
         DecodeError::new(format!("invalid {what} frame: {}", e.message()))
@@ -466,6 +471,11 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, DecodeError> {
 
 /// Decodes a client frame.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
+    if let Some(op) = find_op(text)
+        && super::inbox::is_client_op(&op)
+    {
+        return super::inbox::decode_client(&op, text);
+    }
     let m = read_members(text, Side::Client)
         .map_err(|(e, _)| DecodeError::new(format!("invalid client frame: {}", e.message())))?;
     let frame = (|| -> Result<ClientFrame, DecodeError> {
@@ -514,7 +524,19 @@ pub struct FrameRejection {
 }
 
 /// The client frame ops, as the protocol names them.
-const CLIENT_OPS: [&str; 6] = ["auth", "subscribe", "unsubscribe", "ack", "heartbeat", "register_push"];
+const CLIENT_OPS: [&str; 11] = [
+    "auth",
+    "subscribe",
+    "unsubscribe",
+    "ack",
+    "heartbeat",
+    "register_push",
+    "inbox_watch",
+    "inbox_list",
+    "inbox_mark",
+    "inbox_mark_all",
+    "history",
+];
 
 /// Decodes a client frame the way a server takes it (protocol §6.3): what does not decode is classified. Not a JSON
 /// object, no `op`, or an unknown `op`: `protocol_error`, fatal. An `auth` whose `token` is missing or not a
@@ -654,6 +676,7 @@ pub fn encode_client_frame(frame: &ClientFrame) -> String {
         ClientFrame::RegisterPush { reference, platform, token } => {
             w.str("op", "register_push").u64("ref", *reference).str("platform", platform.as_str()).str("token", token);
         }
+        other => super::inbox::write_client(&mut w, other),
     }
     w.finish();
     out
@@ -710,6 +733,7 @@ pub fn encode_server_frame(frame: &ServerFrame) -> String {
             w.str("op", "error").opt_u64("ref", e.reference).opt_str("stream", e.stream.as_deref());
             w.str("code", e.code.as_str()).str("message", &e.message).opt_u64("retry_after_ms", e.retry_after_ms);
         }
+        other => super::inbox::write_server(&mut w, other),
     }
     w.finish();
     out
@@ -794,6 +818,35 @@ pub fn raw_member<'a>(object: &'a str, key: &str) -> Option<&'a str> {
     }
     r.end().ok()?;
     found
+}
+
+/// `(id, stream, epoch, offset)` of a notification frame, borrowed from its text where possible.
+pub type NotificationPosition<'a> = (Cow<'a, str>, Cow<'a, str>, Cow<'a, str>, Option<u64>);
+
+/// Where a `notification` frame places its notification — `(id, stream, epoch, offset)` — read in one pass over
+/// the frame without decoding the rest (`None` for any other frame, or a malformed one). For server drivers that
+/// track cursors per stream (Server-Sent Events resume tokens).
+pub fn notification_position(text: &str) -> Option<NotificationPosition<'_>> {
+    let mut r = Reader::new(text);
+    r.begin_object().ok()?;
+    let mut first = true;
+    let (mut op, mut id, mut stream, mut epoch, mut offset) = (false, None, None, None, None);
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        match &*key {
+            "op" => op = r.string().ok()? == "notification",
+            "id" => id = Some(r.string().ok()?),
+            "stream" => stream = Some(r.string().ok()?),
+            "epoch" => epoch = Some(r.string().ok()?),
+            "offset" => offset = if r.null() { None } else { Some(r.u64().ok()?) },
+            _ => {
+                r.raw_value().ok()?;
+            }
+        }
+    }
+    if !op {
+        return None;
+    }
+    Some((id?, stream?, epoch?, offset))
 }
 
 /// The verbatim JSON text of each element of the JSON array `array`, or `None` when it is not a well-formed

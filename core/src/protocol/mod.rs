@@ -5,6 +5,7 @@
 
 pub mod api;
 mod codec;
+mod inbox;
 pub(crate) mod json;
 mod push;
 
@@ -645,6 +646,51 @@ pub enum ClientFrame {
         /// Device token or subscription.
         token: String,
     },
+    /// Asks for the inbox's counts now and for every change of the inbox from now on (`inbox` frames).
+    InboxWatch {
+        /// Request reference echoed by the reply.
+        reference: u64,
+    },
+    /// Asks for a page of the inbox.
+    InboxList {
+        /// Request reference echoed by the reply.
+        reference: u64,
+        /// Which items.
+        query: InboxQuery,
+    },
+    /// Changes the state of inbox items.
+    InboxMark {
+        /// Request reference echoed by the reply.
+        reference: u64,
+        /// Idempotency key of the change (empty: none): a change sent again with the same key is applied once.
+        op_id: String,
+        /// What to do.
+        action: InboxAction,
+        /// The items, by notification id.
+        ids: Vec<String>,
+    },
+    /// Marks every item up to a cursor read or seen.
+    InboxMarkAll {
+        /// Request reference echoed by the reply.
+        reference: u64,
+        /// Idempotency key of the change (empty: none).
+        op_id: String,
+        /// Read or seen.
+        action: MarkAllAction,
+        /// The cursor (the newest `seq` the client knows); `None`: everything the server has.
+        up_to: Option<u64>,
+    },
+    /// Asks for a page of a stream's stored history.
+    History {
+        /// Request reference echoed by the reply.
+        reference: u64,
+        /// The stream.
+        stream: String,
+        /// Only notifications after this `(epoch, offset)`; `None`: from the oldest stored.
+        position: Option<(String, u64)>,
+        /// Most notifications (default 100, at most 1000).
+        limit: Option<u32>,
+    },
 }
 
 /// How a subscription continues from the client's position.
@@ -758,6 +804,12 @@ pub enum ServerFrame {
     },
     /// An error, request-scoped (with `ref`) or fatal (followed by a close).
     Error(ErrorFrame),
+    /// The inbox's counts and what changed: the answer to an inbox request, or a live change.
+    Inbox(InboxUpdate),
+    /// A page of the inbox.
+    InboxPage(InboxPage),
+    /// A page of a stream's stored history.
+    HistoryPage(HistoryPage),
 }
 
 /// The body of an `error` frame.
@@ -969,7 +1021,14 @@ pub use codec::{
     FrameRejection, decode_client_frame, decode_client_request, decode_notification, decode_push_payload,
     decode_server_frame, encode_client_frame, encode_notification, encode_server_frame,
 };
-pub use codec::{message_frames, push_json_str, push_json_u64, raw_elements, raw_member};
+pub use codec::{
+    NotificationPosition, message_frames, notification_position, push_json_str, push_json_u64, raw_elements, raw_member,
+};
+pub use inbox::{
+    ArchivedFilter, DEFAULT_HISTORY_PAGE, DEFAULT_INBOX_PAGE, HistoryPage, InboxAction, InboxCounts, InboxItem,
+    InboxMark, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MAX_IDS_PER_INBOX_MARK, MAX_INBOX_PAGE,
+    MarkAllAction, StatusFilter, validate_op_id, write_counts, write_item,
+};
 pub use push::{MAX_SUMMARY_IDS, PushPayload, PushSummary, SummaryKind, decode_push};
 
 #[cfg(test)]
@@ -999,6 +1058,19 @@ mod tests {
         let text = encode_server_frame(&frame);
         assert!(text.starts_with(NOTIFICATION_PREFIX), "{text}");
         assert_eq!(decode_server_frame(&text).unwrap(), frame);
+    }
+
+    #[test]
+    fn notification_position_reads_where_a_frame_places_its_notification() {
+        let text = encode_server_frame(&ServerFrame::Notification(sample()));
+        let (id, stream, epoch, offset) = notification_position(&text).unwrap();
+        let n = sample();
+        assert_eq!((&*id, &*stream, &*epoch, offset), (n.id(), n.stream(), n.epoch(), n.offset));
+        let ephemeral = r#"{"op":"notification","id":"a","stream":"user:x","epoch":"e","offset":null,"x":[1]}"#;
+        assert_eq!(notification_position(ephemeral).unwrap().3, None);
+        assert!(notification_position(r#"{"op":"heartbeat"}"#).is_none());
+        assert!(notification_position(r#"{"op":"notification","id":"a"}"#).is_none(), "no stream");
+        assert!(notification_position("{\"op\":").is_none());
     }
 
     #[test]

@@ -5,10 +5,15 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use tidings_core::engine::{Action, Config, ConnId, Engine, Event, Output, TokenError, TransportFailure};
+use std::collections::BTreeMap;
+
+use tidings_core::engine::{
+    Action, Config, ConnId, Engine, Event, Output, Reply, RequestError, RequestId, TokenError, TransportFailure,
+};
 use tidings_core::protocol::{
-    self, ClientFrame, ErrorCode, ErrorFrame, GapReason, Notification, NotificationFields, Persistence, Priority,
-    ServerFrame, WireContinuity,
+    self, ArchivedFilter, ClientFrame, ErrorCode, ErrorFrame, GapReason, HistoryPage, InboxAction, InboxCounts,
+    InboxItem, InboxMark, InboxPage, InboxUpdate, MarkAllAction, Notification, NotificationFields, Persistence,
+    Priority, ServerFrame, StatusFilter, WireContinuity,
 };
 use tidings_core::time::Instant;
 
@@ -44,6 +49,128 @@ pub struct SimServer {
     pub replay_on_gap: bool,
     /// Refuse `register_push` with this request-scoped error.
     pub refuse_push: Option<(ErrorCode, String)>,
+    /// The user's inbox (a model of protocol §13, not the server's implementation).
+    pub inbox: SimInbox,
+    /// Refuse inbox changes with this request-scoped error.
+    pub refuse_inbox: Option<(ErrorCode, String)>,
+    /// Apply inbox requests but do not answer them (the answer is lost with the connection).
+    pub swallow_inbox_answers: bool,
+}
+
+/// A model inbox: items with their state, counts recounted on demand, versions, op ids.
+#[derive(Debug, Default)]
+pub struct SimInbox {
+    pub items: BTreeMap<u64, InboxItem>,
+    pub version: u64,
+    pub head: u64,
+    pub ops: HashSet<String>,
+    /// Changes applied (duplicates excluded).
+    pub applied: u32,
+    pub watching: bool,
+}
+
+impl SimInbox {
+    pub fn counts(&self) -> InboxCounts {
+        let live: Vec<&InboxItem> = self.items.values().filter(|i| i.archived_at.is_none()).collect();
+        InboxCounts {
+            unseen: live.iter().filter(|i| i.seen_at.is_none()).count() as u64,
+            unread: live.iter().filter(|i| i.read_at.is_none()).count() as u64,
+            total: live.len() as u64,
+            version: self.version,
+            head: self.head,
+        }
+    }
+
+    /// Adds an item; the live frame for a watching connection.
+    pub fn add(&mut self, id: &str) -> Option<String> {
+        self.version += 1;
+        self.head += 1;
+        let n =
+            notification(id, "user:alice", "e", Some(self.head), Priority::Important, None, Persistence::Persistent);
+        let item = InboxItem {
+            id: id.into(),
+            seq: self.head,
+            version: self.version,
+            inserted_at: 1,
+            seen_at: None,
+            read_at: None,
+            archived_at: None,
+            notification: Some(n),
+        };
+        self.items.insert(self.head, item.clone());
+        self.watching.then(|| {
+            let update = InboxUpdate { counts: self.counts(), items: vec![item], ..InboxUpdate::default() };
+            protocol::encode_server_frame(&ServerFrame::Inbox(update))
+        })
+    }
+
+    fn apply(
+        &mut self,
+        op_id: &str,
+        change: impl FnOnce(&mut SimInbox, u64) -> (Vec<InboxItem>, Option<InboxMark>),
+    ) -> InboxUpdate {
+        if !op_id.is_empty() && !self.ops.insert(op_id.to_owned()) {
+            return InboxUpdate { counts: self.counts(), duplicate: true, ..InboxUpdate::default() };
+        }
+        self.applied += 1;
+        self.version += 1;
+        let (items, mark) = change(self, self.version);
+        InboxUpdate { counts: self.counts(), items, mark, ..InboxUpdate::default() }
+    }
+
+    pub fn mark(&mut self, op_id: &str, action: InboxAction, ids: &[String]) -> InboxUpdate {
+        self.apply(op_id, |inbox, v| {
+            let mut changed = Vec::new();
+            for item in inbox.items.values_mut().filter(|i| ids.contains(&i.id)) {
+                match action {
+                    InboxAction::Read => {
+                        item.read_at.get_or_insert(v);
+                        item.seen_at.get_or_insert(v);
+                    }
+                    InboxAction::Unread => item.read_at = None,
+                    InboxAction::Seen => {
+                        item.seen_at.get_or_insert(v);
+                    }
+                    InboxAction::Unseen => (item.seen_at, item.read_at) = (None, None),
+                    InboxAction::Archive => {
+                        item.archived_at.get_or_insert(v);
+                    }
+                    InboxAction::Unarchive => item.archived_at = None,
+                }
+                item.version = v;
+                changed.push(InboxItem { notification: None, ..item.clone() });
+            }
+            (changed, None)
+        })
+    }
+
+    pub fn mark_all(&mut self, op_id: &str, action: MarkAllAction, up_to: Option<u64>) -> InboxUpdate {
+        let up_to = up_to.unwrap_or(self.head).min(self.head);
+        self.apply(op_id, |inbox, v| {
+            for item in inbox.items.range_mut(..=up_to).map(|(_, i)| i) {
+                if action == MarkAllAction::Read {
+                    item.read_at.get_or_insert(v);
+                }
+                item.seen_at.get_or_insert(v);
+                item.version = v;
+            }
+            (Vec::new(), Some(InboxMark { action, up_to, at: v, version: v }))
+        })
+    }
+
+    pub fn page(&self, reference: u64, before: Option<u64>, limit: usize, status: StatusFilter) -> InboxPage {
+        let candidates: Vec<&InboxItem> = self
+            .items
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .map(|(_, i)| i)
+            .filter(|i| i.archived_at.is_none())
+            .filter(|i| status != StatusFilter::Unread || i.read_at.is_none())
+            .collect();
+        let items: Vec<InboxItem> = candidates.iter().take(limit).map(|i| (*i).clone()).collect();
+        let next = (candidates.len() > limit).then(|| items.last().map(|i| i.seq)).flatten();
+        InboxPage { reference, items, next, counts: self.counts() }
+    }
 }
 
 impl SimServer {
@@ -63,6 +190,9 @@ impl SimServer {
             answer_echoes: true,
             replay_on_gap: false,
             refuse_push: None,
+            inbox: SimInbox::default(),
+            refuse_inbox: None,
+            swallow_inbox_answers: false,
         }
     }
 
@@ -210,6 +340,53 @@ impl SimServer {
                 }))),
                 None => out.push(protocol::encode_server_frame(&ServerFrame::PushRegistered { reference, platform })),
             },
+            ClientFrame::InboxWatch { reference } => {
+                self.inbox.watching = true;
+                let update =
+                    InboxUpdate { reference: Some(reference), counts: self.inbox.counts(), ..InboxUpdate::default() };
+                out.push(protocol::encode_server_frame(&ServerFrame::Inbox(update)));
+            }
+            ClientFrame::InboxList { reference, query } => {
+                assert_eq!(query.archived, ArchivedFilter::Exclude, "the model lists unarchived items only");
+                let page = self.inbox.page(reference, query.before, query.page_size(), query.status);
+                out.push(protocol::encode_server_frame(&ServerFrame::InboxPage(page)));
+            }
+            ClientFrame::InboxMark { reference, op_id, action, ids } => {
+                if let Some((code, message)) = &self.refuse_inbox {
+                    out.push(request_error(reference, *code, message));
+                } else {
+                    let mut update = self.inbox.mark(&op_id, action, &ids);
+                    update.reference = Some(reference);
+                    if !self.swallow_inbox_answers {
+                        out.push(protocol::encode_server_frame(&ServerFrame::Inbox(update)));
+                    }
+                }
+            }
+            ClientFrame::InboxMarkAll { reference, op_id, action, up_to } => {
+                let mut update = self.inbox.mark_all(&op_id, action, up_to);
+                update.reference = Some(reference);
+                if !self.swallow_inbox_answers {
+                    out.push(protocol::encode_server_frame(&ServerFrame::Inbox(update)));
+                }
+            }
+            ClientFrame::History { reference, stream, position, limit } => {
+                let s = self.stream(&stream);
+                let after = position.filter(|(e, _)| *e == s.epoch).map_or(0, |(_, o)| o);
+                let limit = limit.unwrap_or(100) as usize;
+                let items: Vec<Notification> =
+                    s.buffer.iter().filter(|n| n.offset.is_some_and(|o| o > after)).take(limit).cloned().collect();
+                let more = s.buffer.iter().filter(|n| n.offset.is_some_and(|o| o > after)).count() > limit;
+                let page = HistoryPage {
+                    reference,
+                    stream: stream.clone(),
+                    epoch: s.epoch.clone(),
+                    head: s.head,
+                    oldest: s.buffer.front().and_then(|n| n.offset).unwrap_or(s.head + 1),
+                    next: if more { items.last().and_then(|n| n.offset) } else { None },
+                    items,
+                };
+                out.push(protocol::encode_server_frame(&ServerFrame::HistoryPage(page)));
+            }
         }
         (out, None)
     }
@@ -218,6 +395,7 @@ impl SimServer {
     pub fn disconnect(&mut self) {
         self.authed = false;
         self.subscribed.clear();
+        self.inbox.watching = false;
     }
 
     /// Acked ids, in order.
@@ -231,6 +409,16 @@ impl SimServer {
             .flatten()
             .collect()
     }
+}
+
+pub fn request_error(reference: u64, code: ErrorCode, message: &str) -> String {
+    protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: Some(reference),
+        stream: None,
+        code,
+        message: message.into(),
+        retry_after_ms: None,
+    }))
 }
 
 pub fn error(code: ErrorCode, message: &str) -> String {
@@ -313,6 +501,8 @@ pub struct Harness {
     pub store: tidings_core::store::MemoryStore,
     /// How many times the app restarted.
     pub restarts: u32,
+    /// Answers to the app's requests, in order.
+    pub replies: Vec<(RequestId, Result<Reply, RequestError>)>,
 }
 
 impl Harness {
@@ -336,6 +526,7 @@ impl Harness {
             decoded_input: false,
             store: tidings_core::store::MemoryStore::new(),
             restarts: 0,
+            replies: Vec::new(),
         }
     }
 
@@ -368,6 +559,7 @@ impl Harness {
                         self.act(action);
                     }
                     Output::Event(e) => self.events.push(e),
+                    Output::Reply { request, result } => self.replies.push((request, result)),
                     Output::Timeout(_) => break,
                 }
             }

@@ -10,11 +10,18 @@
 //! about them — which ones may follow a subscribe's replay — it hands over with the reply
 //! ([`Output::Subscribed`], [`LiveFilter`]).
 //!
-//! Requests are answered in order. A request whose answer needs the store (`subscribe`, `register_push`) makes the
-//! session wait for its result ([`Session::handle_history`], [`Session::handle_push_registered`]); frames that arrive
-//! meanwhile are handled after it.
+//! Requests are answered in order. A request whose answer needs the store (`subscribe`, `register_push`, the inbox
+//! and history requests) makes the session wait for its result ([`Session::handle_history`],
+//! [`Session::handle_push_registered`], [`Session::handle_reply`]); frames that arrive meanwhile are handled after
+//! it.
+//!
+//! Two drivers run sessions: `ws` (WebSocket: the client's frames come from the socket) and `sse` (Server-Sent
+//! Events: the request's parameters become the frames — a verified identity, a `subscribe` with the resume
+//! token's positions, an `inbox_watch` — and the client sends nothing else, so the session does not expect its
+//! heartbeats).
 
 mod replay;
+pub(crate) mod sse;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,9 +29,10 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tidings_core::protocol::{
-    ClientFrame, ErrorCode, ErrorFrame, FrameRejection, MAX_IDS_PER_ACK, MAX_SERVER_FRAME_BYTES,
+    ClientFrame, DEFAULT_HISTORY_PAGE, ErrorCode, ErrorFrame, FrameRejection, HistoryPage, InboxAction, InboxPage,
+    InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MAX_IDS_PER_ACK, MAX_IDS_PER_INBOX_MARK, MAX_SERVER_FRAME_BYTES,
     MAX_STREAMS_PER_CONNECTION, MAX_STREAMS_PER_SUBSCRIBE, PushPlatform, ServerFrame, StreamName, SubscribeEntry,
-    decode_client_request, encode_server_frame, validate_id, validate_push_token,
+    decode_client_request, encode_server_frame, validate_id, validate_op_id, validate_push_token,
 };
 use tokio::time::Instant;
 
@@ -32,7 +40,7 @@ pub(crate) use replay::{Decision, LiveFilter};
 
 use crate::auth::{TokenError, TokenVerifier, TopicPatterns, VerifiedToken, authorize_stream};
 use crate::model::HistoryRead;
-use crate::store::StoreError;
+use crate::store::{ChangeKind, ChangeRequest, StoreError};
 use crate::util::new_session_id;
 
 /// `{"op":"heartbeat"}`, encoded once.
@@ -49,6 +57,9 @@ pub(crate) struct SessionConfig {
     pub(crate) auth_timeout: Duration,
     pub(crate) rate_limit_frames_per_sec: u32,
     pub(crate) rate_limit_seconds: u32,
+    /// Whether the client sends heartbeats (WebSocket): then a client silent for twice the interval is gone. An
+    /// SSE client sends nothing; a broken connection shows when a write fails.
+    pub(crate) client_heartbeats: bool,
 }
 
 impl SessionConfig {
@@ -58,6 +69,16 @@ impl SessionConfig {
             auth_timeout: config.auth_timeout,
             rate_limit_frames_per_sec: config.rate_limit_frames_per_sec,
             rate_limit_seconds: config.rate_limit_seconds,
+            client_heartbeats: true,
+        }
+    }
+
+    /// For SSE sessions: heartbeats (comments) every `sse_heartbeat`, and no client heartbeats expected.
+    pub(crate) fn for_sse(config: &crate::ServerConfig) -> Self {
+        SessionConfig {
+            heartbeat_interval: config.sse_heartbeat,
+            client_heartbeats: false,
+            ..Self::from_config(config)
         }
     }
 }
@@ -66,6 +87,8 @@ impl SessionConfig {
 #[derive(Debug)]
 pub(crate) struct SessionParams {
     pub(crate) config: SessionConfig,
+    /// The configuration of SSE sessions.
+    pub(crate) sse: SessionConfig,
     pub(crate) verifier: TokenVerifier,
 }
 
@@ -124,8 +147,34 @@ pub(crate) enum Output {
     Acks { ids: Vec<String> },
     /// Store this device's push address and hand the result to [`Session::handle_push_registered`].
     RegisterPush { platform: PushPlatform, token: String },
+    /// Carry out `request` for the connection's user and hand the result to [`Session::handle_reply`].
+    Request(Request),
     /// End the connection.
     Close(Exit),
+}
+
+/// A request answered from the stores (protocol §13, §14).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Send this connection every change of the user's inbox from now on; answer with the counts.
+    InboxWatch,
+    /// A page of the user's inbox.
+    InboxList(InboxQuery),
+    /// A change of the user's inbox (every other watching connection is told).
+    InboxChange(ChangeRequest),
+    /// A page of a stream's stored history (authorized like a subscribe).
+    History { stream: String, position: Option<(String, u64)>, limit: usize },
+}
+
+/// The result of a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// For `InboxWatch` and `InboxChange`.
+    Inbox(InboxUpdate),
+    /// For `InboxList`.
+    Page(InboxPage),
+    /// For `History`.
+    History(HistoryPage),
 }
 
 /// The authenticated identity of a connection.
@@ -142,6 +191,7 @@ pub(crate) struct Identity {
 enum Waiting {
     Subscribe { reference: u64, stream: Arc<str>, position: Option<(String, u64)> },
     RegisterPush { reference: u64, platform: PushPlatform },
+    Request { reference: u64, stream: Option<String> },
 }
 
 /// Frames-per-second accounting for the rate limit (protocol §6.1, `rate_limited`).
@@ -191,12 +241,27 @@ pub(crate) struct Session {
     deferred: VecDeque<ClientFrame>,
     output: VecDeque<Output>,
     closed: bool,
+    /// The connection watches its user's inbox (asked with `inbox_watch`).
+    watching_inbox: bool,
+    /// A Server-Sent Events session (see [`SessionConfig::client_heartbeats`]).
+    sse: bool,
 }
 
 impl Session {
     /// A session for a connection opened at `now` (`wall_ms` is the wall-clock time then).
     pub(crate) fn new(now: Instant, wall_ms: u64, params: Arc<SessionParams>) -> Self {
+        Self::with_transport(now, wall_ms, params, false)
+    }
+
+    /// A session for a Server-Sent Events response opened at `now`.
+    pub(crate) fn new_sse(now: Instant, wall_ms: u64, params: Arc<SessionParams>) -> Self {
+        Self::with_transport(now, wall_ms, params, true)
+    }
+
+    fn with_transport(now: Instant, wall_ms: u64, params: Arc<SessionParams>, sse: bool) -> Self {
         Session {
+            watching_inbox: false,
+            sse,
             params,
             opened: now,
             opened_wall_ms: wall_ms,
@@ -224,6 +289,15 @@ impl Session {
         &self.streams
     }
 
+    /// Whether the connection watches its user's inbox (what to leave when it ends).
+    pub(crate) fn watching_inbox(&self) -> bool {
+        self.watching_inbox
+    }
+
+    fn config(&self) -> &SessionConfig {
+        if self.sse { &self.params.sse } else { &self.params.config }
+    }
+
     /// The next output, in order.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
         self.output.pop_front()
@@ -234,10 +308,12 @@ impl Session {
         if self.closed {
             return None;
         }
-        let hb = self.params.config.heartbeat_interval;
+        let config = self.config();
+        let hb = config.heartbeat_interval;
         let mut next = match &self.identity {
-            None => self.opened + self.params.config.auth_timeout,
-            Some(_) => (self.last_sent + hb).min(self.last_received + 2 * hb),
+            None => self.opened + config.auth_timeout,
+            Some(_) if config.client_heartbeats => (self.last_sent + hb).min(self.last_received + 2 * hb),
+            Some(_) => self.last_sent + hb,
         };
         if let Some(token) = self.token_deadline {
             next = next.min(token);
@@ -294,7 +370,7 @@ impl Session {
             return;
         }
         self.handle_traffic(now);
-        let config = &self.params.config;
+        let config = self.config();
         let (per_sec, seconds) = (config.rate_limit_frames_per_sec, config.rate_limit_seconds);
         if self.rate.exceeded(now, per_sec, seconds) {
             let message = format!("more than {per_sec} frames per second for {seconds} s");
@@ -306,6 +382,14 @@ impl Session {
             Ok(frame) => frame,
             Err(rejection) => return self.on_rejected(now, rejection),
         };
+        self.handle_frame(now, frame);
+    }
+
+    /// A client frame arrived at `now` (decoded by the caller: the SSE driver makes its frames from the request).
+    pub(crate) fn handle_frame(&mut self, now: Instant, frame: ClientFrame) {
+        if self.closed {
+            return;
+        }
         if self.waiting.is_some() || !self.entries.is_empty() {
             if self.deferred.len() >= MAX_DEFERRED {
                 let message = format!("more than {MAX_DEFERRED} frames sent while a request was being answered");
@@ -323,8 +407,8 @@ impl Session {
         if self.closed {
             return;
         }
-        let config = &self.params.config;
-        let hb = config.heartbeat_interval;
+        let config = self.config();
+        let (hb, client_heartbeats) = (config.heartbeat_interval, config.client_heartbeats);
         if self.identity.is_none() {
             if now >= self.opened + config.auth_timeout {
                 let message = format!("no auth frame within {} ms of the upgrade", config.auth_timeout.as_millis());
@@ -335,7 +419,7 @@ impl Session {
         if self.token_deadline.is_some_and(|deadline| now >= deadline) {
             return self.close(Exit::error(ErrorCode::TokenExpired, "the token expired during the session"));
         }
-        if now >= self.last_received + 2 * hb {
+        if client_heartbeats && now >= self.last_received + 2 * hb {
             let message = format!("nothing received for {} ms", (2 * hb).as_millis());
             return self.close(Exit::error(ErrorCode::HeartbeatTimeout, message));
         }
@@ -381,6 +465,36 @@ impl Session {
         match result {
             Ok(()) => self.frame(&ServerFrame::PushRegistered { reference, platform }),
             Err(e) => self.request_error(Some(reference), None, ErrorCode::TryAgainLater, e.to_string()),
+        }
+        self.pump(now);
+    }
+
+    /// The request asked for by [`Output::Request`] completed.
+    pub(crate) fn handle_reply(&mut self, now: Instant, result: Result<Reply, StoreError>) {
+        let Some(Waiting::Request { reference, stream }) = self.waiting.take() else { return };
+        match result {
+            Ok(Reply::Inbox(mut update)) => {
+                update.reference = Some(reference);
+                self.frame(&ServerFrame::Inbox(update));
+            }
+            Ok(Reply::Page(mut page)) => {
+                page.reference = reference;
+                self.frame(&ServerFrame::InboxPage(page));
+            }
+            Ok(Reply::History(mut page)) => {
+                page.reference = reference;
+                self.frame(&ServerFrame::HistoryPage(page));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a request failed in the store");
+                self.frame(&ServerFrame::Error(ErrorFrame {
+                    reference: Some(reference),
+                    stream,
+                    code: ErrorCode::TryAgainLater,
+                    message: format!("the store could not answer: {e}"),
+                    retry_after_ms: Some(e.retry_after().as_millis() as u64),
+                }));
+            }
         }
         self.pump(now);
     }
@@ -439,7 +553,63 @@ impl Session {
                     self.output.push_back(Output::Frame(Utf8Bytes::from_static(HEARTBEAT)));
                 }
             }
+            ClientFrame::InboxWatch { reference } => {
+                self.watching_inbox = true;
+                self.request(reference, None, Request::InboxWatch);
+            }
+            ClientFrame::InboxList { reference, query } => match query.validate() {
+                Ok(()) => self.request(reference, None, Request::InboxList(query)),
+                Err(e) => self.request_error(Some(reference), None, ErrorCode::BadRequest, format!("inbox_list: {e}")),
+            },
+            ClientFrame::InboxMark { reference, op_id, action, ids } => match check_mark(&op_id, action, &ids) {
+                Ok(()) => {
+                    let kind = ChangeKind::Mark { action, ids };
+                    self.change(now, reference, op_id, kind);
+                }
+                Err(e) => self.request_error(Some(reference), None, ErrorCode::BadRequest, e),
+            },
+            ClientFrame::InboxMarkAll { reference, op_id, action, up_to } => match check_op_id(&op_id) {
+                Ok(()) => self.change(now, reference, op_id, ChangeKind::MarkAll { action, up_to }),
+                Err(e) => {
+                    self.request_error(Some(reference), None, ErrorCode::BadRequest, format!("inbox_mark_all: {e}"));
+                }
+            },
+            ClientFrame::History { reference, stream, position, limit } => {
+                self.history(reference, stream, position, limit)
+            }
         }
+    }
+
+    fn request(&mut self, reference: u64, stream: Option<String>, request: Request) {
+        self.output.push_back(Output::Request(request));
+        self.waiting = Some(Waiting::Request { reference, stream });
+    }
+
+    fn change(&mut self, now: Instant, reference: u64, op_id: String, kind: ChangeKind) {
+        let op_id = (!op_id.is_empty()).then_some(op_id);
+        let request = ChangeRequest { op_id, at: self.wall_ms(now), kind };
+        self.request(reference, None, Request::InboxChange(request));
+    }
+
+    fn history(&mut self, reference: u64, stream: String, position: Option<(String, u64)>, limit: Option<u32>) {
+        let identity = self.identity.as_ref().expect("history only runs on authenticated sessions");
+        let name = match StreamName::parse(&stream) {
+            Ok(name) => name,
+            Err(e) => return self.request_error(Some(reference), Some(stream), ErrorCode::BadRequest, e),
+        };
+        if let Err(message) = authorize_stream(&identity.user, &identity.topics, &name) {
+            return self.request_error(Some(reference), Some(stream), ErrorCode::Forbidden, message);
+        }
+        let limit = match limit {
+            None => DEFAULT_HISTORY_PAGE,
+            Some(limit) if (1..=MAX_HISTORY_PAGE).contains(&limit) => limit,
+            Some(limit) => {
+                let message = format!("history: limit must be 1 to {MAX_HISTORY_PAGE}, got {limit}");
+                return self.request_error(Some(reference), Some(stream), ErrorCode::BadRequest, message);
+            }
+        };
+        let request = Request::History { stream: stream.clone(), position, limit: limit as usize };
+        self.request(reference, Some(stream), request);
     }
 
     fn verify(&mut self, token: &str, now: Instant) -> Option<VerifiedToken> {
@@ -465,6 +635,26 @@ impl Session {
             return self.close(Exit::protocol(format!("auth: device {e}")));
         }
         let Some(verified) = self.verify(token, now) else { return };
+        self.accept(now, verified, device, client);
+    }
+
+    /// The first input of an SSE session: an identity its driver verified already (from a token or a ticket), so
+    /// that a refusal is an HTTP status rather than an event. Then as a successful `auth`.
+    pub(crate) fn handle_verified(
+        &mut self,
+        now: Instant,
+        verified: VerifiedToken,
+        device: String,
+        client: Option<String>,
+    ) {
+        if self.identity.is_some() || self.closed {
+            return;
+        }
+        self.handle_traffic(now);
+        self.accept(now, verified, device, client);
+    }
+
+    fn accept(&mut self, now: Instant, verified: VerifiedToken, device: String, client: Option<String>) {
         let identity = Identity {
             user: Arc::from(verified.user),
             device: Arc::from(device),
@@ -483,7 +673,7 @@ impl Session {
             session: identity.session.to_string(),
             user: identity.user.to_string(),
             device: identity.device.to_string(),
-            heartbeat_ms: self.params.config.heartbeat_interval.as_millis() as u64,
+            heartbeat_ms: self.config().heartbeat_interval.as_millis() as u64,
             max_frame_bytes: MAX_SERVER_FRAME_BYTES as u64,
             token_expires_in_ms: verified.expires_in_ms,
         };
@@ -599,7 +789,28 @@ fn op_name(frame: &ClientFrame) -> &'static str {
         ClientFrame::Ack { .. } => "ack",
         ClientFrame::Heartbeat { .. } => "heartbeat",
         ClientFrame::RegisterPush { .. } => "register_push",
+        ClientFrame::InboxWatch { .. } => "inbox_watch",
+        ClientFrame::InboxList { .. } => "inbox_list",
+        ClientFrame::InboxMark { .. } => "inbox_mark",
+        ClientFrame::InboxMarkAll { .. } => "inbox_mark_all",
+        ClientFrame::History { .. } => "history",
     }
+}
+
+fn check_op_id(op_id: &str) -> Result<(), String> {
+    validate_op_id(op_id).map_err(|e| format!("op_id {e}"))
+}
+
+/// Checks an `inbox_mark` (also the HTTP `mark` body): op id, 1 to [`MAX_IDS_PER_INBOX_MARK`] valid ids.
+pub(crate) fn check_mark(op_id: &str, _action: InboxAction, ids: &[String]) -> Result<(), String> {
+    check_op_id(op_id).map_err(|e| format!("inbox_mark: {e}"))?;
+    if ids.is_empty() || ids.len() > MAX_IDS_PER_INBOX_MARK {
+        return Err(format!("inbox_mark: ids must hold 1 to {MAX_IDS_PER_INBOX_MARK} ids, got {}", ids.len()));
+    }
+    if let Some(bad) = ids.iter().find_map(|id| validate_id(id).err().map(|e| format!("inbox_mark: id {id:?} {e}"))) {
+        return Err(bad);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,14 @@ fn params() -> Arc<SessionParams> {
             auth_timeout: Duration::from_secs(10),
             rate_limit_frames_per_sec: 100,
             rate_limit_seconds: 5,
+            client_heartbeats: true,
+        },
+        sse: SessionConfig {
+            heartbeat_interval: Duration::from_secs(15),
+            auth_timeout: Duration::from_secs(10),
+            rate_limit_frames_per_sec: 100,
+            rate_limit_seconds: 5,
+            client_heartbeats: false,
         },
         verifier: TokenVerifier::new(SECRET, Duration::from_secs(5)),
     })
@@ -433,4 +441,103 @@ fn a_token_issued_by_issue_token_is_accepted() {
     let token = issue_token(SECRET, "alice", &[], Some(Duration::from_secs(60)));
     session.handle_text(Instant::now(), &json!({"op":"auth","token":token,"device":"d"}).to_string());
     assert!(matches!(session.poll_output(), Some(Output::Authenticated { .. })));
+}
+
+// ---- inbox and history requests (protocol §13, §14) ----
+
+fn request_of(output: &Output) -> Option<&Request> {
+    match output {
+        Output::Request(r) => Some(r),
+        _ => None,
+    }
+}
+
+#[test]
+fn inbox_requests_wait_for_the_store_and_are_answered_in_order_with_their_ref() {
+    let mut sim = Sim::new();
+    sim.login(&["news"], None);
+    sim.send(json!({"op":"inbox_watch","ref":1}));
+    sim.send(json!({"op":"inbox_mark","ref":2,"op_id":"o-1","action":"read","ids":["a","b"]}));
+    let out = sim.drain();
+    assert_eq!(out.len(), 1, "the mark waits behind the watch: {out:?}");
+    assert_eq!(request_of(&out[0]), Some(&Request::InboxWatch));
+    assert!(sim.session.watching_inbox());
+    let counts = tidings_core::protocol::InboxCounts { unseen: 2, unread: 2, total: 2, version: 4, head: 2 };
+    sim.session
+        .handle_reply(sim.now, Ok(Reply::Inbox(tidings_core::protocol::InboxUpdate { counts, ..Default::default() })));
+    let out = sim.drain();
+    let Output::Frame(f) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(
+        serde_json::from_str::<Value>(f.as_str()).unwrap(),
+        json!({"op":"inbox","ref":1,"counts":{"unseen":2,"unread":2,"total":2,"version":4,"head":2}})
+    );
+    let Some(Request::InboxChange(change)) = request_of(&out[1]) else { panic!("{out:?}") };
+    assert_eq!(change.op_id.as_deref(), Some("o-1"));
+    assert_eq!(change.at, WALL, "the change is stamped with the session's wall clock");
+    assert_eq!(
+        change.kind,
+        crate::store::ChangeKind::Mark {
+            action: tidings_core::protocol::InboxAction::Read,
+            ids: vec!["a".into(), "b".into()]
+        }
+    );
+    // A store failure is a request-scoped error; the connection stays.
+    sim.session.handle_reply(sim.now, Err(StoreError::full("disk full")));
+    let frames = sim.frames();
+    assert_eq!((frames[0]["op"].as_str(), frames[0]["ref"].as_u64()), (Some("error"), Some(2)));
+    assert_eq!(frames[0]["code"], "try_again_later");
+    assert_eq!(frames[0]["retry_after_ms"], 30_000);
+    sim.send(json!({"op":"inbox_mark_all","ref":3,"action":"seen","up_to":9}));
+    let out = sim.drain();
+    let Some(Request::InboxChange(change)) = request_of(&out[0]) else { panic!("{out:?}") };
+    assert_eq!(change.op_id, None, "no op id");
+    assert_eq!(
+        change.kind,
+        crate::store::ChangeKind::MarkAll { action: tidings_core::protocol::MarkAllAction::Seen, up_to: Some(9) }
+    );
+}
+
+#[test]
+fn history_requests_are_authorized_like_subscribes() {
+    let mut sim = Sim::new();
+    sim.login(&["news"], None);
+    sim.send(json!({"op":"history","ref":1,"stream":"topic:sports"}));
+    sim.send(json!({"op":"history","ref":2,"stream":"user:bob"}));
+    sim.send(json!({"op":"history","ref":3,"stream":"topic:news","limit":0}));
+    let codes: Vec<(u64, String)> =
+        sim.frames().iter().map(|f| (f["ref"].as_u64().unwrap(), f["code"].as_str().unwrap().to_owned())).collect();
+    assert_eq!(codes, [(1, "forbidden".into()), (2, "forbidden".into()), (3, "bad_request".into())]);
+    sim.send(json!({"op":"history","ref":4,"stream":"topic:news","epoch":"e","after":7}));
+    let out = sim.drain();
+    assert_eq!(
+        request_of(&out[0]),
+        Some(&Request::History { stream: "topic:news".into(), position: Some(("e".into(), 7)), limit: 100 })
+    );
+}
+
+#[test]
+fn an_sse_session_sends_heartbeats_and_never_expects_the_clients() {
+    let t0 = Instant::now();
+    let mut session = Session::new_sse(t0, WALL, params());
+    let verified = crate::auth::TokenVerifier::new(SECRET, Duration::from_secs(5))
+        .verify_at(&issue_token_at(&[], Some(Duration::from_secs(100))), WALL)
+        .unwrap();
+    session.handle_verified(t0, verified, "reader".into(), None);
+    let out: Vec<Output> = std::iter::from_fn(|| session.poll_output()).collect();
+    assert!(matches!(&out[0], Output::Authenticated { device, .. } if &**device == "reader"));
+    let Output::Frame(welcome) = &out[1] else { panic!("{out:?}") };
+    assert!(welcome.as_str().contains(r#""heartbeat_ms":15000"#), "{}", welcome.as_str());
+    // A minute of client silence: heartbeats go out, nothing closes.
+    let mut now = t0;
+    for _ in 0..4 {
+        now += Duration::from_secs(15);
+        assert_eq!(session.poll_timeout(), Some(now));
+        session.handle_timeout(now);
+        let out: Vec<Output> = std::iter::from_fn(|| session.poll_output()).collect();
+        assert!(matches!(&out[..], [Output::Frame(f)] if f.as_str() == HEARTBEAT), "{out:?}");
+    }
+    // The token's expiry still ends it.
+    session.handle_timeout(t0 + Duration::from_secs(100));
+    let out: Vec<Output> = std::iter::from_fn(|| session.poll_output()).collect();
+    assert_eq!(out.iter().filter_map(close_code).collect::<Vec<_>>(), [ErrorCode::TokenExpired]);
 }

@@ -27,6 +27,9 @@ pub(crate) fn limits(items: usize) -> StoreLimits {
         acks_max_per_id: 1000,
         persistent_retention: Duration::from_secs(3600),
         ack_retention: Duration::from_secs(3600),
+        inbox_retention: Duration::from_secs(3600),
+        inbox_max_items: 1000,
+        inbox_op_window: Duration::from_secs(600),
     }
 }
 

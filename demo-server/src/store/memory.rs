@@ -39,6 +39,12 @@ pub struct StoreLimits {
     pub persistent_retention: Duration,
     /// How long a durable store keeps acks. The memory store bounds them by count instead.
     pub ack_retention: Duration,
+    /// How long inbox items are kept (from when they were added).
+    pub inbox_retention: Duration,
+    /// Most items one user's inbox holds (archived ones included); beyond it the oldest are removed.
+    pub inbox_max_items: usize,
+    /// How long the op id of an inbox change is remembered (a change resent with it later is applied again).
+    pub inbox_op_window: Duration,
 }
 
 impl StoreLimits {
@@ -53,9 +59,16 @@ impl StoreLimits {
             acks_max_per_id: config.acks_max_per_id,
             persistent_retention: config.persistent_retention,
             ack_retention: config.ack_retention,
+            inbox_retention: config.inbox_retention,
+            inbox_max_items: config.inbox_max_items,
+            inbox_op_window: INBOX_OP_WINDOW,
         }
     }
 }
+
+/// How long the op id of an inbox change is remembered: a week, longer than a device usually stays offline with
+/// changes queued.
+pub const INBOX_OP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 type StreamShard = Mutex<HashMap<Box<str>, StreamLog>>;
@@ -316,6 +329,16 @@ impl IdTable {
 }
 
 impl MemoryStore {
+    /// The store's limits.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// The clock the store reads the time from.
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
     /// An empty store with these limits.
     pub fn new(limits: StoreLimits) -> Self {
         Self::with_clock(limits, Arc::new(now_ms))
@@ -558,6 +581,9 @@ mod tests {
             acks_max_per_id: 2,
             persistent_retention: Duration::from_secs(3600),
             ack_retention: Duration::from_secs(3600),
+            inbox_retention: Duration::from_secs(3600),
+            inbox_max_items: 100,
+            inbox_op_window: Duration::from_secs(3600),
         }
     }
 
@@ -576,6 +602,20 @@ mod tests {
         }
 
         crate::store::contract::stream_store_tests!(make);
+        crate::store::inbox_contract::inbox_store_tests!(make);
+
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+            /// Any interleaving of changes from several devices (and resent ones) leaves the counts equal to a
+            /// recount of the items.
+            #[test]
+            fn counts_match_a_recount(steps in proptest::collection::vec(crate::store::inbox_contract::step(), 1..60)) {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let (clock, _) = crate::store::contract::clock(1_000);
+                let (stores, _guard) = make(crate::store::contract::limits(10), clock);
+                runtime.block_on(crate::store::inbox_contract::counts_match_a_recount(stores.inbox, steps));
+            }
+        }
     }
 
     #[test]

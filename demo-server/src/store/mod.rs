@@ -6,11 +6,13 @@
 //!   or deliver it twice (rows without key).
 //! - [`AckStore`]: which device acked which notification, and when.
 //! - [`DeviceStore`]: the push addresses of devices.
+//! - [`InboxStore`]: users' inboxes — items, their seen/read/archived state, the counts — and topic follows (see
+//!   [`inbox`] for the model).
 //! - [`SettingsStore`]: users' preferences and quiet hours.
 //! - [`PushStore`]: pending pushes, digest windows and the deliveries log (see [`push`] for their life cycle).
 //!
-//! Later concerns get their own interface beside these (the inbox), each with a memory and a durable
-//! implementation. [`Stores`] bundles the implementations a server runs with:
+//! Each concern has a memory and a durable implementation. [`Stores`] bundles the implementations a server runs
+//! with:
 //! [`MemoryStore`] (everything in process memory; nothing survives the process) or [`SqliteStore`] (the embedded
 //! default, durable).
 //!
@@ -20,6 +22,9 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod inbox;
+#[cfg(test)]
+pub(crate) mod inbox_contract;
 mod memory;
 mod memory_push;
 pub mod push;
@@ -31,7 +36,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use memory::{MemoryStore, StoreLimits};
+pub use inbox::{ChangeKind, ChangeRequest, InboxAdd, InboxChange, InboxStore, MemoryInbox};
+pub use memory::{INBOX_OP_WINDOW, MemoryStore, StoreLimits};
 pub use push::{
     DeliveryRecord, DeliveryStatus, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore,
     Settlement, StoredPush, UserSettings,
@@ -127,6 +133,28 @@ pub trait StreamStore: Send + Sync + 'static {
         since: Option<Position<'a>>,
     ) -> BoxFuture<'a, Result<HistoryRead, StoreError>>;
 
+    /// A page of what `stream` stores, oldest first (`GET /v1/streams/{stream}/history`, protocol §14): at most
+    /// `limit` notifications after `after` — an `(epoch, offset)`; a position of another epoch, or none, reads from
+    /// the oldest stored. A durable store keeps `persistent` notifications beyond the replay window, for its
+    /// retention; by default (the memory store) the page reads what [`StreamStore::read`] replays.
+    fn page<'a>(
+        &'a self,
+        stream: &'a str,
+        after: Option<Position<'a>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<StoredPage, StoreError>> {
+        Box::pin(async move {
+            let epoch = self.epoch(stream).await?;
+            let read = self.read(stream, Some((&epoch, 0))).await?;
+            let after = after.filter(|(e, _)| *e == &*epoch).map_or(0, |(_, o)| o);
+            let oldest = read.state.oldest;
+            let mut entries: Vec<HistoryEntry> = read.entries.into_iter().filter(|e| e.offset > after).collect();
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            Ok(StoredPage { state: read.state, oldest, entries, more })
+        })
+    }
+
     /// The notification `id` in `stream`, if the stream still holds it (for `GET /v1/me/notifications/{id}`, what
     /// an SDK fetches when a push was too large to carry the notification). By default: a scan of what
     /// [`StreamStore::read`] replays.
@@ -152,6 +180,19 @@ pub trait StreamStore: Send + Sync + 'static {
     /// Called once when a server starts on this store: a store with commits worth measuring takes its
     /// [`StoreMetrics`](crate::metrics::StoreMetrics) from `metrics` (`Metrics::store`) and reports to them.
     fn observe(&self, _metrics: &crate::metrics::Metrics) {}
+}
+
+/// A page of a stream's stored history (see [`StreamStore::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPage {
+    /// The stream's state (its epoch, head and oldest replayable offset).
+    pub state: crate::model::StreamState,
+    /// The oldest offset stored (`head + 1` when none).
+    pub oldest: u64,
+    /// The notifications, in offset order.
+    pub entries: Vec<HistoryEntry>,
+    /// Whether more notifications follow the page.
+    pub more: bool,
 }
 
 /// Acks: which device received which notification.
@@ -197,6 +238,18 @@ pub trait BadgeSource: Send + Sync + 'static {
     fn badge<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<u32>, StoreError>>;
 }
 
+/// The badge of a user's pushes from their inbox: the unread count (protocol §13.5).
+struct InboxBadges<S: ?Sized>(Arc<S>);
+
+impl<S: InboxStore + ?Sized> BadgeSource for InboxBadges<S> {
+    fn badge<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<u32>, StoreError>> {
+        Box::pin(async move {
+            let counts = self.0.counts(user).await?;
+            Ok(Some(u32::try_from(counts.unread).unwrap_or(u32::MAX)))
+        })
+    }
+}
+
 /// Whether an encoded `notification` frame is the notification `id`.
 fn frame_id(frame: &str) -> Option<String> {
     match tidings_core::protocol::decode_server_frame(frame) {
@@ -214,6 +267,8 @@ pub struct Stores {
     pub acks: Arc<dyn AckStore>,
     /// Push addresses.
     pub devices: Arc<dyn DeviceStore>,
+    /// Inboxes.
+    pub inbox: Arc<dyn InboxStore>,
     /// Preferences and quiet hours.
     pub settings: Arc<dyn SettingsStore>,
     /// Pending pushes, digest windows, the deliveries log.
@@ -233,14 +288,17 @@ impl fmt::Debug for Stores {
 impl Stores {
     /// All concerns in one [`MemoryStore`].
     pub fn memory(store: MemoryStore) -> Self {
+        let inbox = Arc::new(MemoryInbox::new(store.limits().clone(), store.clock()));
         let store = Arc::new(store);
+        let badges: Arc<dyn BadgeSource> = Arc::new(InboxBadges(inbox.clone()));
         Stores {
             streams: store.clone(),
             acks: store.clone(),
             devices: store.clone(),
             settings: store.clone(),
             push: store,
-            badges: None,
+            inbox,
+            badges: Some(badges),
             durable: false,
         }
     }
@@ -253,8 +311,9 @@ impl Stores {
             acks: store.clone(),
             devices: store.clone(),
             settings: store.clone(),
-            push: store,
-            badges: None,
+            push: store.clone(),
+            badges: Some(Arc::new(InboxBadges(store.clone()))),
+            inbox: store,
             durable: true,
         }
     }

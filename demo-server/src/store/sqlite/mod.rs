@@ -22,6 +22,7 @@
 //! design and the workspace's Rust version (sqlx, an async alternative, needs a newer Rust and runs a thread per
 //! connection anyway).
 
+mod inbox;
 mod push;
 mod schema;
 mod writer;
@@ -271,12 +272,27 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             )),
         ));
     }
+    let mut version = version;
+    // Two lines of development each wrote a "version 2" before they were merged: push delivery's tables (migration
+    // 2 here) or the inbox's (migration 3 here). A database of the inbox's version 2 gets push delivery's tables
+    // and is then at version 3 like any other.
+    if version == schema::INBOX_FIRST_V2 && has_table(&tx, "inbox_users")? && !has_table(&tx, "pending_push")? {
+        tx.execute_batch(schema::MIGRATIONS[schema::PUSH_DELIVERY])?;
+        version = schema::INBOX as i64 + 1;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+        info!(version, "database schema migrated (an inbox-first version 2 got push delivery's tables)");
+    }
     for (i, migration) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(migration)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         info!(version = i + 1, "database schema migrated");
     }
     tx.commit()
+}
+
+/// Whether the database has the table `name`.
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?.exists([name])
 }
 
 /// The id of this boot of the machine (Linux), to tell a process restart from a machine restart.
@@ -423,27 +439,74 @@ fn read_snapshot(
         )?;
         let mut rows = select.query(params![sid, from, head])?;
         while let Some(row) = rows.next()? {
-            let offset: u64 = row.get(0)?;
-            let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
-            let data: Option<String> = row.get(7)?;
-            let fields = NotificationFields {
-                id: text(1)?,
-                stream: String::new(),
-                offset: None,
-                epoch: String::new(),
-                kind: text(2)?,
-                priority: Priority::parse(&text(3)?).unwrap_or(Priority::Important),
-                persistence: Persistence::parse(&text(4)?).unwrap_or(Persistence::Bufferable),
-                title: row.get(5)?,
-                body: row.get(6)?,
-                data: data.and_then(|d| RawJson::from_string(d).ok()),
-                group: row.get(8)?,
-                created_at: row.get(9)?,
-            };
-            entries.push(HistoryEntry { offset, frame: encode_notification(&fields, stream, epoch, Some(offset)) });
+            entries.push(history_entry(row, stream, epoch)?);
         }
     }
     Ok(HistoryRead { state, entries })
+}
+
+/// Reads a page of what `stream` stores (see [`StreamStore::page`]) from one snapshot.
+fn read_page(
+    conn: &Connection,
+    epoch: &Arc<str>,
+    limits: &StoreLimits,
+    now: u64,
+    stream: &str,
+    after: Option<(String, u64)>,
+    limit: usize,
+) -> rusqlite::Result<super::StoredPage> {
+    let snapshot = conn.unchecked_transaction()?;
+    let state = read_snapshot(&snapshot, epoch, limits, now, stream, None)?.state;
+    let sid: Option<i64> = snapshot
+        .prepare_cached("SELECT sid FROM streams WHERE name = ?1")?
+        .query_row([stream], |r| r.get(0))
+        .optional()?;
+    let Some(sid) = sid else {
+        snapshot.finish()?;
+        return Ok(super::StoredPage { oldest: state.head + 1, state, entries: Vec::new(), more: false });
+    };
+    let oldest: Option<u64> =
+        snapshot.prepare_cached("SELECT MIN(offset) FROM entries WHERE sid = ?1")?.query_row([sid], |r| r.get(0))?;
+    let after = after.filter(|(e, _)| **e == **epoch).map_or(0, |(_, o)| o);
+    let mut entries = Vec::new();
+    {
+        let mut select = snapshot.prepare_cached(
+            "SELECT e.offset, n.id, n.type, n.priority, n.persistence, n.title, n.body, n.data, n.grp, n.created_at \
+             FROM entries e JOIN notifications n ON n.seq = e.seq \
+             WHERE e.sid = ?1 AND e.offset > ?2 ORDER BY e.offset LIMIT ?3",
+        )?;
+        let mut rows = select.query(params![sid, after, limit + 1])?;
+        while let Some(row) = rows.next()? {
+            entries.push(history_entry(row, stream, epoch)?);
+        }
+    }
+    snapshot.finish()?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    Ok(super::StoredPage { oldest: oldest.unwrap_or(state.head + 1), state, entries, more })
+}
+
+/// One row of `entries JOIN notifications` (offset, id, type, priority, persistence, title, body, data, grp,
+/// created_at) as a history entry of `stream`.
+fn history_entry(row: &rusqlite::Row<'_>, stream: &str, epoch: &Arc<str>) -> rusqlite::Result<HistoryEntry> {
+    let offset: u64 = row.get(0)?;
+    let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
+    let data: Option<String> = row.get(7)?;
+    let fields = NotificationFields {
+        id: text(1)?,
+        stream: String::new(),
+        offset: None,
+        epoch: String::new(),
+        kind: text(2)?,
+        priority: Priority::parse(&text(3)?).unwrap_or(Priority::Important),
+        persistence: Persistence::parse(&text(4)?).unwrap_or(Persistence::Bufferable),
+        title: row.get(5)?,
+        body: row.get(6)?,
+        data: data.and_then(|d| RawJson::from_string(d).ok()),
+        group: row.get(8)?,
+        created_at: row.get(9)?,
+    };
+    Ok(HistoryEntry { offset, frame: encode_notification(&fields, stream, epoch, Some(offset)) })
 }
 
 /// The notification `id` if `stream` still holds it (within the replay window, or persistent).
@@ -509,6 +572,18 @@ impl StreamStore for SqliteStore {
 
     fn observe(&self, metrics: &crate::metrics::Metrics) {
         let _ = self.metrics.set(metrics.store("sqlite"));
+    }
+
+    fn page<'a>(
+        &'a self,
+        stream: &'a str,
+        after: Option<Position<'a>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<super::StoredPage, StoreError>> {
+        let (epoch, limits, now) = (self.epoch.clone(), self.limits.clone(), (self.clock)());
+        let stream = stream.to_owned();
+        let after = after.map(|(e, o)| (e.to_owned(), o));
+        Box::pin(self.read_with(move |conn| read_page(conn, &epoch, &limits, now, &stream, after, limit)))
     }
 
     fn find<'a>(&'a self, stream: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<HistoryEntry>, StoreError>> {

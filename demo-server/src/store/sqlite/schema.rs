@@ -139,7 +139,77 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX delivery_log_by_id ON delivery_log (id, at);
     CREATE INDEX delivery_log_by_age ON delivery_log (at);
     "#,
+    // 3: inboxes (store/inbox.rs has the model). Developed beside push delivery as a second "version 2"; a
+    // database of either earlier version reaches version 3 (see `migrate` in mod.rs).
+    r#"
+    -- One row per user with an inbox: its counts, version, newest seq, item count, and "mark all" marks
+    -- (`up_to:at:version`, comma separated).
+    CREATE TABLE inbox_users (
+        uid        INTEGER PRIMARY KEY,
+        user       TEXT NOT NULL UNIQUE,
+        version    INTEGER NOT NULL,
+        head       INTEGER NOT NULL,
+        unseen     INTEGER NOT NULL,
+        unread     INTEGER NOT NULL,
+        total      INTEGER NOT NULL,
+        items      INTEGER NOT NULL,
+        read_marks TEXT NOT NULL,
+        seen_marks TEXT NOT NULL
+    );
+
+    -- Inbox items, clustered by user and seq (a page is one range of one user's items). `envelope` is the
+    -- notification as the user's copy was committed (JSON).
+    CREATE TABLE inbox_items (
+        uid         INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        id          TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        topic       TEXT,
+        inserted_at INTEGER NOT NULL,
+        v           INTEGER NOT NULL,
+        seen_at     INTEGER,
+        seen_v      INTEGER NOT NULL,
+        read_at     INTEGER,
+        read_v      INTEGER NOT NULL,
+        archived_at INTEGER,
+        envelope    TEXT NOT NULL,
+        PRIMARY KEY (uid, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX inbox_items_by_id ON inbox_items (uid, id);
+    CREATE INDEX inbox_items_by_age ON inbox_items (inserted_at);
+    -- Items marked unread / unseen one by one (few): what a "mark all" below the newest mark must visit.
+    CREATE INDEX inbox_items_marked_unread ON inbox_items (uid, read_v) WHERE read_at IS NULL AND read_v > 0;
+    CREATE INDEX inbox_items_marked_unseen ON inbox_items (uid, seen_v) WHERE seen_at IS NULL AND seen_v > 0;
+
+    -- Op ids of applied inbox changes (idempotency), for a week.
+    CREATE TABLE inbox_ops (
+        uid   INTEGER NOT NULL,
+        op_id TEXT NOT NULL,
+        at    INTEGER NOT NULL,
+        PRIMARY KEY (uid, op_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbox_ops_by_age ON inbox_ops (at);
+
+    -- Which users' inboxes get the persistent notifications of which topics.
+    CREATE TABLE inbox_follows (
+        topic TEXT NOT NULL,
+        user  TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (topic, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbox_follows_by_user ON inbox_follows (user, topic);
+    "#,
 ];
+
+/// The index in [`MIGRATIONS`] of push delivery's tables (version 2).
+pub(crate) const PUSH_DELIVERY: usize = 1;
+
+/// The index in [`MIGRATIONS`] of the inbox's tables (version 3).
+pub(crate) const INBOX: usize = 2;
+
+/// The version a development build of the inbox wrote before push delivery and inboxes were merged: its version 2
+/// holds the inbox tables of migration 3 instead of push delivery's.
+pub(crate) const INBOX_FIRST_V2: i64 = 2;
 
 /// The schema version this server writes.
 pub(crate) fn current_version() -> i64 {

@@ -18,6 +18,22 @@ mod shared {
     use super::*;
 
     crate::store::contract::stream_store_tests!(make);
+    crate::store::inbox_contract::inbox_store_tests!(make);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// The recount property on SQLite (fewer cases than on memory: each opens a database).
+        #[test]
+        fn counts_match_a_recount(steps in proptest::collection::vec(crate::store::inbox_contract::step(), 1..40)) {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (clock, _) = crate::store::contract::clock(1_000);
+                let (stores, _guard) = make(crate::store::contract::limits(10), clock);
+                crate::store::inbox_contract::counts_match_a_recount(stores.inbox.clone(), steps).await;
+                stores.streams.close().await;
+            });
+        }
+    }
 }
 
 fn open(dir: &Path, synchronous: Synchronous, clock: Clock) -> Result<SqliteStore, OpenError> {
@@ -266,4 +282,52 @@ async fn pending_pushes_survive_a_reopen_and_a_dead_runs_claims_are_released() {
     assert!(
         stores.push.deliveries("n1").await.unwrap().iter().any(|r| r.status == crate::store::DeliveryStatus::Scheduled)
     );
+}
+
+/// Push delivery and the inbox were developed side by side and each wrote a "version 2" (push delivery's tables, or
+/// the inbox's). A database of either, and of version 1, reaches version 3 with every table, keeping its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_version_1_or_of_either_version_2_is_migrated_to_version_3() {
+    use crate::store::InboxStore as _;
+    let tables =
+        ["entries", "user_settings", "pending_push", "delivery_log", "inbox_users", "inbox_items", "inbox_ops"];
+    for (name, second) in [
+        ("version 1", None),
+        ("push delivery's 2", Some(schema::PUSH_DELIVERY)),
+        ("the inbox's 2", Some(schema::INBOX)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DATABASE_FILE);
+        {
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            if let Some(second) = second {
+                conn.execute_batch(schema::MIGRATIONS[second]).unwrap();
+                conn.execute_batch("PRAGMA user_version = 2").unwrap();
+            }
+            if second == Some(schema::INBOX) {
+                // An inbox written by that version: its counts must survive.
+                conn.execute_batch(
+                    "INSERT INTO inbox_users (uid, user, version, head, unseen, unread, total, items, read_marks, \
+                     seen_marks) VALUES (1, 'alice', 41, 0, 0, 0, 0, 0, '', '')",
+                )
+                .unwrap();
+            }
+        }
+        let (clock, _) = clock(1_000);
+        let store = open(dir.path(), Synchronous::Full, clock).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let counts = store.counts("alice").await.unwrap();
+        if second == Some(schema::INBOX) {
+            assert_eq!(counts.version, 41, "{name}: the inbox kept its version");
+        }
+        store.close().await;
+        drop(store);
+        assert_eq!(count(&db, "PRAGMA user_version"), 3, "{name}");
+        for table in tables {
+            let n =
+                count(&db, &format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"));
+            assert_eq!(n, 1, "{name}: table {table}");
+        }
+    }
 }

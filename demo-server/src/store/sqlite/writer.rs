@@ -83,6 +83,7 @@ pub(super) enum Op {
         now: UnixMs,
         reply: Reply<usize>,
     },
+    Inbox(super::inbox::InboxOp),
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -159,6 +160,7 @@ struct State {
 /// What one operation did inside the transaction, to be acted on after the commit.
 enum Applied {
     Append(Vec<(AppendOutcome, Placed)>),
+    Inbox(super::inbox::InboxDone),
     Done,
     Cancelled(Vec<RowKey>),
     Deleted(bool),
@@ -345,6 +347,7 @@ impl Writer {
                         (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } | Op::Probe { reply }, _) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Op::Inbox(op), Applied::Inbox(done)) => op.answer(done),
                         (Op::Acks { reply, .. }, Applied::Cancelled(keys)) => {
                             let _ = reply.send(Ok(keys));
                         }
@@ -529,6 +532,7 @@ fn refuse(op: Op, error: StoreError) {
         Op::Expedite { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Op::Inbox(op) => op.refuse(error),
         Op::Close { reply } => {
             let _ = reply.send(());
         }
@@ -609,6 +613,7 @@ impl State {
                     .execute([now.to_string()])?;
                 Ok(Applied::Done)
             }
+            Op::Inbox(op) => Ok(Applied::Inbox(super::inbox::apply(tx, op, now, &self.limits)?)),
             Op::Close { .. } => Ok(Applied::Done),
         }
     }

@@ -101,6 +101,8 @@ internal fun FfiEvent.toPublic(): TidingsEvent = when (this) {
     is FfiEvent.SubscriptionFailed -> TidingsEvent.SubscriptionFailed(stream, code, message)
     is FfiEvent.PushRegistered -> TidingsEvent.PushRegistered(platform.toPublic())
     is FfiEvent.PushRegistrationFailed -> TidingsEvent.PushRegistrationFailed(platform.toPublic(), code, message)
+    is FfiEvent.InboxCounts -> TidingsEvent.InboxCountsChanged(counts.toPublic())
+    is FfiEvent.InboxChanged -> TidingsEvent.InboxChanged
 }
 
 internal fun FfiPushPlatform.toPublic(): PushPlatform = when (this) {

@@ -9,9 +9,17 @@ import dev.tidings.ffi.tidingsVersion
 import java.util.concurrent.atomic.AtomicReference
 import kotlin.coroutines.cancellation.CancellationException
 import kotlinx.coroutines.CompletableDeferred
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.cancel
 import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.flow
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
 
 /**
@@ -88,6 +96,73 @@ class TidingsClient(
             val event = native.nextEvent() ?: break
             emit(event.toPublic())
         }
+    }
+
+    /** Follows the core's inbox counts for [inboxCounts]; cancelled by [close]. */
+    private val countsScope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
+    private val counts = MutableStateFlow(call { it.inboxCounts()?.toPublic() })
+
+    init {
+        countsScope.launch {
+            var current = native.inboxCounts()
+            while (true) {
+                current = native.nextInboxCounts(current)
+                counts.value = current?.toPublic()
+            }
+        }
+    }
+
+    /**
+     * The server's inbox counts (the badge is `unread`), `null` until the first report: kept in the store, so known
+     * before the connection is up, and updated whenever any device of the user changes the inbox — only ever to a
+     * newer version (the core applies counts only when newer: they never multiply or go negative). In Compose:
+     * `client.inboxCounts.collectAsState()`.
+     */
+    val inboxCounts: StateFlow<InboxCounts?> = counts.asStateFlow()
+
+    /**
+     * The inbox view: the items loaded with [inboxLoadMore] and every item added since, newest first, in their
+     * current state. [TidingsEvent.InboxChanged] says when it changed.
+     */
+    val inboxItems: List<InboxItem>
+        get() = call { c -> c.inboxItems().map { it.toPublic() } }
+
+    /** Whether [inboxItems] reaches the oldest item. */
+    val inboxComplete: Boolean
+        get() = call { it.inboxComplete() }
+
+    /** Inbox changes not yet answered by the server (made offline; sent on reconnect). */
+    val inboxPendingChanges: Int
+        get() = call { it.inboxPendingChanges().toInt() }
+
+    /** Loads the next (older) page into [inboxItems]. */
+    suspend fun inboxLoadMore(): InboxPage = suspendCall { it.inboxLoadMore().toPublic() }
+
+    /** A page of the inbox with filters (not added to [inboxItems]). */
+    suspend fun inboxList(query: InboxQuery = InboxQuery()): InboxPage =
+        suspendCall { it.inboxList(query.toFfi()).toPublic() }
+
+    /**
+     * Applies [action] to the items [ids]. While offline the change is queued (in the store) and sent on
+     * reconnect, applied once by the server; returns the counts after it.
+     */
+    suspend fun inboxMark(action: InboxAction, ids: List<String>): InboxChangeResult =
+        suspendCall { it.inboxMark(action.toFfi(), ids).toPublic() }
+
+    /** Marks every item up to the newest this client knows read; items that reach the server meanwhile stay unread. */
+    suspend fun inboxMarkAllRead(): InboxChangeResult = suspendCall { it.inboxMarkAllRead().toPublic() }
+
+    /** Marks every item up to the newest this client knows seen. */
+    suspend fun inboxMarkAllSeen(): InboxChangeResult = suspendCall { it.inboxMarkAllSeen().toPublic() }
+
+    /**
+     * A page of [stream]'s stored history after ([afterEpoch], [afterOffset]) — after a gap, the cursor the stream
+     * had; both `null`: from the oldest stored — at most [limit] (1–1,000, default 100) notifications.
+     */
+    suspend fun history(stream: String, afterEpoch: String? = null, afterOffset: Long? = null, limit: Int? = null): HistoryPage {
+        if (afterOffset != null && afterOffset < 0) throw TidingsException.InvalidArgument("afterOffset must not be negative")
+        if (limit != null && limit < 0) throw TidingsException.InvalidArgument("limit must not be negative")
+        return suspendCall { it.history(stream, afterEpoch, afterOffset?.toULong(), limit?.toUInt()).toPublic() }
     }
 
     /** The device id this installation authenticates with (generated on first use and kept in the store). */
@@ -203,12 +278,19 @@ class TidingsClient(
             try {
                 native.shutdown()
             } finally {
+                countsScope.cancel()
                 mine.complete(Unit)
             }
         }
     }
 
     private inline fun <T> call(block: (FfiClient) -> T): T = try {
+        block(native)
+    } catch (e: FfiException) {
+        throw e.toPublic()
+    }
+
+    private suspend inline fun <T> suspendCall(crossinline block: suspend (FfiClient) -> T): T = try {
         block(native)
     } catch (e: FfiException) {
         throw e.toPublic()

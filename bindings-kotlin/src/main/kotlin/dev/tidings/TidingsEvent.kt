@@ -35,4 +35,13 @@ sealed class TidingsEvent {
      * codes (`try_again_later`): it is sent again on the next connection.
      */
     data class PushRegistrationFailed(val platform: PushPlatform, val code: String, val message: String) : TidingsEvent()
+
+    /**
+     * The server's inbox counts changed (only ever to a newer version): the badge is `counts.unread`. Also held by
+     * [TidingsClient.inboxCounts], a `StateFlow`.
+     */
+    data class InboxCountsChanged(val counts: InboxCounts) : TidingsEvent()
+
+    /** The inbox view ([TidingsClient.inboxItems]) changed: read it again. */
+    data object InboxChanged : TidingsEvent()
 }

@@ -29,6 +29,15 @@ sealed class TidingsException(message: String, cause: Throwable? = null) : Excep
     /** The client was closed. */
     class Closed(cause: Throwable? = null) : TidingsException("the client is closed", cause)
 
+    /**
+     * The server refused a request (inbox, history): [code] is `bad_request` (the [detail] names the member),
+     * `forbidden` or `try_again_later`.
+     */
+    class RequestRefused(val code: String, val detail: String, cause: Throwable? = null) :
+        TidingsException("request refused ($code): $detail", cause)
+
+    /** A read (inbox page, history page) got no answer in time (30 s, connecting included). */
+    class TimedOut(cause: Throwable? = null) : TidingsException("no answer in time", cause)
     /** The server refused the user's token for an HTTP call (after the token provider was asked again once). */
     class Unauthorized(val detail: String, cause: Throwable? = null) : TidingsException("unauthorized: $detail", cause)
 
@@ -69,6 +78,8 @@ internal fun FfiException.toPublic(): TidingsException = when (this) {
     is FfiException.Store -> TidingsException.StoreFailure(detail)
     is FfiException.ConnectionFailed -> TidingsException.ConnectionFailed(reason.toPublic(), detail)
     is FfiException.Closed -> TidingsException.Closed()
+    is FfiException.RequestRefused -> TidingsException.RequestRefused(code, detail)
+    is FfiException.TimedOut -> TidingsException.TimedOut()
     is FfiException.Internal -> TidingsException.Internal(detail)
     is FfiException.Unauthorized -> TidingsException.Unauthorized(detail)
     is FfiException.Refused -> TidingsException.Refused(status.toInt(), code, detail)

@@ -24,6 +24,8 @@ import kotlinx.coroutines.Deferred
 import kotlinx.coroutines.NonCancellable
 import kotlinx.coroutines.async
 import kotlinx.coroutines.delay
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
 import kotlinx.coroutines.withTimeout
@@ -56,6 +58,15 @@ class ConformanceTest {
 
     @Test fun slow_app_backpressure() = runScenario("slow_app_backpressure")
 
+    @Test fun gap_refetch_from_history() = runScenario("gap_refetch_from_history")
+
+    @Test fun inbox_two_devices() = runScenario("inbox_two_devices")
+
+    @Test fun inbox_offline_change_converges() = runScenario("inbox_offline_change_converges")
+
+    @Test fun inbox_mark_all_leaves_new_items_unread() = runScenario("inbox_mark_all_leaves_new_items_unread")
+
+    @Test fun inbox_counts_survive_a_server_restart() = runScenario("inbox_counts_survive_a_server_restart")
     @Test fun real_push_then_socket_shown_once() = runScenario("real_push_then_socket_shown_once")
 
     @Test fun lightweight_push_is_fetched() = runScenario("lightweight_push_is_fetched")
@@ -369,6 +380,68 @@ private class ScenarioRunner(
                 val c = clients.remove(key) ?: fail("no client $key")
                 c.recorder.close()
             }
+            "wait_inbox", "assert_inbox" -> {
+                val unread = step.longOrNull("unread")
+                val unseen = step.longOrNull("unseen")
+                val total = step.longOrNull("total")
+                val matches = { c: InboxCounts? ->
+                    c != null && (unread == null || c.unread == unread) && (unseen == null || c.unseen == unseen) &&
+                        (total == null || c.total == total)
+                }
+                // Through the StateFlow an app's UI collects.
+                val flow = client(step).recorder.client.inboxCounts
+                if (op == "wait_inbox") {
+                    withTimeoutOrNull(WAIT_MS) { flow.first(matches) }
+                        ?: fail("timed out waiting for inbox counts ${Json.write(step)}; they are ${flow.value}")
+                } else {
+                    assertTrue(matches(flow.value), "inbox counts ${flow.value}, expected ${Json.write(step)}")
+                }
+            }
+            "inbox_mark", "inbox_mark_all" -> {
+                val client = client(step).recorder.client
+                val action = step.str("action")
+                val ids = ids(step)
+                val request: suspend () -> InboxChangeResult = if (op == "inbox_mark_all") {
+                    when (action) {
+                        "read" -> ({ client.inboxMarkAllRead() })
+                        "seen" -> ({ client.inboxMarkAllSeen() })
+                        else -> fail("mark all $action?")
+                    }
+                } else {
+                    val a = InboxAction.valueOf(action.uppercase())
+                    ({ client.inboxMark(a, ids) })
+                }
+                if (step["wait"] as Boolean? ?: true) {
+                    val result = request()
+                    assertTrue(!result.duplicate, "a duplicate: $result")
+                } else {
+                    // Started without waiting for the answer (offline, the SDK queues the change).
+                    val before = client.inboxPendingChanges
+                    scope.launch { runCatching { request() } }
+                    withTimeoutOrNull(WAIT_MS) { while (client.inboxPendingChanges <= before) delay(5) }
+                        ?: fail("the change was not queued")
+                }
+            }
+            "history" -> {
+                // The README's gap → refetch path: page after the last notification handled.
+                val r = client(step).recorder
+                val stream = stream(step.str("stream"))
+                val afterId = name(step.str("after_id"))
+                val limit = step.longOrNull("limit")?.toInt()
+                val last = r.notifications().firstOrNull { it.id == afterId } ?: fail("$afterId was not delivered")
+                var epoch: String? = last.epoch
+                var after: Long? = last.offset
+                val got = mutableListOf<String>()
+                while (after != null) {
+                    val page = r.client.history(stream, afterEpoch = epoch, afterOffset = after, limit = limit)
+                    if (limit != null) assertTrue(page.items.size <= limit, "a page larger than the limit")
+                    got += page.items.map { it.id }
+                    epoch = page.epoch
+                    after = page.next
+                }
+                assertEquals(ids(step), got, "history after $afterId")
+            }
+            "restart_server" -> server.restart()
             else -> fail("unknown step op \"$op\" (add it to every runner, see tests/conformance/README.md)")
         }
     }

@@ -11,7 +11,13 @@ import kotlinx.coroutines.future.await
  * The reference server the suite runs against, from the environment `cargo xtask kotlin-test` sets:
  * `TIDINGS_WS_URL`, `TIDINGS_HTTP_URL`, `TIDINGS_API_KEY`. Talks to its HTTP API (protocol §9).
  */
-class TestServer private constructor(val wsUrl: String, val httpUrl: String, private val apiKey: String) {
+class TestServer private constructor(
+    val wsUrl: String,
+    val httpUrl: String,
+    private val apiKey: String,
+    /** `TIDINGS_CONTROL_URL`: restarts the server (the `restart_server` step). */
+    private val controlUrl: String?,
+) {
     private val http: HttpClient = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build()
 
     /** A valid token for [user], allowed to read [topics] (`POST /v1/demo/token`). */
@@ -23,6 +29,17 @@ class TestServer private constructor(val wsUrl: String, val httpUrl: String, pri
 
     /** `POST /v1/admin/drop` for every connection; returns how many were dropped. */
     suspend fun dropAll(): Long = post("/v1/admin/drop", emptyMap<String, Any?>()).obj().long("dropped")
+
+    /** Restarts the server process (same address and data); returns once it answers again. */
+    suspend fun restart() {
+        val url = controlUrl ?: error("TIDINGS_CONTROL_URL is not set")
+        val request = HttpRequest.newBuilder(URI.create("$url/restart"))
+            .timeout(Duration.ofSeconds(60))
+            .POST(HttpRequest.BodyPublishers.noBody())
+            .build()
+        val response = http.sendAsync(request, HttpResponse.BodyHandlers.ofString()).await()
+        check(response.statusCode() == 200) { "restart failed: HTTP ${response.statusCode()} ${response.body()}" }
+    }
 
     /** `GET <path>` with the API key. */
     suspend fun get(path: String): Map<String, Any?> {
@@ -72,7 +89,7 @@ class TestServer private constructor(val wsUrl: String, val httpUrl: String, pri
             val ws = System.getenv("TIDINGS_WS_URL")
             val http = System.getenv("TIDINGS_HTTP_URL")
             val key = System.getenv("TIDINGS_API_KEY")
-            if (ws != null && http != null && key != null) TestServer(ws, http.trimEnd('/'), key) else null
+            if (ws != null && http != null && key != null) TestServer(ws, http.trimEnd('/'), key, System.getenv("TIDINGS_CONTROL_URL")?.trimEnd('/')) else null
         }
 
         /** The server from the environment; a test that needs one fails without it. */
