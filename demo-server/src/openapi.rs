@@ -942,7 +942,7 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
         "type": "object",
         "required": ["action", "ids"],
         "properties": {
-            "op_id": { "type": "string", "pattern": "^([A-Za-z0-9_.:-]{1,128})?$",
+            "op_id": { "type": ["string", "null"], "pattern": "^([A-Za-z0-9_.:-]{1,128})?$",
                        "description": "Makes a retry harmless: an op id applied before is answered with \
                                        `duplicate: true`" },
             "action": { "enum": ["read", "unread", "seen", "unseen", "archive", "unarchive"] },
@@ -954,9 +954,9 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
         "type": "object",
         "required": ["action"],
         "properties": {
-            "op_id": { "type": "string", "pattern": "^([A-Za-z0-9_.:-]{1,128})?$" },
+            "op_id": { "type": ["string", "null"], "pattern": "^([A-Za-z0-9_.:-]{1,128})?$" },
             "action": { "enum": ["read", "seen"] },
-            "up_to": { "type": "integer", "minimum": 0, "maximum": u64::MAX,
+            "up_to": { "type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,
                        "description": "The newest `seq` it covers (default: the inbox's head)" },
         },
     });
@@ -998,7 +998,7 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
             follow_item["put"]["description"].as_str().unwrap_or_default()
         ));
     }
-    vec![
+    let mut operations = vec![
         (
             prefix.to_owned(),
             json!({ "get": wrap(json!({
@@ -1010,7 +1010,11 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
             "parameters": params(vec![
                 query("status", json!({ "enum": ["all", "unread", "read", "unseen", "seen"] }), "Default all"),
                 query("archived", json!({ "enum": ["exclude", "include", "only"] }), "Default exclude"),
-                query("type", json!({ "type": "string", "pattern": ID_PATTERN }), "Only this notification type"),
+                query(
+                    "type",
+                    json!({ "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES }),
+                    "Only this notification type (1 to 128 bytes of UTF-8)",
+                ),
                 query("topic", json!({ "type": "string", "pattern": ID_PATTERN }), "Only this topic's items"),
                 query("before", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
                       "Items with a smaller `seq` (the previous page's `next`)"),
@@ -1027,7 +1031,7 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
                         "counts": schema_ref("InboxCounts"),
                     },
                 })),
-                "400": error("A bad filter or limit"),
+                "400": error("A bad filter, limit or query string (or user id)"),
                 "503": store_down(),
             },
         }), "read") }),
@@ -1045,6 +1049,7 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
                     "required": ["counts"],
                     "properties": { "counts": schema_ref("InboxCounts") },
                 })),
+                "400": error("Not a valid user id"),
                 "503": store_down(),
             },
         }), "read") }),
@@ -1095,12 +1100,24 @@ fn inbox_operations(user: Option<&Value>) -> Vec<(String, Value)> {
                     "required": ["topics"],
                     "properties": { "topics": { "type": "array", "items": { "type": "string" } } },
                 })),
+                "400": error("Not a valid user id"),
                 "503": store_down(),
             },
         }), "read") }),
         ),
         (format!("{prefix}/topics/{{topic}}"), follow_item),
-    ]
+    ];
+    if user.is_none() {
+        // Without a user id in the path, reading the counts and the topics has nothing to refuse.
+        for (path, item) in &mut operations {
+            if (path.ends_with("/counts") || path.ends_with("/topics"))
+                && let Some(responses) = item.pointer_mut("/get/responses").and_then(Value::as_object_mut)
+            {
+                responses.remove("400");
+            }
+        }
+    }
+    operations
 }
 
 /// The stream history, SSE tickets and the SSE stream.
@@ -1117,7 +1134,11 @@ fn stream_operations() -> Vec<(String, Value)> {
                             `epoch` and `after` (given together) continue after a position, `next` is the \
                             following page's `after` or null (protocol §14).",
             "parameters": [
-                path_param("stream", "^(user|topic):.{1,128}$", "`user:<id>` or `topic:<name>`"),
+                path_param(
+                    "stream",
+                    "^(user:[A-Za-z0-9_.@-]{1,128}|topic:[A-Za-z0-9_.:-]{1,128})$",
+                    "`user:<id>` or `topic:<name>`",
+                ),
                 query("epoch", json!({ "type": "string", "pattern": ID_PATTERN }), "The stream's epoch"),
                 query("after", json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
                       "Notifications after this offset"),
@@ -1137,7 +1158,7 @@ fn stream_operations() -> Vec<(String, Value)> {
                         "next": { "type": ["integer", "null"] },
                     },
                 })),
-                "400": error("Not a stream name, a bad position or limit"),
+                "400": error("Not a stream name, a bad position, limit or query string"),
                 "403": error("The token may not read this stream"),
                 "503": error_retry("The store cannot be read now"),
             },

@@ -81,8 +81,12 @@ pub(crate) async fn handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(params): Query<SseParams>,
+    params: Result<Query<SseParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let params = match crate::http_inbox::query_params(params) {
+        Ok(params) => params,
+        Err(response) => return *response,
+    };
     if node.is_shutting_down() {
         node.metrics.refused(Transport::Sse, Refusal::ShuttingDown);
         let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, "try_again_later", "the server is shutting down");
