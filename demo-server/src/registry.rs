@@ -51,6 +51,10 @@ pub(crate) struct FanOut {
     pub(crate) queued: u64,
     /// Live subscribers whose queue overflowed with it (now closing as slow consumers).
     pub(crate) overflowed: u64,
+    /// How many of `queued` are SSE connections (for the metrics' transport label).
+    pub(crate) sse_queued: u64,
+    /// How many of `overflowed` are SSE connections.
+    pub(crate) sse_overflowed: u64,
 }
 
 /// This process's connections and subscriptions.
@@ -161,9 +165,16 @@ impl Registry {
         let bytes = committed.frame.utf8_bytes();
         let mut result = FanOut::default();
         for conn in &set.live {
+            let sse = u64::from(conn.is_sse());
             match conn.push_live(bytes) {
-                Pushed::Queued => result.queued += 1,
-                Pushed::Overflowed => result.overflowed += 1,
+                Pushed::Queued => {
+                    result.queued += 1;
+                    result.sse_queued += sse;
+                }
+                Pushed::Overflowed => {
+                    result.overflowed += 1;
+                    result.sse_overflowed += sse;
+                }
                 Pushed::Closing => {}
             }
         }
