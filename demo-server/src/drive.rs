@@ -62,7 +62,13 @@ pub(crate) async fn carry_out(
                 );
             }
             Output::Subscribed { stream, frames, filter, replayed, continuity } => {
-                let admitted = node.registry.finish_subscribe(&stream, handle, frames, |b| filter.admits(b));
+                let admitted = node.registry.finish_subscribe(
+                    &stream,
+                    handle,
+                    frames,
+                    Some((filter.epoch.clone(), filter.after)),
+                    |b| filter.admits(b),
+                );
                 let metrics = node.metrics.conn(peer.transport);
                 metrics.replayed.inc_by(replayed);
                 node.metrics.subscribed(continuity_label(&continuity), replayed);
