@@ -238,7 +238,7 @@ fn durable_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
     )?;
     writeln!(
         md,
-        "Publishes through the HTTP API with the server on each store; a `2xx` means the notification is committed          (on SQLite: written to disk as `synchronous` says, see the README's durability section). Socket.IO keeps          nothing, so it has no column here.
+        "Publishes through the HTTP API with the server on each store; a `2xx` means the notification is committed (on SQLite: written to disk as `synchronous` says, see the README's durability section). Socket.IO keeps nothing, so it has no column here.
 "
     )?;
     let head: Vec<&str> = columns.iter().map(|(title, _)| *title).collect();
@@ -510,7 +510,7 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
                 "\nEach sender, pinned to CPU 0, keeps {} requests in flight to {} subscriptions (devices) on a local mock \
                  service pinned to CPU 1 (tests/push-mocks, over TLS), for {} s after a warm-up; a {}-byte payload. CPU \
                  per push is the sender process's user + system time over the timed window, divided by the pushes \
-                 accepted. The server does not send pushes by itself yet: this measures its senders.",
+                 accepted. This measures the senders the server's push worker delivers through (`demo-server/src/push`).",
                 fmt(ours[0]["concurrency"].as_f64()),
                 fmt(ours[0]["subscriptions"].as_f64()),
                 fmt(ours[0]["seconds_requested"].as_f64()),

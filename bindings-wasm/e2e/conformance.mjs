@@ -25,6 +25,7 @@
 //   `document.visibilityState` report hidden / visible and `visibilitychange` is dispatched on `document` — the
 //   event and the properties the binding (its driver and `tidings.js`) reads.
 // - `assert_connection_attempts`: `client.stats().connectionAttempts`.
+// - `assert_stats`: `client.stats()` (camelCase) under the scenarios' snake_case names.
 // - `close`: `client.close()`; the state is then `closed`.
 // - `register_push`: a Web Push subscription made at the mock push service (`POST <push harness>/subscriptions/
 //   <client>`: a real browser cannot subscribe at a mock), registered with `client.registerPush('web_push', …)`; the
@@ -493,6 +494,25 @@ class Runner {
       case 'assert_connection_attempts': {
         const stats = await this.client(step).page.evaluate(() => window.__conformance.client.stats());
         assertEq(stats.connectionAttempts, step.count, 'connection attempts');
+        return;
+      }
+      case 'assert_stats': {
+        const s = await this.client(step).page.evaluate(() => window.__conformance.client.stats());
+        const stats = {
+          duplicates_dropped: s.duplicatesDropped, duplicates_socket: s.duplicatesSocket,
+          duplicates_replay: s.duplicatesReplay, duplicates_push: s.duplicatesPush, digests: s.digests,
+          digested: s.digested, gaps: s.gaps, fresh: s.fresh, resumed: s.resumed, replays: s.replays,
+          replayed: s.replayed, replay_max: s.replayMax, rtt_samples: s.rttSamples,
+        };
+        for (const [reason, n] of Object.entries(s.reconnects)) stats[`reconnects.${reason}`] = n;
+        for (const [name, want] of Object.entries(step.equals ?? {})) {
+          if (!(name in stats)) fail(`no stat ${name}`);
+          assertEq(stats[name], want, `stat ${name} (${JSON.stringify(s)})`);
+        }
+        for (const [name, least] of Object.entries(step.at_least ?? {})) {
+          if (!(name in stats)) fail(`no stat ${name}`);
+          if (!(stats[name] >= least)) fail(`stat ${name} is ${stats[name]}, expected at least ${least}`);
+        }
         return;
       }
       case 'assert_token_fetches': {

@@ -247,6 +247,35 @@ export interface ClientStats {
   digests: number;
   pushIngested: number;
   gaps: number;
+  /** Duplicates dropped live on the socket, in replays, and push payloads dropped as duplicates. */
+  duplicatesSocket: number;
+  duplicatesReplay: number;
+  duplicatesPush: number;
+  /** Notifications delivered inside digests. */
+  digested: number;
+  /** Subscriptions answered fresh / resumed; subscriptions followed by a replay, notifications replayed, the largest replay. */
+  fresh: number;
+  resumed: number;
+  replays: number;
+  replayed: number;
+  replayMax: number;
+  /** Reconnections by reason. */
+  reconnects: Record<
+    | 'handshake_failed'
+    | 'connect_timeout'
+    | 'connection_lost'
+    | 'server_closed'
+    | 'heartbeat_timeout'
+    | 'server_error'
+    | 'undecodable'
+    | 'token_refresh',
+    number
+  >;
+  /** Round-trip measurements (`auth` → `welcome`, heartbeat echoes) and the latest, smoothed and smallest, in µs. */
+  rttSamples: number;
+  rttLastMicros: number | null;
+  rttSmoothedMicros: number | null;
+  rttMinMicros: number | null;
   socketsOpened: number;
   liveSockets: number;
 }

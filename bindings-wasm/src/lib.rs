@@ -685,6 +685,11 @@ impl Core {
     pub fn stats(&self) -> JsValue {
         let i = self.inner.borrow();
         let s = i.engine.stats();
+        let mut reconnects = json::Obj::new();
+        for (reason, n) in s.reconnects.by_reason() {
+            reconnects = reconnects.num(reason, n);
+        }
+        let micros = |d: Option<std::time::Duration>| d.map_or("null".to_owned(), |d| d.as_micros().to_string());
         json::Obj::new()
             .num("connectionAttempts", s.connection_attempts)
             .num("connections", s.connections)
@@ -695,6 +700,20 @@ impl Core {
             .num("digests", s.digests)
             .num("pushIngested", s.push_ingested)
             .num("gaps", s.gaps)
+            .num("duplicatesSocket", s.duplicates_socket)
+            .num("duplicatesReplay", s.duplicates_replay)
+            .num("duplicatesPush", s.duplicates_push)
+            .num("digested", s.digested)
+            .num("fresh", s.fresh)
+            .num("resumed", s.resumed)
+            .num("replays", s.replays)
+            .num("replayed", s.replayed)
+            .num("replayMax", s.replay_max)
+            .raw("reconnects", &reconnects.end())
+            .num("rttSamples", s.rtt.samples)
+            .raw("rttLastMicros", &micros(s.rtt.last))
+            .raw("rttSmoothedMicros", &micros(s.rtt.smoothed))
+            .raw("rttMinMicros", &micros(s.rtt.min))
             .num("socketsOpened", u64::from(i.sockets_opened))
             .num("liveSockets", u64::from(i.sock.is_some()) + i.dead.len() as u64)
             .end()

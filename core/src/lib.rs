@@ -33,8 +33,8 @@ pub mod native;
 pub use engine::{
     Action, BackoffConfig, BatchConfig, ConnId, ConnectionState, Continuity, Cursor, Digest, Engine, EngineError,
     Event, FailureReason, InboxChange, Lifecycle, NetworkEvent, Output, PushOutcome, PushPlatform, PushRegistration,
-    QueuedChange, Reply, RequestError, RequestId, Snapshot, SnapshotScope, Stats, StreamMap, SuspendReason, TokenError,
-    TransportFailure,
+    QueuedChange, Reconnects, Reply, RequestError, RequestId, Rtt, Snapshot, SnapshotScope, Stats, StreamMap,
+    SuspendReason, TokenError, TransportFailure,
 };
 pub use protocol::{
     ErrorCode, GapReason, HistoryPage, InboxAction, InboxCounts, InboxItem, InboxPage, InboxQuery, InboxUpdate,

@@ -324,6 +324,7 @@ fn network_change_while_connected_probes_the_link_and_replaces_a_dead_one() {
 fn heartbeats_are_sent_when_idle_and_a_silent_link_is_replaced() {
     let mut h = connected("alice");
     h.server.answer_heartbeats = false;
+    h.server.answer_echoes = false;
     let hb = |h: &Harness| h.server.received.iter().filter(|f| matches!(f, ClientFrame::Heartbeat { .. })).count();
     h.advance(Duration::from_secs(24));
     assert_eq!(hb(&h), 0);
@@ -1011,6 +1012,53 @@ fn decoded_frame_inputs_behave_exactly_like_text_inputs() {
     );
 }
 
+/// The SDK's metrics (issue 16): one implementation here, read through `stats()` on every platform.
+#[test]
+fn stats_count_reconnects_by_reason_round_trips_replays_digests_and_duplicates_per_path() {
+    let mut h = connected("alice");
+    let s = h.engine.stats().clone();
+    assert_eq!((s.fresh, s.rtt.samples, s.reconnects.total()), (1, 1, 0), "auth → welcome is the first round trip");
+    // A probe answered 30 ms later is a 30 ms round trip.
+    let conn = h.conn.unwrap();
+    h.engine.handle_network(h.now, NetworkEvent::Changed);
+    while h.engine.poll_transmit().is_some() {}
+    h.now = h.now + ms(30);
+    h.engine.handle_text(h.now, conn, r#"{"op":"heartbeat"}"#);
+    let rtt = h.engine.stats().rtt.clone();
+    assert_eq!((rtt.samples, rtt.last, rtt.min), (2, Some(ms(30)), Some(Duration::ZERO)));
+    assert_eq!(rtt.smoothed, Some(ms(30).mul_f64(0.125)));
+    // Duplicates by path: a push shown, then its socket copy; then the push of something already shown.
+    let frame = h.server.publish("user:alice", "p1", Priority::Critical, None);
+    let payload = h.server.push_payload("user:alice", "p1");
+    assert!(matches!(h.engine.ingest_push(h.now, &payload).unwrap(), PushOutcome::Show(_)));
+    h.deliver(frame);
+    assert!(matches!(h.engine.ingest_push(h.now, &payload).unwrap(), PushOutcome::Duplicate { .. }));
+    // The server shuts down; meanwhile p2 arrives by push; the reconnect replays it: a replay duplicate.
+    h.server_close(Some(close::SERVER_SHUTDOWN));
+    h.server.publish("user:alice", "p2", Priority::Critical, None);
+    let payload = h.server.push_payload("user:alice", "p2");
+    assert!(matches!(h.engine.ingest_push(h.now, &payload).unwrap(), PushOutcome::Show(_)));
+    h.advance(Duration::from_secs(20));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    // A connection lost without a close frame, then back.
+    h.server_close(None);
+    h.advance(Duration::from_secs(20));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    // Informational notifications of one group become a digest.
+    for id in ["l1", "l2", "l3"] {
+        h.publish("user:alice", id, Priority::Informational, Some("likes"));
+    }
+    h.advance(Duration::from_secs(5));
+    let s = h.engine.stats().clone();
+    assert_eq!((s.duplicates_socket, s.duplicates_replay, s.duplicates_push, s.duplicates_dropped), (1, 1, 1, 3));
+    assert_eq!((s.reconnects.server_closed, s.reconnects.connection_lost, s.reconnects.total()), (1, 1, 2));
+    assert_eq!((s.fresh, s.resumed, s.replays, s.replayed, s.replay_max), (1, 2, 1, 1, 1));
+    assert_eq!((s.digests, s.digested), (1, 3));
+    assert!(s.rtt.samples >= 4, "a welcome per connection and the probe: {:?}", s.rtt);
+    let by_reason: Vec<(&str, u64)> = s.reconnects.by_reason().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(by_reason, [("connection_lost", 1), ("server_closed", 1)]);
+}
+
 /// Issue 14: the lightweight form asks the driver to fetch; the fetched notification is shown once (and a
 /// fetch that fails shows the title, once); a summary marks its ids seen so their socket copies are not shown.
 #[test]
@@ -1067,4 +1115,8 @@ fn lightweight_and_summary_pushes_are_resolved_and_deduplicated_with_the_socket(
     for id in ["big1", "big2", "d1", "d2"] {
         assert!(acked.iter().any(|a| a == id), "{id} acked: {acked:?}");
     }
+    // The SDK's metrics count each form's duplicates on the push path (the second lightweight push, the failed
+    // fetch of something seen, the summary again) and the socket copies on the socket path.
+    let s = h.engine.stats();
+    assert_eq!((s.duplicates_push, s.duplicates_socket), (3, 2), "{s:?}");
 }

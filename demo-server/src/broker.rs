@@ -127,8 +127,13 @@ impl Broker for LocalBroker {
             for publication in batch {
                 if publication.is_buffered() || publication.idempotent {
                     let handler = self.handler();
+                    let request_id = publication.request_id.clone();
                     let on_commit = Box::new(move |committed: &Committed| {
                         if let Some(handler) = handler.upgrade() {
+                            // The fan-out runs after the commit, outside the request: its logs carry the request id.
+                            let _span = request_id
+                                .as_deref()
+                                .map(|id| tracing::debug_span!("delivery", request_id = id).entered());
                             handler.handle_publication(committed);
                         }
                     });

@@ -108,8 +108,21 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// HS256 secret that client tokens are signed with (protocol §8).
     pub jwt_secret: String,
-    /// Key that publishers and operators send as `Authorization: Bearer <key>` (protocol §9).
+    /// Key that publishers and operators send as `Authorization: Bearer <key>` (protocol §9): a key with every
+    /// scope. May be empty when [`ServerConfig::api_keys`] has keys.
     pub api_key: String,
+    /// Keys with scopes (`--api-keys-file`), besides `api_key`.
+    pub api_keys: Vec<crate::api_keys::ApiKey>,
+    /// Failed authentications (client tokens and API keys) allowed per client address: beyond it the address gets
+    /// `429` / `rate_limited` with a retry hint until it is within the rate again.
+    pub auth_failure_limit: crate::limits::Rate,
+    /// New WebSocket connections and SSE streams allowed per client address (`429` with `Retry-After` beyond it).
+    pub connection_rate_limit: crate::limits::Rate,
+    /// Proxies whose `X-Forwarded-For` is believed: the client address of a request from one of them is the last
+    /// address in that header that is not a trusted proxy. Empty: the peer address is the client address.
+    pub trusted_proxies: Vec<crate::limits::IpNet>,
+    /// Terminate TLS with this certificate and key (`None`: plain HTTP, e.g. behind a terminating proxy).
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Heartbeat interval advertised in `welcome`. The server sends a heartbeat after this long without sending
     /// anything and closes with `4010` after twice this long without receiving anything.
     pub heartbeat_interval: Duration,
@@ -228,6 +241,11 @@ impl ServerConfig {
             bind,
             jwt_secret: jwt_secret.into(),
             api_key: api_key.into(),
+            api_keys: Vec::new(),
+            auth_failure_limit: crate::limits::Rate { burst: 10, per_minute: 10 },
+            connection_rate_limit: crate::limits::Rate { burst: 100, per_minute: 1200 },
+            trusted_proxies: Vec::new(),
+            tls: None,
             heartbeat_interval: Duration::from_secs(25),
             auth_timeout: Duration::from_secs(10),
             nbf_leeway: Duration::from_secs(5),
@@ -279,12 +297,15 @@ impl ServerConfig {
     }
 
     /// For tests and benchmarks: `127.0.0.1:0` (a free port), [`TEST_JWT_SECRET`] and [`TEST_API_KEY`], the
-    /// memory store, and a short `close_linger` (250 ms) so that shutting down a server whose test clients no
-    /// longer read is quick; otherwise the defaults.
+    /// memory store, a short `close_linger` (250 ms) so that shutting down a server whose test clients no longer
+    /// read is quick, and no per-address limits (every test client and benchmark connection comes from
+    /// 127.0.0.1); otherwise the defaults.
     pub fn for_tests() -> Self {
         let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), TEST_JWT_SECRET, TEST_API_KEY);
         config.close_linger = Duration::from_millis(250);
         config.store = StoreConfig::Memory;
+        config.auth_failure_limit = crate::limits::Rate::UNLIMITED;
+        config.connection_rate_limit = crate::limits::Rate::UNLIMITED;
         config
     }
 
@@ -293,8 +314,8 @@ impl ServerConfig {
         if self.jwt_secret.is_empty() {
             return Err("the JWT secret must not be empty".into());
         }
-        if self.api_key.is_empty() {
-            return Err("the API key must not be empty".into());
+        if self.api_key.is_empty() && self.api_keys.is_empty() {
+            return Err("no API key: configure --api-key or --api-keys-file".into());
         }
         if self.heartbeat_interval < Duration::from_millis(10) {
             return Err("the heartbeat interval must be at least 10 ms".into());
@@ -341,6 +362,11 @@ impl fmt::Debug for ServerConfig {
             .field("bind", &self.bind)
             .field("jwt_secret", &"<redacted>")
             .field("api_key", &"<redacted>")
+            .field("api_keys", &self.api_keys)
+            .field("auth_failure_limit", &self.auth_failure_limit)
+            .field("connection_rate_limit", &self.connection_rate_limit)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("tls", &self.tls)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("auth_timeout", &self.auth_timeout)
             .field("nbf_leeway", &self.nbf_leeway)

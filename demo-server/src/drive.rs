@@ -2,22 +2,44 @@
 //! subscriptions, acks, push addresses, inbox and history requests, and leaving everything when it ends. The
 //! WebSocket driver (`ws`) and the Server-Sent Events driver (`sse`) differ only in how bytes move.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tidings_core::protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::metrics::{AuthFailure, Continuity, Transport};
 use crate::node::{Node, bump};
 use crate::outbox::ConnHandle;
-use crate::session::{Exit, Output, Session};
+use crate::session::{Decision, Exit, Output, Session};
+
+/// The other end of a connection: its transport (the metrics' label), the client's address (the failed-
+/// authentication throttle's key: the peer, or what a trusted proxy forwarded) and the id of the HTTP request that
+/// opened it (for the connection's log lines).
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    pub(crate) transport: Transport,
+    pub(crate) address: IpAddr,
+    pub(crate) request_id: Option<Arc<str>>,
+}
 
 /// Carries out everything `session` asked for, in order; `Err` when the connection must end.
-pub(crate) async fn carry_out(node: &Arc<Node>, handle: &Arc<ConnHandle>, session: &mut Session) -> Result<(), Exit> {
+pub(crate) async fn carry_out(
+    node: &Arc<Node>,
+    handle: &Arc<ConnHandle>,
+    session: &mut Session,
+    peer: &Peer,
+) -> Result<(), Exit> {
     while let Some(output) = session.poll_output() {
         match output {
             Output::Frame(frame) => handle.push_reserved([frame]),
-            Output::AuthFailed => bump(&node.counters.auth_failures, 1),
+            Output::AuthFailed { expired } => {
+                bump(&node.counters.auth_failures, 1);
+                let _ = node.auth_failures.spend(peer.address, Instant::now().into_std());
+                let reason = if expired { AuthFailure::TokenExpired } else { AuthFailure::Unauthorized };
+                node.metrics.auth_failed(peer.transport, reason);
+            }
             Output::Authenticated { user, device, session: id, client, connected_at } => {
                 node.presence.register(&user, &device, &id, connected_at);
                 let replaced = node.registry.register_device(&user, &device, handle);
@@ -32,28 +54,45 @@ pub(crate) async fn carry_out(node: &Arc<Node>, handle: &Arc<ConnHandle>, sessio
                     device = %device,
                     session = %id,
                     client = client.as_deref().unwrap_or("-"),
+                    transport = peer.transport.as_str(),
+                    address = %peer.address,
+                    request_id = peer.request_id.as_deref(),
                     replaced_older_session = replaced.is_some(),
                     "client connected"
                 );
             }
-            Output::Subscribed { stream, frames, filter, replayed } => {
-                let admitted = node.registry.finish_subscribe(&stream, handle, frames, |b| filter.admits(b));
-                bump(&node.counters.replayed, replayed);
+            Output::Subscribed { stream, frames, filter, replayed, continuity } => {
+                let admitted = node.registry.finish_subscribe(
+                    &stream,
+                    handle,
+                    frames,
+                    Some((filter.epoch.clone(), filter.after)),
+                    |b| filter.admits(b),
+                );
+                let metrics = node.metrics.conn(peer.transport);
+                metrics.replayed.inc_by(replayed);
+                node.metrics.subscribed(continuity_label(&continuity), replayed);
                 if let Some(admitted) = admitted {
-                    bump(&node.counters.deliveries, admitted as u64);
+                    metrics.live.inc_by(admitted as u64);
                 }
             }
             Output::Unsubscribe { stream } => node.leave(&stream, handle.id()),
             Output::Close(exit) => return Err(exit),
             // Work that waits for the store runs in a boxed future: it is large and rarely alive, and unboxed it
             // would enlarge the task of every idle connection.
-            waiting => Box::pin(carry_out_async(node, handle, session, waiting)).await,
+            waiting => Box::pin(carry_out_async(node, handle, session, peer.transport, waiting)).await,
         }
     }
     Ok(())
 }
 
-async fn carry_out_async(node: &Arc<Node>, handle: &Arc<ConnHandle>, session: &mut Session, output: Output) {
+async fn carry_out_async(
+    node: &Arc<Node>,
+    handle: &Arc<ConnHandle>,
+    session: &mut Session,
+    transport: Transport,
+    output: Output,
+) {
     match output {
         Output::Subscribe { stream, position } => {
             let position = position.as_ref().map(|(epoch, offset)| (epoch.as_str(), *offset));
@@ -62,7 +101,8 @@ async fn carry_out_async(node: &Arc<Node>, handle: &Arc<ConnHandle>, session: &m
         }
         Output::Acks { ids } => {
             if let Some(identity) = session.identity() {
-                node.record_acks(&identity.user.clone(), &identity.device.clone(), &ids).await;
+                let (user, device) = (identity.user.clone(), identity.device.clone());
+                node.record_acks(transport, &user, &device, &ids).await;
             }
         }
         Output::RegisterPush { platform, token } => {
@@ -85,7 +125,7 @@ pub(crate) fn cleanup(
     handle: &ConnHandle,
     session: &Session,
     opened: Instant,
-    transport: &'static str,
+    peer: &Peer,
     outcome: &str,
 ) {
     handle.close(ErrorCode::Unknown, "connection closed");
@@ -107,12 +147,31 @@ pub(crate) fn cleanup(
                 user = %identity.user,
                 device = %identity.device,
                 session = %identity.session,
-                transport,
+                transport = peer.transport.as_str(),
                 duration_ms = opened.elapsed().as_millis() as u64,
                 outcome,
+                request_id = peer.request_id.as_deref(),
                 "client disconnected"
             );
         }
-        None => debug!(connection = handle.id(), transport, outcome, "unauthenticated connection ended"),
+        None => debug!(
+            connection = handle.id(),
+            transport = peer.transport.as_str(),
+            outcome,
+            request_id = peer.request_id.as_deref(),
+            "unauthenticated connection ended"
+        ),
+    }
+}
+
+/// The metrics label of a subscribe's continuity.
+fn continuity_label(decision: &Decision) -> Continuity {
+    use tidings_core::protocol::GapReason;
+    match decision {
+        Decision::Fresh => Continuity::Fresh,
+        Decision::Resume { .. } => Continuity::Resumed,
+        Decision::Gap { reason: GapReason::EpochChanged, .. } => Continuity::GapEpochChanged,
+        Decision::Gap { reason: GapReason::AheadOfStream, .. } => Continuity::GapAheadOfStream,
+        Decision::Gap { .. } => Continuity::GapOutOfBuffer,
     }
 }

@@ -2,56 +2,370 @@
 //! (demo mode only) token issuing. The inbox, history, acks and SSE ticket routes are in `http_inbox`, the SSE
 //! stream in `sse`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
-use serde::Deserialize;
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use serde_json::json;
 use tidings_core::protocol::{ErrorCode, MAX_CLIENT_FRAME_BYTES, MAX_SERVER_FRAME_BYTES, SUBPROTOCOL, validate_id};
 use tidings_core::protocol::{validate_topic, validate_user_id};
-use tracing::info;
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::api_keys::Scope;
 use crate::auth::issue_token;
+use crate::http_inbox as hi;
+use crate::http_push as hp;
+use crate::metrics::{AuthFailure, Refusal, Transport};
 use crate::node::Node;
 use crate::publish::{PublishError, PublishRequest, Publisher, parse_batch};
 use crate::ws;
 
+/// Who may call an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Anyone (no API key).
+    Public,
+    /// An API key with this scope.
+    Key(Scope),
+    /// A user's own token (`Authorization: Bearer <the user's token>`, the token of `auth`), for `/v1/me/…`.
+    User,
+    /// Anyone, and only when the server runs with `--demo`.
+    Demo,
+}
+
+/// Every HTTP endpoint of the server: method, path template, who may call it. The router is built from this table
+/// and the OpenAPI document (`openapi.rs`) must describe exactly these operations (a test compares them).
+pub(crate) const ENDPOINTS: &[(Method, &str, Access)] = &[
+    (Method::GET, "/v1/ws", Access::Public),
+    (Method::POST, "/v1/publish", Access::Key(Scope::Publish)),
+    (Method::POST, "/v1/publish/batch", Access::Key(Scope::Publish)),
+    (Method::GET, "/v1/presence", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/presence/{user}", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/notifications/{id}/acks", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/users/{user}/devices", Access::Key(Scope::Operator)),
+    (Method::POST, "/v1/admin/drop", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/push/vapid-public-key", Access::Public),
+    (Method::GET, "/v1/push/status", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/notifications/{id}/deliveries", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
+    (Method::PUT, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
+    (Method::PATCH, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
+    (Method::PUT, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
+    (Method::DELETE, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/me/preferences", Access::User),
+    (Method::PUT, "/v1/me/preferences", Access::User),
+    (Method::PATCH, "/v1/me/preferences", Access::User),
+    (Method::GET, "/v1/me/quiet-hours", Access::User),
+    (Method::PUT, "/v1/me/quiet-hours", Access::User),
+    (Method::DELETE, "/v1/me/quiet-hours", Access::User),
+    (Method::GET, "/v1/me/notifications/{id}", Access::User),
+    (Method::POST, "/v1/me/acks", Access::User),
+    (Method::GET, "/v1/me/inbox", Access::User),
+    (Method::GET, "/v1/me/inbox/counts", Access::User),
+    (Method::POST, "/v1/me/inbox/mark", Access::User),
+    (Method::POST, "/v1/me/inbox/mark-all", Access::User),
+    (Method::GET, "/v1/me/inbox/topics", Access::User),
+    (Method::PUT, "/v1/me/inbox/topics/{topic}", Access::User),
+    (Method::DELETE, "/v1/me/inbox/topics/{topic}", Access::User),
+    (Method::GET, "/v1/users/{user}/inbox", Access::Key(Scope::Read)),
+    (Method::GET, "/v1/users/{user}/inbox/counts", Access::Key(Scope::Read)),
+    (Method::POST, "/v1/users/{user}/inbox/mark", Access::Key(Scope::Operator)),
+    (Method::POST, "/v1/users/{user}/inbox/mark-all", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/users/{user}/inbox/topics", Access::Key(Scope::Read)),
+    (Method::PUT, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator)),
+    (Method::DELETE, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator)),
+    (Method::GET, "/v1/streams/{stream}/history", Access::User),
+    (Method::POST, "/v1/sse/tickets", Access::User),
+    // The SSE stream checks its token or ticket itself (a ticket travels in the query, for `EventSource`), with
+    // the same failed-authentication throttle.
+    (Method::GET, "/v1/sse", Access::Public),
+    (Method::POST, "/v1/demo/token", Access::Demo),
+    (Method::GET, "/v1/openapi.json", Access::Public),
+    (Method::GET, "/healthz", Access::Public),
+    (Method::GET, "/readyz", Access::Public),
+    (Method::GET, "/metrics", Access::Public),
+];
+
+/// The handler of `method path` (every entry of [`ENDPOINTS`] has one).
+fn handler(method: &Method, path: &str) -> MethodRouter<Arc<Node>> {
+    match (method.as_str(), path) {
+        ("GET", "/v1/ws") => get(websocket),
+        ("POST", "/v1/publish") => post(publish),
+        ("POST", "/v1/publish/batch") => post(publish_batch),
+        ("GET", "/v1/presence") => get(presence_all),
+        ("GET", "/v1/presence/{user}") => get(presence_user),
+        ("GET", "/v1/notifications/{id}/acks") => get(acks),
+        ("GET", "/v1/users/{user}/devices") => get(devices),
+        ("POST", "/v1/admin/drop") => post(admin_drop),
+        ("GET", "/v1/push/vapid-public-key") => get(vapid_public_key),
+        ("GET", "/v1/push/status") => get(hp::push_status),
+        ("GET", "/v1/notifications/{id}/deliveries") => get(hp::deliveries),
+        ("GET", "/v1/users/{user}/preferences") => get(hp::user_preferences),
+        ("PUT", "/v1/users/{user}/preferences") => put(hp::put_user_preferences),
+        ("PATCH", "/v1/users/{user}/preferences") => patch(hp::patch_user_preferences),
+        ("GET", "/v1/users/{user}/quiet-hours") => get(hp::user_quiet_hours),
+        ("PUT", "/v1/users/{user}/quiet-hours") => put(hp::put_user_quiet_hours),
+        ("DELETE", "/v1/users/{user}/quiet-hours") => delete(hp::delete_user_quiet_hours),
+        ("GET", "/v1/me/preferences") => get(hp::my_preferences),
+        ("PUT", "/v1/me/preferences") => put(hp::put_my_preferences),
+        ("PATCH", "/v1/me/preferences") => patch(hp::patch_my_preferences),
+        ("GET", "/v1/me/quiet-hours") => get(hp::my_quiet_hours),
+        ("PUT", "/v1/me/quiet-hours") => put(hp::put_my_quiet_hours),
+        ("DELETE", "/v1/me/quiet-hours") => delete(hp::delete_my_quiet_hours),
+        ("GET", "/v1/me/notifications/{id}") => get(hp::my_notification),
+        ("POST", "/v1/me/acks") => post(hp::my_acks),
+        ("GET", "/v1/me/inbox") => get(hi::me_list),
+        ("GET", "/v1/me/inbox/counts") => get(hi::me_counts),
+        ("POST", "/v1/me/inbox/mark") => post(hi::me_mark),
+        ("POST", "/v1/me/inbox/mark-all") => post(hi::me_mark_all),
+        ("GET", "/v1/me/inbox/topics") => get(hi::me_topics),
+        ("PUT", "/v1/me/inbox/topics/{topic}") => put(hi::me_follow),
+        ("DELETE", "/v1/me/inbox/topics/{topic}") => delete(hi::me_unfollow),
+        ("GET", "/v1/users/{user}/inbox") => get(hi::user_list),
+        ("GET", "/v1/users/{user}/inbox/counts") => get(hi::user_counts),
+        ("POST", "/v1/users/{user}/inbox/mark") => post(hi::user_mark),
+        ("POST", "/v1/users/{user}/inbox/mark-all") => post(hi::user_mark_all),
+        ("GET", "/v1/users/{user}/inbox/topics") => get(hi::user_topics),
+        ("PUT", "/v1/users/{user}/inbox/topics/{topic}") => put(hi::user_follow),
+        ("DELETE", "/v1/users/{user}/inbox/topics/{topic}") => delete(hi::user_unfollow),
+        ("GET", "/v1/streams/{stream}/history") => get(hi::history),
+        ("POST", "/v1/sse/tickets") => post(hi::sse_ticket),
+        ("GET", "/v1/sse") => get(crate::sse::handler),
+        ("POST", "/v1/demo/token") => post(demo_token),
+        ("GET", "/v1/openapi.json") => get(openapi),
+        ("GET", "/healthz") => get(healthz),
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/metrics") => get(metrics),
+        _ => unreachable!("{method} {path} is in ENDPOINTS without a handler"),
+    }
+}
+
 /// Builds the router of a server.
 pub(crate) fn router(node: Arc<Node>) -> Router {
-    let router = Router::new()
-        .route("/v1/ws", any(websocket))
-        .route("/v1/publish", post(publish))
-        .route("/v1/publish/batch", post(publish_batch))
-        .route("/v1/presence", get(presence_all))
-        .route("/v1/presence/{user}", get(presence_user))
-        .route("/v1/notifications/{id}/acks", get(acks))
-        .route("/v1/users/{user}/devices", get(devices))
-        .route("/v1/admin/drop", post(admin_drop))
-        .route("/v1/push/vapid-public-key", get(vapid_public_key))
-        .route("/healthz", get(healthz))
-        .route("/v1/sse", get(crate::sse::handler))
-        .merge(crate::http_inbox::routes());
-    let mut router = crate::http_push::routes(router);
-    if node.config.demo {
-        // Any origin may ask (a page served by a dev server on another port): CORS on the answer and the preflight.
-        router = router.route("/v1/demo/token", post(demo_token).options(demo_cors_preflight));
+    let mut router = Router::new();
+    // `/v1/me/…` answers browsers on any origin: it authenticates with a bearer token, never a cookie.
+    let mut me = Router::new();
+    for (method, path, access) in ENDPOINTS {
+        if *access == Access::Demo && !node.config.demo {
+            continue;
+        }
+        let mut route = handler(method, path);
+        match *access {
+            Access::Key(scope) => {
+                route = route.route_layer(axum::middleware::from_fn_with_state((node.clone(), scope), require_key));
+            }
+            Access::User => {
+                route = route.route_layer(axum::middleware::from_fn_with_state(node.clone(), require_user));
+                me = me.route(path, route);
+                continue;
+            }
+            // Any origin may ask for a demo token (a page served by a dev server on another port): CORS on the
+            // answer (demo_token) and the preflight.
+            Access::Demo => route = route.options(demo_cors_preflight),
+            Access::Public => {}
+        }
+        router = router.route(path, route);
     }
-    match node.config.web_root.clone() {
+    // The 405 fallback is set before the CORS layer wraps `/v1/me/…`, so that a preflight (`OPTIONS`) is answered
+    // by the layer rather than refused by the fallback.
+    let me = me.method_not_allowed_fallback(method_not_allowed).layer(crate::http_push::cors());
+    let router = router.method_not_allowed_fallback(method_not_allowed).merge(me);
+    let router = match node.config.web_root.clone() {
         // Static files (demo page, npm package, service worker) at `/`; API routes take precedence.
         Some(root) => {
             let files = tower_http::services::ServeDir::new(root).append_index_html_on_directories(true);
-            router.fallback_service(files).with_state(node)
+            router.fallback_service(files)
         }
-        None => router.fallback(not_found).with_state(node),
+        None => router.fallback(not_found),
+    };
+    router.layer(axum::middleware::from_fn_with_state(node.clone(), observe)).with_state(node)
+}
+
+tokio::task_local! {
+    /// The id of the HTTP request being handled (see [`current_request_id`]).
+    static REQUEST_ID: Arc<str>;
+}
+
+/// The id of the HTTP request this task handles, if it handles one: publishes carry it into the delivery path.
+pub(crate) fn current_request_id() -> Option<Arc<str>> {
+    REQUEST_ID.try_with(Arc::clone).ok()
+}
+
+/// The request's id: the client's `X-Request-Id` when it is 1–128 characters of `[A-Za-z0-9._:-]`, else a new
+/// ULID.
+fn request_id(headers: &HeaderMap) -> Arc<str> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| validate_id(v).is_ok())
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(ulid::Ulid::generate().to_string()))
+}
+
+/// Every request: its id (task-local and `X-Request-Id` on the response), a span carrying it, and the
+/// `tidings_http_requests_total` / `tidings_http_request_seconds` metrics by route template.
+async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(request.headers());
+    let route: &'static str = match request.extensions().get::<MatchedPath>() {
+        Some(matched) => ENDPOINTS.iter().find(|(_, p, _)| *p == matched.as_str()).map_or("other", |(_, p, _)| p),
+        None if node.config.web_root.is_some() => "static",
+        None => "unmatched",
+    };
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let span = info_span!("request", request_id = %id, method, route);
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    node.metrics.http_request(route, method, status, elapsed);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
     }
+    span.in_scope(|| {
+        let micros = elapsed.as_micros() as u64;
+        if status >= 500 {
+            warn!(status, micros, "request failed");
+        } else {
+            debug!(status, micros, "request");
+        }
+    });
+    response
+}
+
+/// The client's address: the peer's, or the one a trusted proxy forwarded.
+pub(crate) fn client_address(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    crate::limits::client_address(peer.ip(), forwarded, &node.config.trusted_proxies)
+}
+
+/// `429` with `Retry-After` (whole seconds, at least 1).
+pub(crate) fn too_many(code: &str, message: impl Into<String>, wait: Duration) -> Response {
+    let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(json!({"error": {"code": code, "message": message.into(), "retry_after_ms": secs * 1000}})),
+    )
+        .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// The API key check of an endpoint that needs `scope`: `429` while the client address is throttled for failed
+/// checks, `401` for a missing or unknown key (counted as a failure), `403` for a key without the scope.
+async fn require_key(
+    State((node, scope)): State<(Arc<Node>, Scope)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let client = client_address(&node, peer, headers);
+    let now = tokio::time::Instant::now().into_std();
+    if let Some(wait) = node.auth_failures.check(client, now) {
+        node.metrics.refused(Transport::Http, Refusal::AuthThrottled);
+        return too_many("rate_limited", "too many failed API key checks from this address", wait);
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let key = presented.and_then(|p| crate::api_keys::find(&node.api_keys, p));
+    match key {
+        Some(key) if key.has(scope) => {
+            let name = key.name.clone();
+            next.run(request).instrument(info_span!("api_key", key = %name)).await
+        }
+        Some(key) => {
+            node.metrics.auth_failed(Transport::Http, AuthFailure::ApiKeyScope);
+            let message = format!("the API key {} does not have the {} scope", key.name, scope.as_str());
+            error_response(StatusCode::FORBIDDEN, "forbidden", message)
+        }
+        None => {
+            node.metrics.auth_failed(Transport::Http, AuthFailure::ApiKey);
+            let _ = node.auth_failures.spend(client, now);
+            let message = if presented.is_some() {
+                "the API key is not valid"
+            } else {
+                "missing API key: send Authorization: Bearer <api key>"
+            };
+            let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// The user a `/v1/me/…` request acts for (set by [`require_user`]).
+#[derive(Clone, Debug)]
+pub(crate) struct AuthedUser(pub(crate) String);
+
+/// The whole verified token of a `/v1/me/…` (or user-token) request, for routes that need its topics or expiry
+/// (set by [`require_user`] beside [`AuthedUser`]).
+#[derive(Clone, Debug)]
+pub(crate) struct AuthedToken(pub(crate) crate::auth::VerifiedToken);
+
+/// The user token check of `/v1/me/…`: `429` while the client address is throttled for failed checks, `401`
+/// (`unauthorized` or `token_expired`, counted as a failure) for a missing or refused token; else the request
+/// carries the token's user ([`AuthedUser`]).
+async fn require_user(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let client = client_address(&node, peer, headers);
+    let now = tokio::time::Instant::now().into_std();
+    if let Some(wait) = node.auth_failures.check(client, now) {
+        node.metrics.refused(Transport::Http, Refusal::AuthThrottled);
+        return too_many("rate_limited", "too many failed authentications from this address", wait);
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let refused = match token {
+        None => (
+            AuthFailure::Unauthorized,
+            "unauthorized",
+            "missing token: send Authorization: Bearer <the user's token>".to_owned(),
+        ),
+        Some(token) => match node.session_params.verifier.verify_at(token, crate::util::now_ms()) {
+            Ok(verified) => {
+                request.extensions_mut().insert(AuthedUser(verified.user.clone()));
+                request.extensions_mut().insert(AuthedToken(verified));
+                return next.run(request).await;
+            }
+            Err(crate::auth::TokenError::Unauthorized(m)) => (AuthFailure::Unauthorized, "unauthorized", m),
+            Err(crate::auth::TokenError::Expired(m)) => (AuthFailure::TokenExpired, "token_expired", m),
+        },
+    };
+    let (reason, code, message) = refused;
+    node.metrics.auth_failed(Transport::Http, reason);
+    let _ = node.auth_failures.spend(client, now);
+    let mut response = error_response(StatusCode::UNAUTHORIZED, code, message);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// `{"error":{"code":…,"message":…}}` with `status`.
@@ -87,8 +401,55 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `GET /healthz`: alive.
+async fn healthz(State(node): State<Arc<Node>>) -> Response {
+    no_store(axum::Json(crate::health::liveness(&node)).into_response())
+}
+
+/// `GET /readyz`: ready to serve, or `503` with what is wrong.
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let (ready, body) = crate::health::readiness(&node).await;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    no_store((status, axum::Json(body)).into_response())
+}
+
+/// Marks a response as not to be cached (health answers are about now).
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /v1/openapi.json`: the OpenAPI document of this API.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| Bytes::from(crate::openapi::document().to_string())).clone();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// `405` for a method the path does not serve (axum adds the `Allow` header).
+async fn method_not_allowed() -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "the path does not serve this method")
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.metrics.throttle_tracked("auth_failures", node.auth_failures.tracked());
+    node.metrics.throttle_tracked("connection_rate", node.connection_rate.tracked());
+    if node.routing.dispatcher.is_some() {
+        // Pending pushes live in the store: read them at the scrape (one scan of the pending rows).
+        let now = node.routing.clock.now_ms();
+        match node.stores.push.pending_summary(now).await {
+            Ok(summary) => {
+                node.metrics.push.set_pending(&summary);
+                let late = summary.oldest_due.map(|due| Duration::from_millis(now.saturating_sub(due)));
+                node.metrics.queue(crate::metrics::Queue::Push).set(summary.due as usize, late);
+            }
+            Err(e) => warn!(error = %e, "pending pushes could not be read for the metrics"),
+        }
+    }
+    let mut response = node.metrics.render().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    response
 }
 
 /// `GET /v1/push/vapid-public-key`: the key service workers subscribe to Web Push with (public, no API key; any
@@ -104,33 +465,6 @@ async fn vapid_public_key(State(node): State<Arc<Node>>) -> Response {
     };
     response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
-}
-
-/// Checks `Authorization: Bearer <api key>`; the `401` response when it is missing or wrong.
-pub(crate) fn api_key_rejection(node: &Node, headers: &HeaderMap) -> Option<Response> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), node.config.api_key.as_bytes()) => None,
-        other => {
-            let message = if other.is_some() {
-                "the API key is not valid"
-            } else {
-                "missing API key: send Authorization: Bearer <api key>"
-            };
-            let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Some(response)
-        }
-    }
-}
-
-/// Compares without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads a body of at most `limit` bytes as UTF-8 text.
@@ -167,6 +501,7 @@ async fn websocket(
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SUBPROTOCOL);
     if !offers_v1 {
+        node.metrics.refused(Transport::Ws, Refusal::BadRequest);
         let body = json!({
             "code": ErrorCode::UnsupportedVersion.as_str(),
             "message": format!("offer the WebSocket subprotocol {SUBPROTOCOL} in Sec-WebSocket-Protocol"),
@@ -177,6 +512,7 @@ async fn websocket(
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
+            node.metrics.refused(Transport::Ws, Refusal::BadRequest);
             let status = rejection.status();
             return error_response(
                 status,
@@ -186,11 +522,23 @@ async fn websocket(
         }
     };
     if node.is_shutting_down() {
+        node.metrics.refused(Transport::Ws, Refusal::ShuttingDown);
         let mut response =
             error_response(StatusCode::SERVICE_UNAVAILABLE, "try_again_later", "the server is shutting down");
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return response;
     }
+    let client = client_address(&node, peer, &headers);
+    let now = tokio::time::Instant::now().into_std();
+    if let Some(wait) = node.auth_failures.check(client, now) {
+        node.metrics.refused(Transport::Ws, Refusal::AuthThrottled);
+        return too_many("rate_limited", "too many failed authentications from this address", wait);
+    }
+    if let Some(wait) = node.connection_rate.spend(client, now) {
+        node.metrics.refused(Transport::Ws, Refusal::ConnectionRate);
+        return too_many("rate_limited", "too many new connections from this address", wait);
+    }
+    let request_id = current_request_id();
     let config = &node.config;
     // A maximal server frame plus its header must always fit into the write buffer.
     let max_write = config.ws_max_write_buffer_size.max(config.ws_write_buffer_size + MAX_SERVER_FRAME_BYTES + 16);
@@ -202,14 +550,11 @@ async fn websocket(
         // Oversized client frames are refused from their header, before their payload is buffered.
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
-        .on_upgrade(move |socket| ws::serve(node, socket, Some(peer)))
+        .on_upgrade(move |socket| ws::serve(node, socket, client, request_id))
 }
 
 /// `POST /v1/publish`.
 async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
     let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
@@ -226,9 +571,6 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) 
 
 /// `POST /v1/publish/batch`.
 async fn publish_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
     let text = match read_body(&headers, body, node.config.max_batch_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
@@ -263,18 +605,12 @@ async fn publish_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
 }
 
 /// `GET /v1/presence`.
-async fn presence_all(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
+async fn presence_all(State(node): State<Arc<Node>>) -> Response {
     axum::Json(json!({ "users": node.presence.all() })).into_response()
 }
 
 /// `GET /v1/presence/{user}`.
-async fn presence_user(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
+async fn presence_user(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Response {
     if let Err(e) = validate_user_id(&user) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
     }
@@ -282,10 +618,7 @@ async fn presence_user(State(node): State<Arc<Node>>, headers: HeaderMap, Path(u
 }
 
 /// `GET /v1/notifications/{id}/acks`.
-async fn acks(State(node): State<Arc<Node>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
+async fn acks(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
     if let Err(e) = validate_id(&id) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("id: {e}"));
     }
@@ -300,10 +633,7 @@ async fn acks(State(node): State<Arc<Node>>, headers: HeaderMap, Path(id): Path<
 }
 
 /// `GET /v1/users/<user>/devices`: the user's devices with a registered push address.
-async fn devices(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
+async fn devices(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Response {
     if let Err(e) = tidings_core::protocol::validate_user_id(&user) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
     }
@@ -323,13 +653,6 @@ async fn devices(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): 
 
 /// `POST /v1/admin/drop` with an optional `{"user":"…"}`.
 async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    #[derive(Deserialize)]
-    struct DropRequest {
-        user: Option<String>,
-    }
-    if let Some(response) = api_key_rejection(&node, &headers) {
-        return response;
-    }
     let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
@@ -337,15 +660,23 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     let user = if text.trim().is_empty() {
         None
     } else {
-        match serde_json::from_str::<DropRequest>(&text) {
-            Ok(request) => request.user,
-            Err(e) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("expected {{\"user\":\"…\"}}: {e}"),
-                );
+        let bad = |e: String| {
+            error_response(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"user\":\"…\"}}: {e}"))
+        };
+        let mut object = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => return bad("the body is not a JSON object".into()),
+            Err(e) => return bad(e.to_string()),
+        };
+        match object.remove("user") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(user)) => {
+                if let Err(e) = validate_user_id(&user) {
+                    return bad(format!("user: {e}"));
+                }
+                Some(user)
             }
+            Some(_) => return bad("user: must be a string".into()),
         }
     };
     let message = "dropped by an operator";
@@ -380,18 +711,21 @@ async fn demo_token(state: State<Arc<Node>>, headers: HeaderMap, body: Body) -> 
 }
 
 async fn demo_token_reply(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    #[derive(Deserialize)]
+    #[derive(serde::Deserialize)]
     struct TokenRequest {
         user: String,
-        #[serde(default)]
-        topics: Vec<String>,
-        ttl_secs: Option<u64>,
+        topics: Option<Vec<String>>,
+        ttl_secs: Option<serde_json::Number>,
     }
     let text = match read_body(&headers, body, node.config.max_body_bytes).await {
         Ok(text) => text,
         Err(response) => return response,
     };
-    let request: TokenRequest = match serde_json::from_str(&text) {
+    // An object only (serde would also take a struct written as an array).
+    let object = serde_json::from_str::<serde_json::Value>(&text).and_then(|v| {
+        if v.is_object() { Ok(v) } else { Err(serde::de::Error::custom("the body is not a JSON object")) }
+    });
+    let request: TokenRequest = match object.and_then(serde_json::from_value) {
         Ok(request) => request,
         Err(e) => {
             return error_response(
@@ -404,7 +738,8 @@ async fn demo_token_reply(State(node): State<Arc<Node>>, headers: HeaderMap, bod
     if let Err(e) = validate_user_id(&request.user) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
     }
-    for (i, pattern) in request.topics.iter().enumerate() {
+    let topics = request.topics.unwrap_or_default();
+    for (i, pattern) in topics.iter().enumerate() {
         let name = pattern.strip_suffix('*').unwrap_or(pattern);
         if !name.is_empty()
             && let Err(e) = validate_topic(name)
@@ -412,8 +747,24 @@ async fn demo_token_reply(State(node): State<Arc<Node>>, headers: HeaderMap, bod
             return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("topics[{i}]: {e}"));
         }
     }
-    let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
-    let topics: Vec<&str> = request.topics.iter().map(String::as_str).collect();
+    // An integer, also when written with a zero fraction (`60.0`), as JSON Schema's `integer` allows.
+    let ttl_secs = match &request.ttl_secs {
+        None => 3600,
+        Some(n) => {
+            match n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)) {
+                Some(secs) => secs,
+                None => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("ttl_secs: expected a whole number of seconds, got {n}"),
+                    );
+                }
+            }
+        }
+    };
+    let ttl = Duration::from_secs(ttl_secs.clamp(1, 7 * 24 * 3600));
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let token = issue_token(&node.config.jwt_secret, &request.user, &topics, Some(ttl));
     axum::Json(json!({ "token": token })).into_response()
 }
@@ -422,10 +773,90 @@ async fn demo_token_reply(State(node): State<Arc<Node>>, headers: HeaderMap, bod
 mod tests {
     use super::*;
 
+    /// The OpenAPI document and the router's table describe the same operations, with the same access.
     #[test]
-    fn constant_time_eq_compares_whole_keys() {
-        assert!(constant_time_eq(b"key", b"key"));
-        assert!(!constant_time_eq(b"key", b"kez"));
-        assert!(!constant_time_eq(b"key", b"key2"));
+    fn every_route_is_documented_and_every_documented_operation_is_routed() {
+        let doc = crate::openapi::document();
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                documented.push((method.to_uppercase(), path.clone()));
+                let routed = ENDPOINTS.iter().find(|(m, p, _)| m.as_str() == method.to_uppercase() && p == path);
+                let Some((_, _, access)) = routed else {
+                    panic!("{} {path} is documented but not routed (add it to ENDPOINTS)", method.to_uppercase());
+                };
+                // The document says who may call it, as the router enforces.
+                let scope = op["x-required-scope"].as_str();
+                match access {
+                    Access::Key(s) => {
+                        assert_eq!(scope, Some(s.as_str()), "{method} {path}: scope");
+                        assert_eq!(op["security"], json!([{ "apiKey": [] }]), "{method} {path}: security");
+                        for status in ["401", "403", "429"] {
+                            assert!(op["responses"][status].is_object(), "{method} {path}: no {status} response");
+                        }
+                    }
+                    Access::User => {
+                        assert_eq!(scope, None, "{method} {path}: a user's token, no scope");
+                        assert_eq!(op["security"], json!([{ "userToken": [] }]), "{method} {path}: security");
+                        for status in ["401", "429"] {
+                            assert!(op["responses"][status].is_object(), "{method} {path}: no {status} response");
+                        }
+                    }
+                    Access::Public | Access::Demo => {
+                        assert_eq!(scope, None, "{method} {path}: public, no scope");
+                        assert!(op.get("security").is_none(), "{method} {path}: public, no security");
+                    }
+                }
+                let responses = op["responses"].as_object().unwrap();
+                assert!(
+                    responses.keys().any(|s| s.starts_with('2') || s == "101"),
+                    "{method} {path}: no success response"
+                );
+                assert!(op["operationId"].is_string(), "{method} {path}: no operationId");
+            }
+        }
+        for (method, path, _) in ENDPOINTS {
+            assert!(
+                documented.contains(&(method.to_string(), path.to_string())),
+                "{method} {path} is routed but not in the OpenAPI document (openapi.rs)"
+            );
+        }
+        assert_eq!(documented.len(), ENDPOINTS.len());
+        let mut ids: Vec<&str> = paths
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), before, "operationIds are unique");
+    }
+
+    /// Every `$ref` in the document points at something it defines.
+    #[test]
+    fn the_document_has_no_dangling_references() {
+        fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(r) = map.get("$ref").and_then(|r| r.as_str()) {
+                        out.push(r);
+                    }
+                    map.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = crate::openapi::document();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let pointer = r.strip_prefix('#').expect("local references only");
+            assert!(doc.pointer(pointer).is_some(), "{r} is not defined");
+        }
+        assert_eq!(doc["openapi"], "3.1.0");
     }
 }

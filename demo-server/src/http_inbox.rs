@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::Extension;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use serde::Deserialize;
 use tidings_core::protocol::{
     ArchivedFilter, InboxAction, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MarkAllAction, StatusFilter,
@@ -17,32 +17,13 @@ use tidings_core::protocol::{
     write_counts, write_item,
 };
 
-use crate::auth::{TokenError, VerifiedToken, authorize_stream};
-use crate::http::{api_key_rejection, error_response, read_body};
+use crate::auth::{TokenError, authorize_stream};
+use crate::http::{AuthedToken, error_response, read_body};
 use crate::node::Node;
 use crate::session::check_mark;
 use crate::session::sse::Ticket;
 use crate::store::{ChangeKind, ChangeRequest, InboxChange, StoreError};
 use crate::util::now_ms;
-
-/// The routes of this module.
-pub(crate) fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/me/inbox", get(me_list))
-        .route("/v1/me/inbox/counts", get(me_counts))
-        .route("/v1/me/inbox/mark", post(me_mark))
-        .route("/v1/me/inbox/mark-all", post(me_mark_all))
-        .route("/v1/me/inbox/topics", get(me_topics))
-        .route("/v1/me/inbox/topics/{topic}", put(me_follow).delete(me_unfollow))
-        .route("/v1/sse/tickets", post(sse_ticket))
-        .route("/v1/streams/{stream}/history", get(history))
-        .route("/v1/users/{user}/inbox", get(user_list))
-        .route("/v1/users/{user}/inbox/counts", get(user_counts))
-        .route("/v1/users/{user}/inbox/mark", post(user_mark))
-        .route("/v1/users/{user}/inbox/mark-all", post(user_mark_all))
-        .route("/v1/users/{user}/inbox/topics", get(user_topics))
-        .route("/v1/users/{user}/inbox/topics/{topic}", put(user_follow).delete(user_unfollow))
-}
 
 /// The bearer credential of `Authorization`, if any.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -64,16 +45,6 @@ pub(crate) fn token_rejection(error: TokenError) -> Response {
     response
 }
 
-/// Verifies the user token in `Authorization: Bearer <token>` (protocol §8).
-pub(crate) fn user_token(node: &Node, headers: &HeaderMap) -> Result<VerifiedToken, Box<Response>> {
-    let Some(token) = bearer(headers) else {
-        return Err(Box::new(token_rejection(TokenError::Unauthorized(
-            "missing token: send Authorization: Bearer <the user's token>".into(),
-        ))));
-    };
-    node.session_params.verifier.verify_at(token, now_ms()).map_err(|e| Box::new(token_rejection(e)))
-}
-
 fn json(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -91,6 +62,23 @@ fn store_error(e: &StoreError) -> Response {
 
 fn bad_request(message: impl Into<String>) -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// The query's parameters, or a JSON `400` (axum's own rejection is plain text; found by schemathesis with a
+/// repeated parameter, `?status=read&status=read`).
+pub(crate) fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Box<Response>> {
+    query.map(|Query(params)| params).map_err(|e| Box::new(bad_request(format!("the query string: {}", e.body_text()))))
+}
+
+/// A whole number ≥ 0, also when written with a fraction (`5.0`), which JSON Schema's `integer` allows (found by
+/// schemathesis: `"up_to": 25574396.0` was refused, and 2^64, read as a float, was accepted; `u64::MAX as f64` is
+/// 2^64, hence `<`).
+fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    let whole = n
+        .as_u64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64).map(|f| f as u64));
+    whole.map(Some).ok_or_else(|| serde::de::Error::custom(format!("up_to must be a whole number >= 0, got {n}")))
 }
 
 // ---- bodies ----
@@ -164,7 +152,7 @@ fn change_body(update: &InboxUpdate, unknown: &[String]) -> String {
 // ---- the inbox, for one user ----
 
 #[derive(Deserialize)]
-struct ListParams {
+pub(crate) struct ListParams {
     status: Option<String>,
     archived: Option<String>,
     #[serde(rename = "type")]
@@ -240,7 +228,7 @@ struct MarkAllBody {
     #[serde(default)]
     op_id: Option<String>,
     action: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_u64")]
     up_to: Option<u64>,
 }
 
@@ -318,45 +306,57 @@ async fn follow(node: &Node, user: &str, topic: &str, on: bool) -> Response {
     }
 }
 
-// ---- /v1/me: the user's token ----
+// ---- /v1/me: the user's token (checked by the route: `http::require_user`) ----
 
-macro_rules! me {
-    ($node:expr, $headers:expr) => {
-        match user_token(&$node, &$headers) {
-            Ok(verified) => verified,
-            Err(response) => return *response,
-        }
-    };
+pub(crate) async fn me_list(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    match query_params(params) {
+        Ok(params) => list(&node, &me.user, params).await,
+        Err(response) => *response,
+    }
 }
 
-async fn me_list(State(node): State<Arc<Node>>, headers: HeaderMap, Query(params): Query<ListParams>) -> Response {
-    let me = me!(node, headers);
-    list(&node, &me.user, params).await
-}
-
-async fn me_counts(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn me_counts(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+) -> Response {
     counts(&node, &me.user).await
 }
 
-async fn me_mark(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn me_mark(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     mark(&node, &me.user, &headers, body).await
 }
 
-async fn me_mark_all(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn me_mark_all(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     mark_all(&node, &me.user, &headers, body).await
 }
 
-async fn me_topics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn me_topics(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+) -> Response {
     topics(&node, &me.user).await
 }
 
 /// Following a topic needs a token that may read it.
-async fn me_follow(State(node): State<Arc<Node>>, headers: HeaderMap, Path(topic): Path<String>) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn me_follow(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+    Path(topic): Path<String>,
+) -> Response {
     if validate_topic(&topic).is_ok()
         && let Err(message) = authorize_stream(&me.user, &me.topics, &StreamName::Topic(&topic))
     {
@@ -365,15 +365,20 @@ async fn me_follow(State(node): State<Arc<Node>>, headers: HeaderMap, Path(topic
     follow(&node, &me.user, &topic, true).await
 }
 
-async fn me_unfollow(State(node): State<Arc<Node>>, headers: HeaderMap, Path(topic): Path<String>) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn me_unfollow(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+    Path(topic): Path<String>,
+) -> Response {
     follow(&node, &me.user, &topic, false).await
 }
 
 /// `POST /v1/sse/tickets`: a single-use ticket for `GET /v1/sse?ticket=…` (for `EventSource`, which cannot send
 /// the token in a header).
-async fn sse_ticket(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    let me = me!(node, headers);
+pub(crate) async fn sse_ticket(
+    State(node): State<Arc<Node>>,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
+) -> Response {
     let now = now_ms();
     let ticket = Ticket::issue(&me, now, node.config.sse_ticket_ttl.as_millis() as u64);
     let mut out = String::from("{\"ticket\":");
@@ -385,20 +390,23 @@ async fn sse_ticket(State(node): State<Arc<Node>>, headers: HeaderMap) -> Respon
 // ---- the stream history ----
 
 #[derive(Deserialize)]
-struct HistoryParams {
+pub(crate) struct HistoryParams {
     epoch: Option<String>,
     after: Option<String>,
     limit: Option<String>,
 }
 
 /// `GET /v1/streams/{stream}/history?epoch=…&after=…&limit=…`, authorized like a subscribe.
-async fn history(
+pub(crate) async fn history(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    Extension(AuthedToken(me)): Extension<AuthedToken>,
     Path(stream): Path<String>,
-    Query(params): Query<HistoryParams>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Response {
-    let me = me!(node, headers);
+    let params = match query_params(params) {
+        Ok(params) => params,
+        Err(response) => return *response,
+    };
     let name = match StreamName::parse(&stream) {
         Ok(name) => name,
         Err(e) => return bad_request(e),
@@ -446,73 +454,70 @@ async fn history(
     }
 }
 
-// ---- /v1/users/{user}: the API key ----
+// ---- /v1/users/{user}: the API key (checked by the route: `http::require_key`) ----
 
 macro_rules! operator {
-    ($node:expr, $headers:expr, $user:expr) => {
-        if let Some(response) = api_key_rejection(&$node, &$headers) {
-            return response;
-        }
+    ($user:expr) => {
         if let Err(e) = validate_user_id(&$user) {
             return bad_request(format!("user: {e}"));
         }
     };
 }
 
-async fn user_list(
+pub(crate) async fn user_list(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path(user): Path<String>,
-    Query(params): Query<ListParams>,
+    params: Result<Query<ListParams>, QueryRejection>,
 ) -> Response {
-    operator!(node, headers, user);
-    list(&node, &user, params).await
+    operator!(user);
+    match query_params(params) {
+        Ok(params) => list(&node, &user, params).await,
+        Err(response) => *response,
+    }
 }
 
-async fn user_counts(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
-    operator!(node, headers, user);
+pub(crate) async fn user_counts(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Response {
+    operator!(user);
     counts(&node, &user).await
 }
 
-async fn user_mark(
+pub(crate) async fn user_mark(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     Path(user): Path<String>,
     body: Body,
 ) -> Response {
-    operator!(node, headers, user);
+    operator!(user);
     mark(&node, &user, &headers, body).await
 }
 
-async fn user_mark_all(
+pub(crate) async fn user_mark_all(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     Path(user): Path<String>,
     body: Body,
 ) -> Response {
-    operator!(node, headers, user);
+    operator!(user);
     mark_all(&node, &user, &headers, body).await
 }
 
-async fn user_topics(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
-    operator!(node, headers, user);
+pub(crate) async fn user_topics(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Response {
+    operator!(user);
     topics(&node, &user).await
 }
 
-async fn user_follow(
+pub(crate) async fn user_follow(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path((user, topic)): Path<(String, String)>,
 ) -> Response {
-    operator!(node, headers, user);
+    operator!(user);
     follow(&node, &user, &topic, true).await
 }
 
-async fn user_unfollow(
+pub(crate) async fn user_unfollow(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
     Path((user, topic)): Path<(String, String)>,
 ) -> Response {
-    operator!(node, headers, user);
+    operator!(user);
     follow(&node, &user, &topic, false).await
 }

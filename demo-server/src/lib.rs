@@ -30,17 +30,22 @@
 //! - [`config`](ServerConfig): configuration; [`auth`](issue_token): tokens; [`demo`]: the demo publisher and
 //!   subscriber.
 
+pub mod api_keys;
 mod auth;
 pub mod broker;
 mod config;
 pub mod demo;
 mod drive;
+pub mod health;
 mod http;
 mod http_inbox;
 mod http_push;
 mod inboxes;
+pub mod limits;
+pub mod metrics;
 pub mod model;
 mod node;
+mod openapi;
 mod outbox;
 pub mod planner;
 mod presence;
@@ -51,6 +56,7 @@ mod routing;
 mod session;
 mod sse;
 pub mod store;
+pub mod tls;
 mod util;
 mod webpush;
 mod ws;
@@ -120,23 +126,30 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let local_addr = listener.local_addr().context("cannot read the listening address")?;
     let broker = Arc::new(LocalBroker::new(stores.streams.clone()));
-    let node = Node::new(config, stores, broker);
-    let app = http::router(node.clone());
-    // Frames are batched by the connection tasks and flushed once per batch; Nagle would only add latency.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let metrics = Arc::new(metrics::Metrics::new());
+    let tls = config.tls.clone();
+    let node = Node::new(config, stores, broker, metrics.clone());
+    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let serve = tokio::spawn(async move {
-        let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-        if let Err(e) = result {
-            warn!(error = %e, "the HTTP server failed");
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let serve = match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::start(listener, &tls, metrics).map_err(|e| anyhow::anyhow!(e))?;
+            // `tap_io` (a no-op here) gives the listener axum's `ConnectInfo<SocketAddr>`.
+            let serving = axum::serve(listener.tap_io(|_| {}), app).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { report(serving.await) })
         }
-    });
+        None => {
+            // Frames are batched by the connection tasks and flushed once per batch; Nagle would only add latency.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let serving = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { report(serving.await) })
+        }
+    };
     let retention = inboxes::spawn_retention(Arc::downgrade(&node));
     let push_worker = node.routing.dispatcher.is_some().then(|| tokio::spawn(routing::run_worker(node.clone())));
     let mut server = RunningServer {
@@ -159,6 +172,12 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
     });
     info!(address = %local_addr, demo = node.config.demo, "tidings server listening");
     Ok(server)
+}
+
+fn report(result: std::io::Result<()>) {
+    if let Err(e) = result {
+        warn!(error = %e, "the HTTP server failed");
+    }
 }
 
 /// A running server. Stop it with [`RunningServer::shutdown`]; dropping it stops it abruptly.
@@ -184,14 +203,16 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// The WebSocket URL, `ws://ADDR/v1/ws`.
+    /// The WebSocket URL, `ws://ADDR/v1/ws` (`wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/v1/ws", self.local_addr)
+        let scheme = if self.node.config.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/ws", self.local_addr)
     }
 
-    /// The HTTP base URL, `http://ADDR`.
+    /// The HTTP base URL, `http://ADDR` (`https://` with TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.node.config.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// The server's configuration.
@@ -207,6 +228,21 @@ impl RunningServer {
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
         self.node.stats()
+    }
+
+    /// Adds a dependency `GET /readyz` checks (a Redis or PostgreSQL connection).
+    pub fn add_readiness_check(&self, check: Arc<dyn health::ReadinessCheck>) {
+        self.node.add_readiness_check(check);
+    }
+
+    /// The push dispatcher of the configured providers, if any.
+    pub fn push_dispatcher(&self) -> Option<&Arc<push::Dispatcher>> {
+        self.node.routing.dispatcher.as_ref()
+    }
+
+    /// The server's metrics (what `GET /metrics` renders).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.node.metrics
     }
 
     /// Drops every connection (or `user`'s) with `error dropped` + close `4015`, as `POST /v1/admin/drop` does;

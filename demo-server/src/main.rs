@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
+use tidings_server::limits::{IpNet, Rate};
+use tidings_server::tls::TlsConfig;
 use tidings_server::{DEFAULT_DATA_DIR, DEMO_API_KEY, DEMO_JWT_SECRET, ServerConfig, StoreConfig, Synchronous};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -37,6 +39,17 @@ enum LogFormat {
     Json,
 }
 
+/// Colours in text logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogColor {
+    /// When the output is a terminal and NO_COLOR is not set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
 /// The Tidings reference server: real-time notifications over WebSocket (protocol v1).
 ///
 /// Log verbosity follows RUST_LOG (default `info`; `tidings_server=debug` adds a line per publish).
@@ -49,9 +62,40 @@ struct Args {
     /// HS256 secret client tokens are signed with (required unless --demo).
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
-    /// API key for publishing and operator endpoints (required unless --demo).
+    /// API key with every scope (publish, read, operator). Required unless --api-keys-file or --demo.
     #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// File of scoped API keys, one `NAME SCOPES KEY` per line (scopes: publish, read, operator, all; KEY may be
+    /// sha256:<hex> of the key).
+    #[arg(long, env = "TIDINGS_API_KEYS_FILE")]
+    api_keys_file: Option<std::path::PathBuf>,
+    /// Terminate TLS with this certificate chain (PEM, leaf first); needs --tls-key. Reloaded when it changes.
+    #[arg(long, env = "TIDINGS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TIDINGS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// How often the certificate and key files are checked for changes, in seconds (SIGHUP reloads at once).
+    #[arg(long, env = "TIDINGS_TLS_RELOAD_SECS", default_value_t = 10)]
+    tls_reload_secs: u64,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose X-Forwarded-For names the client address.
+    #[arg(long, env = "TIDINGS_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// Failed authentications (tokens, API keys) allowed at once per client address (0: no limit).
+    #[arg(long, env = "TIDINGS_AUTH_FAILURE_BURST", default_value_t = 10)]
+    auth_failure_burst: u32,
+    /// Failed authentications allowed per minute and client address after the burst (0: no limit).
+    #[arg(long, env = "TIDINGS_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
+    auth_failures_per_minute: u32,
+    /// New WebSocket connections and SSE streams allowed at once per client address (0: no limit).
+    #[arg(long, env = "TIDINGS_CONNECTION_BURST", default_value_t = 100)]
+    connection_burst: u32,
+    /// New WebSocket connections and SSE streams allowed per minute and client address after the burst (0: no limit).
+    #[arg(long, env = "TIDINGS_CONNECTIONS_PER_MINUTE", default_value_t = 1200)]
+    connections_per_minute: u32,
+    /// On SIGTERM, how long connections and requests get to finish before they are cut, in seconds.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    shutdown_grace_secs: u64,
     /// Heartbeat interval in milliseconds (the server closes with 4010 after twice this without traffic).
     #[arg(long, env = "TIDINGS_HEARTBEAT_MS", default_value_t = 25_000)]
     heartbeat_ms: u64,
@@ -98,6 +142,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Colours in text logs: auto = only when the output is a terminal and NO_COLOR is not set.
+    #[arg(long, env = "TIDINGS_LOG_COLOR", value_enum, default_value_t = LogColor::Auto)]
+    log_color: LogColor,
     /// Development mode: default secret and API key, POST /v1/demo/token, and a demo publisher.
     #[arg(long, env = "TIDINGS_DEMO")]
     demo: bool,
@@ -124,32 +171,66 @@ struct Args {
     digest_window_secs: u64,
 }
 
-fn init_logging(format: LogFormat) {
+/// Whether text logs get ANSI colours: never into a file or pipe (a log file full of escape codes is unreadable).
+fn use_color(choice: LogColor, is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    match choice {
+        LogColor::Always => true,
+        LogColor::Never => false,
+        LogColor::Auto => is_terminal && no_color.is_none_or(|v| v.is_empty()),
+    }
+}
+
+fn init_logging(format: LogFormat, color: LogColor) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to standard output (the fmt subscriber's default writer).
+    let ansi = use_color(color, std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
     }
 }
 
 fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
+    let keys_file = args.api_keys_file.is_some();
     let (secret, api_key) = match (&args.jwt_secret, &args.api_key, args.demo) {
         (Some(secret), Some(key), _) => (secret.clone(), key.clone()),
+        (Some(secret), None, false) if keys_file => (secret.clone(), String::new()),
         (secret, key, true) => (
             secret.clone().unwrap_or_else(|| DEMO_JWT_SECRET.to_owned()),
-            key.clone().unwrap_or_else(|| DEMO_API_KEY.to_owned()),
+            key.clone().unwrap_or_else(|| if keys_file { String::new() } else { DEMO_API_KEY.to_owned() }),
         ),
         (None, _, false) => bail!(
             "no JWT secret configured: pass --jwt-secret or set TIDINGS_JWT_SECRET \
              (or run with --demo for development defaults)"
         ),
         (_, None, false) => bail!(
-            "no API key configured: pass --api-key or set TIDINGS_API_KEY \
+            "no API key configured: pass --api-key (or TIDINGS_API_KEY), or --api-keys-file \
              (or run with --demo for development defaults)"
         ),
     };
     let mut config = ServerConfig::new(args.bind, secret, api_key);
+    if let Some(path) = &args.api_keys_file {
+        config.api_keys = tidings_server::api_keys::load_file(path).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    config.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut tls = TlsConfig::new(cert, key);
+            tls.reload_interval = Duration::from_secs(args.tls_reload_secs.max(1));
+            Some(tls)
+        }
+        _ => None,
+    };
+    config.trusted_proxies = args
+        .trusted_proxies
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| IpNet::parse(p).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    config.auth_failure_limit = Rate { burst: args.auth_failure_burst, per_minute: args.auth_failures_per_minute };
+    config.connection_rate_limit = Rate { burst: args.connection_burst, per_minute: args.connections_per_minute };
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.replay_max_items = args.replay_max_items;
     config.replay_max_age = Duration::from_secs(args.replay_max_age_secs);
@@ -217,7 +298,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.log_color);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -264,9 +345,70 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configuration reference in the README: every flag with its environment variable, default and help, from
+/// the flag definitions themselves (a test keeps the README's copy current).
+#[cfg(test)]
+fn config_reference() -> String {
+    use clap::CommandFactory as _;
+    let command = Args::command();
+    let mut out = String::from("| flag | environment | default | what it does |\n|---|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let value = if arg.get_action().takes_values() {
+            format!(" <{}>", arg.get_id().as_str().to_uppercase())
+        } else {
+            String::new()
+        };
+        let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
+        let default: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        let default = if default.is_empty() { String::new() } else { format!("`{}`", default.join(",")) };
+        let mut help = arg.get_long_help().or_else(|| arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| format!("`{}`", v.get_name()))
+            .collect();
+        if !values.is_empty() && !matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            if !help.ends_with('.') {
+                help.push('.');
+            }
+            help.push_str(&format!(" One of {}.", values.join(", ")));
+        }
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
+        out.push_str(&format!("| `--{long}{value}` | {env} | {default} | {help} |\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README.md's "Configuration reference" is the flags' own: `TIDINGS_UPDATE_README=1 cargo test -p
+    /// tidings-server --bin tidings-server readme` rewrites it.
+    #[test]
+    fn the_readme_configuration_reference_matches_the_flags() {
+        const START: &str = "<!-- configuration reference: generated from the flags, see demo-server/src/main.rs -->\n";
+        const END: &str = "<!-- end of configuration reference -->";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let start = readme.find(START).expect("README.md has the configuration reference's start marker") + START.len();
+        let end = readme[start..].find(END).expect("and its end marker") + start;
+        let generated = config_reference();
+        if readme[start..end] != generated {
+            if std::env::var_os("TIDINGS_UPDATE_README").is_some() {
+                std::fs::write(&path, format!("{}{generated}{}", &readme[..start], &readme[end..])).unwrap();
+            } else {
+                panic!(
+                    "README.md's configuration reference is out of date; rerun with TIDINGS_UPDATE_README=1:\n{generated}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn secrets_are_required_outside_demo_mode() {
@@ -298,6 +440,48 @@ mod tests {
         assert!(error.contains("APNs is half configured"), "{error}");
         let args = Args::try_parse_from(["tidings-server", "--demo", "--fcm-url", "https://fcm.example"]).unwrap();
         assert_eq!(config_from(&args).unwrap().push.fcm_url, "https://fcm.example");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        let off = Some(std::ffi::OsStr::new("1"));
+        assert!(use_color(LogColor::Auto, true, None));
+        assert!(!use_color(LogColor::Auto, false, None), "a file or a pipe gets no escape codes");
+        assert!(!use_color(LogColor::Auto, true, off), "NO_COLOR");
+        assert!(use_color(LogColor::Auto, true, Some(std::ffi::OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(use_color(LogColor::Always, false, off));
+        assert!(!use_color(LogColor::Never, true, None));
+    }
+
+    #[test]
+    fn a_keys_file_replaces_the_single_key_and_limits_and_proxies_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "backend publish pk_0123456789abcdef\n").unwrap();
+        let args = Args::try_parse_from([
+            "tidings-server",
+            "--jwt-secret",
+            "s",
+            "--api-keys-file",
+            file.to_str().unwrap(),
+            "--trusted-proxies",
+            "127.0.0.1,10.0.0.0/8",
+            "--auth-failure-burst",
+            "3",
+            "--connections-per-minute",
+            "0",
+        ])
+        .unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.api_key, "");
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.auth_failure_limit, Rate { burst: 3, per_minute: 10 });
+        assert_eq!(config.connection_rate_limit.per_minute, 0);
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--trusted-proxies", "nope"]).unwrap();
+        assert!(config_from(&args).unwrap_err().to_string().contains("--trusted-proxies"));
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--tls-cert", "c.pem"]);
+        assert!(args.is_err(), "--tls-cert needs --tls-key");
     }
 
     #[test]

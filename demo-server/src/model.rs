@@ -63,6 +63,8 @@ pub struct Publication {
     pub streams: Vec<String>,
     /// The content. `stream`, `epoch` and `offset` are empty here; they differ per stream.
     pub fields: NotificationFields,
+    /// The id of the HTTP request that published it (`X-Request-Id`), for the logs of its delivery path.
+    pub request_id: Option<Arc<str>>,
 }
 
 impl Publication {

@@ -13,12 +13,17 @@ use std::sync::{Arc, Mutex};
 
 use tidings_core::protocol::{Persistence, PushPlatform};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::ServerConfig;
+use crate::api_keys::ApiKey;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
+use crate::health::ReadinessCheck;
 use crate::inboxes::InboxWatchers;
+use crate::limits::Limiter;
+use crate::metrics::{Metrics, Transport};
 use crate::model::{AckRecord, AppendOutcome, Committed, EncodedFrame, HistoryRead, Position, Publication, PushRecord};
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
@@ -58,15 +63,13 @@ pub struct ServerStats {
     pub slow_consumers: u64,
 }
 
+/// The counters of [`ServerStats`] that are not metrics of their own (the others are read from
+/// [`Metrics::ws`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) connections_total: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
-    pub(crate) frames_in: AtomicU64,
     pub(crate) notifications_published: AtomicU64,
     pub(crate) duplicates: AtomicU64,
-    pub(crate) deliveries: AtomicU64,
-    pub(crate) replayed: AtomicU64,
     pub(crate) acks: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
@@ -92,9 +95,23 @@ pub(crate) struct Node {
     pub(crate) sse_tickets: crate::sse::UsedTickets,
     pub(crate) presence: Presence,
     pub(crate) counters: Counters,
+    /// The server's metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<Metrics>,
     /// Push routing: planning, the worker's wake-up, the dispatcher, the user directory.
     pub(crate) routing: Routing,
     acks: AckRouting,
+    /// Publish times of recent notifications, for the publish → ack latency.
+    published_at: Mutex<PublishTimes>,
+    /// Checks `GET /readyz` runs besides the store and push (Redis, PostgreSQL).
+    readiness: Mutex<Vec<Arc<dyn ReadinessCheck>>>,
+    /// When the node started.
+    pub(crate) started: Instant,
+    /// The API keys (`--api-key` with every scope, and the scoped ones).
+    pub(crate) api_keys: Vec<ApiKey>,
+    /// Failed authentications per client address (tokens and API keys).
+    pub(crate) auth_failures: Limiter,
+    /// New WebSocket connections per client address.
+    pub(crate) connection_rate: Limiter,
     /// Set when shutdown begins: new connections are refused.
     pub(crate) shutting_down: AtomicBool,
     /// Set when the shutdown grace period is over: connection tasks stop at once.
@@ -112,15 +129,27 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// A node on `stores` and `broker`; registers itself as the broker's handler.
-    pub(crate) fn new(config: ServerConfig, stores: Stores, broker: Arc<dyn Broker>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: ServerConfig,
+        stores: Stores,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let session_params = Arc::new(SessionParams {
             config: SessionConfig::from_config(&config),
             sse: SessionConfig::for_sse(&config),
             verifier: TokenVerifier::new(&config.jwt_secret, config.nbf_leeway),
         });
         let acks = AckRouting::new(&config, stores.durable);
+        stores.streams.observe(&metrics);
+        let routing = Routing::new(&config, &metrics);
+        let mut api_keys = config.api_keys.clone();
+        if !config.api_key.is_empty() {
+            api_keys.push(ApiKey::all_scopes("api-key", &config.api_key));
+        }
+        let auth_failures = Limiter::new(config.auth_failure_limit);
+        let connection_rate = Limiter::new(config.connection_rate_limit);
         let sse_keys = Arc::new(SseKeys::new(&config.jwt_secret));
-        let routing = Routing::new(&config);
         let node = Arc::new(Node {
             routing,
             session_params,
@@ -133,7 +162,14 @@ impl Node {
             sse_tickets: crate::sse::UsedTickets::default(),
             presence: Presence::default(),
             counters: Counters::default(),
+            metrics,
             acks,
+            published_at: Mutex::new(PublishTimes::default()),
+            readiness: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            api_keys,
+            auth_failures,
+            connection_rate,
             shutting_down: AtomicBool::new(false),
             hard_stop: watch::Sender::new(false),
             next_connection_id: AtomicU64::new(1),
@@ -155,6 +191,15 @@ impl Node {
         generator.generate().unwrap_or_else(|_| ulid::Ulid::generate()).to_string()
     }
 
+    /// Adds a check `GET /readyz` runs.
+    pub(crate) fn add_readiness_check(&self, check: Arc<dyn ReadinessCheck>) {
+        self.readiness.lock().unwrap_or_else(|e| e.into_inner()).push(check);
+    }
+
+    pub(crate) fn readiness_checks(&self) -> Vec<Arc<dyn ReadinessCheck>> {
+        self.readiness.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
@@ -162,15 +207,16 @@ impl Node {
     pub(crate) fn stats(&self) -> ServerStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (ws, sse) = (&self.metrics.ws, &self.metrics.sse);
         ServerStats {
-            connections_total: get(&c.connections_total),
+            connections_total: ws.accepted.get() + sse.accepted.get(),
             connections_open: self.registry.connection_count() as u64,
             auth_failures: get(&c.auth_failures),
-            frames_in: get(&c.frames_in),
+            frames_in: ws.frames_in.get(),
             notifications_published: get(&c.notifications_published),
             duplicates: get(&c.duplicates),
-            deliveries: get(&c.deliveries),
-            replayed: get(&c.replayed),
+            deliveries: ws.live.get() + sse.live.get(),
+            replayed: ws.replayed.get() + sse.replayed.get(),
             acks: get(&c.acks),
             protocol_errors: get(&c.protocol_errors),
             slow_consumers: get(&c.slow_consumers),
@@ -186,6 +232,8 @@ impl Node {
         &self,
         requests: Vec<PublishRequest>,
     ) -> Vec<Result<PublishReceipt, PublishError>> {
+        let started = Instant::now();
+        let request_id = crate::http::current_request_id();
         let mut results: Vec<Option<Result<PublishReceipt, PublishError>>> = Vec::with_capacity(requests.len());
         let mut batch = Vec::with_capacity(requests.len());
         let mut positions = Vec::with_capacity(requests.len());
@@ -213,11 +261,14 @@ impl Node {
             self.apply_socket_preferences(&mut publication, &users, topic.as_deref()).await;
             positions.push(results.len());
             results.push(None);
+            publication.request_id = request_id.clone();
             batch.push(Arc::new(publication));
             recipients.push(Recipients { users, topic, overrides });
         }
         if !batch.is_empty() {
+            self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
+            let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
             // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
             // the inboxes too (and a push's badge counts them). If that fails, the publish fails (a retry with the
             // same id completes it).
@@ -231,14 +282,20 @@ impl Node {
                     (Err(e), Ok(_)) if publication.persistence() == Persistence::Persistent => Err(e.clone()),
                     (_, outcome) => outcome,
                 };
-                if let Ok(AppendOutcome::Appended(deliveries)) = &outcome {
-                    committed.push((publication.clone(), deliveries.clone(), recipients));
+                match &outcome {
+                    Ok(AppendOutcome::Appended(deliveries)) => {
+                        accepted += 1;
+                        committed.push((publication.clone(), deliveries.clone(), recipients));
+                    }
+                    Ok(AppendOutcome::Duplicate(_)) => duplicate += 1,
+                    Err(_) => failed += 1,
                 }
                 results[at] = Some(self.receipt(publication, outcome));
             }
             // The publish is answered once its pushes are scheduled (one more commit, only for recipients with
             // push addresses).
             self.plan_pushes(committed).await;
+            self.metrics.published(accepted, duplicate, failed, started.elapsed());
         }
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::unavailable("no result")))).collect()
     }
@@ -298,10 +355,28 @@ impl Node {
 
     // ---- acks and devices ----
 
-    /// Records the acks of `device` of `user` (a `ack` frame, or later an HTTP call of a transport without
-    /// an upstream).
-    pub(crate) async fn record_acks(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
+    /// Records the acks of `device` of `user` that came on `transport` (an `ack` frame, or an HTTP call of a
+    /// transport without an upstream), and the publish → ack latency of the ids this node published recently.
+    pub(crate) async fn record_acks(&self, transport: Transport, user: &Arc<str>, device: &Arc<str>, ids: &[String]) {
         bump(&self.counters.acks, ids.len() as u64);
+        let (count, latency) = match transport {
+            Transport::Ws | Transport::Sse => {
+                let conn = self.metrics.conn(transport);
+                (conn.acks.clone(), conn.ack_latency.clone())
+            }
+            other => self.metrics.acks(other),
+        };
+        count.inc_by(ids.len() as u64);
+        {
+            // Publish times are wall-clock (`created_at`).
+            let now = now_ms();
+            let times = self.published_at.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                if let Some(published) = times.get(id) {
+                    latency.observe(now.saturating_sub(published) as f64 / 1000.0);
+                }
+            }
+        }
         let at = self.routing.clock.now_ms();
         let result = match self.acks.route(user, device, ids, at) {
             None => self.stores.acks.record(user, device, ids, at).await,
@@ -310,6 +385,7 @@ impl Node {
         };
         match result {
             Ok(cancelled) if !cancelled.is_empty() => {
+                self.metrics.push.cancelled("acked", cancelled.len() as u64);
                 debug!(user = %user, device = %device, cancelled = cancelled.len(), "acks cancelled pending pushes");
             }
             Ok(_) => {}
@@ -349,14 +425,46 @@ impl BrokerEventHandler for Node {
     fn handle_publication(&self, committed: &Committed) {
         self.acks.note(committed);
         let fan_out = self.registry.fan_out(committed);
-        bump(&self.counters.deliveries, fan_out.queued);
+        debug!(id = %committed.id, stream = %committed.stream, queued = fan_out.queued, "fanned out");
+        let (ws, sse) = (&self.metrics.ws, &self.metrics.sse);
+        ws.live.inc_by(fan_out.queued - fan_out.sse_queued);
+        sse.live.inc_by(fan_out.sse_queued);
         if fan_out.overflowed > 0 {
             bump(&self.counters.slow_consumers, fan_out.overflowed);
+            ws.dropped.inc_by(fan_out.overflowed - fan_out.sse_overflowed);
+            sse.dropped.inc_by(fan_out.sse_overflowed);
         }
     }
 
     fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
         self.inbox_watchers.fan_out(user, frame);
+    }
+}
+
+/// When this node published its recent notifications (ms since the Unix epoch), by id: the start of the publish →
+/// ack latency. Bounded: the oldest ids are forgotten first (an ack that comes later is not measured).
+#[derive(Default)]
+struct PublishTimes {
+    at: HashMap<Arc<str>, u64>,
+    order: VecDeque<Arc<str>>,
+}
+
+impl PublishTimes {
+    fn note(&mut self, batch: &[Arc<Publication>]) {
+        for p in batch {
+            if self.at.insert(p.id.clone(), p.created_at()).is_none() {
+                self.order.push_back(p.id.clone());
+            }
+        }
+        while self.order.len() > RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.at.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<u64> {
+        self.at.get(id).copied()
     }
 }
 

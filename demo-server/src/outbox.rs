@@ -36,6 +36,8 @@ pub(crate) struct ConnHandle {
     id: u64,
     /// Most live frames queued at once (beyond the reserve taken by replies and replay).
     limit: usize,
+    /// An SSE response rather than a WebSocket connection (only the metrics' transport label differs).
+    sse: bool,
     state: Mutex<OutboxState>,
     notify: Notify,
 }
@@ -56,7 +58,17 @@ impl fmt::Debug for ConnHandle {
 
 impl ConnHandle {
     pub(crate) fn new(id: u64, limit: usize) -> Self {
-        ConnHandle { id, limit, state: Mutex::new(OutboxState::default()), notify: Notify::new() }
+        ConnHandle { id, limit, sse: false, state: Mutex::new(OutboxState::default()), notify: Notify::new() }
+    }
+
+    /// The handle of an SSE response.
+    pub(crate) fn for_sse(id: u64, limit: usize) -> Self {
+        ConnHandle { sse: true, ..ConnHandle::new(id, limit) }
+    }
+
+    /// Whether this is an SSE response.
+    pub(crate) fn is_sse(&self) -> bool {
+        self.sse
     }
 
     /// The connection id (unique within the process).

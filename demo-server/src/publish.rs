@@ -89,7 +89,11 @@ impl PushOptions {
             match (key.as_str(), v) {
                 (_, serde_json::Value::Null) => {}
                 ("after_ms", serde_json::Value::Number(n)) => {
-                    let ms = n.as_u64().filter(|ms| *ms <= MAX_PUSH_AFTER.as_millis() as u64).ok_or_else(|| {
+                    // A whole number written with a fraction (`5000.0`) is a whole number, as JSON Schema says.
+                    let whole = n.as_u64().or_else(|| {
+                        n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64).map(|f| f as u64)
+                    });
+                    let ms = whole.filter(|ms| *ms <= MAX_PUSH_AFTER.as_millis() as u64).ok_or_else(|| {
                         PublishError::bad_request(format!(
                             "push.after_ms: expected milliseconds from 0 to {}, got {n}",
                             MAX_PUSH_AFTER.as_millis()
@@ -253,14 +257,15 @@ impl PublishRequest {
         Ok(PublishRequest { users, topics, kind, priority, persistence, title, body, data, group, id, push })
     }
 
-    /// Checks the request against the protocol's limits. Content that is too large (`title`, `body`, `data`,
-    /// the encoded frame) is [`PublishErrorKind::TooLarge`]; everything else [`PublishErrorKind::BadRequest`].
+    /// Checks the request against the protocol's limits. Content that is too large (`type`, `group`, `title`,
+    /// `body`, `data`, the encoded frame) is [`PublishErrorKind::TooLarge`]; everything else
+    /// [`PublishErrorKind::BadRequest`].
     pub fn validate(&self) -> Result<(), PublishError> {
         if self.users.is_empty() && self.topics.is_empty() {
             return Err(PublishError::bad_request("users, topics: at least one recipient is required"));
         }
         if self.users.len() + self.topics.len() > MAX_RECIPIENTS {
-            return Err(PublishError::bad_request(format!(
+            return Err(PublishError::too_large(format!(
                 "users, topics: at most {MAX_RECIPIENTS} recipients per publish, got {}",
                 self.users.len() + self.topics.len()
             )));
@@ -271,9 +276,15 @@ impl PublishRequest {
         for (i, topic) in self.topics.iter().enumerate() {
             validate_topic(topic).map_err(|e| PublishError::bad_request(format!("topics[{i}]: {e}")))?;
         }
-        check_len("type", &self.kind, 1, MAX_NAME_BYTES).map_err(PublishError::bad_request)?;
+        // Empty is a bad request; over the limit is content too large, as for `title` and `body` (schemathesis
+        // found the difference: JSON Schema counts characters, so only the status says a limit was hit).
+        fn name_error(value: &str) -> impl Fn(String) -> PublishError {
+            let too_large = value.len() > MAX_NAME_BYTES;
+            move |message| if too_large { PublishError::too_large(message) } else { PublishError::bad_request(message) }
+        }
+        check_len("type", &self.kind, 1, MAX_NAME_BYTES).map_err(name_error(&self.kind))?;
         if let Some(group) = &self.group {
-            check_len("group", group, 1, MAX_NAME_BYTES).map_err(PublishError::bad_request)?;
+            check_len("group", group, 1, MAX_NAME_BYTES).map_err(name_error(group))?;
         }
         if let Some(id) = &self.id {
             validate_id(id).map_err(|e| PublishError::bad_request(format!("id: {e}")))?;
@@ -358,7 +369,7 @@ impl PublishRequest {
     pub(crate) fn into_publication(self, id: String, idempotent: bool, now_ms: u64) -> Publication {
         let streams = self.streams();
         let fields = self.fields(id.clone(), String::new(), String::new(), None, now_ms);
-        Publication { id: Arc::from(id), idempotent, streams, fields }
+        Publication { id: Arc::from(id), idempotent, streams, fields, request_id: None }
     }
 
     /// The target streams, without duplicates, users first.
@@ -418,14 +429,16 @@ fn kind_of(value: &serde_json::Value) -> &'static str {
 /// Parses the body of `POST /v1/publish/batch`: `{"notifications":[…]}`. Each item is parsed on its own, so
 /// one bad item yields an error for that item only.
 pub fn parse_batch(text: &str) -> Result<Vec<Result<PublishRequest, PublishError>>, PublishError> {
-    #[derive(serde::Deserialize)]
-    struct Batch<'a> {
-        #[serde(borrow)]
-        notifications: Option<Vec<&'a RawValue>>,
-    }
-    let batch: Batch<'_> = serde_json::from_str(text)
-        .map_err(|e| PublishError::bad_request(format!("the body must be an object {{\"notifications\":[…]}}: {e}")))?;
-    let items = batch.notifications.ok_or_else(|| PublishError::bad_request("notifications: required"))?;
+    let bad =
+        |e: String| PublishError::bad_request(format!("the body must be an object {{\"notifications\":[…]}}: {e}"));
+    // A map, not a struct: serde would also take a struct written as an array.
+    let mut fields: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let items: Vec<&RawValue> = match fields.remove("notifications") {
+        None => return Err(PublishError::bad_request("notifications: required")),
+        Some(raw) if raw.get() == "null" => return Err(PublishError::bad_request("notifications: required")),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| PublishError::bad_request(format!("notifications: must be an array: {e}")))?,
+    };
     if items.len() > MAX_BATCH {
         return Err(PublishError::too_large(format!(
             "notifications: at most {MAX_BATCH} per batch, got {}",
@@ -604,6 +617,12 @@ mod tests {
         assert!(error(r#"{"users":["a"],"type":"t","persistence":"forever"}"#).message.starts_with("persistence:"));
         assert!(error(r#"{"users":["a"],"type":"t","id":"has space"}"#).message.starts_with("id:"));
         assert!(error(r#"{"users":["a"],"type":""}"#).message.starts_with("type:"));
+        assert_eq!(error(r#"{"users":["a"],"type":""}"#).kind, PublishErrorKind::BadRequest);
+        // Over the limit is too large, as for the title: 65 two-byte characters are 130 bytes.
+        let long = format!(r#"{{"users":["a"],"type":"t","group":"{}"}}"#, "é".repeat(65));
+        assert_eq!((error(&long).kind, error(&long).message.starts_with("group:")), (PublishErrorKind::TooLarge, true));
+        let long = format!(r#"{{"users":["a"],"type":"{}"}}"#, "k".repeat(129));
+        assert_eq!(error(&long).kind, PublishErrorKind::TooLarge);
         assert!(error(r#"[1,2]"#).message.contains("JSON object"));
         assert!(error(r#"{"users":["a"],"type":"t","title":5}"#).message.starts_with("title: expected a string"));
     }
@@ -621,6 +640,10 @@ mod tests {
         assert_eq!(PublishRequest::from_json(r#"{"users":["a"],"type":"t"}"#).unwrap().push, PushOptions::default());
         assert!(error(r#"{"users":["a"],"type":"t","push":5}"#).message.starts_with("push: expected an object"));
         assert!(error(r#"{"users":["a"],"type":"t","push":{"after_ms":-1}}"#).message.starts_with("push.after_ms"));
+        assert!(error(r#"{"users":["a"],"type":"t","push":{"after_ms":1.5}}"#).message.starts_with("push.after_ms"));
+        // Found by schemathesis: `0.0` is a whole number to JSON Schema (and to JavaScript).
+        let whole = PublishRequest::from_json(r#"{"users":["a"],"type":"t","push":{"after_ms":2000.0}}"#).unwrap();
+        assert_eq!(whole.push.after, Some(Duration::from_secs(2)));
         assert!(
             error(r#"{"users":["a"],"type":"t","push":{"after_ms":86400001}}"#).message.starts_with("push.after_ms")
         );

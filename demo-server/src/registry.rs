@@ -10,8 +10,12 @@
 //! come after what was read (the session's rule, [`crate::session::LiveFilter`]), and switches the subscription to
 //! live — all under the stream's short lock that fan-out takes too. Since fan-out follows commit, every
 //! notification is either in the history read (committed before the read) or in the buffer (fanned out after the
-//! registration), possibly both; the filter drops the overlap by offset. So no live frame precedes `subscribed`,
-//! and none is lost or duplicated between replay and live delivery.
+//! registration), possibly both; the filter drops the overlap by offset. A read can also see a commit whose
+//! fan-out has not run yet (a durable store fans out from a task after the commit): that notification is in the
+//! replay and reaches the registry only after the subscription went live, so the subscription keeps the read
+//! head as a *floor* — live notifications of the read's epoch at or below it are skipped for that connection —
+//! until a fan-out passes it. So no live frame precedes `subscribed`, and none is lost or duplicated between
+//! replay and live delivery.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,6 +55,10 @@ pub(crate) struct FanOut {
     pub(crate) queued: u64,
     /// Live subscribers whose queue overflowed with it (now closing as slow consumers).
     pub(crate) overflowed: u64,
+    /// How many of `queued` are SSE connections (for the metrics' transport label).
+    pub(crate) sse_queued: u64,
+    /// How many of `overflowed` are SSE connections.
+    pub(crate) sse_overflowed: u64,
 }
 
 /// This process's connections and subscriptions.
@@ -120,11 +128,14 @@ impl Registry {
     /// buffered notification `admit` lets through, and makes the subscription live — atomically with respect
     /// to fan-out. Returns how many buffered notifications were queued, or `None` when the connection is not
     /// syncing on the stream (it left meanwhile).
+    /// `floor` is the read's epoch and head: live notifications of that epoch at or below the head are in the
+    /// replay already, and are skipped for this connection when their fan-out comes after this call.
     pub(crate) fn finish_subscribe(
         &self,
         stream: &str,
         conn: &Arc<ConnHandle>,
         reply: Vec<Utf8Bytes>,
+        floor: Option<(Arc<str>, u64)>,
         admit: impl Fn(&Buffered) -> bool,
     ) -> Option<usize> {
         let subs = self.subscribers(stream)?;
@@ -134,6 +145,9 @@ impl Registry {
         let count = admitted.len();
         conn.push_reserved(reply.into_iter().chain(admitted));
         set.insert_live(conn);
+        if let Some(floor) = floor {
+            set.floors.insert(conn.id(), floor);
+        }
         Some(count)
     }
 
@@ -160,12 +174,34 @@ impl Registry {
         let set = &mut *lock(&subs.set);
         let bytes = committed.frame.utf8_bytes();
         let mut result = FanOut::default();
+        let floors = &mut set.floors;
         for conn in &set.live {
+            if !floors.is_empty()
+                && let (Some(offset), Some((epoch, head))) = (committed.offset, floors.get(&conn.id()))
+                && *epoch == committed.epoch
+                && offset <= *head
+            {
+                continue; // in this connection's replay already
+            }
+            let sse = u64::from(conn.is_sse());
             match conn.push_live(bytes) {
-                Pushed::Queued => result.queued += 1,
-                Pushed::Overflowed => result.overflowed += 1,
+                Pushed::Queued => {
+                    result.queued += 1;
+                    result.sse_queued += sse;
+                }
+                Pushed::Overflowed => {
+                    result.overflowed += 1;
+                    result.sse_overflowed += sse;
+                }
                 Pushed::Closing => {}
             }
+        }
+        // Fan-out follows commit order: once a notification of a floor's epoch passes its head, no later one is at
+        // or below it.
+        if !floors.is_empty()
+            && let Some(offset) = committed.offset
+        {
+            floors.retain(|_, (epoch, head)| *epoch != committed.epoch || offset <= *head);
         }
         for syncing in &mut set.syncing {
             syncing.keep(committed);
@@ -294,6 +330,9 @@ struct SubscriberSet {
     live: Vec<Arc<ConnHandle>>,
     index: Option<HashMap<u64, usize>>,
     syncing: Vec<Syncing>,
+    /// Live subscriptions that finished syncing while notifications their read saw may still be fanned out: the
+    /// read's epoch and head, by connection id (removed once a fan-out passes the head).
+    floors: HashMap<u64, (Arc<str>, u64)>,
 }
 
 impl SubscriberSet {
@@ -310,6 +349,7 @@ impl SubscriberSet {
 
     fn begin_sync(&mut self, conn: &Arc<ConnHandle>) {
         self.remove_live(conn.id());
+        self.floors.remove(&conn.id());
         if !self.syncing.iter().any(|s| s.conn.id() == conn.id()) {
             self.syncing.push(Syncing { conn: conn.clone(), buffered: Vec::new(), overflowed: false });
         }
@@ -357,6 +397,7 @@ impl SubscriberSet {
 
     /// Removes the connection with `id`, live or syncing; returns whether it was there.
     fn remove(&mut self, id: u64) -> bool {
+        self.floors.remove(&id);
         let live = self.remove_live(id);
         live | self.end_sync(id).is_some()
     }
@@ -416,6 +457,30 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_the_read_saw_but_fanned_out_after_the_subscription_went_live_is_not_sent_twice() {
+        // A durable store fans out from a task after the commit: the history read saw offsets up to 6, whose
+        // fan-out comes only after finish_subscribe (found under load by streams.rs on SQLite: offset 4 twice).
+        let registry = Registry::new();
+        let (conn, other) = {
+            let mut all = conns(2);
+            (all.pop().unwrap(), all.pop().unwrap())
+        };
+        registry.begin_subscribe("user:a", &other);
+        registry.finish_subscribe("user:a", &other, vec![], None, |_| true);
+        registry.begin_subscribe("user:a", &conn);
+        registry.fan_out(&committed("user:a", 5));
+        let floor = Some((Arc::from("e"), 6));
+        registry.finish_subscribe("user:a", &conn, vec![Utf8Bytes::from_static("subscribed")], floor, |b| {
+            b.offset > Some(6)
+        });
+        for offset in [6, 7, 5, 8] {
+            registry.fan_out(&committed("user:a", offset));
+        }
+        assert_eq!(drain(&conn), ["subscribed", "f7", "f5", "f8"], "6 is in the replay; past 7 the floor is gone");
+        assert_eq!(drain(&other), ["f5", "f6", "f7", "f5", "f8"], "other connections are not filtered");
+    }
+
+    #[test]
     fn a_syncing_subscriber_gets_the_reply_then_the_admitted_buffer_then_live_frames() {
         let registry = Registry::new();
         let conn = conns(1).pop().unwrap();
@@ -424,12 +489,12 @@ mod tests {
         registry.fan_out(&committed("user:a", 5));
         assert!(drain(&conn).is_empty(), "nothing is queued while syncing");
         let queued = registry
-            .finish_subscribe("user:a", &conn, vec![Utf8Bytes::from_static("subscribed")], |b| b.offset > Some(4))
+            .finish_subscribe("user:a", &conn, vec![Utf8Bytes::from_static("subscribed")], None, |b| b.offset > Some(4))
             .unwrap();
         assert_eq!(queued, 1);
         registry.fan_out(&committed("user:a", 6));
         assert_eq!(drain(&conn), ["subscribed", "f5", "f6"]);
-        assert_eq!(registry.finish_subscribe("user:a", &conn, vec![], |_| true), None, "not syncing any more");
+        assert_eq!(registry.finish_subscribe("user:a", &conn, vec![], None, |_| true), None, "not syncing any more");
     }
 
     #[test]
@@ -438,7 +503,7 @@ mod tests {
         let [a, b] = [0, 1].map(|i| Arc::new(ConnHandle::new(i, 10)));
         assert!(registry.begin_subscribe("topic:t", &a));
         assert!(!registry.begin_subscribe("topic:t", &b));
-        registry.finish_subscribe("topic:t", &a, vec![], |_| true);
+        registry.finish_subscribe("topic:t", &a, vec![], None, |_| true);
         assert!(!registry.remove("topic:t", a.id()));
         assert!(!registry.remove("topic:t", a.id()), "already gone");
         assert_eq!(registry.stream_count(), 1);

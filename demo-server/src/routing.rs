@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::WallClock;
+use crate::metrics::Transport;
 use crate::model::{Delivery as StreamDelivery, Publication, PushRecord};
 use crate::node::Node;
 use crate::planner::{
@@ -121,13 +122,14 @@ impl std::fmt::Debug for Routing {
 }
 
 impl Routing {
-    pub(crate) fn new(config: &crate::ServerConfig) -> Self {
+    pub(crate) fn new(config: &crate::ServerConfig, metrics: &crate::metrics::Metrics) -> Self {
         let dispatcher = match config.push.load(config.vapid_public_key.as_deref()) {
             Ok(credentials)
                 if credentials.vapid.is_some() || credentials.apns.is_some() || credentials.fcm.is_some() =>
             {
                 let clock = Arc::new(crate::push::http::SystemClock);
-                Some(Arc::new(Dispatcher::from_credentials(credentials, config.push_retry, clock)))
+                let dispatcher = Dispatcher::from_credentials(credentials, config.push_retry, clock);
+                Some(Arc::new(dispatcher.with_metrics(metrics.push.clone())))
             }
             Ok(_) => None,
             Err(e) => {
@@ -310,6 +312,9 @@ impl Node {
         }
         match self.stores.push.plan(&self.routing.policy, now, items).await {
             Ok(plans) => {
+                for outcome in plans.iter().flat_map(|p| &p.outcomes) {
+                    self.metrics.push.planner_outcome(outcome);
+                }
                 if plans.iter().any(|p| !p.rows.is_empty()) {
                     self.routing.wake();
                 }
@@ -451,6 +456,9 @@ impl Node {
         let ctx = self.user_context(user, &info);
         let stored: HashMap<RowKey, StoredPush> = rows.into_iter().map(|r| (r.row.key.clone(), r)).collect();
         let plan = plan_due(now, &ctx, stored.values().map(|r| r.row.clone()).collect());
+        for outcome in &plan.outcomes {
+            self.metrics.push.due_outcome(outcome);
+        }
         s.log.extend(outcomes_log(&plan.outcomes, now));
         let mut settled: HashSet<RowKey> = HashSet::new();
         for row in &plan.rescheduled {
@@ -510,6 +518,7 @@ impl Node {
         };
         let Some(address) = info.addresses.iter().find(|a| *a.device == order.device) else {
             s.log.extend(record(DeliveryStatus::Failed, Some("no push address".into()), None, None));
+            self.metrics.push.cancelled("no_push_address", keys.len() as u64);
             s.delete.extend(keys.iter().cloned());
             return;
         };
@@ -524,6 +533,7 @@ impl Node {
         };
         let Some(msg) = message_for(order, single, badge) else {
             s.log.extend(record(DeliveryStatus::Failed, Some("the notification is gone".into()), None, None));
+            self.metrics.push.cancelled("notification_gone", keys.len() as u64);
             s.delete.extend(keys.iter().cloned());
             return;
         };
@@ -539,6 +549,7 @@ impl Node {
                     crate::push::Form::Summary => "summary",
                 };
                 debug!(user = %order.user, device = %order.device, provider, form, attempts, ids = keys.len(), "pushed");
+                self.metrics.delivered(Transport::Push, "pushed", keys.len() as u64);
                 let mut records = record(DeliveryStatus::Pushed, None, Some(provider), Some(form));
                 records.iter_mut().for_each(|r| r.at = now);
                 s.log.extend(records);
@@ -550,6 +561,8 @@ impl Node {
                     let reason = format!("gave up after {attempts} attempts: {reason}");
                     s.log.extend(record(DeliveryStatus::Failed, Some(reason), Some(provider), None));
                     s.delete.extend(keys.iter().cloned());
+                    self.metrics.push.cancelled("retries_exhausted", keys.len() as u64);
+                    self.metrics.delivered(Transport::Push, "failed", keys.len() as u64);
                     return;
                 }
                 let due = now.saturating_add(after.as_millis() as u64);
@@ -570,6 +583,7 @@ impl Node {
                     Err(e) => warn!(user = %order.user, error = %e, "a gone push address could not be deleted"),
                 }
                 self.forget_user(&order.user);
+                self.metrics.delivered(Transport::Push, "failed", keys.len() as u64);
                 let reason = format!("device gone (address deleted): {reason}");
                 s.log.extend(record(DeliveryStatus::Failed, Some(reason), Some(provider), None));
                 s.delete.extend(keys.iter().cloned());
@@ -584,6 +598,7 @@ impl Node {
                     _ => String::new(),
                 };
                 warn!(user = %order.user, device = %order.device, provider, %reason, "push not delivered");
+                self.metrics.delivered(Transport::Push, "failed", keys.len() as u64);
                 s.log.extend(record(DeliveryStatus::Failed, Some(reason), Some(provider), None));
                 s.delete.extend(keys.iter().cloned());
             }

@@ -23,9 +23,12 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tracing::debug;
 
-use crate::http::error_response;
-use crate::http_inbox::{bearer, token_rejection, user_token};
-use crate::node::{Node, bump};
+use crate::auth::TokenError;
+use crate::drive::Peer;
+use crate::http::{client_address, current_request_id, error_response, too_many};
+use crate::http_inbox::{bearer, token_rejection};
+use crate::metrics::{AuthFailure, Refusal, Transport};
+use crate::node::Node;
 use crate::outbox::ConnHandle;
 use crate::session::sse::{ResumeToken, SseEncoder, Ticket};
 use crate::session::{Exit, Session};
@@ -78,13 +81,40 @@ pub(crate) async fn handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(params): Query<SseParams>,
+    params: Result<Query<SseParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let params = match crate::http_inbox::query_params(params) {
+        Ok(params) => params,
+        Err(response) => return *response,
+    };
     if node.is_shutting_down() {
+        node.metrics.refused(Transport::Sse, Refusal::ShuttingDown);
         let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, "try_again_later", "the server is shutting down");
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return response;
     }
+    // The abuse limits of WebSocket upgrades: refused while the address is throttled for failed authentications,
+    // and a new-connection rate per address.
+    let address = client_address(&node, peer, &headers);
+    let instant = Instant::now().into_std();
+    if let Some(wait) = node.auth_failures.check(address, instant) {
+        node.metrics.refused(Transport::Sse, Refusal::AuthThrottled);
+        return too_many("rate_limited", "too many failed authentications from this address", wait);
+    }
+    if let Some(wait) = node.connection_rate.spend(address, instant) {
+        node.metrics.refused(Transport::Sse, Refusal::ConnectionRate);
+        return too_many("rate_limited", "too many new connections from this address", wait);
+    }
+    // A refused token or ticket counts against the address, as a refused `auth` frame does.
+    let auth_failed = |error: TokenError| {
+        let reason = match error {
+            TokenError::Expired(_) => AuthFailure::TokenExpired,
+            TokenError::Unauthorized(_) => AuthFailure::Unauthorized,
+        };
+        node.metrics.auth_failed(Transport::Sse, reason);
+        let _ = node.auth_failures.spend(address, instant);
+        token_rejection(error)
+    };
     let now = now_ms();
     let resume_text = headers
         .get("last-event-id")
@@ -96,6 +126,7 @@ pub(crate) async fn handler(
         Some(text) => match ResumeToken::open(&node.sse_keys, text) {
             Some(resume) => resume,
             None => {
+                node.metrics.refused(Transport::Sse, Refusal::BadRequest);
                 return refuse(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
@@ -108,24 +139,24 @@ pub(crate) async fn handler(
     let (verified, ticket_id) = match params.ticket.as_deref() {
         Some(text) if bearer(&headers).is_none() => {
             let Some(ticket) = Ticket::open(&node.sse_keys, text) else {
-                return token_rejection(crate::auth::TokenError::Unauthorized(
+                return auth_failed(TokenError::Unauthorized(
                     "not a ticket of this server: get one with POST /v1/sse/tickets".into(),
                 ));
             };
             let verified = match ticket.verified(now) {
                 Ok(verified) => verified,
-                Err(e) => return token_rejection(e),
+                Err(e) => return auth_failed(e),
             };
             let reconnect = resume.ticket.as_deref() == Some(ticket.id.as_str());
             if !reconnect {
                 if now > ticket.open_until {
-                    return token_rejection(crate::auth::TokenError::Unauthorized(
+                    return auth_failed(TokenError::Unauthorized(
                         "the ticket expired before it was used: get a new one with POST /v1/sse/tickets".into(),
                     ));
                 }
                 let until = ticket.expires_at.unwrap_or(now + TICKET_MEMORY.as_millis() as u64);
                 if !node.sse_tickets.first_use(&ticket.id, until, now) {
-                    return token_rejection(crate::auth::TokenError::Unauthorized(
+                    return auth_failed(TokenError::Unauthorized(
                         "the ticket was used already: a ticket opens one stream, whose own reconnects resume with \
                          Last-Event-ID; get a new ticket and pass the last event id as ?cursor="
                             .into(),
@@ -134,18 +165,30 @@ pub(crate) async fn handler(
             }
             (verified, Some(ticket.id))
         }
-        _ => match user_token(&node, &headers) {
-            Ok(verified) => (verified, None),
-            Err(response) => return *response,
-        },
+        _ => {
+            let verified = match bearer(&headers) {
+                None => Err(TokenError::Unauthorized(
+                    "missing token: send Authorization: Bearer <the user's token>, or ?ticket= from POST \
+                     /v1/sse/tickets"
+                        .into(),
+                )),
+                Some(token) => node.session_params.verifier.verify_at(token, now),
+            };
+            match verified {
+                Ok(verified) => (verified, None),
+                Err(e) => return auth_failed(e),
+            }
+        }
     };
     let device = params.device.clone().unwrap_or_else(|| format!("sse-{:016x}", fastrand::u64(..)));
     if let Err(e) = validate_id(&device) {
+        node.metrics.refused(Transport::Sse, Refusal::BadRequest);
         return refuse(StatusCode::BAD_REQUEST, "bad_request", format!("device {e}"));
     }
     let mut streams = vec![format!("user:{}", verified.user)];
     for topic in params.topics.as_deref().unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if let Err(e) = validate_topic(topic) {
+            node.metrics.refused(Transport::Sse, Refusal::BadRequest);
             return refuse(StatusCode::BAD_REQUEST, "bad_request", format!("topics: {topic:?} {e}"));
         }
         let stream = format!("topic:{topic}");
@@ -156,16 +199,17 @@ pub(crate) async fn handler(
     let watch_inbox = matches!(params.inbox.as_deref(), Some("1" | "true"));
 
     let id = node.next_connection_id();
-    let handle = Arc::new(ConnHandle::new(id, node.config.outbound_queue_limit));
+    let handle = Arc::new(ConnHandle::for_sse(id, node.config.outbound_queue_limit));
     let open = node.registry.insert_connection(handle.clone());
     if node.config.max_connections.is_some_and(|max| open > max) {
         node.registry.remove_connection(id);
+        node.metrics.refused(Transport::Sse, Refusal::MaxConnections);
         let mut response =
             refuse(StatusCode::SERVICE_UNAVAILABLE, "try_again_later", "the server is at its connection limit");
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return response;
     }
-    bump(&node.counters.connections_total, 1);
+    node.metrics.sse.accepted.inc();
 
     let start = Instant::now();
     let mut session = Session::new_sse(start, now, node.session_params.clone());
@@ -190,8 +234,10 @@ pub(crate) async fn handler(
     }
     let encoder = SseEncoder::new(node.sse_keys.clone(), ticket_id, node.config.sse_retry.as_millis() as u64, &resume);
     let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_AHEAD);
-    debug!(connection = id, peer = %peer, "sse stream opened");
-    tokio::spawn(serve(node, handle, session, encoder, tx));
+    let request_id = current_request_id();
+    debug!(connection = id, client = %address, request_id = request_id.as_deref(), "sse stream opened");
+    let peer = Peer { transport: Transport::Sse, address, request_id };
+    tokio::spawn(serve(node, handle, session, encoder, tx, peer));
 
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), rx))
@@ -212,17 +258,20 @@ async fn serve(
     session: Session,
     encoder: SseEncoder,
     tx: mpsc::Sender<Bytes>,
+    peer: Peer,
 ) {
-    let mut conn = SseConnection { node: node.clone(), handle, session, encoder, tx, opened: Instant::now() };
+    node.metrics.sse.open.inc();
+    let mut conn = SseConnection { node: node.clone(), handle, session, encoder, tx, opened: Instant::now(), peer };
     let mut hard_stop = node.hard_stop.subscribe();
     let outcome = tokio::select! {
         outcome = conn.run_to_end() => outcome,
         _ = hard_stop.wait_for(|stop| *stop) => "the server stopped before the stream ended".to_owned(),
     };
-    crate::drive::cleanup(&node, &conn.handle, &conn.session, conn.opened, "sse", &outcome);
+    crate::drive::cleanup(&node, &conn.handle, &conn.session, conn.opened, &conn.peer, &outcome);
     let id = conn.handle.id();
     drop(conn);
     node.registry.remove_connection(id);
+    node.metrics.sse.open.dec();
 }
 
 struct SseConnection {
@@ -232,6 +281,7 @@ struct SseConnection {
     encoder: SseEncoder,
     tx: mpsc::Sender<Bytes>,
     opened: Instant,
+    peer: Peer,
 }
 
 impl SseConnection {
@@ -247,12 +297,14 @@ impl SseConnection {
 
     async fn run(&mut self, batch: &mut std::collections::VecDeque<axum::extract::ws::Utf8Bytes>) -> Exit {
         loop {
-            if let Err(exit) = crate::drive::carry_out(&self.node, &self.handle, &mut self.session).await {
+            if let Err(exit) = crate::drive::carry_out(&self.node, &self.handle, &mut self.session, &self.peer).await {
                 return exit;
             }
             if let Some(reason) = self.handle.take(batch) {
                 self.session.handle_close_request(reason.code, reason.message);
-                if let Err(exit) = crate::drive::carry_out(&self.node, &self.handle, &mut self.session).await {
+                if let Err(exit) =
+                    crate::drive::carry_out(&self.node, &self.handle, &mut self.session, &self.peer).await
+                {
                     return exit;
                 }
             }
@@ -299,6 +351,7 @@ impl SseConnection {
         pending.append(&mut rest);
         match exit {
             Exit::Error { code, message, retry_after_ms, .. } => {
+                self.node.metrics.disconnected(Transport::Sse, code);
                 if code == ErrorCode::SlowConsumer {
                     pending.clear();
                 }

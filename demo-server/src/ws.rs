@@ -8,6 +8,7 @@
 //! earlier, so traffic costs no timer operations.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -20,6 +21,8 @@ use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::tungstenite;
 use tracing::debug;
 
+use crate::drive::Peer;
+use crate::metrics::{Refusal, Transport};
 use crate::node::{Node, bump};
 use crate::outbox::ConnHandle;
 use crate::session::{Exit, Session};
@@ -38,15 +41,21 @@ const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) fn serve(
     node: Arc<Node>,
     ws: WebSocket,
-    peer: Option<std::net::SocketAddr>,
+    client: IpAddr,
+    request_id: Option<Arc<str>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let id = node.next_connection_id();
     let handle = Arc::new(ConnHandle::new(id, node.config.outbound_queue_limit));
     let open = node.registry.insert_connection(handle.clone());
-    bump(&node.counters.connections_total, 1);
     let over_limit = node.config.max_connections.is_some_and(|max| open > max);
-    let mut conn = Connection::new(node, handle, ws);
-    debug!(connection = id, peer = ?peer, "websocket opened");
+    if over_limit {
+        node.metrics.refused(Transport::Ws, Refusal::MaxConnections);
+    } else if !node.is_shutting_down() {
+        node.metrics.ws.accepted.inc();
+    }
+    node.metrics.ws.open.inc();
+    debug!(connection = id, client = %client, request_id = request_id.as_deref(), "websocket opened");
+    let mut conn = Connection::new(node, handle, ws, Peer { transport: Transport::Ws, address: client, request_id });
     // `conn` is used in place as the block's capture (an `async fn` argument would be stored twice).
     async move {
         let node = conn.node.clone();
@@ -58,6 +67,7 @@ pub(crate) fn serve(
         conn.cleanup(&outcome);
         drop(conn);
         node.registry.remove_connection(id);
+        node.metrics.ws.open.dec();
     }
 }
 
@@ -69,6 +79,8 @@ struct Connection {
     /// Frames taken from the queue and being written (reused between batches).
     batch: VecDeque<Utf8Bytes>,
     opened: Instant,
+    /// The client's address and the upgrade request's id.
+    peer: Peer,
 }
 
 enum Event {
@@ -78,10 +90,10 @@ enum Event {
 }
 
 impl Connection {
-    fn new(node: Arc<Node>, handle: Arc<ConnHandle>, ws: WebSocket) -> Self {
+    fn new(node: Arc<Node>, handle: Arc<ConnHandle>, ws: WebSocket, peer: Peer) -> Self {
         let now = Instant::now();
         let session = Session::new(now, now_ms(), node.session_params.clone());
-        Connection { node, handle, ws, session, batch: VecDeque::new(), opened: now }
+        Connection { node, handle, ws, session, batch: VecDeque::new(), opened: now, peer }
     }
 
     /// Runs the connection and closes it; returns a description of how it ended, for the log.
@@ -156,11 +168,24 @@ impl Connection {
         let now = Instant::now();
         match message {
             Message::Text(text) => {
-                bump(&self.node.counters.frames_in, 1);
+                self.node.metrics.ws.frames_in.inc();
+                // Before a token is checked: refused while this address is throttled for failed authentications
+                // (checked here too, not only at the upgrade, so that connections opened together cannot all try).
+                if self.session.identity().is_none()
+                    && let Some(wait) = self.node.auth_failures.check(self.peer.address, now.into_std())
+                {
+                    self.node.metrics.refused(Transport::Ws, Refusal::AuthThrottled);
+                    return Err(Exit::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many failed authentications from this address".into(),
+                        retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                        linger: true,
+                    });
+                }
                 self.session.handle_text(now, &text);
             }
             Message::Binary(_) => {
-                bump(&self.node.counters.frames_in, 1);
+                self.node.metrics.ws.frames_in.inc();
                 self.session.handle_binary(now);
             }
             Message::Ping(_) | Message::Pong(_) => self.session.handle_traffic(now),
@@ -171,7 +196,7 @@ impl Connection {
 
     /// Carries out everything the session asked for, in order.
     async fn carry_out(&mut self) -> Result<(), Exit> {
-        crate::drive::carry_out(&self.node, &self.handle, &mut self.session).await
+        crate::drive::carry_out(&self.node, &self.handle, &mut self.session, &self.peer).await
     }
 
     /// Writes everything queued: one `feed` per message (frames queued together share a message, see
@@ -241,6 +266,7 @@ impl Connection {
         match exit {
             Exit::Error { code, message, retry_after_ms, linger } => {
                 let close_code = code.close_code().unwrap_or(1011);
+                self.node.metrics.disconnected(Transport::Ws, code);
                 match code {
                     ErrorCode::ProtocolError | ErrorCode::FrameTooLarge | ErrorCode::RateLimited => {
                         bump(&self.node.counters.protocol_errors, 1);
@@ -290,7 +316,7 @@ impl Connection {
 
     /// Leaves every stream, the inbox watchers, presence and the device registry.
     fn cleanup(&mut self, outcome: &str) {
-        crate::drive::cleanup(&self.node, &self.handle, &self.session, self.opened, "websocket", outcome);
+        crate::drive::cleanup(&self.node, &self.handle, &self.session, self.opened, &self.peer, outcome);
     }
 }
 

@@ -176,7 +176,8 @@ async fn healthz_is_open_and_unknown_paths_are_404() {
     let server = start_default().await;
     let response = http().get(format!("{}/healthz", server.http_url())).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "ok");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "alive", "{body}");
     let (status, _) = post(&server, "/v1/demo/token", json!({"user":"alice"})).await;
     assert_eq!(status, 404, "demo tokens only exist in demo mode");
     let (status, reply) = get(&server, "/v1/nope").await;

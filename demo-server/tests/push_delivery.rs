@@ -637,6 +637,12 @@ async fn settings_are_set_by_the_user_and_by_the_operator_and_bad_input_is_refus
         ),
         ("/v1/me/preferences", json!({"rules":[{"type":"a*b","channel":"push","enabled":false}]}), "may only end"),
         ("/v1/me/preferences", json!({"rules":[{"type":"a","channel":"email","enabled":false}]}), "channel"),
+        ("/v1/me/preferences", json!({"rules":[{"topic":"0","type":{},"channel":"push","enabled":false}]}), "not both"),
+        (
+            "/v1/me/quiet-hours",
+            json!({"time_zone":"UTC","ranges":[{"day":"mon","start":"10:+5","end":"11:00"}]}),
+            "not a time of day",
+        ),
     ];
     for (path, body, says) in bad {
         let (status, reply) = me(&server, "PUT", path, "alice", Some(body)).await;
@@ -667,13 +673,107 @@ async fn settings_are_set_by_the_user_and_by_the_operator_and_bad_input_is_refus
         .send()
         .await
         .unwrap();
-    assert!(preflight.status().is_success());
+    assert!(preflight.status().is_success(), "{:?} {:?}", preflight.status(), preflight.headers());
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
     let (status, body) = get(&server, "/v1/push/status").await;
     assert_eq!(status, 200);
     assert_eq!(body["providers"].as_array().unwrap().len(), 3);
     assert!(body["providers"].as_array().unwrap().iter().all(|p| p["configured"] == true && p["stopped"].is_null()));
     let _ = PATIENCE;
+    server.shutdown().await;
+}
+
+/// Issue 16: the push path in `/metrics` — pending pushes by reason, cancellations by reason, sends by provider and
+/// result, token invalidations, push deliveries, the push queue — with no user, device or token in a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_metrics_count_pending_pushes_cancellations_sends_and_invalidations() {
+    use common::{sample, scrape};
+    let mocks = Mocks::start().await;
+    let server = start(mocks.config()).await;
+    register(&server, "alice-3f9", "laptop-7c1", "web_push", &mocks.subscription("laptop-7c1")).await;
+    register(&server, "bob-51a", "iphone-0d2", "apns", "0123abcd").await;
+    register(&server, "bob-51a", "tablet-9e4", "web_push", &mocks.subscription("tablet-9e4")).await;
+    wait_offline(&server, "bob-51a").await;
+    // alice is live: her push waits for an ack (a minute, so that a slow machine does not send it), which cancels it.
+    let mut c = live(&server, "alice-3f9", "laptop-7c1").await;
+    publish(&server, json!({"users":["alice-3f9"],"type":"comment.created","push":{"after_ms":60000}})).await;
+    let n = next_notification(&mut c).await;
+    let text = scrape(&server).await;
+    let pending = |text: &str, reason| sample(text, "tidings_push_pending", &[("reason", reason)]);
+    assert_eq!(pending(&text, "awaiting_ack"), Some(1.0), "{text}");
+    assert_eq!((pending(&text, "immediate"), pending(&text, "quiet_hours")), (Some(0.0), Some(0.0)));
+    assert_eq!(sample(&text, "tidings_push_scheduled_total", &[("reason", "awaiting_ack")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_queue_depth", &[("queue", "push")]), Some(0.0), "not due yet");
+    assert_eq!(sample(&text, "tidings_queue_oldest_age_seconds", &[("queue", "push")]), Some(0.0));
+    c.send(json!({"op":"ack","ids":[n["id"]]})).await;
+    c.sync().await;
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_push_cancelled_total", &[("reason", "acked")]), Some(1.0), "{text}");
+    assert_eq!(pending(&text, "awaiting_ack"), Some(0.0));
+    // bob has no session: pushed at once on both devices; the tablet's subscription is gone (410) and deleted.
+    mocks.web.unsubscribe("tablet-9e4");
+    publish(&server, json!({"users":["bob-51a"],"type":"comment.created"})).await;
+    eventually("both sends counted", || async {
+        let text = scrape(&server).await;
+        sample(&text, "tidings_push_sends_total", &[("provider", "apns"), ("result", "accepted")]) == Some(1.0)
+            && sample(&text, "tidings_push_sends_total", &[("provider", "web_push"), ("result", "device_gone")])
+                == Some(1.0)
+    })
+    .await;
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_push_token_invalidations_total", &[("provider", "web_push")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_push_scheduled_total", &[("reason", "immediate")]), Some(2.0));
+    assert_eq!(sample(&text, "tidings_deliveries_total", &[("transport", "push"), ("outcome", "pushed")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_deliveries_total", &[("transport", "push"), ("outcome", "failed")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_push_send_seconds_count", &[("provider", "apns")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_push_provider_stopped", &[("provider", "apns")]), Some(0.0));
+    assert_eq!(pending(&text, "immediate"), Some(0.0), "sent and settled");
+    assert_eq!(sample(&text, "tidings_queue_depth", &[("queue", "push")]), Some(0.0));
+    // The user's acks over HTTP (a push handler) are counted with their transport.
+    let (status, _) =
+        me(&server, "POST", "/v1/me/acks", "bob-51a", Some(json!({"device":"iphone-0d2","ids":["x"]}))).await;
+    assert_eq!(status, 200);
+    let text = scrape(&server).await;
+    if std::env::var_os("TIDINGS_PRINT_METRICS").is_some() {
+        println!("{text}");
+    }
+    assert_eq!(sample(&text, "tidings_acks_total", &[("transport", "http")]), Some(1.0));
+    for id in ["alice-3f9", "bob-51a", "laptop-7c1", "iphone-0d2", "tablet-9e4", "0123abcd"] {
+        assert!(!text.contains(id), "{id} leaked into the metrics");
+    }
+    server.shutdown().await;
+}
+
+/// Issue 16: a provider that refuses the server's configuration (APNs `BadTopic`) while delivering makes
+/// `/readyz` answer 503 naming it, `/v1/push/status` shows it stopped, and the metrics count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_stopped_by_its_configuration_while_delivering_makes_the_server_not_ready() {
+    use common::{sample, scrape};
+    use tidings_push_mocks::ApnsReply;
+    let mocks = Mocks::start().await;
+    let server = start(mocks.config()).await;
+    register(&server, "alice", "iphone", "apns", "0123abcd").await;
+    register(&server, "alice", "laptop", "web_push", &mocks.subscription("laptop")).await;
+    wait_offline(&server, "alice").await;
+    let (status, body) = get(&server, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    mocks.apns.script([ApnsReply::error(400, "BadTopic")]);
+    publish(&server, json!({"users":["alice"],"type":"comment.created"})).await;
+    eventually("not ready", || async { get(&server, "/readyz").await.0 == 503 }).await;
+    let (_, body) = get(&server, "/readyz").await;
+    assert_eq!(body["status"], "not_ready");
+    let error = body["checks"]["push"]["error"].as_str().unwrap();
+    assert!(error.contains("apns") && error.contains("BadTopic"), "{error}");
+    assert_eq!(body["checks"]["push"]["providers"]["web_push"]["stopped"], Value::Null, "the others still work");
+    assert_eq!(body["checks"]["store"]["ok"], true);
+    eventually("the Web Push one sent", || async { mocks.web.accepted() == 1 }).await;
+    let (_, status) = get(&server, "/v1/push/status").await;
+    let apns = status["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "apns").unwrap().clone();
+    assert!(apns["stopped"].as_str().unwrap().contains("BadTopic"), "{apns}");
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "tidings_push_provider_stopped", &[("provider", "apns")]), Some(1.0), "{text}");
+    let stopped = [("provider", "apns"), ("result", "provider_stopped")];
+    assert_eq!(sample(&text, "tidings_push_sends_total", &stopped), Some(1.0));
     server.shutdown().await;
 }
 

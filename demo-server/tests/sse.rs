@@ -480,3 +480,46 @@ async fn behind_a_buffering_nginx_events_still_arrive_at_once() {
     drop(nginx);
     server.shutdown().await;
 }
+
+/// Issue 16 on SSE: the metrics label SSE streams `transport="sse"` (connections, deliveries, refusals, failed
+/// authentications), and refused tokens of SSE requests count towards the per-address throttle of WebSocket `auth`
+/// frames and API keys: past the burst the address gets `429` with `Retry-After`, even with a good token.
+#[tokio::test]
+async fn sse_streams_are_counted_as_sse_and_their_failed_tokens_are_throttled() {
+    use common::{sample, scrape};
+    let mut config = ServerConfig::for_tests();
+    config.auth_failure_limit = tidings_server::limits::Rate { burst: 3, per_minute: 1 };
+    let server = start(config).await;
+    let base = server.http_url();
+    let auth = bearer(&token("alice", &[]));
+    let mut sse = Sse::open(&base, "device=d1", &[("authorization", &auth)]).await.unwrap();
+    read_until(&mut sse, 1, 0).await;
+    publish_to(&server, &["alice"], &[], "a1").await;
+    let e = sse.event().await;
+    assert_eq!(e.name, "message", "{}", e.data);
+    let text = scrape(&server).await;
+    let sse_label = [("transport", "sse")];
+    assert_eq!(sample(&text, "tidings_connections", &sse_label), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "tidings_connections_accepted_total", &sse_label), Some(1.0));
+    assert_eq!(sample(&text, "tidings_deliveries_total", &[("transport", "sse"), ("outcome", "live")]), Some(1.0));
+    assert_eq!(sample(&text, "tidings_deliveries_total", &[("transport", "ws"), ("outcome", "live")]), Some(0.0));
+    assert_eq!(sample(&text, "tidings_subscribes_total", &[("continuity", "fresh")]), Some(1.0));
+    for _ in 0..3 {
+        let refused = Sse::open(&base, "", &[("authorization", "Bearer nope")]).await.err().unwrap();
+        assert_eq!(refused.0, 401, "{}", refused.1);
+    }
+    let (status, body) = Sse::open(&base, "", &[("authorization", &auth)]).await.err().unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    assert!(body["error"]["retry_after_ms"].as_u64().unwrap() >= 1000, "{body}");
+    let text = scrape(&server).await;
+    let failed = [("transport", "sse"), ("reason", "unauthorized")];
+    assert_eq!(sample(&text, "tidings_auth_failures_total", &failed), Some(3.0), "{text}");
+    let throttled = [("transport", "sse"), ("reason", "auth_throttled")];
+    assert_eq!(sample(&text, "tidings_connections_refused_total", &throttled), Some(1.0));
+    drop(sse);
+    common::eventually("the stream closed", || async {
+        sample(&scrape(&server).await, "tidings_connections", &[("transport", "sse")]) == Some(0.0)
+    })
+    .await;
+    server.shutdown().await;
+}

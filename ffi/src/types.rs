@@ -725,12 +725,41 @@ pub struct ClientStats {
     pub delivered: u64,
     /// Duplicates dropped (any path).
     pub duplicates_dropped: u64,
+    /// Of those, live on the socket.
+    pub duplicates_socket: u64,
+    /// Of those, replayed after a (re)subscription.
+    pub duplicates_replay: u64,
+    /// Of those, push payloads (not shown).
+    pub duplicates_push: u64,
     /// Digests delivered.
     pub digests: u64,
+    /// Notifications delivered inside digests.
+    pub digested: u64,
     /// Push payloads ingested.
     pub push_ingested: u64,
     /// Gaps reported.
     pub gaps: u64,
+    /// Subscriptions answered `fresh`.
+    pub fresh: u64,
+    /// Subscriptions answered `resumed`.
+    pub resumed: u64,
+    /// Subscriptions followed by a replay.
+    pub replays: u64,
+    /// Notifications replayed, in all.
+    pub replayed: u64,
+    /// The largest replay.
+    pub replay_max: u64,
+    /// Reconnections by reason: `handshake_failed`, `connect_timeout`, `connection_lost`, `server_closed`,
+    /// `heartbeat_timeout`, `server_error`, `undecodable`, `token_refresh` (every reason is present).
+    pub reconnects: std::collections::HashMap<String, u64>,
+    /// Round-trip measurements taken (`auth` → `welcome`, heartbeat echoes).
+    pub rtt_samples: u64,
+    /// The latest round trip, in microseconds.
+    pub rtt_last_micros: Option<u64>,
+    /// The smoothed round trip (7/8 previous + 1/8 latest), in microseconds.
+    pub rtt_smoothed_micros: Option<u64>,
+    /// The smallest round trip, in microseconds.
+    pub rtt_min_micros: Option<u64>,
 }
 
 impl From<core::Stats> for ClientStats {
@@ -742,9 +771,23 @@ impl From<core::Stats> for ClientStats {
             notifications_received: s.notifications_received,
             delivered: s.delivered,
             duplicates_dropped: s.duplicates_dropped + s.stale_dropped,
+            duplicates_socket: s.duplicates_socket,
+            duplicates_replay: s.duplicates_replay,
+            duplicates_push: s.duplicates_push,
             digests: s.digests,
+            digested: s.digested,
             push_ingested: s.push_ingested,
             gaps: s.gaps,
+            fresh: s.fresh,
+            resumed: s.resumed,
+            replays: s.replays,
+            replayed: s.replayed,
+            replay_max: s.replay_max,
+            reconnects: s.reconnects.by_reason().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            rtt_samples: s.rtt.samples,
+            rtt_last_micros: s.rtt.last.map(|d| d.as_micros() as u64),
+            rtt_smoothed_micros: s.rtt.smoothed.map(|d| d.as_micros() as u64),
+            rtt_min_micros: s.rtt.min.map(|d| d.as_micros() as u64),
         }
     }
 }

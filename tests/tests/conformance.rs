@@ -436,6 +436,34 @@ impl<'s> Runner<'s> {
                 let want = step["count"].as_u64().unwrap();
                 assert_eq!(self.client(step).client.stats().connection_attempts, want);
             }
+            "assert_stats" => {
+                let s = self.client(step).client.stats();
+                let mut names: Vec<(String, u64)> = vec![
+                    ("duplicates_dropped".into(), s.duplicates_dropped),
+                    ("duplicates_socket".into(), s.duplicates_socket),
+                    ("duplicates_replay".into(), s.duplicates_replay),
+                    ("duplicates_push".into(), s.duplicates_push),
+                    ("digests".into(), s.digests),
+                    ("digested".into(), s.digested),
+                    ("gaps".into(), s.gaps),
+                    ("fresh".into(), s.fresh),
+                    ("resumed".into(), s.resumed),
+                    ("replays".into(), s.replays),
+                    ("replayed".into(), s.replayed),
+                    ("replay_max".into(), s.replay_max),
+                    ("rtt_samples".into(), s.rtt.samples),
+                ];
+                names.extend(s.reconnects.by_reason().iter().map(|(r, n)| (format!("reconnects.{r}"), *n)));
+                let value = |name: &str| {
+                    names.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no stat {name}"))
+                };
+                for (name, want) in step["equals"].as_object().into_iter().flatten() {
+                    assert_eq!(value(name), want.as_u64().unwrap(), "stat {name}: {s:?}");
+                }
+                for (name, least) in step["at_least"].as_object().into_iter().flatten() {
+                    assert!(value(name) >= least.as_u64().unwrap(), "stat {name} below {least}: {s:?}");
+                }
+            }
             "assert_token_fetches" => {
                 let key = step["client"].as_str().unwrap();
                 assert_eq!(u64::from(self.token_fetches[key].load(Ordering::SeqCst)), step["count"].as_u64().unwrap());
@@ -622,6 +650,7 @@ scenarios!(
     dedup_push_then_socket,
     dedup_socket_then_push,
     batching_digest,
+    client_stats,
     auth_failure_without_storm,
     background_foreground_resume,
     slow_app_backpressure,

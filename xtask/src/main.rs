@@ -13,6 +13,7 @@ mod bindgen;
 mod fuzz;
 mod kotlin;
 mod package;
+mod schemathesis;
 mod server;
 mod swift;
 mod util;
@@ -35,6 +36,7 @@ commands:
   swift-xcframework build bindings-swift/TidingsFFIC.xcframework (macOS with Xcode + rustup)
   kotlin-test provision kotlinc + JNA and run the Kotlin JVM test suite
   wasm-test   provision the wasm toolchain + Chromium and run the browser suites
+  schemathesis  schemathesis (PyPI) against a running server and its OpenAPI document
   wasm-size   build the browser package and write the size report only (target/wasm-size.txt)
   wasm-floor  size of the core engine alone in wasm, the floor under the browser package (target/wasm-floor.txt)
   demo        build the browser package and run the reference server with the demo page (extra args go to the server)
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Some("swift-xcframework") => swift::xcframework(&root),
         Some("kotlin-test") => kotlin::test(&root),
         Some("wasm-test") => wasm::test(&root),
+        Some("schemathesis") => schemathesis::test(&root),
         Some("wasm-size") => wasm::size(&root),
         Some("wasm-floor") => wasm::floor(&root),
         Some("demo") => wasm::demo(&root, &args[1..]),
@@ -91,6 +94,7 @@ const SUITES: &[(&str, &str)] = &[
     ("swift tests", "swift-test"),
     ("browser tests", "wasm-test"),
     ("fuzz smoke", "fuzz-smoke"),
+    ("schemathesis (OpenAPI)", "schemathesis"),
 ];
 
 fn test_all(root: &Path) -> Result<(), String> {
@@ -169,10 +173,19 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     if !has("node") {
         apt_install(&["nodejs"])?;
     }
-    // The SSE suite puts nginx (Debian's) in front of the server to check that events pass a buffering proxy.
+    // The proxy tests run Debian's nginx on loopback (demo-server/tests/nginx.rs: WebSocket upgrade; the SSE suite:
+    // events pass a buffering proxy); the deployment test checks the systemd unit with systemd-analyze
+    // (demo-server/tests/deploy.rs).
     let nginx = Path::new("/usr/sbin/nginx");
+    let mut missing = Vec::new();
     if !nginx.exists() {
-        apt_install(&["nginx"])?;
+        missing.push("nginx");
+    }
+    if !has("systemd-analyze") {
+        missing.push("systemd");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
     }
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])

@@ -46,6 +46,19 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
         .dir(&root.join("bindings-wasm/e2e"))
         .env("TIDINGS_SERVER", target_dir(root).join("debug/tidings-server"))
         .env("TIDINGS_WEB_ROOT", &web))?;
+    // The package over wss: the server terminates TLS with a certificate from a test CA, Chromium trusts it by a
+    // launch flag (bindings-wasm/e2e/tls.mjs).
+    let tls_dir = target_dir(root).join("e2e-tls");
+    run(Step::new("test CA and certificate for the wss test", "cargo")
+        .args(["run", "--quiet", "--locked", "-p", "tidings-push-mocks", "--bin", "tidings-test-pki", "--"])
+        .arg_path(&tls_dir)
+        .dir(root))?;
+    run(Step::new("browser package over wss (headless Chromium)", "node")
+        .args(["tls.mjs"])
+        .dir(&root.join("bindings-wasm/e2e"))
+        .env("TIDINGS_SERVER", target_dir(root).join("debug/tidings-server"))
+        .env("TIDINGS_WEB_ROOT", &web)
+        .env("TIDINGS_TLS_DIR", &tls_dir))?;
     // The conformance scenarios through the npm package, against a server in demo mode with the scenarios'
     // replay buffer that also serves the package (tests/conformance/README.md).
     let server = crate::server::start_conformance_server_serving(root, "browser", Some(&web))?;

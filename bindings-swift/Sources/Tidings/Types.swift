@@ -354,6 +354,35 @@ public struct TidingsStats: Sendable, Hashable {
     public var pushIngested: UInt64
     /// Gaps reported.
     public var gaps: UInt64
+    /// Duplicates dropped live on the socket.
+    public var duplicatesSocket: UInt64
+    /// Duplicates dropped in replays after a (re)subscription.
+    public var duplicatesReplay: UInt64
+    /// Push payloads dropped as duplicates (not shown).
+    public var duplicatesPush: UInt64
+    /// Notifications delivered inside digests.
+    public var digested: UInt64
+    /// Subscriptions answered `fresh`.
+    public var fresh: UInt64
+    /// Subscriptions answered `resumed`.
+    public var resumed: UInt64
+    /// Subscriptions followed by a replay.
+    public var replays: UInt64
+    /// Notifications replayed, in all.
+    public var replayed: UInt64
+    /// The largest replay.
+    public var replayMax: UInt64
+    /// Reconnections by reason (`handshake_failed`, `connect_timeout`, `connection_lost`, `server_closed`,
+    /// `heartbeat_timeout`, `server_error`, `undecodable`, `token_refresh`).
+    public var reconnects: [String: UInt64]
+    /// Round-trip measurements taken (`auth` → `welcome`, heartbeat echoes).
+    public var rttSamples: UInt64
+    /// The latest round trip, in microseconds.
+    public var rttLastMicros: UInt64?
+    /// The smoothed round trip, in microseconds.
+    public var rttSmoothedMicros: UInt64?
+    /// The smallest round trip, in microseconds.
+    public var rttMinMicros: UInt64?
 }
 
 /// The error the client's methods throw.
@@ -602,7 +631,12 @@ extension TidingsStats {
         self.init(
             connectionAttempts: s.connectionAttempts, connections: s.connections, tokenFetches: s.tokenFetches,
             notificationsReceived: s.notificationsReceived, delivered: s.delivered,
-            duplicatesDropped: s.duplicatesDropped, digests: s.digests, pushIngested: s.pushIngested, gaps: s.gaps
+            duplicatesDropped: s.duplicatesDropped, digests: s.digests, pushIngested: s.pushIngested, gaps: s.gaps,
+            duplicatesSocket: s.duplicatesSocket, duplicatesReplay: s.duplicatesReplay,
+            duplicatesPush: s.duplicatesPush, digested: s.digested, fresh: s.fresh, resumed: s.resumed,
+            replays: s.replays, replayed: s.replayed, replayMax: s.replayMax, reconnects: s.reconnects,
+            rttSamples: s.rttSamples, rttLastMicros: s.rttLastMicros, rttSmoothedMicros: s.rttSmoothedMicros,
+            rttMinMicros: s.rttMinMicros
         )
     }
 }

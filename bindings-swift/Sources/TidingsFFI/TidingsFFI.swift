@@ -1849,9 +1849,25 @@ public struct ClientStats: Equatable, Hashable {
      */
     public var duplicatesDropped: UInt64
     /**
+     * Of those, live on the socket.
+     */
+    public var duplicatesSocket: UInt64
+    /**
+     * Of those, replayed after a (re)subscription.
+     */
+    public var duplicatesReplay: UInt64
+    /**
+     * Of those, push payloads (not shown).
+     */
+    public var duplicatesPush: UInt64
+    /**
      * Digests delivered.
      */
     public var digests: UInt64
+    /**
+     * Notifications delivered inside digests.
+     */
+    public var digested: UInt64
     /**
      * Push payloads ingested.
      */
@@ -1860,6 +1876,47 @@ public struct ClientStats: Equatable, Hashable {
      * Gaps reported.
      */
     public var gaps: UInt64
+    /**
+     * Subscriptions answered `fresh`.
+     */
+    public var fresh: UInt64
+    /**
+     * Subscriptions answered `resumed`.
+     */
+    public var resumed: UInt64
+    /**
+     * Subscriptions followed by a replay.
+     */
+    public var replays: UInt64
+    /**
+     * Notifications replayed, in all.
+     */
+    public var replayed: UInt64
+    /**
+     * The largest replay.
+     */
+    public var replayMax: UInt64
+    /**
+     * Reconnections by reason: `handshake_failed`, `connect_timeout`, `connection_lost`, `server_closed`,
+     * `heartbeat_timeout`, `server_error`, `undecodable`, `token_refresh` (every reason is present).
+     */
+    public var reconnects: [String: UInt64]
+    /**
+     * Round-trip measurements taken (`auth` → `welcome`, heartbeat echoes).
+     */
+    public var rttSamples: UInt64
+    /**
+     * The latest round trip, in microseconds.
+     */
+    public var rttLastMicros: UInt64?
+    /**
+     * The smoothed round trip (7/8 previous + 1/8 latest), in microseconds.
+     */
+    public var rttSmoothedMicros: UInt64?
+    /**
+     * The smallest round trip, in microseconds.
+     */
+    public var rttMinMicros: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1883,23 +1940,80 @@ public struct ClientStats: Equatable, Hashable {
          * Duplicates dropped (any path).
          */duplicatesDropped: UInt64, 
         /**
+         * Of those, live on the socket.
+         */duplicatesSocket: UInt64, 
+        /**
+         * Of those, replayed after a (re)subscription.
+         */duplicatesReplay: UInt64, 
+        /**
+         * Of those, push payloads (not shown).
+         */duplicatesPush: UInt64, 
+        /**
          * Digests delivered.
          */digests: UInt64, 
+        /**
+         * Notifications delivered inside digests.
+         */digested: UInt64, 
         /**
          * Push payloads ingested.
          */pushIngested: UInt64, 
         /**
          * Gaps reported.
-         */gaps: UInt64) {
+         */gaps: UInt64, 
+        /**
+         * Subscriptions answered `fresh`.
+         */fresh: UInt64, 
+        /**
+         * Subscriptions answered `resumed`.
+         */resumed: UInt64, 
+        /**
+         * Subscriptions followed by a replay.
+         */replays: UInt64, 
+        /**
+         * Notifications replayed, in all.
+         */replayed: UInt64, 
+        /**
+         * The largest replay.
+         */replayMax: UInt64, 
+        /**
+         * Reconnections by reason: `handshake_failed`, `connect_timeout`, `connection_lost`, `server_closed`,
+         * `heartbeat_timeout`, `server_error`, `undecodable`, `token_refresh` (every reason is present).
+         */reconnects: [String: UInt64], 
+        /**
+         * Round-trip measurements taken (`auth` → `welcome`, heartbeat echoes).
+         */rttSamples: UInt64, 
+        /**
+         * The latest round trip, in microseconds.
+         */rttLastMicros: UInt64?, 
+        /**
+         * The smoothed round trip (7/8 previous + 1/8 latest), in microseconds.
+         */rttSmoothedMicros: UInt64?, 
+        /**
+         * The smallest round trip, in microseconds.
+         */rttMinMicros: UInt64?) {
         self.connectionAttempts = connectionAttempts
         self.connections = connections
         self.tokenFetches = tokenFetches
         self.notificationsReceived = notificationsReceived
         self.delivered = delivered
         self.duplicatesDropped = duplicatesDropped
+        self.duplicatesSocket = duplicatesSocket
+        self.duplicatesReplay = duplicatesReplay
+        self.duplicatesPush = duplicatesPush
         self.digests = digests
+        self.digested = digested
         self.pushIngested = pushIngested
         self.gaps = gaps
+        self.fresh = fresh
+        self.resumed = resumed
+        self.replays = replays
+        self.replayed = replayed
+        self.replayMax = replayMax
+        self.reconnects = reconnects
+        self.rttSamples = rttSamples
+        self.rttLastMicros = rttLastMicros
+        self.rttSmoothedMicros = rttSmoothedMicros
+        self.rttMinMicros = rttMinMicros
     }
 
     
@@ -1924,9 +2038,23 @@ public struct FfiConverterTypeClientStats: FfiConverterRustBuffer {
                 notificationsReceived: FfiConverterUInt64.read(from: &buf), 
                 delivered: FfiConverterUInt64.read(from: &buf), 
                 duplicatesDropped: FfiConverterUInt64.read(from: &buf), 
+                duplicatesSocket: FfiConverterUInt64.read(from: &buf), 
+                duplicatesReplay: FfiConverterUInt64.read(from: &buf), 
+                duplicatesPush: FfiConverterUInt64.read(from: &buf), 
                 digests: FfiConverterUInt64.read(from: &buf), 
+                digested: FfiConverterUInt64.read(from: &buf), 
                 pushIngested: FfiConverterUInt64.read(from: &buf), 
-                gaps: FfiConverterUInt64.read(from: &buf)
+                gaps: FfiConverterUInt64.read(from: &buf), 
+                fresh: FfiConverterUInt64.read(from: &buf), 
+                resumed: FfiConverterUInt64.read(from: &buf), 
+                replays: FfiConverterUInt64.read(from: &buf), 
+                replayed: FfiConverterUInt64.read(from: &buf), 
+                replayMax: FfiConverterUInt64.read(from: &buf), 
+                reconnects: FfiConverterDictionaryStringUInt64.read(from: &buf), 
+                rttSamples: FfiConverterUInt64.read(from: &buf), 
+                rttLastMicros: FfiConverterOptionUInt64.read(from: &buf), 
+                rttSmoothedMicros: FfiConverterOptionUInt64.read(from: &buf), 
+                rttMinMicros: FfiConverterOptionUInt64.read(from: &buf)
         )
     }
 
@@ -1937,9 +2065,23 @@ public struct FfiConverterTypeClientStats: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.notificationsReceived, into: &buf)
         FfiConverterUInt64.write(value.delivered, into: &buf)
         FfiConverterUInt64.write(value.duplicatesDropped, into: &buf)
+        FfiConverterUInt64.write(value.duplicatesSocket, into: &buf)
+        FfiConverterUInt64.write(value.duplicatesReplay, into: &buf)
+        FfiConverterUInt64.write(value.duplicatesPush, into: &buf)
         FfiConverterUInt64.write(value.digests, into: &buf)
+        FfiConverterUInt64.write(value.digested, into: &buf)
         FfiConverterUInt64.write(value.pushIngested, into: &buf)
         FfiConverterUInt64.write(value.gaps, into: &buf)
+        FfiConverterUInt64.write(value.fresh, into: &buf)
+        FfiConverterUInt64.write(value.resumed, into: &buf)
+        FfiConverterUInt64.write(value.replays, into: &buf)
+        FfiConverterUInt64.write(value.replayed, into: &buf)
+        FfiConverterUInt64.write(value.replayMax, into: &buf)
+        FfiConverterDictionaryStringUInt64.write(value.reconnects, into: &buf)
+        FfiConverterUInt64.write(value.rttSamples, into: &buf)
+        FfiConverterOptionUInt64.write(value.rttLastMicros, into: &buf)
+        FfiConverterOptionUInt64.write(value.rttSmoothedMicros, into: &buf)
+        FfiConverterOptionUInt64.write(value.rttMinMicros, into: &buf)
     }
 }
 
@@ -5862,6 +6004,32 @@ fileprivate struct FfiConverterSequenceTypeQuietRange: FfiConverterRustBuffer {
             seq.append(try FfiConverterTypeQuietRange.read(from: &buf))
         }
         return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterDictionaryStringUInt64: FfiConverterRustBuffer {
+    public static func write(_ value: [String: UInt64], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for (key, value) in value {
+            FfiConverterString.write(key, into: &buf)
+            FfiConverterUInt64.write(value, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String: UInt64] {
+        let len: Int32 = try readInt(&buf)
+        var dict = [String: UInt64]()
+        dict.reserveCapacity(Int(len))
+        for _ in 0..<len {
+            let key = try FfiConverterString.read(from: &buf)
+            let value = try FfiConverterUInt64.read(from: &buf)
+            dict[key] = value
+        }
+        return dict
     }
 }
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0

@@ -14,6 +14,7 @@ final class ConformanceTests: XCTestCase {
         "dedup_push_then_socket",
         "dedup_socket_then_push",
         "batching_digest",
+        "client_stats",
         "auth_failure_without_storm",
         "background_foreground_resume",
         "slow_app_backpressure",
@@ -34,6 +35,7 @@ final class ConformanceTests: XCTestCase {
     func testDedupPushThenSocket() async throws { try await runScenario("dedup_push_then_socket") }
     func testDedupSocketThenPush() async throws { try await runScenario("dedup_socket_then_push") }
     func testBatchingDigest() async throws { try await runScenario("batching_digest") }
+    func testClientStats() async throws { try await runScenario("client_stats") }
     func testAuthFailureWithoutStorm() async throws { try await runScenario("auth_failure_without_storm") }
     func testBackgroundForegroundResume() async throws { try await runScenario("background_foreground_resume") }
     func testSlowAppBackpressure() async throws { try await runScenario("slow_app_backpressure") }
@@ -144,6 +146,9 @@ struct Step: Decodable {
     let ms: UInt64?
     let first: String?
     let last: String?
+    /// `assert_stats`: stat name → exact value, and stat name → lower bound.
+    let equals: [String: UInt64]?
+    let atLeast: [String: UInt64]?
     let action: String?
     let wait: Bool?
     let unread: UInt64?
@@ -164,7 +169,8 @@ struct Step: Decodable {
     private enum CodingKeys: String, CodingKey {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
-        case published, action, wait, unread, unseen, total, limit, from, form, rules, ranges, version
+        case published, equals, action, wait, unread, unseen, total, limit, from, form, rules, ranges, version
+        case atLeast = "at_least"
         case afterId = "after_id"
         case bodyBytes = "body_bytes"
         case timeZone = "time_zone"
@@ -182,6 +188,8 @@ struct Step: Decodable {
         users = try c.decodeIfPresent([String].self, forKey: .users)
         topics = try c.decodeIfPresent([String].self, forKey: .topics)
         token = try c.decodeIfPresent(String.self, forKey: .token)
+        equals = try c.decodeIfPresent([String: UInt64].self, forKey: .equals)
+        atLeast = try c.decodeIfPresent([String: UInt64].self, forKey: .atLeast)
         batchWindowMs = try c.decodeIfPresent(UInt64.self, forKey: .batchWindowMs)
         backgroundGraceMs = try c.decodeIfPresent(UInt64.self, forKey: .backgroundGraceMs)
         eventCapacity = try c.decodeIfPresent(Int.self, forKey: .eventCapacity)
@@ -566,6 +574,24 @@ final class ScenarioRunner {
             let attempts = try recorder(step).client.stats.connectionAttempts
             let want = try required(step.count, "count")
             try check(attempts == want, "connection attempts \(attempts), expected \(want)")
+
+        case "assert_stats":
+            let s = try recorder(step).client.stats
+            var stats: [String: UInt64] = [
+                "duplicates_dropped": s.duplicatesDropped, "duplicates_socket": s.duplicatesSocket,
+                "duplicates_replay": s.duplicatesReplay, "duplicates_push": s.duplicatesPush, "digests": s.digests,
+                "digested": s.digested, "gaps": s.gaps, "fresh": s.fresh, "resumed": s.resumed,
+                "replays": s.replays, "replayed": s.replayed, "replay_max": s.replayMax, "rtt_samples": s.rttSamples,
+            ]
+            for (reason, n) in s.reconnects { stats["reconnects.\(reason)"] = n }
+            for (name, want) in step.equals ?? [:] {
+                let got = try required(stats[name], "stat \(name)")
+                try check(got == want, "stat \(name) is \(got), expected \(want) (\(s))")
+            }
+            for (name, least) in step.atLeast ?? [:] {
+                let got = try required(stats[name], "stat \(name)")
+                try check(got >= least, "stat \(name) is \(got), expected at least \(least) (\(s))")
+            }
 
         case "assert_token_fetches":
             let key = try required(step.client, "client")

@@ -9,10 +9,15 @@ use crate::protocol::Notification;
 use crate::time::Instant;
 
 impl Engine {
-    /// A notification that is not stale: delivered unless its id was seen, held if it batches.
-    pub(super) fn deliver(&mut self, now: Instant, n: Notification) {
+    /// A notification that is not stale, live or `replayed`: delivered unless its id was seen, held if it batches.
+    pub(super) fn deliver(&mut self, now: Instant, n: Notification, replayed: bool) {
         if !self.dedup.insert(n.id()) {
             self.stats.duplicates_dropped += 1;
+            if replayed {
+                self.stats.duplicates_replay += 1;
+            } else {
+                self.stats.duplicates_socket += 1;
+            }
             self.queue_ack(n.id());
             return;
         }
@@ -40,6 +45,7 @@ impl Engine {
             BatchOutput::Digest(d) => {
                 self.stats.delivered += u64::from(d.count);
                 self.stats.digests += 1;
+                self.stats.digested += u64::from(d.count);
                 for id in &d.ids {
                     self.queue_ack(id);
                 }

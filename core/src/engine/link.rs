@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use super::snapshot::PushRegistration;
 use super::timers::Timer;
-use super::types::{ConnId, ConnectionState, FailureReason, Lifecycle, NetworkEvent, SuspendReason, TransportFailure};
+use super::types::{
+    ConnId, ConnectionState, FailureReason, Lifecycle, NetworkEvent, ReconnectReason, SuspendReason, TransportFailure,
+};
 use super::{Action, Engine, Event};
 use crate::protocol::{self, ClientFrame, CloseAction, DecodeError, ErrorCode, ErrorFrame, ServerFrame, close};
 use crate::time::Instant;
@@ -97,6 +99,8 @@ pub(super) enum Request {
 #[derive(Debug)]
 pub(super) struct Loss {
     pub(super) action: CloseAction,
+    /// For [`Stats::reconnects`](super::Stats): what ended the connection.
+    pub(super) reason: ReconnectReason,
     pub(super) failure: FailureReason,
     pub(super) retry_after: Option<Duration>,
     pub(super) message: String,
@@ -212,7 +216,7 @@ impl Engine {
 
     /// The socket `conn` is open (the WebSocket handshake completed).
     pub fn handle_transport_open(&mut self, now: Instant, conn: ConnId) {
-        self.tick(now);
+        let now = self.tick(now);
         let Phase::Opening { conn: current, attempt } = self.phase else { return };
         if current != conn {
             return;
@@ -223,6 +227,16 @@ impl Engine {
         let device = self.device_id();
         let client = Some(self.config.client_name.clone());
         self.queue(&ClientFrame::Auth { token, device, client });
+        // `auth` → `welcome` is the first round-trip measurement of the connection.
+        self.rtt_probe = Some(now);
+    }
+
+    /// Sends a `heartbeat` asking for an echo, and measures the round trip to the next heartbeat from the server.
+    fn send_echo_request(&mut self, now: Instant) {
+        self.queue(&ClientFrame::Heartbeat { echo: true });
+        if self.rtt_probe.is_none() {
+            self.rtt_probe = Some(now);
+        }
     }
 
     /// The socket `conn` could not be opened.
@@ -234,18 +248,21 @@ impl Engine {
         let loss = match failure.http_status {
             Some(401 | 403) => Loss {
                 action: CloseAction::RefreshToken,
+                reason: ReconnectReason::TokenRefresh,
                 failure: FailureReason::Unauthorized,
                 retry_after: None,
                 message: format!("handshake refused: {}", failure.message),
             },
             Some(status @ 400..=499) if !matches!(status, 408 | 429) => Loss {
                 action: CloseAction::Stop,
+                reason: ReconnectReason::HandshakeFailed,
                 failure: FailureReason::Rejected,
                 retry_after: None,
                 message: format!("handshake refused with HTTP {status}: {}", failure.message),
             },
             _ => Loss {
                 action: CloseAction::RetryWithBackoff,
+                reason: ReconnectReason::HandshakeFailed,
                 failure: FailureReason::Rejected,
                 retry_after: failure.retry_after,
                 message: failure.message,
@@ -275,7 +292,13 @@ impl Engine {
             format!("connection closed ({code_num}): {reason}")
         };
         self.leave_phase();
-        self.on_loss(now, Loss { action: protocol::close_action(code_num), failure, retry_after: None, message });
+        let reason = if code.is_none() || code_num == 1006 {
+            ReconnectReason::ConnectionLost
+        } else {
+            ReconnectReason::ServerClosed
+        };
+        let action = protocol::close_action(code_num);
+        self.on_loss(now, Loss { action, reason, failure, retry_after: None, message });
     }
 
     /// A text message arrived on socket `conn`: one frame, or several separated by `\n` (protocol §1; empty
@@ -325,6 +348,7 @@ impl Engine {
             now,
             Loss {
                 action: CloseAction::RetryWithBackoff,
+                reason: ReconnectReason::Undecodable,
                 failure: FailureReason::Protocol,
                 retry_after: None,
                 message: format!("undecodable frame from server: {error}"),
@@ -421,11 +445,15 @@ impl Engine {
             self.leave_phase();
         }
         self.replaying.clear();
+        self.gap_tail.clear();
+        self.rtt_probe = None;
         self.transmits.clear();
     }
 
     fn on_loss(&mut self, now: Instant, loss: Loss) {
         self.replaying.clear();
+        self.gap_tail.clear();
+        self.rtt_probe = None;
         self.transmits.clear();
         match loss.action {
             CloseAction::Stop => self.fail(now, loss.failure, loss.message),
@@ -433,6 +461,7 @@ impl Engine {
                 if self.token.refreshed_after_rejection {
                     self.fail(now, FailureReason::Unauthorized, format!("fresh token rejected: {}", loss.message));
                 } else {
+                    self.stats.reconnects.count(ReconnectReason::TokenRefresh);
                     self.token.refreshed_after_rejection = true;
                     self.forget_token();
                     self.enter(Phase::AwaitingToken { attempt: self.failures + 1 });
@@ -446,6 +475,7 @@ impl Engine {
                     return;
                 }
                 self.failures += 1;
+                self.stats.reconnects.count(loss.reason);
                 self.backoff(now, loss.retry_after, loss.message);
             }
         }
@@ -472,7 +502,7 @@ impl Engine {
     fn probe(&mut self, now: Instant) {
         if self.is_connected() {
             self.timers.set(Timer::Probe, now + self.config.probe_timeout);
-            self.queue(&ClientFrame::Heartbeat { echo: true });
+            self.send_echo_request(now);
         }
     }
 
@@ -501,6 +531,7 @@ impl Engine {
                     now,
                     Loss {
                         action: CloseAction::RetryWithBackoff,
+                        reason: ReconnectReason::ConnectTimeout,
                         failure: FailureReason::Protocol,
                         retry_after: None,
                         message: "connect timeout".into(),
@@ -522,6 +553,7 @@ impl Engine {
                 now,
                 Loss {
                     action: CloseAction::RetryWithBackoff,
+                    reason: ReconnectReason::HeartbeatTimeout,
                     failure: FailureReason::Protocol,
                     retry_after: None,
                     message: message.into(),
@@ -537,7 +569,8 @@ impl Engine {
             self.failures = 0;
         }
         if self.timers.is_expired(Timer::KeepAlive, now) {
-            self.queue(&ClientFrame::Heartbeat { echo: false });
+            // The keep-alive asks for an echo: the answer is a round-trip measurement (and proves the link).
+            self.send_echo_request(now);
         }
         if !self.token.in_flight && self.timers.is_expired(Timer::TokenRefresh, now) {
             self.timers.stop(Timer::TokenRefresh);
@@ -551,7 +584,11 @@ impl Engine {
     fn on_frame(&mut self, now: Instant, conn: ConnId, frame: ServerFrame) {
         match frame {
             ServerFrame::Notification(n) => self.on_notification(now, n),
-            ServerFrame::Heartbeat => {}
+            ServerFrame::Heartbeat => {
+                if let Some(sent) = self.rtt_probe.take() {
+                    self.stats.rtt.sample(now.saturating_duration_since(sent));
+                }
+            }
             ServerFrame::Welcome { user, heartbeat_ms, token_expires_in_ms, .. } => {
                 let Phase::Authenticating { .. } = self.phase else { return };
                 let heartbeat = Duration::from_millis(heartbeat_ms.max(1000));
@@ -561,6 +598,9 @@ impl Engine {
                 self.timers.set(Timer::KeepAlive, now + heartbeat);
                 self.timers.set(Timer::Stable, now + self.config.stable_after);
                 self.stats.connections += 1;
+                if let Some(sent) = self.rtt_probe.take() {
+                    self.stats.rtt.sample(now.saturating_duration_since(sent));
+                }
                 self.token.refreshed_after_rejection = false;
                 self.set_token_expiry(now, token_expires_in_ms);
                 self.user = Some(user);
@@ -605,11 +645,23 @@ impl Engine {
             ErrorCode::SessionReplaced => FailureReason::SessionReplaced,
             _ => FailureReason::Protocol,
         };
+        // Errors about what this client sent end in `server_error`; the server's own reasons (shutdown, an
+        // operator's drop, a slow consumer, a newer session, its heartbeat deadline) in `server_closed`.
+        let reason = match e.code {
+            ErrorCode::ProtocolError
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::RateLimited
+            | ErrorCode::BadRequest
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::AuthTimeout => ReconnectReason::ServerError,
+            _ => ReconnectReason::ServerClosed,
+        };
         self.drop_link(close::NORMAL, "server error");
         self.on_loss(
             now,
             Loss {
                 action,
+                reason,
                 failure,
                 retry_after: e.retry_after_ms.map(Duration::from_millis),
                 message: format!("{}: {}", e.code, e.message),

@@ -49,7 +49,7 @@ pub use push::{complete_push_fetch_without_client, ingest_push_without_client};
 pub use snapshot::{Cursor, PushRegistration, QueuedChange, Snapshot, SnapshotScope};
 pub use types::{
     Action, Config, ConnId, ConnectionState, Continuity, EngineError, Event, FailureReason, Lifecycle, NetworkEvent,
-    Output, PushOutcome, Stats, SuspendReason, TokenError, TransportFailure,
+    Output, PushOutcome, Reconnects, Rtt, Stats, SuspendReason, TokenError, TransportFailure,
 };
 
 pub use crate::protocol::PushPlatform;
@@ -87,6 +87,11 @@ pub struct Engine {
     /// Streams with replay in progress: (notifications still expected, total announced). Cleared when the link
     /// that announced them goes away.
     replaying: StreamMap<(u64, u64)>,
+    /// Streams whose gap is followed by what the server held: notifications still expected (for
+    /// [`Stats::duplicates_replay`]). Cleared with `replaying`.
+    gap_tail: StreamMap<u64>,
+    /// When the pending round-trip measurement started (`auth`, or a `heartbeat` with `echo`).
+    rtt_probe: Option<Instant>,
     /// Inputs relayed from another engine are being handled (no acks: the other engine acks).
     relaying: bool,
     // delivery
@@ -136,6 +141,8 @@ impl Engine {
             desired: StreamMap::new(),
             cursors: StreamMap::new(),
             replaying: StreamMap::new(),
+            gap_tail: StreamMap::new(),
+            rtt_probe: None,
             relaying: false,
             dedup,
             batcher,

@@ -43,6 +43,7 @@ impl Engine {
                 self.stats.push_ingested += 1;
                 if self.dedup.contains(&id) {
                     self.stats.duplicates_dropped += 1;
+                    self.stats.duplicates_push += 1;
                     return Ok(PushOutcome::Duplicate { id });
                 }
                 Ok(PushOutcome::Fetch { id, title })
@@ -67,6 +68,7 @@ impl Engine {
                     PushOutcome::Summary(summary)
                 } else {
                     self.stats.duplicates_dropped += 1;
+                    self.stats.duplicates_push += 1;
                     PushOutcome::Duplicate { id: summary.ids[0].clone() }
                 };
                 self.request_persist(now);
@@ -97,6 +99,7 @@ impl Engine {
                     PushOutcome::Show(n)
                 } else {
                     self.stats.duplicates_dropped += 1;
+                    self.stats.duplicates_push += 1;
                     PushOutcome::Duplicate { id: n.id().to_owned() }
                 };
                 self.request_persist(now);
@@ -111,6 +114,7 @@ impl Engine {
                     PushOutcome::ShowTitle { id: id.to_owned(), title, reason }
                 } else {
                     self.stats.duplicates_dropped += 1;
+                    self.stats.duplicates_push += 1;
                     PushOutcome::Duplicate { id: id.to_owned() }
                 };
                 self.request_persist(now);
@@ -132,6 +136,7 @@ impl Engine {
             PushOutcome::Show(n)
         } else {
             self.stats.duplicates_dropped += 1;
+            self.stats.duplicates_push += 1;
             PushOutcome::Duplicate { id: n.id().to_owned() }
         };
         self.request_persist(now);

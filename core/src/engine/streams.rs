@@ -110,10 +110,13 @@ impl Engine {
     ) {
         let continuity = match wire {
             WireContinuity::Fresh => {
+                self.stats.fresh += 1;
                 self.cursors.insert(stream.clone(), Cursor { epoch, offset });
                 Continuity::Fresh
             }
             WireContinuity::Resumed { replayed } => {
+                self.stats.resumed += 1;
+                self.count_replay(replayed);
                 let cursor = self.cursors.get_or_insert(&stream, Cursor { epoch: epoch.clone(), offset: 0 });
                 if cursor.epoch != epoch {
                     *cursor = Cursor { epoch, offset: offset.saturating_sub(replayed) };
@@ -129,7 +132,13 @@ impl Engine {
                 // What the server still holds follows (offsets after `offset - replayed`), through the normal
                 // path: the cursor moves with each, dedup drops the ones the app has.
                 self.stats.gaps += 1;
+                self.count_replay(replayed);
                 self.replaying.remove(&stream);
+                if replayed > 0 {
+                    self.gap_tail.insert(stream.clone(), replayed);
+                } else {
+                    self.gap_tail.remove(&stream);
+                }
                 self.cursors.insert(stream.clone(), Cursor { epoch, offset: offset.saturating_sub(replayed) });
                 Continuity::Gap { reason, missed, replayed }
             }
@@ -138,16 +147,35 @@ impl Engine {
         self.events.push_back(Event::Continuity { stream, continuity });
     }
 
+    /// A subscription announced `replayed` notifications.
+    fn count_replay(&mut self, replayed: u64) {
+        if replayed > 0 {
+            self.stats.replays += 1;
+            self.stats.replayed += replayed;
+            self.stats.replay_max = self.stats.replay_max.max(replayed);
+        }
+    }
+
     pub(super) fn on_notification(&mut self, now: Instant, n: Notification) {
         self.stats.notifications_received += 1;
         let mut replay_done = None;
+        let mut replayed = false;
         if !self.replaying.is_empty()
             && let Some((remaining, total)) = self.replaying.get_mut(n.stream())
         {
+            replayed = true;
             *remaining -= 1;
             if *remaining == 0 {
                 replay_done = Some((n.stream().to_owned(), *total));
                 self.replaying.remove(n.stream());
+            }
+        } else if !self.gap_tail.is_empty()
+            && let Some(remaining) = self.gap_tail.get_mut(n.stream())
+        {
+            replayed = true;
+            *remaining -= 1;
+            if *remaining == 0 {
+                self.gap_tail.remove(n.stream());
             }
         }
         let mut stale = false;
@@ -170,7 +198,7 @@ impl Engine {
         if stale {
             self.stats.stale_dropped += 1;
         } else {
-            self.deliver(now, n);
+            self.deliver(now, n, replayed);
         }
         if let Some((stream, replayed)) = replay_done {
             self.events.push_back(Event::Continuity { stream, continuity: Continuity::Resumed { replayed } });

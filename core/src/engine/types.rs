@@ -366,7 +366,9 @@ pub enum EngineError {
     InvalidPayload(#[from] DecodeError),
 }
 
-/// Counters, for tests and for applications that export metrics.
+/// What the client has been through, for applications that export metrics or show diagnostics: one
+/// implementation here, read on every platform through the client's `stats()`. Counters only grow (since the
+/// client was created); `rtt` is the latest measurement.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Sockets the engine asked to open.
@@ -379,16 +381,137 @@ pub struct Stats {
     pub notifications_received: u64,
     /// Notifications delivered to the app (alone or in digests).
     pub delivered: u64,
-    /// Notifications dropped because their id was already seen (any path).
+    /// Notifications dropped because their id was already seen (any path: the sum of the three below).
     pub duplicates_dropped: u64,
+    /// Of those, live on the socket.
+    pub duplicates_socket: u64,
+    /// Of those, replayed after a (re)subscription (resumed, or what the server held after a gap).
+    pub duplicates_replay: u64,
+    /// Of those, push payloads ([`Engine::ingest_push`](super::Engine::ingest_push): the push is not shown).
+    pub duplicates_push: u64,
     /// Notifications dropped because their offset was behind the cursor.
     pub stale_dropped: u64,
     /// Digests delivered.
     pub digests: u64,
+    /// Notifications delivered inside those digests.
+    pub digested: u64,
     /// Push payloads ingested.
     pub push_ingested: u64,
     /// Gaps reported.
     pub gaps: u64,
+    /// Subscriptions answered `fresh`.
+    pub fresh: u64,
+    /// Subscriptions answered `resumed` (with or without replayed notifications).
+    pub resumed: u64,
+    /// Subscriptions followed by a replay (resumed with notifications, or a gap followed by what the server held).
+    pub replays: u64,
+    /// Notifications the server announced as replayed, in all.
+    pub replayed: u64,
+    /// The largest replay.
+    pub replay_max: u64,
+    /// Reconnections, by what ended the connection before.
+    pub reconnects: Reconnects,
+    /// Round-trip time, from `auth` → `welcome` and from heartbeats sent with `echo`.
+    pub rtt: Rtt,
+}
+
+/// Reconnections by reason (each time the engine went on to connect again after losing or failing to open a
+/// connection; a stop for good is not one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconnects {
+    /// The socket could not be opened (refused, TLS, DNS, an HTTP error, `429`/`503` with `Retry-After`).
+    pub handshake_failed: u64,
+    /// Opening and authenticating took longer than the connect timeout.
+    pub connect_timeout: u64,
+    /// The connection ended without a close frame (network loss, a reset).
+    pub connection_lost: u64,
+    /// The server closed the connection for its own reasons: shutdown, an operator's drop, a slow consumer, a newer
+    /// session of the device, its heartbeat deadline (with an `error` frame or only a close code).
+    pub server_closed: u64,
+    /// Nothing arrived within the heartbeat deadline, or a probe went unanswered.
+    pub heartbeat_timeout: u64,
+    /// The server ended the connection over what this client sent (`protocol_error`, `frame_too_large`,
+    /// `rate_limited`, `bad_request`, `auth_timeout`).
+    pub server_error: u64,
+    /// The server sent a frame the client could not decode.
+    pub undecodable: u64,
+    /// The server refused the token; a fresh one was fetched.
+    pub token_refresh: u64,
+}
+
+impl Reconnects {
+    /// Every reason with its count, by name (`handshake_failed`, `connect_timeout`, `connection_lost`,
+    /// `server_closed`, `heartbeat_timeout`, `server_error`, `undecodable`, `token_refresh`).
+    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+        [
+            ("handshake_failed", self.handshake_failed),
+            ("connect_timeout", self.connect_timeout),
+            ("connection_lost", self.connection_lost),
+            ("server_closed", self.server_closed),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("server_error", self.server_error),
+            ("undecodable", self.undecodable),
+            ("token_refresh", self.token_refresh),
+        ]
+    }
+
+    /// All reconnections.
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+
+    pub(super) fn count(&mut self, reason: ReconnectReason) {
+        let counter = match reason {
+            ReconnectReason::HandshakeFailed => &mut self.handshake_failed,
+            ReconnectReason::ConnectTimeout => &mut self.connect_timeout,
+            ReconnectReason::ConnectionLost => &mut self.connection_lost,
+            ReconnectReason::ServerClosed => &mut self.server_closed,
+            ReconnectReason::HeartbeatTimeout => &mut self.heartbeat_timeout,
+            ReconnectReason::ServerError => &mut self.server_error,
+            ReconnectReason::Undecodable => &mut self.undecodable,
+            ReconnectReason::TokenRefresh => &mut self.token_refresh,
+        };
+        *counter += 1;
+    }
+}
+
+/// What ended a connection (see [`Reconnects`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReconnectReason {
+    HandshakeFailed,
+    ConnectTimeout,
+    ConnectionLost,
+    ServerClosed,
+    HeartbeatTimeout,
+    ServerError,
+    Undecodable,
+    TokenRefresh,
+}
+
+/// Round-trip time measurements: `auth` → `welcome` at each connection, and a `heartbeat` sent with `echo` (the
+/// keep-alive and the probe) → the next heartbeat from the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rtt {
+    /// Measurements taken.
+    pub samples: u64,
+    /// The latest.
+    pub last: Option<Duration>,
+    /// The smoothed value (as TCP's: 7/8 of the previous plus 1/8 of the latest).
+    pub smoothed: Option<Duration>,
+    /// The smallest.
+    pub min: Option<Duration>,
+}
+
+impl Rtt {
+    pub(super) fn sample(&mut self, rtt: Duration) {
+        self.samples += 1;
+        self.last = Some(rtt);
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        self.smoothed = Some(match self.smoothed {
+            None => rtt,
+            Some(s) => s.mul_f64(0.875) + rtt.mul_f64(0.125),
+        });
+    }
 }
 
 /// The next thing a driver must do, from [`Engine::poll_output`](super::Engine::poll_output). Drivers call it until

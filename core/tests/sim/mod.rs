@@ -43,6 +43,8 @@ pub struct SimServer {
     pub token_expires_in_ms: Option<u64>,
     /// Answer every client heartbeat (a stand-in for the server's own idle heartbeats).
     pub answer_heartbeats: bool,
+    /// Answer heartbeats that ask for an echo (off: a server gone silent).
+    pub answer_echoes: bool,
     /// Follow a `gap` with what the stream's current epoch holds (`replayed`); off: a server that predates it.
     pub replay_on_gap: bool,
     /// Refuse `register_push` with this request-scoped error.
@@ -185,6 +187,7 @@ impl SimServer {
             accept_tokens: None,
             token_expires_in_ms: None,
             answer_heartbeats: true,
+            answer_echoes: true,
             replay_on_gap: false,
             refuse_push: None,
             inbox: SimInbox::default(),
@@ -322,7 +325,7 @@ impl SimServer {
                 }
             }
             ClientFrame::Heartbeat { echo } => {
-                if echo || self.answer_heartbeats {
+                if (echo && self.answer_echoes) || self.answer_heartbeats {
                     out.push(protocol::encode_server_frame(&ServerFrame::Heartbeat));
                 }
             }

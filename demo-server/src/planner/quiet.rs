@@ -40,7 +40,8 @@ impl LocalTime {
     /// Parses `HH:MM` (`24:00` allowed).
     pub fn parse(text: &str) -> Option<Self> {
         let (h, m) = text.split_once(':')?;
-        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        // Digits only: `str::parse` would take `+5` as 5, so `10:+5` would be 10:05.
+        if h.is_empty() || h.len() > 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
             return None;
         }
         LocalTime::new(h.parse().ok()?, m.parse().ok()?)
@@ -305,7 +306,7 @@ mod tests {
         assert_eq!(LocalTime::parse("07:05").unwrap().minutes(), 425);
         assert_eq!(LocalTime::parse("7:05").unwrap().to_string(), "07:05");
         assert_eq!(LocalTime::parse("24:00").unwrap().minutes(), 1440);
-        for bad in ["24:01", "25:00", "07:60", "0705", "07:5", "", ":00", "aa:bb", "123:00"] {
+        for bad in ["24:01", "25:00", "07:60", "0705", "07:5", "", ":00", "aa:bb", "123:00", "10:+5", "+7:05", "7:-0"] {
             assert_eq!(LocalTime::parse(bad), None, "{bad}");
         }
     }

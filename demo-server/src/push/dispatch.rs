@@ -16,6 +16,7 @@ use super::fcm::FcmSender;
 use super::http::Clock;
 use super::payload::{Form, PushMessage};
 use super::webpush::WebPushSender;
+use crate::metrics::PushMetrics;
 use crate::planner::UnixMs;
 
 /// A push provider.
@@ -189,6 +190,7 @@ pub struct Dispatcher {
     slots: [Slot; 3],
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
+    metrics: Option<PushMetrics>,
 }
 
 impl Dispatcher {
@@ -200,7 +202,19 @@ impl Dispatcher {
         retry: RetryPolicy,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Dispatcher { web_push, apns, fcm, slots: Default::default(), retry, clock }
+        Dispatcher { web_push, apns, fcm, slots: Default::default(), retry, clock, metrics: None }
+    }
+
+    /// Reports every [`Dispatcher::deliver`] to `metrics` (`tidings_push_sends_total`, send time, token
+    /// invalidations, stopped providers).
+    pub fn with_metrics(mut self, metrics: PushMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether a configured provider is stopped by a configuration error (what `GET /readyz` reports).
+    pub fn stopped_providers(&self) -> Vec<(Provider, String)> {
+        self.health().into_iter().filter_map(|h| h.stopped.map(|reason| (h.provider, reason))).collect()
     }
 
     /// The senders of a loaded configuration.
@@ -252,6 +266,15 @@ impl Dispatcher {
 
     /// Delivers `msg` to `address`, retrying within the [`RetryPolicy`].
     pub async fn deliver(&self, address: &PushAddress<'_>, msg: &PushMessage) -> Delivery {
+        let started = std::time::Instant::now();
+        let delivery = self.deliver_with_retries(address, msg).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.send(Provider::of(address.platform), &delivery, started.elapsed());
+        }
+        delivery
+    }
+
+    async fn deliver_with_retries(&self, address: &PushAddress<'_>, msg: &PushMessage) -> Delivery {
         let provider = Provider::of(address.platform);
         let slot = &self.slots[provider.index()];
         let configured = match provider {

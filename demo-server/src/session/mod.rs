@@ -36,7 +36,7 @@ use tidings_core::protocol::{
 };
 use tokio::time::Instant;
 
-pub(crate) use replay::LiveFilter;
+pub(crate) use replay::{Decision, LiveFilter};
 
 use crate::auth::{TokenError, TokenVerifier, TopicPatterns, VerifiedToken, authorize_stream};
 use crate::model::HistoryRead;
@@ -128,8 +128,9 @@ impl Exit {
 pub(crate) enum Output {
     /// Queue this frame (a reply, an error or a heartbeat: never dropped for queue limits).
     Frame(Utf8Bytes),
-    /// A token was refused (for the server's counters).
-    AuthFailed,
+    /// A token was refused (for the server's counters and the failed-authentication throttle): `expired` when it
+    /// was only too old.
+    AuthFailed { expired: bool },
     /// The connection authenticated: register it as `device` of `user` (replacing an older connection of the
     /// device) and in presence. `welcome` follows as a [`Output::Frame`].
     Authenticated { user: Arc<str>, device: Arc<str>, session: Arc<str>, client: Option<String>, connected_at: u64 },
@@ -139,7 +140,7 @@ pub(crate) enum Output {
     /// The subscription of `stream` is answered: queue `frames` (`subscribed` and the replay), then the
     /// notifications that arrived while it synced and that `filter` admits, and make it live
     /// (`Registry::finish_subscribe`).
-    Subscribed { stream: Arc<str>, frames: Vec<Utf8Bytes>, filter: LiveFilter, replayed: u64 },
+    Subscribed { stream: Arc<str>, frames: Vec<Utf8Bytes>, filter: LiveFilter, replayed: u64, continuity: Decision },
     /// Stop delivering `stream` to this connection.
     Unsubscribe { stream: Arc<str> },
     /// Record that this device received these notifications.
@@ -445,6 +446,7 @@ impl Session {
                     frames: reply.frames,
                     filter: reply.filter,
                     replayed: reply.replayed,
+                    continuity: reply.decision,
                 });
                 self.pump(now);
             }
@@ -614,7 +616,7 @@ impl Session {
         match self.params.verifier.verify_at(token, self.wall_ms(now)) {
             Ok(verified) => Some(verified),
             Err(e) => {
-                self.output.push_back(Output::AuthFailed);
+                self.output.push_back(Output::AuthFailed { expired: matches!(e, TokenError::Expired(_)) });
                 self.close(match e {
                     TokenError::Unauthorized(message) => Exit::error(ErrorCode::Unauthorized, message),
                     TokenError::Expired(message) => Exit::error(ErrorCode::TokenExpired, message),

@@ -73,6 +73,8 @@ pub(crate) struct Reply {
     /// How many notifications `frames` replays.
     pub(crate) replayed: u64,
     pub(crate) filter: LiveFilter,
+    /// How the subscription continued (for the server's metrics).
+    pub(crate) decision: Decision,
 }
 
 /// The frames of the longest run of `entries` that ends at `head` with consecutive offsets: after a gap, what the
@@ -112,7 +114,7 @@ pub(crate) fn reply(reference: u64, stream: &str, read: HistoryRead, position: O
         }
     }
     let mut continuity = decision.continuity();
-    let (replay, gap_replayed): (Vec<Utf8Bytes>, u64) = match decision {
+    let (replay, gap_replayed): (Vec<Utf8Bytes>, u64) = match &decision {
         Decision::Resume { .. } => (entries.into_iter().map(|e| e.frame.into_utf8_bytes()).collect(), 0),
         Decision::Gap { .. } => {
             let tail = held_tail(entries, state.head);
@@ -134,7 +136,7 @@ pub(crate) fn reply(reference: u64, stream: &str, read: HistoryRead, position: O
     };
     let replayed = replay.len() as u64;
     let frames = std::iter::once(Utf8Bytes::from(encode_server_frame(&subscribed))).chain(replay).collect();
-    Reply { frames, replayed, filter: LiveFilter { epoch: state.epoch, after: state.head } }
+    Reply { frames, replayed, filter: LiveFilter { epoch: state.epoch, after: state.head }, decision }
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ fn a_bad_token_is_refused_and_counted() {
     let mut sim = Sim::new();
     sim.send(json!({"op":"auth","token":"not-a-jwt","device":"d-1"}));
     let out = sim.drain();
-    assert!(matches!(out[0], Output::AuthFailed));
+    assert!(matches!(out[0], Output::AuthFailed { expired: false }));
     assert_eq!(close_code(&out[1]), Some(ErrorCode::Unauthorized));
     let mut sim = Sim::new();
     let expired = crate::sign_claims(
@@ -165,7 +165,9 @@ fn a_bad_token_is_refused_and_counted() {
         &crate::TokenClaims { sub: "alice".into(), exp: Some(WALL / 1000 - 1), nbf: None, iat: None, topics: None },
     );
     sim.send(json!({"op":"auth","token":expired,"device":"d-1"}));
-    assert_eq!(close_code(&sim.drain()[1]), Some(ErrorCode::TokenExpired), "judged by the session's wall clock");
+    let out = sim.drain();
+    assert!(matches!(out[0], Output::AuthFailed { expired: true }));
+    assert_eq!(close_code(&out[1]), Some(ErrorCode::TokenExpired), "judged by the session's wall clock");
 }
 
 #[test]
@@ -257,7 +259,7 @@ fn subscribe_entries_are_answered_in_order_waiting_for_each_read() {
     sim.session.handle_history(sim.now, "user:alice", Ok(read(4, &[3, 4])));
     let out = sim.drain();
     match &out[0] {
-        Output::Subscribed { stream, frames, filter, replayed } => {
+        Output::Subscribed { stream, frames, filter, replayed, .. } => {
             assert_eq!(&**stream, "user:alice");
             let texts: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
             assert_eq!(texts[1..], ["n3", "n4"]);

@@ -59,6 +59,7 @@ pub(crate) fn publication(id: &str, streams: &[&str], persistence: Persistence, 
             group: None,
             created_at: at,
         },
+        request_id: None,
     })
 }
 
@@ -563,6 +564,29 @@ pub(crate) async fn expediting_moves_the_rows_of_one_reason(make: &Factory) {
     assert_eq!(p.claim_due(2_000, Duration::from_secs(10), 10).await.unwrap().1.len(), 2);
 }
 
+/// What `/metrics` reads of the pending pushes: counts by reason, and the rows due with the earliest due time.
+pub(crate) async fn pending_pushes_are_summarised_by_reason_and_due_time(make: &Factory) {
+    use crate::planner::{PendingReason as R, Policy};
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let p = &stores.push;
+    assert_eq!(p.pending_summary(1_000).await.unwrap(), crate::store::PendingSummary::default());
+    let policy = Policy { push_after: Duration::from_secs(5), digest_window: Duration::from_secs(60) };
+    // Live devices: two rows waiting for an ack until 6 000; offline: two immediate rows due at 1 000; a digest.
+    let items = vec![
+        plan_item("n1", "alice", Priority::Important, None, true),
+        plan_item("n2", "bob", Priority::Important, None, false),
+        plan_item("i1", "carol", Priority::Informational, Some("likes"), false),
+    ];
+    p.plan(&policy, 1_000, items).await.unwrap();
+    let mut summary = p.pending_summary(3_000).await.unwrap();
+    summary.by_reason.sort_by_key(|(r, _)| r.as_str());
+    assert_eq!(summary.by_reason, [(R::AwaitingAck, 2), (R::Digest, 2), (R::Immediate, 2)]);
+    assert_eq!((summary.due, summary.oldest_due), (2, Some(1_000)), "the immediate rows are two seconds late");
+    let later = p.pending_summary(6_000).await.unwrap();
+    assert_eq!((later.due, later.oldest_due), (4, Some(1_000)), "the awaiting rows came due");
+}
+
 /// One `#[tokio::test]` per contract test, on the backend `$make` (a [`Factory`]).
 macro_rules! stream_store_tests {
     ($make:path) => {
@@ -583,6 +607,7 @@ macro_rules! stream_store_tests {
             claims_take_whole_users_and_settle_only_under_their_claim,
             acks_cancel_pending_pushes_in_their_commit,
             expediting_moves_the_rows_of_one_reason,
+            pending_pushes_are_summarised_by_reason_and_due_time,
         );
     };
     (@each $make:path, $($name:ident),* $(,)?) => {

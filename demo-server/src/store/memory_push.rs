@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::push::{
-    DeliveryRecord, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore, Settlement, StoredPush,
-    UserSettings, cancelled, plan_log, window_group,
+    DeliveryRecord, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore, Settlement,
+    StoredPush, UserSettings, cancelled, plan_log, window_group,
 };
 use super::{BoxFuture, MemoryStore, StoreError, ready};
 use crate::planner::{DigestWindow, PendingReason, Policy, PublishPlan, RowKey, UnixMs, plan_publish};
@@ -242,6 +242,12 @@ impl PushStore for MemoryStore {
         items: Vec<PlanItem>,
     ) -> BoxFuture<'a, Result<Vec<PublishPlan>, StoreError>> {
         ready(Ok(self.plan_now(policy, now, items)))
+    }
+
+    fn pending_summary(&self, now: UnixMs) -> BoxFuture<'_, Result<PendingSummary, StoreError>> {
+        let tables = self.push_tables();
+        let rows = tables.rows.values().map(|r| (r.stored.row.reason, r.stored.row.due_at));
+        ready(Ok(PendingSummary::of(rows, now)))
     }
 
     fn next_due(&self) -> BoxFuture<'_, Result<Option<UnixMs>, StoreError>> {

@@ -39,8 +39,8 @@ use std::time::Duration;
 pub use inbox::{ChangeKind, ChangeRequest, InboxAdd, InboxChange, InboxStore, MemoryInbox};
 pub use memory::{INBOX_OP_WINDOW, MemoryStore, StoreLimits};
 pub use push::{
-    DeliveryRecord, DeliveryStatus, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore, Settlement,
-    StoredPush, UserSettings,
+    DeliveryRecord, DeliveryStatus, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore,
+    Settlement, StoredPush, UserSettings,
 };
 pub use sqlite::SqliteStore;
 
@@ -170,6 +170,16 @@ pub trait StreamStore: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Whether the store can commit a write now (`GET /readyz`): a durable store commits a small write through the
+    /// path publishes take. The default (a memory store) always can.
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Called once when a server starts on this store: a store with commits worth measuring takes its
+    /// [`StoreMetrics`](crate::metrics::StoreMetrics) from `metrics` (`Metrics::store`) and reports to them.
+    fn observe(&self, _metrics: &crate::metrics::Metrics) {}
 }
 
 /// A page of a stream's stored history (see [`StreamStore::page`]).

@@ -265,6 +265,38 @@ pub trait PushStore: Send + Sync + 'static {
 
     /// The deliveries log of notification `id`, oldest first.
     fn deliveries<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<DeliveryRecord>, StoreError>>;
+
+    /// What is pending at `now`, for the metrics (`tidings_push_pending`, the `push` queue).
+    fn pending_summary(&self, now: UnixMs) -> BoxFuture<'_, Result<PendingSummary, StoreError>>;
+}
+
+/// Pending pushes at one instant (see [`PushStore::pending_summary`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingSummary {
+    /// Rows by why they wait (reasons without rows are left out).
+    pub by_reason: Vec<(PendingReason, u64)>,
+    /// Rows due (`due_at <= now`): waiting for the worker, or being sent.
+    pub due: u64,
+    /// The earliest `due_at` of those.
+    pub oldest_due: Option<UnixMs>,
+}
+
+impl PendingSummary {
+    /// The summary of `rows` (`(reason, due_at)` of each pending row) at `now`.
+    pub fn of(rows: impl IntoIterator<Item = (PendingReason, UnixMs)>, now: UnixMs) -> Self {
+        let mut summary = PendingSummary::default();
+        for (reason, due_at) in rows {
+            match summary.by_reason.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += 1,
+                None => summary.by_reason.push((reason, 1)),
+            }
+            if due_at <= now {
+                summary.due += 1;
+                summary.oldest_due = Some(summary.oldest_due.map_or(due_at, |o| o.min(due_at)));
+            }
+        }
+        summary
+    }
 }
 
 /// The log entries of a plan's decisions (what a store writes in [`PushStore::plan`]). "No push address"

@@ -1,7 +1,7 @@
 //! Helpers for the end-to-end tests of the server: a raw WebSocket client and HTTP helpers.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -90,6 +90,11 @@ impl Closed {
 }
 
 impl Client {
+    /// A client on an upgraded stream.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client { ws, protocol: Some("tidings.v1".into()), pending: VecDeque::new() }
+    }
+
     /// Connects offering `tidings.v1`.
     pub async fn connect(server: &RunningServer) -> Client {
         Self::connect_offering(server, "tidings.v1").await.expect("the upgrade succeeds")
@@ -273,4 +278,31 @@ where
 /// Offsets of the notification frames in `frames`.
 pub fn offsets(frames: &[Value]) -> Vec<u64> {
     frames.iter().filter(|f| f["op"] == "notification").map(|f| f["offset"].as_u64().unwrap()).collect()
+}
+
+/// One sample of the Prometheus text `text`: the value of `name` whose labels include `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if metric != name {
+            return None;
+        }
+        let found: HashMap<&str, &str> = rest
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+            .collect();
+        labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
+    })
+}
+
+pub async fn scrape(server: &RunningServer) -> String {
+    let response = http().get(format!("{}/metrics", server.http_url())).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    response.text().await.unwrap()
 }

@@ -137,3 +137,52 @@ impl BrowserKeys {
 pub const FCM_TEST_KEY_PEM: &str = include_str!("../keys/fcm-test-key.pem");
 /// Its public half (SPKI PEM), for the mock token endpoint.
 pub const FCM_TEST_PUBLIC_KEY_PEM: &str = include_str!("../keys/fcm-test-key.pub.pem");
+
+/// A test CA that keeps its key, to sign server certificates on demand (the server's own TLS tests: a first
+/// certificate, then a renewed one to reload).
+pub struct TestPki {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPki").finish_non_exhaustive()
+    }
+}
+
+/// A server certificate and its key, PEM.
+#[derive(Clone, Debug)]
+pub struct ServerCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key (PKCS#8), PEM.
+    pub key_pem: String,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+}
+
+impl TestPki {
+    /// A fresh CA named `name`.
+    pub fn new(name: &str) -> Self {
+        let ca_key = KeyPair::generate().expect("rcgen generates P-256 keys");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("no names");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key).expect("rcgen signs");
+        TestPki { ca_pem: ca_cert.pem(), issuer: Issuer::new(ca, ca_key) }
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1` whose common name is `common_name`.
+    pub fn server_cert(&self, common_name: &str) -> ServerCert {
+        let key = KeyPair::generate().expect("rcgen generates P-256 keys");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("valid names");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("rcgen signs");
+        ServerCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().to_vec() }
+    }
+}

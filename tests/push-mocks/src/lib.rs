@@ -26,7 +26,10 @@ mod webpush;
 
 pub use apns::{ApnsOptions, ApnsReply, MockApns, RecordedApns};
 pub use fcm::{FcmOptions, FcmReply, MockFcm, RecordedFcm};
-pub use keys::{ApnsTestKey, BrowserKeys, FCM_TEST_KEY_PEM, FCM_TEST_PUBLIC_KEY_PEM, TestCa, VapidTestKey, test_ca};
+pub use keys::{
+    ApnsTestKey, BrowserKeys, FCM_TEST_KEY_PEM, FCM_TEST_PUBLIC_KEY_PEM, ServerCert, TestCa, TestPki, VapidTestKey,
+    test_ca,
+};
 pub use webpush::{MockWebPush, RecordedWebPush, WebPushOptions, WebPushReply};
 
 /// Milliseconds since the Unix epoch, shifted by a mock's clock offset.

@@ -31,7 +31,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
@@ -39,13 +39,14 @@ use tidings_core::protocol::{NotificationFields, Persistence, Priority, PushPlat
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use self::writer::{Op, Writer};
+use self::writer::{Op, Queued, Writer};
 use super::push::{
-    DeliveryRecord, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore, Settlement, StoredPush,
-    UserSettings,
+    DeliveryRecord, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore, Settlement,
+    StoredPush, UserSettings,
 };
 use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StoreLimits, StreamStore};
 use crate::config::Synchronous;
+use crate::metrics::StoreMetrics;
 use crate::model::{
     AckRecord, AppendOutcome, HistoryEntry, HistoryRead, Position, PushRecord, StreamState, encode_notification,
 };
@@ -74,8 +75,10 @@ pub struct SqliteStore {
     epoch: Arc<str>,
     limits: StoreLimits,
     clock: Clock,
-    writer: std::sync::mpsc::Sender<Op>,
+    writer: std::sync::mpsc::Sender<Queued>,
     readers: Arc<ReadPool>,
+    /// Set by [`StreamStore::observe`]; shared with the writer thread.
+    metrics: Arc<OnceLock<StoreMetrics>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -101,7 +104,9 @@ impl SqliteStore {
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(writer::complete(done_rx));
         let (tx, rx) = std::sync::mpsc::channel();
-        let writer = Writer::new(conn, path.clone(), lock, epoch.clone(), limits.clone(), clock.clone(), done_tx);
+        let metrics = Arc::new(OnceLock::new());
+        let writer = Writer::new(conn, path.clone(), lock, epoch.clone(), limits.clone(), clock.clone(), done_tx)
+            .reporting_to(metrics.clone());
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -114,6 +119,7 @@ impl SqliteStore {
             limits,
             clock,
             writer: tx,
+            metrics,
         })
     }
 
@@ -123,7 +129,18 @@ impl SqliteStore {
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.writer.send(op).map_err(|_| StoreError::unavailable("the store is closed"))
+        let at = std::time::Instant::now();
+        // Counted before it is sent, so that the writer never finishes an operation before it was counted.
+        let metrics = self.metrics.get();
+        if let Some(metrics) = metrics {
+            metrics.queue.added(1, at);
+        }
+        self.writer.send(Queued { at, op }).map_err(|_| {
+            if let Some(metrics) = metrics {
+                metrics.queue.done(1, None);
+            }
+            StoreError::unavailable("the store is closed")
+        })
     }
 
     /// Runs `f` on a read connection, on the blocking thread pool.
@@ -545,6 +562,18 @@ impl StreamStore for SqliteStore {
         Box::pin(self.read_with(move |conn| read_history(conn, &epoch, &limits, now, &stream, since)))
     }
 
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::Probe { reply })?;
+            answer(rx).await?
+        })
+    }
+
+    fn observe(&self, metrics: &crate::metrics::Metrics) {
+        let _ = self.metrics.set(metrics.store("sqlite"));
+    }
+
     fn page<'a>(
         &'a self,
         stream: &'a str,
@@ -680,6 +709,10 @@ impl PushStore for SqliteStore {
             self.send(Op::Plan { policy: policy.clone(), now, items, reply })?;
             answer(rx).await?
         })
+    }
+
+    fn pending_summary(&self, now: UnixMs) -> BoxFuture<'_, Result<PendingSummary, StoreError>> {
+        Box::pin(self.read_with(move |conn| push::pending_summary(conn, now)))
     }
 
     fn next_due(&self) -> BoxFuture<'_, Result<Option<UnixMs>, StoreError>> {

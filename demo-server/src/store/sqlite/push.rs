@@ -8,8 +8,8 @@ use crate::planner::{
     Channel, DigestWindow, PendingPush, PendingReason, Policy, PublishPlan, RowKey, UnixMs, plan_publish,
 };
 use crate::store::push::{
-    DeliveryRecord, DeliveryStatus, PlanItem, SettingsChange, Settlement, StoredPush, UserSettings, cancelled,
-    plan_log, window_group,
+    DeliveryRecord, DeliveryStatus, PendingSummary, PlanItem, SettingsChange, Settlement, StoredPush, UserSettings,
+    cancelled, plan_log, window_group,
 };
 
 fn reason_of(s: &str) -> PendingReason {
@@ -264,6 +264,27 @@ pub(super) fn update_settings(
 /// When the earliest row can be claimed.
 pub(super) fn next_due(conn: &Connection) -> rusqlite::Result<Option<UnixMs>> {
     conn.prepare_cached("SELECT MIN(ready_at) FROM pending_push")?.query_row([], |r| r.get(0))
+}
+
+/// What is pending at `now` (one scan of `pending_push`, at each scrape of `/metrics`).
+pub(super) fn pending_summary(conn: &Connection, now: UnixMs) -> rusqlite::Result<PendingSummary> {
+    let mut summary = PendingSummary::default();
+    let mut by_reason = conn.prepare_cached("SELECT reason, COUNT(*) FROM pending_push GROUP BY reason")?;
+    let rows = by_reason.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (reason, n) = row?;
+        let (reason, n) = (reason_of(&reason), n.max(0) as u64);
+        match summary.by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += n,
+            None => summary.by_reason.push((reason, n)),
+        }
+    }
+    let (due, oldest): (i64, Option<i64>) = conn
+        .prepare_cached("SELECT COUNT(*), MIN(due_at) FROM pending_push WHERE due_at <= ?1")?
+        .query_row([now as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    summary.due = due.max(0) as u64;
+    summary.oldest_due = oldest.map(|o| o.max(0) as u64);
+    Ok(summary)
 }
 
 /// The deliveries log of `id`, oldest first.

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::{Clock, MAX_OPS_PER_COMMIT, push};
+use crate::metrics::StoreMetrics;
 use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
 use crate::planner::{PendingReason, Policy, PublishPlan, RowKey, UnixMs};
 use crate::store::push::{PlanItem, SettingsChange, SettingsError, Settlement, StoredPush, UserSettings};
@@ -42,6 +43,10 @@ pub(super) enum Op {
     RegisterPush {
         user: String,
         record: PushRecord,
+        reply: Reply<()>,
+    },
+    /// A small write through the commit path (readiness): the time of the probe in `meta`.
+    Probe {
         reply: Reply<()>,
     },
     DeletePush {
@@ -82,6 +87,12 @@ pub(super) enum Op {
     Close {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// An operation and when it was queued (for the queue's metrics).
+pub(super) struct Queued {
+    pub(super) at: Instant,
+    pub(super) op: Op,
 }
 
 /// Where the answer to a write goes.
@@ -129,6 +140,7 @@ pub(super) struct Writer {
     path: std::path::PathBuf,
     state: State,
     done: mpsc::UnboundedSender<Vec<Completed>>,
+    metrics: Arc<OnceLock<StoreMetrics>>,
     /// Held for as long as the writer lives: no other server can open the data directory.
     _lock: File,
 }
@@ -212,12 +224,18 @@ impl Writer {
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
         let state = State { epoch, limits, clock, streams: HashMap::new(), next_claim: 1.into() };
-        Writer { conn, path, state, done, _lock: lock }
+        Writer { conn, path, state, done, metrics: Arc::new(OnceLock::new()), _lock: lock }
+    }
+
+    /// Reports commits and the write queue to the metrics `metrics` will hold once the store is observed.
+    pub(super) fn reporting_to(mut self, metrics: Arc<OnceLock<StoreMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Takes what is waiting, commits it, repeats; prunes now and then; ends on `Op::Close` or when every sender
     /// is gone.
-    pub(super) fn run(mut self, rx: Receiver<Op>) {
+    pub(super) fn run(mut self, rx: Receiver<Queued>) {
         let checkpointer = Checkpointer::start(&self.path);
         if checkpointer.running()
             && let Err(e) = self.conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
@@ -236,12 +254,18 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut ops = vec![first];
+            let oldest = first.at;
+            let mut ops = vec![first.op];
             while ops.len() < MAX_OPS_PER_COMMIT {
                 match rx.try_recv() {
-                    Ok(op) => ops.push(op),
+                    Ok(queued) => ops.push(queued.op),
                     Err(_) => break,
                 }
+            }
+            let taken = ops.len();
+            let metrics = self.metrics.get().cloned();
+            if let Some(m) = &metrics {
+                m.queue.taking(oldest);
             }
             if let Some(i) = ops.iter().position(|op| matches!(op, Op::Close { .. })) {
                 // Everything queued before the close is still written; anything after it is refused.
@@ -253,7 +277,10 @@ impl Writer {
                 }
             }
             if !ops.is_empty() {
-                self.commit(ops);
+                self.commit(ops, metrics.as_ref());
+            }
+            if let Some(m) = &metrics {
+                m.queue.done(taken, None);
             }
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 self.maintain();
@@ -271,7 +298,7 @@ impl Writer {
 
     /// Commits `ops` in one transaction and hands their results on; on failure nothing of them is kept and each
     /// gets the error.
-    fn commit(&mut self, ops: Vec<Op>) {
+    fn commit(&mut self, ops: Vec<Op>, metrics: Option<&StoreMetrics>) {
         let mut staged: HashMap<String, Staged> = HashMap::new();
         let started = Instant::now();
         let result = (|| -> rusqlite::Result<Vec<Applied>> {
@@ -299,7 +326,11 @@ impl Writer {
                     self.state.streams.clear();
                 }
                 self.state.streams.extend(staged.into_iter().map(|(name, s)| (name, (s.sid, s.head))));
-                debug!(ops = ops.len(), micros = started.elapsed().as_micros() as u64, "committed");
+                let elapsed = started.elapsed();
+                if let Some(m) = metrics {
+                    m.commit(ops.len(), elapsed);
+                }
+                debug!(ops = ops.len(), micros = elapsed.as_micros() as u64, "committed");
                 let mut completed = Vec::new();
                 for (op, applied) in ops.into_iter().zip(applied) {
                     match (op, applied) {
@@ -313,7 +344,7 @@ impl Writer {
                             let epoch = self.state.epoch.clone();
                             completed.push(Completed { fan_out, epoch, results, reply });
                         }
-                        (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. }, _) => {
+                        (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } | Op::Probe { reply }, _) => {
                             let _ = reply.send(Ok(()));
                         }
                         (Op::Inbox(op), Applied::Inbox(done)) => op.answer(done),
@@ -344,6 +375,9 @@ impl Writer {
             }
             Err(e) => {
                 let error = classify(&e);
+                if let Some(m) = metrics {
+                    m.commit_failures.inc();
+                }
                 warn!(error = %e, ops = ops.len(), "a commit failed; nothing of it was stored");
                 for op in ops {
                     refuse(op, error.clone());
@@ -477,7 +511,7 @@ fn refuse(op: Op, error: StoreError) {
         Op::Append { batch, reply } => {
             let _ = reply.send(vec![Err(error); batch.len()]);
         }
-        Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } => {
+        Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } | Op::Probe { reply } => {
             let _ = reply.send(Err(error));
         }
         Op::Acks { reply, .. } => {
@@ -572,6 +606,11 @@ impl State {
                     "INSERT INTO push_addresses (user, device, platform, token, registered_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![user, &*record.device, record.platform.as_str(), record.token, record.registered_at])?;
+                Ok(Applied::Done)
+            }
+            Op::Probe { .. } => {
+                tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?1)")?
+                    .execute([now.to_string()])?;
                 Ok(Applied::Done)
             }
             Op::Inbox(op) => Ok(Applied::Inbox(super::inbox::apply(tx, op, now, &self.limits)?)),

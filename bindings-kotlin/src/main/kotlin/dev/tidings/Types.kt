@@ -269,4 +269,35 @@ data class ClientStats(
     val pushIngested: Long,
     /** Gaps reported. */
     val gaps: Long,
+    /** Duplicates dropped live on the socket. */
+    val duplicatesSocket: Long,
+    /** Duplicates dropped in replays after a (re)subscription. */
+    val duplicatesReplay: Long,
+    /** Push payloads dropped as duplicates (not shown). */
+    val duplicatesPush: Long,
+    /** Notifications delivered inside digests. */
+    val digested: Long,
+    /** Subscriptions answered `fresh`. */
+    val fresh: Long,
+    /** Subscriptions answered `resumed`. */
+    val resumed: Long,
+    /** Subscriptions followed by a replay. */
+    val replays: Long,
+    /** Notifications replayed, in all. */
+    val replayed: Long,
+    /** The largest replay. */
+    val replayMax: Long,
+    /**
+     * Reconnections by reason: `handshake_failed`, `connect_timeout`, `connection_lost`, `server_closed`,
+     * `heartbeat_timeout`, `server_error`, `undecodable`, `token_refresh`.
+     */
+    val reconnects: Map<String, Long>,
+    /** Round-trip measurements taken (`auth` → `welcome`, heartbeat echoes). */
+    val rttSamples: Long,
+    /** The latest round trip, in microseconds. */
+    val rttLastMicros: Long?,
+    /** The smoothed round trip, in microseconds. */
+    val rttSmoothedMicros: Long?,
+    /** The smallest round trip, in microseconds. */
+    val rttMinMicros: Long?,
 )

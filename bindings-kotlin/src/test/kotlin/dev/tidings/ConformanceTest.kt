@@ -50,6 +50,8 @@ class ConformanceTest {
 
     @Test fun batching_digest() = runScenario("batching_digest")
 
+    @Test fun client_stats() = runScenario("client_stats")
+
     @Test fun auth_failure_without_storm() = runScenario("auth_failure_without_storm")
 
     @Test fun background_foreground_resume() = runScenario("background_foreground_resume")
@@ -344,6 +346,26 @@ private class ScenarioRunner(
             "settle" -> delay(step.long("ms"))
             "assert_connection_attempts" ->
                 assertEquals(step.long("count"), client(step).recorder.client.stats().connectionAttempts, "connection attempts")
+            "assert_stats" -> {
+                val s = client(step).recorder.client.stats()
+                val stats = mutableMapOf(
+                    "duplicates_dropped" to s.duplicatesDropped, "duplicates_socket" to s.duplicatesSocket,
+                    "duplicates_replay" to s.duplicatesReplay, "duplicates_push" to s.duplicatesPush,
+                    "digests" to s.digests, "digested" to s.digested, "gaps" to s.gaps, "fresh" to s.fresh,
+                    "resumed" to s.resumed, "replays" to s.replays, "replayed" to s.replayed,
+                    "replay_max" to s.replayMax, "rtt_samples" to s.rttSamples,
+                )
+                for ((reason, n) in s.reconnects) stats["reconnects.$reason"] = n
+                @Suppress("UNCHECKED_CAST")
+                for ((name, want) in (step["equals"] as Map<String, Any?>?).orEmpty()) {
+                    assertEquals(want as Long, stats[name] ?: error("no stat $name"), "stat $name ($s)")
+                }
+                @Suppress("UNCHECKED_CAST")
+                for ((name, least) in (step["at_least"] as Map<String, Any?>?).orEmpty()) {
+                    val got = stats[name] ?: error("no stat $name")
+                    assertTrue(got >= least as Long, "stat $name is $got, expected at least $least ($s)")
+                }
+            }
             "assert_token_fetches" ->
                 assertEquals(step.long("count"), client(step).tokenFetches.get().toLong(), "token provider calls")
             "pause_events" -> client(step).recorder.paused.value = true
