@@ -37,24 +37,8 @@ pub enum PushBody {
     Summary(Summary),
 }
 
-/// Which summary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SummaryKind {
-    /// Informational notifications of one group, over a digest window.
-    Digest,
-    /// What was held during quiet hours.
-    QuietHours,
-}
-
-impl SummaryKind {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SummaryKind::Digest => "digest",
-            SummaryKind::QuietHours => "quiet_hours",
-        }
-    }
-}
+/// Which summary: the core's type, whose wire names the SDKs read back (protocol §11).
+pub use tidings_core::protocol::SummaryKind;
 
 /// Several notifications in one push.
 #[derive(Clone, Debug, PartialEq, Eq)]
