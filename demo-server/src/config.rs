@@ -227,6 +227,10 @@ pub struct ServerConfig {
     pub push_max_reschedules: u32,
     /// The clock push delivery reads.
     pub clock: WallClock,
+    /// Redis (`--redis-url`): with it, the server is one of several processes on that Redis — fan-out,
+    /// presence and control commands go through it (see [`crate::broker_redis`]). Without it, the server is a
+    /// single process.
+    pub redis: Option<crate::broker_redis::RedisConfig>,
 }
 
 impl ServerConfig {
@@ -285,6 +289,7 @@ impl ServerConfig {
             push_retry: crate::push::RetryPolicy::default(),
             push_max_reschedules: 10,
             clock: WallClock::system(),
+            redis: None,
         }
     }
 
@@ -406,6 +411,7 @@ impl fmt::Debug for ServerConfig {
             .field("push_retry", &self.push_retry)
             .field("push_max_reschedules", &self.push_max_reschedules)
             .field("clock", &self.clock)
+            .field("redis", &self.redis)
             .finish()
     }
 }

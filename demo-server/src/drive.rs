@@ -41,14 +41,7 @@ pub(crate) async fn carry_out(
                 node.metrics.auth_failed(peer.transport, reason);
             }
             Output::Authenticated { user, device, session: id, client, connected_at } => {
-                node.presence.register(&user, &device, &id, connected_at);
-                let replaced = node.registry.register_device(&user, &device, handle);
-                if let Some(old) = &replaced {
-                    old.close(
-                        ErrorCode::SessionReplaced,
-                        format!("device {device} of user {user} connected again (session {id})"),
-                    );
-                }
+                let replaced = node.session_started(handle, &user, &device, &id, connected_at);
                 info!(
                     user = %user,
                     device = %device,
@@ -57,7 +50,7 @@ pub(crate) async fn carry_out(
                     transport = peer.transport.as_str(),
                     address = %peer.address,
                     request_id = peer.request_id.as_deref(),
-                    replaced_older_session = replaced.is_some(),
+                    replaced_older_session = replaced,
                     "client connected"
                 );
             }
@@ -137,11 +130,7 @@ pub(crate) fn cleanup(
             if session.watching_inbox() {
                 node.inbox_watchers.unwatch(&identity.user, handle.id());
             }
-            if node.presence.unregister(&identity.user, &identity.session) {
-                // The user's last connection: pushes waiting for them to go offline are due now.
-                let (node, user) = (node.clone(), identity.user.clone());
-                tokio::spawn(async move { node.user_went_offline(&user).await });
-            }
+            node.session_ended(&identity.user, &identity.session);
             node.registry.unregister_device(&identity.user, handle.id());
             info!(
                 user = %identity.user,

@@ -606,7 +606,10 @@ async fn publish_batch(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
 
 /// `GET /v1/presence`.
 async fn presence_all(State(node): State<Arc<Node>>) -> Response {
-    axum::Json(json!({ "users": node.presence.all() })).into_response()
+    match node.presence_all().await {
+        Ok(users) => axum::Json(json!({ "users": users })).into_response(),
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
 }
 
 /// `GET /v1/presence/{user}`.
@@ -614,7 +617,10 @@ async fn presence_user(State(node): State<Arc<Node>>, Path(user): Path<String>) 
     if let Err(e) = validate_user_id(&user) {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("user: {e}"));
     }
-    axum::Json(node.presence.user(&user)).into_response()
+    match node.presence_user(&user).await {
+        Ok(presence) => axum::Json(presence).into_response(),
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
 }
 
 /// `GET /v1/notifications/{id}/acks`.
@@ -679,13 +685,7 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
             Some(_) => return bad("user: must be a string".into()),
         }
     };
-    let message = "dropped by an operator";
-    let dropped = match &user {
-        Some(user) => {
-            node.registry.connections_of(user).iter().filter(|conn| conn.close(ErrorCode::Dropped, message)).count()
-        }
-        None => node.registry.close_all(ErrorCode::Dropped, message),
-    };
+    let dropped = node.drop_connections(user.as_deref(), true);
     info!(user = user.as_deref().unwrap_or("*"), dropped, "operator dropped connections");
     axum::Json(json!({ "dropped": dropped })).into_response()
 }

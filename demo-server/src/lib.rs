@@ -33,6 +33,7 @@
 pub mod api_keys;
 mod auth;
 pub mod broker;
+pub mod broker_redis;
 mod config;
 pub mod demo;
 mod drive;
@@ -116,8 +117,8 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// Starts a server on the given stores (with the single-process broker) and returns once it accepts
-/// connections.
+/// Starts a server on the given stores and returns once it accepts connections: with the single-process broker,
+/// or the Redis broker when [`ServerConfig::redis`] is set (then Redis must be reachable now).
 pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::Result<RunningServer> {
     install_crypto_provider();
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -125,10 +126,21 @@ pub async fn start_with_stores(config: ServerConfig, stores: Stores) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let local_addr = listener.local_addr().context("cannot read the listening address")?;
-    let broker = Arc::new(LocalBroker::new(stores.streams.clone()));
+    let cluster = match &config.redis {
+        Some(redis) => Some(broker_redis::RedisBroker::connect(redis.clone(), stores.streams.clone()).await?),
+        None => None,
+    };
+    let broker: Arc<dyn broker::Broker> = match &cluster {
+        Some(cluster) => cluster.clone(),
+        None => Arc::new(LocalBroker::new(stores.streams.clone())),
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let tls = config.tls.clone();
-    let node = Node::new(config, stores, broker, metrics.clone());
+    let node = Node::new(config, stores, broker, metrics.clone(), cluster.clone());
+    if let Some(cluster) = &cluster {
+        node.add_readiness_check(cluster.readiness_check());
+        metrics.observe_redis(cluster);
+    }
     let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stopped = async move {
@@ -247,19 +259,24 @@ impl RunningServer {
 
     /// Drops every connection (or `user`'s) with `error dropped` + close `4015`, as `POST /v1/admin/drop` does;
     /// returns how many were asked to close.
+    /// With Redis, the other processes are asked to drop theirs too; the count is this process's.
     pub fn drop_connections(&self, user: Option<&str>) -> usize {
-        let message = "dropped by an operator";
-        match user {
-            Some(user) => {
-                self.node.registry.connections_of(user).iter().filter(|c| c.close(ErrorCode::Dropped, message)).count()
-            }
-            None => self.node.registry.close_all(ErrorCode::Dropped, message),
-        }
+        self.node.drop_connections(user, true)
     }
 
-    /// Who is online now (as `GET /v1/presence`).
+    /// Who is online now in this process.
     pub fn presence(&self) -> Vec<UserPresence> {
         self.node.presence.all()
+    }
+
+    /// Who is online now, as `GET /v1/presence` answers: in every process when Redis is configured.
+    pub async fn presence_everywhere(&self) -> Result<Vec<UserPresence>, store::StoreError> {
+        self.node.presence_all().await
+    }
+
+    /// The Redis broker, when [`ServerConfig::redis`] is set.
+    pub fn redis_broker(&self) -> Option<&Arc<broker_redis::RedisBroker>> {
+        self.node.cluster.as_ref()
     }
 
     /// Graceful shutdown: stops accepting connections, sends `error` `server_shutdown` and close `4012` to every
@@ -306,6 +323,9 @@ impl RunningServer {
             worker.abort();
             let _ = worker.await;
         }
+        if let Some(cluster) = &node.cluster {
+            cluster.stop();
+        }
         node.stores.streams.close().await;
         info!("shutdown complete");
     }
@@ -333,6 +353,9 @@ impl Drop for RunningServer {
         }
         if let Some(serve) = self.serve.take() {
             serve.abort();
+        }
+        if let Some(cluster) = &self.node.cluster {
+            cluster.stop();
         }
     }
 }

@@ -169,6 +169,13 @@ struct Args {
     /// one digest push per group per window.
     #[arg(long, env = "TIDINGS_DIGEST_WINDOW_SECS", default_value_t = 600)]
     digest_window_secs: u64,
+    /// Run as one of several processes on this Redis (`redis://[user:password@]host:port[/db]`): fan-out,
+    /// presence and control commands (session replacement, operator drops) go through it. Unset: one process.
+    #[arg(long, env = "TIDINGS_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of the keys and channels in Redis (deployments sharing a Redis need different ones).
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
+    redis_prefix: String,
 }
 
 /// Whether text logs get ANSI colours: never into a file or pipe (a log file full of escape codes is unreadable).
@@ -264,6 +271,11 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     config.push = args.push.clone();
     config.push_policy.push_after = Duration::from_millis(args.push_after_ms);
     config.push_policy.digest_window = Duration::from_secs(args.digest_window_secs);
+    config.redis = args.redis_url.as_ref().map(|url| {
+        let mut redis = tidings_server::broker_redis::RedisConfig::new(url.clone());
+        redis.prefix = args.redis_prefix.clone();
+        redis
+    });
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(config)
 }

@@ -835,11 +835,60 @@ impl Metrics {
         metrics
     }
 
+    /// Exports the Redis broker's counters (`tidings_redis_*`).
+    pub fn observe_redis(&self, broker: &crate::broker_redis::RedisBroker) {
+        self.lock().register_collector(Box::new(RedisCollector(broker.counters_arc())));
+    }
+
     /// The probe of `queue`, which is exported from now on.
     pub fn queue(&self, queue: Queue) -> QueueProbe {
         let i = Queue::ALL.iter().position(|q| *q == queue).unwrap_or(0);
         self.queues[i].0.fed.store(true, Ordering::Relaxed);
         self.queues[i].clone()
+    }
+}
+
+/// Exports the Redis broker's counters at each scrape.
+#[derive(Debug)]
+struct RedisCollector(Arc<crate::broker_redis::RedisCounters>);
+
+impl Collector for RedisCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        let c = &self.0;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters: [(&str, &str, u64); 8] = [
+            ("tidings_redis_published", "Frames and commands this process sent to Redis", get(&c.published)),
+            ("tidings_redis_received", "Stream frames received on the pub/sub connection", get(&c.received)),
+            (
+                "tidings_redis_duplicates",
+                "Received stream frames at or below the position handed on (dropped)",
+                get(&c.duplicates),
+            ),
+            (
+                "tidings_redis_skips_repaired",
+                "Pub/sub skips or epoch changes repaired by a re-read",
+                get(&c.skips_repaired),
+            ),
+            (
+                "tidings_redis_position_repairs",
+                "Lost messages found by the periodic position check",
+                get(&c.position_repairs),
+            ),
+            (
+                "tidings_redis_repaired_notifications",
+                "Notifications handed on by re-reads instead of pub/sub",
+                get(&c.repaired_notifications),
+            ),
+            ("tidings_redis_errors", "Redis commands that failed", get(&c.errors)),
+            ("tidings_redis_pubsub_connects", "Pub/sub (re)connections", get(&c.connects)),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        Ok(())
     }
 }
 

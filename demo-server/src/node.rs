@@ -20,6 +20,7 @@ use crate::ServerConfig;
 use crate::api_keys::ApiKey;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
+use crate::broker_redis::{Control, ControlHandler, RedisBroker};
 use crate::health::ReadinessCheck;
 use crate::inboxes::InboxWatchers;
 use crate::limits::Limiter;
@@ -34,6 +35,7 @@ use crate::session::sse::SseKeys;
 use crate::session::{SessionConfig, SessionParams};
 use crate::store::{MemoryStore, StoreError, StoreLimits, Stores};
 use crate::util::now_ms;
+use tidings_core::protocol::ErrorCode;
 
 /// Counters of a running server, as returned by [`RunningServer::stats`](crate::RunningServer::stats).
 /// Every counter except `connections_open` only grows.
@@ -94,6 +96,8 @@ pub(crate) struct Node {
     /// SSE tickets that opened a stream (single use), until their token expires.
     pub(crate) sse_tickets: crate::sse::UsedTickets,
     pub(crate) presence: Presence,
+    /// The Redis broker, when the server is one of several processes: cluster presence and control commands.
+    pub(crate) cluster: Option<Arc<RedisBroker>>,
     pub(crate) counters: Counters,
     /// The server's metrics (`GET /metrics`).
     pub(crate) metrics: Arc<Metrics>,
@@ -134,6 +138,7 @@ impl Node {
         stores: Stores,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
+        cluster: Option<Arc<RedisBroker>>,
     ) -> Arc<Self> {
         let session_params = Arc::new(SessionParams {
             config: SessionConfig::from_config(&config),
@@ -161,6 +166,7 @@ impl Node {
             sse_keys,
             sse_tickets: crate::sse::UsedTickets::default(),
             presence: Presence::default(),
+            cluster,
             counters: Counters::default(),
             metrics,
             acks,
@@ -177,7 +183,115 @@ impl Node {
         });
         let handler: Arc<dyn BrokerEventHandler> = node.clone();
         node.broker.register_handler(Arc::downgrade(&handler));
+        if let Some(cluster) = &node.cluster {
+            let control: Arc<dyn ControlHandler> = node.clone();
+            cluster.register_control(Arc::downgrade(&control));
+        }
         node
+    }
+
+    // ---- presence and control across processes ----
+
+    /// A session authenticated here: recorded in presence (this process's, and Redis'), and an older session of
+    /// the same device closes with 4011 — here, and in the other processes through Redis.
+    pub(crate) fn session_started(
+        &self,
+        handle: &Arc<ConnHandle>,
+        user: &Arc<str>,
+        device: &Arc<str>,
+        session: &Arc<str>,
+        connected_at: u64,
+    ) -> bool {
+        self.presence.register(user, device, session, connected_at);
+        let replaced = self.registry.register_device(user, device, handle);
+        if let Some(old) = &replaced {
+            old.close(
+                ErrorCode::SessionReplaced,
+                format!("device {device} of user {user} connected again (session {session})"),
+            );
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.presence_add(user, device, session, connected_at);
+            cluster.send_control(&Control::Replace {
+                origin: cluster.origin(),
+                user: user.to_string(),
+                device: device.to_string(),
+                session: session.to_string(),
+                connected_at,
+            });
+        }
+        replaced.is_some()
+    }
+
+    /// A session ended here: forgotten by presence; when it was the user's last (in every process), their pushes
+    /// waiting for them to go offline are due now.
+    pub(crate) fn session_ended(self: &Arc<Self>, user: &Arc<str>, session: &Arc<str>) {
+        let last_here = self.presence.unregister(user, session);
+        match self.cluster.clone() {
+            Some(cluster) => {
+                let (node, user, session) = (self.clone(), user.clone(), session.clone());
+                tokio::spawn(async move {
+                    cluster.presence_remove(&user, &session).await;
+                    if last_here && cluster.presence_user(&user).await.is_ok_and(|p| p.devices.is_empty()) {
+                        node.user_went_offline(&user).await;
+                    }
+                });
+            }
+            None if last_here => {
+                // The user's last connection: pushes waiting for them to go offline are due now.
+                let (node, user) = (self.clone(), user.clone());
+                tokio::spawn(async move { node.user_went_offline(&user).await });
+            }
+            None => {}
+        }
+    }
+
+    /// Who is online (`GET /v1/presence`): in every process with Redis.
+    pub(crate) async fn presence_all(&self) -> Result<Vec<crate::presence::UserPresence>, StoreError> {
+        match &self.cluster {
+            Some(cluster) => cluster.presence_all().await,
+            None => Ok(self.presence.all()),
+        }
+    }
+
+    /// One user's connected devices (`GET /v1/presence/{user}`): in every process with Redis.
+    pub(crate) async fn presence_user(&self, user: &str) -> Result<crate::presence::UserPresence, StoreError> {
+        match &self.cluster {
+            Some(cluster) => cluster.presence_user(user).await,
+            None => Ok(self.presence.user(user)),
+        }
+    }
+
+    /// The devices of `user` with a live session, for push routing: in every process with Redis (this process's
+    /// when Redis cannot be read).
+    pub(crate) async fn live_devices(&self, user: &str) -> std::collections::HashSet<String> {
+        let presence = match &self.cluster {
+            Some(cluster) => match cluster.presence_user(user).await {
+                Ok(presence) => presence,
+                Err(e) => {
+                    warn!(user, error = %e, "presence could not be read from redis; this process's is used");
+                    self.presence.user(user)
+                }
+            },
+            None => self.presence.user(user),
+        };
+        presence.devices.into_iter().map(|d| d.device).collect()
+    }
+
+    /// Drops this process's connections (or `user`'s) with 4015; with `everywhere`, asks the other processes to
+    /// drop theirs. Returns how many of this process's were asked to close.
+    pub(crate) fn drop_connections(&self, user: Option<&str>, everywhere: bool) -> usize {
+        let message = "dropped by an operator";
+        let dropped = match user {
+            Some(user) => {
+                self.registry.connections_of(user).iter().filter(|c| c.close(ErrorCode::Dropped, message)).count()
+            }
+            None => self.registry.close_all(ErrorCode::Dropped, message),
+        };
+        if everywhere && let Some(cluster) = &self.cluster {
+            cluster.send_control(&Control::Drop { origin: cluster.origin(), user: user.map(str::to_owned) });
+        }
+        dropped
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -418,6 +532,39 @@ impl Node {
             Err(e) => warn!(user = %user, error = %e, "push address could not be stored"),
         }
         result
+    }
+}
+
+impl ControlHandler for Node {
+    fn handle_control(&self, command: Control) {
+        match command {
+            Control::Replace { user, device, session, connected_at, .. } => {
+                let local = self.presence.user(&user);
+                let Some(mine) = local.devices.iter().find(|d| d.device == device) else { return };
+                // The newer session wins (ties: the larger session id), whichever process heard of the other first.
+                if (mine.connected_at, mine.session.as_str()) >= (connected_at, session.as_str()) {
+                    return;
+                }
+                if let Some(conn) = self.registry.device_connection(&user, &device) {
+                    conn.close(
+                        ErrorCode::SessionReplaced,
+                        format!("device {device} of user {user} connected again (session {session})"),
+                    );
+                }
+            }
+            Control::Drop { user, .. } => {
+                let dropped = self.drop_connections(user.as_deref(), false);
+                info!(user = user.as_deref().unwrap_or("*"), dropped, "operator drop from another process");
+            }
+        }
+    }
+
+    fn local_sessions(&self) -> Vec<(String, String, String, u64)> {
+        self.presence
+            .all()
+            .into_iter()
+            .flat_map(|u| u.devices.into_iter().map(move |d| (u.user.clone(), d.device, d.session, d.connected_at)))
+            .collect()
     }
 }
 

@@ -283,6 +283,11 @@ impl Registry {
         }
     }
 
+    /// The connection of `device` of `user`, if it is connected here.
+    pub(crate) fn device_connection(&self, user: &str, device: &str) -> Option<Arc<ConnHandle>> {
+        lock(&self.devices).get(user)?.iter().find(|(d, _)| &**d == device).map(|(_, c)| c.clone())
+    }
+
     /// The connections of `user`.
     pub(crate) fn connections_of(&self, user: &str) -> Vec<Arc<ConnHandle>> {
         lock(&self.devices)

@@ -210,8 +210,8 @@ impl Node {
 
     /// The planner's view of `user`: devices with a push address this server can reach, and every device with a
     /// live session here.
-    fn user_context(&self, user: &str, info: &UserInfo) -> UserContext {
-        let live: HashSet<String> = self.presence.user(user).devices.into_iter().map(|d| d.device).collect();
+    async fn user_context(&self, user: &str, info: &UserInfo) -> UserContext {
+        let live: HashSet<String> = self.live_devices(user).await;
         let mut devices: Vec<Device> = info
             .addresses
             .iter()
@@ -304,7 +304,7 @@ impl Node {
                     created_at: f.created_at,
                     overrides: recipients.overrides.clone(),
                 };
-                items.push(PlanItem { context: self.user_context(user, &info), meta, envelope });
+                items.push(PlanItem { context: self.user_context(user, &info).await, meta, envelope });
             }
         }
         if items.is_empty() {
@@ -453,7 +453,7 @@ impl Node {
                 return;
             }
         };
-        let ctx = self.user_context(user, &info);
+        let ctx = self.user_context(user, &info).await;
         let stored: HashMap<RowKey, StoredPush> = rows.into_iter().map(|r| (r.row.key.clone(), r)).collect();
         let plan = plan_due(now, &ctx, stored.values().map(|r| r.row.clone()).collect());
         for outcome in &plan.outcomes {

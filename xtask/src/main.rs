@@ -13,6 +13,7 @@ mod bindgen;
 mod fuzz;
 mod kotlin;
 mod package;
+mod redis;
 mod schemathesis;
 mod server;
 mod swift;
@@ -187,11 +188,19 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
+    // The multi-process suites (demo-server/tests/cluster.rs) run on Debian's redis-server: one shared instance on
+    // loopback for the whole run (tests keep apart by key prefix), stopped when this function returns, failed or
+    // not; tests that restart Redis start their own from the same binary.
+    let redis = redis::RedisServer::start()?;
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
         .env("TIDINGS_HTTP_ECE_PYTHON", &python)
         .env("TIDINGS_NGINX", nginx)
+        .env("TIDINGS_TEST_REDIS_URL", redis.url())
+        .env("TIDINGS_REDIS_SERVER", redis::REDIS_SERVER)
+        .env("TIDINGS_XTASK", "1")
         .dir(root))?;
+    drop(redis);
     // The Rust client packs as a publishable crate, and the packed copy builds on its own.
     run(Step::new("cargo package (tidings-core, as published)", "cargo")
         .args(["package", "-p", "tidings-core", "--locked", "--allow-dirty"])
