@@ -48,7 +48,8 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<StoredPage, StoreError>>;
 
-    /// This process now has a subscriber of `stream` (called when its first local subscriber arrives).
+    /// This process has a subscriber of `stream`: called for every local subscribe (before its history read), and
+    /// completes once the broker listens to the stream. Idempotent.
     fn subscribe<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// This process has no subscriber of `stream` any more.

@@ -775,8 +775,14 @@ async fn run_pubsub(
                         () = &mut deadline => break,
                         command = commands.recv() => match command {
                             None => return,
-                            Some(Command::Subscribe { done, .. }) => {
-                                let _ = done.send(Err(StoreError::unavailable("redis is unreachable")));
+                            Some(Command::Subscribe { stream, done }) => {
+                                // Tracked from the store's head now; the channel is subscribed (and the stream
+                                // re-read) on reconnect, so subscribers get history now and live frames later.
+                                let result = match weak.upgrade() {
+                                    Some(inner) => track_without_redis(&inner, &mut tracks, stream).await,
+                                    None => Err(StoreError::unavailable("the redis broker is stopped")),
+                                };
+                                let _ = done.send(result);
                             }
                             Some(Command::Unsubscribe { stream }) => {
                                 inner_weak_remove(&weak, &stream);
@@ -864,6 +870,20 @@ async fn subscribe_stream(
             Err(e)
         }
     }
+}
+
+async fn track_without_redis(
+    inner: &Inner,
+    tracks: &mut HashMap<Arc<str>, Track>,
+    stream: Arc<str>,
+) -> Result<(), StoreError> {
+    if tracks.contains_key(&stream) {
+        return Ok(());
+    }
+    let read = inner.store.read(&stream, None).await?;
+    inner.subscribed.lock().unwrap_or_else(|e| e.into_inner()).insert(stream.clone());
+    tracks.insert(stream, Track { epoch: read.state.epoch, last: read.state.head, suspect: None });
+    Ok(())
 }
 
 async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, message: redis::Msg) {

@@ -454,8 +454,13 @@ impl Node {
         conn: &Arc<ConnHandle>,
         position: Option<Position<'_>>,
     ) -> Result<HistoryRead, StoreError> {
-        if self.registry.begin_subscribe(stream, conn) {
-            self.broker.subscribe(stream).await?;
+        self.registry.begin_subscribe(stream, conn);
+        // Every join waits for the broker to listen to the stream (the first one asks for it; the others wait for
+        // that): a history read before the broker listens could miss a commit made meanwhile. On failure the
+        // connection is not left registered (the next join asks the broker again).
+        if let Err(e) = self.broker.subscribe(stream).await {
+            self.leave(stream, conn.id());
+            return Err(e);
         }
         self.broker.history(stream, position).await
     }

@@ -445,3 +445,31 @@ async fn redis_restarted_under_load_loses_and_duplicates_nothing_acknowledged() 
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_process_s_presence_expires_while_a_live_one_s_is_refreshed() {
+    let Some(redis) = TestRedis::get() else { return };
+    let stores = shared_stores();
+    let name = prefix("expiry");
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut config = ServerConfig::for_tests();
+        let mut redis = redis_config(&redis.url(), &name);
+        redis.presence_ttl = Duration::from_millis(900);
+        config.redis = Some(redis);
+        servers.push(tidings_server::start_with_stores(config, stores.clone()).await.unwrap());
+    }
+    let (_alice, _) = Client::login(&servers[0], "alice", "phone", &[]).await;
+    let (_bob, _) = Client::login(&servers[1], "bob", "phone", &[]).await;
+    eventually("both online", || async { online(&servers[1]).await == ["alice", "bob"] }).await;
+    // Server 0 "dies" as far as Redis can tell: its broker stops (no refresh, no goodbye).
+    servers[0].redis_broker().unwrap().stop();
+    // Three TTLs later alice is gone, while bob (refreshed by a live process every TTL/3) stays.
+    tokio::time::sleep(Duration::from_millis(2700)).await;
+    assert_eq!(online(&servers[1]).await, ["bob"]);
+}
+
+async fn online(server: &RunningServer) -> Vec<String> {
+    let (_, body) = get(server, "/v1/presence").await;
+    body["users"].as_array().unwrap().iter().map(|u| u["user"].as_str().unwrap().to_owned()).collect()
+}
