@@ -810,3 +810,68 @@ async fn the_apns_badge_is_the_unread_inbox_count() {
     assert_eq!(badge(2), json!(1), "a bufferable notification is no inbox item");
     server.shutdown().await;
 }
+
+// ---- several servers on one Redis and one store (issue 15) ----
+
+/// Two servers with these mocks on one shared memory store, each with its own Redis broker; `None`: no Redis
+/// (skipped outside xtask).
+async fn two_on_redis(mocks: &Mocks, redis: &common::redis::TestRedis, name: &str) -> Vec<RunningServer> {
+    let mut config = mocks.config();
+    let stores = tidings_server::Stores::memory(tidings_server::MemoryStore::new(
+        tidings_server::StoreLimits::from_config(&config),
+    ));
+    config.redis = Some(common::redis::redis_config(&redis.url(), &common::redis::prefix(name)));
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(tidings_server::start_with_stores(config.clone(), stores.clone()).await.unwrap());
+    }
+    servers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_on_another_server_cancels_the_push_and_the_planner_sees_the_session_there() {
+    let Some(redis) = common::redis::TestRedis::get() else { return };
+    let mocks = Mocks::start().await;
+    let servers = two_on_redis(&mocks, &redis, "push-ack").await;
+    register(&servers[0], "alice", "laptop", "web_push", &mocks.subscription("laptop")).await;
+    // Alice's laptop is live on server 1; the publish goes through server 0, which must see her session there
+    // (or it would push at once, as to an offline user).
+    let mut c = live(&servers[1], "alice", "laptop").await;
+    eventually("alice online for server 0", || async {
+        get(&servers[0], "/v1/presence/alice").await.1["devices"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    let receipt = publish(&servers[0], json!({"users":["alice"],"type":"comment.created","title":"Hi"})).await;
+    let n = next_notification(&mut c).await;
+    c.send(json!({"op":"ack","ids":[n["id"]]})).await;
+    c.sync().await;
+    tokio::time::sleep(PUSH_AFTER + Duration::from_millis(800)).await;
+    assert_eq!(mocks.web.count(), 0, "acked on server 1 within push_after: no push from either server");
+    let log = deliveries(&servers[0], receipt["id"].as_str().unwrap()).await;
+    assert_eq!(statuses(&log, "laptop"), ["scheduled:awaiting_ack", "acked", "cancelled:acked"], "{log:?}");
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_push_is_sent_once_by_two_servers_sharing_the_store() {
+    let Some(redis) = common::redis::TestRedis::get() else { return };
+    let mocks = Mocks::start().await;
+    let servers = two_on_redis(&mocks, &redis, "push-once").await;
+    register(&servers[1], "alice", "laptop", "web_push", &mocks.subscription("laptop")).await;
+    eventually("alice offline everywhere", || async {
+        get(&servers[0], "/v1/presence/alice").await.1["devices"].as_array().is_some_and(|d| d.is_empty())
+    })
+    .await;
+    // Offline: pushed at once, each by whichever server's worker claims it first.
+    for title in ["one", "two", "three"] {
+        publish(&servers[0], json!({"users":["alice"],"type":"comment.created","title":title})).await;
+    }
+    eventually("three pushes", || async { mocks.web.count() >= 3 }).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(mocks.web.count(), 3, "each push once across both servers");
+    for server in servers {
+        server.shutdown().await;
+    }
+}

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests of the server: a raw WebSocket client and HTTP helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
