@@ -27,6 +27,7 @@ pub mod inbox;
 pub(crate) mod inbox_contract;
 mod memory;
 mod memory_push;
+pub mod postgres;
 pub mod push;
 pub mod sqlite;
 
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 pub use inbox::{ChangeKind, ChangeRequest, InboxAdd, InboxChange, InboxStore, MemoryInbox};
 pub use memory::{INBOX_OP_WINDOW, MemoryStore, StoreLimits};
+pub use postgres::PostgresStore;
 pub use push::{
     DeliveryRecord, DeliveryStatus, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore,
     Settlement, StoredPush, UserSettings,
@@ -305,6 +307,21 @@ impl Stores {
 
     /// All concerns in one [`SqliteStore`].
     pub fn sqlite(store: SqliteStore) -> Self {
+        let store = Arc::new(store);
+        Stores {
+            streams: store.clone(),
+            acks: store.clone(),
+            devices: store.clone(),
+            settings: store.clone(),
+            push: store.clone(),
+            badges: Some(Arc::new(InboxBadges(store.clone()))),
+            inbox: store,
+            durable: true,
+        }
+    }
+
+    /// All concerns in one [`PostgresStore`].
+    pub fn postgres(store: PostgresStore) -> Self {
         let store = Arc::new(store);
         Stores {
             streams: store.clone(),
