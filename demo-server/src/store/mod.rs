@@ -253,7 +253,7 @@ impl<S: InboxStore + ?Sized> BadgeSource for InboxBadges<S> {
 }
 
 /// Whether an encoded `notification` frame is the notification `id`.
-fn frame_id(frame: &str) -> Option<String> {
+pub(crate) fn frame_id(frame: &str) -> Option<String> {
     match tidings_core::protocol::decode_server_frame(frame) {
         Ok(tidings_core::protocol::ServerFrame::Notification(n)) => Some(n.id().to_owned()),
         _ => None,
