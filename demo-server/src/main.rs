@@ -551,15 +551,16 @@ mod tests {
 
     #[test]
     fn the_postgres_store_takes_its_url_and_a_url_needs_it() {
-        let url = "postgres://tidings:secret@db:5432/tidings";
-        let args = Args::try_parse_from(["tidings-server", "--store", "postgres", "--database-url", url]).unwrap();
+        let url = "postgres://tidings:hunter2@db:5432/tidings";
+        let args =
+            Args::try_parse_from(["tidings-server", "--demo", "--store", "postgres", "--database-url", url]).unwrap();
         let config = config_from(&args).unwrap();
         assert_eq!(config.store, StoreConfig::Postgres { url: url.into() });
-        assert!(!format!("{config:?}").contains("secret"), "the password is not logged: {config:?}");
-        let args = Args::try_parse_from(["tidings-server", "--store", "postgres"]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"), "the password is not logged: {config:?}");
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--store", "postgres"]).unwrap();
         let e = config_from(&args).unwrap_err().to_string();
         assert!(e.contains("--database-url"), "{e}");
-        let args = Args::try_parse_from(["tidings-server", "--database-url", url]).unwrap();
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--database-url", url]).unwrap();
         let e = config_from(&args).unwrap_err().to_string();
         assert!(e.contains("--store postgres"), "{e}");
     }

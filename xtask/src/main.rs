@@ -211,10 +211,11 @@ fn rust_tests(root: &Path) -> Result<(), String> {
         .env("TIDINGS_TEST_STORE", "sqlite")
         .env("TIDINGS_NGINX", nginx)
         .dir(root))?;
-    // And once more on PostgreSQL (a fresh database per server on the server started above).
+    // And once more on PostgreSQL (a fresh database per server on the server started above), with push delivery.
     run(Step::new("server suites on PostgreSQL", "cargo")
         .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
         .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
+        .args(["--test", "push_delivery"])
         .env("TIDINGS_TEST_STORE", "postgres")
         .env("TIDINGS_NGINX", nginx)
         .env(postgres::URL_VAR, pg.url())

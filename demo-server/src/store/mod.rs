@@ -179,6 +179,11 @@ pub trait StreamStore: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// What the store is, for `/readyz` (`memory`, `sqlite`, `postgres`).
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     /// Called once when a server starts on this store: a store with commits worth measuring takes its
     /// [`StoreMetrics`](crate::metrics::StoreMetrics) from `metrics` (`Metrics::store`) and reports to them.
     fn observe(&self, _metrics: &crate::metrics::Metrics) {}

@@ -810,6 +810,10 @@ impl super::StreamStore for PostgresStore {
     fn observe(&self, metrics: &crate::metrics::Metrics) {
         let _ = self.inner.metrics.set(metrics.store("postgres"));
     }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
 }
 
 // ---- maintenance ----
