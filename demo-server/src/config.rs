@@ -62,7 +62,7 @@ pub const MAX_DIGEST_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_DATA_DIR: &str = "tidings-data";
 
 /// Where the server keeps its data.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// In process memory: nothing survives the process (every stream is in a new epoch after a restart). For
     /// tests and benchmarks.
@@ -75,6 +75,47 @@ pub enum StoreConfig {
         /// What a commit waits for.
         synchronous: Synchronous,
     },
+    /// A PostgreSQL database shared by every server process of a deployment (`--store postgres
+    /// --database-url …`): everything acknowledged survives the loss of any server process, and whatever
+    /// PostgreSQL's own durability covers.
+    Postgres {
+        /// The database: a `postgres://user:password@host:port/database` URL (or a libpq key/value string).
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("Memory"),
+            StoreConfig::Sqlite { data_dir, synchronous } => {
+                f.debug_struct("Sqlite").field("data_dir", data_dir).field("synchronous", synchronous).finish()
+            }
+            // The URL may hold a password: logged without it.
+            StoreConfig::Postgres { url } => f.debug_struct("Postgres").field("url", &redact_password(url)).finish(),
+        }
+    }
+}
+
+/// A database URL with its password (if any) replaced by `***`.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        // A key/value string: `password=…` up to the next space.
+        return url
+            .split(' ')
+            .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 /// SQLite's `synchronous` setting: what a commit (and so a `2xx` to a publish) waits for.

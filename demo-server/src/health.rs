@@ -109,7 +109,7 @@ async fn timed(check: impl Future<Output = CheckOutcome>) -> CheckOutcome {
 /// The store commits a small write through the path publishes take.
 async fn store_check(node: &Node) -> CheckOutcome {
     let started = Instant::now();
-    let kind = if node.stores.durable { "sqlite" } else { "memory" };
+    let kind = node.stores.streams.kind();
     match node.stores.streams.check_writable().await {
         Ok(()) => CheckOutcome::ok(json!({ "kind": kind, "write_ms": started.elapsed().as_secs_f64() * 1000.0 })),
         Err(e) => {

@@ -84,7 +84,7 @@ pub use publish::{
     Delivery, MAX_BATCH, MAX_RECIPIENTS, PublishError, PublishErrorKind, PublishReceipt, PublishRequest, Publisher,
     PushOptions, parse_batch,
 };
-pub use store::{MemoryStore, SqliteStore, StoreLimits, Stores};
+pub use store::{MemoryStore, PostgresStore, SqliteStore, StoreLimits, Stores};
 
 use broker::LocalBroker;
 use node::Node;
@@ -99,6 +99,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         StoreConfig::Sqlite { data_dir, synchronous } => {
             let store = SqliteStore::open(data_dir, *synchronous, limits, Arc::new(util::now_ms))?;
             Stores::sqlite(store)
+        }
+        StoreConfig::Postgres { url } => {
+            let store = store::PostgresStore::open(url, limits, Arc::new(util::now_ms)).await?;
+            Stores::postgres(store)
         }
     };
     start_with_stores(config, stores).await

@@ -19,6 +19,8 @@ enum StoreKind {
     Sqlite,
     /// Process memory: nothing survives a restart (tests, benchmarks).
     Memory,
+    /// A PostgreSQL database (--database-url), shared by several server processes: durable.
+    Postgres,
 }
 
 /// SQLite's `synchronous` setting.
@@ -108,6 +110,10 @@ struct Args {
     /// Where to keep streams, idempotency keys, acks and push addresses.
     #[arg(long, env = "TIDINGS_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
     store: StoreKind,
+    /// The PostgreSQL database of --store postgres: postgres://user:password@host:port/database (the schema is
+    /// created or migrated at startup; every server process of a deployment uses the same one).
+    #[arg(long, env = "TIDINGS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// The SQLite store's directory (holds tidings.db and tidings.lock; created if missing).
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: std::path::PathBuf,
@@ -241,8 +247,26 @@ fn config_from(args: &Args) -> anyhow::Result<ServerConfig> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.replay_max_items = args.replay_max_items;
     config.replay_max_age = Duration::from_secs(args.replay_max_age_secs);
+    if args.database_url.is_some() && args.store != StoreKind::Postgres {
+        anyhow::bail!(
+            "--database-url (TIDINGS_DATABASE_URL) is only for the PostgreSQL store. Fix: add --store postgres \
+             (TIDINGS_STORE=postgres), or drop the URL to use the {} store",
+            match args.store {
+                StoreKind::Sqlite => "SQLite",
+                _ => "memory",
+            }
+        );
+    }
     config.store = match args.store {
         StoreKind::Memory => StoreConfig::Memory,
+        StoreKind::Postgres => StoreConfig::Postgres {
+            url: args.database_url.clone().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--store postgres needs the database: Fix: give --database-url \
+                     postgres://user:password@host:port/database (or TIDINGS_DATABASE_URL)"
+                )
+            })?,
+        },
         StoreKind::Sqlite => StoreConfig::Sqlite {
             data_dir: args.data_dir.clone(),
             synchronous: match args.sqlite_synchronous {
@@ -535,5 +559,21 @@ mod tests {
         );
         let args = Args::try_parse_from(["tidings-server", "--demo", "--store", "memory"]).unwrap();
         assert_eq!(config_from(&args).unwrap().store, StoreConfig::Memory);
+    }
+
+    #[test]
+    fn the_postgres_store_takes_its_url_and_a_url_needs_it() {
+        let url = "postgres://tidings:hunter2@db:5432/tidings";
+        let args =
+            Args::try_parse_from(["tidings-server", "--demo", "--store", "postgres", "--database-url", url]).unwrap();
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.store, StoreConfig::Postgres { url: url.into() });
+        assert!(!format!("{config:?}").contains("hunter2"), "the password is not logged: {config:?}");
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--store", "postgres"]).unwrap();
+        let e = config_from(&args).unwrap_err().to_string();
+        assert!(e.contains("--database-url"), "{e}");
+        let args = Args::try_parse_from(["tidings-server", "--demo", "--database-url", url]).unwrap();
+        let e = config_from(&args).unwrap_err().to_string();
+        assert!(e.contains("--store postgres"), "{e}");
     }
 }

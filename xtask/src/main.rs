@@ -14,6 +14,7 @@ mod fuzz;
 mod kotlin;
 mod package;
 mod redis;
+mod postgres;
 mod schemathesis;
 mod server;
 mod swift;
@@ -192,15 +193,20 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     // loopback for the whole run (tests keep apart by key prefix), stopped when this function returns, failed or
     // not; tests that restart Redis start their own from the same binary.
     let redis = redis::RedisServer::start()?;
+    // The PostgreSQL store's tests (and the suites below run on it) get a server started here, stopped when this
+    // function returns, whatever the outcome (see postgres.rs). `TIDINGS_XTASK` makes a test that needs it fail
+    // rather than skip when its URL is missing.
+    let pg = postgres::TestPostgres::start()?;
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
         .env("TIDINGS_HTTP_ECE_PYTHON", &python)
         .env("TIDINGS_NGINX", nginx)
         .env("TIDINGS_TEST_REDIS_URL", redis.url())
         .env("TIDINGS_REDIS_SERVER", redis::REDIS_SERVER)
+        .env(postgres::URL_VAR, pg.url())
+        .env("TIDINGS_TEST_PG_BIN", pg.bin())
         .env("TIDINGS_XTASK", "1")
         .dir(root))?;
-    drop(redis);
     // The Rust client packs as a publishable crate, and the packed copy builds on its own.
     run(Step::new("cargo package (tidings-core, as published)", "cargo")
         .args(["package", "-p", "tidings-core", "--locked", "--allow-dirty"])
@@ -211,6 +217,18 @@ fn rust_tests(root: &Path) -> Result<(), String> {
         .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
         .env("TIDINGS_TEST_STORE", "sqlite")
         .env("TIDINGS_NGINX", nginx)
+        .dir(root))?;
+    // And once more on PostgreSQL (a fresh database per server on the server started above), with push delivery.
+    run(Step::new("server suites on PostgreSQL", "cargo")
+        .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
+        .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
+        .args(["--test", "push_delivery"])
+        .env("TIDINGS_TEST_STORE", "postgres")
+        .env("TIDINGS_NGINX", nginx)
+        .env(postgres::URL_VAR, pg.url())
+        .env("TIDINGS_TEST_REDIS_URL", redis.url())
+        .env("TIDINGS_REDIS_SERVER", redis::REDIS_SERVER)
+        .env("TIDINGS_XTASK", "1")
         .dir(root))
 }
 

@@ -383,7 +383,13 @@ pub(crate) async fn settings_change_atomically_and_refuse_invalid_changes(make: 
 }
 
 /// A plan item for `user` with a phone (APNs) and a laptop (Web Push), none live unless `live`.
-fn plan_item(id: &str, user: &str, priority: Priority, group: Option<&str>, live: bool) -> crate::store::PlanItem {
+pub(crate) fn plan_item(
+    id: &str,
+    user: &str,
+    priority: Priority,
+    group: Option<&str>,
+    live: bool,
+) -> crate::store::PlanItem {
     use crate::planner::{Device, NotificationMeta, Overrides, PushTarget, UserContext};
     let device =
         |id: &str, platform| Device { id: id.into(), push: Some(PushTarget { platform, registered_at: 1 }), live };

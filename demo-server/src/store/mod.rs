@@ -27,6 +27,7 @@ pub mod inbox;
 pub(crate) mod inbox_contract;
 mod memory;
 mod memory_push;
+pub mod postgres;
 pub mod push;
 pub mod sqlite;
 
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 pub use inbox::{ChangeKind, ChangeRequest, InboxAdd, InboxChange, InboxStore, MemoryInbox};
 pub use memory::{INBOX_OP_WINDOW, MemoryStore, StoreLimits};
+pub use postgres::PostgresStore;
 pub use push::{
     DeliveryRecord, DeliveryStatus, PendingSummary, PlanItem, PushStore, SettingsChange, SettingsError, SettingsStore,
     Settlement, StoredPush, UserSettings,
@@ -177,6 +179,11 @@ pub trait StreamStore: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// What the store is, for `/readyz` (`memory`, `sqlite`, `postgres`).
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     /// Called once when a server starts on this store: a store with commits worth measuring takes its
     /// [`StoreMetrics`](crate::metrics::StoreMetrics) from `metrics` (`Metrics::store`) and reports to them.
     fn observe(&self, _metrics: &crate::metrics::Metrics) {}
@@ -305,6 +312,21 @@ impl Stores {
 
     /// All concerns in one [`SqliteStore`].
     pub fn sqlite(store: SqliteStore) -> Self {
+        let store = Arc::new(store);
+        Stores {
+            streams: store.clone(),
+            acks: store.clone(),
+            devices: store.clone(),
+            settings: store.clone(),
+            push: store.clone(),
+            badges: Some(Arc::new(InboxBadges(store.clone()))),
+            inbox: store,
+            durable: true,
+        }
+    }
+
+    /// All concerns in one [`PostgresStore`].
+    pub fn postgres(store: PostgresStore) -> Self {
         let store = Arc::new(store);
         Stores {
             streams: store.clone(),

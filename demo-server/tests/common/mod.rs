@@ -24,8 +24,16 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub const VAPID_KEY: &str = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
 
 /// Starts a server on the store the suite runs on: memory by default; SQLite, in a fresh directory per server under
-/// the target directory, when `TIDINGS_TEST_STORE=sqlite` (`cargo xtask test` runs the suite both ways).
+/// the target directory, when `TIDINGS_TEST_STORE=sqlite`; PostgreSQL, in a fresh database per server on the
+/// server `TIDINGS_TEST_DATABASE_URL` names, when `TIDINGS_TEST_STORE=postgres` (`cargo xtask test` runs the
+/// suite all three ways).
 pub async fn start(mut config: ServerConfig) -> RunningServer {
+    if std::env::var("TIDINGS_TEST_STORE").as_deref() == Ok("postgres") {
+        let server = std::env::var(tidings_server::store::postgres::testing::DATABASE_URL_VAR)
+            .expect("TIDINGS_TEST_STORE=postgres needs TIDINGS_TEST_DATABASE_URL (cargo xtask rust-tests sets both)");
+        let url = tidings_server::store::postgres::testing::create_database(&server).await.expect("a test database");
+        config.store = StoreConfig::Postgres { url };
+    }
     if std::env::var("TIDINGS_TEST_STORE").as_deref() == Ok("sqlite") {
         static SWEPT: std::sync::Once = std::sync::Once::new();
         // The directories outlive their servers; the ones left by runs more than an hour ago are removed.

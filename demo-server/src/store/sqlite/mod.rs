@@ -574,6 +574,10 @@ impl StreamStore for SqliteStore {
         let _ = self.metrics.set(metrics.store("sqlite"));
     }
 
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn page<'a>(
         &'a self,
         stream: &'a str,
