@@ -25,6 +25,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct TestServer {
     pub server: RunningServer,
+    /// The other processes of a deployment on Redis and PostgreSQL ([`TestServer::start_deployment_with`]):
+    /// clients and requests go to `server` and these in turn.
+    pub peers: Vec<RunningServer>,
+    next: std::sync::atomic::AtomicUsize,
     pub config: ServerConfig,
     http: reqwest::Client,
     /// The data directory of a SQLite server, removed with it.
@@ -56,21 +60,69 @@ impl TestServer {
 
     async fn start_config(config: ServerConfig, data: Option<Arc<tempfile::TempDir>>) -> Self {
         let server = tidings_server::start(config.clone()).await.expect("server starts");
-        TestServer { server, config, http: reqwest::Client::new(), data }
+        TestServer { server, peers: Vec::new(), next: Default::default(), config, http: reqwest::Client::new(), data }
+    }
+
+    /// A deployment of three server processes (in this test process) on one PostgreSQL database and one Redis —
+    /// the ones `cargo xtask test` provides (`TIDINGS_TEST_DATABASE_URL`, `TIDINGS_TEST_REDIS_URL`) — with the test
+    /// configuration adjusted by `tweak`. Each client connects to the next process, each request goes to the next
+    /// one. `None` (with a note) when run by hand without them; under xtask their absence is a failure.
+    pub async fn start_deployment_with(tweak: impl FnOnce(&mut ServerConfig)) -> Option<Self> {
+        use tidings_server::store::postgres::testing;
+        let database = testing::server_url("the three-process deployment")?;
+        let redis = match std::env::var("TIDINGS_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(std::env::var_os("TIDINGS_XTASK").is_none(), "TIDINGS_TEST_REDIS_URL is not set under xtask");
+                eprintln!("note: the three-process deployment is skipped: TIDINGS_TEST_REDIS_URL is not set");
+                return None;
+            }
+        };
+        let url = testing::create_database(&database).await.expect("a test database");
+        let mut config = ServerConfig::for_tests();
+        config.store = StoreConfig::Postgres { url };
+        let mut redis = tidings_server::broker_redis::RedisConfig::new(redis);
+        redis.prefix = format!("conformance-{:016x}", fastrand_u64());
+        config.redis = Some(redis);
+        tweak(&mut config);
+        let mut deployment = Self::start_config(config.clone(), None).await;
+        for _ in 0..2 {
+            deployment.peers.push(tidings_server::start(config.clone()).await.expect("server starts"));
+        }
+        Some(deployment)
+    }
+
+    /// The process the next client or request goes to (always `server` outside a deployment).
+    fn pick(&self) -> &RunningServer {
+        if self.peers.is_empty() {
+            return &self.server;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (self.peers.len() + 1);
+        if i == 0 { &self.server } else { &self.peers[i - 1] }
     }
 
     /// Stops this server and starts a new one on the same address and store configuration (with the memory
     /// store everything is lost: new epochs; with SQLite everything is kept).
+    /// A deployment restarts every process, each on its address.
     pub async fn restart(self) -> Self {
         let addr = self.server.local_addr();
         let mut config = self.config.clone();
+        let peers: Vec<_> = self.peers.iter().map(RunningServer::local_addr).collect();
+        for peer in self.peers {
+            peer.shutdown().await;
+        }
         self.server.shutdown().await;
         config.bind = addr;
-        Self::start_config(config, self.data).await
+        let mut restarted = Self::start_config(config.clone(), self.data).await;
+        for addr in peers {
+            config.bind = addr;
+            restarted.peers.push(tidings_server::start(config.clone()).await.expect("server starts"));
+        }
+        restarted
     }
 
     pub fn ws_url(&self) -> String {
-        self.server.ws_url()
+        self.pick().ws_url()
     }
 
     /// A valid token for `user`, allowed to read `topics`.
@@ -89,7 +141,7 @@ impl TestServer {
     pub async fn publish_raw(&self, body: Value) -> (reqwest::StatusCode, Value) {
         let resp = self
             .http
-            .post(format!("{}/v1/publish", self.server.http_url()))
+            .post(format!("{}/v1/publish", self.pick().http_url()))
             .bearer_auth(&self.config.api_key)
             .json(&body)
             .send()
@@ -108,7 +160,7 @@ impl TestServer {
     pub async fn drop_all(&self) -> u64 {
         let resp = self
             .http
-            .post(format!("{}/v1/admin/drop", self.server.http_url()))
+            .post(format!("{}/v1/admin/drop", self.pick().http_url()))
             .bearer_auth(&self.config.api_key)
             .json(&json!({}))
             .send()
@@ -122,7 +174,7 @@ impl TestServer {
     pub async fn get(&self, path: &str) -> Value {
         let resp = self
             .http
-            .get(format!("{}{}", self.server.http_url(), path))
+            .get(format!("{}{}", self.pick().http_url(), path))
             .bearer_auth(&self.config.api_key)
             .send()
             .await
@@ -247,4 +299,9 @@ impl TestClient {
     pub async fn close(self) {
         self.client.close().await;
     }
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }

@@ -567,6 +567,12 @@ fn state_name(s: &ConnectionState) -> &'static str {
 }
 
 async fn run_scenario(name: &str) {
+    run_scenario_on(name, false).await;
+}
+
+/// Runs `name` on one server (SQLite), or on a deployment of three processes on Redis and PostgreSQL
+/// (`deployment`; returns without running when those are not available outside xtask).
+async fn run_scenario_on(name: &str, deployment: bool) {
     let file = file();
     let scenario = file["scenarios"]
         .as_array()
@@ -581,8 +587,8 @@ async fn run_scenario(name: &str) {
     let keys = tempfile::tempdir().unwrap();
     let push = PushHarness::start(keys.path()).await.expect("the mock push services start");
     let p = push.settings().clone();
-    // The server's default store: SQLite; its pushes go to the mock services.
-    let server = TestServer::start_sqlite_with(|c| {
+    // The server's default store: SQLite (or a deployment); its pushes go to the mock services.
+    let tweak = |c: &mut tidings_server::ServerConfig| {
         c.replay_max_items = max_items;
         c.push_policy.push_after = push_after;
         c.push_policy.digest_window = digest_window;
@@ -598,8 +604,15 @@ async fn run_scenario(name: &str) {
         c.push.fcm_service_account = Some(p.fcm_service_account);
         c.push.fcm_url = p.fcm_url;
         c.push.push_ca_file = Some(p.push_ca_file);
-    })
-    .await;
+    };
+    let server = if deployment {
+        match TestServer::start_deployment_with(tweak).await {
+            Some(server) => server,
+            None => return,
+        }
+    } else {
+        TestServer::start_sqlite_with(tweak).await
+    };
     let mut runner = Runner {
         server_slot: Some(server),
         prefix: format!("r{}x{}", std::process::id(), RUN.fetch_add(1, Ordering::SeqCst)),
@@ -629,6 +642,15 @@ macro_rules! scenarios {
                 run_scenario(stringify!($name)).await;
             }
         )*
+
+        /// Every scenario against three server processes on one Redis and one PostgreSQL (issue 15), one after
+        /// the other.
+        #[tokio::test]
+        async fn every_scenario_against_three_processes_on_redis_and_postgres() {
+            $(
+                run_scenario_on(stringify!($name), true).await;
+            )*
+        }
 
         #[test]
         fn every_scenario_in_the_file_has_a_test() {
