@@ -301,3 +301,50 @@ async fn a_database_restart_is_unavailable_then_recovers_with_nothing_acknowledg
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_migrate_once_and_share_the_epoch() {
+    let Some(url) = testing::fresh_database("processes_starting_together_migrate_once_and_share_the_epoch").await
+    else {
+        return;
+    };
+    let (clock, _) = clock(1_000);
+    let opens = (0..4).map(|_| PostgresStore::open(&url, limits(10), clock.clone()));
+    let stores: Vec<PostgresStore> =
+        futures_util::future::join_all(opens).await.into_iter().map(|s| s.expect("every start succeeds")).collect();
+    let epochs: BTreeSet<&str> = stores.iter().map(|s| &*s.inner.epoch).collect();
+    assert_eq!(epochs.len(), 1, "one epoch for the database: {epochs:?}");
+    let client = stores[0].inner.client().await.unwrap();
+    let versions: Vec<i64> =
+        client.query("SELECT version FROM schema_version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [schema::current_version()]);
+    // A database written by a newer server is refused, naming the fix.
+    client.execute("UPDATE schema_version SET version = version + 1", &[]).await.unwrap();
+    let refused = PostgresStore::open(&url, limits(10), clock).await.unwrap_err();
+    assert!(refused.0.contains("newer tidings-server") && refused.0.contains("Fix:"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_adding_to_one_inbox_keep_its_counts_exact() {
+    use crate::store::inbox::InboxStore;
+    use crate::store::inbox_contract::add;
+    let Some((a, b, _)) = two_stores("two_stores_adding_to_one_inbox_keep_its_counts_exact", limits(10)).await else {
+        return;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        tasks.spawn(async move {
+            for i in 0..20 {
+                store.add(vec![add(&format!("s{s}-{i}"), &["user:ann"], 1_000 + i)]).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let counts = b.counts("ann").await.unwrap();
+    assert_eq!((counts.total, counts.unread, counts.unseen, counts.head), (40, 40, 40, 40), "{counts:?}");
+    let page = a.list("ann", tidings_core::protocol::InboxQuery::default()).await.unwrap();
+    let seqs: BTreeSet<u64> = page.items.iter().map(|i| i.seq).collect();
+    assert_eq!(seqs.len(), page.items.len(), "seqs are unique");
+}
