@@ -24,7 +24,7 @@ const BUDGET_GZ: usize = 45 * 1024;
 /// What the size gate enforces today: the package measured after the last cuts, rounded up to the KiB, because it
 /// does not fit [`BUDGET_GZ`] yet (bindings-wasm/README.md says what is left). A package that grows past it fails
 /// `cargo xtask wasm-size` and `wasm-test`; every cut lowers it, down to the budget.
-const CEILING_GZ: usize = 90 * 1024;
+const CEILING_GZ: usize = 86 * 1024;
 /// How the shipped module (and the size floor) go through wasm-opt. Both end with `--strip-target-features` (the
 /// module in [`minify_names`], its last wasm-opt run): the passes before it read the features from that section.
 const WASM_OPT_ARGS: &[&str] =
