@@ -265,7 +265,7 @@ fn wasm_opt(root: &Path) -> Option<PathBuf> {
 /// ([`crate::fuzz::NIGHTLY`], checked by its commit): the standard library is rebuilt with the module
 /// (`-Zbuild-std`) for size (`optimize_for_size`) and with `panic = "immediate-abort"`, so no panic message,
 /// location or formatting code is linked (a panic was already an abort: `panic = "abort"`). Measured on the
-/// package: 91,455 → 85,052 B gzipped for the module (`cargo xtask wasm-size`, 2026-12-06).
+/// package: see bindings-wasm/README.md, Size.
 fn wasm_release(root: &Path, toolchain: &str, package: &str) -> Step {
     Step::new(&format!("{package} (profile wasm-release, {toolchain}, -Zbuild-std)"), "cargo")
         .args(["build", "-p", package, "--target", WASM_TARGET, "--profile", "wasm-release", "--locked"])
