@@ -689,7 +689,17 @@ impl Core {
         for (reason, n) in s.reconnects.by_reason() {
             reconnects = reconnects.num(reason, n);
         }
-        let micros = |d: Option<std::time::Duration>| d.map_or("null".to_owned(), |d| d.as_micros().to_string());
+        // Written as u64 (no u128 formatting code in the module; 2^64 µs is 584,000 years).
+        let micros = |d: Option<std::time::Duration>| {
+            let mut out = String::new();
+            match d {
+                Some(d) => {
+                    tidings_core::protocol::push_json_u64(&mut out, u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                }
+                None => out.push_str("null"),
+            }
+            out
+        };
         json::Obj::new()
             .num("connectionAttempts", s.connection_attempts)
             .num("connections", s.connections)

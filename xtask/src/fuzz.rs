@@ -24,7 +24,7 @@ use crate::util::{Step, run};
 pub(crate) const TARGETS: [&str; 4] = ["codec", "engine", "browser_decoder", "server_frames"];
 
 /// The nightly the fuzz targets are built with: the channel date and the rustc commit it ships.
-const NIGHTLY: &str = "nightly-2026-05-20";
+pub(crate) const NIGHTLY: &str = "nightly-2026-05-20";
 const NIGHTLY_COMMIT: &str = "e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a";
 
 /// cargo-fuzz, from crates.io.
@@ -34,8 +34,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const SMOKE_SECONDS: u32 = 8;
 
 /// The rustup toolchain name to build with: the pinned nightly under its own name, or `nightly` if that is the
-/// same build; otherwise it is installed (where rustup can reach its server).
-fn nightly() -> Result<String, String> {
+/// same build; otherwise it is installed (where rustup can reach its server). The browser module is built with it
+/// too (`-Zbuild-std`, xtask/src/wasm.rs).
+pub(crate) fn nightly() -> Result<String, String> {
     let commit_of = |toolchain: &str| -> Option<String> {
         let out = Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV").stderr(Stdio::null()).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -46,7 +47,7 @@ fn nightly() -> Result<String, String> {
             Some(commit) if commit == NIGHTLY_COMMIT => return Ok(candidate.to_owned()),
             Some(other) if candidate == "nightly" => {
                 eprintln!(
-                    "xtask fuzz: the `nightly` toolchain is rustc {other}, not the pinned {NIGHTLY} ({NIGHTLY_COMMIT})"
+                    "xtask: the `nightly` toolchain is rustc {other}, not the pinned {NIGHTLY} ({NIGHTLY_COMMIT})"
                 );
             }
             _ => {}

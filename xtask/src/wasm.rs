@@ -18,9 +18,17 @@ use crate::{apt_install, has, target_dir};
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// The pinned playwright-core (see `bindings-wasm/e2e/package.json`).
 const PLAYWRIGHT: &str = "1.65.1";
-/// Budget for the module plus its JavaScript, gzipped: 30 KiB (sizes are in KiB, 1,024 bytes, everywhere).
-const BUDGET_GZ: usize = 30 * 1024;
-/// How the shipped module (and the size floor) go through wasm-opt.
+/// Budget for the module plus its JavaScript, gzipped (issue 17): 45 KiB (sizes are in KiB, 1,024 bytes,
+/// everywhere); 40 KiB is the stretch goal.
+const BUDGET_GZ: usize = 45 * 1024;
+/// What the size gate enforces today: the package measured after the last cuts, rounded up to the KiB, because it
+/// does not fit [`BUDGET_GZ`] yet (bindings-wasm/README.md says what is left). A package that grows past it fails
+/// `cargo xtask wasm-size` and `wasm-test`; every cut lowers it, down to the budget.
+const CEILING_GZ: usize = 86 * 1024;
+// A ceiling under the budget would hide it.
+const _: () = assert!(CEILING_GZ == 0 || CEILING_GZ > BUDGET_GZ);
+/// How the shipped module (and the size floor) go through wasm-opt. Both end with `--strip-target-features` (the
+/// module in [`minify_names`], its last wasm-opt run): the passes before it read the features from that section.
 const WASM_OPT_ARGS: &[&str] =
     &["-Oz", "--converge", "--zero-filled-memory", "--low-memory-unused", "--strip-debug", "--strip-producers"];
 
@@ -103,11 +111,14 @@ pub(crate) fn floor(root: &Path) -> Result<(), String> {
 
 fn measure_floor(root: &Path, tools: &Tools) -> Result<(), String> {
     let opt = tools.wasm_opt.as_ref().ok_or("wasm-floor needs wasm-opt (binaryen from the e2e npm packages)")?;
-    run(wasm_release(root, "tidings-wasm-floor"))?;
+    run(wasm_release(root, &tools.nightly, "tidings-wasm-floor"))?;
     let target = target_dir(root);
     let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm_floor.wasm");
     let optimised = target.join("tidings_wasm_floor.opt.wasm");
-    run(Step::new("wasm-opt", opt).args(WASM_OPT_ARGS).args(["-o"]).args([&optimised, &module]))?;
+    run(Step::new("wasm-opt", opt)
+        .args(WASM_OPT_ARGS)
+        .args(["--strip-target-features", "-o"])
+        .args([&optimised, &module]))?;
     let bytes = fs::read(&optimised).map_err(|e| format!("{}: {e}", optimised.display()))?;
     let report = format!(
         "Size floor of the browser module: the core engine alone (bindings-wasm/floor; no decoder, no \
@@ -139,6 +150,8 @@ struct Tools {
     wasm_opt: Option<PathBuf>,
     /// Node with the e2e dependencies installed (for minified sizes and the bundler check).
     node: bool,
+    /// The pinned nightly the module is built with.
+    nightly: String,
 }
 
 /// `tsc --noEmit` over a file using the hand-written declarations.
@@ -227,7 +240,7 @@ fn provision(root: &Path, browser: bool) -> Result<Tools, String> {
     } else if browser {
         return Err("node and npm are required for the browser end-to-end tests".into());
     }
-    Ok(Tools { bin, wasm_opt: wasm_opt(root), node })
+    Ok(Tools { bin, wasm_opt: wasm_opt(root), node, nightly: nightly_with_sources()? })
 }
 
 /// A wasm-opt that handles wasm-bindgen's externref table: binaryen from the e2e npm packages (pinned), or a
@@ -248,14 +261,33 @@ fn wasm_opt(root: &Path) -> Option<PathBuf> {
     }
 }
 
-/// `cargo build` of a workspace crate for the browser, profile `wasm-release`.
-fn wasm_release(root: &Path, package: &str) -> Step {
-    Step::new(&format!("{package} (profile wasm-release)"), "cargo")
+/// `cargo build` of a workspace crate for the browser, profile `wasm-release`, on the pinned nightly
+/// ([`crate::fuzz::NIGHTLY`], checked by its commit): the standard library is rebuilt with the module
+/// (`-Zbuild-std`) for size (`optimize_for_size`) and with `panic = "immediate-abort"`, so no panic message,
+/// location or formatting code is linked (a panic was already an abort: `panic = "abort"`). Measured on the
+/// package: see bindings-wasm/README.md, Size.
+fn wasm_release(root: &Path, toolchain: &str, package: &str) -> Step {
+    Step::new(&format!("{package} (profile wasm-release, {toolchain}, -Zbuild-std)"), "cargo")
         .args(["build", "-p", package, "--target", WASM_TARGET, "--profile", "wasm-release", "--locked"])
+        .args(["-Zbuild-std=std,panic_abort", "-Zbuild-std-features=optimize_for_size", "-Zpanic-immediate-abort"])
         .dir(root)
+        .env("RUSTUP_TOOLCHAIN", toolchain)
+        .env("CARGO_PROFILE_WASM_RELEASE_PANIC", "immediate-abort")
         // The profile strips symbols, which also drops the `target_features` section wasm-bindgen and wasm-opt
         // read; strip debug info only (names stay for twiggy; wasm-opt removes them from the shipped module).
         .env("CARGO_PROFILE_WASM_RELEASE_STRIP", "debuginfo")
+}
+
+/// The pinned nightly with its standard library's sources (what `-Zbuild-std` compiles).
+fn nightly_with_sources() -> Result<String, String> {
+    let toolchain = crate::fuzz::nightly()?;
+    let sysroot = output("rustc", &[&format!("+{toolchain}"), "--print", "sysroot"]).unwrap_or_default();
+    if !Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/std").is_dir() {
+        run(Step::new("rust-src for -Zbuild-std", "rustup")
+            .args(["component", "add", "rust-src", "--toolchain"])
+            .arg_path(Path::new(&toolchain)))?;
+    }
+    Ok(toolchain)
 }
 
 /// Where the npm package is assembled: `target/npm/tidings-web/`.
@@ -267,7 +299,7 @@ pub(crate) fn package_dir(root: &Path) -> PathBuf {
 /// Returns the web root.
 fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
     let target = target_dir(root);
-    run(wasm_release(root, "tidings-wasm"))?;
+    run(wasm_release(root, &tools.nightly, "tidings-wasm"))?;
     let module = target.join(WASM_TARGET).join("wasm-release/tidings_wasm.wasm");
     // The package: the hand-written sources, the README, and dist/ from wasm-bindgen. (A `dist/` left in the
     // source tree by an older xtask is not copied.)
@@ -314,7 +346,7 @@ fn build(root: &Path, tools: &Tools) -> Result<PathBuf, String> {
 /// error here rather than a module that fails to instantiate.
 fn minify_names(opt: &Path, wasm: &Path, glue: &Path) -> Result<(), String> {
     let out = Command::new(opt)
-        .args(["--minify-imports-and-exports-and-modules", "-o"])
+        .args(["--minify-imports-and-exports-and-modules", "--strip-target-features", "-o"])
         .args([wasm, wasm])
         .stderr(Stdio::inherit())
         .output()
@@ -452,6 +484,7 @@ fn size_report(root: &Path, tools: &Tools, dist: &Path, module: &Path) -> Result
          file                                        raw      min       gz\n",
     );
     let (mut raw_t, mut min_t, mut gz_t) = (0, 0, 0);
+    let mut gz_files = Vec::new();
     for (name, path) in &files {
         let raw = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let min = if path.extension().is_some_and(|e| e == "js") && tools.node { minify(root, path) } else { None };
@@ -461,14 +494,20 @@ fn size_report(root: &Path, tools: &Tools, dist: &Path, module: &Path) -> Result
         raw_t += raw.len();
         min_t += min.len();
         gz_t += gz;
+        gz_files.push((name.split(' ').next().unwrap_or(name), gz));
     }
     report.push_str(&format!("{:<40} {raw_t:>7} {min_t:>8} {gz_t:>8}\n", "total"));
-    let verdict = if gz_t <= BUDGET_GZ { "within" } else { "OVER" };
+    // The gate applies to the package as shipped: wasm-opt run, JS minified as a bundler would.
+    let shipped = tools.wasm_opt.is_some() && tools.node;
+    let verdict = gate(&gz_files, BUDGET_GZ, CEILING_GZ);
     report.push_str(&format!(
-        "\nbudget {} KiB ({BUDGET_GZ} B) gzipped: {verdict} ({:.1} KiB, {gz_t} B){}\n",
-        BUDGET_GZ / 1024,
-        gz_t as f64 / 1024.0,
-        if tools.wasm_opt.is_some() { "" } else { " — wasm-opt was not available" }
+        "\n{}{}\n",
+        verdict.as_ref().unwrap_or_else(|e| e),
+        if shipped {
+            ""
+        } else {
+            " (not gated: wasm-opt or Node was not available, so this is not the shipped package)"
+        }
     ));
 
     // What dominates the module (names from the pre-wasm-opt build), grouped by crate.
@@ -517,7 +556,37 @@ fn size_report(root: &Path, tools: &Tools, dist: &Path, module: &Path) -> Result
     let path = target_dir(root).join("wasm-size.txt");
     fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("\n{report}");
-    Ok(())
+    if shipped { verdict.map(|_| ()) } else { Ok(()) }
+}
+
+/// The size gate: the package's gzipped files against the budget (and, while the package does not fit it yet, the
+/// ceiling the gate holds instead; 0: none). `Ok` says how it stands, `Err` why the package is refused, with every
+/// file's size and the budget.
+fn gate(files: &[(&str, usize)], budget: usize, ceiling: usize) -> Result<String, String> {
+    let total: usize = files.iter().map(|(_, gz)| gz).sum();
+    let parts: Vec<String> = files.iter().map(|(name, gz)| format!("{name} {gz} B")).collect();
+    let sizes = format!("{total} B gzipped ({:.1} KiB: {})", total as f64 / 1024.0, parts.join(", "));
+    let kib = |b: usize| format!("{} KiB ({b} B)", b / 1024);
+    if total <= budget {
+        Ok(format!("size gate: within the budget of {}: {sizes}", kib(budget)))
+    } else if total <= ceiling {
+        Ok(format!(
+            "size gate: OVER the budget of {} by {} B, within the ceiling of {} the gate holds until the cuts \
+             listed in bindings-wasm/README.md land: {sizes}",
+            kib(budget),
+            total - budget,
+            kib(ceiling)
+        ))
+    } else {
+        let limit = budget.max(ceiling);
+        Err(format!(
+            "size gate: the browser package is {sizes}, {} B over {} (budget {} gzipped, wasm + JS as shipped; \
+             see bindings-wasm/README.md, Size)",
+            total - limit,
+            if ceiling > budget { format!("the ceiling of {}", kib(ceiling)) } else { "the budget".to_owned() },
+            kib(budget),
+        ))
+    }
 }
 
 fn dirs_home() -> Option<PathBuf> {
@@ -554,5 +623,38 @@ fn crate_of(item: &str) -> String {
         }
         h if h.starts_with("func") || h.starts_with("code") => "(unnamed)".into(),
         h => h.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BUDGET_GZ, gate};
+
+    const FILES: [(&str, usize); 2] = [("tidings_wasm_bg.wasm", 40_000), ("tidings.js", 6_080)];
+
+    #[test]
+    fn the_budget_is_45_kib_and_a_package_that_fits_it_passes() {
+        assert_eq!(BUDGET_GZ, 46_080);
+        let ok = gate(&FILES, BUDGET_GZ, 0).expect("46,080 B is within 45 KiB");
+        assert!(ok.contains("within the budget of 45 KiB (46080 B)"), "{ok}");
+    }
+
+    #[test]
+    fn a_package_over_the_budget_fails_with_its_sizes_and_the_budget() {
+        let files = [("tidings_wasm_bg.wasm", 40_001), ("tidings.js", 6_080)];
+        let err = gate(&files, BUDGET_GZ, 0).expect_err("one byte over fails");
+        for part in ["46081 B gzipped", "tidings_wasm_bg.wasm 40001 B", "tidings.js 6080 B", "1 B over the budget"] {
+            assert!(err.contains(part), "{part:?} missing from {err}");
+        }
+        assert!(err.contains("budget 45 KiB (46080 B)"), "{err}");
+    }
+
+    #[test]
+    fn while_over_the_budget_the_ceiling_holds_and_growth_past_it_fails() {
+        let files = [("tidings_wasm_bg.wasm", 60_000), ("tidings.js", 6_000)];
+        let held = gate(&files, BUDGET_GZ, 66_000).expect("at the ceiling");
+        assert!(held.contains("OVER the budget of 45 KiB (46080 B) by 19920 B"), "{held}");
+        let err = gate(&files, BUDGET_GZ, 65_999).expect_err("one byte past the ceiling");
+        assert!(err.contains("1 B over the ceiling of 64 KiB (65999 B)") && err.contains("budget 45 KiB"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 //! made while offline, queued durably with an op id and sent again after every reconnect until answered — applied
 //! once by the server, whatever the number of resends.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::Engine;
@@ -93,8 +93,10 @@ struct Pending {
 #[derive(Debug, Default)]
 pub(super) struct InboxState {
     counts: Option<InboxCounts>,
-    /// Loaded items by `seq` (the view shows them newest first); archived ones leave it.
-    view: BTreeMap<u64, InboxItem>,
+    /// Loaded items in `seq` order, oldest first (the view shows them newest first); archived ones leave it. A
+    /// sorted `Vec` rather than a `BTreeMap`: the view is bounded (`inbox_view_capacity`), and the B-tree's code was
+    /// about 5 KB of the browser module.
+    view: Vec<InboxItem>,
     /// No older item than the view's oldest exists.
     complete: bool,
     pending: Vec<Pending>,
@@ -106,13 +108,15 @@ pub(super) struct InboxState {
 impl InboxState {
     /// Applies one item to the view; returns whether the view changed.
     fn apply_item(&mut self, item: &InboxItem) -> bool {
-        match self.view.get_mut(&item.seq) {
-            Some(held) if held.id == item.id => {
+        let at = self.view.binary_search_by_key(&item.seq, |i| i.seq);
+        match at {
+            Ok(n) if self.view[n].id == item.id => {
+                let held = &mut self.view[n];
                 if item.version <= held.version {
                     return false;
                 }
                 if item.archived_at.is_some() {
-                    self.view.remove(&item.seq);
+                    self.view.remove(n);
                     return true;
                 }
                 let notification = item.notification.clone().or_else(|| held.notification.take());
@@ -120,8 +124,12 @@ impl InboxState {
                 true
             }
             _ if item.notification.is_none() || item.archived_at.is_some() => false,
-            _ => {
-                self.view.insert(item.seq, item.clone());
+            Ok(n) => {
+                self.view[n] = item.clone();
+                true
+            }
+            Err(n) => {
+                self.view.insert(n, item.clone());
                 true
             }
         }
@@ -129,7 +137,7 @@ impl InboxState {
 
     fn apply_mark(&mut self, mark: &InboxMark) -> bool {
         let mut changed = false;
-        for item in self.view.range_mut(..=mark.up_to).map(|(_, i)| i) {
+        for item in self.view.iter_mut().take_while(|i| i.seq <= mark.up_to) {
             if item.version >= mark.version {
                 continue;
             }
@@ -148,8 +156,9 @@ impl InboxState {
     }
 
     fn trim(&mut self, capacity: usize) {
-        while self.view.len() > capacity.max(1) {
-            self.view.pop_first();
+        let excess = self.view.len().saturating_sub(capacity.max(1));
+        if excess > 0 {
+            self.view.drain(..excess);
             self.complete = false;
         }
     }
@@ -168,7 +177,7 @@ impl Engine {
     /// The items the app loaded ([`Engine::inbox_load_more`]) and every item added since, newest first, in their
     /// current state; archived items leave the view.
     pub fn inbox_items(&self) -> impl Iterator<Item = &InboxItem> {
-        self.inbox.view.values().rev()
+        self.inbox.view.iter().rev()
     }
 
     /// Whether the view reaches the oldest item of the inbox (nothing more to load).
@@ -197,7 +206,7 @@ impl Engine {
     /// ([`Event::InboxChanged`]).
     pub fn inbox_load_more(&mut self, now: Instant, limit: Option<u32>) -> Result<RequestId, EngineError> {
         let now = self.tick(now);
-        let before = self.inbox.view.keys().next().copied();
+        let before = self.inbox.view.first().map(|i| i.seq);
         let query = InboxQuery { before, limit, ..InboxQuery::default() };
         query.validate().map_err(EngineError::InvalidArgument)?;
         Ok(self.add_request(now, Kind::List { query, into_view: true }))
@@ -414,8 +423,8 @@ impl Engine {
             changed |= self.inbox.apply_item(item);
         }
         for id in &update.removed {
-            if let Some(seq) = self.inbox.view.iter().find(|(_, i)| &i.id == id).map(|(s, _)| *s) {
-                self.inbox.view.remove(&seq);
+            if let Some(n) = self.inbox.view.iter().position(|i| &i.id == id) {
+                self.inbox.view.remove(n);
                 changed = true;
             }
         }
@@ -435,7 +444,7 @@ impl Engine {
             return;
         }
         self.inbox.counts = Some(counts);
-        if self.inbox.view.keys().next_back().is_some_and(|newest| *newest > counts.head) {
+        if self.inbox.view.last().is_some_and(|newest| newest.seq > counts.head) {
             self.inbox.view.clear();
             self.inbox.complete = false;
             self.events.push_back(Event::InboxChanged);
