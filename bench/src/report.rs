@@ -770,6 +770,38 @@ mod tests {
     }
 
     #[test]
+    fn s6_compares_both_systems_at_one_and_two_processes() {
+        let dir = std::env::temp_dir().join(format!("tidings-report-s6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s6 = |system: &str, processes: u64, per_s: f64, cost: f64| {
+            json!({"scenario": "S6", "system": system, "processes": processes, "deliveries_per_s": per_s,
+                   "server_cpu_ns_per_delivery": cost - 100.0, "redis_cpu_ns_per_delivery": 100.0,
+                   "cost_ns_per_delivery": cost, "delivered_total": 1000, "expected_total": 1000, "nproc": 2,
+                   "cpu": "x", "placement": "p"})
+            .to_string()
+        };
+        let text = [
+            s6("tidings (redis + postgres)", 1, 900_000.0, 1_000.0),
+            s6("socket.io 4.8.4 + @socket.io/redis-adapter 8.3.0", 1, 90_000.0, 10_000.0),
+            s6("tidings (redis + postgres)", 2, 800_000.0, 1_100.0),
+            s6("socket.io 4.8.4 + @socket.io/redis-adapter 8.3.0", 2, 50_000.0, 12_100.0),
+        ]
+        .join("\n");
+        let input = dir.join("r.jsonl");
+        std::fs::write(&input, text).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("## S6 — broadcast fan-out across processes through Redis"), "{md}");
+        assert!(md.contains("| deliveries/s | 900,000 | 800,000 | 90,000 | 50,000 | 16.00× |"), "{md}");
+        assert!(
+            md.contains("| server + Redis CPU per delivery (ns) | 1,000 | 1,100 | 10,000 | 12,100 | 11.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("Tidings with two processes: 0.89× the single process's deliveries/s"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn durable_stores_get_their_own_column_and_s5_its_own_table() {
         let dir = std::env::temp_dir().join(format!("tidings-report-durable-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
