@@ -18,13 +18,23 @@ pub(crate) fn payload64() -> RawJson {
     RawJson::from_string(format!(r#"{{"p":"{}"}}"#, "x".repeat(64 - 8))).expect("valid JSON")
 }
 
-/// Which store the server child runs on: `memory`, `sqlite` (synchronous full) or `sqlite-normal`.
+/// The database of `server-proc postgres` (S6), set by the parent.
+pub(crate) const DATABASE_URL_VAR: &str = "TIDINGS_BENCH_DATABASE_URL";
+/// With it, `server-proc` runs on the Redis broker (S6), with the key prefix of [`REDIS_PREFIX_VAR`].
+pub(crate) const REDIS_URL_VAR: &str = "TIDINGS_BENCH_REDIS_URL";
+pub(crate) const REDIS_PREFIX_VAR: &str = "TIDINGS_BENCH_REDIS_PREFIX";
+
+/// Which store the server child runs on: `memory`, `sqlite` (synchronous full), `sqlite-normal` or `postgres`
+/// (the database of [`DATABASE_URL_VAR`]).
 pub(crate) fn store_config(name: &str, dir: &std::path::Path) -> anyhow::Result<StoreConfig> {
     Ok(match name {
         "memory" => StoreConfig::Memory,
         "sqlite" => StoreConfig::Sqlite { data_dir: dir.to_owned(), synchronous: Synchronous::Full },
         "sqlite-normal" => StoreConfig::Sqlite { data_dir: dir.to_owned(), synchronous: Synchronous::Normal },
-        other => anyhow::bail!("unknown store {other:?} (memory, sqlite, sqlite-normal)"),
+        "postgres" => StoreConfig::Postgres {
+            url: std::env::var(DATABASE_URL_VAR).map_err(|_| anyhow::anyhow!("{DATABASE_URL_VAR} is not set"))?,
+        },
+        other => anyhow::bail!("unknown store {other:?} (memory, sqlite, sqlite-normal, postgres)"),
     })
 }
 
@@ -40,6 +50,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         config.replay_max_items = 100_000;
         config.rate_limit_frames_per_sec = u32::MAX;
         config.store = store_config(&store, &data_dir)?;
+        if let Ok(url) = std::env::var(REDIS_URL_VAR) {
+            let mut redis = tidings_server::broker_redis::RedisConfig::new(url);
+            if let Ok(prefix) = std::env::var(REDIS_PREFIX_VAR) {
+                redis.prefix = prefix;
+            }
+            config.redis = Some(redis);
+        }
         let server = tidings_server::start(config).await?;
         println!("{}", json!({"ready": true, "port": server.local_addr().port(), "pid": std::process::id()}));
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -49,6 +66,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             let cmd: Value = serde_json::from_str(&line)?;
             let reply = match cmd["cmd"].as_str().unwrap_or("") {
                 "rss" => json!({"rss_kib": sys::rss_kib(pid)?}),
+                "cpu" => json!({"cpu_s": sys::cpu_seconds(pid)?}),
                 "stats" => json!({"connections_open": server.stats().connections_open, "deliveries": server.stats().deliveries, "slow_consumers": server.stats().slow_consumers}),
                 "fanout" => fanout(&server, secs(&cmd), cmd["batch"].as_u64().unwrap_or(1).max(1), pid).await?,
                 "targeted" => targeted(&server, &cmd, pid).await?,

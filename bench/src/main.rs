@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod child;
+mod cluster;
 mod durable;
 mod floor;
 mod inbox;
@@ -38,9 +39,9 @@ struct Cli {
 enum Command {
     /// Run the scenarios of bench/README.md (server on CPU 0, clients on CPU 1); one JSON line each.
     Run {
-        /// Which scenarios (s1, s2, s3, s4, s5: durable publish; p1, p2: push send throughput; i1: inbox list,
-        /// i2: mark all read, i3: SSE fan-out), comma-separated.
-        #[arg(long, default_value = "s1,s2,s3,s4,s5,p1,p2,i1,i2,i3", value_delimiter = ',')]
+        /// Which scenarios (s1, s2, s3, s4, s5: durable publish; s6: fan-out across processes through Redis; p1,
+        /// p2: push send throughput; i1: inbox list, i2: mark all read, i3: SSE fan-out), comma-separated.
+        #[arg(long, default_value = "s1,s2,s3,s4,s5,s6,p1,p2,i1,i2,i3", value_delimiter = ',')]
         scenarios: Vec<String>,
         /// The server's stores for S2 and S3 (memory, sqlite, sqlite-normal), comma-separated; the peer runs once.
         /// S5 always runs on all three; S1 and S4 on memory.
@@ -286,6 +287,33 @@ fn run(which: &[String], stores: &[String], sizes: Sizes, with_peer: bool, runs:
             }
             continue;
         }
+        if s == "s6" {
+            // Fan-out across processes through Redis: one process and two, each system, alternating.
+            let mut backends = rt.block_on(cluster::Backends::start())?;
+            for n in 1..=runs {
+                let mut lines = Vec::new();
+                for processes in [1, 2] {
+                    let ours = stamp(with_steal(|| {
+                        rt.block_on(cluster::tidings(&mut backends, processes, clients, seconds, publish_batch))
+                    })?);
+                    println!("{}", numbered(ours.clone(), n, runs));
+                    if with_peer {
+                        let theirs = stamp(with_steal(|| {
+                            rt.block_on(cluster::socketio(&mut backends, processes, clients, seconds, publish_batch))
+                        })?);
+                        println!("{}", numbered(theirs.clone(), n, runs));
+                        lines.push((ours, theirs));
+                    }
+                }
+                for (ours, theirs) in &lines {
+                    let mut c = compare(ours, theirs);
+                    c["processes"] = ours["processes"].clone();
+                    println!("{}", numbered(c, n, runs));
+                }
+            }
+            rt.block_on(backends.stop());
+            continue;
+        }
         if s == "i1" {
             // Once: seeding 10,000 × 10,000 items is most of the scenario's time.
             let line = stamp(with_steal(|| rt.block_on(inbox::i1(inbox.users, inbox.items, inbox.reads)))?);
@@ -392,6 +420,7 @@ fn compare(ours: &serde_json::Value, theirs: &serde_json::Value) -> serde_json::
         "S1" => &[("rss_per_connection_kib", false)],
         "P1" => &[("pushes_per_s", true), ("cpu_us_per_push", false)],
         "S2" => &[("deliveries_per_s", true), ("server_cpu_s", false)],
+        "S6" => &[("deliveries_per_s", true), ("server_cpu_ns_per_delivery", false), ("cost_ns_per_delivery", false)],
         "S3" => &[("p50_us", false), ("p99_us", false), ("p999_us", false), ("max_us", false), ("lost", false)],
         _ => &[
             ("resumed_fraction", true),

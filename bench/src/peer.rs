@@ -15,7 +15,7 @@ pub(crate) fn peer_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio")
 }
 
-struct NodeProc {
+pub(crate) struct NodeProc {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -23,6 +23,15 @@ struct NodeProc {
 
 impl NodeProc {
     async fn start(script: &str, cpu: usize) -> anyhow::Result<(Self, Option<Value>)> {
+        Self::start_env(script, cpu, &[]).await
+    }
+
+    /// Starts `script` pinned to `cpu` with more environment variables (S6: `REDIS_URL`).
+    pub(crate) async fn start_env(
+        script: &str,
+        cpu: usize,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Self, Option<Value>)> {
         let dir = peer_dir();
         anyhow::ensure!(
             dir.join("node_modules/socket.io").is_dir(),
@@ -32,6 +41,7 @@ impl NodeProc {
         let mut child = Command::new("taskset")
             .args(["-c", &cpu.to_string(), "node", "--max-old-space-size=8192", script])
             .current_dir(&dir)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -43,12 +53,12 @@ impl NodeProc {
         Ok((p, ready))
     }
 
-    async fn send(&mut self, cmd: Value) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, cmd: Value) -> anyhow::Result<()> {
         self.stdin.write_all(format!("{cmd}\n").as_bytes()).await?;
         Ok(self.stdin.flush().await?)
     }
 
-    async fn answer(&mut self) -> anyhow::Result<Value> {
+    pub(crate) async fn answer(&mut self) -> anyhow::Result<Value> {
         let line = self.stdout.next_line().await?.ok_or_else(|| anyhow::anyhow!("node process exited"))?;
         let v: Value = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("node answered {line:?}: {e}"))?;
         if let Some(err) = v.get("error") {
@@ -57,12 +67,12 @@ impl NodeProc {
         Ok(v)
     }
 
-    async fn call(&mut self, cmd: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&mut self, cmd: Value) -> anyhow::Result<Value> {
         self.send(cmd).await?;
         self.answer().await
     }
 
-    async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         let _ = self.send(json!({"cmd": "quit"})).await;
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;

@@ -267,6 +267,88 @@ Load: {how}.
     Ok(())
 }
 
+/// The S6 section: broadcast fan-out through Redis, one and two server processes, both systems.
+fn cluster_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
+    let lines = |system: &str, processes: u64| -> Vec<&Value> {
+        runs.iter()
+            .filter(|v| v["scenario"] == "S6" && v["processes"] == processes)
+            .filter(|v| v["system"].as_str().is_some_and(|s| s.starts_with(system)))
+            .collect()
+    };
+    let columns = [lines("tidings", 1), lines("tidings", 2), lines("socket.io", 1), lines("socket.io", 2)];
+    if columns[0].is_empty() && columns[1].is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## S6 — broadcast fan-out across processes through Redis\n")?;
+    writeln!(
+        md,
+        "Clients split evenly between the server processes, all on one topic; the publisher runs in the first \
+         process (batches as in S2) and every other process gets the notifications through Redis. Tidings: the Redis \
+         broker on PostgreSQL ({}); Socket.IO: {} (no connection state recovery: that adapter does not support it). \
+         Both server processes share CPU 0 on this machine, so two processes cannot deliver more per second than \
+         one; the CPU cost per delivery (server processes, and Redis) is what a second core would divide.\n",
+        "`demo-server/src/broker_redis.rs`",
+        columns[2..].iter().flatten().next().and_then(|v| v["system"].as_str()).unwrap_or("socket.io")
+    )?;
+    writeln!(
+        md,
+        "| metric | Tidings, 1 process | Tidings, 2 processes | Socket.IO, 1 process | Socket.IO, 2 processes | ratio \
+         (× better, 2 processes) |\n|---|---:|---:|---:|---:|---:|"
+    )?;
+    let metrics: &[(&str, &str, bool)] = &[
+        ("deliveries_per_s", "deliveries/s", true),
+        ("server_cpu_ns_per_delivery", "server CPU per delivery (ns)", false),
+        ("redis_cpu_ns_per_delivery", "Redis CPU per delivery (ns)", false),
+        ("cost_ns_per_delivery", "server + Redis CPU per delivery (ns)", false),
+        ("delivered_total", "delivered", true),
+        ("expected_total", "expected (published × clients)", true),
+    ];
+    for (key, label, higher) in metrics {
+        let cells: Vec<String> = columns.iter().map(|l| cell(summary(l, key), l.len())).collect();
+        let (a, b) = (summary(&columns[1], key).map(|s| s.0), summary(&columns[3], key).map(|s| s.0));
+        let ratio = match (a, b) {
+            _ if key.ends_with("_total") => None,
+            (Some(a), Some(b)) if *higher && b > 0.0 => Some(a / b),
+            (Some(a), Some(b)) if !*higher && a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        writeln!(
+            md,
+            "| {label} | {} | {} |",
+            cells.join(" | "),
+            ratio.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "–".into())
+        )?;
+    }
+    if let (Some((one, ..)), Some((two, ..))) =
+        (summary(&columns[0], "cost_ns_per_delivery"), summary(&columns[1], "cost_ns_per_delivery"))
+        && two > 0.0
+    {
+        writeln!(
+            md,
+            "\nTidings with two processes: {:.2}× the single process's deliveries/s on this shared core, at {:.0} ns of \
+             server + Redis CPU per delivery against {:.0} ns for one process.",
+            summary(&columns[1], "deliveries_per_s").map(|s| s.0).unwrap_or(0.0)
+                / summary(&columns[0], "deliveries_per_s").map(|s| s.0).filter(|d| *d > 0.0).unwrap_or(1.0),
+            two,
+            one
+        )?;
+    }
+    let all: Vec<&Value> = columns.iter().flatten().copied().collect();
+    if let Some(steal) = steal_sentence(&[("these runs", &all)]) {
+        writeln!(md, "\n{steal}")?;
+    }
+    if let Some(placement) = all.first().and_then(|v| v["placement"].as_str()) {
+        writeln!(md, "\nPlacement: {placement}.")?;
+    }
+    if let Some(how) = columns[1].last().and_then(|v| v["publisher"].as_str()) {
+        writeln!(md, "\nPublisher (Tidings): {how}.")?;
+    }
+    if let Some(how) = columns[3].last().and_then(|v| v["publisher"].as_str()) {
+        writeln!(md, "Publisher (Socket.IO): {how}.")?;
+    }
+    writeln!(md)
+}
+
 /// The I1–I3 section: the inbox on SQLite (list latency at scale, mark all read against the item count) and SSE
 /// fan-out beside WebSocket under the same load.
 fn inbox_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
@@ -539,6 +621,7 @@ pub(crate) fn write(results: &Path, root: &Path, command: &str) -> anyhow::Resul
         writeln!(md, "\n![{title}]({svg_rel})\n")?;
     }
     durable_section(&mut md, &runs)?;
+    cluster_section(&mut md, &runs)?;
     inbox_section(&mut md, &runs)?;
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     Ok(())
@@ -683,6 +766,38 @@ mod tests {
         assert!(md.contains("p50 55 (50 – 60) µs, p99 220 (200 – 240) µs"), "{md}");
         // The floor is not a competitor: it gets no column of its own in the table.
         assert!(md.contains("| targeted latency p50 (µs) | 90 | – |"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn s6_compares_both_systems_at_one_and_two_processes() {
+        let dir = std::env::temp_dir().join(format!("tidings-report-s6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s6 = |system: &str, processes: u64, per_s: f64, cost: f64| {
+            json!({"scenario": "S6", "system": system, "processes": processes, "deliveries_per_s": per_s,
+                   "server_cpu_ns_per_delivery": cost - 100.0, "redis_cpu_ns_per_delivery": 100.0,
+                   "cost_ns_per_delivery": cost, "delivered_total": 1000, "expected_total": 1000, "nproc": 2,
+                   "cpu": "x", "placement": "p"})
+            .to_string()
+        };
+        let text = [
+            s6("tidings (redis + postgres)", 1, 900_000.0, 1_000.0),
+            s6("socket.io 4.8.4 + @socket.io/redis-adapter 8.3.0", 1, 90_000.0, 10_000.0),
+            s6("tidings (redis + postgres)", 2, 800_000.0, 1_100.0),
+            s6("socket.io 4.8.4 + @socket.io/redis-adapter 8.3.0", 2, 50_000.0, 12_100.0),
+        ]
+        .join("\n");
+        let input = dir.join("r.jsonl");
+        std::fs::write(&input, text).unwrap();
+        write(&input, &dir, "cmd").unwrap();
+        let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+        assert!(md.contains("## S6 — broadcast fan-out across processes through Redis"), "{md}");
+        assert!(md.contains("| deliveries/s | 900,000 | 800,000 | 90,000 | 50,000 | 16.00× |"), "{md}");
+        assert!(
+            md.contains("| server + Redis CPU per delivery (ns) | 1,000 | 1,100 | 10,000 | 12,100 | 11.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("Tidings with two processes: 0.89× the single process's deliveries/s"), "{md}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -30,6 +30,11 @@ impl ServerChild {
 
     /// Starts `tidings-bench server-proc` pinned to CPU 0, on `store` (`memory`, `sqlite`, `sqlite-normal`).
     pub(crate) async fn start_on(store: &str) -> anyhow::Result<Self> {
+        Self::start_with(store, &[]).await
+    }
+
+    /// [`ServerChild::start_on`] with more environment variables (S6: the database and Redis).
+    pub(crate) async fn start_with(store: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         // TIDINGS_BENCH_SERVER_WRAP="perf record -e cpu-clock -g -o /tmp/server.perf" profiles the server child.
         let wrap: Vec<String> = std::env::var("TIDINGS_BENCH_SERVER_WRAP")
@@ -42,6 +47,7 @@ impl ServerChild {
             .arg("server-proc")
             .arg(store)
             .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -89,7 +95,7 @@ impl ServerChild {
     }
 }
 
-type Handler = Arc<dyn Fn(usize, Event) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(usize, Event) + Send + Sync>;
 
 /// A fleet of SDK clients whose events go to one handler.
 pub(crate) struct Fleet {
@@ -106,12 +112,24 @@ impl Fleet {
         streams_each: usize,
         handler: Handler,
     ) -> anyhow::Result<Fleet> {
+        Self::start_at(url, 0, n, topics, streams_each, handler).await
+    }
+
+    /// [`Fleet::start`] for clients `first..first + n` (users `u<first>`…; the handler gets the global index).
+    pub(crate) async fn start_at(
+        url: &str,
+        first: usize,
+        n: usize,
+        topics: &[&str],
+        streams_each: usize,
+        handler: Handler,
+    ) -> anyhow::Result<Fleet> {
         let ready = Arc::new(AtomicUsize::new(0));
         let mut clients = Vec::with_capacity(n);
         let secret = tidings_server::TEST_JWT_SECRET;
         let subscribe: Vec<String> = topics.iter().map(|t| format!("topic:{t}")).collect();
         for start in (0..n).step_by(250) {
-            for i in start..(start + 250).min(n) {
+            for i in (first + start)..(first + start + 250).min(first + n) {
                 let token = tidings_server::issue_token(secret, &format!("u{i}"), topics, None);
                 let mut config = ClientConfig::new(url);
                 config.engine.batch.window = Duration::ZERO;

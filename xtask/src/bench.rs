@@ -21,6 +21,13 @@ pub(crate) fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
             .args(["ci", "--no-audit", "--no-fund"])
             .dir(&web_push))?;
     }
+    // S6 runs its own redis-server and PostgreSQL (Debian's packages).
+    if !Path::new(crate::redis::REDIS_SERVER).exists() {
+        crate::apt_install(&["redis-server"])?;
+    }
+    if !Path::new("/usr/lib/postgresql").is_dir() {
+        crate::apt_install(&["postgresql"])?;
+    }
     run(Step::new("build tidings-bench (release)", "cargo")
         .args(["build", "--release", "--locked", "-p", "tidings-bench"])
         .dir(root))?;

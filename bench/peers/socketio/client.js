@@ -19,7 +19,8 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.round((p / 100) * (sorted.length - 1)))];
 }
 
-async function start({ url, n, topic = null, mode = "count" }) {
+// `urls` (several servers, S6): client i connects to urls[i % urls.length].
+async function start({ url, urls = null, n, topic = null, mode = "count" }) {
   sockets = [];
   counts = new Array(n).fill(0);
   latenciesUs = [];
@@ -30,7 +31,7 @@ async function start({ url, n, topic = null, mode = "count" }) {
   recovered = new Array(n).fill(false);
   let ready = 0;
   for (let i = 0; i < n; i++) {
-    const socket = io(url, { transports: ["websocket"], auth: { user: `u${i}`, topic } });
+    const socket = io(urls ? urls[i % urls.length] : url, { transports: ["websocket"], auth: { user: `u${i}`, topic } });
     socket.on("connect", () => {
       if (dropMarkNs > 0n && nowNs() > dropMarkNs) {
         handshakesUs.push(Number((nowNs() - connectingAt[i]) / 1000n));

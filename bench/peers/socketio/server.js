@@ -4,12 +4,26 @@
 import { createServer } from "node:http";
 import { createInterface } from "node:readline";
 import { Server } from "socket.io";
+import { createAdapter } from "@socket.io/redis-adapter";
+import { createClient } from "redis";
 
+// With REDIS_URL, several server processes share rooms through `@socket.io/redis-adapter` (the multi-process
+// scenario, S6). That adapter does not support connection state recovery (only the Redis Streams adapter does), so
+// it is off there.
+const redisUrl = process.env.REDIS_URL;
 const http = createServer();
 const io = new Server(http, {
-  connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true },
+  ...(redisUrl
+    ? {}
+    : { connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true } }),
   transports: ["websocket"],
 });
+if (redisUrl) {
+  const pub = createClient({ url: redisUrl });
+  const sub = pub.duplicate();
+  await Promise.all([pub.connect(), sub.connect()]);
+  io.adapter(createAdapter(pub, sub));
+}
 
 io.on("connection", (socket) => {
   const { user, topic } = socket.handshake.auth ?? {};
@@ -101,6 +115,9 @@ for await (const line of lines) {
     switch (cmd.cmd) {
       case "rss":
         reply = { rss_kib: rssKib() };
+        break;
+      case "cpu":
+        reply = { cpu_s: cpuSeconds() };
         break;
       case "stats":
         reply = { connections_open: io.engine.clientsCount };
