@@ -13,7 +13,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::json;
 use tidings_core::protocol::{ErrorCode, MAX_CLIENT_FRAME_BYTES, MAX_SERVER_FRAME_BYTES, SUBPROTOCOL, validate_id};
 use tidings_core::protocol::{validate_topic, validate_user_id};
@@ -41,124 +41,80 @@ pub(crate) enum Access {
     Demo,
 }
 
-/// Every HTTP endpoint of the server: method, path template, who may call it. The router is built from this table
-/// and the OpenAPI document (`openapi.rs`) must describe exactly these operations (a test compares them).
-pub(crate) const ENDPOINTS: &[(Method, &str, Access)] = &[
-    (Method::GET, "/v1/ws", Access::Public),
-    (Method::POST, "/v1/publish", Access::Key(Scope::Publish)),
-    (Method::POST, "/v1/publish/batch", Access::Key(Scope::Publish)),
-    (Method::GET, "/v1/presence", Access::Key(Scope::Read)),
-    (Method::GET, "/v1/presence/{user}", Access::Key(Scope::Read)),
-    (Method::GET, "/v1/notifications/{id}/acks", Access::Key(Scope::Read)),
-    (Method::GET, "/v1/users/{user}/devices", Access::Key(Scope::Operator)),
-    (Method::POST, "/v1/admin/drop", Access::Key(Scope::Operator)),
-    (Method::GET, "/v1/push/vapid-public-key", Access::Public),
-    (Method::GET, "/v1/push/status", Access::Key(Scope::Read)),
-    (Method::GET, "/v1/notifications/{id}/deliveries", Access::Key(Scope::Read)),
-    (Method::GET, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
-    (Method::PUT, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
-    (Method::PATCH, "/v1/users/{user}/preferences", Access::Key(Scope::Operator)),
-    (Method::GET, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
-    (Method::PUT, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
-    (Method::DELETE, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator)),
-    (Method::GET, "/v1/me/preferences", Access::User),
-    (Method::PUT, "/v1/me/preferences", Access::User),
-    (Method::PATCH, "/v1/me/preferences", Access::User),
-    (Method::GET, "/v1/me/quiet-hours", Access::User),
-    (Method::PUT, "/v1/me/quiet-hours", Access::User),
-    (Method::DELETE, "/v1/me/quiet-hours", Access::User),
-    (Method::GET, "/v1/me/notifications/{id}", Access::User),
-    (Method::POST, "/v1/me/acks", Access::User),
-    (Method::GET, "/v1/me/inbox", Access::User),
-    (Method::GET, "/v1/me/inbox/counts", Access::User),
-    (Method::POST, "/v1/me/inbox/mark", Access::User),
-    (Method::POST, "/v1/me/inbox/mark-all", Access::User),
-    (Method::GET, "/v1/me/inbox/topics", Access::User),
-    (Method::PUT, "/v1/me/inbox/topics/{topic}", Access::User),
-    (Method::DELETE, "/v1/me/inbox/topics/{topic}", Access::User),
-    (Method::GET, "/v1/users/{user}/inbox", Access::Key(Scope::Read)),
-    (Method::GET, "/v1/users/{user}/inbox/counts", Access::Key(Scope::Read)),
-    (Method::POST, "/v1/users/{user}/inbox/mark", Access::Key(Scope::Operator)),
-    (Method::POST, "/v1/users/{user}/inbox/mark-all", Access::Key(Scope::Operator)),
-    (Method::GET, "/v1/users/{user}/inbox/topics", Access::Key(Scope::Read)),
-    (Method::PUT, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator)),
-    (Method::DELETE, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator)),
-    (Method::GET, "/v1/streams/{stream}/history", Access::User),
-    (Method::POST, "/v1/sse/tickets", Access::User),
+/// An HTTP endpoint: method, path template, who may call it, and its handler routed for the method's filter.
+pub(crate) type Endpoint = (Method, &'static str, Access, fn(MethodFilter) -> MethodRouter<Arc<Node>>);
+
+/// Every HTTP endpoint of the server: method, path template, who may call it, handler. The router is built from this
+/// table and the OpenAPI document (`openapi.rs`) must describe exactly these operations (a test compares them).
+pub(crate) const ENDPOINTS: &[Endpoint] = &[
+    (Method::GET, "/v1/ws", Access::Public, |m| on(m, websocket)),
+    (Method::POST, "/v1/publish", Access::Key(Scope::Publish), |m| on(m, publish)),
+    (Method::POST, "/v1/publish/batch", Access::Key(Scope::Publish), |m| on(m, publish_batch)),
+    (Method::GET, "/v1/presence", Access::Key(Scope::Read), |m| on(m, presence_all)),
+    (Method::GET, "/v1/presence/{user}", Access::Key(Scope::Read), |m| on(m, presence_user)),
+    (Method::GET, "/v1/notifications/{id}/acks", Access::Key(Scope::Read), |m| on(m, acks)),
+    (Method::GET, "/v1/users/{user}/devices", Access::Key(Scope::Operator), |m| on(m, devices)),
+    (Method::POST, "/v1/admin/drop", Access::Key(Scope::Operator), |m| on(m, admin_drop)),
+    (Method::GET, "/v1/push/vapid-public-key", Access::Public, |m| on(m, vapid_public_key)),
+    (Method::GET, "/v1/push/status", Access::Key(Scope::Read), |m| on(m, hp::push_status)),
+    (Method::GET, "/v1/notifications/{id}/deliveries", Access::Key(Scope::Read), |m| on(m, hp::deliveries)),
+    (Method::GET, "/v1/users/{user}/preferences", Access::Key(Scope::Operator), |m| on(m, hp::user_preferences)),
+    (Method::PUT, "/v1/users/{user}/preferences", Access::Key(Scope::Operator), |m| on(m, hp::put_user_preferences)),
+    (Method::PATCH, "/v1/users/{user}/preferences", Access::Key(Scope::Operator), |m| {
+        on(m, hp::patch_user_preferences)
+    }),
+    (Method::GET, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator), |m| on(m, hp::user_quiet_hours)),
+    (Method::PUT, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator), |m| on(m, hp::put_user_quiet_hours)),
+    (Method::DELETE, "/v1/users/{user}/quiet-hours", Access::Key(Scope::Operator), |m| {
+        on(m, hp::delete_user_quiet_hours)
+    }),
+    (Method::GET, "/v1/me/preferences", Access::User, |m| on(m, hp::my_preferences)),
+    (Method::PUT, "/v1/me/preferences", Access::User, |m| on(m, hp::put_my_preferences)),
+    (Method::PATCH, "/v1/me/preferences", Access::User, |m| on(m, hp::patch_my_preferences)),
+    (Method::GET, "/v1/me/quiet-hours", Access::User, |m| on(m, hp::my_quiet_hours)),
+    (Method::PUT, "/v1/me/quiet-hours", Access::User, |m| on(m, hp::put_my_quiet_hours)),
+    (Method::DELETE, "/v1/me/quiet-hours", Access::User, |m| on(m, hp::delete_my_quiet_hours)),
+    (Method::GET, "/v1/me/notifications/{id}", Access::User, |m| on(m, hp::my_notification)),
+    (Method::POST, "/v1/me/acks", Access::User, |m| on(m, hp::my_acks)),
+    (Method::GET, "/v1/me/inbox", Access::User, |m| on(m, hi::me_list)),
+    (Method::GET, "/v1/me/inbox/counts", Access::User, |m| on(m, hi::me_counts)),
+    (Method::POST, "/v1/me/inbox/mark", Access::User, |m| on(m, hi::me_mark)),
+    (Method::POST, "/v1/me/inbox/mark-all", Access::User, |m| on(m, hi::me_mark_all)),
+    (Method::GET, "/v1/me/inbox/topics", Access::User, |m| on(m, hi::me_topics)),
+    (Method::PUT, "/v1/me/inbox/topics/{topic}", Access::User, |m| on(m, hi::me_follow)),
+    (Method::DELETE, "/v1/me/inbox/topics/{topic}", Access::User, |m| on(m, hi::me_unfollow)),
+    (Method::GET, "/v1/users/{user}/inbox", Access::Key(Scope::Read), |m| on(m, hi::user_list)),
+    (Method::GET, "/v1/users/{user}/inbox/counts", Access::Key(Scope::Read), |m| on(m, hi::user_counts)),
+    (Method::POST, "/v1/users/{user}/inbox/mark", Access::Key(Scope::Operator), |m| on(m, hi::user_mark)),
+    (Method::POST, "/v1/users/{user}/inbox/mark-all", Access::Key(Scope::Operator), |m| on(m, hi::user_mark_all)),
+    (Method::GET, "/v1/users/{user}/inbox/topics", Access::Key(Scope::Read), |m| on(m, hi::user_topics)),
+    (Method::PUT, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator), |m| on(m, hi::user_follow)),
+    (Method::DELETE, "/v1/users/{user}/inbox/topics/{topic}", Access::Key(Scope::Operator), |m| {
+        on(m, hi::user_unfollow)
+    }),
+    (Method::GET, "/v1/streams/{stream}/history", Access::User, |m| on(m, hi::history)),
+    (Method::POST, "/v1/sse/tickets", Access::User, |m| on(m, hi::sse_ticket)),
     // The SSE stream checks its token or ticket itself (a ticket travels in the query, for `EventSource`), with
     // the same failed-authentication throttle.
-    (Method::GET, "/v1/sse", Access::Public),
-    (Method::POST, "/v1/demo/token", Access::Demo),
-    (Method::GET, "/v1/openapi.json", Access::Public),
-    (Method::GET, "/healthz", Access::Public),
-    (Method::GET, "/readyz", Access::Public),
-    (Method::GET, "/metrics", Access::Public),
+    (Method::GET, "/v1/sse", Access::Public, |m| on(m, crate::sse::handler)),
+    (Method::POST, "/v1/demo/token", Access::Demo, |m| on(m, demo_token)),
+    (Method::GET, "/v1/openapi.json", Access::Public, |m| on(m, openapi)),
+    (Method::GET, "/healthz", Access::Public, |m| on(m, healthz)),
+    (Method::GET, "/readyz", Access::Public, |m| on(m, readyz)),
+    (Method::GET, "/metrics", Access::Public, |m| on(m, metrics)),
 ];
-
-/// The handler of `method path` (every entry of [`ENDPOINTS`] has one).
-fn handler(method: &Method, path: &str) -> MethodRouter<Arc<Node>> {
-    match (method.as_str(), path) {
-        ("GET", "/v1/ws") => get(websocket),
-        ("POST", "/v1/publish") => post(publish),
-        ("POST", "/v1/publish/batch") => post(publish_batch),
-        ("GET", "/v1/presence") => get(presence_all),
-        ("GET", "/v1/presence/{user}") => get(presence_user),
-        ("GET", "/v1/notifications/{id}/acks") => get(acks),
-        ("GET", "/v1/users/{user}/devices") => get(devices),
-        ("POST", "/v1/admin/drop") => post(admin_drop),
-        ("GET", "/v1/push/vapid-public-key") => get(vapid_public_key),
-        ("GET", "/v1/push/status") => get(hp::push_status),
-        ("GET", "/v1/notifications/{id}/deliveries") => get(hp::deliveries),
-        ("GET", "/v1/users/{user}/preferences") => get(hp::user_preferences),
-        ("PUT", "/v1/users/{user}/preferences") => put(hp::put_user_preferences),
-        ("PATCH", "/v1/users/{user}/preferences") => patch(hp::patch_user_preferences),
-        ("GET", "/v1/users/{user}/quiet-hours") => get(hp::user_quiet_hours),
-        ("PUT", "/v1/users/{user}/quiet-hours") => put(hp::put_user_quiet_hours),
-        ("DELETE", "/v1/users/{user}/quiet-hours") => delete(hp::delete_user_quiet_hours),
-        ("GET", "/v1/me/preferences") => get(hp::my_preferences),
-        ("PUT", "/v1/me/preferences") => put(hp::put_my_preferences),
-        ("PATCH", "/v1/me/preferences") => patch(hp::patch_my_preferences),
-        ("GET", "/v1/me/quiet-hours") => get(hp::my_quiet_hours),
-        ("PUT", "/v1/me/quiet-hours") => put(hp::put_my_quiet_hours),
-        ("DELETE", "/v1/me/quiet-hours") => delete(hp::delete_my_quiet_hours),
-        ("GET", "/v1/me/notifications/{id}") => get(hp::my_notification),
-        ("POST", "/v1/me/acks") => post(hp::my_acks),
-        ("GET", "/v1/me/inbox") => get(hi::me_list),
-        ("GET", "/v1/me/inbox/counts") => get(hi::me_counts),
-        ("POST", "/v1/me/inbox/mark") => post(hi::me_mark),
-        ("POST", "/v1/me/inbox/mark-all") => post(hi::me_mark_all),
-        ("GET", "/v1/me/inbox/topics") => get(hi::me_topics),
-        ("PUT", "/v1/me/inbox/topics/{topic}") => put(hi::me_follow),
-        ("DELETE", "/v1/me/inbox/topics/{topic}") => delete(hi::me_unfollow),
-        ("GET", "/v1/users/{user}/inbox") => get(hi::user_list),
-        ("GET", "/v1/users/{user}/inbox/counts") => get(hi::user_counts),
-        ("POST", "/v1/users/{user}/inbox/mark") => post(hi::user_mark),
-        ("POST", "/v1/users/{user}/inbox/mark-all") => post(hi::user_mark_all),
-        ("GET", "/v1/users/{user}/inbox/topics") => get(hi::user_topics),
-        ("PUT", "/v1/users/{user}/inbox/topics/{topic}") => put(hi::user_follow),
-        ("DELETE", "/v1/users/{user}/inbox/topics/{topic}") => delete(hi::user_unfollow),
-        ("GET", "/v1/streams/{stream}/history") => get(hi::history),
-        ("POST", "/v1/sse/tickets") => post(hi::sse_ticket),
-        ("GET", "/v1/sse") => get(crate::sse::handler),
-        ("POST", "/v1/demo/token") => post(demo_token),
-        ("GET", "/v1/openapi.json") => get(openapi),
-        ("GET", "/healthz") => get(healthz),
-        ("GET", "/readyz") => get(readyz),
-        ("GET", "/metrics") => get(metrics),
-        _ => unreachable!("{method} {path} is in ENDPOINTS without a handler"),
-    }
-}
 
 /// Builds the router of a server.
 pub(crate) fn router(node: Arc<Node>) -> Router {
     let mut router = Router::new();
     // `/v1/me/…` answers browsers on any origin: it authenticates with a bearer token, never a cookie.
     let mut me = Router::new();
-    for (method, path, access) in ENDPOINTS {
+    for (method, path, access, handler) in ENDPOINTS {
         if *access == Access::Demo && !node.config.demo {
             continue;
         }
-        let mut route = handler(method, path);
+        let filter = MethodFilter::try_from(method.clone()).expect("ENDPOINTS uses standard methods");
+        let mut route = handler(filter);
         match *access {
             Access::Key(scope) => {
                 route = route.route_layer(axum::middleware::from_fn_with_state((node.clone(), scope), require_key));
@@ -217,7 +173,7 @@ async fn observe(State(node): State<Arc<Node>>, request: Request, next: Next) ->
     let started = Instant::now();
     let id = request_id(request.headers());
     let route: &'static str = match request.extensions().get::<MatchedPath>() {
-        Some(matched) => ENDPOINTS.iter().find(|(_, p, _)| *p == matched.as_str()).map_or("other", |(_, p, _)| p),
+        Some(matched) => ENDPOINTS.iter().find(|(_, p, ..)| *p == matched.as_str()).map_or("other", |(_, p, ..)| p),
         None if node.config.web_root.is_some() => "static",
         None => "unmatched",
     };
@@ -798,8 +754,8 @@ mod tests {
         for (path, item) in paths {
             for (method, op) in item.as_object().unwrap() {
                 documented.push((method.to_uppercase(), path.clone()));
-                let routed = ENDPOINTS.iter().find(|(m, p, _)| m.as_str() == method.to_uppercase() && p == path);
-                let Some((_, _, access)) = routed else {
+                let routed = ENDPOINTS.iter().find(|(m, p, ..)| m.as_str() == method.to_uppercase() && p == path);
+                let Some((_, _, access, _)) = routed else {
                     panic!("{} {path} is documented but not routed (add it to ENDPOINTS)", method.to_uppercase());
                 };
                 // The document says who may call it, as the router enforces.
@@ -832,7 +788,7 @@ mod tests {
                 assert!(op["operationId"].is_string(), "{method} {path}: no operationId");
             }
         }
-        for (method, path, _) in ENDPOINTS {
+        for (method, path, ..) in ENDPOINTS {
             assert!(
                 documented.contains(&(method.to_string(), path.to_string())),
                 "{method} {path} is routed but not in the OpenAPI document (openapi.rs)"
