@@ -108,15 +108,32 @@ fn notification(i: usize) -> Value {
            "data": {"p": "x".repeat(64 - 8)}})
 }
 
+/// The SQLite store's writer thread (its name as the kernel keeps it: 15 bytes).
+const WRITER_THREAD: &str = "tidings-sqlite-";
+
+/// The server child's CPU seconds: in all, and in its SQLite writer and checkpointer threads (which share a
+/// truncated name); zeros when it cannot be read (e.g. under a profiling wrapper).
+fn server_cpu(server: &ServerChild) -> (f64, f64) {
+    let threads = server.pid().and_then(|pid| crate::sys::thread_cpu_seconds(pid).ok()).unwrap_or_default();
+    (threads.values().sum(), threads.get(WRITER_THREAD).copied().unwrap_or(0.0))
+}
+
 /// S5 on `store`: `seconds` of single publishes, then `seconds` of batch publishes.
 pub(crate) async fn s5(store: &str, seconds: f64) -> anyhow::Result<Value> {
     let server = ServerChild::start_on(store).await?;
     let duration = Duration::from_secs_f64(seconds);
+    let cpu0 = server_cpu(&server);
     let single = load(server.port, "/v1/publish", notification(7).to_string(), SINGLE_CONNECTIONS, duration).await?;
     let batch_body = json!({"notifications": (0..BATCH_SIZE).map(notification).collect::<Vec<_>>()}).to_string();
+    let cpu1 = server_cpu(&server);
     let batch = load(server.port, "/v1/publish/batch", batch_body, BATCH_CONNECTIONS, duration).await?;
+    let cpu2 = server_cpu(&server);
     server.stop().await?;
     let ms = |us: u64| us as f64 / 1000.0;
+    // CPU per notification (µs): steadier than throughput on a shared machine, where other work takes turns on
+    // the server's CPU.
+    let per_us = |cpu: f64, n: u64| if n == 0 { 0.0 } else { (cpu * 1e7 / n as f64).round() / 10.0 };
+    let batch_notifications = batch.ok * BATCH_SIZE as u64;
     Ok(json!({
         "scenario": "S5", "system": "tidings", "store": store, "seconds": seconds,
         "single_publishes_per_s": (single.ok as f64 / single.seconds).round(),
@@ -127,6 +144,10 @@ pub(crate) async fn s5(store: &str, seconds: f64) -> anyhow::Result<Value> {
         "batch_p50_ms": ms(percentile(&batch.latencies_us, 50.0)),
         "batch_p99_ms": ms(percentile(&batch.latencies_us, 99.0)),
         "batch_errors": batch.errors,
+        "single_server_cpu_us": per_us(cpu1.0 - cpu0.0, single.ok),
+        "single_store_threads_cpu_us": per_us(cpu1.1 - cpu0.1, single.ok),
+        "batch_server_cpu_us": per_us(cpu2.0 - cpu1.0, batch_notifications),
+        "batch_store_threads_cpu_us": per_us(cpu2.1 - cpu1.1, batch_notifications),
         "publisher": format!(
             "HTTP/1.1 keep-alive from the clients' CPU: {SINGLE_CONNECTIONS} connections with one POST /v1/publish \
              (one notification to one of 1,000 users) in flight each, then {BATCH_CONNECTIONS} connections with one \

@@ -213,6 +213,12 @@ const DURABLE: &[DurableMetric] = &[
     },
     DurableMetric { key: "batch_p50_ms", label: "batch request latency p50 (ms)", target: "" },
     DurableMetric { key: "batch_p99_ms", label: "batch request latency p99 (ms)", target: "" },
+    DurableMetric { key: "batch_server_cpu_us", label: "server CPU per notification in batches (µs)", target: "" },
+    DurableMetric {
+        key: "batch_store_threads_cpu_us",
+        label: "of which SQLite's writer and checkpointer threads (µs)",
+        target: "",
+    },
     DurableMetric { key: "single_errors", label: "refused single publishes", target: "0" },
     DurableMetric { key: "batch_errors", label: "refused batch requests", target: "0" },
 ];

@@ -82,6 +82,11 @@ impl ServerChild {
         Ok(v)
     }
 
+    /// The child's process id (the server's, once `taskset` has exec'd it; a wrapper's when one is set).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub(crate) fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}/v1/ws", self.port)
     }

@@ -23,6 +23,23 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / clock_ticks_per_second())
 }
 
+/// User + system CPU seconds consumed so far by each thread of `pid`, by thread name (threads of one name
+/// summed).
+pub(crate) fn thread_cpu_seconds(pid: u32) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut threads = std::collections::BTreeMap::new();
+    let per_tick = 1.0 / clock_ticks_per_second();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else { continue };
+        // The name is between the first '(' and the last ')'; utime and stime follow as fields 14 and 15.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        *threads.entry(name).or_insert(0.0) += ticks * per_tick;
+    }
+    Ok(threads)
+}
+
 fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")

@@ -1,6 +1,7 @@
 //! Publishing (protocol §9.1): request parsing and validation, receipts and errors, and the in-process
 //! [`Publisher`]. The publish pipeline itself is the node's (`Node::publish_batch`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -199,12 +200,12 @@ impl PublishRequest {
     /// Parses a publish body (a JSON object, see protocol §9.1). Unknown members are ignored; the error
     /// message names the offending field.
     pub fn from_json(text: &str) -> Result<Self, PublishError> {
-        let fields: HashMap<String, &RawValue> = serde_json::from_str(text)
+        let fields: Members<'_> = serde_json::from_str(text)
             .map_err(|e| PublishError::bad_request(format!("the body must be a JSON object: {e}")))?;
         Self::from_fields(fields)
     }
 
-    fn from_fields(mut fields: HashMap<String, &RawValue>) -> Result<Self, PublishError> {
+    fn from_fields(mut fields: Members<'_>) -> Result<Self, PublishError> {
         let mut value = |name: &str| -> Result<Option<serde_json::Value>, PublishError> {
             match fields.remove(name) {
                 None => Ok(None),
@@ -446,6 +447,64 @@ pub fn parse_batch(text: &str) -> Result<Vec<Result<PublishRequest, PublishError
         )));
     }
     Ok(items.into_iter().map(|raw| PublishRequest::from_json(raw.get())).collect())
+}
+
+/// The members of a JSON object, each value unparsed, the keys borrowed from the text unless they hold escapes:
+/// what a `HashMap<String, &RawValue>` gave (a member given twice counts once, the last; the same errors), without
+/// a map and an allocated key per member of every notification of a batch.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// Takes the value of member `name` (its last occurrence).
+    fn remove(&mut self, name: &str) -> Option<&'a RawValue> {
+        let i = self.0.iter().rposition(|(key, _)| key == name)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));
+                while let Some(Key(key)) = map.next_key()? {
+                    members.push((key, map.next_value()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// An object's key, borrowed from the text when it can be.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit(std::marker::PhantomData))
+    }
 }
 
 /// The reply to a publish (protocol §9.1).

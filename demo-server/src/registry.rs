@@ -145,7 +145,9 @@ impl Registry {
         let count = admitted.len();
         conn.push_reserved(reply.into_iter().chain(admitted));
         set.insert_live(conn);
-        if let Some(floor) = floor {
+        // A read at head 0 saw nothing (offsets start at 1): no floor to keep, which spares idle subscriptions of
+        // empty streams a map entry.
+        if let Some(floor) = floor.filter(|(_, head)| *head > 0) {
             set.floors.insert(conn.id(), floor);
         }
         Some(count)
@@ -267,6 +269,10 @@ impl Registry {
     ) -> Option<Arc<ConnHandle>> {
         let mut users = lock(&self.devices);
         let entries = users.entry(user.clone()).or_default();
+        if entries.is_empty() {
+            // Most users have one device connected: room for one, not the four a first push makes.
+            entries.reserve_exact(1);
+        }
         let replaced = entries.iter().position(|(d, _)| d == device).map(|i| entries.remove(i).1);
         entries.push((device.clone(), conn.clone()));
         replaced
@@ -362,7 +368,12 @@ impl SubscriberSet {
 
     fn end_sync(&mut self, id: u64) -> Option<Vec<Buffered>> {
         let i = self.syncing.iter().position(|s| s.conn.id() == id)?;
-        Some(self.syncing.swap_remove(i).buffered)
+        let synced = self.syncing.swap_remove(i).buffered;
+        if self.syncing.is_empty() {
+            // Syncing is brief: a stream whose subscribers are all live keeps no room for it.
+            self.syncing = Vec::new();
+        }
+        Some(synced)
     }
 
     /// Adds `conn` to the live subscribers unless it is already there.
@@ -459,6 +470,20 @@ mod tests {
             }
             assert!(set.is_empty());
         }
+    }
+
+    #[test]
+    fn an_idle_subscription_keeps_no_room_for_syncing_and_no_floor_when_its_read_saw_nothing() {
+        // Server memory per idle connection (bench S1): each connection on its own stream.
+        let registry = Registry::new();
+        let conn = conns(1).pop().unwrap();
+        registry.begin_subscribe("user:a", &conn);
+        registry.finish_subscribe("user:a", &conn, vec![], Some((Arc::from("e"), 0)), |_| true);
+        let subs = registry.subscribers("user:a").unwrap();
+        let set = lock(&subs.set);
+        assert_eq!(ids(&set), [0]);
+        assert_eq!(set.syncing.capacity(), 0, "the syncing list's room is released once nobody syncs");
+        assert!(set.floors.is_empty(), "a read at head 0 saw no offset to skip");
     }
 
     #[test]

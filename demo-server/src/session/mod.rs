@@ -300,7 +300,13 @@ impl Session {
 
     /// The next output, in order.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
-        self.output.pop_front()
+        let next = self.output.pop_front();
+        if next.is_none() && self.output.capacity() > 0 {
+            // Drained: an idle connection keeps no room for outputs (an `Output` is large, and the queue's
+            // smallest allocation holds four).
+            self.output = VecDeque::new();
+        }
+        next
     }
 
     /// When [`Session::handle_timeout`] must be called next; `None` once the session is closed.
@@ -509,6 +515,13 @@ impl Session {
             } else {
                 break;
             }
+        }
+        // Both are rarely used: an idle connection keeps no room for them.
+        if self.entries.is_empty() && self.entries.capacity() > 0 {
+            self.entries = VecDeque::new();
+        }
+        if self.deferred.is_empty() && self.deferred.capacity() > 0 {
+            self.deferred = VecDeque::new();
         }
     }
 
@@ -721,6 +734,10 @@ impl Session {
             }
             None => {
                 let stream: Arc<str> = Arc::from(entry.stream);
+                if self.streams.is_empty() {
+                    // Most connections subscribe once: room for one stream, not the four a first push makes.
+                    self.streams.reserve_exact(1);
+                }
                 self.streams.push(stream.clone());
                 stream
             }

@@ -285,6 +285,23 @@ fn subscribe_entries_are_answered_in_order_waiting_for_each_read() {
 }
 
 #[test]
+fn an_idle_session_keeps_no_room_for_outputs_entries_or_deferred_frames() {
+    // Server memory per idle connection (bench S1): what a burst of requests used is released once answered.
+    let mut sim = Sim::new();
+    sim.login(&["news"], None);
+    sim.send(json!({"op":"subscribe","ref":1,"streams":[{"stream":"user:alice"},{"stream":"topic:news"}]}));
+    sim.send(json!({"op":"heartbeat","echo":true}));
+    assert_eq!(sim.drain().len(), 1, "the first read");
+    assert!(sim.session.entries.capacity() > 0 && sim.session.deferred.capacity() > 0, "both in use meanwhile");
+    sim.session.handle_history(sim.now, "user:alice", Ok(read(0, &[])));
+    sim.session.handle_history(sim.now, "topic:news", Ok(read(0, &[])));
+    assert_eq!(sim.drain().len(), 4, "subscribed, the second read, subscribed, the echo");
+    let s = &sim.session;
+    assert_eq!((s.output.capacity(), s.entries.capacity(), s.deferred.capacity()), (0, 0, 0));
+    assert_eq!(s.streams().len(), 2);
+}
+
+#[test]
 fn a_failed_read_closes_the_session_for_a_retry() {
     let mut sim = Sim::new();
     sim.login(&[], None);

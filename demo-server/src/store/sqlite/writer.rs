@@ -150,8 +150,8 @@ struct State {
     epoch: Arc<str>,
     limits: StoreLimits,
     clock: Clock,
-    /// Committed `(sid, head)` of recently written streams.
-    streams: HashMap<String, (i64, u64)>,
+    /// Committed `(sid, head)` of recently written streams (the names are shared with what commits hand on).
+    streams: HashMap<Arc<str>, (i64, u64)>,
     /// The next claim token of pending pushes (unique within a run; claims do not outlive a run, see
     /// `release_claims`).
     next_claim: std::sync::atomic::AtomicU64,
@@ -170,12 +170,13 @@ enum Applied {
     Moved(usize),
 }
 
-/// A stream's id and head as the transaction sees them; `dirty` when the head moved in it.
-#[derive(Clone, Copy)]
+/// A stream's id and head as the transaction sees them; `dirty` when the head moved in it. `name` is the
+/// stream's name, shared by every placement in the transaction (not one allocation per notification).
 struct Staged {
     sid: i64,
     head: u64,
     dirty: bool,
+    name: Arc<str>,
 }
 
 /// The statements of a publish transaction, prepared once per transaction.
@@ -299,7 +300,7 @@ impl Writer {
     /// Commits `ops` in one transaction and hands their results on; on failure nothing of them is kept and each
     /// gets the error.
     fn commit(&mut self, ops: Vec<Op>, metrics: Option<&StoreMetrics>) {
-        let mut staged: HashMap<String, Staged> = HashMap::new();
+        let mut staged: HashMap<Arc<str>, Staged> = HashMap::new();
         let started = Instant::now();
         let result = (|| -> rusqlite::Result<Vec<Applied>> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -558,7 +559,7 @@ impl State {
         statements: &mut Option<Statements<'t>>,
         op: &Op,
         now: u64,
-        staged: &mut HashMap<String, Staged>,
+        staged: &mut HashMap<Arc<str>, Staged>,
     ) -> rusqlite::Result<Applied> {
         match op {
             Op::Append { batch, .. } => {
@@ -624,20 +625,20 @@ impl State {
         tx: &Connection,
         st: &mut Statements<'_>,
         name: &str,
-        staged: &'s mut HashMap<String, Staged>,
+        staged: &'s mut HashMap<Arc<str>, Staged>,
     ) -> rusqlite::Result<&'s mut Staged> {
         if !staged.contains_key(name) {
-            let known = match self.streams.get(name) {
-                Some(&(sid, head)) => (sid, head),
+            let (name, known) = match self.streams.get_key_value(name) {
+                Some((name, &(sid, head))) => (name.clone(), (sid, head)),
                 None => match st.find_stream.query_row([name], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
-                    Some(known) => known,
+                    Some(known) => (Arc::from(name), known),
                     None => {
                         st.insert_stream.execute([name])?;
-                        (tx.last_insert_rowid(), 0)
+                        (Arc::from(name), (tx.last_insert_rowid(), 0))
                     }
                 },
             };
-            staged.insert(name.to_owned(), Staged { sid: known.0, head: known.1, dirty: false });
+            staged.insert(name.clone(), Staged { sid: known.0, head: known.1, dirty: false, name });
         }
         Ok(staged.get_mut(name).expect("inserted above"))
     }
@@ -648,7 +649,7 @@ impl State {
         st: &mut Statements<'_>,
         p: &Arc<Publication>,
         now: u64,
-        staged: &mut HashMap<String, Staged>,
+        staged: &mut HashMap<Arc<str>, Staged>,
     ) -> rusqlite::Result<(AppendOutcome, Placed)> {
         if p.idempotent {
             let seen: Option<(u64, String)> =
@@ -685,12 +686,12 @@ impl State {
         let mut deliveries = Vec::with_capacity(p.streams.len());
         let mut placed = Vec::with_capacity(p.streams.len());
         for stream in &p.streams {
-            let offset = match seq {
+            let (name, offset) = match seq {
                 Some(seq) => {
                     let s = self.stream(tx, st, stream, staged)?;
                     s.head += 1;
                     s.dirty = true;
-                    let (sid, offset) = (s.sid, s.head);
+                    let (sid, offset, name) = (s.sid, s.head, s.name.clone());
                     st.insert_entry.execute(params![sid, offset, seq, f.persistence.as_str(), f.created_at])?;
                     // The bufferable notification that just left the replay window by count is not kept.
                     if offset > max {
@@ -700,11 +701,11 @@ impl State {
                             release(tx, gone)?;
                         }
                     }
-                    Some(offset)
+                    (name, Some(offset))
                 }
-                None => None,
+                None => (Arc::from(stream.as_str()), None),
             };
-            placed.push((Arc::from(stream.as_str()), offset));
+            placed.push((name, offset));
             deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset });
         }
         if p.idempotent {
