@@ -379,7 +379,10 @@ async fn failed_authentication_is_throttled_per_client_address() {
                 }
             }
             Err((429, retry_after)) => {
-                assert_eq!(retry_after.as_deref(), Some("6"), "the next failure is allowed in 6 s");
+                // The next failure is allowed 6 s after the burst was spent (10 a minute): less when this loop
+                // has taken a while, as on a loaded machine.
+                let wait: u64 = retry_after.as_deref().and_then(|r| r.parse().ok()).expect("a Retry-After in seconds");
+                assert!((1..=6).contains(&wait), "the next failure is allowed within 6 s, not {wait} s");
                 throttled_at_upgrade += 1;
             }
             Err(other) => panic!("{other:?}"),
@@ -391,8 +394,10 @@ async fn failed_authentication_is_throttled_per_client_address() {
          the upgrade (429), {throttled_at_auth} refused at auth (rate_limited)",
         elapsed.as_millis()
     );
-    assert_eq!(answered, 10, "only the burst gets a verdict on its token");
-    assert_eq!(throttled_at_upgrade + throttled_at_auth, 40);
+    // Only the burst gets a verdict on its token, and one more per 6 s the loop took (the refill).
+    let refilled = (elapsed.as_secs_f64() / 6.0).floor() as usize;
+    assert!((10..=10 + refilled).contains(&answered), "{answered} answered in {elapsed:?}");
+    assert_eq!(throttled_at_upgrade + throttled_at_auth, 50 - answered);
     // A valid token from the throttled address waits too; another address is not affected.
     assert_eq!(connect_from(&server, attacker).await.err().map(|e| e.0), Some(429));
     let mut neighbour = connect_from(&server, "198.51.100.7").await.unwrap();
