@@ -290,10 +290,10 @@ fn cluster_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
         md,
         "Clients split evenly between the server processes, all on one topic; the publisher runs in the first \
          process (batches as in S2) and every other process gets the notifications through Redis. Tidings: the Redis \
-         broker on PostgreSQL ({}); Socket.IO: {} (no connection state recovery: that adapter does not support it). \
+         broker on PostgreSQL (`demo-server/src/broker_redis.rs`); Socket.IO: {} (no connection state recovery: \
+         that adapter does not support it). \
          Both server processes share CPU 0 on this machine, so two processes cannot deliver more per second than \
          one; the CPU cost per delivery (server processes, and Redis) is what a second core would divide.\n",
-        "`demo-server/src/broker_redis.rs`",
         columns[2..].iter().flatten().next().and_then(|v| v["system"].as_str()).unwrap_or("socket.io")
     )?;
     writeln!(
