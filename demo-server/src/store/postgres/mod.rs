@@ -915,7 +915,7 @@ impl AckStore for PostgresStore {
         Box::pin(async move {
             let client = self.inner.client().await?;
             let rows = client
-                .query("SELECT usr, device, at FROM acks WHERE id = $1 ORDER BY seq", &[&id])
+                .query("SELECT usr, device, at FROM acks WHERE id = $1 ORDER BY at, seq", &[&id])
                 .await
                 .map_err(|e| classify(&e))?;
             Ok(rows
