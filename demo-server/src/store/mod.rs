@@ -312,22 +312,19 @@ impl Stores {
 
     /// All concerns in one [`SqliteStore`].
     pub fn sqlite(store: SqliteStore) -> Self {
-        let store = Arc::new(store);
-        Stores {
-            streams: store.clone(),
-            acks: store.clone(),
-            devices: store.clone(),
-            settings: store.clone(),
-            push: store.clone(),
-            badges: Some(Arc::new(InboxBadges(store.clone()))),
-            inbox: store,
-            durable: true,
-        }
+        Self::durable(Arc::new(store))
     }
 
     /// All concerns in one [`PostgresStore`].
     pub fn postgres(store: PostgresStore) -> Self {
-        let store = Arc::new(store);
+        Self::durable(Arc::new(store))
+    }
+
+    /// All concerns in one durable store, the badge from its inboxes.
+    fn durable<S>(store: Arc<S>) -> Self
+    where
+        S: StreamStore + AckStore + DeviceStore + SettingsStore + PushStore + InboxStore,
+    {
         Stores {
             streams: store.clone(),
             acks: store.clone(),
