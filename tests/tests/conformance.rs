@@ -643,10 +643,10 @@ macro_rules! scenarios {
             }
         )*
 
-        /// Every scenario against three server processes on one Redis and one PostgreSQL (issue 15), one after
-        /// the other.
+        /// Every scenario against three servers (in this test process, each with its own Redis broker and
+        /// PostgreSQL store) on one Redis and one PostgreSQL database (issue 15), one after the other.
         #[tokio::test]
-        async fn every_scenario_against_three_processes_on_redis_and_postgres() {
+        async fn every_scenario_against_three_servers_on_redis_and_postgres() {
             $(
                 run_scenario_on(stringify!($name), true).await;
             )*
