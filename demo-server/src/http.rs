@@ -224,6 +224,20 @@ pub(crate) fn too_many(code: &str, message: impl Into<String>, wait: Duration) -
     response
 }
 
+/// The client address of a request that authenticates, and now; or, while that address is throttled for failed
+/// authentications (counted as a refusal), how long it must wait.
+fn auth_throttle(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, std::time::Instant), Duration> {
+    let client = client_address(node, peer, headers);
+    let now = tokio::time::Instant::now().into_std();
+    match node.auth_failures.check(client, now) {
+        Some(wait) => {
+            node.metrics.refused(Transport::Http, Refusal::AuthThrottled);
+            Err(wait)
+        }
+        None => Ok((client, now)),
+    }
+}
+
 /// The API key check of an endpoint that needs `scope`: `429` while the client address is throttled for failed
 /// checks, `401` for a missing or unknown key (counted as a failure), `403` for a key without the scope.
 async fn require_key(
@@ -233,17 +247,11 @@ async fn require_key(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let client = client_address(&node, peer, headers);
-    let now = tokio::time::Instant::now().into_std();
-    if let Some(wait) = node.auth_failures.check(client, now) {
-        node.metrics.refused(Transport::Http, Refusal::AuthThrottled);
-        return too_many("rate_limited", "too many failed API key checks from this address", wait);
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let (client, now) = match auth_throttle(&node, peer, headers) {
+        Ok(at) => at,
+        Err(wait) => return too_many("rate_limited", "too many failed API key checks from this address", wait),
+    };
+    let presented = crate::http_inbox::bearer(headers);
     let key = presented.and_then(|p| crate::api_keys::find(&node.api_keys, p));
     match key {
         Some(key) if key.has(scope) => {
@@ -289,17 +297,11 @@ async fn require_user(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let client = client_address(&node, peer, headers);
-    let now = tokio::time::Instant::now().into_std();
-    if let Some(wait) = node.auth_failures.check(client, now) {
-        node.metrics.refused(Transport::Http, Refusal::AuthThrottled);
-        return too_many("rate_limited", "too many failed authentications from this address", wait);
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let (client, now) = match auth_throttle(&node, peer, headers) {
+        Ok(at) => at,
+        Err(wait) => return too_many("rate_limited", "too many failed authentications from this address", wait),
+    };
+    let token = crate::http_inbox::bearer(headers);
     let refused = match token {
         None => (
             AuthFailure::Unauthorized,
