@@ -418,7 +418,8 @@ fn read_snapshot(
     let mut oldest = head + 1;
     {
         let mut window = conn.prepare_cached(
-            "SELECT offset, created_at FROM entries WHERE sid = ?1 AND offset >= ?2 ORDER BY offset DESC",
+            "SELECT e.offset, n.created_at FROM entries e JOIN notifications n ON n.seq = e.seq \
+             WHERE e.sid = ?1 AND e.offset >= ?2 ORDER BY e.offset DESC",
         )?;
         let mut rows = window.query(params![sid, low])?;
         while let Some(row) = rows.next()? {
@@ -521,13 +522,25 @@ fn find_in_stream(
     stream: &str,
     id: &str,
 ) -> rusqlite::Result<Option<HistoryEntry>> {
-    let found: Option<u64> = conn
-        .prepare_cached(
-            "SELECT e.offset FROM notifications n JOIN entries e ON e.seq = n.seq \
-             JOIN streams s ON s.sid = e.sid WHERE n.id = ?1 AND s.name = ?2 ORDER BY e.offset DESC LIMIT 1",
-        )?
-        .query_row(params![id, stream], |r| r.get(0))
-        .optional()?;
+    // The notification's row lists where it went; the newest of its entries in `stream` that is still there.
+    let sid: Option<i64> =
+        conn.prepare_cached("SELECT sid FROM streams WHERE name = ?1")?.query_row([stream], |r| r.get(0)).optional()?;
+    let Some(sid) = sid else { return Ok(None) };
+    let mut found: Option<u64> = None;
+    {
+        let mut placed = conn.prepare_cached("SELECT seq, placements FROM notifications WHERE id = ?1")?;
+        let mut exists = conn.prepare_cached("SELECT 1 FROM entries WHERE sid = ?1 AND offset = ?2 AND seq = ?3")?;
+        let mut rows = placed.query([id])?;
+        while let Some(row) = rows.next()? {
+            let (seq, placements): (i64, Option<String>) = (row.get(0)?, row.get(1)?);
+            for (_, offset) in writer::parse_placements(placements.as_deref().unwrap_or("")).filter(|&(s, _)| s == sid)
+            {
+                if found.is_none_or(|f| offset > f) && exists.exists(params![sid, offset, seq])? {
+                    found = Some(offset);
+                }
+            }
+        }
+    }
     let Some(offset) = found else { return Ok(None) };
     let read = read_history(conn, epoch, limits, now, stream, Some((epoch.to_string(), offset - 1)))?;
     Ok(read.entries.into_iter().find(|e| e.offset == offset))

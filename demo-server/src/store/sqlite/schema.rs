@@ -199,6 +199,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX inbox_follows_by_user ON inbox_follows (user, topic);
     "#,
+    // 4: fewer bytes written per notification. A stream's entries are its own range of `entries`, so a commit of
+    // notifications to many streams rewrites one page per stream: the rows are now only what a read by offset needs
+    // (stream, offset, notification), and their age index is gone (one more insert per entry). Age pruning finds
+    // old notifications by `notifications_by_age` instead, and their entries by `placements`: the notification's
+    // `sid:offset` pairs, comma separated.
+    r#"
+    ALTER TABLE notifications ADD COLUMN placements TEXT;
+    CREATE INDEX entries_v3_by_seq ON entries (seq);
+    UPDATE notifications SET placements =
+        (SELECT group_concat(e.sid || ':' || e.offset, ',') FROM entries e WHERE e.seq = notifications.seq);
+    CREATE TABLE entries_v4 (
+        sid    INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        seq    INTEGER NOT NULL,
+        PRIMARY KEY (sid, offset)
+    ) WITHOUT ROWID;
+    INSERT INTO entries_v4 (sid, offset, seq) SELECT sid, offset, seq FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries_v4 RENAME TO entries;
+    CREATE INDEX notifications_by_age ON notifications (persistence, created_at);
+    "#,
 ];
 
 /// The index in [`MIGRATIONS`] of push delivery's tables (version 2).

@@ -285,9 +285,10 @@ async fn pending_pushes_survive_a_reopen_and_a_dead_runs_claims_are_released() {
 }
 
 /// Push delivery and the inbox were developed side by side and each wrote a "version 2" (push delivery's tables, or
-/// the inbox's). A database of either, and of version 1, reaches version 3 with every table, keeping its rows.
+/// the inbox's). A database of either, and of version 1, reaches the current version with every table, keeping its
+/// rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_of_version_1_or_of_either_version_2_is_migrated_to_version_3() {
+async fn a_database_of_version_1_or_of_either_version_2_is_migrated_to_the_current_version() {
     use crate::store::InboxStore as _;
     let tables =
         ["entries", "user_settings", "pending_push", "delivery_log", "inbox_users", "inbox_items", "inbox_ops"];
@@ -323,11 +324,69 @@ async fn a_database_of_version_1_or_of_either_version_2_is_migrated_to_version_3
         }
         store.close().await;
         drop(store);
-        assert_eq!(count(&db, "PRAGMA user_version"), 3, "{name}");
+        assert_eq!(count(&db, "PRAGMA user_version"), schema::current_version(), "{name}");
         for table in tables {
             let n =
                 count(&db, &format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"));
             assert_eq!(n, 1, "{name}: table {table}");
         }
     }
+}
+
+/// Version 4 keeps only `(sid, offset, seq)` per entry and lists a notification's placements in its row: a version 3
+/// database keeps its history (reads, finds by id, offsets going on) and its old notifications are still pruned by
+/// age with all their entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_history_is_migrated_to_version_4_and_still_read_found_and_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DATABASE_FILE);
+    {
+        let conn = Connection::open(&db).unwrap();
+        for migration in &schema::MIGRATIONS[..3] {
+            conn.execute_batch(migration).unwrap();
+        }
+        // Two streams; n1 (bufferable) on both, n2 (persistent) and n3 (bufferable) on user:a only.
+        conn.execute_batch(
+            "PRAGMA user_version = 3;
+             INSERT INTO streams (sid, name, head) VALUES (1, 'user:a', 3), (2, 'topic:t', 1);
+             INSERT INTO notifications (seq, id, type, priority, persistence, title, body, data, grp, created_at, refs)
+                 VALUES (1, 'n1', 't', 'important', 'bufferable', 'one', NULL, '{\"k\":1}', NULL, 1000000, 2),
+                        (2, 'n2', 't', 'important', 'persistent', 'two', NULL, NULL, NULL, 1000000, 1),
+                        (3, 'n3', 't', 'important', 'bufferable', 'three', NULL, NULL, NULL, 1000000, 1);
+             INSERT INTO entries (sid, offset, seq, persistence, created_at) VALUES
+                 (1, 1, 1, 'bufferable', 1000000), (2, 1, 1, 'bufferable', 1000000),
+                 (1, 2, 2, 'persistent', 1000000), (1, 3, 3, 'bufferable', 1000000);",
+        )
+        .unwrap();
+    }
+    let (clock, now) = clock(1_000_000);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock).unwrap());
+    assert_eq!(count(&db, "PRAGMA user_version"), 4);
+    let epoch = stores.streams.epoch("user:a").await.unwrap();
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!(read.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(read.entries[0].frame.as_str().contains(r#""title":"one""#), "{}", read.entries[0].frame.as_str());
+    let topic = stores.streams.read("topic:t", Some((&epoch, 0))).await.unwrap();
+    assert_eq!(topic.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), [1]);
+    let found = stores.streams.find("user:a", "n2").await.unwrap().expect("n2 found in user:a");
+    assert_eq!(found.offset, 2);
+    assert_eq!(stores.streams.find("topic:t", "n1").await.unwrap().map(|e| e.offset), Some(1));
+    assert!(stores.streams.find("topic:t", "n2").await.unwrap().is_none(), "n2 never went to topic:t");
+    let next =
+        append(&stores, vec![publication("n4", &["user:a", "topic:t"], Persistence::Bufferable, 1_000_000)]).await;
+    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(4) && d[1].offset == Some(2)));
+    assert_eq!(count(&db, "SELECT count(*) FROM notifications WHERE placements IS NULL"), 0);
+    // Past the replay age (60 s in these limits) the bufferable notifications go with all their entries; the
+    // persistent one stays.
+    now.store(1_000_000 + 61_000, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&db, "SELECT count(*) FROM entries") != 1 {
+        assert!(std::time::Instant::now() < deadline, "pruning did not happen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM notifications"), 1);
+    assert_eq!(count(&db, "SELECT seq FROM entries"), 2, "the persistent entry is kept");
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    assert_eq!((read.state.head, read.entries.len()), (4, 0));
+    stores.streams.close().await;
 }

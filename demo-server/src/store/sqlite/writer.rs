@@ -1,6 +1,7 @@
 //! The writer thread of the SQLite store: group commit, then commit-order hand-off to the async runtime.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
@@ -198,14 +199,14 @@ impl<'t> Statements<'t> {
             insert_stream: tx.prepare_cached("INSERT INTO streams (name, head) VALUES (?1, 0)")?,
             set_head: tx.prepare_cached("UPDATE streams SET head = ?2 WHERE sid = ?1")?,
             insert_notification: tx.prepare_cached(
-                "INSERT INTO notifications (id, type, priority, persistence, title, body, data, grp, created_at, refs) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO notifications \
+                 (id, type, priority, persistence, title, body, data, grp, created_at, refs, placements) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?,
-            insert_entry: tx.prepare_cached(
-                "INSERT INTO entries (sid, offset, seq, persistence, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?,
+            insert_entry: tx.prepare_cached("INSERT INTO entries (sid, offset, seq) VALUES (?1, ?2, ?3)")?,
             drop_entry: tx.prepare_cached(
-                "DELETE FROM entries WHERE sid = ?1 AND offset = ?2 AND persistence = 'bufferable' RETURNING seq",
+                "DELETE FROM entries WHERE sid = ?1 AND offset = ?2 \
+                 AND (SELECT persistence FROM notifications n WHERE n.seq = entries.seq) = 'bufferable' RETURNING seq",
             )?,
             find_key: tx.prepare_cached("SELECT at, deliveries FROM idempotency WHERE key = ?1")?,
             put_key: tx
@@ -403,19 +404,29 @@ impl Writer {
             for (persistence, cut) in cutoffs {
                 loop {
                     let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let old: Vec<(i64, u64, i64)> = tx
+                    // Every entry of a notification shares its persistence and age: the notification goes with
+                    // all of its entries that are still there (some may have left the replay window by count).
+                    let old: Vec<(i64, Option<String>)> = tx
                         .prepare_cached(
-                            "SELECT sid, offset, seq FROM entries WHERE persistence = ?1 AND created_at < ?2 LIMIT ?3",
+                            "SELECT seq, placements FROM notifications \
+                             WHERE persistence = ?1 AND created_at < ?2 LIMIT ?3",
                         )?
-                        .query_map(params![persistence, cut, PRUNE_CHUNK], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .query_map(params![persistence, cut, PRUNE_CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect::<rusqlite::Result<_>>()?;
-                    for &(sid, offset, seq) in &old {
-                        tx.prepare_cached("DELETE FROM entries WHERE sid = ?1 AND offset = ?2")?
-                            .execute(params![sid, offset])?;
-                        release(&tx, seq)?;
+                    let mut entries = 0;
+                    {
+                        let mut delete_entry =
+                            tx.prepare_cached("DELETE FROM entries WHERE sid = ?1 AND offset = ?2 AND seq = ?3")?;
+                        let mut delete = tx.prepare_cached("DELETE FROM notifications WHERE seq = ?1")?;
+                        for (seq, placements) in &old {
+                            for (sid, offset) in parse_placements(placements.as_deref().unwrap_or("")) {
+                                entries += delete_entry.execute(params![sid, offset, seq])?;
+                            }
+                            delete.execute([seq])?;
+                        }
                     }
                     tx.commit()?;
-                    pruned += old.len();
+                    pruned += entries;
                     if old.len() < PRUNE_CHUNK {
                         break;
                     }
@@ -538,6 +549,15 @@ fn refuse(op: Op, error: StoreError) {
             let _ = reply.send(());
         }
     }
+}
+
+/// The `(sid, offset)` pairs of a notification's `placements` (`sid:offset`, comma separated); what does not parse
+/// is skipped.
+pub(super) fn parse_placements(placements: &str) -> impl Iterator<Item = (i64, u64)> + '_ {
+    placements.split(',').filter_map(|pair| {
+        let (sid, offset) = pair.split_once(':')?;
+        Some((sid.parse().ok()?, offset.parse().ok()?))
+    })
 }
 
 /// Drops one entry's reference to a notification's content, deleting the content with its last entry.
@@ -663,9 +683,27 @@ impl State {
             }
         }
         let f = &p.fields;
+        let max = self.limits.replay_max_items as u64;
+        let mut deliveries = Vec::with_capacity(p.streams.len());
+        let mut placed = Vec::with_capacity(p.streams.len());
         // A publication with no stream left (every recipient turned the socket channel off for it) stores nothing
         // but its idempotency key.
-        let seq: Option<i64> = if p.is_buffered() && !p.streams.is_empty() {
+        if p.is_buffered() && !p.streams.is_empty() {
+            // Each stream's next offset first: the notification's row lists where it went (`sid:offset` pairs, what
+            // age pruning deletes with it).
+            let mut sids = Vec::with_capacity(p.streams.len());
+            let mut placements = String::with_capacity(p.streams.len() * 12);
+            for stream in &p.streams {
+                let s = self.stream(tx, st, stream, staged)?;
+                s.head += 1;
+                s.dirty = true;
+                sids.push(s.sid);
+                if !placements.is_empty() {
+                    placements.push(',');
+                }
+                let _ = write!(placements, "{}:{}", s.sid, s.head);
+                placed.push((s.name.clone(), Some(s.head)));
+            }
             st.insert_notification.execute(params![
                 &*p.id,
                 f.kind,
@@ -677,36 +715,26 @@ impl State {
                 f.group,
                 f.created_at,
                 p.streams.len() as i64,
+                placements,
             ])?;
-            Some(tx.last_insert_rowid())
-        } else {
-            None
-        };
-        let max = self.limits.replay_max_items as u64;
-        let mut deliveries = Vec::with_capacity(p.streams.len());
-        let mut placed = Vec::with_capacity(p.streams.len());
-        for stream in &p.streams {
-            let (name, offset) = match seq {
-                Some(seq) => {
-                    let s = self.stream(tx, st, stream, staged)?;
-                    s.head += 1;
-                    s.dirty = true;
-                    let (sid, offset, name) = (s.sid, s.head, s.name.clone());
-                    st.insert_entry.execute(params![sid, offset, seq, f.persistence.as_str(), f.created_at])?;
-                    // The bufferable notification that just left the replay window by count is not kept.
-                    if offset > max {
-                        let gone: Option<i64> =
-                            st.drop_entry.query_row(params![sid, offset - max], |r| r.get(0)).optional()?;
-                        if let Some(gone) = gone {
-                            release(tx, gone)?;
-                        }
+            let seq = tx.last_insert_rowid();
+            for (sid, (_, offset)) in sids.into_iter().zip(&placed) {
+                let offset = offset.expect("placed above");
+                st.insert_entry.execute(params![sid, offset, seq])?;
+                // The bufferable notification that just left the replay window by count is not kept.
+                if offset > max {
+                    let gone: Option<i64> =
+                        st.drop_entry.query_row(params![sid, offset - max], |r| r.get(0)).optional()?;
+                    if let Some(gone) = gone {
+                        release(tx, gone)?;
                     }
-                    (name, Some(offset))
                 }
-                None => (Arc::from(stream.as_str()), None),
-            };
-            placed.push((name, offset));
-            deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset });
+            }
+        } else {
+            placed.extend(p.streams.iter().map(|stream| (Arc::from(stream.as_str()), None)));
+        }
+        for (stream, (_, offset)) in p.streams.iter().zip(&placed) {
+            deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset: *offset });
         }
         if p.idempotent {
             let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
