@@ -7,7 +7,7 @@
 //! routing, a later issue) needs to act on — the committed publication and its deliveries — is at hand in
 //! [`Node::publish_batch`], after the commit and outside any lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -597,7 +597,7 @@ impl BrokerEventHandler for Node {
 /// ack latency. Bounded: the oldest ids are forgotten first (an ack that comes later is not measured).
 #[derive(Default)]
 struct PublishTimes {
-    at: HashMap<Arc<str>, u64>,
+    at: foldhash::HashMap<Arc<str>, u64>,
     order: VecDeque<Arc<str>>,
 }
 
@@ -633,7 +633,7 @@ struct AckRouting {
 struct TopicAcks {
     /// Ids fanned out to topic streams only (`true`) or to at least one user stream (`false`), oldest first
     /// in `order`.
-    kinds: HashMap<Arc<str>, bool>,
+    kinds: foldhash::HashMap<Arc<str>, bool>,
     order: VecDeque<Arc<str>>,
     /// The acks of the topic-only ones.
     acks: MemoryStore,
@@ -646,7 +646,7 @@ impl AckRouting {
     fn new(config: &ServerConfig, durable: bool) -> Self {
         let topics = durable.then(|| {
             Mutex::new(TopicAcks {
-                kinds: HashMap::new(),
+                kinds: foldhash::HashMap::default(),
                 order: VecDeque::new(),
                 acks: MemoryStore::new(StoreLimits::from_config(config)),
             })

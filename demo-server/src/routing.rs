@@ -75,7 +75,7 @@ struct Directory {
 }
 
 /// The cached users, and the order they were cached in (the oldest are dropped first).
-type Cached = (HashMap<String, Arc<UserInfo>>, VecDeque<String>);
+type Cached = (foldhash::HashMap<String, Arc<UserInfo>>, VecDeque<String>);
 
 impl Directory {
     fn get(&self, user: &str) -> Option<Arc<UserInfo>> {

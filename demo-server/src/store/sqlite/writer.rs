@@ -1,6 +1,5 @@
 //! The writer thread of the SQLite store: group commit, then commit-order hand-off to the async runtime.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -102,27 +101,46 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// Where one publication was committed: `(stream, offset)` per stream (no offset for an ephemeral one).
 type Placed = Vec<(Arc<str>, Option<u64>)>;
 
-/// A committed `Op::Append`, on its way to the runtime: each publication with where it went, then the answer.
+/// What the writer did with one publication: placed it (fan it out and answer with its deliveries), or found its
+/// idempotency key (answer with what the first publish delivered).
+enum Outcome {
+    Appended(Placed),
+    Duplicate(Vec<Delivery>),
+}
+
+/// A committed `Op::Append`, on its way to the runtime: each publication with what the writer did with it, then the
+/// answer.
 pub(super) struct Completed {
-    fan_out: Vec<(Append, Placed)>,
+    items: Vec<(Append, Outcome)>,
     epoch: Arc<str>,
-    results: Vec<Result<AppendOutcome, StoreError>>,
     reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>,
 }
 
 /// Runs on the async runtime: encodes each committed publication's frames and hands them to the broker, in commit
-/// order, then answers the publishes. (Encoding here keeps it off the writer thread, which only writes.)
+/// order, then answers the publishes. (Encoding and the answers' strings are made here, off the writer thread,
+/// which only writes.)
 pub(super) async fn complete(mut rx: mpsc::UnboundedReceiver<Vec<Completed>>) {
     while let Some(batch) = rx.recv().await {
         for done in batch {
-            for (append, placed) in done.fan_out {
+            let mut results = Vec::with_capacity(done.items.len());
+            for (append, outcome) in done.items {
+                let placed = match outcome {
+                    Outcome::Appended(placed) => placed,
+                    Outcome::Duplicate(deliveries) => {
+                        results.push(Ok(AppendOutcome::Duplicate(deliveries)));
+                        continue;
+                    }
+                };
                 let Append { publication: p, mut on_commit } = append;
-                for (stream, offset) in placed {
-                    let frame = p.encode(&stream, &done.epoch, offset);
-                    on_commit(&Committed { id: p.id.clone(), stream, epoch: done.epoch.clone(), offset, frame });
+                let mut deliveries = Vec::with_capacity(placed.len());
+                for (stream, (name, offset)) in p.streams.iter().zip(placed) {
+                    deliveries.push(Delivery { stream: stream.clone(), epoch: done.epoch.to_string(), offset });
+                    let frame = p.encode(&name, &done.epoch, offset);
+                    on_commit(&Committed { id: p.id.clone(), stream: name, epoch: done.epoch.clone(), offset, frame });
                 }
+                results.push(Ok(AppendOutcome::Appended(deliveries)));
             }
-            let _ = done.reply.send(done.results);
+            let _ = done.reply.send(results);
         }
     }
 }
@@ -152,7 +170,7 @@ struct State {
     limits: StoreLimits,
     clock: Clock,
     /// Committed `(sid, head)` of recently written streams (the names are shared with what commits hand on).
-    streams: HashMap<Arc<str>, (i64, u64)>,
+    streams: foldhash::HashMap<Arc<str>, (i64, u64)>,
     /// The next claim token of pending pushes (unique within a run; claims do not outlive a run, see
     /// `release_claims`).
     next_claim: std::sync::atomic::AtomicU64,
@@ -160,7 +178,7 @@ struct State {
 
 /// What one operation did inside the transaction, to be acted on after the commit.
 enum Applied {
-    Append(Vec<(AppendOutcome, Placed)>),
+    Append(Vec<Outcome>),
     Inbox(super::inbox::InboxDone),
     Done,
     Cancelled(Vec<RowKey>),
@@ -190,6 +208,9 @@ struct Statements<'t> {
     drop_entry: rusqlite::CachedStatement<'t>,
     find_key: rusqlite::CachedStatement<'t>,
     put_key: rusqlite::CachedStatement<'t>,
+    /// Scratch buffers of `append`: a notification's stream ids and its `placements`.
+    sids: Vec<i64>,
+    placements: String,
 }
 
 impl<'t> Statements<'t> {
@@ -211,6 +232,8 @@ impl<'t> Statements<'t> {
             find_key: tx.prepare_cached("SELECT at, deliveries FROM idempotency WHERE key = ?1")?,
             put_key: tx
                 .prepare_cached("INSERT OR REPLACE INTO idempotency (key, at, deliveries) VALUES (?1, ?2, ?3)")?,
+            sids: Vec::new(),
+            placements: String::new(),
         })
     }
 }
@@ -225,7 +248,7 @@ impl Writer {
         clock: Clock,
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
-        let state = State { epoch, limits, clock, streams: HashMap::new(), next_claim: 1.into() };
+        let state = State { epoch, limits, clock, streams: foldhash::HashMap::default(), next_claim: 1.into() };
         Writer { conn, path, state, done, metrics: Arc::new(OnceLock::new()), _lock: lock }
     }
 
@@ -301,7 +324,7 @@ impl Writer {
     /// Commits `ops` in one transaction and hands their results on; on failure nothing of them is kept and each
     /// gets the error.
     fn commit(&mut self, ops: Vec<Op>, metrics: Option<&StoreMetrics>) {
-        let mut staged: HashMap<Arc<str>, Staged> = HashMap::new();
+        let mut staged: foldhash::HashMap<Arc<str>, Staged> = foldhash::HashMap::default();
         let started = Instant::now();
         let result = (|| -> rusqlite::Result<Vec<Applied>> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -337,14 +360,9 @@ impl Writer {
                 for (op, applied) in ops.into_iter().zip(applied) {
                     match (op, applied) {
                         (Op::Append { batch, reply }, Applied::Append(outcomes)) => {
-                            let mut fan_out = Vec::with_capacity(batch.len());
-                            let mut results = Vec::with_capacity(batch.len());
-                            for (append, (outcome, placed)) in batch.into_iter().zip(outcomes) {
-                                fan_out.push((append, placed));
-                                results.push(Ok(outcome));
-                            }
+                            let items = batch.into_iter().zip(outcomes).collect();
                             let epoch = self.state.epoch.clone();
-                            completed.push(Completed { fan_out, epoch, results, reply });
+                            completed.push(Completed { items, epoch, reply });
                         }
                         (Op::RegisterPush { reply, .. } | Op::Settle { reply, .. } | Op::Probe { reply }, _) => {
                             let _ = reply.send(Ok(()));
@@ -579,7 +597,7 @@ impl State {
         statements: &mut Option<Statements<'t>>,
         op: &Op,
         now: u64,
-        staged: &mut HashMap<Arc<str>, Staged>,
+        staged: &mut foldhash::HashMap<Arc<str>, Staged>,
     ) -> rusqlite::Result<Applied> {
         match op {
             Op::Append { batch, .. } => {
@@ -645,7 +663,7 @@ impl State {
         tx: &Connection,
         st: &mut Statements<'_>,
         name: &str,
-        staged: &'s mut HashMap<Arc<str>, Staged>,
+        staged: &'s mut foldhash::HashMap<Arc<str>, Staged>,
     ) -> rusqlite::Result<&'s mut Staged> {
         if !staged.contains_key(name) {
             let (name, known) = match self.streams.get_key_value(name) {
@@ -669,8 +687,8 @@ impl State {
         st: &mut Statements<'_>,
         p: &Arc<Publication>,
         now: u64,
-        staged: &mut HashMap<Arc<str>, Staged>,
-    ) -> rusqlite::Result<(AppendOutcome, Placed)> {
+        staged: &mut foldhash::HashMap<Arc<str>, Staged>,
+    ) -> rusqlite::Result<Outcome> {
         if p.idempotent {
             let seen: Option<(u64, String)> =
                 st.find_key.query_row([&*p.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
@@ -679,20 +697,22 @@ impl State {
                 && now.saturating_sub(at) < window
             {
                 let deliveries: Vec<Delivery> = serde_json::from_str(&deliveries).unwrap_or_default();
-                return Ok((AppendOutcome::Duplicate(deliveries), Vec::new()));
+                return Ok(Outcome::Duplicate(deliveries));
             }
         }
         let f = &p.fields;
         let max = self.limits.replay_max_items as u64;
-        let mut deliveries = Vec::with_capacity(p.streams.len());
         let mut placed = Vec::with_capacity(p.streams.len());
         // A publication with no stream left (every recipient turned the socket channel off for it) stores nothing
         // but its idempotency key.
         if p.is_buffered() && !p.streams.is_empty() {
             // Each stream's next offset first: the notification's row lists where it went (`sid:offset` pairs, what
             // age pruning deletes with it).
-            let mut sids = Vec::with_capacity(p.streams.len());
-            let mut placements = String::with_capacity(p.streams.len() * 12);
+            // (Buffers kept across notifications: no allocation per notification for them.)
+            let mut sids = std::mem::take(&mut st.sids);
+            let mut placements = std::mem::take(&mut st.placements);
+            sids.clear();
+            placements.clear();
             for stream in &p.streams {
                 let s = self.stream(tx, st, stream, staged)?;
                 s.head += 1;
@@ -718,7 +738,7 @@ impl State {
                 placements,
             ])?;
             let seq = tx.last_insert_rowid();
-            for (sid, (_, offset)) in sids.into_iter().zip(&placed) {
+            for (&sid, (_, offset)) in sids.iter().zip(&placed) {
                 let offset = offset.expect("placed above");
                 st.insert_entry.execute(params![sid, offset, seq])?;
                 // The bufferable notification that just left the replay window by count is not kept.
@@ -730,16 +750,24 @@ impl State {
                     }
                 }
             }
+            (st.sids, st.placements) = (sids, placements);
         } else {
             placed.extend(p.streams.iter().map(|stream| (Arc::from(stream.as_str()), None)));
         }
-        for (stream, (_, offset)) in p.streams.iter().zip(&placed) {
-            deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset: *offset });
-        }
         if p.idempotent {
+            let deliveries: Vec<Delivery> = p
+                .streams
+                .iter()
+                .zip(&placed)
+                .map(|(stream, (_, offset))| Delivery {
+                    stream: stream.clone(),
+                    epoch: self.epoch.to_string(),
+                    offset: *offset,
+                })
+                .collect();
             let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
             st.put_key.execute(params![&*p.id, now, json])?;
         }
-        Ok((AppendOutcome::Appended(deliveries), placed))
+        Ok(Outcome::Appended(placed))
     }
 }
