@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
-use tidings_core::protocol::{NotificationFields, Persistence, PushPlatform, ServerFrame, encode_server_frame};
+use tidings_core::protocol::{NotificationFields, Persistence, PushPlatform};
 
 /// An encoded server frame (one JSON text), shared by reference count: cloning it never copies the text.
 #[derive(Clone, PartialEq, Eq)]
@@ -96,11 +96,7 @@ pub fn encode_notification(
     epoch: &str,
     offset: Option<u64>,
 ) -> EncodedFrame {
-    let mut n = fields.clone();
-    stream.clone_into(&mut n.stream);
-    epoch.clone_into(&mut n.epoch);
-    n.offset = offset;
-    EncodedFrame::new(encode_server_frame(&ServerFrame::Notification(n.into())))
+    EncodedFrame::new(tidings_core::protocol::encode_notification_frame(fields, stream, epoch, offset))
 }
 
 /// A notification committed to one stream (or, for an ephemeral one, placed in it): what a store hands to the

@@ -682,6 +682,40 @@ pub fn encode_client_frame(frame: &ClientFrame) -> String {
     out
 }
 
+/// Encodes the `notification` server frame of `fields` placed at `(stream, epoch, offset)` (the fields' own
+/// stream, epoch and offset are not read): the text [`encode_server_frame`] gives for that notification, without
+/// copying the fields into a [`Notification`] first (the server encodes one frame per stream of every publish).
+pub fn encode_notification_frame(
+    fields: &super::NotificationFields,
+    stream: &str,
+    epoch: &str,
+    offset: Option<u64>,
+) -> String {
+    let optional = [&fields.title, &fields.body, &fields.group].map(|o| o.as_ref().map_or(0, |s| s.len()));
+    let data = fields.data.as_ref().map(|d| d.get());
+    let mut out = String::with_capacity(
+        160 + fields.id.len()
+            + stream.len()
+            + epoch.len()
+            + fields.kind.len()
+            + optional.iter().sum::<usize>()
+            + data.map_or(0, str::len),
+    );
+    let mut w = ObjectWriter::new(&mut out);
+    w.str("op", "notification");
+    w.str("id", &fields.id).str("stream", stream).opt_u64("offset", offset).str("epoch", epoch);
+    w.str("type", &fields.kind)
+        .str("priority", fields.priority.as_str())
+        .str("persistence", fields.persistence.as_str());
+    w.opt_str("title", fields.title.as_deref()).opt_str("body", fields.body.as_deref());
+    if let Some(d) = data {
+        w.raw("data").push_str(d);
+    }
+    w.opt_str("group", fields.group.as_deref()).u64("created_at", fields.created_at);
+    w.finish();
+    out
+}
+
 /// Encodes a server frame. Notification frames start with `{"op":"notification",`.
 pub fn encode_server_frame(frame: &ServerFrame) -> String {
     let mut out = String::with_capacity(match frame {
@@ -885,6 +919,38 @@ pub fn push_json_u64(out: &mut String, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The frame encoded from borrowed fields is the text of the frame encoded from the notification, whatever is
+    /// present, escaped or placed elsewhere.
+    #[test]
+    fn a_notification_frame_from_fields_is_the_server_frame() {
+        for (title, body, data, group, offset) in [
+            (None, None, None, None, None),
+            (Some("Hi \"you\"\n"), Some("b\u{e9}\u{1}"), Some(r#"{"k":[1,2]}"#), Some("g"), Some(7)),
+            (Some("t"), None, Some("null"), None, Some(u64::MAX)),
+        ] {
+            let fields = NotificationFields {
+                id: "01JDZ3K5W8Q2M4N6P8R0T2V4X6".into(),
+                stream: "ignored".into(),
+                offset: Some(99),
+                epoch: "ignored".into(),
+                kind: "comment.created".into(),
+                priority: Priority::Critical,
+                persistence: Persistence::Bufferable,
+                title: title.map(Into::into),
+                body: body.map(Into::into),
+                data: data.map(|d| super::super::RawJson::from_string(d.into()).unwrap()),
+                group: group.map(Into::into),
+                created_at: 1_733_000_000_123,
+            };
+            let mut placed = fields.clone();
+            ("user:al\"ice").clone_into(&mut placed.stream);
+            ("ep\\1").clone_into(&mut placed.epoch);
+            placed.offset = offset;
+            let expected = encode_server_frame(&ServerFrame::Notification(placed.into()));
+            assert_eq!(encode_notification_frame(&fields, "user:al\"ice", "ep\\1", offset), expected);
+        }
+    }
 
     fn sample(title: Option<&str>, data: Option<&str>, group: Option<&str>, offset: Option<u64>) -> Notification {
         Notification::from(NotificationFields {

@@ -1019,7 +1019,7 @@ pub(crate) use codec::quoted;
 pub(crate) use codec::write_notification;
 pub use codec::{
     FrameRejection, decode_client_frame, decode_client_request, decode_notification, decode_push_payload,
-    decode_server_frame, encode_client_frame, encode_notification, encode_server_frame,
+    decode_server_frame, encode_client_frame, encode_notification, encode_notification_frame, encode_server_frame,
 };
 pub use codec::{
     NotificationPosition, message_frames, notification_position, push_json_str, push_json_u64, raw_elements, raw_member,
