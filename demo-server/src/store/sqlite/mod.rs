@@ -261,6 +261,12 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<(Conne
     Ok((conn, epoch))
 }
 
+/// A stream's id and head by name. The head is not written by each commit: it is the stream's newest entry, or
+/// `streams.head` once that entry was pruned by age (pruning brings `streams.head` up to every entry it deletes;
+/// the count limit never deletes the newest entry).
+const STREAM_HEAD: &str = "SELECT sid, MAX(head, IFNULL((SELECT MAX(e.offset) FROM entries e WHERE e.sid = streams.sid), 0)) \
+                           FROM streams WHERE name = ?1";
+
 /// Brings the schema to the version this server writes.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -401,10 +407,8 @@ fn read_snapshot(
     stream: &str,
     since: Option<(String, u64)>,
 ) -> rusqlite::Result<HistoryRead> {
-    let found: Option<(i64, u64)> = conn
-        .prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?
-        .query_row([stream], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let found: Option<(i64, u64)> =
+        conn.prepare_cached(STREAM_HEAD)?.query_row([stream], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     let Some((sid, head)) = found else {
         return Ok(HistoryRead {
             state: StreamState { epoch: epoch.clone(), head: 0, oldest: 1 },

@@ -203,7 +203,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // notifications to many streams rewrites one page per stream: the rows are now only what a read by offset needs
     // (stream, offset, notification), and their age index is gone (one more insert per entry). Age pruning finds
     // old notifications by `notifications_by_age` instead, and their entries by `placements`: the notification's
-    // `sid:offset` pairs, comma separated.
+    // `sid:offset` pairs, comma separated. A stream's head is no longer written by every commit: it is the larger of
+    // `streams.head` and the stream's newest entry, and `streams.head` is brought up to an entry's offset before age
+    // pruning deletes the entry (a count limit never deletes the newest).
     r#"
     ALTER TABLE notifications ADD COLUMN placements TEXT;
     CREATE INDEX entries_v3_by_seq ON entries (seq);

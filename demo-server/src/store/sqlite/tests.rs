@@ -337,7 +337,7 @@ async fn a_database_of_version_1_or_of_either_version_2_is_migrated_to_the_curre
 /// database keeps its history (reads, finds by id, offsets going on) and its old notifications are still pruned by
 /// age with all their entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_3_history_is_migrated_to_version_4_and_still_read_found_and_pruned() {
+async fn a_version_3_history_is_migrated_to_version_4_and_still_read_found_and_pruned_heads_kept() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join(DATABASE_FILE);
     {
@@ -387,6 +387,16 @@ async fn a_version_3_history_is_migrated_to_version_4_and_still_read_found_and_p
     assert_eq!(count(&db, "SELECT count(*) FROM notifications"), 1);
     assert_eq!(count(&db, "SELECT seq FROM entries"), 2, "the persistent entry is kept");
     let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
-    assert_eq!((read.state.head, read.entries.len()), (4, 0));
+    assert_eq!((read.state.head, read.entries.len()), (4, 0), "the head outlives the entries pruned by age");
+    stores.streams.close().await;
+    drop(stores);
+    // Heads are not written by commits but kept through pruning: after a restart the offsets go on.
+    let (clock, _) = contract::clock(1_000_000 + 61_000);
+    let stores = Stores::sqlite(open(dir.path(), Synchronous::Full, clock).unwrap());
+    let topic = stores.streams.read("topic:t", None).await.unwrap();
+    assert_eq!(topic.state.head, 2, "topic:t lost every entry and kept its head");
+    let next =
+        append(&stores, vec![publication("n5", &["user:a", "topic:t"], Persistence::Bufferable, 1_061_000)]).await;
+    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(5) && d[1].offset == Some(3)));
     stores.streams.close().await;
 }

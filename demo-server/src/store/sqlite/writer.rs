@@ -189,12 +189,11 @@ enum Applied {
     Moved(usize),
 }
 
-/// A stream's id and head as the transaction sees them; `dirty` when the head moved in it. `name` is the
+/// A stream's id and head as the transaction sees them. `name` is the
 /// stream's name, shared by every placement in the transaction (not one allocation per notification).
 struct Staged {
     sid: i64,
     head: u64,
-    dirty: bool,
     name: Arc<str>,
 }
 
@@ -202,7 +201,6 @@ struct Staged {
 struct Statements<'t> {
     find_stream: rusqlite::CachedStatement<'t>,
     insert_stream: rusqlite::CachedStatement<'t>,
-    set_head: rusqlite::CachedStatement<'t>,
     insert_notification: rusqlite::CachedStatement<'t>,
     insert_entry: rusqlite::CachedStatement<'t>,
     drop_entry: rusqlite::CachedStatement<'t>,
@@ -216,9 +214,8 @@ struct Statements<'t> {
 impl<'t> Statements<'t> {
     fn prepare(tx: &'t Connection) -> rusqlite::Result<Self> {
         Ok(Statements {
-            find_stream: tx.prepare_cached("SELECT sid, head FROM streams WHERE name = ?1")?,
+            find_stream: tx.prepare_cached(super::STREAM_HEAD)?,
             insert_stream: tx.prepare_cached("INSERT INTO streams (name, head) VALUES (?1, 0)")?,
-            set_head: tx.prepare_cached("UPDATE streams SET head = ?2 WHERE sid = ?1")?,
             insert_notification: tx.prepare_cached(
                 "INSERT INTO notifications \
                  (id, type, priority, persistence, title, body, data, grp, created_at, refs, placements) \
@@ -335,12 +332,7 @@ impl Writer {
                 for op in &ops {
                     applied.push(self.state.apply(&tx, &mut statements, op, now, &mut staged)?);
                 }
-                // Each stream's head is written once per commit, however many notifications it got.
-                if let Some(st) = statements.as_mut() {
-                    for s in staged.values().filter(|s| s.dirty) {
-                        st.set_head.execute(params![s.sid, s.head])?;
-                    }
-                }
+                // No stream's head is written: it is its newest entry (see STREAM_HEAD).
             }
             tx.commit()?;
             Ok(applied)
@@ -435,9 +427,13 @@ impl Writer {
                     {
                         let mut delete_entry =
                             tx.prepare_cached("DELETE FROM entries WHERE sid = ?1 AND offset = ?2 AND seq = ?3")?;
+                        // A stream's head outlives its entries (see STREAM_HEAD).
+                        let mut keep_head =
+                            tx.prepare_cached("UPDATE streams SET head = MAX(head, ?2) WHERE sid = ?1")?;
                         let mut delete = tx.prepare_cached("DELETE FROM notifications WHERE seq = ?1")?;
                         for (seq, placements) in &old {
                             for (sid, offset) in parse_placements(placements.as_deref().unwrap_or("")) {
+                                keep_head.execute(params![sid, offset])?;
                                 entries += delete_entry.execute(params![sid, offset, seq])?;
                             }
                             delete.execute([seq])?;
@@ -676,7 +672,7 @@ impl State {
                     }
                 },
             };
-            staged.insert(name.clone(), Staged { sid: known.0, head: known.1, dirty: false, name });
+            staged.insert(name.clone(), Staged { sid: known.0, head: known.1, name });
         }
         Ok(staged.get_mut(name).expect("inserted above"))
     }
@@ -716,7 +712,6 @@ impl State {
             for stream in &p.streams {
                 let s = self.stream(tx, st, stream, staged)?;
                 s.head += 1;
-                s.dirty = true;
                 sids.push(s.sid);
                 if !placements.is_empty() {
                     placements.push(',');
