@@ -101,7 +101,7 @@ impl LocalBroker {
             }
             deliveries.push(Delivery { stream: stream.clone(), epoch: epoch.to_string(), offset: None });
         }
-        Ok(AppendOutcome::Appended(deliveries))
+        Ok(AppendOutcome::appended(deliveries))
     }
 }
 
@@ -243,6 +243,6 @@ mod tests {
     async fn without_a_handler_publishing_still_commits() {
         let broker = LocalBroker::new(Arc::new(MemoryStore::new(limits(10))));
         let results = broker.publish(vec![publication("a", &["user:u"], Persistence::Bufferable, 1)]).await;
-        assert!(matches!(&results[0], Ok(AppendOutcome::Appended(d)) if d[0].offset == Some(1)));
+        assert!(matches!(&results[0], Ok(AppendOutcome::Appended { deliveries: d, .. }) if d[0].offset == Some(1)));
     }
 }

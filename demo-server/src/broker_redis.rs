@@ -590,7 +590,7 @@ impl Broker for RedisBroker {
                 }
                 results.push(match failed {
                     Some(e) => Err(e),
-                    None => Ok(AppendOutcome::Appended(deliveries)),
+                    None => Ok(AppendOutcome::appended(deliveries)),
                 });
             }
             if !run.is_empty() {

@@ -382,6 +382,18 @@ impl Node {
         if !batch.is_empty() {
             self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
+            // A store that drew another id to keep ids ordered in a stream committed the publication under it:
+            // from here on (receipt, inbox, pushes) it is known by that id.
+            let mut renamed = Vec::new();
+            for (publication, outcome) in batch.iter_mut().zip(&outcomes) {
+                if let Ok(AppendOutcome::Appended { reissued: Some(id), .. }) = outcome {
+                    *publication = Arc::new(publication.with_id(id));
+                    renamed.push(publication.clone());
+                }
+            }
+            if !renamed.is_empty() {
+                self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&renamed);
+            }
             let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
             // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
             // the inboxes too (and a push's badge counts them). If that fails, the publish fails (a retry with the
@@ -397,7 +409,7 @@ impl Node {
                     (_, outcome) => outcome,
                 };
                 match &outcome {
-                    Ok(AppendOutcome::Appended(deliveries)) => {
+                    Ok(AppendOutcome::Appended { deliveries, .. }) => {
                         accepted += 1;
                         committed.push((publication.clone(), deliveries.clone(), recipients));
                     }
@@ -421,7 +433,7 @@ impl Node {
     ) -> Result<PublishReceipt, PublishError> {
         let id = publication.id.to_string();
         match outcome {
-            Ok(AppendOutcome::Appended(deliveries)) => {
+            Ok(AppendOutcome::Appended { deliveries, .. }) => {
                 bump(&self.counters.notifications_published, 1);
                 debug!(
                     id = %id,

@@ -115,6 +115,8 @@ async fn publishes_through_any_server_reach_every_subscriber_exactly_once_in_str
     for client in topic.iter_mut().chain(alice.iter_mut()) {
         let got = notifications(client, total, Duration::from_millis(500)).await;
         assert_eq!(offsets(&got), (1..=total as u64).collect::<Vec<_>>(), "every offset once, in order");
+        let ids: Vec<&str> = got.iter().map(|n| n["id"].as_str().expect("an id")).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "server-generated ids follow the offsets: {ids:?}");
         assert_eq!(
             counts(&acknowledged, &got),
             Counts { acknowledged: total, received: total, lost: 0, duplicated: 0 }

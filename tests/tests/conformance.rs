@@ -570,7 +570,7 @@ async fn run_scenario(name: &str) {
     run_scenario_on(name, false).await;
 }
 
-/// Runs `name` on one server (SQLite), or on a deployment of three processes on Redis and PostgreSQL
+/// Runs `name` on one server (SQLite), or on a deployment of three OS processes on Redis and PostgreSQL
 /// (`deployment`; returns without running when those are not available outside xtask).
 async fn run_scenario_on(name: &str, deployment: bool) {
     let file = file();
@@ -643,10 +643,11 @@ macro_rules! scenarios {
             }
         )*
 
-        /// Every scenario against three servers (in this test process, each with its own Redis broker and
-        /// PostgreSQL store) on one Redis and one PostgreSQL database (issue 15), one after the other.
+        /// Every scenario against a deployment of three `tidings-server` OS processes on one Redis and one
+        /// PostgreSQL database (issue 15), one scenario after the other; each client connects to the next process
+        /// and each request goes to the next one.
         #[tokio::test]
-        async fn every_scenario_against_three_servers_on_redis_and_postgres() {
+        async fn every_scenario_against_three_server_processes_on_redis_and_postgres() {
             $(
                 run_scenario_on(stringify!($name), true).await;
             )*

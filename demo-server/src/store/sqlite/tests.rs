@@ -78,7 +78,7 @@ async fn history_epoch_and_keys_survive_a_reopen() {
     let again = append(&stores, vec![contract::keyed("k1", &["user:a"], 1_000_000)]).await;
     assert!(matches!(&again[0], AppendOutcome::Duplicate(d) if d[0].offset == Some(1)), "{again:?}");
     let next = append(&stores, vec![publication("n3", &["user:a"], Persistence::Bufferable, 1_000_000)]).await;
-    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(3)));
+    assert!(matches!(&next[0], AppendOutcome::Appended { deliveries: d, .. } if d[0].offset == Some(3)));
     let devices = stores.devices.push_addresses("a").await.unwrap();
     assert_eq!((&*devices[0].device, devices[0].platform), ("phone", PushPlatform::Apns));
 }

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::{Clock, MAX_OPS_PER_COMMIT, push};
 use crate::metrics::StoreMetrics;
-use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
+use crate::model::{AppendOutcome, Committed, Delivery, IdFloor, Publication, PushRecord};
 use crate::planner::{PendingReason, Policy, PublishPlan, RowKey, UnixMs};
 use crate::store::push::{PlanItem, SettingsChange, SettingsError, Settlement, StoredPush, UserSettings};
 use crate::store::{Append, StoreError, StoreLimits};
@@ -155,6 +155,9 @@ struct State {
     /// The next claim token of pending pushes (unique within a run; claims do not outlive a run, see
     /// `release_claims`).
     next_claim: std::sync::atomic::AtomicU64,
+    /// The greatest server-generated id committed: one writer commits every append in turn, so keeping each new
+    /// id above it keeps ids ordered in every stream (see [`IdFloor`]). Seeded from the newest notification.
+    last_id: std::cell::RefCell<IdFloor>,
 }
 
 /// What one operation did inside the transaction, to be acted on after the commit.
@@ -224,7 +227,17 @@ impl Writer {
         clock: Clock,
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
-        let state = State { epoch, limits, clock, streams: HashMap::new(), next_claim: 1.into() };
+        let mut last_id = IdFloor::default();
+        let newest: Option<String> = conn
+            .query_row("SELECT id FROM notifications ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        if let Some(id) = newest {
+            last_id.raise(&id);
+        }
+        let state =
+            State { epoch, limits, clock, streams: HashMap::new(), next_claim: 1.into(), last_id: last_id.into() };
         Writer { conn, path, state, done, metrics: Arc::new(OnceLock::new()), _lock: lock }
     }
 
@@ -338,7 +351,10 @@ impl Writer {
                         (Op::Append { batch, reply }, Applied::Append(outcomes)) => {
                             let mut fan_out = Vec::with_capacity(batch.len());
                             let mut results = Vec::with_capacity(batch.len());
-                            for (append, (outcome, placed)) in batch.into_iter().zip(outcomes) {
+                            for (mut append, (outcome, placed)) in batch.into_iter().zip(outcomes) {
+                                if let AppendOutcome::Appended { reissued: Some(id), .. } = &outcome {
+                                    append.publication = Arc::new(append.publication.with_id(id));
+                                }
                                 fan_out.push((append, placed));
                                 results.push(Ok(outcome));
                             }
@@ -665,9 +681,16 @@ impl State {
         let f = &p.fields;
         // A publication with no stream left (every recipient turned the socket channel off for it) stores nothing
         // but its idempotency key.
+        let mut reissued = None;
         let seq: Option<i64> = if p.is_buffered() && !p.streams.is_empty() {
+            let mut last_id = self.last_id.borrow_mut();
+            reissued = last_id.reissue(p).map(Arc::<str>::from);
+            let id = reissued.as_deref().unwrap_or(&p.id);
+            if !p.idempotent {
+                last_id.raise(id);
+            }
             st.insert_notification.execute(params![
-                &*p.id,
+                id,
                 f.kind,
                 f.priority.as_str(),
                 f.persistence.as_str(),
@@ -712,6 +735,6 @@ impl State {
             let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
             st.put_key.execute(params![&*p.id, now, json])?;
         }
-        Ok((AppendOutcome::Appended(deliveries), placed))
+        Ok((AppendOutcome::Appended { deliveries, reissued }, placed))
     }
 }
