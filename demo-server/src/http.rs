@@ -326,6 +326,16 @@ async fn require_user(
     response
 }
 
+/// `503 unavailable` with `Retry-After` for a store (or Redis) that cannot answer now.
+pub(crate) fn unavailable(e: &crate::store::StoreError) -> Response {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
+    let secs = e.retry_after().as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&secs) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// `{"error":{"code":…,"message":…}}` with `status`.
 pub(crate) fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
@@ -582,7 +592,7 @@ enum BatchResult {
 async fn presence_all(State(node): State<Arc<Node>>) -> Response {
     match node.presence_all().await {
         Ok(users) => axum::Json(json!({ "users": users })).into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -593,7 +603,7 @@ async fn presence_user(State(node): State<Arc<Node>>, Path(user): Path<String>) 
     }
     match node.presence_user(&user).await {
         Ok(presence) => axum::Json(presence).into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -608,7 +618,7 @@ async fn acks(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response
                 acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "at": a.at})).collect();
             axum::Json(json!({"id": id, "acks": acks})).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -627,7 +637,7 @@ async fn devices(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Res
                 .collect();
             axum::Json(json!({"user": user, "devices": devices})).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 

@@ -255,6 +255,19 @@ async fn readiness_is_red_while_redis_is_gone_and_delivery_resumes_after_it_rest
         status == 503 && body["checks"]["redis"]["ok"] == false && body["checks"]["redis"]["error"].is_string()
     })
     .await;
+    // Presence lives in Redis: without it the presence API answers 503 with a retry hint (as documented).
+    for path in ["/v1/presence", "/v1/presence/alice"] {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", servers[1].http_url()))
+            .bearer_auth(tidings_server::TEST_API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}: Retry-After");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{path}: {body}");
+    }
     // Publishing still commits (the store is up): the notification is acknowledged, delivered once Redis is back.
     let id = servers[0].publisher().publish(PublishRequest::new("t").user("alice").title("during")).await.unwrap().id;
     redis.restart();

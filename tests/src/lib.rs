@@ -437,7 +437,11 @@ impl ServerProcess {
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!("tidings-server exited with {status}:\n{}", process.output());
             }
-            assert!(tokio::time::Instant::now() < deadline, "tidings-server did not become ready:\n{}", process.output());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tidings-server did not become ready:\n{}",
+                process.output()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         process
