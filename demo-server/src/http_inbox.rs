@@ -22,7 +22,7 @@ use crate::http::{AuthedToken, error_response, read_body};
 use crate::node::Node;
 use crate::session::check_mark;
 use crate::session::sse::Ticket;
-use crate::store::{ChangeKind, ChangeRequest, InboxChange, StoreError};
+use crate::store::{ChangeKind, ChangeRequest, InboxChange};
 use crate::util::now_ms;
 
 /// The bearer credential of `Authorization`, if any.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::redis::*;
 use common::*;
 use serde_json::{Value, json};
+use tidings_core::protocol::Persistence;
 use tidings_server::{MemoryStore, PublishRequest, RunningServer, ServerConfig, StoreLimits, Stores};
 
 fn shared_stores() -> Stores {
@@ -124,6 +125,33 @@ async fn publishes_through_any_server_reach_every_subscriber_exactly_once_in_str
     }
     let received: u64 = servers.iter().map(|s| redis_sample(s, "tidings_redis_received_total")).sum();
     assert!(received >= 2 * total as u64 * 3, "every server heard both streams through Redis: {received}");
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_mixing_ephemeral_and_stored_notifications_reaches_another_server_in_its_order() {
+    let Some(redis) = TestRedis::get() else { return };
+    let stores = shared_stores();
+    let servers = cluster(2, &redis.url(), &prefix("mixed"), &stores).await;
+    let (mut reader, _) = Client::login(&servers[1], "alice", "phone", &[]).await;
+    reader.subscribe_one(1, json!({"stream":"user:alice"})).await;
+    let kinds = [Persistence::Bufferable, Persistence::Ephemeral, Persistence::Ephemeral, Persistence::Persistent];
+    let batch = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PublishRequest::new("t").user("alice").persistence(*p).title(i.to_string()))
+        .collect();
+    let receipts: Vec<_> =
+        servers[0].publisher().publish_batch(batch).await.into_iter().map(|r| r.expect("published")).collect();
+    let got = notifications(&mut reader, 4, Duration::from_millis(300)).await;
+    let titles: Vec<&str> = got.iter().map(|n| n["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["0", "1", "2", "3"], "in the batch's order");
+    let offsets: Vec<Option<u64>> = got.iter().map(|n| n["offset"].as_u64()).collect();
+    assert_eq!(offsets, [Some(1), None, None, Some(2)], "ephemeral ones without an offset");
+    let ids: Vec<String> = receipts.into_iter().map(|r| r.id).collect();
+    assert_eq!(counts(&ids, &got), Counts { acknowledged: 4, received: 4, lost: 0, duplicated: 0 });
     for server in servers {
         server.shutdown().await;
     }

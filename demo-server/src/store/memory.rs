@@ -94,6 +94,9 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+/// One locked shard of the stream logs.
+type ShardGuard<'a> = MutexGuard<'a, HashMap<Box<str>, StreamLog>>;
+
 struct StreamLog {
     head: u64,
     /// Frames with offsets `head + 1 - entries.len() ..= head`, and when each was created.
@@ -365,7 +368,7 @@ impl MemoryStore {
         lock(&self.push_tables)
     }
 
-    fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Box<str>, StreamLog>> {
+    fn shard(&self, stream: &str) -> ShardGuard<'_> {
         lock(&self.streams[self.shard_index(stream)])
     }
 
@@ -392,7 +395,7 @@ impl MemoryStore {
             let mut indexes: Vec<usize> = p.streams.iter().map(|s| self.shard_index(s)).collect();
             indexes.sort_unstable();
             indexes.dedup();
-            let mut shards: Vec<(usize, MutexGuard<'_, HashMap<Box<str>, StreamLog>>)> =
+            let mut shards: Vec<(usize, ShardGuard<'_>)> =
                 indexes.into_iter().map(|i| (i, lock(&self.streams[i]))).collect();
             let mut floor = IdFloor::default();
             for stream in &p.streams {
