@@ -603,6 +603,49 @@ fn subscription_refusals_are_reported_and_not_retried() {
     assert!(h.engine.subscribe(h.now, "room:1").unwrap_err().to_string().contains("not a stream name"));
 }
 
+/// The server ends a subscription by itself (an operator's unsubscribe, protocol §2.5): an `error` naming the
+/// stream without a `ref`. The stream is reported and dropped, the link stays, and a reconnect does not subscribe it
+/// again; the other streams go on.
+#[test]
+fn a_subscription_the_server_ends_is_reported_and_not_subscribed_again() {
+    let mut h = connected("alice");
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    h.take_events();
+    h.deliver(Some(protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: None,
+        stream: Some("topic:news".into()),
+        code: ErrorCode::Forbidden,
+        message: "an operator ended this subscription".into(),
+        retry_after_ms: None,
+    }))));
+    assert_eq!(
+        h.events,
+        [Event::SubscriptionFailed {
+            stream: "topic:news".into(),
+            code: ErrorCode::Forbidden,
+            message: "an operator ended this subscription".into()
+        }]
+    );
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "the connection stays");
+    assert_eq!(h.engine.subscriptions().collect::<Vec<_>>(), Vec::<&str>::new(), "the stream is dropped");
+    // After a reconnect only the user's stream is subscribed again.
+    h.server.received.clear();
+    h.server_close(None);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    let subscribed: Vec<String> = h
+        .server
+        .received
+        .iter()
+        .flat_map(|f| match f {
+            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(subscribed, ["user:alice"], "topic:news is not subscribed again");
+}
+
 #[test]
 fn fatal_server_errors_stop_without_retrying() {
     for code in [ErrorCode::SessionReplaced, ErrorCode::ProtocolError, ErrorCode::FrameTooLarge] {

@@ -106,6 +106,8 @@ pub(crate) enum Control {
     Replace { origin: String, user: String, device: String, session: String, connected_at: u64 },
     /// The operator drop endpoint: every connection (or `user`'s) closes with 4015.
     Drop { origin: String, user: Option<String> },
+    /// The operator unsubscribe endpoint: every connection (or `user`'s) subscribed to `stream` drops it.
+    Unsubscribe { origin: String, user: Option<String>, stream: String },
 }
 
 /// What the node does with control commands, and the connections whose presence this process refreshes.
@@ -916,7 +918,9 @@ async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, messag
         match serde_json::from_str::<Control>(&payload) {
             Ok(command) => {
                 let origin = match &command {
-                    Control::Replace { origin, .. } | Control::Drop { origin, .. } => origin,
+                    Control::Replace { origin, .. }
+                    | Control::Drop { origin, .. }
+                    | Control::Unsubscribe { origin, .. } => origin,
                 };
                 if *origin != inner.process
                     && let Some(handler) = inner.control.get().and_then(Weak::upgrade)

@@ -55,6 +55,7 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     (Method::GET, "/v1/notifications/{id}/acks", Access::Key(Scope::Read), |m| on(m, acks)),
     (Method::GET, "/v1/users/{user}/devices", Access::Key(Scope::Operator), |m| on(m, devices)),
     (Method::POST, "/v1/admin/drop", Access::Key(Scope::Operator), |m| on(m, admin_drop)),
+    (Method::POST, "/v1/admin/unsubscribe", Access::Key(Scope::Operator), |m| on(m, admin_unsubscribe)),
     (Method::GET, "/v1/push/vapid-public-key", Access::Public, |m| on(m, vapid_public_key)),
     (Method::GET, "/v1/push/status", Access::Key(Scope::Read), |m| on(m, hp::push_status)),
     (Method::GET, "/v1/notifications/{id}/deliveries", Access::Key(Scope::Read), |m| on(m, hp::deliveries)),
@@ -672,6 +673,48 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     let dropped = node.drop_connections(user.as_deref(), true);
     info!(user = user.as_deref().unwrap_or("*"), dropped, "operator dropped connections");
     axum::Json(json!({ "dropped": dropped })).into_response()
+}
+
+/// `POST /v1/admin/unsubscribe` with `{"stream":"…"}` and an optional `"user"`: ends that subscription of
+/// every connection (or the user's), in every process.
+async fn admin_unsubscribe(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let text = match read_body(&headers, body, node.config.max_body_bytes).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let bad = |e: String| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected {{\"stream\":\"…\"}} with an optional \"user\": {e}"),
+        )
+    };
+    let mut object = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(_) => return bad("the body is not a JSON object".into()),
+        Err(e) => return bad(e.to_string()),
+    };
+    let stream = match object.remove("stream") {
+        Some(serde_json::Value::String(stream)) => stream,
+        Some(_) => return bad("stream: must be a string".into()),
+        None => return bad("stream is missing".into()),
+    };
+    if let Err(e) = tidings_core::protocol::StreamName::parse(&stream) {
+        return bad(format!("stream: {e}"));
+    }
+    let user = match object.remove("user") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(user)) => {
+            if let Err(e) = validate_user_id(&user) {
+                return bad(format!("user: {e}"));
+            }
+            Some(user)
+        }
+        Some(_) => return bad("user: must be a string".into()),
+    };
+    let unsubscribed = node.unsubscribe_connections(user.as_deref(), &stream, true);
+    info!(user = user.as_deref().unwrap_or("*"), stream, unsubscribed, "operator ended subscriptions");
+    axum::Json(json!({ "unsubscribed": unsubscribed })).into_response()
 }
 
 /// `OPTIONS /v1/demo/token` (demo mode only): the CORS preflight of a page on another origin — any origin, `POST`

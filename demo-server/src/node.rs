@@ -294,6 +294,32 @@ impl Node {
         dropped
     }
 
+    /// Ends the subscription of `stream` of this process's connections (or `user`'s) that have it: each drops the
+    /// stream and tells its client (an `error` of code `forbidden` naming the stream). With `everywhere`, asks the
+    /// other processes to do the same. Returns how many of this process's connections were asked.
+    pub(crate) fn unsubscribe_connections(&self, user: Option<&str>, stream: &str, everywhere: bool) -> usize {
+        let connections = match user {
+            Some(user) => {
+                let on: std::collections::HashSet<u64> =
+                    self.registry.connections_on(stream).iter().map(|c| c.id()).collect();
+                self.registry.connections_of(user).into_iter().filter(|c| on.contains(&c.id())).collect()
+            }
+            None => self.registry.connections_on(stream),
+        };
+        let stream: Arc<str> = Arc::from(stream);
+        for connection in &connections {
+            connection.revoke(stream.clone());
+        }
+        if everywhere && let Some(cluster) = &self.cluster {
+            cluster.send_control(&Control::Unsubscribe {
+                origin: cluster.origin(),
+                user: user.map(str::to_owned),
+                stream: stream.to_string(),
+            });
+        }
+        connections.len()
+    }
+
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -572,6 +598,13 @@ impl ControlHandler for Node {
             Control::Drop { user, .. } => {
                 let dropped = self.drop_connections(user.as_deref(), false);
                 info!(user = user.as_deref().unwrap_or("*"), dropped, "operator drop from another process");
+            }
+            Control::Unsubscribe { user, stream, .. } => {
+                let asked = self.unsubscribe_connections(user.as_deref(), &stream, false);
+                info!(
+                    user = user.as_deref().unwrap_or("*"),
+                    stream, asked, "operator unsubscribe from another process"
+                );
             }
         }
     }

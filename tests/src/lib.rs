@@ -198,6 +198,19 @@ impl TestServer {
         resp.json::<Value>().await.unwrap()["dropped"].as_u64().unwrap()
     }
 
+    /// `POST /v1/admin/unsubscribe`: ends `user`'s subscription of `stream` (in every process).
+    pub async fn unsubscribe(&self, user: &str, stream: &str) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/admin/unsubscribe", self.pick().0))
+            .bearer_auth(&self.config.api_key)
+            .json(&json!({"user": user, "stream": stream}))
+            .send()
+            .await
+            .expect("HTTP request");
+        assert!(resp.status().is_success(), "unsubscribe failed: {}", resp.status());
+    }
+
     /// `GET <path>` with the API key.
     pub async fn get(&self, path: &str) -> Value {
         let resp = self

@@ -409,6 +409,23 @@ impl<'s> Runner<'s> {
             "drop_connections" => {
                 self.server().drop_all().await;
             }
+            "server_unsubscribe" => {
+                let user = self.name(step["user"].as_str().unwrap());
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                self.server().unsubscribe(&user, &stream).await;
+            }
+            "wait_subscription_failed" => {
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                let code = step["code"].as_str().unwrap().to_owned();
+                self.client(step)
+                    .until(&format!("subscription of {stream} failed with {code}"), |log| {
+                        log.iter().any(|e| {
+                            matches!(e, Event::SubscriptionFailed { stream: s, code: c, .. }
+                                if *s == stream && c.to_string() == code)
+                        })
+                    })
+                    .await;
+            }
             "settle" => {
                 let ms = Duration::from_millis(step["ms"].as_u64().unwrap());
                 // A paused client's app takes no events: its events wait in the SDK.
@@ -686,4 +703,5 @@ scenarios!(
     inbox_offline_change_converges,
     inbox_mark_all_leaves_new_items_unread,
     inbox_counts_survive_a_server_restart,
+    server_unsubscribe,
 );

@@ -635,7 +635,12 @@ impl Engine {
             return;
         }
         let Some(close_code) = e.code.close_code() else {
-            warn!(code = %e.code, message = %e.message, "server error");
+            match e.stream {
+                // The server ended a subscription by itself (an operator's unsubscribe, protocol §2.5): the stream
+                // is dropped as if its subscribe had been refused, and not subscribed again on reconnect.
+                Some(stream) => self.subscription_refused(stream, e.code, e.message),
+                None => warn!(code = %e.code, message = %e.message, "server error"),
+            }
             return;
         };
         let action = protocol::close_action(close_code);
