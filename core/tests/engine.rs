@@ -1010,6 +1010,57 @@ fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice(
     assert!(!acked.contains(&"n0".to_string()), "relayed notifications were acked by the old leader, not again");
 }
 
+/// A subscription the server ended on the leader's socket (an `error` naming the stream without a `ref`) is ended in
+/// a follower fed the relayed frames too: reported, dropped, and not subscribed again when the follower takes the
+/// socket over. A relayed refusal of one of the leader's own requests (with a `ref`) is not the follower's business.
+#[test]
+fn a_subscription_the_server_ended_is_dropped_in_a_follower_and_not_subscribed_on_takeover() {
+    use tidings_core::engine::Engine;
+    let mut follower = Engine::new(Harness::config(), 7);
+    let t0 = Harness::new(Harness::config(), "alice").now;
+    follower.subscribe(t0, "topic:news").unwrap();
+    follower.subscribe(t0, "topic:sports").unwrap();
+    let relay = |follower: &mut Engine, frame: ServerFrame| {
+        follower.handle_relayed(t0, &protocol::encode_server_frame(&frame)).unwrap();
+        std::iter::from_fn(|| follower.poll_event()).collect::<Vec<_>>()
+    };
+    let error = |reference: Option<u64>, stream: &str| {
+        ServerFrame::Error(ErrorFrame {
+            reference,
+            stream: Some(stream.into()),
+            code: ErrorCode::Forbidden,
+            message: "an operator ended this subscription".into(),
+            retry_after_ms: None,
+        })
+    };
+    assert_eq!(relay(&mut follower, error(Some(3), "topic:sports")), [], "the leader's request, not ours");
+    assert_eq!(
+        relay(&mut follower, error(None, "topic:news")),
+        [Event::SubscriptionFailed {
+            stream: "topic:news".into(),
+            code: ErrorCode::Forbidden,
+            message: "an operator ended this subscription".into()
+        }]
+    );
+    assert_eq!(follower.subscriptions().collect::<Vec<_>>(), ["topic:sports"], "topic:news is dropped");
+    assert!(follower.poll_transmit().is_none(), "a follower sends nothing");
+    // The follower takes the socket over: only the user's stream and topic:sports are subscribed.
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.engine = follower;
+    h.connect();
+    let mut subscribed: Vec<String> = h
+        .server
+        .received
+        .iter()
+        .flat_map(|f| match f {
+            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    subscribed.sort();
+    assert_eq!(subscribed, ["topic:sports", "user:alice"]);
+}
+
 /// The decoded-frame inputs (`handle_frame`, `ingest_push_notification`, used by drivers whose platform parses
 /// JSON) behave exactly as the text inputs: the same scenario gives the same events and the same frames.
 #[test]
