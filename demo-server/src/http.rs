@@ -642,6 +642,27 @@ async fn devices(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Res
     }
 }
 
+/// An operator request's body as a JSON object.
+fn operator_body(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err("the body is not a JSON object".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The optional `user` member of an operator request (absent or `null`: every user).
+fn optional_user(object: &mut serde_json::Map<String, serde_json::Value>) -> Result<Option<String>, String> {
+    match object.remove("user") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(user)) => match validate_user_id(&user) {
+            Ok(()) => Ok(Some(user)),
+            Err(e) => Err(format!("user: {e}")),
+        },
+        Some(_) => Err("user: must be a string".into()),
+    }
+}
+
 /// `POST /v1/admin/drop` with an optional `{"user":"…"}`.
 async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     let text = match read_body(&headers, body, node.config.max_body_bytes).await {
@@ -651,23 +672,12 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     let user = if text.trim().is_empty() {
         None
     } else {
-        let bad = |e: String| {
-            error_response(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"user\":\"…\"}}: {e}"))
-        };
-        let mut object = match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(_) => return bad("the body is not a JSON object".into()),
-            Err(e) => return bad(e.to_string()),
-        };
-        match object.remove("user") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(user)) => {
-                if let Err(e) = validate_user_id(&user) {
-                    return bad(format!("user: {e}"));
-                }
-                Some(user)
+        match operator_body(&text).and_then(|mut object| optional_user(&mut object)) {
+            Ok(user) => user,
+            Err(e) => {
+                let message = format!("expected {{\"user\":\"…\"}}: {e}");
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
             }
-            Some(_) => return bad("user: must be a string".into()),
         }
     };
     let dropped = node.drop_connections(user.as_deref(), true);
@@ -682,35 +692,21 @@ async fn admin_unsubscribe(State(node): State<Arc<Node>>, headers: HeaderMap, bo
         Ok(text) => text,
         Err(response) => return response,
     };
-    let bad = |e: String| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("expected {{\"stream\":\"…\"}} with an optional \"user\": {e}"),
-        )
-    };
-    let mut object = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(serde_json::Value::Object(object)) => object,
-        Ok(_) => return bad("the body is not a JSON object".into()),
-        Err(e) => return bad(e.to_string()),
-    };
-    let stream = match object.remove("stream") {
-        Some(serde_json::Value::String(stream)) => stream,
-        Some(_) => return bad("stream: must be a string".into()),
-        None => return bad("stream is missing".into()),
-    };
-    if let Err(e) = tidings_core::protocol::StreamName::parse(&stream) {
-        return bad(format!("stream: {e}"));
-    }
-    let user = match object.remove("user") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(user)) => {
-            if let Err(e) = validate_user_id(&user) {
-                return bad(format!("user: {e}"));
-            }
-            Some(user)
+    let parsed = operator_body(&text).and_then(|mut object| {
+        let stream = match object.remove("stream") {
+            Some(serde_json::Value::String(stream)) => stream,
+            Some(_) => return Err("stream: must be a string".to_owned()),
+            None => return Err("stream is missing".to_owned()),
+        };
+        tidings_core::protocol::StreamName::parse(&stream).map_err(|e| format!("stream: {e}"))?;
+        Ok((stream, optional_user(&mut object)?))
+    });
+    let (stream, user) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let message = format!("expected {{\"stream\":\"…\"}} with an optional \"user\": {e}");
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
         }
-        Some(_) => return bad("user: must be a string".into()),
     };
     let unsubscribed = node.unsubscribe_connections(user.as_deref(), &stream, true);
     info!(user = user.as_deref().unwrap_or("*"), stream, unsubscribed, "operator ended subscriptions");

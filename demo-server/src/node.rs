@@ -388,7 +388,8 @@ impl Node {
                 continue;
             }
             let idempotent = request.id.is_some();
-            let id = request.id.clone().unwrap_or_else(|| self.new_notification_id());
+            // A server-generated id is drawn below, just before the batch goes to the broker.
+            let id = request.id.clone().unwrap_or_default();
             let mut users: Vec<String> = Vec::with_capacity(request.users.len());
             for user in &request.users {
                 if !users.contains(user) {
@@ -402,9 +403,23 @@ impl Node {
             positions.push(results.len());
             results.push(None);
             publication.request_id = request_id.clone();
-            batch.push(Arc::new(publication));
+            batch.push(publication);
             recipients.push(Recipients { users, topic, overrides });
         }
+        // Server-generated ids are drawn here, with no wait between them and the broker's queue: concurrent
+        // publishes reach the store in the order of their ids, and a store seldom has to draw one again to keep
+        // them ordered in a stream (model.rs `IdFloor`).
+        let mut batch: Vec<Arc<Publication>> = batch
+            .into_iter()
+            .map(|mut publication| {
+                if !publication.idempotent {
+                    let id = self.new_notification_id();
+                    publication.fields.id.clone_from(&id);
+                    publication.id = Arc::from(id);
+                }
+                Arc::new(publication)
+            })
+            .collect();
         if !batch.is_empty() {
             self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;

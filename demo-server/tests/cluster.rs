@@ -237,6 +237,55 @@ async fn session_replacement_operator_drop_and_presence_work_across_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_unsubscribe_on_one_server_ends_the_subscription_on_another() {
+    let Some(redis) = TestRedis::get() else { return };
+    let stores = shared_stores();
+    let servers = cluster(2, &redis.url(), &prefix("unsub"), &stores).await;
+    let (mut alice, _) = Client::login(&servers[1], "alice", "phone", &["news", "sport"]).await;
+    alice.subscribe_one(1, json!({"stream":"topic:news"})).await;
+    alice.subscribe_one(2, json!({"stream":"topic:sport"})).await;
+    let (mut bob, _) = Client::login(&servers[1], "bob", "laptop", &["news"]).await;
+    bob.subscribe_one(1, json!({"stream":"topic:news"})).await;
+    // Through server 0, which has none of these connections.
+    let (status, body) =
+        post(&servers[0], "/v1/admin/unsubscribe", json!({"user":"alice","stream":"topic:news"})).await;
+    assert_eq!((status, &body["unsubscribed"]), (200, &json!(0)), "{body}: counts the answering server's");
+    let frame = alice.recv().await;
+    assert_eq!(
+        (frame["op"].as_str(), frame["code"].as_str(), frame["stream"].as_str(), frame.get("ref")),
+        (Some("error"), Some("forbidden"), Some("topic:news"), None),
+        "{frame}"
+    );
+    // The news no longer reach alice; sport still does; bob still gets the news.
+    let publisher = servers[0].publisher();
+    let news = publisher.publish(PublishRequest::new("t").topic("news").title("n")).await.unwrap().id;
+    let sport = publisher.publish(PublishRequest::new("t").topic("sport").title("s")).await.unwrap().id;
+    let got = notifications(&mut alice, 1, Duration::from_millis(300)).await;
+    let ids: Vec<&str> = got.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [sport.as_str()], "only sport after the unsubscribe");
+    let got = notifications(&mut bob, 1, Duration::from_millis(100)).await;
+    assert_eq!(got[0]["id"].as_str(), Some(news.as_str()), "bob keeps the news");
+    // Without a user: every connection on the stream, the local count answered.
+    let (status, body) = post(&servers[1], "/v1/admin/unsubscribe", json!({"stream":"topic:news"})).await;
+    assert_eq!((status, &body["unsubscribed"]), (200, &json!(1)), "{body}: bob's connection here");
+    assert_eq!(bob.recv().await["code"], "forbidden");
+    // Bad input: a clear 400 that names the problem.
+    for (bad, says) in [
+        (json!({}), "stream is missing"),
+        (json!({"stream":"news"}), "stream:"),
+        (json!({"stream":"topic:news","user":7}), "user: must be a string"),
+        (json!(["topic:news"]), "not a JSON object"),
+    ] {
+        let (status, body) = post(&servers[0], "/v1/admin/unsubscribe", bad.clone()).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(status == 400 && message.contains(says), "{bad}: {status} {body}");
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inbox_frames_reach_watchers_on_every_server() {
     let Some(redis) = TestRedis::get() else { return };
     let stores = shared_stores();
