@@ -488,6 +488,16 @@ class Runner {
       case 'drop_connections':
         await post('/v1/admin/drop', {});
         return;
+      case 'server_unsubscribe':
+        await post('/v1/admin/unsubscribe', { user: this.name(step.user), stream: this.stream(step.stream) });
+        return;
+      case 'wait_subscription_failed': {
+        const stream = this.stream(step.stream);
+        await this.until(this.client(step), `subscription of ${stream} failed with ${step.code}`, (r) =>
+          r.log.some((e) => e.type === 'subscriptionfailed' && e.detail.stream === stream && e.detail.code === step.code),
+        );
+        return;
+      }
       case 'settle':
         await sleep(step.ms);
         return;
@@ -667,7 +677,7 @@ class Runner {
         });
         rec.client = client;
         // Attached before the engine runs again (the leader lock is granted in a later task).
-        for (const type of ['state', 'continuity', 'notification', 'digest', 'inboxcounts']) {
+        for (const type of ['state', 'continuity', 'notification', 'digest', 'inboxcounts', 'subscriptionfailed']) {
           client.addEventListener(type, (e) => rec.log.push({ type, detail: e.detail }));
         }
       },

@@ -328,6 +328,54 @@ test('one tab unsubscribing keeps the stream for the others; the last tab to let
   await t.ctx.close();
 });
 
+test('an operator ends a topic subscription: every tab is told, and no tab brings the topic back after a leader change', async () => {
+  // POST /v1/admin/unsubscribe ends the subscription on the leader's socket; the frame is relayed to the other tabs.
+  const user = uniq('e2eou');
+  const topic = uniq('topic');
+  const stream = `topic:${topic}`;
+  const t = await newContext();
+  for (let i = 0; i < 3; i++) await t.open(`user=${user}&topics=${topic}&sw=0`);
+  await until('connected', async () => (await t.everyone(() => window.tidings.state.kind)).every((s) => s === 'connected'));
+  await until('subscribed in every tab', async () =>
+    (await t.everyone((s) => window.tidings.cursor(s) !== null, stream)).every(Boolean),
+  );
+  await t.everyone(() => {
+    window.__failed = [];
+    window.tidings.addEventListener('subscriptionfailed', (e) => window.__failed.push(e.detail));
+  });
+  const r = await fetch(`${base}/v1/admin/unsubscribe`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer tidings-dev-key' },
+    body: JSON.stringify({ user, stream }),
+  });
+  assert(r.ok, `unsubscribe: HTTP ${r.status}`);
+  await until('every tab told the subscription ended', async () =>
+    (await t.everyone((s) => window.__failed.some((f) => f.stream === s && f.code === 'forbidden'), stream)).every(Boolean),
+  );
+  const ended = await publishTopic(topic, 'after the operator ended it');
+  const mine = await publishOne(user, 'the user stream goes on');
+  await until('the user stream in every tab', async () =>
+    (await t.everyone((i) => window.__tidings.notifications.includes(i), mine)).every(Boolean),
+  );
+  // The leader goes: another tab takes the socket over and every tab says hello with the streams it wants.
+  const oldLeader = await t.leader();
+  await oldLeader.close();
+  await until('a new leader, connected', async () => {
+    const leader = await t.leader();
+    return leader !== null && (await leader.evaluate(() => window.tidings.state.kind)) === 'connected';
+  });
+  await sleep(500);
+  const after = await publishTopic(topic, 'after the leader change');
+  const mine2 = await publishOne(user, 'the user stream after the leader change');
+  await until('the user stream in every tab after the leader change', async () =>
+    (await t.everyone((i) => window.__tidings.notifications.includes(i), mine2)).every(Boolean),
+  );
+  await sleep(500);
+  const got = await t.everyone((ids) => ids.filter((i) => window.__tidings.notifications.includes(i)), [ended, after]);
+  assert(got.every((g) => g.length === 0), `nothing of the ended topic arrives, not even after a leader change: ${JSON.stringify(got)}`);
+  await t.ctx.close();
+});
+
 test('reload resumes from the stored cursor and dedups', async () => {
   const user = uniq('e2erl');
   const t = await newContext();

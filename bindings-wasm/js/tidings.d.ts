@@ -228,6 +228,11 @@ export interface TidingsEventMap {
   role: CustomEvent<{ role: 'leader' | 'follower' | 'closed' }>;
   badge: CustomEvent<{ count: number }>;
   pushregistered: CustomEvent<{ platform: string }>;
+  /**
+   * The server refused a subscription (`forbidden`: the token does not allow the stream; `bad_request`), or ended
+   * one (an operator's `POST /v1/admin/unsubscribe`, `forbidden`; told in every tab). The stream is dropped and not
+   * subscribed again unless a tab subscribes it anew.
+   */
   subscriptionfailed: CustomEvent<{ stream: string; code: string; message: string }>;
   /** The server refused the push address (`bad_request`: forgotten, register a valid one). */
   pushregistrationfailed: CustomEvent<{ platform: string; code: string; message: string }>;

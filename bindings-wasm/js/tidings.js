@@ -62,7 +62,8 @@ export class TidingsClient extends EventTarget {
   #core;
   #channel;
   #getToken;
-  #streams;
+  /** The streams of `options.streams`; from then on the core keeps what this tab holds (`streamsOf`). */
+  #initialStreams;
   #grants = new Map();
   #pending = new Map();
   #tabs = new Map();
@@ -98,7 +99,7 @@ export class TidingsClient extends EventTarget {
     this.badge = 0;
     this.inboxCounts = null;
     this.#getToken = options.token;
-    this.#streams = new Set(options.streams ?? []);
+    this.#initialStreams = [...(options.streams ?? [])];
     this.#election = options.election ?? (globalThis.navigator?.locks?.request ? 'locks' : 'lease');
     this.#backgroundGraceMs = options.backgroundGraceMs;
     this.#engineOptions = [options.batchWindowMs, options.backoffBaseMs, options.backoffCapMs];
@@ -137,7 +138,7 @@ export class TidingsClient extends EventTarget {
       }
     }
     this.inboxCounts = this.#readCounts();
-    for (const s of this.#streams) this.#core.subscribeFor(this.tabId, s);
+    for (const s of this.#initialStreams) this.#core.subscribeFor(this.tabId, s);
     // Online/offline and this tab's visibility, for the engine (network changes, foreground/background).
     this.#onEnvironment = () => this.#core.setEnvironment(globalThis.navigator?.onLine !== false, isVisible());
     this.#onEnvironment();
@@ -186,7 +187,6 @@ export class TidingsClient extends EventTarget {
   /** Subscribes this tab to `topic:<name>` or `user:<id>` (the user's own stream is automatic). */
   async subscribe(stream) {
     this.#core.subscribeFor(this.tabId, stream);
-    this.#streams.add(stream);
     if (this.role !== 'leader') this.#post({ t: 'sub', stream, tab: this.tabId });
   }
 
@@ -195,7 +195,6 @@ export class TidingsClient extends EventTarget {
    * unsubscribes it (and its cursor is forgotten).
    */
   async unsubscribe(stream) {
-    this.#streams.delete(stream);
     this.#core.unsubscribeFor(this.tabId, stream);
     if (this.role !== 'leader') this.#post({ t: 'unsub', stream, tab: this.tabId });
   }
@@ -733,7 +732,7 @@ export class TidingsClient extends EventTarget {
   }
 
   #hello() {
-    this.#post({ t: 'hello', tab: this.tabId, streams: [...this.#streams], visible: isVisible() });
+    this.#post({ t: 'hello', tab: this.tabId, streams: JSON.parse(this.#core.streamsOf(this.tabId)), visible: isVisible() });
   }
 
   #updateVisibleElsewhere() {

@@ -1,6 +1,7 @@
 //! Which tabs of the browser want which stream. The leader's engine holds one subscription per stream for every
 //! tab; a stream is unsubscribed only when no tab wants it any more (its last holder unsubscribed or left), so one
-//! tab's `unsubscribe` never takes a stream away from another.
+//! tab's `unsubscribe` never takes a stream away from another. A stream the server refused or ended is no tab's any
+//! more, so that no tab's `hello` to a later leader subscribes it again.
 
 use tidings_core::StreamMap;
 
@@ -32,13 +33,8 @@ impl Holders {
 
     /// `tab` wants exactly `streams` now; returns the streams nobody wants any more.
     pub(crate) fn set(&mut self, tab: &str, streams: &[String]) -> Vec<String> {
-        let held: Vec<String> = self
-            .by_stream
-            .iter()
-            .filter(|(s, tabs)| tabs.iter().any(|t| t == tab) && !streams.contains(s))
-            .map(|(s, _)| s.clone())
-            .collect();
-        let released = held.into_iter().filter(|s| self.release(tab, s)).collect();
+        let held = self.held_by(tab);
+        let released = held.into_iter().filter(|s| !streams.contains(s) && self.release(tab, s)).collect();
         for s in streams {
             self.hold(tab, s);
         }
@@ -48,6 +44,16 @@ impl Holders {
     /// `tab` is gone; returns the streams nobody wants any more.
     pub(crate) fn gone(&mut self, tab: &str) -> Vec<String> {
         self.set(tab, &[])
+    }
+
+    /// The server refused or ended `stream` (the engine dropped it): no tab holds it any more.
+    pub(crate) fn forget(&mut self, stream: &str) {
+        self.by_stream.remove(stream);
+    }
+
+    /// The streams `tab` holds (what it tells a new leader it wants).
+    pub(crate) fn held_by(&self, tab: &str) -> Vec<String> {
+        self.by_stream.iter().filter(|(_, tabs)| tabs.iter().any(|t| t == tab)).map(|(s, _)| s.clone()).collect()
     }
 }
 
@@ -70,5 +76,18 @@ mod tests {
         assert_eq!(h.set("b", &["topic:w".to_string()]), ["topic:z"], "y is still a's");
         assert_eq!(h.gone("a"), ["topic:y"]);
         assert_eq!(h.gone("b"), ["topic:w"]);
+    }
+
+    #[test]
+    fn a_stream_the_server_ended_is_no_tabs_any_more() {
+        let mut h = Holders::default();
+        h.hold("a", "topic:x");
+        h.hold("b", "topic:x");
+        h.hold("a", "topic:y");
+        h.forget("topic:x");
+        assert_eq!(h.held_by("a"), ["topic:y"]);
+        assert_eq!(h.held_by("b"), Vec::<String>::new());
+        assert!(!h.release("b", "topic:x"), "nothing to unsubscribe: the engine dropped it already");
+        assert_eq!(h.gone("a"), ["topic:y"]);
     }
 }

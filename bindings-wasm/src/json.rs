@@ -47,15 +47,7 @@ impl Obj {
     }
 
     pub(crate) fn strs<'a>(mut self, key: &str, values: impl IntoIterator<Item = &'a String>) -> Self {
-        let out = self.key(key);
-        out.push('[');
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_str(out, v);
-        }
-        out.push(']');
+        push_strs(self.key(key), values);
         self
     }
 
@@ -63,6 +55,24 @@ impl Obj {
         self.0.push('}');
         self.0
     }
+}
+
+fn push_strs<'a>(out: &mut String, values: impl IntoIterator<Item = &'a String>) {
+    out.push('[');
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(out, v);
+    }
+    out.push(']');
+}
+
+/// A JSON array of strings.
+pub(crate) fn strs(values: &[String]) -> String {
+    let mut out = String::new();
+    push_strs(&mut out, values);
+    out
 }
 
 /// `{"kind":"connected"}`, `{"kind":"reconnecting","attempt":2,"delayMs":740,"reason":"…"}`, …

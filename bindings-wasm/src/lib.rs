@@ -172,7 +172,13 @@ impl Inner {
                     out.push(("token", String::from(if force_refresh { "true" } else { "false" })))
                 }
                 EngineOutput::Action(Action::Persist(snapshot)) => out.push(("persist", snapshot_text(&snapshot))),
-                EngineOutput::Event(event) => out.push(("event", json::event(&event))),
+                EngineOutput::Event(event) => {
+                    // The engine dropped a stream the server refused or ended: no tab holds it any more.
+                    if let tidings_core::Event::SubscriptionFailed { stream, .. } = &event {
+                        self.holders.forget(stream);
+                    }
+                    out.push(("event", json::event(&event)))
+                }
                 EngineOutput::Reply { request, result } => out.push(("reply", json::reply(request.0, &result))),
                 EngineOutput::Timeout(at) => {
                     self.schedule(at);
@@ -507,6 +513,13 @@ impl Core {
         for s in released {
             let _ = self.run(|e, now| e.unsubscribe(now, &s));
         }
+    }
+
+    /// The streams tab `tab` holds, as a JSON array: those it subscribed, less those it unsubscribed and those the
+    /// server refused or ended (what its `hello` tells a new leader).
+    #[wasm_bindgen(js_name = streamsOf)]
+    pub fn streams_of(&self, tab: JsValue) -> String {
+        json::strs(&self.inner.borrow().holders.held_by(&text(&tab)))
     }
 
     /// Tab `tab` left: streams no other tab wants are unsubscribed.

@@ -603,6 +603,49 @@ fn subscription_refusals_are_reported_and_not_retried() {
     assert!(h.engine.subscribe(h.now, "room:1").unwrap_err().to_string().contains("not a stream name"));
 }
 
+/// The server ends a subscription by itself (an operator's unsubscribe, protocol §2.5): an `error` naming the
+/// stream without a `ref`. The stream is reported and dropped, the link stays, and a reconnect does not subscribe it
+/// again; the other streams go on.
+#[test]
+fn a_subscription_the_server_ends_is_reported_and_not_subscribed_again() {
+    let mut h = connected("alice");
+    h.engine.subscribe(h.now, "topic:news").unwrap();
+    h.pump();
+    h.take_events();
+    h.deliver(Some(protocol::encode_server_frame(&ServerFrame::Error(ErrorFrame {
+        reference: None,
+        stream: Some("topic:news".into()),
+        code: ErrorCode::Forbidden,
+        message: "an operator ended this subscription".into(),
+        retry_after_ms: None,
+    }))));
+    assert_eq!(
+        h.events,
+        [Event::SubscriptionFailed {
+            stream: "topic:news".into(),
+            code: ErrorCode::Forbidden,
+            message: "an operator ended this subscription".into()
+        }]
+    );
+    assert_eq!(h.engine.state(), &ConnectionState::Connected, "the connection stays");
+    assert_eq!(h.engine.subscriptions().collect::<Vec<_>>(), Vec::<&str>::new(), "the stream is dropped");
+    // After a reconnect only the user's stream is subscribed again.
+    h.server.received.clear();
+    h.server_close(None);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.state(), &ConnectionState::Connected);
+    let subscribed: Vec<String> = h
+        .server
+        .received
+        .iter()
+        .flat_map(|f| match f {
+            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(subscribed, ["user:alice"], "topic:news is not subscribed again");
+}
+
 #[test]
 fn fatal_server_errors_stop_without_retrying() {
     for code in [ErrorCode::SessionReplaced, ErrorCode::ProtocolError, ErrorCode::FrameTooLarge] {
@@ -965,6 +1008,57 @@ fn a_follower_fed_relayed_frames_takes_over_with_nothing_lost_and_nothing_twice(
         .collect();
     assert!(acked.contains(&"n7".to_string()), "the new leader acks what it receives");
     assert!(!acked.contains(&"n0".to_string()), "relayed notifications were acked by the old leader, not again");
+}
+
+/// A subscription the server ended on the leader's socket (an `error` naming the stream without a `ref`) is ended in
+/// a follower fed the relayed frames too: reported, dropped, and not subscribed again when the follower takes the
+/// socket over. A relayed refusal of one of the leader's own requests (with a `ref`) is not the follower's business.
+#[test]
+fn a_subscription_the_server_ended_is_dropped_in_a_follower_and_not_subscribed_on_takeover() {
+    use tidings_core::engine::Engine;
+    let mut follower = Engine::new(Harness::config(), 7);
+    let t0 = Harness::new(Harness::config(), "alice").now;
+    follower.subscribe(t0, "topic:news").unwrap();
+    follower.subscribe(t0, "topic:sports").unwrap();
+    let relay = |follower: &mut Engine, frame: ServerFrame| {
+        follower.handle_relayed(t0, &protocol::encode_server_frame(&frame)).unwrap();
+        std::iter::from_fn(|| follower.poll_event()).collect::<Vec<_>>()
+    };
+    let error = |reference: Option<u64>, stream: &str| {
+        ServerFrame::Error(ErrorFrame {
+            reference,
+            stream: Some(stream.into()),
+            code: ErrorCode::Forbidden,
+            message: "an operator ended this subscription".into(),
+            retry_after_ms: None,
+        })
+    };
+    assert_eq!(relay(&mut follower, error(Some(3), "topic:sports")), [], "the leader's request, not ours");
+    assert_eq!(
+        relay(&mut follower, error(None, "topic:news")),
+        [Event::SubscriptionFailed {
+            stream: "topic:news".into(),
+            code: ErrorCode::Forbidden,
+            message: "an operator ended this subscription".into()
+        }]
+    );
+    assert_eq!(follower.subscriptions().collect::<Vec<_>>(), ["topic:sports"], "topic:news is dropped");
+    assert!(follower.poll_transmit().is_none(), "a follower sends nothing");
+    // The follower takes the socket over: only the user's stream and topic:sports are subscribed.
+    let mut h = Harness::new(Harness::config(), "alice");
+    h.engine = follower;
+    h.connect();
+    let mut subscribed: Vec<String> = h
+        .server
+        .received
+        .iter()
+        .flat_map(|f| match f {
+            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    subscribed.sort();
+    assert_eq!(subscribed, ["topic:sports", "user:alice"]);
 }
 
 /// The decoded-frame inputs (`handle_frame`, `ingest_push_notification`, used by drivers whose platform parses

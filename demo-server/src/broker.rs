@@ -61,6 +61,35 @@ pub trait Broker: Send + Sync + 'static {
     fn publish_inbox(&self, user: &str, frame: EncodedFrame);
 }
 
+/// Publishes `batch` in its own order, for a broker on `store`: runs of stored publications (buffered, or with an
+/// idempotency key) are committed together, each with the [`OnCommit`](crate::store::OnCommit) `on_commit` makes
+/// for it; an ephemeral one without a key is placed by `place` once everything before it is committed. So a batch
+/// reaches subscribers in its own order.
+pub(crate) async fn publish_in_order<'a>(
+    store: &'a dyn StreamStore,
+    batch: Vec<Arc<Publication>>,
+    mut on_commit: impl FnMut(&Arc<Publication>) -> crate::store::OnCommit,
+    mut place: impl FnMut(Arc<Publication>) -> BoxFuture<'a, Result<AppendOutcome, StoreError>>,
+) -> Vec<Result<AppendOutcome, StoreError>> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut run = Vec::new();
+    for publication in batch {
+        if publication.is_buffered() || publication.idempotent {
+            let on_commit = on_commit(&publication);
+            run.push(Append { publication, on_commit });
+            continue;
+        }
+        if !run.is_empty() {
+            results.extend(store.append(std::mem::take(&mut run)).await);
+        }
+        results.push(place(publication).await);
+    }
+    if !run.is_empty() {
+        results.extend(store.append(run).await);
+    }
+    results
+}
+
 /// The broker of a single process: every publication is handled here, in commit order.
 pub struct LocalBroker {
     store: Arc<dyn StreamStore>,
@@ -85,7 +114,7 @@ impl LocalBroker {
 
     /// An ephemeral publication without an idempotency key touches no store: it is placed in the streams'
     /// current epochs and handed on at once.
-    async fn place_ephemeral(&self, p: &Publication) -> Result<AppendOutcome, StoreError> {
+    async fn place_ephemeral(&self, p: Arc<Publication>) -> Result<AppendOutcome, StoreError> {
         let handler = self.handler().upgrade();
         let mut deliveries = Vec::with_capacity(p.streams.len());
         for stream in &p.streams {
@@ -101,7 +130,7 @@ impl LocalBroker {
             }
             deliveries.push(Delivery { stream: stream.clone(), epoch: epoch.to_string(), offset: None });
         }
-        Ok(AppendOutcome::Appended(deliveries))
+        Ok(AppendOutcome::appended(deliveries))
     }
 }
 
@@ -120,37 +149,19 @@ impl Broker for LocalBroker {
     }
 
     fn publish<'a>(&'a self, batch: Vec<Arc<Publication>>) -> BoxFuture<'a, Vec<Result<AppendOutcome, StoreError>>> {
-        Box::pin(async move {
-            // In batch order: runs of stored publications are committed together; an ephemeral one without a key
-            // is placed once everything before it is committed, so a batch reaches subscribers in its own order.
-            let mut results = Vec::with_capacity(batch.len());
-            let mut run = Vec::new();
-            for publication in batch {
-                if publication.is_buffered() || publication.idempotent {
-                    let handler = self.handler();
-                    let request_id = publication.request_id.clone();
-                    let on_commit = Box::new(move |committed: &Committed| {
-                        if let Some(handler) = handler.upgrade() {
-                            // The fan-out runs after the commit, outside the request: its logs carry the request id.
-                            let _span = request_id
-                                .as_deref()
-                                .map(|id| tracing::debug_span!("delivery", request_id = id).entered());
-                            handler.handle_publication(committed);
-                        }
-                    });
-                    run.push(Append { publication, on_commit });
-                    continue;
+        let on_commit = |publication: &Arc<Publication>| -> crate::store::OnCommit {
+            let handler = self.handler();
+            let request_id = publication.request_id.clone();
+            Box::new(move |committed: &Committed| {
+                if let Some(handler) = handler.upgrade() {
+                    // The fan-out runs after the commit, outside the request: its logs carry the request id.
+                    let _span =
+                        request_id.as_deref().map(|id| tracing::debug_span!("delivery", request_id = id).entered());
+                    handler.handle_publication(committed);
                 }
-                if !run.is_empty() {
-                    results.extend(self.store.append(std::mem::take(&mut run)).await);
-                }
-                results.push(self.place_ephemeral(&publication).await);
-            }
-            if !run.is_empty() {
-                results.extend(self.store.append(run).await);
-            }
-            results
-        })
+            })
+        };
+        Box::pin(publish_in_order(&*self.store, batch, on_commit, |p| Box::pin(self.place_ephemeral(p))))
     }
 
     fn history<'a>(
@@ -243,6 +254,6 @@ mod tests {
     async fn without_a_handler_publishing_still_commits() {
         let broker = LocalBroker::new(Arc::new(MemoryStore::new(limits(10))));
         let results = broker.publish(vec![publication("a", &["user:u"], Persistence::Bufferable, 1)]).await;
-        assert!(matches!(&results[0], Ok(AppendOutcome::Appended(d)) if d[0].offset == Some(1)));
+        assert!(matches!(&results[0], Ok(AppendOutcome::Appended { deliveries: d, .. }) if d[0].offset == Some(1)));
     }
 }

@@ -44,7 +44,7 @@ use crate::broker::{Broker, BrokerEventHandler};
 use crate::health::{CheckOutcome, ReadinessCheck};
 use crate::model::{AppendOutcome, Committed, Delivery, EncodedFrame, HistoryRead, Position, Publication};
 use crate::presence::{DevicePresence, UserPresence};
-use crate::store::{Append, BoxFuture, StoreError, StoredPage, StreamStore};
+use crate::store::{BoxFuture, StoreError, StoredPage, StreamStore};
 
 /// How a server reaches Redis (`--redis-url`).
 #[derive(Clone, PartialEq, Eq)]
@@ -106,6 +106,8 @@ pub(crate) enum Control {
     Replace { origin: String, user: String, device: String, session: String, connected_at: u64 },
     /// The operator drop endpoint: every connection (or `user`'s) closes with 4015.
     Drop { origin: String, user: Option<String> },
+    /// The operator unsubscribe endpoint: every connection (or `user`'s) subscribed to `stream` drops it.
+    Unsubscribe { origin: String, user: Option<String>, stream: String },
 }
 
 /// What the node does with control commands, and the connections whose presence this process refreshes.
@@ -339,6 +341,26 @@ fn decode_payload(stream: &str, payload: &str) -> Option<Committed> {
 }
 
 impl RedisBroker {
+    /// An ephemeral publication without a key: placed in the streams' current epochs and published without a cache
+    /// entry.
+    async fn place_ephemeral(&self, publication: Arc<Publication>) -> Result<AppendOutcome, StoreError> {
+        let inner = &self.inner;
+        let mut deliveries = Vec::with_capacity(publication.streams.len());
+        for stream in &publication.streams {
+            let epoch = inner.store.epoch(stream).await?;
+            let frame = publication.encode(stream, &epoch, None);
+            let payload = encode_payload(&epoch, None, &publication.id, frame.as_str());
+            let _ = inner.outgoing.send(Outgoing::Frame {
+                stream: Arc::from(stream.as_str()),
+                epoch: epoch.clone(),
+                offset: None,
+                payload,
+            });
+            deliveries.push(Delivery { stream: stream.clone(), epoch: epoch.to_string(), offset: None });
+        }
+        Ok(AppendOutcome::appended(deliveries))
+    }
+
     /// Connects to Redis (failing when it cannot be reached now) and starts the writer, pub/sub and presence
     /// tasks.
     pub async fn connect(config: RedisConfig, store: Arc<dyn StreamStore>) -> anyhow::Result<Arc<RedisBroker>> {
@@ -545,59 +567,22 @@ impl Broker for RedisBroker {
     }
 
     fn publish<'a>(&'a self, batch: Vec<Arc<Publication>>) -> BoxFuture<'a, Vec<Result<AppendOutcome, StoreError>>> {
-        Box::pin(async move {
-            let inner = &self.inner;
-            let mut results = Vec::with_capacity(batch.len());
-            let mut run = Vec::new();
-            for publication in batch {
-                if publication.is_buffered() || publication.idempotent {
-                    let outgoing = inner.outgoing.clone();
-                    let on_commit = Box::new(move |c: &Committed| {
-                        let payload = encode_payload(&c.epoch, c.offset, &c.id, c.frame.as_str());
-                        let _ = outgoing.send(Outgoing::Frame {
-                            stream: c.stream.clone(),
-                            epoch: c.epoch.clone(),
-                            offset: c.offset,
-                            payload,
-                        });
-                    });
-                    run.push(Append { publication, on_commit });
-                    continue;
-                }
-                if !run.is_empty() {
-                    results.extend(inner.store.append(std::mem::take(&mut run)).await);
-                }
-                // Ephemeral without a key: placed in the streams' current epochs, published without a cache entry.
-                let mut deliveries = Vec::with_capacity(publication.streams.len());
-                let mut failed = None;
-                for stream in &publication.streams {
-                    let epoch = match inner.store.epoch(stream).await {
-                        Ok(epoch) => epoch,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    };
-                    let frame = publication.encode(stream, &epoch, None);
-                    let payload = encode_payload(&epoch, None, &publication.id, frame.as_str());
-                    let _ = inner.outgoing.send(Outgoing::Frame {
-                        stream: Arc::from(stream.as_str()),
-                        epoch: epoch.clone(),
-                        offset: None,
-                        payload,
-                    });
-                    deliveries.push(Delivery { stream: stream.clone(), epoch: epoch.to_string(), offset: None });
-                }
-                results.push(match failed {
-                    Some(e) => Err(e),
-                    None => Ok(AppendOutcome::Appended(deliveries)),
+        let inner = &self.inner;
+        let on_commit = |_: &Arc<Publication>| -> crate::store::OnCommit {
+            let outgoing = inner.outgoing.clone();
+            Box::new(move |c: &Committed| {
+                let payload = encode_payload(&c.epoch, c.offset, &c.id, c.frame.as_str());
+                let _ = outgoing.send(Outgoing::Frame {
+                    stream: c.stream.clone(),
+                    epoch: c.epoch.clone(),
+                    offset: c.offset,
+                    payload,
                 });
-            }
-            if !run.is_empty() {
-                results.extend(inner.store.append(run).await);
-            }
-            results
-        })
+            })
+        };
+        Box::pin(crate::broker::publish_in_order(&*inner.store, batch, on_commit, |p| {
+            Box::pin(self.place_ephemeral(p))
+        }))
     }
 
     fn history<'a>(
@@ -933,7 +918,9 @@ async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, messag
         match serde_json::from_str::<Control>(&payload) {
             Ok(command) => {
                 let origin = match &command {
-                    Control::Replace { origin, .. } | Control::Drop { origin, .. } => origin,
+                    Control::Replace { origin, .. }
+                    | Control::Drop { origin, .. }
+                    | Control::Unsubscribe { origin, .. } => origin,
                 };
                 if *origin != inner.process
                     && let Some(handler) = inner.control.get().and_then(Weak::upgrade)

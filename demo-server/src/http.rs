@@ -55,6 +55,7 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     (Method::GET, "/v1/notifications/{id}/acks", Access::Key(Scope::Read), |m| on(m, acks)),
     (Method::GET, "/v1/users/{user}/devices", Access::Key(Scope::Operator), |m| on(m, devices)),
     (Method::POST, "/v1/admin/drop", Access::Key(Scope::Operator), |m| on(m, admin_drop)),
+    (Method::POST, "/v1/admin/unsubscribe", Access::Key(Scope::Operator), |m| on(m, admin_unsubscribe)),
     (Method::GET, "/v1/push/vapid-public-key", Access::Public, |m| on(m, vapid_public_key)),
     (Method::GET, "/v1/push/status", Access::Key(Scope::Read), |m| on(m, hp::push_status)),
     (Method::GET, "/v1/notifications/{id}/deliveries", Access::Key(Scope::Read), |m| on(m, hp::deliveries)),
@@ -326,6 +327,16 @@ async fn require_user(
     response
 }
 
+/// `503 unavailable` with `Retry-After` for a store (or Redis) that cannot answer now.
+pub(crate) fn unavailable(e: &crate::store::StoreError) -> Response {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
+    let secs = e.retry_after().as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&secs) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// `{"error":{"code":…,"message":…}}` with `status`.
 pub(crate) fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
@@ -582,7 +593,7 @@ enum BatchResult {
 async fn presence_all(State(node): State<Arc<Node>>) -> Response {
     match node.presence_all().await {
         Ok(users) => axum::Json(json!({ "users": users })).into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -593,7 +604,7 @@ async fn presence_user(State(node): State<Arc<Node>>, Path(user): Path<String>) 
     }
     match node.presence_user(&user).await {
         Ok(presence) => axum::Json(presence).into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -608,7 +619,7 @@ async fn acks(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response
                 acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "at": a.at})).collect();
             axum::Json(json!({"id": id, "acks": acks})).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -627,7 +638,28 @@ async fn devices(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Res
                 .collect();
             axum::Json(json!({"user": user, "devices": devices})).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// An operator request's body as a JSON object.
+fn operator_body(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err("the body is not a JSON object".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The optional `user` member of an operator request (absent or `null`: every user).
+fn optional_user(object: &mut serde_json::Map<String, serde_json::Value>) -> Result<Option<String>, String> {
+    match object.remove("user") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(user)) => match validate_user_id(&user) {
+            Ok(()) => Ok(Some(user)),
+            Err(e) => Err(format!("user: {e}")),
+        },
+        Some(_) => Err("user: must be a string".into()),
     }
 }
 
@@ -640,28 +672,45 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
     let user = if text.trim().is_empty() {
         None
     } else {
-        let bad = |e: String| {
-            error_response(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"user\":\"…\"}}: {e}"))
-        };
-        let mut object = match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(_) => return bad("the body is not a JSON object".into()),
-            Err(e) => return bad(e.to_string()),
-        };
-        match object.remove("user") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(user)) => {
-                if let Err(e) = validate_user_id(&user) {
-                    return bad(format!("user: {e}"));
-                }
-                Some(user)
+        match operator_body(&text).and_then(|mut object| optional_user(&mut object)) {
+            Ok(user) => user,
+            Err(e) => {
+                let message = format!("expected {{\"user\":\"…\"}}: {e}");
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
             }
-            Some(_) => return bad("user: must be a string".into()),
         }
     };
     let dropped = node.drop_connections(user.as_deref(), true);
     info!(user = user.as_deref().unwrap_or("*"), dropped, "operator dropped connections");
     axum::Json(json!({ "dropped": dropped })).into_response()
+}
+
+/// `POST /v1/admin/unsubscribe` with `{"stream":"…"}` and an optional `"user"`: ends that subscription of
+/// every connection (or the user's), in every process.
+async fn admin_unsubscribe(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    let text = match read_body(&headers, body, node.config.max_body_bytes).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let parsed = operator_body(&text).and_then(|mut object| {
+        let stream = match object.remove("stream") {
+            Some(serde_json::Value::String(stream)) => stream,
+            Some(_) => return Err("stream: must be a string".to_owned()),
+            None => return Err("stream is missing".to_owned()),
+        };
+        tidings_core::protocol::StreamName::parse(&stream).map_err(|e| format!("stream: {e}"))?;
+        Ok((stream, optional_user(&mut object)?))
+    });
+    let (stream, user) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let message = format!("expected {{\"stream\":\"…\"}} with an optional \"user\": {e}");
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
+        }
+    };
+    let unsubscribed = node.unsubscribe_connections(user.as_deref(), &stream, true);
+    info!(user = user.as_deref().unwrap_or("*"), stream, unsubscribed, "operator ended subscriptions");
+    axum::Json(json!({ "unsubscribed": unsubscribed })).into_response()
 }
 
 /// `OPTIONS /v1/demo/token` (demo mode only): the CORS preflight of a page on another origin — any origin, `POST`

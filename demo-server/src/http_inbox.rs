@@ -22,7 +22,7 @@ use crate::http::{AuthedToken, error_response, read_body};
 use crate::node::Node;
 use crate::session::check_mark;
 use crate::session::sse::Ticket;
-use crate::store::{ChangeKind, ChangeRequest, InboxChange, StoreError};
+use crate::store::{ChangeKind, ChangeRequest, InboxChange};
 use crate::util::now_ms;
 
 /// The bearer credential of `Authorization`, if any.
@@ -48,15 +48,6 @@ pub(crate) fn token_rejection(error: TokenError) -> Response {
 fn json(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-fn store_error(e: &StoreError) -> Response {
-    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
-    let secs = e.retry_after().as_secs().max(1).to_string();
-    if let Ok(value) = HeaderValue::from_str(&secs) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
     response
 }
 
@@ -199,7 +190,7 @@ async fn list(node: &Node, user: &str, params: ListParams) -> Response {
     };
     match node.stores.inbox.list(user, query).await {
         Ok(page) => json(StatusCode::OK, page_body(&page)),
-        Err(e) => store_error(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 
@@ -211,7 +202,7 @@ async fn counts(node: &Node, user: &str) -> Response {
             out.push('}');
             json(StatusCode::OK, out)
         }
-        Err(e) => store_error(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 
@@ -236,7 +227,7 @@ async fn apply(node: &Node, user: &str, op_id: Option<String>, kind: ChangeKind)
     let request = ChangeRequest { op_id: op_id.filter(|o| !o.is_empty()), at: now_ms(), kind };
     match node.inbox_change(user, request).await {
         Ok(InboxChange { update, unknown, .. }) => json(StatusCode::OK, change_body(&update, &unknown)),
-        Err(e) => store_error(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 
@@ -287,7 +278,7 @@ async fn topics(node: &Node, user: &str) -> Response {
             out.push('}');
             json(StatusCode::OK, out)
         }
-        Err(e) => store_error(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 
@@ -302,7 +293,7 @@ async fn follow(node: &Node, user: &str, topic: &str, on: bool) -> Response {
             out.push_str(&format!(",\"following\":{on},\"changed\":{changed}}}"));
             json(StatusCode::OK, out)
         }
-        Err(e) => store_error(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 
@@ -450,7 +441,7 @@ pub(crate) async fn history(
             out.push('}');
             json(StatusCode::OK, out)
         }
-        Err(e) => store_error(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 

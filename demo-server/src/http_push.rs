@@ -44,17 +44,8 @@ fn operator_user(user: &str) -> Result<(), Response> {
 fn settings_error(e: SettingsError) -> Response {
     match e {
         SettingsError::Invalid(m) => error_response(StatusCode::BAD_REQUEST, "bad_request", m),
-        SettingsError::Store(e) => unavailable(&e),
+        SettingsError::Store(e) => crate::http::unavailable(&e),
     }
-}
-
-fn unavailable(e: &crate::store::StoreError) -> Response {
-    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
-    let secs = e.retry_after().as_secs().max(1).to_string();
-    if let Ok(value) = HeaderValue::from_str(&secs) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
 }
 
 fn preferences_json(s: &UserSettings) -> Response {
@@ -67,7 +58,7 @@ fn quiet_hours_json(s: &UserSettings) -> Response {
 }
 
 async fn get_settings(node: &Node, user: &str) -> Result<UserSettings, Response> {
-    node.stores.settings.settings(user).await.map_err(|e| unavailable(&e))
+    node.stores.settings.settings(user).await.map_err(|e| crate::http::unavailable(&e))
 }
 
 /// Parses `{"rules":[…]}` and checks the rules.
@@ -248,7 +239,7 @@ pub(crate) async fn my_notification(
             "not_found",
             format!("{stream} holds no notification {id} (never sent to this user, or no longer kept)"),
         ),
-        Err(e) => unavailable(&e),
+        Err(e) => crate::http::unavailable(&e),
     }
 }
 
@@ -303,7 +294,7 @@ pub(crate) async fn deliveries(State(node): State<Arc<Node>>, Path(id): Path<Str
     }
     let (acks, log) = match tokio::try_join!(node.acks(&id), node.stores.push.deliveries(&id)) {
         Ok(both) => both,
-        Err(e) => return unavailable(&e),
+        Err(e) => return crate::http::unavailable(&e),
     };
     let mut entries: Vec<Value> =
         acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "status": "acked", "at": a.at})).collect();

@@ -128,7 +128,9 @@ impl Node {
             .iter()
             .filter(|(p, _)| p.persistence() == tidings_core::protocol::Persistence::Persistent)
             .filter_map(|(p, outcome)| match outcome {
-                Ok(AppendOutcome::Appended(d) | AppendOutcome::Duplicate(d)) => Some(inbox_add(p, d, now)),
+                Ok(AppendOutcome::Appended { deliveries: d, .. } | AppendOutcome::Duplicate(d)) => {
+                    Some(inbox_add(p, d, now))
+                }
                 Err(_) => None,
             })
             .filter(|add| !add.copies.is_empty())

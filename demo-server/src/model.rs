@@ -83,6 +83,14 @@ impl Publication {
         self.fields.created_at
     }
 
+    /// This publication under another id: what a store commits when it had to draw a new id (see [`IdFloor`]).
+    pub fn with_id(&self, id: &str) -> Publication {
+        let mut p = self.clone();
+        p.id = Arc::from(id);
+        p.fields.id = id.to_owned();
+        p
+    }
+
     /// The `notification` frame for one of its streams.
     pub fn encode(&self, stream: &str, epoch: &str, offset: Option<u64>) -> EncodedFrame {
         encode_notification(&self.fields, stream, epoch, offset)
@@ -130,11 +138,68 @@ pub struct Delivery {
 /// What a store did with one publication.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
-    /// Committed (and handed on): one delivery per stream.
-    Appended(Vec<Delivery>),
+    /// Committed (and handed on): one delivery per stream. `reissued` is the id it was committed under when the
+    /// store had to draw a new one to keep server-generated ids ordered in its streams (see [`IdFloor`]).
+    Appended { deliveries: Vec<Delivery>, reissued: Option<Arc<str>> },
     /// Its idempotency key was accepted before within the window: nothing was stored or delivered now; the
     /// deliveries of the first publish.
     Duplicate(Vec<Delivery>),
+}
+
+impl AppendOutcome {
+    /// Committed under the id it was published with.
+    pub fn appended(deliveries: Vec<Delivery>) -> Self {
+        AppendOutcome::Appended { deliveries, reissued: None }
+    }
+}
+
+/// Keeps server-generated notification ids ordered in each stream, whatever order concurrent publishes (in one
+/// process or in several) commit in. A store tracks, per stream (or for all of them), the greatest server-generated
+/// id it committed; a server-generated id (not the caller's: those are idempotency keys and kept as given) that does not sort after
+/// the greatest of its streams' is replaced, under the streams' locks, by one that does: that greatest id plus a
+/// random step, so two publications drawing above the same id at once (into different streams) get different ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdFloor(Option<ulid::Ulid>);
+
+impl IdFloor {
+    /// Raises the floor to `id` when `id` is a ULID above it.
+    pub fn raise(&mut self, id: &str) {
+        if let Ok(id) = ulid::Ulid::from_string(id)
+            && self.0.is_none_or(|floor| id > floor)
+        {
+            self.0 = Some(id);
+        }
+    }
+
+    /// The floor of several streams together.
+    pub fn join(&mut self, other: &IdFloor) {
+        if let Some(id) = other.0
+            && self.0.is_none_or(|floor| id > floor)
+        {
+            self.0 = Some(id);
+        }
+    }
+
+    /// The id `p` is committed under: its own unless it is a server-generated id not above the floor; then a new
+    /// one above it.
+    pub fn reissue(&self, p: &Publication) -> Option<String> {
+        let floor = self.0?;
+        if p.idempotent || ulid::Ulid::from_string(&p.id).is_ok_and(|id| id > floor) {
+            return None;
+        }
+        let step = 1 + u128::from(fastrand::u64(..) >> 16);
+        Some(ulid::Ulid(floor.0.saturating_add(step)).to_string())
+    }
+}
+
+impl fmt::Display for IdFloor {
+    /// The floor's id, or nothing when it has none.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A stream's position state (protocol §5.2, §5.4).

@@ -294,6 +294,32 @@ impl Node {
         dropped
     }
 
+    /// Ends the subscription of `stream` of this process's connections (or `user`'s) that have it: each drops the
+    /// stream and tells its client (an `error` of code `forbidden` naming the stream). With `everywhere`, asks the
+    /// other processes to do the same. Returns how many of this process's connections were asked.
+    pub(crate) fn unsubscribe_connections(&self, user: Option<&str>, stream: &str, everywhere: bool) -> usize {
+        let connections = match user {
+            Some(user) => {
+                let on: std::collections::HashSet<u64> =
+                    self.registry.connections_on(stream).iter().map(|c| c.id()).collect();
+                self.registry.connections_of(user).into_iter().filter(|c| on.contains(&c.id())).collect()
+            }
+            None => self.registry.connections_on(stream),
+        };
+        let stream: Arc<str> = Arc::from(stream);
+        for connection in &connections {
+            connection.revoke(stream.clone());
+        }
+        if everywhere && let Some(cluster) = &self.cluster {
+            cluster.send_control(&Control::Unsubscribe {
+                origin: cluster.origin(),
+                user: user.map(str::to_owned),
+                stream: stream.to_string(),
+            });
+        }
+        connections.len()
+    }
+
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -362,7 +388,8 @@ impl Node {
                 continue;
             }
             let idempotent = request.id.is_some();
-            let id = request.id.clone().unwrap_or_else(|| self.new_notification_id());
+            // A server-generated id is drawn below, just before the batch goes to the broker.
+            let id = request.id.clone().unwrap_or_default();
             let mut users: Vec<String> = Vec::with_capacity(request.users.len());
             for user in &request.users {
                 if !users.contains(user) {
@@ -376,12 +403,38 @@ impl Node {
             positions.push(results.len());
             results.push(None);
             publication.request_id = request_id.clone();
-            batch.push(Arc::new(publication));
+            batch.push(publication);
             recipients.push(Recipients { users, topic, overrides });
         }
+        // Server-generated ids are drawn here, with no wait between them and the broker's queue: concurrent
+        // publishes reach the store in the order of their ids, and a store seldom has to draw one again to keep
+        // them ordered in a stream (model.rs `IdFloor`).
+        let mut batch: Vec<Arc<Publication>> = batch
+            .into_iter()
+            .map(|mut publication| {
+                if !publication.idempotent {
+                    let id = self.new_notification_id();
+                    publication.fields.id.clone_from(&id);
+                    publication.id = Arc::from(id);
+                }
+                Arc::new(publication)
+            })
+            .collect();
         if !batch.is_empty() {
             self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
+            // A store that drew another id to keep ids ordered in a stream committed the publication under it:
+            // from here on (receipt, inbox, pushes) it is known by that id.
+            let mut renamed = Vec::new();
+            for (publication, outcome) in batch.iter_mut().zip(&outcomes) {
+                if let Ok(AppendOutcome::Appended { reissued: Some(id), .. }) = outcome {
+                    *publication = Arc::new(publication.with_id(id));
+                    renamed.push(publication.clone());
+                }
+            }
+            if !renamed.is_empty() {
+                self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&renamed);
+            }
             let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
             // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
             // the inboxes too (and a push's badge counts them). If that fails, the publish fails (a retry with the
@@ -397,7 +450,7 @@ impl Node {
                     (_, outcome) => outcome,
                 };
                 match &outcome {
-                    Ok(AppendOutcome::Appended(deliveries)) => {
+                    Ok(AppendOutcome::Appended { deliveries, .. }) => {
                         accepted += 1;
                         committed.push((publication.clone(), deliveries.clone(), recipients));
                     }
@@ -421,7 +474,7 @@ impl Node {
     ) -> Result<PublishReceipt, PublishError> {
         let id = publication.id.to_string();
         match outcome {
-            Ok(AppendOutcome::Appended(deliveries)) => {
+            Ok(AppendOutcome::Appended { deliveries, .. }) => {
                 bump(&self.counters.notifications_published, 1);
                 debug!(
                     id = %id,
@@ -560,6 +613,13 @@ impl ControlHandler for Node {
             Control::Drop { user, .. } => {
                 let dropped = self.drop_connections(user.as_deref(), false);
                 info!(user = user.as_deref().unwrap_or("*"), dropped, "operator drop from another process");
+            }
+            Control::Unsubscribe { user, stream, .. } => {
+                let asked = self.unsubscribe_connections(user.as_deref(), &stream, false);
+                info!(
+                    user = user.as_deref().unwrap_or("*"),
+                    stream, asked, "operator unsubscribe from another process"
+                );
             }
         }
     }

@@ -625,6 +625,7 @@ fn operations() -> Value {
                         "required": ["users"],
                         "properties": { "users": { "type": "array", "items": schema_ref("UserPresence") } },
                     })),
+                    "503": error_retry("Presence cannot be read now (Redis does not answer)"),
                 },
             }), "read"),
         },
@@ -637,6 +638,7 @@ fn operations() -> Value {
                 "responses": {
                     "200": response("The user's devices (empty when offline)", schema_ref("UserPresence")),
                     "400": error("Not a valid user id"),
+                    "503": error_retry("Presence cannot be read now (Redis does not answer)"),
                 },
             }), "read"),
         },
@@ -664,7 +666,7 @@ fn operations() -> Value {
                         },
                     })),
                     "400": error("Not a valid notification id"),
-                    "503": error("The store cannot be read now"),
+                    "503": error_retry("The store cannot be read now"),
                 },
             }), "read"),
         },
@@ -700,7 +702,7 @@ fn operations() -> Value {
                         },
                     })),
                     "400": error("Not a valid user id"),
-                    "503": error("The store cannot be read now"),
+                    "503": error_retry("The store cannot be read now"),
                 },
             }), "operator"),
         },
@@ -721,6 +723,36 @@ fn operations() -> Value {
                         "properties": { "dropped": { "type": "integer", "minimum": 0 } },
                     })),
                     "400": error("The body is not `{\"user\":\"…\"}`"),
+                    "413": error("The body is too large"),
+                },
+            }), "operator"),
+        },
+        "/v1/admin/unsubscribe": {
+            "post": secured(json!({
+                "operationId": "unsubscribeConnections",
+                "tags": ["operator"],
+                "summary": "End subscriptions of a stream",
+                "description": "Ends the subscription of `stream` of every connection (or of `user`'s) in every process: \
+                    each client gets an `error` of code `forbidden` naming the stream (protocol §2.5), its SDK drops \
+                    the stream and reports the subscription failed; it does not subscribe again by itself. \
+                    Notifications already queued to a connection are still delivered. A token that allows the \
+                    stream still lets the app subscribe again: to revoke access, also stop issuing it.",
+                "requestBody": { "required": true, "content": json_content(json!({
+                    "type": "object",
+                    "required": ["stream"],
+                    "properties": {
+                        "stream": { "type": "string", "description": "`user:<id>` or `topic:<name>`" },
+                        "user": { "oneOf": [schema_ref("UserId"), { "type": "null" }] },
+                    },
+                })) },
+                "responses": {
+                    "200": response("How many of the answering process's connections were asked to drop the stream \
+                        (other processes are asked through Redis and not counted)", json!({
+                        "type": "object",
+                        "required": ["unsubscribed"],
+                        "properties": { "unsubscribed": { "type": "integer", "minimum": 0 } },
+                    })),
+                    "400": error("The body is not `{\"stream\":\"…\"}` with an optional `user`, or not a valid stream or user"),
                     "413": error("The body is too large"),
                 },
             }), "operator"),

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use tidings_core::protocol::ErrorCode;
@@ -48,6 +48,8 @@ struct OutboxState {
     /// How many of `frames` were queued as replies or replay, which do not count against the live limit.
     reserved: usize,
     close: Option<CloseReason>,
+    /// Streams an operator ended this connection's subscription of, not yet handed to its session.
+    revoked: Vec<Arc<str>>,
 }
 
 impl fmt::Debug for ConnHandle {
@@ -139,6 +141,24 @@ impl ConnHandle {
         drop(state);
         self.notify.notify_one();
         true
+    }
+
+    /// Asks the connection to end its subscription of `stream` (`POST /v1/admin/unsubscribe`): its session drops
+    /// the stream and tells the client.
+    pub(crate) fn revoke(&self, stream: Arc<str>) {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return;
+        }
+        state.revoked.push(stream);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// The streams [`ConnHandle::revoke`] asked to end since the last call.
+    pub(crate) fn take_revoked(&self) -> Vec<Arc<str>> {
+        let mut state = self.lock();
+        if state.revoked.is_empty() { Vec::new() } else { std::mem::take(&mut state.revoked) }
     }
 
     /// Moves every queued frame into `into` (which must be empty) and returns the close reason, if any.

@@ -294,6 +294,13 @@ impl Registry {
         lock(&self.devices).get(user)?.iter().find(|(d, _)| &**d == device).map(|(_, c)| c.clone())
     }
 
+    /// This process's connections subscribed to `stream` (live or syncing).
+    pub(crate) fn connections_on(&self, stream: &str) -> Vec<Arc<ConnHandle>> {
+        let Some(subs) = self.subscribers(stream) else { return Vec::new() };
+        let set = lock(&subs.set);
+        set.live.iter().cloned().chain(set.syncing.iter().map(|s| s.conn.clone())).collect()
+    }
+
     /// The connections of `user`.
     pub(crate) fn connections_of(&self, user: &str) -> Vec<Arc<ConnHandle>> {
         lock(&self.devices)

@@ -308,6 +308,17 @@ impl SseConnection {
                     return exit;
                 }
             }
+            let revoked = self.handle.take_revoked();
+            if !revoked.is_empty() {
+                for stream in revoked {
+                    self.session.handle_revoke(&stream, crate::session::REVOKED);
+                }
+                if let Err(exit) =
+                    crate::drive::carry_out(&self.node, &self.handle, &mut self.session, &self.peer).await
+                {
+                    return exit;
+                }
+            }
             if !batch.is_empty() {
                 let mut text = String::new();
                 for frame in batch.drain(..) {

@@ -208,6 +208,13 @@ impl Connection {
             self.session.handle_close_request(reason.code, reason.message);
             self.carry_out().await?;
         }
+        let revoked = self.handle.take_revoked();
+        if !revoked.is_empty() {
+            for stream in revoked {
+                self.session.handle_revoke(&stream, crate::session::REVOKED);
+            }
+            self.carry_out().await?;
+        }
         if self.batch.is_empty() {
             return Ok(());
         }

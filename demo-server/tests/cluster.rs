@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::redis::*;
 use common::*;
 use serde_json::{Value, json};
+use tidings_core::protocol::Persistence;
 use tidings_server::{MemoryStore, PublishRequest, RunningServer, ServerConfig, StoreLimits, Stores};
 
 fn shared_stores() -> Stores {
@@ -115,6 +116,8 @@ async fn publishes_through_any_server_reach_every_subscriber_exactly_once_in_str
     for client in topic.iter_mut().chain(alice.iter_mut()) {
         let got = notifications(client, total, Duration::from_millis(500)).await;
         assert_eq!(offsets(&got), (1..=total as u64).collect::<Vec<_>>(), "every offset once, in order");
+        let ids: Vec<&str> = got.iter().map(|n| n["id"].as_str().expect("an id")).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "server-generated ids follow the offsets: {ids:?}");
         assert_eq!(
             counts(&acknowledged, &got),
             Counts { acknowledged: total, received: total, lost: 0, duplicated: 0 }
@@ -122,6 +125,33 @@ async fn publishes_through_any_server_reach_every_subscriber_exactly_once_in_str
     }
     let received: u64 = servers.iter().map(|s| redis_sample(s, "tidings_redis_received_total")).sum();
     assert!(received >= 2 * total as u64 * 3, "every server heard both streams through Redis: {received}");
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_mixing_ephemeral_and_stored_notifications_reaches_another_server_in_its_order() {
+    let Some(redis) = TestRedis::get() else { return };
+    let stores = shared_stores();
+    let servers = cluster(2, &redis.url(), &prefix("mixed"), &stores).await;
+    let (mut reader, _) = Client::login(&servers[1], "alice", "phone", &[]).await;
+    reader.subscribe_one(1, json!({"stream":"user:alice"})).await;
+    let kinds = [Persistence::Bufferable, Persistence::Ephemeral, Persistence::Ephemeral, Persistence::Persistent];
+    let batch = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PublishRequest::new("t").user("alice").persistence(*p).title(i.to_string()))
+        .collect();
+    let receipts: Vec<_> =
+        servers[0].publisher().publish_batch(batch).await.into_iter().map(|r| r.expect("published")).collect();
+    let got = notifications(&mut reader, 4, Duration::from_millis(300)).await;
+    let titles: Vec<&str> = got.iter().map(|n| n["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["0", "1", "2", "3"], "in the batch's order");
+    let offsets: Vec<Option<u64>> = got.iter().map(|n| n["offset"].as_u64()).collect();
+    assert_eq!(offsets, [Some(1), None, None, Some(2)], "ephemeral ones without an offset");
+    let ids: Vec<String> = receipts.into_iter().map(|r| r.id).collect();
+    assert_eq!(counts(&ids, &got), Counts { acknowledged: 4, received: 4, lost: 0, duplicated: 0 });
     for server in servers {
         server.shutdown().await;
     }
@@ -207,6 +237,55 @@ async fn session_replacement_operator_drop_and_presence_work_across_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_unsubscribe_on_one_server_ends_the_subscription_on_another() {
+    let Some(redis) = TestRedis::get() else { return };
+    let stores = shared_stores();
+    let servers = cluster(2, &redis.url(), &prefix("unsub"), &stores).await;
+    let (mut alice, _) = Client::login(&servers[1], "alice", "phone", &["news", "sport"]).await;
+    alice.subscribe_one(1, json!({"stream":"topic:news"})).await;
+    alice.subscribe_one(2, json!({"stream":"topic:sport"})).await;
+    let (mut bob, _) = Client::login(&servers[1], "bob", "laptop", &["news"]).await;
+    bob.subscribe_one(1, json!({"stream":"topic:news"})).await;
+    // Through server 0, which has none of these connections.
+    let (status, body) =
+        post(&servers[0], "/v1/admin/unsubscribe", json!({"user":"alice","stream":"topic:news"})).await;
+    assert_eq!((status, &body["unsubscribed"]), (200, &json!(0)), "{body}: counts the answering server's");
+    let frame = alice.recv().await;
+    assert_eq!(
+        (frame["op"].as_str(), frame["code"].as_str(), frame["stream"].as_str(), frame.get("ref")),
+        (Some("error"), Some("forbidden"), Some("topic:news"), None),
+        "{frame}"
+    );
+    // The news no longer reach alice; sport still does; bob still gets the news.
+    let publisher = servers[0].publisher();
+    let news = publisher.publish(PublishRequest::new("t").topic("news").title("n")).await.unwrap().id;
+    let sport = publisher.publish(PublishRequest::new("t").topic("sport").title("s")).await.unwrap().id;
+    let got = notifications(&mut alice, 1, Duration::from_millis(300)).await;
+    let ids: Vec<&str> = got.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [sport.as_str()], "only sport after the unsubscribe");
+    let got = notifications(&mut bob, 1, Duration::from_millis(100)).await;
+    assert_eq!(got[0]["id"].as_str(), Some(news.as_str()), "bob keeps the news");
+    // Without a user: every connection on the stream, the local count answered.
+    let (status, body) = post(&servers[1], "/v1/admin/unsubscribe", json!({"stream":"topic:news"})).await;
+    assert_eq!((status, &body["unsubscribed"]), (200, &json!(1)), "{body}: bob's connection here");
+    assert_eq!(bob.recv().await["code"], "forbidden");
+    // Bad input: a clear 400 that names the problem.
+    for (bad, says) in [
+        (json!({}), "stream is missing"),
+        (json!({"stream":"news"}), "stream:"),
+        (json!({"stream":"topic:news","user":7}), "user: must be a string"),
+        (json!(["topic:news"]), "not a JSON object"),
+    ] {
+        let (status, body) = post(&servers[0], "/v1/admin/unsubscribe", bad.clone()).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(status == 400 && message.contains(says), "{bad}: {status} {body}");
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inbox_frames_reach_watchers_on_every_server() {
     let Some(redis) = TestRedis::get() else { return };
     let stores = shared_stores();
@@ -253,6 +332,19 @@ async fn readiness_is_red_while_redis_is_gone_and_delivery_resumes_after_it_rest
         status == 503 && body["checks"]["redis"]["ok"] == false && body["checks"]["redis"]["error"].is_string()
     })
     .await;
+    // Presence lives in Redis: without it the presence API answers 503 with a retry hint (as documented).
+    for path in ["/v1/presence", "/v1/presence/alice"] {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", servers[1].http_url()))
+            .bearer_auth(tidings_server::TEST_API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}: Retry-After");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{path}: {body}");
+    }
     // Publishing still commits (the store is up): the notification is acknowledged, delivered once Redis is back.
     let id = servers[0].publisher().publish(PublishRequest::new("t").user("alice").title("during")).await.unwrap().id;
     redis.restart();

@@ -301,6 +301,8 @@ async fn api_keys_have_scopes_and_the_single_key_keeps_every_scope() {
         ("GET", "/v1/notifications/n-1/acks", 200, Scope::Read),
         ("GET", "/v1/users/alice/devices", 200, Scope::Operator),
         ("POST", "/v1/admin/drop", 200, Scope::Operator),
+        // The body `call` sends has no `stream`: past the scope check, a 400.
+        ("POST", "/v1/admin/unsubscribe", 400, Scope::Operator),
     ];
     let keys = [
         (Scope::Publish, "publish-key-0123456789"),
@@ -331,7 +333,8 @@ async fn api_keys_have_scopes_and_the_single_key_keeps_every_scope() {
     let text = scrape(&server).await;
     assert_eq!(
         sample(&text, "tidings_auth_failures_total", &[("transport", "http"), ("reason", "api_key_scope")]),
-        Some(11.0)
+        Some((2 * endpoints.len() + 1) as f64),
+        "two wrong keys per endpoint, and the drop above"
     );
     server.shutdown().await;
 }

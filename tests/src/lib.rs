@@ -21,17 +21,18 @@ use tidings_server::{RunningServer, ServerConfig, StoreConfig, Synchronous};
 /// How long any single wait may take before a test fails (generous: only guards against hangs).
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A reference server on loopback plus an HTTP client for its API.
+/// A reference server on loopback plus an HTTP client for its API: one server in the test process, or a
+/// deployment of three `tidings-server` OS processes ([`TestServer::start_deployment_with`]).
 #[derive(Debug)]
 pub struct TestServer {
-    pub server: RunningServer,
-    /// The other processes of a deployment on Redis and PostgreSQL ([`TestServer::start_deployment_with`]):
-    /// clients and requests go to `server` and these in turn.
-    pub peers: Vec<RunningServer>,
+    /// The server in this test process (`None` for a deployment of OS processes).
+    running: Option<RunningServer>,
+    /// The processes of a deployment: clients and requests go to them in turn.
+    processes: Vec<ServerProcess>,
     next: std::sync::atomic::AtomicUsize,
     pub config: ServerConfig,
     http: reqwest::Client,
-    /// The data directory of a SQLite server, removed with it.
+    /// The data directory of a SQLite server (or the logs of a deployment), removed with it.
     data: Option<Arc<tempfile::TempDir>>,
 }
 
@@ -60,13 +61,21 @@ impl TestServer {
 
     async fn start_config(config: ServerConfig, data: Option<Arc<tempfile::TempDir>>) -> Self {
         let server = tidings_server::start(config.clone()).await.expect("server starts");
-        TestServer { server, peers: Vec::new(), next: Default::default(), config, http: reqwest::Client::new(), data }
+        TestServer {
+            running: Some(server),
+            processes: Vec::new(),
+            next: Default::default(),
+            config,
+            http: reqwest::Client::new(),
+            data,
+        }
     }
 
-    /// A deployment of three server processes (in this test process) on one PostgreSQL database and one Redis —
-    /// the ones `cargo xtask test` provides (`TIDINGS_TEST_DATABASE_URL`, `TIDINGS_TEST_REDIS_URL`) — with the test
-    /// configuration adjusted by `tweak`. Each client connects to the next process, each request goes to the next
-    /// one. `None` (with a note) when run by hand without them; under xtask their absence is a failure.
+    /// A deployment of three `tidings-server` OS processes (the workspace's binary) on one PostgreSQL database
+    /// and one Redis — the ones `cargo xtask test` provides (`TIDINGS_TEST_DATABASE_URL`,
+    /// `TIDINGS_TEST_REDIS_URL`) — configured by flags from the test configuration adjusted by `tweak` (see
+    /// [`ServerProcess::args`]). Each client connects to the next process, each request goes to the next one.
+    /// `None` (with a note) when run by hand without them; under xtask their absence is a failure.
     pub async fn start_deployment_with(tweak: impl FnOnce(&mut ServerConfig)) -> Option<Self> {
         use tidings_server::store::postgres::testing;
         let database = testing::server_url("the three-process deployment")?;
@@ -85,44 +94,63 @@ impl TestServer {
         redis.prefix = format!("conformance-{:016x}", fastrand_u64());
         config.redis = Some(redis);
         tweak(&mut config);
-        let mut deployment = Self::start_config(config.clone(), None).await;
-        for _ in 0..2 {
-            deployment.peers.push(tidings_server::start(config.clone()).await.expect("server starts"));
+        let logs = tempfile::Builder::new().prefix("tidings-deployment-").tempdir().expect("a temporary directory");
+        let args = ServerProcess::args(&config);
+        let mut processes = Vec::new();
+        for i in 0..3 {
+            let log = logs.path().join(format!("process-{i}.log"));
+            processes.push(ServerProcess::start(free_port(), &args, &log).await);
         }
-        Some(deployment)
+        Some(TestServer {
+            running: None,
+            processes,
+            next: Default::default(),
+            config,
+            http: reqwest::Client::new(),
+            data: Some(Arc::new(logs)),
+        })
     }
 
-    /// The process the next client or request goes to (always `server` outside a deployment).
-    fn pick(&self) -> &RunningServer {
-        if self.peers.is_empty() {
-            return &self.server;
+    /// The server in this test process (panics for a deployment of OS processes).
+    pub fn running(&self) -> &RunningServer {
+        self.running.as_ref().expect("a server in the test process, not a deployment")
+    }
+
+    /// `(http_url, ws_url)` of the process the next client or request goes to (always the one server outside a
+    /// deployment).
+    fn pick(&self) -> (String, String) {
+        if self.processes.is_empty() {
+            let server = self.running();
+            return (server.http_url(), server.ws_url());
         }
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (self.peers.len() + 1);
-        if i == 0 { &self.server } else { &self.peers[i - 1] }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.processes.len();
+        (self.processes[i].http_url(), self.processes[i].ws_url())
     }
 
     /// Stops this server and starts a new one on the same address and store configuration (with the memory
     /// store everything is lost: new epochs; with SQLite everything is kept).
-    /// A deployment restarts every process, each on its address.
+    /// A deployment stops every process (SIGTERM: a graceful drain) and starts each again on its port.
     pub async fn restart(self) -> Self {
-        let addr = self.server.local_addr();
+        if !self.processes.is_empty() {
+            let args = ServerProcess::args(&self.config);
+            let mut restarted = Vec::new();
+            for process in self.processes {
+                let (port, log) = (process.port, process.log.clone());
+                process.stop().await;
+                restarted.push(ServerProcess::start(port, &args, &log).await);
+            }
+            return TestServer { processes: restarted, next: Default::default(), ..self };
+        }
+        let server = self.running.expect("a server");
+        let addr = server.local_addr();
         let mut config = self.config.clone();
-        let peers: Vec<_> = self.peers.iter().map(RunningServer::local_addr).collect();
-        for peer in self.peers {
-            peer.shutdown().await;
-        }
-        self.server.shutdown().await;
+        server.shutdown().await;
         config.bind = addr;
-        let mut restarted = Self::start_config(config.clone(), self.data).await;
-        for addr in peers {
-            config.bind = addr;
-            restarted.peers.push(tidings_server::start(config.clone()).await.expect("server starts"));
-        }
-        restarted
+        Self::start_config(config, self.data).await
     }
 
     pub fn ws_url(&self) -> String {
-        self.pick().ws_url()
+        self.pick().1
     }
 
     /// A valid token for `user`, allowed to read `topics`.
@@ -141,7 +169,7 @@ impl TestServer {
     pub async fn publish_raw(&self, body: Value) -> (reqwest::StatusCode, Value) {
         let resp = self
             .http
-            .post(format!("{}/v1/publish", self.pick().http_url()))
+            .post(format!("{}/v1/publish", self.pick().0))
             .bearer_auth(&self.config.api_key)
             .json(&body)
             .send()
@@ -160,7 +188,7 @@ impl TestServer {
     pub async fn drop_all(&self) -> u64 {
         let resp = self
             .http
-            .post(format!("{}/v1/admin/drop", self.pick().http_url()))
+            .post(format!("{}/v1/admin/drop", self.pick().0))
             .bearer_auth(&self.config.api_key)
             .json(&json!({}))
             .send()
@@ -170,11 +198,24 @@ impl TestServer {
         resp.json::<Value>().await.unwrap()["dropped"].as_u64().unwrap()
     }
 
+    /// `POST /v1/admin/unsubscribe`: ends `user`'s subscription of `stream` (in every process).
+    pub async fn unsubscribe(&self, user: &str, stream: &str) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/admin/unsubscribe", self.pick().0))
+            .bearer_auth(&self.config.api_key)
+            .json(&json!({"user": user, "stream": stream}))
+            .send()
+            .await
+            .expect("HTTP request");
+        assert!(resp.status().is_success(), "unsubscribe failed: {}", resp.status());
+    }
+
     /// `GET <path>` with the API key.
     pub async fn get(&self, path: &str) -> Value {
         let resp = self
             .http
-            .get(format!("{}{}", self.pick().http_url(), path))
+            .get(format!("{}{}", self.pick().0, path))
             .bearer_auth(&self.config.api_key)
             .send()
             .await
@@ -304,4 +345,147 @@ impl TestClient {
 fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// One `tidings-server` OS process of a deployment, logging to a file; killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// The server binary of this workspace (built with the workspace's tests; built here if it is missing).
+    pub fn binary() -> std::path::PathBuf {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+        let bin = dir.join(format!("tidings-server{}", std::env::consts::EXE_SUFFIX));
+        if !bin.is_file() {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--locked", "-p", "tidings-server", "--bin", "tidings-server"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building tidings-server failed");
+        }
+        bin
+    }
+
+    /// The flags that give a process `config` (the parts tests set: secrets, store, Redis, replay and push
+    /// settings; rate limits off as in [`ServerConfig::for_tests`]).
+    pub fn args(config: &ServerConfig) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        let mut flag = |name: &str, value: String| {
+            args.push(format!("--{name}"));
+            args.push(value);
+        };
+        flag("jwt-secret", config.jwt_secret.clone());
+        flag("api-key", config.api_key.clone());
+        flag("connection-burst", "0".into());
+        flag("auth-failure-burst", "0".into());
+        flag("heartbeat-ms", config.heartbeat_interval.as_millis().to_string());
+        flag("replay-max-items", config.replay_max_items.to_string());
+        flag("push-after-ms", config.push_policy.push_after.as_millis().to_string());
+        flag("digest-window-secs", config.push_policy.digest_window.as_secs().to_string());
+        match &config.store {
+            StoreConfig::Postgres { url } => {
+                flag("store", "postgres".into());
+                flag("database-url", url.clone());
+            }
+            other => panic!("a deployment runs on PostgreSQL, not {other:?}"),
+        }
+        if let Some(redis) = &config.redis {
+            flag("redis-url", redis.url.clone());
+            flag("redis-prefix", redis.prefix.clone());
+        }
+        let push = &config.push;
+        let path = |p: &std::path::Path| p.display().to_string();
+        let optional = [
+            ("vapid-public-key", config.vapid_public_key.clone()),
+            ("vapid-private-key", push.vapid_private_key.clone()),
+            ("vapid-subject", push.vapid_subject.clone()),
+            ("apns-key-file", push.apns_key_file.as_deref().map(path)),
+            ("apns-key-id", push.apns_key_id.clone()),
+            ("apns-team-id", push.apns_team_id.clone()),
+            ("apns-topic", push.apns_topic.clone()),
+            ("apns-url", Some(push.apns_url.clone())),
+            ("apns-sandbox-url", Some(push.apns_sandbox_url.clone())),
+            ("fcm-service-account", push.fcm_service_account.as_deref().map(path)),
+            ("fcm-url", Some(push.fcm_url.clone())),
+            ("fcm-token-url", push.fcm_token_url.clone()),
+            ("push-ca-file", push.push_ca_file.as_deref().map(path)),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                flag(name, value);
+            }
+        }
+        args
+    }
+
+    /// Starts the binary on `127.0.0.1:port` with `args`, appending its output to `log`, and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(port: u16, args: &[String], log: &std::path::Path) -> ServerProcess {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("the log file");
+        let child = std::process::Command::new(Self::binary())
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::from(out.try_clone().expect("the log file")))
+            .stderr(std::process::Stdio::from(out))
+            .spawn()
+            .expect("the server binary starts");
+        let mut process = ServerProcess { child, port, log: log.to_owned() };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("an HTTP client");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ready = http.get(format!("{}/readyz", process.http_url())).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("tidings-server exited with {status}:\n{}", process.output());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tidings-server did not become ready:\n{}",
+                process.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// What it logged.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    /// SIGTERM (the server drains its connections and exits), then waits for the exit; killed after [`WAIT`].
+    pub async fn stop(mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while matches!(self.child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -409,6 +409,23 @@ impl<'s> Runner<'s> {
             "drop_connections" => {
                 self.server().drop_all().await;
             }
+            "server_unsubscribe" => {
+                let user = self.name(step["user"].as_str().unwrap());
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                self.server().unsubscribe(&user, &stream).await;
+            }
+            "wait_subscription_failed" => {
+                let stream = self.stream(step["stream"].as_str().unwrap());
+                let code = step["code"].as_str().unwrap().to_owned();
+                self.client(step)
+                    .until(&format!("subscription of {stream} failed with {code}"), |log| {
+                        log.iter().any(|e| {
+                            matches!(e, Event::SubscriptionFailed { stream: s, code: c, .. }
+                                if *s == stream && c.to_string() == code)
+                        })
+                    })
+                    .await;
+            }
             "settle" => {
                 let ms = Duration::from_millis(step["ms"].as_u64().unwrap());
                 // A paused client's app takes no events: its events wait in the SDK.
@@ -570,7 +587,7 @@ async fn run_scenario(name: &str) {
     run_scenario_on(name, false).await;
 }
 
-/// Runs `name` on one server (SQLite), or on a deployment of three processes on Redis and PostgreSQL
+/// Runs `name` on one server (SQLite), or on a deployment of three OS processes on Redis and PostgreSQL
 /// (`deployment`; returns without running when those are not available outside xtask).
 async fn run_scenario_on(name: &str, deployment: bool) {
     let file = file();
@@ -643,10 +660,11 @@ macro_rules! scenarios {
             }
         )*
 
-        /// Every scenario against three servers (in this test process, each with its own Redis broker and
-        /// PostgreSQL store) on one Redis and one PostgreSQL database (issue 15), one after the other.
+        /// Every scenario against a deployment of three `tidings-server` OS processes on one Redis and one
+        /// PostgreSQL database (issue 15), one scenario after the other; each client connects to the next process
+        /// and each request goes to the next one.
         #[tokio::test]
-        async fn every_scenario_against_three_servers_on_redis_and_postgres() {
+        async fn every_scenario_against_three_server_processes_on_redis_and_postgres() {
             $(
                 run_scenario_on(stringify!($name), true).await;
             )*
@@ -685,4 +703,5 @@ scenarios!(
     inbox_offline_change_converges,
     inbox_mark_all_leaves_new_items_unread,
     inbox_counts_survive_a_server_restart,
+    server_unsubscribe,
 );

@@ -235,7 +235,7 @@ async fn an_invalid_token_fails_after_exactly_two_attempts() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(client.client.stats().connection_attempts, 2, "original token + one fresh token, no storm");
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
-    assert_eq!(server.server.stats().auth_failures, 2);
+    assert_eq!(server.running().stats().auth_failures, 2);
     client.close().await;
 }
 

@@ -57,7 +57,7 @@ async fn tls_terminator(
 async fn a_client_over_wss_trusts_a_private_ca_given_in_its_config() {
     let server = TestServer::start().await;
     let (ca_pem, chain, key) = test_pki();
-    let port = tls_terminator(server.server.local_addr(), chain, key).await;
+    let port = tls_terminator(server.running().local_addr(), chain, key).await;
     let url = format!("wss://localhost:{port}/v1/ws");
     let token = server.token("alice", &[]);
 

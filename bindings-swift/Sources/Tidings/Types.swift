@@ -301,7 +301,8 @@ public enum TidingsEvent: Sendable, Hashable {
     case stateChanged(ConnectionState)
     /// How a stream continued after (re)subscribing; on `.gap`, refetch that stream's state.
     case continuity(stream: String, Continuity)
-    /// The server refused a subscription (`code`: `forbidden`, `bad_request`).
+    /// The server refused a subscription (`code`: `forbidden`, `bad_request`), or ended one (an operator's
+    /// `POST /v1/admin/unsubscribe`: `forbidden`). The stream is dropped and not subscribed again on reconnect.
     case subscriptionFailed(stream: String, code: String, message: String)
     /// The server stored this device's push address.
     case pushRegistered(PushPlatform)

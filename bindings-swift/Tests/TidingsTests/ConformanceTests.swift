@@ -27,6 +27,7 @@ final class ConformanceTests: XCTestCase {
         "lightweight_push_is_fetched",
         "digest_push_summary",
         "user_settings",
+        "server_unsubscribe",
     ]
 
     func testLiveDelivery() async throws { try await runScenario("live_delivery") }
@@ -52,6 +53,7 @@ final class ConformanceTests: XCTestCase {
     func testLightweightPushIsFetched() async throws { try await runScenario("lightweight_push_is_fetched") }
     func testDigestPushSummary() async throws { try await runScenario("digest_push_summary") }
     func testUserSettings() async throws { try await runScenario("user_settings") }
+    func testServerUnsubscribe() async throws { try await runScenario("server_unsubscribe") }
 
     func testEveryScenarioInTheFileHasATest() throws {
         let inFile = try ScenarioFile.load().scenarios.map(\.name).sorted()
@@ -163,6 +165,8 @@ struct Step: Decodable {
     let ranges: [RangeStep]?
     let timeZone: String?
     let version: UInt64?
+    /// `wait_subscription_failed`: the error code (`forbidden`, …).
+    let code: String?
     /// The step as JSON text (filled in by `ScenarioFile.load`).
     var raw = ""
 
@@ -170,6 +174,7 @@ struct Step: Decodable {
         case op, client, user, users, topics, token, state, reason, stream, kind, replayed, missed, ids, count
         case priority, group, persistence, id, offset, expect, online, ms, first, last
         case published, equals, action, wait, unread, unseen, total, limit, from, form, rules, ranges, version
+        case code
         case atLeast = "at_least"
         case afterId = "after_id"
         case bodyBytes = "body_bytes"
@@ -227,6 +232,7 @@ struct Step: Decodable {
         ranges = try c.decodeIfPresent([RangeStep].self, forKey: .ranges)
         timeZone = try c.decodeIfPresent(String.self, forKey: .timeZone)
         version = try c.decodeIfPresent(UInt64.self, forKey: .version)
+        code = try c.decodeIfPresent(String.self, forKey: .code)
     }
 }
 
@@ -566,6 +572,20 @@ final class ScenarioRunner {
 
         case "drop_connections":
             try await server.dropAll()
+
+        case "server_unsubscribe":
+            try await server.unsubscribe(
+                user: name(try required(step.user, "user")), stream: try streamName(try required(step.stream, "stream")))
+
+        case "wait_subscription_failed":
+            let stream = try streamName(try required(step.stream, "stream"))
+            let code = try required(step.code, "code")
+            try await recorder(step).wait("subscription of \(stream) failed with \(code)") { r in
+                r.events.contains { event in
+                    guard case .subscriptionFailed(let s, let c, _) = event else { return false }
+                    return s == stream && c == code
+                }
+            }
 
         case "settle":
             try await Task.sleep(nanoseconds: try required(step.ms, "ms") * 1_000_000)

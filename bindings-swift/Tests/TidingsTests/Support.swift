@@ -70,6 +70,12 @@ struct TestServer {
         _ = try await request("POST", "/v1/admin/drop", [:])
     }
 
+    /// `POST /v1/admin/unsubscribe`: ends `user`'s subscription of `stream` on all of the user's connections (the
+    /// count it answers is the answering process's, not checked).
+    func unsubscribe(user: String, stream: String) async throws {
+        _ = try await request("POST", "/v1/admin/unsubscribe", ["user": user, "stream": stream])
+    }
+
     /// Restarts the server process (same address and data) and returns once it answers again.
     func restart() async throws {
         guard let controlURL else { throw TestFailure("TIDINGS_CONTROL_URL is not set") }

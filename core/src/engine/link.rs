@@ -627,6 +627,17 @@ impl Engine {
         }
     }
 
+    /// An `error` the server sent by itself (no `ref`) that leaves the connection open — on this engine's socket
+    /// or relayed from the socket of another tab's engine.
+    pub(super) fn on_server_notice(&mut self, e: ErrorFrame) {
+        match e.stream {
+            // The server ended a subscription by itself (an operator's unsubscribe, protocol §2.5): the stream
+            // is dropped as if its subscribe had been refused, and not subscribed again on reconnect.
+            Some(stream) => self.subscription_refused(stream, e.code, e.message),
+            None => warn!(code = %e.code, message = %e.message, "server error"),
+        }
+    }
+
     fn on_error(&mut self, now: Instant, e: ErrorFrame) {
         if let Some(reference) = e.reference {
             if !self.inbox_refused(now, reference, &e) {
@@ -635,7 +646,7 @@ impl Engine {
             return;
         }
         let Some(close_code) = e.code.close_code() else {
-            warn!(code = %e.code, message = %e.message, "server error");
+            self.on_server_notice(e);
             return;
         };
         let action = protocol::close_action(close_code);

@@ -70,7 +70,8 @@ impl Engine {
     /// frames to the engines of the other tabs, which keeps their cursors, dedup windows and batches identical
     /// to the leader's, so any of them can take over the socket and resume with nothing lost and nothing
     /// delivered twice. Notifications and `subscribed` frames are processed as if they came from this engine's
-    /// own socket (events, continuity, cursors, dedup, digests) but never acked; other frames are ignored.
+    /// own socket (events, continuity, cursors, dedup, digests) but never acked, and so is an `error` by which the
+    /// server ended a subscription (`SubscriptionFailed`, the stream dropped); other frames are ignored.
     /// A relayed message may hold several frames, as a socket's may (see [`Engine::handle_text`]); they are
     /// handled in order up to the first undecodable one, whose error is returned.
     pub fn handle_relayed(&mut self, now: Instant, text: &str) -> Result<(), DecodeError> {
@@ -92,6 +93,9 @@ impl Engine {
             }
             // The socket's inbox changes (and the answers of the tab that holds it): counts and view follow.
             ServerFrame::Inbox(update) => self.apply_inbox(&update, true),
+            // A subscription the server ended on the socket: dropped here too, so that this engine does not
+            // subscribe it again when it takes the socket over.
+            ServerFrame::Error(e) if e.reference.is_none() && e.code.close_code().is_none() => self.on_server_notice(e),
             _ => {}
         }
         self.relaying = false;

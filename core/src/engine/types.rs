@@ -269,7 +269,8 @@ pub enum Event {
     /// The items of the inbox view changed (added, read, archived, removed): read them with
     /// [`Engine::inbox_items`](super::Engine::inbox_items).
     InboxChanged,
-    /// The server refused a subscription; the engine will not retry it.
+    /// The server refused a subscription, or ended one by itself (an operator's unsubscribe); the engine dropped
+    /// the stream and will not subscribe it again unless the app does.
     SubscriptionFailed {
         /// The stream.
         stream: String,

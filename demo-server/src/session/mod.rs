@@ -123,6 +123,9 @@ impl Exit {
     }
 }
 
+/// The message of the `error` that tells a client an operator ended its subscription of a stream.
+pub(crate) const REVOKED: &str = "an operator ended this subscription (POST /v1/admin/unsubscribe)";
+
 /// What the session wants done, in order.
 #[derive(Debug)]
 pub(crate) enum Output {
@@ -362,6 +365,20 @@ impl Session {
     pub(crate) fn handle_binary(&mut self, now: Instant) {
         self.handle_traffic(now);
         self.close(Exit::protocol("binary messages are not part of the protocol; send JSON text frames"));
+    }
+
+    /// An operator ended this connection's subscription of `stream` (`POST /v1/admin/unsubscribe`): the stream is
+    /// dropped and the client told with an `error` of code `forbidden` naming the stream, without `ref` (protocol
+    /// §2.5). A subscribe of the stream still reading its history completes (it counts as a later subscribe);
+    /// a stream the connection does not have is ignored.
+    pub(crate) fn handle_revoke(&mut self, stream: &str, message: &str) {
+        if matches!(&self.waiting, Some(Waiting::Subscribe { stream: syncing, .. }) if **syncing == *stream) {
+            return;
+        }
+        let Some(i) = self.streams.iter().position(|s| **s == *stream) else { return };
+        let stream = self.streams.swap_remove(i);
+        self.output.push_back(Output::Unsubscribe { stream: stream.clone() });
+        self.request_error(None, Some(stream.to_string()), ErrorCode::Forbidden, message.to_owned());
     }
 
     /// Another part of the server asks the connection to close (operator drop, shutdown, a newer session of

@@ -345,6 +345,31 @@ fn unsubscribe_leaves_the_stream_then_answers() {
 }
 
 #[test]
+fn an_operator_unsubscribe_drops_a_subscribed_stream_and_tells_the_client() {
+    let mut sim = Sim::new();
+    sim.login(&["news"], None);
+    sim.send(json!({"op":"subscribe","ref":1,"streams":[{"stream":"user:alice"},{"stream":"topic:news"}]}));
+    sim.drain();
+    sim.session.handle_history(sim.now, "user:alice", Ok(read(0, &[])));
+    // topic:news is still reading its history: the unsubscribe leaves it alone (a later subscribe wins).
+    sim.session.handle_revoke("topic:news", REVOKED);
+    let out = sim.drain();
+    assert!(out.iter().all(|o| !matches!(o, Output::Unsubscribe { .. })), "{out:?}");
+    sim.session.handle_history(sim.now, "topic:news", Ok(read(0, &[])));
+    sim.drain();
+    sim.session.handle_revoke("topic:never", REVOKED);
+    assert!(sim.drain().is_empty(), "a stream the connection does not have is ignored");
+    sim.session.handle_revoke("topic:news", REVOKED);
+    let out = sim.drain();
+    assert!(matches!(&out[0], Output::Unsubscribe { stream } if &**stream == "topic:news"), "{out:?}");
+    let Output::Frame(f) = &out[1] else { panic!("{out:?}") };
+    let error: Value = serde_json::from_str(f.as_str()).unwrap();
+    assert_eq!(error, json!({"op":"error","code":"forbidden","stream":"topic:news","message":REVOKED}));
+    assert_eq!(out.len(), 2);
+    assert_eq!(sim.session.streams().iter().map(|s| &**s).collect::<Vec<_>>(), ["user:alice"]);
+}
+
+#[test]
 fn at_most_256_streams_per_connection() {
     let mut sim = Sim::new();
     sim.login(&["*"], None);

@@ -91,7 +91,7 @@ pub(crate) async fn append(stores: &Stores, batch: Vec<Arc<Publication>>) -> Vec
 
 fn deliveries(outcome: &AppendOutcome) -> &[Delivery] {
     match outcome {
-        AppendOutcome::Appended(d) => d,
+        AppendOutcome::Appended { deliveries: d, .. } => d,
         AppendOutcome::Duplicate(_) => panic!("unexpected duplicate"),
     }
 }
@@ -593,6 +593,57 @@ pub(crate) async fn pending_pushes_are_summarised_by_reason_and_due_time(make: &
     assert_eq!((later.due, later.oldest_due), (4, Some(1_000)), "the awaiting rows came due");
 }
 
+fn reissued(outcome: &AppendOutcome) -> Option<&str> {
+    match outcome {
+        AppendOutcome::Appended { reissued, .. } => reissued.as_deref(),
+        AppendOutcome::Duplicate(_) => panic!("unexpected duplicate"),
+    }
+}
+
+/// The `id` of a `notification` frame.
+fn frame_id(frame: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(frame).expect("a JSON frame");
+    value["id"].as_str().expect("an id").to_owned()
+}
+
+pub(crate) async fn server_ids_stay_ordered_in_each_stream_whatever_order_they_commit_in(make: &Factory) {
+    let ulid = |ms: u64, random: u128| ulid::Ulid::from_parts(ms, random).to_string();
+    let (clock, _) = clock(1_000);
+    let (stores, _guard) = make(limits(10), clock);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (late, early, key, fresh) = (ulid(2_000, 5), ulid(1_000, 9), ulid(1_500, 1), ulid(1_200, 3));
+    // Committed in another order than their ids were drawn (as two requests, or two processes, can).
+    let out = append_logged(&stores, vec![publication(&late, &["user:a"], Persistence::Bufferable, 1_000)], &log).await;
+    assert_eq!(reissued(&out[0]), None, "an id above the stream's keeps");
+    let out =
+        append_logged(&stores, vec![publication(&early, &["user:a"], Persistence::Persistent, 1_000)], &log).await;
+    let renamed = reissued(&out[0]).expect("an id below the stream's newest is drawn anew").to_owned();
+    assert!(renamed > late, "{renamed} sorts after {late}");
+    assert!(ulid::Ulid::from_string(&renamed).is_ok(), "still a ULID: {renamed}");
+    assert_eq!(log.lock().unwrap().last().map(|c| c.id.to_string()), Some(renamed.clone()), "handed on under it");
+    // A caller's id is an idempotency key: kept as given.
+    let out = append(&stores, vec![keyed(&key, &["user:a"], 1_000)]).await;
+    assert_eq!(reissued(&out[0]), None, "a caller's id is kept");
+    // Several streams: above the newest of all of them; a stream of its own does not lower that.
+    let out = append(&stores, vec![publication(&fresh, &["topic:b", "user:a"], Persistence::Bufferable, 1_000)]).await;
+    let both = reissued(&out[0]).expect("below user:a's newest").to_owned();
+    assert!(both > renamed, "{both} sorts after {renamed}");
+    // (A store may keep one order over all its streams — SQLite's single writer does — so a new stream's first
+    // id is only checked to be a ULID.)
+    let out = append(&stores, vec![publication(&fresh, &["topic:c"], Persistence::Bufferable, 1_000)]).await;
+    assert!(reissued(&out[0]).is_none_or(|id| ulid::Ulid::from_string(id).is_ok()));
+    // Ephemeral notifications are not kept and keep their id.
+    let out = append(&stores, vec![publication(&early, &["user:a"], Persistence::Ephemeral, 1_000)]).await;
+    assert_eq!(reissued(&out[0]), None, "an ephemeral notification keeps its id");
+
+    let epoch = deliveries(&out[0])[0].epoch.clone();
+    let read = stores.streams.read("user:a", Some((&epoch, 0))).await.unwrap();
+    let ids: Vec<String> = read.entries.iter().map(|e| frame_id(e.frame.as_str())).collect();
+    assert_eq!(ids, [late.clone(), renamed.clone(), key.clone(), both.clone()], "stored under the ids handed on");
+    let server_ids: Vec<&String> = ids.iter().filter(|id| **id != key).collect();
+    assert!(server_ids.windows(2).all(|w| w[0] < w[1]), "server ids in offset order: {server_ids:?}");
+}
+
 /// One `#[tokio::test]` per contract test, on the backend `$make` (a [`Factory`]).
 macro_rules! stream_store_tests {
     ($make:path) => {
@@ -614,6 +665,7 @@ macro_rules! stream_store_tests {
             acks_cancel_pending_pushes_in_their_commit,
             expediting_moves_the_rows_of_one_reason,
             pending_pushes_are_summarised_by_reason_and_due_time,
+            server_ids_stay_ordered_in_each_stream_whatever_order_they_commit_in,
         );
     };
     (@each $make:path, $($name:ident),* $(,)?) => {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::memory_push::PushTables;
 use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StreamStore, ready};
 use crate::model::{
-    AckRecord, AppendOutcome, Committed, Delivery, EncodedFrame, HistoryEntry, HistoryRead, Position, PushRecord,
-    StreamState,
+    AckRecord, AppendOutcome, Committed, Delivery, EncodedFrame, HistoryEntry, HistoryRead, IdFloor, Position,
+    PushRecord, StreamState,
 };
 use crate::planner::RowKey;
 use crate::util::{new_epoch, now_ms};
@@ -94,15 +94,20 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+/// One locked shard of the stream logs.
+type ShardGuard<'a> = MutexGuard<'a, HashMap<Box<str>, StreamLog>>;
+
 struct StreamLog {
     head: u64,
     /// Frames with offsets `head + 1 - entries.len() ..= head`, and when each was created.
     entries: VecDeque<(u64, EncodedFrame)>,
+    /// The greatest server-generated id appended (see [`IdFloor`]).
+    last_id: IdFloor,
 }
 
 impl StreamLog {
     fn new() -> Self {
-        StreamLog { head: 0, entries: VecDeque::new() }
+        StreamLog { head: 0, entries: VecDeque::new(), last_id: IdFloor::default() }
     }
 
     fn oldest(&self) -> u64 {
@@ -363,14 +368,18 @@ impl MemoryStore {
         lock(&self.push_tables)
     }
 
-    fn shard(&self, stream: &str) -> MutexGuard<'_, HashMap<Box<str>, StreamLog>> {
-        let index = self.hasher.hash_one(stream) as usize % SHARDS;
-        lock(&self.streams[index])
+    fn shard(&self, stream: &str) -> ShardGuard<'_> {
+        lock(&self.streams[self.shard_index(stream)])
+    }
+
+    fn shard_index(&self, stream: &str) -> usize {
+        self.hasher.hash_one(stream) as usize % SHARDS
     }
 
     /// Appends one publication. Idempotent publications hold the key table for the whole append, so that two
-    /// publishes with one key cannot both pass; each stream's shard is held while its offset is assigned and
-    /// `on_commit` runs, so one stream's commits reach `on_commit` in offset order.
+    /// publishes with one key cannot both pass. A buffered one holds the shards of all its streams (taken in shard
+    /// order) while its id is checked against theirs ([`IdFloor`]), its offsets are assigned and `on_commit` runs,
+    /// so one stream's commits reach `on_commit` in offset order, with server-generated ids in the same order.
     fn append_one(&self, append: Append) -> AppendOutcome {
         let Append { publication: p, mut on_commit } = append;
         let now = (self.clock)();
@@ -381,9 +390,33 @@ impl MemoryStore {
             return AppendOutcome::Duplicate(deliveries);
         }
         let mut deliveries = Vec::with_capacity(p.streams.len());
-        for stream in &p.streams {
-            let offset = if p.is_buffered() {
-                let mut shard = self.shard(stream);
+        let mut reissued = None;
+        if p.is_buffered() {
+            let mut indexes: Vec<usize> = p.streams.iter().map(|s| self.shard_index(s)).collect();
+            indexes.sort_unstable();
+            indexes.dedup();
+            let mut shards: Vec<(usize, ShardGuard<'_>)> =
+                indexes.into_iter().map(|i| (i, lock(&self.streams[i]))).collect();
+            let mut floor = IdFloor::default();
+            for stream in &p.streams {
+                let i = self.shard_index(stream);
+                if let Some((_, shard)) = shards.iter().find(|(at, _)| *at == i)
+                    && let Some(log) = shard.get(stream.as_str())
+                {
+                    floor.join(&log.last_id);
+                }
+            }
+            let p = match floor.reissue(&p) {
+                Some(id) => {
+                    let renamed = Arc::new(p.with_id(&id));
+                    reissued = Some(renamed.id.clone());
+                    renamed
+                }
+                None => p.clone(),
+            };
+            for stream in &p.streams {
+                let i = self.shard_index(stream);
+                let shard = &mut shards.iter_mut().find(|(at, _)| *at == i).expect("locked above").1;
                 let log = match shard.get_mut(stream.as_str()) {
                     Some(log) => log,
                     None => shard.entry(Box::from(stream.as_str())).or_insert_with(StreamLog::new),
@@ -391,6 +424,9 @@ impl MemoryStore {
                 let offset = log.head + 1;
                 let frame = p.encode(stream, &self.epoch, Some(offset));
                 log.head = offset;
+                if !p.idempotent {
+                    log.last_id.raise(&p.id);
+                }
                 log.entries.push_back((p.created_at(), frame.clone()));
                 log.evict(&self.limits, p.created_at().max(now));
                 on_commit(&Committed {
@@ -400,8 +436,14 @@ impl MemoryStore {
                     offset: Some(offset),
                     frame,
                 });
-                Some(offset)
-            } else {
+                deliveries.push(Delivery {
+                    stream: stream.clone(),
+                    epoch: self.epoch.to_string(),
+                    offset: Some(offset),
+                });
+            }
+        } else {
+            for stream in &p.streams {
                 let frame = p.encode(stream, &self.epoch, None);
                 on_commit(&Committed {
                     id: p.id.clone(),
@@ -410,14 +452,13 @@ impl MemoryStore {
                     offset: None,
                     frame,
                 });
-                None
-            };
-            deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset });
+                deliveries.push(Delivery { stream: stream.clone(), epoch: self.epoch.to_string(), offset: None });
+            }
         }
         if let Some(mut table) = keys {
             table.insert(&p.id, now, deliveries.clone());
         }
-        AppendOutcome::Appended(deliveries)
+        AppendOutcome::Appended { deliveries, reissued }
     }
 
     fn read_now(&self, stream: &str, since: Option<Position<'_>>) -> HistoryRead {

@@ -53,8 +53,8 @@ use super::push::{
 use super::{AckStore, Append, BoxFuture, DeviceStore, StoreError, StoreLimits};
 use crate::metrics::StoreMetrics;
 use crate::model::{
-    AckRecord, AppendOutcome, Committed, Delivery, HistoryEntry, HistoryRead, Position, Publication, PushRecord,
-    StreamState, encode_notification,
+    AckRecord, AppendOutcome, Committed, Delivery, HistoryEntry, HistoryRead, IdFloor, Position, Publication,
+    PushRecord, StreamState, encode_notification,
 };
 use crate::planner::{
     Channel, DigestWindow, PendingPush, PendingReason, Policy, PublishPlan, RowKey, UnixMs, plan_publish,
@@ -369,7 +369,10 @@ async fn run_appends(inner: Weak<Inner>, pool: Pool, mut rx: mpsc::UnboundedRece
                     let mut results = Vec::with_capacity(job.batch.len());
                     for append in job.batch {
                         let (outcome, placed) = outcomes.next().expect("one outcome per publication");
-                        let Append { publication: p, mut on_commit } = append;
+                        let Append { publication: mut p, mut on_commit } = append;
+                        if let AppendOutcome::Appended { reissued: Some(id), .. } = &outcome {
+                            p = Arc::new(p.with_id(id));
+                        }
                         for (stream, epoch, offset) in placed {
                             let frame = p.encode(&stream, &epoch, offset);
                             on_commit(&Committed { id: p.id.clone(), stream, epoch, offset, frame });
@@ -404,6 +407,8 @@ struct Locked {
     sid: i64,
     epoch: Arc<str>,
     head: u64,
+    /// The greatest server-generated id in the stream.
+    last_id: IdFloor,
     dirty: bool,
 }
 
@@ -433,15 +438,17 @@ async fn commit_appends(
         .await?;
         let rows = tx
             .query(
-                "SELECT name, sid, epoch, head FROM streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                "SELECT name, sid, epoch, head, last_id FROM streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
                 &[&names],
             )
             .await?;
         for r in rows {
             let epoch: String = r.get(2);
+            let mut last_id = IdFloor::default();
+            last_id.raise(r.get(4));
             streams.insert(
                 r.get(0),
-                Locked { sid: r.get(1), epoch: Arc::from(epoch.as_str()), head: to_u(r.get(3)), dirty: false },
+                Locked { sid: r.get(1), epoch: Arc::from(epoch.as_str()), head: to_u(r.get(3)), last_id, dirty: false },
             );
         }
     }
@@ -481,13 +488,31 @@ async fn commit_appends(
             }
         }
         let f = &p.fields;
+        // Under the locks of its streams, a server-generated id is kept above theirs (`IdFloor`): ids drawn by
+        // different processes stay in commit order in every stream.
+        let mut reissued: Option<Arc<str>> = None;
         let seq: Option<i64> = if p.is_buffered() && !p.streams.is_empty() {
+            let mut floor = IdFloor::default();
+            for stream in &p.streams {
+                if let Some(s) = streams.get(stream) {
+                    floor.join(&s.last_id);
+                }
+            }
+            reissued = floor.reissue(p).map(Arc::from);
+            let id: &str = reissued.as_deref().unwrap_or(&p.id);
+            if !p.idempotent {
+                for stream in &p.streams {
+                    if let Some(s) = streams.get_mut(stream) {
+                        s.last_id.raise(id);
+                    }
+                }
+            }
             let data = f.data.as_ref().map(|d| d.get());
             let row = tx
                 .query_one(
                     &insert_notification,
                     &[
-                        &&*p.id,
+                        &id,
                         &f.kind,
                         &f.priority.as_str(),
                         &f.persistence.as_str(),
@@ -534,11 +559,11 @@ async fn commit_appends(
             let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
             tx.execute(&put_key, &[&&*p.id, &json]).await?;
         }
-        out.push((AppendOutcome::Appended(deliveries), placed));
+        out.push((AppendOutcome::Appended { deliveries, reissued }, placed));
     }
-    let set_head = tx.prepare_cached("UPDATE streams SET head = $2 WHERE sid = $1").await?;
+    let set_head = tx.prepare_cached("UPDATE streams SET head = $2, last_id = $3 WHERE sid = $1").await?;
     for s in streams.values().filter(|s| s.dirty) {
-        tx.execute(&set_head, &[&s.sid, &to_i(s.head)]).await?;
+        tx.execute(&set_head, &[&s.sid, &to_i(s.head), &s.last_id.to_string()]).await?;
     }
     tx.commit().await?;
     Ok(out)

@@ -193,6 +193,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX inbox_follows_by_user ON inbox_follows (usr, topic);
     "#,
+    // 2: each stream's greatest server-generated notification id, so that ids drawn by different processes stay
+    // ordered in the stream (model.rs `IdFloor`); empty for streams written before.
+    r#"
+    ALTER TABLE streams ADD COLUMN last_id TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this server writes.

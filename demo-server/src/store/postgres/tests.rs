@@ -108,7 +108,7 @@ async fn two_stores_on_one_database_share_offsets_and_idempotency_keys() {
             if id.starts_with("key-") {
                 keys.entry(id.clone()).or_default().push(outcome.clone());
             }
-            if let AppendOutcome::Appended(deliveries) = outcome {
+            if let AppendOutcome::Appended { deliveries, .. } = outcome {
                 for d in deliveries {
                     appended.entry(d.stream).or_default().push((id.clone(), d.offset.unwrap()));
                 }
@@ -132,10 +132,12 @@ async fn two_stores_on_one_database_share_offsets_and_idempotency_keys() {
         assert_eq!(read.entries.len(), want);
     }
     for (key, outcomes) in &keys {
-        let accepted: Vec<_> = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Appended(_))).collect();
+        let accepted: Vec<_> = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Appended { .. })).collect();
         let duplicates: Vec<_> = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Duplicate(_))).collect();
         assert_eq!((accepted.len(), duplicates.len()), (1, 1), "{key}: {outcomes:?}");
-        let (AppendOutcome::Appended(first), AppendOutcome::Duplicate(again)) = (accepted[0], duplicates[0]) else {
+        let (AppendOutcome::Appended { deliveries: first, .. }, AppendOutcome::Duplicate(again)) =
+            (accepted[0], duplicates[0])
+        else {
             unreachable!()
         };
         assert_eq!(first, again, "{key}: the duplicate answers the first publish's deliveries");
@@ -148,6 +150,66 @@ async fn two_stores_on_one_database_share_offsets_and_idempotency_keys() {
             assert!(*offset > previous, "{stream}: on_commit {offset} after {previous}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_drawn_by_two_processes_stay_ordered_in_each_stream() {
+    let test = "ids_drawn_by_two_processes_stay_ordered_in_each_stream";
+    let Some((a, b, _)) = two_stores(test, limits(10_000)).await else { return };
+    const TASKS: usize = 3;
+    const EACH: usize = 30;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        // Each process draws its own ULIDs; the second one's clock runs 5 s behind, so its ids sort before the
+        // first one's unless the store raises them.
+        let generator = Arc::new(StdMutex::new(ulid::Generator::new()));
+        for t in 0..TASKS {
+            let (store, generator, log) = (store.clone(), generator.clone(), CommitLog::default());
+            tasks.spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..EACH {
+                    let at = std::time::SystemTime::now() - std::time::Duration::from_secs(5 * s as u64);
+                    let id = generator.lock().unwrap().generate_from_datetime(at).unwrap().to_string();
+                    let streams: &[&str] = if (t + i) % 3 == 0 { &["topic:o", "user:o"] } else { &["topic:o"] };
+                    let outcome =
+                        append_one(&store, publication(&id, streams, Persistence::Bufferable, 1_000_000), &log).await;
+                    let AppendOutcome::Appended { deliveries, reissued } = outcome else { panic!("not a duplicate") };
+                    let renamed = reissued.is_some();
+                    let id = reissued.map_or(id, |r| r.to_string());
+                    out.extend(deliveries.into_iter().map(|d| (d.stream, d.offset.unwrap(), id.clone(), renamed)));
+                }
+                out
+            });
+        }
+    }
+    let mut answered: BTreeMap<(String, u64), String> = BTreeMap::new();
+    let mut renamed = 0;
+    while let Some(done) = tasks.join_next().await {
+        for (stream, offset, id, reissued) in done.unwrap() {
+            renamed += usize::from(reissued);
+            assert!(answered.insert((stream, offset), id).is_none(), "one answer per position");
+        }
+    }
+    assert!(renamed > 0, "the lagging process's ids were raised");
+    let mut read_back = 0;
+    for stream in ["topic:o", "user:o"] {
+        let epoch = a.epoch(stream).await.unwrap();
+        let read = b.read(stream, Some((&epoch, 0))).await.unwrap();
+        let ids: Vec<String> =
+            read.entries.iter().map(|e| crate::store::frame_id(e.frame.as_str()).unwrap().to_owned()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{stream}: ids in offset order: {ids:?}");
+        for (entry, id) in read.entries.iter().zip(&ids) {
+            assert_eq!(
+                &answered[&(stream.to_owned(), entry.offset)],
+                id,
+                "{stream} {}: stored as answered",
+                entry.offset
+            );
+        }
+        read_back += ids.len();
+    }
+    assert_eq!(answered.len(), read_back, "every position read back");
+    assert!(answered.len() >= 2 * TASKS * EACH, "{} positions", answered.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +300,7 @@ async fn a_database_restart_is_unavailable_then_recovers_with_nothing_acknowledg
                     log.lock().unwrap().push((c.stream.to_string(), c.offset.unwrap_or(0)));
                 });
                 match store.append(vec![Append { publication: p, on_commit }]).await.pop().unwrap() {
-                    Ok(AppendOutcome::Appended(d)) => acknowledged.push((id, d[0].offset.unwrap())),
+                    Ok(AppendOutcome::Appended { deliveries: d, .. }) => acknowledged.push((id, d[0].offset.unwrap())),
                     Ok(other) => panic!("{id}: {other:?}"),
                     Err(e) => {
                         assert_eq!(e.kind, crate::store::StoreErrorKind::Unavailable, "{e}");

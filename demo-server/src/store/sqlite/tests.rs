@@ -78,7 +78,7 @@ async fn history_epoch_and_keys_survive_a_reopen() {
     let again = append(&stores, vec![contract::keyed("k1", &["user:a"], 1_000_000)]).await;
     assert!(matches!(&again[0], AppendOutcome::Duplicate(d) if d[0].offset == Some(1)), "{again:?}");
     let next = append(&stores, vec![publication("n3", &["user:a"], Persistence::Bufferable, 1_000_000)]).await;
-    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(3)));
+    assert!(matches!(&next[0], AppendOutcome::Appended { deliveries: d, .. } if d[0].offset == Some(3)));
     let devices = stores.devices.push_addresses("a").await.unwrap();
     assert_eq!((&*devices[0].device, devices[0].platform), ("phone", PushPlatform::Apns));
 }
@@ -374,7 +374,9 @@ async fn a_version_3_history_is_migrated_to_version_4_and_still_read_found_and_p
     assert!(stores.streams.find("topic:t", "n2").await.unwrap().is_none(), "n2 never went to topic:t");
     let next =
         append(&stores, vec![publication("n4", &["user:a", "topic:t"], Persistence::Bufferable, 1_000_000)]).await;
-    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(4) && d[1].offset == Some(2)));
+    assert!(
+        matches!(&next[0], AppendOutcome::Appended { deliveries: d, .. } if d[0].offset == Some(4) && d[1].offset == Some(2))
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM notifications WHERE placements IS NULL"), 0);
     // Past the replay age (60 s in these limits) the bufferable notifications go with all their entries; the
     // persistent one stays.
@@ -397,6 +399,8 @@ async fn a_version_3_history_is_migrated_to_version_4_and_still_read_found_and_p
     assert_eq!(topic.state.head, 2, "topic:t lost every entry and kept its head");
     let next =
         append(&stores, vec![publication("n5", &["user:a", "topic:t"], Persistence::Bufferable, 1_061_000)]).await;
-    assert!(matches!(&next[0], AppendOutcome::Appended(d) if d[0].offset == Some(5) && d[1].offset == Some(3)));
+    assert!(
+        matches!(&next[0], AppendOutcome::Appended { deliveries: d, .. } if d[0].offset == Some(5) && d[1].offset == Some(3))
+    );
     stores.streams.close().await;
 }

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::{Clock, MAX_OPS_PER_COMMIT, push};
 use crate::metrics::StoreMetrics;
-use crate::model::{AppendOutcome, Committed, Delivery, Publication, PushRecord};
+use crate::model::{AppendOutcome, Committed, Delivery, IdFloor, Publication, PushRecord};
 use crate::planner::{PendingReason, Policy, PublishPlan, RowKey, UnixMs};
 use crate::store::push::{PlanItem, SettingsChange, SettingsError, Settlement, StoredPush, UserSettings};
 use crate::store::{Append, StoreError, StoreLimits};
@@ -104,7 +104,11 @@ type Placed = Vec<(Arc<str>, Option<u64>)>;
 /// What the writer did with one publication: placed it (fan it out and answer with its deliveries), or found its
 /// idempotency key (answer with what the first publish delivered).
 enum Outcome {
-    Appended(Placed),
+    /// `reissued`: the id it was committed under when the store drew a new one (see [`IdFloor`]).
+    Appended {
+        placed: Placed,
+        reissued: Option<Arc<str>>,
+    },
     Duplicate(Vec<Delivery>),
 }
 
@@ -124,8 +128,8 @@ pub(super) async fn complete(mut rx: mpsc::UnboundedReceiver<Vec<Completed>>) {
         for done in batch {
             let mut results = Vec::with_capacity(done.items.len());
             for (append, outcome) in done.items {
-                let placed = match outcome {
-                    Outcome::Appended(placed) => placed,
+                let (placed, reissued) = match outcome {
+                    Outcome::Appended { placed, reissued } => (placed, reissued),
                     Outcome::Duplicate(deliveries) => {
                         results.push(Ok(AppendOutcome::Duplicate(deliveries)));
                         continue;
@@ -138,7 +142,7 @@ pub(super) async fn complete(mut rx: mpsc::UnboundedReceiver<Vec<Completed>>) {
                     let frame = p.encode(&name, &done.epoch, offset);
                     on_commit(&Committed { id: p.id.clone(), stream: name, epoch: done.epoch.clone(), offset, frame });
                 }
-                results.push(Ok(AppendOutcome::Appended(deliveries)));
+                results.push(Ok(AppendOutcome::Appended { deliveries, reissued }));
             }
             let _ = done.reply.send(results);
         }
@@ -174,6 +178,9 @@ struct State {
     /// The next claim token of pending pushes (unique within a run; claims do not outlive a run, see
     /// `release_claims`).
     next_claim: std::sync::atomic::AtomicU64,
+    /// The greatest server-generated id committed: one writer commits every append in turn, so keeping each new
+    /// id above it keeps ids ordered in every stream (see [`IdFloor`]). Seeded from the newest notification.
+    last_id: std::cell::RefCell<IdFloor>,
 }
 
 /// What one operation did inside the transaction, to be acted on after the commit.
@@ -245,7 +252,23 @@ impl Writer {
         clock: Clock,
         done: mpsc::UnboundedSender<Vec<Completed>>,
     ) -> Self {
-        let state = State { epoch, limits, clock, streams: foldhash::HashMap::default(), next_claim: 1.into() };
+        let mut last_id = IdFloor::default();
+        let newest: Option<String> = conn
+            .query_row("SELECT id FROM notifications ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        if let Some(id) = newest {
+            last_id.raise(&id);
+        }
+        let state = State {
+            epoch,
+            limits,
+            clock,
+            streams: foldhash::HashMap::default(),
+            next_claim: 1.into(),
+            last_id: last_id.into(),
+        };
         Writer { conn, path, state, done, metrics: Arc::new(OnceLock::new()), _lock: lock }
     }
 
@@ -352,7 +375,13 @@ impl Writer {
                 for (op, applied) in ops.into_iter().zip(applied) {
                     match (op, applied) {
                         (Op::Append { batch, reply }, Applied::Append(outcomes)) => {
-                            let items = batch.into_iter().zip(outcomes).collect();
+                            let mut items = Vec::with_capacity(batch.len());
+                            for (mut append, outcome) in batch.into_iter().zip(outcomes) {
+                                if let Outcome::Appended { reissued: Some(id), .. } = &outcome {
+                                    append.publication = Arc::new(append.publication.with_id(id));
+                                }
+                                items.push((append, outcome));
+                            }
                             let epoch = self.state.epoch.clone();
                             completed.push(Completed { items, epoch, reply });
                         }
@@ -701,7 +730,14 @@ impl State {
         let mut placed = Vec::with_capacity(p.streams.len());
         // A publication with no stream left (every recipient turned the socket channel off for it) stores nothing
         // but its idempotency key.
+        let mut reissued = None;
         if p.is_buffered() && !p.streams.is_empty() {
+            let mut last_id = self.last_id.borrow_mut();
+            reissued = last_id.reissue(p).map(Arc::<str>::from);
+            let id = reissued.as_deref().unwrap_or(&p.id);
+            if !p.idempotent {
+                last_id.raise(id);
+            }
             // Each stream's next offset first: the notification's row lists where it went (`sid:offset` pairs, what
             // age pruning deletes with it).
             // (Buffers kept across notifications: no allocation per notification for them.)
@@ -720,7 +756,7 @@ impl State {
                 placed.push((s.name.clone(), Some(s.head)));
             }
             st.insert_notification.execute(params![
-                &*p.id,
+                id,
                 f.kind,
                 f.priority.as_str(),
                 f.persistence.as_str(),
@@ -763,6 +799,6 @@ impl State {
             let json = serde_json::to_string(&deliveries).unwrap_or_else(|_| "[]".into());
             st.put_key.execute(params![&*p.id, now, json])?;
         }
-        Ok(Outcome::Appended(placed))
+        Ok(Outcome::Appended { placed, reissued })
     }
 }

@@ -23,7 +23,11 @@ sealed class TidingsEvent {
      */
     data class Continuity(val stream: String, val continuity: dev.tidings.Continuity) : TidingsEvent()
 
-    /** The server refused a subscription; [code] is `forbidden` or `bad_request`, [message] is for logs. */
+    /**
+     * The server refused a subscription, or ended one (an operator's `POST /v1/admin/unsubscribe`); [code] is
+     * `forbidden` or `bad_request`, [message] is for logs. The stream is dropped and not subscribed again on
+     * reconnect.
+     */
     data class SubscriptionFailed(val stream: String, val code: String, val message: String) : TidingsEvent()
 
     /** The server stored this device's push address (after [TidingsClient.registerPushToken], and on reconnects). */

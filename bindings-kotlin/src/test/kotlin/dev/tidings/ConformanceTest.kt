@@ -75,6 +75,8 @@ class ConformanceTest {
 
     @Test fun user_settings() = runScenario("user_settings")
 
+    @Test fun server_unsubscribe() = runScenario("server_unsubscribe")
+
     @Test
     fun every_scenario_in_the_file_has_a_test() {
         val inFile = scenarios().map { it.str("name") }.sorted()
@@ -343,6 +345,14 @@ private class ScenarioRunner(
             "background" -> client(step).recorder.client.onBackground()
             "foreground" -> client(step).recorder.client.onForeground()
             "drop_connections" -> server.dropAll()
+            "server_unsubscribe" -> server.unsubscribe(name(step.str("user")), stream(step.str("stream")))
+            "wait_subscription_failed" -> {
+                val stream = stream(step.str("stream"))
+                val code = step.str("code")
+                client(step).recorder.until("subscription of $stream failed with $code") { log ->
+                    log.any { e -> e is TidingsEvent.SubscriptionFailed && e.stream == stream && e.code == code }
+                }
+            }
             "settle" -> delay(step.long("ms"))
             "assert_connection_attempts" ->
                 assertEquals(step.long("count"), client(step).recorder.client.stats().connectionAttempts, "connection attempts")

@@ -30,6 +30,14 @@ class TestServer private constructor(
     /** `POST /v1/admin/drop` for every connection; returns how many were dropped. */
     suspend fun dropAll(): Long = post("/v1/admin/drop", emptyMap<String, Any?>()).obj().long("dropped")
 
+    /**
+     * `POST /v1/admin/unsubscribe`: ends [user]'s subscription of [stream] on all of the user's connections (the
+     * count it answers is the answering process's, not checked).
+     */
+    suspend fun unsubscribe(user: String, stream: String) {
+        post("/v1/admin/unsubscribe", mapOf("user" to user, "stream" to stream))
+    }
+
     /** Restarts the server process (same address and data); returns once it answers again. */
     suspend fun restart() {
         val url = controlUrl ?: error("TIDINGS_CONTROL_URL is not set")
