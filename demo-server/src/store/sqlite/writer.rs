@@ -196,8 +196,8 @@ enum Applied {
     Moved(usize),
 }
 
-/// A stream's id and head as the transaction sees them. `name` is the
-/// stream's name, shared by every placement in the transaction (not one allocation per notification).
+/// A stream's id and head as the transaction sees them. `name` is the stream's name, shared by every placement in the
+/// transaction (not one allocation per notification).
 struct Staged {
     sid: i64,
     head: u64,
