@@ -442,6 +442,8 @@ impl Node {
             let published: Vec<_> = batch.iter().cloned().zip(&outcomes).collect();
             let inbox = self.add_to_inboxes(&published).await;
             let mut committed = Vec::new();
+            // Push planning needs each publication's deliveries; without push delivery configured nothing is kept.
+            let pushes = self.routing.dispatcher.is_some();
             for (((at, publication), outcome), recipients) in
                 positions.into_iter().zip(&batch).zip(outcomes).zip(recipients)
             {
@@ -452,7 +454,9 @@ impl Node {
                 match &outcome {
                     Ok(AppendOutcome::Appended { deliveries, .. }) => {
                         accepted += 1;
-                        committed.push((publication.clone(), deliveries.clone(), recipients));
+                        if pushes {
+                            committed.push((publication.clone(), deliveries.clone(), recipients));
+                        }
                     }
                     Ok(AppendOutcome::Duplicate(_)) => duplicate += 1,
                     Err(_) => failed += 1,
