@@ -21,6 +21,8 @@ use crate::publish::{MAX_BATCH, MAX_RECIPIENTS};
 /// `[A-Za-z0-9_.:-]{1,128}`: notification ids, device ids, topic names.
 const ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
 /// `[A-Za-z0-9_.@-]{1,128}`: user ids.
+/// A stream name (`user:<id>` or `topic:<name>`, protocol §2.4).
+const STREAM_PATTERN: &str = "^(user:[A-Za-z0-9_.@-]{1,128}|topic:[A-Za-z0-9_.:-]{1,128})$";
 const USER_PATTERN: &str = "^[A-Za-z0-9_.@-]{1,128}$";
 
 fn schema_ref(name: &str) -> Value {
@@ -741,7 +743,7 @@ fn operations() -> Value {
                     "type": "object",
                     "required": ["stream"],
                     "properties": {
-                        "stream": { "type": "string", "description": "`user:<id>` or `topic:<name>`" },
+                        "stream": { "type": "string", "pattern": STREAM_PATTERN, "description": "`user:<id>` or `topic:<name>`" },
                         "user": { "oneOf": [schema_ref("UserId"), { "type": "null" }] },
                     },
                 })) },
@@ -1168,7 +1170,7 @@ fn stream_operations() -> Vec<(String, Value)> {
             "parameters": [
                 path_param(
                     "stream",
-                    "^(user:[A-Za-z0-9_.@-]{1,128}|topic:[A-Za-z0-9_.:-]{1,128})$",
+                    STREAM_PATTERN,
                     "`user:<id>` or `topic:<name>`",
                 ),
                 query("epoch", json!({ "type": "string", "pattern": ID_PATTERN }), "The stream's epoch"),

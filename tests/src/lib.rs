@@ -379,10 +379,8 @@ impl ServerProcess {
     /// settings; rate limits off as in [`ServerConfig::for_tests`]).
     pub fn args(config: &ServerConfig) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
-        let mut flag = |name: &str, value: String| {
-            args.push(format!("--{name}"));
-            args.push(value);
-        };
+        // `--name=value`: a value may begin with `-` (a base64url key).
+        let mut flag = |name: &str, value: String| args.push(format!("--{name}={value}"));
         flag("jwt-secret", config.jwt_secret.clone());
         flag("api-key", config.api_key.clone());
         flag("connection-burst", "0".into());
