@@ -603,6 +603,18 @@ fn subscription_refusals_are_reported_and_not_retried() {
     assert!(h.engine.subscribe(h.now, "room:1").unwrap_err().to_string().contains("not a stream name"));
 }
 
+/// Every stream the client sent a `subscribe` for, in order.
+fn subscribed_streams(h: &Harness) -> Vec<String> {
+    h.server
+        .received
+        .iter()
+        .flat_map(|f| match f {
+            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// The server ends a subscription by itself (an operator's unsubscribe, protocol §2.5): an `error` naming the
 /// stream without a `ref`. The stream is reported and dropped, the link stays, and a reconnect does not subscribe it
 /// again; the other streams go on.
@@ -634,15 +646,7 @@ fn a_subscription_the_server_ends_is_reported_and_not_subscribed_again() {
     h.server_close(None);
     h.advance(Duration::from_secs(1));
     assert_eq!(h.engine.state(), &ConnectionState::Connected);
-    let subscribed: Vec<String> = h
-        .server
-        .received
-        .iter()
-        .flat_map(|f| match f {
-            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
-            _ => Vec::new(),
-        })
-        .collect();
+    let subscribed = subscribed_streams(&h);
     assert_eq!(subscribed, ["user:alice"], "topic:news is not subscribed again");
 }
 
@@ -1048,15 +1052,7 @@ fn a_subscription_the_server_ended_is_dropped_in_a_follower_and_not_subscribed_o
     let mut h = Harness::new(Harness::config(), "alice");
     h.engine = follower;
     h.connect();
-    let mut subscribed: Vec<String> = h
-        .server
-        .received
-        .iter()
-        .flat_map(|f| match f {
-            ClientFrame::Subscribe { streams, .. } => streams.iter().map(|e| e.stream.clone()).collect(),
-            _ => Vec::new(),
-        })
-        .collect();
+    let mut subscribed = subscribed_streams(&h);
     subscribed.sort();
     assert_eq!(subscribed, ["topic:sports", "user:alice"]);
 }
