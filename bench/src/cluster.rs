@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::child::{DATABASE_URL_VAR, REDIS_PREFIX_VAR, REDIS_URL_VAR};
 use crate::peer::NodeProc;
-use crate::scenarios::{Fleet, Handler, ServerChild};
+use crate::scenarios::{Fleet, Handler, ServerChild, drain, total_of};
 use crate::sys;
 
 /// Redis and PostgreSQL for S6, stopped when dropped.
@@ -144,8 +144,7 @@ pub(crate) async fn tidings(
         let n = share.min(clients - first);
         fleets.push(Fleet::start_at(&server.ws_url(), first, n, &["bench"], 2, handler.clone()).await?);
     }
-    let total = |counts: &Arc<Vec<AtomicU64>>| counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
-    let base = total(&counts);
+    let base = total_of(&counts);
     let mut cpu0 = Vec::with_capacity(processes);
     for server in servers.iter_mut() {
         cpu0.push(server.call(json!({"cmd": "cpu"})).await?["cpu_s"].as_f64().unwrap_or(0.0));
@@ -155,16 +154,12 @@ pub(crate) async fn tidings(
     let t0 = Instant::now();
     servers[0].send(json!({"cmd": "fanout", "seconds": seconds, "batch": batch})).await?;
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let in_window = total(&counts) - base;
+    let in_window = total_of(&counts) - base;
     let window = t0.elapsed().as_secs_f64();
     let reply = servers[0].answer().await?;
     let published = reply["published"].as_u64().unwrap_or(0);
     let want = published * clients as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while total(&counts) - base < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let delivered = total(&counts) - base;
+    let delivered = drain(&counts, base, want).await;
     let client_cpu = sys::cpu_seconds(std::process::id())? - client_cpu0;
     let redis_cpu = backends.redis_cpu()? - redis0;
     let mut server_cpu = 0.0;

@@ -220,24 +220,19 @@ pub(crate) async fn s2(clients: usize, seconds: f64, batch: u64, store: &str) ->
         }
     });
     let fleet = Fleet::start(&server.ws_url(), clients, &["bench"], 2, handler).await?;
-    let total = |counts: &Arc<Vec<AtomicU64>>| counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
-    let base = total(&counts);
+    let base = total_of(&counts);
     let t0 = Instant::now();
     let client_cpu0 = sys::cpu_seconds(std::process::id())?;
     server.send(json!({"cmd": "fanout", "seconds": seconds, "batch": batch})).await?;
     // Count deliveries at the clients during the publishing window.
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let in_window = total(&counts) - base;
+    let in_window = total_of(&counts) - base;
     let window = t0.elapsed().as_secs_f64();
     let reply = server.answer().await?;
     // Then let the clients drain what is still queued, to report what was lost.
     let published = reply["published"].as_u64().unwrap_or(0);
     let want = published * clients as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while total(&counts) - base < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let delivered = total(&counts) - base;
+    let delivered = drain(&counts, base, want).await;
     // CPU cost per delivery on each side: steadier than throughput on a VM whose speed varies between runs.
     let client_cpu = sys::cpu_seconds(std::process::id())? - client_cpu0;
     let server_cpu = reply["cpu_s"].as_f64().unwrap_or(0.0);
@@ -404,4 +399,18 @@ pub(crate) async fn s4(clients: usize, rate: f64, seconds: f64, drop_after: f64)
         "last_client_back_s": if last_back > dropped_at && dropped_at > 0 { (last_back - dropped_at) as f64 / 1e9 } else { f64::NAN },
         "backoff": "default (full jitter, base 500 ms)",
     }))
+}
+
+/// Deliveries counted by the clients so far.
+pub(crate) fn total_of(counts: &[AtomicU64]) -> u64 {
+    counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
+/// Waits (at most 60 s) until the clients counted `want` deliveries since `base`; returns how many they counted.
+pub(crate) async fn drain(counts: &[AtomicU64], base: u64, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while total_of(counts) - base < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    total_of(counts) - base
 }
