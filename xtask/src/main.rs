@@ -132,12 +132,40 @@ fn test_all(root: &Path) -> Result<(), String> {
         }
         timings.push((name, secs, ok));
     }
+    // CI keeps only the end of the output: the failures of each failed suite are printed again last.
+    for name in &failed {
+        if let Some(&(_, command)) = SUITES.iter().find(|(n, _)| n == name) {
+            let text = std::fs::read_to_string(logs.join(format!("{command}.log"))).unwrap_or_default();
+            eprintln!("\n== {name}: its failures again ({}/{command}.log has it all)", logs.display());
+            eprint!("{}", failure_excerpt(&text, 120));
+        }
+    }
     let verdict = if failed.is_empty() { "all suites passed" } else { "FAILED" };
     eprintln!("\n== xtask test: {verdict} in {:.0} s", started.elapsed().as_secs_f64());
     for (name, secs, ok) in &timings {
         eprintln!("   {name:<24} {secs:>7.1} s  {}", if *ok { "ok" } else { "FAILED" });
     }
     if failed.is_empty() { Ok(()) } else { Err(format!("failed: {}", failed.join(", "))) }
+}
+
+/// At most `max` lines of a failed suite's log: from its first failure report (schemathesis' `FAILURES`
+/// section, cargo test's `failures:`, a panic) on, or else its end.
+fn failure_excerpt(log: &str, max: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let first = lines.iter().position(|l| {
+        l.contains("= FAILURES =") || l.trim_end() == "failures:" || l.contains("panicked at") || l.contains("error[")
+    });
+    let start = first.unwrap_or(lines.len().saturating_sub(max));
+    let mut out: String = lines[start..].iter().take(max).map(|l| format!("{l}\n")).collect();
+    if lines.len() - start > max {
+        out.push_str(&format!("[… {} more lines]\n", lines.len() - start - max));
+        // The log's last lines say how the suite ended.
+        for l in &lines[lines.len().saturating_sub(15).max(start + max)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Runs `cargo xtask <command>` with its output in `logs/<command>.log`, then prints that log.
@@ -292,4 +320,28 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
     }
     run(apt(&["update", "-q"]))?;
     run(apt(&install)).map_err(|e| format!("{e}: install {} (Debian) by hand and rerun", packages.join(" ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_excerpt;
+
+    #[test]
+    fn a_failed_suite_is_shown_from_its_first_failure_report_with_its_last_lines() {
+        let mut log: Vec<String> = (0..50).map(|i| format!("progress {i}")).collect();
+        log.push("=================================== FAILURES ===================================".into());
+        log.extend((0..30).map(|i| format!("detail {i}")));
+        log.push("Seed: 42".into());
+        let text = log.join("\n");
+        let all = failure_excerpt(&text, 100);
+        assert!(all.starts_with("===") && all.contains("FAILURES") && all.ends_with("Seed: 42\n"), "{all}");
+        assert!(!all.contains("progress"));
+        // Longer than allowed: the start of the report, then the log's last lines.
+        let cut = failure_excerpt(&text, 10);
+        assert!(cut.contains("FAILURES") && cut.contains("detail 8\n") && !cut.contains("detail 9\n"), "{cut}");
+        assert!(cut.contains("[… 22 more lines]") && cut.ends_with("detail 29\nSeed: 42\n"), "{cut}");
+        // No failure report: the end of the log.
+        let plain: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(failure_excerpt(&plain, 3), "line 17\nline 18\nline 19\n");
+    }
 }

@@ -430,6 +430,10 @@ fn validate_chars(s: &str, ok: impl Fn(char) -> bool) -> Result<(), String> {
     if s.len() > MAX_NAME_BYTES {
         return Err(format!("must be at most {MAX_NAME_BYTES} bytes"));
     }
+    // Every allowed character is ASCII: a byte check settles the common case without decoding UTF-8.
+    if s.bytes().all(|b| b.is_ascii() && ok(char::from(b))) {
+        return Ok(());
+    }
     if let Some(c) = s.chars().find(|c| !ok(*c)) {
         return Err(format!("contains the character {}", codec::quoted(c.encode_utf8(&mut [0; 4]))));
     }
