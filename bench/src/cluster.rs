@@ -2,12 +2,12 @@
 //! PostgreSQL) against Socket.IO with `@socket.io/redis-adapter`, each with one process and with two, clients
 //! split evenly between the processes, the publisher in the first one.
 //!
-//! Both systems share one `redis-server` that this module starts (Debian's, on loopback, no persistence, pinned to
-//! CPU 0 with the servers) and Tidings a PostgreSQL of its own (`store::postgres::testing::Cluster`, a fresh
-//! database per run). The server processes, Redis and the clients' process report their CPU time, so the cost of a
-//! delivery is given for one process and for two: on this 2-core machine both server processes share CPU 0, so the
-//! two-process throughput cannot exceed the one-process figure; the cost per delivery says what a second core
-//! would buy.
+//! Both systems share one `redis-server` that this module starts (Debian's, on loopback, no persistence) and
+//! Tidings a PostgreSQL of its own (`store::postgres::testing::Cluster`, a fresh database per run), both pinned to
+//! CPU 0 with the servers. The server processes, Redis, PostgreSQL and the clients' process report their CPU time,
+//! so the cost of a delivery is given for one process and for two: on this 2-core machine both server processes
+//! share CPU 0, so the two-process throughput cannot exceed the one-process figure; the cost per delivery says what
+//! a second core would buy.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ pub(crate) struct Backends {
     redis_pid: u32,
     redis_dir: std::path::PathBuf,
     postgres: Cluster,
+    postgres_pid: u32,
     runs: u32,
 }
 
@@ -57,7 +58,11 @@ impl Backends {
         let postgres = tokio::task::spawn_blocking(Cluster::start)
             .await?
             .map_err(|e| anyhow::anyhow!("cannot start PostgreSQL for S6: {e}"))?;
-        Ok(Backends { redis, redis_port, redis_pid, redis_dir, postgres, runs: 0 })
+        // PostgreSQL serves the Tidings servers: on their CPU, as Redis is, not on the clients'.
+        let postgres_pid =
+            postgres.postmaster_pid().ok_or_else(|| anyhow::anyhow!("PostgreSQL wrote no postmaster.pid"))?;
+        sys::pin_tree(postgres_pid, 0)?;
+        Ok(Backends { redis, redis_port, redis_pid, redis_dir, postgres, postgres_pid, runs: 0 })
     }
 
     fn redis_url(&self) -> String {
@@ -66,6 +71,11 @@ impl Backends {
 
     fn redis_cpu(&self) -> anyhow::Result<f64> {
         sys::cpu_seconds(self.redis_pid)
+    }
+
+    /// The CPU time of the PostgreSQL processes alive now (the servers' connections stay open for a whole run).
+    fn postgres_cpu(&self) -> f64 {
+        sys::tree_cpu_seconds(self.postgres_pid)
     }
 
     pub(crate) async fn stop(mut self) {
@@ -92,6 +102,7 @@ fn line(
     delivered: u64,
     server_cpu_s: f64,
     redis_cpu_s: f64,
+    postgres_cpu_s: Option<f64>,
     client_cpu_s: Option<f64>,
 ) -> Value {
     let want = published * clients as u64;
@@ -104,10 +115,12 @@ fn line(
         "redis_cpu_s": (redis_cpu_s * 1000.0).round() / 1000.0,
         "server_cpu_ns_per_delivery": per_delivery_ns(server_cpu_s, delivered),
         "redis_cpu_ns_per_delivery": per_delivery_ns(redis_cpu_s, delivered),
-        "cost_ns_per_delivery": per_delivery_ns(server_cpu_s + redis_cpu_s, delivered),
+        "postgres_cpu_s": postgres_cpu_s.map(|c| (c * 1000.0).round() / 1000.0),
+        "postgres_cpu_ns_per_delivery": postgres_cpu_s.map(|c| per_delivery_ns(c, delivered)),
+        "cost_ns_per_delivery": per_delivery_ns(server_cpu_s + redis_cpu_s + postgres_cpu_s.unwrap_or(0.0), delivered),
         "client_cpu_ns_per_delivery": client_cpu_s.map(|c| per_delivery_ns(c, delivered)),
-        "placement": "server processes and redis-server pinned to CPU 0, clients pinned to CPU 1 (taskset); \
-                      PostgreSQL (fsync off; one commit per publish batch) unpinned",
+        "placement": "server processes, redis-server and PostgreSQL (fsync off; one commit per publish batch) \
+                      pinned to CPU 0, clients pinned to CPU 1 (taskset)",
     })
 }
 
@@ -150,6 +163,7 @@ pub(crate) async fn tidings(
         cpu0.push(server.call(json!({"cmd": "cpu"})).await?["cpu_s"].as_f64().unwrap_or(0.0));
     }
     let redis0 = backends.redis_cpu()?;
+    let postgres0 = backends.postgres_cpu();
     let client_cpu0 = sys::cpu_seconds(std::process::id())?;
     let t0 = Instant::now();
     servers[0].send(json!({"cmd": "fanout", "seconds": seconds, "batch": batch})).await?;
@@ -162,6 +176,7 @@ pub(crate) async fn tidings(
     let delivered = drain(&counts, base, want).await;
     let client_cpu = sys::cpu_seconds(std::process::id())? - client_cpu0;
     let redis_cpu = backends.redis_cpu()? - redis0;
+    let postgres_cpu = (backends.postgres_cpu() - postgres0).max(0.0);
     let mut server_cpu = 0.0;
     for (server, before) in servers.iter_mut().zip(cpu0) {
         server_cpu += server.call(json!({"cmd": "cpu"})).await?["cpu_s"].as_f64().unwrap_or(0.0) - before;
@@ -183,6 +198,7 @@ pub(crate) async fn tidings(
         delivered,
         server_cpu,
         redis_cpu,
+        Some(postgres_cpu),
         Some(client_cpu),
     );
     v["publisher"] = reply["publisher"].clone();
@@ -244,6 +260,7 @@ pub(crate) async fn socketio(
         total - base,
         server_cpu,
         redis_cpu,
+        None,
         None,
     );
     v["publisher"] = reply["publisher"].clone();

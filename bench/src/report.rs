@@ -292,7 +292,8 @@ fn cluster_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
          process (batches as in S2) and every other process gets the notifications through Redis. Tidings: the Redis \
          broker on PostgreSQL (`demo-server/src/broker_redis.rs`); Socket.IO: {} (no connection state recovery: that adapter does not support it). \
          Both server processes share CPU 0 on this machine, so two processes cannot deliver more per second than \
-         one; the CPU cost per delivery (server processes, and Redis) is what a second core would divide.\n",
+         one; the CPU cost per delivery (server processes, Redis, and PostgreSQL for Tidings) is what a second core would \
+         divide.\n",
         columns[2..].iter().flatten().next().and_then(|v| v["system"].as_str()).unwrap_or("socket.io")
     )?;
     writeln!(
@@ -304,7 +305,8 @@ fn cluster_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
         ("deliveries_per_s", "deliveries/s", true),
         ("server_cpu_ns_per_delivery", "server CPU per delivery (ns)", false),
         ("redis_cpu_ns_per_delivery", "Redis CPU per delivery (ns)", false),
-        ("cost_ns_per_delivery", "server + Redis CPU per delivery (ns)", false),
+        ("postgres_cpu_ns_per_delivery", "PostgreSQL CPU per delivery (ns)", false),
+        ("cost_ns_per_delivery", "server + Redis + PostgreSQL CPU per delivery (ns)", false),
         ("delivered_total", "delivered", true),
         ("expected_total", "expected (published × clients)", true),
     ];
@@ -331,7 +333,7 @@ fn cluster_section(md: &mut String, runs: &[Value]) -> std::fmt::Result {
         writeln!(
             md,
             "\nTidings with two processes: {:.2}× the single process's deliveries/s on this shared core, at {:.0} ns of \
-             server + Redis CPU per delivery against {:.0} ns for one process.",
+             server + Redis + PostgreSQL CPU per delivery against {:.0} ns for one process.",
             summary(&columns[1], "deliveries_per_s").map(|s| s.0).unwrap_or(0.0)
                 / summary(&columns[0], "deliveries_per_s").map(|s| s.0).filter(|d| *d > 0.0).unwrap_or(1.0),
             two,

@@ -134,3 +134,42 @@ mod tests {
         assert_eq!(steal_percent(&[], &after), serde_json::json!({"cpu0": null, "cpu1": null}));
     }
 }
+
+/// `pid` and its children (one level: every PostgreSQL process is a child of the postmaster).
+pub(crate) fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The parent is the second field after the parenthesised command name.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// User + system CPU seconds of `pid`, of its children alive now (see [`with_children`]) and of those it reaped
+/// (a child that exits between two readings moves its time into its parent's `cutime`/`cstime`).
+pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
+    let reaped = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+        let after = stat.rsplit_once(')')?.1.to_owned();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // cutime and cstime are fields 16 and 17 (1-based).
+        Some((fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?) / clock_ticks_per_second())
+    });
+    with_children(pid).into_iter().filter_map(|p| cpu_seconds(p).ok()).sum::<f64>() + reaped.unwrap_or(0.0)
+}
+
+/// Pins `pid` and its children to `cpu` (`taskset`); processes forked later inherit the affinity.
+pub(crate) fn pin_tree(pid: u32, cpu: u32) -> anyhow::Result<()> {
+    for p in with_children(pid) {
+        let status = std::process::Command::new("taskset")
+            .args(["-p", "-c", &cpu.to_string(), &p.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "taskset -p -c {cpu} {p} failed");
+    }
+    Ok(())
+}

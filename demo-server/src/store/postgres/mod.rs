@@ -431,14 +431,20 @@ async fn commit_appends(
     let mut streams: HashMap<String, Locked> = HashMap::new();
     if !names.is_empty() {
         tx.execute(
-            "INSERT INTO streams (name, epoch, head) SELECT n, $2, 0 FROM unnest($1::text[]) AS n ORDER BY n \
-             ON CONFLICT (name) DO NOTHING",
+            &tx.prepare_cached(
+                "INSERT INTO streams (name, epoch, head) SELECT n, $2, 0 FROM unnest($1::text[]) AS n ORDER BY n \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .await?,
             &[&names, &&*inner.epoch],
         )
         .await?;
         let rows = tx
             .query(
-                "SELECT name, sid, epoch, head, last_id FROM streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT name, sid, epoch, head, last_id FROM streams WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+                )
+                .await?,
                 &[&names],
             )
             .await?;
@@ -460,18 +466,27 @@ async fn commit_appends(
         .await?;
     let seen_key = tx.prepare_cached("SELECT deliveries FROM idempotency WHERE key = $1").await?;
     let put_key = tx.prepare_cached("UPDATE idempotency SET deliveries = $2 WHERE key = $1").await?;
-    let insert_notification = tx
-        .prepare_cached(
-            "INSERT INTO notifications (id, kind, priority, persistence, title, body, data, grp, created_at, refs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq",
+    // The rows are written after the loop, one statement per table for the whole batch (a statement per row and
+    // table was most of PostgreSQL's CPU in a broadcast benchmark): the contents' sequence numbers are drawn first.
+    let buffered = publications.iter().filter(|p| p.is_buffered() && !p.streams.is_empty()).count();
+    let mut seqs: Vec<i64> = if buffered == 0 {
+        Vec::new()
+    } else {
+        tx.query(
+            &tx.prepare_cached("SELECT nextval('notifications_seq_seq') FROM generate_series(1::bigint, $1::bigint)")
+                .await?,
+            &[&(buffered as i64)],
         )
-        .await?;
-    let insert_entry = tx
-        .prepare_cached("INSERT INTO entries (sid, off, seq, persistence, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .await?;
-    let drop_entry = tx
-        .prepare_cached("DELETE FROM entries WHERE sid = $1 AND off = $2 AND persistence = 'bufferable' RETURNING seq")
-        .await?;
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    seqs.reverse();
+    let mut rows = NotificationRows::default();
+    let mut entries = EntryRows::default();
+    // `(sid, off)` of the entries pushed out of their stream's buffer by this batch.
+    let (mut drop_sids, mut drop_offs): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
     let window = inner.limits.idempotency_window.as_millis() as u64;
     let max = inner.limits.replay_max_items as u64;
     let mut out = Vec::with_capacity(publications.len());
@@ -507,25 +522,16 @@ async fn commit_appends(
                     }
                 }
             }
-            let data = f.data.as_ref().map(|d| d.get());
-            let row = tx
-                .query_one(
-                    &insert_notification,
-                    &[
-                        &id,
-                        &f.kind,
-                        &f.priority.as_str(),
-                        &f.persistence.as_str(),
-                        &f.title,
-                        &f.body,
-                        &data,
-                        &f.group,
-                        &to_i(f.created_at),
-                        &(p.streams.len() as i64),
-                    ],
-                )
-                .await?;
-            Some(row.get(0))
+            // One drawn per content above; a further one is drawn here if that count were ever short.
+            let seq = match seqs.pop() {
+                Some(seq) => seq,
+                None => tx
+                    .query_one(&tx.prepare_cached("SELECT nextval('notifications_seq_seq')").await?, &[])
+                    .await?
+                    .get(0),
+            };
+            rows.push(seq, reissued.as_deref(), p);
+            Some(seq)
         } else {
             None
         };
@@ -537,16 +543,10 @@ async fn commit_appends(
                     s.head += 1;
                     s.dirty = true;
                     let (sid, offset) = (s.sid, s.head);
-                    tx.execute(
-                        &insert_entry,
-                        &[&sid, &to_i(offset), &seq, &f.persistence.as_str(), &to_i(f.created_at)],
-                    )
-                    .await?;
+                    entries.push(sid, to_i(offset), seq, f.persistence.as_str(), to_i(f.created_at));
                     if offset > max {
-                        let gone = tx.query_opt(&drop_entry, &[&sid, &to_i(offset - max)]).await?;
-                        if let Some(gone) = gone {
-                            release(&*tx, gone.get(0)).await?;
-                        }
+                        drop_sids.push(sid);
+                        drop_offs.push(to_i(offset - max));
                     }
                     (s.epoch.clone(), Some(offset))
                 }
@@ -561,12 +561,166 @@ async fn commit_appends(
         }
         out.push((AppendOutcome::Appended { deliveries, reissued }, placed));
     }
-    let set_head = tx.prepare_cached("UPDATE streams SET head = $2, last_id = $3 WHERE sid = $1").await?;
-    for s in streams.values().filter(|s| s.dirty) {
-        tx.execute(&set_head, &[&s.sid, &to_i(s.head), &s.last_id.to_string()]).await?;
+    rows.insert(&tx).await?;
+    entries.insert(&tx).await?;
+    if !drop_sids.is_empty() {
+        // Entries pushed out of the buffer, then their contents' references (in `seq` order, as every process
+        // locks them, so two batches sharing contents cannot wait on each other).
+        let gone: Vec<i64> = tx
+            .query(
+                &tx.prepare_cached(
+                    "DELETE FROM entries e USING unnest($1::bigint[], $2::bigint[]) AS d(sid, off) \
+                     WHERE e.sid = d.sid AND e.off = d.off AND e.persistence = 'bufferable' RETURNING e.seq",
+                )
+                .await?,
+                &[&drop_sids, &drop_offs],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        release_all(&tx, gone).await?;
+    }
+    let dirty: Vec<&Locked> = streams.values().filter(|s| s.dirty).collect();
+    if !dirty.is_empty() {
+        let sids: Vec<i64> = dirty.iter().map(|s| s.sid).collect();
+        let heads: Vec<i64> = dirty.iter().map(|s| to_i(s.head)).collect();
+        let last_ids: Vec<String> = dirty.iter().map(|s| s.last_id.to_string()).collect();
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE streams s SET head = u.head, last_id = u.last_id \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(sid, head, last_id) WHERE s.sid = u.sid",
+            )
+            .await?,
+            &[&sids, &heads, &last_ids],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// The `notifications` rows of a batch, by column, written with one statement.
+#[derive(Default)]
+struct NotificationRows<'a> {
+    seq: Vec<i64>,
+    id: Vec<std::borrow::Cow<'a, str>>,
+    kind: Vec<&'a str>,
+    priority: Vec<&'static str>,
+    persistence: Vec<&'static str>,
+    title: Vec<Option<&'a str>>,
+    body: Vec<Option<&'a str>>,
+    data: Vec<Option<&'a str>>,
+    group: Vec<Option<&'a str>>,
+    created_at: Vec<i64>,
+    refs: Vec<i64>,
+}
+
+impl<'a> NotificationRows<'a> {
+    /// `reissued`: the id the content is stored under when it is not `p.id` (see `IdFloor`).
+    fn push(&mut self, seq: i64, reissued: Option<&str>, p: &'a Publication) {
+        let f = &p.fields;
+        self.seq.push(seq);
+        self.id.push(match reissued {
+            Some(id) => std::borrow::Cow::Owned(id.to_owned()),
+            None => std::borrow::Cow::Borrowed(&p.id),
+        });
+        self.kind.push(&f.kind);
+        self.priority.push(f.priority.as_str());
+        self.persistence.push(f.persistence.as_str());
+        self.title.push(f.title.as_deref());
+        self.body.push(f.body.as_deref());
+        self.data.push(f.data.as_ref().map(|d| d.get()));
+        self.group.push(f.group.as_deref());
+        self.created_at.push(to_i(f.created_at));
+        self.refs.push(p.streams.len() as i64);
+    }
+
+    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> PgResult<()> {
+        if self.seq.is_empty() {
+            return Ok(());
+        }
+        tx.execute(&tx.prepare_cached("INSERT INTO notifications (seq, id, kind, priority, persistence, title, body, data, grp, created_at, refs) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])").await?,
+            &[
+                &self.seq,
+                &self.id,
+                &self.kind,
+                &self.priority,
+                &self.persistence,
+                &self.title,
+                &self.body,
+                &self.data,
+                &self.group,
+                &self.created_at,
+                &self.refs,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The `entries` rows of a batch, by column, written with one statement.
+#[derive(Default)]
+struct EntryRows {
+    sid: Vec<i64>,
+    off: Vec<i64>,
+    seq: Vec<i64>,
+    persistence: Vec<&'static str>,
+    created_at: Vec<i64>,
+}
+
+impl EntryRows {
+    fn push(&mut self, sid: i64, off: i64, seq: i64, persistence: &'static str, created_at: i64) {
+        self.sid.push(sid);
+        self.off.push(off);
+        self.seq.push(seq);
+        self.persistence.push(persistence);
+        self.created_at.push(created_at);
+    }
+
+    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> PgResult<()> {
+        if self.sid.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            &tx.prepare_cached(
+                "INSERT INTO entries (sid, off, seq, persistence, created_at) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[])",
+            )
+            .await?,
+            &[&self.sid, &self.off, &self.seq, &self.persistence, &self.created_at],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`release`] for many entries at once (`seqs` may repeat a content): the contents are locked in `seq` order,
+/// their references dropped, and those left without any deleted.
+async fn release_all(tx: &deadpool_postgres::Transaction<'_>, seqs: Vec<i64>) -> PgResult<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        &tx.prepare_cached("SELECT 1 FROM notifications WHERE seq = ANY($1) ORDER BY seq FOR UPDATE").await?,
+        &[&seqs],
+    )
+    .await?;
+    tx.execute(
+        &tx.prepare_cached(
+            "UPDATE notifications n SET refs = n.refs - c.k \
+             FROM (SELECT s, count(*) AS k FROM unnest($1::bigint[]) AS s GROUP BY s) AS c WHERE n.seq = c.s",
+        )
+        .await?,
+        &[&seqs],
+    )
+    .await?;
+    tx.execute(&tx.prepare_cached("DELETE FROM notifications WHERE seq = ANY($1) AND refs <= 0").await?, &[&seqs])
+        .await?;
+    Ok(())
 }
 
 /// The epoch of `stream` (the database's when nobody published to it).

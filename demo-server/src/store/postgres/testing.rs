@@ -156,6 +156,13 @@ impl Cluster {
         self.run("pg_ctl", &["start", "-D", &self.data(), "-l", &log, "-w", "-t", "60"])
     }
 
+    /// The postmaster's process id, while it runs (the first line of `postmaster.pid`). Every other PostgreSQL
+    /// process of this server is its child.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(Path::new(&self.data()).join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     fn data(&self) -> String {
         format!("{}/data", self.dir.display())
     }
