@@ -212,6 +212,62 @@ async fn ids_drawn_by_two_processes_stay_ordered_in_each_stream() {
     assert!(answered.len() >= 2 * TASKS * EACH, "{} positions", answered.len());
 }
 
+/// One batch past the replay window of two streams, its contents shared between them: the trimmed entries and
+/// the references of their contents are written with one statement per table, and the rows left are exactly what
+/// the remaining entries refer to (a content on both streams stays while one of its entries does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_window_trims_entries_and_the_contents_no_entry_refers_to() {
+    let Some((a, _, url)) =
+        two_stores("a_batch_past_the_window_trims_entries_and_the_contents_no_entry_refers_to", limits(2)).await
+    else {
+        return;
+    };
+    // n0 to both streams, n1 to a, n2 to both, n3 to b, n4 to a, n5 (persistent) to b, n6 to a.
+    let plan: [(&str, &[&str], Persistence); 7] = [
+        ("n0", &["topic:a", "topic:b"], Persistence::Bufferable),
+        ("n1", &["topic:a"], Persistence::Bufferable),
+        ("n2", &["topic:a", "topic:b"], Persistence::Bufferable),
+        ("n3", &["topic:b"], Persistence::Bufferable),
+        ("n4", &["topic:a"], Persistence::Bufferable),
+        ("n5", &["topic:b"], Persistence::Persistent),
+        ("n6", &["topic:a"], Persistence::Bufferable),
+    ];
+    let batch: Vec<Append> = plan
+        .iter()
+        .map(|(id, streams, persistence)| Append {
+            publication: publication(id, streams, *persistence, 1_000_000),
+            on_commit: Box::new(|_: &Committed| {}),
+        })
+        .collect();
+    let outcomes = a.append(batch).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(AppendOutcome::Appended { .. }))), "{outcomes:?}");
+    // The newest two of each stream are replayed, with their own contents.
+    let mut replayed = Vec::new();
+    for stream in ["topic:a", "topic:b"] {
+        let epoch = a.epoch(stream).await.unwrap();
+        let read = a.read(stream, Some((&epoch, 0))).await.unwrap();
+        let ids: Vec<(u64, String)> = read
+            .entries
+            .iter()
+            .map(|e| (e.offset, crate::store::frame_id(e.frame.as_str()).unwrap().to_owned()))
+            .collect();
+        replayed.push(ids);
+    }
+    let owned = |v: &[(u64, &str)]| v.iter().map(|(o, i)| (*o, (*i).to_owned())).collect::<Vec<_>>();
+    assert_eq!(replayed[0], owned(&[(4, "n4"), (5, "n6")]), "topic:a");
+    assert_eq!(replayed[1], owned(&[(3, "n3"), (4, "n5")]), "topic:b");
+    // In the tables: topic:b's n2 entry (offset 2) was trimmed and n0 left both windows; n5 is persistent.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = client.query("SELECT id, refs FROM notifications ORDER BY id", &[]).await.unwrap();
+    let contents: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let expected: Vec<(String, i64)> =
+        [("n3", 1), ("n4", 1), ("n5", 1), ("n6", 1)].iter().map(|(i, r)| ((*i).to_owned(), *r)).collect();
+    assert_eq!(contents, expected, "contents and their references");
+    let entries: i64 = client.query_one("SELECT count(*) FROM entries", &[]).await.unwrap().get(0);
+    assert_eq!(entries, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_push_is_claimed_once_by_two_racing_stores() {
     use crate::planner::Policy;
