@@ -780,9 +780,12 @@ mod tests {
     fn s6_compares_both_systems_at_one_and_two_processes() {
         let dir = std::env::temp_dir().join(format!("tidings-report-s6-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // Tidings lines carry PostgreSQL's CPU (50 ns of their cost), Socket.IO's none.
         let s6 = |system: &str, processes: u64, per_s: f64, cost: f64| {
+            let postgres = system.starts_with("tidings").then_some(50.0);
             json!({"scenario": "S6", "system": system, "processes": processes, "deliveries_per_s": per_s,
-                   "server_cpu_ns_per_delivery": cost - 100.0, "redis_cpu_ns_per_delivery": 100.0,
+                   "server_cpu_ns_per_delivery": cost - 100.0 - postgres.unwrap_or(0.0),
+                   "redis_cpu_ns_per_delivery": 100.0, "postgres_cpu_ns_per_delivery": postgres,
                    "cost_ns_per_delivery": cost, "delivered_total": 1000, "expected_total": 1000, "nproc": 2,
                    "cpu": "x", "placement": "p"})
             .to_string()
@@ -800,8 +803,11 @@ mod tests {
         let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
         assert!(md.contains("## S6 — broadcast fan-out across processes through Redis"), "{md}");
         assert!(md.contains("| deliveries/s | 900,000 | 800,000 | 90,000 | 50,000 | 16.00× |"), "{md}");
+        assert!(md.contains("| PostgreSQL CPU per delivery (ns) | 50 | 50 | – | – | – |"), "{md}");
         assert!(
-            md.contains("| server + Redis CPU per delivery (ns) | 1,000 | 1,100 | 10,000 | 12,100 | 11.00× |"),
+            md.contains(
+                "| server + Redis + PostgreSQL CPU per delivery (ns) | 1,000 | 1,100 | 10,000 | 12,100 | 11.00× |"
+            ),
             "{md}"
         );
         assert!(md.contains("Tidings with two processes: 0.89× the single process's deliveries/s"), "{md}");

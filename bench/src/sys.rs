@@ -117,24 +117,6 @@ pub(crate) fn steal_percent(before: &[(u64, u64)], after: &[(u64, u64)]) -> serd
     serde_json::json!({"cpu0": pct(0), "cpu1": pct(1)})
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steal_is_the_share_of_each_cpus_time_between_two_readings() {
-        let before = parse_cpu_ticks(
-            "cpu  300 0 100 1000 0 0 0 60 0 0\ncpu0 100 0 50 500 0 0 0 10 7 0\ncpu1 200 0 50 500 0 0 0 50 0 0\nintr 1 2\n",
-        );
-        assert_eq!(before, [(660, 10), (800, 50)]);
-        // CPU 0: 200 ticks pass, 20 stolen; CPU 1: 100 ticks, none stolen.
-        let after = [(860, 30), (900, 50)];
-        assert_eq!(steal_percent(&before, &after), serde_json::json!({"cpu0": 10.0, "cpu1": 0.0}));
-        assert_eq!(steal_percent(&before, &before), serde_json::json!({"cpu0": null, "cpu1": null}));
-        assert_eq!(steal_percent(&[], &after), serde_json::json!({"cpu0": null, "cpu1": null}));
-    }
-}
-
 /// `pid` and its children (one level: every PostgreSQL process is a child of the postmaster).
 pub(crate) fn with_children(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
@@ -172,4 +154,22 @@ pub(crate) fn pin_tree(pid: u32, cpu: u32) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "taskset -p -c {cpu} {p} failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_share_of_each_cpus_time_between_two_readings() {
+        let before = parse_cpu_ticks(
+            "cpu  300 0 100 1000 0 0 0 60 0 0\ncpu0 100 0 50 500 0 0 0 10 7 0\ncpu1 200 0 50 500 0 0 0 50 0 0\nintr 1 2\n",
+        );
+        assert_eq!(before, [(660, 10), (800, 50)]);
+        // CPU 0: 200 ticks pass, 20 stolen; CPU 1: 100 ticks, none stolen.
+        let after = [(860, 30), (900, 50)];
+        assert_eq!(steal_percent(&before, &after), serde_json::json!({"cpu0": 10.0, "cpu1": 0.0}));
+        assert_eq!(steal_percent(&before, &before), serde_json::json!({"cpu0": null, "cpu1": null}));
+        assert_eq!(steal_percent(&[], &after), serde_json::json!({"cpu0": null, "cpu1": null}));
+    }
 }
