@@ -148,23 +148,29 @@ fn test_all(root: &Path) -> Result<(), String> {
     if failed.is_empty() { Ok(()) } else { Err(format!("failed: {}", failed.join(", "))) }
 }
 
-/// At most `max` lines of a failed suite's log: from its first failure report (schemathesis' `FAILURES`
-/// section, cargo test's `failures:`, a panic) on, or else its end.
+/// At most `max` lines of a failed suite's log, from its first failure report (schemathesis' `FAILURES` or
+/// `ERRORS` section, cargo test's `failures:`, a panic) on, or else its end. A longer report is shown by its first
+/// third and its last two thirds (an error's message and the suite's summary are at the end).
 fn failure_excerpt(log: &str, max: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let first = lines.iter().position(|l| {
-        l.contains("= FAILURES =") || l.trim_end() == "failures:" || l.contains("panicked at") || l.contains("error[")
+        l.contains("= FAILURES =")
+            || l.contains("= ERRORS =")
+            || l.trim_end() == "failures:"
+            || l.contains("panicked at")
+            || l.contains("error[")
     });
     let start = first.unwrap_or(lines.len().saturating_sub(max));
-    let mut out: String = lines[start..].iter().take(max).map(|l| format!("{l}\n")).collect();
-    if lines.len() - start > max {
-        out.push_str(&format!("[… {} more lines]\n", lines.len() - start - max));
-        // The log's last lines say how the suite ended.
-        for l in &lines[lines.len().saturating_sub(15).max(start + max)..] {
-            out.push_str(l);
-            out.push('\n');
-        }
+    let shown = &lines[start..];
+    let line = |l: &&str| format!("{l}\n");
+    if shown.len() <= max {
+        return shown.iter().map(line).collect();
     }
+    let head = max / 3;
+    let tail = max - head;
+    let mut out: String = shown[..head].iter().map(line).collect();
+    out.push_str(&format!("[… {} lines]\n", shown.len() - max));
+    out.extend(shown[shown.len() - tail..].iter().map(line));
     out
 }
 
@@ -329,17 +335,24 @@ mod tests {
     #[test]
     fn a_failed_suite_is_shown_from_its_first_failure_report_with_its_last_lines() {
         let mut log: Vec<String> = (0..50).map(|i| format!("progress {i}")).collect();
-        log.push("=================================== FAILURES ===================================".into());
+        log.push("=================================== ERRORS ===================================".into());
         log.extend((0..30).map(|i| format!("detail {i}")));
         log.push("Seed: 42".into());
         let text = log.join("\n");
         let all = failure_excerpt(&text, 100);
-        assert!(all.starts_with("===") && all.contains("FAILURES") && all.ends_with("Seed: 42\n"), "{all}");
+        assert!(all.starts_with("===") && all.contains("ERRORS") && all.ends_with("Seed: 42\n"), "{all}");
         assert!(!all.contains("progress"));
-        // Longer than allowed: the start of the report, then the log's last lines.
-        let cut = failure_excerpt(&text, 10);
-        assert!(cut.contains("FAILURES") && cut.contains("detail 8\n") && !cut.contains("detail 9\n"), "{cut}");
-        assert!(cut.contains("[… 22 more lines]") && cut.ends_with("detail 29\nSeed: 42\n"), "{cut}");
+        // Longer than allowed: the report's first third, then its last two thirds.
+        let cut = failure_excerpt(&text, 12);
+        assert!(cut.starts_with("=====") && cut.contains("detail 2\n") && !cut.contains("detail 3\n"), "{cut}");
+        assert!(
+            cut.contains("[… 20 lines]\n")
+                && cut.ends_with(
+                    "detail 22\ndetail 23\ndetail 24\ndetail 25\ndetail 26\ndetail 27\ndetail 28\ndetail 29\nSeed: 42\n"
+                ),
+            "{cut}"
+        );
+        assert_eq!(cut.lines().count(), 13);
         // No failure report: the end of the log.
         let plain: String = (0..20).map(|i| format!("line {i}\n")).collect();
         assert_eq!(failure_excerpt(&plain, 3), "line 17\nline 18\nline 19\n");
