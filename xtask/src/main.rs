@@ -348,7 +348,7 @@ mod tests {
         assert!(
             cut.contains("[… 20 lines]\n")
                 && cut.ends_with(
-                    "detail 22\ndetail 23\ndetail 24\ndetail 25\ndetail 26\ndetail 27\ndetail 28\ndetail 29\nSeed: 42\n"
+                    "detail 23\ndetail 24\ndetail 25\ndetail 26\ndetail 27\ndetail 28\ndetail 29\nSeed: 42\n"
                 ),
             "{cut}"
         );
