@@ -13,14 +13,25 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
 }
 
-/// User + system CPU seconds consumed by `pid` so far (all threads).
-pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name: index 0 is field 3 (1-based, `state`).
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| anyhow::anyhow!("bad stat"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / clock_ticks_per_second())
+    Ok(after.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The sum of stat fields `a` and `b` (indexes as in [`stat_fields`]), clock ticks in seconds.
+fn stat_seconds(pid: u32, a: usize, b: usize) -> anyhow::Result<f64> {
+    let fields = stat_fields(pid)?;
+    let field = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short stat for {pid}"))?.parse::<f64>()?)
+    };
+    Ok((field(a)? + field(b)?) / clock_ticks_per_second())
+}
+
+/// User + system CPU seconds consumed by `pid` so far (all threads): utime and stime, fields 14 and 15.
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    stat_seconds(pid, 11, 12)
 }
 
 /// User + system CPU seconds consumed so far by each thread of `pid`, by thread name (threads of one name
@@ -122,9 +133,8 @@ pub(crate) fn with_children(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // The parent is the second field after the parenthesised command name.
-        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        // The parent is field 4.
+        let parent = stat_fields(child).ok().and_then(|f| f.get(1)?.parse::<u32>().ok());
         if parent == Some(pid) {
             pids.push(child);
         }
@@ -135,13 +145,9 @@ pub(crate) fn with_children(pid: u32) -> Vec<u32> {
 /// User + system CPU seconds of `pid`, of its children alive now (see [`with_children`]) and of those it reaped
 /// (a child that exits between two readings moves its time into its parent's `cutime`/`cstime`).
 pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
-    let reaped = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-        let after = stat.rsplit_once(')')?.1.to_owned();
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // cutime and cstime are fields 16 and 17 (1-based).
-        Some((fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?) / clock_ticks_per_second())
-    });
-    with_children(pid).into_iter().filter_map(|p| cpu_seconds(p).ok()).sum::<f64>() + reaped.unwrap_or(0.0)
+    // cutime and cstime, fields 16 and 17.
+    let reaped = stat_seconds(pid, 13, 14).unwrap_or(0.0);
+    with_children(pid).into_iter().filter_map(|p| cpu_seconds(p).ok()).sum::<f64>() + reaped
 }
 
 /// Pins `pid` and its children to `cpu` (`taskset`); processes forked later inherit the affinity.

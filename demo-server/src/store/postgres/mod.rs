@@ -640,9 +640,15 @@ impl<'a> NotificationRows<'a> {
         if self.seq.is_empty() {
             return Ok(());
         }
-        tx.execute(&tx.prepare_cached("INSERT INTO notifications (seq, id, kind, priority, persistence, title, body, data, grp, created_at, refs) \
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])").await?,
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO notifications (seq, id, kind, priority, persistence, title, body, data, grp, created_at, \
+                 refs) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])",
+            )
+            .await?;
+        tx.execute(
+            &insert,
             &[
                 &self.seq,
                 &self.id,
@@ -698,8 +704,9 @@ impl EntryRows {
     }
 }
 
-/// [`release`] for many entries at once (`seqs` may repeat a content): the contents are locked in `seq` order,
-/// their references dropped, and those left without any deleted.
+/// Drops the references of removed entries to their contents (`seqs` may repeat a content): the contents are
+/// locked in `seq` order (every caller locks them so, and two transactions sharing contents cannot wait on each
+/// other), their references dropped, and those left without any deleted.
 async fn release_all(tx: &deadpool_postgres::Transaction<'_>, seqs: Vec<i64>) -> PgResult<()> {
     if seqs.is_empty() {
         return Ok(());
@@ -731,15 +738,6 @@ async fn epoch_of(tx: &impl tokio_postgres::GenericClient, stream: &str, db: &Ar
         Some(r) => Arc::from(r.get::<_, &str>(0)),
         None => db.clone(),
     })
-}
-
-/// Drops one entry's reference to a notification's content, deleting the content with its last entry.
-async fn release(tx: &impl tokio_postgres::GenericClient, seq: i64) -> PgResult<()> {
-    let refs = tx.query_opt("UPDATE notifications SET refs = refs - 1 WHERE seq = $1 RETURNING refs", &[&seq]).await?;
-    if refs.is_some_and(|r| r.get::<_, i64>(0) <= 0) {
-        tx.execute("DELETE FROM notifications WHERE seq = $1", &[&seq]).await?;
-    }
-    Ok(())
 }
 
 // ---- history ----
@@ -1038,9 +1036,7 @@ async fn prune(client: &mut Client, inner: &Inner) -> PgResult<u64> {
             )
             .await?;
         pruned += gone.len() as u64;
-        for row in gone {
-            release(&*tx, row.get(0)).await?;
-        }
+        release_all(&tx, gone.iter().map(|r| r.get(0)).collect()).await?;
     }
     let idempotency_cut = to_i(now.saturating_sub(limits.idempotency_window.as_millis() as u64));
     let acks_cut = to_i(now.saturating_sub(limits.ack_retention.as_millis() as u64));
