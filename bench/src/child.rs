@@ -264,7 +264,7 @@ async fn sequence(server: &tidings_server::RunningServer, cmd: &Value) -> anyhow
         sleep_until(due).await;
         if dropped_at_ns.is_none() && started.elapsed() >= drop_after {
             dropped_at_ns = Some(sys::wall_ns());
-            dropped = server.drop_connections(None);
+            dropped = server.drop_connections(None).await;
         }
         let user = published % users;
         let seq = published / users;

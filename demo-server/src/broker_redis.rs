@@ -104,16 +104,71 @@ pub(crate) enum Control {
     /// `device` of `user` connected as `session` at `connected_at`: an older session of the device elsewhere
     /// closes with 4011.
     Replace { origin: String, user: String, device: String, session: String, connected_at: u64 },
-    /// The operator drop endpoint: every connection (or `user`'s) closes with 4015.
-    Drop { origin: String, user: Option<String> },
-    /// The operator unsubscribe endpoint: every connection (or `user`'s) subscribed to `stream` drops it.
-    Unsubscribe { origin: String, user: Option<String>, stream: String },
+    /// The operator drop endpoint: every connection (or `user`'s) closes with 4015. With a `request`, each process
+    /// answers with a [`Control::Count`] of the connections it closed.
+    Drop {
+        origin: String,
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+    /// The operator unsubscribe endpoint: every connection (or `user`'s) subscribed to `stream` drops it. With a
+    /// `request`, each process answers with a [`Control::Count`] of its connections that had the stream.
+    Unsubscribe {
+        origin: String,
+        user: Option<String>,
+        stream: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+    /// A process's answer to the `request` of process `to`: how many of its connections the command touched.
+    Count { origin: String, to: String, request: String, count: u64 },
 }
+
+impl Control {
+    fn origin(&self) -> &str {
+        match self {
+            Control::Replace { origin, .. }
+            | Control::Drop { origin, .. }
+            | Control::Unsubscribe { origin, .. }
+            | Control::Count { origin, .. } => origin,
+        }
+    }
+
+    /// The request id of a command that asks for counts.
+    fn request(&self) -> Option<&str> {
+        match self {
+            Control::Drop { request, .. } | Control::Unsubscribe { request, .. } => request.as_deref(),
+            Control::Replace { .. } | Control::Count { .. } => None,
+        }
+    }
+
+    fn set_request(&mut self, id: String) {
+        if let Control::Drop { request, .. } | Control::Unsubscribe { request, .. } = self {
+            *request = Some(id);
+        }
+    }
+}
+
+/// What a command sent to every process with [`RedisBroker::ask_everywhere`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// The sum of the other processes' counts that arrived.
+    pub(crate) count: u64,
+    /// The other processes that answered in time.
+    pub(crate) answered: u64,
+    /// Whether every process that received the command answered in time (`false` as well when Redis could not
+    /// take the command: the other processes did not receive it).
+    pub(crate) complete: bool,
+}
+
+/// How long [`RedisBroker::ask_everywhere`] waits for the other processes' answers.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the node does with control commands, and the connections whose presence this process refreshes.
 pub(crate) trait ControlHandler: Send + Sync + 'static {
-    /// A control command from another process.
-    fn handle_control(&self, command: Control);
+    /// A control command from another process; for a drop or an unsubscribe, how many connections it touched.
+    fn handle_control(&self, command: Control) -> Option<u64>;
     /// This process's authenticated connections: `(user, device, session, connected_at)`.
     fn local_sessions(&self) -> Vec<(String, String, String, u64)>;
 }
@@ -260,6 +315,9 @@ struct Inner {
     subscribed: Mutex<HashSet<Arc<str>>>,
     /// Readiness probes waiting for their message.
     probes: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Control requests of this process waiting for the other processes' counts.
+    requests: Mutex<HashMap<String, mpsc::UnboundedSender<u64>>>,
+    next_request: AtomicU64,
     append: redis::Script,
     presence_add: redis::Script,
     presence_remove: redis::Script,
@@ -393,6 +451,8 @@ impl RedisBroker {
             pubsub_up: AtomicBool::new(false),
             subscribed: Mutex::new(HashSet::new()),
             probes: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
             append: redis::Script::new(APPEND_SCRIPT),
             presence_add: redis::Script::new(PRESENCE_ADD),
             presence_remove: redis::Script::new(PRESENCE_REMOVE),
@@ -438,6 +498,53 @@ impl RedisBroker {
     pub(crate) fn send_control(&self, command: &Control) {
         let payload = serde_json::to_string(command).unwrap_or_default();
         let _ = self.inner.outgoing.send(Outgoing::Publish { channel: self.inner.control_channel(), payload });
+    }
+
+    /// Sends a drop or unsubscribe command to every other process and sums the counts they answer with, waiting
+    /// at most [`ASK_TIMEOUT`]. The number of processes to wait for is what Redis' `PUBLISH` answers: every
+    /// process's pub/sub connection (this one's included) subscribes to the control channel once.
+    pub(crate) async fn ask_everywhere(&self, mut command: Control) -> Tally {
+        let inner = &self.inner;
+        let request = format!("{}-{}", inner.process, inner.next_request.fetch_add(1, Ordering::Relaxed));
+        command.set_request(request.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        inner.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(request.clone(), tx);
+        let forget = || {
+            inner.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+        };
+        let payload = serde_json::to_string(&command).unwrap_or_default();
+        let mut conn = inner.conn.clone();
+        let receivers: u64 =
+            match redis::cmd("PUBLISH").arg(inner.control_channel()).arg(payload).query_async::<u64>(&mut conn).await {
+                Ok(n) => n,
+                Err(e) => {
+                    inner.error("sending a control command", &e);
+                    forget();
+                    return Tally { count: 0, answered: 0, complete: false };
+                }
+            };
+        // This process's own pub/sub connection is one of the receivers when it is up (it ignores its own command).
+        let others = receivers.saturating_sub(u64::from(inner.pubsub_up.load(Ordering::SeqCst)));
+        let mut tally = Tally { count: 0, answered: 0, complete: true };
+        let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+        while tally.answered < others {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(count)) => {
+                    tally.count += count;
+                    tally.answered += 1;
+                }
+                _ => {
+                    warn!(
+                        answered = tally.answered,
+                        others, "redis: not every process answered a control command in time; the count is partial"
+                    );
+                    tally.complete = false;
+                    break;
+                }
+            }
+        }
+        forget();
+        tally
     }
 
     /// The origin name of this process's control commands.
@@ -916,16 +1023,24 @@ async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, messag
         }
     } else if channel == inner.control_channel() {
         match serde_json::from_str::<Control>(&payload) {
+            Ok(Control::Count { to, request, count, .. }) => {
+                if to == inner.process
+                    && let Some(tx) = inner.requests.lock().unwrap_or_else(|e| e.into_inner()).get(&request)
+                {
+                    let _ = tx.send(count);
+                }
+            }
             Ok(command) => {
-                let origin = match &command {
-                    Control::Replace { origin, .. }
-                    | Control::Drop { origin, .. }
-                    | Control::Unsubscribe { origin, .. } => origin,
-                };
-                if *origin != inner.process
+                if command.origin() != inner.process
                     && let Some(handler) = inner.control.get().and_then(Weak::upgrade)
                 {
-                    handler.handle_control(command);
+                    let asker = command.request().map(|r| (command.origin().to_owned(), r.to_owned()));
+                    let count = handler.handle_control(command);
+                    if let (Some((to, request)), Some(count)) = (asker, count) {
+                        let answer = Control::Count { origin: inner.process.clone(), to, request, count };
+                        let payload = serde_json::to_string(&answer).unwrap_or_default();
+                        let _ = inner.outgoing.send(Outgoing::Publish { channel: inner.control_channel(), payload });
+                    }
                 }
             }
             Err(e) => warn!(error = %e, "redis: a control command that does not decode; ignored"),

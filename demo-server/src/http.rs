@@ -680,9 +680,16 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
             }
         }
     };
-    let dropped = node.drop_connections(user.as_deref(), true);
-    info!(user = user.as_deref().unwrap_or("*"), dropped, "operator dropped connections");
-    axum::Json(json!({ "dropped": dropped })).into_response()
+    let reach = node.drop_everywhere(user.as_deref()).await;
+    info!(
+        user = user.as_deref().unwrap_or("*"),
+        dropped = reach.count,
+        processes = reach.processes,
+        complete = reach.complete,
+        "operator dropped connections"
+    );
+    axum::Json(json!({ "dropped": reach.count, "processes": reach.processes, "complete": reach.complete }))
+        .into_response()
 }
 
 /// `POST /v1/admin/unsubscribe` with `{"stream":"…"}` and an optional `"user"`: ends that subscription of
@@ -708,9 +715,17 @@ async fn admin_unsubscribe(State(node): State<Arc<Node>>, headers: HeaderMap, bo
             return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
         }
     };
-    let unsubscribed = node.unsubscribe_connections(user.as_deref(), &stream, true);
-    info!(user = user.as_deref().unwrap_or("*"), stream, unsubscribed, "operator ended subscriptions");
-    axum::Json(json!({ "unsubscribed": unsubscribed })).into_response()
+    let reach = node.unsubscribe_everywhere(user.as_deref(), &stream).await;
+    info!(
+        user = user.as_deref().unwrap_or("*"),
+        stream,
+        unsubscribed = reach.count,
+        processes = reach.processes,
+        complete = reach.complete,
+        "operator ended subscriptions"
+    );
+    axum::Json(json!({ "unsubscribed": reach.count, "processes": reach.processes, "complete": reach.complete }))
+        .into_response()
 }
 
 /// `OPTIONS /v1/demo/token` (demo mode only): the CORS preflight of a page on another origin — any origin, `POST`

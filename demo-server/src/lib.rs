@@ -262,10 +262,10 @@ impl RunningServer {
     }
 
     /// Drops every connection (or `user`'s) with `error dropped` + close `4015`, as `POST /v1/admin/drop` does;
-    /// returns how many were asked to close.
-    /// With Redis, the other processes are asked to drop theirs too; the count is this process's.
-    pub fn drop_connections(&self, user: Option<&str>) -> usize {
-        self.node.drop_connections(user, true)
+    /// returns how many were asked to close. With Redis, the other processes drop theirs too and the count is the
+    /// sum of the processes that answered within 2 s.
+    pub async fn drop_connections(&self, user: Option<&str>) -> u64 {
+        self.node.drop_everywhere(user).await.count
     }
 
     /// Who is online now in this process.

@@ -20,7 +20,7 @@ use crate::ServerConfig;
 use crate::api_keys::ApiKey;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
-use crate::broker_redis::{Control, ControlHandler, RedisBroker};
+use crate::broker_redis::{Control, ControlHandler, RedisBroker, Tally};
 use crate::health::ReadinessCheck;
 use crate::inboxes::InboxWatchers;
 use crate::limits::Limiter;
@@ -278,9 +278,8 @@ impl Node {
         presence.devices.into_iter().map(|d| d.device).collect()
     }
 
-    /// Drops this process's connections (or `user`'s) with 4015; with `everywhere`, asks the other processes to
-    /// drop theirs. Returns how many of this process's were asked to close.
-    pub(crate) fn drop_connections(&self, user: Option<&str>, everywhere: bool) -> usize {
+    /// Drops this process's connections (or `user`'s) with 4015. Returns how many were asked to close.
+    pub(crate) fn drop_local(&self, user: Option<&str>) -> u64 {
         let message = "dropped by an operator";
         let dropped = match user {
             Some(user) => {
@@ -288,16 +287,21 @@ impl Node {
             }
             None => self.registry.close_all(ErrorCode::Dropped, message),
         };
-        if everywhere && let Some(cluster) = &self.cluster {
-            cluster.send_control(&Control::Drop { origin: cluster.origin(), user: user.map(str::to_owned) });
-        }
-        dropped
+        dropped as u64
+    }
+
+    /// [`Node::drop_local`] here and, with Redis, in every other process (the counts summed).
+    pub(crate) async fn drop_everywhere(&self, user: Option<&str>) -> Reach {
+        let here = self.drop_local(user);
+        let Some(cluster) = &self.cluster else { return Reach::local(here) };
+        let command = Control::Drop { origin: cluster.origin(), user: user.map(str::to_owned), request: None };
+        Reach::with(here, cluster.ask_everywhere(command).await)
     }
 
     /// Ends the subscription of `stream` of this process's connections (or `user`'s) that have it: each drops the
-    /// stream and tells its client (an `error` of code `forbidden` naming the stream). With `everywhere`, asks the
-    /// other processes to do the same. Returns how many of this process's connections were asked.
-    pub(crate) fn unsubscribe_connections(&self, user: Option<&str>, stream: &str, everywhere: bool) -> usize {
+    /// stream and tells its client (an `error` of code `forbidden` naming the stream). Returns how many
+    /// connections were asked.
+    pub(crate) fn unsubscribe_local(&self, user: Option<&str>, stream: &str) -> u64 {
         let connections = match user {
             Some(user) => {
                 let on: std::collections::HashSet<u64> =
@@ -310,14 +314,20 @@ impl Node {
         for connection in &connections {
             connection.revoke(stream.clone());
         }
-        if everywhere && let Some(cluster) = &self.cluster {
-            cluster.send_control(&Control::Unsubscribe {
-                origin: cluster.origin(),
-                user: user.map(str::to_owned),
-                stream: stream.to_string(),
-            });
-        }
-        connections.len()
+        connections.len() as u64
+    }
+
+    /// [`Node::unsubscribe_local`] here and, with Redis, in every other process (the counts summed).
+    pub(crate) async fn unsubscribe_everywhere(&self, user: Option<&str>, stream: &str) -> Reach {
+        let here = self.unsubscribe_local(user, stream);
+        let Some(cluster) = &self.cluster else { return Reach::local(here) };
+        let command = Control::Unsubscribe {
+            origin: cluster.origin(),
+            user: user.map(str::to_owned),
+            stream: stream.to_owned(),
+            request: None,
+        };
+        Reach::with(here, cluster.ask_everywhere(command).await)
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -597,15 +607,36 @@ impl Node {
     }
 }
 
+/// What an operator command (drop, unsubscribe) came to across the processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reach {
+    /// Connections it touched, summed over the processes that answered.
+    pub(crate) count: u64,
+    /// The processes whose connections are in `count` (this one included).
+    pub(crate) processes: u64,
+    /// Whether every process that received the command answered in time (see `RedisBroker::ask_everywhere`).
+    pub(crate) complete: bool,
+}
+
+impl Reach {
+    fn local(count: u64) -> Reach {
+        Reach { count, processes: 1, complete: true }
+    }
+
+    fn with(here: u64, others: Tally) -> Reach {
+        Reach { count: here + others.count, processes: 1 + others.answered, complete: others.complete }
+    }
+}
+
 impl ControlHandler for Node {
-    fn handle_control(&self, command: Control) {
+    fn handle_control(&self, command: Control) -> Option<u64> {
         match command {
             Control::Replace { user, device, session, connected_at, .. } => {
                 let local = self.presence.user(&user);
-                let Some(mine) = local.devices.iter().find(|d| d.device == device) else { return };
+                let Some(mine) = local.devices.iter().find(|d| d.device == device) else { return None };
                 // The newer session wins (ties: the larger session id), whichever process heard of the other first.
                 if (mine.connected_at, mine.session.as_str()) >= (connected_at, session.as_str()) {
-                    return;
+                    return None;
                 }
                 if let Some(conn) = self.registry.device_connection(&user, &device) {
                     conn.close(
@@ -613,18 +644,22 @@ impl ControlHandler for Node {
                         format!("device {device} of user {user} connected again (session {session})"),
                     );
                 }
+                None
             }
             Control::Drop { user, .. } => {
-                let dropped = self.drop_connections(user.as_deref(), false);
+                let dropped = self.drop_local(user.as_deref());
                 info!(user = user.as_deref().unwrap_or("*"), dropped, "operator drop from another process");
+                Some(dropped)
             }
             Control::Unsubscribe { user, stream, .. } => {
-                let asked = self.unsubscribe_connections(user.as_deref(), &stream, false);
+                let asked = self.unsubscribe_local(user.as_deref(), &stream);
                 info!(
                     user = user.as_deref().unwrap_or("*"),
                     stream, asked, "operator unsubscribe from another process"
                 );
+                Some(asked)
             }
+            Control::Count { .. } => None,
         }
     }
 

@@ -25,6 +25,23 @@ const ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
 const STREAM_PATTERN: &str = "^(user:[A-Za-z0-9_.@-]{1,128}|topic:[A-Za-z0-9_.:-]{1,128})$";
 const USER_PATTERN: &str = "^[A-Za-z0-9_.@-]{1,128}$";
 
+/// `processes` of the operator endpoints' answers.
+fn reach_processes() -> Value {
+    json!({
+        "type": "integer", "minimum": 1,
+        "description": "The processes whose connections are counted: this one, and with Redis every other one that answered within 2 s",
+    })
+}
+
+/// `complete` of the operator endpoints' answers.
+fn reach_complete() -> Value {
+    json!({
+        "type": "boolean",
+        "description": "`false` when a process that received the command did not answer within 2 s, or when Redis could \
+            not take the command (the other processes did not receive it); the count then misses their connections",
+    })
+}
+
 fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
@@ -713,16 +730,21 @@ fn operations() -> Value {
                 "operationId": "dropConnections",
                 "tags": ["operator"],
                 "summary": "Drop connections",
-                "description": "Drops every connection, or one user's, with close code 4015 (the clients reconnect).",
+                "description": "Drops every connection, or one user's, with close code 4015 (the clients reconnect), in every \
+                    process: with Redis, the other processes are asked over it and answer with their counts.",
                 "requestBody": { "required": false, "content": json_content(json!({
                     "type": "object",
                     "properties": { "user": { "oneOf": [schema_ref("UserId"), { "type": "null" }] } },
                 })) },
                 "responses": {
-                    "200": response("How many connections were asked to close", json!({
+                    "200": response("How many connections were asked to close, summed over the processes", json!({
                         "type": "object",
-                        "required": ["dropped"],
-                        "properties": { "dropped": { "type": "integer", "minimum": 0 } },
+                        "required": ["dropped", "processes", "complete"],
+                        "properties": {
+                            "dropped": { "type": "integer", "minimum": 0 },
+                            "processes": reach_processes(),
+                            "complete": reach_complete(),
+                        },
                     })),
                     "400": error("The body is not `{\"user\":\"…\"}`"),
                     "413": error("The body is too large"),
@@ -748,11 +770,14 @@ fn operations() -> Value {
                     },
                 })) },
                 "responses": {
-                    "200": response("How many of the answering process's connections were asked to drop the stream \
-                        (other processes are asked through Redis and not counted)", json!({
+                    "200": response("How many connections were asked to drop the stream, summed over the processes", json!({
                         "type": "object",
-                        "required": ["unsubscribed"],
-                        "properties": { "unsubscribed": { "type": "integer", "minimum": 0 } },
+                        "required": ["unsubscribed", "processes", "complete"],
+                        "properties": {
+                            "unsubscribed": { "type": "integer", "minimum": 0 },
+                            "processes": reach_processes(),
+                            "complete": reach_complete(),
+                        },
                     })),
                     "400": error("The body is not `{\"stream\":\"…\"}` with an optional `user`, or not a valid stream or user"),
                     "413": error("The body is too large"),

@@ -216,9 +216,10 @@ async fn session_replacement_operator_drop_and_presence_work_across_servers() {
     let closed = old.closed().await;
     assert_eq!((closed.error_code(), closed.code), ("session_replaced", Some(4011)));
     new.sync().await;
-    // The operator drop on one server drops bob's connection on the other: 4015.
+    // The operator drop on one server drops bob's connection on the other: 4015, counted by the process that
+    // had it.
     let (status, body) = post(&servers[0], "/v1/admin/drop", json!({"user":"bob"})).await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!((status, body), (200, json!({"dropped":1,"processes":2,"complete":true})));
     let closed = bob.closed().await;
     assert_eq!((closed.error_code(), closed.code), ("dropped", Some(4015)));
     new.sync().await; // alice's session is untouched
@@ -249,7 +250,11 @@ async fn an_operator_unsubscribe_on_one_server_ends_the_subscription_on_another(
     // Through server 0, which has none of these connections.
     let (status, body) =
         post(&servers[0], "/v1/admin/unsubscribe", json!({"user":"alice","stream":"topic:news"})).await;
-    assert_eq!((status, &body["unsubscribed"]), (200, &json!(0)), "{body}: counts the answering server's");
+    assert_eq!(
+        (status, body),
+        (200, json!({"unsubscribed":1,"processes":2,"complete":true})),
+        "alice's connection on the other server"
+    );
     let frame = alice.recv().await;
     assert_eq!(
         (frame["op"].as_str(), frame["code"].as_str(), frame["stream"].as_str(), frame.get("ref")),
@@ -265,9 +270,9 @@ async fn an_operator_unsubscribe_on_one_server_ends_the_subscription_on_another(
     assert_eq!(ids, [sport.as_str()], "only sport after the unsubscribe");
     let got = notifications(&mut bob, 1, Duration::from_millis(100)).await;
     assert_eq!(got[0]["id"].as_str(), Some(news.as_str()), "bob keeps the news");
-    // Without a user: every connection on the stream, the local count answered.
+    // Without a user: every connection on the stream, in every process (bob's, here; none on server 0).
     let (status, body) = post(&servers[1], "/v1/admin/unsubscribe", json!({"stream":"topic:news"})).await;
-    assert_eq!((status, &body["unsubscribed"]), (200, &json!(1)), "{body}: bob's connection here");
+    assert_eq!((status, body), (200, json!({"unsubscribed":1,"processes":2,"complete":true})));
     assert_eq!(bob.recv().await["code"], "forbidden");
     // Bad input: a clear 400 that names the problem.
     for (bad, says) in [
@@ -280,6 +285,34 @@ async fn an_operator_unsubscribe_on_one_server_ends_the_subscription_on_another(
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(status == 400 && message.contains(says), "{bad}: {status} {body}");
     }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_drop_counts_what_answered_and_says_when_a_process_did_not() {
+    let Some(redis) = TestRedis::get() else { return };
+    let stores = shared_stores();
+    let prefix = prefix("silent");
+    let servers = cluster(2, &redis.url(), &prefix, &stores).await;
+    let (mut bob, _) = Client::login(&servers[1], "bob", "laptop", &[]).await;
+    let (mut carol, _) = Client::login(&servers[0], "carol", "phone", &[]).await;
+    // A third subscriber of the control channel that never answers: a process that hangs, or dies before it
+    // answers. Redis counts it among the receivers, so the answer cannot be complete.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut silent = client.get_async_pubsub().await.unwrap();
+    silent.subscribe(format!("{prefix}:control")).await.unwrap();
+    let (status, body) = post(&servers[0], "/v1/admin/drop", json!({})).await;
+    assert_eq!((status, body), (200, json!({"dropped":2,"processes":2,"complete":false})));
+    for (client, who) in [(&mut bob, "bob"), (&mut carol, "carol")] {
+        let closed = client.closed().await;
+        assert_eq!((closed.error_code(), closed.code), ("dropped", Some(4015)), "{who}");
+    }
+    // Once it is gone, the answer is complete again.
+    drop(silent);
+    let (status, body) = post(&servers[1], "/v1/admin/drop", json!({})).await;
+    assert_eq!((status, body), (200, json!({"dropped":0,"processes":2,"complete":true})));
     for server in servers {
         server.shutdown().await;
     }

@@ -138,13 +138,13 @@ async fn an_operator_can_drop_one_user_or_everyone() {
     let mut anonymous = Client::connect(&server).await;
 
     let (status, reply) = post(&server, "/v1/admin/drop", json!({"user":"alice"})).await;
-    assert_eq!((status, reply), (200, json!({"dropped":1})));
+    assert_eq!((status, reply), (200, json!({"dropped":1,"processes":1,"complete":true})));
     let closed = alice.closed().await;
     assert_eq!((closed.error_code(), closed.code), ("dropped", Some(4015)));
     assert!(bob.sync().await.is_empty(), "bob stays connected");
 
     let (status, reply) = post_raw(&server, "/v1/admin/drop", Some(tidings_server::TEST_API_KEY), String::new()).await;
-    assert_eq!((status, reply), (200, json!({"dropped":2})));
+    assert_eq!((status, reply), (200, json!({"dropped":2,"processes":1,"complete":true})));
     assert_eq!(bob.closed().await.code, Some(4015));
     assert_eq!(anonymous.closed().await.code, Some(4015));
 
