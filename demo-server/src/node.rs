@@ -633,7 +633,7 @@ impl ControlHandler for Node {
         match command {
             Control::Replace { user, device, session, connected_at, .. } => {
                 let local = self.presence.user(&user);
-                let Some(mine) = local.devices.iter().find(|d| d.device == device) else { return None };
+                let mine = local.devices.iter().find(|d| d.device == device)?;
                 // The newer session wins (ties: the larger session id), whichever process heard of the other first.
                 if (mine.connected_at, mine.session.as_str()) >= (connected_at, session.as_str()) {
                     return None;
