@@ -251,7 +251,7 @@ fn run(which: &[String], stores: &[String], sizes: Sizes, with_peer: bool, runs:
     let nproc = sys::nproc();
     sys::pin_self(1)?;
     eprintln!("tidings-bench: {nproc} CPUs ({}), server on CPU 0, clients on CPU 1, fd limit {fds}", sys::cpu_model());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let stamp = |mut v: serde_json::Value| {
         if v.get("placement").is_none() {
             v["placement"] = json!(

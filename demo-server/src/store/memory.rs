@@ -145,14 +145,67 @@ struct AckTable {
 }
 
 /// The acks of one notification: which devices (indexes into [`AckDevices`]) acked it, and when. A broadcast is
-/// acked by every subscriber, so membership is checked with a set once there are more than a few records (a
+/// acked by every subscriber, so membership is checked with [`Members`] once there are more than a few records (a
 /// linear scan made acks quadratic per broadcast). Records hold a 4-byte device index instead of two `Arc`s:
 /// the two atomic reference-count increments per ack were half the cost of recording it (a locked instruction
 /// waits for the stores before it), about 10 % of the server's CPU in S2.
 #[derive(Default)]
 struct AckEntry {
     records: Vec<(u32, u64)>,
-    members: Option<HashSet<u32, BuildHasherDefault<IndexHasher>>>,
+    members: Option<Members>,
+}
+
+/// Which devices acked one notification, once it has more than a few records.
+enum Members {
+    /// Bit `i` set: device index `i` acked. Device indexes are dense (freed ones are reused), so a broadcast's
+    /// acks fit in one bit per device: a test and a set per ack, no hashing and no regrowing by doubling (a hash
+    /// set was about 5 % of a server's CPU in S6, a third of it rehashing).
+    Bits(Vec<u64>),
+    /// For acks from a few devices with large indexes, where the bits would cost more memory than the records.
+    Set(HashSet<u32, BuildHasherDefault<IndexHasher>>),
+}
+
+impl Members {
+    /// Members holding `records` (none repeated); bits unless they would outweigh the records.
+    fn of(records: &[(u32, u64)]) -> Members {
+        let mut members = Members::Bits(Vec::new());
+        for &(who, _) in records {
+            members.insert(who, records.len());
+        }
+        members
+    }
+
+    /// Adds `who` to a set of `len` members; returns whether it was new.
+    fn insert(&mut self, who: u32, len: usize) -> bool {
+        match self {
+            Members::Bits(words) => {
+                let word = (who / 64) as usize;
+                if word >= words.len() {
+                    // At most about as many bytes of bits as the records hold (16 bytes each).
+                    if word > 2 * len + 16 {
+                        let mut set: HashSet<u32, BuildHasherDefault<IndexHasher>> =
+                            HashSet::with_capacity_and_hasher(len + 1, BuildHasherDefault::default());
+                        for (i, &w) in words.iter().enumerate() {
+                            let mut bits = w;
+                            while bits != 0 {
+                                set.insert(i as u32 * 64 + bits.trailing_zeros());
+                                bits &= bits - 1;
+                            }
+                        }
+                        let added = set.insert(who);
+                        *self = Members::Set(set);
+                        return added;
+                    }
+                    words.resize(word + 1, 0);
+                }
+                let bit = 1u64 << (who % 64);
+                let added = words[word] & bit == 0;
+                words[word] |= bit;
+                added
+            }
+            Members::Set(set) => set.insert(who),
+        }
+    }
 }
 
 /// Hashes small integers (device indexes) with one multiplication: the table takes the high bits as the tag
@@ -269,15 +322,15 @@ impl Hasher for FoldHasher {
     }
 }
 
-/// Above this many records an entry keeps a membership set.
+/// Above this many records an entry keeps its [`Members`].
 const ACK_SET_FROM: usize = 8;
 /// Most ack records kept in all (the oldest notifications' acks are forgotten first).
 const MAX_ACK_RECORDS: usize = 1_000_000;
 
 impl AckEntry {
     /// An entry with room for as many records as `previous` holds, at most `max`: consecutive notifications (a
-    /// broadcast after a broadcast) are acked by about as many devices; growing the records and the set by doubling
-    /// showed in S6's server profile (rehashing alone about 3 % of its CPU).
+    /// broadcast after a broadcast) are acked by about as many devices; growing the records by doubling showed in
+    /// S6's server profile.
     fn sized_like(previous: Option<&AckEntry>, max: usize) -> AckEntry {
         let records = previous.map_or(0, |p| p.records.len()).min(max);
         AckEntry { records: Vec::with_capacity(records), members: None }
@@ -289,21 +342,16 @@ impl AckEntry {
             return false;
         }
         let added = match &mut self.members {
-            Some(set) => set.insert(who),
+            Some(members) => members.insert(who, self.records.len()),
             None => !self.records.iter().any(|&(w, _)| w == who),
         };
         if !added {
             return false;
         }
-        if self.members.is_none() && self.records.len() >= ACK_SET_FROM {
-            // Sized like the records (see `AckEntry::sized_like`), so a broadcast's acks do not regrow it.
-            let mut set: HashSet<u32, BuildHasherDefault<IndexHasher>> =
-                HashSet::with_capacity_and_hasher(self.records.capacity(), BuildHasherDefault::default());
-            set.extend(self.records.iter().map(|&(w, _)| w));
-            set.insert(who);
-            self.members = Some(set);
-        }
         self.records.push((who, at));
+        if self.members.is_none() && self.records.len() > ACK_SET_FROM {
+            self.members = Some(Members::of(&self.records));
+        }
         true
     }
 }
@@ -751,6 +799,35 @@ mod tests {
         let acks = store.acks_now("n1");
         assert_eq!(acks.len(), 50);
         assert_eq!(acks.iter().map(|a| &*a.device).collect::<HashSet<_>>().len(), 50);
+    }
+
+    #[test]
+    fn members_keep_each_device_once_in_bits_and_turn_into_a_set_for_a_sparse_large_index() {
+        let mut m = Members::Bits(Vec::new());
+        // Dense indexes, out of order, each twice: new the first time only.
+        let order: Vec<u32> = (0..300).map(|i| (i * 7) % 300).collect();
+        for (n, &who) in order.iter().enumerate() {
+            assert!(m.insert(who, n), "{who} is new");
+        }
+        for &who in &order {
+            assert!(!m.insert(who, 300), "{who} again");
+        }
+        assert!(matches!(&m, Members::Bits(words) if words.len() == 5), "300 devices fit in 5 words of bits");
+        // An index far past what the records justify: the members move to a set, all of them kept.
+        assert!(m.insert(5_000_000, 300));
+        let Members::Set(set) = &m else { panic!("a set after a sparse index") };
+        assert_eq!(set.len(), 301);
+        for who in (0..300).chain([5_000_000]) {
+            assert!(!m.insert(who, 301), "{who} kept through the move");
+        }
+        assert!(m.insert(300, 301));
+        // Members built from records start as bits when the indexes are dense, as a set when they are not.
+        let records: Vec<(u32, u64)> = (0..9).map(|i| (i, 1)).collect();
+        assert!(matches!(Members::of(&records), Members::Bits(_)));
+        let sparse: Vec<(u32, u64)> = (0..9).map(|i| (i * 100_000, 1)).collect();
+        let mut set = Members::of(&sparse);
+        assert!(matches!(set, Members::Set(_)));
+        assert!(!set.insert(800_000, 9) && set.insert(1, 9));
     }
 
     #[test]
