@@ -256,7 +256,7 @@ const DURATION_BUCKETS: [f64; 15] =
 const SIZE_BUCKETS: [f64; 14] =
     [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
 
-fn latency_histogram() -> Histogram {
+pub(crate) fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 

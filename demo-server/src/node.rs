@@ -103,9 +103,8 @@ pub(crate) struct Node {
     pub(crate) metrics: Arc<Metrics>,
     /// Push routing: planning, the worker's wake-up, the dispatcher, the user directory.
     pub(crate) routing: Routing,
+    /// Where acks go, and the publish times of recent notifications (for the publish → ack latency).
     acks: AckRouting,
-    /// Publish times of recent notifications, for the publish → ack latency.
-    published_at: Mutex<PublishTimes>,
     /// Checks `GET /readyz` runs besides the store and push (Redis, PostgreSQL).
     readiness: Mutex<Vec<Arc<dyn ReadinessCheck>>>,
     /// When the node started.
@@ -170,7 +169,6 @@ impl Node {
             counters: Counters::default(),
             metrics,
             acks,
-            published_at: Mutex::new(PublishTimes::default()),
             readiness: Mutex::new(Vec::new()),
             started: Instant::now(),
             api_keys,
@@ -431,7 +429,7 @@ impl Node {
             })
             .collect();
         if !batch.is_empty() {
-            self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&batch);
+            self.acks.published(&batch);
             let outcomes = self.broker.publish(batch.clone()).await;
             // A store that drew another id to keep ids ordered in a stream committed the publication under it:
             // from here on (receipt, inbox, pushes) it is known by that id.
@@ -443,7 +441,7 @@ impl Node {
                 }
             }
             if !renamed.is_empty() {
-                self.published_at.lock().unwrap_or_else(|e| e.into_inner()).note(&renamed);
+                self.acks.published(&renamed);
             }
             let (mut accepted, mut duplicate, mut failed) = (0, 0, 0);
             // Persistent notifications become inbox items before the publish is answered: a 2xx means they are in
@@ -553,18 +551,9 @@ impl Node {
             other => self.metrics.acks(other),
         };
         count.inc_by(ids.len() as u64);
-        {
-            // Publish times are wall-clock (`created_at`).
-            let now = now_ms();
-            let times = self.published_at.lock().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
-                if let Some(published) = times.get(id) {
-                    latency.observe(now.saturating_sub(published) as f64 / 1000.0);
-                }
-            }
-        }
         let at = self.routing.clock.now_ms();
-        let result = match self.acks.route(user, device, ids, at) {
+        // Publish times are wall-clock (`created_at`).
+        let result = match self.acks.route(user, device, ids, at, now_ms(), &latency) {
             None => self.stores.acks.record(user, device, ids, at).await,
             Some(durable) if durable.is_empty() => Ok(Vec::new()),
             Some(durable) => self.stores.acks.record(user, device, &durable, at).await,
@@ -692,110 +681,142 @@ impl BrokerEventHandler for Node {
     }
 }
 
-/// When this node published its recent notifications (ms since the Unix epoch), by id: the start of the publish →
-/// ack latency. Bounded: the oldest ids are forgotten first (an ack that comes later is not measured).
-#[derive(Default)]
-struct PublishTimes {
-    at: foldhash::HashMap<Arc<str>, u64>,
-    order: VecDeque<Arc<str>>,
-}
-
-impl PublishTimes {
-    fn note(&mut self, batch: &[Arc<Publication>]) {
-        for p in batch {
-            if self.at.insert(p.id.clone(), p.created_at()).is_none() {
-                self.order.push_back(p.id.clone());
-            }
-        }
-        while self.order.len() > RECENT_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.at.remove(&old);
-            }
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<u64> {
-        self.at.get(id).copied()
-    }
-}
-
-/// Where acks are kept. On a durable store, the acks of a notification this node fanned out only to topic
-/// streams stay in memory (bounded as the memory store bounds acks): a broadcast to N subscribers is acked N
-/// times, and writing one row per subscriber and notification would make the store, not the sockets, the limit of
-/// broadcast fan-out. Acks of notifications addressed to users, and of ids this node does not know (published
-/// before a restart), are written to the store. On a memory store everything goes to the store.
+/// Where acks are kept, and the publish → ack latency. On a durable store, the acks of a notification this node
+/// fanned out only to topic streams stay in memory (bounded as the memory store bounds acks): a broadcast to N
+/// subscribers is acked N times, and writing one row per subscriber and notification would make the store, not
+/// the sockets, the limit of broadcast fan-out. Acks of notifications addressed to users, and of ids this node does
+/// not know (published before a restart), are written to the store. On a memory store everything goes to the
+/// store.
+///
+/// What the node knows of its recent notifications — when it published them, and to which kinds of streams it
+/// fanned them out — is one table, so that an ack costs one lookup of its id here (two tables cost two, about 5 %
+/// of a server's CPU in S6).
 struct AckRouting {
-    /// Topic-only notifications fanned out recently (by id), and their acks; `None` on a memory store.
-    topics: Option<Mutex<TopicAcks>>,
+    recent: Mutex<RecentIds>,
+    /// The acks of topic-only notifications; `None` on a memory store.
+    topic_acks: Option<MemoryStore>,
 }
 
-struct TopicAcks {
-    /// Ids fanned out to topic streams only (`true`) or to at least one user stream (`false`), oldest first
-    /// in `order`.
-    kinds: foldhash::HashMap<Arc<str>, bool>,
+/// Recently published or fanned-out notifications, by id; the oldest are forgotten first (an ack that comes later
+/// is not measured, and goes to the store).
+#[derive(Default)]
+struct RecentIds {
+    by_id: foldhash::HashMap<Arc<str>, Recent>,
     order: VecDeque<Arc<str>>,
-    /// The acks of the topic-only ones.
-    acks: MemoryStore,
 }
 
-/// How many recently fanned-out ids [`AckRouting`] remembers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Recent {
+    /// When this node published it (`created_at`, ms since the Unix epoch); `None` for another node's.
+    published_at: Option<u64>,
+    /// The streams this node fanned it out to.
+    streams: Fanned,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Fanned {
+    /// Not fanned out here yet.
+    #[default]
+    Nowhere,
+    /// To topic streams only.
+    TopicsOnly,
+    /// To at least one user stream.
+    SomeUser,
+}
+
+/// How many recently published or fanned-out ids [`AckRouting`] remembers.
 const RECENT_IDS: usize = 65_536;
 
-impl AckRouting {
-    fn new(config: &ServerConfig, durable: bool) -> Self {
-        let topics = durable.then(|| {
-            Mutex::new(TopicAcks {
-                kinds: foldhash::HashMap::default(),
-                order: VecDeque::new(),
-                acks: MemoryStore::new(StoreLimits::from_config(config)),
-            })
-        });
-        AckRouting { topics }
-    }
-
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, TopicAcks>> {
-        self.topics.as_ref().map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-    }
-
-    /// Remembers which kind of streams a committed notification went to.
-    fn note(&self, committed: &Committed) {
-        let Some(mut t) = self.lock() else { return };
-        let topic = committed.stream.starts_with("topic:");
-        match t.kinds.get_mut(&committed.id) {
-            Some(topic_only) => *topic_only &= topic,
-            None => {
-                t.kinds.insert(committed.id.clone(), topic);
-                t.order.push_back(committed.id.clone());
-                while t.order.len() > RECENT_IDS {
-                    if let Some(old) = t.order.pop_front() {
-                        t.kinds.remove(&old);
-                    }
+impl RecentIds {
+    fn entry(&mut self, id: &Arc<str>) -> &mut Recent {
+        if !self.by_id.contains_key(id) {
+            self.order.push_back(id.clone());
+            while self.order.len() > RECENT_IDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
                 }
             }
         }
+        self.by_id.entry(id.clone()).or_default()
+    }
+}
+
+impl AckRouting {
+    fn new(config: &ServerConfig, durable: bool) -> Self {
+        AckRouting {
+            recent: Mutex::new(RecentIds::default()),
+            topic_acks: durable.then(|| MemoryStore::new(StoreLimits::from_config(config))),
+        }
     }
 
-    /// Keeps the acks of topic-only notifications; returns the ids whose acks go to the store (`None`: all of
-    /// them). The common cases — every id of a frame of one kind — copy nothing.
-    fn route(&self, user: &Arc<str>, device: &Arc<str>, ids: &[String], at: u64) -> Option<Vec<String>> {
-        let t = self.lock()?;
-        let topic_only = |id: &String| t.kinds.get(id.as_str()).copied().unwrap_or(false);
-        let topics = ids.iter().filter(|id| topic_only(id)).count();
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentIds> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers when this node published `batch` (the start of the publish → ack latency).
+    fn published(&self, batch: &[Arc<Publication>]) {
+        let mut recent = self.recent();
+        for p in batch {
+            recent.entry(&p.id).published_at = Some(p.created_at());
+        }
+    }
+
+    /// Remembers which kind of stream a committed notification went to.
+    fn note(&self, committed: &Committed) {
+        let topic = committed.stream.starts_with("topic:");
+        let mut recent = self.recent();
+        let streams = &mut recent.entry(&committed.id).streams;
+        *streams = match (*streams, topic) {
+            (Fanned::Nowhere | Fanned::TopicsOnly, true) => Fanned::TopicsOnly,
+            _ => Fanned::SomeUser,
+        };
+    }
+
+    /// Observes the latency of the acked ids this node published (`now`: wall-clock ms), keeps the acks of
+    /// topic-only ones in memory and returns the ids whose acks go to the store (`None`: all of them). The common
+    /// cases — every id of a frame of one kind — copy nothing.
+    fn route(
+        &self,
+        user: &Arc<str>,
+        device: &Arc<str>,
+        ids: &[String],
+        at: u64,
+        now: u64,
+        latency: &prometheus_client::metrics::histogram::Histogram,
+    ) -> Option<Vec<String>> {
+        let mut topic_only = Vec::with_capacity(if self.topic_acks.is_some() { ids.len() } else { 0 });
+        {
+            let recent = self.recent();
+            for id in ids {
+                let known = recent.by_id.get(id.as_str());
+                if let Some(published) = known.and_then(|r| r.published_at) {
+                    latency.observe(now.saturating_sub(published) as f64 / 1000.0);
+                }
+                if self.topic_acks.is_some() {
+                    topic_only.push(known.is_some_and(|r| r.streams == Fanned::TopicsOnly));
+                }
+            }
+        }
+        let kept = self.topic_acks.as_ref()?;
+        let topics = topic_only.iter().filter(|t| **t).count();
         if topics == 0 {
             return None;
         }
         if topics == ids.len() {
-            t.acks.record_acks_now(user, device, ids, at);
+            kept.record_acks_now(user, device, ids, at);
             return Some(Vec::new());
         }
-        let (topic, durable): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(topic_only);
-        t.acks.record_acks_now(user, device, &topic, at);
+        let (mut topic, mut durable) = (Vec::with_capacity(topics), Vec::with_capacity(ids.len() - topics));
+        for (id, only) in ids.iter().zip(topic_only) {
+            if only { topic.push(id.clone()) } else { durable.push(id.clone()) }
+        }
+        kept.record_acks_now(user, device, &topic, at);
         Some(durable)
     }
 
     /// The acks kept in memory for `id`.
     fn acks(&self, id: &str) -> Vec<AckRecord> {
-        self.lock().map(|t| t.acks.acks_now(id)).unwrap_or_default()
+        self.topic_acks.as_ref().map(|t| t.acks_now(id)).unwrap_or_default()
     }
 }
 
@@ -823,10 +844,15 @@ mod tests {
         routing.note(&committed("direct", "user:alice"));
         let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
         let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(routing.route(&alice, &phone, &ids(&["broadcast"]), 5), Some(vec![]), "kept, nothing to write");
-        assert_eq!(routing.route(&alice, &phone, &ids(&["direct", "unknown"]), 6), None, "all written");
+        let histogram = crate::metrics::latency_histogram();
         assert_eq!(
-            routing.route(&alice, &phone, &ids(&["broadcast", "both", "unknown"]), 7),
+            routing.route(&alice, &phone, &ids(&["broadcast"]), 5, 0, &histogram),
+            Some(vec![]),
+            "kept, nothing to write"
+        );
+        assert_eq!(routing.route(&alice, &phone, &ids(&["direct", "unknown"]), 6, 0, &histogram), None, "all written");
+        assert_eq!(
+            routing.route(&alice, &phone, &ids(&["broadcast", "both", "unknown"]), 7, 0, &histogram),
             Some(ids(&["both", "unknown"])),
             "a notification that also went to a user, or one this node does not know, is written"
         );
@@ -835,6 +861,49 @@ mod tests {
         assert!(routing.acks("both").is_empty());
         let memory = AckRouting::new(&ServerConfig::for_tests(), false);
         memory.note(&committed("broadcast", "topic:news"));
-        assert_eq!(memory.route(&alice, &phone, &ids(&["broadcast"]), 5), None, "a memory store takes them all");
+        assert_eq!(
+            memory.route(&alice, &phone, &ids(&["broadcast"]), 5, 0, &histogram),
+            None,
+            "a memory store takes them all"
+        );
+    }
+
+    /// The `_count` and `_sum` of `histogram`, from its text rendering.
+    fn observed(histogram: &prometheus_client::metrics::histogram::Histogram) -> (u64, f64) {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("lat", "", histogram.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        (value("lat_count ") as u64, value("lat_sum "))
+    }
+
+    #[test]
+    fn the_ack_latency_is_measured_for_ids_this_node_published_whatever_streams_they_went_to() {
+        let routing = AckRouting::new(&ServerConfig::for_tests(), true);
+        let published = |id: &str, streams: &[&str], at: u64| {
+            crate::store::contract::publication(id, streams, Persistence::Bufferable, at)
+        };
+        // Published here: a broadcast, and one to a user; fanned out here as well, before or after its publish is
+        // noted (another node's publication is only fanned out).
+        routing.note(&committed("broadcast", "topic:news"));
+        routing
+            .published(&[published("broadcast", &["topic:news"], 1_000), published("direct", &["user:alice"], 2_000)]);
+        routing.note(&committed("direct", "user:alice"));
+        routing.note(&committed("elsewhere", "topic:news"));
+        let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let histogram = crate::metrics::latency_histogram();
+        let durable =
+            routing.route(&alice, &phone, &ids(&["broadcast", "direct", "elsewhere", "unknown"]), 9, 4_500, &histogram);
+        assert_eq!(durable, Some(ids(&["direct", "unknown"])), "the topic-only ones stay, published here or not");
+        assert_eq!(observed(&histogram), (2, 3.5 + 2.5), "broadcast acked 3.5 s after its publish, direct 2.5 s");
+        assert_eq!(routing.acks("elsewhere").len(), 1);
+        // An id fanned out to a topic and then to a user is no longer topic-only.
+        routing.note(&committed("broadcast", "user:bob"));
+        assert_eq!(routing.route(&alice, &phone, &ids(&["broadcast"]), 10, 5_000, &histogram), None);
+        assert_eq!(observed(&histogram).0, 3);
     }
 }
