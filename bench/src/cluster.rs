@@ -11,7 +11,7 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::child::{DATABASE_URL_VAR, REDIS_PREFIX_VAR, REDIS_URL_VAR};
 use crate::peer::NodeProc;
-use crate::scenarios::{Fleet, Handler, ServerChild, drain, total_of};
+use crate::scenarios::{Fleet, Handler, ServerChild, count_one, drain, total_of};
 use crate::sys;
 
 /// Redis and PostgreSQL for S6, stopped when dropped.
@@ -147,7 +147,7 @@ pub(crate) async fn tidings(
     let c = counts.clone();
     let handler: Handler = Arc::new(move |i, e| {
         if let Event::Notification(_) = e {
-            c[i].fetch_add(1, Ordering::Relaxed);
+            count_one(&c[i]);
         }
     });
     let mut fleets = Vec::with_capacity(processes);
