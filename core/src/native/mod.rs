@@ -27,6 +27,7 @@
 mod file_store;
 mod http;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -318,8 +319,8 @@ impl ClientBuilder {
 #[derive(Debug)]
 pub struct Events {
     /// Events come from the driver in batches (one channel operation per batch, not per event).
-    rx: mpsc::UnboundedReceiver<Vec<Event>>,
-    batch: std::vec::IntoIter<Event>,
+    rx: mpsc::UnboundedReceiver<VecDeque<Event>>,
+    batch: std::collections::vec_deque::IntoIter<Event>,
     flow: Arc<EventFlow>,
 }
 
@@ -510,7 +511,7 @@ impl Client {
             out: Outputs::default(),
         };
         let task = handle.spawn(driver.run());
-        let events = Events { rx: events_rx, batch: Vec::new().into_iter(), flow };
+        let events = Events { rx: events_rx, batch: VecDeque::new().into_iter(), flow };
         Ok((Client { shared, task: Mutex::new(Some(task)) }, events))
     }
 
@@ -854,7 +855,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Driver {
     shared: Arc<Shared>,
     tokens: Arc<dyn TokenProvider>,
-    events: mpsc::UnboundedSender<Vec<Event>>,
+    events: mpsc::UnboundedSender<VecDeque<Event>>,
     flow: Arc<EventFlow>,
     config: ClientConfig,
     /// The TLS settings for `wss` when extra roots are configured (`None`: tokio-tungstenite's defaults).
@@ -869,7 +870,10 @@ struct Driver {
 struct Outputs {
     transmits: Vec<String>,
     actions: Vec<Action>,
-    events: Vec<Event>,
+    /// The engine's own event queue, taken whole ([`Engine::swap_events`]).
+    events: VecDeque<Event>,
+    /// How many events the last turn had: the room of the queue given to the engine in exchange.
+    events_room: usize,
     timeout: Option<Instant>,
     finished: bool,
 }
@@ -883,7 +887,19 @@ impl Driver {
             match engine.poll_output() {
                 Output::Transmit(t) => out.transmits.push(t),
                 Output::Action(a) => out.actions.push(a),
-                Output::Event(e) => out.events.push(e),
+                Output::Event(e) => {
+                    // Nothing but events is pending now: the rest are taken as the engine's queue itself (with
+                    // `e` back at its front), handed on as the application's batch without copying them.
+                    out.events_room = out.events_room.max(16);
+                    let mut rest = engine.swap_events(VecDeque::with_capacity(out.events_room));
+                    rest.push_front(e);
+                    out.events_room = rest.len();
+                    if out.events.is_empty() {
+                        out.events = rest;
+                    } else {
+                        out.events.extend(rest);
+                    }
+                }
                 Output::Reply { request, result } => {
                     let waiter = self.shared.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
                     if let Some(tx) = waiter {
@@ -982,7 +998,7 @@ impl Driver {
     }
 
     /// Hands `events` to the application (the state watch first), in batches, waiting while it is behind.
-    async fn deliver(&mut self, events: &mut Vec<Event>) {
+    async fn deliver(&mut self, events: &mut VecDeque<Event>) {
         for event in events.iter() {
             match event {
                 Event::State(s) => {
@@ -994,12 +1010,13 @@ impl Driver {
                 _ => {}
             }
         }
-        let mut events = events.drain(..);
-        loop {
-            let batch: Vec<Event> = events.by_ref().take(EVENT_BATCH).collect();
-            if batch.is_empty() {
-                break;
-            }
+        while !events.is_empty() {
+            // A turn's events usually go as they are (the engine's queue, no copy); a long run in steps.
+            let batch: VecDeque<Event> = if events.len() <= EVENT_BATCH {
+                std::mem::take(events)
+            } else {
+                events.drain(..EVENT_BATCH).collect()
+            };
             // Backpressure: wait for the app. If it dropped `Events`, the events are discarded.
             self.room_for_events().await;
             self.flow.queued.fetch_add(batch.len(), Ordering::AcqRel);
