@@ -22,8 +22,9 @@
 //! - **History reads** (`history`, `page`) go to the store: it holds the whole retained history, so a replay never
 //!   answers "gap" while the data exists. The cache serves the skip repairs.
 //! - **Inbox frames** and **control commands** (session replacement, operator drops) go to every process over
-//!   two shared channels; **presence** lives in Redis with expiry (each process refreshes its connections' entries,
-//!   a dead process's entries expire).
+//!   two shared channels; a drop or an unsubscribe asks every process for its count, answered on the control
+//!   channel to the asking process (`RedisBroker::ask_everywhere`); **presence** lives in Redis with expiry
+//!   (each process refreshes its connections' entries, a dead process's entries expire).
 //! - **Readiness**: red when Redis does not answer, when the pub/sub connection is down, or when a probe published
 //!   on this process's probe channel does not come back on its pub/sub connection in time (Centrifugo #1189).
 
