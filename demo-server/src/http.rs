@@ -688,8 +688,7 @@ async fn admin_drop(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bod
         complete = reach.complete,
         "operator dropped connections"
     );
-    axum::Json(json!({ "dropped": reach.count, "processes": reach.processes, "complete": reach.complete }))
-        .into_response()
+    reach_response("dropped", reach)
 }
 
 /// `POST /v1/admin/unsubscribe` with `{"stream":"…"}` and an optional `"user"`: ends that subscription of
@@ -724,7 +723,12 @@ async fn admin_unsubscribe(State(node): State<Arc<Node>>, headers: HeaderMap, bo
         complete = reach.complete,
         "operator ended subscriptions"
     );
-    axum::Json(json!({ "unsubscribed": reach.count, "processes": reach.processes, "complete": reach.complete }))
+    reach_response("unsubscribed", reach)
+}
+
+/// The answer of an operator command: `{"<counted>":N,"processes":P,"complete":…}` (protocol §9.4).
+fn reach_response(counted: &str, reach: crate::node::Reach) -> Response {
+    axum::Json(json!({ (counted): reach.count, "processes": reach.processes, "complete": reach.complete }))
         .into_response()
 }
 
