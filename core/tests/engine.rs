@@ -74,47 +74,6 @@ fn an_undecodable_frame_inside_a_message_stops_it_there_and_replaces_the_link() 
 }
 
 #[test]
-fn swapping_the_event_queue_hands_every_event_on_in_order_and_keeps_the_spare_as_the_queue() {
-    let mut h = connected("alice");
-    h.take_events();
-    let frames: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|id| h.server.publish("user:alice", id, Priority::Important, None).unwrap())
-        .collect();
-    h.engine.handle_text(h.now, h.conn.unwrap(), &frames.join("\n"));
-    // What a driver does: outputs until the first event (the acks' frame comes before it), then the rest at once.
-    let first = loop {
-        match h.engine.poll_output() {
-            tidings_core::engine::Output::Event(e) => break e,
-            tidings_core::engine::Output::Timeout(_) => panic!("no event"),
-            _ => {}
-        }
-    };
-    let spare: std::collections::VecDeque<Event> = std::collections::VecDeque::with_capacity(8);
-    let mut rest = h.engine.swap_events(spare);
-    rest.push_front(first);
-    let ids: Vec<String> = rest
-        .iter()
-        .filter_map(|e| match e {
-            Event::Notification(n) => Some(n.id().to_string()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(ids, ["n1", "n2", "n3"]);
-    assert_eq!(h.engine.poll_event(), None, "the queue is the (empty) spare now");
-    // The spare is the queue: later events land in it.
-    let f4 = h.server.publish("user:alice", "n4", Priority::Important, None).unwrap();
-    h.engine.handle_text(h.now, h.conn.unwrap(), &f4);
-    assert!(matches!(h.engine.poll_event(), Some(Event::Notification(n)) if n.id() == "n4"));
-    // A non-empty spare is emptied first.
-    let f5 = h.server.publish("user:alice", "n5", Priority::Important, None).unwrap();
-    h.engine.handle_text(h.now, h.conn.unwrap(), &f5);
-    let taken = h.engine.swap_events(rest);
-    assert_eq!(taken.len(), 1);
-    assert_eq!(h.engine.poll_event(), None);
-}
-
-#[test]
 fn live_notifications_are_delivered_in_order_and_acked_at_most_once_per_ack_delay() {
     let mut h = connected("alice");
     h.take_events();

@@ -221,15 +221,6 @@ impl Engine {
         self.events.pop_front()
     }
 
-    /// Every queued event at once, in order, as the queue itself; `spare` (emptied) becomes the queue. For a
-    /// driver that has just had an [`Output::Event`] from [`Engine::poll_output`] (so no frame, action or reply is
-    /// pending) and hands events on in batches: the events are not moved one by one, and a `spare` with room
-    /// for a turn's events keeps the queue from regrowing.
-    pub fn swap_events(&mut self, mut spare: VecDeque<Event>) -> VecDeque<Event> {
-        spare.clear();
-        std::mem::replace(&mut self.events, spare)
-    }
-
     /// When [`Engine::handle_timeout`] must be called next, if ever: the earliest timer that is armed and counts
     /// now (pending acks wait while disconnected; a token refresh waits while a token request is on its way).
     pub fn poll_timeout(&self) -> Option<Instant> {

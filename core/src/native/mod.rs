@@ -27,7 +27,6 @@
 mod file_store;
 mod http;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -319,8 +318,8 @@ impl ClientBuilder {
 #[derive(Debug)]
 pub struct Events {
     /// Events come from the driver in batches (one channel operation per batch, not per event).
-    rx: mpsc::UnboundedReceiver<VecDeque<Event>>,
-    batch: std::collections::vec_deque::IntoIter<Event>,
+    rx: mpsc::UnboundedReceiver<Vec<Event>>,
+    batch: std::vec::IntoIter<Event>,
     flow: Arc<EventFlow>,
 }
 
@@ -511,7 +510,7 @@ impl Client {
             out: Outputs::default(),
         };
         let task = handle.spawn(driver.run());
-        let events = Events { rx: events_rx, batch: VecDeque::new().into_iter(), flow };
+        let events = Events { rx: events_rx, batch: Vec::new().into_iter(), flow };
         Ok((Client { shared, task: Mutex::new(Some(task)) }, events))
     }
 
@@ -855,7 +854,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Driver {
     shared: Arc<Shared>,
     tokens: Arc<dyn TokenProvider>,
-    events: mpsc::UnboundedSender<VecDeque<Event>>,
+    events: mpsc::UnboundedSender<Vec<Event>>,
     flow: Arc<EventFlow>,
     config: ClientConfig,
     /// The TLS settings for `wss` when extra roots are configured (`None`: tokio-tungstenite's defaults).
@@ -870,10 +869,7 @@ struct Driver {
 struct Outputs {
     transmits: Vec<String>,
     actions: Vec<Action>,
-    /// The engine's own event queue, taken whole ([`Engine::swap_events`]).
-    events: VecDeque<Event>,
-    /// How many events the last turn had: the room of the queue given to the engine in exchange.
-    events_room: usize,
+    events: Vec<Event>,
     timeout: Option<Instant>,
     finished: bool,
 }
@@ -887,19 +883,7 @@ impl Driver {
             match engine.poll_output() {
                 Output::Transmit(t) => out.transmits.push(t),
                 Output::Action(a) => out.actions.push(a),
-                Output::Event(e) => {
-                    // Nothing but events is pending now: the rest are taken as the engine's queue itself (with
-                    // `e` back at its front), handed on as the application's batch without copying them.
-                    out.events_room = out.events_room.max(16);
-                    let mut rest = engine.swap_events(VecDeque::with_capacity(out.events_room));
-                    rest.push_front(e);
-                    out.events_room = rest.len();
-                    if out.events.is_empty() {
-                        out.events = rest;
-                    } else {
-                        out.events.extend(rest);
-                    }
-                }
+                Output::Event(e) => out.events.push(e),
                 Output::Reply { request, result } => {
                     let waiter = self.shared.replies.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
                     if let Some(tx) = waiter {
@@ -998,7 +982,7 @@ impl Driver {
     }
 
     /// Hands `events` to the application (the state watch first), in batches, waiting while it is behind.
-    async fn deliver(&mut self, events: &mut VecDeque<Event>) {
+    async fn deliver(&mut self, events: &mut Vec<Event>) {
         for event in events.iter() {
             match event {
                 Event::State(s) => {
@@ -1010,13 +994,12 @@ impl Driver {
                 _ => {}
             }
         }
-        while !events.is_empty() {
-            // A turn's events usually go as they are (the engine's queue, no copy); a long run in steps.
-            let batch: VecDeque<Event> = if events.len() <= EVENT_BATCH {
-                std::mem::take(events)
-            } else {
-                events.drain(..EVENT_BATCH).collect()
-            };
+        let mut events = events.drain(..);
+        loop {
+            let batch: Vec<Event> = events.by_ref().take(EVENT_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
             // Backpressure: wait for the app. If it dropped `Events`, the events are discarded.
             self.room_for_events().await;
             self.flow.queued.fetch_add(batch.len(), Ordering::AcqRel);
