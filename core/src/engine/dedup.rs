@@ -5,18 +5,24 @@
 //! chance of two different ids colliding in a 10 000-entry window of about 10⁻³⁴ per notification. The hash is
 //! fixed (not seeded per process), so two processes sharing a store — an app and its push extension — agree.
 //!
-//! Layout: a queue of sightings in order (16 bytes each: the key) and a hash index that maps each key in the
-//! window to the sequence number of its latest sighting (4 bytes per entry; the key itself is read from the
-//! queue, as `indexmap` does). A key seen again leaves a tombstone at its old place in the queue, which eviction
-//! skips; tombstones are compacted away once the queue is twice the capacity. For 10 000 ids this holds about
-//! 330 KiB where a map from key to stamp plus a queue of (key, stamp) held about 900 KiB, and an insert touches
-//! the 4-byte index slot and one queue entry. Nothing is allocated per insert once the window is full. (The `lru`
-//! crate, used before that, allocated a node per entry and chased pointers to rehash while the window grew: 17 %
-//! of an S2 client's CPU, see BENCHMARKS.md.)
+//! Layout: a queue of sightings in order (16 bytes each: the key) and an open-addressing index (linear probing,
+//! at most three quarters full) of 8-byte slots, one per key in the window: 32 bits of the key's hash, which place
+//! the slot and tell keys apart, and the sequence number of the key's latest sighting (the whole key is read from
+//! the queue only when those 32 bits match). A key seen again leaves a tombstone at its old place in the queue,
+//! which eviction skips; tombstones are compacted away once the queue is twice the capacity. For 10 000 ids this
+//! holds about 385 KiB (a map from key to stamp plus a queue of (key, stamp) held about 900 KiB). A new id costs
+//! one index slot read and written and, once the window is full, the evicted id's slot — two places in memory
+//! that are likely cold when a process holds many windows (the S2 and S6 benchmarks hold 1,000), where
+//! `hashbrown`'s table, used before, touched four (its control bytes and its slots, for both ids). Nothing is
+//! allocated per insert once the window is full. (The `lru` crate, used before that, allocated a node per entry
+//! and chased pointers to rehash while the window grew: 17 % of an S2 client's CPU, see BENCHMARKS.md.)
+//!
+//! The index is written here rather than taken from a crate: what makes it cheap is that a slot holds a hash
+//! prefix and a queue position, not the key, and that eviction finds a slot by position without reading the key
+//! — neither fits a general-purpose map's interface.
 
 use std::collections::VecDeque;
 
-use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_128;
 
 /// A key as two words (the queue entry is 16 bytes with 8-byte alignment; `u128` would align to 16).
@@ -39,10 +45,20 @@ fn join(k: Key) -> u128 {
     (u128::from(k[0]) << 64) | u128::from(k[1])
 }
 
-/// The index hashes a key by its low word: it is already a uniform hash.
-fn hash(k: &Key) -> u64 {
-    k[1]
+/// The index's 32 bits of a key: the low half of its low word (already a uniform hash), never 0 (0 marks an empty
+/// slot; a key whose bits are 0 shares 1 with others, which only lengthens a probe).
+fn tag(k: &Key) -> u32 {
+    (k[1] as u32).max(1)
 }
+
+/// An index slot: the key's [`tag`] and the sequence number of its latest sighting; a tag of 0 is an empty slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    tag: u32,
+    seq: u32,
+}
+
+const EMPTY: Slot = Slot { tag: 0, seq: 0 };
 
 /// Bounded set of recently seen notification ids. When full, the id seen least recently is forgotten. Memory
 /// grows with use rather than being allocated at full capacity up front (`core/tests/dedup_memory.rs`).
@@ -52,9 +68,10 @@ pub struct DedupWindow {
     ring: VecDeque<Key>,
     /// The sequence number of `ring[0]`. Sequence numbers wrap at 2³²; the queue never holds that many.
     head: u32,
-    /// For every key in the window, the sequence number of its latest sighting (the key is `ring[seq - head]`).
-    index: HashTable<u32>,
-    /// Keys in the window (entries of `ring` that are not tombstones).
+    /// One slot per key in the window, at the first free place from `tag & (len - 1)` on. The length is 0 or a
+    /// power of two, and at most three quarters of the slots are used, so a probe always ends at an empty slot.
+    index: Vec<Slot>,
+    /// Keys in the window (entries of `ring` that are not tombstones, and used slots of `index`).
     live: usize,
     capacity: usize,
 }
@@ -70,7 +87,7 @@ impl DedupWindow {
         DedupWindow {
             ring: VecDeque::new(),
             head: 0,
-            index: HashTable::new(),
+            index: Vec::new(),
             live: 0,
             capacity: capacity.clamp(1, u32::MAX as usize / 4),
         }
@@ -82,28 +99,65 @@ impl DedupWindow {
         self.insert_key(key(id))
     }
 
-    fn insert_key(&mut self, k: Key) -> bool {
-        let Self { ring, head, index, .. } = self;
-        let head = *head;
-        let seq = head.wrapping_add(ring.len() as u32);
-        if let Some(latest) = index.find_mut(hash(&k), |&s| ring[at(head, s)] == k) {
-            // Seen again: the old sighting becomes a tombstone and the key moves to the back.
-            ring[at(head, *latest)] = TOMBSTONE;
-            *latest = seq;
-            ring.push_back(k);
-            if ring.len() > 2 * self.capacity {
-                // Many refreshes left tombstones behind: drop them (amortised over `capacity` refreshes).
-                self.compact();
+    /// The slot holding `k`, or the empty slot where it would go.
+    fn probe(&self, k: &Key) -> Result<usize, usize> {
+        let mask = self.index.len() - 1;
+        let t = tag(k);
+        let mut i = t as usize & mask;
+        loop {
+            let slot = self.index[i];
+            if slot.tag == 0 {
+                return Err(i);
             }
-            return false;
+            if slot.tag == t && self.ring[at(self.head, slot.seq)] == *k {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
         }
-        ring.push_back(k);
-        index.insert_unique(hash(&k), seq, |&s| hash(&ring[at(head, s)]));
-        self.live += 1;
-        if self.live > self.capacity {
-            self.evict_oldest();
+    }
+
+    fn insert_key(&mut self, k: Key) -> bool {
+        let seq = self.head.wrapping_add(self.ring.len() as u32);
+        if (self.live + 1) * 4 > self.index.len() * 3 {
+            self.grow();
         }
-        true
+        match self.probe(&k) {
+            Ok(i) => {
+                // Seen again: the old sighting becomes a tombstone and the key moves to the back.
+                let old = at(self.head, self.index[i].seq);
+                self.ring[old] = TOMBSTONE;
+                self.index[i].seq = seq;
+                self.ring.push_back(k);
+                if self.ring.len() > 2 * self.capacity {
+                    // Many refreshes left tombstones behind: drop them (amortised over `capacity` refreshes).
+                    self.compact();
+                }
+                false
+            }
+            Err(i) => {
+                self.index[i] = Slot { tag: tag(&k), seq };
+                self.ring.push_back(k);
+                self.live += 1;
+                if self.live > self.capacity {
+                    self.evict_oldest();
+                }
+                true
+            }
+        }
+    }
+
+    /// Doubles the index (from 16 slots) and places every slot again; the tags say where, no key is read.
+    fn grow(&mut self) {
+        let len = (self.index.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.index, vec![EMPTY; len]);
+        let mask = len - 1;
+        for slot in old.into_iter().filter(|s| s.tag != 0) {
+            let mut i = slot.tag as usize & mask;
+            while self.index[i].tag != 0 {
+                i = (i + 1) & mask;
+            }
+            self.index[i] = slot;
+        }
     }
 
     /// Forgets the least recently seen key.
@@ -114,16 +168,44 @@ impl DedupWindow {
             if k == TOMBSTONE {
                 continue;
             }
-            if let Ok(entry) = self.index.find_entry(hash(&k), |&s| s == seq) {
-                entry.remove();
+            // The key's slot is the one with its tag and this sequence number (sequence numbers of live keys
+            // are distinct), so the key itself need not be compared.
+            let mask = self.index.len() - 1;
+            let wanted = Slot { tag: tag(&k), seq };
+            let mut i = wanted.tag as usize & mask;
+            while self.index[i] != wanted {
+                debug_assert!(self.index[i].tag != 0, "every key in the queue has a slot");
+                i = (i + 1) & mask;
             }
+            self.remove_slot(i);
             self.live -= 1;
             return;
         }
     }
 
-    /// Drops the tombstones from the queue and renumbers from 0. The index keeps its buckets (they depend on the
-    /// keys only); each entry's sequence number moves down by the tombstones before it.
+    /// Empties slot `i`, moving later slots of the same run back so that every probe still finds its key
+    /// (deletion without markers for linear probing, Knuth's Algorithm R).
+    fn remove_slot(&mut self, mut i: usize) {
+        let mask = self.index.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let slot = self.index[j];
+            if slot.tag == 0 {
+                break;
+            }
+            let home = slot.tag as usize & mask;
+            // The slot at `j` may move to `i` when `i` lies on its probe path, from `home` to `j`.
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(i) & mask {
+                self.index[i] = slot;
+                i = j;
+            }
+        }
+        self.index[i] = EMPTY;
+    }
+
+    /// Drops the tombstones from the queue and renumbers from 0. Slots stay where they are (their place depends
+    /// on the tag only); each one's sequence number moves down by the tombstones before it.
     fn compact(&mut self) {
         let head = self.head;
         let mut renumbered = Vec::with_capacity(self.ring.len());
@@ -132,15 +214,15 @@ impl DedupWindow {
             renumbered.push(next);
             next += u32::from(*k != TOMBSTONE);
         }
-        for seq in self.index.iter_mut() {
-            *seq = renumbered[at(head, *seq)];
+        for slot in self.index.iter_mut().filter(|s| s.tag != 0) {
+            slot.seq = renumbered[at(head, slot.seq)];
         }
         self.ring.retain(|k| *k != TOMBSTONE);
         self.head = 0;
     }
 
     fn contains_key(&self, k: Key) -> bool {
-        self.index.find(hash(&k), |&s| self.ring[at(self.head, s)] == k).is_some()
+        !self.index.is_empty() && self.probe(&k).is_ok()
     }
 
     /// Whether `id` is in the window (does not refresh it).
@@ -252,7 +334,7 @@ mod tests {
             w.insert(&format!("01JDZ3K5W8Q2M4N6P8{i:08}"));
         }
         assert_eq!(w.len(), 10_000);
-        let bytes = w.ring.capacity() * size_of::<Key>() + w.index.capacity() * (size_of::<u32>() + 1);
+        let bytes = w.ring.capacity() * size_of::<Key>() + w.index.capacity() * size_of::<Slot>();
         assert!(bytes < 400_000, "{bytes} bytes");
     }
 
@@ -282,6 +364,34 @@ mod tests {
             for id in &model {
                 proptest::prop_assert!(w.contains(id));
             }
+        }
+
+        /// The same with keys made to share index tags (as two real ids do once in 2³² pairs): long probe runs
+        /// that wrap past the end of the index, a tag match that is not the key, and removals that move slots
+        /// back across the wrap.
+        #[test]
+        fn colliding_tags_answer_like_a_least_recently_seen_list(
+            capacity in 1usize..12,
+            ops in proptest::collection::vec(0u64..40, 0..400),
+        ) {
+            // Tags 13, 14 and 15 (the last slots of a 16-slot index) and 31 (the last of 32); distinct keys.
+            let crafted = |op: u64| -> Key { [op + 1, [13u64, 14, 15, 31][(op % 4) as usize] | (op << 32)] };
+            let mut w = DedupWindow::new(capacity);
+            let mut model: Vec<u64> = Vec::new(); // oldest first
+            for op in ops {
+                let was_known = model.contains(&op);
+                model.retain(|m| *m != op);
+                model.push(op);
+                if model.len() > capacity {
+                    model.remove(0);
+                }
+                proptest::prop_assert_eq!(w.insert_key(crafted(op)), !was_known);
+                proptest::prop_assert_eq!(w.len(), model.len());
+                for o in 0..40 {
+                    proptest::prop_assert_eq!(w.contains_key(crafted(o)), model.contains(&o), "key {}", o);
+                }
+            }
+            proptest::prop_assert_eq!(w.index.iter().filter(|s| s.tag != 0).count(), model.len());
         }
     }
 }
