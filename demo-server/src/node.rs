@@ -24,7 +24,7 @@ use crate::broker_redis::{Control, ControlHandler, RedisBroker, Tally};
 use crate::health::ReadinessCheck;
 use crate::inboxes::InboxWatchers;
 use crate::limits::Limiter;
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::{LatencyCounts, LatencyHistogram, Metrics, Transport};
 use crate::model::{AckRecord, AppendOutcome, Committed, EncodedFrame, HistoryRead, Position, Publication, PushRecord};
 use crate::outbox::ConnHandle;
 use crate::presence::Presence;
@@ -782,21 +782,23 @@ impl AckRouting {
         ids: &[String],
         at: u64,
         now: u64,
-        latency: &prometheus_client::metrics::histogram::Histogram,
+        latency: &LatencyHistogram,
     ) -> Option<Vec<String>> {
         let mut topic_only = Vec::with_capacity(if self.topic_acks.is_some() { ids.len() } else { 0 });
+        let mut latencies = LatencyCounts::default();
         {
             let recent = self.recent();
             for id in ids {
                 let known = recent.by_id.get(id.as_str());
                 if let Some(published) = known.and_then(|r| r.published_at) {
-                    latency.observe(now.saturating_sub(published) as f64 / 1000.0);
+                    latencies.observe(now.saturating_sub(published) as f64 / 1000.0);
                 }
                 if self.topic_acks.is_some() {
                     topic_only.push(known.is_some_and(|r| r.streams == Fanned::TopicsOnly));
                 }
             }
         }
+        latency.add(&latencies);
         let kept = self.topic_acks.as_ref()?;
         let topics = topic_only.iter().filter(|t| **t).count();
         if topics == 0 {
@@ -844,7 +846,7 @@ mod tests {
         routing.note(&committed("direct", "user:alice"));
         let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
         let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let histogram = crate::metrics::latency_histogram();
+        let histogram = LatencyHistogram::default();
         assert_eq!(
             routing.route(&alice, &phone, &ids(&["broadcast"]), 5, 0, &histogram),
             Some(vec![]),
@@ -869,7 +871,7 @@ mod tests {
     }
 
     /// The `_count` and `_sum` of `histogram`, from its text rendering.
-    fn observed(histogram: &prometheus_client::metrics::histogram::Histogram) -> (u64, f64) {
+    fn observed(histogram: &LatencyHistogram) -> (u64, f64) {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("lat", "", histogram.clone());
         let mut text = String::new();
@@ -895,7 +897,7 @@ mod tests {
         routing.note(&committed("elsewhere", "topic:news"));
         let (alice, phone): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("phone"));
         let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let histogram = crate::metrics::latency_histogram();
+        let histogram = LatencyHistogram::default();
         let durable =
             routing.route(&alice, &phone, &ids(&["broadcast", "direct", "elsewhere", "unknown"]), 9, 4_500, &histogram);
         assert_eq!(durable, Some(ids(&["direct", "unknown"])), "the topic-only ones stay, published here or not");
