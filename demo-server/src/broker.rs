@@ -18,6 +18,15 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     /// come in offset order.
     fn handle_publication(&self, committed: &Committed);
 
+    /// Several committed notifications in the order they were committed (one stream's in offset order), as
+    /// consecutive [`BrokerEventHandler::handle_publication`] calls; a broker hands on together what arrived
+    /// together, so that the handler can take each connection's queue once for all of them.
+    fn handle_publications(&self, batch: &[Committed]) {
+        for committed in batch {
+            self.handle_publication(committed);
+        }
+    }
+
     /// `user`'s inbox changed: `frame` is the encoded `inbox` frame (protocol §13.3) for this process's
     /// connections that watch the user's inbox.
     fn handle_inbox(&self, user: &str, frame: &EncodedFrame);

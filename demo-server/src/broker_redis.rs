@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -838,6 +838,7 @@ async fn run_pubsub(
     mut ready: Option<oneshot::Sender<()>>,
 ) {
     let mut tracks: HashMap<Arc<str>, Track> = HashMap::new();
+    let mut handed: Vec<Committed> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -906,7 +907,24 @@ async fn run_pubsub(
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { break };
-                    on_message(&inner, &mut tracks, message).await;
+                    // What has arrived by now is handled together: in-order publications go to the handler as one
+                    // batch (each connection's queue is taken once for all of them).
+                    on_message(&inner, &mut tracks, message, &mut handed).await;
+                    let mut open = true;
+                    for _ in 1..MAX_AT_ONCE {
+                        match messages.next().now_or_never() {
+                            Some(Some(message)) => on_message(&inner, &mut tracks, message, &mut handed).await,
+                            Some(None) => {
+                                open = false;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    hand_on(&inner, &mut handed);
+                    if !open {
+                        break;
+                    }
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -979,7 +997,27 @@ async fn track_without_redis(
     Ok(())
 }
 
-async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, message: redis::Msg) {
+/// Most pub/sub messages [`run_pubsub`] takes at once (the publications among them are handed on together).
+const MAX_AT_ONCE: usize = 256;
+
+/// Hands the collected publications to the handler, in order.
+fn hand_on(inner: &Inner, handed: &mut Vec<Committed>) {
+    if !handed.is_empty() {
+        if let Some(handler) = inner.handler() {
+            handler.handle_publications(handed);
+        }
+        handed.clear();
+    }
+}
+
+/// Handles one pub/sub message. A publication that follows the last one of its stream (or an ephemeral one) is
+/// added to `handed`; everything else first hands on what was collected, so the handler sees it all in order.
+async fn on_message(
+    inner: &Inner,
+    tracks: &mut HashMap<Arc<str>, Track>,
+    message: redis::Msg,
+    handed: &mut Vec<Committed>,
+) {
     let channel = message.get_channel_name();
     let Ok(payload) = message.get_payload::<String>() else { return };
     if let Some(stream) = inner.stream_of_channel(channel) {
@@ -990,10 +1028,8 @@ async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, messag
         };
         let Some(offset) = committed.offset else {
             // Ephemeral: no position to track.
-            if tracks.contains_key(stream)
-                && let Some(handler) = inner.handler()
-            {
-                handler.handle_publication(&committed);
+            if tracks.contains_key(stream) {
+                handed.push(committed);
             }
             return;
         };
@@ -1006,17 +1042,19 @@ async fn on_message(inner: &Inner, tracks: &mut HashMap<Arc<str>, Track>, messag
             if offset == track.last + 1 {
                 track.last = offset;
                 track.suspect = None;
-                if let Some(handler) = inner.handler() {
-                    handler.handle_publication(&committed);
-                }
+                handed.push(committed);
                 return;
             }
         }
         inc(&inner.counters.skips_repaired, 1);
         debug!(stream, offset, last = track.last, "redis: skip; re-reading");
+        hand_on(inner, handed);
         let stream: Arc<str> = committed.stream.clone();
         repair(inner, tracks, &stream, Some(&committed)).await;
-    } else if channel == inner.inbox_channel() {
+        return;
+    }
+    hand_on(inner, handed);
+    if channel == inner.inbox_channel() {
         if let Some((user, frame)) = payload.split_once('\n')
             && let Some(handler) = inner.handler()
         {

@@ -663,9 +663,29 @@ impl ControlHandler for Node {
 
 impl BrokerEventHandler for Node {
     fn handle_publication(&self, committed: &Committed) {
-        self.acks.note(committed);
-        let fan_out = self.registry.fan_out(committed);
-        debug!(id = %committed.id, stream = %committed.stream, queued = fan_out.queued, "fanned out");
+        self.handle_publications(std::slice::from_ref(committed));
+    }
+
+    fn handle_publications(&self, batch: &[Committed]) {
+        self.acks.note_all(batch);
+        for run in batch.chunk_by(|a, b| a.stream == b.stream) {
+            let fan_out = self.registry.fan_out_run(run);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for committed in run {
+                    debug!(id = %committed.id, stream = %committed.stream, run = run.len(), queued = fan_out.queued, "fanned out");
+                }
+            }
+            self.count_fan_out(&fan_out);
+        }
+    }
+
+    fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
+        self.inbox_watchers.fan_out(user, frame);
+    }
+}
+
+impl Node {
+    fn count_fan_out(&self, fan_out: &crate::registry::FanOut) {
         let (ws, sse) = (&self.metrics.ws, &self.metrics.sse);
         ws.live.inc_by(fan_out.queued - fan_out.sse_queued);
         sse.live.inc_by(fan_out.sse_queued);
@@ -674,10 +694,6 @@ impl BrokerEventHandler for Node {
             ws.dropped.inc_by(fan_out.overflowed - fan_out.sse_overflowed);
             sse.dropped.inc_by(fan_out.sse_overflowed);
         }
-    }
-
-    fn handle_inbox(&self, user: &str, frame: &EncodedFrame) {
-        self.inbox_watchers.fan_out(user, frame);
     }
 }
 
@@ -762,14 +778,22 @@ impl AckRouting {
     }
 
     /// Remembers which kind of stream a committed notification went to.
+    #[cfg(test)]
     fn note(&self, committed: &Committed) {
-        let topic = committed.stream.starts_with("topic:");
+        self.note_all(std::slice::from_ref(committed));
+    }
+
+    /// Remembers which kind of stream each of `batch` went to.
+    fn note_all(&self, batch: &[Committed]) {
         let mut recent = self.recent();
-        let streams = &mut recent.entry(&committed.id).streams;
-        *streams = match (*streams, topic) {
-            (Fanned::Nowhere | Fanned::TopicsOnly, true) => Fanned::TopicsOnly,
-            _ => Fanned::SomeUser,
-        };
+        for committed in batch {
+            let topic = committed.stream.starts_with("topic:");
+            let streams = &mut recent.entry(&committed.id).streams;
+            *streams = match (*streams, topic) {
+                (Fanned::Nowhere | Fanned::TopicsOnly, true) => Fanned::TopicsOnly,
+                _ => Fanned::SomeUser,
+            };
+        }
     }
 
     /// Observes the latency of the acked ids this node published (`now`: wall-clock ms), keeps the acks of

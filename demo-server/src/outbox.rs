@@ -31,6 +31,16 @@ pub(crate) enum Pushed {
     Closing,
 }
 
+/// Result of [`ConnHandle::push_live_all`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pushes {
+    /// Frames queued for sending — counted as consecutive `push_live` calls count them, also when a later one
+    /// overflowed the queue and the backlog was dropped.
+    pub(crate) queued: u64,
+    /// The live queue overflowed with these frames: the connection is now closing as a slow consumer.
+    pub(crate) overflowed: bool,
+}
+
 /// The shared half of a connection.
 pub(crate) struct ConnHandle {
     id: u64,
@@ -89,28 +99,45 @@ impl ConnHandle {
 
     /// Queues a live notification frame, subject to the live queue limit.
     pub(crate) fn push_live(&self, frame: &Utf8Bytes) -> Pushed {
+        let pushes = self.push_live_all(std::iter::once(frame));
+        if pushes.overflowed {
+            Pushed::Overflowed
+        } else if pushes.queued == 1 {
+            Pushed::Queued
+        } else {
+            Pushed::Closing
+        }
+    }
+
+    /// Queues live notification frames in order, as consecutive [`ConnHandle::push_live`] calls would, under one
+    /// lock: a broadcast's publications that arrive together cost each connection one lock and one wake-up, not
+    /// one per publication (the connections' queues are many and cold; S6 in bench/README.md).
+    pub(crate) fn push_live_all<'a>(&self, frames: impl IntoIterator<Item = &'a Utf8Bytes>) -> Pushes {
+        let mut pushes = Pushes::default();
         let mut state = self.lock();
         if state.close.is_some() {
-            return Pushed::Closing;
-        }
-        if state.frames.len() - state.reserved >= self.limit {
-            state.frames = VecDeque::new();
-            state.reserved = 0;
-            state.close = Some(CloseReason {
-                code: ErrorCode::SlowConsumer,
-                message: format!("more than {} notifications were waiting to be sent", self.limit),
-            });
-            drop(state);
-            self.notify.notify_one();
-            return Pushed::Overflowed;
+            return pushes;
         }
         let was_empty = state.frames.is_empty();
-        state.frames.push_back(frame.clone());
+        for frame in frames {
+            if state.frames.len() - state.reserved >= self.limit {
+                state.frames = VecDeque::new();
+                state.reserved = 0;
+                state.close = Some(CloseReason {
+                    code: ErrorCode::SlowConsumer,
+                    message: format!("more than {} notifications were waiting to be sent", self.limit),
+                });
+                pushes.overflowed = true;
+                break;
+            }
+            state.frames.push_back(frame.clone());
+            pushes.queued += 1;
+        }
         drop(state);
-        if was_empty {
+        if pushes.overflowed || (was_empty && pushes.queued > 0) {
             self.notify.notify_one();
         }
-        Pushed::Queued
+        pushes
     }
 
     /// Queues frames that must not be dropped for queue limits: replies and replayed notifications.
@@ -195,6 +222,22 @@ mod tests {
         let mut out = VecDeque::new();
         let reason = conn.take(&mut out).unwrap();
         assert_eq!(reason.code, ErrorCode::SlowConsumer);
+        assert!(out.is_empty(), "the backlog of a slow consumer is dropped");
+    }
+
+    #[test]
+    fn frames_pushed_together_count_and_overflow_as_frames_pushed_one_by_one() {
+        let frames = [frame("a"), frame("b"), frame("c"), frame("d")];
+        let conn = ConnHandle::new(1, 3);
+        assert_eq!(conn.push_live_all(&frames[..2]), Pushes { queued: 2, overflowed: false });
+        let mut out = VecDeque::new();
+        assert_eq!(conn.take(&mut out), None);
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b"], "in order");
+        // One more than the limit: the first three are counted as queued, the fourth overflows the queue.
+        assert_eq!(conn.push_live_all(&frames), Pushes { queued: 3, overflowed: true });
+        assert_eq!(conn.push_live_all(&frames[..1]), Pushes::default(), "closing: dropped");
+        out.clear();
+        assert_eq!(conn.take(&mut out).map(|r| r.code), Some(ErrorCode::SlowConsumer));
         assert!(out.is_empty(), "the backlog of a slow consumer is dropped");
     }
 

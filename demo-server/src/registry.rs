@@ -27,7 +27,7 @@ use tidings_core::protocol::ErrorCode;
 use tokio::sync::Notify;
 
 use crate::model::Committed;
-use crate::outbox::{ConnHandle, Pushed};
+use crate::outbox::ConnHandle;
 
 const SHARDS: usize = 64;
 
@@ -171,42 +171,57 @@ impl Registry {
 
     /// Hands a committed notification to this process's subscribers of its stream: queued to live ones (the same
     /// frame, shared by reference count), kept for syncing ones.
+    #[cfg(test)]
     pub(crate) fn fan_out(&self, committed: &Committed) -> FanOut {
-        let Some(subs) = self.subscribers(&committed.stream) else { return FanOut::default() };
+        self.fan_out_run(std::slice::from_ref(committed))
+    }
+
+    /// Hands committed notifications of one stream to this process's subscribers of it, as consecutive
+    /// [`Registry::fan_out`] calls would: queued to live ones (the same frame, shared by reference count) — each
+    /// connection's queue taken once for the whole run ([`ConnHandle::push_live_all`]) — and kept for syncing
+    /// ones.
+    pub(crate) fn fan_out_run(&self, run: &[Committed]) -> FanOut {
+        let Some(first) = run.first() else { return FanOut::default() };
+        debug_assert!(run.iter().all(|c| c.stream == first.stream), "one stream per run");
+        let Some(subs) = self.subscribers(&first.stream) else { return FanOut::default() };
         let set = &mut *lock(&subs.set);
-        let bytes = committed.frame.utf8_bytes();
         let mut result = FanOut::default();
         let floors = &mut set.floors;
         for conn in &set.live {
-            if !floors.is_empty()
-                && let (Some(offset), Some((epoch, head))) = (committed.offset, floors.get(&conn.id()))
-                && *epoch == committed.epoch
-                && offset <= *head
-            {
-                continue; // in this connection's replay already
-            }
+            // Skipped while at or below the floor; the first one of its epoch above it ends the floor.
+            let mut floor = if floors.is_empty() { None } else { floors.get(&conn.id()) };
+            let live = run.iter().filter(|c| match (c.offset, floor) {
+                (Some(offset), Some((epoch, head))) if *epoch == c.epoch => {
+                    if offset <= *head {
+                        return false;
+                    }
+                    floor = None;
+                    true
+                }
+                _ => true,
+            });
+            let pushes = conn.push_live_all(live.map(|c| c.frame.utf8_bytes()));
             let sse = u64::from(conn.is_sse());
-            match conn.push_live(bytes) {
-                Pushed::Queued => {
-                    result.queued += 1;
-                    result.sse_queued += sse;
-                }
-                Pushed::Overflowed => {
-                    result.overflowed += 1;
-                    result.sse_overflowed += sse;
-                }
-                Pushed::Closing => {}
+            result.queued += pushes.queued;
+            result.sse_queued += sse * pushes.queued;
+            if pushes.overflowed {
+                result.overflowed += 1;
+                result.sse_overflowed += sse;
             }
         }
         // Fan-out follows commit order: once a notification of a floor's epoch passes its head, no later one is at
         // or below it.
-        if !floors.is_empty()
-            && let Some(offset) = committed.offset
-        {
-            floors.retain(|_, (epoch, head)| *epoch != committed.epoch || offset <= *head);
+        if !floors.is_empty() {
+            for committed in run {
+                if let Some(offset) = committed.offset {
+                    floors.retain(|_, (epoch, head)| *epoch != committed.epoch || offset <= *head);
+                }
+            }
         }
         for syncing in &mut set.syncing {
-            syncing.keep(committed);
+            for committed in run {
+                syncing.keep(committed);
+            }
         }
         result
     }
@@ -515,6 +530,46 @@ mod tests {
         }
         assert_eq!(drain(&conn), ["subscribed", "f7", "f5", "f8"], "6 is in the replay; past 7 the floor is gone");
         assert_eq!(drain(&other), ["f5", "f6", "f7", "f5", "f8"], "other connections are not filtered");
+    }
+
+    #[test]
+    fn a_run_fanned_out_together_queues_what_the_same_notifications_fanned_out_one_by_one_queue() {
+        // The floor case above, a slow consumer and a syncing subscriber, once one by one and once as runs.
+        let outcome = |together: bool| {
+            let registry = Registry::new();
+            let mut all = conns(2);
+            let (conn, other) = (all.pop().unwrap(), all.pop().unwrap());
+            let slow = Arc::new(ConnHandle::new(9, 3));
+            let syncing = Arc::new(ConnHandle::new(10, 10));
+            for c in [&other, &slow] {
+                registry.begin_subscribe("user:a", c);
+                registry.finish_subscribe("user:a", c, vec![], None, |_| true);
+            }
+            registry.begin_subscribe("user:a", &conn);
+            registry.finish_subscribe("user:a", &conn, vec![], Some((Arc::from("e"), 6)), |_| true);
+            registry.begin_subscribe("user:a", &syncing);
+            let run: Vec<Committed> = [5, 6, 7, 5, 8].into_iter().map(|o| committed("user:a", o)).collect();
+            let fan_out = if together {
+                registry.fan_out_run(&run)
+            } else {
+                run.iter().fold(FanOut::default(), |sum, c| {
+                    let f = registry.fan_out(c);
+                    FanOut { queued: sum.queued + f.queued, overflowed: sum.overflowed + f.overflowed, ..sum }
+                })
+            };
+            assert_eq!(registry.fan_out_run(&[]), FanOut::default());
+            registry.finish_subscribe("user:a", &syncing, vec![], None, |b| b.offset > Some(6));
+            let mut slow_out = std::collections::VecDeque::new();
+            let slow_closed = slow.take(&mut slow_out).map(|r| r.code);
+            (fan_out, drain(&conn), drain(&other), slow_closed, drain(&syncing))
+        };
+        let one_by_one = outcome(false);
+        assert_eq!(one_by_one.0, FanOut { queued: 3 + 5 + 3, overflowed: 1, sse_queued: 0, sse_overflowed: 0 });
+        assert_eq!(one_by_one.1, ["f7", "f5", "f8"], "5 and 6 are in the replay; past 7 the floor is gone");
+        assert_eq!(one_by_one.2, ["f5", "f6", "f7", "f5", "f8"]);
+        assert_eq!(one_by_one.3, Some(ErrorCode::SlowConsumer), "three queued, the fourth overflowed");
+        assert_eq!(one_by_one.4, ["f7", "f8"], "the syncing subscriber's buffer, admitted past its read");
+        assert_eq!(outcome(true), one_by_one);
     }
 
     #[test]
