@@ -51,6 +51,19 @@ fn tag(k: &Key) -> u32 {
     (k[1] as u32).max(1)
 }
 
+/// Issues a prefetch of `slot`'s cache line (x86-64's `PREFETCHT0`).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn prefetch_slot(slot: &Slot) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: a prefetch is a hint: it reads nothing into the program, cannot fault, and writes nothing; the
+    // pointer comes from a reference anyway. SSE, which the intrinsic requires, is part of the x86-64 baseline.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast()) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch_slot(_slot: &Slot) {}
+
 /// An index slot: the key's [`tag`] and the sequence number of its latest sighting; a tag of 0 is an empty slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
@@ -97,6 +110,25 @@ impl DedupWindow {
     /// refreshed as most recently seen).
     pub fn insert(&mut self, id: &str) -> bool {
         self.insert_key(key(id))
+    }
+
+    /// Asks the CPU to fetch, without waiting for them, the index slots the next insert will read: where `id`'s
+    /// lookup starts and, once the window is full, the slot of the id it would evict. A driver that knows the next
+    /// id while it still has work to do (the next notification of a message, see `Engine::handle_text`) overlaps
+    /// those memory reads with that work; the window is unchanged. Only on x86-64 (the one target whose prefetch
+    /// intrinsic is stable Rust); elsewhere it does nothing.
+    pub fn prefetch(&self, id: &str) {
+        if self.index.is_empty() {
+            return;
+        }
+        let mask = self.index.len() - 1;
+        prefetch_slot(&self.index[tag(&key(id)) as usize & mask]);
+        if self.live >= self.capacity
+            && let Some(oldest) = self.ring.front()
+            && *oldest != TOMBSTONE
+        {
+            prefetch_slot(&self.index[tag(oldest) as usize & mask]);
+        }
     }
 
     /// The slot holding `k`, or the empty slot where it would go.
@@ -288,6 +320,19 @@ mod tests {
         copy.restore(w.entries_oldest_first());
         assert_eq!(copy.entries_oldest_first(), w.entries_oldest_first(), "c, a, d in that order");
         assert!(copy.contains("a") && copy.contains("c") && copy.contains("d"));
+    }
+
+    #[test]
+    fn prefetching_changes_nothing() {
+        let mut w = DedupWindow::new(3);
+        w.prefetch("a"); // empty: no index yet
+        for id in ["a", "b", "c", "b"] {
+            w.insert(id);
+            w.prefetch("d");
+        }
+        w.prefetch("a"); // full, with a tombstone in the queue
+        assert_eq!(w.len(), 3);
+        assert!(w.insert("d") && !w.contains("a") && w.contains("b") && w.contains("c"));
     }
 
     #[test]

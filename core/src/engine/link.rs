@@ -309,9 +309,16 @@ impl Engine {
             self.tick(now);
             return;
         }
-        for line in protocol::message_frames(text) {
+        let mut lines = protocol::message_frames(text).peekable();
+        while let Some(line) = lines.next() {
             if self.current_conn() != Some(conn) {
                 return;
+            }
+            // The dedup window's slots for the next notification are fetched while this one is decoded and
+            // handled: its insert would otherwise wait for memory, which is likely cold when many engines share a
+            // cache (a benchmark's fleet) or after the app was idle — in S6, a fifth of the clients' CPU.
+            if let Some(next) = lines.peek().and_then(|next| protocol::notification_id_hint(next)) {
+                self.dedup.prefetch(next);
             }
             match protocol::decode_server_frame(line) {
                 Ok(frame) => self.handle_frame(now, conn, frame),

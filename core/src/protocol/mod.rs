@@ -1039,6 +1039,7 @@ impl DecodeError {
 
 #[cfg(test)]
 use codec::NOTIFICATION_PREFIX;
+pub(crate) use codec::notification_id_hint;
 pub(crate) use codec::quoted;
 pub(crate) use codec::write_notification;
 pub use codec::{
@@ -1099,6 +1100,15 @@ mod tests {
         let text = encode_server_frame(&frame);
         assert!(text.starts_with(NOTIFICATION_PREFIX), "{text}");
         assert_eq!(decode_server_frame(&text).unwrap(), frame);
+    }
+
+    #[test]
+    fn the_id_hint_is_the_id_of_a_notification_frame_as_encoded_and_nothing_else() {
+        let text = encode_server_frame(&ServerFrame::Notification(sample()));
+        assert_eq!(notification_id_hint(&text), Some(sample().id()));
+        assert_eq!(notification_id_hint(&encode_server_frame(&ServerFrame::Heartbeat)), None);
+        assert_eq!(notification_id_hint(r#"{"op":"notification","id":"unterminated"#), None);
+        assert_eq!(notification_id_hint(r#"{"id":"n1","op":"notification"}"#), None, "not as the server writes it");
     }
 
     #[test]
