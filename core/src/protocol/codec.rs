@@ -807,7 +807,11 @@ pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
 /// and checked in full.
 pub(crate) fn notification_id_hint(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("{\"op\":\"notification\",\"id\":\"")?;
-    rest.split_once('"').map(|(id, _)| id)
+    #[cfg(not(target_family = "wasm"))]
+    let end = memchr::memchr(b'"', rest.as_bytes())?;
+    #[cfg(target_family = "wasm")]
+    let end = rest.find('"')?;
+    rest.get(..end)
 }
 
 pub fn message_frames(text: &str) -> impl Iterator<Item = &str> {
