@@ -169,6 +169,10 @@ async fn a_restart_on_sqlite_keeps_the_epoch_and_replays_from_disk() {
     let server = TestServer::start_sqlite_with(|_| {}).await;
     let mut alice = TestClient::connect(&server, "alice", &[]);
     alice.connected().await;
+    // A fresh subscription starts at the head its read saw: a notification committed before that read is not
+    // delivered live (it is in the history). Publishing only once the user stream is subscribed keeps the commit
+    // after the read (the two raced once in the test command on 2026-12-07, and the test failed).
+    alice.until("user:alice subscribed", |log| log.iter().any(|e| matches!(e, Event::Continuity { .. }))).await;
     server.notify_user("alice", "before", "important").await;
     alice.until_ids(&["before"]).await;
     alice.client.network_changed(tidings_core::NetworkEvent::Unavailable);
