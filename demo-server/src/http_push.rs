@@ -22,9 +22,10 @@ use tidings_core::protocol::{MAX_IDS_PER_ACK, ServerFrame, decode_server_frame, 
 
 use crate::http::{AuthedUser, error_response, read_body};
 use crate::metrics::Transport;
+use crate::model::AckRecord;
 use crate::node::Node;
 use crate::planner::{Preferences, QuietHours, QuietHoursSpec, Rule};
-use crate::store::{SettingsChange, SettingsError, UserSettings};
+use crate::store::{DeliveryRecord, SettingsChange, SettingsError, UserSettings};
 
 /// The CORS layer of `/v1/me/…` (any origin: the routes authenticate with a bearer token, never a cookie). The
 /// routes themselves are in `http::ENDPOINTS`, with who may call them.
@@ -296,11 +297,22 @@ pub(crate) async fn deliveries(State(node): State<Arc<Node>>, Path(id): Path<Str
         Ok(both) => both,
         Err(e) => return crate::http::unavailable(&e),
     };
-    let mut entries: Vec<Value> =
-        acks.iter().map(|a| json!({"user": &*a.user, "device": &*a.device, "status": "acked", "at": a.at})).collect();
-    entries.extend(log.iter().map(|r| serde_json::to_value(r).unwrap_or_default()));
-    entries.sort_by_key(|e| e["at"].as_u64().unwrap_or(0));
-    axum::Json(json!({"id": id, "deliveries": entries})).into_response()
+    axum::Json(json!({"id": id, "deliveries": delivery_log(&acks, &log)})).into_response()
+}
+
+/// Acks and the push log in time order. Within one millisecond the push log's entries keep their own order and
+/// come before the acks, except what an ack caused (a push cancelled with reason `acked`), which follows them.
+fn delivery_log(acks: &[AckRecord], log: &[DeliveryRecord]) -> Vec<Value> {
+    let mut entries: Vec<(u64, u8, Value)> = acks
+        .iter()
+        .map(|a| (a.at, 1, json!({"user": &*a.user, "device": &*a.device, "status": "acked", "at": a.at})))
+        .collect();
+    entries.extend(log.iter().map(|r| {
+        let caused_by_ack = u8::from(r.reason.as_deref() == Some("acked")) * 2;
+        (r.at, caused_by_ack, serde_json::to_value(r).unwrap_or_default())
+    }));
+    entries.sort_by_key(|(at, rank, _)| (*at, *rank));
+    entries.into_iter().map(|(_, _, v)| v).collect()
 }
 
 /// `GET /v1/push/status`: each provider's state.
@@ -320,4 +332,41 @@ pub(crate) async fn push_status(State(node): State<Arc<Node>>) -> Response {
             .collect(),
     };
     axum::Json(json!({"providers": providers})).into_response()
+}
+
+#[cfg(test)]
+mod delivery_log_tests {
+    use super::*;
+    use crate::planner::Channel;
+    use crate::store::DeliveryStatus;
+
+    fn record(status: DeliveryStatus, reason: &str, at: u64) -> DeliveryRecord {
+        DeliveryRecord {
+            id: "n1".into(),
+            user: "alice".into(),
+            device: Some("laptop".into()),
+            channel: Channel::Push,
+            status,
+            reason: Some(reason.into()),
+            provider: None,
+            form: None,
+            due_at: None,
+            at,
+        }
+    }
+
+    #[test]
+    fn an_ack_in_the_millisecond_of_the_schedule_comes_after_it_and_before_the_cancellation_it_caused() {
+        let ack = AckRecord { user: Arc::from("alice"), device: Arc::from("laptop"), at: 5 };
+        let log = [
+            record(DeliveryStatus::Scheduled, "awaiting_ack", 5),
+            record(DeliveryStatus::Cancelled, "acked", 5),
+            record(DeliveryStatus::Suppressed, "quiet_hours", 4),
+        ];
+        let order: Vec<String> = delivery_log(&[ack], &log)
+            .iter()
+            .map(|e| format!("{}:{}", e["status"].as_str().unwrap(), e["at"]))
+            .collect();
+        assert_eq!(order, ["suppressed:4", "scheduled:5", "acked:5", "cancelled:5"]);
+    }
 }
