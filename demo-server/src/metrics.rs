@@ -309,7 +309,7 @@ impl EncodeMetric for LatencyHistogram {
     }
 
     fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        prometheus_client::metrics::MetricType::Histogram
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
     }
 }
 

@@ -98,6 +98,9 @@ fn at(head: u32, seq: u32) -> usize {
 }
 
 impl DedupWindow {
+    /// Whether [`DedupWindow::prefetch`] does anything on this target (callers skip finding the id otherwise).
+    pub(crate) const PREFETCHES: bool = cfg!(target_arch = "x86_64");
+
     /// A window holding at most `capacity` ids (at least one).
     pub fn new(capacity: usize) -> Self {
         DedupWindow {
@@ -121,7 +124,7 @@ impl DedupWindow {
     /// those memory reads with that work; the window is unchanged. Only on x86-64 (the one target whose prefetch
     /// intrinsic is stable Rust); elsewhere it does nothing.
     pub fn prefetch(&self, id: &str) {
-        if self.index.is_empty() {
+        if !Self::PREFETCHES || self.index.is_empty() {
             return;
         }
         let mask = self.index.len() - 1;

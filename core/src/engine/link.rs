@@ -12,7 +12,7 @@ use super::timers::Timer;
 use super::types::{
     ConnId, ConnectionState, FailureReason, Lifecycle, NetworkEvent, ReconnectReason, SuspendReason, TransportFailure,
 };
-use super::{Action, Engine, Event};
+use super::{Action, DedupWindow, Engine, Event};
 use crate::protocol::{self, ClientFrame, CloseAction, DecodeError, ErrorCode, ErrorFrame, ServerFrame, close};
 use crate::time::Instant;
 
@@ -317,7 +317,9 @@ impl Engine {
             // The dedup window's slots for the next notification are fetched while this one is decoded and
             // handled: its insert would otherwise wait for memory, which is likely cold when many engines share a
             // cache (a benchmark's fleet) or after the app was idle — in S6, a fifth of the clients' CPU.
-            if let Some(next) = lines.peek().and_then(|next| protocol::notification_id_hint(next)) {
+            if DedupWindow::PREFETCHES
+                && let Some(next) = lines.peek().and_then(|next| protocol::notification_id_hint(next))
+            {
                 self.dedup.prefetch(next);
             }
             match protocol::decode_server_frame(line) {

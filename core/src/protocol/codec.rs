@@ -800,8 +800,6 @@ pub fn decode_push_payload(payload: &str) -> Result<Notification, DecodeError> {
     Ok(n)
 }
 
-/// The frames of one server message: one per line, empty lines skipped (protocol §1). Every driver splits
-/// messages with this, whatever decodes the frames.
 /// The id of a notification frame as the server writes it (`{"op":"notification","id":"…"`), found without
 /// decoding the frame; `None` for anything else. A hint (see `Engine::handle_text`): the frame is still decoded
 /// and checked in full.
@@ -814,6 +812,8 @@ pub(crate) fn notification_id_hint(line: &str) -> Option<&str> {
     rest.get(..end)
 }
 
+/// The frames of one server message: one per line, empty lines skipped (protocol §1). Every driver splits
+/// messages with this, whatever decodes the frames.
 pub fn message_frames(text: &str) -> impl Iterator<Item = &str> {
     Lines { rest: Some(text) }.filter(|line| !line.is_empty())
 }
