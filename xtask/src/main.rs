@@ -101,6 +101,7 @@ const SUITES: &[(&str, &str)] = &[
 
 fn test_all(root: &Path) -> Result<(), String> {
     let started = Instant::now();
+    disk_report(root, "before the lints");
     let t = Instant::now();
     lint(root)?;
     let mut timings = vec![("lint".to_string(), t.elapsed().as_secs_f64(), true)];
@@ -140,6 +141,7 @@ fn test_all(root: &Path) -> Result<(), String> {
             eprint!("{}", failure_excerpt(&text, 120));
         }
     }
+    disk_report(root, "after the suites");
     let verdict = if failed.is_empty() { "all suites passed" } else { "FAILED" };
     eprintln!("\n== xtask test: {verdict} in {:.0} s", started.elapsed().as_secs_f64());
     for (name, secs, ok) in &timings {
@@ -179,8 +181,14 @@ fn run_suite(root: &Path, exe: &Path, logs: &Path, name: &str, command: &str) ->
     let started = Instant::now();
     let path = logs.join(format!("{command}.log"));
     eprintln!("== {name}: started ({})", path.display());
-    let outcome = std::fs::File::create(&path)
-        .and_then(|log| Command::new(exe).arg(command).current_dir(root).stdout(log.try_clone()?).stderr(log).status());
+    let outcome = std::fs::File::create(&path).and_then(|log| {
+        let mut suite = Command::new(exe);
+        suite.arg(command).current_dir(root).stdout(log.try_clone()?).stderr(log);
+        if let Some(incremental) = incremental() {
+            suite.env("CARGO_INCREMENTAL", incremental);
+        }
+        suite.status()
+    });
     let secs = started.elapsed().as_secs_f64();
     let ok = matches!(&outcome, Ok(status) if status.success());
     let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -198,9 +206,32 @@ fn run_suite(root: &Path, exe: &Path, logs: &Path, name: &str, command: &str) ->
 
 fn lint(root: &Path) -> Result<(), String> {
     run(Step::new("rustfmt", "cargo").args(["fmt", "--all", "--", "--check"]).dir(root))?;
-    run(Step::new("clippy", "cargo")
+    let mut clippy = Step::new("clippy", "cargo")
         .args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])
-        .dir(root))
+        .dir(root);
+    if let Some(incremental) = incremental() {
+        clippy = clippy.env("CARGO_INCREMENTAL", incremental);
+    }
+    run(clippy)
+}
+
+/// The test command builds without incremental compilation unless `CARGO_INCREMENTAL` says otherwise: it builds
+/// every crate once, and the incremental caches would take as much disk again as the artifacts themselves (a
+/// CI run once ran out of space).
+fn incremental() -> Option<&'static str> {
+    env::var_os("CARGO_INCREMENTAL").is_none().then_some("0")
+}
+
+/// Prints the free space where the build goes (`df -h`), so a run that fills the disk says so in its log.
+fn disk_report(root: &Path, when: &str) {
+    let target = target_dir(root);
+    let probe = if target.exists() { target } else { root.to_path_buf() };
+    match Command::new("df").arg("-h").arg(&probe).output() {
+        Ok(out) if out.status.success() => {
+            eprintln!("\n== disk {when} ({}):\n{}", probe.display(), String::from_utf8_lossy(&out.stdout).trim_end())
+        }
+        _ => eprintln!("\n== disk {when}: df could not read {}", probe.display()),
+    }
 }
 
 fn rust_tests(root: &Path) -> Result<(), String> {
