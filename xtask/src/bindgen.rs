@@ -27,11 +27,13 @@ impl Language {
 
 /// Builds the host `tidings_ffi` shared library (debug, or release) and returns its path.
 pub(crate) fn build_host_library(root: &Path, release: bool) -> Result<PathBuf, String> {
-    let mut args = vec!["build", "-p", "tidings-ffi", "--locked"];
     if release {
-        args.push("--release");
+        run(Step::new("build tidings-ffi", "cargo")
+            .args(["build", "-p", "tidings-ffi", "--locked", "--release"])
+            .dir(root))?;
+    } else {
+        crate::build_host(root)?;
     }
-    run(Step::new("build tidings-ffi", "cargo").args(args).dir(root))?;
     let lib = crate::target_dir(root).join(if release { "release" } else { "debug" }).join(host_cdylib_name());
     if !lib.is_file() {
         return Err(format!("expected the library at {}", lib.display()));

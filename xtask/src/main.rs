@@ -262,6 +262,7 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     // function returns, whatever the outcome (see postgres.rs). `TIDINGS_XTASK` makes a test that needs it fail
     // rather than skip when its URL is missing.
     let pg = postgres::TestPostgres::start()?;
+    build_host(root)?;
     run(Step::new("rust tests", "cargo")
         .args(["test", "--workspace", "--locked"])
         .env("TIDINGS_HTTP_ECE_PYTHON", &python)
@@ -278,14 +279,14 @@ fn rust_tests(root: &Path) -> Result<(), String> {
         .dir(root))?;
     // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
     run(Step::new("server suites on SQLite", "cargo")
-        .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
+        .args(["test", "--workspace", "--locked", "--test", "auth", "--test", "connections"])
         .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
         .env("TIDINGS_TEST_STORE", "sqlite")
         .env("TIDINGS_NGINX", nginx)
         .dir(root))?;
     // And once more on PostgreSQL (a fresh database per server on the server started above), with push delivery.
     run(Step::new("server suites on PostgreSQL", "cargo")
-        .args(["test", "-p", "tidings-server", "--locked", "--test", "auth", "--test", "connections"])
+        .args(["test", "--workspace", "--locked", "--test", "auth", "--test", "connections"])
         .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
         .args(["--test", "push_delivery"])
         .env("TIDINGS_TEST_STORE", "postgres")
@@ -294,6 +295,18 @@ fn rust_tests(root: &Path) -> Result<(), String> {
         .env("TIDINGS_TEST_REDIS_URL", redis.url())
         .env("TIDINGS_REDIS_SERVER", redis::REDIS_SERVER)
         .env("TIDINGS_XTASK", "1")
+        .dir(root))
+}
+
+/// Builds, in one cargo invocation, everything the suites run on the host in the debug profile: the workspace's
+/// libraries (`libtidings_ffi.so` for Swift and Kotlin), binaries (`tidings-server`, `push-harness`,
+/// `tidings-test-pki`), tests and examples. Every suite builds through here and `rust-tests` tests the whole
+/// workspace, so all of them resolve features alike: a `cargo build -p tidings-server` would resolve its
+/// dependencies' features without the workspace's dev-dependencies, build a second copy of tokio, reqwest,
+/// the core and the server, and the invocations would keep replacing each other's binaries.
+pub(crate) fn build_host(root: &Path) -> Result<(), String> {
+    run(Step::new("build the workspace (debug: libraries, binaries, tests, examples)", "cargo")
+        .args(["build", "--workspace", "--lib", "--bins", "--tests", "--examples", "--locked"])
         .dir(root))
 }
 

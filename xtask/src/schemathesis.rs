@@ -96,7 +96,7 @@ fn get(port: u16, path: &str) -> Option<String> {
 /// `cargo xtask schemathesis`.
 pub(crate) fn test(root: &Path) -> Result<(), String> {
     let schemathesis = provision(root)?;
-    run(Step::new("build tidings-server", "cargo").args(["build", "-p", "tidings-server", "--locked"]).dir(root))?;
+    crate::build_host(root)?;
     let target = target_dir(root);
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let data_dir = target.join(format!("schemathesis-data-{port}"));

@@ -13,8 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{Step, run};
-
 /// A running server process.
 pub(crate) struct ServerProcess {
     child: Arc<Mutex<Child>>,
@@ -188,9 +186,7 @@ pub(crate) fn start_conformance_server_serving(
     suite: &str,
     web_root: Option<&Path>,
 ) -> Result<ServerProcess, String> {
-    run(Step::new("build tidings-server and push-harness", "cargo")
-        .args(["build", "-p", "tidings-server", "-p", "tidings-push-mocks", "--bins", "--locked"])
-        .dir(root))?;
+    crate::build_host(root)?;
     let scenarios = std::fs::read_to_string(root.join("tests/conformance/scenarios.json"))
         .map_err(|e| format!("read scenarios.json: {e}"))?;
     let max_items = server_setting(&scenarios, "replay_max_items")?;

@@ -46,9 +46,7 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", tools.bin.join("wasm-bindgen-test-runner"))
         .env("CHROMEDRIVER", "/usr/bin/chromedriver")
         .env("WASM_BINDGEN_TEST_TIMEOUT", "180"))?;
-    run(Step::new("reference server for the end-to-end tests", "cargo")
-        .args(["build", "-p", "tidings-server", "--locked"])
-        .dir(root))?;
+    crate::build_host(root)?; // the reference server and the test CA's tool
     run(Step::new("browser end-to-end tests (Playwright, headless Chromium)", "node")
         .args(["run.mjs"])
         .dir(&root.join("bindings-wasm/e2e"))
@@ -57,8 +55,7 @@ pub(crate) fn test(root: &Path) -> Result<(), String> {
     // The package over wss: the server terminates TLS with a certificate from a test CA, Chromium trusts it by a
     // launch flag (bindings-wasm/e2e/tls.mjs).
     let tls_dir = target_dir(root).join("e2e-tls");
-    run(Step::new("test CA and certificate for the wss test", "cargo")
-        .args(["run", "--quiet", "--locked", "-p", "tidings-push-mocks", "--bin", "tidings-test-pki", "--"])
+    run(Step::new("test CA and certificate for the wss test", target_dir(root).join("debug/tidings-test-pki"))
         .arg_path(&tls_dir)
         .dir(root))?;
     run(Step::new("browser package over wss (headless Chromium)", "node")
