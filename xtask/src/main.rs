@@ -236,13 +236,13 @@ fn disk_report(root: &Path, when: &str) {
 
 fn rust_tests(root: &Path) -> Result<(), String> {
     let python = http_ece_python(root)?;
-    // The README's Node token example runs in tests/tests/readme.rs.
+    // The README's Node token example runs in tests/tests/suite/readme.rs.
     if !has("node") {
         apt_install(&["nodejs"])?;
     }
-    // The proxy tests run Debian's nginx on loopback (demo-server/tests/nginx.rs: WebSocket upgrade; the SSE suite:
+    // The proxy tests run Debian's nginx on loopback (demo-server/tests/server/nginx.rs: WebSocket upgrade; the SSE suite:
     // events pass a buffering proxy); the deployment test checks the systemd unit with systemd-analyze
-    // (demo-server/tests/deploy.rs).
+    // (demo-server/tests/server/deploy.rs).
     let nginx = Path::new("/usr/sbin/nginx");
     let mut missing = Vec::new();
     if !nginx.exists() {
@@ -254,7 +254,7 @@ fn rust_tests(root: &Path) -> Result<(), String> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    // The multi-process suites (demo-server/tests/cluster.rs) run on Debian's redis-server: one shared instance on
+    // The multi-process suites (demo-server/tests/server/cluster.rs) run on Debian's redis-server: one shared instance on
     // loopback for the whole run (tests keep apart by key prefix), stopped when this function returns, failed or
     // not; tests that restart Redis start their own from the same binary.
     let redis = redis::RedisServer::start()?;
@@ -279,16 +279,15 @@ fn rust_tests(root: &Path) -> Result<(), String> {
         .dir(root))?;
     // The server's end-to-end suites once more, on the SQLite store (the first run used the memory store).
     run(Step::new("server suites on SQLite", "cargo")
-        .args(["test", "--workspace", "--locked", "--test", "auth", "--test", "connections"])
-        .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
+        .args(["test", "--workspace", "--locked", "--test", "server", "--"])
+        .args(["auth::", "connections::", "http_api::", "streams::", "inbox::", "sse::"])
         .env("TIDINGS_TEST_STORE", "sqlite")
         .env("TIDINGS_NGINX", nginx)
         .dir(root))?;
     // And once more on PostgreSQL (a fresh database per server on the server started above), with push delivery.
     run(Step::new("server suites on PostgreSQL", "cargo")
-        .args(["test", "--workspace", "--locked", "--test", "auth", "--test", "connections"])
-        .args(["--test", "http_api", "--test", "streams", "--test", "inbox", "--test", "sse"])
-        .args(["--test", "push_delivery"])
+        .args(["test", "--workspace", "--locked", "--test", "server", "--"])
+        .args(["auth::", "connections::", "http_api::", "streams::", "inbox::", "sse::", "push_delivery::"])
         .env("TIDINGS_TEST_STORE", "postgres")
         .env("TIDINGS_NGINX", nginx)
         .env(postgres::URL_VAR, pg.url())

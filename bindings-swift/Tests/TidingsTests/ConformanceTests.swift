@@ -4,7 +4,7 @@ import XCTest
 
 /// The conformance scenarios (`tests/conformance/scenarios.json`, step vocabulary in
 /// `tests/conformance/README.md`) run through the public Swift API against the reference server — the same
-/// assertions as the Rust runner (`tests/tests/conformance.rs`).
+/// assertions as the Rust runner (`tests/tests/suite/conformance.rs`).
 final class ConformanceTests: XCTestCase {
     /// One test per scenario below; `testEveryScenarioInTheFileHasATest` keeps this list and the file in step.
     static let scenarioNames = [

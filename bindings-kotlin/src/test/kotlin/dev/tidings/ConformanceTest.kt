@@ -34,7 +34,7 @@ import kotlinx.coroutines.withTimeoutOrNull
 /**
  * The conformance scenarios (`tests/conformance/scenarios.json`, step vocabulary in its README) run through the
  * public Kotlin API against the reference server from the environment. Same interpretation as the Rust runner
- * (`tests/tests/conformance.rs`). One test per scenario; [every_scenario_in_the_file_has_a_test] keeps the list
+ * (`tests/tests/suite/conformance.rs`). One test per scenario; [every_scenario_in_the_file_has_a_test] keeps the list
  * in step with the file.
  */
 class ConformanceTest {

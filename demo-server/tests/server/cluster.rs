@@ -4,7 +4,7 @@
 //! Redis start their own `redis-server` (`TIDINGS_REDIS_SERVER`, default `/usr/bin/redis-server`). Run by hand
 //! without either, the tests print a note and skip; under xtask (`TIDINGS_XTASK`) a missing Redis fails them.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Operability: `/metrics`, `/healthz` and `/readyz`, the OpenAPI document, request ids, API key scopes, and the
 //! abuse limits per client address (failed authentications, new connections).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

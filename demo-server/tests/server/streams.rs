@@ -1,6 +1,6 @@
 //! Subscriptions, delivery, offsets, epochs and replay (protocol §2.3–§2.6, §5).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -1,6 +1,6 @@
 //! Handshake and authentication (protocol §1, §2.1, §2.2, §4.1, §8).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The inbox end to end (protocol §13) and the stream history (§14): socket frames, the HTTP API with the user's
 //! token and with the API key, live counts on every device, persistence across a restart.
 
-mod common;
+use crate::common;
 
 use common::{Client, PATIENCE, get, http, post, publish, start, start_default, token};
 use serde_json::{Value, json};

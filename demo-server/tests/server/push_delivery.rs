@@ -7,7 +7,7 @@
 //! hours → held, then one summary; critical in quiet hours → queued until the end; opted out → nothing on that
 //! channel; 410 → address deleted; 429 → retried after `Retry-After`; restart with pending pushes → each sent once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

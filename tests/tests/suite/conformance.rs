@@ -14,7 +14,7 @@ use tidings_core::store::MemoryStore;
 use tidings_push_mocks::harness::PushHarness;
 use tidings_tests::{TestClient, TestServer};
 
-const SCENARIOS: &str = include_str!("../conformance/scenarios.json");
+const SCENARIOS: &str = include_str!("../../conformance/scenarios.json");
 
 fn file() -> Value {
     serde_json::from_str(SCENARIOS).expect("scenarios.json is valid JSON")

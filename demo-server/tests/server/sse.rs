@@ -2,7 +2,7 @@
 //! `Last-Event-ID` and `?cursor=`, gaps, auth failures, tickets, token expiry, heartbeats, acks over HTTP, inbox
 //! events, and a buffering nginx in front (started by the test).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

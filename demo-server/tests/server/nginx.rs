@@ -4,7 +4,7 @@
 //! the request id passes both ways, and the server counts failed authentications against the client address nginx
 //! forwards — not against nginx, and not against an `X-Forwarded-For` the client forged.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! request id follows a publish from the HTTP request into its delivery, and a graceful drain on SIGTERM (clients
 //! told `server_shutdown`, everything acknowledged kept: a restart resumes without a gap, exit status 0).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The HTTP API (protocol §9): publishing, validation, idempotency, batches, health and demo tokens.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

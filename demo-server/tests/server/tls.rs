@@ -2,7 +2,7 @@
 //! API, and a certificate renewed on disk while a client stays connected (reloaded, nothing dropped; a broken one
 //! is refused and the old one kept).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Connection behaviour: bad input, limits, heartbeats, session replacement, operator drops, presence, acks and
 //! shutdown (protocol §1, §2.7, §2.8, §4.4, §4.5, §6, §9.3, §9.4).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! `TIDINGS_TEST_REDIS_URL`); the PostgreSQL restart uses a PostgreSQL of the test's own. Run by hand without them,
 //! the tests print a note and skip.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write as _;
