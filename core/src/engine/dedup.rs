@@ -129,11 +129,18 @@ impl DedupWindow {
         }
         let mask = self.index.len() - 1;
         prefetch_slot(&self.index[tag(&key(id)) as usize & mask]);
-        if self.live >= self.capacity
+        if self.live >= self.capacity {
+            self.prefetch_oldest();
+        }
+    }
+
+    /// Prefetches the slot of the oldest key (the next to be evicted), unless the queue starts with a tombstone.
+    fn prefetch_oldest(&self) {
+        if Self::PREFETCHES
             && let Some(oldest) = self.ring.front()
             && *oldest != TOMBSTONE
         {
-            prefetch_slot(&self.index[tag(oldest) as usize & mask]);
+            prefetch_slot(&self.index[tag(oldest) as usize & (self.index.len() - 1)]);
         }
     }
 
@@ -178,6 +185,9 @@ impl DedupWindow {
                 self.live += 1;
                 if self.live > self.capacity {
                     self.evict_oldest();
+                    // The next new id evicts the key now oldest: its slot is fetched ahead, while the window is
+                    // idle until that id arrives (with many windows in one process, the slot is cold by then).
+                    self.prefetch_oldest();
                 }
                 true
             }
