@@ -61,15 +61,57 @@ pub(crate) fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result
     query.map(|Query(params)| params).map_err(|e| Box::new(bad_request(format!("the query string: {}", e.body_text()))))
 }
 
-/// A whole number ≥ 0, also when written with a fraction (`5.0`), which JSON Schema's `integer` allows (found by
-/// schemathesis: `"up_to": 25574396.0` was refused, and 2^64, read as a float, was accepted; `u64::MAX as f64` is
-/// 2^64, hence `<`).
+/// A whole number ≥ 0, also when written with a fraction or an exponent (`5.0`, `5e3`), which JSON Schema's
+/// `integer` allows. Read from the number's text, exactly: schemathesis found `"up_to": 25574396.0` refused, 2^64
+/// (read as a float) accepted, and `2202988354854997.0` read as 2202988354854996.8 (serde_json's float parsing is
+/// not exact that far up) and refused.
 fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
-    let whole = n
-        .as_u64()
-        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64).map(|f| f as u64));
-    whole.map(Some).ok_or_else(|| serde::de::Error::custom(format!("up_to must be a whole number >= 0, got {n}")))
+    let Some(raw) = Option::<Box<serde_json::value::RawValue>>::deserialize(d)? else { return Ok(None) };
+    let text = raw.get();
+    exact_whole_u64(text)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("up_to must be a whole number from 0 to 2^64 - 1, got {text}")))
+}
+
+/// The value of a JSON number's text if it is a whole number from 0 to `u64::MAX` (`-0` is 0); `None` for anything
+/// else (a fraction, a negative number, too large, not a number).
+fn exact_whole_u64(text: &str) -> Option<u64> {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.strip_prefix('+').unwrap_or(e).parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((_, "")) => return None,
+        Some(parts) => parts,
+        None => (mantissa, ""),
+    };
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // The digits without the fraction's trailing zeros and the integer's leading ones; value = digits × 10^exponent.
+    let frac = frac.trim_end_matches('0');
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(0); // 0, -0, 0.000, 0e99
+    }
+    if negative {
+        return None;
+    }
+    let mut exponent = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+    let mut digits = digits;
+    while exponent < 0 {
+        digits = digits.strip_suffix('0')?; // a nonzero digit after the point: not whole
+        exponent += 1;
+    }
+    if digits.len() > 20 || exponent > 19 {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(10u64.checked_pow(u32::try_from(exponent).ok()?)?)
 }
 
 // ---- bodies ----
@@ -511,4 +553,60 @@ pub(crate) async fn user_unfollow(
 ) -> Response {
     operator!(user);
     follow(&node, &user, &topic, false).await
+}
+
+#[cfg(test)]
+mod whole_number_tests {
+    use super::exact_whole_u64;
+
+    #[test]
+    fn whole_numbers_are_read_exactly_in_any_notation() {
+        for (text, want) in [
+            ("0", 0),
+            ("-0", 0),
+            ("-0.0", 0),
+            ("0e99", 0),
+            ("5", 5),
+            ("5.0", 5),
+            ("5.000", 5),
+            ("5e3", 5000),
+            ("5E+3", 5000),
+            ("2.5e1", 25),
+            ("100e-2", 1),
+            ("25574396.0", 25_574_396),
+            // serde_json reads this as 2202988354854996.8 (found by schemathesis).
+            ("2202988354854997.0", 2_202_988_354_854_997),
+            ("9007199254740993.0", 9_007_199_254_740_993),
+            ("18446744073709551615", u64::MAX),
+            ("1.8446744073709551615e19", u64::MAX),
+            ("00012", 12),
+        ] {
+            assert_eq!(exact_whole_u64(text), Some(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn fractions_negatives_overflow_and_non_numbers_are_refused() {
+        for text in [
+            "2.5",
+            "1e-1",
+            "5.01",
+            "-1",
+            "-1.0",
+            "-1e3",
+            "18446744073709551616",
+            "1.8446744073709551616e19",
+            "1e20",
+            "1e9999999999999999999",
+            "true",
+            "\"5\"",
+            "null",
+            "",
+            ".5",
+            "5.",
+            "e5",
+        ] {
+            assert_eq!(exact_whole_u64(text), None, "{text}");
+        }
+    }
 }

@@ -15,21 +15,6 @@ use tidings_core::native::{Client, ClientConfig, StaticToken};
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 const API_KEY: &str = "binary-test-key";
 
-/// The server binary of this workspace (built with the workspace's tests; built here if it is missing).
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
-    let bin = dir.join(format!("tidings-server{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--locked", "-p", "tidings-server", "--bin", "tidings-server"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building tidings-server failed");
-    }
-    bin
-}
-
 /// The server's log lines, parsed as JSON (a line that is not JSON fails the test).
 struct Server {
     child: Child,
@@ -43,7 +28,7 @@ impl Server {
     fn start() -> Server {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let data = std::env::temp_dir().join(format!("tidings-binary-test-{}-{nanos}", std::process::id()));
-        let mut child = Command::new(server_binary())
+        let mut child = Command::new(tidings_tests::ServerProcess::binary())
             .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--heartbeat-ms", "25000", "--data-dir"])
             .arg(&data)
             .env("TIDINGS_JWT_SECRET", SECRET)
