@@ -27,6 +27,13 @@ impl<V> StreamMap<V> {
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
+        // A client holds a few streams: comparing for equality (lengths first) finds a key without ordering
+        // comparisons; the binary search gives a missing key's place.
+        if self.entries.len() <= 4
+            && let Some(i) = self.entries.iter().position(|(k, _)| k == key)
+        {
+            return Ok(i);
+        }
         self.entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
 
@@ -146,6 +153,11 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(ours.insert(k.to_string(), i), theirs.insert(k.to_string(), i));
             assert!(ours.iter().eq(theirs.iter()));
+            // Lookups at every size: up to four entries by equality, beyond by binary search.
+            for k in keys.iter().chain(&["nope", "user:", "user:bb", ""]) {
+                assert_eq!(ours.get(k), theirs.get(*k), "{k} among {}", ours.len());
+                assert_eq!(ours.contains_key(k), theirs.contains_key(*k));
+            }
         }
         for k in ["topic:a", "nope", "user:b", "topic:a"] {
             assert_eq!(ours.remove(k), theirs.remove(k));

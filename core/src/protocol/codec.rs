@@ -286,6 +286,8 @@ fn notification_canonical(text: &str) -> Option<Notification> {
     fn s<'a>(r: &mut Reader<'a>) -> Option<Cow<'a, str>> {
         r.string().ok()
     }
+    // Inlined so that each key is a constant where it is compared (no call to memcmp).
+    #[inline(always)]
     fn opt<'a>(r: &mut Reader<'a>, key: &[u8]) -> Option<Option<Cow<'a, str>>> {
         if !r.lit(key) {
             return Some(None);
