@@ -703,6 +703,9 @@ mod tests {
         // Found by schemathesis: `0.0` is a whole number to JSON Schema (and to JavaScript).
         let whole = PublishRequest::from_json(r#"{"users":["a"],"type":"t","push":{"after_ms":2000.0}}"#).unwrap();
         assert_eq!(whole.push.after, Some(Duration::from_secs(2)));
+        // A whole number however many zeros follow the point.
+        let long = r#"{"users":["a"],"type":"t","push":{"after_ms":2000.00000000000000000000000}}"#;
+        assert_eq!(PublishRequest::from_json(long).unwrap().push.after, Some(Duration::from_secs(2)));
         assert!(
             error(r#"{"users":["a"],"type":"t","push":{"after_ms":86400001}}"#).message.starts_with("push.after_ms")
         );
