@@ -41,6 +41,7 @@ pub mod health;
 mod http;
 mod http_inbox;
 mod http_push;
+mod id_ring;
 mod inboxes;
 pub mod limits;
 pub mod metrics;

@@ -7,7 +7,6 @@
 //! routing, a later issue) needs to act on — the committed publication and its deliveries — is at hand in
 //! [`Node::publish_batch`], after the commit and outside any lock.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +21,7 @@ use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEventHandler};
 use crate::broker_redis::{Control, ControlHandler, RedisBroker, Tally};
 use crate::health::ReadinessCheck;
+use crate::id_ring::IdRing;
 use crate::inboxes::InboxWatchers;
 use crate::limits::Limiter;
 use crate::metrics::{LatencyCounts, LatencyHistogram, Metrics, Transport};
@@ -717,8 +717,7 @@ struct AckRouting {
 /// is not measured, and goes to the store).
 #[derive(Default)]
 struct RecentIds {
-    by_id: foldhash::HashMap<Arc<str>, Recent>,
-    order: VecDeque<Arc<str>>,
+    ids: IdRing<Arc<str>, Recent>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -744,16 +743,19 @@ enum Fanned {
 const RECENT_IDS: usize = 65_536;
 
 impl RecentIds {
-    fn entry(&mut self, id: &Arc<str>) -> &mut Recent {
-        if !self.by_id.contains_key(id) {
-            self.order.push_back(id.clone());
-            while self.order.len() > RECENT_IDS {
-                if let Some(old) = self.order.pop_front() {
-                    self.by_id.remove(&old);
+    /// `id`'s entry, added if new (`hint`: as for [`IdRing::find`]; set to the entry's sequence number).
+    fn entry(&mut self, id: &Arc<str>, hint: &mut Option<u64>) -> &mut Recent {
+        let seq = match self.ids.find(id, *hint) {
+            Some(seq) => seq,
+            None => {
+                while self.ids.len() >= RECENT_IDS {
+                    self.ids.pop_front();
                 }
+                self.ids.push_back(id.clone(), Recent::default())
             }
-        }
-        self.by_id.entry(id.clone()).or_default()
+        };
+        *hint = Some(seq);
+        self.ids.get_mut(seq).expect("just found or added")
     }
 }
 
@@ -772,8 +774,9 @@ impl AckRouting {
     /// Remembers when this node published `batch` (the start of the publish → ack latency).
     fn published(&self, batch: &[Arc<Publication>]) {
         let mut recent = self.recent();
+        let mut hint = None;
         for p in batch {
-            recent.entry(&p.id).published_at = Some(p.created_at());
+            recent.entry(&p.id, &mut hint).published_at = Some(p.created_at());
         }
     }
 
@@ -786,9 +789,10 @@ impl AckRouting {
     /// Remembers which kind of stream each of `batch` went to.
     fn note_all(&self, batch: &[Committed]) {
         let mut recent = self.recent();
+        let mut hint = None;
         for committed in batch {
             let topic = committed.stream.starts_with("topic:");
-            let streams = &mut recent.entry(&committed.id).streams;
+            let streams = &mut recent.entry(&committed.id, &mut hint).streams;
             *streams = match (*streams, topic) {
                 (Fanned::Nowhere | Fanned::TopicsOnly, true) => Fanned::TopicsOnly,
                 _ => Fanned::SomeUser,
@@ -812,8 +816,11 @@ impl AckRouting {
         let mut latencies = LatencyCounts::default();
         {
             let recent = self.recent();
+            let mut hint = None;
             for id in ids {
-                let known = recent.by_id.get(id.as_str());
+                let seq = recent.ids.find(id, hint);
+                hint = seq.or(hint);
+                let known = seq.and_then(|seq| recent.ids.get(seq));
                 if let Some(published) = known.and_then(|r| r.published_at) {
                     latencies.observe(now.saturating_sub(published) as f64 / 1000.0);
                 }
