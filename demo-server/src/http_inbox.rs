@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidings_core::protocol::{
     ArchivedFilter, InboxAction, InboxPage, InboxQuery, InboxUpdate, MAX_HISTORY_PAGE, MarkAllAction, StatusFilter,
-    StreamName, encode_notification, push_json_str, push_json_u64, validate_op_id, validate_topic, validate_user_id,
-    write_counts, write_item,
+    StreamName, encode_notification, push_json_str, push_json_u64, validate_id, validate_op_id, validate_topic,
+    validate_user_id, write_counts, write_item,
 };
 
 use crate::auth::{TokenError, authorize_stream};
@@ -452,6 +452,9 @@ pub(crate) async fn history(
         Some(Ok(after)) => Some(after),
         Some(Err(_)) => return bad_request("after must be an unsigned integer"),
     };
+    if let Some(Err(e)) = params.epoch.as_deref().map(validate_id) {
+        return bad_request(format!("epoch {e}"));
+    }
     let position = match (params.epoch.as_deref(), after) {
         (Some(epoch), Some(after)) => Some((epoch, after)),
         (None, None) => None,

@@ -630,6 +630,10 @@ impl Session {
         if let Err(message) = authorize_stream(&identity.user, &identity.topics, &name) {
             return self.request_error(Some(reference), Some(stream), ErrorCode::Forbidden, message);
         }
+        if let Some(Err(e)) = position.as_ref().map(|(epoch, _)| validate_id(epoch)) {
+            let message = format!("history: epoch {e}");
+            return self.request_error(Some(reference), Some(stream), ErrorCode::BadRequest, message);
+        }
         let limit = match limit {
             None => DEFAULT_HISTORY_PAGE,
             Some(limit) if (1..=MAX_HISTORY_PAGE).contains(&limit) => limit,

@@ -546,9 +546,15 @@ fn history_requests_are_authorized_like_subscribes() {
     sim.send(json!({"op":"history","ref":1,"stream":"topic:sports"}));
     sim.send(json!({"op":"history","ref":2,"stream":"user:bob"}));
     sim.send(json!({"op":"history","ref":3,"stream":"topic:news","limit":0}));
+    sim.send(json!({"op":"history","ref":5,"stream":"topic:news","epoch":"","after":7}));
+    sim.send(json!({"op":"history","ref":6,"stream":"topic:news","epoch":"a b","after":7}));
+    let frames = sim.frames();
     let codes: Vec<(u64, String)> =
-        sim.frames().iter().map(|f| (f["ref"].as_u64().unwrap(), f["code"].as_str().unwrap().to_owned())).collect();
-    assert_eq!(codes, [(1, "forbidden".into()), (2, "forbidden".into()), (3, "bad_request".into())]);
+        frames.iter().map(|f| (f["ref"].as_u64().unwrap(), f["code"].as_str().unwrap().to_owned())).collect();
+    let bad = |r: u64| (r, "bad_request".to_owned());
+    assert_eq!(codes, [(1, "forbidden".into()), (2, "forbidden".into()), bad(3), bad(5), bad(6)]);
+    assert_eq!(frames[3]["message"], "history: epoch must not be empty");
+    assert_eq!(frames[4]["message"], r#"history: epoch contains the character " ""#);
     sim.send(json!({"op":"history","ref":4,"stream":"topic:news","epoch":"e","after":7}));
     let out = sim.drain();
     assert_eq!(
