@@ -37,8 +37,13 @@ impl<K: Borrow<str>, V> IdRing<K, V> {
         self.hasher.hash_one(id)
     }
 
+    /// The position in `entries` of sequence number `seq`.
+    fn position(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.head)?).ok()
+    }
+
     fn at(&self, seq: u64) -> Option<&(K, V)> {
-        self.entries.get(usize::try_from(seq.checked_sub(self.head)?).ok()?)
+        self.entries.get(self.position(seq)?)
     }
 
     /// The sequence number of `id`, if it is in the table. `hint`: the sequence number of the id looked up
@@ -60,8 +65,13 @@ impl<K: Borrow<str>, V> IdRing<K, V> {
     }
 
     pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut V> {
-        let i = usize::try_from(seq.checked_sub(self.head)?).ok()?;
+        let i = self.position(seq)?;
         self.entries.get_mut(i).map(|(_, v)| v)
+    }
+
+    /// The value of `id`, if it is in the table (a one-off lookup, without a hint).
+    pub(crate) fn value(&self, id: &str) -> Option<&V> {
+        self.get(self.find(id, None)?)
     }
 
     /// The newest entry's value.
@@ -113,6 +123,7 @@ mod tests {
         assert_eq!(ring.find("other", None), None);
         *ring.get_mut(5).unwrap() = 500;
         assert_eq!(ring.get(5), Some(&500));
+        assert_eq!((ring.value("id-5"), ring.value("other")), (Some(&500), None));
         for i in 0..30 {
             assert_eq!(ring.pop_front(), Some((format!("id-{i}"), if i == 5 { 500 } else { i })));
         }

@@ -583,7 +583,7 @@ impl MemoryStore {
 
     pub(crate) fn acks_now(&self, id: &str) -> Vec<AckRecord> {
         let table = lock(&self.acks);
-        let Some(entry) = table.by_id.find(id, None).and_then(|seq| table.by_id.get(seq)) else { return Vec::new() };
+        let Some(entry) = table.by_id.value(id) else { return Vec::new() };
         entry
             .records
             .iter()
@@ -839,10 +839,7 @@ mod tests {
             store.record_acks_now(&user, d, &["n1".to_string()], 1);
         }
         store.record_acks_now(&user, &devices[0], &["n2".to_string()], 2);
-        let capacity = |id: &str| {
-            let table = lock(&store.acks);
-            table.by_id.find(id, None).and_then(|seq| table.by_id.get(seq)).expect("acked").records.capacity()
-        };
+        let capacity = |id: &str| lock(&store.acks).by_id.value(id).expect("acked").records.capacity();
         assert!(capacity("n2") >= 30, "room for n1's 30 devices: {}", capacity("n2"));
         // Every device's ack of n2 lands once, in the room made for them; bounded by acks_max_per_id.
         for d in devices.iter().chain(&devices) {
