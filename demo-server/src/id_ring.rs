@@ -58,6 +58,14 @@ impl<K: Borrow<str>, V> IdRing<K, V> {
         self.index.find(self.hash(id), |&s| entries[(s - head) as usize].0.borrow() == id).copied()
     }
 
+    /// As [`IdRing::find`], and moves `hint` to the entry found (left as it was when `id` is not in the table), for
+    /// a run of lookups in table order.
+    pub(crate) fn find_next(&self, id: &str, hint: &mut Option<u64>) -> Option<u64> {
+        let found = self.find(id, *hint);
+        *hint = found.or(*hint);
+        found
+    }
+
     /// The value at `seq` (a sequence number [`IdRing::find`] or [`IdRing::push_back`] returned, still in the
     /// table).
     pub(crate) fn get(&self, seq: u64) -> Option<&V> {
@@ -118,6 +126,11 @@ mod tests {
                 assert_eq!(ring.find(&id, hint), Some(i), "{id} with hint {hint:?}");
             }
             assert_eq!(ring.get(i), Some(&(i as u32)));
+        }
+        let mut hint = None;
+        for (id, expect) in [("id-3", Some(3)), ("id-4", Some(4)), ("gone", None), ("id-5", Some(5))] {
+            assert_eq!(ring.find_next(id, &mut hint), expect, "{id}");
+            assert_eq!(hint, Some(expect.unwrap_or(4)), "the hint follows what was found, {id}");
         }
         assert_eq!(ring.find("id-100", Some(99)), None);
         assert_eq!(ring.find("other", None), None);

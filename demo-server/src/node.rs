@@ -818,8 +818,7 @@ impl AckRouting {
             let recent = self.recent();
             let mut hint = None;
             for id in ids {
-                let seq = recent.ids.find(id, hint);
-                hint = seq.or(hint);
+                let seq = recent.ids.find_next(id, &mut hint);
                 let known = seq.and_then(|seq| recent.ids.get(seq));
                 if let Some(published) = known.and_then(|r| r.published_at) {
                     latencies.observe(now.saturating_sub(published) as f64 / 1000.0);

@@ -555,8 +555,7 @@ impl MemoryStore {
         devices.hold(who);
         let mut hint = None;
         for id in ids {
-            let found = by_id.find(id, hint);
-            hint = found.or(hint);
+            let found = by_id.find_next(id, &mut hint);
             let added = match found.and_then(|seq| by_id.get_mut(seq)) {
                 Some(entry) => entry.record(who, at_ms, max),
                 None => {
